@@ -1,0 +1,45 @@
+"""nnkcli: evaluate frozen features with the NNK classifier beside weighted k-NN.
+
+The command line (``nnk``) is a thin layer over this package, which is usable as a
+library too::
+
+    from nnkcli import FeatureStore, nnk_solve, nnk_weights
+
+Names are imported lazily so that ``import nnkcli`` (and ``nnk --help``) stays fast:
+faiss, h5py and scipy load only when a name that needs them is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "NnkError": "nnkcli.errors",
+    "ExitCode": "nnkcli.errors",
+    "FeatureStore": "nnkcli.store",
+    "nnk_solve": "nnkcli.solver",
+    "nnk_weights": "nnkcli.solver",
+    "knn_scores": "nnkcli.solver",
+    "nnk_scores": "nnkcli.solver",
+    "topk_classes": "nnkcli.solver",
+    "classify": "nnkcli.classify",
+    "sweep": "nnkcli.sweep",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nnkcli' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)

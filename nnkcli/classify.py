@@ -1,0 +1,445 @@
+"""Streaming NNK / weighted-kNN evaluation of a query split against an indexed training split.
+
+The query split is read in chunks. For each chunk: one index search at the largest
+k needed, an exact re-ranking of those neighbours (float64 cosine from the stored
+vectors, ties broken by row id, so results do not depend on faiss's blocking, the
+chunk size or the thread count), then the requested methods at every requested k.
+``classify`` evaluates one k; ``nnkcli.sweep`` evaluates many from the same search.
+
+Memory: the index (n_train x d float32 for a flat index) plus, per chunk of B
+queries at largest k K, about ``B * (4*K*d + 32*K*K + 16*C)`` bytes (neighbour
+vectors, kernel blocks and solver work, class scores). The default chunk size keeps
+that under ``CHUNK_MEMORY_BUDGET``; nothing of size n_query x n_train is ever held.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nnkcli.errors import InputError
+from nnkcli.metrics import Accumulator
+
+logger = logging.getLogger("nnkcli")
+
+METHODS = ("nnk", "knn")
+KERNELS = ("cosine", "gaussian")
+WEIGHTINGS = ("exp", "similarity", "uniform")
+CHUNK_MEMORY_BUDGET = 512 * 2**20
+TOP = 5  # how many classes are kept per query (top-5 accuracy)
+
+
+def parse_methods(method: str | Sequence[str]) -> tuple[str, ...]:
+    """``"both"`` -> ``("nnk", "knn")``; validates names."""
+    names = [method] if isinstance(method, str) else list(method)
+    out: list[str] = []
+    for name in names:
+        for part in ("nnk", "knn") if name == "both" else (name,):
+            if part not in METHODS:
+                raise InputError(f"unknown method {part!r}", hint="choose nnk, knn or both")
+            if part not in out:
+                out.append(part)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How queries are scored (shared by classify and sweep)."""
+
+    methods: tuple[str, ...] = METHODS
+    kernel: str = "cosine"  # NNK kernel
+    temperature: float = 0.07  # kNN: weights exp(s / T)
+    weighting: str = "exp"  # kNN weighting: exp | similarity | uniform
+    exclude_self: bool = False  # leave-one-out when the query split is the training split
+    chunk_size: int | None = None  # queries per chunk; None = sized to CHUNK_MEMORY_BUDGET
+    threads: int | None = None
+    tol: float = 1e-8  # NNK KKT tolerance, relative to max|g|
+
+    def validate(self) -> "EvalOptions":
+        parse_methods(self.methods)
+        if self.kernel not in KERNELS:
+            raise InputError(f"unknown kernel {self.kernel!r}", hint="choose cosine or gaussian")
+        if self.weighting not in WEIGHTINGS:
+            raise InputError(f"unknown kNN weighting {self.weighting!r}", hint="choose exp, similarity or uniform")
+        if not self.temperature > 0:
+            raise InputError(f"--temperature must be > 0, got {self.temperature:g}", hint="DINO uses 0.07")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise InputError(f"--chunk-size must be >= 1, got {self.chunk_size}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {self.threads}")
+        return self
+
+    def as_dict(self) -> dict:
+        return {
+            "methods": list(self.methods), "kernel": self.kernel, "temperature": self.temperature,
+            "weighting": self.weighting, "exclude_self": self.exclude_self, "chunk_size": self.chunk_size,
+            "threads": self.threads, "tol": self.tol,
+        }
+
+
+def default_chunk_size(k: int, dim: int, n_classes: int) -> int:
+    per_query = 4 * k * dim + 32 * k * k + 16 * max(n_classes, 1) + 64 * k
+    return int(np.clip(CHUNK_MEMORY_BUDGET // per_query, 16, 8192))
+
+
+class Evaluation:
+    """An opened store, its train/query splits and a ready index (the set-up of one run)."""
+
+    def __init__(
+        self,
+        store_path: str | os.PathLike,
+        *,
+        train_split: str = "train",
+        query_split: str = "val",
+        index_path: str | os.PathLike | None = None,
+        rebuild_index: bool = False,
+        threads: int | None = None,
+        progress_factory: Callable | None = None,
+    ):
+        from nnkcli import index as nnk_index
+        from nnkcli.store import FeatureStore
+
+        self.store_path = Path(store_path)
+        self.store = FeatureStore(self.store_path)
+        self.train = self.store.split(train_split)
+        self.query = self.store.split(query_split)
+        if self.train.dim != self.query.dim:
+            raise InputError(
+                f"query split '{query_split}' has dimension {self.query.dim} but train split "
+                f"'{train_split}' has {self.train.dim}",
+                hint="both splits must come from the same model",
+            )
+        if self.train.n < 1:
+            raise InputError(f"train split '{train_split}' is empty")
+        nnk_index.set_threads(threads)
+        self.train_labels = np.asarray(self.train.labels, dtype=np.int64)
+        self.query_labels = np.asarray(self.query.labels, dtype=np.int64)
+        names = self.store.classes
+        top_label = int(max(self.train_labels.max(initial=-1), self.query_labels.max(initial=-1)))
+        self.n_classes = max(len(names) if names else 0, top_label + 1, 1)
+        self.class_names = list(names) if names else [str(c) for c in range(self.n_classes)]
+        self.index, self.index_info = self._resolve_index(index_path, rebuild_index, progress_factory)
+
+    def _resolve_index(self, index_path, rebuild_index, progress_factory):
+        from nnkcli import index as nnk_index
+
+        explicit = index_path is not None
+        path = Path(index_path) if explicit else nnk_index.default_index_path(self.store_path, self.train.name)
+        info = {"path": str(path), "built_in_memory": False, "rebuilt": False}
+        if path.exists():
+            loaded = None
+            try:
+                loaded = nnk_index.load_index(path)
+                nnk_index.check_fresh(loaded, self.train, store_path=self.store_path)
+            except nnk_index.IndexFileError as exc:
+                if not rebuild_index:
+                    raise
+                logger.warning(f"{exc.message}; rebuilding it (--rebuild-index)")
+                # keep the user's index type and parameters when the old file was readable
+                params = loaded.params if loaded is not None else nnk_index.IndexParams()
+                built = self._build(params, progress_factory)
+                nnk_index.save_index(built, path)
+                info["rebuilt"] = True
+                info["type"] = built.params.index_type
+                return built, info
+            info["type"] = loaded.params.index_type
+            return loaded, info
+        if explicit:
+            raise nnk_index.IndexFileError(
+                f"index file not found: {path}", hint="build it with 'nnk index STORE --out PATH', or omit --index"
+            )
+        logger.info(f"no saved index at {path}; building a flat index in memory (run 'nnk index' to keep one)")
+        built = self._build(nnk_index.IndexParams(), progress_factory)
+        info.update(path=None, built_in_memory=True, type="flat")
+        return built, info
+
+    def _build(self, params, progress_factory):
+        from nnkcli import index as nnk_index
+
+        if progress_factory is None:
+            return nnk_index.build_index(self.train, params, store_path=self.store_path)
+        with progress_factory(self.train.n, "indexing") as advance:
+            return nnk_index.build_index(self.train, params, store_path=self.store_path, progress=advance)
+
+    def max_k(self, exclude_self: bool) -> int:
+        return int(self.train.n) - (1 if exclude_self else 0)
+
+    def check_k(self, k_values: Sequence[int], opts: EvalOptions) -> None:
+        if opts.exclude_self and self.query.name != self.train.name:
+            raise InputError(
+                "--exclude-self needs the query split to be the train split",
+                hint=f"pass --query-split {self.train.name} for leave-one-out evaluation",
+            )
+        largest = self.max_k(opts.exclude_self)
+        for k in k_values:
+            if k < 1:
+                raise InputError(f"k must be >= 1, got {k}")
+            if k > largest:
+                raise InputError(
+                    f"k={k} is larger than the train split allows ({self.train.n} rows)",
+                    hint=f"the largest valid k is {largest}",
+                )
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@dataclass
+class MethodChunk:
+    """One method's output for one chunk at one k."""
+
+    top: np.ndarray  # (B, TOP) int64 class ids, -1 = none
+    scores: np.ndarray  # (B, C) float64
+    theta: np.ndarray | None = None  # (B, k) float64 raw NNK weights
+    support: np.ndarray | None = None  # (B,) int NNK support sizes
+
+
+@dataclass
+class ChunkResult:
+    start: int
+    ids: np.ndarray  # (B, K) int64 neighbour rows in the train split, most similar first
+    sims: np.ndarray  # (B, K) float64 cosine similarities
+    labels: np.ndarray  # (B,) int64 true labels
+    by_method_k: dict = field(default_factory=dict)  # (method, k) -> MethodChunk
+
+
+def neighbours(ev: Evaluation, q: np.ndarray, start: int, k: int, exclude_self: bool):
+    """Search, drop each query's own row under leave-one-out, re-rank exactly.
+
+    Returns ids (B, k) int64, sims (B, k) float64, X (B, k, d) float32 neighbour vectors.
+    """
+    extra = 1 if exclude_self else 0
+    _, ids = ev.index.search(q, k + extra)
+    if exclude_self:
+        own = np.arange(start, start + len(q), dtype=np.int64)[:, None]
+        is_own = ids == own
+        # drop the query's own row where found, else the last (least similar) one
+        drop = np.where(is_own.any(axis=1), is_own.argmax(axis=1), k)
+        keep = np.ones(ids.shape, dtype=bool)
+        keep[np.arange(len(ids)), drop] = False
+        ids = ids[keep].reshape(len(ids), k)
+    missing = ids < 0  # approximate indexes may return fewer than k
+    safe_ids = np.where(missing, 0, ids)
+    X = ev.index.vectors(safe_ids)
+    sims = np.einsum("bkd,bd->bk", X.astype(np.float64), q.astype(np.float64))
+    sims[missing] = -np.inf
+    # exact order: similarity descending, then row id ascending
+    order = _rank(sims, safe_ids)
+    take = np.take_along_axis
+    ids, sims, missing = take(ids, order, 1), take(sims, order, 1), take(missing, order, 1)
+    X = take(X, order[:, :, None], 1)
+    return ids, sims, X, missing
+
+
+def _rank(sims: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per row: indices sorting by similarity descending, ties by id ascending."""
+    order = np.argsort(ids, axis=1, kind="stable")
+    by_sim = np.argsort(-np.take_along_axis(sims, order, 1), axis=1, kind="stable")
+    return np.take_along_axis(order, by_sim, 1)
+
+
+def score_chunk(
+    ev: Evaluation, q: np.ndarray, start: int, labels: np.ndarray, k_values: Sequence[int], opts: EvalOptions,
+    timing: dict,
+) -> ChunkResult:
+    """All methods at all ``k_values`` (ascending) for one chunk of normalised queries ``q`` (B, d)."""
+    from nnkcli import solver
+
+    k_max = k_values[-1]
+    t0 = time.perf_counter()
+    ids, sims, X, missing = neighbours(ev, q, start, k_max, opts.exclude_self)
+    nb_labels = np.where(missing, -1, ev.train_labels[np.where(missing, 0, ids)])
+    timing["search_s"] += time.perf_counter() - t0
+    out = ChunkResult(start=start, ids=ids, sims=sims, labels=labels)
+    C = ev.n_classes
+
+    if "knn" in opts.methods:
+        t0 = time.perf_counter()
+        finite_sims = np.where(missing, 0.0, sims)
+        for k in k_values:
+            scores = solver.knn_scores(finite_sims[:, :k], nb_labels[:, :k], C,
+                                       weighting=opts.weighting, temperature=opts.temperature)
+            out.by_method_k[("knn", k)] = MethodChunk(top=solver.topk_classes(scores, TOP), scores=scores)
+        timing["knn_s"] += time.perf_counter() - t0
+
+    if "nnk" in opts.methods:
+        t0 = time.perf_counter()
+        cosine = opts.kernel == "cosine"
+        if cosine:  # k-independent kernel: build once at k_max, use leading blocks
+            G_all, g_all = solver.kernel_blocks(q, X, kernel="cosine", sims=np.where(missing, 0.0, sims))
+            _mask_missing(G_all, g_all, missing)
+        support = None
+        for k in k_values:
+            if cosine:
+                G, g = G_all[:, :k, :k], g_all[:, :k]
+            else:
+                G, g = solver.kernel_blocks(q, X[:, :k], kernel=opts.kernel)
+                _mask_missing(G, g, missing[:, :k])
+            warm = None
+            if support is not None:
+                warm = np.zeros(g.shape, dtype=bool)
+                warm[:, : support.shape[1]] = support
+            res = solver.nnk_solve(G, g, tol=opts.tol, warm_start=warm)
+            theta = res.theta
+            support = theta > 0
+            scores = solver.nnk_scores(theta, nb_labels[:, :k], C)
+            out.by_method_k[("nnk", k)] = MethodChunk(
+                top=solver.topk_classes(scores, TOP), scores=scores, theta=theta, support=support.sum(axis=1),
+            )
+            timing["nnk_fallbacks"] += int(np.count_nonzero(res.fallback))
+        timing["nnk_s"] += time.perf_counter() - t0
+    return out
+
+
+def _mask_missing(G: np.ndarray, g: np.ndarray, missing: np.ndarray) -> None:
+    """Neighbours an approximate index did not return get K = identity row, g = 0, hence theta = 0."""
+    if not missing.any():
+        return
+    b, j = np.nonzero(missing)
+    G[b, j, :] = 0.0
+    G[b, :, j] = 0.0
+    G[b, j, j] = 1.0
+    g[b, j] = 0.0
+
+
+def run(
+    ev: Evaluation,
+    k_values: Sequence[int],
+    opts: EvalOptions,
+    *,
+    progress: Callable[[int], None] | None = None,
+    on_chunk: Callable[[ChunkResult], None] | None = None,
+) -> tuple[dict, dict]:
+    """Stream the query split through ``score_chunk``.
+
+    Returns
+    -------
+    accumulators : dict mapping (method, k) -> Accumulator
+    timing : dict of seconds (read, search, knn, nnk, total) and queries per second
+    """
+    from nnkcli.index import normalize_rows
+
+    k_values = sorted(set(int(k) for k in k_values))
+    ev.check_k(k_values, opts)
+    chunk = opts.chunk_size or default_chunk_size(k_values[-1], ev.train.dim, ev.n_classes)
+    accs = {(m, k): Accumulator(m, k, ev.n_classes) for m in opts.methods for k in k_values}
+    timing = {"read_s": 0.0, "search_s": 0.0, "knn_s": 0.0, "nnk_s": 0.0, "nnk_fallbacks": 0}
+    t_start = time.perf_counter()
+    t0 = time.perf_counter()
+    for start, feats in ev.query.iter_chunks(chunk):
+        q = normalize_rows(feats)
+        labels = ev.query_labels[start : start + len(q)]
+        timing["read_s"] += time.perf_counter() - t0
+        res = score_chunk(ev, q, start, labels, k_values, opts, timing)
+        for key, mc in res.by_method_k.items():
+            accs[key].update(mc.top, labels, mc.support)
+        if on_chunk is not None:
+            on_chunk(res)
+        if progress is not None:
+            progress(len(q))
+        t0 = time.perf_counter()
+    total = time.perf_counter() - t_start
+    timing = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in timing.items()}
+    timing["total_s"] = round(total, 4)
+    timing["queries_per_s"] = round(ev.query.n / total, 1) if total > 0 else None
+    timing["chunk_size"] = chunk
+    return accs, timing
+
+
+def check_labelled(ev: Evaluation, gate_requested: bool) -> None:
+    """A query split with no labels at all: predictions only (an error if a gate needs accuracy)."""
+    if ev.query.n and not (ev.query_labels >= 0).any():
+        if gate_requested:
+            raise InputError(
+                f"query split '{ev.query.name}' has no labels, so --min-top1/--min-top5 cannot be checked",
+                hint="extract the query split with --labels, or drop the gate",
+            )
+        logger.warning(f"query split '{ev.query.name}' has no labels: predictions only, no accuracy")
+
+
+def classify(
+    store_path: str | os.PathLike,
+    *,
+    k: int = 50,
+    methods: str | Sequence[str] = METHODS,
+    train_split: str = "train",
+    query_split: str = "val",
+    index_path: str | os.PathLike | None = None,
+    rebuild_index: bool = False,
+    kernel: str = "cosine",
+    temperature: float = 0.07,
+    weighting: str = "exp",
+    chunk_size: int | None = None,
+    exclude_self: bool = False,
+    threads: int | None = None,
+    per_class: bool = False,
+    predictions_path: str | os.PathLike | None = None,
+    gate_requested: bool = False,
+    progress_factory: Callable | None = None,
+) -> dict:
+    """Evaluate NNK and/or weighted kNN at one k; returns the JSON-able result document.
+
+    See the module docstring for the memory bound. ``progress_factory(total, description)``
+    is an optional context manager yielding ``advance(n)`` (the CLI draws a bar with it).
+    """
+    opts = EvalOptions(
+        methods=parse_methods(methods), kernel=kernel, temperature=temperature, weighting=weighting,
+        exclude_self=exclude_self, chunk_size=chunk_size, threads=threads,
+    ).validate()
+    with Evaluation(
+        store_path, train_split=train_split, query_split=query_split, index_path=index_path,
+        rebuild_index=rebuild_index, threads=threads, progress_factory=progress_factory,
+    ) as ev:
+        check_labelled(ev, gate_requested)
+        ev.check_k([k], opts)
+        writer = None
+        if predictions_path is not None:
+            from nnkcli.predictions import PredictionWriter
+
+            writer = PredictionWriter(predictions_path, ev, k, opts)
+        try:
+            if progress_factory is not None:
+                with progress_factory(ev.query.n, "classifying") as advance:
+                    accs, timing = run(ev, [k], opts, progress=advance, on_chunk=writer and writer.write)
+            else:
+                accs, timing = run(ev, [k], opts, on_chunk=writer and writer.write)
+            if writer is not None:
+                writer.commit(_document(ev, opts, accs, timing, per_class))
+        finally:
+            if writer is not None:
+                writer.abort()
+        return _document(ev, opts, accs, timing, per_class, k=k, predictions_path=predictions_path)
+
+
+def _document(ev, opts, accs, timing, per_class, **extra) -> dict:
+    results = [acc.result(per_class=per_class, class_names=ev.class_names) for acc in accs.values()]
+    n_unlabelled = int((ev.query_labels < 0).sum())
+    doc = {
+        "store": str(ev.store_path),
+        "train_split": ev.train.name,
+        "query_split": ev.query.name,
+        "n_train": int(ev.train.n),
+        "n_queries": int(ev.query.n),
+        "n_unlabelled": n_unlabelled,
+        "n_classes": ev.n_classes,
+        "index": ev.index_info,
+        "parameters": opts.as_dict(),
+        "results": results,
+        "timing": timing,
+    }
+    for key, value in extra.items():
+        if value is not None:
+            doc[key] = str(value) if isinstance(value, Path) else value
+    return doc

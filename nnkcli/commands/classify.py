@@ -1,0 +1,73 @@
+"""``nnk classify``: NNK and weighted-kNN accuracy of a query split at one k."""
+
+from __future__ import annotations
+
+import click
+
+from nnkcli.cli import command_options, get_ui
+from nnkcli.commands._evaluation import EVAL_KWARGS, evaluation_options, result_columns
+from nnkcli.output import Column, render
+
+
+@click.command("classify")
+@click.argument("store", type=click.Path(dir_okay=False))
+@click.option("--k", "k", type=int, default=50, show_default=True, help="Neighbours per query.")
+@evaluation_options
+@click.option("--per-class", is_flag=True, help="Add per-class top-1 accuracy.")
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="Write per-query neighbours, scores, top-5 and NNK weights to this HDF5 file.")
+@command_options
+def classify(store, k, per_class, out, method, min_top1, min_top5, fmt, **kwargs):
+    """Classify the query split by its k nearest training rows, with NNK and weighted kNN.
+
+    Accuracies are in % (0-100). Queries labelled -1 are predicted but not scored.
+
+    \b
+    Examples:
+      nnk classify feats.h5 --k 50
+      nnk classify feats.h5 --k 20 --method knn --temperature 0.07
+      nnk classify feats.h5 --format json --min-top1 70      # CI gate: exit 3 below 70 %
+      nnk classify feats.h5 --query-split train --exclude-self --out loo.h5
+    """
+    from nnkcli.classify import classify as run_classify
+    from nnkcli.metrics import check_gates
+
+    ui = get_ui()
+    gate = min_top1 is not None or min_top5 is not None
+    doc = run_classify(
+        store, k=k, methods=method, per_class=per_class, predictions_path=out, gate_requested=gate,
+        progress_factory=ui.progress, **{key: kwargs[key] for key in EVAL_KWARGS},
+    )
+    rows = doc["results"]
+    caption = _caption(doc)
+    if per_class and fmt != "json":
+        _render_per_class(doc, fmt)
+    else:
+        render(doc, fmt=fmt, columns=result_columns("nnk" in [r["method"] for r in rows]), rows=rows,
+               caption=caption)
+    check_gates(rows, min_top1=min_top1, min_top5=min_top5)
+
+
+def _caption(doc: dict) -> str:
+    t = doc["timing"]
+    parts = [f"{doc['n_queries']} queries vs {doc['n_train']} train rows",
+             f"search {t['search_s']:.2f}s"]
+    if "nnk_s" in t and any(r["method"] == "nnk" for r in doc["results"]):
+        parts.append(f"nnk {t['nnk_s']:.2f}s")
+    if doc.get("n_unlabelled"):
+        parts.append(f"{doc['n_unlabelled']} unlabelled queries not scored")
+    return "; ".join(parts)
+
+
+def _render_per_class(doc: dict, fmt: str) -> None:
+    """One row per (method, class) after the summary rows: table and CSV."""
+    rows = []
+    for r in doc["results"]:
+        rows.append({"method": r["method"], "k": r["k"], "class": "(all)", "n": r["n_queries"], "top1": r["top1"],
+                     "top5": r["top5"], "balanced_accuracy": r["balanced_accuracy"]})
+        for name, pc in r.get("per_class", {}).items():
+            rows.append({"method": r["method"], "k": r["k"], "class": name, "n": pc["n"], "top1": pc["top1"]})
+    columns = [Column("method", justify="left"), Column("k"), Column("class", justify="left"), Column("n"),
+               Column("top1", "top-1 %", ".2f"), Column("top5", "top-5 %", ".2f"),
+               Column("balanced_accuracy", "balanced %", ".2f")]
+    render(doc, fmt=fmt, columns=columns, rows=rows, caption=_caption(doc))

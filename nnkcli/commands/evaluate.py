@@ -1,0 +1,233 @@
+"""``nnk evaluate``: evaluate new checkpoints or stores into a history, then gate."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+
+import click
+
+from nnkcli.cli import command_options, get_ui
+from nnkcli.commands._evaluation import evaluation_options
+from nnkcli.errors import GateFailed, InputError, NnkError
+from nnkcli.output import Column, render
+
+logger = logging.getLogger("nnkcli")
+
+# extraction options passed to the model extractor only when given, so its defaults apply
+_EXTRACT_KEYS = ("checkpoint_key", "strip_prefix", "trust_checkpoint", "resize", "crop", "interpolation", "device",
+                 "batch_size", "workers")
+
+
+def _check_k_spec(ctx, param, value):
+    from nnkcli.sweep import parse_k_spec
+
+    try:
+        parse_k_spec(value)
+    except InputError as exc:
+        raise click.BadParameter(exc.message) from None
+    return value
+
+
+def _model_options(f):
+    opts = [
+        click.option("--model", default=None, metavar="SPEC",
+                     help="For checkpoint SOURCEs: torchvision:NAME, torchscript:FILE.pt or MODULE:CALLABLE."),
+        click.option("--train-images", type=click.Path(file_okay=False), default=None,
+                     help="Image folder extracted into the train split of each checkpoint."),
+        click.option("--val-images", type=click.Path(file_okay=False), default=None,
+                     help="Image folder extracted into the query split of each checkpoint."),
+        click.option("--checkpoint-key", default=None, help="Nested state dict key (default: auto-detect)."),
+        click.option("--strip-prefix", multiple=True, help="Key prefix to remove (default: auto-detect)."),
+        click.option("--resize", type=int, default=None, help="Shorter side before cropping (extractor default 256)."),
+        click.option("--crop", type=int, default=None, help="Centre-crop size (extractor default 224)."),
+        click.option("--interpolation", type=click.Choice(["bicubic", "bilinear"]), default=None,
+                     help="Resize interpolation (extractor default bicubic)."),
+        click.option("--trust-checkpoint", is_flag=True, default=None,
+                     help="Allow checkpoints that pickle Python objects (unpickling can run code)."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Extraction device."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Extraction batch size."),
+        click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers."),
+        click.option("--no-keep-store", "keep_store", flag_value=False, default=True,
+                     help="Delete a checkpoint's extracted store once evaluated (default: keep it "
+                          "in <history dir>/stores/)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def outcome_columns(methods) -> list[Column]:
+    cols = [Column("source", justify="left"), Column("step"), Column("status", justify="left"),
+            Column("sha256", "sha256", justify="left")]
+    for m in methods:
+        cols += [Column(f"{m}_top1", f"{m} top-1 %", ".2f"), Column(f"{m}_k", f"{m} k")]
+    cols.append(Column("seconds", "seconds", ".1f"))
+    return cols
+
+
+def outcome_row(outcome, methods) -> dict:
+    entry = outcome.entry or {}
+    status = outcome.status if not outcome.reason else f"{outcome.status}: {outcome.reason}"
+    row = {
+        "source": outcome.source.name,
+        "step": entry.get("step"),
+        "status": status,
+        "sha256": (outcome.sha256 or "")[:12] or None,
+        "seconds": (entry.get("timing") or {}).get("total_s") if outcome.status == "evaluated" else None,
+    }
+    for m in methods:
+        best = (entry.get("best") or {}).get(m) or {}
+        row[f"{m}_top1"], row[f"{m}_k"] = best.get("top1"), best.get("k")
+    return row
+
+
+EPILOG = """\b
+Examples:
+  # every store in a folder; sources already in the history are skipped
+  nnk evaluate --watch-dir runs/feats --pattern '*.h5' --history runs/history.jsonl
+\b
+  # checkpoints: extracted with the model into <history dir>/stores/, then swept
+  nnk evaluate --watch-dir runs/dino --pattern 'checkpoint*.pth' \\
+      --model torchvision:resnet50 --train-images data/train --val-images data/val \\
+      --history runs/history.jsonl --k 10..200
+\b
+  # crontab: every night at 02:00; overlapping runs never record a source twice
+  0 2 * * * cd /srv/ssl && nnk evaluate --watch-dir runs/dino --pattern '*.pth' --model torchvision:resnet50 --train-images data/train --val-images data/val --history runs/history.jsonl -q >> runs/evaluate.log 2>&1
+\b
+  # CI after a training job (works under `set -e`): 3 = accuracy regressed
+  rc=0; nnk evaluate out/checkpoint.pth --model torchvision:resnet50 \\
+      --train-images data/train --val-images data/val --history history.jsonl \\
+      --fail-on-regression 1.0 --min-top1 60 || rc=$?
+  case $rc in 0) ;; 3) echo "top-1 regressed" >&2; exit 1 ;; *) exit $rc ;; esac
+\b
+Exit codes: 0 ok (also when nothing was new), 1 a source failed or bad input,
+2 usage error, 3 a gate failed (the results are still recorded), 130 interrupted.
+"""
+
+
+@click.command(epilog=EPILOG)
+@click.argument("sources", nargs=-1, type=click.Path(dir_okay=True, path_type=Path), metavar="[SOURCE]...")
+@click.option("--history", "history_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON-lines history file (created when missing).")
+@click.option("--watch-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also take every file in DIR matching --pattern.")
+@click.option("--pattern", default=None,
+              help="Glob for --watch-dir [default: *.pth with --model, else *.h5].")
+@click.option("--k", "k_spec", default="10..200", show_default=True, callback=_check_k_spec,
+              help="k values: A..B (multiples of A up to B), A..B:S, lists such as 10,20,50.")
+@evaluation_options
+@click.option("--fail-on-regression", "max_drop", type=click.FloatRange(min=0), default=None, metavar="PTS",
+              help="Exit 3 when the newest source's best top-1 is more than PTS points below the history's best.")
+@click.option("--gate-method", type=click.Choice(["nnk", "knn"]), default=None,
+              help="Method whose best top-1 the gates check [default: nnk, or the only --method].")
+@_model_options
+@command_options
+@click.pass_context
+def evaluate(ctx, sources, history_path, watch_dir, pattern, k_spec, method, max_drop, gate_method, min_top1,
+             min_top5, keep_store, model, train_images, val_images, fmt, **kwargs):
+    """Evaluate new checkpoints or feature stores into HISTORY, once each.
+
+    Each SOURCE (a feature store, or a checkpoint with --model, --train-images and
+    --val-images) is identified by the sha256 of its content: one already in the
+    history is skipped, any other is swept over --k for NNK and kNN and recorded as
+    one JSON line (best top-1 and k per method, every k's top-1/top-5, parameters,
+    step or epoch, times, host). Safe to run from overlapping cron jobs.
+
+    The gates (--fail-on-regression, --min-top1, --min-top5) run after recording
+    and check the newest source in the history (by step, else time) for
+    --gate-method.
+    """
+    from nnkcli.classify import parse_methods
+    from nnkcli.evaluate import ModelOptions, SweepOptions, collect_sources, evaluate_sources
+    from nnkcli.history import check_gates, read_history
+
+    ui = get_ui(ctx)
+    methods = parse_methods(method)
+    if not sources and watch_dir is None:
+        raise click.UsageError("give at least one SOURCE or --watch-dir DIR")
+    model_given = [n for n, v in (("--model", model), ("--train-images", train_images),
+                                  ("--val-images", val_images)) if v is not None]
+    model_opts = None
+    if model_given:
+        missing = {"--model", "--train-images", "--val-images"} - set(model_given)
+        if missing:
+            raise click.UsageError(f"checkpoint SOURCEs need --model, --train-images and --val-images "
+                                   f"(missing: {', '.join(sorted(missing))})")
+        extract = {k: kwargs[k] for k in _EXTRACT_KEYS if kwargs.get(k) not in (None, (), False)}
+        if "strip_prefix" in extract:
+            extract["strip_prefix"] = list(extract["strip_prefix"])
+        model_opts = ModelOptions(model, train_images, val_images, extract=extract, keep_store=keep_store)
+    if gate_method is None:
+        gate_method = "nnk" if "nnk" in methods else methods[0]
+    elif gate_method not in methods:
+        raise click.UsageError(f"--gate-method {gate_method} is not among the evaluated methods ({method})")
+    if pattern is None:
+        pattern = "*.pth" if model_opts else "*.h5"
+
+    paths = collect_sources(sources, watch_dir=watch_dir, pattern=pattern)
+    if not paths:
+        logger.info(f"no file in {watch_dir} matches {pattern}")
+    options = SweepOptions(
+        k_spec=k_spec, methods=methods,
+        **{k: kwargs[k] for k in ("train_split", "query_split", "index_path", "rebuild_index", "kernel",
+                                  "temperature", "weighting", "chunk_size", "threads", "exclude_self")},
+    )
+    progress = partial(_progress, ui) if ui.chatty else None
+    outcomes = evaluate_sources(paths, history_path, options=options, model=model_opts, progress_factory=progress)
+
+    history = read_history(history_path)
+    for bad in history.malformed:
+        logger.warning(f"{history_path.name} {bad}; skipped")
+    gates_wanted = any(v is not None for v in (max_drop, min_top1, min_top5))
+    gate = None
+    if gates_wanted:
+        gate = check_gates(history.entries, method=gate_method, max_drop=max_drop, min_top1=min_top1,
+                           min_top5=min_top5)
+        if gate.newest is None:
+            logger.warning(f"no {gate_method} result in {history_path.name} yet: nothing to gate")
+
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("evaluated", "skipped", "failed")}
+    payload = {
+        "history": str(history_path),
+        "counts": counts,
+        "sources": [o.to_dict() for o in outcomes],
+        "gate": _gate_doc(gate, max_drop, min_top1, min_top5) if gate is not None else None,
+    }
+    caption = ", ".join(f"{n} {s}" for s, n in counts.items()) + f" -> {history_path}"
+    render(payload, fmt=ui.fmt, columns=outcome_columns(methods), rows=[outcome_row(o, methods) for o in outcomes],
+           title="nnk evaluate", caption=caption)
+
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        first = failed[0]
+        raise NnkError(
+            f"{len(failed)} of {len(outcomes)} sources failed; {first.source.name}: {first.reason}",
+            hint="failed sources are not recorded; the next run retries them",
+        )
+    if gate is not None and not gate.passed:
+        raise GateFailed("; ".join(gate.failures), hint=f"see the whole history with: nnk history {history_path}")
+
+
+def _progress(ui, total, description):
+    return ui.progress(total, description, unit="images" if description.startswith("extracting") else "queries")
+
+
+def _gate_doc(gate, max_drop, min_top1, min_top5) -> dict:
+    from nnkcli.history import describe_entry
+
+    return {
+        "method": gate.method,
+        "passed": gate.passed,
+        "fail_on_regression": max_drop,
+        "min_top1": min_top1,
+        "min_top5": min_top5,
+        "newest": describe_entry(gate.newest) if gate.newest else None,
+        "newest_sha256": gate.newest["sha256"] if gate.newest else None,
+        "newest_top1": gate.newest_top1,
+        "best": describe_entry(gate.best) if gate.best else None,
+        "best_top1": gate.best_top1,
+        "drop": gate.drop,
+        "failures": list(gate.failures),
+    }

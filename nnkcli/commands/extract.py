@@ -1,0 +1,152 @@
+"""``nnk extract``: put features into a store, from arrays/dumps or (torch) from a model."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import click
+from click.core import ParameterSource
+
+from nnkcli.cli import command_options, get_ui
+from nnkcli.commands.extract_images import IMAGE_OPTION_NAMES, image_options, run_image_extraction
+from nnkcli.output import Column, render
+
+logger = logging.getLogger("nnkcli")
+
+_META_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_ARRAY_OPTIONS = ("labels_path", "features_key", "labels_key", "layer")
+
+SUMMARY_COLUMNS = [
+    Column("split", justify="left"),
+    Column("n"),
+    Column("dim"),
+    Column("dtype", justify="left"),
+    Column("n_classes", "classes"),
+    Column("unlabelled"),
+    Column("source", justify="left"),
+]
+
+
+def parse_meta(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """``--meta key=value`` pairs as a dict (usage error on a malformed or repeated key)."""
+    meta: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not _META_KEY.match(key):
+            raise click.BadParameter(f"expected KEY=VALUE with a plain-word key, got {item!r}", ctx, param)
+        if key in meta:
+            raise click.BadParameter(f"key {key!r} given twice", ctx, param)
+        meta[key] = value
+    return meta
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def _option_flag(ctx: click.Context, name: str) -> str:
+    for param in ctx.command.params:
+        if param.name == name and param.opts:
+            return max(param.opts, key=len)
+    return "--" + name.replace("_", "-")
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  nnk extract feats.h5 --split train --from train_feats.npy --labels train_labels.npy
+  nnk extract feats.h5 --split val --from val.npz --meta run=exp42 --meta epoch=300
+  nnk extract feats.h5 --split train --from dino_dump/        # trainfeat.pth + trainlabels.pth
+  nnk extract feats.h5 --split val --from dino_dump/          # testfeat.pth + testlabels.pth
+  nnk extract feats.h5 --split train --from vissl_out/ --layer heads
+  nnk extract feats.h5 --split val --images imagenet/val --model torchvision:resnet50 --checkpoint ck.pth
+""",
+)
+@click.argument("store", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--split", required=True, metavar="NAME", help="Split to write, e.g. train or val.")
+@click.option("--from", "from_path", metavar="PATH", default=None,
+              help="Features to import: .npy, .npz, a DINO --dump_features folder/.pth, or a VISSL folder.")
+@click.option("--labels", "labels_path", metavar="PATH", default=None,
+              help="Labels file (.npy, .npz, .txt one per line, .pth): integers or names, -1 = unlabelled.")
+@click.option("--features-key", metavar="K", default=None, help="Array name of the features in a .npz [features].")
+@click.option("--labels-key", metavar="K", default=None, help="Array name of the labels in a .npz [labels].")
+@click.option("--layer", metavar="L", default=None, help="VISSL layer to import (when the folder holds several).")
+@click.option("--overwrite", is_flag=True, help="Replace the split if the store already has it.")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", callback=parse_meta,
+              help="Provenance pair stored with the split (repeatable).")
+@image_options
+@command_options
+@click.pass_context
+def extract(ctx, store, split, from_path, labels_path, features_key, labels_key, layer, overwrite, meta, fmt,
+            **image_opts):
+    """Write features into split NAME of STORE (an HDF5 file, created if missing).
+
+    From arrays or dumps (--from), or with a model from images (--images, needs the
+    torch extra). Labels may be integers or class names; they are mapped to
+    contiguous ids, kept consistent across the store's splits. Bad input (NaN/Inf,
+    all-zero rows, wrong shapes) is refused and nothing is written. The store is
+    replaced atomically: an interrupted run leaves the old store intact.
+    """
+    ui = get_ui(ctx)
+    image_source = image_opts.get("images") or image_opts.get("image_list")
+    _check_usage(ctx, from_path, image_source)
+    _check_meta_keys(meta)
+    if from_path:
+        summary = _import_arrays(ui, store, split, from_path, labels_path, features_key, labels_key, layer,
+                                 overwrite, meta)
+    else:
+        summary = run_image_extraction(ctx, store=store, split=split, overwrite=overwrite, meta=meta, **image_opts)
+    render_summary(summary, ui.fmt)
+
+
+def _check_usage(ctx: click.Context, from_path: str | None, image_source: str | None) -> None:
+    """Exactly one of --from and --images/--image-list, each with only its own options."""
+    if from_path and image_source:
+        raise click.UsageError("--from cannot be combined with --images/--image-list", ctx)
+    if not from_path and not image_source:
+        raise click.UsageError("give --from PATH (arrays or dumps) or --images DIR / --image-list FILE", ctx)
+    foreign = IMAGE_OPTION_NAMES if from_path else _ARRAY_OPTIONS
+    for name in foreign:
+        if _given(ctx, name):
+            where = "--images/--image-list" if from_path else "--from"
+            raise click.UsageError(f"{_option_flag(ctx, name)} applies to {where} only", ctx)
+
+
+def _check_meta_keys(meta: dict[str, str]) -> None:
+    from nnkcli.errors import InputError
+    from nnkcli.store import RESERVED_ATTRS
+
+    for key in meta:
+        if key in RESERVED_ATTRS or key in ("nnk_format", "format_version"):
+            raise InputError(f"--meta key '{key}' is reserved: nnkcli sets it", hint="choose another key")
+
+
+def _import_arrays(ui, store, split, from_path, labels_path, features_key, labels_key, layer, overwrite, meta):
+    from nnkcli.checks import check_split_name
+    from nnkcli.errors import InputError
+    from nnkcli.extract import load_features
+    from nnkcli.store import write_split
+
+    check_split_name(split)
+    imported = load_features(from_path, split=split, labels_path=labels_path, features_key=features_key,
+                             labels_key=labels_key, layer=layer)
+    for key in meta:
+        if key in imported.attrs:
+            raise InputError(f"--meta key '{key}' is already set by the importer", hint="choose another key")
+    n_rows = int(imported.features.shape[0]) if len(imported.features.shape) else 0
+    with ui.progress(n_rows, f"writing {split}") as advance:
+        summary = write_split(
+            store, split, imported.features, imported.labels, ids=imported.ids,
+            class_names=imported.class_names, source=imported.source, attrs={**imported.attrs, **meta},
+            overwrite=overwrite, progress=advance,
+        )
+    return summary
+
+
+def render_summary(summary: dict, fmt: str) -> None:
+    """Render an extraction summary (array import or model extraction) as one row."""
+    columns = [c for c in SUMMARY_COLUMNS if c.key in summary]
+    title = f"Wrote split '{summary.get('split')}' to {summary.get('store')}" if "store" in summary else None
+    render(summary, fmt=fmt, columns=columns, rows=[summary], title=title)

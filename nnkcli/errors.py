@@ -1,0 +1,70 @@
+"""Typed errors of the library and the process exit codes they map to.
+
+The library raises these; exactly one place (``nnkcli.cli.NnkGroup.invoke``) turns
+them into ``Error: <message>`` / ``Hint: <hint>`` on stderr and an exit code.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit codes of ``nnk`` (documented in the README)."""
+
+    OK = 0
+    #: bad data or user error: a missing file, NaN features, a stale index ...
+    DATA_ERROR = 1
+    #: the command line itself is wrong (click's usage errors)
+    USAGE = 2
+    #: a quality gate (``--min-top1``, ``--fail-on-regression``) failed
+    GATE_FAILED = 3
+    #: interrupted by Ctrl-C / SIGINT
+    INTERRUPTED = 130
+
+
+class NnkError(Exception):
+    """An error the user can act on: one line of message, one line of hint."""
+
+    exit_code: ExitCode = ExitCode.DATA_ERROR
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InputError(NnkError):
+    """Input data or parameters are invalid (wrong shape, NaN, bad value ...)."""
+
+
+class StoreError(NnkError):
+    """A feature store is missing, unreadable, malformed, or refuses a write."""
+
+
+class IndexFileError(NnkError):
+    """A saved index is missing, corrupt, or does not fit the store."""
+
+
+class StaleIndexError(IndexFileError):
+    """A saved index was built from different data than the store now holds."""
+
+
+class MissingDependencyError(NnkError):
+    """An optional extra (torch, matplotlib) is needed but not installed."""
+
+    def __init__(self, what: str, extra: str):
+        super().__init__(
+            f"{what} needs the optional '{extra}' extra, which is not installed",
+            hint=f'pip install "nnkcli[{extra}]"',
+        )
+        self.extra = extra
+
+
+class GateFailed(NnkError):
+    """A quality gate failed; results were still written."""
+
+    exit_code = ExitCode.GATE_FAILED

@@ -1,0 +1,571 @@
+"""Evaluate new checkpoints or feature stores into a history file, exactly once each.
+
+``evaluate_sources`` is what ``nnk evaluate`` runs from cron and CI. For each
+source it computes the sha256 of the file; a source already in the history is
+skipped, any other is evaluated with ``nnkcli.sweep.sweep`` (a checkpoint is first
+extracted into a store beside the history) and recorded as one appended line.
+
+Overlapping runs (two cron jobs, a cron job and a CI job) are safe:
+
+* **claims** -- before evaluating a source a run takes a non-blocking ``flock`` on
+  ``.<history>.<sha256[:16]>.claim`` beside the history. A run that finds the
+  claim taken moves on to its other sources and waits for that claim only at the
+  end, then finds the source recorded and skips it. The long evaluation therefore
+  runs without holding the history lock, and no source is evaluated twice at once.
+* **the history lock** -- ``file_lock(history)`` is held only around
+  read-decide-append. The append re-reads the history first, so even without
+  claims a source could never be recorded twice.
+* **crashes** -- a line is appended only once an evaluation is complete, in one
+  write, then fsync'd. A run killed at any point leaves every line whole; the
+  kernel drops its claim, and the next run evaluates the source again.
+* **files still being written** -- a source whose size, mtime or inode changed
+  between hashing and the end of its evaluation is reported as failed, not
+  recorded, and retried by the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from nnkcli import __version__
+from nnkcli.atomic import file_lock
+from nnkcli.errors import InputError, MissingDependencyError, NnkError
+from nnkcli.history import (
+    HistoryError,
+    append_entry,
+    read_checkpoint_step,
+    read_history,
+    sha256_file,
+    step_from_name,
+)
+
+logger = logging.getLogger("nnkcli")
+
+METHODS = ("nnk", "knn")
+STORE_SUFFIXES = (".h5", ".hdf5")
+
+#: ModelOptions.extract keys that configure the image transform, not the extractor
+TRANSFORM_KEYS = ("resize", "crop", "interpolation", "mean", "std")
+
+EVALUATED = "evaluated"
+SKIPPED = "skipped"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How each source is evaluated: the arguments of ``nnkcli.sweep.sweep``."""
+
+    k_spec: str = "10..200"
+    methods: tuple[str, ...] = METHODS
+    train_split: str = "train"
+    query_split: str = "val"
+    kernel: str = "cosine"
+    temperature: float = 0.07
+    weighting: str = "exp"
+    chunk_size: int | None = None
+    exclude_self: bool = False
+    threads: int | None = None
+    index_path: str | None = None
+    rebuild_index: bool = False
+
+    def __post_init__(self):
+        bad = [m for m in self.methods if m not in METHODS]
+        if not self.methods or bad:
+            raise InputError(f"methods must be among {', '.join(METHODS)}, got {', '.join(self.methods) or 'none'}")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How a checkpoint source becomes a feature store (the ``torch`` extra).
+
+    ``extract`` holds further keyword arguments of
+    ``nnkcli.extract.torch_extract.extract_image_features`` (``checkpoint_key``,
+    ``strip_prefix``, ``trust_checkpoint``, ``device``, ``batch_size``, ``workers``,
+    ``skip_bad_images``) and of ``EvalTransform`` (``resize``, ``crop``,
+    ``interpolation``, ``mean``, ``std``); all are recorded in the history.
+    """
+
+    model: str
+    train_images: str
+    val_images: str
+    extract: dict = field(default_factory=dict)
+    keep_store: bool = True
+
+
+@dataclass
+class SourceOutcome:
+    """What happened to one source in this run."""
+
+    source: Path
+    status: str  # EVALUATED, SKIPPED or FAILED
+    sha256: str | None = None
+    reason: str | None = None
+    entry: dict | None = None  # the recorded line (evaluated) or the existing one (skipped)
+
+    def to_dict(self) -> dict:
+        doc = {
+            "source": str(self.source),
+            "status": self.status,
+            "sha256": self.sha256,
+            "reason": self.reason,
+            "step": (self.entry or {}).get("step"),
+            "best": (self.entry or {}).get("best"),
+        }
+        if self.status == EVALUATED and self.entry is not None:
+            doc["seconds"] = self.entry.get("timing", {}).get("total_s")
+        return doc
+
+
+# -- sources -----------------------------------------------------------------------
+def collect_sources(
+    paths: Sequence[str | os.PathLike] = (),
+    *,
+    watch_dir: str | os.PathLike | None = None,
+    pattern: str = "*.h5",
+) -> list[Path]:
+    """The sources of one run: the given files, then the files in ``watch_dir`` matching ``pattern``.
+
+    Hidden files are left out (they are the temporary files of atomic writers).
+    Duplicates (the same file named twice) are dropped. Raises ``InputError`` for a
+    named file that does not exist or a watch directory that is not a directory.
+    """
+    found: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise InputError(f"source not found: {p}")
+        if p.is_dir():
+            raise InputError(f"source is a directory: {p}", hint="use --watch-dir DIR --pattern GLOB for a folder")
+        found.append(p)
+    if watch_dir is not None:
+        d = Path(watch_dir)
+        if not d.is_dir():
+            raise InputError(f"--watch-dir is not a directory: {d}")
+        found.extend(
+            sorted(f for f in d.glob(pattern) if f.is_file() and not f.name.startswith("."))
+        )
+    unique: list[Path] = []
+    seen: set[Path] = set()
+    for p in found:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def is_store(path: Path) -> bool:
+    """Whether a source is a feature store (by suffix and the HDF5 signature)."""
+    if path.suffix.lower() in STORE_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8) == b"\x89HDF\r\n\x1a\n"
+    except OSError:
+        return False
+
+
+# -- claims ------------------------------------------------------------------------
+def claim_path(history_path: Path, sha256: str) -> Path:
+    return history_path.with_name(f".{history_path.name}.{sha256[:16]}.claim")
+
+
+@contextlib.contextmanager
+def claim(history_path: Path, sha256: str, *, blocking: bool) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on the source's claim file; yields whether it was obtained.
+
+    The file is removed (while still held) when the block ends: whoever takes the
+    claim next re-reads the history first, so it finds the source recorded. After
+    locking, the path is checked to still name the locked file; otherwise a
+    holder that had opened the file before its removal would lock a file nobody
+    else can see.
+    """
+    path = claim_path(history_path, sha256)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # removed by the previous holder: open the current file instead
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+
+
+# -- one evaluation ----------------------------------------------------------------
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _sweep_module():
+    # looked up at call time, so a test can stand in for the evaluation
+    return importlib.import_module("nnkcli.sweep")
+
+
+def checkpoint_store_path(history_path: Path, sha256: str, model: ModelOptions | None = None) -> Path:
+    """Where a checkpoint's features go: ``<history dir>/stores/<sha256[:16]>[-<config>].h5``."""
+    suffix = f"-{model_config_digest(model)}" if model is not None else ""
+    return history_path.parent / "stores" / f"{sha256[:16]}{suffix}.h5"
+
+
+def _read_step(path: Path, checkpoint: bool) -> tuple[int | None, str | None]:
+    found = read_checkpoint_step(path) if checkpoint else None
+    if found is not None:
+        return found[0], f"checkpoint:{found[1]}"
+    found = step_from_name(path.name)
+    if found is not None:
+        return found[0], f"name:{found[1]}"
+    return None, None
+
+
+def _summarise_results(result: dict, methods: Sequence[str]) -> tuple[list[dict], dict]:
+    rows = [r for r in result.get("results", []) if r.get("method") in methods]
+    best = {m: b for m, b in (result.get("best") or {}).items() if m in methods}
+    return rows, best
+
+
+def evaluate_one(
+    source: Path,
+    *,
+    sha256: str,
+    history_path: Path,
+    options: SweepOptions,
+    model: ModelOptions | None = None,
+    progress_factory: Callable | None = None,
+) -> dict:
+    """Evaluate one source and return its history line (not yet recorded).
+
+    Parameters
+    ----------
+    source : Path
+        A feature store, or a checkpoint when ``model`` is given.
+    sha256 : str
+        The content hash of ``source`` (computed once by the caller).
+    history_path : Path
+        Used to place the extracted store of a checkpoint.
+    options : SweepOptions
+        The sweep's k values, methods, splits and solver parameters.
+    model : ModelOptions, optional
+        Required for checkpoint sources.
+    """
+    from nnkcli.output import jsonable
+
+    started, t0 = _now(), time.perf_counter()
+    stat = source.stat()
+    checkpoint = not is_store(source)
+    if checkpoint and model is None:
+        raise InputError(
+            f"{source.name} is not a feature store (.h5); a checkpoint needs --model, --train-images and --val-images"
+        )
+    sweep_mod = _sweep_module()
+    k_values = sweep_mod.parse_k_spec(options.k_spec)
+    step, step_from = _read_step(source, checkpoint)
+    parameters: dict[str, Any] = {k: v for k, v in asdict(options).items() if k != "k_spec"}
+    if checkpoint:
+        parameters.pop("index_path")  # a checkpoint's store is made here, with no saved index
+    parameters["methods"] = list(options.methods)
+    store_path = source
+    extract_s = None
+    if checkpoint:
+        store_path = checkpoint_store_path(history_path, sha256, model)
+        t_extract = time.perf_counter()
+        extract_checkpoint(source, store_path, model, train_split=options.train_split,
+                           query_split=options.query_split, progress_factory=progress_factory)
+        extract_s = time.perf_counter() - t_extract
+        parameters["model"] = {
+            "model": model.model,
+            "train_images": str(Path(model.train_images).resolve()),
+            "val_images": str(Path(model.val_images).resolve()),
+            **model.extract,
+        }
+    try:
+        result = sweep_mod.sweep(
+            store_path,
+            k_values=k_values,
+            methods=tuple(options.methods),
+            train_split=options.train_split,
+            query_split=options.query_split,
+            index_path=None if checkpoint else options.index_path,
+            rebuild_index=options.rebuild_index,
+            kernel=options.kernel,
+            temperature=options.temperature,
+            weighting=options.weighting,
+            chunk_size=options.chunk_size,
+            exclude_self=options.exclude_self,
+            threads=options.threads,
+            gate_requested=True,  # a query split without labels gives no accuracy to record
+            progress_factory=progress_factory,
+        )
+    finally:
+        if checkpoint and not model.keep_store:
+            with contextlib.suppress(OSError):
+                store_path.unlink()
+    result = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+    results, best = _summarise_results(result, options.methods)
+    if result.get("parameters"):
+        parameters["sweep"] = result["parameters"]
+    timing = {"total_s": round(time.perf_counter() - t0, 3)}
+    if extract_s is not None:
+        timing["extract_s"] = round(extract_s, 3)
+    if isinstance(result.get("timing"), dict):
+        timing["sweep"] = result["timing"]
+    entry = {
+        "source": str(source.resolve()),
+        "kind": "checkpoint" if checkpoint else "store",
+        "sha256": sha256,
+        "size": stat.st_size,
+        "mtime": _iso(stat.st_mtime),
+        "step": step,
+        "step_from": step_from,
+        "store": str(store_path.resolve()) if store_path.exists() else None,  # None: --no-keep-store
+        "n_train": result.get("n_train"),
+        "n_queries": result.get("n_queries"),
+        "n_classes": result.get("n_classes"),
+        "k_spec": options.k_spec,
+        "k_values": list(k_values),
+        "methods": list(options.methods),
+        "results": results,
+        "best": best,
+        "parameters": parameters,
+        "nnkcli_version": __version__,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started_at": started,
+        "finished_at": _now(),
+        "timing": timing,
+    }
+    return jsonable(entry)
+
+
+def extract_checkpoint(
+    checkpoint: Path,
+    store_path: Path,
+    model: ModelOptions,
+    *,
+    train_split: str,
+    query_split: str,
+    progress_factory: Callable | None = None,
+) -> None:
+    """Extract a checkpoint's train and query features into ``store_path``.
+
+    Splits already complete in the store (a run killed after extracting them)
+    are kept, and an interrupted split is resumed, so a re-run continues where
+    the killed one stopped.
+    """
+    from nnkcli.extract.images import EvalTransform, scan_image_folder
+    from nnkcli.extract.torch_extract import extract_image_features
+
+    options = dict(model.extract)
+    transform = EvalTransform(**{k: options.pop(k) for k in TRANSFORM_KEYS if k in options})
+    if options.get("strip_prefix") is not None:
+        options["strip_prefix"] = list(options["strip_prefix"])
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    present = _present_splits(store_path)
+    for split, images in ((train_split, model.train_images), (query_split, model.val_images)):
+        if split in present:
+            logger.info(f"  {split}: already extracted in {store_path}")
+            continue
+        logger.info(f"  extracting split '{split}' from {images}")
+        samples = scan_image_folder(images)
+        bar = progress_factory(len(samples), f"extracting {split}") if progress_factory else contextlib.nullcontext()
+        with bar as advance:
+            extract_image_features(
+                store_path, split, samples, model.model, checkpoint=checkpoint,
+                transform=transform, resume=True, progress=advance, **options,
+            )
+
+
+def model_config_digest(model: ModelOptions) -> str:
+    """8 hex digits naming the extraction set-up, so a changed --model or option never reuses a store."""
+    doc = {"model": model.model, "train": str(Path(model.train_images).resolve()),
+           "val": str(Path(model.val_images).resolve()), **model.extract}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _require_torch() -> None:
+    try:
+        import PIL.Image  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("evaluating checkpoints", "torch") from None
+
+
+def _present_splits(store_path: Path) -> set[str]:
+    if not store_path.exists():
+        return set()
+    from nnkcli.store import FeatureStore
+
+    try:
+        return set(FeatureStore(store_path).splits)
+    except NnkError:
+        return set()
+
+
+# -- the run -----------------------------------------------------------------------
+def _recorded(history_path: Path, sha256: str) -> dict | None:
+    with file_lock(history_path):
+        history = read_history(history_path, lock=False)
+    return history.find(sha256)
+
+
+def _record(history_path: Path, entry: dict) -> dict | None:
+    """Append ``entry`` unless its sha256 got recorded meanwhile; returns the existing entry then."""
+    with file_lock(history_path):
+        existing = read_history(history_path, lock=False).find(entry["sha256"])
+        if existing is not None:
+            return existing
+        append_entry(history_path, entry)
+    return None
+
+
+def evaluate_sources(
+    sources: Iterable[str | os.PathLike],
+    history_path: str | os.PathLike,
+    *,
+    options: SweepOptions | None = None,
+    model: ModelOptions | None = None,
+    progress_factory: Callable[[int, str], contextlib.AbstractContextManager] | None = None,
+) -> list[SourceOutcome]:
+    """Evaluate every source not yet in the history and record each as one line.
+
+    Parameters
+    ----------
+    sources : iterable of path-like
+        Feature stores, or checkpoints when ``model`` is given (see ``collect_sources``).
+    history_path : path-like
+        The ``.jsonl`` history; created when missing. Its directory must exist.
+    options : SweepOptions, optional
+        How each source is evaluated (default: ``SweepOptions()``).
+    model : ModelOptions, optional
+        How checkpoints are turned into stores.
+    progress_factory : callable, optional
+        ``progress_factory(total, description)`` returns a context manager yielding
+        an ``advance(n)`` callback; handed to the sweep (``Ui.progress`` fits).
+
+    Returns
+    -------
+    list of SourceOutcome
+        One per source, in the order given. A source that fails (unreadable,
+        half-written, a bad split) is reported as ``failed`` and not recorded, so
+        the next run retries it; the others still run.
+    """
+    options = options or SweepOptions()
+    history_path = Path(history_path)
+    if history_path.is_dir():
+        raise HistoryError(f"--history is a directory: {history_path}", hint="give a file such as history.jsonl")
+    if not history_path.parent.is_dir():
+        raise HistoryError(f"the directory of --history does not exist: {history_path.parent}")
+    _sweep_module().parse_k_spec(options.k_spec)  # a bad --k fails before any work
+    sources = [Path(s) for s in sources]
+    if model is not None:
+        _require_torch()
+    if options.index_path is not None and len(sources) != 1:
+        raise InputError("--index names the index of one store; give exactly one SOURCE with it")
+    outcomes: dict[int, SourceOutcome] = {}
+
+    deferred: list[_Job] = []
+    for i, source in enumerate(sources):
+        try:
+            stamp = file_stamp(source)  # before hashing: a later change is then always noticed
+            sha = sha256_file(source)
+        except OSError as exc:
+            outcomes[i] = SourceOutcome(source, FAILED, reason=f"cannot read: {exc.strerror or exc}")
+            continue
+        existing = _recorded(history_path, sha)
+        if existing is not None:
+            outcomes[i] = SourceOutcome(source, SKIPPED, sha, "already in history", existing)
+            logger.info(f"{source.name}: already in history, skipped")
+            continue
+        job = _Job(i, len(sources), source, sha, stamp, history_path, options, model, progress_factory)
+        outcome = job.run(blocking=False)
+        if outcome is None:
+            logger.info(f"{source.name}: being evaluated by another process; coming back to it at the end")
+            deferred.append(job)
+        else:
+            outcomes[i] = outcome
+
+    for job in deferred:
+        outcomes[job.index] = job.run(blocking=True)
+    return [outcomes[i] for i in range(len(sources))]
+
+
+def file_stamp(path: Path) -> tuple[int, int, int, int]:
+    """(device, inode, size, mtime in ns): changes when a file is rewritten or replaced."""
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@dataclass
+class _Job:
+    """One source to evaluate in this run, and what is needed to do it."""
+
+    index: int
+    n_sources: int
+    source: Path
+    sha256: str
+    stamp: tuple
+    history_path: Path
+    options: SweepOptions
+    model: ModelOptions | None
+    progress_factory: Callable | None
+
+    def run(self, *, blocking: bool) -> SourceOutcome | None:
+        """Claim, evaluate and record; None when another process holds the claim (non-blocking)."""
+        source, sha = self.source, self.sha256
+        with claim(self.history_path, sha, blocking=blocking) as held:
+            if not held:
+                return None
+            existing = _recorded(self.history_path, sha)
+            if existing is not None:
+                return SourceOutcome(source, SKIPPED, sha, "evaluated by another process", existing)
+            logger.info(f"evaluating {source} ({self.index + 1}/{self.n_sources})")
+            try:
+                entry = evaluate_one(
+                    source, sha256=sha, history_path=self.history_path, options=self.options, model=self.model,
+                    progress_factory=self.progress_factory,
+                )
+                if file_stamp(source) != self.stamp:
+                    # the line would claim a sha256 that is not what was evaluated
+                    raise InputError("changed while being evaluated (still being written?); not recorded")
+            except Exception as exc:  # one bad source (half-written, corrupt) must not stop the others
+                reason = exc.message if isinstance(exc, NnkError) else f"{type(exc).__name__}: {exc}"
+                logger.debug(f"{source.name}: evaluation failed", exc_info=True)
+                logger.warning(f"{source.name}: {reason}")
+                return SourceOutcome(source, FAILED, sha, reason)
+            existing = _record(self.history_path, entry)
+            if existing is not None:  # only possible when another writer ignored the claim
+                return SourceOutcome(source, SKIPPED, sha, "recorded by another process meanwhile", existing)
+            return SourceOutcome(source, EVALUATED, sha, None, entry)

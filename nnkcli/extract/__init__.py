@@ -1,0 +1,163 @@
+"""Getting features into a store: importers for arrays, DINO dumps and VISSL folders.
+
+``load_features(path, split=...)`` recognises the input and returns an
+:class:`ImportedFeatures` whose ``features`` reads rows lazily (by block, from the file,
+wherever the format allows), ready for :func:`nnkcli.store.write_split`. The optional model
+extractor (torch) lives in ``images.py``/``models.py`` and is imported only when used;
+nothing here imports torch at module level.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nnkcli.errors import InputError
+
+FORMATS = ("npy", "npz", "dino", "vissl")
+_VISSL_FILE = re.compile(r"^(rank\d+(?:_chunk\d+)?)_([A-Za-z0-9]+)_(.+)_features\.npy$")
+
+
+@dataclass
+class ImportedFeatures:
+    """Features read from some source, not yet stored.
+
+    Attributes
+    ----------
+    features : array-like, shape (n, d)
+        Sliceable by rows; usually read from the file block by block, so nothing is loaded yet.
+    labels : array-like, shape (n,), or None
+        Raw labels (integers or strings), mapped to class ids when stored.
+    ids : list of str, or None
+        Sample ids (VISSL dataset indices ...).
+    class_names : list of str, or None
+        Names for integer labels, when the source has them.
+    source : str
+        Provenance string stored in the split's ``source`` attribute.
+    attrs : dict
+        More provenance pairs (``source_format``, ``vissl_layer`` ...).
+    """
+
+    features: object
+    labels: object = None
+    ids: list[str] | None = None
+    class_names: list[str] | None = None
+    source: str = ""
+    attrs: dict = field(default_factory=dict)
+
+
+def check_input_path(path: str | os.PathLike, what: str = "input", option: str = "--from") -> Path:
+    """``path`` as a Path if it exists and is readable; InputError otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} not found: {path}", hint=f"check the {option} path")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"cannot read {path}: permission denied", hint="check the file's permissions")
+    return path
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Which importer reads ``path``: ``npy``, ``npz``, ``dino`` or ``vissl``."""
+    path = check_input_path(path)
+    if path.is_dir():
+        names = os.listdir(path)
+        if any(_VISSL_FILE.match(name) for name in names):
+            return "vissl"
+        if any(name.endswith("feat.pth") for name in names):
+            return "dino"
+        raise InputError(
+            f"{path} is a folder but holds neither a DINO dump (trainfeat.pth) "
+            "nor VISSL features (rank*_chunk*_*_features.npy)",
+            hint="give a .npy/.npz file, a DINO --dump_features folder or a VISSL extraction folder",
+        )
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return "vissl" if _VISSL_FILE.match(path.name) else "npy"
+    if suffix == ".npz":
+        return "npz"
+    if suffix in (".pth", ".pt"):
+        return "dino"
+    raise InputError(
+        f"unsupported input {path}: expected .npy, .npz, a DINO .pth dump or a VISSL folder",
+        hint="convert the features to a .npy array of shape (n, d)",
+    )
+
+
+def load_features(
+    path: str | os.PathLike,
+    *,
+    split: str,
+    labels_path: str | os.PathLike | None = None,
+    features_key: str | None = None,
+    labels_key: str | None = None,
+    layer: str | None = None,
+) -> ImportedFeatures:
+    """Open a features source for import into ``split``.
+
+    Parameters
+    ----------
+    path : path-like
+        ``.npy``; ``.npz``; a DINO ``--dump_features`` file (``trainfeat.pth``) or its
+        folder; a VISSL extraction folder (or one of its ``*_features.npy`` files).
+    split : str
+        The store split being written; picks the DINO/VISSL split in a folder holding
+        several (``train`` -> train, ``val``/``test`` -> test).
+    labels_path : path-like, optional
+        Labels file (``.npy``, ``.npz``, ``.txt``/``.csv`` one per line, ``.pth``);
+        overrides labels found beside the features.
+    features_key, labels_key : str, optional
+        Array names inside a ``.npz`` (default ``features``/``labels``); ``labels_key``
+        also applies to a ``--labels`` ``.npz``.
+    layer : str, optional
+        VISSL layer (needed when the folder holds several).
+
+    Raises
+    ------
+    InputError
+        Missing/unreadable files, unknown formats, missing keys/layers, options that do
+        not apply to the format.
+    MissingDependencyError
+        A ``.pth`` dump without torch installed.
+    """
+    fmt = detect_format(path)
+    if layer is not None and fmt != "vissl":
+        raise InputError("--layer applies to VISSL folders only", hint=f"{path} was read as {fmt}")
+    if features_key is not None and fmt != "npz":
+        raise InputError("--features-key applies to .npz files only", hint=f"{path} was read as {fmt}")
+    if labels_key is not None and fmt != "npz" and not str(labels_path or "").lower().endswith(".npz"):
+        raise InputError("--labels-key applies to .npz files only", hint="give --labels FILE.npz or --from FILE.npz")
+
+    if fmt in ("npy", "npz"):
+        from nnkcli.extract.arrays import load_arrays
+
+        imported = load_arrays(path, features_key=features_key, labels_key=labels_key,
+                               labels_given=labels_path is not None)
+    elif fmt == "dino":
+        from nnkcli.extract.dino import load_dino
+
+        imported = load_dino(path, split=split, labels_given=labels_path is not None)
+    else:
+        from nnkcli.extract.vissl import load_vissl
+
+        imported = load_vissl(path, split=split, layer=layer)
+
+    if labels_path is not None:
+        from nnkcli.extract.arrays import read_labels
+
+        imported.labels = read_labels(labels_path, key=labels_key)
+        imported.attrs["labels_source"] = str(Path(labels_path).resolve())
+    return imported
+
+
+def as_numpy(values) -> np.ndarray:
+    """A numpy view of a torch tensor or an array-like (bfloat16 tensors become float32)."""
+    if hasattr(values, "detach") and hasattr(values, "cpu"):
+        tensor = values.detach().cpu()
+        if str(tensor.dtype) == "torch.bfloat16":
+            tensor = tensor.float()
+        return tensor.numpy()
+    return np.asarray(values)

@@ -1,0 +1,92 @@
+"""Importing DINO's ``--dump_features`` output (needs the torch extra).
+
+DINO's ``eval_knn.py --dump_features DIR`` saves four tensors with ``torch.save``:
+``trainfeat.pth`` (n, d) float, ``trainlabels.pth`` (n,) int64, and the same for
+``test``. Its labels are ImageFolder class indices (no names). Tensors are loaded with
+``weights_only=True``: a dump holds plain tensors, and anything else in a ``.pth`` file
+would be unpickled code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from nnkcli.errors import InputError, MissingDependencyError
+from nnkcli.extract import ImportedFeatures, as_numpy
+
+logger = logging.getLogger("nnkcli")
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as exc:
+        raise MissingDependencyError("reading DINO .pth dumps", "torch") from exc
+    return torch
+
+
+def load_tensor(path: str | os.PathLike, what: str):
+    """Load one tensor saved with ``torch.save`` (on the CPU, without unpickling code)."""
+    torch = _torch()
+    path = Path(path)
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types (pickle errors, RuntimeError ...)
+        raise InputError(
+            f"cannot load {path} as a tensor",
+            hint=f"expected a tensor saved with torch.save; torch said: {str(exc).splitlines()[0][:200]}",
+        ) from exc
+    if not isinstance(value, torch.Tensor):
+        raise InputError(
+            f"{path} holds a {type(value).__name__}, not a tensor of {what}",
+            hint="DINO dumps hold one tensor per file (trainfeat.pth, trainlabels.pth)",
+        )
+    return value
+
+
+def _dump_prefix(folder: Path, split: str) -> str:
+    """Which DINO split (``train``/``test``) feeds the store split ``split``."""
+    if (folder / f"{split}feat.pth").exists():
+        return split
+    available = sorted(name[: -len("feat.pth")] for name in os.listdir(folder) if name.endswith("feat.pth"))
+    if split in ("val", "valid", "validation", "test", "query") and "test" in available:
+        logger.info("reading testfeat.pth for split '%s'", split)
+        return "test"
+    raise InputError(
+        f"{folder} has no DINO dump for split '{split}' (it holds: "
+        f"{', '.join(p + 'feat.pth' for p in available)})",
+        hint="use --split train for trainfeat.pth and --split val for testfeat.pth, or give the file itself",
+    )
+
+
+def load_dino(path: str | os.PathLike, *, split: str, labels_given: bool = False) -> ImportedFeatures:
+    """Features and labels of a DINO dump: its folder, or one ``*feat.pth`` file."""
+    _torch()
+    path = Path(path)
+    if path.is_dir():
+        prefix = _dump_prefix(path, split)
+        features_file = path / f"{prefix}feat.pth"
+    else:
+        features_file = path
+    labels_file = None
+    if features_file.name.endswith("feat.pth"):
+        labels_file = features_file.with_name(features_file.name[: -len("feat.pth")] + "labels.pth")
+
+    features = as_numpy(load_tensor(features_file, "features"))
+    labels = None
+    if not labels_given:
+        if labels_file is not None and labels_file.exists():
+            labels = as_numpy(load_tensor(labels_file, "labels"))
+        else:
+            logger.warning("no labels found beside %s; the split is stored unlabelled", features_file.name)
+    attrs = {"source_format": "dino"}
+    if labels is not None:
+        attrs["labels_source"] = str(labels_file.resolve())
+    return ImportedFeatures(
+        features=features,
+        labels=labels,
+        source=f"dino:{features_file.resolve()}",
+        attrs=attrs,
+    )

@@ -1,0 +1,230 @@
+"""Models for feature extraction: ``--model`` specs and classification heads.
+
+A model spec is one of
+
+* ``torchvision:NAME`` -- a torchvision architecture (``torchvision:resnet50``) with
+  its classification head replaced by the identity, so that the output is the
+  pooled backbone feature;
+* ``torchscript:FILE.pt`` -- any exported TorchScript model, used as it is;
+* ``MODULE:CALLABLE`` -- a Python factory returning an ``nn.Module``, imported from
+  the current directory or ``PYTHONPATH`` (how DINO ViTs, timm or custom code plug in).
+
+Trained weights are loaded by ``nnkcli.extract.torch_checkpoints.load_checkpoint``.
+
+torch is imported inside the functions only, so the rest of nnkcli works without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnkcli.errors import InputError
+
+logger = logging.getLogger("nnkcli")
+
+#: Attribute names under which torchvision (and most other zoos) keep the classifier.
+HEAD_ATTRIBUTES = ("fc", "head", "heads", "classifier")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed ``--model`` value.
+
+    ``kind`` is ``"torchvision"``, ``"torchscript"`` or ``"factory"``; ``target`` the
+    architecture name, the file, or ``MODULE:CALLABLE``.
+    """
+
+    kind: str
+    target: str
+    text: str
+
+    @property
+    def needs_checkpoint(self) -> bool:
+        """torchvision architectures are built with random weights, so they need one."""
+        return self.kind == "torchvision"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for extraction and what was done to build it."""
+
+    module: object  # torch.nn.Module
+    spec: ModelSpec
+    head_replaced: str | None = None
+
+
+# -- model specs -------------------------------------------------------------------
+def parse_model_spec(text: str) -> ModelSpec:
+    """Parse ``torchvision:NAME``, ``torchscript:FILE`` or ``MODULE:CALLABLE``."""
+    if not isinstance(text, str) or ":" not in text:
+        raise InputError(
+            f"--model {text!r} is not a model spec",
+            hint="use torchvision:NAME, torchscript:FILE.pt or MODULE:CALLABLE",
+        )
+    prefix, _, target = text.partition(":")
+    if not prefix or not target:
+        raise InputError(
+            f"--model {text!r} is not a model spec",
+            hint="use torchvision:NAME, torchscript:FILE.pt or MODULE:CALLABLE",
+        )
+    if prefix == "torchvision":
+        return ModelSpec("torchvision", target, text)
+    if prefix == "torchscript":
+        return ModelSpec("torchscript", target, text)
+    return ModelSpec("factory", text, text)
+
+
+def build_model(spec: ModelSpec | str) -> LoadedModel:
+    """Build the model a spec names (on the CPU, weights as the spec provides them).
+
+    Raises
+    ------
+    InputError
+        Unknown architecture, unreadable TorchScript file, a factory that cannot be
+        imported, fails, or returns something other than an ``nn.Module``.
+    """
+    if isinstance(spec, str):
+        spec = parse_model_spec(spec)
+    if spec.kind == "torchvision":
+        return _build_torchvision(spec)
+    if spec.kind == "torchscript":
+        return LoadedModel(_load_torchscript(spec), spec)
+    return LoadedModel(_call_factory(spec), spec)
+
+
+def _build_torchvision(spec: ModelSpec) -> LoadedModel:
+    try:
+        import torchvision.models as tv_models
+    except ImportError as exc:
+        raise InputError(
+            f"--model {spec.text} needs the 'torchvision' package, which is not installed ({exc})",
+            hint="pip install torchvision (the build matching your torch), "
+                 "or use MODULE:CALLABLE / torchscript:FILE.pt",
+        ) from None
+    factory = getattr(tv_models, spec.target, None)
+    if factory is None or not callable(factory) or spec.target.startswith("_"):
+        import difflib
+
+        names = [n for n in dir(tv_models) if not n.startswith("_") and n[:1].islower()]
+        close = difflib.get_close_matches(spec.target, names, n=3)
+        raise InputError(
+            f"--model {spec.text}: torchvision has no model named {spec.target!r}",
+            hint=f"did you mean {', '.join(close)}?" if close else "see torchvision.models for the names",
+        )
+    try:
+        # weights=None: the trained weights come from --checkpoint, never from a download
+        model = factory(weights=None)
+    except TypeError:  # torchvision < 0.13 has no `weights` argument
+        model = factory()
+    head = replace_head(model)
+    return LoadedModel(model, spec, head_replaced=head)
+
+
+def replace_head(model) -> str:
+    """Replace the classification head of ``model`` by ``nn.Identity``, in place.
+
+    The head is the first of ``fc``, ``head``, ``heads``, ``classifier`` that the
+    model has. A linear head is replaced whole; in a sequential head only the last
+    linear layer is, so that pooling/normalisation layers before it stay (ConvNeXt's
+    classifier starts with a LayerNorm, ViT's ``heads`` wraps its linear layer).
+
+    Returns
+    -------
+    str
+        The dotted name of the module that was replaced, e.g. ``"fc"``.
+    """
+    import torch.nn as nn
+
+    for name in HEAD_ATTRIBUTES:
+        head = getattr(model, name, None)
+        if head is None:
+            continue
+        if isinstance(head, nn.Linear):
+            setattr(model, name, nn.Identity())
+            return name
+        if isinstance(head, nn.Sequential):
+            linear = [i for i, m in enumerate(head) if isinstance(m, nn.Linear)]
+            if linear:
+                head[linear[-1]] = nn.Identity()
+                child = list(head._modules)[linear[-1]]
+                return f"{name}.{child}"
+        if isinstance(head, nn.Identity):
+            return name
+    raise InputError(
+        f"cannot find the classification head of {type(model).__name__} (looked for {', '.join(HEAD_ATTRIBUTES)})",
+        hint="wrap the architecture in a MODULE:CALLABLE factory that returns the backbone",
+    )
+
+
+def _load_torchscript(spec: ModelSpec):
+    import torch
+
+    path = Path(spec.target)
+    if not path.is_file():
+        raise InputError(f"--model {spec.text}: no such file {spec.target}", hint="check the path")
+    try:
+        with warnings.catch_warnings():
+            # TorchScript is deprecated upstream but remains the one self-contained export format
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # torch raises RuntimeError / ValueError / zip errors
+        raise InputError(
+            f"--model {spec.text}: cannot load the TorchScript file ({_first_line(exc)})",
+            hint="export it with torch.jit.script(model).save(path) or torch.jit.trace",
+        ) from None
+
+
+def _call_factory(spec: ModelSpec):
+    import torch.nn as nn
+
+    module_name, _, attr_path = spec.target.rpartition(":")
+    if not module_name or not attr_path:
+        raise InputError(f"--model {spec.text} is not a model spec", hint="use MODULE:CALLABLE")
+    # `python -m` puts the working directory on sys.path but the `nnk` script does not
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InputError(
+            f"--model {spec.text}: cannot import module {module_name!r} ({exc})",
+            hint="run from the directory holding it or add that directory to PYTHONPATH",
+        ) from None
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise InputError(
+                f"--model {spec.text}: module {module_name!r} has no attribute {attr_path!r}",
+                hint="MODULE:CALLABLE names a function or class in that module",
+            ) from None
+    if isinstance(obj, nn.Module):
+        model = obj
+    elif callable(obj):
+        try:
+            model = obj()
+        except Exception as exc:  # the user's code: say whose fault it is
+            raise InputError(
+                f"--model {spec.text}: the factory raised {type(exc).__name__}: {_first_line(exc)}",
+                hint="call it in Python to see the traceback (or rerun with -v)",
+            ) from exc
+    else:
+        raise InputError(f"--model {spec.text}: {attr_path!r} is not callable", hint="name a factory function")
+    if not isinstance(model, nn.Module):
+        raise InputError(
+            f"--model {spec.text}: the factory returned {type(model).__name__}, not a torch.nn.Module",
+            hint="return the backbone module itself",
+        )
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,379 @@
+"""Loading training checkpoints into a model, strictly.
+
+Every parameter and buffer of the model must be found in the checkpoint: a model
+that silently keeps random weights yields near-chance accuracy that looks like a bad
+representation rather than a bad load (a common cause of such reports against
+other evaluation tools). What training scripts wrap around the weights is handled automatically: the
+state dict nested under ``state_dict``/``teacher``/``classy_state_dict``..., key
+prefixes such as ``module.``, ``backbone.``, ``module.encoder_q.`` or
+``trunk._feature_blocks.``. Keys the model has no place for (projection heads,
+queues) are ignored and summarised. Each step is logged.
+
+torch is imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nnkcli.errors import InputError
+
+logger = logging.getLogger("nnkcli")
+
+#: Keys under which training scripts nest the model's state dict, in order of preference
+#: (DINO/iBOT: teacher before student -- the teacher is what their evaluations use).
+CHECKPOINT_KEYS = (
+    "state_dict", "model", "teacher", "student", "model_state", "model_state_dict",
+    "network", "net", "classy_state_dict", "base_model", "trunk",
+)
+
+#: Prefix words of momentum/key encoders: when several prefixes fit the model
+#: equally well, the query/online encoder is preferred over these.
+_DISFAVOURED_PREFIX_WORDS = ("encoder_k", "momentum", "key_encoder", "target", "ema")
+
+#: BatchNorm's batch counter does not affect evaluation, and checkpoints written
+#: before torch 0.4.1 lack it.
+_OPTIONAL_KEY_SUFFIXES = ("num_batches_tracked",)
+
+
+@dataclass
+class CheckpointReport:
+    """What ``load_checkpoint`` did.
+
+    Attributes
+    ----------
+    path : str
+        The checkpoint file.
+    sha256 : str
+        Hex digest of the file's bytes.
+    key : str or None
+        The path of nested keys the state dict was taken from (``"teacher"``,
+        ``"classy_state_dict.base_model.model.trunk"``), ``None`` for the top level.
+    stripped : dict of str to int
+        Each prefix removed and from how many keys.
+    n_loaded : int
+        Number of tensors loaded into the model.
+    unexpected : list of str
+        Checkpoint keys the model has no place for (heads, projectors ...), ignored.
+    """
+
+    path: str
+    sha256: str
+    key: str | None = None
+    stripped: dict[str, int] = field(default_factory=dict)
+    n_loaded: int = 0
+    unexpected: list[str] = field(default_factory=list)
+
+
+
+def sha256_file(path: str | os.PathLike, block_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in blocks (checkpoints can be GBs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(block_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: str | os.PathLike, *, trust: bool = False):
+    """``torch.load`` a checkpoint onto the CPU, with clear errors.
+
+    Parameters
+    ----------
+    path : path-like
+    trust : bool, default=False
+        Allow arbitrary pickled Python objects. By default only tensors, containers
+        and ``argparse.Namespace`` (which DINO/MoCo store their arguments in) load,
+        because unpickling runs code from the file.
+    """
+    import argparse
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint not found: {path}", hint="check the --checkpoint path")
+    try:
+        if trust:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # "Unsupported global" is the safe unpickler refusing a class; anything else
+        # (an unknown opcode, a truncated stream) means the bytes are not a checkpoint
+        if not trust and "Unsupported global" in str(exc):
+            blocked = _unsafe_globals(path)
+            raise InputError(
+                f"checkpoint {path} holds pickled Python objects beyond tensors"
+                + (f" ({', '.join(blocked[:3])})" if blocked else ""),
+                hint="if you trust the file, rerun with --trust-checkpoint (unpickling can run code)",
+            ) from None
+        raise _corrupt(path, exc) from None
+    except Exception as exc:  # EOFError, RuntimeError (bad zip), ValueError ...
+        raise _corrupt(path, exc) from None
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    import torch
+
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # only for the message; the load already failed
+        return []
+
+
+def _corrupt(path: Path, exc: BaseException) -> InputError:
+    return InputError(
+        f"cannot read checkpoint {path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {_first_line(exc)})",
+        hint="the file may be truncated or in another format; check its size and sha256",
+    )
+
+
+def find_state_dict(obj, key: str | None = None) -> tuple[dict, str | None]:
+    """The state dict inside a loaded checkpoint.
+
+    Parameters
+    ----------
+    obj : object
+        What ``torch.load`` returned.
+    key : str, optional
+        The key (or ``a.b.c`` path of nested keys) holding the state dict. By
+        default, descend through the first of ``CHECKPOINT_KEYS`` present until a
+        mapping of tensors is reached.
+
+    Returns
+    -------
+    state_dict : dict of str to Tensor
+    path : str or None
+        The nested keys used, dotted (``None``: the checkpoint is the state dict).
+    """
+    if not isinstance(obj, Mapping):
+        if hasattr(obj, "state_dict") and callable(obj.state_dict):  # a whole pickled nn.Module
+            return dict(obj.state_dict()), None
+        raise InputError(
+            f"the checkpoint holds a {type(obj).__name__}, not a dict of tensors",
+            hint="save model.state_dict(), or pass the model itself with --model torchscript:FILE",
+        )
+    if key is not None:
+        node, used = _descend(obj, key)
+        if not _is_state_dict(node):
+            raise InputError(
+                f"checkpoint[{used!r}] is not a dict of tensors",
+                hint=_keys_hint(node),
+            )
+        return dict(node), used
+    node, path = obj, []
+    while not _is_state_dict(node):
+        nxt = next((k for k in CHECKPOINT_KEYS if isinstance(node.get(k), Mapping)), None)
+        if nxt is None:
+            where = f"checkpoint[{'.'.join(path)!r}]" if path else "the checkpoint"
+            raise InputError(f"cannot find the model's state dict in {where}", hint=_keys_hint(node))
+        path.append(nxt)
+        node = node[nxt]
+    used = ".".join(path) or None
+    if used:
+        logger.info("checkpoint: using the state dict under %r", used)
+    return dict(node), used
+
+
+def _descend(obj: Mapping, key: str) -> tuple[object, str]:
+    if key in obj:
+        return obj[key], key
+    node = obj
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise InputError(f"--checkpoint-key {key!r} is not in the checkpoint", hint=_keys_hint(obj))
+        node = node[part]
+    return node, key
+
+
+def _is_state_dict(node) -> bool:
+    import torch
+
+    if not isinstance(node, Mapping) or not node:
+        return False
+    values = list(node.values())
+    return any(isinstance(v, torch.Tensor) for v in values) and not any(isinstance(v, Mapping) for v in values)
+
+
+def _keys_hint(node) -> str:
+    if isinstance(node, Mapping):
+        keys = [str(k) for k in list(node)[:8]]
+        more = f", ... ({len(node)} keys)" if len(node) > 8 else ""
+        return f"pick one with --checkpoint-key; its keys are: {', '.join(keys)}{more}"
+    return "pick the nested dict with --checkpoint-key"
+
+
+def detect_prefix(checkpoint_keys: Sequence[str], model_keys: Sequence[str]) -> str:
+    """The key prefix whose removal makes the most checkpoint keys match the model.
+
+    Every split of a checkpoint key at a ``.`` whose remainder is a model key votes
+    for the part before it; ``""`` (nothing to strip) wins ties, then prefixes of the
+    online/query encoder over momentum/key encoders, then the shorter. Data-driven,
+    so ``module.``, ``backbone.``, ``module.encoder_q.``, ``trunk._feature_blocks.``
+    and combinations are all found.
+    """
+    wanted = set(model_keys)
+    votes: Counter[str] = Counter()
+    for key in checkpoint_keys:
+        if key in wanted:
+            votes[""] += 1
+        start = key.find(".")
+        while start != -1:
+            if key[start + 1:] in wanted:
+                votes[key[: start + 1]] += 1
+            start = key.find(".", start + 1)
+    if not votes:
+        return ""
+    best = max(votes.values())
+    tied = [p for p, n in votes.items() if n == best]
+    if "" in tied:
+        return ""
+    tied.sort(key=lambda p: (any(w in p for w in _DISFAVOURED_PREFIX_WORDS), len(p), p))
+    if len(tied) > 1:
+        logger.info(
+            "checkpoint: keys fit the model equally well under prefixes %s; using %r (choose with --strip-prefix)",
+            ", ".join(repr(p) for p in tied), tied[0],
+        )
+    return tied[0]
+
+
+def strip_prefixes(state_dict: Mapping, prefixes: Sequence[str]) -> tuple[dict, dict[str, int]]:
+    """Remove each prefix, in order, from the keys that start with it.
+
+    Returns the new dict and, per prefix, how many keys lost it. Keys that do not
+    start with a prefix are kept unchanged (they end up as unexpected keys).
+    """
+    out = dict(state_dict)
+    counts: dict[str, int] = {}
+    for prefix in prefixes:
+        if not prefix:
+            continue
+        renamed, n = {}, 0
+        for k, v in out.items():
+            if k.startswith(prefix):
+                renamed[k[len(prefix):]] = v
+                n += 1
+            elif k not in renamed:
+                renamed[k] = v
+        out, counts[prefix] = renamed, n
+    return out, counts
+
+
+def summarize_keys(keys: Sequence[str], limit: int = 6) -> str:
+    """``head.* (6), fc.* (2)``: keys grouped by their first component, largest first."""
+    groups = Counter(k.split(".", 1)[0] + (".*" if "." in k else "") for k in keys)
+    parts = [f"{g} ({n})" if n > 1 else g for g, n in groups.most_common(limit)]
+    if len(groups) > limit:
+        parts.append(f"... {len(groups) - limit} more groups")
+    return ", ".join(parts)
+
+
+def _list_keys(keys: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_checkpoint(
+    model,
+    path: str | os.PathLike,
+    *,
+    key: str | None = None,
+    strip_prefix: Sequence[str] | None = None,
+    trust: bool = False,
+) -> CheckpointReport:
+    """Load a checkpoint's weights into ``model``, strictly.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Loaded in place.
+    path : path-like
+        A file written by ``torch.save``.
+    key : str, optional
+        Nested key of the state dict (see ``find_state_dict``); auto-detected by default.
+    strip_prefix : sequence of str, optional
+        Prefixes to remove from the keys, in order. By default one is detected
+        (``detect_prefix``).
+    trust : bool, default=False
+        Allow arbitrary pickled objects (see ``read_checkpoint``).
+
+    Raises
+    ------
+    InputError
+        Unreadable/corrupt file; no state dict found; any model parameter or buffer
+        missing from the checkpoint (named in the message); a shape mismatch.
+    """
+    import torch
+
+    path = Path(path)
+    obj = read_checkpoint(path, trust=trust)
+    state, used_key = find_state_dict(obj, key)
+    model_state = model.state_dict()
+    if strip_prefix:
+        prefixes = list(strip_prefix)
+    else:
+        detected = detect_prefix(list(state), list(model_state))
+        prefixes = [detected] if detected else []
+    state, stripped = strip_prefixes(state, prefixes)
+    for prefix, n in stripped.items():
+        logger.info("checkpoint: stripped prefix %r from %d keys", prefix, n)
+
+    missing = [k for k in model_state if k not in state and not k.endswith(_OPTIONAL_KEY_SUFFIXES)]
+    if missing:
+        if any(k in state for k in model_state):
+            # the layout matched: the weights themselves are absent (another variant, a partial save)
+            hint = "is the checkpoint for this exact architecture? check --model (and --checkpoint-key)"
+        else:
+            sample = next(iter(state), "")
+            hint = (f"the model expects keys like {missing[0]!r}, the checkpoint has keys like {sample!r}; "
+                    "pick the nested dict with --checkpoint-key or set --strip-prefix")
+        raise InputError(
+            f"checkpoint {path.name} lacks {len(missing)} of the model's {len(model_state)} "
+            f"parameters/buffers: {_list_keys(missing)}",
+            hint=hint,
+        )
+    mismatched = [
+        k for k, v in model_state.items()
+        if k in state and isinstance(state[k], torch.Tensor) and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if mismatched:
+        k = mismatched[0]
+        raise InputError(
+            f"checkpoint {path.name}: {len(mismatched)} tensors have the wrong shape, first {k!r}: "
+            f"checkpoint {tuple(state[k].shape)} vs model {tuple(model_state[k].shape)}",
+            hint="the checkpoint is for another architecture or width; check --model",
+        )
+    unexpected = [k for k in state if k not in model_state]
+    if unexpected:
+        logger.info("checkpoint: ignored %d %s the model does not have: %s", len(unexpected),
+                    "key" if len(unexpected) == 1 else "keys",
+                    summarize_keys(unexpected))
+    to_load = {k: v for k, v in state.items() if k in model_state}
+    try:
+        model.load_state_dict(to_load, strict=False)
+    except RuntimeError as exc:
+        raise InputError(
+            f"checkpoint {path.name} does not load into the model ({_first_line(exc)})",
+            hint="check that --model is the architecture the checkpoint was trained with",
+        ) from None
+    return CheckpointReport(
+        path=str(path),
+        sha256=sha256_file(path),
+        key=used_key,
+        stripped=stripped,
+        n_loaded=len(to_load),
+        unexpected=unexpected,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

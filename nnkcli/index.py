@@ -1,0 +1,364 @@
+"""The persisted faiss index: build, save, load, search, fingerprint.
+
+This is the only module that imports faiss. Features are L2-normalised, so the
+inner product is the cosine similarity and an inner-product index returns the
+k most similar training rows.
+
+File format (one file, written atomically)::
+
+    NNKCLI-INDEX 1\\n
+    {"fingerprint": {...}, "index": {...}, "faiss_bytes": N}\\n     <- one JSON line
+    <N bytes of faiss.write_index output>
+
+Keeping the fingerprint inside the index file (rather than in a sidecar) means an
+index and its fingerprint can never come from different runs. The faiss payload
+is streamed to and from disk with faiss's callback IO, so neither saving nor
+loading holds a second copy of the index in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import faiss
+import numpy as np
+
+from nnkcli.atomic import atomic_output
+from nnkcli.errors import IndexFileError, InputError, StaleIndexError
+
+logger = logging.getLogger("nnkcli")
+
+MAGIC = b"NNKCLI-INDEX 1\n"
+INDEX_TYPES = ("flat", "ivf", "hnsw")
+#: rows added to the index per step: bounds the memory used while building
+DEFAULT_ADD_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What an index was built from. Two fingerprints match when the data matches."""
+
+    split: str
+    n: int
+    dim: int
+    content_sha256: str
+    store: str = ""  # informational: the store's path when the index was built
+
+    def matches(self, other: "Fingerprint") -> bool:
+        return (self.split, self.n, self.dim, self.content_sha256) == (
+            other.split, other.n, other.dim, other.content_sha256,
+        )
+
+    @classmethod
+    def of_split(cls, split, store_path: str | os.PathLike = "") -> "Fingerprint":
+        return cls(
+            split=split.name, n=int(split.n), dim=int(split.dim),
+            content_sha256=split.content_sha256, store=str(Path(store_path).resolve()) if store_path else "",
+        )
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How to build (and query) an index."""
+
+    index_type: str = "flat"
+    nlist: int | None = None  # ivf: number of cells (default ~ 4 sqrt(n))
+    nprobe: int | None = None  # ivf: cells visited per query (default ~ nlist / 16, at least 8)
+    hnsw_m: int = 32  # hnsw: graph degree
+    ef_search: int | None = None  # hnsw: candidate list while searching (default max(64, 2k))
+    ef_construction: int = 80  # hnsw: candidate list while building
+
+    def validate(self) -> "IndexParams":
+        if self.index_type not in INDEX_TYPES:
+            raise InputError(
+                f"unknown index type {self.index_type!r}", hint=f"choose one of: {', '.join(INDEX_TYPES)}"
+            )
+        for name in ("nlist", "nprobe", "ef_search"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.hnsw_m < 2:
+            raise InputError(f"--hnsw-m must be >= 2, got {self.hnsw_m}")
+        return self
+
+
+@dataclass
+class NnkIndex:
+    """A loaded faiss index with the fingerprint of the data it holds."""
+
+    index: Any
+    fingerprint: Fingerprint
+    params: IndexParams
+    path: Path | None = None
+    _vectors: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def n(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def search(self, queries: np.ndarray, k: int, *, ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """k most similar rows.
+
+        Parameters
+        ----------
+        queries : ndarray, shape (m, d), float32, rows L2-normalised
+        k : int
+
+        Returns
+        -------
+        sims : ndarray, shape (m, k), float32, descending
+        ids : ndarray, shape (m, k), int64 row ids into the indexed split (-1 where
+            an approximate index found fewer than k)
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise InputError(f"queries have shape {queries.shape}, the index holds {self.dim}-dimensional vectors")
+        if self.params.index_type == "hnsw":
+            hnsw = faiss.downcast_index(self.index)
+            hnsw.hnsw.efSearch = max(ef_search or self.params.ef_search or 64, k)
+        sims, ids = self.index.search(queries, k)
+        return sims, ids.astype(np.int64, copy=False)
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The stored (normalised) vectors of ``ids`` (any shape), shape ``ids.shape + (d,)``, float32."""
+        if self._vectors is None:
+            self._vectors = _flat_view(self.index)
+        if self._vectors is not None:
+            return self._vectors[ids]
+        flat = ids.reshape(-1)
+        out = np.empty((flat.size, self.dim), dtype=np.float32)
+        self.index.reconstruct_batch(flat, out)
+        return out.reshape(*ids.shape, self.dim)
+
+
+def _flat_view(index) -> np.ndarray | None:
+    """Zero-copy (n, d) view of the vectors of a flat (or HNSW-over-flat) index, else None."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexHNSW):
+        index = faiss.downcast_index(index.storage)
+    if isinstance(index, faiss.IndexFlat) and index.ntotal > 0:
+        # the index owns the memory; the view lives as long as the NnkIndex holding it
+        return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+    return None
+
+
+def set_threads(threads: int | None) -> None:
+    """Threads faiss (OpenMP) may use; None leaves the default (all cores)."""
+    if threads is not None:
+        if threads < 1:
+            raise InputError(f"--threads must be >= 1, got {threads}")
+        faiss.omp_set_num_threads(int(threads))
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """L2-normalise rows (float32, new array); all-zero rows are an error (cosine undefined)."""
+    x = np.array(x, dtype=np.float32, copy=True)
+    norms = np.linalg.norm(x, axis=1)
+    bad = np.flatnonzero(~(norms > 0) | ~np.isfinite(norms))
+    if bad.size:
+        raise InputError(
+            f"{bad.size} feature rows are all-zero or not finite (first: row {int(bad[0])}); cosine similarity is undefined",
+            hint="remove those rows or re-extract the features",
+        )
+    x /= norms[:, None]
+    return x
+
+
+def _default_nlist(n: int) -> int:
+    return int(max(1, min(65536, round(4 * math.sqrt(n)))))
+
+
+def build_index(
+    split,
+    params: IndexParams = IndexParams(),
+    *,
+    store_path: str | os.PathLike = "",
+    chunk_rows: int = DEFAULT_ADD_CHUNK,
+    progress: Callable[[int], None] | None = None,
+) -> NnkIndex:
+    """Build an inner-product index over the L2-normalised features of a store split.
+
+    Rows are read and added ``chunk_rows`` at a time, so building needs the index's
+    own memory plus one chunk.
+    """
+    params.validate()
+    n, d = int(split.n), int(split.dim)
+    if n < 1:
+        raise InputError(f"split '{split.name}' is empty; nothing to index")
+    if params.index_type == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif params.index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(d, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params.ef_construction
+    else:
+        nlist = min(params.nlist or _default_nlist(n), n)
+        params = IndexParams(**{**asdict(params), "nlist": nlist,
+                                "nprobe": params.nprobe or max(8, nlist // 16)})
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.own_fields = True
+        quantizer.this.disown()  # the IVF index frees its quantizer
+        index.train(_training_sample(split, max_rows=min(n, 256 * nlist)))
+        index.nprobe = min(params.nprobe, nlist)
+    for _start, chunk in split.iter_chunks(chunk_rows):
+        index.add(normalize_rows(chunk))
+        if progress is not None:
+            progress(len(chunk))
+    if params.index_type == "ivf":
+        index.make_direct_map()  # so neighbour vectors can be reconstructed for NNK
+    return NnkIndex(index=index, fingerprint=Fingerprint.of_split(split, store_path), params=params)
+
+
+def _training_sample(split, max_rows: int) -> np.ndarray:
+    """Evenly spread contiguous blocks (cheap to read from HDF5) adding up to ``max_rows``."""
+    n = int(split.n)
+    if max_rows >= n:
+        return normalize_rows(split.read(0, n))
+    n_blocks = min(64, max_rows)
+    block = max(1, max_rows // n_blocks)
+    starts = np.linspace(0, n - block, n_blocks).astype(np.int64)
+    return normalize_rows(np.concatenate([split.read(int(s), int(s) + block) for s in starts]))
+
+
+def save_index(nnk_index: NnkIndex, path: str | os.PathLike) -> Path:
+    """Write the index and its fingerprint to ``path`` atomically."""
+    path = Path(path)
+    header = {
+        "fingerprint": asdict(nnk_index.fingerprint),
+        "index": asdict(nnk_index.params),
+        "faiss_version": faiss.__version__,
+    }
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC)
+            placeholder_at = f.tell()
+            # the payload size is only known after writing it; reserve a fixed-width field
+            f.write(b"0" * 20 + b"\n")
+            f.write(json.dumps(header, sort_keys=True).encode("utf-8") + b"\n")
+            payload_start = f.tell()
+            writer = faiss.PyCallbackIOWriter(f.write)
+            faiss.write_index(nnk_index.index, writer)
+            del writer  # flushes its buffer into f
+            payload_size = f.tell() - payload_start
+            f.seek(placeholder_at)
+            f.write(f"{payload_size:020d}".encode())
+    nnk_index.path = path
+    return path
+
+
+def load_index(path: str | os.PathLike) -> NnkIndex:
+    """Read an index written by :func:`save_index`; corrupt or truncated files raise IndexFileError."""
+    path = Path(path)
+    hint = "rebuild it with 'nnk index STORE'"
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise IndexFileError(f"index file not found: {path}", hint="build it with 'nnk index STORE'") from None
+    except OSError as exc:
+        raise IndexFileError(f"cannot read index file {path}: {exc.strerror}") from None
+    with f:
+        try:
+            if f.read(len(MAGIC)) != MAGIC:
+                raise ValueError("not an nnkcli index file")
+            payload_size = int(f.readline().strip())
+            header = json.loads(f.readline())
+            fingerprint = Fingerprint(**header["fingerprint"])
+            params = IndexParams(**header["index"])
+            payload_start = f.tell()
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise IndexFileError(f"{path} is not an nnkcli index file (or its header is damaged)", hint=hint) from None
+        actual = os.fstat(f.fileno()).st_size - payload_start
+        if actual != payload_size:
+            raise IndexFileError(
+                f"index file {path} is truncated or damaged ({actual} of {payload_size} payload bytes)", hint=hint
+            )
+        try:
+            reader = faiss.PyCallbackIOReader(f.read)
+            index = faiss.read_index(reader)
+            del reader
+        except RuntimeError:
+            raise IndexFileError(f"index file {path} is damaged: faiss cannot read it", hint=hint) from None
+    if index.d != fingerprint.dim or index.ntotal != fingerprint.n:
+        raise IndexFileError(f"index file {path} is inconsistent with its own header", hint=hint)
+    if params.index_type == "ivf":
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = min(params.nprobe or 8, ivf.nlist)
+    return NnkIndex(index=index, fingerprint=fingerprint, params=params, path=path)
+
+
+def default_index_path(store_path: str | os.PathLike, split: str) -> Path:
+    """``feats.h5`` + ``train`` -> ``feats.train.faiss`` beside the store."""
+    store_path = Path(store_path)
+    return store_path.with_name(f"{store_path.stem}.{split}.faiss")
+
+
+def check_fresh(nnk_index: NnkIndex, split, *, store_path: str | os.PathLike = "") -> None:
+    """Refuse an index whose data is not the split's current data."""
+    current = Fingerprint.of_split(split, store_path)
+    if nnk_index.fingerprint.dim != current.dim:
+        raise IndexFileError(
+            f"index {nnk_index.path} holds {nnk_index.fingerprint.dim}-dimensional vectors but split "
+            f"'{split.name}' has dimension {current.dim}",
+            hint="rebuild it with 'nnk index STORE' (or pass --rebuild-index)",
+        )
+    if not nnk_index.fingerprint.matches(current):
+        raise StaleIndexError(
+            f"index {nnk_index.path} is stale: it was built from split '{nnk_index.fingerprint.split}' "
+            f"({nnk_index.fingerprint.n} rows, content {nnk_index.fingerprint.content_sha256[:12]}), the store's "
+            f"split '{split.name}' now has {current.n} rows, content {current.content_sha256[:12]}",
+            hint="rerun 'nnk index STORE' (or pass --rebuild-index to rebuild it now)",
+        )
+
+
+def index_store(
+    store_path: str | os.PathLike,
+    *,
+    split: str = "train",
+    out: str | os.PathLike | None = None,
+    params: IndexParams = IndexParams(),
+    threads: int | None = None,
+    progress_factory: Callable | None = None,
+) -> dict:
+    """Build the index of a store split and save it (``nnk index``); returns a summary dict."""
+    import time
+
+    from nnkcli.store import FeatureStore
+
+    params.validate()
+    set_threads(threads)
+    out = Path(out) if out is not None else default_index_path(store_path, split)
+    if not out.parent.is_dir():
+        raise InputError(f"directory of --out does not exist: {out.parent}")
+    t0 = time.perf_counter()
+    with FeatureStore(store_path) as store:
+        sp = store.split(split)
+        if progress_factory is not None:
+            with progress_factory(sp.n, "indexing") as advance:
+                built = build_index(sp, params, store_path=store_path, progress=advance)
+        else:
+            built = build_index(sp, params, store_path=store_path)
+    build_s = time.perf_counter() - t0
+    save_index(built, out)
+    logger.info(f"indexed {built.n} rows of '{split}' into {out}")
+    return {
+        "index": str(out),
+        "store": str(store_path),
+        "split": split,
+        "n": built.n,
+        "dim": built.dim,
+        "type": built.params.index_type,
+        "params": asdict(built.params),
+        "content_sha256": built.fingerprint.content_sha256,
+        "bytes": out.stat().st_size,
+        "build_s": round(build_s, 3),
+    }

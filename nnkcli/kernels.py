@@ -1,0 +1,99 @@
+"""Kernel blocks of the NNK problem (pure numpy).
+
+For each query the NNK problem needs ``G`` (k, k), the kernel among its k neighbours,
+and ``g`` (k,), the kernel between the query and them. Both are computed in float64
+whatever the input dtype: with float32 Gram entries a rank-deficient ``G`` (k > d+1)
+would no longer hold ``g`` in its range and the weights would chase rounding noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nnkcli.errors import InputError
+
+KERNELS = ("cosine", "gaussian")
+
+
+def kernel_blocks(query, neighbors, *, kernel: str = "cosine", sims=None) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel blocks ``G`` and ``g`` of a batch of queries.
+
+    Parameters
+    ----------
+    query : array_like of shape (B, d), float32 or float64
+        Query features. Rows must be L2-normalised by the caller: they are *not*
+        renormalised here, so that what is solved is exactly what was passed.
+    neighbors : array_like of shape (B, k, d), float32 or float64
+        Each query's k neighbours (rows L2-normalised), nearest first.
+    kernel : {"cosine", "gaussian"}, default="cosine"
+        ``"cosine"``: ``K(a, b) = (1 + <a, b>) / 2``, i.e. ``(1 + cos) / 2`` in [0, 1]
+        for unit rows (a valid positive semidefinite kernel for any rows: the linear
+        kernel of ``[1, a] / sqrt(2)``).
+        ``"gaussian"``: ``K(a, b) = exp(-|a - b|^2 / (2 sigma^2))`` with, per query,
+        ``sigma`` = the distance to its farthest (k-th) given neighbour / 3; when all
+        neighbours coincide with the query (``sigma = 0``), ``sigma = 1``.
+    sims : array_like of shape (B, k), optional
+        ``<query, neighbour>`` inner products if already known (e.g. re-ranked
+        float64 similarities); saves ``B * k * d`` work. float32 values from an
+        approximate search make ``g`` slightly inconsistent with ``G``; the weights are
+        then exact for that slightly perturbed problem.
+
+    Returns
+    -------
+    G : ndarray of shape (B, k, k), float64
+        Symmetric positive semidefinite; a fresh, writable array.
+    g : ndarray of shape (B, k), float64
+        Fresh, writable.
+
+    Notes
+    -----
+    Memory: ``8 * B * k * (k + 1)`` bytes for the result, plus a float64 copy of
+    ``neighbors`` (``8 * B * k * d``) when it is float32. Cost: ``B * k**2 * d``
+    multiply-adds (the Gram matrices).
+    """
+    if kernel not in KERNELS:
+        raise InputError(f"unknown kernel {kernel!r}", hint=f"choose one of: {', '.join(KERNELS)}")
+    q = _float_array(query, "query", 2)
+    N = _float_array(neighbors, "neighbors", 3)
+    if N.shape[0] != q.shape[0] or N.shape[2] != q.shape[1]:
+        raise InputError(f"neighbors must be (B, k, d) = ({q.shape[0]}, k, {q.shape[1]}) for query of shape "
+                         f"{q.shape}, got {N.shape}")
+    B, k, _ = N.shape
+    gram = np.matmul(N, N.transpose(0, 2, 1))
+    if sims is None:
+        s = np.matmul(N, q[:, :, None])[:, :, 0]
+    else:
+        s = _float_array(sims, "sims", 2).copy()
+        if s.shape != (B, k):
+            raise InputError(f"sims must have shape {(B, k)}, got {s.shape}")
+    if kernel == "cosine":
+        gram += 1.0
+        gram *= 0.5
+        s += 1.0
+        s *= 0.5
+        return gram, s
+    nn = np.diagonal(gram, axis1=1, axis2=2).copy()  # squared norms of the neighbours
+    nq = np.einsum("bd,bd->b", q, q)
+    dq = np.maximum(nq[:, None] + nn - 2.0 * s, 0.0)
+    D = nn[:, :, None] + nn[:, None, :] - 2.0 * gram
+    np.maximum(D, 0.0, out=D)
+    D[:, np.arange(k), np.arange(k)] = 0.0  # exactly 1 on the diagonal
+    two_sigma2 = 2.0 * dq.max(axis=1, initial=0.0) / 9.0
+    two_sigma2 = np.where(two_sigma2 > 0, two_sigma2, 2.0)  # sigma = 0: all at the query
+    D /= -two_sigma2[:, None, None]
+    G = np.exp(D, out=D)
+    g = np.exp(-dq / two_sigma2[:, None])
+    return G, g
+
+
+def _float_array(x, name: str, ndim: int) -> np.ndarray:
+    """``x`` as a finite float64 array with ``ndim`` dimensions, or an InputError."""
+    a = np.asarray(x)
+    if a.ndim != ndim:
+        raise InputError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise InputError(f"{name} must be a real float array, got dtype {a.dtype}")
+    a = np.asarray(a, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise InputError(f"{name} holds NaN or infinite values", hint="check the features for NaN/inf")
+    return a

@@ -1,0 +1,118 @@
+"""Accuracy bookkeeping over streamed query chunks: top-1, top-5, per-class, balanced.
+
+Accuracies are percentages (0-100). Queries labelled -1 are predicted but do not
+count towards any accuracy; they are counted as ``n_unlabelled``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nnkcli.errors import GateFailed, InputError
+
+
+@dataclass
+class Accumulator:
+    """Running counts for one (method, k)."""
+
+    method: str
+    k: int
+    n_classes: int
+    n_queries: int = 0
+    n_unlabelled: int = 0
+    top1_hits: int = 0
+    top5_hits: int = 0
+    class_total: np.ndarray = field(default=None, repr=False)
+    class_hits: np.ndarray = field(default=None, repr=False)
+    support: list = field(default_factory=list, repr=False)
+
+    def __post_init__(self):
+        if self.class_total is None:
+            self.class_total = np.zeros(self.n_classes, dtype=np.int64)
+            self.class_hits = np.zeros(self.n_classes, dtype=np.int64)
+
+    def update(self, top: np.ndarray, labels: np.ndarray, support: np.ndarray | None = None) -> None:
+        """Add a chunk.
+
+        Parameters
+        ----------
+        top : ndarray, shape (B, >=1), int64 — predicted classes, best first, -1 = none
+        labels : ndarray, shape (B,), int64 — true classes, -1 = unlabelled
+        support : ndarray, shape (B,), optional — NNK support sizes
+        """
+        labelled = labels >= 0
+        self.n_unlabelled += int((~labelled).sum())
+        top, y = top[labelled], labels[labelled]
+        self.n_queries += int(y.size)
+        hit1 = top[:, 0] == y
+        hit5 = (top[:, :5] == y[:, None]).any(axis=1)
+        self.top1_hits += int(hit1.sum())
+        self.top5_hits += int(hit5.sum())
+        self.class_total += np.bincount(y, minlength=self.n_classes)[: self.n_classes]
+        self.class_hits += np.bincount(y[hit1], minlength=self.n_classes)[: self.n_classes]
+        if support is not None:
+            # over all queries, labelled or not: it describes the solver, not accuracy
+            self.support.append(np.asarray(support))
+
+    def result(self, *, per_class: bool = False, class_names: list[str] | None = None) -> dict:
+        """The JSON-able result row (accuracies in %, NaN when nothing was labelled)."""
+        n = self.n_queries
+        row: dict = {
+            "method": self.method,
+            "k": self.k,
+            "top1": _pct(self.top1_hits, n),
+            "top5": _pct(self.top5_hits, n),
+            "balanced_accuracy": self.balanced_accuracy(),
+            "n_queries": n,
+            "n_unlabelled": self.n_unlabelled,
+        }
+        if self.method == "nnk" and self.support:
+            s = np.concatenate(self.support)
+            row["support_mean"] = round(float(s.mean()), 3) if s.size else None
+            row["support_median"] = float(np.median(s)) if s.size else None
+        if per_class:
+            names = class_names or [str(c) for c in range(self.n_classes)]
+            row["per_class"] = {
+                names[c]: {"n": int(self.class_total[c]), "top1": _pct(self.class_hits[c], self.class_total[c])}
+                for c in range(self.n_classes)
+                if self.class_total[c] > 0
+            }
+        return row
+
+    def balanced_accuracy(self) -> float:
+        present = self.class_total > 0
+        if not present.any():
+            return float("nan")
+        return round(float(np.mean(self.class_hits[present] / self.class_total[present]) * 100.0), 4)
+
+
+def _pct(hits: int, n: int) -> float:
+    return round(100.0 * hits / n, 4) if n else float("nan")
+
+
+def check_gates(rows: list[dict], *, min_top1: float | None = None, min_top5: float | None = None) -> None:
+    """Raise GateFailed naming every row whose accuracy is below a threshold.
+
+    ``rows`` are result rows (one per method, e.g. the best k of each method).
+    A gate on results without labelled queries is an input error, not a pass.
+    """
+    failures = []
+    for key, threshold in (("top1", min_top1), ("top5", min_top5)):
+        if threshold is None:
+            continue
+        for row in rows:
+            value = row.get(key)
+            if value is None or value != value:  # NaN: nothing labelled
+                raise InputError(
+                    f"--min-{key} needs labelled queries, but the query split has none",
+                    hint="extract the query split with labels, or drop the gate",
+                )
+            if value < threshold:
+                failures.append(f"{row['method']} {key} {value:.2f} < {threshold:g} (k={row['k']})")
+    if failures:
+        raise GateFailed(
+            "quality gate failed: " + "; ".join(failures),
+            hint="the results above were still written; lower the threshold or investigate the features",
+        )

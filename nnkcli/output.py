@@ -1,0 +1,240 @@
+"""Rendering results (stdout) and talking to the user (stderr).
+
+Results go to stdout as ``table`` (rich, plain text when not a terminal), ``json``
+(versioned: ``schema_version`` first) or ``csv``. Progress bars and log lines go to
+stderr: rich-formatted only on a TTY, silenced by ``-q`` and by ``--format json``.
+The core library logs to the ``nnkcli`` logger and reports progress through plain
+callbacks, so it never imports rich or click; this module bridges both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMATS = ("table", "json", "csv")
+SCHEMA_VERSION = 1
+
+logger = logging.getLogger("nnkcli")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One output column: ``key`` into each row dict, a header, a table format spec."""
+
+    key: str
+    header: str | None = None
+    spec: str = ""  # format spec for the table, e.g. ".2f"; csv/json get raw values
+    justify: str = "right"
+
+    @property
+    def title(self) -> str:
+        return self.header if self.header is not None else self.key
+
+
+@dataclass
+class Ui:
+    """What the user asked for: verbosity (``-v`` minus ``-q``) and output format."""
+
+    verbosity: int = 0
+    fmt: str = "table"
+    _stderr_console: Any = field(default=None, repr=False)
+
+    # -- stderr ---------------------------------------------------------------
+    @property
+    def stderr_is_tty(self) -> bool:
+        return _isatty(sys.stderr)
+
+    @property
+    def chatty(self) -> bool:
+        """Whether info lines and progress bars are wanted at all."""
+        return self.verbosity >= 0 and self.fmt != "json"
+
+    def stderr_console(self):
+        from rich.console import Console
+
+        if self._stderr_console is None or self._stderr_console.file is not sys.stderr:
+            self._stderr_console = Console(file=sys.stderr, highlight=False)
+        return self._stderr_console
+
+    @contextlib.contextmanager
+    def progress(self, total: int | None, description: str, unit: str = "rows") -> Iterator[Callable[[int], None]]:
+        """Yield ``advance(n)``; draws a rich progress bar only on a TTY and when chatty."""
+        if not (self.chatty and self.stderr_is_tty):
+            yield lambda n: None
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        rate = _RateColumn(unit)
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            rate,
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.stderr_console(),
+            transient=True,
+        ) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n: bar.advance(task, n)
+
+
+class _RateColumn:  # built lazily so rich is imported only when a bar is drawn
+    def __new__(cls, unit: str):
+        from rich.progress import ProgressColumn
+        from rich.text import Text
+
+        class RateColumn(ProgressColumn):
+            def render(self, task):
+                speed = task.finished_speed or task.speed
+                if not speed:
+                    return Text(f"- {unit}/s", style="progress.data.speed")
+                return Text(f"{speed:,.0f} {unit}/s", style="progress.data.speed")
+
+        return RateColumn()
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class _StderrHandler(logging.Handler):
+    """Log records to stderr: rich styling on a TTY, plain ``warning: ...`` lines otherwise."""
+
+    STYLES = {"WARNING": "yellow", "ERROR": "red", "DEBUG": "dim"}
+
+    def __init__(self, ui: Ui):
+        super().__init__()
+        self.ui = ui
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+            prefix = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+            if self.ui.stderr_is_tty:
+                style = self.STYLES.get(record.levelname)
+                self.ui.stderr_console().print(prefix + msg, style=style, markup=False, highlight=False)
+            else:
+                sys.stderr.write(prefix + msg + "\n")
+                sys.stderr.flush()
+        except Exception:  # pragma: no cover - logging must never crash the command
+            self.handleError(record)
+
+
+def configure_logging(ui: Ui) -> None:
+    """Route the ``nnkcli`` logger to stderr at the level the user asked for."""
+    if ui.verbosity >= 1:
+        level = logging.DEBUG
+    elif ui.verbosity <= -2:
+        level = logging.ERROR
+    elif ui.verbosity == -1 or ui.fmt == "json":
+        level = logging.WARNING
+    else:
+        level = logging.INFO
+    for handler in list(logger.handlers):
+        if isinstance(handler, _StderrHandler):
+            logger.removeHandler(handler)
+    logger.addHandler(_StderrHandler(ui))
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+# -- stdout ---------------------------------------------------------------------
+def jsonable(value: Any) -> Any:
+    """Convert numpy scalars/arrays and NaN/inf into plain JSON values (NaN -> null)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return jsonable(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", "replace")
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    return value
+
+
+def to_json(payload: dict) -> str:
+    doc = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in payload.items() if k != "schema_version"}}
+    return json.dumps(jsonable(doc), indent=2, allow_nan=False)
+
+
+def _cell(value: Any, spec: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "-"
+    if spec:
+        try:
+            return format(value, spec)
+        except (TypeError, ValueError):
+            return str(value)
+    return str(value)
+
+
+def render(
+    payload: dict,
+    *,
+    fmt: str,
+    columns: Sequence[Column],
+    rows: Sequence[dict],
+    title: str | None = None,
+    caption: str | None = None,
+    file=None,
+) -> None:
+    """Write a command's result to stdout in the requested format.
+
+    ``payload`` is the whole JSON document (``schema_version`` is added);
+    ``columns``/``rows`` are what the table and CSV formats show.
+    """
+    out = file if file is not None else sys.stdout
+    if fmt == "json":
+        out.write(to_json(payload) + "\n")
+    elif fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow([c.key for c in columns])
+        for row in rows:
+            writer.writerow(["" if jsonable(row.get(c.key)) is None else jsonable(row.get(c.key)) for c in columns])
+    elif fmt == "table":
+        from rich import box
+        from rich.console import Console
+        from rich.table import Table
+
+        tty = _isatty(out)
+        console = Console(
+            file=out,
+            force_terminal=tty,
+            no_color=not tty,
+            highlight=False,
+            width=None if tty else 200,
+        )
+        table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, title_justify="left")
+        for c in columns:
+            table.add_column(c.title, justify=c.justify)
+        for row in rows:
+            table.add_row(*(_cell(row.get(c.key), c.spec) for c in columns))
+        console.print(table)
+    else:  # pragma: no cover - click validates the choice
+        raise ValueError(f"unknown format {fmt!r}")
+    out.flush()

@@ -1,0 +1,646 @@
+"""The feature store: one versioned HDF5 file holding the splits of one model.
+
+Layout (``format_version`` 1)::
+
+    /                       attrs: nnk_format="features", format_version=1
+    /classes                (C,) utf-8 strings: class names, shared by all splits
+    /<split>/features       (n, d) float32 or float16, chunked by rows
+    /<split>/labels         (n,) int64 ids into /classes, -1 = unlabelled
+    /<split>/ids            (n,) utf-8 strings, optional (sample ids / file paths)
+    /<split>                attrs: source, created_at, nnkcli_version, content_sha256,
+                            checkpoint_sha256 (when known), importer and user pairs
+
+All splits share ``d`` and the class list. This is the only module that imports h5py.
+
+Writes never modify the live file: the new store is built in a temporary file beside
+it (the other splits copied over), then moved over the old one with ``os.replace``,
+under an advisory lock so that two writers cannot lose each other's split. A crash,
+SIGKILL or Ctrl-C at any moment leaves the old store or the complete new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from nnkcli import __version__
+from nnkcli.atomic import TMP_MARKER, atomic_output, file_lock, fsync_dir, fsync_file, temp_path_for
+from nnkcli.checks import (
+    ContentTally,
+    as_row_source,
+    check_feature_array,
+    check_ids,
+    check_split_name,
+    default_chunk_rows,
+    to_stored,
+)
+from nnkcli.errors import InputError, StoreError
+from nnkcli.labels import class_counts, map_labels
+
+logger = logging.getLogger("nnkcli")
+
+FORMAT_NAME = "features"
+FORMAT_VERSION = 1
+#: split attributes that nnkcli sets itself; callers (and ``--meta``) cannot set them
+RESERVED_ATTRS = frozenset({"source", "created_at", "nnkcli_version", "content_sha256"})
+_STR = h5py.string_dtype("utf-8")
+_HDF5_CHUNK_BYTES = 1 << 20
+
+
+def _open_h5(path, mode: str) -> h5py.File:
+    # HDF5's own file locking is redundant with our replace-and-lock protocol and
+    # fails on some network filesystems, so it is switched off where supported.
+    try:
+        return h5py.File(path, mode, locking=False)
+    except TypeError:  # pragma: no cover - very old h5py
+        return h5py.File(path, mode)
+
+
+def _plain(value):
+    """HDF5 attribute values as plain Python (str, int, float, bool, list)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    return value
+
+
+# -- reading ------------------------------------------------------------------------------
+class Split:
+    """One split of a store: features (read lazily, by rows), labels, ids, provenance.
+
+    Attributes
+    ----------
+    name : str
+    n, dim : int
+        Number of rows and feature dimension.
+    dtype : np.dtype
+        Stored dtype of the features (float32 or float16).
+    features : h5py.Dataset, shape (n, dim)
+        Slicing reads only the rows asked for (``split.features[1000:2000]``).
+    attrs : dict
+        Provenance: source, created_at, nnkcli_version, content_sha256, user pairs.
+    """
+
+    def __init__(self, store: FeatureStore, name: str, group: h5py.Group):
+        self.store = store
+        self.name = name
+        self._group = group
+        self.features = group["features"]
+        self.n, self.dim = (int(s) for s in self.features.shape)
+        self.dtype = np.dtype(self.features.dtype)
+        self.attrs = {key: _plain(value) for key, value in group.attrs.items()}
+
+    def __repr__(self) -> str:
+        return f"<Split {self.name!r}: {self.n} x {self.dim} {self.dtype}>"
+
+    def __len__(self) -> int:
+        return self.n
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        """Class ids, int64 of shape (n,); -1 = unlabelled (all -1 when the split has none)."""
+        if "labels" not in self._group:
+            return np.full(self.n, -1, dtype=np.int64)
+        return np.asarray(self._group["labels"][()], dtype=np.int64)
+
+    @cached_property
+    def ids(self) -> list[str] | None:
+        """Sample ids (file paths, dataset indices), or None when the split has none."""
+        if "ids" not in self._group:
+            return None
+        return list(self._group["ids"].asstr()[()])
+
+    @cached_property
+    def content_sha256(self) -> str:
+        """sha256 over the stored feature bytes then the int64 label bytes (hex).
+
+        Stored when the split is written; computed here, in chunks, for stores written
+        by other tools.
+        """
+        stored = self.attrs.get("content_sha256")
+        if isinstance(stored, str) and len(stored) == 64:
+            return stored
+        hasher = hashlib.sha256()
+        step = default_chunk_rows(self.dim, self.dtype.itemsize)
+        for start in range(0, self.n, step):
+            block = self.features[start:start + step]
+            hasher.update(np.ascontiguousarray(block, dtype=self.dtype.newbyteorder("<")))
+        hasher.update(np.ascontiguousarray(self.labels, dtype="<i8").tobytes())
+        return hasher.hexdigest()
+
+    @property
+    def has_labels(self) -> bool:
+        return bool((self.labels >= 0).any())
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` as a float32 array of shape (stop - start, dim)."""
+        stop = self.n if stop is None else min(stop, self.n)
+        return np.asarray(self.features[start:stop], dtype=np.float32)
+
+    def iter_chunks(self, chunk_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, block)`` with ``block`` float32 of shape (m, dim), m <= chunk_rows."""
+        step = chunk_rows or default_chunk_rows(self.dim)
+        if step < 1:
+            raise InputError(f"chunk_rows must be >= 1; got {chunk_rows}")
+        for start in range(0, self.n, step):
+            yield start, self.read(start, start + step)
+
+    def class_counts(self) -> tuple[dict[str, int], int]:
+        """Counts per class name (every class of the store, zeros included) and unlabelled rows."""
+        names = self.store.classes or []
+        n_classes = max(len(names), int(self.labels.max(initial=-1)) + 1)
+        counts, unlabelled = class_counts(self.labels, n_classes)
+        keys = [names[i] if i < len(names) else str(i) for i in range(n_classes)]
+        return dict(zip(keys, (int(c) for c in counts))), unlabelled
+
+    def describe(self) -> dict:
+        counts, unlabelled = self.class_counts()
+        return {
+            "n": self.n,
+            "dim": self.dim,
+            "dtype": str(self.dtype),
+            "n_classes": sum(1 for c in counts.values() if c > 0),
+            "unlabelled": unlabelled,
+            "has_ids": "ids" in self._group,
+            "class_counts": counts,
+            "attrs": dict(self.attrs),
+        }
+
+
+class FeatureStore:
+    """Read access to a feature store (a context manager; the file stays open until ``close``).
+
+    Parameters
+    ----------
+    path : path-like
+        The store file.
+
+    Raises
+    ------
+    StoreError
+        The file is missing, unreadable, not HDF5, not an nnkcli store, or of a newer format.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._h5 = None
+        if not self.path.exists():
+            raise StoreError(
+                f"store not found: {path}",
+                hint=f"create it with: nnk extract {path} --split train --from FEATURES",
+            )
+        if self.path.is_dir():
+            raise StoreError(f"{path} is a folder, not a feature store", hint="give the path of the .h5 store file")
+        if not os.access(self.path, os.R_OK):
+            raise StoreError(f"cannot read {path}: permission denied", hint="check the file's permissions")
+        try:
+            self._h5 = _open_h5(self.path, "r")
+        except OSError as exc:
+            raise StoreError(
+                f"{path} is not an HDF5 file (or it is damaged)",
+                hint="a feature store is made with: nnk extract STORE --split NAME --from FEATURES",
+            ) from exc
+        try:
+            self._check_format()
+            self.attrs = {key: _plain(value) for key, value in self._h5.attrs.items()}
+            self.classes = [str(c) for c in self._h5["classes"].asstr()[()]] if "classes" in self._h5 else None
+            self.splits = sorted(
+                name for name, obj in self._h5.items()
+                if isinstance(obj, h5py.Group) and isinstance(obj.get("features"), h5py.Dataset)
+            )
+            self._split_cache: dict[str, Split] = {}
+            self.dim = self.split(self.splits[0]).dim if self.splits else None
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_format(self) -> None:
+        fmt = _plain(self._h5.attrs.get("nnk_format"))
+        if fmt != FORMAT_NAME:
+            raise StoreError(
+                f"{self.path} is not an nnkcli feature store",
+                hint="it lacks the nnk_format='features' attribute; make a store with nnk extract",
+            )
+        version = _plain(self._h5.attrs.get("format_version"))
+        if not isinstance(version, int) or version < 1:
+            raise StoreError(f"{self.path} has an invalid format_version {version!r}",
+                             hint="recreate it with nnk extract")
+        if version > FORMAT_VERSION:
+            raise StoreError(
+                f"{self.path} uses store format version {version}; this nnkcli reads version {FORMAT_VERSION}",
+                hint="upgrade nnkcli: pip install -U nnkcli",
+            )
+
+    # -- access ---------------------------------------------------------------------------
+    def split(self, name: str) -> Split:
+        """The split called ``name``; StoreError naming the available ones if it is missing."""
+        if name not in self.splits:
+            available = ", ".join(self.splits) if self.splits else "none"
+            raise StoreError(
+                f"split '{name}' not found in {self.path}",
+                hint=f"available splits: {available}",
+            )
+        if name not in self._split_cache:
+            self._split_cache[name] = Split(self, name, self._h5[name])
+        return self._split_cache[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.splits
+
+    def __getitem__(self, name: str) -> Split:
+        return self.split(name)
+
+    def __iter__(self) -> Iterator[Split]:
+        return (self.split(name) for name in self.splits)
+
+    def __repr__(self) -> str:
+        return f"<FeatureStore {str(self.path)!r}: splits={self.splits}, dim={self.dim}>"
+
+    def describe(self) -> dict:
+        """What ``nnk info --format json`` prints (without ``schema_version``)."""
+        return {
+            "store": str(self.path),
+            "format_version": int(self.attrs.get("format_version", FORMAT_VERSION)),
+            "dim": self.dim,
+            "classes": list(self.classes) if self.classes is not None else None,
+            "splits": {name: self.split(name).describe() for name in self.splits},
+        }
+
+    # -- lifetime -------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._h5 is not None:
+            with contextlib.suppress(Exception):
+                self._h5.close()
+            self._h5 = None
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):  # pragma: no cover - best effort
+        self.close()
+
+
+# -- writing ------------------------------------------------------------------------------
+class _StoreState:
+    """What a write needs to know about the current store (or its absence)."""
+
+    def __init__(self, path: Path):
+        self.exists = path.exists()
+        self.classes: list[str] | None = None
+        self.dims: dict[str, int] = {}
+        if self.exists:
+            with FeatureStore(path) as store:
+                self.classes = store.classes
+                self.dims = {s.name: s.dim for s in store}
+
+    def check(self, path: Path, split: str, d: int, overwrite: bool) -> None:
+        if split in self.dims and not overwrite:
+            raise StoreError(f"split '{split}' already exists in {path}", hint="pass --overwrite to replace it")
+        others = {name: dim for name, dim in self.dims.items() if name != split}
+        if others:
+            store_d = next(iter(others.values()))
+            if d != store_d:
+                raise InputError(
+                    f"features have dimension {d} but {path} holds dimension {store_d}",
+                    hint="all splits of a store share one feature dimension; write to another store",
+                )
+
+
+def check_attrs(attrs: dict | None) -> dict:
+    """Provenance pairs as HDF5-storable values; reserved names are refused."""
+    out = {}
+    for key, value in (attrs or {}).items():
+        if not isinstance(key, str) or not key or "/" in key:
+            raise InputError(f"invalid attribute name {key!r}", hint="use a plain word such as 'run' or 'epoch'")
+        if key in RESERVED_ATTRS or key in ("nnk_format", "format_version"):
+            raise InputError(
+                f"attribute '{key}' is set by nnkcli and cannot be given",
+                hint=f"choose another name; reserved: {', '.join(sorted(RESERVED_ATTRS))}",
+            )
+        if value is None:
+            continue
+        if isinstance(value, (np.generic,)):
+            value = value.item()
+        if not isinstance(value, (str, int, float, bool)):
+            value = json.dumps(value, sort_keys=True, default=str)
+        out[key] = value
+    return out
+
+
+def _hdf5_chunk_rows(n: int, d: int, itemsize: int) -> int:
+    return int(max(1, min(n, _HDF5_CHUNK_BYTES // max(1, d * itemsize))))
+
+
+def remove_dead_temps(path: Path) -> None:
+    """Delete the temporary files/folders that killed writers of ``path`` left behind.
+
+    Their names carry the writer's pid (see ``nnkcli.atomic.temp_path_for``); only
+    those whose process is gone are removed.
+    """
+    prefix = f".{path.name}{TMP_MARKER}"
+    for tmp in path.parent.glob(f"{prefix}*"):
+        try:
+            pid = int(tmp.name[len(prefix):].split("-")[0])
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # the process lives (e.g. a writer that ignores the lock): leave it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+            logger.debug("removed the temporary file of an interrupted write: %s", tmp)
+
+
+def commit_split(
+    store_path: str | os.PathLike,
+    split: str,
+    features,
+    labels=None,
+    *,
+    class_names: Sequence[str] | None = None,
+    ids=None,
+    source: str,
+    attrs: dict | None = None,
+    overwrite: bool = False,
+    chunk_rows: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    checked: tuple[int, int, np.dtype] | None = None,
+) -> dict:
+    """Write one split atomically (the shared back end of ``write_split`` and ``SplitWriter``).
+
+    ``checked`` is the result of ``check_feature_array`` when the caller already ran it.
+    """
+    path = Path(store_path)
+    check_split_name(split)
+    if not isinstance(source, str) or not source:
+        raise InputError("source must be a non-empty string describing where the features came from")
+    user_attrs = check_attrs(attrs)
+    features = as_row_source(features)
+    n, d, stored_dtype = checked or check_feature_array(features)
+    ids = check_ids(ids, n)
+    if not path.parent.is_dir():
+        raise StoreError(f"folder not found for the store: {path.parent}", hint="create the folder first")
+    if path.exists() and path.is_dir():
+        raise StoreError(f"{path} is a folder, not a feature store", hint="give the path of the .h5 store file")
+    step = chunk_rows or default_chunk_rows(d, max(4, np.dtype(features.dtype).itemsize))
+
+    with file_lock(path):
+        state = _StoreState(path)
+        state.check(path, split, d, overwrite)
+        mapping = map_labels(labels, n=n, class_names=class_names, existing_classes=state.classes)
+        remove_dead_temps(path)
+        with atomic_output(path) as tmp:
+            with _open_h5(tmp, "w") as dst:
+                if state.exists:
+                    with _open_h5(path, "r") as src:
+                        for key, value in src.attrs.items():
+                            dst.attrs[key] = value
+                        for name in state.dims:
+                            if name != split:
+                                src.copy(src[name], dst, name=name)
+                dst.attrs["nnk_format"] = FORMAT_NAME
+                dst.attrs["format_version"] = FORMAT_VERSION
+                if mapping.classes:
+                    dst.create_dataset("classes", data=np.array(mapping.classes, dtype=object), dtype=_STR)
+                digest = _write_group(
+                    dst.create_group(split), features, mapping.ids, ids, n, d, stored_dtype, step, progress
+                )
+                group = dst[split]
+                group.attrs["source"] = source
+                group.attrs["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                group.attrs["nnkcli_version"] = __version__
+                group.attrs["content_sha256"] = digest
+                for key, value in user_attrs.items():
+                    group.attrs[key] = value
+
+    counts, unlabelled = class_counts(mapping.ids, len(mapping.classes))
+    return {
+        "store": str(path),
+        "split": split,
+        "n": n,
+        "dim": d,
+        "dtype": str(np.dtype(stored_dtype.newbyteorder("="))),
+        "n_classes": int((counts > 0).sum()),
+        "unlabelled": unlabelled,
+        "store_classes": len(mapping.classes),
+        "new_classes": list(mapping.new_classes),
+        "replaced": split in state.dims,
+        "source": source,
+        "content_sha256": digest,
+    }
+
+
+def _write_group(group, features, labels, ids, n, d, stored_dtype, step, progress) -> str:
+    """Stream ``features`` into ``group``, validating and hashing each block; returns the hash."""
+    dset = group.create_dataset(
+        "features", shape=(n, d), dtype=stored_dtype, chunks=(_hdf5_chunk_rows(n, d, stored_dtype.itemsize), d)
+    )
+    tally = ContentTally()
+    hasher = hashlib.sha256()
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        block = to_stored(features[start:stop], stored_dtype)
+        if block.shape != (stop - start, d):
+            raise InputError(f"features returned a block of shape {block.shape} for rows {start}:{stop}")
+        # after the first bad block keep counting (the error says how many) but stop writing
+        if tally.update(block, start) and tally.ok:
+            dset[start:stop] = block
+            hasher.update(block)  # contiguous: hashed in place, no copy
+        if progress is not None:
+            progress(stop - start)
+    tally.raise_if_bad()
+    labels_le = np.ascontiguousarray(labels, dtype="<i8")
+    group.create_dataset("labels", data=labels_le, chunks=True if n > 0 else None)
+    hasher.update(labels_le.tobytes())
+    if ids is not None:
+        group.create_dataset("ids", data=np.array(ids, dtype=object), dtype=_STR)
+    return hasher.hexdigest()
+
+
+def write_split(
+    store_path: str | os.PathLike,
+    split: str,
+    features,
+    labels=None,
+    *,
+    ids=None,
+    class_names: Sequence[str] | None = None,
+    source: str,
+    attrs: dict | None = None,
+    overwrite: bool = False,
+    chunk_rows: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Add (or replace) one split of a store, atomically; create the store if needed.
+
+    Parameters
+    ----------
+    store_path : path-like
+        The store file (created when missing; its folder must exist).
+    split : str
+        Split name, e.g. ``"train"``.
+    features : array-like, shape (n, d)
+        Anything with ``shape``, ``dtype`` and row slicing: numpy array, ``np.memmap``,
+        h5py dataset, torch tensor. Copied in blocks of ``chunk_rows`` rows, so a
+        memory-mapped input is never loaded whole. float16 stays float16, every other
+        real dtype is stored as float32.
+    labels : array-like, shape (n,), optional
+        Integers (``-1`` = unlabelled) or strings; mapped to contiguous ids and
+        reconciled by name with the store's class list (see ``nnkcli.labels``).
+        None: the split is unlabelled.
+    ids : sequence of str, length n, optional
+        Sample ids (file paths, dataset indices).
+    class_names : sequence of str, optional
+        Names for integer labels (labels index into it) or the order of string labels.
+    source : str
+        What was imported (provenance).
+    attrs : dict, optional
+        More provenance pairs (``checkpoint_sha256``, ``--meta`` pairs ...).
+    overwrite : bool, default=False
+        Replace an existing split of that name (otherwise StoreError).
+    chunk_rows : int, optional
+        Rows per streamed block (default: about 32 MB of input).
+    progress : callable, optional
+        Called with the number of rows after each block.
+
+    Returns
+    -------
+    dict
+        Summary: store, split, n, dim, dtype, n_classes, unlabelled, store_classes,
+        new_classes, replaced, source, content_sha256.
+
+    Raises
+    ------
+    InputError
+        Bad arrays (wrong ndim, complex/object dtype, empty, NaN/Inf or all-zero rows,
+        length mismatch, a dimension different from the store's). Nothing is written.
+    StoreError
+        The split exists (without ``overwrite``), or the path is not a store.
+    """
+    return commit_split(
+        store_path, split, features, labels, class_names=class_names, ids=ids, source=source, attrs=attrs,
+        overwrite=overwrite, chunk_rows=chunk_rows, progress=progress,
+    )
+
+
+def check_writable(store_path: str | os.PathLike, split: str, d: int, overwrite: bool) -> None:
+    """Fail early (before a long extraction) if ``split`` could not be written to the store."""
+    path = Path(store_path)
+    check_split_name(split)
+    if not path.parent.is_dir():
+        raise StoreError(f"folder not found for the store: {path.parent}", hint="create the folder first")
+    _StoreState(path).check(path, split, d, overwrite)
+
+
+class ArrayFileWriter:
+    """An HDF5 file of named arrays (not a feature store), filled block by block, committed atomically.
+
+    Used for result files such as ``classify --out PRED.h5``; kept here because this is
+    the only module that imports h5py. Rows are written into a temporary file beside
+    ``path``, which replaces ``path`` only at :meth:`commit`.
+
+    Parameters
+    ----------
+    path : path-like
+        The destination file (its folder must exist).
+    kind : str
+        What the file holds (``"predictions"``); used in messages.
+
+    Examples
+    --------
+    >>> with ArrayFileWriter("pred.h5", kind="predictions") as out:
+    ...     out.create("labels", (n,), np.int64)
+    ...     out.write("labels", 0, labels[:100])
+    ...     out.set_attrs({"k": 10})
+    """
+
+    def __init__(self, path: str | os.PathLike, *, kind: str):
+        self.path = Path(path)
+        self.kind = kind
+        if not self.path.parent.is_dir():
+            raise StoreError(f"folder not found for the {kind} file: {self.path.parent}",
+                             hint="create the folder first")
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a folder", hint=f"give the path of the {kind} .h5 file")
+        self._tmp = temp_path_for(self.path)
+        self._h5 = _open_h5(self._tmp, "w")
+
+    def create(self, name: str, shape: tuple[int, ...], dtype) -> None:
+        """Create dataset ``name`` of ``shape`` (chunked by rows; groups made from ``a/b`` names)."""
+        shape = tuple(int(s) for s in shape)
+        dtype = np.dtype(dtype)
+        chunks = None
+        if shape and shape[0] > 0 and all(s > 0 for s in shape):
+            row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+            chunks = (_hdf5_chunk_rows(shape[0], row, dtype.itemsize),) + shape[1:]
+        self._h5.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks)
+
+    def write(self, name: str, start: int, values) -> None:
+        """Write ``values`` (m, ...) into rows ``start .. start+m`` of dataset ``name``."""
+        values = np.asarray(values)
+        self._h5[name][start:start + values.shape[0]] = values
+
+    def set_attrs(self, attrs: dict) -> None:
+        """Root attributes; non-scalar values are stored as JSON strings."""
+        for key, value in attrs.items():
+            if value is None:
+                continue
+            if isinstance(value, np.generic):
+                value = value.item()
+            if not isinstance(value, (str, int, float, bool)):
+                value = json.dumps(value, sort_keys=True, default=str)
+            self._h5.attrs[key] = value
+
+    def commit(self) -> None:
+        """Close the file and move it over ``path`` atomically."""
+        self._h5.close()
+        fsync_file(self._tmp)
+        os.replace(self._tmp, self.path)
+        fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        """Drop everything written; ``path`` is left as it was."""
+        with contextlib.suppress(Exception):
+            self._h5.close()
+        with contextlib.suppress(OSError):
+            self._tmp.unlink()
+
+    def __enter__(self) -> ArrayFileWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+        return False
+
+
+# The streaming writer lives in its own module; re-exported here as part of the store API.
+from nnkcli.split_writer import SplitWriter  # noqa: E402
+
+__all__ = [
+    "ArrayFileWriter", "FORMAT_NAME", "FORMAT_VERSION", "RESERVED_ATTRS", "FeatureStore", "Split", "SplitWriter",
+    "check_attrs", "check_writable", "commit_split", "remove_dead_temps", "write_split",
+]

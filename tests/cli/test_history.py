@@ -1,0 +1,133 @@
+"""``nnk history``: rows, deltas, malformed lines, formats, plot."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from nnkcli.cli import cli
+from nnkcli.history import append_entry
+
+
+def sha(n: int) -> str:
+    return hashlib.sha256(str(n).encode()).hexdigest()
+
+
+def add(path, n, step, nnk, knn):
+    append_entry(path, {
+        "source": f"/runs/checkpoint{step:04d}.pth", "sha256": sha(n), "step": step,
+        "best": {"nnk": {"k": 50 + n, "top1": nnk, "top5": 90.0}, "knn": {"k": 10 + n, "top1": knn, "top5": 88.0}},
+        "results": [], "finished_at": f"2024-01-0{n}T00:00:00.000+00:00",
+    })
+
+
+@pytest.fixture
+def history_file(tmp_path):
+    p = tmp_path / "history.jsonl"
+    add(p, 1, 20, 71.5, 70.0)  # evaluated first but a later step
+    add(p, 2, 10, 70.25, 70.5)
+    with open(p, "a") as fh:
+        fh.write('{"schema_version": 1, "sha256": "oops"}\n')
+    add(p, 3, 30, 71.0, 69.0)
+    with open(p, "a") as fh:
+        fh.write('{"schema_version": 1, "sha2')  # torn last line of a crashed writer
+    return p
+
+
+def test_history_csv_rows_ordered_by_step_with_deltas(runner, history_file):
+    res = runner.invoke(cli, ["history", str(history_file), "--format", "csv"])
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        "step,source,sha256,nnk_top1,nnk_k,nnk_delta_prev,nnk_delta_best,knn_top1,knn_k,knn_delta_prev,"
+        "knn_delta_best,best",
+        f"10,checkpoint0010.pth,{sha(2)[:12]},70.25,52,,-1.25,70.5,12,,0.0,knn",
+        f"20,checkpoint0020.pth,{sha(1)[:12]},71.5,51,1.25,0.0,70.0,11,-0.5,-0.5,nnk",
+        f"30,checkpoint0030.pth,{sha(3)[:12]},71.0,53,-0.5,-0.5,69.0,13,-1.0,-1.5,",
+    ]
+    assert res.stderr.splitlines() == [
+        "warning: history.jsonl line 3: missing or bad sha256; skipped",
+        "warning: history.jsonl line 5: not valid JSON: Unterminated string starting at (column 23); skipped",
+    ]
+
+
+def test_history_table_marks_best_and_reports_malformed(runner, history_file):
+    res = runner.invoke(cli, ["history", str(history_file)])
+    assert res.exit_code == 0, res.stderr
+    lines = res.stdout.splitlines()
+    row20 = next(line for line in lines if "checkpoint0020.pth" in line)
+    assert row20.split() == ["20", "checkpoint0020.pth", sha(1)[:12], "71.50", "51", "+1.25", "+0.00",
+                             "70.00", "11", "-0.50", "-0.50", "nnk"]
+    assert any("3 sources, 2 malformed lines skipped" in line for line in lines)
+    assert "line 3: missing or bad sha256" in res.stderr
+
+
+def test_history_json(runner, history_file):
+    res = runner.invoke(cli, ["history", str(history_file), "--format", "json"])
+    assert res.exit_code == 0
+    doc = json.loads(res.stdout)
+    assert doc["schema_version"] == 1 and doc["n_entries"] == 3 and doc["methods"] == ["nnk", "knn"]
+    assert doc["best"]["nnk"] == {"source": "/runs/checkpoint0020.pth", "sha256": sha(1), "step": 20,
+                                  "top1": 71.5, "k": 51}
+    assert [r["step"] for r in doc["rows"]] == [10, 20, 30]
+    assert doc["malformed"][0] == {"line": 3, "reason": "missing or bad sha256"}
+    # malformed lines are still reported with --format json (stdout stays pure JSON)
+    assert "line 5" in res.stderr
+
+
+def test_history_quiet_silences_warnings(runner, history_file):
+    res = runner.invoke(cli, ["history", str(history_file), "-qq", "--format", "csv"])
+    assert res.exit_code == 0 and res.stderr == ""
+
+
+def test_history_missing_file(runner, tmp_path):
+    res = runner.invoke(cli, ["history", str(tmp_path / "none.jsonl")])
+    assert res.exit_code == 1
+    assert res.stderr.splitlines() == [
+        f"Error: history file not found: {tmp_path / 'none.jsonl'}",
+        "Hint: nnk evaluate ... --history FILE creates it",
+    ]
+
+
+def test_history_empty_file(runner, tmp_path):
+    p = tmp_path / "h.jsonl"
+    p.write_text("")
+    res = runner.invoke(cli, ["history", str(p), "--format", "csv"])
+    assert res.exit_code == 0
+    assert res.stdout.splitlines() == ["step,source,sha256,best"]
+
+
+def test_history_plot(runner, history_file, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "history.png"
+    res = runner.invoke(cli, ["history", str(history_file), "--plot", str(out), "--format", "csv"])
+    assert res.exit_code == 0, res.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_history_plot_bad_suffix(runner, history_file, tmp_path):
+    res = runner.invoke(cli, ["history", str(history_file), "--plot", str(tmp_path / "h.jpg")])
+    assert res.exit_code == 1
+    assert res.stderr.splitlines()[-1] == "Error: --plot must end in .png, .svg or .pdf, got 'h.jpg'"
+
+
+def test_history_plot_without_matplotlib(runner, history_file, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    res = runner.invoke(cli, ["history", str(history_file), "--plot", str(tmp_path / "h.png")])
+    assert res.exit_code == 1
+    assert res.stderr.splitlines()[-2:] == [
+        "Error: --plot needs the optional 'plot' extra, which is not installed",
+        'Hint: pip install "nnkcli[plot]"',
+    ]
+    assert not (tmp_path / "h.png").exists()

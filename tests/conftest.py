@@ -1,0 +1,27 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_STORE = REPO / "sample_data" / "fashion-mnist.h5"
+
+
+@pytest.fixture
+def sample_store() -> Path:
+    if not SAMPLE_STORE.exists():
+        pytest.fail(f"the committed sample store is missing: {SAMPLE_STORE}")
+    return SAMPLE_STORE
+
+
+@pytest.fixture
+def runner():
+    from click.testing import CliRunner
+
+    try:  # click >= 8.2 keeps stderr apart by default
+        return CliRunner(mix_stderr=False)
+    except TypeError:
+        return CliRunner()

@@ -1,0 +1,201 @@
+"""nnkcli.classify / nnkcli.sweep against independent oracles on small stores.
+
+Oracles: brute-force float64 neighbour search, DINO's kNN formula written out per
+query, and NNK solved per query with scipy.optimize.nnls on the least-squares form.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.optimize import nnls
+
+from nnkcli.classify import classify
+from nnkcli.errors import InputError, StaleIndexError
+from nnkcli.store import write_split
+from nnkcli.sweep import sweep
+
+N_CLASSES = 5
+
+
+def mixture(n, d, seed, n_classes=N_CLASSES, spread=0.9):
+    rng = np.random.default_rng(seed)
+    means = np.random.default_rng(1234).normal(size=(n_classes, d))
+    y = rng.integers(0, n_classes, n)
+    x = means[y] + spread * rng.normal(size=(n, d)) * 1.5
+    return x.astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cls") / "small.h5"
+    xt, yt = mixture(400, 24, seed=0)
+    xq, yq = mixture(90, 24, seed=1)
+    yq[:5] = -1  # unlabelled queries: predicted, not scored
+    names = [f"class{c}" for c in range(N_CLASSES)]
+    write_split(path, "train", xt, yt, class_names=names, source="test")
+    write_split(path, "val", xq, np.array([names[c] if c >= 0 else -1 for c in yq], dtype=object), source="test")
+    return path, xt, yt, xq, yq
+
+
+def _norm(x):
+    x = x.astype(np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def oracle(xt, yt, xq, yq, k, exclude_self=False, T=0.07):
+    """Per-query naive evaluation; returns {method: (top1 %, top5 %, predictions)}."""
+    Xt, Xq = _norm(xt), _norm(xq)
+    out = {"knn": [], "nnk": []}
+    for i, q in enumerate(Xq):
+        s = Xt @ q
+        order = np.lexsort((np.arange(len(s)), -s))
+        if exclude_self:
+            order = order[order != i]
+        nb = order[:k]
+        sk, yk = s[nb], yt[nb]
+        # DINO eval_knn: class score = sum of exp(s/T) over neighbours of that class
+        knn = np.zeros(N_CLASSES)
+        for sj, yj in zip(sk, yk):
+            knn[yj] += np.exp(sj / T)
+        # NNK: min 1/2 t'Gt - g't, t >= 0  ==  min ||L't - L^-1 g||, G = LL'
+        G = (1 + Xt[nb] @ Xt[nb].T) / 2
+        g = (1 + sk) / 2
+        L = np.linalg.cholesky(G + 1e-12 * np.eye(k))
+        theta, _ = nnls(L.T, np.linalg.solve(L, g))
+        nnk = np.zeros(N_CLASSES)
+        for tj, yj in zip(theta, yk):
+            nnk[yj] += tj
+        nnk /= theta.sum()
+        out["knn"].append(knn)
+        out["nnk"].append(nnk)
+    res = {}
+    labelled = yq >= 0
+    for m, scores in out.items():
+        scores = np.array(scores)
+        # ties to the lower class id; zero-score classes never count as hits
+        ranks = np.argsort(-scores, axis=1, kind="stable")
+        top5 = np.where(np.take_along_axis(scores, ranks, 1)[:, :5] > 0, ranks[:, :5], -1)
+        top1 = 100 * np.mean(top5[labelled, 0] == yq[labelled])
+        top5a = 100 * np.mean((top5[labelled] == yq[labelled, None]).any(1))
+        res[m] = (top1, top5a, top5)
+    return res
+
+
+@pytest.mark.parametrize("k", [1, 7, 20])
+def test_classify_matches_oracle(store, k):
+    path, xt, yt, xq, yq = store
+    doc = classify(path, k=k, methods="both")
+    ref = oracle(xt, yt, xq, yq, k)
+    rows = {r["method"]: r for r in doc["results"]}
+    for m in ("knn", "nnk"):
+        assert rows[m]["top1"] == pytest.approx(ref[m][0], abs=1e-3), m
+        assert rows[m]["top5"] == pytest.approx(ref[m][1], abs=1e-3), m
+        assert rows[m]["n_queries"] == 85 and rows[m]["n_unlabelled"] == 5
+    assert doc["n_unlabelled"] == 5
+    assert doc["index"]["built_in_memory"] is True
+
+
+def test_leave_one_out_matches_oracle(store):
+    path, xt, yt, _, _ = store
+    doc = classify(path, k=10, query_split="train", exclude_self=True)
+    ref = oracle(xt, yt, xt, yt, 10, exclude_self=True)
+    for r in doc["results"]:
+        assert r["top1"] == pytest.approx(ref[r["method"]][0], abs=1e-3)
+
+
+def test_predictions_file(store, tmp_path):
+    import h5py
+
+    path, xt, yt, xq, yq = store
+    out = tmp_path / "pred.h5"
+    classify(path, k=12, predictions_path=out, chunk_size=16)
+    ref = oracle(xt, yt, xq, yq, 12)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["nnk_format"] == "predictions" and f.attrs["k"] == 12
+        assert f["neighbors"].shape == (90, 12) and f["neighbors"].dtype == np.int64
+        np.testing.assert_array_equal(f["labels"][:], yq)
+        np.testing.assert_array_equal(f["knn/top5"][:], ref["knn"][2])
+        np.testing.assert_array_equal(f["nnk/top5"][:], ref["nnk"][2])
+        # the raw weights satisfy the KKT conditions of their own problem
+        Xt, Xq = _norm(xt), _norm(xq)
+        for i in range(0, 90, 9):
+            nb = f["neighbors"][i]
+            theta = f["nnk/weights"][i].astype(np.float64)
+            G = (1 + Xt[nb] @ Xt[nb].T) / 2
+            g = (1 + Xt[nb] @ Xq[i]) / 2
+            lam = G @ theta - g
+            assert theta.min() >= 0
+            assert lam.min() > -1e-5 and np.abs(theta * lam).max() < 1e-5
+        np.testing.assert_allclose(f["similarities"][:, 0], np.sort(Xq @ Xt.T, axis=1)[:, -1], atol=1e-6)
+
+
+def test_results_do_not_depend_on_chunk_size_or_threads(store):
+    path = store[0]
+    a = classify(path, k=15, chunk_size=1, threads=1)
+    b = classify(path, k=15, chunk_size=1000, threads=2)
+    strip = lambda doc: [{k: v for k, v in r.items()} for r in doc["results"]]  # noqa: E731
+    assert strip(a) == strip(b)
+
+
+def test_sweep_equals_classify_at_each_k(store):
+    path = store[0]
+    res = sweep(path, k_values=[3, 10, 25], methods="both", chunk_size=32)
+    for k in (3, 10, 25):
+        single = {r["method"]: r for r in classify(path, k=k, chunk_size=7)["results"]}
+        for r in (r for r in res.results if r["k"] == k):
+            assert r == single[r["method"]]
+    assert set(res.best) == {"nnk", "knn"}
+    assert res.to_dict()["k_values"] == [3, 10, 25]
+
+
+def test_gaussian_kernel_runs_and_is_valid(store):
+    path = store[0]
+    doc = classify(path, k=10, methods="nnk", kernel="gaussian")
+    assert 0 <= doc["results"][0]["top1"] <= 100
+
+
+def test_bad_k_and_options(store):
+    path = store[0]
+    with pytest.raises(InputError, match=r"k=401 is larger than the train split allows \(400 rows\)") as err:
+        classify(path, k=401)
+    assert err.value.hint == "the largest valid k is 400"
+    with pytest.raises(InputError) as err:
+        classify(path, k=400, query_split="train", exclude_self=True)
+    assert err.value.hint == "the largest valid k is 399"
+    with pytest.raises(InputError, match="k must be >= 1"):
+        classify(path, k=0)
+    with pytest.raises(InputError, match="--exclude-self needs the query split to be the train split"):
+        classify(path, k=5, exclude_self=True)
+    with pytest.raises(InputError, match="--temperature must be > 0"):
+        classify(path, k=5, temperature=0)
+
+
+def test_saved_index_used_and_stale_index_refused(tmp_path):
+    from nnkcli.index import index_store
+
+    path = tmp_path / "s.h5"
+    xt, yt = mixture(200, 8, seed=3)
+    xq, yq = mixture(20, 8, seed=4)
+    write_split(path, "train", xt, yt, source="t")
+    write_split(path, "val", xq, yq, source="t")
+    index_store(path)
+    doc = classify(path, k=5)
+    assert doc["index"]["built_in_memory"] is False and doc["index"]["path"].endswith("s.train.faiss")
+    write_split(path, "train", xt[::-1].copy(), yt[::-1].copy(), source="t", overwrite=True)
+    with pytest.raises(StaleIndexError, match="is stale"):
+        classify(path, k=5)
+    doc = classify(path, k=5, rebuild_index=True)
+    assert doc["index"]["rebuilt"] is True
+    assert classify(path, k=5)["index"]["rebuilt"] is False  # the rebuilt index was saved
+
+
+def test_unlabelled_query_split(tmp_path):
+    path = tmp_path / "u.h5"
+    xt, yt = mixture(100, 8, seed=5)
+    write_split(path, "train", xt, yt, source="t")
+    write_split(path, "val", mixture(10, 8, seed=6)[0], None, source="t")
+    doc = classify(path, k=5)
+    assert doc["results"][0]["n_queries"] == 0 and doc["n_unlabelled"] == 10
+    with pytest.raises(InputError, match="has no labels, so --min-top1/--min-top5 cannot be checked"):
+        classify(path, k=5, gate_requested=True)

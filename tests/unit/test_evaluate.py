@@ -1,0 +1,257 @@
+"""nnkcli.evaluate: once-only evaluation into the history, claims, failures.
+
+The evaluation itself is replaced by a fake sweep that reads the accuracy to
+report from the "store" file, so these tests check the bookkeeping only; the
+end-to-end tests with real stores and the real sweep are in tests/cli/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import types
+
+import pytest
+
+from nnkcli.errors import InputError
+from nnkcli.evaluate import (
+    ModelOptions,
+    SweepOptions,
+    checkpoint_store_path,
+    claim,
+    claim_path,
+    collect_sources,
+    evaluate_sources,
+)
+from nnkcli.history import HistoryError, append_entry, read_history
+from nnkcli.sweep import parse_k_spec
+
+
+class FakeSweep:
+    """Stands in for ``nnkcli.sweep``: top-1 per method comes from the source file's JSON."""
+
+    def __init__(self):
+        self.calls = []
+        self.hook = None  # called with the store path before answering
+
+    def module(self):
+        return types.SimpleNamespace(parse_k_spec=parse_k_spec, sweep=self.sweep)
+
+    def sweep(self, store_path, *, k_values, methods, **kwargs):
+        self.calls.append((str(store_path), list(k_values), tuple(methods), kwargs))
+        if self.hook is not None:
+            self.hook(store_path)
+        spec = json.loads(open(store_path).read())
+        if "fail" in spec:
+            raise InputError(spec["fail"])
+        results = [{"method": m, "k": k, "top1": spec[m] - abs(k - 20) / 10, "top5": 90.0, "n_queries": 10}
+                   for m in methods for k in k_values]
+        best = {m: max((r for r in results if r["method"] == m), key=lambda r: r["top1"]) for m in methods}
+        best = {m: {"k": r["k"], "top1": r["top1"], "top5": r["top5"]} for m, r in best.items()}
+        return types.SimpleNamespace(to_dict=lambda: {"results": results, "best": best,
+                                                      "parameters": {"kernel": kwargs["kernel"]}})
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    f = FakeSweep()
+    monkeypatch.setattr("nnkcli.evaluate._sweep_module", f.module)
+    return f
+
+
+def make_source(path, nnk=70.0, knn=65.0, **extra):
+    path.write_text(json.dumps({"nnk": nnk, "knn": knn, **extra}))
+    return path
+
+
+def sha_of(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+OPTS = SweepOptions(k_spec="10..30")
+
+
+def test_evaluates_each_source_once_and_records_one_line(tmp_path, fake):
+    a = make_source(tmp_path / "epoch_1.h5", nnk=70.0)
+    b = make_source(tmp_path / "epoch_2.h5", nnk=72.0)
+    hist = tmp_path / "h.jsonl"
+    outcomes = evaluate_sources([a, b], hist, options=OPTS)
+    assert [o.status for o in outcomes] == ["evaluated", "evaluated"]
+    assert len(fake.calls) == 2 and fake.calls[0][1] == [10, 20, 30]
+    entries = read_history(hist).entries
+    assert [e["sha256"] for e in entries] == [sha_of(a), sha_of(b)]
+    e = entries[0]
+    assert e["schema_version"] == 1 and e["kind"] == "store"
+    assert e["source"] == str(a.resolve()) and e["size"] == a.stat().st_size
+    assert e["step"] == 1 and e["step_from"] == "name:epoch"
+    assert e["k_spec"] == "10..30" and e["k_values"] == [10, 20, 30]
+    assert e["best"]["nnk"] == {"k": 20, "top1": 70.0, "top5": 90.0}
+    assert len(e["results"]) == 6
+    assert e["parameters"]["temperature"] == 0.07 and e["parameters"]["methods"] == ["nnk", "knn"]
+    assert e["parameters"]["sweep"] == {"kernel": "cosine"}
+    for key in ("nnkcli_version", "host", "started_at", "finished_at", "mtime"):
+        assert e[key]
+    assert e["started_at"] <= e["finished_at"]
+
+    before = hist.read_bytes()
+    again = evaluate_sources([a, b], hist, options=OPTS)
+    assert [(o.status, o.reason) for o in again] == [("skipped", "already in history")] * 2
+    assert again[1].entry["best"]["nnk"]["top1"] == 72.0
+    assert len(fake.calls) == 2 and hist.read_bytes() == before
+    assert not list(tmp_path.glob(".*.claim"))
+
+
+def test_same_content_under_another_name_is_skipped(tmp_path, fake):
+    a = make_source(tmp_path / "a.h5")
+    copy = tmp_path / "copy.h5"
+    copy.write_bytes(a.read_bytes())
+    outcomes = evaluate_sources([a, copy], tmp_path / "h.jsonl", options=OPTS)
+    assert [o.status for o in outcomes] == ["evaluated", "skipped"]
+    assert len(read_history(tmp_path / "h.jsonl").entries) == 1
+
+
+def test_a_failing_source_is_not_recorded_and_retried_next_run(tmp_path, fake):
+    bad = make_source(tmp_path / "bad.h5", fail="query split 'val' not found")
+    good = make_source(tmp_path / "good.h5")
+    hist = tmp_path / "h.jsonl"
+    outcomes = evaluate_sources([bad, good], hist, options=OPTS)
+    assert [(o.status, o.reason) for o in outcomes] == [("failed", "query split 'val' not found"),
+                                                        ("evaluated", None)]
+    assert [e["sha256"] for e in read_history(hist).entries] == [sha_of(good)]
+    make_source(bad, nnk=71.0)  # fixed in place: new content, new sha256
+    assert [o.status for o in evaluate_sources([bad, good], hist, options=OPTS)] == ["evaluated", "skipped"]
+
+
+def test_unexpected_exception_in_one_source_does_not_stop_the_run(tmp_path, fake):
+    a, b = make_source(tmp_path / "a.h5"), make_source(tmp_path / "b.h5", nnk=1.0)
+
+    def hook(path):
+        if path == a:
+            raise ZeroDivisionError("boom")
+
+    fake.hook = hook
+    outcomes = evaluate_sources([a, b], tmp_path / "h.jsonl", options=OPTS)
+    assert [(o.status, o.reason) for o in outcomes] == [("failed", "ZeroDivisionError: boom"), ("evaluated", None)]
+
+
+def test_a_source_rewritten_during_its_evaluation_is_not_recorded(tmp_path, fake):
+    a = make_source(tmp_path / "last.h5", nnk=70.0)
+    fake.hook = lambda p: make_source(a, nnk=171.25)  # the trainer overwrites the file meanwhile
+    hist = tmp_path / "h.jsonl"
+    [outcome] = evaluate_sources([a], hist, options=OPTS)
+    assert (outcome.status, outcome.reason) == (
+        "failed", "changed while being evaluated (still being written?); not recorded")
+    assert read_history(hist).entries == []
+    fake.hook = None
+    assert [o.status for o in evaluate_sources([a], hist, options=OPTS)] == ["evaluated"]
+
+
+def test_checkpoint_without_model_options_fails_clearly(tmp_path, fake):
+    ckpt = tmp_path / "checkpoint0001.pth"
+    ckpt.write_bytes(b"PK\x03\x04 not a store")
+    [outcome] = evaluate_sources([ckpt], tmp_path / "h.jsonl", options=OPTS)
+    assert outcome.status == "failed"
+    assert outcome.reason == (
+        "checkpoint0001.pth is not a feature store (.h5); a checkpoint needs --model, --train-images and --val-images"
+    )
+
+
+def test_source_claimed_elsewhere_is_deferred_then_skipped(tmp_path, fake):
+    """Another process holds x's claim: this run evaluates y first, then finds x recorded."""
+    x, y = make_source(tmp_path / "x.h5"), make_source(tmp_path / "y.h5", nnk=60.0)
+    hist = tmp_path / "h.jsonl"
+    holding, y_started = threading.Event(), threading.Event()
+
+    def other_process():
+        with claim(hist, sha_of(x), blocking=True):
+            holding.set()
+            y_started.wait(10)
+            append_entry(hist, {"sha256": sha_of(x), "source": str(x), "best": {}, "results": []})
+
+    t = threading.Thread(target=other_process)
+    t.start()
+    assert holding.wait(10)
+    fake.hook = lambda p: y_started.set()
+    outcomes = evaluate_sources([x, y], hist, options=OPTS)
+    t.join(10)
+    assert [(o.status, o.reason) for o in outcomes] == [("skipped", "evaluated by another process"),
+                                                        ("evaluated", None)]
+    assert [c[0] for c in fake.calls] == [str(y)]
+    assert len(read_history(hist).entries) == 2
+
+
+def test_recorded_meanwhile_by_a_writer_ignoring_claims_is_not_appended_twice(tmp_path, fake):
+    x = make_source(tmp_path / "x.h5")
+    hist = tmp_path / "h.jsonl"
+    fake.hook = lambda p: append_entry(hist, {"sha256": sha_of(x), "source": "elsewhere", "best": {}, "results": []})
+    [outcome] = evaluate_sources([x], hist, options=OPTS)
+    assert (outcome.status, outcome.reason) == ("skipped", "recorded by another process meanwhile")
+    assert [e["source"] for e in read_history(hist).entries] == ["elsewhere"]
+
+
+def test_claim_is_exclusive_and_removed(tmp_path):
+    hist = tmp_path / "h.jsonl"
+    s = "ab" * 32
+    with claim(hist, s, blocking=False) as first:
+        assert first and claim_path(hist, s).exists()
+        with claim(hist, s, blocking=False) as second:
+            assert not second
+    assert not claim_path(hist, s).exists()
+    with claim(hist, s, blocking=False) as again:
+        assert again
+
+
+def test_collect_sources(tmp_path):
+    d = tmp_path / "runs"
+    d.mkdir()
+    for name in ("b.pth", "a.pth", ".a.pth.tmp-1-x", "notes.txt"):
+        (d / name).write_text(name)
+    (d / "sub.pth").mkdir()
+    extra = tmp_path / "extra.h5"
+    extra.write_text("x")
+    found = collect_sources([extra, d / "a.pth"], watch_dir=d, pattern="*.pth")
+    assert [p.name for p in found] == ["extra.h5", "a.pth", "b.pth"]
+    with pytest.raises(InputError, match="source not found: .*missing.h5"):
+        collect_sources([tmp_path / "missing.h5"])
+    with pytest.raises(InputError, match="source is a directory"):
+        collect_sources([d])
+    with pytest.raises(InputError, match="--watch-dir is not a directory"):
+        collect_sources([], watch_dir=extra)
+
+
+def test_bad_arguments(tmp_path, fake):
+    a = make_source(tmp_path / "a.h5")
+    with pytest.raises(InputError, match="bad k token"):
+        evaluate_sources([a], tmp_path / "h.jsonl", options=SweepOptions(k_spec="10..x"))
+    with pytest.raises(InputError, match="--index names the index of one store"):
+        evaluate_sources([a, a], tmp_path / "h.jsonl", options=SweepOptions(index_path="i.faiss"))
+    with pytest.raises(HistoryError, match="the directory of --history does not exist"):
+        evaluate_sources([a], tmp_path / "nope" / "h.jsonl", options=OPTS)
+    with pytest.raises(HistoryError, match="--history is a directory"):
+        evaluate_sources([a], tmp_path, options=OPTS)
+    with pytest.raises(InputError, match="methods must be among"):
+        SweepOptions(methods=("svm",))
+    assert fake.calls == []
+
+
+def test_options_reach_the_sweep(tmp_path, fake):
+    a = make_source(tmp_path / "a.h5")
+    opts = SweepOptions(k_spec="5", methods=("knn",), query_split="test", temperature=0.1, exclude_self=True)
+    [outcome] = evaluate_sources([a], tmp_path / "h.jsonl", options=opts)
+    _, k_values, methods, kwargs = fake.calls[0]
+    assert k_values == [5] and methods == ("knn",)
+    assert kwargs["query_split"] == "test" and kwargs["temperature"] == 0.1 and kwargs["exclude_self"]
+    assert kwargs["gate_requested"] is True
+    assert list(outcome.entry["best"]) == ["knn"]
+
+
+def test_checkpoint_store_path_is_beside_the_history(tmp_path):
+    p = checkpoint_store_path(tmp_path / "h.jsonl", "0123456789abcdef" * 4)
+    assert p == tmp_path / "stores" / "0123456789abcdef.h5"
+    base = ModelOptions("m:f", "tr", "va")
+    assert base.keep_store
+    # another extraction set-up never reuses a store extracted with different options
+    names = {checkpoint_store_path(tmp_path / "h.jsonl", "ab" * 32, m).name
+             for m in (base, ModelOptions("m:f", "tr", "va", extract={"resize": 32}), ModelOptions("m:g", "tr", "va"))}
+    assert len(names) == 3 and all(n.startswith("abababababababab-") for n in names)
