@@ -5,8 +5,11 @@ library too::
 
     from nnkcli import FeatureStore, nnk_solve, nnk_weights
 
-Names are imported lazily so that ``import nnkcli`` (and ``nnk --help``) stays fast:
-faiss, h5py and scipy load only when a name that needs them is first used.
+Most names are imported lazily so that ``import nnkcli`` (and ``nnk --help``) stays
+fast: faiss, h5py, scipy and torch load only when a name that needs them is first
+used. ``classify`` and ``sweep`` are the exception: they share their names with
+their modules, and Python rebinds ``nnkcli.<module>`` to the module object whenever
+the submodule is first imported, so they are bound eagerly (which costs numpy).
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ _EXPORTS = {
     "knn_scores": "nnkcli.solver",
     "nnk_scores": "nnkcli.solver",
     "topk_classes": "nnkcli.solver",
-    "classify": "nnkcli.classify",
-    "sweep": "nnkcli.sweep",
+    "write_split": "nnkcli.store",
+    "SplitWriter": "nnkcli.store",
+    "kernel_blocks": "nnkcli.solver",
+    "NnkResult": "nnkcli.solver",
+    "evaluate_sources": "nnkcli.evaluate",
+    "read_history": "nnkcli.history",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", "classify", "sweep", *_EXPORTS]
 
 
 def __getattr__(name: str):
@@ -43,3 +50,8 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(__all__)
+
+
+# bound after the submodules load, so these names stay the functions (see above)
+from nnkcli.classify import classify  # noqa: E402
+from nnkcli.sweep import sweep  # noqa: E402

@@ -107,6 +107,15 @@ class Evaluation:
 
         self.store_path = Path(store_path)
         self.store = FeatureStore(self.store_path)
+        try:
+            self._open(train_split, query_split, index_path, rebuild_index, threads, progress_factory)
+        except BaseException:
+            self.store.close()
+            raise
+
+    def _open(self, train_split, query_split, index_path, rebuild_index, threads, progress_factory):
+        from nnkcli import index as nnk_index
+
         self.train = self.store.split(train_split)
         self.query = self.store.split(query_split)
         if self.train.dim != self.query.dim:
@@ -369,6 +378,22 @@ def check_labelled(ev: Evaluation, gate_requested: bool) -> None:
         logger.warning(f"query split '{ev.query.name}' has no labels: predictions only, no accuracy")
 
 
+def open_evaluation(
+    store_path, *, methods, train_split, query_split, index_path, rebuild_index, kernel, temperature,
+    weighting, chunk_size, exclude_self, threads, progress_factory,
+) -> tuple[EvalOptions, Evaluation]:
+    """Validate the scoring options, then open the store and its index (classify and sweep)."""
+    opts = EvalOptions(
+        methods=parse_methods(methods), kernel=kernel, temperature=temperature, weighting=weighting,
+        exclude_self=exclude_self, chunk_size=chunk_size, threads=threads,
+    ).validate()
+    ev = Evaluation(
+        store_path, train_split=train_split, query_split=query_split, index_path=index_path,
+        rebuild_index=rebuild_index, threads=threads, progress_factory=progress_factory,
+    )
+    return opts, ev
+
+
 def classify(
     store_path: str | os.PathLike,
     *,
@@ -394,14 +419,12 @@ def classify(
     See the module docstring for the memory bound. ``progress_factory(total, description)``
     is an optional context manager yielding ``advance(n)`` (the CLI draws a bar with it).
     """
-    opts = EvalOptions(
-        methods=parse_methods(methods), kernel=kernel, temperature=temperature, weighting=weighting,
-        exclude_self=exclude_self, chunk_size=chunk_size, threads=threads,
-    ).validate()
-    with Evaluation(
-        store_path, train_split=train_split, query_split=query_split, index_path=index_path,
-        rebuild_index=rebuild_index, threads=threads, progress_factory=progress_factory,
-    ) as ev:
+    opts, ev = open_evaluation(
+        store_path, methods=methods, train_split=train_split, query_split=query_split, index_path=index_path,
+        rebuild_index=rebuild_index, kernel=kernel, temperature=temperature, weighting=weighting,
+        chunk_size=chunk_size, exclude_self=exclude_self, threads=threads, progress_factory=progress_factory,
+    )
+    with ev:
         check_labelled(ev, gate_requested)
         ev.check_k([k], opts)
         writer = None

@@ -229,12 +229,14 @@ def render(
             highlight=False,
             width=None if tty else 200,
         )
-        table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, title_justify="left")
+        table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
         for c in columns:
             table.add_column(c.title, justify=c.justify)
         for row in rows:
             table.add_row(*(_cell(row.get(c.key), c.spec) for c in columns))
         console.print(table)
+        if caption:  # a plain line, never wrapped or centred under a narrow table
+            console.print(caption, soft_wrap=True, markup=False)
     else:  # pragma: no cover - click validates the choice
         raise ValueError(f"unknown format {fmt!r}")
     out.flush()

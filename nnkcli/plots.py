@@ -54,6 +54,7 @@ def plot_sweep(doc: dict, path: str | os.PathLike) -> Path:
         ax.set_xlabel("k (neighbours)")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(f"{Path(doc['store']).name}: {doc['query_split']} vs {doc['train_split']}", fontsize=10)
+        ax.margins(x=0.04, y=0.12)  # room for the best-k labels
         ax.grid(True, alpha=0.3)
         ax.legend()
         fig.tight_layout()

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nnkcli._active_set import solve_batch
 from nnkcli.errors import InputError
 from nnkcli.kernels import KERNELS, kernel_blocks
 from nnkcli.scores import knn_scores, nnk_scores, topk_classes, topk_hits
@@ -51,11 +52,6 @@ __all__ = [
 #: bytes of solver input per query is 8*k*(k+1); nnk_weights chunks to stay near this
 CHUNK_BYTES = 64 * 2**20
 
-_OUTER, _INNER, _WARM, _DONE = 0, 1, 2, 3
-#: Schur complement / diagonal below which an entering row counts as dependent
-_DEPENDENT = 1e-12
-#: the active-set solve must satisfy |G_PP z - g_P| <= _EXACT * tol * max|g|
-_EXACT = 1e-3
 
 
 @dataclass
@@ -149,9 +145,11 @@ def nnk_solve(G, g, *, tol: float = 1e-8, max_iter: int | None = None, warm_star
 
     Notes
     -----
-    Memory: besides the inputs, about ``8 * B * k * (s + 8)`` bytes for a support of
-    size ``s``; the inputs themselves take ``8 * k * (k + 1)`` bytes per query in
-    float64 (320 KiB per query at k=200), so callers chunk large batches.
+    Memory: the inputs take ``8 * k * (k + 1)`` bytes per query in float64 (320 KiB
+    per query at k=200), so callers chunk large batches. The solver's own state is
+    about ``8 * t * (k + 2 * t)`` bytes per query, ``t`` being the number of
+    active-set iterations (a little more than the support size; about 60 KiB per
+    query at k=200 on image features), plus a few ``(B, k)`` arrays.
     """
     G, g, tol, warm = _validate(G, g, tol, warm_start)
     B, k = g.shape
@@ -159,12 +157,14 @@ def nnk_solve(G, g, *, tol: float = 1e-8, max_iter: int | None = None, warm_star
         max_iter = 3 * k + 20
     elif int(max_iter) < 1:
         raise InputError(f"max_iter must be at least 1, got {max_iter}")
-    res = _active_set_batch(G, g, tol, int(max_iter), warm)
+    out = solve_batch(G, g, tol, int(max_iter), warm)
+    res = NnkResult(theta=out.theta, iterations=out.iterations, kkt_residual=out.residual,
+                    fallback=out.failed, objective=out.objective, tol=tol)
     need = res.fallback | ~(res.kkt_residual <= tol)
     if need.any():
         res.fallback = need
         for b in np.flatnonzero(need):
-            res.theta[b], res.kkt_residual[b], res.objective[b] = _solve_one(G[b], g[b], tol, int(b))
+            res.theta[b], res.kkt_residual[b], res.objective[b] = _solve_one(G[b], g[b], tol, int(b), max_iter)
         bad = ~(res.kkt_residual <= tol)
         if bad.any():
             warnings.warn(
@@ -256,365 +256,39 @@ def _validate(G, g, tol, warm_start):
     return G, g, tol, warm
 
 
-# --------------------------------------------------------------------------- batched path
-
-class _State:
-    """Per-query state of the queries still running, as arrays over the batch.
-
-    The active set is kept in "slots": slot ``s`` of query ``b`` holds variable
-    ``var[b, s]`` (``-1`` = empty), its kernel row ``R[b, s]`` (float64, (k,)) and its
-    weight ``th[b, s]``. ``P[b]`` is the active-set matrix ``G[var, var]`` and ``M[b]``
-    its inverse, both updated in O(cap**2) as variables enter and leave (bordering /
-    Schur-complement formulas), with identity rows and columns for empty slots so
-    that neither needs masking; ``gp[b]`` is ``g[var]`` (0 when empty). Removing a
-    variable empties its slot; slots are compacted when a query runs out of them.
-    Finished queries stay in the arrays (mode ``_DONE``, never updated) until enough
-    have finished to be worth a compaction, so that most operations work on views.
-    """
-
-    _ARRAYS = ("rows", "g", "thresh", "R", "P", "M", "gp", "var", "th", "count", "in_set", "blocked", "mode")
-
-    def __init__(self, g, thresh, cap):
-        B, k = g.shape
-        self.rows = np.arange(B)
-        self.g = g
-        self.thresh = thresh
-        self.R = np.zeros((B, cap, k))
-        self.P = np.broadcast_to(np.eye(cap), (B, cap, cap)).copy()
-        self.M = self.P.copy()
-        self.gp = np.zeros((B, cap))
-        self.var = np.full((B, cap), -1, dtype=np.int64)
-        self.th = np.zeros((B, cap))
-        self.count = np.zeros(B, dtype=np.int64)
-        self.in_set = np.zeros((B, k), dtype=bool)
-        self.blocked = np.zeros((B, k), dtype=bool)
-        self.mode = np.full(B, _OUTER, dtype=np.int8)
-
-    def keep(self, mask):
-        for name in self._ARRAYS:
-            setattr(self, name, getattr(self, name)[mask])
-
-    def make_room(self, k):
-        """Move filled slots to the front (stable); grow the capacity if still full."""
-        if (self.var[:, : self.count.max()] < 0).any():
-            order = np.argsort(self.var < 0, axis=1, kind="stable")
-            b = np.arange(order.shape[0])[:, None]
-            for name in ("var", "th", "gp", "R"):
-                setattr(self, name, getattr(self, name)[b, order])
-            square = (b[:, :, None], order[:, :, None], order[:, None, :])
-            self.P = self.P[square]
-            self.M = self.M[square]
-            self.count = np.count_nonzero(self.var >= 0, axis=1)
-        cap = self.var.shape[1]
-        if cap < k and self.count.max() >= cap:
-            n, new = self.var.shape[0], min(k, 2 * cap)
-            self.R = np.concatenate([self.R, np.zeros((n, new - cap, k))], axis=1)
-            for name in ("P", "M"):
-                grown = np.broadcast_to(np.eye(new), (n, new, new)).copy()
-                grown[:, :cap, :cap] = getattr(self, name)
-                setattr(self, name, grown)
-            self.gp = np.concatenate([self.gp, np.zeros((n, new - cap))], axis=1)
-            self.var = np.concatenate([self.var, np.full((n, new - cap), -1, dtype=np.int64)], axis=1)
-            self.th = np.concatenate([self.th, np.zeros((n, new - cap))], axis=1)
-
-    def add(self, G, go, j):
-        """Put variable ``j[b]`` in the next slot of every query ``b`` with ``go[b]``.
-
-        Returns ``(slot, ok)`` over the batch: ``ok`` is False where nothing was added,
-        including where ``j`` is numerically dependent on the active set (Schur
-        complement ~ 0); ``slot`` is -1 there.
-        """
-        n, k = self.in_set.shape
-        b = np.flatnonzero(go)
-        if (self.count[b] >= self.var.shape[1]).any():
-            self.make_room(k)
-        jb, s = j[b], self.count[b]
-        Grow = _rows(G, self.rows[b], jb)
-        m1 = int(s.max()) + 1
-        var = self.var[b, :m1]
-        a = np.zeros((n, m1))
-        a[b] = np.where(var >= 0, np.take_along_axis(Grow, np.maximum(var, 0), 1), 0.0)
-        c = np.ones(n)
-        c[b] = Grow[np.arange(b.size), jb]
-        M = self.M[:, :m1, :m1]
-        u = np.matmul(M, a[:, :, None])[:, :, 0]
-        sigma = c - np.einsum("ni,ni->n", a, u)
-        ok = go & (sigma > _DEPENDENT * np.abs(c))
-        keep_b = ok[b]
-        b, jb, s, Grow, a_b = b[keep_b], jb[keep_b], s[keep_b], Grow[keep_b], a[b[keep_b]]
-        # inverse of the bordered matrix: M - e_s e_s^T + v v^T / sigma, v = u - e_s
-        u[~ok] = 0.0
-        u[b, s] = -1.0
-        sigma[~ok] = 1.0
-        M[b, s, s] = 0.0
-        M += u[:, :, None] * (u / sigma[:, None])[:, None, :]
-        a_b[np.arange(b.size), s] = c[b]
-        self.P[b, s, :m1] = a_b
-        self.P[b, :m1, s] = a_b
-        self.R[b, s] = Grow
-        self.gp[b, s] = self.g[b, jb]
-        self.var[b, s] = jb
-        self.th[b, s] = 0.0
-        self.in_set[b, jb] = True
-        self.count[b] += 1
-        slot = np.full(n, -1, dtype=np.int64)
-        slot[b] = s
-        return slot, ok
-
-    def remove(self, b, s):
-        """Empty slots ``s`` of queries ``b`` (index arrays of equal length)."""
-        while b.size:
-            # one slot per query at a time: the inverse downdates of a query chain
-            first = np.unique(b, return_index=True)[1]
-            bb, ss = b[first], s[first]
-            m = int(self.count[bb].max())
-            Mb = self.M[bb, :m, :m]
-            ar = np.arange(bb.size)
-            col, row = Mb[ar, :, ss], Mb[ar, ss, :]
-            Mb -= col[:, :, None] * (row / Mb[ar, ss, ss][:, None])[:, None, :]
-            Mb[ar, ss, :] = 0.0
-            Mb[ar, :, ss] = 0.0
-            Mb[ar, ss, ss] = 1.0
-            self.M[bb, :m, :m] = Mb
-            self.in_set[bb, self.var[bb, ss]] = False
-            self.var[bb, ss] = -1
-            self.th[bb, ss] = 0.0
-            self.gp[bb, ss] = 0.0
-            self.P[bb, ss, :] = 0.0
-            self.P[bb, :, ss] = 0.0
-            self.P[bb, ss, ss] = 1.0
-            rest = np.ones(b.size, dtype=bool)
-            rest[first] = False
-            b, s = b[rest], s[rest]
-
-    def refactor(self, rows):
-        """Recompute ``M`` from ``P`` for ``rows``; returns those where it failed."""
-        failed = np.zeros(rows.size, dtype=bool)
-        try:
-            self.M[rows] = np.linalg.inv(self.P[rows])
-        except np.linalg.LinAlgError:
-            for i, r in enumerate(rows):
-                try:
-                    self.M[r] = np.linalg.inv(self.P[r])
-                except np.linalg.LinAlgError:
-                    failed[i] = True
-        return failed
-
-    def solve(self, m, run):
-        """``z = P^-1 gp`` on the first ``m`` slots, refined where the inverse has drifted.
-
-        Returns ``(z, singular)``; ``singular`` marks running queries whose active-set
-        matrix could not be inverted accurately.
-        """
-        M, P, gp = self.M[:, :m, :m], self.P[:, :m, :m], self.gp[:, :m]
-        z = np.matmul(M, gp[:, :, None])[:, :, 0]
-        r = gp - np.matmul(P, z[:, :, None])[:, :, 0]
-        bad = run & (np.abs(r).max(axis=1, initial=0.0) > _EXACT * self.thresh)
-        singular = np.zeros(run.size, dtype=bool)
-        for attempt in range(2):  # one step of iterative refinement, then a fresh inverse
-            if not bad.any():
-                break
-            b = np.flatnonzero(bad)
-            if attempt:
-                singular[b] = self.refactor(b)
-                zb = np.matmul(self.M[b, :m, :m], gp[b, :, None])[:, :, 0]
-            else:
-                zb = z[b] + np.matmul(M[b], r[b, :, None])[:, :, 0]
-            z[b] = zb
-            rb = gp[b] - np.matmul(P[b], zb[:, :, None])[:, :, 0]
-            bad[b] = np.abs(rb).max(axis=1, initial=0.0) > _EXACT * self.thresh[b]
-        singular |= run & ~np.isfinite(z).all(axis=1)
-        return z, singular
-
-
-def _active_set_batch(G, g, tol, max_iter, warm) -> NnkResult:
-    B, k = g.shape
-    theta = np.zeros((B, k))
-    iterations = np.full(B, max_iter, dtype=np.int64)
-    residual = np.full(B, np.inf)
-    objective = np.zeros(B)
-    failed = np.zeros(B, dtype=bool)
-    gscale = np.abs(g).max(axis=1) if B else np.zeros(0)
-    gscale = np.where(gscale > 0, gscale, 1.0)
-
-    cap = min(k, 16)
-    if warm is not None and B:
-        cap = min(k, max(cap, int(warm.sum(axis=1).max())))
-    st = _State(g, tol * gscale, cap)
-    if warm is not None and warm.any():
-        _warm_state(st, G, warm, cap)
-
-    n_done = 0
-    for it in range(max_iter):
-        # finished queries stay (mode _DONE, never touched) until a quarter of the
-        # batch is done: compacting every time would copy the state every iteration
-        if n_done and 4 * n_done >= st.rows.size:
-            st.keep(st.mode != _DONE)
-            n_done = 0
-        n = st.rows.size
-        if n == n_done:
-            break
-        new_slot = np.full(n, -1, dtype=np.int64)
-
-        # --- outer step: certify, or pick the entering variable (largest gradient)
-        outer = st.mode == _OUTER
-        if outer.any():
-            m = int(st.count.max())
-            w = st.g - np.einsum("ns,nsk->nk", st.th[:, :m], st.R[:, :m])
-            cand = np.where(st.in_set | st.blocked, -np.inf, w)
-            j = cand.argmax(axis=1)
-            best = np.take_along_axis(cand, j[:, None], 1)[:, 0]
-            done = outer & (best <= st.thresh)
-            if done.any():
-                d = np.flatnonzero(done)
-                rd, wd = st.rows[d], w[d]
-                viol = np.where(st.in_set[d], np.abs(wd), np.maximum(wd, 0.0))
-                residual[rd] = viol.max(axis=1) / gscale[rd]
-                iterations[rd] = it
-                full = np.zeros((d.size, k))
-                bi, si = np.nonzero(st.var[d] >= 0)
-                full[bi, st.var[d][bi, si]] = st.th[d][bi, si]
-                theta[rd] = full
-                # 1/2 theta.G theta - g.theta with G theta = g - w
-                objective[rd] = -0.5 * np.einsum("bk,bk->b", full, st.g[d] + wd)
-                st.mode[d] = _DONE
-                n_done += d.size
-            go = outer & ~done
-            if go.any():
-                new_slot, added = st.add(G, go, j)
-                refused = go & ~added
-                if refused.any():  # dependent on the active set: never offer it again
-                    b = np.flatnonzero(refused)
-                    st.blocked[b, j[b]] = True
-        if n == n_done:
-            break
-
-        # --- solve on the active set of every running query
-        m = int(st.count.max())
-        run = st.mode != _DONE
-        z, singular = st.solve(m, run)
-        filled = st.var[:, :m] >= 0
-        ar = np.arange(n)
-
-        # an entering variable must come out positive; in floating point it may not
-        # (nearly dependent kernel row): take it back out and never offer it again
-        bad_new = (new_slot >= 0) & (z[ar, np.maximum(new_slot, 0)] <= 0) & ~singular
-        if bad_new.any():
-            b = np.flatnonzero(bad_new)
-            st.blocked[b, st.var[b, new_slot[b]]] = True
-            st.remove(b, new_slot[b])
-            st.mode[b] = _OUTER
-        positive = np.all(z > 0, axis=1, where=filled)
-        live = run & ~bad_new & ~singular
-        ok = live & positive
-        np.copyto(st.th[:, :m], z, where=ok[:, None])
-        warm_neg = live & ~positive & (st.mode == _WARM)
-        step = live & ~positive & ~warm_neg
-        st.mode[ok] = _OUTER
-
-        if warm_neg.any():  # a warm guess: drop what comes out non-positive, theta stays 0
-            b, s = np.nonzero(filled & (z <= 0) & warm_neg[:, None])
-            st.remove(b, s)
-
-        if step.any():  # move towards z until the first weight hits zero; drop it
-            b = np.flatnonzero(step)
-            th, zb, fb = st.th[b, :m], z[b], filled[b]
-            neg = fb & (zb <= 0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = np.where(neg, th / (th - zb), np.inf)
-            q = ratio.argmin(axis=1)
-            alpha = ratio[np.arange(b.size), q]
-            th = th + alpha[:, None] * (zb - th)
-            th[np.arange(b.size), q] = 0.0
-            th[~fb] = 0.0
-            st.th[b, :m] = np.maximum(th, 0.0)
-            bi, si = np.nonzero(fb & (th <= 0))
-            st.remove(b[bi], si)
-            st.mode[b] = _INNER
-
-        bad = singular & run
-        if bad.any():
-            failed[st.rows[bad]] = True
-            st.mode[bad] = _DONE
-            n_done += int(bad.sum())
-
-    failed[st.rows[st.mode != _DONE]] = True  # out of iterations
-    return NnkResult(theta=theta, iterations=iterations, kkt_residual=residual, fallback=failed,
-                     objective=objective, tol=tol)
-
-
-def _warm_state(st, G, warm, cap):
-    """Load the guessed supports into the slots; queries whose guess is singular start cold."""
-    order = np.argsort(~warm, axis=1, kind="stable")[:, :cap]
-    filled = np.take_along_axis(warm, order, 1)
-    st.var = np.where(filled, order, -1)
-    st.R = np.where(filled[:, :, None], _rows(G, st.rows[:, None], order), 0.0)
-    both = filled[:, :, None] & filled[:, None, :]
-    st.P = np.where(both, np.take_along_axis(st.R, order[:, None, :], axis=2), np.eye(cap))
-    st.gp = np.where(filled, np.take_along_axis(st.g, order, 1), 0.0)
-    st.count = filled.sum(axis=1)
-    st.in_set = warm.copy()
-    st.mode = np.where(warm.any(axis=1), _WARM, _OUTER).astype(np.int8)
-    cold = st.refactor(np.arange(st.rows.size))
-    if cold.any():
-        st.var[cold] = -1
-        st.R[cold] = 0.0
-        st.P[cold] = st.M[cold] = np.eye(cap)
-        st.gp[cold] = 0.0
-        st.count[cold] = 0
-        st.in_set[cold] = False
-        st.mode[cold] = _OUTER
-
-
-def _rows(G, rows, j):
-    """Kernel rows ``G[rows, j, :]`` as float64 (G is symmetric, and rows are contiguous)."""
-    out = np.asarray(G[rows, j, :], dtype=np.float64)
-    if not np.isfinite(out).all():
-        b = np.broadcast_to(rows, np.shape(j))[~np.isfinite(out).all(axis=-1)]
-        raise InputError(f"G holds NaN or infinite values (query {int(b.flat[0])})",
-                         hint="check the features for NaN/inf")
-    return out
-
-
 # --------------------------------------------------------------------------- fallback
 
-def _solve_one(Gq, gq, tol, index):
+def _solve_one(Gq, gq, tol, index, max_iter):
     """Exact path for one query: scipy NNLS on the least-squares form of the QP.
 
     ``G = V diag(e) V^T`` (eigendecomposition, so singular ``G`` is fine); with
     ``A = diag(sqrt(e)) V^T`` and ``b = diag(1/sqrt(e)) V^T g`` over the numerically
     non-zero eigenvalues, ``1/2 |A theta - b|^2 = 1/2 theta^T G theta - g^T theta +
-    const`` (g lies in the range of a kernel Gram matrix). The result is then polished
-    on its support and certified against the original ``G`` and ``g``.
+    const`` (``g`` lies in the range of a kernel Gram matrix). If that ``theta`` does
+    not pass the KKT check against the original ``G`` and ``g`` (NNLS stops at its own
+    tolerance), the active-set path is rerun from its support, and the best
+    certified candidate wins. Returns ``(theta, kkt_residual, objective)``.
     """
     from scipy.optimize import nnls
 
     Gq = np.asarray(Gq, dtype=np.float64)
+    gq = np.asarray(gq, dtype=np.float64)
     k = gq.size
-    Gs = 0.5 * (Gq + Gq.T)
-    e, V = np.linalg.eigh(Gs)
+    e, V = np.linalg.eigh(0.5 * (Gq + Gq.T))
     emax = max(float(e[-1]), 0.0)
-    if e[0] < -1e-6 * max(emax, 1e-300) * k:
+    if e[0] < -1e-6 * k * emax:
         raise InputError(f"G is not positive semidefinite (query {index}: eigenvalue {e[0]:.3g})",
                          hint="NNK needs a positive semidefinite kernel matrix")
-    keep = e > emax * k * np.finfo(float).eps
-    candidates = []
+    keep = e > k * np.finfo(float).eps * emax
+    theta = np.zeros(k)
     if keep.any():
         se = np.sqrt(e[keep])
-        A = se[:, None] * V[:, keep].T
-        b = (V[:, keep].T @ gq) / se
-        theta, _ = nnls(A, b, maxiter=50 * k + 100)
-        candidates.append(theta)
-        support = theta > 0
-        if support.any():  # polish: exact stationarity on the support found
-            sub = np.linalg.lstsq(Gs[np.ix_(support, support)], gq[support], rcond=None)[0]
-            if (sub > 0).all():
-                polished = np.zeros(k)
-                polished[support] = sub
-                candidates.append(polished)
-    else:
-        candidates.append(np.zeros(k))
-    best = min((_certify(Gq, gq, t) + (t,) for t in candidates), key=lambda c: c[0])
+        theta = nnls(se[:, None] * V[:, keep].T, (V[:, keep].T @ gq) / se, maxiter=50 * k + 100)[0]
+    best = _certify(Gq, gq, theta) + (theta,)
+    if best[0] > tol:
+        again = solve_batch(Gq[None], gq[None], tol, max_iter, (theta > 0)[None])
+        if not again.failed[0] and again.residual[0] < best[0]:
+            best = (float(again.residual[0]), float(again.objective[0]), again.theta[0])
     return best[2], best[0], best[1]
 
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from nnkcli.classify import METHODS, EvalOptions, Evaluation, _document, check_labelled, parse_methods, run
+from nnkcli.classify import METHODS, _document, check_labelled, open_evaluation, run
 from nnkcli.errors import InputError
 
 _RANGE = re.compile(r"^(\d+)\.\.(\d+)(?::(\d+))?$")
@@ -123,14 +123,12 @@ def sweep(
     k_values = sorted(set(int(k) for k in k_values))
     if not k_values:
         raise InputError("no k values to sweep", hint="e.g. --k 10..200")
-    opts = EvalOptions(
-        methods=parse_methods(methods), kernel=kernel, temperature=temperature, weighting=weighting,
-        exclude_self=exclude_self, chunk_size=chunk_size, threads=threads,
-    ).validate()
-    with Evaluation(
-        store_path, train_split=train_split, query_split=query_split, index_path=index_path,
-        rebuild_index=rebuild_index, threads=threads, progress_factory=progress_factory,
-    ) as ev:
+    opts, ev = open_evaluation(
+        store_path, methods=methods, train_split=train_split, query_split=query_split, index_path=index_path,
+        rebuild_index=rebuild_index, kernel=kernel, temperature=temperature, weighting=weighting,
+        chunk_size=chunk_size, exclude_self=exclude_self, threads=threads, progress_factory=progress_factory,
+    )
+    with ev:
         check_labelled(ev, gate_requested)
         ev.check_k(k_values, opts)
         if progress is None and progress_factory is not None:
