@@ -5,11 +5,11 @@ library too::
 
     from nnkcli import FeatureStore, nnk_solve, nnk_weights
 
-Most names are imported lazily so that ``import nnkcli`` (and ``nnk --help``) stays
-fast: faiss, h5py, scipy and torch load only when a name that needs them is first
-used. ``classify`` and ``sweep`` are the exception: they share their names with
-their modules, and Python rebinds ``nnkcli.<module>`` to the module object whenever
-the submodule is first imported, so they are bound eagerly (which costs numpy).
+Names are imported lazily so that ``import nnkcli`` (and ``nnk --help``) stays fast:
+numpy, faiss, h5py, scipy and torch load only when a name that needs them is first
+used. (The functions ``classify`` and ``sweep`` live in ``nnkcli.classification`` and
+``nnkcli.sweeps``: a submodule named like a function would replace it on the package
+as soon as the submodule is imported.)
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ _EXPORTS = {
     "knn_scores": "nnkcli.solver",
     "nnk_scores": "nnkcli.solver",
     "topk_classes": "nnkcli.solver",
+    "topk_hits": "nnkcli.solver",
+    "classify": "nnkcli.classification",
+    "sweep": "nnkcli.sweeps",
+    "parse_k_spec": "nnkcli.sweeps",
     "write_split": "nnkcli.store",
     "SplitWriter": "nnkcli.store",
     "kernel_blocks": "nnkcli.solver",
@@ -36,7 +40,7 @@ _EXPORTS = {
     "read_history": "nnkcli.history",
 }
 
-__all__ = ["__version__", "classify", "sweep", *_EXPORTS]
+__all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str):
@@ -50,8 +54,3 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(__all__)
-
-
-# bound after the submodules load, so these names stay the functions (see above)
-from nnkcli.classify import classify  # noqa: E402
-from nnkcli.sweep import sweep  # noqa: E402

@@ -21,7 +21,9 @@ What makes it cheap:
   hold the others up and memory does not grow with the batch.
 
 A query this engine cannot finish (iteration limit, a numerically singular active
-set) comes back flagged ``fallback``; the caller re-solves it another way.
+set), or that it finishes with a variable it had to refuse although that variable's
+gradient says it should enter (an ill-conditioned query), comes back flagged
+``failed``; the caller re-solves it another way.
 """
 
 from __future__ import annotations
@@ -55,9 +57,10 @@ class Outcome:
 
 
 def solve_batch(G, g, tol, max_iter, warm=None) -> Outcome:
-    """Run the engine on ``G`` (B, k, k) and ``g`` (B, k) float64; see the module doc.
+    """Run the engine on ``G`` (B, k, k) and ``g`` (B, k); see the module docstring.
 
-    ``warm`` (B, k) bool or None: initial active-set guesses.
+    ``G`` may be float32 or float64 (rows are widened as read) and any view;
+    ``g`` is float64; ``warm`` (B, k) bool or None holds initial active-set guesses.
     """
     B, k = g.shape
     out = Outcome(B, k, max_iter)
@@ -92,7 +95,7 @@ class _Cohort:
     active-set matrix ``G[var, var]``, with identity rows and columns for empty slots
     so that it never needs masking; ``gp[b]`` is ``g[var]`` (0 when empty). Every slot
     at or past ``t`` is empty in every row. Finished rows (mode ``_DONE``) are dropped
-    once a quarter of the rows are finished.
+    once a third of the rows are finished.
     """
 
     def __init__(self, G, rows, g, scale, gscale, warm):
@@ -363,6 +366,9 @@ class _Cohort:
         in_set = self.in_set[d]
         viol = np.where(in_set, np.abs(w), np.maximum(w, 0.0))
         out.residual[rows] = viol.max(axis=1) / self.gscale[d]
+        # a variable that should enter but could not (numerically dependent on the
+        # active set): the query is ill-conditioned, let the caller try harder
+        out.failed[rows] = (self.blocked[d] & (w > self.enter[d, None])).any(axis=1)
         out.iterations[rows] = self.age - 1
         theta = np.zeros((d.size, k))
         bi, si = np.nonzero(self.var[d, :t] >= 0)

@@ -2,7 +2,7 @@
 
 ``evaluate_sources`` is what ``nnk evaluate`` runs from cron and CI. For each
 source it computes the sha256 of the file; a source already in the history is
-skipped, any other is evaluated with ``nnkcli.sweep.sweep`` (a checkpoint is first
+skipped, any other is evaluated with ``nnkcli.sweeps.sweep`` (a checkpoint is first
 extracted into a store beside the history) and recorded as one appended line.
 
 Overlapping runs (two cron jobs, a cron job and a CI job) are safe:
@@ -67,7 +67,7 @@ FAILED = "failed"
 
 @dataclass(frozen=True)
 class SweepOptions:
-    """How each source is evaluated: the arguments of ``nnkcli.sweep.sweep``."""
+    """How each source is evaluated: the arguments of ``nnkcli.sweeps.sweep``."""
 
     k_spec: str = "10..200"
     methods: tuple[str, ...] = METHODS
@@ -232,7 +232,7 @@ def _iso(timestamp: float) -> str:
 
 def _sweep_module():
     # looked up at call time, so a test can stand in for the evaluation
-    return importlib.import_module("nnkcli.sweep")
+    return importlib.import_module("nnkcli.sweeps")
 
 
 def checkpoint_store_path(history_path: Path, sha256: str, model: ModelOptions | None = None) -> Path:

@@ -47,25 +47,23 @@ def kernel_blocks(query, neighbors, *, kernel: str = "cosine", sims=None) -> tup
 
     Notes
     -----
-    Memory: ``8 * B * k * (k + 1)`` bytes for the result, plus a float64 copy of
-    ``neighbors`` (``8 * B * k * d``) when it is float32. Cost: ``B * k**2 * d``
-    multiply-adds (the Gram matrices).
+    Memory: ``8 * B * k * (k + 1)`` bytes for the result; float32 neighbours are
+    widened one query at a time. Cost: ``B * k * (k + 1) * d / 2`` multiply-adds (the
+    Gram matrices, by symmetric rank-k updates).
     """
     if kernel not in KERNELS:
         raise InputError(f"unknown kernel {kernel!r}", hint=f"choose one of: {', '.join(KERNELS)}")
-    q = _float_array(query, "query", 2)
+    q = np.asarray(_float_array(query, "query", 2), dtype=np.float64)
     N = _float_array(neighbors, "neighbors", 3)
     if N.shape[0] != q.shape[0] or N.shape[2] != q.shape[1]:
         raise InputError(f"neighbors must be (B, k, d) = ({q.shape[0]}, k, {q.shape[1]}) for query of shape "
                          f"{q.shape}, got {N.shape}")
-    B, k, _ = N.shape
-    gram = np.matmul(N, N.transpose(0, 2, 1))
-    if sims is None:
-        s = np.matmul(N, q[:, :, None])[:, :, 0]
-    else:
-        s = _float_array(sims, "sims", 2).copy()
-        if s.shape != (B, k):
-            raise InputError(f"sims must have shape {(B, k)}, got {s.shape}")
+    B, k, d = N.shape
+    if sims is not None:
+        sims = np.array(_float_array(sims, "sims", 2), dtype=np.float64)
+        if sims.shape != (B, k):
+            raise InputError(f"sims must have shape {(B, k)}, got {sims.shape}")
+    gram, s = _gram(N, q, sims)
     if kernel == "cosine":
         gram += 1.0
         gram *= 0.5
@@ -86,14 +84,38 @@ def kernel_blocks(query, neighbors, *, kernel: str = "cosine", sims=None) -> tup
     return G, g
 
 
+def _gram(N, q, sims):
+    """Gram matrices ``N N^T`` (B, k, k) and, unless given, ``sims = N q`` (B, k), in float64.
+
+    Per query, ``x @ x.T`` runs as one symmetric rank-k update (BLAS syrk: half the
+    multiplications of a general product, exactly symmetric) on a float64 copy of one
+    query's neighbours that stays in cache; tiny blocks go through one batched product
+    instead, where the per-call overhead would dominate.
+    """
+    B, k, d = N.shape
+    if k * k * d < 2**16:
+        X = np.asarray(N, dtype=np.float64)
+        G = np.matmul(X, X.transpose(0, 2, 1))
+        return G, (np.matmul(X, q[:, :, None])[:, :, 0] if sims is None else sims)
+    G = np.empty((B, k, k))
+    s = np.empty((B, k)) if sims is None else sims
+    for i in range(B):
+        x = np.asarray(N[i], dtype=np.float64)
+        G[i] = x @ x.T
+        if sims is None:
+            s[i] = x @ q[i]
+    return G, s
+
+
 def _float_array(x, name: str, ndim: int) -> np.ndarray:
-    """``x`` as a finite float64 array with ``ndim`` dimensions, or an InputError."""
+    """``x`` as a finite real array (any float dtype) with ``ndim`` dimensions, or an InputError."""
     a = np.asarray(x)
     if a.ndim != ndim:
         raise InputError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
-    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+    if np.issubdtype(a.dtype, np.integer):
+        a = a.astype(np.float64)
+    elif not np.issubdtype(a.dtype, np.floating):
         raise InputError(f"{name} must be a real float array, got dtype {a.dtype}")
-    a = np.asarray(a, dtype=np.float64)
     if not np.isfinite(a).all():
         raise InputError(f"{name} holds NaN or infinite values", hint="check the features for NaN/inf")
     return a

@@ -25,7 +25,7 @@ class PredictionWriter:
     """Receives ``ChunkResult``s from ``classify.run`` and commits one HDF5 file at the end."""
 
     def __init__(self, path: str | os.PathLike, ev, k: int, opts):
-        from nnkcli.classify import TOP
+        from nnkcli.classification import TOP
         from nnkcli.store import ArrayFileWriter
 
         n, C = int(ev.query.n), int(ev.n_classes)

@@ -46,7 +46,8 @@ def knn_scores(sims, neighbor_labels, n_classes: int, *, weighting: str = "exp",
         temperature = float(temperature)
         if not temperature > 0:
             raise InputError(f"temperature must be positive, got {temperature}")
-        w = np.exp(s / temperature)
+        with np.errstate(over="ignore"):  # reported below as an InputError, not a warning
+            w = np.exp(s / temperature)
     elif weighting == "similarity":
         w = s
     else:
@@ -167,4 +168,5 @@ def _class_sums(w: np.ndarray, labels: np.ndarray, C: int) -> np.ndarray:
     B = w.shape[0]
     valid = labels >= 0
     flat = (np.arange(B, dtype=np.int64)[:, None] * C + labels)[valid]
-    return np.bincount(flat, weights=w[valid], minlength=B * C).reshape(B, C)
+    sums = np.bincount(flat, weights=w[valid], minlength=B * C)
+    return sums.astype(np.float64, copy=False).reshape(B, C)  # bincount of nothing is int

@@ -5,21 +5,18 @@ between the query and them, the NNK weights are
 
     theta* = argmin_{theta >= 0}  1/2 theta^T G theta - g^T theta.
 
-``nnk_solve`` runs a Lawson–Hanson primal active-set method on a whole batch at once:
-every iteration is a handful of numpy operations over all queries still running (one
-entering variable per query, a batched solve on the active set only, a step back
-when a coefficient would turn negative); queries leave the batch when converged.
-Only the kernel columns of variables that entered the active set are read, so the
-work per query is about ``k * s`` per iteration for a support of size ``s``, not
-``k**2``.
+``nnk_solve`` runs a Lawson–Hanson primal active-set method on the whole batch at
+once (``nnkcli._active_set``): every iteration is a handful of numpy operations over
+the queries still running, and only the rows of ``G`` of variables that entered the
+active set are ever read.
 
 Every returned ``theta`` comes with a KKT certificate: ``theta >= 0`` exactly,
-``lambda = G theta - g >= -tol * max|g|`` and ``|lambda_j| <= tol * max|g|`` wherever
+``lambda = G theta - g >= -tol * max|g|``, and ``|lambda_j| <= tol * max|g|`` wherever
 ``theta_j > 0`` (stationarity on the support, which implies complementarity). A query
 the batched path cannot certify (iteration limit, a numerically singular active set)
-is re-solved one at a time by ``scipy.optimize.nnls`` on the equivalent least-squares
-problem built from an eigendecomposition of ``G`` (exact for singular ``G``) and is
-flagged in ``NnkResult.fallback``.
+is re-solved on its own by ``scipy.optimize.nnls`` on the equivalent least-squares
+problem, built from an eigendecomposition of ``G`` so that singular ``G`` is fine,
+and is flagged in ``NnkResult.fallback``.
 
 The kernels (``kernel_blocks``) live in ``nnkcli.kernels`` and the class scorers
 (``knn_scores``, ``nnk_scores``, ``topk_classes``, ``topk_hits``) in
@@ -33,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nnkcli._active_set import solve_batch
+from nnkcli._active_set import _ENTER, solve_batch
 from nnkcli.errors import InputError
 from nnkcli.kernels import KERNELS, kernel_blocks
 from nnkcli.scores import knn_scores, nnk_scores, topk_classes, topk_hits
@@ -42,6 +39,7 @@ __all__ = [
     "NnkResult",
     "nnk_solve",
     "nnk_weights",
+    "nnk_solve_path",
     "kernel_blocks",
     "knn_scores",
     "nnk_scores",
@@ -49,9 +47,8 @@ __all__ = [
     "topk_hits",
 ]
 
-#: bytes of solver input per query is 8*k*(k+1); nnk_weights chunks to stay near this
+#: nnk_weights builds kernel blocks (8*k*(k+1) bytes a query) in chunks of about this size
 CHUNK_BYTES = 64 * 2**20
-
 
 
 @dataclass
@@ -63,7 +60,7 @@ class NnkResult:
     theta : ndarray of shape (B, k), float64
         Raw (unnormalised) NNK weights, ``>= 0``; zero outside the support.
     iterations : ndarray of shape (B,), int64
-        Active-set iterations of the batched path (``max_iter`` when it gave up).
+        Iterations of the batched path (``max_iter`` where it ran out of them).
     kkt_residual : ndarray of shape (B,), float64
         ``max_j max(-lambda_j, [theta_j > 0] * |lambda_j|) / max_j |g_j|`` with
         ``lambda = G theta - g``: the largest violation of dual feasibility or of
@@ -127,11 +124,13 @@ def nnk_solve(G, g, *, tol: float = 1e-8, max_iter: int | None = None, warm_star
     g : array_like of shape (B, k), float32 or float64
         Query-to-neighbour kernel values.
     tol : float, default=1e-8
-        Relative KKT tolerance (see ``NnkResult.kkt_residual``); also the threshold a
-        variable's gradient must exceed (times ``max|g|``) to enter the active set.
+        Relative KKT tolerance of the certificate (see ``NnkResult.kkt_residual``).
+        Internally a variable enters the active set once its gradient exceeds
+        ``tol / 100`` (times ``max|g|``), so the objective is accurate even on
+        ill-conditioned problems.
     max_iter : int, optional
-        Iteration limit of the batched path; default ``3 * k + 20``. Queries that hit
-        it go to the fallback.
+        Iteration limit per query of the batched path; default ``3 * k + 20``.
+        Queries that hit it go to the fallback.
     warm_start : array_like of shape (B, k), bool, optional
         A guess of each query's support, e.g. the support found for fewer neighbours
         padded with False. Wrong guesses only cost iterations: the solution is the same
@@ -146,10 +145,22 @@ def nnk_solve(G, g, *, tol: float = 1e-8, max_iter: int | None = None, warm_star
     Notes
     -----
     Memory: the inputs take ``8 * k * (k + 1)`` bytes per query in float64 (320 KiB
-    per query at k=200), so callers chunk large batches. The solver's own state is
-    about ``8 * t * (k + 2 * t)`` bytes per query, ``t`` being the number of
-    active-set iterations (a little more than the support size; about 60 KiB per
-    query at k=200 on image features), plus a few ``(B, k)`` arrays.
+    per query at k=200), so callers chunk large batches. The solver's own state does
+    not grow with the batch: queries are solved in cohorts of a few hundred (a few
+    tens of MiB in all, measured by ``benchmarks/bench_solver.py``), plus the
+    ``(B, k)`` outputs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nnkcli import kernel_blocks, nnk_solve
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((4, 8, 16))
+    >>> x /= np.linalg.norm(x, axis=-1, keepdims=True)
+    >>> G, g = kernel_blocks(x[:, 0], x[:, 1:])   # query = row 0, 7 neighbours
+    >>> res = nnk_solve(G, g)
+    >>> res.theta.shape, bool(res.certified.all())
+    ((4, 7), True)
     """
     G, g, tol, warm = _validate(G, g, tol, warm_start)
     B, k = g.shape
@@ -164,7 +175,10 @@ def nnk_solve(G, g, *, tol: float = 1e-8, max_iter: int | None = None, warm_star
     if need.any():
         res.fallback = need
         for b in np.flatnonzero(need):
-            res.theta[b], res.kkt_residual[b], res.objective[b] = _solve_one(G[b], g[b], tol, int(b), max_iter)
+            # what the batched path found (if anything) competes with the fallback
+            prior = (res.theta[b].copy(), res.kkt_residual[b], res.objective[b])
+            res.theta[b], res.kkt_residual[b], res.objective[b] = _solve_one(
+                G[b], g[b], tol, int(b), max_iter, prior)
         bad = ~(res.kkt_residual <= tol)
         if bad.any():
             warnings.warn(
@@ -226,6 +240,78 @@ def nnk_weights(query, neighbors, *, kernel: str = "cosine", tol: float = 1e-8, 
     return NnkResult.concatenate(parts)
 
 
+def nnk_solve_path(G, g, k_values, *, tol: float = 1e-8, max_iter: int | None = None) -> list[NnkResult]:
+    """NNK weights over the leading k neighbours, for every k in ``k_values``, from one block.
+
+    For a k-independent kernel (cosine) the problem at k is the leading ``(k, k)``
+    block of the one at ``max(k_values)``, so a sweep needs one kernel block. Going
+    from k to k' > k, the weights found at k (padded with zeros) stay optimal unless one
+    of the new neighbours has a positive gradient ``w_j = g_j - G[j, :k] theta``; only
+    the queries where one does are re-solved, warm-started from the support at k. Each
+    result carries its own KKT certificate, as from ``nnk_solve`` at that k.
+
+    Parameters
+    ----------
+    G : array_like of shape (B, K, K)
+        Kernel blocks at ``K >= max(k_values)`` (a view is fine; only rows are read).
+    g : array_like of shape (B, K)
+    k_values : sequence of int
+        Increasing neighbour counts, each in 1..K.
+    tol, max_iter
+        As for ``nnk_solve``.
+
+    Returns
+    -------
+    list of NnkResult
+        One per k, in the order of ``k_values``; ``theta`` of the i-th has shape (B, k_i).
+    """
+    g = np.asarray(g)
+    ks = [int(k) for k in k_values]
+    if not ks or any(b <= a for a, b in zip(ks, ks[1:])) or ks[0] < 1 or ks[-1] > g.shape[1]:
+        raise InputError(f"k_values must increase within 1..{g.shape[1]}, got {ks}")
+    results: list[NnkResult] = []
+    prev: NnkResult | None = None
+    for k in ks:
+        Gk, gk = G[:, :k, :k], g[:, :k]
+        if prev is None:
+            res = nnk_solve(Gk, gk, tol=tol, max_iter=max_iter)
+        else:
+            kp = prev.theta.shape[1]
+            B = gk.shape[0]
+            theta = np.zeros((B, k))
+            theta[:, :kp] = prev.theta
+            # gradient of the new variables at the old optimum; G is symmetric, so the
+            # rows of the new variables restricted to the old ones are what is needed
+            w_new = np.asarray(gk[:, kp:], dtype=np.float64) - np.einsum(
+                "bjs,bs->bj", np.asarray(G[:, kp:k, :kp], dtype=np.float64), prev.theta)
+            gscale = np.abs(np.asarray(gk, dtype=np.float64)).max(axis=1, initial=0.0)
+            gscale = np.where(gscale > 0, gscale, 1.0)
+            # the same entry rule the active-set engine uses, so the result is what a
+            # cold solve at k finds
+            stays = (w_new <= _ENTER * tol * gscale[:, None]).all(axis=1)
+            res = NnkResult(
+                theta=theta,
+                iterations=np.zeros(B, dtype=np.int64),
+                kkt_residual=np.maximum(prev.kkt_residual, np.maximum(w_new, 0.0).max(axis=1, initial=0.0) / gscale),
+                fallback=np.zeros(B, dtype=bool),
+                objective=prev.objective.copy(),
+                tol=tol,
+            )
+            moved = np.flatnonzero(~stays)
+            if moved.size:
+                warm = np.zeros((moved.size, k), dtype=bool)
+                warm[:, :kp] = prev.theta[moved] > 0
+                sub = nnk_solve(Gk[moved], gk[moved], tol=tol, max_iter=max_iter, warm_start=warm)
+                res.theta[moved] = sub.theta
+                res.iterations[moved] = sub.iterations
+                res.kkt_residual[moved] = sub.kkt_residual
+                res.fallback[moved] = sub.fallback
+                res.objective[moved] = sub.objective
+        results.append(res)
+        prev = res
+    return results
+
+
 # --------------------------------------------------------------------------- validation
 
 def _validate(G, g, tol, warm_start):
@@ -258,16 +344,20 @@ def _validate(G, g, tol, warm_start):
 
 # --------------------------------------------------------------------------- fallback
 
-def _solve_one(Gq, gq, tol, index, max_iter):
+def _solve_one(Gq, gq, tol, index, max_iter, prior=None):
     """Exact path for one query: scipy NNLS on the least-squares form of the QP.
 
     ``G = V diag(e) V^T`` (eigendecomposition, so singular ``G`` is fine); with
     ``A = diag(sqrt(e)) V^T`` and ``b = diag(1/sqrt(e)) V^T g`` over the numerically
     non-zero eigenvalues, ``1/2 |A theta - b|^2 = 1/2 theta^T G theta - g^T theta +
-    const`` (``g`` lies in the range of a kernel Gram matrix). If that ``theta`` does
-    not pass the KKT check against the original ``G`` and ``g`` (NNLS stops at its own
-    tolerance), the active-set path is rerun from its support, and the best
-    certified candidate wins. Returns ``(theta, kkt_residual, objective)``.
+    const`` (``g`` lies in the range of a kernel Gram matrix). Working on ``A`` rather
+    than ``G`` halves the condition number's exponent, which is what ill-conditioned
+    queries need. If NNLS's answer fails the KKT check against the original ``G`` and
+    ``g`` (it stops at its own tolerance), the active-set path is rerun from its
+    support. Of the candidates (with ``prior``, the batched path's
+    ``(theta, residual, objective)``), a certified one with the lowest objective
+    wins, else the one with the smallest residual. Returns ``(theta, kkt_residual,
+    objective)``.
     """
     from scipy.optimize import nnls
 
@@ -284,16 +374,19 @@ def _solve_one(Gq, gq, tol, index, max_iter):
     if keep.any():
         se = np.sqrt(e[keep])
         theta = nnls(se[:, None] * V[:, keep].T, (V[:, keep].T @ gq) / se, maxiter=50 * k + 100)[0]
-    best = _certify(Gq, gq, theta) + (theta,)
-    if best[0] > tol:
+    candidates = [(theta,) + _certify(Gq, gq, theta)]
+    if candidates[0][1] > tol:
         again = solve_batch(Gq[None], gq[None], tol, max_iter, (theta > 0)[None])
-        if not again.failed[0] and again.residual[0] < best[0]:
-            best = (float(again.residual[0]), float(again.objective[0]), again.theta[0])
-    return best[2], best[0], best[1]
+        if not again.failed[0]:
+            candidates.append((again.theta[0], float(again.residual[0]), float(again.objective[0])))
+    if prior is not None and np.isfinite(prior[1]):
+        candidates.append(prior)
+    best = min(candidates, key=lambda c: (c[1] > tol, c[2] if c[1] <= tol else c[1]))
+    return best
 
 
 def _certify(Gq, gq, theta):
-    """(relative KKT residual, objective) of one query's ``theta``."""
+    """``(relative KKT residual, objective)`` of one query's ``theta``."""
     lam = Gq @ theta - gq
     scale = np.abs(gq).max()
     scale = scale if scale > 0 else 1.0

@@ -25,3 +25,17 @@ def runner():
         return CliRunner(mix_stderr=False)
     except TypeError:
         return CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _restore_nnkcli_logger():
+    """CLI invocations route the ``nnkcli`` logger to stderr (and stop propagation);
+    undo that after each test so that ``caplog`` in later tests sees the records."""
+    import logging
+
+    log = logging.getLogger("nnkcli")
+    saved = (list(log.handlers), log.level, log.propagate)
+    yield
+    log.handlers[:] = saved[0]
+    log.setLevel(saved[1])
+    log.propagate = saved[2]

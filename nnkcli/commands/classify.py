@@ -29,7 +29,7 @@ def classify(store, k, per_class, out, method, min_top1, min_top5, fmt, **kwargs
       nnk classify feats.h5 --format json --min-top1 70      # CI gate: exit 3 below 70 %
       nnk classify feats.h5 --query-split train --exclude-self --out loo.h5
     """
-    from nnkcli.classify import classify as run_classify
+    from nnkcli.classification import classify as run_classify
     from nnkcli.metrics import check_gates
 
     ui = get_ui()

@@ -21,7 +21,7 @@ _EXTRACT_KEYS = ("checkpoint_key", "strip_prefix", "trust_checkpoint", "resize",
 
 
 def _check_k_spec(ctx, param, value):
-    from nnkcli.sweep import parse_k_spec
+    from nnkcli.sweeps import parse_k_spec
 
     try:
         parse_k_spec(value)
@@ -139,7 +139,7 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, k_spec, method, max
     and check the newest source in the history (by step, else time) for
     --gate-method.
     """
-    from nnkcli.classify import parse_methods
+    from nnkcli.classification import parse_methods
     from nnkcli.evaluate import ModelOptions, SweepOptions, collect_sources, evaluate_sources
     from nnkcli.history import check_gates, read_history
 

@@ -22,7 +22,7 @@ import pytest
 
 from nnkcli.cli import cli
 from nnkcli.history import read_history
-from nnkcli.sweep import parse_k_spec
+from nnkcli.sweeps import parse_k_spec
 
 
 # -- in-process, with a fake sweep ------------------------------------------------------
@@ -201,7 +201,7 @@ def test_missing_source_exit_1(runner, tmp_path, fake_sweep):
 DRIVER = '''
 import os, sys, time, types
 import nnkcli.evaluate as ev
-import nnkcli.sweep as real
+import nnkcli.sweeps as real
 
 def sweep(store_path, **kwargs):
     result = real.sweep(store_path, **kwargs)
@@ -299,7 +299,7 @@ def test_killed_evaluation_leaves_a_valid_history_and_rerun_completes(tmp_path, 
 def test_recorded_accuracy_matches_an_independent_knn(tmp_path, stores, runner):
     """The recorded kNN top-1 equals a brute-force numpy weighted kNN (DINO's exp(cos / T) votes)."""
     from nnkcli.store import FeatureStore
-    from nnkcli.sweep import sweep
+    from nnkcli.sweeps import sweep
 
     hist = tmp_path / "history.jsonl"
     res = runner.invoke(cli, ["evaluate", str(stores[0]), "--history", str(hist), "--k", "5,10",

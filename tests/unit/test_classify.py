@@ -1,4 +1,4 @@
-"""nnkcli.classify / nnkcli.sweep against independent oracles on small stores.
+"""nnkcli.classification / nnkcli.sweeps against independent oracles on small stores.
 
 Oracles: brute-force float64 neighbour search, DINO's kNN formula written out per
 query, and NNK solved per query with scipy.optimize.nnls on the least-squares form.
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from scipy.optimize import nnls
 
-from nnkcli.classify import classify
+from nnkcli.classification import classify
 from nnkcli.errors import InputError, StaleIndexError
 from nnkcli.store import write_split
-from nnkcli.sweep import sweep
+from nnkcli.sweeps import sweep
 
 N_CLASSES = 5
 

@@ -25,11 +25,11 @@ from nnkcli.evaluate import (
     evaluate_sources,
 )
 from nnkcli.history import HistoryError, append_entry, read_history
-from nnkcli.sweep import parse_k_spec
+from nnkcli.sweeps import parse_k_spec
 
 
 class FakeSweep:
-    """Stands in for ``nnkcli.sweep``: top-1 per method comes from the source file's JSON."""
+    """Stands in for ``nnkcli.sweeps``: top-1 per method comes from the source file's JSON."""
 
     def __init__(self):
         self.calls = []

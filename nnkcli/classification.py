@@ -4,7 +4,7 @@ The query split is read in chunks. For each chunk: one index search at the large
 k needed, an exact re-ranking of those neighbours (float64 cosine from the stored
 vectors, ties broken by row id, so results do not depend on faiss's blocking, the
 chunk size or the thread count), then the requested methods at every requested k.
-``classify`` evaluates one k; ``nnkcli.sweep`` evaluates many from the same search.
+``classify`` evaluates one k; ``nnkcli.sweeps`` evaluates many from the same search.
 
 Memory: the index (n_train x d float32 for a flat index) plus, per chunk of B
 queries at largest k K, about ``B * (4*K*d + 32*K*K + 16*C)`` bytes (neighbour
@@ -242,13 +242,18 @@ def neighbours(ev: Evaluation, q: np.ndarray, start: int, k: int, exclude_self: 
     missing = ids < 0  # approximate indexes may return fewer than k
     safe_ids = np.where(missing, 0, ids)
     X = ev.index.vectors(safe_ids)
-    sims = np.einsum("bkd,bd->bk", X.astype(np.float64), q.astype(np.float64))
+    # float64 accumulation without a float64 copy of X (which would double the chunk's memory)
+    sims = np.einsum("bkd,bd->bk", X, q, dtype=np.float64)
     sims[missing] = -np.inf
-    # exact order: similarity descending, then row id ascending
+    # exact order: similarity descending, then row id ascending; faiss's order almost
+    # always agrees, so only the rows where it does not are permuted
     order = _rank(sims, safe_ids)
-    take = np.take_along_axis
-    ids, sims, missing = take(ids, order, 1), take(sims, order, 1), take(missing, order, 1)
-    X = take(X, order[:, :, None], 1)
+    moved = np.flatnonzero((order != np.arange(k)).any(axis=1))
+    if moved.size:
+        o = order[moved]
+        take = np.take_along_axis
+        ids[moved], sims[moved], missing[moved] = take(ids[moved], o, 1), take(sims[moved], o, 1), take(missing[moved], o, 1)
+        X[moved] = take(X[moved], o[:, :, None], 1)
     return ids, sims, X, missing
 
 
@@ -285,27 +290,21 @@ def score_chunk(
 
     if "nnk" in opts.methods:
         t0 = time.perf_counter()
-        cosine = opts.kernel == "cosine"
-        if cosine:  # k-independent kernel: build once at k_max, use leading blocks
-            G_all, g_all = solver.kernel_blocks(q, X, kernel="cosine", sims=np.where(missing, 0.0, sims))
-            _mask_missing(G_all, g_all, missing)
-        support = None
-        for k in k_values:
-            if cosine:
-                G, g = G_all[:, :k, :k], g_all[:, :k]
-            else:
+        if opts.kernel == "cosine":
+            # k-independent kernel: one block at k_max, every k solved from its leading block
+            G, g = solver.kernel_blocks(q, X, kernel="cosine", sims=np.where(missing, 0.0, sims))
+            _mask_missing(G, g, missing)
+            path = solver.nnk_solve_path(G, g, k_values, tol=opts.tol)
+        else:  # the Gaussian kernel's sigma depends on k: one block per k
+            path = []
+            for k in k_values:
                 G, g = solver.kernel_blocks(q, X[:, :k], kernel=opts.kernel)
                 _mask_missing(G, g, missing[:, :k])
-            warm = None
-            if support is not None:
-                warm = np.zeros(g.shape, dtype=bool)
-                warm[:, : support.shape[1]] = support
-            res = solver.nnk_solve(G, g, tol=opts.tol, warm_start=warm)
-            theta = res.theta
-            support = theta > 0
-            scores = solver.nnk_scores(theta, nb_labels[:, :k], C)
+                path.append(solver.nnk_solve(G, g, tol=opts.tol))
+        for k, res in zip(k_values, path):
+            scores = solver.nnk_scores(res.theta, nb_labels[:, :k], C)
             out.by_method_k[("nnk", k)] = MethodChunk(
-                top=solver.topk_classes(scores, TOP), scores=scores, theta=theta, support=support.sum(axis=1),
+                top=solver.topk_classes(scores, TOP), scores=scores, theta=res.theta, support=res.support_size,
             )
             timing["nnk_fallbacks"] += int(np.count_nonzero(res.fallback))
         timing["nnk_s"] += time.perf_counter() - t0

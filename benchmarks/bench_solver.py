@@ -1,0 +1,185 @@
+"""The batched NNK solver versus a per-query loop of scipy.optimize.nnls, on real features.
+
+Problems come from Fashion-MNIST (the IDX files Debian's dataset package installs under
+/usr/share/datasets/fashion-mnist, or --data DIR): rows L2-normalised, as raw pixels
+(d = 784) and projected on their first 64 principal components (d = 64, renormalised);
+test images are the queries, their k nearest training images (brute-force cosine) the
+neighbours, cosine kernel. For each d and k = 10, 50, 200, both sides solve the same
+queries in the same run (best of --repeats, interleaved):
+
+  solver      G and g given (built beforehand).  ours: nnk_solve(G, g).  scipy: per query,
+              Cholesky of G (eigendecomposition when G is singular: k > d + 1), a
+              triangular solve, nnls on the equivalent least-squares problem.
+  end-to-end  features given.  ours: nnk_weights(query, neighbours), i.e. kernel blocks
+              + solve.  scipy: per query, the Gram matrix, then as above.
+
+Printed per row: queries/s of both, their ratio, the peak memory of our call for the
+whole chunk (tracemalloc, in a separate untimed call; inputs not counted) and the
+largest relative KKT residual of each side's weights (lambda = G theta - g, computed
+here the same way for both).
+
+Usage:
+    python benchmarks/bench_solver.py            # 2,000 queries per row (~2 min on 2 cores)
+    python benchmarks/bench_solver.py --quick    # 300 queries per row (~20 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+from scipy.linalg import solve_triangular
+from scipy.optimize import nnls
+
+from nnkcli import kernel_blocks, nnk_solve, nnk_weights
+
+DATA = Path("/usr/share/datasets/fashion-mnist")
+KS = (10, 50, 200)
+
+
+def read_idx_images(path: Path) -> np.ndarray:
+    """uint8 images of an IDX3 file (gzip or not), flattened to (n, rows * cols)."""
+    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    magic, n, rows, cols = np.frombuffer(raw[:16], dtype=">u4")
+    if magic != 2051:
+        raise SystemExit(f"{path}: not an IDX image file (magic {magic})")
+    return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(int(n), int(rows) * int(cols))
+
+
+def find(data: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (data / name).exists():
+            return data / name
+    raise SystemExit(f"Fashion-MNIST file {stem}(.gz) not found in {data}; pass --data DIR")
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def feature_sets(data: Path, n_query: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{d: (train (n, d), query (n_query, d))}, float32, rows unit-norm."""
+    train = read_idx_images(find(data, "train-images-idx3-ubyte")).astype(np.float32)
+    test = read_idx_images(find(data, "t10k-images-idx3-ubyte")).astype(np.float32)[:n_query]
+    mean = train.mean(axis=0)
+    basis = np.linalg.svd(train[::6] - mean, full_matrices=False)[2][:64]  # PCA on 10,000 rows
+    return {
+        64: (unit((train - mean) @ basis.T), unit((test - mean) @ basis.T)),
+        784: (unit(train), unit(test)),
+    }
+
+
+def neighbours(train: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+    """Indices (n_query, k) of each query's k most cosine-similar training rows, nearest first."""
+    out = np.empty((len(query), k), dtype=np.int64)
+    for lo in range(0, len(query), 500):
+        s = query[lo:lo + 500] @ train.T
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(s, part, 1), axis=1, kind="stable")
+        out[lo:lo + 500] = np.take_along_axis(part, order, 1)
+    return out
+
+
+def scipy_one(G: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """The baseline for one query: factor G, then scipy's NNLS on the least-squares form."""
+    try:
+        L = np.linalg.cholesky(G)
+        A, b = L.T, solve_triangular(L, g, lower=True)
+    except np.linalg.LinAlgError:  # singular G (k > d + 1, duplicates): eigendecomposition
+        e, V = np.linalg.eigh(G)
+        keep = e > e[-1] * len(g) * np.finfo(float).eps
+        A = np.sqrt(e[keep])[:, None] * V[:, keep].T
+        b = (V[:, keep].T @ g) / np.sqrt(e[keep])
+    return nnls(A, b, maxiter=50 * len(g))[0]
+
+
+def scipy_solver(G, g):
+    return np.array([scipy_one(G[i], g[i]) for i in range(len(g))])
+
+
+def scipy_end_to_end(q, X):
+    out = np.empty(X.shape[:2])
+    for i in range(len(q)):
+        N = X[i].astype(np.float64)
+        out[i] = scipy_one((1.0 + N @ N.T) / 2, (1.0 + N @ q[i].astype(np.float64)) / 2)
+    return out
+
+
+def kkt(G, g, theta) -> float:
+    lam = np.einsum("bij,bj->bi", G, theta) - g
+    viol = np.where(theta > 0, np.abs(lam), np.maximum(-lam, 0.0))
+    return float((viol.max(axis=1) / np.abs(g).max(axis=1)).max())
+
+
+def best_of(repeats, *fns):
+    """Interleaved runs; (min seconds, last result) per function."""
+    times = [[] for _ in fns]
+    results = [None] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            results[i] = fn()
+            times[i].append(time.perf_counter() - t0)
+    return [(min(t), r) for t, r in zip(times, results)]
+
+
+def peak_mib(fn) -> float:
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="300 queries per row (~20 s)")
+    ap.add_argument("--n-query", type=int, default=None, help="queries per row (default 2000)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per side (default 3, quick 2)")
+    ap.add_argument("--data", type=Path, default=DATA, help=f"Fashion-MNIST IDX directory (default {DATA})")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    a = ap.parse_args()
+    n_query = a.n_query or (300 if a.quick else 2000)
+    repeats = a.repeats or (2 if a.quick else 3)
+
+    t0 = time.perf_counter()
+    sets = feature_sets(a.data, n_query)
+    print(f"# Fashion-MNIST: {len(sets[784][0])} train rows, {n_query} queries per row, best of {repeats} "
+          f"(features and neighbours ready in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    rows = []
+    header = (f"{'k':>4} {'d':>4} {'queries':>7} | {'nnk_solve q/s':>13} {'scipy q/s':>9} {'ratio':>6} "
+              f"{'peak MiB':>8} {'KKT ours':>8} {'KKT scipy':>9} | {'e2e ours':>8} {'e2e scipy':>9} {'ratio':>6}")
+    print(header)
+    print("-" * len(header))
+    for d, (train, query) in sets.items():
+        nbr = neighbours(train, query, max(KS))
+        for k in KS:
+            X = train[nbr[:, :k]]  # (n, k, d) float32
+            G, g = kernel_blocks(query, X)
+            (t_ours, ours), (t_scipy, theirs) = best_of(repeats, lambda: nnk_solve(G, g),
+                                                         lambda: scipy_solver(G, g))
+            (e_ours, _), (e_scipy, _) = best_of(repeats, lambda: nnk_weights(query, X),
+                                                lambda: scipy_end_to_end(query, X))
+            peak = peak_mib(lambda: nnk_solve(G, g))
+            row = dict(k=k, d=d, n_queries=n_query, ours_qps=n_query / t_ours, scipy_qps=n_query / t_scipy,
+                       ratio=t_scipy / t_ours, peak_mib=peak, kkt_ours=kkt(G, g, ours.theta),
+                       kkt_scipy=kkt(G, g, theirs), fallbacks=int(ours.fallback.sum()),
+                       e2e_ours_qps=n_query / e_ours, e2e_scipy_qps=n_query / e_scipy, e2e_ratio=e_scipy / e_ours)
+            rows.append(row)
+            print(f"{k:>4} {d:>4} {n_query:>7} | {row['ours_qps']:>13,.0f} {row['scipy_qps']:>9,.0f} "
+                  f"{row['ratio']:>5.1f}x {peak:>8.1f} {row['kkt_ours']:>8.0e} {row['kkt_scipy']:>9.0e} | "
+                  f"{row['e2e_ours_qps']:>8,.0f} {row['e2e_scipy_qps']:>9,.0f} {row['e2e_ratio']:>5.1f}x", flush=True)
+    print(f"# total {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The public Python API: every exported name resolves, lazily, to what it names."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import nnkcli
+
+
+def test_every_export_resolves_to_a_function_or_class():
+    for name in nnkcli.__all__:
+        value = getattr(nnkcli, name)
+        assert not inspect.ismodule(value), name
+        if name != "__version__":
+            assert callable(value), name
+
+
+def test_functions_stay_functions_after_their_modules_are_imported():
+    import nnkcli.classification  # noqa: F401
+    import nnkcli.sweeps  # noqa: F401
+    from nnkcli import classify, sweep
+
+    assert inspect.isfunction(classify) and inspect.isfunction(sweep)
+
+
+def test_import_is_lazy():
+    code = "import sys, nnkcli; print(' '.join(m for m in ('numpy', 'faiss', 'h5py', 'torch', 'scipy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""

@@ -1,0 +1,139 @@
+"""knn_scores / nnk_scores / topk_classes / topk_hits against naive per-query loops."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nnkcli import knn_scores, nnk_scores, topk_classes, topk_hits
+from nnkcli.errors import InputError
+
+FAST = settings(max_examples=50, deadline=None)
+
+
+def naive_knn(sims, labels, C, weighting, T):
+    out = np.zeros((len(sims), C))
+    for b in range(len(sims)):
+        for s, y in zip(sims[b], labels[b]):
+            if y < 0:
+                continue
+            w = {"exp": math.exp(s / T), "similarity": s, "uniform": 1.0}[weighting]
+            out[b, y] += w
+    return out
+
+
+def naive_nnk(theta, labels, C):
+    out = np.zeros((len(theta), C))
+    for b in range(len(theta)):
+        total = sum(theta[b])
+        for t, y in zip(theta[b], labels[b]):
+            if y >= 0 and total > 0:
+                out[b, y] += t / total
+    return out
+
+
+def naive_top(scores, k):
+    out = []
+    for row in scores:
+        ranked = sorted(range(len(row)), key=lambda c: (-row[c], c))  # ties: lower id first
+        top = [c for c in ranked if row[c] > 0][:k]
+        out.append(top + [-1] * (k - len(top)))
+    return np.array(out)
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), B=st.integers(0, 6), k=st.integers(1, 20), C=st.integers(1, 7),
+       weighting=st.sampled_from(["exp", "similarity", "uniform"]), T=st.sampled_from([0.07, 0.5, 1.0]))
+def test_knn_scores_match_naive_loop(seed, B, k, C, weighting, T):
+    rng = np.random.default_rng(seed)
+    sims = rng.uniform(-1, 1, (B, k))
+    labels = rng.integers(-1, C, (B, k))
+    got = knn_scores(sims, labels, C, weighting=weighting, temperature=T)
+    assert got.shape == (B, C) and got.dtype == np.float64
+    np.testing.assert_allclose(got, naive_knn(sims, labels, C, weighting, T), rtol=1e-12)
+
+
+def test_knn_default_is_dino_exp_weighting_with_t_0_07():
+    sims = np.array([[0.9, 0.8, 0.1]])
+    labels = np.array([[2, 0, 2]])
+    expected = np.zeros((1, 3))
+    expected[0, 2] = np.exp(0.9 / 0.07) + np.exp(0.1 / 0.07)
+    expected[0, 0] = np.exp(0.8 / 0.07)
+    np.testing.assert_allclose(knn_scores(sims, labels, 3), expected)
+
+
+def test_unlabelled_neighbours_get_no_mass():
+    sims = np.array([[0.9, 0.8]])
+    np.testing.assert_array_equal(knn_scores(sims, np.array([[-1, -1]]), 2), [[0.0, 0.0]])
+    np.testing.assert_array_equal(nnk_scores([[0.5, 0.5]], [[-1, 1]], 2), [[0.0, 0.5]])
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), B=st.integers(0, 6), k=st.integers(1, 20), C=st.integers(1, 7))
+def test_nnk_scores_match_naive_loop(seed, B, k, C):
+    rng = np.random.default_rng(seed)
+    theta = np.where(rng.random((B, k)) < 0.5, 0.0, rng.random((B, k)))
+    labels = rng.integers(-1, C, (B, k))
+    np.testing.assert_allclose(nnk_scores(theta, labels, C), naive_nnk(theta, labels, C), rtol=1e-12, atol=0)
+
+
+def test_nnk_scores_all_zero_theta_gives_zero_scores():
+    np.testing.assert_array_equal(nnk_scores(np.zeros((2, 3)), np.zeros((2, 3), dtype=int), 4), np.zeros((2, 4)))
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), B=st.integers(0, 6), C=st.integers(1, 12), k=st.integers(1, 8))
+def test_topk_classes_match_naive_ranking(seed, B, C, k):
+    rng = np.random.default_rng(seed)
+    # few distinct values: many ties and zeros
+    scores = rng.choice([-1.0, 0.0, 0.0, 0.5, 1.0, 2.0], size=(B, C))
+    top = topk_classes(scores, k)
+    assert top.shape == (B, k) and top.dtype == np.int64
+    np.testing.assert_array_equal(top, naive_top(scores, k).reshape(B, k))
+
+
+def test_topk_ties_break_to_lower_class_id_and_zero_scores_are_never_listed():
+    scores = np.array([[0.0, 3.0, 1.0, 3.0, 0.0, 1.0]])
+    np.testing.assert_array_equal(topk_classes(scores, 5), [[1, 3, 2, 5, -1]])
+    # DINO bug #89: with all-zero scores, class 0 must not come out as a "top-5 hit"
+    zero = topk_classes(np.zeros((1, 10)), 5)
+    np.testing.assert_array_equal(zero, [[-1] * 5])
+    assert not topk_hits(zero, np.array([0])).any()
+
+
+def test_topk_hits_semantics():
+    top = np.array([[3, 1, 4, -1, -1], [2, 0, -1, -1, -1], [5, 6, 7, 8, 9], [-1, -1, -1, -1, -1]])
+    labels = np.array([1, 2, 0, -1])
+    hits = topk_hits(top, labels)
+    np.testing.assert_array_equal(hits[:, 0], [False, True, False, False])  # top-1
+    np.testing.assert_array_equal(hits[:, 4], [True, True, False, False])  # top-5
+    np.testing.assert_array_equal(hits[0], [False, True, True, True, True])  # cumulative
+    assert topk_hits(np.zeros((0, 5), dtype=int), np.zeros(0, dtype=int)).shape == (0, 5)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: knn_scores(np.ones((2, 3)), np.ones((2, 4), dtype=int), 3), "neighbor_labels must have the shape"),
+        (lambda: knn_scores(np.ones((1, 2)), np.array([[0, 3]]), 3), r"must lie in -1\.\.2"),
+        (lambda: knn_scores(np.ones((1, 2)), np.array([[0, -2]]), 3), r"must lie in -1\.\.2"),
+        (lambda: knn_scores(np.ones((1, 2)), np.array([[0.0, 1.0]]), 3), "must be integers"),
+        (lambda: knn_scores(np.ones((1, 2)), np.zeros((1, 2), dtype=int), 0), "n_classes must be at least 1"),
+        (lambda: knn_scores(np.ones((1, 2)), np.zeros((1, 2), dtype=int), 2, weighting="cos"), "unknown weighting"),
+        (lambda: knn_scores(np.ones((1, 2)), np.zeros((1, 2), dtype=int), 2, temperature=0), "temperature must be"),
+        (lambda: knn_scores(np.ones((1, 2)) * 100, np.zeros((1, 2), dtype=int), 2, temperature=1e-3),
+         "overflows"),
+        (lambda: nnk_scores(np.array([[-1.0, 1.0]]), np.zeros((1, 2), dtype=int), 2), "non-negative"),
+        (lambda: topk_classes(np.array([[np.nan, 1.0]])), "NaN"),
+        (lambda: topk_classes(np.ones(3)), r"scores must be \(B, C\)"),
+        (lambda: topk_classes(np.ones((1, 3)), k=0), "k must be at least 1"),
+        (lambda: topk_hits(np.ones((2, 5), dtype=int), np.ones(3, dtype=int)), "labels"),
+    ],
+)
+def test_bad_input_is_an_input_error(call, match):
+    with pytest.raises(InputError, match=match):
+        call()
