@@ -98,10 +98,16 @@ def test_classify_bad_values(runner, store, args, message):
     assert "Traceback" not in res.stderr
 
 
-def test_unknown_method_is_usage_error(runner, store):
-    res = invoke(runner, "classify", store, "--method", "svm")
-    assert res.exit_code == 2
-    assert "Invalid value for '--method'" in res.stderr
+@pytest.mark.parametrize("option, value, message", [
+    ("--method", "svm", "Error: unknown method 'svm'\nHint: choose nnk, knn or both\n"),
+    ("--kernel", "rbf", "Error: unknown kernel 'rbf'\nHint: choose cosine or gaussian\n"),
+    ("--weighting", "inverse", "Error: unknown kNN weighting 'inverse'\nHint: choose exp, similarity or uniform\n"),
+])
+@pytest.mark.parametrize("command", ["classify", "sweep"])
+def test_unknown_method_or_kernel_is_exit_1(runner, store, command, option, value, message):
+    res = invoke(runner, command, store, option, value)
+    assert res.exit_code == 1
+    assert res.stderr == message
 
 
 def test_missing_split(runner, store):
