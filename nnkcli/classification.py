@@ -431,17 +431,19 @@ def classify(
             from nnkcli.predictions import PredictionWriter
 
             writer = PredictionWriter(predictions_path, ev, k, opts)
+        on_chunk = writer.write if writer is not None else None
         try:
             if progress_factory is not None:
                 with progress_factory(ev.query.n, "classifying") as advance:
-                    accs, timing = run(ev, [k], opts, progress=advance, on_chunk=writer and writer.write)
+                    accs, timing = run(ev, [k], opts, progress=advance, on_chunk=on_chunk)
             else:
-                accs, timing = run(ev, [k], opts, on_chunk=writer and writer.write)
+                accs, timing = run(ev, [k], opts, on_chunk=on_chunk)
+        except BaseException:
             if writer is not None:
-                writer.commit(_document(ev, opts, accs, timing, per_class))
-        finally:
-            if writer is not None:
-                writer.abort()
+                writer.abort()  # nothing half-written is left behind, an old file is kept
+            raise
+        if writer is not None:
+            writer.commit(_document(ev, opts, accs, timing, per_class))
         return _document(ev, opts, accs, timing, per_class, k=k, predictions_path=predictions_path)
 
 

@@ -199,3 +199,25 @@ def test_unlabelled_query_split(tmp_path):
     assert doc["results"][0]["n_queries"] == 0 and doc["n_unlabelled"] == 10
     with pytest.raises(InputError, match="has no labels, so --min-top1/--min-top5 cannot be checked"):
         classify(path, k=5, gate_requested=True)
+
+
+def test_interrupted_classify_keeps_the_old_predictions_file(store, tmp_path, monkeypatch):
+    import nnkcli.classification as cls
+
+    path = store[0]
+    out = tmp_path / "pred.h5"
+    out.write_bytes(b"old results")
+    real = cls.score_chunk
+    calls = []
+
+    def interrupt_on_second_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cls, "score_chunk", interrupt_on_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        classify(path, k=5, predictions_path=out, chunk_size=10)
+    assert out.read_bytes() == b"old results"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.h5"]
