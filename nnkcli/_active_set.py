@@ -56,6 +56,12 @@ class Outcome:
         self.failed = np.zeros(B, dtype=bool)
 
 
+def g_scale(g) -> np.ndarray:
+    """(B,) float64 ``max_j |g_j|`` per query (1 where g = 0): the scale of every tolerance."""
+    scale = np.abs(g).max(axis=1, initial=0.0)
+    return np.where(scale > 0, scale, 1.0)
+
+
 def solve_batch(G, g, tol, max_iter, warm=None) -> Outcome:
     """Run the engine on ``G`` (B, k, k) and ``g`` (B, k); see the module docstring.
 
@@ -64,8 +70,7 @@ def solve_batch(G, g, tol, max_iter, warm=None) -> Outcome:
     """
     B, k = g.shape
     out = Outcome(B, k, max_iter)
-    gscale = np.abs(g).max(axis=1) if B else np.zeros(0)
-    gscale = np.where(gscale > 0, gscale, 1.0)
+    gscale = g_scale(g)
     size = int(np.clip(_COHORT_BYTES // (8 * (24 * k + 2 * 24 * 24)), 64, 2048))
     cohorts: list[_Cohort] = []
     queued = 0

@@ -278,10 +278,10 @@ def score_chunk(
     timing["search_s"] += time.perf_counter() - t0
     out = ChunkResult(start=start, ids=ids, sims=sims, labels=labels)
     C = ev.n_classes
+    finite_sims = np.where(missing, 0.0, sims)  # a missing neighbour weighs nothing
 
     if "knn" in opts.methods:
         t0 = time.perf_counter()
-        finite_sims = np.where(missing, 0.0, sims)
         for k in k_values:
             scores = solver.knn_scores(finite_sims[:, :k], nb_labels[:, :k], C,
                                        weighting=opts.weighting, temperature=opts.temperature)
@@ -292,7 +292,7 @@ def score_chunk(
         t0 = time.perf_counter()
         if opts.kernel == "cosine":
             # k-independent kernel: one block at k_max, every k solved from its leading block
-            G, g = solver.kernel_blocks(q, X, kernel="cosine", sims=np.where(missing, 0.0, sims))
+            G, g = solver.kernel_blocks(q, X, kernel="cosine", sims=finite_sims)
             _mask_missing(G, g, missing)
             path = solver.nnk_solve_path(G, g, k_values, tol=opts.tol)
         else:  # the Gaussian kernel's sigma depends on k: one block per k
@@ -425,7 +425,7 @@ def classify(
     )
     with ev:
         check_labelled(ev, gate_requested)
-        ev.check_k([k], opts)
+        ev.check_k([k], opts)  # before the predictions file is created (run() checks again, cheaply)
         writer = None
         if predictions_path is not None:
             from nnkcli.predictions import PredictionWriter

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nnkcli._active_set import _ENTER, solve_batch
+from nnkcli._active_set import _ENTER, g_scale, solve_batch
 from nnkcli.errors import InputError
 from nnkcli.kernels import KERNELS, kernel_blocks
 from nnkcli.scores import knn_scores, nnk_scores, topk_classes, topk_hits
@@ -284,8 +284,7 @@ def nnk_solve_path(G, g, k_values, *, tol: float = 1e-8, max_iter: int | None = 
             # rows of the new variables restricted to the old ones are what is needed
             w_new = np.asarray(gk[:, kp:], dtype=np.float64) - np.einsum(
                 "bjs,bs->bj", np.asarray(G[:, kp:k, :kp], dtype=np.float64), prev.theta)
-            gscale = np.abs(np.asarray(gk, dtype=np.float64)).max(axis=1, initial=0.0)
-            gscale = np.where(gscale > 0, gscale, 1.0)
+            gscale = g_scale(np.asarray(gk, dtype=np.float64))
             # the same entry rule the active-set engine uses, so the result is what a
             # cold solve at k finds
             stays = (w_new <= _ENTER * tol * gscale[:, None]).all(axis=1)

@@ -130,7 +130,6 @@ def sweep(
     )
     with ev:
         check_labelled(ev, gate_requested)
-        ev.check_k(k_values, opts)
         if progress is None and progress_factory is not None:
             with progress_factory(ev.query.n, "sweeping") as advance:
                 accs, timing = run(ev, k_values, opts, progress=advance)
