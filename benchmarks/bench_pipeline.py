@@ -39,7 +39,7 @@ def make_store(path: Path, n_train: int, n_query: int, dim: int, n_classes: int,
     orthogonal, which no real feature extractor produces (and which makes NNK keep
     most neighbours instead of the ~10-25 it keeps on real features).
     """
-    from nnkcli.store import write_split
+    from nnkcli.storage.store import write_split
 
     latent = 32
     rng = np.random.default_rng(seed)

@@ -7,8 +7,8 @@ library too::
 
 Names are imported lazily so that ``import nnkcli`` (and ``nnk --help``) stays fast:
 numpy, faiss, h5py, scipy and torch load only when a name that needs them is first
-used. (The functions ``classify`` and ``sweep`` live in ``nnkcli.classification`` and
-``nnkcli.sweeps``: a submodule named like a function would replace it on the package
+used. (The functions ``classify`` and ``sweep`` live in ``nnkcli.evaluation.classification`` and
+``nnkcli.evaluation.sweeps``: a submodule named like a function would replace it on the package
 as soon as the submodule is imported.)
 """
 
@@ -22,22 +22,22 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "NnkError": "nnkcli.errors",
     "ExitCode": "nnkcli.errors",
-    "FeatureStore": "nnkcli.store",
-    "nnk_solve": "nnkcli.solver",
-    "nnk_weights": "nnkcli.solver",
-    "knn_scores": "nnkcli.solver",
-    "nnk_scores": "nnkcli.solver",
-    "topk_classes": "nnkcli.solver",
-    "topk_hits": "nnkcli.solver",
-    "classify": "nnkcli.classification",
-    "sweep": "nnkcli.sweeps",
-    "parse_k_spec": "nnkcli.sweeps",
-    "write_split": "nnkcli.store",
-    "SplitWriter": "nnkcli.store",
-    "kernel_blocks": "nnkcli.solver",
-    "NnkResult": "nnkcli.solver",
-    "evaluate_sources": "nnkcli.evaluate",
-    "read_history": "nnkcli.history",
+    "FeatureStore": "nnkcli.storage.store",
+    "nnk_solve": "nnkcli.numerics.solver",
+    "nnk_weights": "nnkcli.numerics.solver",
+    "knn_scores": "nnkcli.numerics.solver",
+    "nnk_scores": "nnkcli.numerics.solver",
+    "topk_classes": "nnkcli.numerics.solver",
+    "topk_hits": "nnkcli.numerics.solver",
+    "classify": "nnkcli.evaluation.classification",
+    "sweep": "nnkcli.evaluation.sweeps",
+    "parse_k_spec": "nnkcli.evaluation.sweeps",
+    "write_split": "nnkcli.storage.store",
+    "SplitWriter": "nnkcli.storage.store",
+    "kernel_blocks": "nnkcli.numerics.solver",
+    "NnkResult": "nnkcli.numerics.solver",
+    "evaluate_sources": "nnkcli.tracking.runner",
+    "read_history": "nnkcli.tracking.history",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from nnkcli.atomic import atomic_output
+from nnkcli.storage.atomic import atomic_output
 from nnkcli.errors import InputError, MissingDependencyError
 
 PLOT_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
@@ -31,7 +31,7 @@ def plot_history(
     Parameters
     ----------
     rows : sequence of dict
-        ``nnkcli.history.history_rows`` output, in training order.
+        ``nnkcli.tracking.history.history_rows`` output, in training order.
     path : path-like
         ``.png``, ``.svg`` or ``.pdf``.
     methods : sequence of str

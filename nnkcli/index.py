@@ -29,7 +29,7 @@ from typing import Any, Callable
 import faiss
 import numpy as np
 
-from nnkcli.atomic import atomic_output
+from nnkcli.storage.atomic import atomic_output
 from nnkcli.errors import IndexFileError, InputError, StaleIndexError
 
 logger = logging.getLogger("nnkcli")
@@ -332,7 +332,7 @@ def index_store(
     """Build the index of a store split and save it (``nnk index``); returns a summary dict."""
     import time
 
-    from nnkcli.store import FeatureStore
+    from nnkcli.storage.store import FeatureStore
 
     params.validate()
     set_threads(threads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from nnkcli.atomic import atomic_output
+from nnkcli.storage.atomic import atomic_output
 from nnkcli.errors import InputError, MissingDependencyError
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")

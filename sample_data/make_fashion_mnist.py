@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from nnkcli.store import FeatureStore, write_split
+    from nnkcli.storage.store import FeatureStore, write_split
 
     files = {name: args.source / f"{name}-ubyte.gz" for name in
              ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")}

@@ -29,8 +29,8 @@ def classify(store, k, per_class, out, method, min_top1, min_top5, fmt, **kwargs
       nnk classify feats.h5 --format json --min-top1 70      # CI gate: exit 3 below 70 %
       nnk classify feats.h5 --query-split train --exclude-self --out loo.h5
     """
-    from nnkcli.classification import classify as run_classify
-    from nnkcli.metrics import check_gates
+    from nnkcli.evaluation.classification import classify as run_classify
+    from nnkcli.numerics.metrics import check_gates
 
     ui = get_ui()
     gate = min_top1 is not None or min_top5 is not None

@@ -21,7 +21,7 @@ _EXTRACT_KEYS = ("checkpoint_key", "strip_prefix", "trust_checkpoint", "resize",
 
 
 def _check_k_spec(ctx, param, value):
-    from nnkcli.sweeps import parse_k_spec
+    from nnkcli.evaluation.sweeps import parse_k_spec
 
     try:
         parse_k_spec(value)
@@ -139,9 +139,9 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, k_spec, method, max
     and check the newest source in the history (by step, else time) for
     --gate-method.
     """
-    from nnkcli.classification import parse_methods
-    from nnkcli.evaluate import ModelOptions, SweepOptions, collect_sources, evaluate_sources
-    from nnkcli.history import check_gates, read_history
+    from nnkcli.evaluation.classification import parse_methods
+    from nnkcli.tracking.runner import ModelOptions, SweepOptions, collect_sources, evaluate_sources
+    from nnkcli.tracking.history import check_gates, read_history
 
     ui = get_ui(ctx)
     methods = parse_methods(method)
@@ -215,7 +215,7 @@ def _progress(ui, total, description):
 
 
 def _gate_doc(gate, max_drop, min_top1, min_top5) -> dict:
-    from nnkcli.history import describe_entry
+    from nnkcli.tracking.history import describe_entry
 
     return {
         "method": gate.method,

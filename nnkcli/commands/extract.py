@@ -116,7 +116,7 @@ def _check_usage(ctx: click.Context, from_path: str | None, image_source: str | 
 
 def _check_meta_keys(meta: dict[str, str]) -> None:
     from nnkcli.errors import InputError
-    from nnkcli.store import RESERVED_ATTRS
+    from nnkcli.storage.store import RESERVED_ATTRS
 
     for key in meta:
         if key in RESERVED_ATTRS or key in ("nnk_format", "format_version"):
@@ -124,10 +124,10 @@ def _check_meta_keys(meta: dict[str, str]) -> None:
 
 
 def _import_arrays(ui, store, split, from_path, labels_path, features_key, labels_key, layer, overwrite, meta):
-    from nnkcli.checks import check_split_name
+    from nnkcli.storage.checks import check_split_name
     from nnkcli.errors import InputError
     from nnkcli.extract import load_features
-    from nnkcli.store import write_split
+    from nnkcli.storage.store import write_split
 
     check_split_name(split)
     imported = load_features(from_path, split=split, labels_path=labels_path, features_key=features_key,

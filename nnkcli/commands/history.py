@@ -47,7 +47,7 @@ Malformed lines are reported on stderr with their line number and skipped.
 @click.pass_context
 def history(ctx, history_path, plot_path, fmt):
     """Show the evaluations recorded in HISTORY by nnk evaluate, one row per source."""
-    from nnkcli.history import entry_methods, history_rows, order_entries, read_history
+    from nnkcli.tracking.history import entry_methods, history_rows, order_entries, read_history
 
     ui = get_ui(ctx)
     hist = read_history(history_path, missing_ok=False)

@@ -39,7 +39,7 @@ def info(ctx, store, fmt):
     --format json prints everything (all class counts, every provenance attribute);
     csv prints one row per split.
     """
-    from nnkcli.store import FeatureStore
+    from nnkcli.storage.store import FeatureStore
 
     ui = get_ui(ctx)
     with FeatureStore(store) as fs:

@@ -11,7 +11,7 @@ from nnkcli.output import Column, render
 
 
 def _k_spec(ctx, param, value):
-    from nnkcli.sweeps import parse_k_spec
+    from nnkcli.evaluation.sweeps import parse_k_spec
 
     try:
         return parse_k_spec(value)
@@ -41,8 +41,8 @@ def sweep(store, k_values, plot, method, min_top1, min_top5, fmt, **kwargs):
       nnk sweep feats.h5 --k 10..200 --format csv > sweep.csv
       nnk sweep feats.h5 --format json --min-top1 70 | jq .best
     """
-    from nnkcli.metrics import check_gates
-    from nnkcli.sweeps import sweep as run_sweep
+    from nnkcli.numerics.metrics import check_gates
+    from nnkcli.evaluation.sweeps import sweep as run_sweep
 
     ui = get_ui()
     if plot is not None:

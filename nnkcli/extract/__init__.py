@@ -2,7 +2,7 @@
 
 ``load_features(path, split=...)`` recognises the input and returns an
 :class:`ImportedFeatures` whose ``features`` reads rows lazily (by block, from the file,
-wherever the format allows), ready for :func:`nnkcli.store.write_split`. The optional model
+wherever the format allows), ready for :func:`nnkcli.storage.store.write_split`. The optional model
 extractor (torch) lives in ``images.py``/``models.py`` and is imported only when used;
 nothing here imports torch at module level.
 """

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnkcli.checks import check_feature_array
+from nnkcli.storage.checks import check_feature_array
 from nnkcli.errors import InputError
 from nnkcli.extract import ImportedFeatures, as_numpy, check_input_path
 

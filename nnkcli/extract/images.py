@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from nnkcli.errors import InputError
-from nnkcli.labels import map_labels
+from nnkcli.storage.labels import map_labels
 
 #: File types the folder reader picks up (compared case-insensitively); as
 #: torchvision's ImageFolder, so ids match extractions made with it.

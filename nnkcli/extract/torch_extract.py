@@ -1,7 +1,7 @@
 """Extract features from images with a torch model into a feature store.
 
 The model runs in ``eval()`` mode under ``torch.inference_mode()``; batches stream
-into a resumable :class:`nnkcli.store.SplitWriter`, so memory stays about one batch
+into a resumable :class:`nnkcli.storage.store.SplitWriter`, so memory stays about one batch
 and the split appears in the store only once every image is done. A killed run
 leaves its rows in the writer's partial folder; ``resume=True`` skips them (the
 sample order is deterministic) and continues.
@@ -237,8 +237,8 @@ def extract_image_features(
     StoreError
         The split exists (without ``overwrite``), or the partial run does not match.
     """
-    from nnkcli.split_writer import SplitWriter, partial_path
-    from nnkcli.store import FeatureStore, check_writable
+    from nnkcli.storage.split_writer import SplitWriter, partial_path
+    from nnkcli.storage.store import FeatureStore, check_writable
 
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1; got {batch_size}", hint="e.g. --batch-size 64")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnkcli.checks import check_feature_array
+from nnkcli.storage.checks import check_feature_array
 from nnkcli.errors import InputError
 from nnkcli.extract import _VISSL_FILE, ImportedFeatures
 from nnkcli.extract.arrays import FileRows, load_npy, open_npy

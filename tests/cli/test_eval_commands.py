@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nnkcli.cli import cli
-from nnkcli.store import write_split
+from nnkcli.storage.store import write_split
 
 
 def mixture(n, d, seed, n_classes=4):

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from nnkcli.cli import cli
-from nnkcli.history import read_history
-from nnkcli.sweeps import parse_k_spec
+from nnkcli.tracking.history import read_history
+from nnkcli.evaluation.sweeps import parse_k_spec
 
 
 # -- in-process, with a fake sweep ------------------------------------------------------
@@ -37,7 +37,7 @@ def fake_sweep(monkeypatch):
         best = {m: {"k": k_values[0], "top1": spec[m], "top5": 95.0} for m in methods}
         return types.SimpleNamespace(to_dict=lambda: {"results": results, "best": best})
 
-    monkeypatch.setattr("nnkcli.evaluate._sweep_module",
+    monkeypatch.setattr("nnkcli.tracking.runner._sweep_module",
                         lambda: types.SimpleNamespace(parse_k_spec=parse_k_spec, sweep=sweep))
     return calls
 
@@ -200,8 +200,8 @@ def test_missing_source_exit_1(runner, tmp_path, fake_sweep):
 # signals NNK_TEST_FLAG and hangs (to be killed mid-run).
 DRIVER = '''
 import os, sys, time, types
-import nnkcli.evaluate as ev
-import nnkcli.sweeps as real
+import nnkcli.tracking.runner as ev
+import nnkcli.evaluation.sweeps as real
 
 def sweep(store_path, **kwargs):
     result = real.sweep(store_path, **kwargs)
@@ -220,7 +220,7 @@ K = "5..20:5"
 
 
 def make_store(path: Path, seed: int) -> Path:
-    from nnkcli.store import write_split
+    from nnkcli.storage.store import write_split
 
     rng = np.random.default_rng(seed)
     means = rng.normal(size=(5, 16)) * 1.5
@@ -298,8 +298,8 @@ def test_killed_evaluation_leaves_a_valid_history_and_rerun_completes(tmp_path, 
 
 def test_recorded_accuracy_matches_an_independent_knn(tmp_path, stores, runner):
     """The recorded kNN top-1 equals a brute-force numpy weighted kNN (DINO's exp(cos / T) votes)."""
-    from nnkcli.store import FeatureStore
-    from nnkcli.sweeps import sweep
+    from nnkcli.storage.store import FeatureStore
+    from nnkcli.evaluation.sweeps import sweep
 
     hist = tmp_path / "history.jsonl"
     res = runner.invoke(cli, ["evaluate", str(stores[0]), "--history", str(hist), "--k", "5,10",
@@ -383,7 +383,7 @@ def test_checkpoints_are_extracted_beside_the_history_then_evaluated(runner, che
 
     import nnk_evaltiny
     from nnkcli.extract.images import EvalTransform, scan_image_folder
-    from nnkcli.store import FeatureStore
+    from nnkcli.storage.store import FeatureStore
 
     run = checkpoint_run
     res = runner.invoke(cli, ckpt_args(run, "--format", "json"))

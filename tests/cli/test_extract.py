@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from nnkcli.cli import cli
-from nnkcli.store import FeatureStore
+from nnkcli.storage.store import FeatureStore
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

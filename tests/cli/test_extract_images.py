@@ -20,8 +20,8 @@ Image = pytest.importorskip("PIL.Image")
 
 from nnkcli.cli import cli  # noqa: E402
 from nnkcli.extract.images import EvalTransform, load_image, scan_image_folder  # noqa: E402
-from nnkcli.split_writer import partial_path  # noqa: E402
-from nnkcli.store import FeatureStore  # noqa: E402
+from nnkcli.storage.split_writer import partial_path  # noqa: E402
+from nnkcli.storage.store import FeatureStore  # noqa: E402
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 CLASSES = ["cat", "dog", "owl"]

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from nnkcli.cli import cli
-from nnkcli.history import append_entry
+from nnkcli.tracking.history import append_entry
 
 
 def sha(n: int) -> str:

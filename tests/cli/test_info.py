@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 
 from nnkcli.cli import cli
-from nnkcli.store import write_split
+from nnkcli.storage.store import write_split
 
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 

@@ -1,4 +1,4 @@
-"""nnkcli.atomic: the old file survives any failure; locks exclude other processes."""
+"""nnkcli.storage.atomic: the old file survives any failure; locks exclude other processes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from nnkcli.atomic import atomic_output, atomic_write_text, file_lock
+from nnkcli.storage.atomic import atomic_output, atomic_write_text, file_lock
 
 
 def test_success_replaces(tmp_path):
@@ -55,7 +55,7 @@ def test_sigkill_mid_write_leaves_old_file(tmp_path):
     target.write_bytes(b"old")
     code = (
         "import sys, time\n"
-        "from nnkcli.atomic import atomic_output\n"
+        "from nnkcli.storage.atomic import atomic_output\n"
         f"with atomic_output({str(target)!r}) as tmp:\n"
         "    f = open(tmp, 'wb'); f.write(b'x' * 100000); f.flush()\n"
         "    print('writing', flush=True); time.sleep(60)\n"

@@ -1,4 +1,4 @@
-"""nnkcli.classification / nnkcli.sweeps against independent oracles on small stores.
+"""nnkcli.evaluation.classification / nnkcli.evaluation.sweeps against independent oracles on small stores.
 
 Oracles: brute-force float64 neighbour search, DINO's kNN formula written out per
 query, and NNK solved per query with scipy.optimize.nnls on the least-squares form.
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from scipy.optimize import nnls
 
-from nnkcli.classification import classify
+from nnkcli.evaluation.classification import classify
 from nnkcli.errors import InputError, StaleIndexError
-from nnkcli.store import write_split
-from nnkcli.sweeps import sweep
+from nnkcli.storage.store import write_split
+from nnkcli.evaluation.sweeps import sweep
 
 N_CLASSES = 5
 
@@ -202,7 +202,7 @@ def test_unlabelled_query_split(tmp_path):
 
 
 def test_interrupted_classify_keeps_the_old_predictions_file(store, tmp_path, monkeypatch):
-    import nnkcli.classification as cls
+    import nnkcli.evaluation.classification as cls
 
     path = store[0]
     out = tmp_path / "pred.h5"

@@ -1,4 +1,4 @@
-"""nnkcli.evaluate: once-only evaluation into the history, claims, failures.
+"""nnkcli.tracking.runner: once-only evaluation into the history, claims, failures.
 
 The evaluation itself is replaced by a fake sweep that reads the accuracy to
 report from the "store" file, so these tests check the bookkeeping only; the
@@ -15,7 +15,7 @@ import types
 import pytest
 
 from nnkcli.errors import InputError
-from nnkcli.evaluate import (
+from nnkcli.tracking.runner import (
     ModelOptions,
     SweepOptions,
     checkpoint_store_path,
@@ -24,12 +24,12 @@ from nnkcli.evaluate import (
     collect_sources,
     evaluate_sources,
 )
-from nnkcli.history import HistoryError, append_entry, read_history
-from nnkcli.sweeps import parse_k_spec
+from nnkcli.tracking.history import HistoryError, append_entry, read_history
+from nnkcli.evaluation.sweeps import parse_k_spec
 
 
 class FakeSweep:
-    """Stands in for ``nnkcli.sweeps``: top-1 per method comes from the source file's JSON."""
+    """Stands in for ``nnkcli.evaluation.sweeps``: top-1 per method comes from the source file's JSON."""
 
     def __init__(self):
         self.calls = []
@@ -56,7 +56,7 @@ class FakeSweep:
 @pytest.fixture
 def fake(monkeypatch):
     f = FakeSweep()
-    monkeypatch.setattr("nnkcli.evaluate._sweep_module", f.module)
+    monkeypatch.setattr("nnkcli.tracking.runner._sweep_module", f.module)
     return f
 
 

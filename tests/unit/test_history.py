@@ -1,4 +1,4 @@
-"""nnkcli.history: reading, appending, step parsing, ordering, rows and the gates."""
+"""nnkcli.tracking.history: reading, appending, step parsing, ordering, rows and the gates."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import pytest
 
 from nnkcli.errors import InputError
-from nnkcli.history import (
+from nnkcli.tracking.history import (
     HISTORY_SCHEMA_VERSION,
     HistoryError,
     append_entry,
@@ -149,7 +149,7 @@ def test_read_history_without_a_lock_file(tmp_path, monkeypatch):
     def refuse(path, shared=False):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("nnkcli.history.file_lock", refuse)
+    monkeypatch.setattr("nnkcli.tracking.history.file_lock", refuse)
     assert len(read_history(p).entries) == 1
 
 

@@ -14,7 +14,7 @@ from nnkcli.errors import InputError, MissingDependencyError
 from nnkcli.extract import detect_format, load_features
 from nnkcli.extract.arrays import FileRows, open_npy, open_npz_member, read_labels
 from nnkcli.extract.vissl import ShardedRows
-from nnkcli.store import FeatureStore, write_split
+from nnkcli.storage.store import FeatureStore, write_split
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nnkcli.errors import InputError
-from nnkcli.sweeps import best_per_method, parse_k_spec
+from nnkcli.evaluation.sweeps import best_per_method, parse_k_spec
 
 
 @pytest.mark.parametrize(

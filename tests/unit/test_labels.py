@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nnkcli.errors import InputError
-from nnkcli.labels import class_counts, map_labels
+from nnkcli.storage.labels import class_counts, map_labels
 
 
 def test_integer_labels_with_gaps_give_only_the_classes_present():

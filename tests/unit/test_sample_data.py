@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnkcli.store import FeatureStore
+from nnkcli.storage.store import FeatureStore
 
 IDX = Path("/usr/share/datasets/fashion-mnist")
 needs_idx = pytest.mark.skipif(not (IDX / "train-labels-idx1-ubyte.gz").exists(),

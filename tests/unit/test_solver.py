@@ -401,7 +401,7 @@ def test_no_warnings_on_ordinary_problems():
 @given(seed=st.integers(0, 2**32 - 1), d=st.integers(3, 40),
        kind=st.sampled_from(["random", "clustered", "duplicates"]))
 def test_path_equals_independent_solves(seed, d, kind):
-    from nnkcli.solver import nnk_solve_path
+    from nnkcli.numerics.solver import nnk_solve_path
 
     q, X = problem(seed, 6, 60, d, kind)
     G, g = kernel_blocks(q, X)
@@ -420,7 +420,7 @@ def test_path_equals_independent_solves(seed, d, kind):
 
 
 def test_path_reuses_the_previous_solution_when_new_neighbours_do_not_enter():
-    from nnkcli.solver import nnk_solve_path
+    from nnkcli.numerics.solver import nnk_solve_path
 
     rng = np.random.default_rng(3)
     q = unit(rng.standard_normal((1, 16)))
@@ -434,7 +434,7 @@ def test_path_reuses_the_previous_solution_when_new_neighbours_do_not_enter():
 
 
 def test_path_bad_k_values():
-    from nnkcli.solver import nnk_solve_path
+    from nnkcli.numerics.solver import nnk_solve_path
 
     G, g = kernel_blocks(*problem(0, 2, 8, 4, "random"))
     for ks in ([], [3, 3], [5, 2], [0, 4], [4, 9]):

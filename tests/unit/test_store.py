@@ -18,7 +18,7 @@ import pytest
 
 from nnkcli import __version__
 from nnkcli.errors import InputError, StoreError
-from nnkcli.store import FORMAT_VERSION, ArrayFileWriter, FeatureStore, write_split
+from nnkcli.storage.store import FORMAT_VERSION, ArrayFileWriter, FeatureStore, write_split
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -332,7 +332,7 @@ _SLOW_WRITER = textwrap.dedent(
     """
     import sys, time
     import numpy as np
-    from nnkcli.store import write_split
+    from nnkcli.storage.store import write_split
 
     class Slow:
         # rows for a big split, handed out slowly; announces when writing is under way

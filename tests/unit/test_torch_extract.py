@@ -13,7 +13,7 @@ Image = pytest.importorskip("PIL.Image")
 from nnkcli.errors import InputError  # noqa: E402
 from nnkcli.extract.images import EvalTransform, load_image, scan_image_folder  # noqa: E402
 from nnkcli.extract.torch_extract import extract_image_features, forward_features, resolve_device  # noqa: E402
-from nnkcli.store import FeatureStore  # noqa: E402
+from nnkcli.storage.store import FeatureStore  # noqa: E402
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 TRANSFORM = EvalTransform(resize=12, crop=10)

@@ -6,7 +6,7 @@ between the query and them, the NNK weights are
     theta* = argmin_{theta >= 0}  1/2 theta^T G theta - g^T theta.
 
 ``nnk_solve`` runs a Lawson–Hanson primal active-set method on the whole batch at
-once (``nnkcli._active_set``): every iteration is a handful of numpy operations over
+once (``nnkcli.numerics.active_set``): every iteration is a handful of numpy operations over
 the queries still running, and only the rows of ``G`` of variables that entered the
 active set are ever read.
 
@@ -18,9 +18,9 @@ is re-solved on its own by ``scipy.optimize.nnls`` on the equivalent least-squar
 problem, built from an eigendecomposition of ``G`` so that singular ``G`` is fine,
 and is flagged in ``NnkResult.fallback``.
 
-The kernels (``kernel_blocks``) live in ``nnkcli.kernels`` and the class scorers
+The kernels (``kernel_blocks``) live in ``nnkcli.numerics.kernels`` and the class scorers
 (``knn_scores``, ``nnk_scores``, ``topk_classes``, ``topk_hits``) in
-``nnkcli.scores``; both are re-exported here.
+``nnkcli.numerics.scores``; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nnkcli._active_set import _ENTER, g_scale, solve_batch
+from nnkcli.numerics.active_set import _ENTER, g_scale, solve_batch
 from nnkcli.errors import InputError
-from nnkcli.kernels import KERNELS, kernel_blocks
-from nnkcli.scores import knn_scores, nnk_scores, topk_classes, topk_hits
+from nnkcli.numerics.kernels import KERNELS, kernel_blocks
+from nnkcli.numerics.scores import knn_scores, nnk_scores, topk_classes, topk_hits
 
 __all__ = [
     "NnkResult",

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnkcli.atomic import file_lock, fsync_dir
+from nnkcli.storage.atomic import file_lock, fsync_dir
 from nnkcli.errors import InputError, NnkError
 
 #: version of one history line's layout; a reader skips lines of a newer version
@@ -297,7 +297,7 @@ def append_entry(path: str | os.PathLike, entry: dict) -> None:
     """Append one complete line to the history and fsync it.
 
     The caller holds ``file_lock(path)``: appends from overlapping processes are
-    then serialised, and the check-then-append in ``nnkcli.evaluate`` is atomic.
+    then serialised, and the check-then-append in ``nnkcli.tracking.runner`` is atomic.
     The line is written with a single ``write`` on an ``O_APPEND`` descriptor; if
     the file does not end with a newline (a torn line left by a crash), a newline
     goes first so that the torn line stays a separate, skipped line.

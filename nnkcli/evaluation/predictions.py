@@ -25,8 +25,8 @@ class PredictionWriter:
     """Receives ``ChunkResult``s from ``classify.run`` and commits one HDF5 file at the end."""
 
     def __init__(self, path: str | os.PathLike, ev, k: int, opts):
-        from nnkcli.classification import TOP
-        from nnkcli.store import ArrayFileWriter
+        from nnkcli.evaluation.classification import TOP
+        from nnkcli.storage.store import ArrayFileWriter
 
         n, C = int(ev.query.n), int(ev.n_classes)
         self.k = k

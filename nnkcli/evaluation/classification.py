@@ -4,7 +4,7 @@ The query split is read in chunks. For each chunk: one index search at the large
 k needed, an exact re-ranking of those neighbours (float64 cosine from the stored
 vectors, ties broken by row id, so results do not depend on faiss's blocking, the
 chunk size or the thread count), then the requested methods at every requested k.
-``classify`` evaluates one k; ``nnkcli.sweeps`` evaluates many from the same search.
+``classify`` evaluates one k; ``nnkcli.evaluation.sweeps`` evaluates many from the same search.
 
 Memory: the index (n_train x d float32 for a flat index) plus, per chunk of B
 queries at largest k K, about ``B * (4*K*d + 32*K*K + 16*C)`` bytes (neighbour
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from nnkcli.errors import InputError
-from nnkcli.metrics import Accumulator
+from nnkcli.numerics.metrics import Accumulator
 
 logger = logging.getLogger("nnkcli")
 
@@ -103,7 +103,7 @@ class Evaluation:
         progress_factory: Callable | None = None,
     ):
         from nnkcli import index as nnk_index
-        from nnkcli.store import FeatureStore
+        from nnkcli.storage.store import FeatureStore
 
         self.store_path = Path(store_path)
         self.store = FeatureStore(self.store_path)
@@ -269,7 +269,7 @@ def score_chunk(
     timing: dict,
 ) -> ChunkResult:
     """All methods at all ``k_values`` (ascending) for one chunk of normalised queries ``q`` (B, d)."""
-    from nnkcli import solver
+    from nnkcli.numerics import solver
 
     k_max = k_values[-1]
     t0 = time.perf_counter()
@@ -428,7 +428,7 @@ def classify(
         ev.check_k([k], opts)  # before the predictions file is created (run() checks again, cheaply)
         writer = None
         if predictions_path is not None:
-            from nnkcli.predictions import PredictionWriter
+            from nnkcli.evaluation.predictions import PredictionWriter
 
             writer = PredictionWriter(predictions_path, ev, k, opts)
         on_chunk = writer.write if writer is not None else None

@@ -35,8 +35,8 @@ import h5py
 import numpy as np
 
 from nnkcli import __version__
-from nnkcli.atomic import TMP_MARKER, atomic_output, file_lock, fsync_dir, fsync_file, temp_path_for
-from nnkcli.checks import (
+from nnkcli.storage.atomic import TMP_MARKER, atomic_output, file_lock, fsync_dir, fsync_file, temp_path_for
+from nnkcli.storage.checks import (
     ContentTally,
     as_row_source,
     check_feature_array,
@@ -46,7 +46,7 @@ from nnkcli.checks import (
     to_stored,
 )
 from nnkcli.errors import InputError, StoreError
-from nnkcli.labels import class_counts, map_labels
+from nnkcli.storage.labels import class_counts, map_labels
 
 logger = logging.getLogger("nnkcli")
 
@@ -351,7 +351,7 @@ def _hdf5_chunk_rows(n: int, d: int, itemsize: int) -> int:
 def remove_dead_temps(path: Path) -> None:
     """Delete the temporary files/folders that killed writers of ``path`` left behind.
 
-    Their names carry the writer's pid (see ``nnkcli.atomic.temp_path_for``); only
+    Their names carry the writer's pid (see ``nnkcli.storage.atomic.temp_path_for``); only
     those whose process is gone are removed.
     """
     prefix = f".{path.name}{TMP_MARKER}"
@@ -507,7 +507,7 @@ def write_split(
         real dtype is stored as float32.
     labels : array-like, shape (n,), optional
         Integers (``-1`` = unlabelled) or strings; mapped to contiguous ids and
-        reconciled by name with the store's class list (see ``nnkcli.labels``).
+        reconciled by name with the store's class list (see ``nnkcli.storage.labels``).
         None: the split is unlabelled.
     ids : sequence of str, length n, optional
         Sample ids (file paths, dataset indices).
@@ -638,7 +638,7 @@ class ArrayFileWriter:
 
 
 # The streaming writer lives in its own module; re-exported here as part of the store API.
-from nnkcli.split_writer import SplitWriter  # noqa: E402
+from nnkcli.storage.split_writer import SplitWriter  # noqa: E402
 
 __all__ = [
     "ArrayFileWriter", "FORMAT_NAME", "FORMAT_VERSION", "RESERVED_ATTRS", "FeatureStore", "Split", "SplitWriter",

@@ -2,7 +2,7 @@
 
 ``evaluate_sources`` is what ``nnk evaluate`` runs from cron and CI. For each
 source it computes the sha256 of the file; a source already in the history is
-skipped, any other is evaluated with ``nnkcli.sweeps.sweep`` (a checkpoint is first
+skipped, any other is evaluated with ``nnkcli.evaluation.sweeps.sweep`` (a checkpoint is first
 extracted into a store beside the history) and recorded as one appended line.
 
 Overlapping runs (two cron jobs, a cron job and a CI job) are safe:
@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from nnkcli import __version__
-from nnkcli.atomic import file_lock
+from nnkcli.storage.atomic import file_lock
 from nnkcli.errors import InputError, MissingDependencyError, NnkError
-from nnkcli.history import (
+from nnkcli.tracking.history import (
     HistoryError,
     append_entry,
     read_checkpoint_step,
@@ -67,7 +67,7 @@ FAILED = "failed"
 
 @dataclass(frozen=True)
 class SweepOptions:
-    """How each source is evaluated: the arguments of ``nnkcli.sweeps.sweep``."""
+    """How each source is evaluated: the arguments of ``nnkcli.evaluation.sweeps.sweep``."""
 
     k_spec: str = "10..200"
     methods: tuple[str, ...] = METHODS
@@ -232,7 +232,7 @@ def _iso(timestamp: float) -> str:
 
 def _sweep_module():
     # looked up at call time, so a test can stand in for the evaluation
-    return importlib.import_module("nnkcli.sweeps")
+    return importlib.import_module("nnkcli.evaluation.sweeps")
 
 
 def checkpoint_store_path(history_path: Path, sha256: str, model: ModelOptions | None = None) -> Path:
@@ -426,7 +426,7 @@ def _require_torch() -> None:
 def _present_splits(store_path: Path) -> set[str]:
     if not store_path.exists():
         return set()
-    from nnkcli.store import FeatureStore
+    from nnkcli.storage.store import FeatureStore
 
     try:
         return set(FeatureStore(store_path).splits)

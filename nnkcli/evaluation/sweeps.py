@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from nnkcli.classification import METHODS, _document, check_labelled, open_evaluation, run
+from nnkcli.evaluation.classification import METHODS, _document, check_labelled, open_evaluation, run
 from nnkcli.errors import InputError
 
 _RANGE = re.compile(r"^(\d+)\.\.(\d+)(?::(\d+))?$")

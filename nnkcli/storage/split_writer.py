@@ -8,7 +8,7 @@ are not like that (a kill in the middle of a write can leave one unreadable), wh
 why the staging area is not an HDF5 file.
 
 The split becomes visible in the store only at commit, through the same atomic
-replace as :func:`nnkcli.store.write_split`. With ``resumable=True`` the staging
+replace as :func:`nnkcli.storage.store.write_split`. With ``resumable=True`` the staging
 folder has a fixed name (``.<store>.<split>.partial``) and survives a crash, so a
 rerun continues where the last one stopped; otherwise it is temporary and deleted on
 any error.
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnkcli.atomic import atomic_write_text, temp_path_for
-from nnkcli.checks import STORED_DTYPES, ContentTally, as_row_source, check_split_name, to_stored
+from nnkcli.storage.atomic import atomic_write_text, temp_path_for
+from nnkcli.storage.checks import STORED_DTYPES, ContentTally, as_row_source, check_split_name, to_stored
 from nnkcli.errors import InputError, StoreError
 
 logger = logging.getLogger("nnkcli")
@@ -88,7 +88,7 @@ class SplitWriter:
 
     def __init__(self, store_path, split, *, dim, class_names=None, source, attrs=None, overwrite=False,
                  dtype="float32", expected_rows=None, resumable=False):
-        from nnkcli.store import check_attrs, check_writable, remove_dead_temps
+        from nnkcli.storage.store import check_attrs, check_writable, remove_dead_temps
 
         self.store_path = Path(store_path)
         self.split = check_split_name(split)
@@ -279,7 +279,7 @@ class SplitWriter:
 
     def commit(self) -> dict:
         """Move the written rows into the store atomically; returns the summary."""
-        from nnkcli.store import commit_split
+        from nnkcli.storage.store import commit_split
 
         if self._closed:
             raise StoreError(f"the writer of split '{self.split}' is already closed")

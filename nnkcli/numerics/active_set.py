@@ -1,4 +1,4 @@
-"""The batched Lawson–Hanson active-set engine behind ``nnkcli.solver.nnk_solve``.
+"""The batched Lawson–Hanson active-set engine behind ``nnkcli.numerics.solver.nnk_solve``.
 
 Solves ``min_{theta >= 0} 1/2 theta^T G theta - g^T theta`` for many queries at once.
 Each query runs the classic primal active-set method (Lawson & Hanson, 1974, in its
