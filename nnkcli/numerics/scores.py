@@ -11,6 +11,8 @@ import numpy as np
 from nnkcli.errors import InputError
 
 WEIGHTINGS = ("exp", "similarity", "uniform")
+#: how top-k lists treat classes without score: see ``topk_classes``
+TOP5_RULES = ("strict", "inclusive")
 
 
 def knn_scores(sims, neighbor_labels, n_classes: int, *, weighting: str = "exp",
@@ -89,23 +91,30 @@ def nnk_scores(theta, neighbor_labels, n_classes: int) -> np.ndarray:
         return np.where(total[:, None] > 0, sums / total[:, None], 0.0)
 
 
-def topk_classes(scores, k: int = 5) -> np.ndarray:
-    """The k best classes of each query, best first.
+def topk_classes(scores, k: int = 5, *, rule: str = "strict") -> np.ndarray:
+    """The k best classes of each query, best first, ties to the lower class id.
 
-    Ties go to the lower class id; a class whose score is ``<= 0`` is never listed
-    (its slot holds ``-1``), so a zero-score class can never count as a top-k hit
-    (the DINO k-NN evaluation had that bug, facebookresearch/dino#89).
+    ``rule="strict"`` (default): a class whose score is ``<= 0`` is never listed (its
+    slot holds ``-1``), so a zero-score class can never count as a top-k hit (the DINO
+    k-NN evaluation had that bug, facebookresearch/dino#89).
+    ``rule="inclusive"``: every class is ranked, zero-score ones included, which is what
+    solo-learn, VISSL, DINOv2 and the NNK paper's code compute (they sort all C class
+    scores); when fewer than k classes get any weight, the remaining slots go to
+    zero-score classes in class-id order, which inflates top-k.
 
     Parameters
     ----------
     scores : array_like of shape (B, C), float
     k : int, default=5
         How many classes to list; columns beyond C are ``-1``.
+    rule : {"strict", "inclusive"}, default="strict"
 
     Returns
     -------
     ndarray of shape (B, k), int64
     """
+    if rule not in TOP5_RULES:
+        raise InputError(f"unknown top-5 rule {rule!r}", hint=f"choose one of: {', '.join(TOP5_RULES)}")
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2:
         raise InputError(f"scores must be (B, C), got shape {scores.shape}")
@@ -115,9 +124,12 @@ def topk_classes(scores, k: int = 5) -> np.ndarray:
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
     B, C = scores.shape
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    best = np.take_along_axis(scores, order, axis=1)
-    top = np.where(best > 0, order, -1).astype(np.int64)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # stable: ties keep class-id order
+    if rule == "strict":
+        best = np.take_along_axis(scores, order, axis=1)
+        top = np.where(best > 0, order, -1).astype(np.int64)
+    else:
+        top = order.astype(np.int64)
     if k > C:
         top = np.concatenate([top, np.full((B, k - C), -1, dtype=np.int64)], axis=1)
     return top

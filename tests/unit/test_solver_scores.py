@@ -137,3 +137,38 @@ def test_topk_hits_semantics():
 def test_bad_input_is_an_input_error(call, match):
     with pytest.raises(InputError, match=match):
         call()
+
+
+def naive_top_inclusive(scores, k):
+    """Every class ranked by score, zero-score ones included, ties to the lower id (the peers' rule)."""
+    out = []
+    for row in scores:
+        ranked = sorted(range(len(row)), key=lambda c: (-row[c], c))[:k]
+        out.append(ranked + [-1] * (k - len(ranked)))
+    return np.array(out, dtype=np.int64).reshape(len(scores), k)
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), B=st.integers(0, 6), n_nb=st.integers(1, 8), C=st.integers(1, 12),
+       k=st.integers(1, 7))
+def test_inclusive_top_matches_ranking_oracle_with_ties_and_few_neighbors(seed, B, n_nb, C, k):
+    # scores from n_nb neighbours (often < 5 classes with weight), on a coarse grid so ties are common
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, C, (B, n_nb))
+    sims = rng.integers(1, 4, (B, n_nb)) / 4.0
+    scores = knn_scores(sims, labels, C, weighting="similarity")
+    got = topk_classes(scores, k, rule="inclusive")
+    np.testing.assert_array_equal(got, naive_top_inclusive(scores, k))
+    if B:
+        np.testing.assert_array_equal(topk_classes(scores, k), naive_top(scores, k))  # strict unchanged
+
+
+def test_inclusive_counts_zero_score_classes_strict_does_not():
+    scores = np.array([[0.0, 0.0, 0.7, 0.0, 0.3, 0.0, 0.0]])  # two classes got votes
+    assert topk_classes(scores, 5, rule="inclusive").tolist() == [[2, 4, 0, 1, 3]]
+    assert topk_classes(scores, 5, rule="strict").tolist() == [[2, 4, -1, -1, -1]]
+    labels = np.array([3])  # a zero-score class: a top-5 hit only under the inclusive rule
+    assert topk_hits(topk_classes(scores, 5, rule="inclusive"), labels)[0, 4]
+    assert not topk_hits(topk_classes(scores, 5), labels)[0, 4]
+    with pytest.raises(InputError, match="top-5 rule"):
+        topk_classes(scores, 5, rule="loose")
