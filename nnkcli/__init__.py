@@ -38,6 +38,9 @@ _EXPORTS = {
     "NnkResult": "nnkcli.numerics.solver",
     "evaluate_sources": "nnkcli.tracking.runner",
     "read_history": "nnkcli.tracking.history",
+    "NNKClassifier": "nnkcli.estimators",
+    "WeightedKNNClassifier": "nnkcli.estimators",
+    "evaluate_features": "nnkcli.evaluation.in_memory",
 }
 
 __all__ = ["__version__", *_EXPORTS]

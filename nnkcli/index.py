@@ -362,3 +362,23 @@ def index_store(
         "bytes": out.stat().st_size,
         "build_s": round(build_s, 3),
     }
+
+
+def flat_index_of_rows(rows: np.ndarray, *, name: str = "in-memory") -> NnkIndex:
+    """An exact inner-product index over rows normalised by the caller (in-memory evaluation).
+
+    Parameters
+    ----------
+    rows : ndarray, shape (n, d), float32
+        Unit rows (or all-zero rows, which are then similar to nothing: inner product 0).
+    name : str
+        The fingerprint's split name.
+    """
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    if rows.ndim != 2 or rows.shape[0] < 1:
+        raise InputError(f"cannot index rows of shape {rows.shape}", hint="give a non-empty (n, d) array")
+    index = faiss.IndexFlatIP(int(rows.shape[1]))
+    for start in range(0, rows.shape[0], DEFAULT_ADD_CHUNK):
+        index.add(rows[start : start + DEFAULT_ADD_CHUNK])
+    fingerprint = Fingerprint(split=name, n=int(rows.shape[0]), dim=int(rows.shape[1]), content_sha256="in-memory")
+    return NnkIndex(index=index, fingerprint=fingerprint, params=IndexParams())
