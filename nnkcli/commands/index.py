@@ -8,6 +8,18 @@ from nnkcli.cli import command_options, get_ui
 from nnkcli.output import Column, render
 
 
+def _parse_memory(ctx, param, value):
+    if value is None:
+        return None
+    from nnkcli.errors import InputError
+    from nnkcli.shards import parse_size
+
+    try:
+        return parse_size(value)
+    except InputError as exc:
+        raise click.BadParameter(f"{exc.message} ({exc.hint})") from None
+
+
 @click.command("index")
 @click.argument("store", type=click.Path(dir_okay=False))
 @click.option("--split", default="train", show_default=True, help="Split to index.")
@@ -20,9 +32,14 @@ from nnkcli.output import Column, render
 @click.option("--hnsw-m", type=int, default=32, show_default=True, help="hnsw: graph degree.")
 @click.option("--ef-search", type=int, default=None, help="hnsw: search depth (default max(64, k)).")
 @click.option("--ef-construction", type=int, default=80, show_default=True, help="hnsw: build depth.")
+@click.option("--shards", "n_shards", type=click.IntRange(min=1), default=None,
+              help="Build M index files over contiguous row ranges (peak memory: one shard plus a query chunk).")
+@click.option("--max-memory", "max_memory", callback=_parse_memory, default=None, metavar="SIZE",
+              help="Pick the number of shards so one shard plus a query chunk fits in SIZE (e.g. 8G).")
 @click.option("--threads", type=int, default=None, help="Threads for building (default: all cores).")
 @command_options
-def index(store, split, out, index_type, nlist, nprobe, hnsw_m, ef_search, ef_construction, threads, fmt):
+def index(store, split, out, index_type, nlist, nprobe, hnsw_m, ef_search, ef_construction, n_shards, max_memory,
+          threads, fmt):
     """Build the cosine-similarity index of a split and save it beside STORE.
 
     Features are L2-normalised and added in chunks (bounded memory). The index file
@@ -34,14 +51,30 @@ def index(store, split, out, index_type, nlist, nprobe, hnsw_m, ef_search, ef_co
       nnk index feats.h5                         # exact, feats.train.faiss
       nnk index feats.h5 --type ivf --nlist 4096 --nprobe 64
       nnk index feats.h5 --type hnsw --out /fast/disk/feats.hnsw.faiss
+      nnk index feats.h5 --shards 4              # 4 shard files + the manifest feats.train.faiss
+      nnk index feats.h5 --max-memory 8G         # as many shards as 8 GiB needs
     """
-    from nnkcli.index import IndexParams, index_store
+    from nnkcli import shards
+    from nnkcli.evaluation.classification import CHUNK_MEMORY_BUDGET
+    from nnkcli.index import IndexParams, default_index_path, index_store
 
     ui = get_ui()
     params = IndexParams(index_type=index_type, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
                          ef_search=ef_search, ef_construction=ef_construction)
-    summary = index_store(store, split=split, out=out, params=params, threads=threads,
-                          progress_factory=ui.progress)
+    if n_shards is not None and max_memory is not None:
+        raise click.UsageError("give --shards or --max-memory, not both")
+    if n_shards is not None or max_memory is not None:
+        summary = shards.index_store_sharded(
+            store, split=split, out=out, params=params, n_shards=n_shards, max_memory=max_memory,
+            chunk_bytes=CHUNK_MEMORY_BUDGET, threads=threads, progress_factory=ui.progress,
+        )
+    else:
+        summary = index_store(store, split=split, out=out, params=params, threads=threads,
+                              progress_factory=ui.progress)
+        # a single index replaced a sharded one at this path: its shard files are no longer used
+        shards.remove_unreferenced(out if out is not None else default_index_path(store, split))
     columns = [Column("index", justify="left"), Column("split", justify="left"), Column("n"), Column("dim"),
                Column("type", justify="left"), Column("bytes"), Column("build_s", "build s", ".2f")]
+    if "shards" in summary:
+        columns.insert(5, Column("shards"))
     render(summary, fmt=fmt, columns=columns, rows=[summary])

@@ -134,6 +134,10 @@ class Evaluation:
         self.n_classes = max(len(names) if names else 0, top_label + 1, 1)
         self.class_names = list(names) if names else [str(c) for c in range(self.n_classes)]
         self.index, self.index_info = self._resolve_index(index_path, rebuild_index, progress_factory)
+        from nnkcli.evaluation.search import IndexSearcher, ShardedSearcher
+
+        # the one object the scoring code asks for neighbors (evaluation.search)
+        self.searcher = ShardedSearcher(self.index) if self.index_info.get("shards") else IndexSearcher(self.index)
 
     def _resolve_index(self, index_path, rebuild_index, progress_factory):
         from nnkcli import index as nnk_index
@@ -141,6 +145,10 @@ class Evaluation:
         explicit = index_path is not None
         path = Path(index_path) if explicit else nnk_index.default_index_path(self.store_path, self.train.name)
         info = {"path": str(path), "built_in_memory": False, "rebuilt": False}
+        from nnkcli import shards
+
+        if shards.is_manifest(path):
+            return self._resolve_manifest(path, rebuild_index, progress_factory, info)
         if path.exists():
             loaded = None
             try:
@@ -167,6 +175,29 @@ class Evaluation:
         built = self._build(nnk_index.IndexParams(), progress_factory)
         info.update(path=None, built_in_memory=True, type="flat")
         return built, info
+
+    def _resolve_manifest(self, path, rebuild_index, progress_factory, info):
+        """A sharded index (``nnk index --shards M``): the manifest is checked now, each shard when loaded."""
+        from nnkcli import shards
+
+        manifest = None
+        try:
+            manifest = shards.Manifest(path)
+            manifest.check_fresh(self.train, store_path=self.store_path)
+        except shards.IndexFileError as exc:
+            if not rebuild_index or manifest is None:
+                raise
+            logger.warning(f"{exc.message}; rebuilding it (--rebuild-index)")
+            if progress_factory is not None:
+                with progress_factory(self.train.n, "indexing") as advance:
+                    manifest = shards.build_sharded(self.train, path, manifest.n_shards, manifest.params,
+                                                    store_path=self.store_path, progress=advance)
+            else:
+                manifest = shards.build_sharded(self.train, path, manifest.n_shards, manifest.params,
+                                                store_path=self.store_path)
+            info["rebuilt"] = True
+        info.update(type=manifest.params.index_type, shards=manifest.n_shards)
+        return manifest, info
 
     def _build(self, params, progress_factory):
         from nnkcli import index as nnk_index
@@ -196,6 +227,8 @@ class Evaluation:
                 )
 
     def close(self) -> None:
+        if getattr(self, "searcher", None) is not None:
+            self.searcher.close()
         self.store.close()
 
     def __enter__(self):
@@ -225,43 +258,11 @@ class ChunkResult:
 
 
 def neighbours(ev: Evaluation, q: np.ndarray, start: int, k: int, exclude_self: bool):
-    """Search, drop each query's own row under leave-one-out, re-rank exactly.
+    """Search, drop each query's own row under leave-one-out, re-rank exactly (see ``evaluation.search``).
 
-    Returns ids (B, k) int64, sims (B, k) float64, X (B, k, d) float32 neighbour vectors.
+    Returns ids (B, k) int64, sims (B, k) float64, X (B, k, d) float32 neighbour vectors, missing (B, k) bool.
     """
-    extra = 1 if exclude_self else 0
-    _, ids = ev.index.search(q, k + extra)
-    if exclude_self:
-        own = np.arange(start, start + len(q), dtype=np.int64)[:, None]
-        is_own = ids == own
-        # drop the query's own row where found, else the last (least similar) one
-        drop = np.where(is_own.any(axis=1), is_own.argmax(axis=1), k)
-        keep = np.ones(ids.shape, dtype=bool)
-        keep[np.arange(len(ids)), drop] = False
-        ids = ids[keep].reshape(len(ids), k)
-    missing = ids < 0  # approximate indexes may return fewer than k
-    safe_ids = np.where(missing, 0, ids)
-    X = ev.index.vectors(safe_ids)
-    # float64 accumulation without a float64 copy of X (which would double the chunk's memory)
-    sims = np.einsum("bkd,bd->bk", X, q, dtype=np.float64)
-    sims[missing] = -np.inf
-    # exact order: similarity descending, then row id ascending; faiss's order almost
-    # always agrees, so only the rows where it does not are permuted
-    order = _rank(sims, safe_ids)
-    moved = np.flatnonzero((order != np.arange(k)).any(axis=1))
-    if moved.size:
-        o = order[moved]
-        take = np.take_along_axis
-        ids[moved], sims[moved], missing[moved] = take(ids[moved], o, 1), take(sims[moved], o, 1), take(missing[moved], o, 1)
-        X[moved] = take(X[moved], o[:, :, None], 1)
-    return ids, sims, X, missing
-
-
-def _rank(sims: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Per row: indices sorting by similarity descending, ties by id ascending."""
-    order = np.argsort(ids, axis=1, kind="stable")
-    by_sim = np.argsort(-np.take_along_axis(sims, order, 1), axis=1, kind="stable")
-    return np.take_along_axis(order, by_sim, 1)
+    return ev.searcher.neighbors(q, start, k, exclude_self)
 
 
 def score_chunk(

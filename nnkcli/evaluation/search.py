@@ -1,0 +1,168 @@
+"""Searchers: given a block of normalized queries and K, the exact-re-ranked K nearest train rows.
+
+This is the seam between "where the train vectors live" and the scoring code. Every
+searcher returns the same thing, so the NNK and k-NN stages never know whether the
+neighbors came from one faiss index, from several index shards searched one after
+another, or from a torch matmul on a GPU:
+
+``ids``      (B, K) int64    row ids into the train split, most similar first (-1 = missing)
+``sims``     (B, K) float64  cosine similarity recomputed exactly from the stored vectors
+``X``        (B, K, d) float32 the neighbors' stored (normalized) vectors
+``missing``  (B, K) bool     True where an approximate index returned fewer than K
+
+The exact order is similarity descending, then row id ascending. It does not depend
+on faiss's blocking, the chunk size, the thread count or the number of shards: a
+candidate set is re-ranked in float64 and merged with :func:`merge_topk`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import numpy as np
+
+
+class Searcher(Protocol):
+    """What the scoring code needs from the train side."""
+
+    n: int  # train rows
+    dim: int
+
+    def neighbors(self, q: np.ndarray, start: int, k: int, exclude_self: bool):
+        """(ids, sims, X, missing) for queries ``q`` (B, d) float32, rows ``start..start+B`` of the query split."""
+
+    def close(self) -> None:
+        """Release what the searcher holds (indexes, device memory)."""
+
+
+def drop_own_rows(ids: np.ndarray, start: int, k: int) -> np.ndarray:
+    """Leave-one-out: from candidate ids (B, c) remove each query's own row, keep the best ``k`` (-1 padded).
+
+    Query ``i`` of the block is train row ``start + i`` (the query split is the train split).
+    A row without its own id among c = k+1 candidates loses its last (least similar) one.
+    """
+    own = np.arange(start, start + len(ids), dtype=np.int64)[:, None]
+    ids = np.where(ids == own, -1, ids)
+    ids = np.take_along_axis(ids, np.argsort(ids < 0, axis=1, kind="stable"), 1)[:, :k]
+    if ids.shape[1] < k:
+        ids = np.concatenate([ids, np.full((len(ids), k - ids.shape[1]), -1, dtype=np.int64)], axis=1)
+    return ids
+
+
+def rank_order(sims: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per row: indices sorting by similarity descending, ties by id ascending (missing ids last)."""
+    key_ids = np.where(ids < 0, np.iinfo(np.int64).max, ids)
+    order = np.argsort(key_ids, axis=1, kind="stable")
+    by_sim = np.argsort(-np.take_along_axis(sims, order, 1), axis=1, kind="stable")
+    return np.take_along_axis(order, by_sim, 1)
+
+
+def rerank(q: np.ndarray, ids: np.ndarray, vectors: Callable[[np.ndarray], np.ndarray]):
+    """Exact float64 similarities of candidate ``ids`` (B, c) and their order; returns (ids, sims, X, missing).
+
+    ``vectors(safe_ids)`` returns the stored vectors (B, c, d) float32 of ids (all >= 0).
+    """
+    missing = ids < 0
+    safe_ids = np.where(missing, 0, ids)
+    X = vectors(safe_ids)
+    # float64 accumulation without a float64 copy of X (which would double the chunk's memory)
+    sims = np.einsum("bkd,bd->bk", X, q, dtype=np.float64)
+    sims[missing] = -np.inf
+    ids = np.where(missing, -1, ids)
+    # faiss's order almost always agrees, so only the rows where it does not are permuted
+    order = rank_order(sims, ids)
+    moved = np.flatnonzero((order != np.arange(ids.shape[1])).any(axis=1))
+    if moved.size:
+        o = order[moved]
+        take = np.take_along_axis
+        ids[moved], sims[moved], missing[moved] = take(ids[moved], o, 1), take(sims[moved], o, 1), take(missing[moved], o, 1)
+        X[moved] = take(X[moved], o[:, :, None], 1)
+    return ids, sims, X, missing
+
+
+def merge_topk(a, b, k: int):
+    """Merge two re-ranked candidate sets (ids, sims, X, missing) of the same queries into the best ``k``.
+
+    The result is what re-ranking the union would give: the exact order (similarity
+    descending, id ascending) is total, so merging shard by shard in any order gives
+    the same top k as one search over all rows.
+    """
+    ids = np.concatenate([a[0], b[0]], axis=1)
+    sims = np.concatenate([a[1], b[1]], axis=1)
+    order = rank_order(sims, ids)[:, :k]
+    take = np.take_along_axis
+    X = np.concatenate([a[2], b[2]], axis=1)
+    missing = np.concatenate([a[3], b[3]], axis=1)
+    return take(ids, order, 1), take(sims, order, 1), take(X, order[:, :, None], 1), take(missing, order, 1)
+
+
+class IndexSearcher:
+    """One faiss index (:class:`nnkcli.index.NnkIndex`) holding every train row."""
+
+    def __init__(self, nnk_index, offset: int = 0):
+        self.index = nnk_index
+        self.offset = int(offset)  # global row id of the index's row 0 (a shard's first row)
+        self.n = nnk_index.n
+        self.dim = nnk_index.dim
+
+    def candidates(self, q: np.ndarray, start: int, k: int, exclude_self: bool):
+        """Exact-re-ranked top ``k`` of this index (ids global, -1 padded when it holds fewer rows)."""
+        k_here = min(k + (1 if exclude_self else 0), self.n)
+        _, local = self.index.search(q, k_here)
+        ids = np.where(local < 0, -1, local + self.offset)
+        if exclude_self:
+            ids = drop_own_rows(ids, start, k)
+        elif ids.shape[1] < k:
+            ids = np.concatenate([ids, np.full((len(ids), k - ids.shape[1]), -1, dtype=np.int64)], axis=1)
+        return rerank(q, ids, self._vectors)
+
+    def _vectors(self, global_ids: np.ndarray) -> np.ndarray:
+        if not self.offset:
+            return self.index.vectors(global_ids)
+        # missing candidates arrive as id 0, which may lie outside this shard: any local row will do
+        return self.index.vectors(np.clip(global_ids - self.offset, 0, self.n - 1))
+
+    def neighbors(self, q: np.ndarray, start: int, k: int, exclude_self: bool):
+        return self.candidates(q, start, k, exclude_self)
+
+    def close(self) -> None:
+        self.index = None
+
+
+
+class ShardedSearcher:
+    """Index shards (:class:`nnkcli.shards.Manifest`) searched one after another, top k merged exactly.
+
+    At most one shard is loaded at a time. Consecutive query chunks walk the shards
+    in alternating directions, so the shard loaded last is reused by the next chunk.
+    """
+
+    def __init__(self, manifest):
+        self.manifest = manifest
+        self.n = manifest.fingerprint.n
+        self.dim = manifest.fingerprint.dim
+        self._loaded: tuple[int, IndexSearcher] | None = None
+        self._forward = True
+        self.loads = 0  # shard files read so far (reported in the timing)
+
+    def _shard(self, i: int) -> IndexSearcher:
+        if self._loaded is None or self._loaded[0] != i:
+            self._loaded = None  # free the previous shard before reading the next
+            searcher = IndexSearcher(self.manifest.load(i), offset=self.manifest.shards[i]["start"])
+            self._loaded = (i, searcher)
+            self.loads += 1
+        return self._loaded[1]
+
+    def neighbors(self, q: np.ndarray, start: int, k: int, exclude_self: bool):
+        order = range(self.manifest.n_shards)
+        if not self._forward:
+            order = reversed(order)
+        self._forward = not self._forward
+        best = None
+        for i in order:
+            found = self._shard(i).candidates(q, start, k, exclude_self)
+            best = found if best is None else merge_topk(best, found, k)
+        return best
+
+    def close(self) -> None:
+        self._loaded = None

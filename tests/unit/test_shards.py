@@ -1,0 +1,200 @@
+"""Sharded train indexes (nnkcli.shards + evaluation.search.ShardedSearcher) against brute force and the unsharded run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from nnkcli import shards
+from nnkcli.errors import IndexFileError, InputError, StaleIndexError
+from nnkcli.evaluation.classification import classify
+from nnkcli.evaluation.search import merge_topk, rank_order
+from nnkcli.evaluation.sweeps import sweep
+from nnkcli.index import IndexParams, index_store
+from nnkcli.storage.store import write_split
+
+
+def _data(n, nq, d, seed, n_classes=4):
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(n_classes, d))
+    yt, yq = rng.integers(0, n_classes, n), rng.integers(0, n_classes, nq)
+    xt = (means[yt] + 1.3 * rng.normal(size=(n, d))).astype(np.float32)
+    xq = (means[yq] + 1.3 * rng.normal(size=(nq, d))).astype(np.float32)
+    return xt, yt, xq, yq
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("shards") / "s.h5"
+    xt, yt, xq, yq = _data(203, 37, 12, seed=3)
+    write_split(path, "train", xt, yt, source="test")
+    write_split(path, "val", xq, yq, source="test")
+    return path, xt, xq
+
+
+def _brute(xt, xq, k, exclude_self=False):
+    """Float64 cosine, ties by row id: the exact neighbor order."""
+    a = xt / np.linalg.norm(xt.astype(np.float64), axis=1, keepdims=True)
+    b = xq / np.linalg.norm(xq.astype(np.float64), axis=1, keepdims=True)
+    s = b @ a.T
+    out = []
+    for i, row in enumerate(s):
+        order = np.lexsort((np.arange(len(row)), -row))
+        if exclude_self:
+            order = order[order != i]
+        out.append(order[:k])
+    return np.array(out)
+
+
+def _neighbors(doc_path):
+    import h5py
+
+    with h5py.File(doc_path, "r") as f:
+        return f["neighbors"][()], f["knn/top5"][()], f["nnk/top5"][()]
+
+
+@pytest.mark.parametrize("n_shards", [1, 2, 5, 120])  # uneven sizes; M > n/2 (shards of 1 and 2 rows)
+def test_sharded_equals_unsharded_and_brute_force(store, tmp_path, n_shards):
+    path, xt, xq = store
+    single = tmp_path / "single.faiss"
+    index_store(path, out=single)
+    manifest = tmp_path / "sharded.faiss"
+    summary = shards.index_store_sharded(path, out=manifest, n_shards=n_shards)
+    assert summary["shards"] == n_shards and sum(summary["shard_rows"]) == 203
+    assert max(summary["shard_rows"]) - min(summary["shard_rows"]) <= 1
+    a = classify(path, k=9, index_path=single, predictions_path=tmp_path / "a.h5", chunk_size=20)
+    b = classify(path, k=9, index_path=manifest, predictions_path=tmp_path / "b.h5", chunk_size=20)
+    assert a["results"] == b["results"]
+    assert b["index"]["shards"] == n_shards
+    na, ka, ta = _neighbors(tmp_path / "a.h5")
+    nb, kb, tb = _neighbors(tmp_path / "b.h5")
+    np.testing.assert_array_equal(nb, _brute(xt, xq, 9))
+    np.testing.assert_array_equal(na, nb)
+    np.testing.assert_array_equal(ka, kb)
+    np.testing.assert_array_equal(ta, tb)
+
+
+@pytest.mark.parametrize("n_shards", [3, 120])
+def test_sharded_sweep_and_leave_one_out(store, tmp_path, n_shards):
+    path, xt, _ = store
+    single, manifest = tmp_path / "single.faiss", tmp_path / "sharded.faiss"
+    index_store(path, out=single)
+    shards.index_store_sharded(path, out=manifest, n_shards=n_shards)
+    kw = dict(k_values=[1, 4, 10], query_split="train", exclude_self=True, chunk_size=128)
+    a = sweep(path, index_path=single, **kw).document
+    b = sweep(path, index_path=manifest, **kw).document
+    assert a["results"] == b["results"] and a["best"] == b["best"]
+    classify(path, k=5, index_path=manifest, query_split="train", exclude_self=True,
+             predictions_path=tmp_path / "loo.h5")
+    np.testing.assert_array_equal(_neighbors(tmp_path / "loo.h5")[0], _brute(xt, xt, 5, exclude_self=True))
+
+
+def test_default_path_finds_the_manifest_and_rebuild_replaces_old_shards(tmp_path):
+    xt, yt, xq, yq = _data(50, 8, 6, seed=1)
+    path = tmp_path / "f.h5"
+    write_split(path, "train", xt, yt, source="test")
+    write_split(path, "val", xq, yq, source="test")
+    shards.index_store_sharded(path, n_shards=3)
+    first = sorted(p.name for p in tmp_path.glob("f.train.*.shard-*"))
+    assert len(first) == 3 and shards.is_manifest(tmp_path / "f.train.faiss")
+    doc = classify(path, k=3)
+    assert doc["index"]["shards"] == 3 and not doc["index"]["built_in_memory"]
+    shards.index_store_sharded(path, n_shards=2)
+    second = sorted(p.name for p in tmp_path.glob("f.train.*.shard-*"))
+    assert len(second) == 2 and not set(first) & set(second)
+
+
+def test_stale_or_missing_shard_names_it(tmp_path):
+    xt, yt, xq, yq = _data(60, 8, 6, seed=2)
+    path = tmp_path / "f.h5"
+    write_split(path, "train", xt, yt, source="test")
+    write_split(path, "val", xq, yq, source="test")
+    shards.index_store_sharded(path, n_shards=3)
+    m = shards.Manifest(tmp_path / "f.train.faiss")
+    # a shard file of another build (other rows) put in place of shard 2
+    other = tmp_path / "other.faiss"
+    shards.index_store_sharded(path, out=other, n_shards=2)
+    shards.Manifest(other).file(1).replace(m.file(1))
+    with pytest.raises(StaleIndexError, match=r"shard 2 of 3 .*rows 20:40.* is stale"):
+        classify(path, k=3)
+    m.file(1).unlink()
+    with pytest.raises(IndexFileError, match=r"shard 2 of 3 .* is missing"):
+        classify(path, k=3)
+    # --rebuild-index rebuilds the same number of shards
+    doc = classify(path, k=3, rebuild_index=True)
+    assert doc["index"]["rebuilt"] and doc["index"]["shards"] == 3
+    # the split changed: the manifest is stale and says so
+    write_split(path, "train", xt[:-1], yt[:-1], source="test", overwrite=True)
+    with pytest.raises(StaleIndexError, match="sharded index .* is stale"):
+        classify(path, k=3)
+
+
+def test_failed_build_keeps_the_old_manifest(tmp_path, monkeypatch):
+    xt, yt, _, _ = _data(40, 4, 5, seed=4)
+    path = tmp_path / "f.h5"
+    write_split(path, "train", xt, yt, source="test")
+    shards.index_store_sharded(path, n_shards=2)
+    before = (tmp_path / "f.train.faiss").read_bytes()
+    files = sorted(tmp_path.glob("f.train.*.shard-*"))
+    import nnkcli.index as nnk_index
+
+    real, calls = nnk_index.save_index, []
+
+    def fail_on_third(built, p):
+        calls.append(p)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(built, p)
+
+    monkeypatch.setattr(nnk_index, "save_index", fail_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        shards.index_store_sharded(path, n_shards=4)
+    assert (tmp_path / "f.train.faiss").read_bytes() == before
+    assert sorted(tmp_path.glob("f.train.*.shard-*")) == files
+
+
+def test_max_memory_picks_shards_or_says_what_fits():
+    params = IndexParams()
+    row = 4 * 384
+    assert shards.shards_for_memory(1_281_167, 384, params, 8 * 2**30, 512 * 2**20) == 1
+    m = shards.shards_for_memory(1_281_167, 384, params, 1 * 2**30, 512 * 2**20)
+    assert np.ceil(1_281_167 / m) * row + 512 * 2**20 <= 2**30
+    assert np.ceil(1_281_167 / (m - 1)) * row + 512 * 2**20 > 2**30
+    with pytest.raises(InputError, match="cannot hold one index shard plus a query chunk") as exc:
+        shards.shards_for_memory(1_281_167, 384, params, 513 * 2**20, 512 * 2**20)
+    assert "give --max-memory" in exc.value.hint
+
+
+@pytest.mark.parametrize("text,value", [("8G", 8 * 2**30), ("512M", 512 * 2**20), ("1.5g", int(1.5 * 2**30)),
+                                        ("100", 100), ("2GiB", 2 * 2**30)])
+def test_parse_size(text, value):
+    assert shards.parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "8X", "-1G", "0", "G"])
+def test_parse_size_rejects(text):
+    with pytest.raises(InputError):
+        shards.parse_size(text)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 9), st.integers(0, 2**31 - 1))
+def test_merge_topk_equals_ranking_the_union(n_parts, k, seed):
+    """Merging per-part top k one part at a time == sorting all candidates (ties by id)."""
+    rng = np.random.default_rng(seed)
+    B, n = 3, n_parts * k
+    ids = rng.permutation(10 * n)[:n].reshape(1, n).repeat(B, 0)
+    sims = rng.integers(0, 4, size=(B, n)).astype(np.float64)  # many ties
+    X = rng.normal(size=(B, n, 2)).astype(np.float32)
+    best = None
+    for p in range(n_parts):
+        sl = slice(p * k, (p + 1) * k)
+        o = rank_order(sims[:, sl], ids[:, sl])  # each part arrives re-ranked, as a searcher returns it
+        t = np.take_along_axis
+        part = (t(ids[:, sl], o, 1), t(sims[:, sl], o, 1), t(X[:, sl], o[:, :, None], 1), np.zeros((B, k), bool))
+        best = part if best is None else merge_topk(best, part, k)
+    for b in range(B):
+        oracle = sorted(range(n), key=lambda j: (-sims[b, j], ids[b, j]))[:k]
+        np.testing.assert_array_equal(best[0][b], ids[b, oracle])
+        np.testing.assert_array_equal(best[2][b], X[b, oracle])
