@@ -134,10 +134,10 @@ class Evaluation:
         self.n_classes = max(len(names) if names else 0, top_label + 1, 1)
         self.class_names = list(names) if names else [str(c) for c in range(self.n_classes)]
         self.index, self.index_info = self._resolve_index(index_path, rebuild_index, progress_factory)
-        from nnkcli.evaluation.search import IndexSearcher, ShardedSearcher
+        if self.index_info.get("shards"):
+            from nnkcli.evaluation.search import ShardedSearcher
 
-        # the one object the scoring code asks for neighbors (evaluation.search)
-        self.searcher = ShardedSearcher(self.index) if self.index_info.get("shards") else IndexSearcher(self.index)
+            self._searcher = ShardedSearcher(self.index)
 
     def _resolve_index(self, index_path, rebuild_index, progress_factory):
         from nnkcli import index as nnk_index
@@ -226,9 +226,19 @@ class Evaluation:
                     hint=f"the largest valid k is {largest}",
                 )
 
+    @property
+    def searcher(self):
+        """The one object the scoring code asks for neighbors (see ``nnkcli.evaluation.search``)."""
+        found = self.__dict__.get("_searcher")
+        if found is None:  # one faiss index (subclasses that set only ``index`` get this too)
+            from nnkcli.evaluation.search import IndexSearcher
+
+            found = self._searcher = IndexSearcher(self.index)
+        return found
+
     def close(self) -> None:
-        if getattr(self, "searcher", None) is not None:
-            self.searcher.close()
+        if self.__dict__.get("_searcher") is not None:
+            self._searcher.close()
         self.store.close()
 
     def __enter__(self):
