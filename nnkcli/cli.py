@@ -1,22 +1,33 @@
 """The ``nnk`` command line: a thin click layer over the nnkcli library.
 
 Each command parses its options, calls one core function and renders the result.
-``NnkGroup.invoke`` is the one place that maps exceptions to exit codes:
-``NnkError`` -> ``Error: ...`` / ``Hint: ...`` and its exit code (traceback only with
-``-v``), Ctrl-C -> 130, anything unexpected -> a short message and exit 1.
+``NnkGroup.invoke`` (with ``main`` around it, for what happens before and after a
+command) is the one place that maps exceptions to exit codes: ``NnkError`` ->
+``Error: ...`` / ``Hint: ...`` and its exit code (traceback only with ``-v``), a full
+disk or an unwritable folder -> a clean error naming the file, Ctrl-C -> 130,
+SIGTERM -> 143 and SIGHUP -> 129 (both unwound like Ctrl-C, so temporary files are
+removed), a closed pipe (``nnk info | head -1``) -> a quiet exit 0, anything
+unexpected -> a short message and exit 1.
 """
 
 from __future__ import annotations
 
-import importlib
+import os
+import signal
 import sys
-import traceback
 
-import click
+try:  # a Ctrl-C while the modules load is an interrupt too, not a traceback
+    import importlib
+    import traceback
 
-from nnkcli import __version__
-from nnkcli.errors import ExitCode, NnkError
-from nnkcli.output import FORMATS, Ui, configure_logging
+    import click
+
+    from nnkcli import __version__
+    from nnkcli.errors import ExitCode, NnkError, Terminated
+    from nnkcli.output import FORMATS, Ui, configure_logging
+except KeyboardInterrupt:  # pragma: no cover - exercised in a subprocess test
+    sys.stderr.write("Interrupted.\n")
+    os._exit(130)
 
 # command name -> "module:attribute"; imported only when used, so `nnk --help`
 # does not pay for importing faiss, h5py or torch.
@@ -103,19 +114,53 @@ class NnkGroup(click.Group):
         except NnkError as exc:
             _report(ctx, exc, f"Error: {exc.message}", exc.hint)
             ctx.exit(int(exc.exit_code))
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            ctx.exit(int(ExitCode.INTERRUPTED))
+        except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM/SIGHUP (Terminated)
+            ctx.exit(_interrupted(exc))
         except BrokenPipeError:
-            # stdout closed early (`nnk ... | head`): nothing more to say
-            sys.stderr.close()
-            ctx.exit(int(ExitCode.DATA_ERROR))
+            ctx.exit(_pipe_closed())
         except Exception as exc:  # an nnkcli bug, or an environment problem we did not foresee
-            _report(
-                ctx, exc, f"Error: unexpected {type(exc).__name__}: {exc}",
-                "rerun with -v for the traceback, and please report it",
-            )
+            from nnkcli.storage.atomic import is_no_space, output_error
+
+            known = None
+            if isinstance(exc, OSError) and exc.filename:
+                known = output_error(exc, exc.filename)
+            elif is_no_space(exc):
+                known = output_error(exc, "an output file")
+            if known is not None:
+                _report(ctx, exc, f"Error: {known.message}", known.hint)
+            else:
+                _report(
+                    ctx, exc, f"Error: unexpected {type(exc).__name__}: {exc}",
+                    "rerun with -v for the traceback, and please report it",
+                )
             ctx.exit(int(ExitCode.DATA_ERROR))
+
+
+def _interrupted(exc: BaseException | None) -> int:
+    """Say how the run was stopped; the exit code (130, or 128 + the signal)."""
+    if isinstance(exc, Terminated):
+        click.echo(f"Terminated ({exc.name}).", err=True)
+        return exc.exit_code
+    click.echo("Interrupted.", err=True)
+    return int(ExitCode.INTERRUPTED)
+
+
+def _pipe_closed() -> int:
+    """stdout's reader went away (``nnk ... | head``): stop quietly with 0, like ``cat``
+    under a shell that ignores SIGPIPE; the rest of stdout goes to /dev/null so that
+    the interpreter's final flush cannot complain."""
+    with _suppress_os_errors():
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return int(ExitCode.OK)
+
+
+class _suppress_os_errors:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        return exc_type is not None and issubclass(exc_type, (OSError, ValueError, AttributeError))
 
 
 def _report(ctx: click.Context, exc: BaseException, line: str, hint: str | None) -> None:
@@ -146,10 +191,71 @@ def cli():
 
     \b
     Exit codes: 0 ok, 1 data or user error, 2 usage error,
-    3 a quality gate failed, 130 interrupted.
+    3 a quality gate failed, 129 hung up (SIGHUP),
+    130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
 
 
+_STOP_SIGNALS = {"SIGTERM": getattr(signal, "SIGTERM", None), "SIGHUP": getattr(signal, "SIGHUP", None)}
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum, signal.Signals(signum).name)
+
+
+def _exit_at_once(signum, frame):  # pragma: no cover - exercised in a subprocess test
+    os._exit(130 if signum == signal.SIGINT else 128 + signum)
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGHUP unwind the stack like Ctrl-C (so every temporary file is removed)."""
+    for signum in _STOP_SIGNALS.values():
+        if signum is not None and signal.getsignal(signum) in (signal.SIG_DFL, None):
+            signal.signal(signum, _raise_terminated)
+
+
+def _exit_on_late_signals() -> None:
+    """After the command: a Ctrl-C/SIGTERM while the interpreter shuts down exits 130/143 at once
+    (instead of ``Exception ignored ... KeyboardInterrupt`` and exit 0)."""
+    for signum in (signal.SIGINT, *(s for s in _STOP_SIGNALS.values() if s is not None)):
+        signal.signal(signum, _exit_at_once)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
-    cli.main(args=argv, prog_name="nnk")
+    """Console-script entry point: run one command and exit with its documented code."""
+    code = run(argv)
+    if sys.stdout is not None:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            code = _pipe_closed() if code == 0 else code
+        except OSError as exc:
+            click.echo(f"Error: cannot write the results to standard output: {exc.strerror}", err=True)
+            code = int(ExitCode.DATA_ERROR)
+    _exit_on_late_signals()
+    sys.exit(code)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (what ``main`` exits with)."""
+    try:
+        install_signal_handlers()
+        if sys.stdout is None:  # started with stdout closed (`nnk ... >&-`)
+            click.echo("Error: standard output is closed, so the results could not be written", err=True)
+            click.echo("Hint: redirect it to a file instead (> results.txt), or to /dev/null", err=True)
+            return int(ExitCode.DATA_ERROR)
+        try:
+            rv = cli.main(args=argv, prog_name="nnk", standalone_mode=False)
+        except click.exceptions.Abort as exc:
+            if isinstance(exc.__cause__, KeyboardInterrupt):  # click wraps a Ctrl-C while parsing
+                return _interrupted(exc.__cause__)
+            click.echo("Aborted!", err=True)
+            return int(ExitCode.DATA_ERROR)
+        except click.ClickException as exc:
+            exc.show()
+            return int(exc.exit_code)
+        return int(rv) if isinstance(rv, int) else 0
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
+    except BrokenPipeError:
+        return _pipe_closed()

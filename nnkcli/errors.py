@@ -19,8 +19,12 @@ class ExitCode(IntEnum):
     USAGE = 2
     #: a quality gate (``--min-top1``, ``--fail-on-regression``) failed
     GATE_FAILED = 3
+    #: the terminal went away (SIGHUP): 128 + 1, cleaned up like Ctrl-C
+    HANGUP = 129
     #: interrupted by Ctrl-C / SIGINT
     INTERRUPTED = 130
+    #: terminated by SIGTERM (cron, ``timeout``, systemd): 128 + 15, cleaned up like Ctrl-C
+    TERMINATED = 143
 
 
 class NnkError(Exception):
@@ -49,6 +53,14 @@ class IndexFileError(NnkError):
     """A saved index is missing, corrupt, or does not fit the store."""
 
 
+class OutputError(NnkError):
+    """An output cannot be written: a full disk, a read-only folder, a missing permission."""
+
+
+class LockTimeout(NnkError):
+    """Another process held a lock for longer than ``--lock-timeout``."""
+
+
 class StaleIndexError(IndexFileError):
     """A saved index was built from different data than the store now holds."""
 
@@ -68,3 +80,17 @@ class GateFailed(NnkError):
     """A quality gate failed; results were still written."""
 
     exit_code = ExitCode.GATE_FAILED
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwound like Ctrl-C (temporary files removed), exit 128 + signal.
+
+    A subclass of KeyboardInterrupt so that every ``except Exception`` lets it through
+    and every cleanup that handles Ctrl-C handles it too.
+    """
+
+    def __init__(self, signum: int, name: str):
+        super().__init__(name)
+        self.signum = signum
+        self.name = name
+        self.exit_code = 128 + signum

@@ -85,7 +85,7 @@ def plot_history(
             ax.legend(loc="lower right")
             ax.margins(y=0.15)
         fig.tight_layout()
-        with atomic_output(path) as tmp:
+        with atomic_output(path, what="plot") as tmp:
             fig.savefig(tmp, format=fmt)
     finally:
         plt.close(fig)

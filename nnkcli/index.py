@@ -6,14 +6,22 @@ k most similar training rows.
 
 File format (one file, written atomically)::
 
-    NNKCLI-INDEX 1\\n
-    {"fingerprint": {...}, "index": {...}, "faiss_bytes": N}\\n     <- one JSON line
-    <N bytes of faiss.write_index output>
+    NNKCLI-INDEX 2\\n
+    <payload bytes, 20 digits> <payload CRC-32, 8 hex digits>\\n
+    {"fingerprint": {...}, "index": {...}, "faiss_version": "..."}\\n   <- one JSON line
+    <payload: faiss.write_index output>
 
 Keeping the fingerprint inside the index file (rather than in a sidecar) means an
 index and its fingerprint can never come from different runs. The faiss payload
 is streamed to and from disk with faiss's callback IO, so neither saving nor
-loading holds a second copy of the index in memory.
+loading holds a second copy of the index in memory. The CRC-32 is computed while
+the payload streams (one pass over the bytes, no second read) and checked on load,
+so a damaged or hand-edited payload is refused; version-1 files (no checksum) are
+still read, with a warning. A CRC detects damage and mix-ups, not tampering (no
+checksum kept beside the data could). On load the declared index type is checked
+against the payload's faiss class, and ``check_fresh`` compares a sample of the
+store's rows with the vectors the index holds, which catches a split edited in
+place (its recorded ``content_sha256`` unchanged) or a payload from other data.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import json
 import logging
 import math
 import os
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,12 +38,17 @@ from typing import Any, Callable
 import faiss
 import numpy as np
 
-from nnkcli.storage.atomic import atomic_output
+from nnkcli.storage.atomic import atomic_output, check_can_create, check_free_space, real_path
 from nnkcli.errors import IndexFileError, InputError, StaleIndexError
 
 logger = logging.getLogger("nnkcli")
 
-MAGIC = b"NNKCLI-INDEX 1\n"
+MAGIC = b"NNKCLI-INDEX 2\n"
+_MAGIC_V1 = b"NNKCLI-INDEX 1\n"
+#: the faiss class each declared index type must load as
+_FAISS_CLASS = {"flat": "IndexFlat", "ivf": "IndexIVFFlat", "hnsw": "IndexHNSWFlat"}
+#: rows of the store compared with the index on load (in blocks: cheap to read from HDF5)
+SAMPLE_BLOCKS, SAMPLE_BLOCK_ROWS = 8, 32
 INDEX_TYPES = ("flat", "ivf", "hnsw")
 #: rows added to the index per step: bounds the memory used while building
 DEFAULT_ADD_CHUNK = 65536
@@ -231,69 +245,147 @@ def _training_sample(split, max_rows: int) -> np.ndarray:
 
 
 def save_index(nnk_index: NnkIndex, path: str | os.PathLike) -> Path:
-    """Write the index and its fingerprint to ``path`` atomically."""
-    path = Path(path)
+    """Write the index, its fingerprint and the payload's checksum to ``path`` atomically."""
+    given = Path(path)
     header = {
         "fingerprint": asdict(nnk_index.fingerprint),
         "index": asdict(nnk_index.params),
         "faiss_version": faiss.__version__,
     }
-    with atomic_output(path) as tmp:
+    with atomic_output(given, what="index") as tmp:
         with open(tmp, "wb") as f:
-            f.write(MAGIC)
-            placeholder_at = f.tell()
-            # the payload size is only known after writing it; reserve a fixed-width field
-            f.write(b"0" * 20 + b"\n")
-            f.write(json.dumps(header, sort_keys=True).encode("utf-8") + b"\n")
-            payload_start = f.tell()
-            writer = faiss.PyCallbackIOWriter(f.write)
-            faiss.write_index(nnk_index.index, writer)
-            del writer  # flushes its buffer into f
-            payload_size = f.tell() - payload_start
-            f.seek(placeholder_at)
-            f.write(f"{payload_size:020d}".encode())
-    nnk_index.path = path
-    return path
+            _write_header(f, header, lambda write: faiss.write_index(nnk_index.index, faiss.PyCallbackIOWriter(write)))
+    nnk_index.path = given
+    return given
+
+
+def _write_header(f, header: dict, write_payload: Callable) -> None:
+    """Magic, a fixed-width size+checksum line (patched in after the payload), the JSON header, the payload.
+
+    ``write_payload(write)`` streams the payload through ``write(bytes)``.
+    """
+    f.write(MAGIC)
+    placeholder_at = f.tell()
+    # size and checksum are only known after the payload: reserve fixed-width fields
+    f.write(b"0" * 20 + b" " + b"0" * 8 + b"\n")
+    f.write(json.dumps(header, sort_keys=True).encode("utf-8") + b"\n")
+    payload_start = f.tell()
+    crc = 0
+
+    def write(data) -> int:
+        nonlocal crc
+        crc = zlib.crc32(data, crc)
+        return f.write(data)
+
+    write_payload(write)  # the faiss writer flushes its buffer when it is released
+    payload_size = f.tell() - payload_start
+    f.seek(placeholder_at)
+    f.write(f"{payload_size:020d} {crc:08x}".encode())
+    f.seek(0, os.SEEK_END)
+
+
+def _read_header(f, path: Path, hint: str) -> tuple[dict, int, int | None]:
+    """(JSON header, payload size, payload CRC-32 or None for a version-1 file); ``f`` is left at the payload."""
+    try:
+        magic = f.read(len(MAGIC))
+        if magic not in (MAGIC, _MAGIC_V1):
+            raise ValueError("not an nnkcli index file")
+        fields = f.readline().split()
+        payload_size = int(fields[0])
+        crc = int(fields[1], 16) if magic == MAGIC else None
+        if payload_size < 0 or (magic == MAGIC and len(fields) != 2) or (magic == _MAGIC_V1 and len(fields) != 1):
+            raise ValueError("bad size line")
+        header = json.loads(f.readline())
+        if not isinstance(header, dict):
+            raise ValueError("header is not an object")
+    except (ValueError, IndexError, UnicodeDecodeError):
+        raise IndexFileError(f"{path} is not an nnkcli index file (or its header is damaged)", hint=hint) from None
+    if crc is None:
+        logger.warning(f"index file {path} has no payload checksum (made by an older nnkcli); rebuild it with "
+                       "'nnk index STORE' so that damage to it is detected")
+    return header, payload_size, crc
 
 
 def load_index(path: str | os.PathLike) -> NnkIndex:
-    """Read an index written by :func:`save_index`; corrupt or truncated files raise IndexFileError."""
+    """Read an index written by :func:`save_index`.
+
+    Raises IndexFileError for a missing, truncated, damaged (checksum) or crafted file
+    (a payload that is not the declared type, a header that does not fit it).
+    """
     path = Path(path)
     hint = "rebuild it with 'nnk index STORE'"
     try:
-        f = open(path, "rb")
+        f = open(real_path(path), "rb")
     except FileNotFoundError:
         raise IndexFileError(f"index file not found: {path}", hint="build it with 'nnk index STORE'") from None
     except OSError as exc:
         raise IndexFileError(f"cannot read index file {path}: {exc.strerror}") from None
     with f:
+        header, payload_size, crc = _read_header(f, path, hint)
         try:
-            if f.read(len(MAGIC)) != MAGIC:
-                raise ValueError("not an nnkcli index file")
-            payload_size = int(f.readline().strip())
-            header = json.loads(f.readline())
             fingerprint = Fingerprint(**header["fingerprint"])
-            params = IndexParams(**header["index"])
-            payload_start = f.tell()
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            params = IndexParams(**header["index"]).validate()
+            if not isinstance(fingerprint.n, int) or not isinstance(fingerprint.dim, int):
+                raise TypeError("n and dim must be integers")
+        except (KeyError, TypeError, InputError):
             raise IndexFileError(f"{path} is not an nnkcli index file (or its header is damaged)", hint=hint) from None
+        payload_start = f.tell()
         actual = os.fstat(f.fileno()).st_size - payload_start
         if actual != payload_size:
             raise IndexFileError(
                 f"index file {path} is truncated or damaged ({actual} of {payload_size} payload bytes)", hint=hint
             )
+        seen = 0
+        running = 0
+
+        def read(n: int) -> bytes:
+            nonlocal seen, running
+            data = f.read(n)
+            seen += len(data)
+            running = zlib.crc32(data, running)
+            return data
+
+        index, failure = None, None
         try:
-            reader = faiss.PyCallbackIOReader(f.read)
-            index = faiss.read_index(reader)
-            del reader
-        except RuntimeError:
+            index = faiss.read_index(faiss.PyCallbackIOReader(read))
+        except (RuntimeError, MemoryError, ValueError, OverflowError) as exc:  # std::bad_alloc is MemoryError
+            failure = exc
+        if crc is not None:
+            while seen < payload_size:  # finish the checksum over what faiss did not read
+                if not read(min(1 << 20, payload_size - seen)):
+                    break
+            if running != crc:
+                raise IndexFileError(
+                    f"index file {path} is damaged: its payload does not match the checksum in its header",
+                    hint=hint,
+                )
+        if failure is not None:
             raise IndexFileError(f"index file {path} is damaged: faiss cannot read it", hint=hint) from None
-    if index.d != fingerprint.dim or index.ntotal != fingerprint.n:
-        raise IndexFileError(f"index file {path} is inconsistent with its own header", hint=hint)
+    _check_payload(index, params, fingerprint, path, hint)
     if params.index_type == "ivf":
         ivf = faiss.extract_index_ivf(index)
         ivf.nprobe = min(params.nprobe or 8, ivf.nlist)
     return NnkIndex(index=index, fingerprint=fingerprint, params=params, path=path)
+
+
+def _check_payload(index, params: IndexParams, fingerprint: Fingerprint, path: Path, hint: str) -> None:
+    """The payload is the index type the header declares, over inner products, with the declared shape."""
+    index = faiss.downcast_index(index)
+    expected = _FAISS_CLASS[params.index_type]
+    actual = type(index).__name__
+    ok = actual == expected or (params.index_type == "flat" and actual == "IndexFlatIP")
+    if ok and params.index_type == "hnsw":
+        ok = type(faiss.downcast_index(index.storage)).__name__ in ("IndexFlat", "IndexFlatIP")
+    if not ok:
+        raise IndexFileError(
+            f"index file {path} declares a {params.index_type} index but holds a faiss {actual}", hint=hint
+        )
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise IndexFileError(f"index file {path} does not rank by inner product (cosine)", hint=hint)
+    if params.index_type == "ivf" and index.direct_map.type == faiss.DirectMap.NoMap:
+        raise IndexFileError(f"index file {path} is an ivf index without the row map NNK needs", hint=hint)
+    if index.d != fingerprint.dim or index.ntotal != fingerprint.n:
+        raise IndexFileError(f"index file {path} is inconsistent with its own header", hint=hint)
 
 
 def default_index_path(store_path: str | os.PathLike, split: str) -> Path:
@@ -318,6 +410,36 @@ def check_fresh(nnk_index: NnkIndex, split, *, store_path: str | os.PathLike = "
             f"split '{split.name}' now has {current.n} rows, content {current.content_sha256[:12]}",
             hint="rerun 'nnk index STORE' (or pass --rebuild-index to rebuild it now)",
         )
+    check_sample(nnk_index, split)
+
+
+def check_sample(nnk_index: NnkIndex, split, *, seed: int = 0) -> None:
+    """Compare a few hundred rows of the split with the vectors the index holds.
+
+    The fingerprint trusts the ``content_sha256`` recorded when the split was
+    written; a split edited in place (with h5py, say) keeps it, and a payload from
+    other data can sit behind a matching header. The index holds the normalised
+    rows (exactly for flat and hnsw, ivf keeps them too), so ``SAMPLE_BLOCKS``
+    random blocks of ``SAMPLE_BLOCK_ROWS`` rows, read from the store and normalised,
+    must equal what the index returns for those ids. Cost: ~256 rows read.
+    """
+    n = int(split.n)
+    if n == 0 or nnk_index.n != n:
+        return
+    rows = min(SAMPLE_BLOCK_ROWS, n)
+    rng = np.random.default_rng(seed)
+    starts = np.unique(rng.integers(0, n - rows + 1, size=SAMPLE_BLOCKS))
+    for start in (int(s) for s in starts):
+        stored = normalize_rows(split.read(start, start + rows))
+        held = nnk_index.vectors(np.arange(start, start + rows, dtype=np.int64))
+        bad = np.flatnonzero(~np.isclose(stored, held, rtol=1e-4, atol=1e-5).all(axis=1))
+        if bad.size:
+            raise StaleIndexError(
+                f"index {nnk_index.path} does not hold the current rows of split '{split.name}' "
+                f"(row {start + int(bad[0])} differs): the split was changed in place, or the index "
+                "was built from other data",
+                hint="rerun 'nnk index STORE' (or pass --rebuild-index to rebuild it now)",
+            )
 
 
 def index_store(
@@ -339,9 +461,12 @@ def index_store(
     out = Path(out) if out is not None else default_index_path(store_path, split)
     if not out.parent.is_dir():
         raise InputError(f"directory of --out does not exist: {out.parent}")
+    check_can_create(out, "index")  # before the index is built, not after
     t0 = time.perf_counter()
     with FeatureStore(store_path) as store:
         sp = store.split(split)
+        per_row = sp.dim * 4 + (2 * params.hnsw_m * 4 if params.index_type == "hnsw" else 8)
+        check_free_space(out, sp.n * per_row + 2**20, "index")
         if progress_factory is not None:
             with progress_factory(sp.n, "indexing") as advance:
                 built = build_index(sp, params, store_path=store_path, progress=advance)

@@ -206,9 +206,25 @@ def render(
     """Write a command's result to stdout in the requested format.
 
     ``payload`` is the whole JSON document (``schema_version`` is added);
-    ``columns``/``rows`` are what the table and CSV formats show.
+    ``columns``/``rows`` are what the table and CSV formats show. A failed write
+    (a full disk behind ``> file``) is an ``OutputError``; a closed pipe
+    (``| head``) stays a ``BrokenPipeError``, which the CLI ends quietly.
     """
     out = file if file is not None else sys.stdout
+    try:
+        _render(payload, fmt, columns, rows, title, caption, out)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        from nnkcli.errors import OutputError
+        from nnkcli.storage.atomic import output_error
+
+        raise (output_error(exc, "standard output") or OutputError(
+            f"cannot write the results to standard output: {exc.strerror or exc}",
+            hint="check where standard output goes (a full disk, a closed file)")) from exc
+
+
+def _render(payload, fmt, columns, rows, title, caption, out) -> None:
     if fmt == "json":
         out.write(to_json(payload) + "\n")
     elif fmt == "csv":
@@ -221,8 +237,12 @@ def render(
         from rich.console import Console
         from rich.table import Table
 
+        class _PipeConsole(Console):
+            def on_broken_pipe(self) -> None:  # rich would exit 1; the CLI ends a closed pipe quietly
+                raise BrokenPipeError(32, "Broken pipe")
+
         tty = _isatty(out)
-        console = Console(
+        console = _PipeConsole(
             file=out,
             force_terminal=tty,
             no_color=not tty,

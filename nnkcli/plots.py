@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from nnkcli.storage.atomic import atomic_output
+from nnkcli.storage.atomic import atomic_output, check_can_create
 from nnkcli.errors import InputError, MissingDependencyError
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
@@ -20,6 +20,7 @@ def check_plot_path(path: str | os.PathLike) -> None:
                          hint="use a .png, .svg or .pdf file name")
     if not path.parent.is_dir():
         raise InputError(f"directory of --plot does not exist: {path.parent}")
+    check_can_create(path, "plot")
     _pyplot()
 
 
@@ -58,7 +59,7 @@ def plot_sweep(doc: dict, path: str | os.PathLike) -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        with atomic_output(path) as tmp:
+        with atomic_output(path, what="plot") as tmp:
             fig.savefig(tmp, format=path.suffix.lower().lstrip("."))
     finally:
         plt.close(fig)

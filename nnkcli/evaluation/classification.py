@@ -429,6 +429,10 @@ def classify(
     See the module docstring for the memory bound. ``progress_factory(total, description)``
     is an optional context manager yielding ``advance(n)`` (the CLI draws a bar with it).
     """
+    if predictions_path is not None:
+        from nnkcli.storage.atomic import check_can_create
+
+        check_can_create(predictions_path, "predictions")  # before the index is loaded or built
     opts, ev = open_evaluation(
         store_path, methods=methods, train_split=train_split, query_split=query_split, index_path=index_path,
         rebuild_index=rebuild_index, kernel=kernel, temperature=temperature, weighting=weighting,

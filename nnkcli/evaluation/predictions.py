@@ -40,6 +40,7 @@ class PredictionWriter:
             self.file.create(f"{method}/top5", (n, TOP), np.int64)
         if "nnk" in opts.methods:
             self.file.create("nnk/weights", (n, k), np.float32)
+        self.file.check_space()  # before the first query is scored
         self._fingerprints = {
             "train": {"split": ev.train.name, "n": int(ev.train.n), "dim": int(ev.train.dim),
                       "content_sha256": ev.train.content_sha256},
@@ -59,6 +60,7 @@ class PredictionWriter:
             self.file.write(f"{method}/top5", s, mc.top)
             if method == "nnk":
                 self.file.write("nnk/weights", s, mc.theta.astype(np.float32))
+        self.file.flush()
 
     def commit(self, document: dict) -> None:
         self.file.set_attrs({

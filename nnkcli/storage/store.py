@@ -21,11 +21,11 @@ SIGKILL or Ctrl-C at any moment leaves the old store or the complete new one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from functools import cached_property
@@ -35,7 +35,18 @@ import h5py
 import numpy as np
 
 from nnkcli import __version__
-from nnkcli.storage.atomic import TMP_MARKER, atomic_output, file_lock, fsync_dir, fsync_file, temp_path_for
+from nnkcli.storage.atomic import (
+    atomic_output,
+    check_can_create,
+    check_free_space,
+    file_lock,
+    fsync_dir,
+    fsync_file,
+    output_error,
+    real_path,
+    remove_dead_temps,
+    temp_path_for,
+)
 from nnkcli.storage.checks import (
     ContentTally,
     as_row_source,
@@ -65,6 +76,54 @@ def _open_h5(path, mode: str) -> h5py.File:
         return h5py.File(path, mode, locking=False)
     except TypeError:  # pragma: no cover - very old h5py
         return h5py.File(path, mode)
+
+
+@contextlib.contextmanager
+def _h5_for_writing(tmp: Path) -> Iterator[h5py.File]:
+    """A new HDF5 file at ``tmp`` that is flushed before it is closed, and safely dropped on failure."""
+    h5 = _open_h5(tmp, "w")
+    try:
+        yield h5
+        h5.flush()  # a full disk fails here, as an exception, rather than in close()
+    except BaseException:
+        _discard_h5(h5, tmp)
+        raise
+    try:
+        h5.close()
+    except BaseException:
+        _discard_h5(h5, tmp)
+        raise
+
+
+def _discard_h5(h5: h5py.File, tmp: Path) -> None:
+    """Close a half-written HDF5 file that is going to be deleted.
+
+    After a write failed for lack of space, HDF5 2.0 retries the failed writes when
+    the file is closed and can crash the process doing so. Emptying the file first
+    frees the space those writes need (its content is being thrown away anyway).
+    """
+    with contextlib.suppress(OSError):
+        os.truncate(tmp, 0)
+    with contextlib.suppress(Exception):
+        h5.close()
+
+
+def _reserve(path: Path, nbytes: int) -> None:
+    """Allocate ``nbytes`` of disk for a file being written, so that its writes cannot hit a full disk.
+
+    HDF5 writes inside the reserved range and cuts the file back to what it used when
+    it closes; a full disk is thus found here, before anything is written, rather than
+    in the middle of HDF5's writes (where HDF5 2.0 can crash).
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)):
+            return  # a filesystem without preallocation: the free-space check has to do
+        raise
+    finally:
+        os.close(fd)
 
 
 def _plain(value):
@@ -305,10 +364,12 @@ class _StoreState:
         self.exists = path.exists()
         self.classes: list[str] | None = None
         self.dims: dict[str, int] = {}
+        self.nbytes: dict[str, int] = {}
         if self.exists:
             with FeatureStore(path) as store:
                 self.classes = store.classes
                 self.dims = {s.name: s.dim for s in store}
+                self.nbytes = {s.name: s.n * (s.dim * s.dtype.itemsize + 8) for s in store}
 
     def check(self, path: Path, split: str, d: int, overwrite: bool) -> None:
         if split in self.dims and not overwrite:
@@ -348,30 +409,6 @@ def _hdf5_chunk_rows(n: int, d: int, itemsize: int) -> int:
     return int(max(1, min(n, _HDF5_CHUNK_BYTES // max(1, d * itemsize))))
 
 
-def remove_dead_temps(path: Path) -> None:
-    """Delete the temporary files/folders that killed writers of ``path`` left behind.
-
-    Their names carry the writer's pid (see ``nnkcli.storage.atomic.temp_path_for``); only
-    those whose process is gone are removed.
-    """
-    prefix = f".{path.name}{TMP_MARKER}"
-    for tmp in path.parent.glob(f"{prefix}*"):
-        try:
-            pid = int(tmp.name[len(prefix):].split("-")[0])
-        except ValueError:
-            continue
-        try:
-            os.kill(pid, 0)
-            continue  # the process lives (e.g. a writer that ignores the lock): leave it
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
-            logger.debug("removed the temporary file of an interrupted write: %s", tmp)
-
-
 def commit_split(
     store_path: str | os.PathLike,
     split: str,
@@ -386,12 +423,15 @@ def commit_split(
     chunk_rows: int | None = None,
     progress: Callable[[int], None] | None = None,
     checked: tuple[int, int, np.dtype] | None = None,
+    lock_timeout: float | None = None,
 ) -> dict:
     """Write one split atomically (the shared back end of ``write_split`` and ``SplitWriter``).
 
     ``checked`` is the result of ``check_feature_array`` when the caller already ran it.
+    A symbolic link to a store is written through: its target gets the new split.
     """
-    path = Path(store_path)
+    given = Path(store_path)
+    path = real_path(given)
     check_split_name(split)
     if not isinstance(source, str) or not source:
         raise InputError("source must be a non-empty string describing where the features came from")
@@ -400,43 +440,49 @@ def commit_split(
     n, d, stored_dtype = checked or check_feature_array(features)
     ids = check_ids(ids, n)
     if not path.parent.is_dir():
-        raise StoreError(f"folder not found for the store: {path.parent}", hint="create the folder first")
+        raise StoreError(f"folder not found for the store: {given.parent}", hint="create the folder first")
     if path.exists() and path.is_dir():
-        raise StoreError(f"{path} is a folder, not a feature store", hint="give the path of the .h5 store file")
+        raise StoreError(f"{given} is a folder, not a feature store", hint="give the path of the .h5 store file")
+    check_can_create(path, "store")
     step = chunk_rows or default_chunk_rows(d, max(4, np.dtype(features.dtype).itemsize))
 
-    with file_lock(path):
+    with file_lock(path, timeout=lock_timeout, remove_if_absent=True):
         state = _StoreState(path)
-        state.check(path, split, d, overwrite)
+        state.check(given, split, d, overwrite)
         mapping = map_labels(labels, n=n, class_names=class_names, existing_classes=state.classes)
-        remove_dead_temps(path)
-        with atomic_output(path) as tmp:
-            with _open_h5(tmp, "w") as dst:
-                if state.exists:
-                    with _open_h5(path, "r") as src:
-                        for key, value in src.attrs.items():
-                            dst.attrs[key] = value
-                        for name in state.dims:
-                            if name != split:
-                                src.copy(src[name], dst, name=name)
-                dst.attrs["nnk_format"] = FORMAT_NAME
-                dst.attrs["format_version"] = FORMAT_VERSION
-                if mapping.classes:
-                    dst.create_dataset("classes", data=np.array(mapping.classes, dtype=object), dtype=_STR)
-                digest = _write_group(
-                    dst.create_group(split), features, mapping.ids, ids, n, d, stored_dtype, step, progress
-                )
-                group = dst[split]
-                group.attrs["source"] = source
-                group.attrs["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                group.attrs["nnkcli_version"] = __version__
-                group.attrs["content_sha256"] = digest
-                for key, value in user_attrs.items():
-                    group.attrs[key] = value
+        kept = sum(size for name, size in state.nbytes.items() if name != split)
+        ids_bytes = sum(len(i) + 16 for i in ids) if ids is not None else 0
+        need = kept + n * (d * stored_dtype.itemsize + 8) + ids_bytes
+        check_free_space(path, need + 2**20, "store")
+        with atomic_output(path, what="store") as tmp, _h5_for_writing(tmp) as dst:
+            _reserve(tmp, need)
+            if state.exists:
+                with _open_h5(path, "r") as src:
+                    for key, value in src.attrs.items():
+                        dst.attrs[key] = value
+                    for name in state.dims:
+                        if name != split:
+                            src.copy(src[name], dst, name=name)
+                            dst.flush()
+            dst.attrs["nnk_format"] = FORMAT_NAME
+            dst.attrs["format_version"] = FORMAT_VERSION
+            if mapping.classes:
+                dst.create_dataset("classes", data=np.array(mapping.classes, dtype=object), dtype=_STR)
+            digest = _write_group(
+                dst.create_group(split), features, mapping.ids, ids, n, d, stored_dtype, step, progress,
+                flush=dst.flush,
+            )
+            group = dst[split]
+            group.attrs["source"] = source
+            group.attrs["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            group.attrs["nnkcli_version"] = __version__
+            group.attrs["content_sha256"] = digest
+            for key, value in user_attrs.items():
+                group.attrs[key] = value
 
     counts, unlabelled = class_counts(mapping.ids, len(mapping.classes))
     return {
-        "store": str(path),
+        "store": str(given),
         "split": split,
         "n": n,
         "dim": d,
@@ -451,7 +497,7 @@ def commit_split(
     }
 
 
-def _write_group(group, features, labels, ids, n, d, stored_dtype, step, progress) -> str:
+def _write_group(group, features, labels, ids, n, d, stored_dtype, step, progress, flush=None) -> str:
     """Stream ``features`` into ``group``, validating and hashing each block; returns the hash."""
     dset = group.create_dataset(
         "features", shape=(n, d), dtype=stored_dtype, chunks=(_hdf5_chunk_rows(n, d, stored_dtype.itemsize), d)
@@ -467,6 +513,8 @@ def _write_group(group, features, labels, ids, n, d, stored_dtype, step, progres
         if tally.update(block, start) and tally.ok:
             dset[start:stop] = block
             hasher.update(block)  # contiguous: hashed in place, no copy
+            if flush is not None:
+                flush()  # a full disk is reported now, as an exception (see _discard_h5)
         if progress is not None:
             progress(stop - start)
     tally.raise_if_bad()
@@ -546,11 +594,13 @@ def write_split(
 
 def check_writable(store_path: str | os.PathLike, split: str, d: int, overwrite: bool) -> None:
     """Fail early (before a long extraction) if ``split`` could not be written to the store."""
-    path = Path(store_path)
+    given = Path(store_path)
+    path = real_path(given)
     check_split_name(split)
     if not path.parent.is_dir():
-        raise StoreError(f"folder not found for the store: {path.parent}", hint="create the folder first")
-    _StoreState(path).check(path, split, d, overwrite)
+        raise StoreError(f"folder not found for the store: {given.parent}", hint="create the folder first")
+    check_can_create(path, "store")
+    _StoreState(path).check(given, split, d, overwrite)
 
 
 class ArrayFileWriter:
@@ -576,13 +626,18 @@ class ArrayFileWriter:
     """
 
     def __init__(self, path: str | os.PathLike, *, kind: str):
-        self.path = Path(path)
+        self.given = Path(path)
+        self.path = real_path(self.given)  # a symlink is written through
         self.kind = kind
         if not self.path.parent.is_dir():
-            raise StoreError(f"folder not found for the {kind} file: {self.path.parent}",
+            raise StoreError(f"folder not found for the {kind} file: {self.given.parent}",
                              hint="create the folder first")
         if self.path.is_dir():
-            raise StoreError(f"{self.path} is a folder", hint=f"give the path of the {kind} .h5 file")
+            raise StoreError(f"{self.given} is a folder", hint=f"give the path of the {kind} .h5 file")
+        check_can_create(self.path, kind)
+        remove_dead_temps(self.path)
+        self._declared_bytes = 0
+        self._datasets: dict[str, h5py.Dataset] = {}
         self._tmp = temp_path_for(self.path)
         self._h5 = _open_h5(self._tmp, "w")
 
@@ -594,12 +649,48 @@ class ArrayFileWriter:
         if shape and shape[0] > 0 and all(s > 0 for s in shape):
             row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
             chunks = (_hdf5_chunk_rows(shape[0], row, dtype.itemsize),) + shape[1:]
-        self._h5.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks)
+        # kept open: closing a dataset flushes its chunks, and after a failed write that must
+        # happen only in abort(), once the file has been emptied (see _discard_h5)
+        self._datasets[name] = self._guard(
+            lambda: self._h5.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks))
+        self._declared_bytes += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+    def check_space(self) -> None:
+        """Refuse to start when the datasets created so far cannot fit on the disk."""
+        need = self._declared_bytes + 2**20
+        try:
+            check_free_space(self.path, need, self.kind)
+            _reserve(self._tmp, self._declared_bytes + 2**16)
+        except BaseException as exc:
+            self.abort()
+            err = output_error(exc, self.given, self.kind) if isinstance(exc, Exception) else None
+            if err is not None:
+                raise err from exc
+            raise
 
     def write(self, name: str, start: int, values) -> None:
         """Write ``values`` (m, ...) into rows ``start .. start+m`` of dataset ``name``."""
         values = np.asarray(values)
-        self._h5[name][start:start + values.shape[0]] = values
+
+        def _write():
+            self._datasets[name][start:start + values.shape[0]] = values
+
+        self._guard(_write)
+
+    def flush(self) -> None:
+        """Push what was written to the disk (a full disk is reported here, cleanly)."""
+        self._guard(self._h5.flush)
+
+    def _guard(self, action):
+        """Run ``action``; on a failure drop the temporary file, and name a full disk."""
+        try:
+            return action()
+        except Exception as exc:
+            self.abort()
+            err = output_error(exc, self.given, self.kind)
+            if err is not None:
+                raise err from exc
+            raise
 
     def set_attrs(self, attrs: dict) -> None:
         """Root attributes; non-scalar values are stored as JSON strings."""
@@ -614,15 +705,35 @@ class ArrayFileWriter:
 
     def commit(self) -> None:
         """Close the file and move it over ``path`` atomically."""
-        self._h5.close()
-        fsync_file(self._tmp)
-        os.replace(self._tmp, self.path)
-        fsync_dir(self.path.parent)
+        self.flush()
+        self._datasets = {}
+        self._guard(self._h5.close)
+        try:
+            fsync_file(self._tmp)
+            os.replace(self._tmp, self.path)
+            fsync_dir(self.path.parent)
+        except Exception as exc:
+            self.abort()
+            err = output_error(exc, self.given, self.kind)
+            if err is not None:
+                raise err from exc
+            raise
 
     def abort(self) -> None:
         """Drop everything written; ``path`` is left as it was."""
-        with contextlib.suppress(Exception):
-            self._h5.close()
+        datasets, self._datasets = self._datasets, {}
+        if self._tmp.exists():
+            with contextlib.suppress(OSError):
+                os.truncate(self._tmp, 0)
+        for dset in datasets.values():
+            with contextlib.suppress(Exception):
+                dset.id.close()
+        del datasets
+        if self._tmp.exists():
+            _discard_h5(self._h5, self._tmp)
+        else:
+            with contextlib.suppress(Exception):
+                self._h5.close()
         with contextlib.suppress(OSError):
             self._tmp.unlink()
 
