@@ -83,9 +83,39 @@ class EvalOptions:
         }
 
 
-def default_chunk_size(k: int, dim: int, n_classes: int) -> int:
-    per_query = 4 * k * dim + 32 * k * k + 16 * max(n_classes, 1) + 64 * k
-    return int(np.clip(CHUNK_MEMORY_BUDGET // per_query, 16, 8192))
+def query_bytes(k: int, dim: int, n_classes: int) -> int:
+    """Working memory of one query at k neighbors (see the module docstring), in bytes."""
+    return 4 * k * dim + 32 * k * k + 16 * max(n_classes, 1) + 64 * k
+
+
+def default_chunk_size(k: int, dim: int, n_classes: int, budget: int | None = None) -> int:
+    """Queries per chunk so that a chunk stays within ``budget`` (default ``CHUNK_MEMORY_BUDGET``) for any k.
+
+    Goes down to one query per chunk; when one query alone needs more than the budget
+    (k near 10,000 needs ~3 GiB for its k x k kernel block) it is an InputError saying
+    how much, rather than a silent allocation far past the budget.
+    """
+    budget = CHUNK_MEMORY_BUDGET if budget is None else budget
+    per_query = query_bytes(k, dim, n_classes)
+    if per_query > budget:
+        largest = _largest_k_within(budget, dim, n_classes)
+        raise InputError(
+            f"k={k} needs {per_query / 2**30:.1f} GiB for a single query (the {k}x{k} kernel block and solver "
+            f"work), more than the {budget / 2**20:.0f} MiB memory budget of a query chunk",
+            hint=f"use --k {largest} or less, or pass --chunk-size 1 to run anyway with that much memory",
+        )
+    return int(min(budget // per_query, 8192))
+
+
+def _largest_k_within(budget: int, dim: int, n_classes: int) -> int:
+    lo, hi = 1, 1
+    while query_bytes(hi * 2, dim, n_classes) <= budget:
+        hi *= 2
+    lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if query_bytes(mid, dim, n_classes) <= budget else (lo, mid)
+    return lo
 
 
 class Evaluation:

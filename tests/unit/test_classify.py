@@ -221,3 +221,37 @@ def test_interrupted_classify_keeps_the_old_predictions_file(store, tmp_path, mo
         classify(path, k=5, predictions_path=out, chunk_size=10)
     assert out.read_bytes() == b"old results"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.h5"]
+
+
+# -- the chunk memory budget holds for every k (hardening) ----------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(k=st.integers(1, 20000), dim=st.integers(1, 4096), n_classes=st.integers(1, 22000),
+       budget=st.integers(2**16, 2**31))
+def test_default_chunk_never_exceeds_the_budget(k, dim, n_classes, budget):
+    from nnkcli.errors import InputError
+    from nnkcli.evaluation.classification import default_chunk_size
+
+    # oracle: the docstring's per-query formula, written out here
+    per_query = 4 * k * dim + 32 * k * k + 16 * n_classes + 64 * k
+    if per_query > budget:
+        with pytest.raises(InputError, match="for a single query"):
+            default_chunk_size(k, dim, n_classes, budget)
+        return
+    chunk = default_chunk_size(k, dim, n_classes, budget)
+    assert 1 <= chunk <= 8192
+    assert chunk * per_query <= budget
+    assert chunk == 8192 or (chunk + 1) * per_query > budget  # as large as the budget allows
+
+
+def test_k_near_n_names_the_memory_it_needs():
+    from nnkcli.errors import InputError
+    from nnkcli.evaluation.classification import default_chunk_size
+
+    with pytest.raises(InputError) as info:
+        default_chunk_size(10_000, 768, 1000)  # was a (16, 10000, 10000) float64 block: 11.9 GiB
+    assert "k=10000 needs 3.0 GiB for a single query" in info.value.message
+    assert info.value.hint.startswith("use --k 4") and "--chunk-size 1" in info.value.hint
+    assert default_chunk_size(3000, 768, 1000) == 1  # 0.3 GiB per query: one at a time, within 512 MiB

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -164,3 +165,103 @@ def test_fingerprint_and_default_path(tmp_path):
     assert a.matches(Fingerprint("train", 10, 4, "abc", store="/moved/x.h5"))
     assert not a.matches(Fingerprint("train", 10, 4, "abd"))
     assert default_index_path(tmp_path / "feats.h5", "train") == tmp_path / "feats.train.faiss"
+
+
+# -- payload checksum, declared type, row sampling (hardening) -------------------------------
+def _saved(tmp_path, index_type="flat", n=600):
+    x = clustered(n=n)
+    params = IndexParams(index_type=index_type, nlist=8) if index_type == "ivf" else IndexParams(index_type=index_type)
+    idx = build_index(ArraySplit(x), params)
+    path = tmp_path / f"{index_type}.faiss"
+    save_index(idx, path)
+    return x, path
+
+
+def _payload_start(path):
+    with open(path, "rb") as f:
+        f.readline()
+        f.readline()
+        f.readline()
+        return f.tell()
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivf", "hnsw"])
+def test_a_changed_payload_byte_fails_the_checksum(tmp_path, index_type):
+    _, path = _saved(tmp_path, index_type)
+    data = bytearray(path.read_bytes())
+    start = _payload_start(path)
+    # a byte inside the stored vectors (the payload's last quarter), not in faiss's own header
+    pos = start + (len(data) - start) * 3 // 4
+    data[pos] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexFileError, match="does not match the checksum"):
+        load_index(path)
+
+
+def test_payload_of_other_data_behind_a_matching_header_is_refused(tmp_path):
+    x, path = _saved(tmp_path)
+    other = build_index(ArraySplit(clustered(n=600, seed=5)))
+    other_path = tmp_path / "other.faiss"
+    save_index(other, other_path)
+    # the header (fingerprint of x) with the other file's payload and checksum line
+    mine, theirs = path.read_bytes(), other_path.read_bytes()
+    lines = mine.split(b"\n", 3)
+    their_lines = theirs.split(b"\n", 3)
+    mixed = tmp_path / "mixed.faiss"
+    mixed.write_bytes(b"\n".join([lines[0], their_lines[1], lines[2], their_lines[3]]))
+    loaded = load_index(mixed)  # a consistent file as far as it can tell ...
+    with pytest.raises(StaleIndexError, match="does not hold the current rows"):
+        check_fresh(loaded, ArraySplit(x))  # ... but not the split's rows
+
+
+def test_in_place_edit_keeping_the_recorded_hash_is_caught(tmp_path):
+    x, path = _saved(tmp_path)
+    edited = ArraySplit(x)
+    edited.x = edited.x.copy()
+    edited.x[:, :] = edited.x[::-1]  # rows shuffled, content_sha256 kept as recorded
+    check_fresh(load_index(path), ArraySplit(x))  # the unedited split passes
+    with pytest.raises(StaleIndexError, match="changed in place"):
+        check_fresh(load_index(path), edited)
+
+
+def _rewrite_header(path, **changes):
+    data = path.read_bytes()
+    first, sizes, header, payload = data.split(b"\n", 3)
+    doc = json.loads(header)
+    for key, value in changes.items():
+        doc["index"][key] = value
+    path.write_bytes(b"\n".join([first, sizes, json.dumps(doc).encode(), payload]))
+
+
+@pytest.mark.parametrize("claimed", ["ivf", "hnsw"])
+def test_declared_type_must_match_the_payload(tmp_path, claimed):
+    _, path = _saved(tmp_path, "flat")
+    _rewrite_header(path, index_type=claimed)
+    with pytest.raises(IndexFileError, match=f"declares a {claimed} index but holds a faiss IndexFlat"):
+        load_index(path)
+
+
+def test_an_idmap_payload_is_refused(tmp_path):
+    import faiss
+
+    x = normalize_rows(clustered(n=100))
+    inner = faiss.IndexFlatIP(x.shape[1])
+    idmap = faiss.IndexIDMap(inner)
+    idmap.add_with_ids(x, np.arange(100, dtype=np.int64) * 7)
+    from nnkcli.index import NnkIndex
+
+    fp = Fingerprint(split="train", n=100, dim=x.shape[1], content_sha256="0" * 64)
+    path = tmp_path / "idmap.faiss"
+    save_index(NnkIndex(index=idmap, fingerprint=fp, params=IndexParams()), path)
+    with pytest.raises(IndexFileError, match="declares a flat index but holds a faiss IndexIDMap"):
+        load_index(path)
+
+
+def test_version_1_files_still_load_with_a_warning(tmp_path, caplog):
+    x, path = _saved(tmp_path)
+    first, sizes, header, payload = path.read_bytes().split(b"\n", 3)
+    path.write_bytes(b"\n".join([b"NNKCLI-INDEX 1", sizes.split()[0], header, payload]))
+    with caplog.at_level("WARNING", logger="nnkcli"):
+        loaded = load_index(path)
+    assert loaded.n == len(x)
+    assert "no payload checksum" in caplog.text
