@@ -15,7 +15,7 @@ from nnkcli.output import Column, render
 logger = logging.getLogger("nnkcli")
 
 _META_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
-_ARRAY_OPTIONS = ("labels_path", "features_key", "labels_key", "layer")
+_ARRAY_OPTIONS = ("labels_path", "features_key", "labels_key", "layer", "class_names_path")
 
 SUMMARY_COLUMNS = [
     Column("split", justify="left"),
@@ -61,17 +61,28 @@ Examples:
   nnk extract feats.h5 --split train --from dino_dump/        # trainfeat.pth + trainlabels.pth
   nnk extract feats.h5 --split val --from dino_dump/          # testfeat.pth + testlabels.pth
   nnk extract feats.h5 --split train --from vissl_out/ --layer heads
+  nnk extract feats.h5 --split train --from lightly_out/embeddings.csv
+  nnk extract feats.h5 --split train --from feats.safetensors --class-names labels.txt
+  nnk extract feats.h5 --split val --from val.parquet --features-key emb --labels-key label
+  nnk extract feats.h5 --split train --from clip_out/         # img_emb/*.npy + metadata/*.parquet
   nnk extract feats.h5 --split val --images imagenet/val --model torchvision:resnet50 --checkpoint ck.pth
 """,
 )
 @click.argument("store", type=click.Path(dir_okay=False, path_type=str))
 @click.option("--split", required=True, metavar="NAME", help="Split to write, e.g. train or val.")
 @click.option("--from", "from_path", metavar="PATH", default=None,
-              help="Features to import: .npy, .npz, a DINO --dump_features folder/.pth, or a VISSL folder.")
+              help="Features to import: .npy, .npz, lightly's embeddings.csv, .safetensors, .parquet (file or "
+                   "folder), an embedding-reader folder (.npy shards + parquet metadata), a DINO "
+                   "--dump_features folder/.pth, or a VISSL folder.")
 @click.option("--labels", "labels_path", metavar="PATH", default=None,
               help="Labels file (.npy, .npz, .txt one per line, .pth): integers or names, -1 = unlabelled.")
-@click.option("--features-key", metavar="K", default=None, help="Array name of the features in a .npz [features].")
-@click.option("--labels-key", metavar="K", default=None, help="Array name of the labels in a .npz [labels].")
+@click.option("--features-key", metavar="K", default=None,
+              help="Features in a .npz/.safetensors [features], parquet column [embedding], or embedding-reader "
+                   "sub-folder [img_emb].")
+@click.option("--labels-key", metavar="K", default=None,
+              help="Labels in a .npz/.safetensors [labels], or parquet (metadata) column [label].")
+@click.option("--class-names", "class_names_path", metavar="FILE", default=None,
+              help="Text file of class names, one per line: integer label i is named by line i+1.")
 @click.option("--layer", metavar="L", default=None, help="VISSL layer to import (when the folder holds several).")
 @click.option("--overwrite", is_flag=True, help="Replace the split if the store already has it.")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", callback=parse_meta,
@@ -79,8 +90,8 @@ Examples:
 @image_options
 @command_options
 @click.pass_context
-def extract(ctx, store, split, from_path, labels_path, features_key, labels_key, layer, overwrite, meta, fmt,
-            **image_opts):
+def extract(ctx, store, split, from_path, labels_path, features_key, labels_key, layer, class_names_path, overwrite,
+            meta, fmt, **image_opts):
     """Write features into split NAME of STORE (an HDF5 file, created if missing).
 
     From arrays or dumps (--from), or with a model from images (--images, needs the
@@ -95,7 +106,7 @@ def extract(ctx, store, split, from_path, labels_path, features_key, labels_key,
     _check_meta_keys(meta)
     if from_path:
         summary = _import_arrays(ui, store, split, from_path, labels_path, features_key, labels_key, layer,
-                                 overwrite, meta)
+                                 overwrite, meta, class_names_path)
     else:
         summary = run_image_extraction(ctx, store=store, split=split, overwrite=overwrite, meta=meta, **image_opts)
     render_summary(summary, ui.fmt)
@@ -123,7 +134,8 @@ def _check_meta_keys(meta: dict[str, str]) -> None:
             raise InputError(f"--meta key '{key}' is reserved: nnkcli sets it", hint="choose another key")
 
 
-def _import_arrays(ui, store, split, from_path, labels_path, features_key, labels_key, layer, overwrite, meta):
+def _import_arrays(ui, store, split, from_path, labels_path, features_key, labels_key, layer, overwrite, meta,
+                   class_names_path=None):
     from nnkcli.storage.checks import check_split_name
     from nnkcli.errors import InputError
     from nnkcli.extract import load_features
@@ -131,7 +143,7 @@ def _import_arrays(ui, store, split, from_path, labels_path, features_key, label
 
     check_split_name(split)
     imported = load_features(from_path, split=split, labels_path=labels_path, features_key=features_key,
-                             labels_key=labels_key, layer=layer)
+                             labels_key=labels_key, layer=layer, class_names_path=class_names_path)
     for key in meta:
         if key in imported.attrs:
             raise InputError(f"--meta key '{key}' is already set by the importer", hint="choose another key")

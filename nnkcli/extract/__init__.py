@@ -1,4 +1,5 @@
-"""Getting features into a store: importers for arrays, DINO dumps and VISSL folders.
+"""Getting features into a store: importers for arrays, DINO dumps, VISSL folders, lightly's
+``embeddings.csv``, safetensors, parquet and the embedding-reader layout.
 
 ``load_features(path, split=...)`` recognises the input and returns an
 :class:`ImportedFeatures` whose ``features`` reads rows lazily (by block, from the file,
@@ -18,7 +19,9 @@ import numpy as np
 
 from nnkcli.errors import InputError
 
-FORMATS = ("npy", "npz", "dino", "vissl")
+FORMATS = ("npy", "npz", "dino", "vissl", "lightly", "safetensors", "parquet", "embedding-reader")
+# formats whose features/labels are named by --features-key/--labels-key
+_KEYED_FORMATS = ("npz", "safetensors", "parquet", "embedding-reader")
 _VISSL_FILE = re.compile(r"^(rank\d+(?:_chunk\d+)?)_([A-Za-z0-9]+)_(.+)_features\.npy$")
 
 
@@ -64,15 +67,22 @@ def detect_format(path: str | os.PathLike) -> str:
     """Which importer reads ``path``: ``npy``, ``npz``, ``dino`` or ``vissl``."""
     path = check_input_path(path)
     if path.is_dir():
+        from nnkcli.extract.tabular import is_embedding_reader_folder
+
         names = os.listdir(path)
+        if is_embedding_reader_folder(path):
+            return "embedding-reader"
+        if any(name.endswith(".parquet") for name in names):
+            return "parquet"
         if any(_VISSL_FILE.match(name) for name in names):
             return "vissl"
         if any(name.endswith("feat.pth") for name in names):
             return "dino"
         raise InputError(
             f"{path} is a folder but holds neither a DINO dump (trainfeat.pth) "
-            "nor VISSL features (rank*_chunk*_*_features.npy)",
-            hint="give a .npy/.npz file, a DINO --dump_features folder or a VISSL extraction folder",
+            "nor VISSL features (rank*_chunk*_*_features.npy) nor parquet files",
+            hint="give a .npy/.npz/.csv/.safetensors/.parquet file, a DINO --dump_features folder, "
+                 "a VISSL extraction folder or a folder of parquet (or .npy + parquet metadata) shards",
         )
     suffix = path.suffix.lower()
     if suffix == ".npy":
@@ -81,8 +91,15 @@ def detect_format(path: str | os.PathLike) -> str:
         return "npz"
     if suffix in (".pth", ".pt"):
         return "dino"
+    if suffix == ".csv":
+        return "lightly"
+    if suffix == ".safetensors":
+        return "safetensors"
+    if suffix == ".parquet":
+        return "parquet"
     raise InputError(
-        f"unsupported input {path}: expected .npy, .npz, a DINO .pth dump or a VISSL folder",
+        f"unsupported input {path}: expected .npy, .npz, .csv (lightly), .safetensors, .parquet, "
+        "a DINO .pth dump or a VISSL folder",
         hint="convert the features to a .npy array of shape (n, d)",
     )
 
@@ -95,6 +112,7 @@ def load_features(
     features_key: str | None = None,
     labels_key: str | None = None,
     layer: str | None = None,
+    class_names_path: str | os.PathLike | None = None,
 ) -> ImportedFeatures:
     """Open a features source for import into ``split``.
 
@@ -110,10 +128,15 @@ def load_features(
         Labels file (``.npy``, ``.npz``, ``.txt``/``.csv`` one per line, ``.pth``);
         overrides labels found beside the features.
     features_key, labels_key : str, optional
-        Array names inside a ``.npz`` (default ``features``/``labels``); ``labels_key``
+        Array names inside a ``.npz`` or ``.safetensors`` (default ``features``/``labels``),
+        column names of a parquet file (default ``embedding``/``label``), the embeddings
+        sub-folder / metadata label column of an embedding-reader folder; ``labels_key``
         also applies to a ``--labels`` ``.npz``.
     layer : str, optional
         VISSL layer (needed when the folder holds several).
+    class_names_path : path-like, optional
+        A text file with one class name per line (``labels.txt``): integer label ``i``
+        gets the name on line ``i + 1``.
 
     Raises
     ------
@@ -126,16 +149,32 @@ def load_features(
     fmt = detect_format(path)
     if layer is not None and fmt != "vissl":
         raise InputError("--layer applies to VISSL folders only", hint=f"{path} was read as {fmt}")
-    if features_key is not None and fmt != "npz":
-        raise InputError("--features-key applies to .npz files only", hint=f"{path} was read as {fmt}")
-    if labels_key is not None and fmt != "npz" and not str(labels_path or "").lower().endswith(".npz"):
-        raise InputError("--labels-key applies to .npz files only", hint="give --labels FILE.npz or --from FILE.npz")
+    keyed = "npz, safetensors, parquet and embedding-reader inputs"
+    if features_key is not None and fmt not in _KEYED_FORMATS:
+        raise InputError(f"--features-key applies to {keyed} only", hint=f"{path} was read as {fmt}")
+    if labels_key is not None and fmt not in _KEYED_FORMATS and not str(labels_path or "").lower().endswith(".npz"):
+        raise InputError(f"--labels-key applies to {keyed} only",
+                         hint="give --labels FILE.npz or --from FILE.npz/.safetensors/.parquet")
 
     if fmt in ("npy", "npz"):
         from nnkcli.extract.arrays import load_arrays
 
         imported = load_arrays(path, features_key=features_key, labels_key=labels_key,
                                labels_given=labels_path is not None)
+    elif fmt == "lightly":
+        from nnkcli.extract.tabular import load_lightly_csv
+
+        imported = load_lightly_csv(path, labels_given=labels_path is not None)
+    elif fmt == "safetensors":
+        from nnkcli.extract.safetensors_io import load_safetensors
+
+        imported = load_safetensors(path, features_key=features_key, labels_key=labels_key,
+                                    labels_given=labels_path is not None)
+    elif fmt in ("parquet", "embedding-reader"):
+        from nnkcli.extract import tabular
+
+        load = tabular.load_parquet if fmt == "parquet" else tabular.load_embedding_reader
+        imported = load(path, features_key=features_key, labels_key=labels_key, labels_given=labels_path is not None)
     elif fmt == "dino":
         from nnkcli.extract.dino import load_dino
 
@@ -150,7 +189,34 @@ def load_features(
 
         imported.labels = read_labels(labels_path, key=labels_key)
         imported.attrs["labels_source"] = str(Path(labels_path).resolve())
+    if class_names_path is not None:
+        imported.class_names = read_class_names(class_names_path)
     return imported
+
+
+def read_class_names(path: str | os.PathLike) -> list[str]:
+    """Class names from a text file, one per line (line i + 1 names class id i)."""
+    path = check_input_path(path, "class-names file", "--class-names")
+    try:
+        lines = path.read_text("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read class names from {path}: {exc}",
+                         hint="a class-names file is utf-8 text, one name per line") from None
+    names = [line.strip() for line in lines]
+    while names and names[-1] == "":
+        names.pop()
+    if not names:
+        raise InputError(f"{path} holds no class names", hint="one name per line, line 1 = class 0")
+    if "" in names:
+        raise InputError(f"{path} has an empty line (line {names.index('') + 1})",
+                         hint="one name per line, line 1 = class 0")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise InputError(f"{path} names class {name!r} twice (lines {seen[name] + 1} and {i + 1})",
+                             hint="class names must be unique")
+        seen[name] = i
+    return names
 
 
 def as_numpy(values) -> np.ndarray:

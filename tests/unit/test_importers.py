@@ -53,9 +53,10 @@ def test_detect_format(path, fmt):
 def test_detect_format_errors(tmp_path):
     with pytest.raises(InputError, match=rf"^input not found: {tmp_path}/x\.npy$"):
         detect_format(tmp_path / "x.npy")
-    (tmp_path / "f.csv").write_text("1,2\n")
-    with pytest.raises(InputError, match=r"unsupported input .*f\.csv: expected \.npy, \.npz, a DINO \.pth dump"):
-        detect_format(tmp_path / "f.csv")
+    (tmp_path / "f.tsv").write_text("1\t2\n")
+    with pytest.raises(InputError, match=r"unsupported input .*f\.tsv: expected \.npy, \.npz, \.csv \(lightly\), "
+                                         r"\.safetensors, \.parquet, a DINO \.pth dump"):
+        detect_format(tmp_path / "f.tsv")
     with pytest.raises(InputError, match=r"is a folder but holds neither a DINO dump"):
         detect_format(tmp_path)
 
@@ -165,7 +166,8 @@ def test_missing_labels_file(tmp_path):
 def test_options_that_do_not_apply(tmp_path):
     with pytest.raises(InputError, match="^--layer applies to VISSL folders only$"):
         load_features(DATA / "tiny_features.npy", split="t", layer="heads")
-    with pytest.raises(InputError, match="^--features-key applies to .npz files only$"):
+    with pytest.raises(InputError, match="^--features-key applies to npz, safetensors, parquet and "
+                                         "embedding-reader inputs only$"):
         load_features(DATA / "tiny_features.npy", split="t", features_key="x")
 
 
