@@ -33,6 +33,9 @@ class Column:
     header: str | None = None
     spec: str = ""  # format spec for the table, e.g. ".2f"; csv/json get raw values
     justify: str = "right"
+    #: key of an interval ``[low, high]`` for this value: the table shows ``85.45 ±1.55``
+    #: (half the interval's width), CSV adds ``<key>_ci_low`` and ``<key>_ci_high`` columns
+    ci: str | None = None
 
     @property
     def title(self) -> str:
@@ -180,17 +183,44 @@ def to_json(payload: dict) -> str:
     return json.dumps(jsonable(doc), indent=2, allow_nan=False)
 
 
-def _cell(value: Any, spec: str) -> str:
+def _cell(value: Any, spec: str, interval: Any = None) -> str:
     if value is None:
         return "-"
     if isinstance(value, float) and not math.isfinite(value):
         return "-"
     if spec:
         try:
-            return format(value, spec)
+            text = format(value, spec)
         except (TypeError, ValueError):
             return str(value)
+        half = _half_width(interval)
+        return text if half is None else f"{text} ±{format(half, spec)}"
     return str(value)
+
+
+def _half_width(interval: Any) -> float | None:
+    """Half the width of ``[low, high]`` (Wilson intervals are not symmetric: JSON has both ends)."""
+    if not isinstance(interval, (list, tuple)) or len(interval) != 2:
+        return None
+    low, high = interval
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (low, high)):
+        return None
+    return (high - low) / 2.0
+
+
+def csv_columns(columns: Sequence[Column]) -> list[tuple[str, Callable[[dict], Any]]]:
+    """CSV headers and cell getters; a column with an interval adds ``_ci_low``/``_ci_high``."""
+    out: list[tuple[str, Callable[[dict], Any]]] = []
+    for c in columns:
+        out.append((c.key, lambda row, key=c.key: row.get(key)))
+        if c.ci:
+            out.append((f"{c.key}_ci_low", lambda row, key=c.ci: _end(row.get(key), 0)))
+            out.append((f"{c.key}_ci_high", lambda row, key=c.ci: _end(row.get(key), 1)))
+    return out
+
+
+def _end(interval: Any, i: int) -> Any:
+    return interval[i] if isinstance(interval, (list, tuple)) and len(interval) == 2 else None
 
 
 def render(
@@ -229,9 +259,10 @@ def _render(payload, fmt, columns, rows, title, caption, out) -> None:
         out.write(to_json(payload) + "\n")
     elif fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow([c.key for c in columns])
+        cells = csv_columns(columns)
+        writer.writerow([name for name, _ in cells])
         for row in rows:
-            writer.writerow(["" if jsonable(row.get(c.key)) is None else jsonable(row.get(c.key)) for c in columns])
+            writer.writerow(["" if jsonable(get(row)) is None else jsonable(get(row)) for _, get in cells])
     elif fmt == "table":
         from rich import box
         from rich.console import Console
@@ -253,7 +284,7 @@ def _render(payload, fmt, columns, rows, title, caption, out) -> None:
         for c in columns:
             table.add_column(c.title, justify=c.justify)
         for row in rows:
-            table.add_row(*(_cell(row.get(c.key), c.spec) for c in columns))
+            table.add_row(*(_cell(row.get(c.key), c.spec, row.get(c.ci) if c.ci else None) for c in columns))
         console.print(table)
         if caption:  # a plain line, never wrapped or centred under a narrow table
             console.print(caption, soft_wrap=True, markup=False)

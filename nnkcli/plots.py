@@ -36,7 +36,7 @@ def _pyplot():
 
 
 def plot_sweep(doc: dict, path: str | os.PathLike) -> Path:
-    """Top-1 accuracy versus k for each method, the best k marked; written atomically."""
+    """Top-1 accuracy versus k for each method, its interval as a band, the best k marked; written atomically."""
     plt = _pyplot()
     path = Path(path)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
@@ -46,6 +46,10 @@ def plot_sweep(doc: dict, path: str | os.PathLike) -> Path:
             ks = [r["k"] for r in rows]
             top1 = [r["top1"] for r in rows]
             (line,) = ax.plot(ks, top1, marker="o", markersize=3, label=_LABELS.get(method, method))
+            band = [r.get("top1_ci") for r in rows]
+            if band and all(isinstance(b, (list, tuple)) and len(b) == 2 and None not in b for b in band):
+                ax.fill_between(ks, [b[0] for b in band], [b[1] for b in band], color=line.get_color(),
+                                alpha=0.15, linewidth=0)
             best = doc.get("best", {}).get(method)
             if best:
                 ax.scatter([best["k"]], [best["top1"]], s=60, facecolors="none", edgecolors=line.get_color(),

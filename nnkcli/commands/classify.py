@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 
 from nnkcli.cli import command_options, get_ui
-from nnkcli.commands._evaluation import EVAL_KWARGS, evaluation_options, result_columns
+from nnkcli.commands._evaluation import (
+    EVAL_KWARGS,
+    check_gate_method,
+    evaluation_options,
+    gate_method_option,
+    result_columns,
+)
 from nnkcli.output import Column, render
 
 
@@ -13,11 +19,12 @@ from nnkcli.output import Column, render
 @click.argument("store", type=click.Path(dir_okay=False))
 @click.option("--k", "k", type=int, default=50, show_default=True, help="Neighbours per query.")
 @evaluation_options
+@gate_method_option
 @click.option("--per-class", is_flag=True, help="Add per-class top-1 accuracy.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="Write per-query neighbours, scores, top-5 and NNK weights to this HDF5 file.")
 @command_options
-def classify(store, k, per_class, out, method, min_top1, min_top5, fmt, **kwargs):
+def classify(store, k, per_class, out, method, min_top1, min_top5, gate_method, fmt, **kwargs):
     """Classify the query split by its k nearest training rows, with NNK and weighted kNN.
 
     Accuracies are in % (0-100). Queries labelled -1 are predicted but not scored.
@@ -27,6 +34,7 @@ def classify(store, k, per_class, out, method, min_top1, min_top5, fmt, **kwargs
       nnk classify feats.h5 --k 50
       nnk classify feats.h5 --k 20 --method knn --temperature 0.07
       nnk classify feats.h5 --format json --min-top1 70      # CI gate: exit 3 below 70 %
+      nnk classify feats.h5 --min-top1 80 --gate-method nnk  # gate NNK only
       nnk classify feats.h5 --query-split train --exclude-self --out loo.h5
     """
     from nnkcli.evaluation.classification import classify as run_classify
@@ -34,6 +42,7 @@ def classify(store, k, per_class, out, method, min_top1, min_top5, fmt, **kwargs
 
     ui = get_ui()
     gate = min_top1 is not None or min_top5 is not None
+    check_gate_method(gate_method, method, gate)
     doc = run_classify(
         store, k=k, methods=method, per_class=per_class, predictions_path=out, gate_requested=gate,
         progress_factory=ui.progress, **{key: kwargs[key] for key in EVAL_KWARGS},
@@ -45,7 +54,7 @@ def classify(store, k, per_class, out, method, min_top1, min_top5, fmt, **kwargs
     else:
         render(doc, fmt=fmt, columns=result_columns("nnk" in [r["method"] for r in rows]), rows=rows,
                caption=caption)
-    check_gates(rows, min_top1=min_top1, min_top5=min_top5)
+    check_gates(rows, min_top1=min_top1, min_top5=min_top5, gate_method=gate_method)
 
 
 def _caption(doc: dict) -> str:
@@ -64,10 +73,12 @@ def _render_per_class(doc: dict, fmt: str) -> None:
     rows = []
     for r in doc["results"]:
         rows.append({"method": r["method"], "k": r["k"], "class": "(all)", "n": r["n_queries"], "top1": r["top1"],
-                     "top5": r["top5"], "balanced_accuracy": r["balanced_accuracy"]})
+                     "top1_ci": r["top1_ci"], "top5": r["top5"], "top5_ci": r["top5_ci"],
+                     "balanced_accuracy": r["balanced_accuracy"], "balanced_accuracy_ci": r["balanced_accuracy_ci"]})
         for name, pc in r.get("per_class", {}).items():
-            rows.append({"method": r["method"], "k": r["k"], "class": name, "n": pc["n"], "top1": pc["top1"]})
+            rows.append({"method": r["method"], "k": r["k"], "class": name, "n": pc["n"], "top1": pc["top1"],
+                         "top1_ci": pc["top1_ci"]})
     columns = [Column("method", justify="left"), Column("k"), Column("class", justify="left"), Column("n"),
-               Column("top1", "top-1 %", ".2f"), Column("top5", "top-5 %", ".2f"),
-               Column("balanced_accuracy", "balanced %", ".2f")]
+               Column("top1", "top-1 %", ".2f", ci="top1_ci"), Column("top5", "top-5 %", ".2f", ci="top5_ci"),
+               Column("balanced_accuracy", "balanced %", ".2f", ci="balanced_accuracy_ci")]
     render(doc, fmt=fmt, columns=columns, rows=rows, caption=_caption(doc))

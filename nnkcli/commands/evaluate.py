@@ -172,7 +172,8 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, k_spec, method, max
     options = SweepOptions(
         k_spec=k_spec, methods=methods,
         **{k: kwargs[k] for k in ("train_split", "query_split", "index_path", "rebuild_index", "kernel",
-                                  "temperature", "weighting", "chunk_size", "threads", "exclude_self")},
+                                  "temperature", "weighting", "chunk_size", "threads", "exclude_self",
+                                  "confidence")},
     )
     progress = partial(_progress, ui) if ui.chatty else None
     outcomes = evaluate_sources(paths, history_path, options=options, model=model_opts, progress_factory=progress)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 
 from nnkcli.cli import command_options, get_ui
-from nnkcli.commands._evaluation import EVAL_KWARGS, evaluation_options
+from nnkcli.commands._evaluation import (
+    EVAL_KWARGS,
+    alpha_option,
+    check_gate_method,
+    evaluation_options,
+    gate_method_option,
+)
 from nnkcli.errors import InputError
 from nnkcli.output import Column, render
 
@@ -24,15 +30,19 @@ def _k_spec(ctx, param, value):
 @click.option("--k", "k_values", default="10..200", show_default=True, callback=_k_spec, metavar="SPEC",
               help="k values: 10..200 (10, 20, ..., 200), 1..100:5, 10,20,50 or mixes like 1,5,10..200:10.")
 @evaluation_options
+@gate_method_option
+@alpha_option
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Also draw top-1 vs k to this .png/.svg/.pdf (needs the plot extra).")
 @command_options
-def sweep(store, k_values, plot, method, min_top1, min_top5, fmt, **kwargs):
+def sweep(store, k_values, plot, method, min_top1, min_top5, gate_method, alpha, fmt, **kwargs):
     """Top-1/top-5 of NNK and weighted kNN for many k, from one neighbour search.
 
     Each query chunk is searched once at the largest k; smaller k use the leading
     neighbours, so a 20-value sweep costs about one classify at the largest k.
-    The best k of each method is marked; --min-top1/--min-top5 gate the best k.
+    The best k of each method is marked *, and every k whose top-1 is not
+    significantly below the best's (McNemar's exact test on the same queries,
+    p >= --alpha) is marked ~; --min-top1/--min-top5 gate the best k.
 
     \b
     Examples:
@@ -50,7 +60,8 @@ def sweep(store, k_values, plot, method, min_top1, min_top5, fmt, **kwargs):
 
         check_plot_path(plot)  # fail before the long computation, not after
     gate = min_top1 is not None or min_top5 is not None
-    result = run_sweep(store, k_values=k_values, methods=method, gate_requested=gate,
+    check_gate_method(gate_method, method, gate)
+    result = run_sweep(store, k_values=k_values, methods=method, gate_requested=gate, alpha=alpha,
                        progress_factory=ui.progress, **{key: kwargs[key] for key in EVAL_KWARGS})
     doc = result.to_dict()
     if plot is not None:
@@ -60,32 +71,47 @@ def sweep(store, k_values, plot, method, min_top1, min_top5, fmt, **kwargs):
         doc["plot"] = str(plot)
     render(doc, fmt=fmt, **_table(doc, fmt))
     best_rows = [{"method": m, **b} for m, b in doc["best"].items()]
-    check_gates(best_rows, min_top1=min_top1, min_top5=min_top5)
+    check_gates(best_rows, min_top1=min_top1, min_top5=min_top5, gate_method=gate_method)
 
 
 def _table(doc: dict, fmt: str) -> dict:
     methods = doc["parameters"]["methods"]
     best = doc["best"]
+
+    def mark(r) -> str:
+        b = best.get(r["method"], {})
+        return "*" if b.get("k") == r["k"] else "~" if r["k"] in b.get("tied_k", ()) else ""
+
     if fmt == "csv":  # one row per (method, k)
-        rows = [dict(r, best=(best.get(r["method"], {}).get("k") == r["k"])) for r in doc["results"]]
-        columns = [Column(c) for c in ("method", "k", "top1", "top5", "balanced_accuracy", "n_queries",
-                                       "support_mean", "best")]
+        rows = [dict(r, best=(mark(r) == "*"), tied_with_best=(mark(r) == "~")) for r in doc["results"]]
+        columns = [Column("method"), Column("k"), Column("top1", ci="top1_ci"), Column("top5", ci="top5_ci"),
+                   Column("balanced_accuracy", ci="balanced_accuracy_ci"), Column("n_queries"),
+                   Column("support_mean"), Column("best"), Column("tied_with_best")]
         return {"columns": columns, "rows": rows}
     # table: one row per k, methods side by side, the best k of each marked with *
     by_k: dict = {}
     for r in doc["results"]:
         row = by_k.setdefault(r["k"], {"k": r["k"]})
-        mark = "*" if best.get(r["method"], {}).get("k") == r["k"] else ""
-        row[f"{r['method']}_top1"] = f"{r['top1']:.2f}{mark}" if r["top1"] == r["top1"] else "-"
+        lo, hi = r.get("top1_ci") or (None, None)
+        ci = f" ±{(hi - lo) / 2:.2f}" if lo is not None and hi is not None and lo == lo and hi == hi else ""
+        row[f"{r['method']}_top1"] = f"{r['top1']:.2f}{ci}{mark(r) or ' '}" if r["top1"] == r["top1"] else "-"
         row[f"{r['method']}_top5"] = r["top5"]
+        row[f"{r['method']}_top5_ci"] = r.get("top5_ci")
         if r["method"] == "nnk":
             row["support"] = r.get("support_mean")
     columns = [Column("k")]
     for m in methods:
-        columns += [Column(f"{m}_top1", f"{m} top-1 %"), Column(f"{m}_top5", f"{m} top-5 %", ".2f")]
+        columns += [Column(f"{m}_top1", f"{m} top-1 %"),
+                    Column(f"{m}_top5", f"{m} top-5 %", ".2f", ci=f"{m}_top5_ci")]
     if "nnk" in methods:
         columns.append(Column("support", "nnk support", ".1f"))
     t = doc["timing"]
-    caption = (f"* best k per method; {doc['n_queries']} queries vs {doc['n_train']} train rows; "
-               f"search {t['search_s']:.2f}s, total {t['total_s']:.2f}s")
+    level = f"{100 * doc['parameters'].get('confidence', 0.95):g} %"
+    alpha = next((b["alpha"] for b in best.values() if "alpha" in b), None)
+    caption = f"± half-width of the {level} interval; * best k per method"
+    if alpha is not None:
+        caption += (f"; ~ not significantly below the best (McNemar p >= {alpha:g}); smallest such k: "
+                    + ", ".join(f"{m} k={b['recommended_k']}" for m, b in best.items()))
+    caption += (f"\n{doc['n_queries']} queries vs {doc['n_train']} train rows; "
+                f"search {t['search_s']:.2f}s, total {t['total_s']:.2f}s")
     return {"columns": columns, "rows": list(by_k.values()), "caption": caption}

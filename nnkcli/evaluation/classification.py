@@ -60,6 +60,7 @@ class EvalOptions:
     chunk_size: int | None = None  # queries per chunk; None = sized to CHUNK_MEMORY_BUDGET
     threads: int | None = None
     tol: float = 1e-8  # NNK KKT tolerance, relative to max|g|
+    confidence: float = 0.95  # level of the interval reported with every accuracy
 
     def validate(self) -> "EvalOptions":
         parse_methods(self.methods)
@@ -73,13 +74,15 @@ class EvalOptions:
             raise InputError(f"--chunk-size must be >= 1, got {self.chunk_size}")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be >= 1, got {self.threads}")
+        if not 0.0 < self.confidence < 1.0:  # also False for NaN
+            raise InputError(f"--confidence must be in (0, 1), got {self.confidence:g}", hint="e.g. 0.95")
         return self
 
     def as_dict(self) -> dict:
         return {
             "methods": list(self.methods), "kernel": self.kernel, "temperature": self.temperature,
             "weighting": self.weighting, "exclude_self": self.exclude_self, "chunk_size": self.chunk_size,
-            "threads": self.threads, "tol": self.tol,
+            "threads": self.threads, "tol": self.tol, "confidence": self.confidence,
         }
 
 
@@ -370,8 +373,12 @@ def run(
     *,
     progress: Callable[[int], None] | None = None,
     on_chunk: Callable[[ChunkResult], None] | None = None,
+    keep_hits: bool = False,
 ) -> tuple[dict, dict]:
     """Stream the query split through ``score_chunk``.
+
+    ``keep_hits`` keeps every labelled query's correctness per (method, k) in the
+    accumulators (``Accumulator.hits``), for paired tests; 2 bytes per query and (method, k).
 
     Returns
     -------
@@ -383,7 +390,7 @@ def run(
     k_values = sorted(set(int(k) for k in k_values))
     ev.check_k(k_values, opts)
     chunk = opts.chunk_size or default_chunk_size(k_values[-1], ev.train.dim, ev.n_classes)
-    accs = {(m, k): Accumulator(m, k, ev.n_classes) for m in opts.methods for k in k_values}
+    accs = {(m, k): Accumulator(m, k, ev.n_classes, keep_hits=keep_hits) for m in opts.methods for k in k_values}
     timing = {"read_s": 0.0, "search_s": 0.0, "knn_s": 0.0, "nnk_s": 0.0, "nnk_fallbacks": 0}
     t_start = time.perf_counter()
     t0 = time.perf_counter()
@@ -420,12 +427,12 @@ def check_labelled(ev: Evaluation, gate_requested: bool) -> None:
 
 def open_evaluation(
     store_path, *, methods, train_split, query_split, index_path, rebuild_index, kernel, temperature,
-    weighting, chunk_size, exclude_self, threads, progress_factory,
+    weighting, chunk_size, exclude_self, threads, progress_factory, confidence=0.95,
 ) -> tuple[EvalOptions, Evaluation]:
     """Validate the scoring options, then open the store and its index (classify and sweep)."""
     opts = EvalOptions(
         methods=parse_methods(methods), kernel=kernel, temperature=temperature, weighting=weighting,
-        exclude_self=exclude_self, chunk_size=chunk_size, threads=threads,
+        exclude_self=exclude_self, chunk_size=chunk_size, threads=threads, confidence=confidence,
     ).validate()
     ev = Evaluation(
         store_path, train_split=train_split, query_split=query_split, index_path=index_path,
@@ -449,6 +456,7 @@ def classify(
     chunk_size: int | None = None,
     exclude_self: bool = False,
     threads: int | None = None,
+    confidence: float = 0.95,
     per_class: bool = False,
     predictions_path: str | os.PathLike | None = None,
     gate_requested: bool = False,
@@ -467,6 +475,7 @@ def classify(
         store_path, methods=methods, train_split=train_split, query_split=query_split, index_path=index_path,
         rebuild_index=rebuild_index, kernel=kernel, temperature=temperature, weighting=weighting,
         chunk_size=chunk_size, exclude_self=exclude_self, threads=threads, progress_factory=progress_factory,
+        confidence=confidence,
     )
     with ev:
         check_labelled(ev, gate_requested)
@@ -493,7 +502,8 @@ def classify(
 
 
 def _document(ev, opts, accs, timing, per_class, **extra) -> dict:
-    results = [acc.result(per_class=per_class, class_names=ev.class_names) for acc in accs.values()]
+    results = [acc.result(per_class=per_class, class_names=ev.class_names, confidence=opts.confidence)
+               for acc in accs.values()]
     n_unlabelled = int((ev.query_labels < 0).sum())
     doc = {
         "store": str(ev.store_path),

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 from nnkcli.evaluation.classification import METHODS, _document, check_labelled, open_evaluation, run
 from nnkcli.errors import InputError
+from nnkcli.numerics.stats import mcnemar_exact
+
+DEFAULT_ALPHA = 0.05
 
 _RANGE = re.compile(r"^(\d+)\.\.(\d+)(?::(\d+))?$")
 _INT = re.compile(r"^\d+$")
@@ -84,8 +87,16 @@ class SweepResult:
         return self.document["best"]
 
 
-def best_per_method(results: Sequence[dict]) -> dict:
-    """Per method, the row with the highest top-1 (ties: the smaller k, which is cheaper)."""
+def best_per_method(results: Sequence[dict], hits: dict | None = None, alpha: float = DEFAULT_ALPHA) -> dict:
+    """Per method, the row with the highest top-1 (ties: the smaller k, which is cheaper).
+
+    With ``hits`` ((method, k) -> per-query top-1 correctness, the same queries for
+    every k), each best also says which other k are *not* significantly worse than it:
+    McNemar's exact test of that k against the best k on the same queries, p >= ``alpha``
+    (``tied_k``); ``recommended_k`` is the smallest k among the best and those, the
+    cheapest k that the data cannot tell apart from the best; ``significant`` is true
+    when no other k is tied.
+    """
     best: dict = {}
     for row in results:
         top1 = row.get("top1")
@@ -93,7 +104,24 @@ def best_per_method(results: Sequence[dict]) -> dict:
             continue
         current = best.get(row["method"])
         if current is None or top1 > current["top1"] or (top1 == current["top1"] and row["k"] < current["k"]):
-            best[row["method"]] = {"k": row["k"], "top1": top1, "top5": row.get("top5")}
+            best[row["method"]] = {"k": row["k"], "top1": top1, "top1_ci": row.get("top1_ci"),
+                                   "top5": row.get("top5"), "top5_ci": row.get("top5_ci")}
+    if hits is None:
+        return best
+    for method, b in best.items():
+        ref = hits[(method, b["k"])]
+        tied = []
+        for row in results:
+            if row["method"] != method or row["k"] == b["k"]:
+                continue
+            other = hits[(method, row["k"])]
+            p = mcnemar_exact(int((ref & ~other).sum()), int((other & ~ref).sum()))
+            if p >= alpha:
+                tied.append(row["k"])
+        b["tied_k"] = tied
+        b["recommended_k"] = min([b["k"], *tied])
+        b["significant"] = not tied
+        b["alpha"] = alpha
     return best
 
 
@@ -112,14 +140,19 @@ def sweep(
     chunk_size: int | None = None,
     exclude_self: bool = False,
     threads: int | None = None,
+    confidence: float = 0.95,
+    alpha: float = DEFAULT_ALPHA,
     gate_requested: bool = False,
     progress: Callable[[int], None] | None = None,
     progress_factory: Callable | None = None,
 ) -> SweepResult:
     """Evaluate every k in ``k_values`` for every method from one search per chunk.
 
-    Results are ordered by method, then k. ``best`` holds each method's best k.
+    Results are ordered by method, then k. ``best`` holds each method's best k and the
+    k values not significantly worse than it at ``alpha`` (see :func:`best_per_method`).
     """
+    if not 0.0 < alpha < 1.0:
+        raise InputError(f"--alpha must be in (0, 1), got {alpha:g}", hint="e.g. 0.05")
     k_values = sorted(set(int(k) for k in k_values))
     if not k_values:
         raise InputError("no k values to sweep", hint="e.g. --k 10..200")
@@ -127,16 +160,18 @@ def sweep(
         store_path, methods=methods, train_split=train_split, query_split=query_split, index_path=index_path,
         rebuild_index=rebuild_index, kernel=kernel, temperature=temperature, weighting=weighting,
         chunk_size=chunk_size, exclude_self=exclude_self, threads=threads, progress_factory=progress_factory,
+        confidence=confidence,
     )
     with ev:
         check_labelled(ev, gate_requested)
         if progress is None and progress_factory is not None:
             with progress_factory(ev.query.n, "sweeping") as advance:
-                accs, timing = run(ev, k_values, opts, progress=advance)
+                accs, timing = run(ev, k_values, opts, progress=advance, keep_hits=True)
         else:
-            accs, timing = run(ev, k_values, opts, progress=progress)
+            accs, timing = run(ev, k_values, opts, progress=progress, keep_hits=True)
         doc = _document(ev, opts, accs, timing, per_class=False)
+        hits = {key: acc.hits()[0] for key, acc in accs.items()}
     doc["k_values"] = k_values
     doc["results"] = sorted(doc["results"], key=lambda r: (opts.methods.index(r["method"]), r["k"]))
-    doc["best"] = best_per_method(doc["results"])
+    doc["best"] = best_per_method(doc["results"], hits, alpha)
     return SweepResult(doc)

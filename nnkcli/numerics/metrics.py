@@ -1,7 +1,9 @@
 """Accuracy bookkeeping over streamed query chunks: top-1, top-5, per-class, balanced.
 
-Accuracies are percentages (0-100). Queries labelled -1 are predicted but do not
-count towards any accuracy; they are counted as ``n_unlabelled``.
+Accuracies are percentages (0-100), each with an interval at ``confidence`` (95 %):
+Wilson score intervals for top-1, top-5 and per-class top-1, a stratified bootstrap
+for the balanced accuracy (see ``nnkcli.numerics.stats``). Queries labelled -1 are
+predicted but do not count towards any accuracy; they are counted as ``n_unlabelled``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nnkcli.errors import GateFailed, InputError
+from nnkcli.numerics import stats
+
+GATE_METHODS = ("all", "nnk", "knn")
 
 
 @dataclass
@@ -27,6 +32,9 @@ class Accumulator:
     class_total: np.ndarray = field(default=None, repr=False)
     class_hits: np.ndarray = field(default=None, repr=False)
     support: list = field(default_factory=list, repr=False)
+    keep_hits: bool = False  # keep per-query correctness (paired tests across k, methods, runs)
+    _hit1: list = field(default_factory=list, repr=False)
+    _hit5: list = field(default_factory=list, repr=False)
 
     def __post_init__(self):
         if self.class_total is None:
@@ -52,19 +60,41 @@ class Accumulator:
         self.top5_hits += int(hit5.sum())
         self.class_total += np.bincount(y, minlength=self.n_classes)[: self.n_classes]
         self.class_hits += np.bincount(y[hit1], minlength=self.n_classes)[: self.n_classes]
+        if self.keep_hits:
+            self._hit1.append(hit1)
+            self._hit5.append(hit5)
         if support is not None:
             # over all queries, labelled or not: it describes the solver, not accuracy
             self.support.append(np.asarray(support))
 
-    def result(self, *, per_class: bool = False, class_names: list[str] | None = None) -> dict:
-        """The JSON-able result row (accuracies in %, NaN when nothing was labelled)."""
+    def hits(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per labelled query, in query order: (top-1 correct, top-5 correct), bool (n_queries,).
+
+        Only kept when the accumulator was made with ``keep_hits=True``.
+        """
+        if not self.keep_hits:
+            raise ValueError("per-query hits were not kept (keep_hits=False)")
+        empty = np.zeros(0, dtype=bool)
+        return (np.concatenate(self._hit1) if self._hit1 else empty,
+                np.concatenate(self._hit5) if self._hit5 else empty)
+
+    def result(self, *, per_class: bool = False, class_names: list[str] | None = None,
+               confidence: float = stats.DEFAULT_CONFIDENCE) -> dict:
+        """The JSON-able result row (accuracies in %, NaN when nothing was labelled).
+
+        ``top1_ci``, ``top5_ci`` and ``balanced_accuracy_ci`` are ``[low, high]`` in % at
+        ``confidence``.
+        """
         n = self.n_queries
         row: dict = {
             "method": self.method,
             "k": self.k,
             "top1": _pct(self.top1_hits, n),
+            "top1_ci": stats.wilson_percent(self.top1_hits, n, confidence),
             "top5": _pct(self.top5_hits, n),
+            "top5_ci": stats.wilson_percent(self.top5_hits, n, confidence),
             "balanced_accuracy": self.balanced_accuracy(),
+            "balanced_accuracy_ci": self.balanced_interval(confidence),
             "n_queries": n,
             "n_unlabelled": self.n_unlabelled,
         }
@@ -75,7 +105,8 @@ class Accumulator:
         if per_class:
             names = class_names or [str(c) for c in range(self.n_classes)]
             row["per_class"] = {
-                names[c]: {"n": int(self.class_total[c]), "top1": _pct(self.class_hits[c], self.class_total[c])}
+                names[c]: {"n": int(self.class_total[c]), "top1": _pct(self.class_hits[c], self.class_total[c]),
+                           "top1_ci": stats.wilson_percent(self.class_hits[c], self.class_total[c], confidence)}
                 for c in range(self.n_classes)
                 if self.class_total[c] > 0
             }
@@ -87,17 +118,48 @@ class Accumulator:
             return float("nan")
         return round(float(np.mean(self.class_hits[present] / self.class_total[present]) * 100.0), 4)
 
+    def balanced_interval(self, confidence: float = stats.DEFAULT_CONFIDENCE) -> list:
+        """Stratified-bootstrap interval of the balanced accuracy, ``[low, high]`` in %."""
+        low, high = stats.balanced_bootstrap_interval(self.class_hits, self.class_total, confidence)
+        return [_round(100.0 * low), _round(100.0 * high)]
+
+
+def _round(x: float) -> float:
+    return round(x, 4) if x == x else float("nan")
+
 
 def _pct(hits: int, n: int) -> float:
     return round(100.0 * hits / n, 4) if n else float("nan")
 
 
-def check_gates(rows: list[dict], *, min_top1: float | None = None, min_top5: float | None = None) -> None:
+def check_gate_value(name: str, value: float | None) -> float | None:
+    """A gate threshold must be a finite percentage in [0, 100] (``ValueError`` otherwise)."""
+    if value is None:
+        return None
+    v = float(value)
+    if not (np.isfinite(v) and 0.0 <= v <= 100.0):
+        raise ValueError(f"{name} must be a finite percentage in [0, 100], got {value!r}")
+    return v
+
+
+def check_gates(rows: list[dict], *, min_top1: float | None = None, min_top5: float | None = None,
+                gate_method: str = "all") -> None:
     """Raise GateFailed naming every row whose accuracy is below a threshold.
 
-    ``rows`` are result rows (one per method, e.g. the best k of each method).
+    ``rows`` are result rows (one per method, e.g. the best k of each method);
+    ``gate_method`` (``all``, ``nnk`` or ``knn``) says which methods' rows are gated.
     A gate on results without labelled queries is an input error, not a pass.
     """
+    if gate_method not in GATE_METHODS:
+        raise ValueError(f"gate_method must be one of {GATE_METHODS}, got {gate_method!r}")
+    min_top1 = check_gate_value("--min-top1", min_top1)
+    min_top5 = check_gate_value("--min-top5", min_top5)
+    if gate_method != "all":
+        gated = [row for row in rows if row["method"] == gate_method]
+        if not gated and (min_top1 is not None or min_top5 is not None):
+            raise InputError(f"--gate-method {gate_method}: that method was not run",
+                             hint=f"add it with --method {gate_method} (or --method both)")
+        rows = gated
     failures = []
     for key, threshold in (("top1", min_top1), ("top5", min_top5)):
         if threshold is None:

@@ -81,6 +81,7 @@ class SweepOptions:
     threads: int | None = None
     index_path: str | None = None
     rebuild_index: bool = False
+    confidence: float = 0.95
 
     def __post_init__(self):
         bad = [m for m in self.methods if m not in METHODS]
@@ -326,6 +327,7 @@ def evaluate_one(
             chunk_size=options.chunk_size,
             exclude_self=options.exclude_self,
             threads=options.threads,
+            confidence=options.confidence,
             gate_requested=True,  # a query split without labels gives no accuracy to record
             progress_factory=progress_factory,
         )

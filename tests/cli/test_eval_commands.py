@@ -71,7 +71,7 @@ def test_classify_csv_and_per_class(runner, store):
 
 
 def test_gate_exit_code_3_after_printing(runner, store):
-    res = invoke(runner, "classify", store, "--k", "5", "--format", "json", "--min-top1", "100.1")
+    res = invoke(runner, "classify", store, "--k", "5", "--format", "json", "--min-top1", "100")
     assert res.exit_code == 3
     assert json.loads(res.stdout)["results"]  # results were still written
     assert res.stderr.startswith("Error: quality gate failed: nnk top1 ")
@@ -186,7 +186,7 @@ def test_sweep_bad_spec_is_usage_error(runner, store, spec, token):
 
 
 def test_sweep_gate_uses_best_k(runner, store):
-    res = invoke(runner, "sweep", store, "--k", "5,10", "--format", "json", "--min-top1", "100.5")
+    res = invoke(runner, "sweep", store, "--k", "5,10", "--format", "json", "--min-top1", "100")
     assert res.exit_code == 3
     assert "(k=" in res.stderr
     assert invoke(runner, "sweep", store, "--k", "5,10", "--min-top1", "1").exit_code == 0
