@@ -109,6 +109,8 @@ def extract(ctx, store, split, from_path, labels_path, features_key, labels_key,
                                  overwrite, meta, class_names_path)
     else:
         summary = run_image_extraction(ctx, store=store, split=split, overwrite=overwrite, meta=meta, **image_opts)
+        if summary.pop("rank", 0) != 0:
+            return  # under torchrun only rank 0 prints the assembled split's summary
     render_summary(summary, ui.fmt)
 
 

@@ -106,6 +106,7 @@ def run_image_extraction(ctx: click.Context, *, store: str, split: str, overwrit
     except ImportError:
         raise MissingDependencyError("model extraction", "torch") from None
 
+    from nnkcli.extract.distributed import extract_distributed, launched_world
     from nnkcli.extract.images import EvalTransform, read_image_list, scan_image_folder
     from nnkcli.extract.torch_extract import extract_image_features
 
@@ -115,8 +116,11 @@ def run_image_extraction(ctx: click.Context, *, store: str, split: str, overwrit
         interpolation=options.get("interpolation", "bicubic"), mean=mean, std=std,
     )
     samples = scan_image_folder(images) if images else read_image_list(image_list)
-    with ui.progress(len(samples), f"extracting {split}", unit="images") as advance:
-        return extract_image_features(
+    world = launched_world()  # (rank, world size, local rank) under torchrun, else None
+    run = extract_image_features if world is None else extract_distributed
+    total = len(samples) if world is None else (lambda a, b: b - a)(*_rank_bounds(len(samples), world))
+    with ui.progress(total, f"extracting {split}", unit="images") as advance:
+        summary = run(
             store, split, samples, options["model"],
             checkpoint=options.get("checkpoint"),
             checkpoint_key=options.get("checkpoint_key"),
@@ -133,3 +137,12 @@ def run_image_extraction(ctx: click.Context, *, store: str, split: str, overwrit
             meta=meta,
             progress=advance,
         )
+    if world is not None:
+        summary["rank"] = world[0]
+    return summary
+
+
+def _rank_bounds(n: int, world: tuple[int, int, int]) -> tuple[int, int]:
+    from nnkcli.extract.distributed import rank_slice
+
+    return rank_slice(n, world[0], world[1])
