@@ -104,8 +104,8 @@ def best_per_method(results: Sequence[dict], hits: dict | None = None, alpha: fl
             continue
         current = best.get(row["method"])
         if current is None or top1 > current["top1"] or (top1 == current["top1"] and row["k"] < current["k"]):
-            best[row["method"]] = {"k": row["k"], "top1": top1, "top1_ci": row.get("top1_ci"),
-                                   "top5": row.get("top5"), "top5_ci": row.get("top5_ci")}
+            best[row["method"]] = {"k": row["k"], "top1": top1, "top5": row.get("top5")}
+            best[row["method"]].update({key: row[key] for key in ("top1_ci", "top5_ci") if key in row})
     if hits is None:
         return best
     for method, b in best.items():

@@ -57,3 +57,10 @@ def test_best_per_method_prefers_smaller_k_on_ties():
     ]
     assert best_per_method(rows) == {"nnk": {"k": 20, "top1": 81.0, "top5": 96.0},
                                      "knn": {"k": 10, "top1": 79.0, "top5": 94.0}}
+
+
+def test_best_per_method_carries_the_intervals_of_the_best_row():
+    rows = [{"method": "nnk", "k": 10, "top1": 80.0, "top1_ci": [70.0, 88.0], "top5": 95.0, "top5_ci": [90.0, 98.0]},
+            {"method": "nnk", "k": 20, "top1": 79.0, "top1_ci": [69.0, 87.0], "top5": 96.0, "top5_ci": [91.0, 99.0]}]
+    assert best_per_method(rows) == {"nnk": {"k": 10, "top1": 80.0, "top1_ci": [70.0, 88.0], "top5": 95.0,
+                                             "top5_ci": [90.0, 98.0]}}
