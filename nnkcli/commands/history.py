@@ -31,6 +31,7 @@ Examples:
   nnk history runs/history.jsonl
   nnk history runs/history.jsonl --plot runs/history.png
   nnk history runs/history.jsonl --format json | jq '.best.nnk'
+  nnk history runs/history.jsonl --tensorboard runs/tb    # then: tensorboard --logdir runs/tb
 \b
 Rows are ordered by step (epoch, global step ... read from each checkpoint or its
 file name), sources without a step after them by time. 'vs prev' is the change
@@ -43,13 +44,20 @@ Malformed lines are reported on stderr with their line number and skipped.
 @click.argument("history_path", metavar="HISTORY", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw top-1 over checkpoints for each method (.png, .svg or .pdf; needs matplotlib).")
+@click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              metavar="DIR", help="Also write best top-1/top-5/k per method against the step as TensorBoard "
+                                  "scalars (needs the tensorboard extra).")
 @command_options
 @click.pass_context
-def history(ctx, history_path, plot_path, fmt):
+def history(ctx, history_path, plot_path, tensorboard_dir, fmt):
     """Show the evaluations recorded in HISTORY by nnk evaluate, one row per source."""
     from nnkcli.tracking.history import entry_methods, history_rows, order_entries, read_history
 
     ui = get_ui(ctx)
+    if tensorboard_dir is not None:
+        from nnkcli.tensorboard_log import check_logdir
+
+        check_logdir(tensorboard_dir)
     hist = read_history(history_path, missing_ok=False)
     for bad in hist.malformed:
         logger.warning(f"{history_path.name} {bad}; skipped")
@@ -61,6 +69,12 @@ def history(ctx, history_path, plot_path, fmt):
         plot_history(rows, plot_path, methods=methods, title=history_path.name)
         logger.info(f"plot written to {plot_path}")
     ordered = order_entries(hist.entries)
+    tensorboard = None
+    if tensorboard_dir is not None:
+        from nnkcli.tensorboard_log import write_history
+
+        tensorboard = write_history(ordered, methods, tensorboard_dir)
+        logger.info(f"{tensorboard['scalars']} scalars written to {tensorboard_dir}")
     best = {}
     for m in methods:
         marked = [(row, entry) for row, entry in zip(rows, ordered) if m in row["best"].split()]
@@ -76,6 +90,8 @@ def history(ctx, history_path, plot_path, fmt):
         "rows": rows,
         "malformed": [{"line": b.line_number, "reason": b.reason} for b in hist.malformed],
     }
+    if tensorboard is not None:
+        payload["tensorboard"] = tensorboard
     caption = f"{len(rows)} source" + ("" if len(rows) == 1 else "s")
     if hist.malformed:
         caption += f", {len(hist.malformed)} malformed line{'' if len(hist.malformed) == 1 else 's'} skipped"

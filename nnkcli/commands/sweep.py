@@ -34,8 +34,14 @@ def _k_spec(ctx, param, value):
 @alpha_option
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Also draw top-1 vs k to this .png/.svg/.pdf (needs the plot extra).")
+@click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Also write top-1/top-5 vs k (run DIR/sweep_step_N) and the best k at step N as TensorBoard "
+                   "scalars (needs the tensorboard extra and --step).")
+@click.option("--step", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Training step (epoch) of these features, for --tensorboard.")
 @command_options
-def sweep(store, k_values, plot, method, min_top1, min_top5, gate_method, alpha, fmt, **kwargs):
+def sweep(store, k_values, plot, tensorboard_dir, step, method, min_top1, min_top5, gate_method, alpha, fmt,
+          **kwargs):
     """Top-1/top-5 of NNK and weighted kNN for many k, from one neighbour search.
 
     Each query chunk is searched once at the largest k; smaller k use the leading
@@ -50,6 +56,7 @@ def sweep(store, k_values, plot, method, min_top1, min_top5, gate_method, alpha,
       nnk sweep feats.h5 --k 1,5,10..200:10 --plot sweep.png
       nnk sweep feats.h5 --k 10..200 --format csv > sweep.csv
       nnk sweep feats.h5 --format json --min-top1 70 | jq .best
+      nnk sweep feats.h5 --k 10..200 --tensorboard runs/tb --step 30
     """
     from nnkcli.numerics.metrics import check_gates
     from nnkcli.evaluation.sweeps import sweep as run_sweep
@@ -59,6 +66,12 @@ def sweep(store, k_values, plot, method, min_top1, min_top5, gate_method, alpha,
         from nnkcli.plots import check_plot_path
 
         check_plot_path(plot)  # fail before the long computation, not after
+    if (tensorboard_dir is None) != (step is None):
+        raise click.UsageError("--tensorboard and --step go together: give both or neither")
+    if tensorboard_dir is not None:
+        from nnkcli.tensorboard_log import check_logdir
+
+        check_logdir(tensorboard_dir)
     gate = min_top1 is not None or min_top5 is not None
     check_gate_method(gate_method, method, gate)
     result = run_sweep(store, k_values=k_values, methods=method, gate_requested=gate, alpha=alpha,
@@ -69,6 +82,10 @@ def sweep(store, k_values, plot, method, min_top1, min_top5, gate_method, alpha,
 
         plot_sweep(doc, plot)
         doc["plot"] = str(plot)
+    if tensorboard_dir is not None:
+        from nnkcli.tensorboard_log import write_sweep
+
+        doc["tensorboard"] = write_sweep(doc, tensorboard_dir, step)
     render(doc, fmt=fmt, **_table(doc, fmt))
     best_rows = [{"method": m, **b} for m, b in doc["best"].items()]
     check_gates(best_rows, min_top1=min_top1, min_top5=min_top5, gate_method=gate_method)

@@ -1,0 +1,89 @@
+"""``nnk sweep --tensorboard DIR --step N`` and ``nnk history --tensorboard DIR``: the event
+files are read back with an independent reader and hold exactly the documents' numbers."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from nnkcli.cli import cli
+from nnkcli.tracking.history import append_entry
+
+pytest.importorskip("tensorboardX")
+_spec = importlib.util.spec_from_file_location("tfevents", Path(__file__).resolve().parents[1] / "helpers" / "tfevents.py")
+tfevents = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tfevents)
+
+
+def test_crc32c_reference_value():
+    # the check value of CRC-32C (RFC 3720, appendix B.4)
+    assert tfevents.crc32c(b"123456789") == 0xE3069283
+
+
+def test_sweep_writes_accuracy_vs_k(runner, sample_store, tmp_path):
+    logdir = tmp_path / "tb"
+    res = runner.invoke(cli, ["sweep", str(sample_store), "--k", "5,10,20", "--format", "json",
+                              "--tensorboard", str(logdir), "--step", "7"])
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["tensorboard"]["run"] == str(logdir / "sweep_step_7")
+    curves = tfevents.scalars(logdir / "sweep_step_7")
+    for row in doc["results"]:
+        for metric in ("top1", "top5"):
+            points = dict(curves[f"accuracy_vs_k/{row['method']}/{metric}"])
+            assert points[row["k"]] == pytest.approx(row[metric], abs=1e-4)
+    assert sorted(curves) == sorted(f"accuracy_vs_k/{m}/{t}" for m in ("nnk", "knn") for t in ("top1", "top5"))
+    best = tfevents.scalars(logdir)
+    for method, b in doc["best"].items():
+        assert best[f"best/{method}/top1"] == [(7, pytest.approx(b["top1"], abs=1e-4))]
+        assert best[f"best/{method}/k"] == [(7, b["k"])]
+
+
+def _sha(n: int) -> str:
+    return hashlib.sha256(str(n).encode()).hexdigest()
+
+
+def test_history_writes_best_and_selected_against_the_step(runner, tmp_path):
+    path = tmp_path / "history.jsonl"
+    rows = [(1, 20, 71.5, 70.0), (2, 10, 70.25, 70.5), (3, None, 71.0, 69.0)]
+    for n, step, nnk, knn in rows:
+        entry = {"source": f"/runs/ck{n}.pth", "sha256": _sha(n), "results": [],
+                 "best": {"nnk": {"k": 50 + n, "top1": nnk, "top5": 90.0 + n},
+                          "knn": {"k": 10 + n, "top1": knn, "top5": 88.0}},
+                 "finished_at": f"2024-01-0{n}T00:00:00.000+00:00"}
+        if step is not None:
+            entry["step"] = step
+        if n == 2:
+            entry["selected"] = {"nnk": {"k": 40, "top1": 69.5, "top5": 89.0}}
+        append_entry(path, entry)
+    logdir = tmp_path / "tb"
+    res = runner.invoke(cli, ["history", str(path), "--tensorboard", str(logdir), "--format", "json"])
+    assert res.exit_code == 0, res.stderr
+    assert "1 history entries have no step" in res.stderr
+    got = tfevents.scalars(logdir)
+    # training order: step 10, step 20, then the entry without a step (position 3)
+    assert got["best/nnk/top1"] == [(10, 70.25), (20, 71.5), (3, 71.0)]
+    assert got["best/knn/k"] == [(10, 12.0), (20, 11.0), (3, 13.0)]
+    assert got["best/nnk/top5"] == [(10, 92.0), (20, 91.0), (3, 93.0)]
+    assert got["selected/nnk/top1"] == [(10, 69.5)]
+    assert json.loads(res.stdout)["tensorboard"]["scalars"] == 3 * 2 * 3 + 3
+
+
+def test_missing_extra_and_bad_usage(runner, sample_store, tmp_path, monkeypatch):
+    res = runner.invoke(cli, ["sweep", str(sample_store), "--step", "3"])
+    assert res.exit_code == 2 and "--tensorboard and --step go together" in res.stderr
+    (tmp_path / "file").write_text("x")
+    res = runner.invoke(cli, ["sweep", str(sample_store), "--tensorboard", str(tmp_path / "file"), "--step", "1"])
+    assert res.exit_code in (1, 2)
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    res = runner.invoke(cli, ["sweep", str(sample_store), "--tensorboard", str(tmp_path / "tb"), "--step", "1"])
+    assert res.exit_code == 1
+    assert res.stderr.splitlines()[-2:] == [
+        "Error: --tensorboard needs the optional 'tensorboard' extra, which is not installed",
+        'Hint: pip install "nnkcli[tensorboard]"']
+    assert not (tmp_path / "tb").exists()
