@@ -80,6 +80,20 @@ def format_option(f):
     )(f)
 
 
+def _check_lock_timeout(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not value >= 0:
+        raise click.BadParameter(f"must be >= 0 seconds, got {value:g}", ctx, param)
+    return value
+
+
+def lock_timeout_option(f):
+    """``--lock-timeout SECONDS`` for commands that take a file lock (a store, a history)."""
+    return click.option(
+        "--lock-timeout", type=float, default=None, metavar="SECONDS", callback=_check_lock_timeout,
+        help="Give up (exit 1) when another nnk run holds the lock this long [default: wait].",
+    )(f)
+
+
 def command_options(f):
     """The options every result-producing command takes: --format, -v, -q."""
     return verbosity_options(format_option(f))

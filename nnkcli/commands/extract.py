@@ -8,7 +8,7 @@ import re
 import click
 from click.core import ParameterSource
 
-from nnkcli.cli import command_options, get_ui
+from nnkcli.cli import command_options, get_ui, lock_timeout_option
 from nnkcli.commands.extract_images import IMAGE_OPTION_NAMES, image_options, run_image_extraction
 from nnkcli.output import Column, render
 
@@ -87,11 +87,12 @@ Examples:
 @click.option("--overwrite", is_flag=True, help="Replace the split if the store already has it.")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", callback=parse_meta,
               help="Provenance pair stored with the split (repeatable).")
+@lock_timeout_option
 @image_options
 @command_options
 @click.pass_context
 def extract(ctx, store, split, from_path, labels_path, features_key, labels_key, layer, class_names_path, overwrite,
-            meta, fmt, **image_opts):
+            meta, fmt, lock_timeout, **image_opts):
     """Write features into split NAME of STORE (an HDF5 file, created if missing).
 
     From arrays or dumps (--from), or with a model from images (--images, needs the
@@ -106,9 +107,10 @@ def extract(ctx, store, split, from_path, labels_path, features_key, labels_key,
     _check_meta_keys(meta)
     if from_path:
         summary = _import_arrays(ui, store, split, from_path, labels_path, features_key, labels_key, layer,
-                                 overwrite, meta, class_names_path)
+                                 overwrite, meta, class_names_path, lock_timeout)
     else:
-        summary = run_image_extraction(ctx, store=store, split=split, overwrite=overwrite, meta=meta, **image_opts)
+        summary = run_image_extraction(ctx, store=store, split=split, overwrite=overwrite, meta=meta,
+                                       lock_timeout=lock_timeout, **image_opts)
         if summary.pop("rank", 0) != 0:
             return  # under torchrun only rank 0 prints the assembled split's summary
     render_summary(summary, ui.fmt)
@@ -137,7 +139,7 @@ def _check_meta_keys(meta: dict[str, str]) -> None:
 
 
 def _import_arrays(ui, store, split, from_path, labels_path, features_key, labels_key, layer, overwrite, meta,
-                   class_names_path=None):
+                   class_names_path=None, lock_timeout=None):
     from nnkcli.storage.checks import check_split_name
     from nnkcli.errors import InputError
     from nnkcli.extract import load_features
@@ -154,7 +156,7 @@ def _import_arrays(ui, store, split, from_path, labels_path, features_key, label
         summary = write_split(
             store, split, imported.features, imported.labels, ids=imported.ids,
             class_names=imported.class_names, source=imported.source, attrs={**imported.attrs, **meta},
-            overwrite=overwrite, progress=advance,
+            overwrite=overwrite, progress=advance, lock_timeout=lock_timeout,
         )
     return summary
 

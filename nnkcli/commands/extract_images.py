@@ -136,6 +136,7 @@ def run_image_extraction(ctx: click.Context, *, store: str, split: str, overwrit
             overwrite=overwrite,
             meta=meta,
             progress=advance,
+            lock_timeout=options.get("lock_timeout"),
         )
     if world is not None:
         summary["rank"] = world[0]

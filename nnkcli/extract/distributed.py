@@ -158,7 +158,7 @@ def assemble(store_path: Path, split: str, samples, world: int, *, overwrite: bo
         name_to_id = {c: i for i, c in enumerate(samples.class_names)}
         writer = SplitWriter(store_path, split, dim=first.dim, class_names=samples.class_names,
                              source=str(first.attrs["source"]), attrs=attrs, overwrite=overwrite,
-                             expected_rows=len(samples))
+                             expected_rows=len(samples), lock_timeout=options.get("lock_timeout"))
         with writer:
             for (rank, start, stop, path), fs in zip(parts, opened):
                 sp = fs.split(split)

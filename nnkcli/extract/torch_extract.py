@@ -183,6 +183,7 @@ def extract_image_features(
     overwrite: bool = False,
     meta: Mapping[str, object] | None = None,
     progress: Callable[[int], None] | None = None,
+    lock_timeout: float | None = None,
 ) -> dict:
     """Extract one split's features with a model and write them to the store.
 
@@ -298,7 +299,7 @@ def extract_image_features(
     resumed_rows = 0
     writer = SplitWriter(
         store_path, split, dim=dim, class_names=samples.class_names, source=source, attrs=attrs,
-        overwrite=overwrite, expected_rows=len(samples), resumable=True,
+        overwrite=overwrite, expected_rows=len(samples), resumable=True, lock_timeout=lock_timeout,
     )
     with writer:
         start = 0

@@ -69,6 +69,8 @@ class SplitWriter:
     resumable : bool, default=False
         Keep rows in ``.<store>.<split>.partial`` across crashes; a rerun with the same
         parameters continues after ``n_written`` rows.
+    lock_timeout : float, optional
+        Seconds to wait for another writer of the store at commit (None: wait).
 
     Attributes
     ----------
@@ -87,7 +89,7 @@ class SplitWriter:
     """
 
     def __init__(self, store_path, split, *, dim, class_names=None, source, attrs=None, overwrite=False,
-                 dtype="float32", expected_rows=None, resumable=False):
+                 dtype="float32", expected_rows=None, resumable=False, lock_timeout=None):
         from nnkcli.storage.store import check_attrs, check_writable, remove_dead_temps
 
         self.store_path = Path(store_path)
@@ -106,6 +108,7 @@ class SplitWriter:
         self.overwrite = overwrite
         self.expected_rows = expected_rows
         self.resumable = resumable
+        self.lock_timeout = lock_timeout
         self.summary: dict | None = None
         self._tally = ContentTally()
         self._files: dict[str, object] = {}
@@ -295,7 +298,7 @@ class SplitWriter:
             summary = commit_split(
                 self.store_path, self.split, features, labels, class_names=self.class_names, ids=ids,
                 source=self.source, attrs=self.attrs, overwrite=self.overwrite,
-                checked=(n, self.dim, self.dtype),
+                checked=(n, self.dim, self.dtype), lock_timeout=self.lock_timeout,
             )
         finally:
             del features

@@ -67,6 +67,8 @@ FORMAT_VERSION = 1
 RESERVED_ATTRS = frozenset({"source", "created_at", "nnkcli_version", "content_sha256"})
 _STR = h5py.string_dtype("utf-8")
 _HDF5_CHUNK_BYTES = 1 << 20
+#: class ids allowed in a store without a /classes list
+MAX_CLASSES = 1 << 24
 
 
 def _open_h5(path, mode: str) -> h5py.File:
@@ -159,9 +161,45 @@ class Split:
         self.name = name
         self._group = group
         self.features = group["features"]
+        self._check_schema()
         self.n, self.dim = (int(s) for s in self.features.shape)
         self.dtype = np.dtype(self.features.dtype)
         self.attrs = {key: _plain(value) for key, value in group.attrs.items()}
+
+    def _bad(self, what: str) -> StoreError:
+        return StoreError(f"{self.store.path}: split '{self.name}' {what}",
+                          hint="the file was not written by nnk extract (or it is damaged); recreate the split")
+
+    def _check_schema(self) -> None:
+        """Shapes, dtypes and sizes from the metadata alone (nothing is read), before anything trusts them."""
+        feats = self.features
+        if len(feats.shape) != 2 or feats.shape[1] < 1:
+            raise self._bad(f"has features of shape {tuple(feats.shape)}; expected a 2-D (n, d) array")
+        if h5py.check_string_dtype(feats.dtype) is not None or np.dtype(feats.dtype).kind != "f":
+            raise self._bad(f"has features of dtype {feats.dtype}; expected floating-point numbers")
+        n = int(feats.shape[0])
+        nbytes = n * int(feats.shape[1]) * np.dtype(feats.dtype).itemsize
+        # a dataset can declare any shape and store nothing (2**40 rows in a few KiB): unfiltered data
+        # must actually be in the file, or every read would return the fill value (and labels would
+        # ask for TiB allocations)
+        if nbytes and not feats.compression and not feats.id.get_create_plist().get_nfilters():
+            stored = feats.id.get_storage_size()
+            if stored < nbytes:
+                raise self._bad(f"declares {n} rows ({nbytes / 2**20:.1f} MiB of features) but the file holds "
+                                f"only {stored / 2**20:.1f} MiB of them")
+        for name in ("labels", "ids"):
+            obj = self._group.get(name)
+            if obj is None:
+                continue
+            if not isinstance(obj, h5py.Dataset) or len(obj.shape) != 1 or int(obj.shape[0]) != n:
+                shape = tuple(obj.shape) if isinstance(obj, h5py.Dataset) else "a group"
+                raise self._bad(f"has {name} of shape {shape} for {n} feature rows; expected ({n},)")
+        labels = self._group.get("labels")
+        if labels is not None and np.dtype(labels.dtype).kind not in "iu":
+            raise self._bad(f"has labels of dtype {labels.dtype}; expected integer class ids")
+        ids = self._group.get("ids")
+        if ids is not None and h5py.check_string_dtype(ids.dtype) is None:
+            raise self._bad(f"has ids of dtype {ids.dtype}; expected strings")
 
     def __repr__(self) -> str:
         return f"<Split {self.name!r}: {self.n} x {self.dim} {self.dtype}>"
@@ -174,7 +212,17 @@ class Split:
         """Class ids, int64 of shape (n,); -1 = unlabelled (all -1 when the split has none)."""
         if "labels" not in self._group:
             return np.full(self.n, -1, dtype=np.int64)
-        return np.asarray(self._group["labels"][()], dtype=np.int64)
+        labels = np.asarray(self._group["labels"][()], dtype=np.int64)
+        n_classes = len(self.store.classes) if self.store.classes is not None else MAX_CLASSES
+        bad = np.flatnonzero((labels < -1) | (labels >= n_classes))
+        if bad.size:
+            if self.store.classes is not None:
+                where = f"the {n_classes} classes of /classes"
+            else:
+                where = f"0..{MAX_CLASSES - 1}"
+            raise self._bad(f"has label {int(labels[bad[0]])} at row {int(bad[0])}, outside {where} "
+                            f"({bad.size} such rows)")
+        return labels
 
     @cached_property
     def ids(self) -> list[str] | None:
@@ -276,16 +324,43 @@ class FeatureStore:
         try:
             self._check_format()
             self.attrs = {key: _plain(value) for key, value in self._h5.attrs.items()}
-            self.classes = [str(c) for c in self._h5["classes"].asstr()[()]] if "classes" in self._h5 else None
+            self.classes = self._read_classes()
             self.splits = sorted(
                 name for name, obj in self._h5.items()
-                if isinstance(obj, h5py.Group) and isinstance(obj.get("features"), h5py.Dataset)
+                if isinstance(obj, h5py.Group) and "features" in obj
             )
             self._split_cache: dict[str, Split] = {}
+            for name in self.splits:  # every split's schema is checked now, from metadata only
+                self._check_split_name(name)
+                if not isinstance(self._h5[name].get("features"), h5py.Dataset):
+                    raise StoreError(f"{self.path}: split '{name}' has no features dataset",
+                                     hint="the file was not written by nnk extract (or it is damaged)")
+                self.split(name)
             self.dim = self.split(self.splits[0]).dim if self.splits else None
         except BaseException:
             self.close()
             raise
+
+    def _read_classes(self) -> list[str] | None:
+        if "classes" not in self._h5:
+            return None
+        obj = self._h5["classes"]
+        if not isinstance(obj, h5py.Dataset) or len(obj.shape) != 1 or h5py.check_string_dtype(obj.dtype) is None:
+            what = f"{obj.dtype} of shape {obj.shape}" if isinstance(obj, h5py.Dataset) else "a group"
+            raise StoreError(f"{self.path}: /classes is {what}; expected a 1-D list of class names (strings)",
+                             hint="the file was not written by nnk extract (or it is damaged)")
+        return [str(c) for c in obj.asstr()[()]]
+
+    def _check_split_name(self, name: str) -> None:
+        try:
+            check_split_name(name)
+        except InputError:
+            shown = name if len(name) <= 40 else name[:37] + "..."
+            raise StoreError(
+                f"{self.path} holds a split with an invalid name {shown!r} ({len(name)} characters)",
+                hint="split names are letters, digits, '_', '-' or '.', at most 100 characters; "
+                     "rename the group or recreate the store",
+            ) from None
 
     def _check_format(self) -> None:
         fmt = _plain(self._h5.attrs.get("nnk_format"))
@@ -539,6 +614,7 @@ def write_split(
     overwrite: bool = False,
     chunk_rows: int | None = None,
     progress: Callable[[int], None] | None = None,
+    lock_timeout: float | None = None,
 ) -> dict:
     """Add (or replace) one split of a store, atomically; create the store if needed.
 
@@ -571,6 +647,9 @@ def write_split(
         Rows per streamed block (default: about 32 MB of input).
     progress : callable, optional
         Called with the number of rows after each block.
+    lock_timeout : float, optional
+        Seconds to wait for another writer of the store (``LockTimeout`` after
+        that); None waits as long as it takes. A wait over a second is logged.
 
     Returns
     -------
@@ -588,7 +667,7 @@ def write_split(
     """
     return commit_split(
         store_path, split, features, labels, class_names=class_names, ids=ids, source=source, attrs=attrs,
-        overwrite=overwrite, chunk_rows=chunk_rows, progress=progress,
+        overwrite=overwrite, chunk_rows=chunk_rows, progress=progress, lock_timeout=lock_timeout,
     )
 
 

@@ -92,3 +92,122 @@ def test_file_lock_excludes_another_process(tmp_path):
         release.set()
         proc.join(10)
     assert os.path.exists(f"{path}.lock")
+
+
+# -- lock waits, timeouts, lock files of refused writes, symlinks (hardening) ----------------
+from nnkcli.errors import LockTimeout, OutputError  # noqa: E402
+from nnkcli.storage.atomic import check_can_create, lock_path_for, remove_dead_temps  # noqa: E402
+
+_HOLD = (
+    "import sys, time\n"
+    "from nnkcli.storage.atomic import file_lock\n"
+    "with file_lock(sys.argv[1]):\n"
+    "    print('held', flush=True); time.sleep(30)\n"
+)
+
+
+def _holder(path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(path)], stdout=subprocess.PIPE, env=env)
+    assert proc.stdout.readline().strip() == b"held"
+    return proc
+
+
+def test_a_held_lock_is_reported_after_a_second_and_times_out(tmp_path, caplog):
+    path = tmp_path / "feats.h5"
+    proc = _holder(path)
+    try:
+        t0 = time.monotonic()
+        with caplog.at_level("WARNING", logger="nnkcli"), pytest.raises(LockTimeout) as info:
+            with file_lock(path, timeout=1.5):
+                pytest.fail("the lock was taken while another process held it")
+        waited = time.monotonic() - t0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert 1.4 <= waited < 10
+    assert f"waiting for the lock {path}.lock, held by pid {proc.pid}" in caplog.text
+    assert info.value.message.startswith("timed out after ")
+    assert info.value.message.endswith(f" s waiting for the lock {path}.lock, held by pid {proc.pid}")
+    with file_lock(path, timeout=0):  # the holder is gone: taken at once
+        pass
+
+
+def test_cli_lock_timeout(runner, tmp_path):
+    from nnkcli.cli import cli
+
+    store = tmp_path / "feats.h5"
+    npy = tmp_path / "f.npy"
+    import numpy as np
+
+    np.save(npy, np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32))
+    proc = _holder(store)
+    try:
+        result = runner.invoke(cli, ["extract", str(store), "--split", "x", "--from", str(npy),
+                                     "--lock-timeout", "0.2"])
+    finally:
+        proc.kill()
+        proc.wait()
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-2].startswith(f"Error: timed out after 0 s waiting for the lock {store}.lock")
+    assert not store.exists()
+    bad = runner.invoke(cli, ["extract", str(store), "--split", "x", "--from", str(npy), "--lock-timeout", "-1"])
+    assert bad.exit_code == 2 and "--lock-timeout" in bad.stderr
+
+
+def test_a_refused_first_write_leaves_no_lock_file(tmp_path):
+    import numpy as np
+
+    from nnkcli.errors import InputError
+    from nnkcli.storage.store import write_split
+
+    x = np.ones((5, 3), dtype=np.float32)
+    x[2, 1] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        write_split(tmp_path / "new.h5", "train", x, source="t")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_file_deleted_by_its_holder_is_never_held_twice(tmp_path):
+    path = tmp_path / "x"
+    with file_lock(path, remove_if_absent=True):
+        pass
+    assert not lock_path_for(path).exists()  # path absent: the lock file went with it
+    path.write_text("now it exists")
+    with file_lock(path, remove_if_absent=True):
+        pass
+    assert lock_path_for(path).exists()
+
+
+def test_locks_and_writes_follow_symlinks(tmp_path):
+    real = tmp_path / "real.txt"
+    real.write_text("old")
+    link = tmp_path / "link.txt"
+    link.symlink_to(real)
+    atomic_write_text(link, "new")
+    assert link.is_symlink() and real.read_text() == "new"
+    assert lock_path_for(link) == lock_path_for(real)
+
+
+def test_dead_temps_are_removed_live_ones_kept(tmp_path):
+    dest = tmp_path / "out.bin"
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = tmp_path / f".out.bin.tmp-{proc.pid}-00000000"
+    dead.write_bytes(b"x")
+    live = tmp_path / f".out.bin.tmp-{os.getpid()}-11111111"
+    live.write_bytes(b"y")
+    other = tmp_path / f".out.bin2.tmp-{proc.pid}-22222222"  # another destination's temp
+    other.write_bytes(b"z")
+    assert remove_dead_temps(dest) == [dead]
+    assert live.exists() and other.exists()
+
+
+def test_check_can_create_names_the_problem(tmp_path):
+    with pytest.raises(OutputError, match="folder not found for the index file"):
+        check_can_create(tmp_path / "missing" / "i.faiss", "index")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(OutputError, match="is a folder, not a file"):
+        check_can_create(tmp_path / "d", "index")
+    assert check_can_create(tmp_path / "ok.faiss", "index") == tmp_path / "ok.faiss"
+    assert list(p.name for p in tmp_path.iterdir()) == ["d"]  # the probe is gone
