@@ -45,6 +45,24 @@ class InputError(NnkError):
     """Input data or parameters are invalid (wrong shape, NaN, bad value ...)."""
 
 
+class OptionError(InputError):
+    """An option value is invalid by itself (unknown name, k < 1, T <= 0, NaN ...): a usage error.
+
+    ``option`` is the command-line name (``--temperature``); the CLI reports the same
+    rule through click as ``Invalid value for '--temperature'`` (exit 2). A value that
+    is only wrong for the data at hand (k larger than the train split) is an
+    ``InputError`` (exit 1) instead.
+    """
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, option: str, value, message: str, hint: str | None = None):
+        super().__init__(f"{option}: {message} (got {value!r})", hint=hint)
+        self.option = option
+        self.value = value
+        self.reason = message
+
+
 class StoreError(NnkError):
     """A feature store is missing, unreadable, malformed, or refuses a write."""
 

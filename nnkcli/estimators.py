@@ -227,12 +227,13 @@ class _NeighborsClassifier(*_Base):
 
         self._check_fitted()
         X = self._validate(X, reset=False)
-        k, opts = self.n_neighbors_, self._options()
+        k = self.n_neighbors_
+        opts = self._options().replace(k_values=(k,))
         timing = {"search_s": 0.0, "knn_s": 0.0, "nnk_s": 0.0, "nnk_fallbacks": 0}
         parts = []
         for start, q in self._chunks(X, k):
             labels = np.full(len(q), -1, dtype=np.int64)
-            parts.append(score_chunk(self._ev, q, start, labels, [k], opts, timing))
+            parts.append(score_chunk(self._ev, q, start, labels, opts, timing))
         return parts
 
     def _proba_and_top(self, X):
@@ -295,7 +296,7 @@ class _NeighborsClassifier(*_Base):
         ind : ndarray, shape (n_queries, n_neighbors), int64
             Row numbers into the training data.
         """
-        from nnkcli.evaluation.classification import neighbours
+        from nnkcli.evaluation.classification import search_neighbors
 
         self._check_fitted()
         k = self.n_neighbors_ if n_neighbors is None else n_neighbors
@@ -306,7 +307,7 @@ class _NeighborsClassifier(*_Base):
         X = self._ev.train.features if exclude_self else self._validate(X, reset=False)
         dists, inds = [], []
         for start, q in self._chunks(X, int(k)):
-            ids, sims, _, _ = neighbours(self._ev, q, start, int(k), exclude_self)
+            ids, sims, _, _ = search_neighbors(self._ev, q, start, int(k), exclude_self)
             inds.append(ids)
             dists.append(1.0 - sims)
         ind = np.concatenate(inds)
@@ -361,14 +362,14 @@ class NNKClassifier(_NeighborsClassifier):
         self.unlabelled = unlabelled
 
     def _options(self):
-        from nnkcli.evaluation.classification import EvalOptions
+        from nnkcli.evaluation.options import ScoringOptions
 
         if self.solver not in SOLVERS:
             raise EstimatorInputError(f"unknown solver {self.solver!r}", hint=f"choose one of: {', '.join(SOLVERS)}")
         if not isinstance(self.tol, (int, float)) or not self.tol > 0:
             raise EstimatorInputError(f"tol must be a positive number, got {self.tol!r}")
         try:
-            return EvalOptions(methods=("nnk",), kernel=self.kernel, tol=float(self.tol)).validate()
+            return ScoringOptions(methods=("nnk",), kernel=self.kernel, tol=float(self.tol))
         except InputError as exc:
             raise EstimatorInputError(exc.message, hint=exc.hint) from None
 
@@ -418,12 +419,11 @@ class WeightedKNNClassifier(_NeighborsClassifier):
         self.unlabelled = unlabelled
 
     def _options(self):
-        from nnkcli.evaluation.classification import EvalOptions
+        from nnkcli.evaluation.options import ScoringOptions
 
         if not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool):
             raise EstimatorInputError(f"temperature must be a positive number, got {self.temperature!r}")
         try:
-            return EvalOptions(methods=("knn",), temperature=float(self.temperature),
-                               weighting=self.weighting).validate()
+            return ScoringOptions(methods=("knn",), temperature=float(self.temperature), weighting=self.weighting)
         except InputError as exc:
             raise EstimatorInputError(exc.message, hint=exc.hint) from None

@@ -40,6 +40,7 @@ import numpy as np
 
 from nnkcli.storage.atomic import atomic_output, check_can_create, check_free_space, real_path
 from nnkcli.errors import IndexFileError, InputError, StaleIndexError
+from nnkcli.numerics.kernels import normalize_rows
 
 logger = logging.getLogger("nnkcli")
 
@@ -172,20 +173,6 @@ def set_threads(threads: int | None) -> None:
         if threads < 1:
             raise InputError(f"--threads must be >= 1, got {threads}")
         faiss.omp_set_num_threads(int(threads))
-
-
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """L2-normalise rows (float32, new array); all-zero rows are an error (cosine undefined)."""
-    x = np.array(x, dtype=np.float32, copy=True)
-    norms = np.linalg.norm(x, axis=1)
-    bad = np.flatnonzero(~(norms > 0) | ~np.isfinite(norms))
-    if bad.size:
-        raise InputError(
-            f"{bad.size} feature rows are all-zero or not finite (first: row {int(bad[0])}); cosine similarity is undefined",
-            hint="remove those rows or re-extract the features",
-        )
-    x /= norms[:, None]
-    return x
 
 
 def _default_nlist(n: int) -> int:

@@ -5,26 +5,21 @@ from __future__ import annotations
 import click
 
 from nnkcli.cli import command_options, get_ui
-from nnkcli.commands._evaluation import (
-    EVAL_KWARGS,
-    check_gate_method,
-    evaluation_options,
-    gate_method_option,
-    result_columns,
-)
+from nnkcli.commands._options import check_gate_method, data_options, gate_options, scoring_options
+from nnkcli.commands._results import result_columns
 from nnkcli.output import Column, render
 
 
 @click.command("classify")
 @click.argument("store", type=click.Path(dir_okay=False))
-@click.option("--k", "k", type=int, default=50, show_default=True, help="Neighbours per query.")
-@evaluation_options
-@gate_method_option
+@scoring_options(single_k=True)
+@data_options
+@gate_options
 @click.option("--per-class", is_flag=True, help="Add per-class top-1 accuracy.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="Write per-query neighbours, scores, top-5 and NNK weights to this HDF5 file.")
 @command_options
-def classify(store, k, per_class, out, method, min_top1, min_top5, gate_method, fmt, **kwargs):
+def classify(store, scoring, data, per_class, out, min_top1, min_top5, gate_method, fmt):
     """Classify the query split by its k nearest training rows, with NNK and weighted kNN.
 
     Accuracies are in % (0-100). Queries labelled -1 are predicted but not scored.
@@ -42,11 +37,9 @@ def classify(store, k, per_class, out, method, min_top1, min_top5, gate_method, 
 
     ui = get_ui()
     gate = min_top1 is not None or min_top5 is not None
-    check_gate_method(gate_method, method, gate)
-    doc = run_classify(
-        store, k=k, methods=method, per_class=per_class, predictions_path=out, gate_requested=gate,
-        progress_factory=ui.progress, **{key: kwargs[key] for key in EVAL_KWARGS},
-    )
+    check_gate_method(gate_method, scoring.methods, gate)
+    doc = run_classify(store, scoring, data=data, per_class=per_class, predictions_path=out, gate_requested=gate,
+                       progress_factory=ui.progress)
     rows = doc["results"]
     caption = _caption(doc)
     if per_class and fmt != "json":

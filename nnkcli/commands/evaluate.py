@@ -9,50 +9,34 @@ from pathlib import Path
 import click
 
 from nnkcli.cli import command_options, get_ui
-from nnkcli.commands._evaluation import evaluation_options
-from nnkcli.errors import GateFailed, InputError, NnkError
+from nnkcli.commands._options import (
+    MODEL_PARAMS,
+    check_with,
+    data_options,
+    gate_options,
+    given_on_command_line,
+    model_options,
+    points,
+    scoring_options,
+)
+from nnkcli.errors import GateFailed, NnkError
 from nnkcli.output import Column, render
 
 logger = logging.getLogger("nnkcli")
 
-# extraction options passed to the model extractor only when given, so its defaults apply
-_EXTRACT_KEYS = ("checkpoint_key", "strip_prefix", "trust_checkpoint", "resize", "crop", "interpolation", "device",
-                 "batch_size", "workers")
-
-
-def _check_k_spec(ctx, param, value):
-    from nnkcli.evaluation.sweeps import parse_k_spec
-
-    try:
-        parse_k_spec(value)
-    except InputError as exc:
-        raise click.BadParameter(exc.message) from None
-    return value
-
-
-def _model_options(f):
+def _evaluate_model_options(f):
+    """The shared model bundle plus what only ``evaluate`` needs: image folders and store keeping."""
     opts = [
-        click.option("--model", default=None, metavar="SPEC",
-                     help="For checkpoint SOURCEs: torchvision:NAME, torchscript:FILE.pt or MODULE:CALLABLE."),
-        click.option("--train-images", type=click.Path(file_okay=False), default=None,
-                     help="Image folder extracted into the train split of each checkpoint."),
-        click.option("--val-images", type=click.Path(file_okay=False), default=None,
-                     help="Image folder extracted into the query split of each checkpoint."),
-        click.option("--checkpoint-key", default=None, help="Nested state dict key (default: auto-detect)."),
-        click.option("--strip-prefix", multiple=True, help="Key prefix to remove (default: auto-detect)."),
-        click.option("--resize", type=int, default=None, help="Shorter side before cropping (extractor default 256)."),
-        click.option("--crop", type=int, default=None, help="Centre-crop size (extractor default 224)."),
-        click.option("--interpolation", type=click.Choice(["bicubic", "bilinear"]), default=None,
-                     help="Resize interpolation (extractor default bicubic)."),
-        click.option("--trust-checkpoint", is_flag=True, default=None,
-                     help="Allow checkpoints that pickle Python objects (unpickling can run code)."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Extraction device."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Extraction batch size."),
-        click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers."),
+        click.option("--train-images", type=click.Path(exists=False), default=None, metavar="DIR|FILE.csv",
+                     help="Images extracted into the train split of each checkpoint: a folder with one "
+                          "sub-folder per class, or a CSV list of path,label rows."),
+        click.option("--val-images", type=click.Path(exists=False), default=None, metavar="DIR|FILE.csv",
+                     help="Images extracted into the query split of each checkpoint (folder or CSV list)."),
         click.option("--no-keep-store", "keep_store", flag_value=False, default=True,
                      help="Delete a checkpoint's extracted store once evaluated (default: keep it "
                           "in <history dir>/stores/)."),
     ]
+    f = model_options(f)
     for opt in reversed(opts):
         f = opt(f)
     return f
@@ -115,18 +99,17 @@ Exit codes: 0 ok (also when nothing was new), 1 a source failed or bad input,
               help="Also take every file in DIR matching --pattern.")
 @click.option("--pattern", default=None,
               help="Glob for --watch-dir [default: *.pth with --model, else *.h5].")
-@click.option("--k", "k_spec", default="10..200", show_default=True, callback=_check_k_spec,
-              help="k values: A..B (multiples of A up to B), A..B:S, lists such as 10,20,50.")
-@evaluation_options
-@click.option("--fail-on-regression", "max_drop", type=click.FloatRange(min=0), default=None, metavar="PTS",
+@scoring_options()
+@data_options
+@gate_options(history=True)
+@click.option("--fail-on-regression", "max_drop", type=float, default=None, metavar="PTS",
+              callback=check_with(points),
               help="Exit 3 when the newest source's best top-1 is more than PTS points below the history's best.")
-@click.option("--gate-method", type=click.Choice(["nnk", "knn"]), default=None,
-              help="Method whose best top-1 the gates check [default: nnk, or the only --method].")
-@_model_options
+@_evaluate_model_options
 @command_options
 @click.pass_context
-def evaluate(ctx, sources, history_path, watch_dir, pattern, k_spec, method, max_drop, gate_method, min_top1,
-             min_top5, keep_store, model, train_images, val_images, fmt, **kwargs):
+def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_drop, gate_method, min_top1,
+             min_top5, keep_store, model, train_images, val_images, fmt, **model_kwargs):
     """Evaluate new checkpoints or feature stores into HISTORY, once each.
 
     Each SOURCE (a feature store, or a checkpoint with --model, --train-images and
@@ -139,12 +122,12 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, k_spec, method, max
     and check the newest source in the history (by step, else time) for
     --gate-method.
     """
-    from nnkcli.evaluation.classification import parse_methods
-    from nnkcli.tracking.runner import ModelOptions, SweepOptions, collect_sources, evaluate_sources
+    from nnkcli.evaluation.sweeps import sweep
     from nnkcli.tracking.history import check_gates, read_history
+    from nnkcli.tracking.runner import ModelOptions, collect_sources, evaluate_sources
 
     ui = get_ui(ctx)
-    methods = parse_methods(method)
+    methods = scoring.methods
     if not sources and watch_dir is None:
         raise click.UsageError("give at least one SOURCE or --watch-dir DIR")
     model_given = [n for n, v in (("--model", model), ("--train-images", train_images),
@@ -155,28 +138,26 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, k_spec, method, max
         if missing:
             raise click.UsageError(f"checkpoint SOURCEs need --model, --train-images and --val-images "
                                    f"(missing: {', '.join(sorted(missing))})")
-        extract = {k: kwargs[k] for k in _EXTRACT_KEYS if kwargs.get(k) not in (None, (), False)}
+        # only what was given is recorded (and names the extracted store), so the defaults can evolve
+        extract = given_on_command_line(ctx, [n for n in MODEL_PARAMS if n != "model"])
+        extract = {k: v for k, v in extract.items() if v not in ((), False)}
         if "strip_prefix" in extract:
             extract["strip_prefix"] = list(extract["strip_prefix"])
         model_opts = ModelOptions(model, train_images, val_images, extract=extract, keep_store=keep_store)
     if gate_method is None:
         gate_method = "nnk" if "nnk" in methods else methods[0]
     elif gate_method not in methods:
-        raise click.UsageError(f"--gate-method {gate_method} is not among the evaluated methods ({method})")
+        raise click.UsageError(f"--gate-method {gate_method} is not among the evaluated methods "
+                               f"({', '.join(methods)})")
     if pattern is None:
         pattern = "*.pth" if model_opts else "*.h5"
 
     paths = collect_sources(sources, watch_dir=watch_dir, pattern=pattern)
     if not paths:
         logger.info(f"no file in {watch_dir} matches {pattern}")
-    options = SweepOptions(
-        k_spec=k_spec, methods=methods,
-        **{k: kwargs[k] for k in ("train_split", "query_split", "index_path", "rebuild_index", "kernel",
-                                  "temperature", "weighting", "chunk_size", "threads", "exclude_self",
-                                  "confidence")},
-    )
     progress = partial(_progress, ui) if ui.chatty else None
-    outcomes = evaluate_sources(paths, history_path, options=options, model=model_opts, progress_factory=progress)
+    outcomes = evaluate_sources(paths, history_path, options=scoring, data=data, sweep=sweep, model=model_opts,
+                                progress_factory=progress)
 
     history = read_history(history_path)
     for bad in history.malformed:

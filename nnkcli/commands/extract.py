@@ -9,6 +9,8 @@ import click
 from click.core import ParameterSource
 
 from nnkcli.cli import command_options, get_ui, lock_timeout_option
+from nnkcli.commands._options import check_with
+from nnkcli.evaluation.options import split_name
 from nnkcli.commands.extract_images import IMAGE_OPTION_NAMES, image_options, run_image_extraction
 from nnkcli.output import Column, render
 
@@ -38,8 +40,16 @@ def parse_meta(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
             raise click.BadParameter(f"expected KEY=VALUE with a plain-word key, got {item!r}", ctx, param)
         if key in meta:
             raise click.BadParameter(f"key {key!r} given twice", ctx, param)
+        if key in _reserved_meta_keys():
+            raise click.BadParameter(f"key {key!r} is reserved: nnkcli sets it", ctx, param)
         meta[key] = value
     return meta
+
+
+def _reserved_meta_keys() -> set[str]:
+    from nnkcli.storage.store import RESERVED_ATTRS
+
+    return {*RESERVED_ATTRS, "nnk_format", "format_version"}
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -69,7 +79,8 @@ Examples:
 """,
 )
 @click.argument("store", type=click.Path(dir_okay=False, path_type=str))
-@click.option("--split", required=True, metavar="NAME", help="Split to write, e.g. train or val.")
+@click.option("--split", required=True, metavar="NAME", callback=check_with(split_name),
+              help="Split to write, e.g. train or val.")
 @click.option("--from", "from_path", metavar="PATH", default=None,
               help="Features to import: .npy, .npz, lightly's embeddings.csv, .safetensors, .parquet (file or "
                    "folder), an embedding-reader folder (.npy shards + parquet metadata), a DINO "
@@ -104,7 +115,6 @@ def extract(ctx, store, split, from_path, labels_path, features_key, labels_key,
     ui = get_ui(ctx)
     image_source = image_opts.get("images") or image_opts.get("image_list")
     _check_usage(ctx, from_path, image_source)
-    _check_meta_keys(meta)
     if from_path:
         summary = _import_arrays(ui, store, split, from_path, labels_path, features_key, labels_key, layer,
                                  overwrite, meta, class_names_path, lock_timeout)
@@ -127,15 +137,6 @@ def _check_usage(ctx: click.Context, from_path: str | None, image_source: str | 
         if _given(ctx, name):
             where = "--images/--image-list" if from_path else "--from"
             raise click.UsageError(f"{_option_flag(ctx, name)} applies to {where} only", ctx)
-
-
-def _check_meta_keys(meta: dict[str, str]) -> None:
-    from nnkcli.errors import InputError
-    from nnkcli.storage.store import RESERVED_ATTRS
-
-    for key in meta:
-        if key in RESERVED_ATTRS or key in ("nnk_format", "format_version"):
-            raise InputError(f"--meta key '{key}' is reserved: nnkcli sets it", hint="choose another key")
 
 
 def _import_arrays(ui, store, split, from_path, labels_path, features_key, labels_key, layer, overwrite, meta,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from nnkcli.cli import command_options, get_ui
+from nnkcli.commands._options import check_with, checked
+from nnkcli.evaluation.options import DataOptions, optional_count
 from nnkcli.output import Column, render
 
 
@@ -20,23 +22,34 @@ def _parse_memory(ctx, param, value):
         raise click.BadParameter(f"{exc.message} ({exc.hint})") from None
 
 
+COUNT = check_with(optional_count)  # None (automatic) or >= 1
+
+
 @click.command("index")
 @click.argument("store", type=click.Path(dir_okay=False))
-@click.option("--split", default="train", show_default=True, help="Split to index.")
+@click.option("--train-split", "--split", "split", default="train", show_default=True, metavar="NAME",
+              callback=checked(DataOptions, "train_split"),
+              help="Split to index: the train split that classify/sweep search (--split is the old name).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Index file (default: beside STORE, <stem>.<split>.faiss).")
+              help="Index file (default: beside STORE, <stem>.<train-split>.faiss).")
 @click.option("--type", "index_type", type=click.Choice(["flat", "ivf", "hnsw"]), default="flat",
               show_default=True, help="flat is exact; ivf and hnsw are approximate, for large stores.")
-@click.option("--nlist", type=int, default=None, help="ivf: number of cells (default ~ 4*sqrt(n)).")
-@click.option("--nprobe", type=int, default=None, help="ivf: cells searched per query (default nlist/16, >= 8).")
-@click.option("--hnsw-m", type=int, default=32, show_default=True, help="hnsw: graph degree.")
-@click.option("--ef-search", type=int, default=None, help="hnsw: search depth (default max(64, k)).")
-@click.option("--ef-construction", type=int, default=80, show_default=True, help="hnsw: build depth.")
-@click.option("--shards", "n_shards", type=click.IntRange(min=1), default=None,
+@click.option("--nlist", type=int, default=None, metavar="N", callback=COUNT,
+              help="ivf: number of cells (default ~ 4*sqrt(n)).")
+@click.option("--nprobe", type=int, default=None, metavar="N", callback=COUNT,
+              help="ivf: cells searched per query (default nlist/16, >= 8).")
+@click.option("--hnsw-m", type=int, metavar="N", callback=COUNT, default=32, show_default=True,
+              help="hnsw: graph degree.")
+@click.option("--ef-search", type=int, default=None, metavar="N", callback=COUNT,
+              help="hnsw: search depth (default max(64, k)).")
+@click.option("--ef-construction", type=int, metavar="N", callback=COUNT, default=80, show_default=True,
+              help="hnsw: build depth.")
+@click.option("--shards", "n_shards", type=int, default=None, metavar="M", callback=COUNT,
               help="Build M index files over contiguous row ranges (peak memory: one shard plus a query chunk).")
 @click.option("--max-memory", "max_memory", callback=_parse_memory, default=None, metavar="SIZE",
               help="Pick the number of shards so one shard plus a query chunk fits in SIZE (e.g. 8G).")
-@click.option("--threads", type=int, default=None, help="Threads for building (default: all cores).")
+@click.option("--threads", type=int, default=None, metavar="N", callback=COUNT,
+              help="Threads for building (default: all cores).")
 @command_options
 def index(store, split, out, index_type, nlist, nprobe, hnsw_m, ef_search, ef_construction, n_shards, max_memory,
           threads, fmt):

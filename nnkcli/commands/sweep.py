@@ -5,33 +5,15 @@ from __future__ import annotations
 import click
 
 from nnkcli.cli import command_options, get_ui
-from nnkcli.commands._evaluation import (
-    EVAL_KWARGS,
-    alpha_option,
-    check_gate_method,
-    evaluation_options,
-    gate_method_option,
-)
-from nnkcli.errors import InputError
+from nnkcli.commands._options import check_gate_method, data_options, gate_options, scoring_options
 from nnkcli.output import Column, render
-
-
-def _k_spec(ctx, param, value):
-    from nnkcli.evaluation.sweeps import parse_k_spec
-
-    try:
-        return parse_k_spec(value)
-    except InputError as exc:
-        raise click.BadParameter(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
 
 
 @click.command("sweep")
 @click.argument("store", type=click.Path(dir_okay=False))
-@click.option("--k", "k_values", default="10..200", show_default=True, callback=_k_spec, metavar="SPEC",
-              help="k values: 10..200 (10, 20, ..., 200), 1..100:5, 10,20,50 or mixes like 1,5,10..200:10.")
-@evaluation_options
-@gate_method_option
-@alpha_option
+@scoring_options()
+@data_options
+@gate_options
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Also draw top-1 vs k to this .png/.svg/.pdf (needs the plot extra).")
 @click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
@@ -40,8 +22,7 @@ def _k_spec(ctx, param, value):
 @click.option("--step", type=click.IntRange(min=0), default=None, metavar="N",
               help="Training step (epoch) of these features, for --tensorboard.")
 @command_options
-def sweep(store, k_values, plot, tensorboard_dir, step, method, min_top1, min_top5, gate_method, alpha, fmt,
-          **kwargs):
+def sweep(store, scoring, data, plot, tensorboard_dir, step, min_top1, min_top5, gate_method, fmt):
     """Top-1/top-5 of NNK and weighted kNN for many k, from one neighbour search.
 
     Each query chunk is searched once at the largest k; smaller k use the leading
@@ -73,9 +54,8 @@ def sweep(store, k_values, plot, tensorboard_dir, step, method, min_top1, min_to
 
         check_logdir(tensorboard_dir)
     gate = min_top1 is not None or min_top5 is not None
-    check_gate_method(gate_method, method, gate)
-    result = run_sweep(store, k_values=k_values, methods=method, gate_requested=gate, alpha=alpha,
-                       progress_factory=ui.progress, **{key: kwargs[key] for key in EVAL_KWARGS})
+    check_gate_method(gate_method, scoring.methods, gate)
+    result = run_sweep(store, scoring, data=data, gate_requested=gate, progress_factory=ui.progress)
     doc = result.to_dict()
     if plot is not None:
         from nnkcli.plots import plot_sweep

@@ -1,13 +1,13 @@
 """Streaming NNK / weighted-kNN evaluation of a query split against an indexed training split.
 
 The query split is read in chunks. For each chunk: one index search at the largest
-k needed, an exact re-ranking of those neighbours (float64 cosine from the stored
+k needed, an exact re-ranking of those neighbors (float64 cosine from the stored
 vectors, ties broken by row id, so results do not depend on faiss's blocking, the
 chunk size or the thread count), then the requested methods at every requested k.
 ``classify`` evaluates one k; ``nnkcli.evaluation.sweeps`` evaluates many from the same search.
 
 Memory: the index (n_train x d float32 for a flat index) plus, per chunk of B
-queries at largest k K, about ``B * (4*K*d + 32*K*K + 16*C)`` bytes (neighbour
+queries at largest k K, about ``B * (4*K*d + 32*K*K + 16*C)`` bytes (neighbor
 vectors, kernel blocks and solver work, class scores). The default chunk size keeps
 that under ``CHUNK_MEMORY_BUDGET``; nothing of size n_query x n_train is ever held.
 """
@@ -24,66 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from nnkcli.errors import InputError
+from nnkcli.evaluation.options import DEFAULT_K, DataOptions, ScoringOptions, resolve
 from nnkcli.numerics.metrics import Accumulator
+from nnkcli.numerics.scores import TOP
 
 logger = logging.getLogger("nnkcli")
 
-METHODS = ("nnk", "knn")
-KERNELS = ("cosine", "gaussian")
-WEIGHTINGS = ("exp", "similarity", "uniform")
 CHUNK_MEMORY_BUDGET = 512 * 2**20
-TOP = 5  # how many classes are kept per query (top-5 accuracy)
-
-
-def parse_methods(method: str | Sequence[str]) -> tuple[str, ...]:
-    """``"both"`` -> ``("nnk", "knn")``; validates names."""
-    names = [method] if isinstance(method, str) else list(method)
-    out: list[str] = []
-    for name in names:
-        for part in ("nnk", "knn") if name == "both" else (name,):
-            if part not in METHODS:
-                raise InputError(f"unknown method {part!r}", hint="choose nnk, knn or both")
-            if part not in out:
-                out.append(part)
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    """How queries are scored (shared by classify and sweep)."""
-
-    methods: tuple[str, ...] = METHODS
-    kernel: str = "cosine"  # NNK kernel
-    temperature: float = 0.07  # kNN: weights exp(s / T)
-    weighting: str = "exp"  # kNN weighting: exp | similarity | uniform
-    exclude_self: bool = False  # leave-one-out when the query split is the training split
-    chunk_size: int | None = None  # queries per chunk; None = sized to CHUNK_MEMORY_BUDGET
-    threads: int | None = None
-    tol: float = 1e-8  # NNK KKT tolerance, relative to max|g|
-    confidence: float = 0.95  # level of the interval reported with every accuracy
-
-    def validate(self) -> "EvalOptions":
-        parse_methods(self.methods)
-        if self.kernel not in KERNELS:
-            raise InputError(f"unknown kernel {self.kernel!r}", hint="choose cosine or gaussian")
-        if self.weighting not in WEIGHTINGS:
-            raise InputError(f"unknown kNN weighting {self.weighting!r}", hint="choose exp, similarity or uniform")
-        if not self.temperature > 0:
-            raise InputError(f"--temperature must be > 0, got {self.temperature:g}", hint="DINO uses 0.07")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise InputError(f"--chunk-size must be >= 1, got {self.chunk_size}")
-        if self.threads is not None and self.threads < 1:
-            raise InputError(f"--threads must be >= 1, got {self.threads}")
-        if not 0.0 < self.confidence < 1.0:  # also False for NaN
-            raise InputError(f"--confidence must be in (0, 1), got {self.confidence:g}", hint="e.g. 0.95")
-        return self
-
-    def as_dict(self) -> dict:
-        return {
-            "methods": list(self.methods), "kernel": self.kernel, "temperature": self.temperature,
-            "weighting": self.weighting, "exclude_self": self.exclude_self, "chunk_size": self.chunk_size,
-            "threads": self.threads, "tol": self.tol, "confidence": self.confidence,
-        }
 
 
 def query_bytes(k: int, dim: int, n_classes: int) -> int:
@@ -127,21 +74,19 @@ class Evaluation:
     def __init__(
         self,
         store_path: str | os.PathLike,
+        data: DataOptions | None = None,
         *,
-        train_split: str = "train",
-        query_split: str = "val",
-        index_path: str | os.PathLike | None = None,
-        rebuild_index: bool = False,
         threads: int | None = None,
         progress_factory: Callable | None = None,
     ):
-        from nnkcli import index as nnk_index
         from nnkcli.storage.store import FeatureStore
 
+        data = data if data is not None else DataOptions()
         self.store_path = Path(store_path)
         self.store = FeatureStore(self.store_path)
         try:
-            self._open(train_split, query_split, index_path, rebuild_index, threads, progress_factory)
+            self._open(data.train_split, data.query_split, data.index_path, data.rebuild_index, threads,
+                       progress_factory)
         except BaseException:
             self.store.close()
             raise
@@ -243,16 +188,15 @@ class Evaluation:
     def max_k(self, exclude_self: bool) -> int:
         return int(self.train.n) - (1 if exclude_self else 0)
 
-    def check_k(self, k_values: Sequence[int], opts: EvalOptions) -> None:
+    def check_k(self, opts: ScoringOptions) -> None:
+        """The k values against this data (k > n_train is a data error, exit 1, not a usage error)."""
         if opts.exclude_self and self.query.name != self.train.name:
             raise InputError(
                 "--exclude-self needs the query split to be the train split",
                 hint=f"pass --query-split {self.train.name} for leave-one-out evaluation",
             )
         largest = self.max_k(opts.exclude_self)
-        for k in k_values:
-            if k < 1:
-                raise InputError(f"k must be >= 1, got {k}")
+        for k in opts.k_values:
             if k > largest:
                 raise InputError(
                     f"k={k} is larger than the train split allows ({self.train.n} rows)",
@@ -294,35 +238,35 @@ class MethodChunk:
 @dataclass
 class ChunkResult:
     start: int
-    ids: np.ndarray  # (B, K) int64 neighbour rows in the train split, most similar first
+    ids: np.ndarray  # (B, K) int64 neighbor rows in the train split, most similar first
     sims: np.ndarray  # (B, K) float64 cosine similarities
     labels: np.ndarray  # (B,) int64 true labels
     by_method_k: dict = field(default_factory=dict)  # (method, k) -> MethodChunk
 
 
-def neighbours(ev: Evaluation, q: np.ndarray, start: int, k: int, exclude_self: bool):
+def search_neighbors(ev: Evaluation, q: np.ndarray, start: int, k: int, exclude_self: bool):
     """Search, drop each query's own row under leave-one-out, re-rank exactly (see ``evaluation.search``).
 
-    Returns ids (B, k) int64, sims (B, k) float64, X (B, k, d) float32 neighbour vectors, missing (B, k) bool.
+    Returns ids (B, k) int64, sims (B, k) float64, X (B, k, d) float32 neighbor vectors, missing (B, k) bool.
     """
     return ev.searcher.neighbors(q, start, k, exclude_self)
 
 
 def score_chunk(
-    ev: Evaluation, q: np.ndarray, start: int, labels: np.ndarray, k_values: Sequence[int], opts: EvalOptions,
-    timing: dict,
+    ev: Evaluation, q: np.ndarray, start: int, labels: np.ndarray, opts: ScoringOptions, timing: dict,
 ) -> ChunkResult:
-    """All methods at all ``k_values`` (ascending) for one chunk of normalised queries ``q`` (B, d)."""
+    """All methods at all ``opts.k_values`` (ascending) for one chunk of normalized queries ``q`` (B, d)."""
     from nnkcli.numerics import solver
 
+    k_values = opts.k_values
     k_max = k_values[-1]
     t0 = time.perf_counter()
-    ids, sims, X, missing = neighbours(ev, q, start, k_max, opts.exclude_self)
+    ids, sims, X, missing = search_neighbors(ev, q, start, k_max, opts.exclude_self)
     nb_labels = np.where(missing, -1, ev.train_labels[np.where(missing, 0, ids)])
     timing["search_s"] += time.perf_counter() - t0
     out = ChunkResult(start=start, ids=ids, sims=sims, labels=labels)
     C = ev.n_classes
-    finite_sims = np.where(missing, 0.0, sims)  # a missing neighbour weighs nothing
+    finite_sims = np.where(missing, 0.0, sims)  # a missing neighbor weighs nothing
 
     if "knn" in opts.methods:
         t0 = time.perf_counter()
@@ -366,16 +310,15 @@ def _mask_missing(G: np.ndarray, g: np.ndarray, missing: np.ndarray) -> None:
     g[b, j] = 0.0
 
 
-def run(
+def evaluate_chunks(
     ev: Evaluation,
-    k_values: Sequence[int],
-    opts: EvalOptions,
+    opts: ScoringOptions,
     *,
     progress: Callable[[int], None] | None = None,
     on_chunk: Callable[[ChunkResult], None] | None = None,
     keep_hits: bool = False,
 ) -> tuple[dict, dict]:
-    """Stream the query split through ``score_chunk``.
+    """Stream the query split through ``score_chunk`` at every k of ``opts.k_values``.
 
     ``keep_hits`` keeps every labelled query's correctness per (method, k) in the
     accumulators (``Accumulator.hits``), for paired tests; 2 bytes per query and (method, k).
@@ -385,10 +328,10 @@ def run(
     accumulators : dict mapping (method, k) -> Accumulator
     timing : dict of seconds (read, search, knn, nnk, total) and queries per second
     """
-    from nnkcli.index import normalize_rows
+    from nnkcli.numerics.kernels import normalize_rows
 
-    k_values = sorted(set(int(k) for k in k_values))
-    ev.check_k(k_values, opts)
+    ev.check_k(opts)
+    k_values = opts.k_values
     chunk = opts.chunk_size or default_chunk_size(k_values[-1], ev.train.dim, ev.n_classes)
     accs = {(m, k): Accumulator(m, k, ev.n_classes, keep_hits=keep_hits) for m in opts.methods for k in k_values}
     timing = {"read_s": 0.0, "search_s": 0.0, "knn_s": 0.0, "nnk_s": 0.0, "nnk_fallbacks": 0}
@@ -398,7 +341,7 @@ def run(
         q = normalize_rows(feats)
         labels = ev.query_labels[start : start + len(q)]
         timing["read_s"] += time.perf_counter() - t0
-        res = score_chunk(ev, q, start, labels, k_values, opts, timing)
+        res = score_chunk(ev, q, start, labels, opts, timing)
         for key, mc in res.by_method_k.items():
             accs[key].update(mc.top, labels, mc.support)
         if on_chunk is not None:
@@ -425,83 +368,95 @@ def check_labelled(ev: Evaluation, gate_requested: bool) -> None:
         logger.warning(f"query split '{ev.query.name}' has no labels: predictions only, no accuracy")
 
 
-def open_evaluation(
-    store_path, *, methods, train_split, query_split, index_path, rebuild_index, kernel, temperature,
-    weighting, chunk_size, exclude_self, threads, progress_factory, confidence=0.95,
-) -> tuple[EvalOptions, Evaluation]:
-    """Validate the scoring options, then open the store and its index (classify and sweep)."""
-    opts = EvalOptions(
-        methods=parse_methods(methods), kernel=kernel, temperature=temperature, weighting=weighting,
-        exclude_self=exclude_self, chunk_size=chunk_size, threads=threads, confidence=confidence,
-    ).validate()
-    ev = Evaluation(
-        store_path, train_split=train_split, query_split=query_split, index_path=index_path,
-        rebuild_index=rebuild_index, threads=threads, progress_factory=progress_factory,
-    )
-    return opts, ev
+def open_evaluation(store_path, options: ScoringOptions, data: DataOptions, progress_factory=None) -> Evaluation:
+    """Open the store and its index for ``options`` (classify and sweep)."""
+    return Evaluation(store_path, data, threads=options.threads, progress_factory=progress_factory)
 
 
 def classify(
     store_path: str | os.PathLike,
+    options: ScoringOptions | None = None,
     *,
-    k: int = 50,
-    methods: str | Sequence[str] = METHODS,
-    train_split: str = "train",
-    query_split: str = "val",
-    index_path: str | os.PathLike | None = None,
-    rebuild_index: bool = False,
-    kernel: str = "cosine",
-    temperature: float = 0.07,
-    weighting: str = "exp",
-    chunk_size: int | None = None,
-    exclude_self: bool = False,
-    threads: int | None = None,
-    confidence: float = 0.95,
+    data: DataOptions | None = None,
+    k: int | None = None,
     per_class: bool = False,
     predictions_path: str | os.PathLike | None = None,
     gate_requested: bool = False,
     progress_factory: Callable | None = None,
+    **settings,
 ) -> dict:
     """Evaluate NNK and/or weighted kNN at one k; returns the JSON-able result document.
 
-    See the module docstring for the memory bound. ``progress_factory(total, description)``
-    is an optional context manager yielding ``advance(n)`` (the CLI draws a bar with it).
+    Parameters
+    ----------
+    store_path : path-like
+        The feature store.
+    options : ScoringOptions, optional
+        How queries are scored; its ``k_values`` must hold one k (default: ``k=50``).
+    data : DataOptions, optional
+        Splits and saved index (default: train vs val, the saved index if present).
+    k : int, optional
+        Shorthand for ``k_values=(k,)``.
+    per_class : bool
+        Add per-class top-1 to each result.
+    predictions_path : path-like, optional
+        Write per-query results to this HDF5 file (atomically).
+    gate_requested : bool
+        A query split without labels is then an error (there is no accuracy to gate).
+    progress_factory : callable, optional
+        ``progress_factory(total, description)``: a context manager yielding ``advance(n)``.
+    **settings
+        Any field of ``ScoringOptions`` or ``DataOptions`` (``methods="knn"``,
+        ``query_split="test"`` ...), applied over ``options``/``data``.
+
+    See the module docstring for the memory bound.
+
+    Examples
+    --------
+    >>> doc = classify(demo_store, k=10, methods="knn")              # doctest: +SKIP
+    >>> [(r["method"], r["k"]) for r in doc["results"]]              # doctest: +SKIP
+    [('knn', 10)]
     """
     if predictions_path is not None:
         from nnkcli.storage.atomic import check_can_create
 
         check_can_create(predictions_path, "predictions")  # before the index is loaded or built
-    opts, ev = open_evaluation(
-        store_path, methods=methods, train_split=train_split, query_split=query_split, index_path=index_path,
-        rebuild_index=rebuild_index, kernel=kernel, temperature=temperature, weighting=weighting,
-        chunk_size=chunk_size, exclude_self=exclude_self, threads=threads, progress_factory=progress_factory,
-        confidence=confidence,
-    )
+    if k is not None:
+        settings["k_values"] = (k,)
+    elif options is None and "k_values" not in settings:
+        settings["k_values"] = (DEFAULT_K,)
+    options, data = resolve(options, data, settings)
+    if len(options.k_values) != 1:
+        raise InputError(f"classify evaluates one k, got {len(options.k_values)} values",
+                         hint="use sweep for several k")
+    (k,) = options.k_values
+    ev = open_evaluation(store_path, options, data, progress_factory)
     with ev:
         check_labelled(ev, gate_requested)
-        ev.check_k([k], opts)  # before the predictions file is created (run() checks again, cheaply)
+        ev.check_k(options)  # before the predictions file is created (evaluate_chunks checks again, cheaply)
         writer = None
         if predictions_path is not None:
             from nnkcli.evaluation.predictions import PredictionWriter
 
-            writer = PredictionWriter(predictions_path, ev, k, opts)
+            writer = PredictionWriter(predictions_path, ev, options)
         on_chunk = writer.write if writer is not None else None
         try:
             if progress_factory is not None:
                 with progress_factory(ev.query.n, "classifying") as advance:
-                    accs, timing = run(ev, [k], opts, progress=advance, on_chunk=on_chunk)
+                    accs, timing = evaluate_chunks(ev, options, progress=advance, on_chunk=on_chunk)
             else:
-                accs, timing = run(ev, [k], opts, on_chunk=on_chunk)
+                accs, timing = evaluate_chunks(ev, options, on_chunk=on_chunk)
         except BaseException:
             if writer is not None:
                 writer.abort()  # nothing half-written is left behind, an old file is kept
             raise
         if writer is not None:
-            writer.commit(_document(ev, opts, accs, timing, per_class))
-        return _document(ev, opts, accs, timing, per_class, k=k, predictions_path=predictions_path)
+            writer.commit(result_document(ev, options, accs, timing, per_class))
+        return result_document(ev, options, accs, timing, per_class, k=k, predictions_path=predictions_path)
 
 
-def _document(ev, opts, accs, timing, per_class, **extra) -> dict:
+def result_document(ev, opts: ScoringOptions, accs, timing, per_class, **extra) -> dict:
+    """The JSON-able document of one evaluation; ``"parameters"`` is ``opts.as_dict()`` whole."""
     results = [acc.result(per_class=per_class, class_names=ev.class_names, confidence=opts.confidence)
                for acc in accs.values()]
     n_unlabelled = int((ev.query_labels < 0).sum())

@@ -2,7 +2,7 @@
 
 :class:`Evaluation` opens a store and its saved index; :class:`InMemoryEvaluation` is the
 same set-up built from arrays (numpy, or torch tensors converted once), so the same
-``run`` / ``score_chunk`` code scores queries in a training loop, a notebook or a
+``evaluate_chunks`` / ``score_chunk`` code scores queries in a training loop, a notebook or a
 scikit-learn estimator without writing an HDF5 file first. The train vectors are
 L2-normalised into an in-memory flat (exact) index, exactly as ``nnk classify`` builds
 one when no saved index exists, so both paths give the same neighbours and scores.
@@ -64,7 +64,7 @@ def unit_rows(x: np.ndarray, *, keep_zero_rows: bool = False) -> np.ndarray:
     ``keep_zero_rows``: an all-zero row stays zero (cosine similarity 0 to every row, the
     convention of scikit-learn's cosine metric) instead of being an error.
     """
-    from nnkcli.index import normalize_rows
+    from nnkcli.numerics.kernels import normalize_rows
 
     if not keep_zero_rows:
         return normalize_rows(x)

@@ -5,9 +5,9 @@ Layout (datasets are row-aligned with the query split)::
     /neighbors      (n_q, k) int64    row ids into the train split, most similar first
     /similarities   (n_q, k) float32  cosine similarities
     /labels         (n_q,)   int64    true labels (-1 = unlabelled)
-    /<method>/scores (n_q, C) float32 class scores (knn: summed weights; nnk: normalised mass)
+    /<method>/scores (n_q, C) float32 class scores (knn: summed weights; nnk: normalized mass)
     /<method>/top5   (n_q, 5) int64   classes by descending score (-1 = no class)
-    /nnk/weights    (n_q, k) float32  raw NNK weights theta (not normalised), to check the KKT conditions
+    /nnk/weights    (n_q, k) float32  raw NNK weights theta (not normalized), to check the KKT conditions
     attrs: every parameter, the store's and the index's fingerprints, the nnkcli version.
 """
 
@@ -19,16 +19,18 @@ import os
 import numpy as np
 
 from nnkcli import __version__
+from nnkcli.evaluation.options import ScoringOptions
+from nnkcli.numerics.scores import TOP
 
 
 class PredictionWriter:
-    """Receives ``ChunkResult``s from ``classify.run`` and commits one HDF5 file at the end."""
+    """Receives ``ChunkResult``s from ``classification.evaluate_chunks`` and commits one HDF5 file at the end."""
 
-    def __init__(self, path: str | os.PathLike, ev, k: int, opts):
-        from nnkcli.evaluation.classification import TOP
+    def __init__(self, path: str | os.PathLike, ev, opts: ScoringOptions):
         from nnkcli.storage.store import ArrayFileWriter
 
         n, C = int(ev.query.n), int(ev.n_classes)
+        (k,) = opts.k_values
         self.k = k
         self.methods = opts.methods
         self.file = ArrayFileWriter(path, kind="predictions")

@@ -10,63 +10,14 @@ exactly what ``classify`` gives at that k (the same code computes both).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from nnkcli.evaluation.classification import METHODS, _document, check_labelled, open_evaluation, run
-from nnkcli.errors import InputError
+from nnkcli.evaluation.classification import check_labelled, evaluate_chunks, open_evaluation, result_document
+from nnkcli.evaluation.options import DEFAULT_ALPHA, DataOptions, ScoringOptions, parse_k_spec, resolve
 from nnkcli.numerics.stats import mcnemar_exact
 
-DEFAULT_ALPHA = 0.05
-
-_RANGE = re.compile(r"^(\d+)\.\.(\d+)(?::(\d+))?$")
-_INT = re.compile(r"^\d+$")
-MAX_K_VALUES = 10_000
-
-
-def parse_k_spec(spec: str) -> list[int]:
-    """Parse a k specification into a sorted list of distinct positive ints.
-
-    Grammar (comma-separated tokens, mixed freely)::
-
-        N         one value
-        A..B      A, 2A, 3A, ... up to B       ("10..200" -> 10, 20, ..., 200)
-        A..B:S    A, A+S, A+2S, ... up to B    ("1..9:4" -> 1, 5, 9)
-
-    Raises
-    ------
-    InputError
-        naming the first bad token.
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise InputError("empty k specification", hint="e.g. --k 10..200 or --k 10,20,50")
-    values: set[int] = set()
-    for raw in spec.split(","):
-        token = raw.strip()
-        m = _RANGE.match(token)
-        if _INT.match(token):
-            new = [int(token)]
-        elif m:
-            a, b = int(m.group(1)), int(m.group(2))
-            step = int(m.group(3)) if m.group(3) is not None else a
-            if a < 1 or step < 1 or b < a:
-                raise InputError(
-                    f"bad k range {token!r}: need 1 <= A <= B and a step >= 1",
-                    hint="e.g. 10..200 (10, 20, ..., 200) or 1..100:5",
-                )
-            if (b - a) // step + 1 > MAX_K_VALUES:
-                raise InputError(f"k range {token!r} has more than {MAX_K_VALUES} values", hint="use a larger step")
-            new = list(range(a, b + 1, step))
-        else:
-            raise InputError(
-                f"bad k token {token!r} in {spec!r}",
-                hint="use integers, A..B (multiples of A up to B), A..B:S, or comma lists like 1,5,10..200:10",
-            )
-        if any(v < 1 for v in new):
-            raise InputError(f"bad k token {token!r}: k must be >= 1")
-        values.update(new)
-    return sorted(values)
+__all__ = ["SweepResult", "best_per_method", "parse_k_spec", "sweep"]
 
 
 @dataclass
@@ -127,51 +78,33 @@ def best_per_method(results: Sequence[dict], hits: dict | None = None, alpha: fl
 
 def sweep(
     store_path: str | os.PathLike,
+    options: ScoringOptions | None = None,
     *,
-    k_values: Sequence[int],
-    methods: str | Sequence[str] = METHODS,
-    train_split: str = "train",
-    query_split: str = "val",
-    index_path: str | os.PathLike | None = None,
-    rebuild_index: bool = False,
-    kernel: str = "cosine",
-    temperature: float = 0.07,
-    weighting: str = "exp",
-    chunk_size: int | None = None,
-    exclude_self: bool = False,
-    threads: int | None = None,
-    confidence: float = 0.95,
-    alpha: float = DEFAULT_ALPHA,
+    data: DataOptions | None = None,
     gate_requested: bool = False,
     progress: Callable[[int], None] | None = None,
     progress_factory: Callable | None = None,
+    **settings,
 ) -> SweepResult:
-    """Evaluate every k in ``k_values`` for every method from one search per chunk.
+    """Evaluate every k of ``options.k_values`` for every method from one search per chunk.
 
-    Results are ordered by method, then k. ``best`` holds each method's best k and the
-    k values not significantly worse than it at ``alpha`` (see :func:`best_per_method`).
+    ``options``, ``data`` and ``**settings`` are as in ``classify`` (``k_values=range(10, 201, 10)``
+    or ``k_values="10..200"`` is the usual keyword). Results are ordered by method, then k;
+    ``best`` holds each method's best k and the k values not significantly worse than it at
+    ``options.alpha`` (see :func:`best_per_method`).
     """
-    if not 0.0 < alpha < 1.0:
-        raise InputError(f"--alpha must be in (0, 1), got {alpha:g}", hint="e.g. 0.05")
-    k_values = sorted(set(int(k) for k in k_values))
-    if not k_values:
-        raise InputError("no k values to sweep", hint="e.g. --k 10..200")
-    opts, ev = open_evaluation(
-        store_path, methods=methods, train_split=train_split, query_split=query_split, index_path=index_path,
-        rebuild_index=rebuild_index, kernel=kernel, temperature=temperature, weighting=weighting,
-        chunk_size=chunk_size, exclude_self=exclude_self, threads=threads, progress_factory=progress_factory,
-        confidence=confidence,
-    )
+    options, data = resolve(options, data, settings)
+    ev = open_evaluation(store_path, options, data, progress_factory)
     with ev:
         check_labelled(ev, gate_requested)
         if progress is None and progress_factory is not None:
             with progress_factory(ev.query.n, "sweeping") as advance:
-                accs, timing = run(ev, k_values, opts, progress=advance, keep_hits=True)
+                accs, timing = evaluate_chunks(ev, options, progress=advance, keep_hits=True)
         else:
-            accs, timing = run(ev, k_values, opts, progress=progress, keep_hits=True)
-        doc = _document(ev, opts, accs, timing, per_class=False)
+            accs, timing = evaluate_chunks(ev, options, progress=progress, keep_hits=True)
+        doc = result_document(ev, options, accs, timing, per_class=False)
         hits = {key: acc.hits()[0] for key, acc in accs.items()}
-    doc["k_values"] = k_values
-    doc["results"] = sorted(doc["results"], key=lambda r: (opts.methods.index(r["method"]), r["k"]))
-    doc["best"] = best_per_method(doc["results"], hits, alpha)
+    doc["k_values"] = list(options.k_values)
+    doc["results"] = sorted(doc["results"], key=lambda r: (options.methods.index(r["method"]), r["k"]))
+    doc["best"] = best_per_method(doc["results"], hits, options.alpha)
     return SweepResult(doc)

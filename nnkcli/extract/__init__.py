@@ -17,11 +17,22 @@ from pathlib import Path
 
 import numpy as np
 
-from nnkcli.errors import InputError
+from nnkcli.errors import InputError, MissingDependencyError
 
 FORMATS = ("npy", "npz", "dino", "vissl", "lightly", "safetensors", "parquet", "embedding-reader")
 # formats whose features/labels are named by --features-key/--labels-key
 _KEYED_FORMATS = ("npz", "safetensors", "parquet", "embedding-reader")
+#: keyword arguments of ``images.EvalTransform`` (the rest of the model options go to the extractor)
+TRANSFORM_KEYS = ("resize", "crop", "interpolation", "mean", "std")
+
+
+def require_torch(what: str) -> None:
+    """Raise ``MissingDependencyError`` naming ``what`` unless torch and pillow can be imported."""
+    try:
+        import PIL.Image  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError(what, "torch") from None
 _VISSL_FILE = re.compile(r"^(rank\d+(?:_chunk\d+)?)_([A-Za-z0-9]+)_(.+)_features\.npy$")
 
 

@@ -15,6 +15,20 @@ from nnkcli.errors import InputError
 KERNELS = ("cosine", "gaussian")
 
 
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """L2-normalize rows (float32, new array); all-zero rows are an error (cosine undefined)."""
+    x = np.array(x, dtype=np.float32, copy=True)
+    norms = np.linalg.norm(x, axis=1)
+    bad = np.flatnonzero(~(norms > 0) | ~np.isfinite(norms))
+    if bad.size:
+        raise InputError(
+            f"{bad.size} feature rows are all-zero or not finite (first: row {int(bad[0])}); cosine similarity is undefined",
+            hint="remove those rows or re-extract the features",
+        )
+    x /= norms[:, None]
+    return x
+
+
 def kernel_blocks(query, neighbors, *, kernel: str = "cosine", sims=None) -> tuple[np.ndarray, np.ndarray]:
     """The kernel blocks ``G`` and ``g`` of a batch of queries.
 

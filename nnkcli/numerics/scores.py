@@ -13,6 +13,7 @@ from nnkcli.errors import InputError
 WEIGHTINGS = ("exp", "similarity", "uniform")
 #: how top-k lists treat classes without score: see ``topk_classes``
 TOP5_RULES = ("strict", "inclusive")
+TOP = 5  # classes kept per query by the evaluation (top-5 accuracy)
 
 
 def knn_scores(sims, neighbor_labels, n_classes: int, *, weighting: str = "exp",

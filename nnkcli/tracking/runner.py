@@ -2,7 +2,7 @@
 
 ``evaluate_sources`` is what ``nnk evaluate`` runs from cron and CI. For each
 source it computes the sha256 of the file; a source already in the history is
-skipped, any other is evaluated with ``nnkcli.evaluation.sweeps.sweep`` (a checkpoint is first
+skipped, any other is evaluated with ``nnkcli.evaluation.sweeps.sweep`` (or the sweep function passed in; a checkpoint is first
 extracted into a store beside the history) and recorded as one appended line.
 
 Overlapping runs (two cron jobs, a cron job and a CI job) are safe:
@@ -28,21 +28,21 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib
 import json
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from nnkcli import __version__
 from nnkcli.storage.atomic import file_lock
-from nnkcli.errors import InputError, MissingDependencyError, NnkError
+from nnkcli.errors import InputError, NnkError
+from nnkcli.evaluation.options import DEFAULT_K_SPEC, DataOptions, ScoringOptions, format_k_spec
 from nnkcli.tracking.history import (
     HistoryError,
     append_entry,
@@ -54,39 +54,15 @@ from nnkcli.tracking.history import (
 
 logger = logging.getLogger("nnkcli")
 
-METHODS = ("nnk", "knn")
 STORE_SUFFIXES = (".h5", ".hdf5")
 
-#: ModelOptions.extract keys that configure the image transform, not the extractor
-TRANSFORM_KEYS = ("resize", "crop", "interpolation", "mean", "std")
+
+#: ``sweep(store_path, options, *, data, gate_requested, progress_factory) -> SweepResult``
+SweepFunction = Callable[..., Any]
 
 EVALUATED = "evaluated"
 SKIPPED = "skipped"
 FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class SweepOptions:
-    """How each source is evaluated: the arguments of ``nnkcli.evaluation.sweeps.sweep``."""
-
-    k_spec: str = "10..200"
-    methods: tuple[str, ...] = METHODS
-    train_split: str = "train"
-    query_split: str = "val"
-    kernel: str = "cosine"
-    temperature: float = 0.07
-    weighting: str = "exp"
-    chunk_size: int | None = None
-    exclude_self: bool = False
-    threads: int | None = None
-    index_path: str | None = None
-    rebuild_index: bool = False
-    confidence: float = 0.95
-
-    def __post_init__(self):
-        bad = [m for m in self.methods if m not in METHODS]
-        if not self.methods or bad:
-            raise InputError(f"methods must be among {', '.join(METHODS)}, got {', '.join(self.methods) or 'none'}")
 
 
 @dataclass(frozen=True)
@@ -231,11 +207,6 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _sweep_module():
-    # looked up at call time, so a test can stand in for the evaluation
-    return importlib.import_module("nnkcli.evaluation.sweeps")
-
-
 def checkpoint_store_path(history_path: Path, sha256: str, model: ModelOptions | None = None) -> Path:
     """Where a checkpoint's features go: ``<history dir>/stores/<sha256[:16]>[-<config>].h5``."""
     suffix = f"-{model_config_digest(model)}" if model is not None else ""
@@ -263,7 +234,9 @@ def evaluate_one(
     *,
     sha256: str,
     history_path: Path,
-    options: SweepOptions,
+    options: ScoringOptions,
+    data: DataOptions,
+    sweep: SweepFunction,
     model: ModelOptions | None = None,
     progress_factory: Callable | None = None,
 ) -> dict:
@@ -277,8 +250,13 @@ def evaluate_one(
         The content hash of ``source`` (computed once by the caller).
     history_path : Path
         Used to place the extracted store of a checkpoint.
-    options : SweepOptions
-        The sweep's k values, methods, splits and solver parameters.
+    options : ScoringOptions
+        How queries are scored (k values, methods, kernel ...).
+    data : DataOptions
+        The splits and, for a store source, its saved index.
+    sweep : callable
+        ``sweep(store_path, options, data=..., gate_requested=..., progress_factory=...)``
+        returning a ``SweepResult`` (``nnkcli.evaluation.sweeps.sweep``).
     model : ModelOptions, optional
         Required for checkpoint sources.
     """
@@ -291,20 +269,20 @@ def evaluate_one(
         raise InputError(
             f"{source.name} is not a feature store (.h5); a checkpoint needs --model, --train-images and --val-images"
         )
-    sweep_mod = _sweep_module()
-    k_values = sweep_mod.parse_k_spec(options.k_spec)
+    k_values = options.k_values
     step, step_from = _read_step(source, checkpoint)
-    parameters: dict[str, Any] = {k: v for k, v in asdict(options).items() if k != "k_spec"}
     if checkpoint:
-        parameters.pop("index_path")  # a checkpoint's store is made here, with no saved index
-    parameters["methods"] = list(options.methods)
+        data = data.replace(index_path=None)  # a checkpoint's store is made here, with no saved index
+    parameters: dict[str, Any] = {**options.as_dict(), **data.as_dict()}
+    if checkpoint:
+        parameters.pop("index_path")
     store_path = source
     extract_s = None
     if checkpoint:
         store_path = checkpoint_store_path(history_path, sha256, model)
         t_extract = time.perf_counter()
-        extract_checkpoint(source, store_path, model, train_split=options.train_split,
-                           query_split=options.query_split, progress_factory=progress_factory)
+        extract_checkpoint(source, store_path, model, train_split=data.train_split,
+                           query_split=data.query_split, progress_factory=progress_factory)
         extract_s = time.perf_counter() - t_extract
         parameters["model"] = {
             "model": model.model,
@@ -313,32 +291,14 @@ def evaluate_one(
             **model.extract,
         }
     try:
-        result = sweep_mod.sweep(
-            store_path,
-            k_values=k_values,
-            methods=tuple(options.methods),
-            train_split=options.train_split,
-            query_split=options.query_split,
-            index_path=None if checkpoint else options.index_path,
-            rebuild_index=options.rebuild_index,
-            kernel=options.kernel,
-            temperature=options.temperature,
-            weighting=options.weighting,
-            chunk_size=options.chunk_size,
-            exclude_self=options.exclude_self,
-            threads=options.threads,
-            confidence=options.confidence,
-            gate_requested=True,  # a query split without labels gives no accuracy to record
-            progress_factory=progress_factory,
-        )
+        # gate_requested: a query split without labels gives no accuracy to record
+        result = sweep(store_path, options, data=data, gate_requested=True, progress_factory=progress_factory)
     finally:
         if checkpoint and not model.keep_store:
             with contextlib.suppress(OSError):
                 store_path.unlink()
-    result = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+    result = result.to_dict()
     results, best = _summarise_results(result, options.methods)
-    if result.get("parameters"):
-        parameters["sweep"] = result["parameters"]
     timing = {"total_s": round(time.perf_counter() - t0, 3)}
     if extract_s is not None:
         timing["extract_s"] = round(extract_s, 3)
@@ -356,7 +316,7 @@ def evaluate_one(
         "n_train": result.get("n_train"),
         "n_queries": result.get("n_queries"),
         "n_classes": result.get("n_classes"),
-        "k_spec": options.k_spec,
+        "k_spec": format_k_spec(k_values),
         "k_values": list(k_values),
         "methods": list(options.methods),
         "results": results,
@@ -387,7 +347,8 @@ def extract_checkpoint(
     are kept, and an interrupted split is resumed, so a re-run continues where
     the killed one stopped.
     """
-    from nnkcli.extract.images import EvalTransform, scan_image_folder
+    from nnkcli.extract import TRANSFORM_KEYS
+    from nnkcli.extract.images import EvalTransform, read_image_list, scan_image_folder
     from nnkcli.extract.torch_extract import extract_image_features
 
     options = dict(model.extract)
@@ -401,7 +362,8 @@ def extract_checkpoint(
             logger.info(f"  {split}: already extracted in {store_path}")
             continue
         logger.info(f"  extracting split '{split}' from {images}")
-        samples = scan_image_folder(images)
+        # a folder with one sub-folder per class, or a CSV list of path,label rows
+        samples = read_image_list(images) if Path(images).is_file() else scan_image_folder(images)
         bar = progress_factory(len(samples), f"extracting {split}") if progress_factory else contextlib.nullcontext()
         with bar as advance:
             extract_image_features(
@@ -415,14 +377,6 @@ def model_config_digest(model: ModelOptions) -> str:
     doc = {"model": model.model, "train": str(Path(model.train_images).resolve()),
            "val": str(Path(model.val_images).resolve()), **model.extract}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-def _require_torch() -> None:
-    try:
-        import PIL.Image  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError:
-        raise MissingDependencyError("evaluating checkpoints", "torch") from None
 
 
 def _present_splits(store_path: Path) -> set[str]:
@@ -457,7 +411,9 @@ def evaluate_sources(
     sources: Iterable[str | os.PathLike],
     history_path: str | os.PathLike,
     *,
-    options: SweepOptions | None = None,
+    options: ScoringOptions | None = None,
+    data: DataOptions | None = None,
+    sweep: SweepFunction | None = None,
     model: ModelOptions | None = None,
     progress_factory: Callable[[int, str], contextlib.AbstractContextManager] | None = None,
 ) -> list[SourceOutcome]:
@@ -469,8 +425,12 @@ def evaluate_sources(
         Feature stores, or checkpoints when ``model`` is given (see ``collect_sources``).
     history_path : path-like
         The ``.jsonl`` history; created when missing. Its directory must exist.
-    options : SweepOptions, optional
-        How each source is evaluated (default: ``SweepOptions()``).
+    options : ScoringOptions, optional
+        How each source is evaluated (default: ``ScoringOptions(k_values="10..200")``).
+    data : DataOptions, optional
+        The splits evaluated and, with one store source, its saved index.
+    sweep : callable, optional
+        The evaluation (default: ``nnkcli.evaluation.sweeps.sweep``); see ``evaluate_one``.
     model : ModelOptions, optional
         How checkpoints are turned into stores.
     progress_factory : callable, optional
@@ -484,17 +444,21 @@ def evaluate_sources(
         half-written, a bad split) is reported as ``failed`` and not recorded, so
         the next run retries it; the others still run.
     """
-    options = options or SweepOptions()
+    options = options if options is not None else ScoringOptions(k_values=DEFAULT_K_SPEC)
+    data = data if data is not None else DataOptions()
+    if sweep is None:
+        from nnkcli.evaluation.sweeps import sweep
     history_path = Path(history_path)
     if history_path.is_dir():
         raise HistoryError(f"--history is a directory: {history_path}", hint="give a file such as history.jsonl")
     if not history_path.parent.is_dir():
         raise HistoryError(f"the directory of --history does not exist: {history_path.parent}")
-    _sweep_module().parse_k_spec(options.k_spec)  # a bad --k fails before any work
     sources = [Path(s) for s in sources]
     if model is not None:
-        _require_torch()
-    if options.index_path is not None and len(sources) != 1:
+        from nnkcli.extract import require_torch
+
+        require_torch("evaluating checkpoints")
+    if data.index_path is not None and len(sources) != 1:
         raise InputError("--index names the index of one store; give exactly one SOURCE with it")
     outcomes: dict[int, SourceOutcome] = {}
 
@@ -511,7 +475,8 @@ def evaluate_sources(
             outcomes[i] = SourceOutcome(source, SKIPPED, sha, "already in history", existing)
             logger.info(f"{source.name}: already in history, skipped")
             continue
-        job = _Job(i, len(sources), source, sha, stamp, history_path, options, model, progress_factory)
+        job = _Job(i, len(sources), source, sha, stamp, history_path, options, data, sweep, model,
+                   progress_factory)
         outcome = job.run(blocking=False)
         if outcome is None:
             logger.info(f"{source.name}: being evaluated by another process; coming back to it at the end")
@@ -540,7 +505,9 @@ class _Job:
     sha256: str
     stamp: tuple
     history_path: Path
-    options: SweepOptions
+    options: ScoringOptions
+    data: DataOptions
+    sweep: SweepFunction
     model: ModelOptions | None
     progress_factory: Callable | None
 
@@ -556,8 +523,8 @@ class _Job:
             logger.info(f"evaluating {source} ({self.index + 1}/{self.n_sources})")
             try:
                 entry = evaluate_one(
-                    source, sha256=sha, history_path=self.history_path, options=self.options, model=self.model,
-                    progress_factory=self.progress_factory,
+                    source, sha256=sha, history_path=self.history_path, options=self.options, data=self.data,
+                    sweep=self.sweep, model=self.model, progress_factory=self.progress_factory,
                 )
                 if file_stamp(source) != self.stamp:
                     # the line would claim a sha256 that is not what was evaluated

@@ -84,30 +84,16 @@ def test_gate_exit_code_3_after_printing(runner, store):
     "args, message",
     [
         (["--k", "301"], "Error: k=301 is larger than the train split allows (300 rows)\nHint: the largest valid k is 300\n"),
-        (["--k", "0"], "Error: k must be >= 1, got 0\n"),
-        (["--temperature", "0"], "Error: --temperature must be > 0, got 0\nHint: DINO uses 0.07\n"),
-        (["--chunk-size", "0"], "Error: --chunk-size must be >= 1, got 0\n"),
         (["--exclude-self"], "Error: --exclude-self needs the query split to be the train split\n"
                              "Hint: pass --query-split train for leave-one-out evaluation\n"),
     ],
 )
-def test_classify_bad_values(runner, store, args, message):
+def test_classify_values_wrong_for_this_data_exit_1(runner, store, args, message):
+    # valid option values that this store cannot satisfy: data errors (bad option values: test_option_values.py)
     res = invoke(runner, "classify", store, *args)
     assert res.exit_code == 1
     assert res.stderr.endswith(message)
     assert "Traceback" not in res.stderr
-
-
-@pytest.mark.parametrize("option, value, message", [
-    ("--method", "svm", "Error: unknown method 'svm'\nHint: choose nnk, knn or both\n"),
-    ("--kernel", "rbf", "Error: unknown kernel 'rbf'\nHint: choose cosine or gaussian\n"),
-    ("--weighting", "inverse", "Error: unknown kNN weighting 'inverse'\nHint: choose exp, similarity or uniform\n"),
-])
-@pytest.mark.parametrize("command", ["classify", "sweep"])
-def test_unknown_method_or_kernel_is_exit_1(runner, store, command, option, value, message):
-    res = invoke(runner, command, store, option, value)
-    assert res.exit_code == 1
-    assert res.stderr == message
 
 
 def test_missing_split(runner, store):

@@ -22,7 +22,7 @@ import pytest
 
 from nnkcli.cli import cli
 from nnkcli.tracking.history import read_history
-from nnkcli.evaluation.sweeps import parse_k_spec
+from nnkcli.evaluation.sweeps import SweepResult
 
 
 # -- in-process, with a fake sweep ------------------------------------------------------
@@ -30,15 +30,16 @@ from nnkcli.evaluation.sweeps import parse_k_spec
 def fake_sweep(monkeypatch):
     calls = []
 
-    def sweep(store_path, *, k_values, methods, **kwargs):
+    def sweep(store_path, options, **kwargs):
         calls.append(Path(store_path).name)
         spec = json.loads(Path(store_path).read_text())
-        results = [{"method": m, "k": k, "top1": spec[m], "top5": 95.0} for m in methods for k in k_values]
-        best = {m: {"k": k_values[0], "top1": spec[m], "top5": 95.0} for m in methods}
-        return types.SimpleNamespace(to_dict=lambda: {"results": results, "best": best})
+        ks, methods = options.k_values, options.methods
+        results = [{"method": m, "k": k, "top1": spec[m], "top5": 95.0} for m in methods for k in ks]
+        best = {m: {"k": ks[0], "top1": spec[m], "top5": 95.0} for m in methods}
+        return SweepResult({"results": results, "best": best})
 
-    monkeypatch.setattr("nnkcli.tracking.runner._sweep_module",
-                        lambda: types.SimpleNamespace(parse_k_spec=parse_k_spec, sweep=sweep))
+    # `nnk evaluate` hands nnkcli.evaluation.sweeps.sweep to the runner: stand in for it there
+    monkeypatch.setattr("nnkcli.evaluation.sweeps.sweep", sweep)
     return calls
 
 
@@ -172,14 +173,15 @@ def test_malformed_history_line_is_reported_not_fatal(runner, run_dir, fake_swee
     "args, message",
     [
         ([], "Error: give at least one SOURCE or --watch-dir DIR"),
-        (["x.h5", "--k", "10..abc"], "Error: Invalid value for '--k': bad k token '10..abc' in '10..abc'"),
+        (["x.h5", "--k", "10..abc"], ("Error: Invalid value for '--k': bad k token '10..abc' (got '10..abc'); use N, A..B "
+                                         "(multiples of A up to B), A..B:S (step S), or comma lists such as 1,5,10..200:10")),
         (["x.h5", "--model", "m:f"],
          "Error: checkpoint SOURCEs need --model, --train-images and --val-images "
          "(missing: --train-images, --val-images)"),
         (["x.h5", "--method", "knn", "--gate-method", "nnk"],
          "Error: --gate-method nnk is not among the evaluated methods (knn)"),
         (["x.h5", "--fail-on-regression", "-1"],
-         "Error: Invalid value for '--fail-on-regression': -1.0 is not in the range x>=0."),
+         "Error: Invalid value for '--fail-on-regression': must be a finite number of points >= 0 (got -1.0)"),
     ],
 )
 def test_usage_errors_exit_2(runner, tmp_path, args, message, fake_sweep):
@@ -200,18 +202,19 @@ def test_missing_source_exit_1(runner, tmp_path, fake_sweep):
 # signals NNK_TEST_FLAG and hangs (to be killed mid-run).
 DRIVER = '''
 import os, sys, time, types
-import nnkcli.tracking.runner as ev
-import nnkcli.evaluation.sweeps as real
+import nnkcli.evaluation.sweeps as sweeps
 
-def sweep(store_path, **kwargs):
-    result = real.sweep(store_path, **kwargs)
+real_sweep = sweeps.sweep
+
+def sweep(store_path, *args, **kwargs):
+    result = real_sweep(store_path, *args, **kwargs)
     time.sleep(float(os.environ.get("NNK_TEST_DELAY", "0")))
     if os.path.basename(str(store_path)) == os.environ.get("NNK_TEST_HANG"):
         open(os.environ["NNK_TEST_FLAG"], "w").close()
         time.sleep(120)
     return result
 
-ev._sweep_module = lambda: types.SimpleNamespace(parse_k_spec=real.parse_k_spec, sweep=sweep)
+sweeps.sweep = sweep  # `nnk evaluate` passes this function to the runner
 from nnkcli.cli import main
 main(sys.argv[1:])
 '''

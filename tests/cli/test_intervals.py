@@ -87,7 +87,7 @@ def test_classify_table_shows_half_width_and_csv_both_ends(runner, store):
 def test_gate_values_must_be_finite_percentages(runner, store, command, value):
     res = invoke(runner, command, store, "--k", "5", "--min-top1", value)
     assert res.exit_code == 2
-    assert (f"Invalid value for '--min-top1': must be a finite percentage in [0, 100], got {float(value)!r}"
+    assert (f"Invalid value for '--min-top1': must be a finite percentage in [0, 100] (got {float(value)!r})"
             in res.stderr)
 
 
@@ -95,7 +95,7 @@ def test_gate_values_must_be_finite_percentages(runner, store, command, value):
 def test_confidence_must_be_strictly_between_0_and_1(runner, store, value):
     res = invoke(runner, "classify", store, "--k", "5", "--confidence", value)
     assert res.exit_code == 2
-    assert f"Invalid value for '--confidence': must be strictly between 0 and 1, got {float(value)!r}" in res.stderr
+    assert f"Invalid value for '--confidence': must be strictly between 0 and 1 (got {float(value)!r})" in res.stderr
 
 
 def test_gate_method_gates_only_that_method(runner, store):

@@ -11,7 +11,7 @@ import pytest
 from scipy.optimize import nnls
 
 from nnkcli.evaluation.classification import classify
-from nnkcli.errors import InputError, StaleIndexError
+from nnkcli.errors import InputError, OptionError, StaleIndexError
 from nnkcli.storage.store import write_split
 from nnkcli.evaluation.sweeps import sweep
 
@@ -163,12 +163,14 @@ def test_bad_k_and_options(store):
     with pytest.raises(InputError) as err:
         classify(path, k=400, query_split="train", exclude_self=True)
     assert err.value.hint == "the largest valid k is 399"
-    with pytest.raises(InputError, match="k must be >= 1"):
+    assert type(err.value) is InputError  # wrong for this data only: exit 1
+    with pytest.raises(OptionError, match="k must be >= 1"):
         classify(path, k=0)
     with pytest.raises(InputError, match="--exclude-self needs the query split to be the train split"):
         classify(path, k=5, exclude_self=True)
-    with pytest.raises(InputError, match="--temperature must be > 0"):
+    with pytest.raises(OptionError, match="--temperature: must be a finite number > 0") as err:
         classify(path, k=5, temperature=0)
+    assert err.value.exit_code == 2 and err.value.option == "--temperature"
 
 
 def test_saved_index_used_and_stale_index_refused(tmp_path):

@@ -10,14 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import types
 
 import pytest
 
-from nnkcli.errors import InputError
+from nnkcli.errors import InputError, OptionError
 from nnkcli.tracking.runner import (
     ModelOptions,
-    SweepOptions,
     checkpoint_store_path,
     claim,
     claim_path,
@@ -25,39 +23,39 @@ from nnkcli.tracking.runner import (
     evaluate_sources,
 )
 from nnkcli.tracking.history import HistoryError, append_entry, read_history
-from nnkcli.evaluation.sweeps import parse_k_spec
+from nnkcli.evaluation.options import DataOptions, ScoringOptions
+from nnkcli.evaluation.sweeps import SweepResult
 
 
 class FakeSweep:
-    """Stands in for ``nnkcli.evaluation.sweeps``: top-1 per method comes from the source file's JSON."""
+    """Stands in for ``nnkcli.evaluation.sweeps.sweep``: top-1 per method comes from the source file's JSON."""
 
     def __init__(self):
         self.calls = []
         self.hook = None  # called with the store path before answering
 
-    def module(self):
-        return types.SimpleNamespace(parse_k_spec=parse_k_spec, sweep=self.sweep)
-
-    def sweep(self, store_path, *, k_values, methods, **kwargs):
-        self.calls.append((str(store_path), list(k_values), tuple(methods), kwargs))
+    def sweep(self, store_path, options, *, data, gate_requested, progress_factory=None):
+        self.calls.append((str(store_path), list(options.k_values), options.methods,
+                           {"options": options, "data": data, "gate_requested": gate_requested}))
         if self.hook is not None:
             self.hook(store_path)
         spec = json.loads(open(store_path).read())
         if "fail" in spec:
             raise InputError(spec["fail"])
         results = [{"method": m, "k": k, "top1": spec[m] - abs(k - 20) / 10, "top5": 90.0, "n_queries": 10}
-                   for m in methods for k in k_values]
-        best = {m: max((r for r in results if r["method"] == m), key=lambda r: r["top1"]) for m in methods}
+                   for m in options.methods for k in options.k_values]
+        best = {m: max((r for r in results if r["method"] == m), key=lambda r: r["top1"]) for m in options.methods}
         best = {m: {"k": r["k"], "top1": r["top1"], "top5": r["top5"]} for m, r in best.items()}
-        return types.SimpleNamespace(to_dict=lambda: {"results": results, "best": best,
-                                                      "parameters": {"kernel": kwargs["kernel"]}})
+        return SweepResult({"results": results, "best": best, "parameters": options.as_dict()})
+
+    def run(self, sources, history_path, **kwargs):
+        """``evaluate_sources`` with this fake as its sweep function."""
+        return evaluate_sources(sources, history_path, sweep=self.sweep, **kwargs)
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    f = FakeSweep()
-    monkeypatch.setattr("nnkcli.tracking.runner._sweep_module", f.module)
-    return f
+def fake():
+    return FakeSweep()
 
 
 def make_source(path, nnk=70.0, knn=65.0, **extra):
@@ -69,14 +67,14 @@ def sha_of(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-OPTS = SweepOptions(k_spec="10..30")
+OPTS = ScoringOptions(k_values="10..30")
 
 
 def test_evaluates_each_source_once_and_records_one_line(tmp_path, fake):
     a = make_source(tmp_path / "epoch_1.h5", nnk=70.0)
     b = make_source(tmp_path / "epoch_2.h5", nnk=72.0)
     hist = tmp_path / "h.jsonl"
-    outcomes = evaluate_sources([a, b], hist, options=OPTS)
+    outcomes = fake.run([a, b], hist, options=OPTS)
     assert [o.status for o in outcomes] == ["evaluated", "evaluated"]
     assert len(fake.calls) == 2 and fake.calls[0][1] == [10, 20, 30]
     entries = read_history(hist).entries
@@ -89,13 +87,13 @@ def test_evaluates_each_source_once_and_records_one_line(tmp_path, fake):
     assert e["best"]["nnk"] == {"k": 20, "top1": 70.0, "top5": 90.0}
     assert len(e["results"]) == 6
     assert e["parameters"]["temperature"] == 0.07 and e["parameters"]["methods"] == ["nnk", "knn"]
-    assert e["parameters"]["sweep"] == {"kernel": "cosine"}
+    assert e["parameters"] == {**OPTS.as_dict(), **DataOptions().as_dict()}  # both objects, whole
     for key in ("nnkcli_version", "host", "started_at", "finished_at", "mtime"):
         assert e[key]
     assert e["started_at"] <= e["finished_at"]
 
     before = hist.read_bytes()
-    again = evaluate_sources([a, b], hist, options=OPTS)
+    again = fake.run([a, b], hist, options=OPTS)
     assert [(o.status, o.reason) for o in again] == [("skipped", "already in history")] * 2
     assert again[1].entry["best"]["nnk"]["top1"] == 72.0
     assert len(fake.calls) == 2 and hist.read_bytes() == before
@@ -106,7 +104,7 @@ def test_same_content_under_another_name_is_skipped(tmp_path, fake):
     a = make_source(tmp_path / "a.h5")
     copy = tmp_path / "copy.h5"
     copy.write_bytes(a.read_bytes())
-    outcomes = evaluate_sources([a, copy], tmp_path / "h.jsonl", options=OPTS)
+    outcomes = fake.run([a, copy], tmp_path / "h.jsonl", options=OPTS)
     assert [o.status for o in outcomes] == ["evaluated", "skipped"]
     assert len(read_history(tmp_path / "h.jsonl").entries) == 1
 
@@ -115,12 +113,12 @@ def test_a_failing_source_is_not_recorded_and_retried_next_run(tmp_path, fake):
     bad = make_source(tmp_path / "bad.h5", fail="query split 'val' not found")
     good = make_source(tmp_path / "good.h5")
     hist = tmp_path / "h.jsonl"
-    outcomes = evaluate_sources([bad, good], hist, options=OPTS)
+    outcomes = fake.run([bad, good], hist, options=OPTS)
     assert [(o.status, o.reason) for o in outcomes] == [("failed", "query split 'val' not found"),
                                                         ("evaluated", None)]
     assert [e["sha256"] for e in read_history(hist).entries] == [sha_of(good)]
     make_source(bad, nnk=71.0)  # fixed in place: new content, new sha256
-    assert [o.status for o in evaluate_sources([bad, good], hist, options=OPTS)] == ["evaluated", "skipped"]
+    assert [o.status for o in fake.run([bad, good], hist, options=OPTS)] == ["evaluated", "skipped"]
 
 
 def test_unexpected_exception_in_one_source_does_not_stop_the_run(tmp_path, fake):
@@ -131,7 +129,7 @@ def test_unexpected_exception_in_one_source_does_not_stop_the_run(tmp_path, fake
             raise ZeroDivisionError("boom")
 
     fake.hook = hook
-    outcomes = evaluate_sources([a, b], tmp_path / "h.jsonl", options=OPTS)
+    outcomes = fake.run([a, b], tmp_path / "h.jsonl", options=OPTS)
     assert [(o.status, o.reason) for o in outcomes] == [("failed", "ZeroDivisionError: boom"), ("evaluated", None)]
 
 
@@ -139,18 +137,18 @@ def test_a_source_rewritten_during_its_evaluation_is_not_recorded(tmp_path, fake
     a = make_source(tmp_path / "last.h5", nnk=70.0)
     fake.hook = lambda p: make_source(a, nnk=171.25)  # the trainer overwrites the file meanwhile
     hist = tmp_path / "h.jsonl"
-    [outcome] = evaluate_sources([a], hist, options=OPTS)
+    [outcome] = fake.run([a], hist, options=OPTS)
     assert (outcome.status, outcome.reason) == (
         "failed", "changed while being evaluated (still being written?); not recorded")
     assert read_history(hist).entries == []
     fake.hook = None
-    assert [o.status for o in evaluate_sources([a], hist, options=OPTS)] == ["evaluated"]
+    assert [o.status for o in fake.run([a], hist, options=OPTS)] == ["evaluated"]
 
 
 def test_checkpoint_without_model_options_fails_clearly(tmp_path, fake):
     ckpt = tmp_path / "checkpoint0001.pth"
     ckpt.write_bytes(b"PK\x03\x04 not a store")
-    [outcome] = evaluate_sources([ckpt], tmp_path / "h.jsonl", options=OPTS)
+    [outcome] = fake.run([ckpt], tmp_path / "h.jsonl", options=OPTS)
     assert outcome.status == "failed"
     assert outcome.reason == (
         "checkpoint0001.pth is not a feature store (.h5); a checkpoint needs --model, --train-images and --val-images"
@@ -173,7 +171,7 @@ def test_source_claimed_elsewhere_is_deferred_then_skipped(tmp_path, fake):
     t.start()
     assert holding.wait(10)
     fake.hook = lambda p: y_started.set()
-    outcomes = evaluate_sources([x, y], hist, options=OPTS)
+    outcomes = fake.run([x, y], hist, options=OPTS)
     t.join(10)
     assert [(o.status, o.reason) for o in outcomes] == [("skipped", "evaluated by another process"),
                                                         ("evaluated", None)]
@@ -185,7 +183,7 @@ def test_recorded_meanwhile_by_a_writer_ignoring_claims_is_not_appended_twice(tm
     x = make_source(tmp_path / "x.h5")
     hist = tmp_path / "h.jsonl"
     fake.hook = lambda p: append_entry(hist, {"sha256": sha_of(x), "source": "elsewhere", "best": {}, "results": []})
-    [outcome] = evaluate_sources([x], hist, options=OPTS)
+    [outcome] = fake.run([x], hist, options=OPTS)
     assert (outcome.status, outcome.reason) == ("skipped", "recorded by another process meanwhile")
     assert [e["source"] for e in read_history(hist).entries] == ["elsewhere"]
 
@@ -222,27 +220,29 @@ def test_collect_sources(tmp_path):
 
 def test_bad_arguments(tmp_path, fake):
     a = make_source(tmp_path / "a.h5")
-    with pytest.raises(InputError, match="bad k token"):
-        evaluate_sources([a], tmp_path / "h.jsonl", options=SweepOptions(k_spec="10..x"))
+    with pytest.raises(OptionError, match="bad k token"):
+        fake.run([a], tmp_path / "h.jsonl", options=ScoringOptions(k_values="10..x"))
     with pytest.raises(InputError, match="--index names the index of one store"):
-        evaluate_sources([a, a], tmp_path / "h.jsonl", options=SweepOptions(index_path="i.faiss"))
+        fake.run([a, a], tmp_path / "h.jsonl", options=OPTS, data=DataOptions(index_path="i.faiss"))
     with pytest.raises(HistoryError, match="the directory of --history does not exist"):
-        evaluate_sources([a], tmp_path / "nope" / "h.jsonl", options=OPTS)
+        fake.run([a], tmp_path / "nope" / "h.jsonl", options=OPTS)
     with pytest.raises(HistoryError, match="--history is a directory"):
-        evaluate_sources([a], tmp_path, options=OPTS)
-    with pytest.raises(InputError, match="methods must be among"):
-        SweepOptions(methods=("svm",))
+        fake.run([a], tmp_path, options=OPTS)
+    with pytest.raises(OptionError, match="--method: unknown method"):
+        ScoringOptions(methods=("svm",))
     assert fake.calls == []
 
 
 def test_options_reach_the_sweep(tmp_path, fake):
     a = make_source(tmp_path / "a.h5")
-    opts = SweepOptions(k_spec="5", methods=("knn",), query_split="test", temperature=0.1, exclude_self=True)
-    [outcome] = evaluate_sources([a], tmp_path / "h.jsonl", options=opts)
+    opts = ScoringOptions(k_values="5", methods=("knn",), temperature=0.1, exclude_self=True)
+    data = DataOptions(query_split="test")
+    [outcome] = fake.run([a], tmp_path / "h.jsonl", options=opts, data=data)
     _, k_values, methods, kwargs = fake.calls[0]
     assert k_values == [5] and methods == ("knn",)
-    assert kwargs["query_split"] == "test" and kwargs["temperature"] == 0.1 and kwargs["exclude_self"]
+    assert kwargs["options"] is opts and kwargs["data"] is data  # passed whole
     assert kwargs["gate_requested"] is True
+    assert outcome.entry["parameters"]["query_split"] == "test" and outcome.entry["parameters"]["temperature"] == 0.1
     assert list(outcome.entry["best"]) == ["knn"]
 
 

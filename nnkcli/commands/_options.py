@@ -1,0 +1,316 @@
+"""The command-line option bundles: each shared option is declared here, once.
+
+A bundle is a decorator (as sqlite-utils shares its output options) that adds a group
+of options to a command and hands the command one object instead of loose values:
+
+``scoring_options``  -> ``scoring: ScoringOptions``   (classify, sweep, evaluate)
+``data_options``     -> ``data: DataOptions``          (classify, sweep, evaluate)
+``gate_options``     -> ``min_top1``, ``min_top5``     (classify, sweep, evaluate)
+``model_options``    -> ``model_options: dict``        (extract --images, evaluate)
+
+Every value is checked while it is parsed, by the check that the options object itself
+runs (``nnkcli.evaluation.options``): a bad value is a usage error, exit 2, naming the
+option and the value. The allowed values shown in the help come from the same lists.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import click
+
+from nnkcli.errors import OptionError
+from nnkcli.evaluation.options import (
+    DEFAULT_K,
+    DEFAULT_K_SPEC,
+    K_SPEC_HELP,
+    METHOD_CHOICES,
+    METHODS,
+    DataOptions,
+    ScoringOptions,
+    check_k_values,
+)
+from nnkcli.numerics.kernels import KERNELS
+from nnkcli.numerics.scores import WEIGHTINGS
+
+
+def bad_parameter(exc: OptionError) -> click.BadParameter:
+    """click's usage error (exit 2) for an ``OptionError``: ``Invalid value for '--x': ...``."""
+    text = f"{exc.reason} (got {exc.value!r})"
+    if exc.hint:
+        text += f"; {exc.hint}"
+    return click.BadParameter(text)
+
+
+def checked(cls, field: str):
+    """A click callback running ``cls``'s check of ``field`` on the parsed value."""
+
+    def callback(ctx, param, value):
+        try:
+            return cls.check_field(field, value)
+        except OptionError as exc:
+            raise bad_parameter(exc) from None
+
+    return callback
+
+
+def check_with(check):
+    """A click callback running ``check(value, option)`` (skipped for None = not given)."""
+
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return check(value, param.opts[0])
+        except OptionError as exc:
+            raise bad_parameter(exc) from None
+
+    return callback
+
+
+def _one_k(value, option):
+    ks = check_k_values(value, option)
+    if len(ks) != 1:
+        raise OptionError(option, value, "classify evaluates one k", hint="use 'nnk sweep' for several k")
+    return ks
+
+
+def k_option(*, single: bool, default: str | None = None):
+    """``--k SPEC``: the same grammar everywhere; ``single`` allows exactly one value (classify)."""
+    if single:
+        return click.option(
+            "--k", "k_values", default=str(default or DEFAULT_K), show_default=True, metavar="SPEC",
+            callback=check_with(_one_k), help="Neighbors per query: one k (the SPEC grammar of sweep, one value).",
+        )
+    return click.option(
+        "--k", "k_values", default=default or DEFAULT_K_SPEC, show_default=True, metavar="SPEC",
+        callback=check_with(check_k_values), help=f"k values: {K_SPEC_HELP}.",
+    )
+
+
+def _bundle(options, build):
+    """A decorator adding ``options`` and calling ``build(kwargs)`` to fold their values into objects."""
+
+    def decorator(f):
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            build(kwargs)
+            return f(*args, **kwargs)
+
+        for opt in reversed(options):
+            wrapper = opt(wrapper)
+        return wrapper
+
+    return decorator
+
+
+_SCORING_PARAMS = ("methods", "k_values", "kernel", "temperature", "weighting", "exclude_self", "chunk_size",
+                   "threads", "confidence")
+
+
+def scoring_options(*, single_k: bool = False, k_default: str | None = None):
+    """How queries are scored; the command receives ``scoring: ScoringOptions``."""
+    S = ScoringOptions
+    options = [
+        k_option(single=single_k, default=k_default),
+        click.option("--method", "methods", default="both", show_default=True, metavar="|".join(METHOD_CHOICES),
+                     callback=checked(S, "methods"), help="Which classifiers to run."),
+        click.option("--kernel", default="cosine", show_default=True, metavar="|".join(KERNELS),
+                     callback=checked(S, "kernel"),
+                     help="NNK kernel: (1+cos)/2, or exp(-d^2/2s^2) with s = k-th neighbor distance / 3."),
+        click.option("--temperature", type=float, default=0.07, show_default=True, metavar="T",
+                     callback=checked(S, "temperature"), help="kNN weights exp(similarity / T), as DINO; T > 0."),
+        click.option("--weighting", default="exp", show_default=True, metavar="|".join(WEIGHTINGS),
+                     callback=checked(S, "weighting"), help="kNN vote weights: exp(s/T) as DINO, s, or 1."),
+        click.option("--chunk-size", type=int, default=None, metavar="N", callback=checked(S, "chunk_size"),
+                     help="Queries per chunk (default: sized to a 512 MiB working-memory budget)."),
+        click.option("--threads", type=int, default=None, metavar="N", callback=checked(S, "threads"),
+                     help="Threads for the search (default: all cores)."),
+        click.option("--exclude-self", is_flag=True,
+                     help="Leave-one-out: skip each query's own row (query split = train split)."),
+        click.option("--confidence", type=float, default=0.95, show_default=True, metavar="LEVEL",
+                     callback=checked(S, "confidence"),
+                     help="Level of the interval shown with every accuracy (Wilson; bootstrap for balanced)."),
+    ]
+    params = list(_SCORING_PARAMS)
+    if not single_k:  # choosing among several k
+        options.append(click.option("--alpha", type=float, default=0.05, show_default=True, metavar="A",
+                                    callback=checked(S, "alpha"),
+                                    help="Significance level of the paired tests of each k against the best "
+                                         "(McNemar)."))
+        params.append("alpha")
+
+    def build(kwargs):
+        kwargs["scoring"] = ScoringOptions(**{name: kwargs.pop(name) for name in params})
+
+    return _bundle(options, build)
+
+
+_DATA_PARAMS = ("train_split", "query_split", "index_path", "rebuild_index")
+
+
+def split_option(name: str = "--train-split", default: str = "train", help: str = "Split searched for neighbors."):
+    """``--train-split``/``--query-split`` (also used alone, by ``nnk index``)."""
+    field = name.lstrip("-").replace("-", "_")
+    return click.option(name, field, default=default, show_default=True, metavar="NAME",
+                        callback=checked(DataOptions, field), help=help)
+
+
+def data_options(f):
+    """Which splits and saved index; the command receives ``data: DataOptions``."""
+    options = [
+        split_option("--train-split", "train", "Split searched for neighbors."),
+        split_option("--query-split", "val", "Split whose rows are classified."),
+        click.option("--index", "index_path", type=click.Path(dir_okay=False), default=None,
+                     help="Saved index (default: STORE's <stem>.<train-split>.faiss if present, else built in memory)."),
+        click.option("--rebuild-index", is_flag=True,
+                     help="Rebuild (and save) a stale or damaged saved index instead of refusing it."),
+    ]
+
+    def build(kwargs):
+        kwargs["data"] = DataOptions(**{name: kwargs.pop(name) for name in _DATA_PARAMS})
+
+    return _bundle(options, build)(f)
+
+
+def percent(value, option):
+    """A gate threshold: a finite percentage in [0, 100] (the rule of ``metrics.check_gate_value``)."""
+    from nnkcli.numerics.metrics import check_gate_value
+
+    try:
+        return check_gate_value(option, value)
+    except (TypeError, ValueError):
+        raise OptionError(option, value, "must be a finite percentage in [0, 100]") from None
+
+
+def points(value, option):
+    """A non-negative, finite number of accuracy points."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise OptionError(option, value, "must be a finite number of points >= 0")
+    return float(value)
+
+
+def gate_options(f=None, *, history: bool = False):
+    """``--min-top1``/``--min-top5`` (exit 3 below) and ``--gate-method``.
+
+    For classify and sweep ``--gate-method`` is ``all`` (default), ``nnk`` or ``knn``; for a
+    history (``history=True``: evaluate) it is the one method whose newest best is gated.
+    """
+    from nnkcli.numerics.metrics import GATE_METHODS
+
+    if history:
+        gate_method = click.option(
+            "--gate-method", type=click.Choice(METHODS), default=None,
+            help="Method whose best top-1 the gates check [default: nnk, or the only --method].")
+    else:
+        gate_method = click.option(
+            "--gate-method", type=click.Choice(GATE_METHODS), default="all", show_default=True,
+            help="Which method's accuracy --min-top1/--min-top5 check.")
+    options = [
+        click.option("--min-top1", type=float, default=None, metavar="PCT", callback=check_with(percent),
+                     help="Exit with code 3 when a method's top-1 (%) is below PCT."),
+        click.option("--min-top5", type=float, default=None, metavar="PCT", callback=check_with(percent),
+                     help="Exit with code 3 when a method's top-5 (%) is below PCT."),
+        gate_method,
+    ]
+
+    def decorator(g):
+        for opt in reversed(options):
+            g = opt(g)
+        return g
+
+    return decorator(f) if f is not None else decorator
+
+
+def check_gate_method(gate_method: str, methods, gated: bool) -> None:
+    """``--gate-method M`` with a gate needs M among the methods run: a usage error (exit 2) before any work."""
+    if gated and gate_method not in ("all", None) and gate_method not in methods:
+        raise click.UsageError(f"--gate-method {gate_method} is not among the methods run "
+                               f"(--method {'both' if set(methods) == set(METHODS) else ','.join(methods)})")
+
+
+# -- the model and its transform: extract --images and evaluate -----------------------------------
+MODEL_PARAMS = ("model", "checkpoint_key", "strip_prefix", "trust_checkpoint", "resize", "crop", "interpolation",
+                "mean", "std", "device", "batch_size", "workers", "fp16", "skip_bad_images")
+
+
+def _transform_check(field: str):
+    """Parse (R,G,B for mean/std) and check one transform field with ``EvalTransform``'s own rule."""
+
+    def callback(ctx, param, value):
+        from nnkcli.errors import InputError
+        from nnkcli.extract.images import EvalTransform
+
+        if value is None:
+            return None
+        if field in ("mean", "std"):
+            try:
+                value = tuple(float(v) for v in value.split(","))
+            except ValueError:
+                raise click.BadParameter(f"expected 3 comma-separated numbers (R,G,B), got {value!r}") from None
+            if len(value) != 3:
+                raise click.BadParameter(f"expected 3 comma-separated numbers (R,G,B), got {','.join(map(str, value))}")
+            if not all(math.isfinite(v) for v in value):
+                raise click.BadParameter(f"expected finite numbers (R,G,B), got {','.join(map(str, value))}")
+        if field == "crop":
+            return value  # checked against --resize by the transform, once both are known
+        try:
+            EvalTransform(**{field: value}, **({"crop": 1} if field == "resize" else {}))
+        except InputError as exc:
+            raise click.BadParameter(exc.message + (f"; {exc.hint}" if exc.hint else "")) from None
+        return value
+
+    return callback
+
+
+def model_options(f):
+    """The model, its checkpoint handling and its evaluation transform (``MODEL_PARAMS``)."""
+    from nnkcli.extract.images import DEVICES, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, EvalTransform
+
+    def rgb(values):
+        return ",".join(f"{v:g}" for v in values)
+
+    options = [
+        click.option("--model", default=None, metavar="SPEC",
+                     help="torchvision:NAME, torchscript:FILE.pt or MODULE:CALLABLE."),
+        click.option("--checkpoint-key", default=None, metavar="KEY",
+                     help="Key of the nested state dict, a.b for deeper (default: auto-detect "
+                          "state_dict/model/teacher/...)."),
+        click.option("--strip-prefix", multiple=True, metavar="PREFIX",
+                     help="Key prefix to remove (default: auto-detect module./backbone./...). Repeatable."),
+        click.option("--trust-checkpoint", is_flag=True,
+                     help="Allow arbitrary pickled objects in the checkpoint (unpickling runs code)."),
+        click.option("--resize", type=int, default=EvalTransform.resize, show_default=True, metavar="PX",
+                     callback=_transform_check("resize"), help="Shorter side before cropping."),
+        click.option("--crop", type=click.IntRange(min=1), default=EvalTransform.crop, show_default=True,
+                     metavar="PX", help="Center-crop size (at most --resize)."),
+        click.option("--interpolation", type=click.Choice(INTERPOLATIONS), default=EvalTransform.interpolation,
+                     show_default=True, help="Resize interpolation (bicubic: DINO's evaluation protocol)."),
+        click.option("--mean", default=rgb(IMAGENET_MEAN), show_default=True, metavar="R,G,B",
+                     callback=_transform_check("mean"), help="Normalization mean."),
+        click.option("--std", default=rgb(IMAGENET_STD), show_default=True, metavar="R,G,B",
+                     callback=_transform_check("std"), help="Normalization std (each > 0)."),
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+                     help="auto: CUDA when available."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, metavar="N",
+                     help="Images per forward pass."),
+        click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, metavar="N",
+                     help="DataLoader worker processes decoding images."),
+        click.option("--fp16", is_flag=True, help="Half-precision forward pass (CUDA only)."),
+        click.option("--skip-bad-images", is_flag=True, help="Skip (and count) files that cannot be decoded."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def given_on_command_line(ctx: click.Context, names) -> dict:
+    """The values of ``names`` that the user gave (not defaults): what a history records."""
+    from click.core import ParameterSource
+
+    given = {}
+    for name in names:
+        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            given[name] = ctx.params[name]
+    return given

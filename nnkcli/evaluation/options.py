@@ -1,0 +1,354 @@
+"""How queries are scored: one frozen options object, its allowed values and its checks.
+
+``ScoringOptions`` is built once (by the CLI's option bundle, or by ``classify``/``sweep``
+from keyword arguments), validated once on construction, passed whole to the core and
+recorded whole (``as_dict()``) as ``"parameters"`` in every JSON document, predictions
+file and history line. ``DataOptions`` says which splits and index one evaluation uses.
+
+Every field is declared on one line with its command-line name and its check::
+
+    temperature: float = setting(0.07, "--temperature", positive_float)
+
+The check normalises the value (``"both"`` -> ``("nnk", "knn")``, ``"10..30"`` ->
+``(10, 20, 30)``) and raises ``OptionError`` (a usage error, exit 2) naming the option
+and the value. The CLI runs the very same check while parsing (``commands/_options.py``),
+so an allowed-value list or a range exists once, here (``KERNELS`` and ``WEIGHTINGS``
+are owned by the numerics that implement them). To add a setting: one field line here
+(with a check), one ``click.option`` line in the bundle, a test and a README line.
+
+Examples
+--------
+>>> opts = ScoringOptions(methods="both", k_values="10..30", temperature=0.1)
+>>> opts.methods, opts.k_values
+(('nnk', 'knn'), (10, 20, 30))
+>>> opts.as_dict()["temperature"]
+0.1
+>>> ScoringOptions(kernel="linear")
+Traceback (most recent call last):
+...
+nnkcli.errors.OptionError: --kernel: unknown kernel; choose one of cosine, gaussian (got 'linear')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from nnkcli.errors import InputError, OptionError
+from nnkcli.storage.checks import check_split_name
+from nnkcli.numerics.kernels import KERNELS
+from nnkcli.numerics.scores import WEIGHTINGS
+
+#: the classifiers; ``"both"`` on the command line means all of them
+METHODS = ("nnk", "knn")
+METHOD_ALIASES = {"both": METHODS}
+#: the default k of ``classify`` and the default --k of ``sweep``/``evaluate``
+DEFAULT_K = 50
+DEFAULT_K_SPEC = "10..200"
+DEFAULT_ALPHA = 0.05  # sweep: a k is "tied" with the best when McNemar's p >= alpha
+MAX_K_VALUES = 10_000
+K_SPEC_HELP = "N, A..B (multiples of A up to B), A..B:S (step S), or comma lists such as 1,5,10..200:10"
+
+_RANGE = re.compile(r"^(\d+)\.\.(\d+)(?::(\d+))?$")
+_INT = re.compile(r"^\d+$")
+
+
+# -- checks: each takes the value, returns it normalised, or raises OptionError ----------------
+def parse_k_spec(spec: str, option: str = "--k") -> list[int]:
+    """Parse a k specification into a sorted list of distinct positive ints.
+
+    Grammar (comma-separated tokens, mixed freely)::
+
+        N         one value
+        A..B      A, 2A, 3A, ... up to B       ("10..200" -> 10, 20, ..., 200)
+        A..B:S    A, A+S, A+2S, ... up to B    ("1..9:4" -> 1, 5, 9)
+
+    Raises
+    ------
+    OptionError
+        naming the first bad token.
+
+    Examples
+    --------
+    >>> parse_k_spec("1,5,10..30:10")
+    [1, 5, 10, 20, 30]
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise OptionError(option, spec, "empty k specification", hint="e.g. --k 10..200 or --k 10,20,50")
+    values: set[int] = set()
+    for raw in spec.split(","):
+        token = raw.strip()
+        m = _RANGE.match(token)
+        if _INT.match(token):
+            new = [int(token)]
+        elif m:
+            a, b = int(m.group(1)), int(m.group(2))
+            step = int(m.group(3)) if m.group(3) is not None else a
+            if a < 1 or step < 1 or b < a:
+                raise OptionError(option, spec, f"bad k range {token!r}: need 1 <= A <= B and a step >= 1",
+                                  hint="e.g. 10..200 (10, 20, ..., 200) or 1..100:5")
+            if (b - a) // step + 1 > MAX_K_VALUES:
+                raise OptionError(option, spec, f"k range {token!r} has more than {MAX_K_VALUES} values",
+                                  hint="use a larger step")
+            new = list(range(a, b + 1, step))
+        else:
+            raise OptionError(option, spec, f"bad k token {token!r}", hint=f"use {K_SPEC_HELP}")
+        if any(v < 1 for v in new):
+            raise OptionError(option, spec, f"bad k token {token!r}: k must be >= 1")
+        values.update(new)
+    return sorted(values)
+
+
+def format_k_spec(k_values) -> str:
+    """The shortest SPEC of the grammar above for sorted distinct ``k_values`` (inverse of ``parse_k_spec``).
+
+    >>> format_k_spec([10, 20, 30]), format_k_spec([1, 5, 9]), format_k_spec([3, 7, 50])
+    ('10..30', '1..9:4', '3,7,50')
+    """
+    ks = list(k_values)
+    if len(ks) > 2:
+        step = ks[1] - ks[0]
+        if all(b - a == step for a, b in zip(ks, ks[1:])):
+            return f"{ks[0]}..{ks[-1]}" if step == ks[0] else f"{ks[0]}..{ks[-1]}:{step}"
+    return ",".join(str(k) for k in ks)
+
+
+def check_k_values(value, option: str = "--k") -> tuple[int, ...]:
+    """An int, a k SPEC string or an iterable of ints -> sorted distinct tuple, every k >= 1."""
+    if isinstance(value, str):
+        return tuple(parse_k_spec(value, option))
+    try:
+        items = [operator.index(value)]  # one int (numpy ints too)
+    except TypeError:
+        try:
+            items = list(value)
+        except TypeError:
+            raise OptionError(option, value, "expected an int, a k SPEC or a list of ints") from None
+    out: set[int] = set()
+    for k in items:
+        if isinstance(k, bool):
+            raise OptionError(option, value, "every k must be an integer")
+        try:
+            k = operator.index(k)
+        except TypeError:
+            raise OptionError(option, value, "every k must be an integer") from None
+        if k < 1:
+            raise OptionError(option, value, f"k must be >= 1, got {k}")
+        out.add(k)
+    if not out:
+        raise OptionError(option, value, "no k values", hint="e.g. --k 10..200")
+    return tuple(sorted(out))
+
+
+def check_methods(value, option: str = "--method") -> tuple[str, ...]:
+    """``"both"``/``"nnk"``/``"knn"`` or a sequence of them -> distinct tuple in the given order."""
+    names = [value] if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for name in names:
+        for part in METHOD_ALIASES.get(name, (name,)):
+            if part not in METHODS:
+                raise OptionError(option, name, f"unknown method; choose one of {', '.join(METHOD_CHOICES)}")
+            if part not in out:
+                out.append(part)
+    if not out:
+        raise OptionError(option, value, "no method given")
+    return tuple(out)
+
+
+def choice(allowed: Iterable[str], what: str) -> Callable[[Any, str], str]:
+    """A check that the value is one of ``allowed``."""
+    allowed = tuple(allowed)
+
+    def check(value, option):
+        if value not in allowed:
+            raise OptionError(option, value, f"unknown {what}; choose one of {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+def positive_float(value, option: str) -> float:
+    """A finite float > 0."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(option, value, "expected a number") from None
+    if not (math.isfinite(x) and x > 0):
+        raise OptionError(option, value, "must be a finite number > 0")
+    return x
+
+
+def open_unit_interval(value, option: str) -> float:
+    """A float strictly between 0 and 1 (NaN is not)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(option, value, "expected a number") from None
+    if not 0.0 < x < 1.0:  # also False for NaN
+        raise OptionError(option, value, "must be strictly between 0 and 1")
+    return x
+
+
+def optional_count(value, option: str) -> int | None:
+    """None (= automatic) or an int >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionError(option, value, "expected an integer >= 1")
+    if value < 1:
+        raise OptionError(option, value, "must be >= 1")
+    return value
+
+
+def flag(value, option: str) -> bool:
+    if not isinstance(value, bool):
+        raise OptionError(option, value, "expected True or False")
+    return value
+
+
+def split_name(value, option: str) -> str:
+    """A split name as the store accepts it (``storage.checks.check_split_name``)."""
+    try:
+        return check_split_name(value)
+    except InputError as exc:
+        raise OptionError(option, value, "invalid split name", hint=exc.hint) from None
+
+
+def optional_path(value, option: str) -> str | None:
+    return None if value is None else str(value)
+
+
+METHOD_CHOICES = (*METHODS, *METHOD_ALIASES)
+
+
+def setting(default, option: str, check: Callable[[Any, str], Any]):
+    """A dataclass field with its command-line name and its check (see the module docstring)."""
+    return dataclasses.field(default=default, metadata={"option": option, "check": check})
+
+
+class _Checked:
+    """Frozen dataclasses whose fields carry a check: normalised and validated on construction."""
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        """Check and normalise every field; raises ``OptionError`` naming the first bad one."""
+        for f in dataclasses.fields(self):
+            meta = f.metadata
+            if "check" in meta:
+                object.__setattr__(self, f.name, meta["check"](getattr(self, f.name), meta["option"]))
+        return self
+
+    def replace(self, **changes):
+        """A copy with ``changes`` applied (and validated); unknown names raise TypeError."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no setting {', '.join(unknown)}; "
+                            f"the settings are: {', '.join(sorted(names))}")
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        """Every field, JSON-able (tuples become lists)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def option_names(cls) -> dict[str, str]:
+        """field name -> command-line option name."""
+        return {f.name: f.metadata["option"] for f in dataclasses.fields(cls) if "option" in f.metadata}
+
+    @classmethod
+    def check_field(cls, name: str, value):
+        """Run one field's check (what the CLI calls while parsing that option)."""
+        f = {f.name: f for f in dataclasses.fields(cls)}[name]
+        return f.metadata["check"](value, f.metadata["option"])
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass(frozen=True)
+class ScoringOptions(_Checked):
+    """How the queries are scored: shared by ``classify``, ``sweep`` and ``evaluate``.
+
+    Attributes
+    ----------
+    methods : tuple of {"nnk", "knn"}, default=("nnk", "knn")
+        Accepts ``"both"``, one name or a sequence.
+    k_values : tuple of int, default=(50,)
+        Sorted, distinct; accepts an int, a k SPEC (``"10..200"``) or a list.
+    kernel : {"cosine", "gaussian"}, default="cosine"
+        NNK kernel (``nnkcli.numerics.kernels``).
+    temperature : float, default=0.07
+        kNN weights ``exp(s / T)``, as DINO.
+    weighting : {"exp", "similarity", "uniform"}, default="exp"
+        kNN vote weights.
+    exclude_self : bool, default=False
+        Leave-one-out: skip each query's own row (the query split is the train split).
+    chunk_size : int or None, default=None
+        Queries per chunk; None sizes chunks to a memory budget.
+    threads : int or None, default=None
+        Search threads; None = all cores.
+    tol : float, default=1e-8
+        NNK KKT tolerance, relative to ``max|g|``.
+    confidence : float, default=0.95
+        Level of the interval reported with every accuracy, in (0, 1).
+    alpha : float, default=0.05
+        Level of sweep's paired test of each k against the best k, in (0, 1).
+    """
+
+    methods: tuple[str, ...] = setting(METHODS, "--method", check_methods)
+    k_values: tuple[int, ...] = setting((DEFAULT_K,), "--k", check_k_values)
+    kernel: str = setting("cosine", "--kernel", choice(KERNELS, "kernel"))
+    temperature: float = setting(0.07, "--temperature", positive_float)
+    weighting: str = setting("exp", "--weighting", choice(WEIGHTINGS, "kNN weighting"))
+    exclude_self: bool = setting(False, "--exclude-self", flag)
+    chunk_size: int | None = setting(None, "--chunk-size", optional_count)
+    threads: int | None = setting(None, "--threads", optional_count)
+    tol: float = setting(1e-8, "tol", positive_float)
+    confidence: float = setting(0.95, "--confidence", open_unit_interval)
+    alpha: float = setting(DEFAULT_ALPHA, "--alpha", open_unit_interval)
+
+
+@dataclass(frozen=True)
+class DataOptions(_Checked):
+    """Which splits of the store are evaluated, and with which saved index.
+
+    ``exclude_self`` (a scoring option) needs ``query_split == train_split``; that is
+    checked when the store is opened, with the data.
+    """
+
+    train_split: str = setting("train", "--train-split", split_name)
+    query_split: str = setting("val", "--query-split", split_name)
+    index_path: str | None = setting(None, "--index", optional_path)
+    rebuild_index: bool = setting(False, "--rebuild-index", flag)
+
+
+def resolve(
+    options: ScoringOptions | None, data: DataOptions | None, keywords: dict
+) -> tuple[ScoringOptions, DataOptions]:
+    """The one path from keyword arguments to the options objects (``classify``/``sweep``).
+
+    ``keywords`` may name any field of either object; they override ``options``/``data``.
+    """
+    scoring_names = {f.name for f in dataclasses.fields(ScoringOptions)}
+    data_names = {f.name for f in dataclasses.fields(DataOptions)}
+    unknown = sorted(set(keywords) - scoring_names - data_names)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
+    options = options if options is not None else ScoringOptions()
+    data = data if data is not None else DataOptions()
+    scoring_changes = {k: v for k, v in keywords.items() if k in scoring_names}
+    data_changes = {k: v for k, v in keywords.items() if k in data_names}
+    if scoring_changes:
+        options = options.replace(**scoring_changes)
+    if data_changes:
+        data = data.replace(**data_changes)
+    return options, data
