@@ -113,7 +113,8 @@ def extract_distributed(store_path, split, samples, model, *, device: str = "aut
         dist.barrier()
         summary = None
         if rank == 0:
-            summary = assemble(store_path, split, samples, world, overwrite=overwrite)
+            summary = assemble(store_path, split, samples, world, overwrite=overwrite,
+                               lock_timeout=options.get("lock_timeout"))
         box = [summary]
         dist.broadcast_object_list(box, src=0)
         return dict(box[0], ranks=world, device=device)
@@ -134,7 +135,8 @@ def _finished(part: Path, split: str) -> bool:
         return False
 
 
-def assemble(store_path: Path, split: str, samples, world: int, *, overwrite: bool) -> dict:
+def assemble(store_path: Path, split: str, samples, world: int, *, overwrite: bool,
+             lock_timeout: float | None = None) -> dict:
     """Rank 0: the rank stores, in rank order, into ``store_path``/``split`` (one atomic commit)."""
     from nnkcli.storage.split_writer import SplitWriter
     from nnkcli.storage.store import RESERVED_ATTRS, FeatureStore
@@ -158,7 +160,7 @@ def assemble(store_path: Path, split: str, samples, world: int, *, overwrite: bo
         name_to_id = {c: i for i, c in enumerate(samples.class_names)}
         writer = SplitWriter(store_path, split, dim=first.dim, class_names=samples.class_names,
                              source=str(first.attrs["source"]), attrs=attrs, overwrite=overwrite,
-                             expected_rows=len(samples), lock_timeout=options.get("lock_timeout"))
+                             expected_rows=len(samples), lock_timeout=lock_timeout)
         with writer:
             for (rank, start, stop, path), fs in zip(parts, opened):
                 sp = fs.split(split)
