@@ -257,6 +257,7 @@ def score_chunk(
 ) -> ChunkResult:
     """All methods at all ``opts.k_values`` (ascending) for one chunk of normalized queries ``q`` (B, d)."""
     from nnkcli.numerics import solver
+    from nnkcli.numerics.cosine import nnk_solve_cosine
 
     k_values = opts.k_values
     k_max = k_values[-1]
@@ -279,10 +280,14 @@ def score_chunk(
     if "nnk" in opts.methods:
         t0 = time.perf_counter()
         if opts.kernel == "cosine":
-            # k-independent kernel: one block at k_max, every k solved from its leading block
-            G, g = solver.kernel_blocks(q, X, kernel="cosine", sims=finite_sims)
-            _mask_missing(G, g, missing)
-            path = solver.nnk_solve_path(G, g, k_values, tol=opts.tol)
+            # k-independent kernel: every k solved from the leading neighbours of one search,
+            # float32 candidates, float64 polish and certificate (nnkcli.numerics.cosine)
+            g = 0.5 * (1.0 + finite_sims)
+            Xc = X
+            if missing.any():  # an absent neighbour: zero vector and g = 0, so theta = 0
+                Xc = np.where(missing[:, :, None], np.float32(0.0), X)
+                g[missing] = 0.0
+            path = nnk_solve_cosine(Xc, g, k_values, tol=opts.tol)
         else:  # the Gaussian kernel's sigma depends on k: one block per k
             path = []
             for k in k_values:
