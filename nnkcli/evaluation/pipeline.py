@@ -1,0 +1,105 @@
+"""The evaluation pipeline's schedule: search stage -> neighbor blocks -> scoring stage, on N threads.
+
+Why two sizes. The search wants many queries at once (its matrix product runs near the
+machine's peak only with thousands of query rows), while the scoring stage (neighbor
+vectors, kernel blocks, solver) needs memory in proportion to the queries it holds.
+So the query split is read and searched in **search blocks** of ``SEARCH_BLOCK``
+queries (a few MiB: the queries and their neighbor ids), and each block is scored in
+**sub-chunks** sized to the memory budget.
+
+Why threads. Every task -- one block's search, one sub-chunk's scoring -- runs on one
+of ``threads`` worker threads with every native library (BLAS, faiss's OpenMP) at one
+thread, so at most ``threads`` threads are busy, on an idle or a crowded machine alike.
+faiss and numpy's large operations release the GIL. The search of the next block is
+submitted before the scoring of the current one, so the search of block i+1 runs
+beside the scoring of block i.
+
+Why results do not depend on the thread count or the chunk size. The block size is
+fixed; every task computes each query's numbers with operations whose result does not
+depend on the other queries of its batch (the neighbors are re-ranked exactly in
+float64, ties broken by row id); results are consumed strictly in query order.
+
+Memory: ``threads`` running scoring tasks of one sub-chunk each, the finished
+sub-chunks of the block being consumed, and at most ``LOOKAHEAD`` searched blocks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from nnkcli.parallel import native_threads
+
+#: queries per search: enough rows for the search's matrix products to run near peak
+SEARCH_BLOCK = 4096
+#: searched blocks held ahead of the one being scored
+LOOKAHEAD = 1
+
+
+def _worker_init() -> None:
+    from nnkcli import index as nnk_index
+
+    nnk_index.set_threads(1)  # OpenMP limits are per thread: faiss at one thread in every worker
+
+
+def run_pipeline(
+    blocks: Iterator[tuple[int, np.ndarray]],
+    search: Callable[[np.ndarray, int], np.ndarray],
+    score: Callable[[np.ndarray, int, np.ndarray], object],
+    *,
+    sub_chunk: int,
+    threads: int,
+) -> Iterator[tuple[object, float, float]]:
+    """Yield ``(score result, search seconds, scoring seconds)`` for every sub-chunk, in query order.
+
+    Parameters
+    ----------
+    blocks : iterator of (start, queries)
+        Consecutive blocks of normalized query rows (read in the calling thread).
+    search : callable (queries, start) -> ids
+        The search stage of one block (runs in a worker).
+    score : callable (queries, start, ids) -> result
+        The scoring stage of one sub-chunk (runs in a worker).
+    sub_chunk : int
+        Queries per scoring task.
+    threads : int
+        Worker threads; every native pool runs at one thread inside them.
+
+    Search seconds are reported with a block's first sub-chunk.
+    """
+
+    def timed(fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        return out, time.perf_counter() - t0
+
+    with native_threads(1):
+        pool = ThreadPoolExecutor(max_workers=threads, initializer=_worker_init)
+        pending: deque = deque()
+
+        def submit_search() -> None:
+            item = next(blocks, None)
+            if item is not None:
+                start, q = item
+                pending.append((start, q, pool.submit(timed, search, q, start)))
+
+        try:
+            for _ in range(1 + LOOKAHEAD):
+                submit_search()
+            while pending:
+                start, q, found = pending.popleft()
+                ids, search_s = found.result()
+                submit_search()
+                parts = [pool.submit(timed, score, q[lo:lo + sub_chunk], start + lo, ids[lo:lo + sub_chunk])
+                         for lo in range(0, len(q), sub_chunk)]
+                for i, part in enumerate(parts):
+                    res, score_s = part.result()
+                    yield res, (search_s if i == 0 else 0.0), score_s
+        finally:
+            # an error, an interrupt or a consumer that stopped early: start nothing more,
+            # and wait for the running tasks (they hold views of arrays the caller owns)
+            pool.shutdown(wait=True, cancel_futures=True)
