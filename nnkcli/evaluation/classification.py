@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from nnkcli.numerics.scores import TOP
 logger = logging.getLogger("nnkcli")
 
 CHUNK_MEMORY_BUDGET = 512 * 2**20
+#: a search block's ids, distances and queries stay within this (a few MiB at k = 200)
+SEARCH_IDS_BUDGET = 64 * 2**20
 
 
 def query_bytes(k: int, dim: int, n_classes: int) -> int:
@@ -254,17 +257,22 @@ def search_neighbors(ev: Evaluation, q: np.ndarray, start: int, k: int, exclude_
 
 def score_chunk(
     ev: Evaluation, q: np.ndarray, start: int, labels: np.ndarray, opts: ScoringOptions, timing: dict,
+    found=None,
 ) -> ChunkResult:
-    """All methods at all ``opts.k_values`` (ascending) for one chunk of normalized queries ``q`` (B, d)."""
+    """All methods at all ``opts.k_values`` (ascending) for one chunk of normalized queries ``q`` (B, d).
+
+    ``found`` = (ids, sims, X, missing) of the chunk's neighbors if already searched
+    (the pipeline's search stage); else they are searched here.
+    """
     from nnkcli.numerics import solver
     from nnkcli.numerics.cosine import nnk_solve_cosine
 
     k_values = opts.k_values
     k_max = k_values[-1]
     t0 = time.perf_counter()
-    ids, sims, X, missing = search_neighbors(ev, q, start, k_max, opts.exclude_self)
+    ids, sims, X, missing = search_neighbors(ev, q, start, k_max, opts.exclude_self) if found is None else found
     nb_labels = np.where(missing, -1, ev.train_labels[np.where(missing, 0, ids)])
-    timing["search_s"] += time.perf_counter() - t0
+    timing["search_s" if found is None else "rerank_s"] += time.perf_counter() - t0
     out = ChunkResult(start=start, ids=ids, sims=sims, labels=labels)
     C = ev.n_classes
     finite_sims = np.where(missing, 0.0, sims)  # a missing neighbor weighs nothing
@@ -333,32 +341,72 @@ def evaluate_chunks(
     accumulators : dict mapping (method, k) -> Accumulator
     timing : dict of seconds (read, search, knn, nnk, total) and queries per second
     """
+    from nnkcli.evaluation.pipeline import SEARCH_BLOCK, run_pipeline
     from nnkcli.numerics.kernels import normalize_rows
+    from nnkcli.parallel import resolve_threads
 
     ev.check_k(opts)
     k_values = opts.k_values
-    chunk = opts.chunk_size or default_chunk_size(k_values[-1], ev.train.dim, ev.n_classes)
+    k_max = k_values[-1]
+    threads = resolve_threads(opts.threads)
+    # every worker holds one scoring sub-chunk: they share the budget
+    chunk = opts.chunk_size or default_chunk_size(k_max, ev.train.dim, ev.n_classes,
+                                                  budget=CHUNK_MEMORY_BUDGET // threads)
+    searcher = ev.searcher
+    split = hasattr(searcher, "search_ids") and hasattr(searcher, "refine")
+    # large search blocks for the search's matrix products; a searcher that returns the
+    # neighbor vectors with the ids (shards, GPU) searches sub-chunks, which keeps the memory bound
+    block = max(chunk, min(SEARCH_BLOCK, SEARCH_IDS_BUDGET // (12 * (k_max + 1) + 4 * ev.train.dim))) if split else chunk
+    block = min(block, max(ev.query.n, 1))
+    lock = None if getattr(searcher, "thread_safe", False) else threading.Lock()
     accs = {(m, k): Accumulator(m, k, ev.n_classes, keep_hits=keep_hits) for m in opts.methods for k in k_values}
-    timing = {"read_s": 0.0, "search_s": 0.0, "knn_s": 0.0, "nnk_s": 0.0, "nnk_fallbacks": 0}
-    t_start = time.perf_counter()
-    t0 = time.perf_counter()
-    for start, feats in ev.query.iter_chunks(chunk):
-        q = normalize_rows(feats)
+    timing = {"read_s": 0.0, "search_s": 0.0, "rerank_s": 0.0, "knn_s": 0.0, "nnk_s": 0.0, "nnk_fallbacks": 0}
+
+    def blocks():
+        t0 = time.perf_counter()
+        for start, feats in ev.query.iter_chunks(block):
+            q = normalize_rows(feats)
+            timing["read_s"] += time.perf_counter() - t0
+            yield start, q
+            t0 = time.perf_counter()
+
+    def search(q, start):
+        if lock is None:
+            return searcher.search_ids(q, start, k_max, opts.exclude_self)
+        with lock:  # a searcher that keeps state (the loaded shard) serves one block at a time
+            if split:
+                return searcher.search_ids(q, start, k_max, opts.exclude_self)
+            return searcher.neighbors(q, start, k_max, opts.exclude_self)
+
+    def score(q, start, found):
+        own = dict.fromkeys(timing, 0.0)
+        own["nnk_fallbacks"] = 0
         labels = ev.query_labels[start : start + len(q)]
-        timing["read_s"] += time.perf_counter() - t0
-        res = score_chunk(ev, q, start, labels, opts, timing)
+        if split:
+            t0 = time.perf_counter()
+            found = searcher.refine(q, found)
+            own["rerank_s"] += time.perf_counter() - t0
+        return score_chunk(ev, q, start, labels, opts, own, found=found), own
+
+    t_start = time.perf_counter()
+    stages = run_pipeline(blocks(), search, score, sub_chunk=chunk if split else block, threads=threads)
+    for (res, own), search_s, _ in stages:
+        timing["search_s"] += search_s
+        for key in ("rerank_s", "knn_s", "nnk_s", "nnk_fallbacks"):
+            timing[key] += own[key]
         for key, mc in res.by_method_k.items():
-            accs[key].update(mc.top, labels, mc.support)
+            accs[key].update(mc.top, res.labels, mc.support)
         if on_chunk is not None:
             on_chunk(res)
         if progress is not None:
-            progress(len(q))
-        t0 = time.perf_counter()
+            progress(len(res.labels))
     total = time.perf_counter() - t_start
     timing = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in timing.items()}
     timing["total_s"] = round(total, 4)
     timing["queries_per_s"] = round(ev.query.n / total, 1) if total > 0 else None
     timing["chunk_size"] = chunk
+    timing["search_block"] = block
+    timing["threads"] = threads
     return accs, timing
 
 

@@ -61,7 +61,8 @@ def run_pipeline(
     blocks : iterator of (start, queries)
         Consecutive blocks of normalized query rows (read in the calling thread).
     search : callable (queries, start) -> ids
-        The search stage of one block (runs in a worker).
+        The search stage of one block (runs in a worker); ``ids`` is sliced along its
+        first axis into sub-chunks unless one sub-chunk holds the whole block.
     score : callable (queries, start, ids) -> result
         The scoring stage of one sub-chunk (runs in a worker).
     sub_chunk : int
@@ -94,8 +95,11 @@ def run_pipeline(
                 start, q, found = pending.popleft()
                 ids, search_s = found.result()
                 submit_search()
-                parts = [pool.submit(timed, score, q[lo:lo + sub_chunk], start + lo, ids[lo:lo + sub_chunk])
-                         for lo in range(0, len(q), sub_chunk)]
+                if sub_chunk >= len(q):  # the search's result goes to one task whole, whatever it is
+                    parts = [pool.submit(timed, score, q, start, ids)]
+                else:
+                    parts = [pool.submit(timed, score, q[lo:lo + sub_chunk], start + lo, ids[lo:lo + sub_chunk])
+                             for lo in range(0, len(q), sub_chunk)]
                 for i, part in enumerate(parts):
                     res, score_s = part.result()
                     yield res, (search_s if i == 0 else 0.0), score_s

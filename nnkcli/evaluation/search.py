@@ -105,8 +105,15 @@ class IndexSearcher:
         self.n = nnk_index.n
         self.dim = nnk_index.dim
 
-    def candidates(self, q: np.ndarray, start: int, k: int, exclude_self: bool):
-        """Exact-re-ranked top ``k`` of this index (ids global, -1 padded when it holds fewer rows)."""
+    #: concurrent searches from several threads are safe (faiss's search is read-only)
+    thread_safe = True
+
+    def search_ids(self, q: np.ndarray, start: int, k: int, exclude_self: bool) -> np.ndarray:
+        """The search stage alone: candidate ids (B, k), global, -1 padded; no vectors gathered.
+
+        With ``refine`` this splits ``candidates`` in two, so that a large block of
+        queries can be searched at once and re-ranked in smaller sub-chunks.
+        """
         k_here = min(k + (1 if exclude_self else 0), self.n)
         _, local = self.index.search(q, k_here)
         ids = np.where(local < 0, -1, local + self.offset)
@@ -114,7 +121,15 @@ class IndexSearcher:
             ids = drop_own_rows(ids, start, k)
         elif ids.shape[1] < k:
             ids = np.concatenate([ids, np.full((len(ids), k - ids.shape[1]), -1, dtype=np.int64)], axis=1)
+        return ids
+
+    def refine(self, q: np.ndarray, ids: np.ndarray):
+        """Re-rank ``search_ids``'s candidates of queries ``q`` exactly: (ids, sims, X, missing)."""
         return rerank(q, ids, self._vectors)
+
+    def candidates(self, q: np.ndarray, start: int, k: int, exclude_self: bool):
+        """Exact-re-ranked top ``k`` of this index (ids global, -1 padded when it holds fewer rows)."""
+        return self.refine(q, self.search_ids(q, start, k, exclude_self))
 
     def _vectors(self, global_ids: np.ndarray) -> np.ndarray:
         if not self.offset:
