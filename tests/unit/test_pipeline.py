@@ -1,0 +1,172 @@
+"""The pipeline's schedule (search blocks, scoring sub-chunks, worker threads) and the thread caps.
+
+What is checked: every per-query number (neighbor ids and similarities, NNK weights,
+class scores) is bit-identical for every thread count, scoring chunk size and search
+block size; the scores are still those of an independent brute-force oracle; every
+native pool runs at one thread inside the workers; errors in a worker reach the caller
+and leave no thread behind.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from nnkcli.evaluation import classification, pipeline
+from nnkcli.evaluation.classification import EvalOptions, Evaluation, run
+from nnkcli.parallel import available_cores, native_threads, resolve_threads
+from nnkcli.storage.store import write_split
+from nnkcli.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    rng = np.random.default_rng(5)
+    means = rng.normal(size=(4, 12))
+    yt = rng.integers(0, 4, 500)
+    xt = (means[yt] + 1.3 * rng.normal(size=(500, 12))).astype(np.float32)
+    yq = rng.integers(0, 4, 131)
+    xq = (means[yq] + 1.3 * rng.normal(size=(131, 12))).astype(np.float32)
+    path = tmp_path_factory.mktemp("pipe") / "s.h5"
+    write_split(path, "train", xt, yt, source="test")
+    write_split(path, "val", xq, yq, source="test")
+    return path, xt, yt, xq, yq
+
+
+def collect(path, ks, **opts):
+    """Every ChunkResult's arrays, concatenated in query order, plus the accumulated accuracies."""
+    parts = []
+    with Evaluation(path) as ev:
+        accs, timing = run(ev, ks, EvalOptions(methods=("nnk", "knn"), **opts).validate(), on_chunk=parts.append)
+    starts = [p.start for p in parts]
+    assert starts == sorted(starts)
+    out = {"ids": np.concatenate([p.ids for p in parts]), "sims": np.concatenate([p.sims for p in parts])}
+    for key in parts[0].by_method_k:
+        out[key, "scores"] = np.concatenate([p.by_method_k[key].scores for p in parts])
+        if key[0] == "nnk":
+            out[key, "theta"] = np.concatenate([p.by_method_k[key].theta for p in parts])
+    return out, {key: acc.result()["top1"] for key, acc in accs.items()}, timing
+
+
+@pytest.mark.parametrize("block", [16, 4096])
+def test_bit_identical_for_every_thread_count_chunk_size_and_search_block(store, monkeypatch, block):
+    monkeypatch.setattr(pipeline, "SEARCH_BLOCK", block)
+    ks = [3, 10, 40]
+    ref, ref_top1, _ = collect(store[0], ks, threads=1, chunk_size=1000)
+    for threads, chunk in ((2, None), (3, 7), (2, 1), (1, 16)):
+        got, top1, timing = collect(store[0], ks, threads=threads, chunk_size=chunk)
+        assert timing["threads"] == threads
+        assert got.keys() == ref.keys()
+        for key in ref:
+            np.testing.assert_array_equal(got[key], ref[key], err_msg=f"{key} threads={threads} chunk={chunk}")
+        assert top1 == ref_top1
+
+
+def test_blocks_and_threads_still_match_brute_force(store, monkeypatch):
+    path, xt, yt, xq, yq = store
+    monkeypatch.setattr(pipeline, "SEARCH_BLOCK", 32)
+    got, _, timing = collect(path, [10], threads=2, chunk_size=5)
+    assert timing["search_block"] == 32 and timing["chunk_size"] == 5
+    Xt = xt / np.linalg.norm(xt, axis=1, keepdims=True).astype(np.float64)
+    Xq = xq / np.linalg.norm(xq, axis=1, keepdims=True).astype(np.float64)
+    S = Xq @ Xt.T
+    for i in range(len(xq)):
+        order = np.lexsort((np.arange(S.shape[1]), -S[i]))[:10]
+        np.testing.assert_array_equal(got["ids"][i], order)
+        np.testing.assert_allclose(got["sims"][i], S[i, order], atol=1e-6)
+    theta = got[("nnk", 10), "theta"]
+    # every weight vector certified against a from-scratch G of the vectors the problem is
+    # defined on: the float32 unit rows the index stores
+    from nnkcli.index import normalize_rows
+
+    xt32, xq32 = normalize_rows(xt).astype(np.float64), normalize_rows(xq).astype(np.float64)
+    for i in range(0, len(xq), 13):
+        Xn, qn = xt32[got["ids"][i]], xq32[i]
+        G, g = (1 + Xn @ Xn.T) / 2, (1 + Xn @ qn) / 2
+        lam = G @ theta[i] - g
+        assert theta[i].min() >= 0 and lam.min() > -1e-8 and np.abs(lam[theta[i] > 0]).max() < 1e-8
+
+
+def test_native_pools_run_single_threaded_inside_workers(store, monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    real = classification.score_chunk
+
+    def spy(*args, **kwargs):
+        seen.append((threading.current_thread() is not threading.main_thread(),
+                     {lib["internal_api"]: lib["num_threads"] for lib in threadpool_info()}))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(classification, "score_chunk", spy)
+    monkeypatch.setattr(pipeline, "SEARCH_BLOCK", 40)
+    collect(store[0], [5], threads=2, chunk_size=20)
+    assert seen and all(in_worker for in_worker, _ in seen)
+    for _, pools in seen:
+        assert pools.get("openblas", 1) == 1 and pools.get("openmp", 1) == 1, pools
+
+
+def test_a_failing_task_reaches_the_caller_and_leaves_no_thread(store, monkeypatch):
+    calls = []
+
+    def boom(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("scoring failed")
+
+    monkeypatch.setattr(classification, "score_chunk", boom)
+    monkeypatch.setattr(pipeline, "SEARCH_BLOCK", 16)
+    before = threading.active_count()
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        collect(store[0], [5], threads=2, chunk_size=4)
+    assert threading.active_count() == before
+    assert len(calls) < 131 // 4  # queued tasks were cancelled, not all run
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_pipeline_yields_in_order_and_searches_ahead_of_scoring(threads):
+    events = []
+    lock = threading.Lock()
+
+    def search(q, start):
+        with lock:
+            events.append(("search", start))
+        return np.arange(start, start + len(q))
+
+    def score(q, start, ids):
+        with lock:
+            events.append(("score", start))
+        return start, ids
+
+    blocks = iter([(s, np.zeros((10, 2))) for s in range(0, 50, 10)])
+    out = [res for res, _, _ in pipeline.run_pipeline(blocks, search, score, sub_chunk=4, threads=threads)]
+    assert [s for s, _ in out] == [0, 4, 8, 10, 14, 18, 20, 24, 28, 30, 34, 38, 40, 44, 48]
+    np.testing.assert_array_equal(np.concatenate([ids for _, ids in out]), np.arange(50))
+    if threads == 1:  # one worker runs the queue in order: the next blocks' searches come first
+        assert events == [("search", 0), ("search", 10), ("search", 20), ("score", 0), ("score", 4),
+                          ("score", 8), ("search", 30), ("score", 10), ("score", 14), ("score", 18),
+                          ("search", 40), ("score", 20), ("score", 24), ("score", 28), ("score", 30),
+                          ("score", 34), ("score", 38), ("score", 40), ("score", 44), ("score", 48)]
+
+
+def test_threads_default_to_the_cores_this_process_may_use():
+    import os
+
+    assert available_cores() == len(os.sched_getaffinity(0))
+    assert resolve_threads(None) == available_cores()
+    assert resolve_threads(3) == 3
+    with pytest.raises(InputError, match="--threads must be >= 1"):
+        resolve_threads(0)
+
+
+def test_native_threads_caps_blas_and_restores_it():
+    from threadpoolctl import threadpool_info
+
+    def blas():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas()
+    with native_threads(1):
+        assert set(blas()) == {1}
+    assert blas() == before
