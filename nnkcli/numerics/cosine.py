@@ -9,8 +9,9 @@ costs ``O(k d)`` per query in float64, and the KKT certificate never needs ``G``
 ``nnk_solve_cosine`` uses that in three steps:
 
 1. **candidates in float32**: the active-set engine (``nnkcli.numerics.active_set``)
-   runs on float32 kernel blocks, one batched float32 GEMM per query (about twice the
-   speed of the float64 rank-k update ``kernel_blocks`` runs, half its memory);
+   runs on float32 kernel blocks, one float32 matrix product per query (measured about
+   twice the speed of the float64 rank-k update ``kernel_blocks`` runs, and half its
+   memory);
 2. **polish in float64**: on each candidate support ``P`` the weights are solved again,
    ``G_PP theta_P = g_P`` with ``G_PP`` built in float64 from the ``|P|`` support rows
    (``|P|^2 d`` per query, ``|P|`` is ~10-25 where k is 200), plus one step of
@@ -44,8 +45,10 @@ __all__ = ["cosine_gram32", "cosine_products", "nnk_solve_cosine"]
 def cosine_gram32(X) -> np.ndarray:
     """Float32 kernel blocks ``1/2 (1 + X X^T)``, shape (B, k, k), of neighbours ``X`` (B, k, d).
 
-    One float32 GEMM per query (numpy's stacked matmul); the candidates it yields are
-    only proposals, see the module docstring.
+    One float32 matrix product per query (numpy's stacked matmul). Measured here, the
+    whole block this way costs about a third of computing only the ~25 rows the
+    engine reads with matrix-vector products: those are bound by memory, this by
+    arithmetic. The candidates it yields are only proposals (module docstring).
     """
     X = np.asarray(X, dtype=np.float32)
     G = np.matmul(X, X.transpose(0, 2, 1))
@@ -118,8 +121,7 @@ def nnk_solve_cosine(X, g, k_values, *, tol: float = 1e-8, max_iter: int | None 
         else:
             kp = prev.theta.shape[1]
             # gradient of the new neighbours at the previous optimum, in float64: O((k - kp) d)
-            w_new = gk[:, kp:] - 0.5 * (prev.theta.sum(axis=1)[:, None]
-                                        + np.einsum("bjd,bd->bj", X[:, kp:k], v, dtype=np.float64))
+            w_new = gk[:, kp:] - 0.5 * (prev.theta.sum(axis=1)[:, None] + _products(X, kp, k, np.arange(B), v))
             # the entry rule of the active-set engine, so the weights are what a cold solve finds
             stays = (w_new <= _ENTER * tol * gscale[:, None]).all(axis=1) & (prev.kkt_residual <= tol)
             s = np.flatnonzero(stays)
@@ -135,7 +137,7 @@ def nnk_solve_cosine(X, g, k_values, *, tol: float = 1e-8, max_iter: int | None 
                 cand = nnk_solve(G32[:, :k, :k], gk, tol=tol, max_iter=max_iter)
             else:
                 cand = nnk_solve(G32[todo, :k, :k], gk[todo], tol=tol, max_iter=max_iter, warm_start=warm)
-            theta, resid, obj, vt = polish(X[todo, :k], gk[todo], cand.theta > 0, tol)
+            theta, resid, obj, vt = polish(X, k, todo, gk[todo], cand.theta > 0, tol)
             res.theta[todo], res.kkt_residual[todo], res.objective[todo] = theta, resid, obj
             res.iterations[todo] = cand.iterations
             v[todo] = vt
@@ -147,18 +149,33 @@ def nnk_solve_cosine(X, g, k_values, *, tol: float = 1e-8, max_iter: int | None 
                 res.theta[bad], res.kkt_residual[bad] = exact.theta, exact.kkt_residual
                 res.objective[bad], res.fallback[bad] = exact.objective, exact.fallback
                 res.iterations[bad] += exact.iterations
-                v[bad] = np.einsum("bkd,bk->bd", X[bad, :k], exact.theta, dtype=np.float64)
+                for i, b in enumerate(bad.tolist()):
+                    v[b] = np.dot(exact.theta[i], X[b, :k])
         results.append(res)
         prev = res
     return results
 
 
-def polish(X, g, support, tol):
+def _products(X, lo, hi, rows, v) -> np.ndarray:
+    """``X[rows[i], lo:hi] @ v[i]`` (len(rows), hi - lo) float64 for every i, one query at a time.
+
+    One product per query (float32 rows widened in cache, no copy of the batch), so each
+    query's numbers do not depend on which other queries are computed with it.
+    """
+    out = np.empty((len(rows), hi - lo))
+    for i, b in enumerate(np.asarray(rows).tolist()):
+        np.dot(X[b, lo:hi], v[i], out=out[i])
+    return out
+
+
+def polish(X, k, rows, g, support, tol):
     """Float64 weights on given supports and their float64 certificate.
 
     Parameters
     ----------
-    X : ndarray (B, k, d), neighbours; g : ndarray (B, k) float64; support : ndarray (B, k) bool.
+    X : ndarray (N, K, d), neighbours; ``k``: leading neighbours used; ``rows`` (B,)
+    int: the queries of ``X`` solved; g : ndarray (B, k) float64; support : ndarray
+    (B, k) bool.
 
     Returns
     -------
@@ -166,7 +183,8 @@ def polish(X, g, support, tol):
     ``kkt_residual`` is ``inf`` where the support's solution is not positive or misses
     the engine's own stopping rule (``_ENTER * tol``, tighter than the certificate).
     """
-    B, k, d = X.shape
+    rows = np.asarray(rows)
+    B, d = rows.size, X.shape[2]
     theta = np.zeros((B, k))
     v = np.zeros((B, d))
     positive = np.ones(B, dtype=bool)
@@ -176,7 +194,7 @@ def polish(X, g, support, tol):
             continue
         b = np.flatnonzero(size == t)
         idx = np.argsort(~support[b], axis=1, kind="stable")[:, :t]  # support indices, ascending
-        XP = np.asarray(X[b[:, None], idx], dtype=np.float64)  # (n, t, d)
+        XP = np.asarray(X[rows[b][:, None], idx], dtype=np.float64)  # (n, t, d)
         GP = np.matmul(XP, XP.transpose(0, 2, 1))
         GP += 1.0
         GP *= 0.5
@@ -196,11 +214,11 @@ def polish(X, g, support, tol):
         ok = np.all(z > 0, axis=1) & np.isfinite(z).all(axis=1)
         positive[b] = ok
         z = np.where(ok[:, None], z, 0.0)
-        rows = theta[b]
-        np.put_along_axis(rows, idx, z, 1)
-        theta[b] = rows
-        v[b] = np.einsum("ntd,nt->nd", XP, z)
-    lam = 0.5 * (theta.sum(axis=1)[:, None] + np.einsum("bkd,bd->bk", X, v, dtype=np.float64)) - g
+        part = theta[b]
+        np.put_along_axis(part, idx, z, 1)
+        theta[b] = part
+        v[b] = np.matmul(z[:, None, :], XP)[:, 0]
+    lam = 0.5 * (theta.sum(axis=1)[:, None] + _products(X, 0, k, rows, v)) - g
     viol = np.where(theta > 0, np.abs(lam), np.maximum(-lam, 0.0))
     resid = viol.max(axis=1, initial=0.0) / g_scale(g)
     # accepted only as tight as the active-set engine stops: the certificate alone (tol)
