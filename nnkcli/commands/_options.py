@@ -124,9 +124,11 @@ def scoring_options(*, single_k: bool = False, k_default: str | None = None):
         click.option("--weighting", default="exp", show_default=True, metavar="|".join(WEIGHTINGS),
                      callback=checked(S, "weighting"), help="kNN vote weights: exp(s/T) as DINO, s, or 1."),
         click.option("--chunk-size", type=int, default=None, metavar="N", callback=checked(S, "chunk_size"),
-                     help="Queries per chunk (default: sized to a 512 MiB working-memory budget)."),
+                     help="Queries per scoring chunk (default: sized to a 512 MiB working-memory budget "
+                          "shared by the threads)."),
         click.option("--threads", type=int, default=None, metavar="N", callback=checked(S, "threads"),
-                     help="Threads for the search (default: all cores)."),
+                     help="Threads for the whole run; caps faiss, BLAS and torch pools (default: the cores "
+                          "this process may use)."),
         click.option("--exclude-self", is_flag=True,
                      help="Leave-one-out: skip each query's own row (query split = train split)."),
         click.option("--confidence", type=float, default=0.95, show_default=True, metavar="LEVEL",

@@ -295,7 +295,9 @@ class ScoringOptions(_Checked):
     chunk_size : int or None, default=None
         Queries per chunk; None sizes chunks to a memory budget.
     threads : int or None, default=None
-        Search threads; None = all cores.
+        Worker threads of the whole pipeline (search, re-ranking, scoring); every
+        native pool (faiss, BLAS, torch) is capped so that no more threads are busy.
+        None = the cores this process may use (``os.sched_getaffinity``).
     tol : float, default=1e-8
         NNK KKT tolerance, relative to ``max|g|``.
     confidence : float, default=0.95

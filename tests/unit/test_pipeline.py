@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from nnkcli.evaluation import classification, pipeline
-from nnkcli.evaluation.classification import EvalOptions, Evaluation, run
+from nnkcli.evaluation.classification import Evaluation, evaluate_chunks
+from nnkcli.evaluation.options import ScoringOptions
 from nnkcli.parallel import available_cores, native_threads, resolve_threads
 from nnkcli.storage.store import write_split
 from nnkcli.errors import InputError
@@ -39,7 +40,8 @@ def collect(path, ks, **opts):
     """Every ChunkResult's arrays, concatenated in query order, plus the accumulated accuracies."""
     parts = []
     with Evaluation(path) as ev:
-        accs, timing = run(ev, ks, EvalOptions(methods=("nnk", "knn"), **opts).validate(), on_chunk=parts.append)
+        options = ScoringOptions(methods="both", k_values=ks, **opts)
+        accs, timing = evaluate_chunks(ev, options, on_chunk=parts.append)
     starts = [p.start for p in parts]
     assert starts == sorted(starts)
     out = {"ids": np.concatenate([p.ids for p in parts]), "sims": np.concatenate([p.sims for p in parts])}
