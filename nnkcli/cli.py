@@ -39,6 +39,7 @@ COMMANDS = {
     "sweep": "nnkcli.commands.sweep:sweep",
     "evaluate": "nnkcli.commands.evaluate:evaluate",
     "history": "nnkcli.commands.history:history",
+    "compare": "nnkcli.commands.compare:compare",
 }
 
 _VERBOSITY = "nnkcli.verbosity"

@@ -109,13 +109,24 @@ _SCORING_PARAMS = ("methods", "k_values", "kernel", "temperature", "weighting", 
                    "threads", "confidence")
 
 
-def scoring_options(*, single_k: bool = False, k_default: str | None = None):
-    """How queries are scored; the command receives ``scoring: ScoringOptions``."""
+def scoring_options(*, single_k: bool = False, k_default: str | None = None, methods: bool = True,
+                    alpha: bool | None = None, k_help: str | None = None):
+    """How queries are scored; the command receives ``scoring: ScoringOptions``.
+
+    ``methods=False`` leaves out ``--method`` (``compare`` names a classifier per side);
+    ``alpha`` adds ``--alpha`` (default: when several k are chosen among).
+    """
     S = ScoringOptions
-    options = [
-        k_option(single=single_k, default=k_default),
-        click.option("--method", "methods", default="both", show_default=True, metavar="|".join(METHOD_CHOICES),
-                     callback=checked(S, "methods"), help="Which classifiers to run."),
+    k_opt = k_option(single=single_k, default=k_default)
+    if k_help is not None:
+        k_opt = click.option("--k", "k_values", type=click.IntRange(min=1), default=int(k_default or DEFAULT_K),
+                             show_default=True, metavar="K", callback=lambda ctx, param, value: (value,), help=k_help)
+    options = [k_opt]
+    if methods:
+        options.append(click.option("--method", "methods", default="both", show_default=True,
+                                    metavar="|".join(METHOD_CHOICES), callback=checked(S, "methods"),
+                                    help="Which classifiers to run."))
+    options += [
         click.option("--kernel", default="cosine", show_default=True, metavar="|".join(KERNELS),
                      callback=checked(S, "kernel"),
                      help="NNK kernel: (1+cos)/2, or exp(-d^2/2s^2) with s = k-th neighbor distance / 3."),
@@ -135,12 +146,12 @@ def scoring_options(*, single_k: bool = False, k_default: str | None = None):
                      callback=checked(S, "confidence"),
                      help="Level of the interval shown with every accuracy (Wilson; bootstrap for balanced)."),
     ]
-    params = list(_SCORING_PARAMS)
-    if not single_k:  # choosing among several k
+    params = [p for p in _SCORING_PARAMS if methods or p != "methods"]
+    if alpha if alpha is not None else not single_k:  # choosing among several k, or between two sides
+        help_text = ("Significance level of the paired tests of each k against the best (McNemar)." if not single_k
+                     else "Significance level of the paired test of B against A (McNemar).")
         options.append(click.option("--alpha", type=float, default=0.05, show_default=True, metavar="A",
-                                    callback=checked(S, "alpha"),
-                                    help="Significance level of the paired tests of each k against the best "
-                                         "(McNemar)."))
+                                    callback=checked(S, "alpha"), help=help_text))
         params.append("alpha")
 
     def build(kwargs):
