@@ -40,7 +40,7 @@ def plot_history(
 
     The x axis is the step when every row has one, else the row's position with
     source names as tick labels. The best source of each method is ringed and
-    labelled with its top-1 and k.
+    labelled with its top-1 and k; each point's interval (``m_top1_ci``) is an error bar.
     """
     path = Path(path)
     fmt = PLOT_FORMATS.get(path.suffix.lower())
@@ -68,6 +68,14 @@ def plot_history(
             color, marker = _STYLE.get(m, (None, "^"))
             ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, color=color,
                     label=_LABELS.get(m, m), linewidth=1.5, markersize=5)
+            # the interval of each best top-1 as an error bar (rows recorded before intervals have none)
+            bars = [(x, r[f"{m}_top1"], r.get(f"{m}_top1_ci")) for x, r in zip(xs, rows)
+                    if r.get(f"{m}_top1") is not None and isinstance(r.get(f"{m}_top1_ci"), list)
+                    and None not in r[f"{m}_top1_ci"]]
+            if bars:
+                ax.errorbar([b[0] for b in bars], [b[1] for b in bars],
+                            yerr=[[b[1] - b[2][0] for b in bars], [b[2][1] - b[1] for b in bars]],
+                            fmt="none", ecolor=color, elinewidth=1, capsize=3, alpha=0.7)
             for x, y, k, is_best in points:
                 if is_best:
                     ax.scatter([x], [y], s=180, facecolors="none", edgecolors=color, linewidths=1.8, zorder=3)

@@ -104,26 +104,35 @@ Exit codes: 0 ok (also when nothing was new), 1 a source failed or bad input,
 @gate_options(history=True)
 @click.option("--fail-on-regression", "max_drop", type=float, default=None, metavar="PTS",
               callback=check_with(points),
-              help="Exit 3 when the newest source's best top-1 is more than PTS points below the history's best.")
+              help="Exit 3 when a source of this run has a best top-1 more than PTS points below the best "
+                   "other source's (same parameters).")
+@click.option("--significant", is_flag=True,
+              help="--fail-on-regression fails only when the drop is significant (McNemar on the same queries, "
+                   "--alpha).")
+@click.option("--force", is_flag=True,
+              help="Re-evaluate sources already recorded with these parameters (a new line; the newer wins).")
 @_evaluate_model_options
 @command_options
 @click.pass_context
-def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_drop, gate_method, min_top1,
+def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_drop, significant, force,
+             gate_method, min_top1,
              min_top5, keep_store, model, train_images, val_images, fmt, **model_kwargs):
     """Evaluate new checkpoints or feature stores into HISTORY, once each.
 
     Each SOURCE (a feature store, or a checkpoint with --model, --train-images and
-    --val-images) is identified by the sha256 of its content: one already in the
-    history is skipped, any other is swept over --k for NNK and kNN and recorded as
-    one JSON line (best top-1 and k per method, every k's top-1/top-5, parameters,
-    step or epoch, times, host). Safe to run from overlapping cron jobs.
+    --val-images) is identified by the sha256 of its content and the evaluation
+    parameters: one already in the history with these parameters is skipped (unless
+    --force), any other is swept over --k for NNK and kNN and recorded as one JSON
+    line (best top-1 and k per method, every k's top-1/top-5, parameters, step or
+    epoch, times, host). Safe to run from overlapping cron jobs.
 
     The gates (--fail-on-regression, --min-top1, --min-top5) run after recording
-    and check the newest source in the history (by step, else time) for
+    and check every source of this run, evaluated now or already recorded, each
+    against the best of the other sources with the same parameters, for
     --gate-method.
     """
     from nnkcli.evaluation.sweeps import sweep
-    from nnkcli.tracking.history import check_gates, read_history
+    from nnkcli.tracking.history import read_history
     from nnkcli.tracking.runner import ModelOptions, collect_sources, evaluate_sources
 
     ui = get_ui(ctx)
@@ -156,8 +165,10 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_
     if not paths:
         logger.info(f"no file in {watch_dir} matches {pattern}")
     progress = partial(_progress, ui) if ui.chatty else None
+    if significant and max_drop is None:
+        raise click.UsageError("--significant qualifies --fail-on-regression PTS; give both")
     outcomes = evaluate_sources(paths, history_path, options=scoring, data=data, sweep=sweep, model=model_opts,
-                                progress_factory=progress)
+                                progress_factory=progress, force=force)
 
     history = read_history(history_path)
     for bad in history.malformed:
@@ -165,17 +176,15 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_
     gates_wanted = any(v is not None for v in (max_drop, min_top1, min_top5))
     gate = None
     if gates_wanted:
-        gate = check_gates(history.entries, method=gate_method, max_drop=max_drop, min_top1=min_top1,
-                           min_top5=min_top5)
-        if gate.newest is None:
-            logger.warning(f"no {gate_method} result in {history_path.name} yet: nothing to gate")
+        gate = _run_gates(history, history_path, outcomes, gate_method, max_drop, min_top1, min_top5, significant,
+                          scoring.alpha)
 
     counts = {s: sum(o.status == s for o in outcomes) for s in ("evaluated", "skipped", "failed")}
     payload = {
         "history": str(history_path),
         "counts": counts,
         "sources": [o.to_dict() for o in outcomes],
-        "gate": _gate_doc(gate, max_drop, min_top1, min_top5) if gate is not None else None,
+        "gate": _gate_doc(gate, max_drop, min_top1, min_top5, significant, scoring.alpha) if gate is not None else None,
     }
     caption = ", ".join(f"{n} {s}" for s, n in counts.items()) + f" -> {history_path}"
     render(payload, fmt=ui.fmt, columns=outcome_columns(methods), rows=[outcome_row(o, methods) for o in outcomes],
@@ -196,20 +205,48 @@ def _progress(ui, total, description):
     return ui.progress(total, description, unit="images" if description.startswith("extracting") else "queries")
 
 
-def _gate_doc(gate, max_drop, min_top1, min_top5) -> dict:
-    from nnkcli.tracking.history import describe_entry
+def _run_gates(history, history_path, outcomes, method, max_drop, min_top1, min_top5, significant, alpha):
+    """Every source of this run (recorded now or before, same parameters) against the others."""
+    from nnkcli.tracking import sidecar
+    from nnkcli.tracking.paramsets import entries_of, entry_key
+    from nnkcli.tracking.source_gates import check_source_gates
 
+    run_entries, keys = [], []
+    for o in outcomes:
+        if o.entry is not None and o.status in ("evaluated", "skipped"):
+            key = entry_key(o.entry)
+            newest = history.find(o.sha256, key) or o.entry
+            run_entries.append(newest)
+            keys.append(key)
+    by_key: dict = {}
+    for entry, key in zip(run_entries, keys):
+        by_key.setdefault(key, []).append(entry)
+    reports = []
+    for key, entries in by_key.items():
+        reports.append(check_source_gates(
+            entries, entries_of(history.entries, key), method=method, max_drop=max_drop, min_top1=min_top1,
+            min_top5=min_top5, significant=significant, alpha=alpha,
+            load_hits=lambda e: sidecar.read(history_path, e.get("hits"))))
+    if not run_entries:
+        logger.warning(f"no source of this run has a {method} result in {history_path.name}: nothing to gate")
+    from nnkcli.tracking.source_gates import SourceGateReport
+
+    merged = SourceGateReport(method, [s for r in reports for s in r.sources], [n for r in reports for n in r.notes])
+    for note in merged.notes:
+        logger.warning(note)
+    return merged
+
+
+def _gate_doc(gate, max_drop, min_top1, min_top5, significant, alpha) -> dict:
     return {
         "method": gate.method,
         "passed": gate.passed,
         "fail_on_regression": max_drop,
+        "significant": significant,
+        "alpha": alpha if significant else None,
         "min_top1": min_top1,
         "min_top5": min_top5,
-        "newest": describe_entry(gate.newest) if gate.newest else None,
-        "newest_sha256": gate.newest["sha256"] if gate.newest else None,
-        "newest_top1": gate.newest_top1,
-        "best": describe_entry(gate.best) if gate.best else None,
-        "best_top1": gate.best_top1,
-        "drop": gate.drop,
+        "sources": [s.to_dict() for s in gate.sources],
+        "notes": list(gate.notes),
         "failures": list(gate.failures),
     }

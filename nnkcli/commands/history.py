@@ -17,7 +17,7 @@ def history_columns(methods) -> list[Column]:
     cols = [Column("step"), Column("source", justify="left"), Column("sha256", justify="left")]
     for m in methods:
         cols += [
-            Column(f"{m}_top1", f"{m} top-1 %", ".2f"),
+            Column(f"{m}_top1", f"{m} top-1 %", ".2f", ci=f"{m}_top1_ci"),
             Column(f"{m}_k", f"{m} k"),
             Column(f"{m}_delta_prev", "vs prev", "+.2f"),
             Column(f"{m}_delta_best", "vs best", "+.2f"),
@@ -32,7 +32,11 @@ Examples:
   nnk history runs/history.jsonl --plot runs/history.png
   nnk history runs/history.jsonl --format json | jq '.best.nnk'
   nnk history runs/history.jsonl --tensorboard runs/tb    # then: tensorboard --logdir runs/tb
+  nnk history runs/history.jsonl --params                 # the parameter sets recorded
+  nnk history runs/history.jsonl --param-set 2            # or a key prefix: --param-set 3f9c
 \b
+One parameter set is shown at a time (default: the most recently used one); a
+source evaluated again with the same parameters (--force) shows its newest line.
 Rows are ordered by step (epoch, global step ... read from each checkpoint or its
 file name), sources without a step after them by time. 'vs prev' is the change
 from the row before, 'vs best' the distance to the best row, marked in 'best'.
@@ -47,11 +51,17 @@ Malformed lines are reported on stderr with their line number and skipped.
 @click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               metavar="DIR", help="Also write best top-1/top-5/k per method against the step as TensorBoard "
                                   "scalars (needs the tensorboard extra).")
+@click.option("--params", "list_params", is_flag=True, help="List the history's parameter sets instead.")
+@click.option("--param-set", "param_set", default=None, metavar="N|KEY",
+              help="Show parameter set N of --params (1 = most recent, the default) or the one whose key "
+                   "starts with KEY.")
 @command_options
 @click.pass_context
-def history(ctx, history_path, plot_path, tensorboard_dir, fmt):
+def history(ctx, history_path, plot_path, tensorboard_dir, list_params, param_set, fmt):
     """Show the evaluations recorded in HISTORY by nnk evaluate, one row per source."""
+    from nnkcli.errors import InputError
     from nnkcli.tracking.history import entry_methods, history_rows, order_entries, read_history
+    from nnkcli.tracking.paramsets import describe_parameters, entries_of, parameter_sets, pick_parameter_set
 
     ui = get_ui(ctx)
     if tensorboard_dir is not None:
@@ -61,6 +71,21 @@ def history(ctx, history_path, plot_path, tensorboard_dir, fmt):
     hist = read_history(history_path, missing_ok=False)
     for bad in hist.malformed:
         logger.warning(f"{history_path.name} {bad}; skipped")
+    sets = parameter_sets(hist.entries)
+    if list_params:
+        rows = [{"number": s.number, "key": s.key, "entries": s.n_entries, "last_used": s.last_used,
+                 "settings": describe_parameters(s.parameters), "parameters": s.parameters} for s in sets]
+        render({"history": str(history_path), "parameter_sets": rows}, fmt=ui.fmt,
+               columns=[Column("number", "set"), Column("key", justify="left"), Column("entries"),
+                        Column("last_used", "last used", justify="left"), Column("settings", justify="left")],
+               rows=rows, title=f"nnk history {history_path} --params")
+        return
+    try:
+        chosen = pick_parameter_set(sets, param_set)
+    except LookupError as exc:
+        raise InputError(str(exc), hint=f"list them with: nnk history {history_path} --params") from None
+    entries = entries_of(hist.entries, chosen.key) if chosen is not None else []
+    hist.entries[:] = entries
     methods = entry_methods(hist.entries)
     rows = history_rows(hist.entries, methods)
     if plot_path is not None:
@@ -85,6 +110,10 @@ def history(ctx, history_path, plot_path, tensorboard_dir, fmt):
     payload = {
         "history": str(history_path),
         "n_entries": len(rows),
+        "parameter_set": ({"number": chosen.number, "key": chosen.key, "parameters": chosen.parameters}
+                          if chosen is not None else None),
+        "other_parameter_sets": [{"number": s.number, "key": s.key, "entries": s.n_entries}
+                                 for s in sets if chosen is None or s.key != chosen.key],
         "methods": methods,
         "best": best,
         "rows": rows,
@@ -93,6 +122,13 @@ def history(ctx, history_path, plot_path, tensorboard_dir, fmt):
     if tensorboard is not None:
         payload["tensorboard"] = tensorboard
     caption = f"{len(rows)} source" + ("" if len(rows) == 1 else "s")
+    if chosen is not None:
+        caption += f" with parameter set {chosen.number} ({chosen.key}: {describe_parameters(chosen.parameters)})"
+        others = [s for s in sets if s.key != chosen.key]
+        if others:
+            n_other = sum(s.n_entries for s in others)
+            caption += (f"; {n_other} entr{'y' if n_other == 1 else 'ies'} with {len(others)} other parameter "
+                        f"set{'' if len(others) == 1 else 's'}: see --params, pick with --param-set")
     if hist.malformed:
         caption += f", {len(hist.malformed)} malformed line{'' if len(hist.malformed) == 1 else 's'} skipped"
     render(payload, fmt=ui.fmt, columns=history_columns(methods), rows=rows, title=f"nnk history {history_path}",

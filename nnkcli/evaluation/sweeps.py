@@ -22,9 +22,18 @@ __all__ = ["SweepResult", "best_per_method", "parse_k_spec", "sweep"]
 
 @dataclass
 class SweepResult:
-    """The sweep's JSON-able document (see :meth:`to_dict`)."""
+    """The sweep's JSON-able document (see :meth:`to_dict`).
+
+    ``best_hits``: per method, (its best k, per labelled query whether top-1 was right
+    at that k), bool (n_labelled,); ``query_labels``/``query_ids``: the query split's
+    labels (all rows) and sample ids (or None) — for paired tests against other runs.
+    Not part of the document.
+    """
 
     document: dict
+    best_hits: dict | None = None
+    query_labels: object = None
+    query_ids: list | None = None
 
     def to_dict(self) -> dict:
         return self.document
@@ -104,7 +113,9 @@ def sweep(
             accs, timing = evaluate_chunks(ev, options, progress=progress, keep_hits=True)
         doc = result_document(ev, options, accs, timing, per_class=False)
         hits = {key: acc.hits()[0] for key, acc in accs.items()}
+        labels, ids = ev.query_labels, ev.query.ids
     doc["k_values"] = list(options.k_values)
     doc["results"] = sorted(doc["results"], key=lambda r: (options.methods.index(r["method"]), r["k"]))
     doc["best"] = best_per_method(doc["results"], hits, options.alpha)
-    return SweepResult(doc)
+    best_hits = {m: (b["k"], hits[(m, b["k"])]) for m, b in doc["best"].items()}
+    return SweepResult(doc, best_hits=best_hits, query_labels=labels, query_ids=ids)

@@ -172,9 +172,12 @@ class History:
     def sha256s(self) -> set[str]:
         return {e["sha256"] for e in self.entries}
 
-    def find(self, sha256: str) -> dict | None:
-        for entry in self.entries:
-            if entry["sha256"] == sha256:
+    def find(self, sha256: str, params_key: str | None = None) -> dict | None:
+        """The newest entry of ``sha256`` (of parameter set ``params_key`` when given)."""
+        from nnkcli.tracking.paramsets import entry_key
+
+        for entry in reversed(self.entries):
+            if entry["sha256"] == sha256 and (params_key is None or entry_key(entry) == params_key):
                 return entry
         return None
 
@@ -183,11 +186,15 @@ def parse_history(lines: Iterable[bytes | str], path: str | os.PathLike = "<hist
     """Parse history lines; bad lines become ``MalformedLine`` records, never exceptions.
 
     A line is kept when it is a JSON object with ``schema_version`` 1 and a
-    64-hex-digit ``sha256``. The first line for a sha256 wins; a repeat is
-    reported (two entries for one source can only come from hand edits).
+    64-hex-digit ``sha256``. An entry is identified by its sha256 and its parameter
+    set (``nnkcli.tracking.paramsets``): a repeat of both is reported and skipped
+    (it can only come from hand edits), unless it was recorded by ``--force``
+    (``"forced": true``), which re-evaluates on purpose: the newer line wins in views.
     """
+    from nnkcli.tracking.paramsets import entry_key
+
     history = History(Path(path))
-    line_of: dict[str, int] = {}
+    line_of: dict[tuple, int] = {}
     for number, raw in enumerate(lines, start=1):
         if isinstance(raw, bytes):
             try:
@@ -206,13 +213,15 @@ def parse_history(lines: Iterable[bytes | str], path: str | os.PathLike = "<hist
             problem = f"not valid JSON: {exc.msg} (column {exc.colno})"
         if problem is None:
             problem = _entry_problem(entry)
-        if problem is None and entry["sha256"] in line_of:
-            problem = f"duplicate entry for sha256 {entry['sha256'][:12]} (first on line {line_of[entry['sha256']]})"
+        ident = (entry["sha256"], entry_key(entry)) if problem is None else None
+        if problem is None and ident in line_of and entry.get("forced") is not True:
+            problem = (f"duplicate entry for sha256 {entry['sha256'][:12]} with the same parameters "
+                       f"(first on line {line_of[ident]})")
         if problem is not None:
             history.malformed.append(MalformedLine(number, problem))
             continue
         entry["_line"] = number
-        line_of[entry["sha256"]] = number
+        line_of[ident] = number
         history.entries.append(entry)
     return history
 
@@ -410,6 +419,8 @@ def history_rows(entries: Sequence[dict], methods: Sequence[str] | None = None) 
         for m in methods:
             value = best_top1(entry, m)
             row[f"{m}_top1"] = value
+            ci = ((entry.get("best") or {}).get(m) or {}).get("top1_ci")
+            row[f"{m}_top1_ci"] = ci if isinstance(ci, list) and len(ci) == 2 else None
             row[f"{m}_k"] = best_k(entry, m) if value is not None else None
             row[f"{m}_delta_prev"] = value - previous[m] if value is not None and m in previous else None
             row[f"{m}_delta_best"] = value - best_value[m] if value is not None else None

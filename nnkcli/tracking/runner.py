@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -43,6 +44,7 @@ from nnkcli import __version__
 from nnkcli.storage.atomic import file_lock
 from nnkcli.errors import InputError, NnkError
 from nnkcli.evaluation.options import DEFAULT_K_SPEC, DataOptions, ScoringOptions, format_k_spec
+from nnkcli.tracking.paramsets import parameter_key
 from nnkcli.tracking.history import (
     HistoryError,
     append_entry,
@@ -229,6 +231,24 @@ def _summarise_results(result: dict, methods: Sequence[str]) -> tuple[list[dict]
     return rows, best
 
 
+def source_parameters(options: ScoringOptions, data: DataOptions, model: ModelOptions | None, source: Path) -> dict:
+    """Everything that produced a source's results, as recorded in its line (and keyed)."""
+    checkpoint = not is_store(source)
+    if checkpoint:
+        data = data.replace(index_path=None)  # a checkpoint's store is made here, with no saved index
+    parameters: dict[str, Any] = {**options.as_dict(), **data.as_dict()}
+    if checkpoint:
+        parameters.pop("index_path")
+        if model is not None:
+            parameters["model"] = {
+                "model": model.model,
+                "train_images": str(Path(model.train_images).resolve()),
+                "val_images": str(Path(model.val_images).resolve()),
+                **model.extract,
+            }
+    return parameters
+
+
 def evaluate_one(
     source: Path,
     *,
@@ -239,8 +259,12 @@ def evaluate_one(
     sweep: SweepFunction,
     model: ModelOptions | None = None,
     progress_factory: Callable | None = None,
+    hits_out: dict | None = None,
 ) -> dict:
     """Evaluate one source and return its history line (not yet recorded).
+
+    ``hits_out``, when given, receives the sweep's per-query results at each method's
+    best k (``"hits"``: a ``sidecar.Hits``) for the history's sidecar folder.
 
     Parameters
     ----------
@@ -273,9 +297,7 @@ def evaluate_one(
     step, step_from = _read_step(source, checkpoint)
     if checkpoint:
         data = data.replace(index_path=None)  # a checkpoint's store is made here, with no saved index
-    parameters: dict[str, Any] = {**options.as_dict(), **data.as_dict()}
-    if checkpoint:
-        parameters.pop("index_path")
+    parameters = source_parameters(options, data, model, source)
     store_path = source
     extract_s = None
     if checkpoint:
@@ -284,12 +306,6 @@ def evaluate_one(
         extract_checkpoint(source, store_path, model, train_split=data.train_split,
                            query_split=data.query_split, progress_factory=progress_factory)
         extract_s = time.perf_counter() - t_extract
-        parameters["model"] = {
-            "model": model.model,
-            "train_images": str(Path(model.train_images).resolve()),
-            "val_images": str(Path(model.val_images).resolve()),
-            **model.extract,
-        }
     try:
         # gate_requested: a query split without labels gives no accuracy to record
         result = sweep(store_path, options, data=data, gate_requested=True, progress_factory=progress_factory)
@@ -297,6 +313,11 @@ def evaluate_one(
         if checkpoint and not model.keep_store:
             with contextlib.suppress(OSError):
                 store_path.unlink()
+    if hits_out is not None and getattr(result, "best_hits", None):
+        from nnkcli.tracking.sidecar import Hits, query_identity
+
+        hits_out["hits"] = Hits(query_identity(result.query_labels[result.query_labels >= 0], result.query_ids),
+                                dict(result.best_hits))
     result = result.to_dict()
     results, best = _summarise_results(result, options.methods)
     timing = {"total_s": round(time.perf_counter() - t0, 3)}
@@ -322,6 +343,7 @@ def evaluate_one(
         "results": results,
         "best": best,
         "parameters": parameters,
+        "params_key": parameter_key(parameters),
         "nnkcli_version": __version__,
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -391,18 +413,31 @@ def _present_splits(store_path: Path) -> set[str]:
 
 
 # -- the run -----------------------------------------------------------------------
-def _recorded(history_path: Path, sha256: str) -> dict | None:
+def _recorded(history_path: Path, sha256: str, params_key: str, after_line: int = 0) -> dict | None:
+    """The newest entry of (sha256, parameter set), if it is on a line after ``after_line``."""
     with file_lock(history_path):
         history = read_history(history_path, lock=False)
-    return history.find(sha256)
+    found = history.find(sha256, params_key)
+    return found if found is not None and found.get("_line", 0) > after_line else None
 
 
-def _record(history_path: Path, entry: dict) -> dict | None:
-    """Append ``entry`` unless its sha256 got recorded meanwhile; returns the existing entry then."""
+def _record(history_path: Path, entry: dict, hits=None, after_line: int = 0) -> dict | None:
+    """Append ``entry`` unless (sha256, parameters) got recorded meanwhile; returns the existing entry then.
+
+    With ``hits`` the per-query results go to the sidecar folder first, atomically, and
+    the line names them: a run killed in between leaves an unreferenced file, never a
+    line that refers to a missing one.
+    """
     with file_lock(history_path):
-        existing = read_history(history_path, lock=False).find(entry["sha256"])
-        if existing is not None:
+        existing = read_history(history_path, lock=False).find(entry["sha256"], entry["params_key"])
+        if existing is not None and existing.get("_line", 0) > after_line:
             return existing
+        if hits is not None:
+            from nnkcli.tracking import sidecar
+
+            stamp = re.sub(r"[^0-9]", "", str(entry.get("finished_at", "")))[:14]
+            name = f"{entry['sha256'][:16]}-{entry['params_key']}-{stamp}-{os.getpid()}"
+            entry = dict(entry, hits=sidecar.write(history_path, name, hits))
         append_entry(history_path, entry)
     return None
 
@@ -416,8 +451,13 @@ def evaluate_sources(
     sweep: SweepFunction | None = None,
     model: ModelOptions | None = None,
     progress_factory: Callable[[int, str], contextlib.AbstractContextManager] | None = None,
+    force: bool = False,
 ) -> list[SourceOutcome]:
-    """Evaluate every source not yet in the history and record each as one line.
+    """Evaluate every source not yet in the history with these parameters and record each as one line.
+
+    A source is skipped when the history has an entry for its sha256 *and* this
+    parameter set (``nnkcli.tracking.paramsets``); other parameters evaluate it again.
+    ``force`` re-evaluates even then and records a new line (the newer wins in views).
 
     Parameters
     ----------
@@ -470,13 +510,14 @@ def evaluate_sources(
         except OSError as exc:
             outcomes[i] = SourceOutcome(source, FAILED, reason=f"cannot read: {exc.strerror or exc}")
             continue
-        existing = _recorded(history_path, sha)
-        if existing is not None:
+        key = parameter_key(source_parameters(options, data, model, source))
+        existing = _recorded(history_path, sha, key)
+        if existing is not None and not force:
             outcomes[i] = SourceOutcome(source, SKIPPED, sha, "already in history", existing)
-            logger.info(f"{source.name}: already in history, skipped")
+            logger.info(f"{source.name}: already in history with these parameters, skipped")
             continue
         job = _Job(i, len(sources), source, sha, stamp, history_path, options, data, sweep, model,
-                   progress_factory)
+                   progress_factory, key, existing.get("_line", 0) if existing is not None else 0, force)
         outcome = job.run(blocking=False)
         if outcome is None:
             logger.info(f"{source.name}: being evaluated by another process; coming back to it at the end")
@@ -510,6 +551,9 @@ class _Job:
     sweep: SweepFunction
     model: ModelOptions | None
     progress_factory: Callable | None
+    params_key: str = ""
+    after_line: int = 0  # with force: only an entry newer than this line counts as done
+    force: bool = False
 
     def run(self, *, blocking: bool) -> SourceOutcome | None:
         """Claim, evaluate and record; None when another process holds the claim (non-blocking)."""
@@ -517,15 +561,18 @@ class _Job:
         with claim(self.history_path, sha, blocking=blocking) as held:
             if not held:
                 return None
-            existing = _recorded(self.history_path, sha)
+            existing = _recorded(self.history_path, sha, self.params_key, self.after_line)
             if existing is not None:
                 return SourceOutcome(source, SKIPPED, sha, "evaluated by another process", existing)
             logger.info(f"evaluating {source} ({self.index + 1}/{self.n_sources})")
             try:
+                hits: dict = {}
                 entry = evaluate_one(
                     source, sha256=sha, history_path=self.history_path, options=self.options, data=self.data,
-                    sweep=self.sweep, model=self.model, progress_factory=self.progress_factory,
+                    sweep=self.sweep, model=self.model, progress_factory=self.progress_factory, hits_out=hits,
                 )
+                if self.force:
+                    entry["forced"] = True
                 if file_stamp(source) != self.stamp:
                     # the line would claim a sha256 that is not what was evaluated
                     raise InputError("changed while being evaluated (still being written?); not recorded")
@@ -534,7 +581,7 @@ class _Job:
                 logger.debug(f"{source.name}: evaluation failed", exc_info=True)
                 logger.warning(f"{source.name}: {reason}")
                 return SourceOutcome(source, FAILED, sha, reason)
-            existing = _record(self.history_path, entry)
+            existing = _record(self.history_path, entry, hits.get("hits"), self.after_line)
             if existing is not None:  # only possible when another writer ignored the claim
                 return SourceOutcome(source, SKIPPED, sha, "recorded by another process meanwhile", existing)
             return SourceOutcome(source, EVALUATED, sha, None, entry)

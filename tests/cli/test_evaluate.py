@@ -96,7 +96,7 @@ def test_table_output_and_json(runner, run_dir, fake_sweep):
     assert row.split()[:7] == ["epoch_1.h5", "1", "evaluated", short_sha(run_dir / "epoch_1.h5"), "70.00", "10",
                                "68.00"]
     assert "1 evaluated, 0 skipped, 0 failed" in res.stdout
-    res = evaluate(runner, run_dir / "epoch_1.h5", "--history", hist, "--format", "json")
+    res = evaluate(runner, run_dir / "epoch_1.h5", "--history", hist, "--k", "10", "--format", "json")
     doc = json.loads(res.stdout)
     assert doc["schema_version"] == 1 and doc["counts"] == {"evaluated": 0, "skipped": 1, "failed": 0}
     assert doc["sources"][0]["reason"] == "already in history" and doc["gate"] is None
@@ -104,23 +104,48 @@ def test_table_output_and_json(runner, run_dir, fake_sweep):
 
 def test_regression_gate_exit_codes(runner, run_dir, fake_sweep):
     hist = run_dir.parent / "h.jsonl"
-    assert evaluate(runner, "--watch-dir", run_dir, "--history", hist, "--fail-on-regression", "0").exit_code == 0
-    fake_store(run_dir / "epoch_3.h5", 72.5, 70.0)  # 1.5 points below the best (epoch 2)
-    ok = evaluate(runner, "--watch-dir", run_dir, "--history", hist, "--fail-on-regression", "1.5")
+    assert evaluate(runner, "--watch-dir", run_dir, "--history", hist).exit_code == 0
+    e3 = fake_store(run_dir / "epoch_3.h5", 72.5, 70.0)  # 1.5 points below the best (epoch 2)
+    ok = evaluate(runner, e3, "--history", hist, "--fail-on-regression", "1.5")
     assert ok.exit_code == 0, ok.stderr
-    res = evaluate(runner, "--watch-dir", run_dir, "--history", hist, "--fail-on-regression", "1.4")
+    res = evaluate(runner, e3, "--history", hist, "--fail-on-regression", "1.4")
     assert res.exit_code == 3
     assert res.stderr.splitlines()[-2:] == [
-        "Error: regression: nnk top-1 of the newest source epoch_3.h5 (step 3) is 72.50, 1.50 points below the "
+        "Error: regression: nnk top-1 of epoch_3.h5 (step 3) is 72.50, 1.50 points below the "
         "best 74.00 of epoch_2.h5 (step 2) (allowed: 1.4)",
         f"Hint: see the whole history with: nnk history {hist}",
     ]
-    # the gate checks the recorded history, so it gives the same answer when nothing is new
-    assert evaluate(runner, "--watch-dir", run_dir, "--history", hist, "--fail-on-regression", "1.4").exit_code == 3
     # kNN improved at epoch 3: its gate passes
-    res = evaluate(runner, "--watch-dir", run_dir, "--history", hist, "--fail-on-regression", "0",
-                   "--gate-method", "knn")
+    res = evaluate(runner, e3, "--history", hist, "--fail-on-regression", "0", "--gate-method", "knn")
     assert res.exit_code == 0
+    # every source of the run is gated: with the whole folder, epoch 1 (4 points below epoch 2) fails too
+    res = evaluate(runner, "--watch-dir", run_dir, "--history", hist, "--fail-on-regression", "1.4", "-q")
+    assert res.exit_code == 3
+    assert res.stderr.splitlines()[0].startswith(
+        "Error: regression: nnk top-1 of epoch_1.h5 (step 1) is 70.00, 4.00 points below the best 74.00 of "
+        "epoch_2.h5 (step 2) (allowed: 1.4); regression: nnk top-1 of epoch_3.h5 (step 3) is 72.50")
+
+
+def test_gate_checks_the_evaluated_source_not_the_newest_entry(runner, tmp_path, fake_sweep):
+    """A bad checkpoint evaluated after a newer good one still fails (the gate used to fail open)."""
+    d = tmp_path / "run"
+    d.mkdir()
+    good = fake_store(d / "c9.h5", 84.0, 80.0)
+    bad = fake_store(d / "c4.h5", 54.0, 50.0)
+    hist = tmp_path / "h.jsonl"
+    assert evaluate(runner, good, "--history", hist).exit_code == 0
+    os.utime(good, (2_000_000_000, 2_000_000_000))  # the good one is newer on disk
+    os.utime(bad, (1_000_000_000, 1_000_000_000))
+    res = evaluate(runner, bad, "--history", hist, "--fail-on-regression", "1", "-q")
+    assert res.exit_code == 3
+    assert res.stderr.splitlines()[0] == ("Error: regression: nnk top-1 of c4.h5 is 54.00, 30.00 points below the "
+                                          "best 84.00 of c9.h5 (allowed: 1)")
+    # and again when nothing is new: the source is named, already recorded with these parameters
+    res = evaluate(runner, bad, "--history", hist, "--fail-on-regression", "1", "--format", "json")
+    assert res.exit_code == 3
+    gate = json.loads(res.stdout)["gate"]
+    assert [(s["source"], s["drop"]) for s in gate["sources"]] == [("c4.h5", 30.0)]
+    assert evaluate(runner, good, "--history", hist, "--fail-on-regression", "1").exit_code == 0
 
 
 def test_min_top1_gate(runner, run_dir, fake_sweep):
@@ -128,10 +153,11 @@ def test_min_top1_gate(runner, run_dir, fake_sweep):
     res = evaluate(runner, "--watch-dir", run_dir, "--history", hist, "--min-top1", "74.5", "-q")
     assert res.exit_code == 3
     assert res.stderr.splitlines()[0] == (
-        "Error: nnk top-1 of the newest source epoch_2.h5 (step 2) is 74.00, below --min-top1 74.5"
+        "Error: nnk top-1 of epoch_1.h5 (step 1) is 70.00, below --min-top1 74.5; "
+        "nnk top-1 of epoch_2.h5 (step 2) is 74.00, below --min-top1 74.5"
     )
     assert len(read_history(hist).entries) == 2  # recorded before the gate failed
-    res = evaluate(runner, "--watch-dir", run_dir, "--history", hist, "--min-top1", "74", "--method", "knn")
+    res = evaluate(runner, run_dir / "epoch_2.h5", "--history", hist, "--min-top1", "74", "--method", "knn")
     assert res.exit_code == 3  # knn only: the gate follows the evaluated method (69.0 < 74)
 
 
@@ -142,8 +168,33 @@ def test_gate_on_empty_history_passes_with_a_warning(runner, tmp_path, fake_swee
     assert res.exit_code == 0
     assert res.stderr.splitlines() == [
         f"no file in {d} matches *.h5",
-        "warning: no nnk result in h.jsonl yet: nothing to gate",
+        "warning: no source of this run has a nnk result in h.jsonl: nothing to gate",
     ]
+
+
+def test_other_parameters_evaluate_again_and_force_records_a_new_line(runner, run_dir, fake_sweep):
+    hist = run_dir.parent / "h.jsonl"
+    e1 = run_dir / "epoch_1.h5"
+    assert evaluate(runner, e1, "--history", hist, "--k", "10..50:10").exit_code == 0
+    res = evaluate(runner, e1, "--history", hist, "--k", "5..50:5", "--format", "json")
+    doc = json.loads(res.stdout)
+    assert doc["counts"] == {"evaluated": 1, "skipped": 0, "failed": 0}  # not "skipped" with the old numbers
+    assert doc["sources"][0]["best"]["nnk"]["k"] == 5
+    for args in (("--temperature", "0.1"), ("--method", "nnk"), ("--kernel", "gaussian")):
+        assert json.loads(evaluate(runner, e1, "--history", hist, "--k", "5..50:5", *args,
+                                   "--format", "json").stdout)["counts"]["evaluated"] == 1
+    same = json.loads(evaluate(runner, e1, "--history", hist, "--k", "5..50:5", "--threads", "1",
+                               "--format", "json").stdout)
+    assert same["counts"]["skipped"] == 1  # threads do not change results: same parameter set
+    entries = read_history(hist).entries
+    assert len(entries) == 5 and len({e["params_key"] for e in entries}) == 5
+    forced = json.loads(evaluate(runner, e1, "--history", hist, "--k", "5..50:5", "--force",
+                                 "--format", "json").stdout)
+    assert forced["counts"]["evaluated"] == 1
+    history = read_history(hist)
+    assert len(history.entries) == 6 and not history.malformed
+    assert history.entries[-1]["forced"] is True
+    assert fake_sweep.count("epoch_1.h5") == 6
 
 
 def test_failed_source_exit_1_others_recorded(runner, run_dir, fake_sweep):
@@ -465,3 +516,44 @@ def test_checkpoints_without_torch(runner, tmp_path, monkeypatch):
         "Error: evaluating checkpoints needs the optional 'torch' extra, which is not installed",
         'Hint: pip install "nnkcli[torch]"',
     ]
+
+
+def test_history_shows_one_parameter_set_at_a_time(runner, run_dir, fake_sweep):
+    from nnkcli.tracking.paramsets import entry_key
+
+    hist = run_dir.parent / "h.jsonl"
+    assert evaluate(runner, "--watch-dir", run_dir, "--history", hist, "--k", "10").exit_code == 0
+    assert evaluate(runner, run_dir / "epoch_2.h5", "--history", hist, "--k", "20").exit_code == 0
+    keys = [entry_key(e) for e in read_history(hist).entries]
+    old, new = keys[0], keys[2]
+    res = runner.invoke(cli, ["history", str(hist)])
+    assert res.exit_code == 0, res.stderr
+    lines = [line.strip() for line in res.stdout.splitlines()]
+    assert sum("epoch_" in line for line in lines) == 1  # the most recent set: only epoch 2 at k=20
+    assert (f"1 source with parameter set 1 ({new}: k 20, methods nnk,knn, kernel cosine, T 0.07, weighting exp, "
+            f"train train, query val); 2 entries with 1 other parameter set: see --params, pick with --param-set"
+            in lines)
+    doc = json.loads(runner.invoke(cli, ["history", str(hist), "--params", "--format", "json"]).stdout)
+    assert [(s["number"], s["key"], s["entries"]) for s in doc["parameter_sets"]] == [(1, new, 1), (2, old, 2)]
+    for choice in ("2", old[:6]):
+        doc = json.loads(runner.invoke(cli, ["history", str(hist), "--param-set", choice, "--format", "json"]).stdout)
+        assert [r["source"] for r in doc["rows"]] == ["epoch_1.h5", "epoch_2.h5"]
+        assert doc["parameter_set"]["key"] == old and doc["other_parameter_sets"] == [
+            {"number": 1, "key": new, "entries": 1}]
+    res = runner.invoke(cli, ["history", str(hist), "--param-set", "9"])
+    assert res.exit_code == 1
+    assert res.stderr.splitlines() == [
+        f"Error: --param-set '9' matches none of the parameter sets: 1 ({new}), 2 ({old})",
+        f"Hint: list them with: nnk history {hist} --params"]
+
+
+def test_forced_reevaluation_wins_in_the_history_view(runner, run_dir, fake_sweep):
+    hist = run_dir.parent / "h.jsonl"
+    e1 = run_dir / "epoch_1.h5"
+    assert evaluate(runner, e1, "--history", hist, "--k", "10").exit_code == 0
+    fake_store(run_dir / "epoch_1.h5", 71.0, 68.0)  # rewritten in place: a new sha256, a new source
+    assert evaluate(runner, e1, "--history", hist, "--k", "10").exit_code == 0
+    assert evaluate(runner, e1, "--history", hist, "--k", "10", "--force").exit_code == 0
+    doc = json.loads(runner.invoke(cli, ["history", str(hist), "--format", "json"]).stdout)
+    assert len(read_history(hist).entries) == 3
+    assert [r["nnk_top1"] for r in doc["rows"]] == [70.0, 71.0]  # one row per sha256, the newest line

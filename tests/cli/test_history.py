@@ -40,11 +40,11 @@ def test_history_csv_rows_ordered_by_step_with_deltas(runner, history_file):
     res = runner.invoke(cli, ["history", str(history_file), "--format", "csv"])
     assert res.exit_code == 0, res.stderr
     assert res.stdout.splitlines() == [
-        "step,source,sha256,nnk_top1,nnk_k,nnk_delta_prev,nnk_delta_best,knn_top1,knn_k,knn_delta_prev,"
-        "knn_delta_best,best",
-        f"10,checkpoint0010.pth,{sha(2)[:12]},70.25,52,,-1.25,70.5,12,,0.0,knn",
-        f"20,checkpoint0020.pth,{sha(1)[:12]},71.5,51,1.25,0.0,70.0,11,-0.5,-0.5,nnk",
-        f"30,checkpoint0030.pth,{sha(3)[:12]},71.0,53,-0.5,-0.5,69.0,13,-1.0,-1.5,",
+        "step,source,sha256,nnk_top1,nnk_top1_ci_low,nnk_top1_ci_high,nnk_k,nnk_delta_prev,nnk_delta_best,"
+        "knn_top1,knn_top1_ci_low,knn_top1_ci_high,knn_k,knn_delta_prev,knn_delta_best,best",
+        f"10,checkpoint0010.pth,{sha(2)[:12]},70.25,,,52,,-1.25,70.5,,,12,,0.0,knn",
+        f"20,checkpoint0020.pth,{sha(1)[:12]},71.5,,,51,1.25,0.0,70.0,,,11,-0.5,-0.5,nnk",
+        f"30,checkpoint0030.pth,{sha(3)[:12]},71.0,,,53,-0.5,-0.5,69.0,,,13,-1.0,-1.5,",
     ]
     assert res.stderr.splitlines() == [
         "warning: history.jsonl line 3: missing or bad sha256; skipped",
@@ -59,7 +59,8 @@ def test_history_table_marks_best_and_reports_malformed(runner, history_file):
     row20 = next(line for line in lines if "checkpoint0020.pth" in line)
     assert row20.split() == ["20", "checkpoint0020.pth", sha(1)[:12], "71.50", "51", "+1.25", "+0.00",
                              "70.00", "11", "-0.50", "-0.50", "nnk"]
-    assert any("3 sources, 2 malformed lines skipped" in line for line in lines)
+    caption = next(line for line in lines if line.startswith("3 sources with parameter set 1 ("))
+    assert caption.endswith(", 2 malformed lines skipped")
     assert "line 3: missing or bad sha256" in res.stderr
 
 

@@ -70,6 +70,14 @@ def sha_of(path) -> str:
 OPTS = ScoringOptions(k_values="10..30")
 
 
+def key_of(source, options=OPTS):
+    """The parameter-set key the runner gives ``source`` evaluated with ``options``."""
+    from nnkcli.tracking.paramsets import parameter_key
+    from nnkcli.tracking.runner import source_parameters
+
+    return parameter_key(source_parameters(options, DataOptions(), None, source))
+
+
 def test_evaluates_each_source_once_and_records_one_line(tmp_path, fake):
     a = make_source(tmp_path / "epoch_1.h5", nnk=70.0)
     b = make_source(tmp_path / "epoch_2.h5", nnk=72.0)
@@ -165,7 +173,8 @@ def test_source_claimed_elsewhere_is_deferred_then_skipped(tmp_path, fake):
         with claim(hist, sha_of(x), blocking=True):
             holding.set()
             y_started.wait(10)
-            append_entry(hist, {"sha256": sha_of(x), "source": str(x), "best": {}, "results": []})
+            append_entry(hist, {"sha256": sha_of(x), "source": str(x), "best": {}, "results": [],
+                                "params_key": key_of(x)})
 
     t = threading.Thread(target=other_process)
     t.start()
@@ -182,7 +191,8 @@ def test_source_claimed_elsewhere_is_deferred_then_skipped(tmp_path, fake):
 def test_recorded_meanwhile_by_a_writer_ignoring_claims_is_not_appended_twice(tmp_path, fake):
     x = make_source(tmp_path / "x.h5")
     hist = tmp_path / "h.jsonl"
-    fake.hook = lambda p: append_entry(hist, {"sha256": sha_of(x), "source": "elsewhere", "best": {}, "results": []})
+    fake.hook = lambda p: append_entry(hist, {"sha256": sha_of(x), "source": "elsewhere", "best": {}, "results": [],
+                                              "params_key": key_of(x)})
     [outcome] = fake.run([x], hist, options=OPTS)
     assert (outcome.status, outcome.reason) == ("skipped", "recorded by another process meanwhile")
     assert [e["source"] for e in read_history(hist).entries] == ["elsewhere"]

@@ -123,7 +123,7 @@ def test_parse_history_reports_malformed_lines_with_numbers():
     assert reasons[2] == "schema_version 2 is newer than this nnkcli reads (1)"
     assert reasons[3] == "missing or bad schema_version None"
     assert reasons[4] == "missing or bad sha256"
-    assert reasons[5] == f"duplicate entry for sha256 {sha(1)[:12]} (first on line 1)"
+    assert reasons[5] == f"duplicate entry for sha256 {sha(1)[:12]} with the same parameters (first on line 1)"
     assert str(hist.malformed[0]).startswith("line 3: not valid JSON")
 
 

@@ -1,0 +1,136 @@
+"""``nnk evaluate``'s gates: every source named or found in this run is checked.
+
+For each source of the run (evaluated now, or already recorded with the same
+parameter set), its entry of this run's parameter set is compared with the best of
+the *other* sources' entries of that set — whatever their steps or file times, so a
+bad checkpoint evaluated after a newer good one still fails. The failure message
+names the source.
+
+- ``max_drop`` (``--fail-on-regression PTS``): fail when the source's best top-1 is more
+  than PTS points below the best other entry's. With ``significant`` the drop must
+  also be significant: McNemar's exact test on the two entries' per-query top-1
+  correctness (``nnkcli.tracking.sidecar``), p < ``alpha``. Entries whose queries differ,
+  or that have no per-query record, are not paired: that is said, and the plain gate
+  applies.
+- ``min_top1``/``min_top5``: absolute thresholds on the source's own entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from nnkcli.numerics.stats import mcnemar_exact
+from nnkcli.tracking.history import best_top1, describe_entry
+
+
+@dataclass
+class SourceGate:
+    """The gates' view of one source of this run."""
+
+    source: str
+    sha256: str
+    top1: float | None
+    top5: float | None = None
+    best_other: str | None = None
+    best_other_top1: float | None = None
+    drop: float | None = None
+    p_value: float | None = None
+    paired: str | None = None  # "paired", or why the entries could not be paired
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class SourceGateReport:
+    method: str
+    sources: list[SourceGate]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        return [f for s in self.sources for f in s.failures]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def check_source_gates(
+    run_entries: Sequence[dict],
+    set_entries: Sequence[dict],
+    *,
+    method: str,
+    max_drop: float | None = None,
+    min_top1: float | None = None,
+    min_top5: float | None = None,
+    significant: bool = False,
+    alpha: float = 0.05,
+    load_hits: Callable[[dict], object] | None = None,
+) -> SourceGateReport:
+    """Gate every entry of ``run_entries`` against the others of ``set_entries``.
+
+    Parameters
+    ----------
+    run_entries : the entries of this run's sources (one per source, this parameter set).
+    set_entries : every source's newest entry of this parameter set (``paramsets.entries_of``).
+    load_hits : ``entry -> sidecar.Hits | None`` (needed for ``significant``).
+    """
+    report = SourceGateReport(method, [])
+    for entry in run_entries:
+        name = describe_entry(entry)
+        top1, top5 = best_top1(entry, method), best_top1(entry, method, "top5")
+        gate = SourceGate(name, entry["sha256"], top1, top5)
+        report.sources.append(gate)
+        if top1 is None:
+            report.notes.append(f"{name} has no {method} result: not gated")
+            continue
+        others = [e for e in set_entries if e["sha256"] != entry["sha256"] and best_top1(e, method) is not None]
+        if others:
+            best = max(others, key=lambda e: best_top1(e, method))  # max keeps the first on ties
+            gate.best_other, gate.best_other_top1 = describe_entry(best), best_top1(best, method)
+            gate.drop = round(gate.best_other_top1 - top1, 4)
+        if max_drop is not None and gate.drop is not None and gate.drop > max_drop:
+            failed = True
+            if significant:
+                failed = _significant_drop(gate, entry, best, method, alpha, load_hits, report)
+            if failed:
+                how = f", McNemar p = {gate.p_value:.4g} < {alpha:g}" if gate.p_value is not None else ""
+                gate.failures.append(
+                    f"regression: {method} top-1 of {name} is {top1:.2f}, {gate.drop:.2f} points below the best "
+                    f"{gate.best_other_top1:.2f} of {gate.best_other} (allowed: {max_drop:g}{how})")
+        if min_top1 is not None and top1 < min_top1:
+            gate.failures.append(f"{method} top-1 of {name} is {top1:.2f}, below --min-top1 {min_top1:g}")
+        if min_top5 is not None and (top5 is None or top5 < min_top5):
+            shown = "not recorded" if top5 is None else f"{top5:.2f}"
+            gate.failures.append(f"{method} top-5 of {name} is {shown}, below --min-top5 {min_top5:g}")
+    return report
+
+
+def _significant_drop(gate, entry, best, method, alpha, load_hits, report) -> bool:
+    """Whether the drop is significant; falls back to the plain gate (True) when not paired."""
+    mine = load_hits(entry) if load_hits else None
+    theirs = load_hits(best) if load_hits else None
+    reason = None
+    if mine is None or theirs is None:
+        reason = "no per-query results recorded"
+    elif method not in mine.by_method or method not in theirs.by_method:
+        reason = f"no per-query {method} results recorded"
+    else:
+        reason = mine.paired_with(theirs)
+    if reason is not None:
+        gate.paired = reason
+        report.notes.append(f"{gate.source} and {gate.best_other} are not paired ({reason}): "
+                            "the plain regression gate applies")
+        return True
+    a = theirs.by_method[method][1]  # the best other entry: A
+    b = mine.by_method[method][1]
+    gate.paired = "paired"
+    gate.p_value = mcnemar_exact(int((a & ~b).sum()), int((b & ~a).sum()))
+    if gate.p_value >= alpha:
+        report.notes.append(f"{gate.source}: the drop of {gate.drop:.2f} points is not significant "
+                            f"(McNemar p = {gate.p_value:.4g} >= {alpha:g})")
+        return False
+    return True
