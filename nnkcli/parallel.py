@@ -51,3 +51,14 @@ def native_threads(threads: int) -> Iterator[None]:
 
     with threadpool_limits(limits=int(threads)):
         yield
+
+
+def worker_openmp_single() -> None:
+    """Set every loaded OpenMP runtime to one thread for the calling thread (a worker's initializer).
+
+    OpenMP's thread count is a per-thread setting, so the process-wide cap of
+    ``native_threads`` does not reach threads started later; each worker sets its own.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="openmp")  # kept for the thread's life, not restored

@@ -42,8 +42,11 @@ LOOKAHEAD = 1
 
 def _worker_init() -> None:
     from nnkcli import index as nnk_index
+    from nnkcli.parallel import worker_openmp_single
 
-    nnk_index.set_threads(1)  # OpenMP limits are per thread: faiss at one thread in every worker
+    # OpenMP limits are per thread: every runtime (faiss's, and any other loaded) at one thread here
+    nnk_index.set_threads(1)
+    worker_openmp_single()
 
 
 def run_pipeline(
