@@ -17,7 +17,7 @@ from nnkcli.output import Column, render
 logger = logging.getLogger("nnkcli")
 
 _META_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
-_ARRAY_OPTIONS = ("labels_path", "features_key", "labels_key", "layer", "class_names_path")
+_ARRAY_OPTIONS = ("labels_path", "features_key", "labels_key", "layer", "class_names_path", "allow_gaps")
 
 SUMMARY_COLUMNS = [
     Column("split", justify="left"),
@@ -95,6 +95,8 @@ Examples:
 @click.option("--class-names", "class_names_path", metavar="FILE", default=None,
               help="Text file of class names, one per line: integer label i is named by line i+1.")
 @click.option("--layer", metavar="L", default=None, help="VISSL layer to import (when the folder holds several).")
+@click.option("--allow-gaps", is_flag=True,
+              help="VISSL: import even when dataset indices are missing (a rank's shards absent).")
 @click.option("--overwrite", is_flag=True, help="Replace the split if the store already has it.")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", callback=parse_meta,
               help="Provenance pair stored with the split (repeatable).")
@@ -102,8 +104,8 @@ Examples:
 @image_options
 @command_options
 @click.pass_context
-def extract(ctx, store, split, from_path, labels_path, features_key, labels_key, layer, class_names_path, overwrite,
-            meta, fmt, lock_timeout, **image_opts):
+def extract(ctx, store, split, from_path, labels_path, features_key, labels_key, layer, class_names_path, allow_gaps,
+            overwrite, meta, fmt, lock_timeout, **image_opts):
     """Write features into split NAME of STORE (an HDF5 file, created if missing).
 
     From arrays or dumps (--from), or with a model from images (--images, needs the
@@ -117,7 +119,7 @@ def extract(ctx, store, split, from_path, labels_path, features_key, labels_key,
     _check_usage(ctx, from_path, image_source)
     if from_path:
         summary = _import_arrays(ui, store, split, from_path, labels_path, features_key, labels_key, layer,
-                                 overwrite, meta, class_names_path, lock_timeout)
+                                 overwrite, meta, class_names_path, lock_timeout, allow_gaps)
     else:
         summary = run_image_extraction(ctx, store=store, split=split, overwrite=overwrite, meta=meta,
                                        lock_timeout=lock_timeout, **image_opts)
@@ -140,7 +142,7 @@ def _check_usage(ctx: click.Context, from_path: str | None, image_source: str | 
 
 
 def _import_arrays(ui, store, split, from_path, labels_path, features_key, labels_key, layer, overwrite, meta,
-                   class_names_path=None, lock_timeout=None):
+                   class_names_path=None, lock_timeout=None, allow_gaps=False):
     from nnkcli.storage.checks import check_split_name
     from nnkcli.errors import InputError
     from nnkcli.extract import load_features
@@ -148,7 +150,8 @@ def _import_arrays(ui, store, split, from_path, labels_path, features_key, label
 
     check_split_name(split)
     imported = load_features(from_path, split=split, labels_path=labels_path, features_key=features_key,
-                             labels_key=labels_key, layer=layer, class_names_path=class_names_path)
+                             labels_key=labels_key, layer=layer, class_names_path=class_names_path,
+                             allow_gaps=allow_gaps)
     for key in meta:
         if key in imported.attrs:
             raise InputError(f"--meta key '{key}' is already set by the importer", hint="choose another key")

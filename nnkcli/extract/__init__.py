@@ -124,6 +124,7 @@ def load_features(
     labels_key: str | None = None,
     layer: str | None = None,
     class_names_path: str | os.PathLike | None = None,
+    allow_gaps: bool = False,
 ) -> ImportedFeatures:
     """Open a features source for import into ``split``.
 
@@ -148,6 +149,9 @@ def load_features(
     class_names_path : path-like, optional
         A text file with one class name per line (``labels.txt``): integer label ``i``
         gets the name on line ``i + 1``.
+    allow_gaps : bool, default=False
+        VISSL: import a folder whose dataset indices have gaps (a rank's shards
+        missing) instead of refusing it.
 
     Raises
     ------
@@ -160,6 +164,8 @@ def load_features(
     fmt = detect_format(path)
     if layer is not None and fmt != "vissl":
         raise InputError("--layer applies to VISSL folders only", hint=f"{path} was read as {fmt}")
+    if allow_gaps and fmt != "vissl":
+        raise InputError("--allow-gaps applies to VISSL folders only", hint=f"{path} was read as {fmt}")
     keyed = "npz, safetensors, parquet and embedding-reader inputs"
     if features_key is not None and fmt not in _KEYED_FORMATS:
         raise InputError(f"--features-key applies to {keyed} only", hint=f"{path} was read as {fmt}")
@@ -193,7 +199,7 @@ def load_features(
     else:
         from nnkcli.extract.vissl import load_vissl
 
-        imported = load_vissl(path, split=split, layer=layer)
+        imported = load_vissl(path, split=split, layer=layer, allow_gaps=allow_gaps)
 
     if labels_path is not None:
         from nnkcli.extract.arrays import read_labels

@@ -251,4 +251,10 @@ def _read_text_labels(path: Path) -> np.ndarray:
     try:
         return np.array([int(v) for v in values], dtype=np.int64)
     except ValueError:
+        pass
+    try:
+        # every line a number but not all integers ("1.5", "2.0"): numbers, checked as a .npy of
+        # floats would be (integer values accepted, 1.5 refused), never silently class names
+        return np.array([float(v) for v in values], dtype=np.float64)
+    except ValueError:
         return np.array(values, dtype=str)

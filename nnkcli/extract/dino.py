@@ -29,21 +29,46 @@ def _torch():
 
 def load_tensor(path: str | os.PathLike, what: str):
     """Load one tensor saved with ``torch.save`` (on the CPU, without unpickling code)."""
+    import pickle
+
+    from nnkcli.extract.torch_checkpoints import blocked_global
+
     torch = _torch()
     path = Path(path)
     try:
-        value = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types (pickle errors, RuntimeError ...)
+        try:
+            # memory-mapped: rows are paged in as the store streams them, so a 625 MiB dump is
+            # never held whole (torch's zip format, the default of torch.save since 1.6)
+            value = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap can only be used" not in str(exc):
+                raise
+            logger.warning("%s is in torch's legacy (non-zip) format, which cannot be memory-mapped: "
+                           "loading it whole", path)
+            value = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        name = blocked_global(str(exc))
+        if name is None:
+            raise _not_a_tensor(path, exc) from exc
         raise InputError(
-            f"cannot load {path} as a tensor",
-            hint=f"expected a tensor saved with torch.save; torch said: {str(exc).splitlines()[0][:200]}",
-        ) from exc
+            f"{path} holds a pickled Python object ({name}), not only tensors; it was not loaded",
+            hint="a DINO dump holds one tensor per file; unpickling other objects could run code",
+        ) from None
+    except Exception as exc:  # torch raises many types (RuntimeError, EOFError ...)
+        raise _not_a_tensor(path, exc) from exc
     if not isinstance(value, torch.Tensor):
         raise InputError(
             f"{path} holds a {type(value).__name__}, not a tensor of {what}",
             hint="DINO dumps hold one tensor per file (trainfeat.pth, trainlabels.pth)",
         )
     return value
+
+
+def _not_a_tensor(path: Path, exc: BaseException) -> InputError:
+    return InputError(
+        f"cannot load {path} as a tensor",
+        hint=f"expected a tensor saved with torch.save; torch said: {str(exc).splitlines()[0][:200]}",
+    )
 
 
 def _dump_prefix(folder: Path, split: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -108,8 +109,9 @@ def read_checkpoint(path: str | os.PathLike, *, trust: bool = False):
     except pickle.UnpicklingError as exc:
         # "Unsupported global" is the safe unpickler refusing a class; anything else
         # (an unknown opcode, a truncated stream) means the bytes are not a checkpoint
-        if not trust and "Unsupported global" in str(exc):
-            blocked = _unsafe_globals(path)
+        named = blocked_global(str(exc))
+        if not trust and named is not None:
+            blocked = _unsafe_globals(path) or [named]
             raise InputError(
                 f"checkpoint {path} holds pickled Python objects beyond tensors"
                 + (f" ({', '.join(blocked[:3])})" if blocked else ""),
@@ -118,6 +120,22 @@ def read_checkpoint(path: str | os.PathLike, *, trust: bool = False):
         raise _corrupt(path, exc) from None
     except Exception as exc:  # EOFError, RuntimeError (bad zip), ValueError ...
         raise _corrupt(path, exc) from None
+
+
+_BLOCKED = re.compile(r"unsupported global[:\s]*(?:global\s+)?([A-Za-z_][\w.]*)?", re.IGNORECASE)
+
+
+def blocked_global(message: str) -> str | None:
+    """The class torch's safe unpickler refused, from its message; None if it refused nothing.
+
+    torch words it "Unsupported global: GLOBAL mod.Name" or "unsupported GLOBAL mod.Name"
+    depending on the version and file format, so the match ignores case. An empty
+    string means a refusal whose class could not be read from the message.
+    """
+    found = _BLOCKED.search(message)
+    if found is None:
+        return None
+    return found.group(1) or ""
 
 
 def _unsafe_globals(path: Path) -> list[str]:

@@ -115,8 +115,64 @@ def _choose(found, split: str, layer: str | None, folder: Path) -> tuple[str, st
     return vsplit, layer
 
 
-def load_vissl(path: str | os.PathLike, *, split: str, layer: str | None = None) -> ImportedFeatures:
-    """Merge the shards of one VISSL split and layer, in dataset-index order."""
+_RANK = re.compile(r"^rank(\d+)_")
+
+
+def _check_gaps(unique_inds: np.ndarray, prefixes, folder: Path, vsplit: str, layer: str, allow_gaps: bool) -> None:
+    """Refuse dataset indices 0..max with holes (``unique_inds`` sorted, without duplicates)."""
+    if unique_inds.size == 0:
+        return
+    expected = int(unique_inds[-1]) + 1
+    n_missing = expected - int(unique_inds.size)
+    if n_missing <= 0:
+        return
+    present = np.zeros(expected, dtype=bool)
+    present[unique_inds] = True
+    missing = np.flatnonzero(~present)
+    first = int(missing[0])
+    run_end = first
+    while run_end + 1 < expected and not present[run_end + 1]:
+        run_end += 1
+    where = f"index {first}" if run_end == first else f"indices {first}..{run_end}"
+    message = (f"VISSL split '{vsplit}' layer '{layer}' in {folder} has {n_missing} of {expected} dataset "
+               f"indices missing (first: {where})")
+    if allow_gaps:
+        logger.warning("%s; importing the %d rows present (--allow-gaps)", message, unique_inds.size)
+        return
+    ranks = sorted({int(_RANK.match(p).group(1)) for p in prefixes if _RANK.match(p)})
+    hint = "copy every rank's shard files, or pass --allow-gaps to import the rows present"
+    likely = _likely_missing_ranks(unique_inds, missing, ranks)
+    if likely:
+        files = ", ".join(f"rank{r}_chunk*_{vsplit}_{layer}_*.npy" for r in likely)
+        hint = f"the folder has shards of ranks {', '.join(map(str, ranks))}; likely missing: {files} ({hint})"
+    raise InputError(message, hint=hint)
+
+
+def _likely_missing_ranks(present: np.ndarray, missing: np.ndarray, ranks: list[int]) -> list[int]:
+    """Ranks whose indices are the missing ones, under the distributed sampler's rank::world split.
+
+    Tries world sizes just above the highest rank seen: the answer is the residues
+    that only missing indices have (empty when no world size explains the gaps).
+    """
+    top = max(ranks, default=-1)
+    for world in range(top + 1, top + 9):
+        if world < 2:
+            continue
+        gone = set(np.unique(missing % world).tolist())
+        have = set(np.unique(present % world).tolist())
+        if not gone & have and len(gone | have) == world and not set(ranks) & gone:
+            return sorted(gone)
+    return []
+
+
+def load_vissl(path: str | os.PathLike, *, split: str, layer: str | None = None,
+               allow_gaps: bool = False) -> ImportedFeatures:
+    """Merge the shards of one VISSL split and layer, in dataset-index order.
+
+    Dataset indices with gaps (a rank's shard files missing, say) are refused unless
+    ``allow_gaps``: the error names the first missing range and the rank files that
+    are likely missing.
+    """
     path = Path(path)
     if path.is_dir():
         folder = path
@@ -165,6 +221,7 @@ def load_vissl(path: str | os.PathLike, *, split: str, layer: str | None = None)
     keep[1:] = all_inds[order][1:] != all_inds[order][:-1]
     order = order[keep]
     duplicates = int((~keep).sum())
+    _check_gaps(all_inds[order], prefixes, folder, vsplit, layer, allow_gaps)
     if duplicates:
         logger.info("dropped %d duplicate rows (VISSL's distributed sampler repeats samples to pad batches)",
                     duplicates)
