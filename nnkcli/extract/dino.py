@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
+
+import numpy as np
 
 from nnkcli.errors import InputError, MissingDependencyError
 from nnkcli.extract import ImportedFeatures, as_numpy
@@ -64,6 +67,47 @@ def load_tensor(path: str | os.PathLike, what: str):
     return value
 
 
+def file_rows_of(path: Path, tensor):
+    """The tensor's bytes inside its ``.pth`` (a zip) read by row slices, or None when that cannot be.
+
+    A memory-mapped tensor still fills the process's resident memory as its pages are
+    read; reading row blocks from the file (as for a ``.npy``) keeps the peak at one
+    block. Possible when the tensor is C-contiguous and its storage is the archive's
+    only ``data/`` entry, stored uncompressed (what ``torch.save`` writes).
+    """
+    import zipfile
+
+    from nnkcli.extract.arrays import FileRows
+
+    if tensor.ndim != 2 or not tensor.is_contiguous():
+        return None
+    try:
+        dtype = np.dtype(str(tensor.dtype).removeprefix("torch."))
+    except TypeError:
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = [info for info in archive.infolist() if re.search(r"/data/\d+$", info.filename)]
+            if len(entries) != 1 or entries[0].compress_type != zipfile.ZIP_STORED:
+                return None
+            info = entries[0]
+        with open(path, "rb") as fh:  # the data follow the entry's local header
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+            if local[:4] != b"PK\x03\x04":
+                return None
+            name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+        offset = info.header_offset + 30 + name_len + extra_len + tensor.storage_offset() * dtype.itemsize
+        if offset + tensor.numel() * dtype.itemsize > info.header_offset + 30 + name_len + extra_len + info.file_size:
+            return None
+        rows = FileRows(path, offset, tuple(tensor.shape), dtype.newbyteorder("<"))
+        if len(rows) and not np.array_equal(rows[0:1], tensor[0:1].numpy()):
+            return None  # not the layout assumed: use the mapped tensor itself
+        return rows
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+
+
 def _not_a_tensor(path: Path, exc: BaseException) -> InputError:
     return InputError(
         f"cannot load {path} as a tensor",
@@ -99,7 +143,10 @@ def load_dino(path: str | os.PathLike, *, split: str, labels_given: bool = False
     if features_file.name.endswith("feat.pth"):
         labels_file = features_file.with_name(features_file.name[: -len("feat.pth")] + "labels.pth")
 
-    features = as_numpy(load_tensor(features_file, "features"))
+    tensor = load_tensor(features_file, "features")
+    features = file_rows_of(features_file, tensor)
+    if features is None:
+        features = as_numpy(tensor)
     labels = None
     if not labels_given:
         if labels_file is not None and labels_file.exists():

@@ -180,3 +180,31 @@ def test_allow_gaps_on_the_cli(runner, tmp_path):
     assert not store.exists()
     result = runner.invoke(cli, ["extract", str(store), "--split", "train", "--from", str(folder), "--allow-gaps"])
     assert result.exit_code == 0, result.stderr
+
+
+def _peak_rss_of_extract(dump: Path, store: Path) -> int:
+    code = (
+        "import resource, sys\n"
+        "from nnkcli.cli import run\n"
+        "code = run(['extract', sys.argv[1], '--split', 'train', '--from', sys.argv[2], '-q'])\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
+        "sys.exit(code)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code, str(store), str(dump)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.split()[-1])
+
+
+def test_extract_of_a_dino_dump_streams_it(tmp_path):
+    torch = pytest.importorskip("torch")
+    small, big = tmp_path / "small", tmp_path / "big"
+    for folder, rows in ((small, 1000), (big, 80_000)):
+        folder.mkdir()
+        torch.save(torch.randn(rows, 512), folder / "trainfeat.pth")  # big: 156 MiB
+        torch.save(torch.arange(rows) % 10, folder / "trainlabels.pth")
+    base = _peak_rss_of_extract(small / "trainfeat.pth", tmp_path / "a.h5")
+    peak = _peak_rss_of_extract(big / "trainfeat.pth", tmp_path / "b.h5")
+    # the peak grows by about one 32 MB block and the labels, not by the 156 MiB of features
+    assert peak - base < 80 * 2**20, (base, peak)
