@@ -37,6 +37,7 @@ COMMANDS = {
     "index": "nnkcli.commands.index:index",
     "classify": "nnkcli.commands.classify:classify",
     "sweep": "nnkcli.commands.sweep:sweep",
+    "merge": "nnkcli.commands.merge:merge",
     "evaluate": "nnkcli.commands.evaluate:evaluate",
     "history": "nnkcli.commands.history:history",
     "compare": "nnkcli.commands.compare:compare",

@@ -106,16 +106,20 @@ def _bundle(options, build):
 
 
 _SCORING_PARAMS = ("methods", "k_values", "kernel", "temperature", "weighting", "exclude_self", "chunk_size",
-                   "threads", "confidence")
+                   "threads", "confidence", "backend")
 
 
 def scoring_options(*, single_k: bool = False, k_default: str | None = None, methods: bool = True,
-                    alpha: bool | None = None, k_help: str | None = None):
+                    alpha: bool | None = None, k_help: str | None = None, device: bool = True):
     """How queries are scored; the command receives ``scoring: ScoringOptions``.
 
     ``methods=False`` leaves out ``--method`` (``compare`` names a classifier per side);
-    ``alpha`` adds ``--alpha`` (default: when several k are chosen among).
+    ``alpha`` adds ``--alpha`` (default: when several k are chosen among); ``device=False``
+    leaves out ``--device``/``--fp16`` (``evaluate``, whose model options already have them:
+    there the search uses the extraction's device).
     """
+    from nnkcli.evaluation.torch_backend import BACKENDS, DEVICES
+
     S = ScoringOptions
     k_opt = k_option(single=single_k, default=k_default)
     if k_help is not None:
@@ -146,7 +150,19 @@ def scoring_options(*, single_k: bool = False, k_default: str | None = None, met
                      callback=checked(S, "confidence"),
                      help="Level of the interval shown with every accuracy (Wilson; bootstrap for balanced)."),
     ]
+    options.append(click.option(
+        "--backend", default=None, metavar="|".join(BACKENDS), callback=checked(S, "backend"),
+        help="Neighbor search: faiss (the saved index) or torch (chunked matmul + top-k) "
+             "[default: torch on CUDA, else faiss]."))
     params = [p for p in _SCORING_PARAMS if methods or p != "methods"]
+    if device:
+        options += [
+            click.option("--device", default="auto", show_default=True, metavar="|".join(DEVICES),
+                         callback=checked(S, "device"),
+                         help="Where the torch backend searches; auto = CUDA when torch sees a GPU."),
+            click.option("--fp16", is_flag=True, help="torch backend: multiply in float16 (re-ranked exactly)."),
+        ]
+        params += ["device", "fp16"]
     if alpha if alpha is not None else not single_k:  # choosing among several k, or between two sides
         help_text = ("Significance level of the paired tests of each k against the best (McNemar)." if not single_k
                      else "Significance level of the paired test of B against A (McNemar).")
@@ -168,6 +184,14 @@ def split_option(name: str = "--train-split", default: str = "train", help: str 
     field = name.lstrip("-").replace("-", "_")
     return click.option(name, field, default=default, show_default=True, metavar="NAME",
                         callback=checked(DataOptions, field), help=help)
+
+
+def shard_option(f):
+    """``--shard I/N`` (classify, sweep): the command receives ``shard`` to fold into its ``data``."""
+    return click.option(
+        "--shard", default=None, metavar="I/N", callback=check_with(lambda v, o: DataOptions.check_field("shard", v)),
+        help="Evaluate only the I-th (from 0) of N contiguous ranges of the query split; needs --out PART.h5, "
+             "see 'nnk merge'.")(f)
 
 
 def data_options(f):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from nnkcli.cli import command_options, get_ui
-from nnkcli.commands._options import check_gate_method, data_options, gate_options, scoring_options
+from nnkcli.commands._options import check_gate_method, data_options, gate_options, scoring_options, shard_option
 from nnkcli.commands._results import result_columns
 from nnkcli.output import Column, render
 
@@ -14,12 +14,14 @@ from nnkcli.output import Column, render
 @click.argument("store", type=click.Path(dir_okay=False))
 @scoring_options(single_k=True)
 @data_options
+@shard_option
 @gate_options
 @click.option("--per-class", is_flag=True, help="Add per-class top-1 accuracy.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
-              help="Write per-query neighbours, scores, top-5 and NNK weights to this HDF5 file.")
+              help="Write per-query neighbours, scores, top-5 and NNK weights to this HDF5 file "
+                   "(with --shard: the shard's partial result file for 'nnk merge').")
 @command_options
-def classify(store, scoring, data, per_class, out, min_top1, min_top5, gate_method, fmt):
+def classify(store, scoring, data, shard, per_class, out, min_top1, min_top5, gate_method, fmt):
     """Classify the query split by its k nearest training rows, with NNK and weighted kNN.
 
     Accuracies are in % (0-100). Queries labelled -1 are predicted but not scored.
@@ -31,11 +33,17 @@ def classify(store, scoring, data, per_class, out, min_top1, min_top5, gate_meth
       nnk classify feats.h5 --format json --min-top1 70      # CI gate: exit 3 below 70 %
       nnk classify feats.h5 --min-top1 80 --gate-method nnk  # gate NNK only
       nnk classify feats.h5 --query-split train --exclude-self --out loo.h5
+      nnk classify feats.h5 --shard 0/8 --out part-0.h5        # then: nnk merge part-*.h5
+      nnk classify feats.h5 --backend torch --device cuda --fp16
     """
     from nnkcli.evaluation.classification import classify as run_classify
     from nnkcli.numerics.metrics import check_gates
 
     ui = get_ui()
+    if shard is not None:
+        if out is None:
+            raise click.UsageError("--shard needs --out PART.h5 (merge the parts with 'nnk merge')")
+        data = data.replace(shard=shard)
     gate = min_top1 is not None or min_top5 is not None
     check_gate_method(gate_method, scoring.methods, gate)
     doc = run_classify(store, scoring, data=data, per_class=per_class, predictions_path=out, gate_requested=gate,

@@ -99,7 +99,7 @@ Exit codes: 0 ok (also when nothing was new), 1 a source failed or bad input,
               help="Also take every file in DIR matching --pattern.")
 @click.option("--pattern", default=None,
               help="Glob for --watch-dir [default: *.pth with --model, else *.h5].")
-@scoring_options()
+@scoring_options(device=False)  # --device (and --fp16) come with the model options and serve both
 @data_options
 @gate_options(history=True)
 @click.option("--fail-on-regression", "max_drop", type=float, default=None, metavar="PTS",
@@ -137,6 +137,9 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_
 
     ui = get_ui(ctx)
     methods = scoring.methods
+    # one machine, one device: the extraction's --device is also where --backend torch searches
+    device = str(model_kwargs.get("device") or "auto")
+    scoring = scoring.replace(device="cuda" if device.startswith("cuda") else device)
     if not sources and watch_dir is None:
         raise click.UsageError("give at least one SOURCE or --watch-dir DIR")
     model_given = [n for n, v in (("--model", model), ("--train-images", train_images),

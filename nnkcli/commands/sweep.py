@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from nnkcli.cli import command_options, get_ui
-from nnkcli.commands._options import check_gate_method, data_options, gate_options, scoring_options
+from nnkcli.commands._options import check_gate_method, data_options, gate_options, scoring_options, shard_option
 from nnkcli.output import Column, render
 
 
@@ -13,7 +13,11 @@ from nnkcli.output import Column, render
 @click.argument("store", type=click.Path(dir_okay=False))
 @scoring_options()
 @data_options
+@shard_option
 @gate_options
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None, metavar="PART.h5",
+              help="Write the per-query predictions at every k as a partial result file for 'nnk merge' "
+                   "(needed with --shard).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Also draw top-1 vs k to this .png/.svg/.pdf (needs the plot extra).")
 @click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
@@ -22,7 +26,7 @@ from nnkcli.output import Column, render
 @click.option("--step", type=click.IntRange(min=0), default=None, metavar="N",
               help="Training step (epoch) of these features, for --tensorboard.")
 @command_options
-def sweep(store, scoring, data, plot, tensorboard_dir, step, min_top1, min_top5, gate_method, fmt):
+def sweep(store, scoring, data, shard, out, plot, tensorboard_dir, step, min_top1, min_top5, gate_method, fmt):
     """Top-1/top-5 of NNK and weighted kNN for many k, from one neighbour search.
 
     Each query chunk is searched once at the largest k; smaller k use the leading
@@ -38,11 +42,16 @@ def sweep(store, scoring, data, plot, tensorboard_dir, step, min_top1, min_top5,
       nnk sweep feats.h5 --k 10..200 --format csv > sweep.csv
       nnk sweep feats.h5 --format json --min-top1 70 | jq .best
       nnk sweep feats.h5 --k 10..200 --tensorboard runs/tb --step 30
+      nnk sweep feats.h5 --k 10..200 --shard 3/8 --out part-3.h5   # then: nnk merge part-*.h5
     """
     from nnkcli.numerics.metrics import check_gates
     from nnkcli.evaluation.sweeps import sweep as run_sweep
 
     ui = get_ui()
+    if shard is not None:
+        if out is None:
+            raise click.UsageError("--shard needs --out PART.h5 (merge the parts with 'nnk merge')")
+        data = data.replace(shard=shard)
     if plot is not None:
         from nnkcli.plots import check_plot_path
 
@@ -55,7 +64,8 @@ def sweep(store, scoring, data, plot, tensorboard_dir, step, min_top1, min_top5,
         check_logdir(tensorboard_dir)
     gate = min_top1 is not None or min_top5 is not None
     check_gate_method(gate_method, scoring.methods, gate)
-    result = run_sweep(store, scoring, data=data, gate_requested=gate, progress_factory=ui.progress)
+    result = run_sweep(store, scoring, data=data, gate_requested=gate, progress_factory=ui.progress,
+                       partial_path=out)
     doc = result.to_dict()
     if plot is not None:
         from nnkcli.plots import plot_sweep

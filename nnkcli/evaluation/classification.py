@@ -81,15 +81,25 @@ class Evaluation:
         *,
         threads: int | None = None,
         progress_factory: Callable | None = None,
+        search: tuple[str | None, str, bool] = (None, "cpu", False),
     ):
+        from nnkcli.evaluation.torch_backend import resolve_backend
         from nnkcli.storage.store import FeatureStore
 
         data = data if data is not None else DataOptions()
+        # (backend, device, fp16) -> the backend and device actually used, before any data is read
+        self.backend, self.device = resolve_backend(*search)
+        self.fp16 = bool(search[2])
         self.store_path = Path(store_path)
         self.store = FeatureStore(self.store_path)
         try:
             self._open(data.train_split, data.query_split, data.index_path, data.rebuild_index, threads,
                        progress_factory)
+            # the query rows this run evaluates: all, or one shard's contiguous range
+            from nnkcli.evaluation.partials import shard_rows
+
+            self.shard = data.shard
+            self.rows = (0, int(self.query.n)) if data.shard is None else shard_rows(self.query.n, *data.shard)
         except BaseException:
             self.store.close()
             raise
@@ -114,7 +124,16 @@ class Evaluation:
         top_label = int(max(self.train_labels.max(initial=-1), self.query_labels.max(initial=-1)))
         self.n_classes = max(len(names) if names else 0, top_label + 1, 1)
         self.class_names = list(names) if names else [str(c) for c in range(self.n_classes)]
+        if self.backend == "torch":
+            from nnkcli.evaluation.torch_backend import TorchSearcher
+
+            self.index = None
+            self.index_info = {"path": None, "built_in_memory": True, "rebuilt": False, "type": "flat",
+                               "backend": "torch", "device": self.device, "fp16": self.fp16}
+            self._searcher = TorchSearcher(self.train, device=self.device, fp16=self.fp16)
+            return
         self.index, self.index_info = self._resolve_index(index_path, rebuild_index, progress_factory)
+        self.index_info["backend"] = "faiss"
         if self.index_info.get("shards"):
             from nnkcli.evaluation.search import ShardedSearcher
 
@@ -349,23 +368,25 @@ def evaluate_chunks(
     k_values = opts.k_values
     k_max = k_values[-1]
     threads = resolve_threads(opts.threads)
-    # every worker holds one scoring sub-chunk: they share the budget
-    chunk = opts.chunk_size or default_chunk_size(k_max, ev.train.dim, ev.n_classes,
-                                                  budget=CHUNK_MEMORY_BUDGET // threads)
     searcher = ev.searcher
+    # a sharded index asks for a smaller working memory beside its one loaded shard;
+    # every worker holds one scoring sub-chunk: they share the budget
+    budget = min(CHUNK_MEMORY_BUDGET, getattr(searcher, "chunk_budget", CHUNK_MEMORY_BUDGET))
+    chunk = opts.chunk_size or default_chunk_size(k_max, ev.train.dim, ev.n_classes, budget=budget // threads)
     split = hasattr(searcher, "search_ids") and hasattr(searcher, "refine")
     # large search blocks for the search's matrix products; a searcher that returns the
     # neighbor vectors with the ids (shards, GPU) searches sub-chunks, which keeps the memory bound
     block = max(chunk, min(SEARCH_BLOCK, SEARCH_IDS_BUDGET // (12 * (k_max + 1) + 4 * ev.train.dim))) if split else chunk
-    block = min(block, max(ev.query.n, 1))
+    first, stop = getattr(ev, "rows", (0, int(ev.query.n)))  # all queries, or one --shard's range
+    block = min(block, max(stop - first, 1))
     lock = None if getattr(searcher, "thread_safe", False) else threading.Lock()
     accs = {(m, k): Accumulator(m, k, ev.n_classes, keep_hits=keep_hits) for m in opts.methods for k in k_values}
     timing = {"read_s": 0.0, "search_s": 0.0, "rerank_s": 0.0, "knn_s": 0.0, "nnk_s": 0.0, "nnk_fallbacks": 0}
 
     def blocks():
         t0 = time.perf_counter()
-        for start, feats in ev.query.iter_chunks(block):
-            q = normalize_rows(feats)
+        for start in range(first, stop, block):
+            q = normalize_rows(ev.query.read(start, min(start + block, stop)))
             timing["read_s"] += time.perf_counter() - t0
             yield start, q
             t0 = time.perf_counter()
@@ -403,7 +424,7 @@ def evaluate_chunks(
     total = time.perf_counter() - t_start
     timing = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in timing.items()}
     timing["total_s"] = round(total, 4)
-    timing["queries_per_s"] = round(ev.query.n / total, 1) if total > 0 else None
+    timing["queries_per_s"] = round((stop - first) / total, 1) if total > 0 else None
     timing["chunk_size"] = chunk
     timing["search_block"] = block
     timing["threads"] = threads
@@ -423,7 +444,8 @@ def check_labelled(ev: Evaluation, gate_requested: bool) -> None:
 
 def open_evaluation(store_path, options: ScoringOptions, data: DataOptions, progress_factory=None) -> Evaluation:
     """Open the store and its index for ``options`` (classify and sweep)."""
-    return Evaluation(store_path, data, threads=options.threads, progress_factory=progress_factory)
+    return Evaluation(store_path, data, threads=options.threads, progress_factory=progress_factory,
+                      search=(options.backend, options.device, options.fp16))
 
 
 def classify(
@@ -483,29 +505,45 @@ def classify(
         raise InputError(f"classify evaluates one k, got {len(options.k_values)} values",
                          hint="use sweep for several k")
     (k,) = options.k_values
+    if data.shard is not None and predictions_path is None:
+        raise InputError("--shard needs --out PART.h5: a shard's results are only useful merged",
+                         hint="add --out shard-I.h5, then 'nnk merge shard-*.h5'")
     ev = open_evaluation(store_path, options, data, progress_factory)
     with ev:
         check_labelled(ev, gate_requested)
         ev.check_k(options)  # before the predictions file is created (evaluate_chunks checks again, cheaply)
         writer = None
-        if predictions_path is not None:
+        if predictions_path is not None and data.shard is not None:
+            writer = partial_writer(predictions_path, ev, options, "classify", per_class=per_class)
+        elif predictions_path is not None:
             from nnkcli.evaluation.predictions import PredictionWriter
 
             writer = PredictionWriter(predictions_path, ev, options)
         on_chunk = writer.write if writer is not None else None
         try:
             if progress_factory is not None:
-                with progress_factory(ev.query.n, "classifying") as advance:
+                with progress_factory(ev.rows[1] - ev.rows[0], "classifying") as advance:
                     accs, timing = evaluate_chunks(ev, options, progress=advance, on_chunk=on_chunk)
             else:
                 accs, timing = evaluate_chunks(ev, options, on_chunk=on_chunk)
+            doc = result_document(ev, options, accs, timing, per_class, k=k, predictions_path=predictions_path)
+            if writer is not None:
+                writer.commit(doc if data.shard is not None else result_document(ev, options, accs, timing,
+                                                                                   per_class))
         except BaseException:
             if writer is not None:
                 writer.abort()  # nothing half-written is left behind, an old file is kept
             raise
-        if writer is not None:
-            writer.commit(result_document(ev, options, accs, timing, per_class))
-        return result_document(ev, options, accs, timing, per_class, k=k, predictions_path=predictions_path)
+        return doc
+
+
+def partial_writer(path, ev, options: ScoringOptions, command: str, *, per_class: bool = False):
+    """The partial result file of this run's query rows (``--shard I/N --out PART.h5``)."""
+    from nnkcli.evaluation.partials import PartialWriter
+
+    shard, n_shards = ev.shard if ev.shard is not None else (0, 1)
+    return PartialWriter(path, ev, options, options.k_values, command=command, shard=shard, n_shards=n_shards,
+                         rows=ev.rows, per_class=per_class, alpha=options.alpha)
 
 
 def result_document(ev, opts: ScoringOptions, accs, timing, per_class, **extra) -> dict:
@@ -526,6 +564,8 @@ def result_document(ev, opts: ScoringOptions, accs, timing, per_class, **extra) 
         "results": results,
         "timing": timing,
     }
+    if getattr(ev, "shard", None) is not None:
+        doc["shard"] = {"shard": ev.shard[0], "n_shards": ev.shard[1], "rows": list(ev.rows)}
     for key, value in extra.items():
         if value is not None:
             doc[key] = str(value) if isinstance(value, Path) else value

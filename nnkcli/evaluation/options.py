@@ -43,6 +43,7 @@ from nnkcli.errors import InputError, OptionError
 from nnkcli.storage.checks import check_split_name
 from nnkcli.numerics.kernels import KERNELS
 from nnkcli.numerics.scores import WEIGHTINGS
+from nnkcli.evaluation.torch_backend import BACKENDS, DEVICES
 
 #: the classifiers; ``"both"`` on the command line means all of them
 METHODS = ("nnk", "knn")
@@ -170,6 +171,30 @@ def choice(allowed: Iterable[str], what: str) -> Callable[[Any, str], str]:
         return value
 
     return check
+
+
+def optional_choice(allowed: Iterable[str], what: str) -> Callable[[Any, str], str | None]:
+    """None (= automatic) or one of ``allowed``."""
+    check_one = choice(allowed, what)
+    return lambda value, option: None if value is None else check_one(value, option)
+
+
+def shard_spec(value, option: str) -> tuple[int, int] | None:
+    """None (all queries) or the query shard ``"I/N"`` / ``(I, N)`` with ``0 <= I < N``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        m = re.match(r"^\s*(\d+)\s*/\s*(\d+)\s*$", value)
+        if not m:
+            raise OptionError(option, value, "expected I/N", hint="e.g. --shard 0/8 (shards count from 0)")
+        value = (int(m.group(1)), int(m.group(2)))
+    try:
+        i, n = (operator.index(v) for v in value)
+    except (TypeError, ValueError):
+        raise OptionError(option, value, "expected I/N or a pair of ints") from None
+    if n < 1 or not 0 <= i < n:
+        raise OptionError(option, f"{i}/{n}", "need 0 <= I < N", hint="shards count from 0: 0/8 ... 7/8")
+    return (i, n)
 
 
 def positive_float(value, option: str) -> float:
@@ -304,6 +329,13 @@ class ScoringOptions(_Checked):
         Level of the interval reported with every accuracy, in (0, 1).
     alpha : float, default=0.05
         Level of sweep's paired test of each k against the best k, in (0, 1).
+    backend : {"faiss", "torch"} or None, default=None
+        Neighbor search: the faiss index, or a torch matmul + top-k
+        (``nnkcli.evaluation.torch_backend``); None = torch when ``device`` resolves to CUDA.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+        Where the torch backend searches; ``auto`` = CUDA when torch sees a GPU.
+    fp16 : bool, default=False
+        The torch backend multiplies in float16 (candidates re-ranked exactly in float64).
     """
 
     methods: tuple[str, ...] = setting(METHODS, "--method", check_methods)
@@ -317,6 +349,9 @@ class ScoringOptions(_Checked):
     tol: float = setting(1e-8, "tol", positive_float)
     confidence: float = setting(0.95, "--confidence", open_unit_interval)
     alpha: float = setting(DEFAULT_ALPHA, "--alpha", open_unit_interval)
+    backend: str | None = setting(None, "--backend", optional_choice(BACKENDS, "backend"))
+    device: str = setting("auto", "--device", choice(DEVICES, "device"))
+    fp16: bool = setting(False, "--fp16", flag)
 
 
 @dataclass(frozen=True)
@@ -324,13 +359,15 @@ class DataOptions(_Checked):
     """Which splits of the store are evaluated, and with which saved index.
 
     ``exclude_self`` (a scoring option) needs ``query_split == train_split``; that is
-    checked when the store is opened, with the data.
+    checked when the store is opened, with the data. ``shard = (I, N)`` evaluates only the
+    I-th of N contiguous ranges of the query split (``nnkcli.evaluation.partials``).
     """
 
     train_split: str = setting("train", "--train-split", split_name)
     query_split: str = setting("val", "--query-split", split_name)
     index_path: str | None = setting(None, "--index", optional_path)
     rebuild_index: bool = setting(False, "--rebuild-index", flag)
+    shard: tuple[int, int] | None = setting(None, "--shard", shard_spec)
 
 
 def resolve(

@@ -160,6 +160,20 @@ class ShardedSearcher:
         self._forward = True
         self.loads = 0  # shard files read so far (reported in the timing)
 
+    @property
+    def chunk_budget(self) -> int:
+        """Working memory for a query chunk: a quarter of the largest shard (128 MiB to the usual 512 MiB).
+
+        Sharding is chosen to bound memory, so the chunk (whose neighbor vectors the shard
+        merge holds about three times) is kept small beside one shard.
+        """
+        from nnkcli.evaluation.classification import CHUNK_MEMORY_BUDGET
+        from nnkcli.shards import bytes_per_row
+
+        rows = max(s["stop"] - s["start"] for s in self.manifest.shards)
+        largest = rows * bytes_per_row(self.dim, self.manifest.params)
+        return int(min(CHUNK_MEMORY_BUDGET, max(128 * 2**20, largest // 4)))
+
     def _shard(self, i: int) -> IndexSearcher:
         if self._loaded is None or self._loaded[0] != i:
             self._loaded = None  # free the previous shard before reading the next

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from nnkcli.evaluation.classification import check_labelled, evaluate_chunks, open_evaluation, result_document
 from nnkcli.evaluation.options import DEFAULT_ALPHA, DataOptions, ScoringOptions, parse_k_spec, resolve
+from nnkcli.errors import InputError
 from nnkcli.numerics.stats import mcnemar_exact
 
 __all__ = ["SweepResult", "best_per_method", "parse_k_spec", "sweep"]
@@ -93,6 +94,7 @@ def sweep(
     gate_requested: bool = False,
     progress: Callable[[int], None] | None = None,
     progress_factory: Callable | None = None,
+    partial_path: str | os.PathLike | None = None,
     **settings,
 ) -> SweepResult:
     """Evaluate every k of ``options.k_values`` for every method from one search per chunk.
@@ -101,21 +103,47 @@ def sweep(
     or ``k_values="10..200"`` is the usual keyword). Results are ordered by method, then k;
     ``best`` holds each method's best k and the k values not significantly worse than it at
     ``options.alpha`` (see :func:`best_per_method`).
+
+    ``partial_path`` writes the per-query predictions of the evaluated rows (all, or the
+    shard ``data.shard``) as a partial result file for ``nnk merge``
+    (``nnkcli.evaluation.partials``); a shard needs one.
     """
+    from nnkcli.evaluation.classification import partial_writer
+
     options, data = resolve(options, data, settings)
+    if data.shard is not None and partial_path is None:
+        raise InputError("--shard needs --out PART.h5: a shard's results are only useful merged",
+                         hint="add --out shard-I.h5, then 'nnk merge shard-*.h5'")
     ev = open_evaluation(store_path, options, data, progress_factory)
     with ev:
         check_labelled(ev, gate_requested)
-        if progress is None and progress_factory is not None:
-            with progress_factory(ev.query.n, "sweeping") as advance:
-                accs, timing = evaluate_chunks(ev, options, progress=advance, keep_hits=True)
-        else:
-            accs, timing = evaluate_chunks(ev, options, progress=progress, keep_hits=True)
-        doc = result_document(ev, options, accs, timing, per_class=False)
-        hits = {key: acc.hits()[0] for key, acc in accs.items()}
-        labels, ids = ev.query_labels, ev.query.ids
-    doc["k_values"] = list(options.k_values)
-    doc["results"] = sorted(doc["results"], key=lambda r: (options.methods.index(r["method"]), r["k"]))
-    doc["best"] = best_per_method(doc["results"], hits, options.alpha)
+        ev.check_k(options)
+        writer = partial_writer(partial_path, ev, options, "sweep") if partial_path is not None else None
+        on_chunk = writer.write if writer is not None else None
+        try:
+            if progress is None and progress_factory is not None:
+                with progress_factory(ev.rows[1] - ev.rows[0], "sweeping") as advance:
+                    accs, timing = evaluate_chunks(ev, options, progress=advance, keep_hits=True, on_chunk=on_chunk)
+            else:
+                accs, timing = evaluate_chunks(ev, options, progress=progress, keep_hits=True, on_chunk=on_chunk)
+            doc = result_document(ev, options, accs, timing, per_class=False)
+            hits = {key: acc.hits()[0] for key, acc in accs.items()}
+            labels, ids = ev.query_labels, ev.query.ids
+            finish_sweep_document(doc, options.k_values, options.methods, hits, options.alpha)
+            if writer is not None:
+                writer.commit(doc)
+                doc["partial_path"] = str(partial_path)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
     best_hits = {m: (b["k"], hits[(m, b["k"])]) for m, b in doc["best"].items()}
     return SweepResult(doc, best_hits=best_hits, query_labels=labels, query_ids=ids)
+
+
+def finish_sweep_document(doc: dict, k_values, methods, hits: dict, alpha: float) -> dict:
+    """Sweep's additions to a result document: k values, rows by method then k, the best k (and ties)."""
+    doc["k_values"] = list(k_values)
+    doc["results"] = sorted(doc["results"], key=lambda r: (list(methods).index(r["method"]), r["k"]))
+    doc["best"] = best_per_method(doc["results"], hits, alpha)
+    return doc

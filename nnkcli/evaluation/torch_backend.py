@@ -46,7 +46,7 @@ def _cuda_visible() -> bool:
     return Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia").exists()
 
 
-def resolve(backend: str | None, device: str = "auto", fp16: bool = False) -> tuple[str, str]:
+def resolve_backend(backend: str | None, device: str = "auto", fp16: bool = False) -> tuple[str, str]:
     """``(backend, device)`` to use: ``device="auto"`` picks CUDA (and then torch) when torch sees a GPU.
 
     Raises

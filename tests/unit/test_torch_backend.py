@@ -72,19 +72,33 @@ def test_fp16_candidates_are_reranked_exactly(data):
 
 
 def test_resolve_backend_and_device(monkeypatch):
-    assert torch_backend.resolve(None, "cpu") == ("faiss", "cpu")
-    assert torch_backend.resolve("torch", "cpu") == ("torch", "cpu")
-    assert torch_backend.resolve(None, "cpu", fp16=True) == ("torch", "cpu")
+    assert torch_backend.resolve_backend(None, "cpu") == ("faiss", "cpu")
+    assert torch_backend.resolve_backend("torch", "cpu") == ("torch", "cpu")
+    assert torch_backend.resolve_backend(None, "cpu", fp16=True) == ("torch", "cpu")
     monkeypatch.setattr(torch_backend, "_cuda_visible", lambda: False)
-    assert torch_backend.resolve(None, "auto") == ("faiss", "cpu")  # no GPU: today's faiss path
+    assert torch_backend.resolve_backend(None, "auto") == ("faiss", "cpu")  # no GPU: today's faiss path
     monkeypatch.setattr(torch_backend, "_cuda_visible", lambda: True)
     monkeypatch.setattr(torch_backend, "_torch_cuda", lambda: True)
-    assert torch_backend.resolve(None, "auto") == ("torch", "cuda")
-    assert torch_backend.resolve("faiss", "auto") == ("faiss", "cpu")
+    assert torch_backend.resolve_backend(None, "auto") == ("torch", "cuda")
+    assert torch_backend.resolve_backend("faiss", "auto") == ("faiss", "cpu")
     monkeypatch.setattr(torch_backend, "_torch_cuda", lambda: False)
     with pytest.raises(InputError, match="torch sees no CUDA GPU"):
-        torch_backend.resolve("torch", "cuda")
+        torch_backend.resolve_backend("torch", "cuda")
     with pytest.raises(InputError, match="--device cuda needs --backend torch"):
-        torch_backend.resolve("faiss", "cuda")
+        torch_backend.resolve_backend("faiss", "cuda")
     with pytest.raises(InputError, match="--fp16 needs --backend torch"):
-        torch_backend.resolve("faiss", "cpu", fp16=True)
+        torch_backend.resolve_backend("faiss", "cpu", fp16=True)
+
+
+def test_sample_store_torch_cpu_matches_faiss(sample_store):
+    """The issue's bar: within 0.05 points on the sample store (on its tie-free data: equal)."""
+    from nnkcli.evaluation.classification import classify
+
+    a = classify(sample_store, k=20)
+    b = classify(sample_store, k=20, backend="torch", device="cpu")
+    for ra, rb in zip(a["results"], b["results"]):
+        assert ra["method"] == rb["method"]
+        assert abs(ra["top1"] - rb["top1"]) <= 0.05 and abs(ra["top5"] - rb["top5"]) <= 0.05
+    c = classify(sample_store, k=20, backend="torch", device="cpu", fp16=True)
+    for ra, rc in zip(a["results"], c["results"]):
+        assert abs(ra["top1"] - rc["top1"]) <= 0.05

@@ -1,0 +1,90 @@
+"""Query shards and their merge (nnkcli.evaluation.partials): equal to one unsharded run, coverage checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnkcli.errors import InputError, OptionError
+from nnkcli.evaluation.classification import classify
+from nnkcli.evaluation.partials import merge_parts, shard_rows
+from nnkcli.evaluation.sweeps import sweep
+from nnkcli.storage.store import write_split
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("parts") / "p.h5"
+    rng = np.random.default_rng(21)
+    means = rng.normal(size=(4, 10))
+    yt, yq = rng.integers(0, 4, 160), rng.integers(0, 4, 5)
+    yq[1] = -1  # an unlabelled query
+    write_split(path, "train", (means[yt] + 1.4 * rng.normal(size=(160, 10))).astype(np.float32), yt,
+                class_names=list("abcd"), source="test")
+    write_split(path, "val", (means[yq % 4] + 1.4 * rng.normal(size=(5, 10))).astype(np.float32),
+                np.array([list("abcd")[c] if c >= 0 else -1 for c in yq], dtype=object), source="test")
+    return path
+
+
+def _strip(doc):
+    """What must be equal: everything but timing and where files went."""
+    return {k: v for k, v in doc.items() if k not in ("timing", "predictions_path", "partial_path", "merged_shards")}
+
+
+@pytest.mark.parametrize("n_shards", [1, 3, 7])  # 7 > the 5 queries: empty shards
+def test_classify_shards_merge_to_the_unsharded_document(store, tmp_path, n_shards):
+    whole = classify(store, k=6, per_class=True)
+    parts = []
+    for i in range(n_shards):
+        part = tmp_path / f"c{i}.h5"
+        doc = classify(store, k=6, per_class=True, shard=(i, n_shards), predictions_path=part)
+        assert doc["shard"] == {"shard": i, "n_shards": n_shards, "rows": list(shard_rows(5, i, n_shards))}
+        parts.append(part)
+    merged = merge_parts(parts[::-1], out=tmp_path / "all.h5")  # any order on the command line
+    assert _strip(merged) == _strip(whole)
+    assert merged["merged_shards"] == n_shards
+    again = merge_parts([tmp_path / "all.h5"])  # the merged file is one part covering everything
+    assert _strip(again) == _strip(whole)
+
+
+@pytest.mark.parametrize("n_shards", [1, 3, 7])
+def test_sweep_shards_merge_to_the_unsharded_document(store, tmp_path, n_shards):
+    whole = sweep(store, k_values="2..12:2", query_split="train", exclude_self=True).document
+    parts = []
+    for i in range(n_shards):
+        parts.append(tmp_path / f"s{i}.h5")
+        sweep(store, k_values="2..12:2", query_split="train", exclude_self=True, shard=(i, n_shards),
+              partial_path=parts[-1])
+    merged = merge_parts(parts)
+    assert _strip(merged) == _strip(whole)
+    assert merged["best"] == whole["best"] and "tied_k" in merged["best"]["nnk"]
+
+
+def test_missing_repeated_and_foreign_parts_are_refused(store, tmp_path):
+    parts = []
+    for i in range(3):
+        parts.append(tmp_path / f"c{i}.h5")
+        classify(store, k=4, shard=(i, 3), predictions_path=parts[-1])
+    with pytest.raises(InputError, match=r"1 of 3 shards are missing: 1/3 \(queries 2:4\)"):
+        merge_parts([parts[0], parts[2]])
+    with pytest.raises(InputError, match="shard 2/3 is given twice"):
+        merge_parts([*parts, parts[2]])
+    other = tmp_path / "other.h5"
+    classify(store, k=4, temperature=0.1, shard=(1, 3), predictions_path=other)
+    with pytest.raises(InputError, match="different parameters"):
+        merge_parts([parts[0], other, parts[2]])
+    four = tmp_path / "four.h5"
+    classify(store, k=4, shard=(1, 4), predictions_path=four)
+    with pytest.raises(InputError, match="different n_shards"):
+        merge_parts([parts[0], four, parts[2]])
+    classify(store, k=4, predictions_path=tmp_path / "pred.h5")  # a predictions file is not a part
+    with pytest.raises(InputError, match="is not a partial result file"):
+        merge_parts([tmp_path / "pred.h5"])
+
+
+def test_shard_needs_an_output_and_a_valid_spec(store):
+    with pytest.raises(InputError, match="--shard needs --out"):
+        classify(store, k=4, shard=(0, 2))
+    for bad in ("3/3", "1/0", "x", (2, 1)):
+        with pytest.raises(OptionError):
+            classify(store, k=4, shard=bad)
