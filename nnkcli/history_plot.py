@@ -31,7 +31,7 @@ def plot_history(
     Parameters
     ----------
     rows : sequence of dict
-        ``nnkcli.tracking.history.history_rows`` output, in training order.
+        ``nnkcli.tracking.views.history_rows`` output, in training order.
     path : path-like
         ``.png``, ``.svg`` or ``.pdf``.
     methods : sequence of str

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from nnkcli.plain import jsonable
+
 FORMATS = ("table", "json", "csv")
 SCHEMA_VERSION = 1
 
@@ -161,23 +163,6 @@ def configure_logging(ui: Ui) -> None:
 
 
 # -- stdout ---------------------------------------------------------------------
-def jsonable(value: Any) -> Any:
-    """Convert numpy scalars/arrays and NaN/inf into plain JSON values (NaN -> null)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return jsonable(value.tolist())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (bytes, bytearray)):
-        return value.decode("utf-8", "replace")
-    if hasattr(value, "__fspath__"):
-        return str(value)
-    return value
-
-
 def to_json(payload: dict) -> str:
     doc = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in payload.items() if k != "schema_version"}}
     return json.dumps(jsonable(doc), indent=2, allow_nan=False)

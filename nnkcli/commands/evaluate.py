@@ -133,7 +133,9 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_
     """
     from nnkcli.evaluation.sweeps import sweep
     from nnkcli.tracking.history import read_history
-    from nnkcli.tracking.runner import ModelOptions, collect_sources, evaluate_sources
+    from nnkcli.tracking.checkpoints import ModelOptions
+    from nnkcli.tracking.runner import evaluate_sources
+    from nnkcli.tracking.sources import collect_sources
 
     ui = get_ui(ctx)
     methods = scoring.methods

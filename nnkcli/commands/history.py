@@ -60,7 +60,8 @@ Malformed lines are reported on stderr with their line number and skipped.
 def history(ctx, history_path, plot_path, tensorboard_dir, list_params, param_set, fmt):
     """Show the evaluations recorded in HISTORY by nnk evaluate, one row per source."""
     from nnkcli.errors import InputError
-    from nnkcli.tracking.history import entry_methods, history_rows, order_entries, read_history
+    from nnkcli.tracking.history import read_history
+    from nnkcli.tracking.views import entry_methods, history_rows, order_entries
     from nnkcli.tracking.paramsets import describe_parameters, entries_of, parameter_sets, pick_parameter_set
 
     ui = get_ui(ctx)

@@ -14,7 +14,6 @@ torch is imported inside the functions only.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -22,8 +21,10 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nnkcli.errors import InputError
+from nnkcli.storage.checks import sha256_file
 
 logger = logging.getLogger("nnkcli")
 
@@ -70,16 +71,6 @@ class CheckpointReport:
     stripped: dict[str, int] = field(default_factory=dict)
     n_loaded: int = 0
     unexpected: list[str] = field(default_factory=list)
-
-
-
-def sha256_file(path: str | os.PathLike, block_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in blocks (checkpoints can be GBs)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(block_size):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_checkpoint(path: str | os.PathLike, *, trust: bool = False):
@@ -395,3 +386,62 @@ def load_checkpoint(
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# -- the training step a checkpoint records (used by the history) ------------------------------
+#: checkpoint dict keys holding a training counter, most specific first
+CHECKPOINT_STEP_KEYS = ("epoch", "global_step", "step", "iteration", "iter")
+
+
+def step_from_checkpoint(obj: Any) -> tuple[int, str] | None:
+    """The training counter stored in a loaded checkpoint dict (``epoch``, ``global_step`` ...).
+
+    Parameters
+    ----------
+    obj : object
+        What ``torch.load`` returned; anything but a mapping gives None.
+
+    Returns
+    -------
+    (int, str) or None
+        The counter and its key, the first of ``CHECKPOINT_STEP_KEYS`` holding a
+        non-negative integer (a 0-d tensor counts).
+    """
+    if not isinstance(obj, dict):
+        return None
+    for key in CHECKPOINT_STEP_KEYS:
+        value = obj.get(key)
+        if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+            value = value.item()
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and value >= 0:
+            return value, key
+        if isinstance(value, float) and value.is_integer() and value >= 0:
+            return int(value), key
+    return None
+
+
+def read_checkpoint_step(path: str | os.PathLike) -> tuple[int, str] | None:
+    """The counter inside a torch checkpoint, or None when torch cannot read it.
+
+    Uses ``weights_only=True`` (a checkpoint is never executed just to read its
+    epoch) and memory-maps the file where the format allows, so a multi-GB
+    checkpoint is not read into memory. ``argparse.Namespace`` (DINO's and MoCo's
+    saved arguments) is allowed; checkpoints pickling other objects are refused by
+    ``weights_only``, and their step then comes from the file name.
+    """
+    try:
+        import argparse
+
+        import torch
+    except ImportError:
+        return None
+    for kwargs in ({"mmap": True}, {}):
+        try:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True, **kwargs)
+        except Exception:  # any unreadable checkpoint: fall back to the name
+            continue
+        return step_from_checkpoint(obj)
+    return None

@@ -7,6 +7,8 @@ data streams through, so a 10 GB memory-mapped input is read once.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from dataclasses import dataclass
 
@@ -153,3 +155,12 @@ def check_ids(ids, n: int) -> list[str] | None:
     if len(ids) != n:
         raise InputError(f"features have {n} rows but ids have {len(ids)}", hint="give one id per feature row")
     return ids
+
+
+def sha256_file(path: str | os.PathLike, block_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file's content, read in blocks (checkpoints and stores are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(block_size):
+            digest.update(block)
+    return digest.hexdigest()

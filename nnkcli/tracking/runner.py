@@ -1,17 +1,18 @@
 """Evaluate new checkpoints or feature stores into a history file, exactly once each.
 
-``evaluate_sources`` is what ``nnk evaluate`` runs from cron and CI. For each
-source it computes the sha256 of the file; a source already in the history is
-skipped, any other is evaluated with ``nnkcli.evaluation.sweeps.sweep`` (or the sweep function passed in; a checkpoint is first
-extracted into a store beside the history) and recorded as one appended line.
+``evaluate_sources`` is what ``nnk evaluate`` runs from cron and CI. For each source
+(``sources``) it computes the sha256 of the file; a source already in the history is
+skipped, any other is evaluated with the sweep function it is given (``nnk evaluate``
+passes ``nnkcli.evaluation.sweeps.sweep``; a checkpoint is first extracted into a store
+beside the history, ``checkpoints``) and recorded as one appended line (``history``).
 
 Overlapping runs (two cron jobs, a cron job and a CI job) are safe:
 
-* **claims** -- before evaluating a source a run takes a non-blocking ``flock`` on
-  ``.<history>.<sha256[:16]>.claim`` beside the history. A run that finds the
-  claim taken moves on to its other sources and waits for that claim only at the
-  end, then finds the source recorded and skips it. The long evaluation therefore
-  runs without holding the history lock, and no source is evaluated twice at once.
+* **claims** -- before evaluating a source a run takes its claim (``claims``) without
+  waiting; a run that finds the claim taken moves on to its other sources and waits
+  for that claim only at the end, then finds the source recorded and skips it. The
+  long evaluation runs without holding the history lock, and no source is evaluated
+  twice at once.
 * **the history lock** -- ``file_lock(history)`` is held only around
   read-decide-append. The append re-reads the history first, so even without
   claims a source could never be recorded twice.
@@ -26,63 +27,41 @@ Overlapping runs (two cron jobs, a cron job and a CI job) are safe:
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
-import json
 import logging
 import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from nnkcli import __version__
-from nnkcli.storage.atomic import file_lock
 from nnkcli.errors import InputError, NnkError
 from nnkcli.evaluation.options import DEFAULT_K_SPEC, DataOptions, ScoringOptions, format_k_spec
+from nnkcli.plain import jsonable
+from nnkcli.storage.atomic import file_lock
+from nnkcli.tracking.checkpoints import ModelOptions, checkpoint_store_path, extract_checkpoint
+from nnkcli.tracking.claims import claim
+from nnkcli.tracking.history import HistoryError, append_entry, read_history
 from nnkcli.tracking.paramsets import parameter_key
-from nnkcli.tracking.history import (
-    HistoryError,
-    append_entry,
-    read_checkpoint_step,
-    read_history,
-    sha256_file,
-    step_from_name,
-)
+from nnkcli.tracking.sources import file_stamp, is_store, read_step, sha256_file
 
 logger = logging.getLogger("nnkcli")
-
-STORE_SUFFIXES = (".h5", ".hdf5")
-
 
 #: ``sweep(store_path, options, *, data, gate_requested, progress_factory) -> SweepResult``
 SweepFunction = Callable[..., Any]
 
+
 EVALUATED = "evaluated"
+
+
 SKIPPED = "skipped"
+
+
 FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class ModelOptions:
-    """How a checkpoint source becomes a feature store (the ``torch`` extra).
-
-    ``extract`` holds further keyword arguments of
-    ``nnkcli.extract.torch_extract.extract_image_features`` (``checkpoint_key``,
-    ``strip_prefix``, ``trust_checkpoint``, ``device``, ``batch_size``, ``workers``,
-    ``skip_bad_images``) and of ``EvalTransform`` (``resize``, ``crop``,
-    ``interpolation``, ``mean``, ``std``); all are recorded in the history.
-    """
-
-    model: str
-    train_images: str
-    val_images: str
-    extract: dict = field(default_factory=dict)
-    keep_store: bool = True
 
 
 @dataclass
@@ -109,120 +88,12 @@ class SourceOutcome:
         return doc
 
 
-# -- sources -----------------------------------------------------------------------
-def collect_sources(
-    paths: Sequence[str | os.PathLike] = (),
-    *,
-    watch_dir: str | os.PathLike | None = None,
-    pattern: str = "*.h5",
-) -> list[Path]:
-    """The sources of one run: the given files, then the files in ``watch_dir`` matching ``pattern``.
-
-    Hidden files are left out (they are the temporary files of atomic writers).
-    Duplicates (the same file named twice) are dropped. Raises ``InputError`` for a
-    named file that does not exist or a watch directory that is not a directory.
-    """
-    found: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if not p.exists():
-            raise InputError(f"source not found: {p}")
-        if p.is_dir():
-            raise InputError(f"source is a directory: {p}", hint="use --watch-dir DIR --pattern GLOB for a folder")
-        found.append(p)
-    if watch_dir is not None:
-        d = Path(watch_dir)
-        if not d.is_dir():
-            raise InputError(f"--watch-dir is not a directory: {d}")
-        found.extend(
-            sorted(f for f in d.glob(pattern) if f.is_file() and not f.name.startswith("."))
-        )
-    unique: list[Path] = []
-    seen: set[Path] = set()
-    for p in found:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    return unique
-
-
-def is_store(path: Path) -> bool:
-    """Whether a source is a feature store (by suffix and the HDF5 signature)."""
-    if path.suffix.lower() in STORE_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(8) == b"\x89HDF\r\n\x1a\n"
-    except OSError:
-        return False
-
-
-# -- claims ------------------------------------------------------------------------
-def claim_path(history_path: Path, sha256: str) -> Path:
-    return history_path.with_name(f".{history_path.name}.{sha256[:16]}.claim")
-
-
-@contextlib.contextmanager
-def claim(history_path: Path, sha256: str, *, blocking: bool) -> Iterator[bool]:
-    """Hold an exclusive ``flock`` on the source's claim file; yields whether it was obtained.
-
-    The file is removed (while still held) when the block ends: whoever takes the
-    claim next re-reads the history first, so it finds the source recorded. After
-    locking, the path is checked to still name the locked file; otherwise a
-    holder that had opened the file before its removal would lock a file nobody
-    else can see.
-    """
-    path = claim_path(history_path, sha256)
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            yield False
-            return
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(path))
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # removed by the previous holder: open the current file instead
-    try:
-        yield True
-    finally:
-        with contextlib.suppress(OSError):
-            path.unlink()
-        os.close(fd)
-
-
-# -- one evaluation ----------------------------------------------------------------
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds")
-
-
-def checkpoint_store_path(history_path: Path, sha256: str, model: ModelOptions | None = None) -> Path:
-    """Where a checkpoint's features go: ``<history dir>/stores/<sha256[:16]>[-<config>].h5``."""
-    suffix = f"-{model_config_digest(model)}" if model is not None else ""
-    return history_path.parent / "stores" / f"{sha256[:16]}{suffix}.h5"
-
-
-def _read_step(path: Path, checkpoint: bool) -> tuple[int | None, str | None]:
-    found = read_checkpoint_step(path) if checkpoint else None
-    if found is not None:
-        return found[0], f"checkpoint:{found[1]}"
-    found = step_from_name(path.name)
-    if found is not None:
-        return found[0], f"name:{found[1]}"
-    return None, None
 
 
 def _summarise_results(result: dict, methods: Sequence[str]) -> tuple[list[dict], dict]:
@@ -284,8 +155,6 @@ def evaluate_one(
     model : ModelOptions, optional
         Required for checkpoint sources.
     """
-    from nnkcli.output import jsonable
-
     started, t0 = _now(), time.perf_counter()
     stat = source.stat()
     checkpoint = not is_store(source)
@@ -294,7 +163,7 @@ def evaluate_one(
             f"{source.name} is not a feature store (.h5); a checkpoint needs --model, --train-images and --val-images"
         )
     k_values = options.k_values
-    step, step_from = _read_step(source, checkpoint)
+    step, step_from = read_step(source, checkpoint)
     if checkpoint:
         data = data.replace(index_path=None)  # a checkpoint's store is made here, with no saved index
     parameters = source_parameters(options, data, model, source)
@@ -354,65 +223,6 @@ def evaluate_one(
     return jsonable(entry)
 
 
-def extract_checkpoint(
-    checkpoint: Path,
-    store_path: Path,
-    model: ModelOptions,
-    *,
-    train_split: str,
-    query_split: str,
-    progress_factory: Callable | None = None,
-) -> None:
-    """Extract a checkpoint's train and query features into ``store_path``.
-
-    Splits already complete in the store (a run killed after extracting them)
-    are kept, and an interrupted split is resumed, so a re-run continues where
-    the killed one stopped.
-    """
-    from nnkcli.extract import TRANSFORM_KEYS
-    from nnkcli.extract.images import EvalTransform, read_image_list, scan_image_folder
-    from nnkcli.extract.torch_extract import extract_image_features
-
-    options = dict(model.extract)
-    transform = EvalTransform(**{k: options.pop(k) for k in TRANSFORM_KEYS if k in options})
-    if options.get("strip_prefix") is not None:
-        options["strip_prefix"] = list(options["strip_prefix"])
-    store_path.parent.mkdir(parents=True, exist_ok=True)
-    present = _present_splits(store_path)
-    for split, images in ((train_split, model.train_images), (query_split, model.val_images)):
-        if split in present:
-            logger.info(f"  {split}: already extracted in {store_path}")
-            continue
-        logger.info(f"  extracting split '{split}' from {images}")
-        # a folder with one sub-folder per class, or a CSV list of path,label rows
-        samples = read_image_list(images) if Path(images).is_file() else scan_image_folder(images)
-        bar = progress_factory(len(samples), f"extracting {split}") if progress_factory else contextlib.nullcontext()
-        with bar as advance:
-            extract_image_features(
-                store_path, split, samples, model.model, checkpoint=checkpoint,
-                transform=transform, resume=True, progress=advance, **options,
-            )
-
-
-def model_config_digest(model: ModelOptions) -> str:
-    """8 hex digits naming the extraction set-up, so a changed --model or option never reuses a store."""
-    doc = {"model": model.model, "train": str(Path(model.train_images).resolve()),
-           "val": str(Path(model.val_images).resolve()), **model.extract}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-def _present_splits(store_path: Path) -> set[str]:
-    if not store_path.exists():
-        return set()
-    from nnkcli.storage.store import FeatureStore
-
-    try:
-        return set(FeatureStore(store_path).splits)
-    except NnkError:
-        return set()
-
-
-# -- the run -----------------------------------------------------------------------
 def _recorded(history_path: Path, sha256: str, params_key: str, after_line: int = 0) -> dict | None:
     """The newest entry of (sha256, parameter set), if it is on a line after ``after_line``."""
     with file_lock(history_path):
@@ -528,12 +338,6 @@ def evaluate_sources(
     for job in deferred:
         outcomes[job.index] = job.run(blocking=True)
     return [outcomes[i] for i in range(len(sources))]
-
-
-def file_stamp(path: Path) -> tuple[int, int, int, int]:
-    """(device, inode, size, mtime in ns): changes when a file is rewritten or replaced."""
-    st = path.stat()
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 @dataclass

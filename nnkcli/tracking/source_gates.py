@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from nnkcli.numerics.stats import mcnemar_exact
-from nnkcli.tracking.history import best_top1, describe_entry
+from nnkcli.tracking.views import best_accuracy, describe_entry
 
 
 @dataclass
@@ -81,16 +81,16 @@ def check_source_gates(
     report = SourceGateReport(method, [])
     for entry in run_entries:
         name = describe_entry(entry)
-        top1, top5 = best_top1(entry, method), best_top1(entry, method, "top5")
+        top1, top5 = best_accuracy(entry, method), best_accuracy(entry, method, "top5")
         gate = SourceGate(name, entry["sha256"], top1, top5)
         report.sources.append(gate)
         if top1 is None:
             report.notes.append(f"{name} has no {method} result: not gated")
             continue
-        others = [e for e in set_entries if e["sha256"] != entry["sha256"] and best_top1(e, method) is not None]
+        others = [e for e in set_entries if e["sha256"] != entry["sha256"] and best_accuracy(e, method) is not None]
         if others:
-            best = max(others, key=lambda e: best_top1(e, method))  # max keeps the first on ties
-            gate.best_other, gate.best_other_top1 = describe_entry(best), best_top1(best, method)
+            best = max(others, key=lambda e: best_accuracy(e, method))  # max keeps the first on ties
+            gate.best_other, gate.best_other_top1 = describe_entry(best), best_accuracy(best, method)
             gate.drop = round(gate.best_other_top1 - top1, 4)
         if max_drop is not None and gate.drop is not None and gate.drop > max_drop:
             failed = True

@@ -1,4 +1,4 @@
-"""nnkcli.tracking.runner: once-only evaluation into the history, claims, failures.
+"""nnkcli.tracking.runner (with sources, claims, checkpoints): once-only evaluation into the history.
 
 The evaluation itself is replaced by a fake sweep that reads the accuracy to
 report from the "store" file, so these tests check the bookkeeping only; the
@@ -14,14 +14,10 @@ import threading
 import pytest
 
 from nnkcli.errors import InputError, OptionError
-from nnkcli.tracking.runner import (
-    ModelOptions,
-    checkpoint_store_path,
-    claim,
-    claim_path,
-    collect_sources,
-    evaluate_sources,
-)
+from nnkcli.tracking.checkpoints import ModelOptions, checkpoint_store_path
+from nnkcli.tracking.claims import claim, claim_path
+from nnkcli.tracking.runner import evaluate_sources
+from nnkcli.tracking.sources import collect_sources
 from nnkcli.tracking.history import HistoryError, append_entry, read_history
 from nnkcli.evaluation.options import DataOptions, ScoringOptions
 from nnkcli.evaluation.sweeps import SweepResult
@@ -105,7 +101,7 @@ def test_evaluates_each_source_once_and_records_one_line(tmp_path, fake):
     assert [(o.status, o.reason) for o in again] == [("skipped", "already in history")] * 2
     assert again[1].entry["best"]["nnk"]["top1"] == 72.0
     assert len(fake.calls) == 2 and hist.read_bytes() == before
-    assert not list(tmp_path.glob(".*.claim"))
+    assert not list(tmp_path.glob(".*.claim*"))  # every claim is gone once its source is done
 
 
 def test_same_content_under_another_name_is_skipped(tmp_path, fake):

@@ -1,4 +1,7 @@
-"""nnkcli.tracking.history: reading, appending, step parsing, ordering, rows and the gates."""
+"""nnkcli.tracking: the history format (reading, appending), step parsing, ordering and rows.
+
+The gates of a run (``tracking.source_gates``) are tested through ``nnk evaluate`` in tests/cli/.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +12,17 @@ import os
 import pytest
 
 from nnkcli.errors import InputError
+from nnkcli.extract.torch_checkpoints import read_checkpoint_step, step_from_checkpoint
 from nnkcli.tracking.history import (
     HISTORY_SCHEMA_VERSION,
     HistoryError,
     append_entry,
-    check_gates,
     encode_entry,
-    history_rows,
-    order_entries,
     parse_history,
-    read_checkpoint_step,
     read_history,
-    sha256_file,
-    step_from_checkpoint,
-    step_from_name,
 )
+from nnkcli.tracking.sources import sha256_file, step_from_name
+from nnkcli.tracking.views import history_rows, order_entries
 
 
 def sha(n: int) -> str:
@@ -217,40 +216,3 @@ def test_history_rows_deltas_and_best():
 def test_history_rows_tie_marks_the_first():
     rows = history_rows([entry(1, step=1, nnk=70.0), entry(2, step=2, nnk=70.0)])
     assert [r["best"] for r in rows] == ["nnk", ""]
-
-
-# -- gates ---------------------------------------------------------------------------
-def test_regression_gate_boundaries():
-    entries = [entry(1, step=1, nnk=70.0), entry(2, step=2, nnk=75.0), entry(3, step=3, nnk=73.0)]
-    assert check_gates(entries, max_drop=2.0).passed  # exactly 2 points below: allowed
-    gate = check_gates(entries, max_drop=1.99)
-    assert not gate.passed
-    assert gate.newest["sha256"] == sha(3) and gate.best["sha256"] == sha(2)
-    assert gate.drop == pytest.approx(2.0)
-    assert gate.failures == (
-        "regression: nnk top-1 of the newest source ckpt3.pth (step 3) is 73.00, 2.00 points below "
-        "the best 75.00 of ckpt2.pth (step 2) (allowed: 1.99)",
-    )
-
-
-def test_gate_newest_is_by_step_not_by_file_order():
-    # the last line is an old checkpoint evaluated late: the newest is still step 3
-    entries = [entry(3, step=3, nnk=75.0), entry(1, step=1, nnk=60.0)]
-    assert check_gates(entries, max_drop=0.0).passed
-
-
-def test_gate_method_and_min_top1_top5():
-    entries = [entry(1, step=1, nnk=70.0, knn=68.0), entry(2, step=2, nnk=71.0, knn=60.0)]
-    assert check_gates(entries, method="nnk", max_drop=0.0).passed
-    assert not check_gates(entries, method="knn", max_drop=5.0).passed
-    assert check_gates(entries, min_top1=71.0).passed
-    gate = check_gates(entries, min_top1=71.5)
-    assert gate.failures == ("nnk top-1 of the newest source ckpt2.pth (step 2) is 71.00, below --min-top1 71.5",)
-    assert check_gates(entries, min_top5=81.0).passed and not check_gates(entries, min_top5=81.5).passed
-
-
-def test_gate_without_results_passes_and_bad_drop_raises():
-    gate = check_gates([entry(1, knn=50.0)], method="nnk", max_drop=1.0, min_top1=99.0)
-    assert gate.passed and gate.newest is None
-    with pytest.raises(InputError, match="--fail-on-regression"):
-        check_gates([], max_drop=-1.0)

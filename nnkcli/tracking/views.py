@@ -1,0 +1,110 @@
+"""Views of a history: the best result of an entry, training order, the rows of ``nnk history``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from nnkcli.evaluation.options import METHODS
+
+
+def best_accuracy(entry: dict, method: str, metric: str = "top1") -> float | None:
+    """An accuracy (percent) of ``method`` at its best k recorded in an entry, or None.
+
+    ``metric="top1"``: the best top-1; ``metric="top5"``: the top-5 at that same best k.
+    """
+    best = (entry.get("best") or {}).get(method)
+    if not isinstance(best, dict):
+        return None
+    value = best.get(metric)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def best_k(entry: dict, method: str) -> int | None:
+    best = (entry.get("best") or {}).get(method)
+    return best.get("k") if isinstance(best, dict) else None
+
+
+def order_entries(entries: Sequence[dict]) -> list[dict]:
+    """Entries in training order: by step; those without a step after them, by time.
+
+    "Time" is the source file's modification time (when the checkpoint was
+    written), then the evaluation's start, then the line number: sources copied
+    around keep their order as long as at least one of these is meaningful.
+    """
+
+    def key(entry: dict):
+        step = entry.get("step")
+        has_step = isinstance(step, int) and not isinstance(step, bool)
+        return (
+            0 if has_step else 1,
+            step if has_step else 0,
+            str(entry.get("mtime") or ""),
+            str(entry.get("started_at") or ""),
+            entry.get("_line", 0),
+        )
+
+    return sorted(entries, key=key)
+
+
+def entry_methods(entries: Sequence[dict]) -> list[str]:
+    """Methods with a recorded best in any entry, ``nnk`` and ``knn`` first."""
+    seen: list[str] = []
+    for entry in entries:
+        for method in (entry.get("best") or {}):
+            if method not in seen:
+                seen.append(method)
+    preferred = [m for m in METHODS if m in seen]
+    return preferred + sorted(m for m in seen if m not in preferred)
+
+
+def history_rows(entries: Sequence[dict], methods: Sequence[str] | None = None) -> list[dict]:
+    """One row per entry, in training order, for ``nnk history``.
+
+    Each row has ``step``, ``source`` (file name), ``sha256`` (12 digits),
+    ``evaluated_at`` and, per method ``m``: ``m_top1``, ``m_k``, ``m_delta_prev``
+    (change from the previous row that has ``m``) and ``m_delta_best`` (this row
+    minus the best of the whole history, so 0 for the best and negative otherwise),
+    and ``best``: the methods for which this row is the best (first one on ties),
+    space-separated.
+    """
+    ordered = order_entries(entries)
+    methods = list(methods) if methods is not None else entry_methods(ordered)
+    best_index: dict[str, int] = {}
+    best_value: dict[str, float] = {}
+    for i, entry in enumerate(ordered):
+        for m in methods:
+            value = best_accuracy(entry, m)
+            if value is not None and (m not in best_value or value > best_value[m]):
+                best_value[m], best_index[m] = value, i
+    rows = []
+    previous: dict[str, float] = {}
+    for i, entry in enumerate(ordered):
+        row = {
+            "step": entry.get("step"),
+            "source": Path(str(entry.get("source", ""))).name,
+            "sha256": entry["sha256"][:12],
+            "evaluated_at": entry.get("finished_at"),
+        }
+        for m in methods:
+            value = best_accuracy(entry, m)
+            row[f"{m}_top1"] = value
+            ci = ((entry.get("best") or {}).get(m) or {}).get("top1_ci")
+            row[f"{m}_top1_ci"] = ci if isinstance(ci, list) and len(ci) == 2 else None
+            row[f"{m}_k"] = best_k(entry, m) if value is not None else None
+            row[f"{m}_delta_prev"] = value - previous[m] if value is not None and m in previous else None
+            row[f"{m}_delta_best"] = value - best_value[m] if value is not None else None
+            if value is not None:
+                previous[m] = value
+        row["best"] = " ".join(m for m in methods if best_index.get(m) == i)
+        rows.append(row)
+    return rows
+
+
+def describe_entry(entry: dict) -> str:
+    name = Path(str(entry.get("source", "?"))).name
+    step = entry.get("step")
+    return f"{name} (step {step})" if step is not None else name
