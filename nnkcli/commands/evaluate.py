@@ -46,7 +46,7 @@ def outcome_columns(methods) -> list[Column]:
     cols = [Column("source", justify="left"), Column("step"), Column("status", justify="left"),
             Column("sha256", "sha256", justify="left")]
     for m in methods:
-        cols += [Column(f"{m}_top1", f"{m} top-1 %", ".2f"), Column(f"{m}_k", f"{m} k")]
+        cols += [Column(f"{m}_top1", f"{m} top-1 %", ".2f", ci=f"{m}_top1_ci"), Column(f"{m}_k", f"{m} k")]
     cols.append(Column("seconds", "seconds", ".1f"))
     return cols
 
@@ -64,6 +64,7 @@ def outcome_row(outcome, methods) -> dict:
     for m in methods:
         best = (entry.get("best") or {}).get(m) or {}
         row[f"{m}_top1"], row[f"{m}_k"] = best.get("top1"), best.get("k")
+        row[f"{m}_top1_ci"] = best.get("top1_ci")
     return row
 
 

@@ -70,20 +70,21 @@ def test_rerun_is_idempotent_and_says_skipped(runner, run_dir, fake_sweep):
     res = evaluate(runner, "--watch-dir", run_dir, "--history", hist, "--k", "10", "--format", "csv")
     assert res.exit_code == 0, res.stderr
     a, b = run_dir / "epoch_1.h5", run_dir / "epoch_2.h5"
-    header = "source,step,status,sha256,nnk_top1,nnk_k,knn_top1,knn_k,seconds"
+    header = ("source,step,status,sha256,nnk_top1,nnk_top1_ci_low,nnk_top1_ci_high,nnk_k,knn_top1,knn_top1_ci_low,"
+              "knn_top1_ci_high,knn_k,seconds")
     lines = res.stdout.splitlines()
     assert lines[0] == header
     assert [line.rsplit(",", 1)[0] for line in lines[1:]] == [
-        f"epoch_1.h5,1,evaluated,{short_sha(a)},70.0,10,68.0,10",
-        f"epoch_2.h5,2,evaluated,{short_sha(b)},74.0,10,69.0,10",
+        f"epoch_1.h5,1,evaluated,{short_sha(a)},70.0,,,10,68.0,,,10",
+        f"epoch_2.h5,2,evaluated,{short_sha(b)},74.0,,,10,69.0,,,10",
     ]
     before = hist.read_bytes()
     res = evaluate(runner, "--watch-dir", run_dir, "--history", hist, "--k", "10", "--format", "csv")
     assert res.exit_code == 0
     assert res.stdout.splitlines() == [
         header,
-        f"epoch_1.h5,1,skipped: already in history,{short_sha(a)},70.0,10,68.0,10,",
-        f"epoch_2.h5,2,skipped: already in history,{short_sha(b)},74.0,10,69.0,10,",
+        f"epoch_1.h5,1,skipped: already in history,{short_sha(a)},70.0,,,10,68.0,,,10,",
+        f"epoch_2.h5,2,skipped: already in history,{short_sha(b)},74.0,,,10,69.0,,,10,",
     ]
     assert hist.read_bytes() == before and fake_sweep == ["epoch_1.h5", "epoch_2.h5"]
 
