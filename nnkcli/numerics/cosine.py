@@ -20,6 +20,11 @@ costs ``O(k d)`` per query in float64, and the KKT certificate never needs ``G``
    above, checked exactly as ``nnk_solve`` checks it (``theta > 0`` on ``P``,
    ``lambda >= -tol max|g|`` off it, ``|lambda| <= tol max|g|`` on it).
 
+Across k (a sweep), a new neighbour can enter only if its gradient ``g_j - (G theta)_j``
+at the previous k's optimum is positive, an ``O(d)`` check per neighbour; where one is,
+the previous support plus the entering neighbours is tried first (polish + certificate),
+and only where that guess fails does the engine run, warm-started from it.
+
 Float32 only proposes: a query whose polished weights fail the float64 certificate (a
 variable at the edge of the support, where float32 rounding moved the decision) is
 re-solved by ``nnk_solve`` on float64 kernel blocks, warm-started from the candidate,
@@ -40,6 +45,9 @@ from nnkcli.numerics.active_set import _ENTER, g_scale
 from nnkcli.numerics.kernels import kernel_blocks
 
 __all__ = ["cosine_gram32", "cosine_products", "nnk_solve_cosine"]
+
+#: rounds of "solve on the guessed support, drop non-positive weights" before the engine runs (sweeps)
+GUESSES = 3
 
 
 def cosine_gram32(X) -> np.ndarray:
@@ -132,6 +140,21 @@ def nnk_solve_cosine(X, g, k_values, *, tol: float = 1e-8, max_iter: int | None 
             todo = np.flatnonzero(~stays)
             warm = np.zeros((todo.size, k), dtype=bool)
             warm[:, :kp] = prev.theta[todo] > 0
+            warm[:, kp:] = w_new[todo] > _ENTER * tol * gscale[todo, None]
+            if todo.size:
+                # usually the new support is the old one plus the neighbours that want to enter:
+                # check that guess directly in float64; the engine only runs where it is wrong
+                for _ in range(GUESSES):
+                    theta, resid, obj, vt, kept = polish(X, k, todo, gk[todo], warm, tol, kept=True)
+                    right = resid <= tol
+                    hit = todo[right]
+                    res.theta[hit], res.kkt_residual[hit], res.objective[hit] = theta[right], resid[right], obj[right]
+                    v[hit] = vt[right]
+                    # a guess with a non-positive weight: drop those neighbours and try again
+                    pruned = ~right & (kept != warm).any(axis=1)
+                    todo, warm = todo[~right], np.where(pruned[:, None], kept, warm)[~right]
+                    if not pruned.any():
+                        break
         if todo.size:
             if warm is None:  # a leading-block view: the engine reads only the rows it needs
                 cand = nnk_solve(G32[:, :k, :k], gk, tol=tol, max_iter=max_iter)
@@ -168,7 +191,7 @@ def _products(X, lo, hi, rows, v) -> np.ndarray:
     return out
 
 
-def polish(X, k, rows, g, support, tol):
+def polish(X, k, rows, g, support, tol, kept=False):
     """Float64 weights on given supports and their float64 certificate.
 
     Parameters
@@ -179,7 +202,8 @@ def polish(X, k, rows, g, support, tol):
 
     Returns
     -------
-    theta (B, k), kkt_residual (B,), objective (B,), v = X^T theta (B, d), all float64.
+    theta (B, k), kkt_residual (B,), objective (B,), v = X^T theta (B, d), all float64;
+    with ``kept=True`` also (B, k) bool: the support's entries whose solved weight is positive.
     ``kkt_residual`` is ``inf`` where the support's solution is not positive or misses
     the engine's own stopping rule (``_ENTER * tol``, tighter than the certificate).
     """
@@ -188,6 +212,7 @@ def polish(X, k, rows, g, support, tol):
     theta = np.zeros((B, k))
     v = np.zeros((B, d))
     positive = np.ones(B, dtype=bool)
+    keep = support.copy()
     size = support.sum(axis=1)
     for t in np.unique(size):
         if t == 0:
@@ -213,6 +238,10 @@ def polish(X, k, rows, g, support, tol):
                     pass
         ok = np.all(z > 0, axis=1) & np.isfinite(z).all(axis=1)
         positive[b] = ok
+        if kept:
+            part = keep[b]
+            np.put_along_axis(part, idx, np.isfinite(z) & (z > 0), 1)
+            keep[b] = part
         z = np.where(ok[:, None], z, 0.0)
         part = theta[b]
         np.put_along_axis(part, idx, z, 1)
@@ -226,4 +255,6 @@ def polish(X, k, rows, g, support, tol):
     # an ill-conditioned query would then be off by more than the engine's
     resid[~(positive & (resid <= _ENTER * tol))] = np.inf
     objective = 0.5 * np.einsum("bk,bk->b", theta, lam) - 0.5 * np.einsum("bk,bk->b", theta, g)
+    if kept:
+        return theta, resid, objective, v, keep
     return theta, resid, objective, v
