@@ -249,7 +249,31 @@ def main(argv: list[str] | None = None) -> None:
             click.echo(f"Error: cannot write the results to standard output: {exc.strerror}", err=True)
             code = int(ExitCode.DATA_ERROR)
     _exit_on_late_signals()
-    sys.exit(code)
+    if argv is None:  # the process's own command line (the nnk script, python -m nnkcli)
+        _finish(code)
+    sys.exit(code)  # called from Python with arguments: a normal SystemExit
+
+
+def _finish(code: int) -> None:
+    """Exit with ``code`` without the interpreter's own shut-down.
+
+    Python restores the default signal handlers while it finalizes, so a Ctrl-C in
+    that window killed the process (-2), or surfaced as ``Exception ignored ...
+    KeyboardInterrupt`` with exit 0. Every output is complete and closed by now, so
+    the exit handlers libraries registered are run here, the standard streams are
+    flushed, and the process ends at once; a signal meanwhile exits 130/143/129.
+    """
+    import atexit
+    import logging
+
+    try:
+        atexit._run_exitfuncs()
+        logging.shutdown()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with _suppress_os_errors():
+                stream.flush()
+        os._exit(code)
 
 
 def run(argv: list[str] | None = None) -> int:
