@@ -88,3 +88,9 @@ def test_shard_needs_an_output_and_a_valid_spec(store):
     for bad in ("3/3", "1/0", "x", (2, 1)):
         with pytest.raises(OptionError):
             classify(store, k=4, shard=bad)
+
+
+def test_sweep_out_without_shard_is_one_whole_part(store, tmp_path):
+    doc = sweep(store, k_values=[3, 6], partial_path=tmp_path / "all.h5").document
+    assert doc["partial_path"] == str(tmp_path / "all.h5")
+    assert _strip(merge_parts([tmp_path / "all.h5"])) == _strip(doc)
