@@ -163,3 +163,33 @@ def test_one_million_queries_take_about_125_kb():
     bits = np.random.default_rng(0).random(1_280_000) < 0.8
     data = sidecar.encode(sidecar.Hits(sidecar.query_identity(np.zeros(3)), {"nnk": (50, bits)}))
     assert len(data) < 165_000  # 1.28 M bits = 160 KB, compressed a little
+
+
+def test_sigkill_at_any_moment_leaves_lines_and_sidecar_files_consistent(tmp_path):
+    """Real kills at spread-out moments: every line's sidecar file exists and matches, none is torn."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    s = store(tmp_path / "ckpt_1.h5", train_noise=1.0)
+    hist = tmp_path / "h.jsonl"
+    cmd = [sys.executable, "-m", "nnkcli", "evaluate", str(s), "--history", str(hist), "--k", "5,10", "--method",
+           "nnk", "--force", "-qq"]
+    for delay in (0.4, 0.9, 1.3, 1.7, 2.2, 3.0):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        hist_now = read_history(hist) if hist.exists() else None
+        if hist_now is not None:
+            assert not hist_now.malformed
+            for entry in hist_now.entries:  # no reference to a missing, torn or other file
+                assert sidecar.read(hist, entry["hits"]).by_method["nnk"][1].size == 300
+        folder = tmp_path / "h.jsonl.d"
+        for f in folder.glob("*.hits") if folder.exists() else ():
+            sidecar.decode(f.read_bytes(), str(f))  # every complete-named file is whole
+    assert subprocess.run(cmd, env=os.environ.copy()).returncode == 0
+    entries = read_history(hist).entries
+    assert entries and all(sidecar.read(hist, e["hits"]) is not None for e in entries)
