@@ -58,10 +58,10 @@ def make_store(path: Path, n_train: int, n_query: int, dim: int, n_classes: int,
 
     Each class has 4 Gaussian modes in a 32-d latent space (classes overlap there),
     mapped to ``dim`` dimensions by a random two-layer tanh map, plus weak isotropic
-    noise. Like self-supervised features, neighbourhoods are low-dimensional; plain
-    isotropic high-dimensional noise would instead make all neighbours nearly
+    noise. Like self-supervised features, neighborhoods are low-dimensional; plain
+    isotropic high-dimensional noise would instead make all neighbors nearly
     orthogonal, which no real feature extractor produces (and which makes NNK keep
-    most neighbours instead of the ~10-25 it keeps on real features).
+    most neighbors instead of the ~10-25 it keeps on real features).
     """
     from nnkcli.storage.store import write_split
 

@@ -4,15 +4,15 @@ Problems come from Fashion-MNIST (the IDX files Debian's dataset package install
 /usr/share/datasets/fashion-mnist, or --data DIR): rows L2-normalised, as raw pixels
 (d = 784) and projected on their first 128 principal components (d = 128, renormalised);
 test images are the queries, their k nearest training images (brute-force cosine) the
-neighbours, cosine kernel. For each d and k = 20, 50, 200, both sides solve the same
+neighbors, cosine kernel. For each d and k = 20, 50, 200, both sides solve the same
 queries in the same run (best of --repeats, interleaved):
 
   solver      G and g given (built beforehand).  ours: nnk_solve(G, g).  scipy: per query,
               Cholesky of G (eigendecomposition when G is singular: k > d + 1), a
               triangular solve, nnls on the equivalent least-squares problem.
-  end-to-end  features given.  ours: nnk_weights(query, neighbours), i.e. kernel blocks
+  end-to-end  features given.  ours: nnk_weights(query, neighbors), i.e. kernel blocks
               + solve.  scipy: per query, the Gram matrix, then as above.
-  stage       the NNK stage of classify: neighbour vectors and similarities given, G not.
+  stage       the NNK stage of classify: neighbor vectors and similarities given, G not.
               ours: nnk_solve_cosine (float32 candidates, float64 polish and certificate).
               paper: the NNK paper's per-query loop, written from its description
               (float32 Gram; Cholesky solves on the kept set, dropping weights below 1e-10,
@@ -84,7 +84,7 @@ def feature_sets(data: Path, n_query: int) -> dict[int, tuple[np.ndarray, np.nda
     }
 
 
-def neighbours(train: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+def neighbors(train: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
     """Indices (n_query, k) of each query's k most cosine-similar training rows, nearest first."""
     out = np.empty((len(query), k), dtype=np.int64)
     for lo in range(0, len(query), 500):
@@ -111,7 +111,7 @@ def scipy_one(G: np.ndarray, g: np.ndarray) -> np.ndarray:
 def paper_one(q: np.ndarray, X: np.ndarray) -> np.ndarray:
     """The NNK paper's per-query solver, written from its description (float32 throughout).
 
-    Gram matrix and kernel vector in float32; start from all neighbours; solve the
+    Gram matrix and kernel vector in float32; start from all neighbors; solve the
     kept set's system by Cholesky, drop every weight at or below 1e-10, and repeat until
     nothing is dropped (at most 50 k passes); weights below 1e-10 are zero. Where the
     factorisation fails (singular G: k > d + 1, duplicates; 1e-10 on the diagonal, the
@@ -202,7 +202,7 @@ def main() -> None:
     t0 = time.perf_counter()
     sets = feature_sets(a.data, n_query)
     print(f"# Fashion-MNIST: {len(sets[784][0])} train rows, {n_query} queries per row, best of {repeats} "
-          f"(features and neighbours ready in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+          f"(features and neighbors ready in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     rows = []
     header = (f"{'k':>4} {'d':>4} {'queries':>7} | {'nnk_solve q/s':>13} {'scipy q/s':>9} {'ratio':>6} "
               f"{'peak MiB':>8} {'KKT ours':>8} {'KKT scipy':>9} | {'e2e ours':>8} {'e2e scipy':>9} {'ratio':>6} | "
@@ -210,7 +210,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for d, (train, query) in sets.items():
-        nbr = neighbours(train, query, max(KS))
+        nbr = neighbors(train, query, max(KS))
         for k in KS:
             X = train[nbr[:, :k]]  # (n, k, d) float32
             G, g = kernel_blocks(query, X)

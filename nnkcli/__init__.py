@@ -35,7 +35,7 @@ _EXPORTS = {
     "ScoringOptions": "nnkcli.evaluation.options",
     "DataOptions": "nnkcli.evaluation.options",
     "write_split": "nnkcli.storage.store",
-    "SplitWriter": "nnkcli.storage.store",
+    "SplitWriter": "nnkcli.storage.split_writer",
     "kernel_blocks": "nnkcli.numerics.solver",
     "NnkResult": "nnkcli.numerics.solver",
     "evaluate_sources": "nnkcli.tracking.runner",

@@ -18,6 +18,7 @@ import sys
 
 try:  # a Ctrl-C while the modules load is an interrupt too, not a traceback
     import importlib
+    import inspect
     import traceback
 
     import click
@@ -109,6 +110,22 @@ def get_ui(ctx: click.Context | None = None) -> Ui:
     return ui
 
 
+def examples_after_options(command: click.Command) -> click.Command:
+    """Every help page reads the same way: the summary, the options, then the examples.
+
+    A command's docstring may end with an ``Examples:`` block (so the source reads well);
+    it is moved into the epilog, which click prints after the options.
+    """
+    marker = "\b\nExamples:"
+    help_text = inspect.cleandoc(command.help or "")
+    at = help_text.find(marker)
+    if at >= 0:
+        examples = help_text[at:].rstrip()
+        command.help = help_text[:at].rstrip()
+        command.epilog = examples + ("\n\n" + command.epilog if command.epilog else "")
+    return command
+
+
 class NnkGroup(click.Group):
     """Lazily imported subcommands and the single exception -> exit code mapping."""
 
@@ -120,7 +137,7 @@ class NnkGroup(click.Group):
         if target is None:
             return None
         module, attr = target.split(":")
-        return getattr(importlib.import_module(module), attr)
+        return examples_after_options(getattr(importlib.import_module(module), attr))
 
     def invoke(self, ctx):
         try:

@@ -82,10 +82,9 @@ else:
 
 def _as_array(values):
     """Torch tensors become numpy once (without importing torch); anything else passes through."""
-    if hasattr(values, "detach") and hasattr(values, "cpu"):
-        tensor = values.detach().cpu()
-        return (tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor).numpy()
-    return values
+    from nnkcli.storage.checks import tensor_to_numpy
+
+    return tensor_to_numpy(values)
 
 
 def _numpy_validate(X, y=None, n_features: int | None = None, name: str = "estimator"):

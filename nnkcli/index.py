@@ -216,7 +216,7 @@ def build_index(
         if progress is not None:
             progress(len(chunk))
     if params.index_type == "ivf":
-        index.make_direct_map()  # so neighbour vectors can be reconstructed for NNK
+        index.make_direct_map()  # so neighbor vectors can be reconstructed for NNK
     return NnkIndex(index=index, fingerprint=Fingerprint.of_split(split, store_path), params=params)
 
 

@@ -25,6 +25,8 @@ from nnkcli.evaluation.options import (
     DEFAULT_K,
     DEFAULT_K_SPEC,
     K_SPEC_HELP,
+    BACKENDS,
+    DEVICES,
     METHOD_CHOICES,
     METHODS,
     DataOptions,
@@ -118,8 +120,6 @@ def scoring_options(*, single_k: bool = False, k_default: str | None = None, met
     leaves out ``--device``/``--fp16`` (``evaluate``, whose model options already have them:
     there the search uses the extraction's device).
     """
-    from nnkcli.evaluation.torch_backend import BACKENDS, DEVICES
-
     S = ScoringOptions
     k_opt = k_option(single=single_k, default=k_default)
     if k_help is not None:
@@ -303,7 +303,7 @@ def _transform_check(field: str):
 
 def model_options(f):
     """The model, its checkpoint handling and its evaluation transform (``MODEL_PARAMS``)."""
-    from nnkcli.extract.images import DEVICES, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, EvalTransform
+    from nnkcli.extract.images import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, EvalTransform
 
     def rgb(values):
         return ",".join(f"{v:g}" for v in values)
@@ -351,3 +351,20 @@ def given_on_command_line(ctx: click.Context, names) -> dict:
         if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
             given[name] = ctx.params[name]
     return given
+
+
+def _plot_suffix(ctx, param, value):
+    from pathlib import Path
+
+    from nnkcli.plots import PLOT_SUFFIXES
+
+    if value is not None and Path(value).suffix.lower() not in PLOT_SUFFIXES:
+        raise click.BadParameter(f"unknown file type {Path(value).suffix or '(none)'!r} (got {str(value)!r}); "
+                                 f"use a {', '.join(PLOT_SUFFIXES[:-1])} or {PLOT_SUFFIXES[-1]} file name")
+    return value
+
+
+def plot_option(dest: str, help: str, path_type=None):
+    """``--plot FILE`` (.png, .svg or .pdf, checked while parsing)."""
+    return click.option("--plot", dest, type=click.Path(dir_okay=False, path_type=path_type), default=None,
+                        metavar="FILE", callback=_plot_suffix, help=help)

@@ -18,7 +18,7 @@ from nnkcli.output import Column, render
 @gate_options
 @click.option("--per-class", is_flag=True, help="Add per-class top-1 accuracy.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
-              help="Write per-query neighbours, scores, top-5 and NNK weights to this HDF5 file "
+              help="Write per-query neighbors, scores, top-5 and NNK weights to this HDF5 file "
                    "(with --shard: the shard's partial result file for 'nnk merge').")
 @command_options
 def classify(store, scoring, data, shard, per_class, out, min_top1, min_top5, gate_method, fmt):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from nnkcli.commands._options import plot_option
 from nnkcli.cli import command_options, get_ui
 from nnkcli.output import Column, render
 
@@ -46,8 +47,8 @@ Malformed lines are reported on stderr with their line number and skipped.
 
 @click.command(epilog=EPILOG)
 @click.argument("history_path", metavar="HISTORY", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also draw top-1 over checkpoints for each method (.png, .svg or .pdf; needs matplotlib).")
+@plot_option("plot_path", "Also draw top-1 over checkpoints for each method (.png, .svg or .pdf; needs the "
+                         "plot extra).", path_type=Path)
 @click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               metavar="DIR", help="Also write best top-1/top-5/k per method against the step as TensorBoard "
                                   "scalars (needs the tensorboard extra).")
@@ -90,7 +91,7 @@ def history(ctx, history_path, plot_path, tensorboard_dir, list_params, param_se
     methods = entry_methods(hist.entries)
     rows = history_rows(hist.entries, methods)
     if plot_path is not None:
-        from nnkcli.history_plot import plot_history
+        from nnkcli.plots import plot_history
 
         plot_history(rows, plot_path, methods=methods, title=history_path.name)
         logger.info(f"plot written to {plot_path}")

@@ -28,7 +28,7 @@ def merge(parts, out, min_top1, min_top5, gate_method, fmt):
       nnk merge part-*.h5
       nnk merge part-*.h5 --out all.h5 --format json --min-top1 70
     """
-    from nnkcli.evaluation.partials import merge_parts
+    from nnkcli.evaluation.merging import merge_parts
     from nnkcli.numerics.metrics import check_gates
 
     get_ui()

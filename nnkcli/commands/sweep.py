@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from nnkcli.cli import command_options, get_ui
-from nnkcli.commands._options import check_gate_method, data_options, gate_options, scoring_options, shard_option
+from nnkcli.commands._options import check_gate_method, data_options, gate_options, plot_option, scoring_options, shard_option
 from nnkcli.output import Column, render
 
 
@@ -18,8 +18,7 @@ from nnkcli.output import Column, render
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None, metavar="PART.h5",
               help="Write the per-query predictions at every k as a partial result file for 'nnk merge' "
                    "(needed with --shard).")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None,
-              help="Also draw top-1 vs k to this .png/.svg/.pdf (needs the plot extra).")
+@plot_option("plot", "Also draw top-1 vs k to this .png/.svg/.pdf (needs the plot extra).")
 @click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Also write top-1/top-5 vs k (run DIR/sweep_step_N) and the best k at step N as TensorBoard "
                    "scalars (needs the tensorboard extra and --step).")
@@ -27,10 +26,10 @@ from nnkcli.output import Column, render
               help="Training step (epoch) of these features, for --tensorboard.")
 @command_options
 def sweep(store, scoring, data, shard, out, plot, tensorboard_dir, step, min_top1, min_top5, gate_method, fmt):
-    """Top-1/top-5 of NNK and weighted kNN for many k, from one neighbour search.
+    """Top-1/top-5 of NNK and weighted kNN for many k, from one neighbor search.
 
     Each query chunk is searched once at the largest k; smaller k use the leading
-    neighbours, so a 20-value sweep costs about one classify at the largest k.
+    neighbors, so a 20-value sweep costs about one classify at the largest k.
     The best k of each method is marked *, and every k whose top-1 is not
     significantly below the best's (McNemar's exact test on the same queries,
     p >= --alpha) is marked ~; --min-top1/--min-top5 gate the best k.

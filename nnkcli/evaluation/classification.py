@@ -25,13 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from nnkcli.errors import InputError
-from nnkcli.evaluation.options import DEFAULT_K, DataOptions, ScoringOptions, resolve
+from nnkcli.evaluation.options import CHUNK_MEMORY_BUDGET, DEFAULT_K, DataOptions, ScoringOptions, resolve
 from nnkcli.numerics.metrics import Accumulator
 from nnkcli.numerics.scores import TOP
 
 logger = logging.getLogger("nnkcli")
 
-CHUNK_MEMORY_BUDGET = 512 * 2**20
 #: a search block's ids, distances and queries stay within this (a few MiB at k = 200)
 SEARCH_IDS_BUDGET = 64 * 2**20
 
@@ -307,11 +306,11 @@ def score_chunk(
     if "nnk" in opts.methods:
         t0 = time.perf_counter()
         if opts.kernel == "cosine":
-            # k-independent kernel: every k solved from the leading neighbours of one search,
+            # k-independent kernel: every k solved from the leading neighbors of one search,
             # float32 candidates, float64 polish and certificate (nnkcli.numerics.cosine)
             g = 0.5 * (1.0 + finite_sims)
             Xc = X
-            if missing.any():  # an absent neighbour: zero vector and g = 0, so theta = 0
+            if missing.any():  # an absent neighbor: zero vector and g = 0, so theta = 0
                 Xc = np.where(missing[:, :, None], np.float32(0.0), X)
                 g[missing] = 0.0
             path = nnk_solve_cosine(Xc, g, k_values, tol=opts.tol)
@@ -332,7 +331,7 @@ def score_chunk(
 
 
 def _mask_missing(G: np.ndarray, g: np.ndarray, missing: np.ndarray) -> None:
-    """Neighbours an approximate index did not return get K = identity row, g = 0, hence theta = 0."""
+    """Neighbors an approximate index did not return get K = identity row, g = 0, hence theta = 0."""
     if not missing.any():
         return
     b, j = np.nonzero(missing)

@@ -5,7 +5,7 @@ same set-up built from arrays (numpy, or torch tensors converted once), so the s
 ``evaluate_chunks`` / ``score_chunk`` code scores queries in a training loop, a notebook or a
 scikit-learn estimator without writing an HDF5 file first. The train vectors are
 L2-normalised into an in-memory flat (exact) index, exactly as ``nnk classify`` builds
-one when no saved index exists, so both paths give the same neighbours and scores.
+one when no saved index exists, so both paths give the same neighbors and scores.
 """
 
 from __future__ import annotations
@@ -15,18 +15,14 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from nnkcli.errors import InputError
+from nnkcli.storage.checks import tensor_to_numpy
 from nnkcli.evaluation.classification import Evaluation
 
 
 def to_numpy(values, what: str) -> np.ndarray:
     """A numpy array from an array-like or a torch tensor (moved to the CPU once, no torch import)."""
-    if hasattr(values, "detach") and hasattr(values, "cpu"):
-        tensor = values.detach().cpu()
-        if str(tensor.dtype) == "torch.bfloat16":
-            tensor = tensor.float()
-        return tensor.numpy()
     try:
-        return np.asarray(values)
+        return np.asarray(tensor_to_numpy(values))
     except (TypeError, ValueError) as exc:
         raise InputError(f"{what} cannot be read as an array: {exc}") from None
 

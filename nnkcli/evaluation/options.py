@@ -43,8 +43,13 @@ from nnkcli.errors import InputError, OptionError
 from nnkcli.storage.checks import check_split_name
 from nnkcli.numerics.kernels import KERNELS
 from nnkcli.numerics.scores import WEIGHTINGS
-from nnkcli.evaluation.torch_backend import BACKENDS, DEVICES
 
+#: neighbor search back ends (``evaluation.search``/``evaluation.torch_backend``) and their devices;
+#: the devices are also those of the model extractor (``extract --device``)
+BACKENDS = ("faiss", "torch")
+DEVICES = ("auto", "cpu", "cuda")
+#: working memory of one query chunk (see ``evaluation.classification``)
+CHUNK_MEMORY_BUDGET = 512 * 2**20
 #: the classifiers; ``"both"`` on the command line means all of them
 METHODS = ("nnk", "knn")
 METHOD_ALIASES = {"both": METHODS}

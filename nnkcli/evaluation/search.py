@@ -167,7 +167,7 @@ class ShardedSearcher:
         Sharding is chosen to bound memory, so the chunk (whose neighbor vectors the shard
         merge holds about three times) is kept small beside one shard.
         """
-        from nnkcli.evaluation.classification import CHUNK_MEMORY_BUDGET
+        from nnkcli.evaluation.options import CHUNK_MEMORY_BUDGET
         from nnkcli.shards import bytes_per_row
 
         rows = max(s["stop"] - s["start"] for s in self.manifest.shards)

@@ -1,7 +1,7 @@
 """Accuracy versus k for NNK and weighted kNN from one search per query chunk.
 
 Each chunk is searched once at max(k); every smaller k uses the leading (most
-similar) neighbours of that search. For NNK with the cosine kernel the kernel
+similar) neighbors of that search. For NNK with the cosine kernel the kernel
 block of every k is the leading block of the one built at max(k), and each k's
 solve is warm-started from the previous k's support. The result at each k is
 exactly what ``classify`` gives at that k (the same code computes both).

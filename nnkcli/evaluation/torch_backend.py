@@ -30,11 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from nnkcli.errors import InputError, MissingDependencyError
+from nnkcli.evaluation.options import BACKENDS, DEVICES  # noqa: F401  (re-exported: the backend's choices)
 
 logger = logging.getLogger("nnkcli")
 
-BACKENDS = ("faiss", "torch")
-DEVICES = ("auto", "cpu", "cuda")
 #: train rows multiplied per step (bounds the (chunk x block) similarity matrix)
 BLOCK_ROWS = 65536
 

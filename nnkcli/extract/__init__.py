@@ -11,13 +11,12 @@ nothing here imports torch at module level.
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from nnkcli.errors import InputError, MissingDependencyError
+from nnkcli.extract.common import _VISSL_FILE, ImportedFeatures, as_numpy, check_input_path  # shared API
 
 FORMATS = ("npy", "npz", "dino", "vissl", "lightly", "safetensors", "parquet", "embedding-reader")
 # formats whose features/labels are named by --features-key/--labels-key
@@ -33,45 +32,6 @@ def require_torch(what: str) -> None:
         import torch  # noqa: F401
     except ImportError:
         raise MissingDependencyError(what, "torch") from None
-_VISSL_FILE = re.compile(r"^(rank\d+(?:_chunk\d+)?)_([A-Za-z0-9]+)_(.+)_features\.npy$")
-
-
-@dataclass
-class ImportedFeatures:
-    """Features read from some source, not yet stored.
-
-    Attributes
-    ----------
-    features : array-like, shape (n, d)
-        Sliceable by rows; usually read from the file block by block, so nothing is loaded yet.
-    labels : array-like, shape (n,), or None
-        Raw labels (integers or strings), mapped to class ids when stored.
-    ids : list of str, or None
-        Sample ids (VISSL dataset indices ...).
-    class_names : list of str, or None
-        Names for integer labels, when the source has them.
-    source : str
-        Provenance string stored in the split's ``source`` attribute.
-    attrs : dict
-        More provenance pairs (``source_format``, ``vissl_layer`` ...).
-    """
-
-    features: object
-    labels: object = None
-    ids: list[str] | None = None
-    class_names: list[str] | None = None
-    source: str = ""
-    attrs: dict = field(default_factory=dict)
-
-
-def check_input_path(path: str | os.PathLike, what: str = "input", option: str = "--from") -> Path:
-    """``path`` as a Path if it exists and is readable; InputError otherwise."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} not found: {path}", hint=f"check the {option} path")
-    if not os.access(path, os.R_OK):
-        raise InputError(f"cannot read {path}: permission denied", hint="check the file's permissions")
-    return path
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -202,8 +162,6 @@ def load_features(
         imported = load_vissl(path, split=split, layer=layer, allow_gaps=allow_gaps)
 
     if labels_path is not None:
-        from nnkcli.extract.arrays import read_labels
-
         imported.labels = read_labels(labels_path, key=labels_key)
         imported.attrs["labels_source"] = str(Path(labels_path).resolve())
     if class_names_path is not None:
@@ -236,11 +194,52 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def as_numpy(values) -> np.ndarray:
-    """A numpy view of a torch tensor or an array-like (bfloat16 tensors become float32)."""
-    if hasattr(values, "detach") and hasattr(values, "cpu"):
-        tensor = values.detach().cpu()
-        if str(tensor.dtype) == "torch.bfloat16":
-            tensor = tensor.float()
-        return tensor.numpy()
-    return np.asarray(values)
+def read_labels(path: str | os.PathLike, *, key: str | None = None) -> np.ndarray:
+    """Labels from ``.npy``, ``.npz`` (``key``, default ``labels``), ``.pth`` or a text file.
+
+    Text files hold one label per line (integers or names; blank lines are refused,
+    so line numbers stay row numbers). Returns a 1-D array of integers or strings.
+    """
+    from nnkcli.extract.arrays import load_npy, open_npz_member
+
+    path = check_input_path(path, "labels file", "--labels")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a labels file", hint="give a .npy, .npz, .txt or .pth labels file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return load_npy(path, what="labels")
+    if suffix == ".npz":
+        return np.asarray(open_npz_member(path, key or "labels", "labels", "--labels-key"))
+    if suffix in (".pth", ".pt"):
+        from nnkcli.extract.dino import load_tensor
+
+        return as_numpy(load_tensor(path, "labels"))
+    if suffix in (".txt", ".csv", ".tsv", ".labels", ""):
+        return _read_text_labels(path)
+    raise InputError(f"unsupported labels file {path}", hint="give labels as .npy, .npz, .txt (one per line) or .pth")
+
+
+def _read_text_labels(path: Path) -> np.ndarray:
+    try:
+        lines = path.read_text("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read labels from {path}: {exc}",
+                         hint="a text labels file is utf-8, one label per line") from exc
+    values = [line.strip() for line in lines]
+    while values and values[-1] == "":
+        values.pop()
+    if "" in values:
+        raise InputError(
+            f"{path} has an empty line (line {values.index('') + 1})",
+            hint="one label per line; write -1 for an unlabelled row",
+        )
+    try:
+        return np.array([int(v) for v in values], dtype=np.int64)
+    except ValueError:
+        pass
+    try:
+        # every line a number but not all integers ("1.5", "2.0"): numbers, checked as a .npy of
+        # floats would be (integer values accepted, 1.5 refused), never silently class names
+        return np.array([float(v) for v in values], dtype=np.float64)
+    except ValueError:
+        return np.array(values, dtype=str)

@@ -22,59 +22,11 @@ import numpy as np
 
 from nnkcli.storage.checks import check_feature_array
 from nnkcli.errors import InputError
-from nnkcli.extract import ImportedFeatures, as_numpy, check_input_path
+from nnkcli.extract.common import FileRows, ImportedFeatures
 
 logger = logging.getLogger("nnkcli")
 
 _ZIP_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # 30 bytes; name and extra lengths last
-
-
-class FileRows:
-    """A C-ordered array stored raw at ``offset`` in a file, read by row slices.
-
-    Parameters
-    ----------
-    path : Path
-    offset : int
-        Byte offset of the first element.
-    shape : tuple of int
-        The array's shape; rows are the first axis.
-    dtype : np.dtype
-
-    ``rows[a:b]`` returns a numpy array of shape (b - a, *shape[1:]); ``np.asarray(rows)``
-    reads everything (for small arrays and tests).
-    """
-
-    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype):
-        self.path, self.offset, self.shape, self.dtype = Path(path), int(offset), tuple(shape), np.dtype(dtype)
-        self.ndim = len(self.shape)
-        self._row_items = int(np.prod(self.shape[1:], dtype=np.int64)) if self.ndim > 1 else 1
-
-    def __len__(self) -> int:
-        return self.shape[0] if self.shape else 0
-
-    def __repr__(self) -> str:
-        return f"<FileRows {self.path.name}: {self.shape} {self.dtype}>"
-
-    def __getitem__(self, index) -> np.ndarray:
-        if not isinstance(index, slice) or index.step not in (None, 1):
-            raise TypeError("FileRows supports contiguous row slices only")
-        start, stop, _ = index.indices(len(self))
-        rows = max(0, stop - start)
-        with open(self.path, "rb") as fh:
-            fh.seek(self.offset + start * self._row_items * self.dtype.itemsize)
-            data = np.fromfile(fh, dtype=self.dtype, count=rows * self._row_items)
-        if data.size != rows * self._row_items:
-            raise InputError(f"{self.path} is truncated", hint="the file is shorter than its header says")
-        return data.reshape((rows,) + self.shape[1:])
-
-    def __array__(self, dtype=None, copy=None):
-        data = self[:]
-        return data if dtype is None else data.astype(dtype)
-
-    def flat_rows(self) -> FileRows:
-        """The same data seen as (n, prod(shape[1:])) rows."""
-        return FileRows(self.path, self.offset, (self.shape[0], self._row_items), self.dtype)
 
 
 def _read_npy_header(fh) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -211,50 +163,3 @@ def load_arrays(
     )
 
 
-def read_labels(path: str | os.PathLike, *, key: str | None = None) -> np.ndarray:
-    """Labels from ``.npy``, ``.npz`` (``key``, default ``labels``), ``.pth`` or a text file.
-
-    Text files hold one label per line (integers or names; blank lines are refused,
-    so line numbers stay row numbers). Returns a 1-D array of integers or strings.
-    """
-    path = check_input_path(path, "labels file", "--labels")
-    if path.is_dir():
-        raise InputError(f"{path} is a folder, not a labels file", hint="give a .npy, .npz, .txt or .pth labels file")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return load_npy(path, what="labels")
-    if suffix == ".npz":
-        return np.asarray(open_npz_member(path, key or "labels", "labels", "--labels-key"))
-    if suffix in (".pth", ".pt"):
-        from nnkcli.extract.dino import load_tensor
-
-        return as_numpy(load_tensor(path, "labels"))
-    if suffix in (".txt", ".csv", ".tsv", ".labels", ""):
-        return _read_text_labels(path)
-    raise InputError(f"unsupported labels file {path}", hint="give labels as .npy, .npz, .txt (one per line) or .pth")
-
-
-def _read_text_labels(path: Path) -> np.ndarray:
-    try:
-        lines = path.read_text("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read labels from {path}: {exc}",
-                         hint="a text labels file is utf-8, one label per line") from exc
-    values = [line.strip() for line in lines]
-    while values and values[-1] == "":
-        values.pop()
-    if "" in values:
-        raise InputError(
-            f"{path} has an empty line (line {values.index('') + 1})",
-            hint="one label per line; write -1 for an unlabelled row",
-        )
-    try:
-        return np.array([int(v) for v in values], dtype=np.int64)
-    except ValueError:
-        pass
-    try:
-        # every line a number but not all integers ("1.5", "2.0"): numbers, checked as a .npy of
-        # floats would be (integer values accepted, 1.5 refused), never silently class names
-        return np.array([float(v) for v in values], dtype=np.float64)
-    except ValueError:
-        return np.array(values, dtype=str)

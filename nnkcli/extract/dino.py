@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from nnkcli.errors import InputError, MissingDependencyError
-from nnkcli.extract import ImportedFeatures, as_numpy
+from nnkcli.extract.common import ImportedFeatures, as_numpy
 
 logger = logging.getLogger("nnkcli")
 
@@ -77,7 +77,7 @@ def file_rows_of(path: Path, tensor):
     """
     import zipfile
 
-    from nnkcli.extract.arrays import FileRows
+    from nnkcli.extract.common import FileRows
 
     if tensor.ndim != 2 or not tensor.is_contiguous():
         return None

@@ -27,7 +27,6 @@ from nnkcli.storage.labels import map_labels
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 INTERPOLATIONS = ("bicubic", "bilinear")
-DEVICES = ("auto", "cpu", "cuda")  # what --device accepts (torch_extract.resolve_device also takes cuda:N)
 
 #: ImageNet statistics, the normalisation every standard SSL evaluation uses.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

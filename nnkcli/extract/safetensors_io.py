@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from nnkcli.errors import InputError, MissingDependencyError
-from nnkcli.extract import ImportedFeatures
+from nnkcli.extract.common import ImportedFeatures
 
 logger = logging.getLogger("nnkcli")
 

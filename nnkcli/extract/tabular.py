@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from nnkcli.errors import InputError, MissingDependencyError
-from nnkcli.extract import ImportedFeatures
+from nnkcli.extract.common import ImportedFeatures
 
 _CSV_STRIDE = 4096  # lines between remembered byte offsets
 _EMBEDDING_COLUMN = re.compile(r"^embedding_(\d+)$")

@@ -1,7 +1,7 @@
 """Extract features from images with a torch model into a feature store.
 
 The model runs in ``eval()`` mode under ``torch.inference_mode()``; batches stream
-into a resumable :class:`nnkcli.storage.store.SplitWriter`, so memory stays about one batch
+into a resumable :class:`nnkcli.storage.split_writer.SplitWriter`, so memory stays about one batch
 and the split appears in the store only once every image is done. A killed run
 leaves its rows in the writer's partial folder; ``resume=True`` skips them (the
 sample order is deterministic) and continues.

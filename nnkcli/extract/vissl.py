@@ -26,7 +26,7 @@ import numpy as np
 
 from nnkcli.storage.checks import check_feature_array
 from nnkcli.errors import InputError
-from nnkcli.extract import _VISSL_FILE, ImportedFeatures
+from nnkcli.extract.common import _VISSL_FILE, ImportedFeatures
 from nnkcli.extract.arrays import FileRows, load_npy, open_npy
 
 logger = logging.getLogger("nnkcli")

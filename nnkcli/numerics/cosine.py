@@ -1,6 +1,6 @@
 """The NNK problem of the cosine kernel, solved from its structure (pure numpy).
 
-For neighbours ``x_1 .. x_k`` (the rows of ``X``, unit length) the cosine kernel is
+For neighbors ``x_1 .. x_k`` (the rows of ``X``, unit length) the cosine kernel is
 ``G = 1/2 (1 1^T + X X^T)``, so
 
     G theta = 1/2 (sum(theta) 1 + X (X^T theta))
@@ -51,7 +51,7 @@ GUESSES = 3
 
 
 def cosine_gram32(X) -> np.ndarray:
-    """Float32 kernel blocks ``1/2 (1 + X X^T)``, shape (B, k, k), of neighbours ``X`` (B, k, d).
+    """Float32 kernel blocks ``1/2 (1 + X X^T)``, shape (B, k, k), of neighbors ``X`` (B, k, d).
 
     One float32 matrix product per query (numpy's stacked matmul). Measured here, the
     whole block this way costs about a third of computing only the ~25 rows the
@@ -66,7 +66,7 @@ def cosine_gram32(X) -> np.ndarray:
 
 
 def cosine_products(X, theta) -> np.ndarray:
-    """``G theta`` (B, k) float64 for the cosine kernel of neighbours ``X`` (B, k, d), without ``G``.
+    """``G theta`` (B, k) float64 for the cosine kernel of neighbors ``X`` (B, k, d), without ``G``.
 
     ``1/2 (sum(theta) + X (X^T theta))`` with float64 accumulation; float32 ``X`` is
     not copied to float64 (the products are widened as they are summed).
@@ -77,7 +77,7 @@ def cosine_products(X, theta) -> np.ndarray:
 
 
 def nnk_solve_cosine(X, g, k_values, *, tol: float = 1e-8, max_iter: int | None = None) -> list:
-    """NNK weights of the cosine kernel over the leading k neighbours, for every k in ``k_values``.
+    """NNK weights of the cosine kernel over the leading k neighbors, for every k in ``k_values``.
 
     The same problems as ``nnk_solve_path(*kernel_blocks(q, X), k_values)`` (with
     ``g = (1 + <q, x_j>) / 2``), solved as the module docstring describes; each result
@@ -86,12 +86,12 @@ def nnk_solve_cosine(X, g, k_values, *, tol: float = 1e-8, max_iter: int | None 
     Parameters
     ----------
     X : array_like of shape (B, K, d), float32 or float64
-        Each query's neighbours, unit rows, nearest first. A row of zeros is a
-        neighbour that is not there (with ``g_j = 0`` it never gets weight).
+        Each query's neighbors, unit rows, nearest first. A row of zeros is a
+        neighbor that is not there (with ``g_j = 0`` it never gets weight).
     g : array_like of shape (B, K)
-        Query-to-neighbour kernel values ``(1 + <q, x_j>) / 2``.
+        Query-to-neighbor kernel values ``(1 + <q, x_j>) / 2``.
     k_values : sequence of int
-        Increasing neighbour counts within 1..K.
+        Increasing neighbor counts within 1..K.
     tol, max_iter
         As for ``nnk_solve``.
 
@@ -128,7 +128,7 @@ def nnk_solve_cosine(X, g, k_values, *, tol: float = 1e-8, max_iter: int | None 
             warm = None
         else:
             kp = prev.theta.shape[1]
-            # gradient of the new neighbours at the previous optimum, in float64: O((k - kp) d)
+            # gradient of the new neighbors at the previous optimum, in float64: O((k - kp) d)
             w_new = gk[:, kp:] - 0.5 * (prev.theta.sum(axis=1)[:, None] + _products(X, kp, k, np.arange(B), v))
             # the entry rule of the active-set engine, so the weights are what a cold solve finds
             stays = (w_new <= _ENTER * tol * gscale[:, None]).all(axis=1) & (prev.kkt_residual <= tol)
@@ -196,7 +196,7 @@ def polish(X, k, rows, g, support, tol, kept=False):
 
     Parameters
     ----------
-    X : ndarray (N, K, d), neighbours; ``k``: leading neighbours used; ``rows`` (B,)
+    X : ndarray (N, K, d), neighbors; ``k``: leading neighbors used; ``rows`` (B,)
     int: the queries of ``X`` solved; g : ndarray (B, k) float64; support : ndarray
     (B, k) bool.
 

@@ -1,6 +1,6 @@
 """Kernel blocks of the NNK problem (pure numpy).
 
-For each query the NNK problem needs ``G`` (k, k), the kernel among its k neighbours,
+For each query the NNK problem needs ``G`` (k, k), the kernel among its k neighbors,
 and ``g`` (k,), the kernel between the query and them. Both are computed in float64
 whatever the input dtype: with float32 Gram entries a rank-deficient ``G`` (k > d+1)
 would no longer hold ``g`` in its range and the weights would chase rounding noise.
@@ -29,6 +29,13 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def check_kernel(kernel: str) -> str:
+    """``kernel`` if it is one of ``KERNELS``; InputError naming the choices otherwise."""
+    if kernel not in KERNELS:
+        raise InputError(f"unknown kernel {kernel!r}", hint=f"choose one of: {', '.join(KERNELS)}")
+    return kernel
+
+
 def kernel_blocks(query, neighbors, *, kernel: str = "cosine", sims=None) -> tuple[np.ndarray, np.ndarray]:
     """The kernel blocks ``G`` and ``g`` of a batch of queries.
 
@@ -38,16 +45,16 @@ def kernel_blocks(query, neighbors, *, kernel: str = "cosine", sims=None) -> tup
         Query features. Rows must be L2-normalised by the caller: they are *not*
         renormalised here, so that what is solved is exactly what was passed.
     neighbors : array_like of shape (B, k, d), float32 or float64
-        Each query's k neighbours (rows L2-normalised), nearest first.
+        Each query's k neighbors (rows L2-normalised), nearest first.
     kernel : {"cosine", "gaussian"}, default="cosine"
         ``"cosine"``: ``K(a, b) = (1 + <a, b>) / 2``, i.e. ``(1 + cos) / 2`` in [0, 1]
         for unit rows (a valid positive semidefinite kernel for any rows: the linear
         kernel of ``[1, a] / sqrt(2)``).
         ``"gaussian"``: ``K(a, b) = exp(-|a - b|^2 / (2 sigma^2))`` with, per query,
-        ``sigma`` = the distance to its farthest (k-th) given neighbour / 3; when all
-        neighbours coincide with the query (``sigma = 0``), ``sigma = 1``.
+        ``sigma`` = the distance to its farthest (k-th) given neighbor / 3; when all
+        neighbors coincide with the query (``sigma = 0``), ``sigma = 1``.
     sims : array_like of shape (B, k), optional
-        ``<query, neighbour>`` inner products if already known (e.g. re-ranked
+        ``<query, neighbor>`` inner products if already known (e.g. re-ranked
         float64 similarities); saves ``B * k * d`` work. float32 values from an
         approximate search make ``g`` slightly inconsistent with ``G``; the weights are
         then exact for that slightly perturbed problem.
@@ -61,12 +68,11 @@ def kernel_blocks(query, neighbors, *, kernel: str = "cosine", sims=None) -> tup
 
     Notes
     -----
-    Memory: ``8 * B * k * (k + 1)`` bytes for the result; float32 neighbours are
+    Memory: ``8 * B * k * (k + 1)`` bytes for the result; float32 neighbors are
     widened one query at a time. Cost: ``B * k * (k + 1) * d / 2`` multiply-adds (the
     Gram matrices, by symmetric rank-k updates).
     """
-    if kernel not in KERNELS:
-        raise InputError(f"unknown kernel {kernel!r}", hint=f"choose one of: {', '.join(KERNELS)}")
+    check_kernel(kernel)
     q = np.asarray(_float_array(query, "query", 2), dtype=np.float64)
     N = _float_array(neighbors, "neighbors", 3)
     if N.shape[0] != q.shape[0] or N.shape[2] != q.shape[1]:
@@ -84,7 +90,7 @@ def kernel_blocks(query, neighbors, *, kernel: str = "cosine", sims=None) -> tup
         s += 1.0
         s *= 0.5
         return gram, s
-    nn = np.diagonal(gram, axis1=1, axis2=2).copy()  # squared norms of the neighbours
+    nn = np.diagonal(gram, axis1=1, axis2=2).copy()  # squared norms of the neighbors
     nq = np.einsum("bd,bd->b", q, q)
     dq = np.maximum(nq[:, None] + nn - 2.0 * s, 0.0)
     D = nn[:, :, None] + nn[:, None, :] - 2.0 * gram
@@ -103,7 +109,7 @@ def _gram(N, q, sims):
 
     Per query, ``x @ x.T`` runs as one symmetric rank-k update (BLAS syrk: half the
     multiplications of a general product, exactly symmetric) on a float64 copy of one
-    query's neighbours that stays in cache; tiny blocks go through one batched product
+    query's neighbors that stays in cache; tiny blocks go through one batched product
     instead, where the per-call overhead would dominate.
     """
     B, k, d = N.shape

@@ -7,18 +7,18 @@ and ``cholesky_solver``; called from ``nnk_benchmark.py`` ``nnk_classifier`` wit
 ``x_init = g`` and ``x_tol = 1e-10``) solves the same problem approximately:
 
 1. kernel blocks in float32, ``G = 0.5 + X X^T / 2`` and ``g = 0.5 + X q / 2``;
-2. if a neighbour's ``g_j`` exceeds ``1 - 1e-10`` (a duplicate of the query), the
-   weights are ``g`` on those neighbours and zero elsewhere, and nothing is solved;
-3. otherwise start from the neighbours with ``g_j > 1e-10`` (all of them, in practice)
+2. if a neighbor's ``g_j`` exceeds ``1 - 1e-10`` (a duplicate of the query), the
+   weights are ``g`` on those neighbors and zero elsewhere, and nothing is solved;
+3. otherwise start from the neighbors with ``g_j > 1e-10`` (all of them, in practice)
    and repeat, at most ``50 * k`` passes: solve ``G_SS theta_S = g_S`` on the kept set
    ``S`` by Cholesky, set the weights outside ``S`` to zero, drop from ``S`` every
-   neighbour whose weight is ``<= 1e-10`` (a dropped neighbour never returns); stop when
+   neighbor whose weight is ``<= 1e-10`` (a dropped neighbor never returns); stop when
    no weight is below ``-1e-10`` (more exactly: when the largest ``|theta_j|`` among
    weights below 1e-10 is at most 1e-10);
 4. weights below 1e-10 are set to zero.
 
 When the Cholesky factorisation of ``G_SS`` fails (singular ``G``: ``k > d + 1`` or
-duplicate neighbours), that code adds ``1e-10`` to the diagonal of the partially
+duplicate neighbors), that code adds ``1e-10`` to the diagonal of the partially
 computed factor LAPACK returns and solves with it; because ``1e-10 * I`` is a float64
 array, that solve runs in float64. This module does the same, with the same LAPACK
 routines (``?potrf`` upper with ``clean=True``, then ``?potrs``), so a failed
@@ -86,7 +86,7 @@ def cosine_blocks_float32(query, neighbors) -> tuple[np.ndarray, np.ndarray]:
     query : array_like of shape (B, d)
         L2-normalised query rows (converted to float32).
     neighbors : array_like of shape (B, k, d)
-        L2-normalised neighbour rows, nearest first (converted to float32).
+        L2-normalised neighbor rows, nearest first (converted to float32).
 
     Returns
     -------
@@ -114,7 +114,7 @@ def pruning_solve(G, g, *, max_passes: int | None = None) -> PruningResult:
     G : array_like of shape (B, k, k)
         Kernel blocks; converted to float32 (the published code's precision).
     g : array_like of shape (B, k)
-        Query-to-neighbour kernel values; converted to float32.
+        Query-to-neighbor kernel values; converted to float32.
     max_passes : int, optional
         Pass limit per query; default ``50 * k``.
 
@@ -141,7 +141,7 @@ def pruning_solve(G, g, *, max_passes: int | None = None) -> PruningResult:
     # The duplicate test compares float32 values with 1 - 1e-10, which is 1.0 in float32
     # (non_neg_qpsolver.py compares the float32 x_init with a Python float): it fires when
     # g_j rounds above 1. An exact duplicate with g_j == 1.0 goes on to the Cholesky passes,
-    # whose unconstrained solution is then that neighbour alone (its column of G equals g).
+    # whose unconstrained solution is then that neighbor alone (its column of G equals g).
     is_dup = g > np.float32(1.0 - PRUNE_TOL)
     duplicate = is_dup.any(axis=1)
     theta[duplicate] = np.where(is_dup[duplicate], g[duplicate], 0.0)

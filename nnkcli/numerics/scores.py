@@ -1,6 +1,6 @@
-"""Class scores from neighbour weights, and top-k class lists (pure numpy).
+"""Class scores from neighbor weights, and top-k class lists (pure numpy).
 
-Neighbour labels are class ids ``0..C-1``; ``-1`` marks an unlabelled training row,
+Neighbor labels are class ids ``0..C-1``; ``-1`` marks an unlabelled training row,
 which never gives mass to any class.
 """
 
@@ -27,9 +27,9 @@ def knn_scores(sims, neighbor_labels, n_classes: int, *, weighting: str = "exp",
     Parameters
     ----------
     sims : array_like of shape (B, k), float
-        Cosine similarities of each query to its k neighbours.
+        Cosine similarities of each query to its k neighbors.
     neighbor_labels : array_like of shape (B, k), int
-        Class ids of the neighbours, ``-1`` for unlabelled rows (ignored).
+        Class ids of the neighbors, ``-1`` for unlabelled rows (ignored).
     n_classes : int
         Number of classes C.
     weighting : {"exp", "similarity", "uniform"}, default="exp"
@@ -64,7 +64,7 @@ def knn_scores(sims, neighbor_labels, n_classes: int, *, weighting: str = "exp",
 def nnk_scores(theta, neighbor_labels, n_classes: int) -> np.ndarray:
     """NNK class scores ``p_c = sum_j theta_j [y_j = c] / sum_j theta_j``.
 
-    The denominator sums over all neighbours, unlabelled ones included, so a query
+    The denominator sums over all neighbors, unlabelled ones included, so a query
     whose weight falls partly on unlabelled rows has scores summing to less than 1
     (the ranking of classes does not depend on this). A query whose weights are all
     zero gets all-zero scores.
@@ -74,7 +74,7 @@ def nnk_scores(theta, neighbor_labels, n_classes: int) -> np.ndarray:
     theta : array_like of shape (B, k), float
         Non-negative NNK weights (``NnkResult.theta``).
     neighbor_labels : array_like of shape (B, k), int
-        Class ids of the neighbours, ``-1`` for unlabelled rows.
+        Class ids of the neighbors, ``-1`` for unlabelled rows.
     n_classes : int
         Number of classes C.
 

@@ -1,6 +1,6 @@
 """The exact, batched NNK solver (pure numpy/scipy, no I/O).
 
-For each query, with ``G`` the kernel among its k neighbours and ``g`` the kernel
+For each query, with ``G`` the kernel among its k neighbors and ``g`` the kernel
 between the query and them, the NNK weights are
 
     theta* = argmin_{theta >= 0}  1/2 theta^T G theta - g^T theta.
@@ -32,7 +32,7 @@ import numpy as np
 
 from nnkcli.numerics.active_set import _ENTER, g_scale, solve_batch
 from nnkcli.errors import InputError
-from nnkcli.numerics.kernels import KERNELS, kernel_blocks
+from nnkcli.numerics.kernels import check_kernel, kernel_blocks
 from nnkcli.numerics.scores import knn_scores, nnk_scores, topk_classes, topk_hits
 
 __all__ = [
@@ -122,7 +122,7 @@ def nnk_solve(G, g, *, tol: float = 1e-8, max_iter: int | None = None, warm_star
         ``G_max[:, :k, :k]`` cost nothing to pass; float32 rows are converted to
         float64 as they are read.
     g : array_like of shape (B, k), float32 or float64
-        Query-to-neighbour kernel values.
+        Query-to-neighbor kernel values.
     tol : float, default=1e-8
         Relative KKT tolerance of the certificate (see ``NnkResult.kkt_residual``).
         Internally a variable enters the active set once its gradient exceeds
@@ -132,7 +132,7 @@ def nnk_solve(G, g, *, tol: float = 1e-8, max_iter: int | None = None, warm_star
         Iteration limit per query of the batched path; default ``3 * k + 20``.
         Queries that hit it go to the fallback.
     warm_start : array_like of shape (B, k), bool, optional
-        A guess of each query's support, e.g. the support found for fewer neighbours
+        A guess of each query's support, e.g. the support found for fewer neighbors
         padded with False. Wrong guesses only cost iterations: the solution is the same
         as from a cold start whenever the minimiser is unique (for singular ``G`` the
         objective is the same; the weights may differ).
@@ -157,7 +157,7 @@ def nnk_solve(G, g, *, tol: float = 1e-8, max_iter: int | None = None, warm_star
     >>> rng = np.random.default_rng(0)
     >>> x = rng.standard_normal((4, 8, 16))
     >>> x /= np.linalg.norm(x, axis=-1, keepdims=True)
-    >>> G, g = kernel_blocks(x[:, 0], x[:, 1:])   # query = row 0, 7 neighbours
+    >>> G, g = kernel_blocks(x[:, 0], x[:, 1:])   # query = row 0, 7 neighbors
     >>> res = nnk_solve(G, g)
     >>> res.theta.shape, bool(res.certified.all())
     ((4, 7), True)
@@ -192,7 +192,7 @@ def nnk_solve(G, g, *, tol: float = 1e-8, max_iter: int | None = None, warm_star
 
 def nnk_weights(query, neighbors, *, kernel: str = "cosine", tol: float = 1e-8, sims=None,
                 max_iter: int | None = None, chunk_size: int | None = None) -> NnkResult:
-    """NNK weights of each query over its neighbours, from feature vectors.
+    """NNK weights of each query over its neighbors, from feature vectors.
 
     Builds the kernel blocks with ``kernel_blocks`` and solves them with
     ``nnk_solve``, a chunk of queries at a time so that the float64 blocks stay
@@ -203,13 +203,13 @@ def nnk_weights(query, neighbors, *, kernel: str = "cosine", tol: float = 1e-8, 
     query : array_like of shape (B, d), float32 or float64
         Query features, rows L2-normalised by the caller (not renormalised here).
     neighbors : array_like of shape (B, k, d), float32 or float64
-        Each query's k neighbours, rows L2-normalised, nearest first.
+        Each query's k neighbors, rows L2-normalised, nearest first.
     kernel : {"cosine", "gaussian"}, default="cosine"
         See ``kernel_blocks``.
     tol : float, default=1e-8
         Relative KKT tolerance, see ``nnk_solve``.
     sims : array_like of shape (B, k), optional
-        Query–neighbour inner products if already known (e.g. from the search).
+        Query–neighbor inner products if already known (e.g. from the search).
     max_iter : int, optional
         See ``nnk_solve``.
     chunk_size : int, optional
@@ -219,8 +219,7 @@ def nnk_weights(query, neighbors, *, kernel: str = "cosine", tol: float = 1e-8, 
     -------
     NnkResult
     """
-    if kernel not in KERNELS:
-        raise InputError(f"unknown kernel {kernel!r}", hint=f"choose one of: {', '.join(KERNELS)}")
+    check_kernel(kernel)
     query = np.asarray(query)
     neighbors = np.asarray(neighbors)
     if query.ndim != 2 or neighbors.ndim != 3:
@@ -241,12 +240,12 @@ def nnk_weights(query, neighbors, *, kernel: str = "cosine", tol: float = 1e-8, 
 
 
 def nnk_solve_path(G, g, k_values, *, tol: float = 1e-8, max_iter: int | None = None) -> list[NnkResult]:
-    """NNK weights over the leading k neighbours, for every k in ``k_values``, from one block.
+    """NNK weights over the leading k neighbors, for every k in ``k_values``, from one block.
 
     For a k-independent kernel (cosine) the problem at k is the leading ``(k, k)``
     block of the one at ``max(k_values)``, so a sweep needs one kernel block. Going
     from k to k' > k, the weights found at k (padded with zeros) stay optimal unless one
-    of the new neighbours has a positive gradient ``w_j = g_j - G[j, :k] theta``; only
+    of the new neighbors has a positive gradient ``w_j = g_j - G[j, :k] theta``; only
     the queries where one does are re-solved, warm-started from the support at k. Each
     result carries its own KKT certificate, as from ``nnk_solve`` at that k.
 
@@ -256,7 +255,7 @@ def nnk_solve_path(G, g, k_values, *, tol: float = 1e-8, max_iter: int | None = 
         Kernel blocks at ``K >= max(k_values)`` (a view is fine; only rows are read).
     g : array_like of shape (B, K)
     k_values : sequence of int
-        Increasing neighbour counts, each in 1..K.
+        Increasing neighbor counts, each in 1..K.
     tol, max_iter
         As for ``nnk_solve``.
 
@@ -322,7 +321,7 @@ def _validate(G, g, tol, warm_start):
         if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
             raise InputError(f"{name} must be a real float array, got dtype {a.dtype}")
     if g.shape[1] < 1:
-        raise InputError("k must be at least 1 (no neighbours given)")
+        raise InputError("k must be at least 1 (no neighbors given)")
     if not np.issubdtype(G.dtype, np.floating):
         G = G.astype(np.float64)
     g = np.asarray(g, dtype=np.float64)

@@ -22,6 +22,21 @@ STORED_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
+def is_tensor(values) -> bool:
+    """Whether ``values`` is a torch tensor, recognised without importing torch."""
+    return hasattr(values, "detach") and hasattr(values, "cpu") and hasattr(values, "numpy")
+
+
+def tensor_to_numpy(values):
+    """A torch tensor as a numpy array on the CPU (bfloat16 becomes float32); anything else unchanged."""
+    if not is_tensor(values):
+        return values
+    tensor = values.detach().cpu()
+    if str(tensor.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
 def check_split_name(name: str) -> str:
     """Refuse split names that are not plain words (they become HDF5 group names)."""
     if not isinstance(name, str) or not _SPLIT_NAME.match(name) or name == "classes" or len(name) > 100:
@@ -39,8 +54,8 @@ def as_row_source(features):
     nothing is loaded); torch tensors become numpy arrays; anything else goes through
     ``np.asarray``.
     """
-    if hasattr(features, "detach") and hasattr(features, "cpu"):  # torch, without importing it
-        return features.detach().cpu().numpy()
+    if is_tensor(features):
+        return tensor_to_numpy(features)
     if hasattr(features, "shape") and hasattr(features, "dtype") and hasattr(features, "__getitem__"):
         return features
     try:

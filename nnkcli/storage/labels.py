@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nnkcli.errors import InputError
+from nnkcli.storage.checks import tensor_to_numpy
 
 logger = logging.getLogger("nnkcli")
 
@@ -47,9 +48,7 @@ class LabelMapping:
 
 def _as_label_array(labels, n_expected: int | None) -> np.ndarray:
     """Turn a list/array/tensor of labels into a 1-D numpy array, checking its shape."""
-    if hasattr(labels, "detach") and hasattr(labels, "cpu"):  # a torch tensor, without importing torch
-        labels = labels.detach().cpu().numpy()
-    arr = np.asarray(labels)
+    arr = np.asarray(tensor_to_numpy(labels))
     if arr.ndim == 2 and 1 in arr.shape:
         # (n, 1) columns are common (VISSL targets, sklearn-style y)
         arr = arr.reshape(-1)

@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from nnkcli.storage.atomic import atomic_write_text, temp_path_for
-from nnkcli.storage.checks import STORED_DTYPES, ContentTally, as_row_source, check_split_name, to_stored
+from nnkcli.storage.checks import (
+    STORED_DTYPES,
+    ContentTally,
+    as_row_source,
+    check_split_name,
+    tensor_to_numpy,
+    to_stored,
+)
 from nnkcli.errors import InputError, StoreError
 
 logger = logging.getLogger("nnkcli")
@@ -255,8 +262,7 @@ class SplitWriter:
     def _check_labels(self, labels, m: int) -> np.ndarray:
         if labels is None:
             return np.full(m, -1, dtype="<i8")
-        if hasattr(labels, "detach") and hasattr(labels, "cpu"):
-            labels = labels.detach().cpu().numpy()
+        labels = tensor_to_numpy(labels)
         arr = np.asarray(labels).reshape(-1)
         if arr.shape[0] != m or arr.dtype.kind not in "iu":
             raise InputError(f"appended labels must be {m} integers; got {arr.dtype} of shape {np.shape(labels)}")

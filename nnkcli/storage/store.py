@@ -827,10 +827,9 @@ class ArrayFileWriter:
         return False
 
 
-# The streaming writer lives in its own module; re-exported here as part of the store API.
-from nnkcli.storage.split_writer import SplitWriter  # noqa: E402
-
+# The streaming writer, ``SplitWriter``, is in ``storage.split_writer``, which builds on this module
+# (re-exporting it here would make an import circle).
 __all__ = [
-    "ArrayFileWriter", "FORMAT_NAME", "FORMAT_VERSION", "RESERVED_ATTRS", "FeatureStore", "Split", "SplitWriter",
+    "ArrayFileWriter", "FORMAT_NAME", "FORMAT_VERSION", "RESERVED_ATTRS", "FeatureStore", "Split",
     "check_attrs", "check_writable", "commit_split", "remove_dead_temps", "write_split",
 ]

@@ -185,9 +185,9 @@ def test_sweep_plot(runner, store, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert json.loads(res.stdout)["plot"] == str(png)
     bad = invoke(runner, "sweep", store, "--k", "5", "--plot", tmp_path / "sweep.txt")
-    assert bad.exit_code == 1
-    assert bad.stderr == (f"Error: cannot plot to {tmp_path / 'sweep.txt'}: unknown file type '.txt'\n"
-                          "Hint: use a .png, .svg or .pdf file name\n")
+    assert bad.exit_code == 2  # a bad option value, refused while parsing
+    assert bad.stderr.splitlines()[-1] == (f"Error: Invalid value for '--plot': unknown file type '.txt' (got "
+                                           f"{str(tmp_path / 'sweep.txt')!r}); use a .png, .svg or .pdf file name")
 
 
 def test_sweep_plot_without_matplotlib(runner, store, tmp_path, monkeypatch):

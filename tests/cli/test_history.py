@@ -110,8 +110,9 @@ def test_history_plot(runner, history_file, tmp_path):
 
 def test_history_plot_bad_suffix(runner, history_file, tmp_path):
     res = runner.invoke(cli, ["history", str(history_file), "--plot", str(tmp_path / "h.jpg")])
-    assert res.exit_code == 1
-    assert res.stderr.splitlines()[-1] == "Error: --plot must end in .png, .svg or .pdf, got 'h.jpg'"
+    assert res.exit_code == 2  # a bad option value
+    assert res.stderr.splitlines()[-1] == (f"Error: Invalid value for '--plot': unknown file type '.jpg' (got "
+                                           f"{str(tmp_path / 'h.jpg')!r}); use a .png, .svg or .pdf file name")
 
 
 def test_history_plot_without_matplotlib(runner, history_file, tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """nnkcli.evaluation.classification / nnkcli.evaluation.sweeps against independent oracles on small stores.
 
-Oracles: brute-force float64 neighbour search, DINO's kNN formula written out per
+Oracles: brute-force float64 neighbor search, DINO's kNN formula written out per
 query, and NNK solved per query with scipy.optimize.nnls on the least-squares form.
 """
 
@@ -54,7 +54,7 @@ def oracle(xt, yt, xq, yq, k, exclude_self=False, T=0.07):
             order = order[order != i]
         nb = order[:k]
         sk, yk = s[nb], yt[nb]
-        # DINO eval_knn: class score = sum of exp(s/T) over neighbours of that class
+        # DINO eval_knn: class score = sum of exp(s/T) over neighbors of that class
         knn = np.zeros(N_CLASSES)
         for sj, yj in zip(sk, yk):
             knn[yj] += np.exp(sj / T)

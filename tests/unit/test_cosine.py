@@ -31,7 +31,7 @@ def problem(seed, B, k, d, kind):
     if kind == "clustered":  # like image features: all in one orthant
         q = unit(np.abs(rng.standard_normal((B, d))) + 2)
         X = unit(np.abs(rng.standard_normal((B, k, d))) + 2)
-    elif kind == "collinear":  # nearly identical neighbours: float32 cannot tell them apart
+    elif kind == "collinear":  # nearly identical neighbors: float32 cannot tell them apart
         base = unit(rng.standard_normal((B, 1, d)))
         eps = 10.0 ** rng.integers(-6, -1)
         X = unit(base + eps * rng.standard_normal((B, k, d)))
@@ -144,7 +144,7 @@ def test_batch_composition_and_order_do_not_change_a_single_bit():
 
 
 def test_wrong_float32_supports_are_solved_again_in_float64(monkeypatch):
-    # neighbours 1e-5 apart: float32 kernel blocks cannot separate them, float64 can
+    # neighbors 1e-5 apart: float32 kernel blocks cannot separate them, float64 can
     q, X = problem(11, 6, 12, 8, "collinear")
     rng = np.random.default_rng(1)
     base = unit(rng.standard_normal((6, 1, 8)))
@@ -157,7 +157,7 @@ def test_wrong_float32_supports_are_solved_again_in_float64(monkeypatch):
     assert calls, "expected at least one query to need the float64 re-solve"
 
 
-def test_absent_neighbours_get_no_weight():
+def test_absent_neighbors_get_no_weight():
     q, X = problem(5, 3, 8, 6, "clustered")
     _, g = blocks64(q, X)
     X[1, 2:5] = 0.0  # not returned by an approximate index

@@ -73,7 +73,7 @@ def test_approximate_indexes_have_high_recall(kind):
     _, ref = brute_force(x, q, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, ref)])
     assert recall > 0.9
-    # neighbour vectors come back exactly (NNK needs them)
+    # neighbor vectors come back exactly (NNK needs them)
     np.testing.assert_allclose(idx.vectors(ref[:3]), normalize_rows(x)[ref[:3]], atol=1e-6)
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from nnkcli.errors import InputError, OptionError
 from nnkcli.evaluation.classification import classify
-from nnkcli.evaluation.partials import merge_parts, shard_rows
+from nnkcli.evaluation.merging import merge_parts
+from nnkcli.evaluation.partials import shard_rows
 from nnkcli.evaluation.sweeps import sweep
 from nnkcli.storage.store import write_split
 

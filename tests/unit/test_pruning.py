@@ -84,7 +84,7 @@ def test_singular_gram_from_duplicate_neighbors_takes_the_failed_factor_path():
     rng = np.random.default_rng(3)
     q = unit_rows(rng, (8, 16))
     X = unit_rows(rng, (8, 12, 16))
-    X[:, 5] = X[:, 2]  # two identical neighbours: G is exactly singular
+    X[:, 5] = X[:, 2]  # two identical neighbors: G is exactly singular
     X[:, 9] = X[:, 2]
     G, g = cosine_blocks_float32(q, X)
     res = check_against_oracle(G, g, rng.integers(0, 3, (8, 12)), 3)
@@ -117,7 +117,7 @@ def test_duplicate_of_the_query_gets_all_the_weight():
 
 
 def test_pruning_equals_exact_when_no_pruned_neighbor_wants_back_in():
-    # two well separated neighbours plus one "behind" the first: every algorithm drops it
+    # two well separated neighbors plus one "behind" the first: every algorithm drops it
     q = np.array([[1.0, 0.0, 0.0]], dtype=np.float32)
     X = np.array([[[0.9, 0.436, 0.0], [0.9, -0.436, 0.0], [0.8, 0.6, 0.0]]], dtype=np.float32)
     X /= np.linalg.norm(X, axis=-1, keepdims=True)

@@ -67,7 +67,7 @@ def check_against_oracle(query, neighbors, res=None):
 
 
 def problem(seed, B, k, d, kind):
-    """A batch of unit-norm queries and neighbours of a given flavour."""
+    """A batch of unit-norm queries and neighbors of a given flavour."""
     rng = np.random.default_rng(seed)
     if kind == "clustered":  # like image features: all in one orthant
         q = unit(np.abs(rng.standard_normal((B, d))) + 2)
@@ -128,7 +128,7 @@ def test_query_equal_to_a_training_point_puts_all_weight_on_it():
     np.testing.assert_allclose(theta, expected, atol=1e-9)
 
 
-def test_duplicated_neighbours_share_or_split_weight_but_objective_is_exact():
+def test_duplicated_neighbors_share_or_split_weight_but_objective_is_exact():
     q, X = problem(11, 20, 12, 8, "random")
     X[:, 5] = X[:, 2]
     X[:, 9] = X[:, 2]
@@ -141,7 +141,7 @@ def test_duplicated_neighbours_share_or_split_weight_but_objective_is_exact():
 
 @FAST
 @given(seed=st.integers(0, 2**32 - 1), k=st.integers(2, 30))
-def test_permuting_neighbours_permutes_theta(seed, k):
+def test_permuting_neighbors_permutes_theta(seed, k):
     q, X = problem(seed, 4, k, 40, "random")  # d > k: unique, well-conditioned minimiser
     perm = np.random.default_rng(seed).permutation(k)
     G, g = kernel_blocks(q, X)
@@ -346,7 +346,7 @@ def test_gaussian_kernel_blocks_match_a_naive_loop():
 
 def test_gaussian_sigma_zero_is_guarded():
     q = unit(np.ones((1, 4)))
-    X = np.repeat(q[:, None], 3, axis=1)  # every neighbour is the query: sigma = 0
+    X = np.repeat(q[:, None], 3, axis=1)  # every neighbor is the query: sigma = 0
     G, g = kernel_blocks(q, X, kernel="gaussian")
     assert np.isfinite(G).all() and np.isfinite(g).all()
     np.testing.assert_allclose(nnk_solve(G, g).theta.sum(), 1.0)
@@ -419,7 +419,7 @@ def test_path_equals_independent_solves(seed, d, kind):
         np.testing.assert_allclose(res.objective, ours, rtol=1e-9, atol=1e-12)
 
 
-def test_path_reuses_the_previous_solution_when_new_neighbours_do_not_enter():
+def test_path_reuses_the_previous_solution_when_new_neighbors_do_not_enter():
     from nnkcli.numerics.solver import nnk_solve_path
 
     rng = np.random.default_rng(3)

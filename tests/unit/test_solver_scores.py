@@ -66,7 +66,7 @@ def test_knn_default_is_dino_exp_weighting_with_t_0_07():
     np.testing.assert_allclose(knn_scores(sims, labels, 3), expected)
 
 
-def test_unlabelled_neighbours_get_no_mass():
+def test_unlabelled_neighbors_get_no_mass():
     sims = np.array([[0.9, 0.8]])
     np.testing.assert_array_equal(knn_scores(sims, np.array([[-1, -1]]), 2), [[0.0, 0.0]])
     np.testing.assert_array_equal(nnk_scores([[0.5, 0.5]], [[-1, 1]], 2), [[0.0, 0.5]])
@@ -152,7 +152,7 @@ def naive_top_inclusive(scores, k):
 @given(seed=st.integers(0, 2**32 - 1), B=st.integers(0, 6), n_nb=st.integers(1, 8), C=st.integers(1, 12),
        k=st.integers(1, 7))
 def test_inclusive_top_matches_ranking_oracle_with_ties_and_few_neighbors(seed, B, n_nb, C, k):
-    # scores from n_nb neighbours (often < 5 classes with weight), on a coarse grid so ties are common
+    # scores from n_nb neighbors (often < 5 classes with weight), on a coarse grid so ties are common
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, C, (B, n_nb))
     sims = rng.integers(1, 4, (B, n_nb)) / 4.0

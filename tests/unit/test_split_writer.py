@@ -14,7 +14,8 @@ import pytest
 
 from nnkcli.errors import InputError, StoreError
 from nnkcli.storage.split_writer import partial_path
-from nnkcli.storage.store import FeatureStore, SplitWriter, write_split
+from nnkcli.storage.split_writer import SplitWriter
+from nnkcli.storage.store import FeatureStore, write_split
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ["cat", "dog", "bird"]
@@ -180,7 +181,7 @@ _KILLED_EXTRACTION = textwrap.dedent(
     """
     import sys, time
     import numpy as np
-    from nnkcli.storage.store import SplitWriter
+    from nnkcli.storage.split_writer import SplitWriter
 
     with SplitWriter(sys.argv[1], "train", dim=4, source="m", resumable=True) as writer:
         for block in range(1000):

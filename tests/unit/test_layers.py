@@ -1,0 +1,177 @@
+"""The architecture, checked: no import circle, no arrow up the layers, one owner per dependency,
+and a core that imports and runs with click, rich, torch and matplotlib unavailable.
+
+The import graph is read from the source (every ``import``, also those inside functions:
+a lazy import is still an arrow).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "nnkcli"
+
+# rank of each top-level part of the package: an import must go to a lower rank, or stay inside
+# its own part (where only circles are forbidden)
+LAYERS = {
+    "errors": 0, "plain": 0, "nnkcli": 0,  # "nnkcli": the package itself, for __version__
+    "numerics": 1, "storage": 1,
+    "index": 2, "parallel": 3, "shards": 3,
+    "evaluation": 4, "extract": 4,
+    "plots": 5, "tensorboard_log": 5, "estimators": 5, "tracking": 5,
+    "output": 6, "cli": 7, "commands": 8, "__main__": 9,
+}
+# third-party packages and the one part of nnkcli that may import each
+OWNERS = {
+    "h5py": {"storage"},
+    "faiss": {"index", "shards"},
+    "matplotlib": {"plots"},
+    "fcntl": {"storage.atomic"},
+    "click": {"cli", "commands"},
+    "rich": {"output"},
+    "torch": {"extract", "evaluation.torch_backend"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(nnkcli module -> nnkcli modules it imports, nnkcli module -> third-party top-level names)."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph, third = {}, {}
+    for name, path in modules.items():
+        deps, outside = set(), set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module.split(".")[0] == "nnkcli":
+                    for alias in node.names:
+                        full = f"{node.module}.{alias.name}"
+                        deps.add(full if full in modules else node.module)
+                else:
+                    outside.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    (deps if alias.name.split(".")[0] == "nnkcli" else outside).add(
+                        alias.name if alias.name.split(".")[0] == "nnkcli" else alias.name.split(".")[0])
+        graph[name] = {d for d in deps if d in modules and d != name}
+        third[name] = outside
+    return graph, third
+
+
+def part(module: str) -> str:
+    pieces = module.split(".")
+    return pieces[1] if len(pieces) > 1 else "nnkcli"
+
+
+def test_every_part_has_a_layer():
+    graph, _ = import_graph()
+    assert {part(m) for m in graph} <= set(LAYERS), sorted({part(m) for m in graph} - set(LAYERS))
+
+
+def test_no_import_circle():
+    graph, _ = import_graph()
+    graph = {m: {d for d in deps if d != "nnkcli"} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+    circles = []
+
+    def visit(m, stack):
+        state[m] = 1
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                circles.append(" -> ".join(stack[stack.index(d):] + [d]))
+            elif d not in state:
+                visit(d, stack + [d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert circles == []
+
+
+def test_arrows_point_down():
+    graph, _ = import_graph()
+    upward = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps
+                    if part(d) != part(m) and LAYERS[part(d)] >= LAYERS[part(m)])
+    assert upward == []
+
+
+def test_one_owner_per_dependency():
+    _, third = import_graph()
+    strays = []
+    for module, names in third.items():
+        for name, owners in OWNERS.items():
+            inside = module.split(".", 1)[1] if "." in module else module
+            if name in names and not any(inside == o or inside.startswith(o + ".") for o in owners):
+                strays.append(f"{module} imports {name}")
+    assert strays == []
+
+
+def test_the_arrow_check_can_fail(monkeypatch):
+    # the graph really contains arrows: a core module reaching up to the CLI would be reported
+    graph, _ = import_graph()
+    assert "nnkcli.evaluation.options" in graph["nnkcli.evaluation.classification"]
+    assert LAYERS[part("nnkcli.output")] > LAYERS[part("nnkcli.tracking.runner")]
+
+
+BLOCKED_CORE = textwrap.dedent('''
+    import importlib.abc, sys
+    BLOCKED = ("click", "rich", "torch", "matplotlib")
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    import numpy as np
+    from pathlib import Path
+    from nnkcli import classify, sweep, write_split, ScoringOptions, evaluate_sources
+    from nnkcli.evaluation.sweeps import sweep as sweep_fn
+
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(3, 8)) * 2
+    out = Path(sys.argv[1])
+    for split, n in (("train", 120), ("val", 30)):
+        y = rng.integers(0, 3, n)
+        write_split(out / "s.h5", split, (means[y] + rng.normal(size=(n, 8))).astype(np.float32), y, source="t")
+    doc = classify(out / "s.h5", k=5)
+    assert [r["method"] for r in doc["results"]] == ["nnk", "knn"], doc
+    result = sweep(out / "s.h5", k_values="3..9:3")
+    assert result.document["k_values"] == [3, 6, 9]
+    [outcome] = evaluate_sources([out / "s.h5"], out / "h.jsonl", options=ScoringOptions(k_values="5,10"),
+                                 sweep=sweep_fn)
+    assert outcome.status == "evaluated", outcome
+    assert not [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+    print("ok")
+''')
+
+
+def test_core_runs_without_click_rich_torch_matplotlib(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(PACKAGE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", BLOCKED_CORE, str(tmp_path)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("name", ["classify", "sweep", "FeatureStore", "write_split", "nnk_solve", "nnk_weights"])
+def test_public_api_is_lazy_and_cli_free(name):
+    code = (f"import sys; import nnkcli; before = set(sys.modules); getattr(nnkcli, {name!r}); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('click', 'rich', 'torch', 'matplotlib')]; "
+            "print(bad)")
+    env = dict(os.environ, PYTHONPATH=str(PACKAGE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
