@@ -152,7 +152,12 @@ class NnkGroup(click.Group):
         except BrokenPipeError:
             ctx.exit(_pipe_closed())
         except Exception as exc:  # an nnkcli bug, or an environment problem we did not foresee
+            from nnkcli.errors import interrupt_in
             from nnkcli.storage.atomic import is_no_space, output_error
+
+            stop = interrupt_in(exc)
+            if stop is not None:  # a Ctrl-C wrapped by a C extension (h5py: SystemError)
+                ctx.exit(_interrupted(stop))
 
             known = None
             if isinstance(exc, OSError) and exc.filename:
@@ -233,7 +238,17 @@ _STOP_SIGNALS = {"SIGTERM": getattr(signal, "SIGTERM", None), "SIGHUP": getattr(
 
 
 def _raise_terminated(signum, frame):
+    from nnkcli.errors import note_signal
+
+    note_signal(signum)
     raise Terminated(signum, signal.Signals(signum).name)
+
+
+def _raise_interrupt(signum, frame):
+    from nnkcli.errors import note_signal
+
+    note_signal(signum)
+    raise KeyboardInterrupt
 
 
 def _exit_at_once(signum, frame):  # pragma: no cover - exercised in a subprocess test
@@ -245,6 +260,8 @@ def install_signal_handlers() -> None:
     for signum in _STOP_SIGNALS.values():
         if signum is not None and signal.getsignal(signum) in (signal.SIG_DFL, None):
             signal.signal(signum, _raise_terminated)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _raise_interrupt)  # the same, but recorded (see interrupt_in)
 
 
 def _exit_on_late_signals() -> None:

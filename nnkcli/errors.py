@@ -112,3 +112,37 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
         self.name = name
         self.exit_code = 128 + signum
+
+
+#: stop signals received by this process (recorded by the CLI's signal handlers)
+_SIGNALS_RECEIVED: list[int] = []
+
+
+def note_signal(signum: int) -> None:
+    """Record that a stop signal arrived (the CLI's handlers call this before raising)."""
+    _SIGNALS_RECEIVED.append(int(signum))
+
+
+def interrupt_in(exc: BaseException) -> BaseException | None:
+    """The interrupt behind ``exc``, if any: a handler of "one item failed" must re-raise it.
+
+    C extensions can wrap a Ctrl-C into another exception (h5py once surfaced one as
+    ``SystemError ... FastRLock.__exit__``), so the cause/context chain is searched for
+    a KeyboardInterrupt (Terminated included); failing that, a stop signal recorded by
+    ``note_signal`` means the run is being interrupted whatever the exception says.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    if _SIGNALS_RECEIVED:
+        import signal
+
+        signum = _SIGNALS_RECEIVED[-1]
+        if signum == signal.SIGINT:
+            return KeyboardInterrupt()
+        return Terminated(signum, signal.Signals(signum).name)
+    return None

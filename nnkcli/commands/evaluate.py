@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from nnkcli.cli import command_options, get_ui
+from nnkcli.cli import command_options, get_ui, lock_timeout_option
 from nnkcli.commands._options import (
     MODEL_PARAMS,
     check_with,
@@ -113,11 +113,12 @@ Exit codes: 0 ok (also when nothing was new), 1 a source failed or bad input,
 @click.option("--force", is_flag=True,
               help="Re-evaluate sources already recorded with these parameters (a new line; the newer wins).")
 @_evaluate_model_options
+@lock_timeout_option
 @command_options
 @click.pass_context
 def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_drop, significant, force,
              gate_method, min_top1,
-             min_top5, keep_store, model, train_images, val_images, fmt, **model_kwargs):
+             min_top5, keep_store, model, train_images, val_images, fmt, lock_timeout, **model_kwargs):
     """Evaluate new checkpoints or feature stores into HISTORY, once each.
 
     Each SOURCE (a feature store, or a checkpoint with --model, --train-images and
@@ -174,7 +175,7 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_
     if significant and max_drop is None:
         raise click.UsageError("--significant qualifies --fail-on-regression PTS; give both")
     outcomes = evaluate_sources(paths, history_path, options=scoring, data=data, sweep=sweep, model=model_opts,
-                                progress_factory=progress, force=force)
+                                progress_factory=progress, force=force, lock_timeout=lock_timeout)
 
     history = read_history(history_path)
     for bad in history.malformed:

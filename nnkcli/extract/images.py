@@ -277,6 +277,11 @@ class ImageDataset:
             image = self.transform(load_image(self.samples.paths[position]))
             error = ""
         except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError ...
+            from nnkcli.errors import interrupt_in
+
+            stop = interrupt_in(exc)
+            if stop is not None:  # an interrupt is never "a bad image"
+                raise stop from exc
             crop = self.transform.crop
             image = np.zeros((3, crop, crop), dtype=np.float32)
             error = f"{type(exc).__name__}: {exc}".splitlines()[0]

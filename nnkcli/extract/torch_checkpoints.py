@@ -441,7 +441,12 @@ def read_checkpoint_step(path: str | os.PathLike) -> tuple[int, str] | None:
         try:
             with torch.serialization.safe_globals([argparse.Namespace]):
                 obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True, **kwargs)
-        except Exception:  # any unreadable checkpoint: fall back to the name
+        except Exception as exc:  # any unreadable checkpoint: fall back to the name
+            from nnkcli.errors import interrupt_in
+
+            stop = interrupt_in(exc)
+            if stop is not None:
+                raise stop from exc
             continue
         return step_from_checkpoint(obj)
     return None

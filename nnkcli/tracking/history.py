@@ -199,7 +199,10 @@ def append_entry(path: str | os.PathLike, entry: dict) -> None:
     then serialised, and the check-then-append in ``nnkcli.tracking.runner`` is atomic.
     The line is written with a single ``write`` on an ``O_APPEND`` descriptor; if
     the file does not end with a newline (a torn line left by a crash), a newline
-    goes first so that the torn line stays a separate, skipped line.
+    goes first so that the torn line stays a separate, skipped line. A failed or
+    short write (a full disk) is undone: the file is cut back to its old size (the
+    caller's lock keeps other writers out meanwhile) and the error is raised, so no
+    torn line is ever left by a write that reported its failure.
     """
     path = Path(path)
     data = encode_entry(entry)
@@ -208,6 +211,7 @@ def append_entry(path: str | os.PathLike, entry: dict) -> None:
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as exc:
         raise HistoryError(f"cannot write history file {path}: {exc.strerror or exc}") from exc
+    size = None
     try:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -217,8 +221,18 @@ def append_entry(path: str | os.PathLike, entry: dict) -> None:
             written = os.write(fd, view)
             view = view[written:]
         os.fsync(fd)
-    except OSError as exc:
-        raise HistoryError(f"cannot write history file {path}: {exc.strerror or exc}") from exc
+    except BaseException as exc:
+        if size is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # no torn line: the history is as it was
+                os.fsync(fd)
+        if not isinstance(exc, OSError):
+            raise
+        from nnkcli.storage.atomic import output_error
+
+        clean = output_error(exc, path, "history")
+        message = clean.message if clean is not None else f"cannot write history file {path}: {exc.strerror or exc}"
+        raise HistoryError(message, hint=clean.hint if clean is not None else None) from exc
     finally:
         os.close(fd)
     if created:

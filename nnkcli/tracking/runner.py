@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from nnkcli import __version__
-from nnkcli.errors import InputError, NnkError
+from nnkcli.errors import InputError, NnkError, interrupt_in
 from nnkcli.evaluation.options import DEFAULT_K_SPEC, DataOptions, ScoringOptions, format_k_spec
 from nnkcli.plain import jsonable
-from nnkcli.storage.atomic import file_lock
+from nnkcli.storage.atomic import check_can_create, file_lock
 from nnkcli.tracking.checkpoints import ModelOptions, checkpoint_store_path, extract_checkpoint
 from nnkcli.tracking.claims import claim
 from nnkcli.tracking.history import HistoryError, append_entry, read_history
@@ -223,22 +223,24 @@ def evaluate_one(
     return jsonable(entry)
 
 
-def _recorded(history_path: Path, sha256: str, params_key: str, after_line: int = 0) -> dict | None:
+def _recorded(history_path: Path, sha256: str, params_key: str, after_line: int = 0,
+              lock_timeout: float | None = None) -> dict | None:
     """The newest entry of (sha256, parameter set), if it is on a line after ``after_line``."""
-    with file_lock(history_path):
+    with file_lock(history_path, timeout=lock_timeout):
         history = read_history(history_path, lock=False)
     found = history.find(sha256, params_key)
     return found if found is not None and found.get("_line", 0) > after_line else None
 
 
-def _record(history_path: Path, entry: dict, hits=None, after_line: int = 0) -> dict | None:
+def _record(history_path: Path, entry: dict, hits=None, after_line: int = 0,
+            lock_timeout: float | None = None) -> dict | None:
     """Append ``entry`` unless (sha256, parameters) got recorded meanwhile; returns the existing entry then.
 
     With ``hits`` the per-query results go to the sidecar folder first, atomically, and
     the line names them: a run killed in between leaves an unreferenced file, never a
     line that refers to a missing one.
     """
-    with file_lock(history_path):
+    with file_lock(history_path, timeout=lock_timeout):
         existing = read_history(history_path, lock=False).find(entry["sha256"], entry["params_key"])
         if existing is not None and existing.get("_line", 0) > after_line:
             return existing
@@ -262,6 +264,7 @@ def evaluate_sources(
     model: ModelOptions | None = None,
     progress_factory: Callable[[int, str], contextlib.AbstractContextManager] | None = None,
     force: bool = False,
+    lock_timeout: float | None = None,
 ) -> list[SourceOutcome]:
     """Evaluate every source not yet in the history with these parameters and record each as one line.
 
@@ -286,6 +289,9 @@ def evaluate_sources(
     progress_factory : callable, optional
         ``progress_factory(total, description)`` returns a context manager yielding
         an ``advance(n)`` callback; handed to the sweep (``Ui.progress`` fits).
+    lock_timeout : float, optional
+        Seconds to wait for the history's lock held by another run (``LockTimeout``
+        after that); None waits. A wait over a second is logged.
 
     Returns
     -------
@@ -303,6 +309,7 @@ def evaluate_sources(
         raise HistoryError(f"--history is a directory: {history_path}", hint="give a file such as history.jsonl")
     if not history_path.parent.is_dir():
         raise HistoryError(f"the directory of --history does not exist: {history_path.parent}")
+    check_can_create(history_path, "history")  # a read-only folder: now, not after the first evaluation
     sources = [Path(s) for s in sources]
     if model is not None:
         from nnkcli.extract import require_torch
@@ -321,13 +328,14 @@ def evaluate_sources(
             outcomes[i] = SourceOutcome(source, FAILED, reason=f"cannot read: {exc.strerror or exc}")
             continue
         key = parameter_key(source_parameters(options, data, model, source))
-        existing = _recorded(history_path, sha, key)
+        existing = _recorded(history_path, sha, key, lock_timeout=lock_timeout)
         if existing is not None and not force:
             outcomes[i] = SourceOutcome(source, SKIPPED, sha, "already in history", existing)
             logger.info(f"{source.name}: already in history with these parameters, skipped")
             continue
         job = _Job(i, len(sources), source, sha, stamp, history_path, options, data, sweep, model,
-                   progress_factory, key, existing.get("_line", 0) if existing is not None else 0, force)
+                   progress_factory, key, existing.get("_line", 0) if existing is not None else 0, force,
+                   lock_timeout)
         outcome = job.run(blocking=False)
         if outcome is None:
             logger.info(f"{source.name}: being evaluated by another process; coming back to it at the end")
@@ -358,6 +366,7 @@ class _Job:
     params_key: str = ""
     after_line: int = 0  # with force: only an entry newer than this line counts as done
     force: bool = False
+    lock_timeout: float | None = None
 
     def run(self, *, blocking: bool) -> SourceOutcome | None:
         """Claim, evaluate and record; None when another process holds the claim (non-blocking)."""
@@ -365,7 +374,7 @@ class _Job:
         with claim(self.history_path, sha, blocking=blocking) as held:
             if not held:
                 return None
-            existing = _recorded(self.history_path, sha, self.params_key, self.after_line)
+            existing = _recorded(self.history_path, sha, self.params_key, self.after_line, self.lock_timeout)
             if existing is not None:
                 return SourceOutcome(source, SKIPPED, sha, "evaluated by another process", existing)
             logger.info(f"evaluating {source} ({self.index + 1}/{self.n_sources})")
@@ -381,11 +390,14 @@ class _Job:
                     # the line would claim a sha256 that is not what was evaluated
                     raise InputError("changed while being evaluated (still being written?); not recorded")
             except Exception as exc:  # one bad source (half-written, corrupt) must not stop the others
+                stop = interrupt_in(exc)
+                if stop is not None:  # ... but an interrupt in any wrapping ends the run
+                    raise stop from exc
                 reason = exc.message if isinstance(exc, NnkError) else f"{type(exc).__name__}: {exc}"
                 logger.debug(f"{source.name}: evaluation failed", exc_info=True)
                 logger.warning(f"{source.name}: {reason}")
                 return SourceOutcome(source, FAILED, sha, reason)
-            existing = _record(self.history_path, entry, hits.get("hits"), self.after_line)
+            existing = _record(self.history_path, entry, hits.get("hits"), self.after_line, self.lock_timeout)
             if existing is not None:  # only possible when another writer ignored the claim
                 return SourceOutcome(source, SKIPPED, sha, "recorded by another process meanwhile", existing)
             return SourceOutcome(source, EVALUATED, sha, None, entry)

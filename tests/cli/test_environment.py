@@ -373,3 +373,42 @@ def test_ctrl_c_while_options_are_parsed_exits_130(store):
     done = _python(code)
     assert done.returncode == 130, done.stderr
     assert "Interrupted." in done.stderr and "Aborted" not in done.stderr
+
+
+def test_history_append_on_a_real_full_disk_leaves_no_torn_line(small_disk):
+    from nnkcli.tracking.history import HistoryError, append_entry, read_history
+
+    path = small_disk / "h.jsonl"
+    append_entry(path, {"sha256": "a" * 64, "source": "one"})
+    before = path.read_bytes()
+    _fill(small_disk)
+    big = {"sha256": "b" * 64, "source": "two", "notes": "x" * 20000}  # more than one page: a short write
+    with pytest.raises(HistoryError, match="no space left on device while writing history"):
+        append_entry(path, big)
+    assert path.read_bytes() == before
+    (small_disk / "ballast").unlink()
+    append_entry(path, {"sha256": "c" * 64, "source": "three"})
+    assert [e["source"] for e in read_history(path).entries] == ["one", "three"]
+
+
+def test_evaluate_history_in_a_read_only_folder_fails_before_the_work(read_only, store):
+    done = _nnk("evaluate", store, "--history", read_only / "h.jsonl", "--k", "5")
+    assert done.returncode == 1, done.stderr
+    assert _errors(done.stderr)[0] == f"Error: cannot write history {read_only / 'h.jsonl'}: read-only file system"
+    assert "evaluating" not in done.stderr
+
+
+def test_evaluate_lock_timeout_on_a_held_history(store, tmp_path):
+    history = tmp_path / "h.jsonl"
+    hold = ("import sys, time\nfrom nnkcli.storage.atomic import file_lock\n"
+            "with file_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-c", hold, str(history)], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        done = _nnk("evaluate", store, "--history", history, "--k", "5", "--lock-timeout", "1.5")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert done.returncode == 1, done.stderr
+    assert f"waiting for the lock {history}.lock, held by pid {proc.pid}" in done.stderr
+    assert _errors(done.stderr)[0].startswith("Error: timed out after ")

@@ -261,3 +261,64 @@ def test_checkpoint_store_path_is_beside_the_history(tmp_path):
     names = {checkpoint_store_path(tmp_path / "h.jsonl", "ab" * 32, m).name
              for m in (base, ModelOptions("m:f", "tr", "va", extract={"resize": 32}), ModelOptions("m:g", "tr", "va"))}
     assert len(names) == 3 and all(n.startswith("abababababababab-") for n in names)
+
+
+# -- an interrupt in any wrapping ends the run (hardening) -----------------------------------
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_an_interrupt_wrapped_by_a_c_extension_ends_the_run(tmp_path, fake, wrapped):
+    a, b = make_source(tmp_path / "a.h5"), make_source(tmp_path / "b.h5", nnk=1.0)
+
+    def hook(path):
+        if path == a:
+            if not wrapped:
+                raise KeyboardInterrupt
+            try:  # what h5py did once: the Ctrl-C surfaced as a SystemError from its lock
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as exc:
+                raise SystemError("<method '__exit__' of 'FastRLock' objects> returned a result with an "
+                                  "exception set") from exc
+
+    fake.hook = hook
+    with pytest.raises(KeyboardInterrupt):
+        fake.run([a, b], tmp_path / "h.jsonl", options=OPTS)
+    assert [c[0] for c in fake.calls] == [str(a)]  # b was never started
+    assert not (tmp_path / "h.jsonl").exists() or read_history(tmp_path / "h.jsonl").entries == []
+
+
+def test_interrupt_in_finds_the_interrupt_behind_any_wrapping():
+    from nnkcli.errors import Terminated, interrupt_in
+
+    assert interrupt_in(ValueError("plain")) is None
+    inner = Terminated(15, "SIGTERM")
+    try:
+        try:
+            raise inner
+        except KeyboardInterrupt:
+            raise RuntimeError("wrapped")
+    except RuntimeError as outer:
+        assert interrupt_in(outer) is inner
+
+
+# -- a failed history append leaves no torn line (hardening) ---------------------------------
+def test_a_short_append_on_a_full_disk_is_undone(tmp_path, monkeypatch):
+    import errno
+    import os as _os
+
+    path = tmp_path / "h.jsonl"
+    append_entry(path, {"sha256": "a" * 64, "source": "one"})
+    before = path.read_bytes()
+    real_write = _os.write
+
+    def half_then_full(fd, data):  # what a full disk does: part of the line, then ENOSPC
+        if len(data) > 20:
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_os, "write", half_then_full)
+    with pytest.raises(HistoryError) as info:
+        append_entry(path, {"sha256": "b" * 64, "source": "two"})
+    monkeypatch.setattr(_os, "write", real_write)
+    assert info.value.message == f"no space left on device while writing history {path}"
+    assert path.read_bytes() == before  # was: half a line, warned about by every later read
+    append_entry(path, {"sha256": "c" * 64, "source": "three"})
+    assert [e["source"] for e in read_history(path).entries] == ["one", "three"]
