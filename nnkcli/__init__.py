@@ -42,6 +42,7 @@ _EXPORTS = {
     "read_history": "nnkcli.tracking.history",
     "NNKClassifier": "nnkcli.estimators",
     "WeightedKNNClassifier": "nnkcli.estimators",
+    "evaluate_features": "nnkcli.evaluation.in_memory",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -551,7 +551,7 @@ def result_document(ev, opts: ScoringOptions, accs, timing, per_class, **extra) 
                for acc in accs.values()]
     n_unlabelled = int((ev.query_labels < 0).sum())
     doc = {
-        "store": str(ev.store_path),
+        "store": str(ev.store_path) if ev.store_path is not None else None,  # None: arrays in memory
         "train_split": ev.train.name,
         "query_split": ev.query.name,
         "n_train": int(ev.train.n),

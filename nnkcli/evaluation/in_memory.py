@@ -44,6 +44,7 @@ class ArraySplit:
         self.n, self.dim = int(features.shape[0]), int(features.shape[1])
         # nothing persists an in-memory index, so nothing needs a content hash of it
         self.content_sha256 = "in-memory"
+        self.ids = None  # sample ids: none for arrays
 
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         return self.features[start:stop]
@@ -147,8 +148,15 @@ class InMemoryEvaluation(Evaluation):
 
     def __init__(self, train_features, train_labels, query_features=None, query_labels=None, *,
                  class_names: Sequence[str] | None = None, threads: int | None = None,
-                 keep_zero_rows: bool = False):
+                 keep_zero_rows: bool = False, search: tuple[str | None, str, bool] = (None, "cpu", False)):
         from nnkcli import index as nnk_index
+        from nnkcli.evaluation.torch_backend import resolve_backend
+
+        # (backend, device, fp16) -> the backend and device actually used, as Evaluation does
+        self.backend, self.device = resolve_backend(*search)
+        self.fp16 = bool(search[2])
+        if self.backend == "torch" and keep_zero_rows:
+            raise InputError("all-zero rows are kept only by the faiss backend", hint="use backend='faiss'")
 
         xt = check_features(train_features, "train features")
         if xt.shape[0] < 1:
@@ -170,13 +178,83 @@ class InMemoryEvaluation(Evaluation):
         self.store_path = None
         self.store = None
         self.train = ArraySplit("train", xt, yt)
-        self.query = ArraySplit("query", xq, yq_ids)
+        self.query = ArraySplit("val", xq, yq_ids)  # the names of sweep's default splits
         self.train_labels, self.query_labels = yt, yq_ids
         self.class_names = names
         self.n_classes = max(len(names), 1)
+        self.shard, self.rows = None, (0, len(xq))  # every query row (no query shards in memory)
         nnk_index.set_threads(threads)
+        if self.backend == "torch":  # the GPU path: exact search by matmul on the device
+            from nnkcli.evaluation.torch_backend import TorchSearcher
+
+            self.index = None
+            self.index_info = {"path": None, "built_in_memory": True, "rebuilt": False, "type": "flat",
+                               "backend": "torch", "device": self.device, "fp16": self.fp16}
+            self._searcher = TorchSearcher(self.train, device=self.device, fp16=self.fp16)
+            return
         self.index = nnk_index.flat_index_of_rows(unit_rows(xt, keep_zero_rows=keep_zero_rows), name="train")
-        self.index_info = {"path": None, "built_in_memory": True, "rebuilt": False, "type": "flat"}
+        self.index_info = {"path": None, "built_in_memory": True, "rebuilt": False, "type": "flat", "backend": "faiss"}
 
     def close(self) -> None:
-        pass
+        if self.__dict__.get("_searcher") is not None:
+            self._searcher.close()
+
+
+def evaluate_features(
+    train_features,
+    train_labels,
+    query_features,
+    query_labels=None,
+    options=None,
+    *,
+    class_names: Sequence[str] | None = None,
+    k=None,
+    **settings,
+):
+    """Sweep NNK and weighted k-NN over k on arrays in memory (a training loop, a notebook).
+
+    The same computation and the same result document as :func:`nnkcli.sweep` on a store
+    holding these arrays (``"store"`` is None and the index is an in-memory flat one),
+    intervals and the best k of each method included; nothing is written to disk.
+
+    Parameters
+    ----------
+    train_features : array-like or torch tensor, shape (n_train, d)
+    train_labels : array-like or torch tensor, shape (n_train,)
+        Integer class ids (``-1`` = unlabelled: never voted for) or strings.
+    query_features : array-like or torch tensor, shape (n_query, d)
+    query_labels : array-like, shape (n_query,), optional
+        None: predictions only (accuracies are NaN).
+    options : ScoringOptions, optional
+        How queries are scored, as ``sweep``'s; ``**settings`` (any of its fields:
+        ``methods``, ``kernel``, ``temperature``, ``weighting``, ``tol``, ``chunk_size``,
+        ``threads``, ``confidence``, ``alpha``, ``backend``/``device``/``fp16`` for the
+        torch (GPU) search path ...) override it.
+    class_names : sequence of str, optional
+        Names of the integer class ids.
+    k : int, str or sequence of int, optional
+        Shorthand for ``k_values``: one k, a ``--k`` SPEC (``"10..200"``) or a list. Default
+        (with neither ``k`` nor ``options``): ``"10..200"``, as ``nnk sweep``.
+
+    Returns
+    -------
+    SweepResult
+        ``.to_dict()`` is the JSON-able document; ``.best`` and ``.results`` as ``sweep``'s.
+    """
+    from nnkcli.evaluation.options import DEFAULT_K_SPEC, ScoringOptions
+    from nnkcli.evaluation.sweeps import sweep_evaluation
+
+    if k is not None:
+        if "k_values" in settings:
+            raise TypeError("give k or k_values, not both")
+        settings["k_values"] = k
+    elif options is None and "k_values" not in settings:
+        settings["k_values"] = DEFAULT_K_SPEC
+    options = options if options is not None else ScoringOptions()
+    if settings:
+        options = options.replace(**settings)
+    if query_features is None:
+        raise InputError("query_features is None", hint="give the features to classify")
+    with InMemoryEvaluation(train_features, train_labels, query_features, query_labels, class_names=class_names,
+                            threads=options.threads, search=(options.backend, options.device, options.fp16)) as ev:
+        return sweep_evaluation(ev, options)

@@ -108,35 +108,49 @@ def sweep(
     shard ``data.shard``) as a partial result file for ``nnk merge``
     (``nnkcli.evaluation.partials``); a shard needs one.
     """
-    from nnkcli.evaluation.classification import partial_writer
-
     options, data = resolve(options, data, settings)
     if data.shard is not None and partial_path is None:
         raise InputError("--shard needs --out PART.h5: a shard's results are only useful merged",
                          hint="add --out shard-I.h5, then 'nnk merge shard-*.h5'")
     ev = open_evaluation(store_path, options, data, progress_factory)
     with ev:
-        check_labelled(ev, gate_requested)
-        ev.check_k(options)
-        writer = partial_writer(partial_path, ev, options, "sweep") if partial_path is not None else None
-        on_chunk = writer.write if writer is not None else None
-        try:
-            if progress is None and progress_factory is not None:
-                with progress_factory(ev.rows[1] - ev.rows[0], "sweeping") as advance:
-                    accs, timing = evaluate_chunks(ev, options, progress=advance, keep_hits=True, on_chunk=on_chunk)
-            else:
-                accs, timing = evaluate_chunks(ev, options, progress=progress, keep_hits=True, on_chunk=on_chunk)
-            doc = result_document(ev, options, accs, timing, per_class=False)
-            hits = {key: acc.hits()[0] for key, acc in accs.items()}
-            labels, ids = ev.query_labels, ev.query.ids
-            finish_sweep_document(doc, options.k_values, options.methods, hits, options.alpha)
-            if writer is not None:
-                writer.commit(doc)
-                doc["partial_path"] = str(partial_path)
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
+        return sweep_evaluation(ev, options, gate_requested=gate_requested, progress=progress,
+                                progress_factory=progress_factory, partial_path=partial_path)
+
+
+def sweep_evaluation(
+    ev,
+    options: ScoringOptions,
+    *,
+    gate_requested: bool = False,
+    progress: Callable[[int], None] | None = None,
+    progress_factory: Callable | None = None,
+    partial_path: str | os.PathLike | None = None,
+) -> SweepResult:
+    """The sweep of an opened evaluation: a store's ``Evaluation`` or an ``InMemoryEvaluation``."""
+    from nnkcli.evaluation.classification import partial_writer
+
+    check_labelled(ev, gate_requested)
+    ev.check_k(options)
+    writer = partial_writer(partial_path, ev, options, "sweep") if partial_path is not None else None
+    on_chunk = writer.write if writer is not None else None
+    try:
+        if progress is None and progress_factory is not None:
+            with progress_factory(ev.rows[1] - ev.rows[0], "sweeping") as advance:
+                accs, timing = evaluate_chunks(ev, options, progress=advance, keep_hits=True, on_chunk=on_chunk)
+        else:
+            accs, timing = evaluate_chunks(ev, options, progress=progress, keep_hits=True, on_chunk=on_chunk)
+        doc = result_document(ev, options, accs, timing, per_class=False)
+        hits = {key: acc.hits()[0] for key, acc in accs.items()}
+        labels, ids = ev.query_labels, ev.query.ids
+        finish_sweep_document(doc, options.k_values, options.methods, hits, options.alpha)
+        if writer is not None:
+            writer.commit(doc)
+            doc["partial_path"] = str(partial_path)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     best_hits = {m: (b["k"], hits[(m, b["k"])]) for m, b in doc["best"].items()}
     return SweepResult(doc, best_hits=best_hits, query_labels=labels, query_ids=ids)
 
