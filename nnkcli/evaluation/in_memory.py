@@ -193,7 +193,8 @@ class InMemoryEvaluation(Evaluation):
             self._searcher = TorchSearcher(self.train, device=self.device, fp16=self.fp16)
             return
         self.index = nnk_index.flat_index_of_rows(unit_rows(xt, keep_zero_rows=keep_zero_rows), name="train")
-        self.index_info = {"path": None, "built_in_memory": True, "rebuilt": False, "type": "flat", "backend": "faiss"}
+        self.index_info = {"path": None, "built_in_memory": True, "rebuilt": False, "type": "flat",
+                           "backend": "faiss"}
 
     def close(self) -> None:
         if self.__dict__.get("_searcher") is not None:

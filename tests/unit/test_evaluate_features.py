@@ -37,6 +37,15 @@ def test_document_equals_sweep_on_a_store_of_the_same_arrays(tmp_path, kernel):
     assert set(in_memory["best"]) == {"nnk", "knn"}
 
 
+def test_torch_search_path_gives_the_same_results():
+    pytest.importorskip("torch")
+    Xt, yt, Xq, yq = _clusters(seed=6)
+    faiss_doc = evaluate_features(Xt, yt, Xq, yq, k=[5, 20]).to_dict()
+    torch_doc = evaluate_features(Xt, yt, Xq, yq, k=[5, 20], backend="torch", device="cpu").to_dict()
+    assert torch_doc["index"]["backend"] == "torch" and faiss_doc["index"]["backend"] == "faiss"
+    assert torch_doc["results"] == faiss_doc["results"]
+
+
 def test_knn_top1_matches_a_naive_loop():
     Xt, yt, Xq, yq = _clusters(seed=4)
     k, T = 7, 0.07
