@@ -16,6 +16,7 @@ the in-memory run of the same repetition round; the target is evaluate_features 
 Usage:
     python benchmarks/bench_evaluator.py                  # the issue's sizes
     python benchmarks/bench_evaluator.py --quick          # 10,000 x 128, 2,000 queries
+    python benchmarks/bench_evaluator.py --queries 2000   # the issue's train set, fewer queries
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--k", default="10..200")
+    ap.add_argument("--queries", type=int, default=None, help="number of queries (default 10,000; --quick 2,000)")
     args = ap.parse_args()
     n_train, n_query, dim = (10_000, 2_000, 128) if args.quick else (50_000, 10_000, 512)
+    n_query = args.queries or n_query
 
     from nnkcli import evaluate_features, parse_k_spec, sweep, write_split
     from nnkcli.storage.store import FeatureStore
