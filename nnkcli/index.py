@@ -1,6 +1,7 @@
 """The persisted faiss index: build, save, load, search, fingerprint.
 
-This is the only module that imports faiss. Features are L2-normalised, so the
+This is the only module that imports faiss. Features are L2-normalized
+(``nnkcli.numerics.kernels.normalize_rows``, pure numpy), so the
 inner product is the cosine similarity and an inner-product index returns the
 k most similar training rows.
 

@@ -8,6 +8,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_STORE = REPO / "sample_data" / "fashion-mnist.h5"
+HELPERS = REPO / "tests" / "helpers"
 
 
 @pytest.fixture
@@ -39,3 +40,12 @@ def _restore_nnkcli_logger():
     log.handlers[:] = saved[0]
     log.setLevel(saved[1])
     log.propagate = saved[2]
+
+
+@pytest.fixture
+def tinynets(monkeypatch):
+    """The tiny torch models of ``tests/helpers/nnk_tinynets.py``, importable as ``nnk_tinynets:NAME``."""
+    monkeypatch.syspath_prepend(str(HELPERS))
+    import nnk_tinynets
+
+    return nnk_tinynets

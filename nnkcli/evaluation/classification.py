@@ -487,9 +487,11 @@ def classify(
 
     Examples
     --------
-    >>> doc = classify(demo_store, k=10, methods="knn")              # doctest: +SKIP
-    >>> [(r["method"], r["k"]) for r in doc["results"]]              # doctest: +SKIP
-    [('knn', 10)]
+    >>> doc = classify(demo_store, k=10, methods="knn")   # demo_store: a feature store's path
+    >>> [(r["method"], r["k"], r["n_queries"]) for r in doc["results"]]
+    [('knn', 10, 30)]
+    >>> doc["parameters"]["k_values"], doc["parameters"]["methods"]
+    ([10], ['knn'])
     """
     if predictions_path is not None:
         from nnkcli.storage.atomic import check_can_create

@@ -107,6 +107,12 @@ def sweep(
     ``partial_path`` writes the per-query predictions of the evaluated rows (all, or the
     shard ``data.shard``) as a partial result file for ``nnk merge``
     (``nnkcli.evaluation.partials``); a shard needs one.
+
+    Examples
+    --------
+    >>> result = sweep(demo_store, k_values="5..15:5")   # demo_store: a feature store's path
+    >>> result.document["k_values"], sorted(result.best)
+    ([5, 10, 15], ['knn', 'nnk'])
     """
     options, data = resolve(options, data, settings)
     if data.shard is not None and partial_path is None:

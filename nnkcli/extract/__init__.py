@@ -3,9 +3,10 @@
 
 ``load_features(path, split=...)`` recognises the input and returns an
 :class:`ImportedFeatures` whose ``features`` reads rows lazily (by block, from the file,
-wherever the format allows), ready for :func:`nnkcli.storage.store.write_split`. The optional model
-extractor (torch) lives in ``images.py``/``models.py`` and is imported only when used;
-nothing here imports torch at module level.
+wherever the format allows), ready for :func:`nnkcli.storage.store.write_split`. What the
+importers share is in ``common.py``. The optional model extractor (torch) is
+``torch_extract.py`` (with ``images.py``, ``models.py``, ``torch_checkpoints.py`` and
+``distributed.py``) and is imported only when used; nothing here imports torch at module level.
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ costs ``O(k d)`` per query in float64, and the KKT certificate never needs ``G``
    above, checked exactly as ``nnk_solve`` checks it (``theta > 0`` on ``P``,
    ``lambda >= -tol max|g|`` off it, ``|lambda| <= tol max|g|`` on it).
 
-Across k (a sweep), a new neighbour can enter only if its gradient ``g_j - (G theta)_j``
-at the previous k's optimum is positive, an ``O(d)`` check per neighbour; where one is,
-the previous support plus the entering neighbours is tried first (polish + certificate),
+Across k (a sweep), a new neighbor can enter only if its gradient ``g_j - (G theta)_j``
+at the previous k's optimum is positive, an ``O(d)`` check per neighbor; where one is,
+the previous support plus the entering neighbors is tried first (polish + certificate),
 and only where that guess fails does the engine run, warm-started from it.
 
 Float32 only proposes: a query whose polished weights fail the float64 certificate (a
@@ -142,7 +142,7 @@ def nnk_solve_cosine(X, g, k_values, *, tol: float = 1e-8, max_iter: int | None 
             warm[:, :kp] = prev.theta[todo] > 0
             warm[:, kp:] = w_new[todo] > _ENTER * tol * gscale[todo, None]
             if todo.size:
-                # usually the new support is the old one plus the neighbours that want to enter:
+                # usually the new support is the old one plus the neighbors that want to enter:
                 # check that guess directly in float64; the engine only runs where it is wrong
                 for _ in range(GUESSES):
                     theta, resid, obj, vt, kept = polish(X, k, todo, gk[todo], warm, tol, kept=True)
@@ -150,7 +150,7 @@ def nnk_solve_cosine(X, g, k_values, *, tol: float = 1e-8, max_iter: int | None 
                     hit = todo[right]
                     res.theta[hit], res.kkt_residual[hit], res.objective[hit] = theta[right], resid[right], obj[right]
                     v[hit] = vt[right]
-                    # a guess with a non-positive weight: drop those neighbours and try again
+                    # a guess with a non-positive weight: drop those neighbors and try again
                     pruned = ~right & (kept != warm).any(axis=1)
                     todo, warm = todo[~right], np.where(pruned[:, None], kept, warm)[~right]
                     if not pruned.any():

@@ -89,7 +89,7 @@ class SplitWriter:
 
     Examples
     --------
-    >>> with SplitWriter("feats.h5", "train", dim=768, class_names=names,
+    >>> with SplitWriter("feats.h5", "train", dim=768, class_names=names,  # doctest: +SKIP
     ...                  source="torchvision:vit_b_16", resumable=True) as writer:
     ...     for images, labels in batches(skip=writer.n_written):
     ...         writer.append(model(images), labels)

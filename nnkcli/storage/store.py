@@ -698,7 +698,7 @@ class ArrayFileWriter:
 
     Examples
     --------
-    >>> with ArrayFileWriter("pred.h5", kind="predictions") as out:
+    >>> with ArrayFileWriter("pred.h5", kind="predictions") as out:  # doctest: +SKIP
     ...     out.create("labels", (n,), np.int64)
     ...     out.write("labels", 0, labels[:100])
     ...     out.set_attrs({"k": 10})

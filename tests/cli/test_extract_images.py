@@ -31,14 +31,6 @@ TRANSFORM = EvalTransform(resize=16, crop=12)
 
 
 @pytest.fixture
-def tinynets(monkeypatch):
-    monkeypatch.syspath_prepend(str(HELPERS))
-    import nnk_tinynets
-
-    return nnk_tinynets
-
-
-@pytest.fixture
 def image_dir(tmp_path):
     """3 classes x 4 noise images of assorted sizes and formats."""
     root = tmp_path / "images"

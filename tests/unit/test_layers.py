@@ -175,3 +175,11 @@ def test_public_api_is_lazy_and_cli_free(name):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_one_spelling_of_neighbor():
+    root = PACKAGE.parent
+    texts = [*PACKAGE.rglob("*.py"), root / "README.md", *root.glob("docs/**/*.md"), *root.glob("benchmarks/*.py")]
+    british = "neighb" + "our"  # split, so that this file does not match itself
+    found = [str(p.relative_to(root)) for p in texts if p.is_file() and british in p.read_text().lower()]
+    assert found == [], f"use 'neighbor' (American) in: {found}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import types
-from pathlib import Path
 
 import pytest
 
@@ -14,15 +13,6 @@ from torch import nn  # noqa: E402
 from nnkcli.errors import InputError  # noqa: E402
 from nnkcli.extract.models import build_model, parse_model_spec, replace_head  # noqa: E402
 
-HELPERS = Path(__file__).resolve().parents[1] / "helpers"
-
-
-@pytest.fixture
-def tinynets(monkeypatch):
-    monkeypatch.syspath_prepend(str(HELPERS))
-    import nnk_tinynets
-
-    return nnk_tinynets
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import hashlib
 import logging
 import sys
 import types
-from pathlib import Path
 
 import pytest
 
@@ -24,15 +23,6 @@ from nnkcli.extract.torch_checkpoints import (  # noqa: E402
     summarize_keys,
 )
 
-HELPERS = Path(__file__).resolve().parents[1] / "helpers"
-
-
-@pytest.fixture
-def tinynets(monkeypatch):
-    monkeypatch.syspath_prepend(str(HELPERS))
-    import nnk_tinynets
-
-    return nnk_tinynets
 
 
 # -- prefixes and nesting -----------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,16 +14,7 @@ from nnkcli.extract.images import EvalTransform, load_image, scan_image_folder  
 from nnkcli.extract.torch_extract import extract_image_features, forward_features, resolve_device  # noqa: E402
 from nnkcli.storage.store import FeatureStore  # noqa: E402
 
-HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 TRANSFORM = EvalTransform(resize=12, crop=10)
-
-
-@pytest.fixture
-def tinynets(monkeypatch):
-    monkeypatch.syspath_prepend(str(HELPERS))
-    import nnk_tinynets
-
-    return nnk_tinynets
 
 
 @pytest.fixture
