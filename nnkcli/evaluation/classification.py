@@ -1,15 +1,19 @@
 """Streaming NNK / weighted-kNN evaluation of a query split against an indexed training split.
 
-The query split is read in chunks. For each chunk: one index search at the largest
-k needed, an exact re-ranking of those neighbors (float64 cosine from the stored
-vectors, ties broken by row id, so results do not depend on faiss's blocking, the
-chunk size or the thread count), then the requested methods at every requested k.
+The query split is read and searched in blocks (``nnkcli.evaluation.pipeline``: one
+index search per block at the largest k needed, thousands of queries at once), and
+each block is scored in chunks: an exact re-ranking of the neighbors (float64 cosine
+from the stored vectors, ties broken by row id, so results do not depend on faiss's
+blocking, the chunk size or the thread count), then the requested methods at every
+requested k. Blocks and chunks run on ``--threads`` worker threads.
 ``classify`` evaluates one k; ``nnkcli.evaluation.sweeps`` evaluates many from the same search.
 
 Memory: the index (n_train x d float32 for a flat index) plus, per chunk of B
 queries at largest k K, about ``B * (4*K*d + 32*K*K + 16*C)`` bytes (neighbor
-vectors, kernel blocks and solver work, class scores). The default chunk size keeps
-that under ``CHUNK_MEMORY_BUDGET``; nothing of size n_query x n_train is ever held.
+vectors, kernel blocks and solver work, class scores), for each of the chunks in
+flight (one per thread), plus a search block's ids. The default chunk size keeps the
+chunks together under ``CHUNK_MEMORY_BUDGET``; nothing of size n_query x n_train is
+ever held.
 """
 
 from __future__ import annotations

@@ -247,7 +247,13 @@ def polish(X, k, rows, g, support, tol, kept=False):
         np.put_along_axis(part, idx, z, 1)
         theta[b] = part
         v[b] = np.matmul(z[:, None, :], XP)[:, 0]
-    lam = 0.5 * (theta.sum(axis=1)[:, None] + _products(X, 0, k, rows, v)) - g
+    # X v only where the support's weights came out positive (elsewhere theta = 0, so G theta = 0):
+    # a failed guess costs |P|^2 d, not k d
+    prod = np.zeros((B, k))
+    pos = np.flatnonzero(positive)
+    if pos.size:
+        prod[pos] = _products(X, 0, k, rows[pos], v[pos])
+    lam = 0.5 * (theta.sum(axis=1)[:, None] + prod) - g
     viol = np.where(theta > 0, np.abs(lam), np.maximum(-lam, 0.0))
     resid = viol.max(axis=1, initial=0.0) / g_scale(g)
     # accepted only as tight as the active-set engine stops: the certificate alone (tol)
