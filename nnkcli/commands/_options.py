@@ -24,17 +24,23 @@ from nnkcli.errors import OptionError
 from nnkcli.evaluation.options import (
     DEFAULT_K,
     DEFAULT_K_SPEC,
+    DEFAULT_SELECT_QUERIES,
     K_SPEC_HELP,
     BACKENDS,
     DEVICES,
     METHOD_CHOICES,
     METHODS,
+    PROTOCOL_FIELDS,
+    SELECT_ON,
     DataOptions,
     ScoringOptions,
+    apply_protocol,
     check_k_values,
+    positive_floats,
 )
+from nnkcli.evaluation.protocols import PROTOCOLS, SOLVERS
 from nnkcli.numerics.kernels import KERNELS
-from nnkcli.numerics.scores import WEIGHTINGS
+from nnkcli.numerics.scores import TOP5_RULES, WEIGHTINGS
 
 
 def bad_parameter(exc: OptionError) -> click.BadParameter:
@@ -108,7 +114,7 @@ def _bundle(options, build):
 
 
 _SCORING_PARAMS = ("methods", "k_values", "kernel", "temperature", "weighting", "exclude_self", "chunk_size",
-                   "threads", "confidence", "backend")
+                   "threads", "confidence", "backend", "top5_rule", "solver", "protocol")
 
 
 def scoring_options(*, single_k: bool = False, k_default: str | None = None, methods: bool = True,
@@ -134,8 +140,10 @@ def scoring_options(*, single_k: bool = False, k_default: str | None = None, met
         click.option("--kernel", default="cosine", show_default=True, metavar="|".join(KERNELS),
                      callback=checked(S, "kernel"),
                      help="NNK kernel: (1+cos)/2, or exp(-d^2/2s^2) with s = k-th neighbor distance / 3."),
-        click.option("--temperature", type=float, default=0.07, show_default=True, metavar="T",
-                     callback=checked(S, "temperature"), help="kNN weights exp(similarity / T), as DINO; T > 0."),
+        click.option("--temperature", default="0.07", show_default=True, metavar="T[,T...]",
+                     callback=check_with(positive_floats),
+                     help="kNN weights exp(similarity / T), as DINO; T > 0. A list such as 0.02,0.05,0.07 gives "
+                          "one kNN result per T from the same neighbors (no new search)."),
         click.option("--weighting", default="exp", show_default=True, metavar="|".join(WEIGHTINGS),
                      callback=checked(S, "weighting"), help="kNN vote weights: exp(s/T) as DINO, s, or 1."),
         click.option("--chunk-size", type=int, default=None, metavar="N", callback=checked(S, "chunk_size"),
@@ -149,6 +157,17 @@ def scoring_options(*, single_k: bool = False, k_default: str | None = None, met
         click.option("--confidence", type=float, default=0.95, show_default=True, metavar="LEVEL",
                      callback=checked(S, "confidence"),
                      help="Level of the interval shown with every accuracy (Wilson; bootstrap for balanced)."),
+        click.option("--top5-rule", default="strict", show_default=True, metavar="|".join(TOP5_RULES),
+                     callback=checked(S, "top5_rule"),
+                     help="strict: a class with zero score never counts for top-5; inclusive: rank every class, "
+                          "as solo-learn, VISSL, DINOv2 and the NNK paper's code do."),
+        click.option("--solver", default="exact", show_default=True, metavar="|".join(SOLVERS),
+                     callback=checked(S, "solver"),
+                     help="NNK solver: exact (KKT-certified) or pruning (the NNK paper's code, to reproduce its "
+                          "tables; reports what the approximation costs)."),
+        click.option("--protocol", default=None, metavar="|".join(PROTOCOLS), callback=checked(S, "protocol"),
+                     help="Preset k values, temperature, top-5 rule and solver of another tool (README "
+                          "\"Protocols\"); options given explicitly override it."),
     ]
     options.append(click.option(
         "--backend", default=None, metavar="|".join(BACKENDS), callback=checked(S, "backend"),
@@ -169,14 +188,32 @@ def scoring_options(*, single_k: bool = False, k_default: str | None = None, met
         options.append(click.option("--alpha", type=float, default=0.05, show_default=True, metavar="A",
                                     callback=checked(S, "alpha"), help=help_text))
         params.append("alpha")
+        options += [
+            click.option("--select-on", default=None, metavar="|".join(SELECT_ON), callback=checked(S, "select_on"),
+                         help="Choose k (and T) by leave-one-out top-1 on the train split, never the query "
+                              "split, and report the query split there (\"selected\"); the gates use it."),
+            click.option("--select-queries", type=int, default=DEFAULT_SELECT_QUERIES, show_default=True,
+                         metavar="N", callback=checked(S, "select_queries"),
+                         help="Seeded random train rows the leave-one-out selection uses (all rows if fewer)."),
+        ]
+        params += ["select_on", "select_queries"]
 
     def build(kwargs):
-        kwargs["scoring"] = ScoringOptions(**{name: kwargs.pop(name) for name in params})
+        from click.core import ParameterSource
+
+        settings = {name: kwargs.pop(name) for name in params}
+        if settings["protocol"] is not None:  # the preset fills what was not given on the command line
+            ctx = click.get_current_context()
+            for name in PROTOCOL_FIELDS:
+                if name in settings and ctx.get_parameter_source(name) not in (
+                        ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+                    del settings[name]
+        kwargs["scoring"] = ScoringOptions(**apply_protocol(settings, one_k=single_k))
 
     return _bundle(options, build)
 
 
-_DATA_PARAMS = ("train_split", "query_split", "index_path", "rebuild_index")
+_DATA_PARAMS = ("train_split", "query_split", "index_path", "rebuild_index", "strict_provenance")
 
 
 def split_option(name: str = "--train-split", default: str = "train", help: str = "Split searched for neighbors."):
@@ -203,6 +240,9 @@ def data_options(f):
                      help="Saved index (default: STORE's <stem>.<train-split>.faiss if present, else built in memory)."),
         click.option("--rebuild-index", is_flag=True,
                      help="Rebuild (and save) a stale or damaged saved index instead of refusing it."),
+        click.option("--strict-provenance", is_flag=True,
+                     help="Exit 1 when the train and query splits differ in provenance (model, checkpoint, "
+                          "transform, source format, dtype) instead of warning."),
     ]
 
     def build(kwargs):

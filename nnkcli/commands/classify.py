@@ -35,6 +35,8 @@ def classify(store, scoring, data, shard, per_class, out, min_top1, min_top5, ga
       nnk classify feats.h5 --query-split train --exclude-self --out loo.h5
       nnk classify feats.h5 --shard 0/8 --out part-0.h5        # then: nnk merge part-*.h5
       nnk classify feats.h5 --backend torch --device cuda --fp16
+      nnk classify feats.h5 --protocol nnk-paper        # the NNK paper's solver and top-5
+      nnk classify feats.h5 --method knn --temperature 0.02,0.05,0.07,0.1
     """
     from nnkcli.evaluation.classification import classify as run_classify
     from nnkcli.numerics.metrics import check_gates
@@ -64,6 +66,10 @@ def _caption(doc: dict) -> str:
              f"search {t['search_s']:.2f}s"]
     if "nnk_s" in t and any(r["method"] == "nnk" for r in doc["results"]):
         parts.append(f"nnk {t['nnk_s']:.2f}s")
+    for r in doc["results"]:
+        if "kkt_failure_fraction" in r:
+            parts.append(f"pruning solver: {100 * r['kkt_failure_fraction']:.1f}% of queries fail the exact KKT "
+                         f"certificate, mean objective gap {r['objective_gap_mean']:.3g}")
     if doc.get("n_unlabelled"):
         parts.append(f"{doc['n_unlabelled']} unlabelled queries not scored")
     return "; ".join(parts)

@@ -85,7 +85,11 @@ def merge_parts(paths: Sequence[str | Path], *, out: str | Path | None = None) -
     command = compat["command"]
     n_classes = int(template["n_classes"])
     keep_hits = command == "sweep"
-    accs = {(m, k): Accumulator(m, k, n_classes, keep_hits=keep_hits) for m in methods for k in k_values}
+    params = compat["parameters"]
+    # the rows say which temperature (kNN) and solver (NNK) made them, as the unsharded run's do
+    row_info = {"knn": {"temperature": params.get("temperature")}, "nnk": {"solver": params.get("solver")}}
+    accs = {(m, k): Accumulator(m, k, n_classes, keep_hits=keep_hits, **row_info.get(m, {}))
+            for m in methods for k in k_values}
     for part in parts:
         arrays = part["arrays"]
         labels = arrays["labels"]

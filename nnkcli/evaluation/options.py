@@ -41,8 +41,9 @@ from typing import Any
 
 from nnkcli.errors import InputError, OptionError
 from nnkcli.storage.checks import check_split_name
+from nnkcli.evaluation.protocols import PROTOCOLS, SOLVERS
 from nnkcli.numerics.kernels import KERNELS
-from nnkcli.numerics.scores import WEIGHTINGS
+from nnkcli.numerics.scores import TOP5_RULES, WEIGHTINGS
 
 #: neighbor search back ends (``evaluation.search``/``evaluation.torch_backend``) and their devices;
 #: the devices are also those of the model extractor (``extract --device``)
@@ -224,6 +225,38 @@ def open_unit_interval(value, option: str) -> float:
     return x
 
 
+def positive_floats(value, option: str) -> tuple[float, ...]:
+    """A float, a comma list (``"0.02,0.05"``) or a sequence -> tuple of distinct finite floats > 0, in order.
+
+    The empty tuple stays empty (no grid).
+    """
+    if isinstance(value, str):
+        parts = []
+        for part in value.split(","):
+            try:
+                parts.append(float(part))
+            except ValueError:
+                raise OptionError(option, value, "expected a number or a comma list of numbers",
+                                  hint="e.g. 0.07 or 0.02,0.05,0.07") from None
+        value = parts
+    elif not isinstance(value, (list, tuple)):
+        value = [value]
+    return tuple(dict.fromkeys(positive_float(v, option) for v in value))
+
+
+def count(value, option: str) -> int:
+    """An int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise OptionError(option, value, "expected an integer >= 1")
+    return value
+
+
+def seed(value, option: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise OptionError(option, value, "expected an integer >= 0")
+    return value
+
+
 def optional_count(value, option: str) -> int | None:
     """None (= automatic) or an int >= 1."""
     if value is None:
@@ -254,6 +287,11 @@ def optional_path(value, option: str) -> str | None:
 
 
 METHOD_CHOICES = (*METHODS, *METHOD_ALIASES)
+#: --select-on: where k (and T) may be chosen (never the query split)
+SELECT_ON = ("train",)
+DEFAULT_SELECT_QUERIES = 10_000
+#: the settings a --protocol preset fills in when they are not given explicitly
+PROTOCOL_FIELDS = ("k_values", "temperature", "temperature_grid", "top5_rule", "solver")
 
 
 def setting(default, option: str, check: Callable[[Any, str], Any]):
@@ -341,6 +379,23 @@ class ScoringOptions(_Checked):
         Where the torch backend searches; ``auto`` = CUDA when torch sees a GPU.
     fp16 : bool, default=False
         The torch backend multiplies in float16 (candidates re-ranked exactly in float64).
+    temperature_grid : tuple of float, default=()
+        kNN temperatures evaluated from the same neighbors, one result row per (k, T);
+        its first value is ``temperature``. Empty: just ``temperature``.
+    top5_rule : {"strict", "inclusive"}, default="strict"
+        ``strict``: a zero-score class never counts for top-5; ``inclusive``: every class is
+        ranked (the peers' rule, ``nnkcli.numerics.scores.topk_classes``).
+    solver : {"exact", "pruning"}, default="exact"
+        NNK solver: the KKT-certified one, or the NNK paper's (``nnkcli.numerics.pruning``).
+    protocol : str or None, default=None
+        The preset (``nnkcli.evaluation.protocols``) the settings came from; recorded only:
+        ``apply_protocol`` is what fills the settings in.
+    select_on : {"train"} or None, default=None
+        sweep/evaluate: choose k (and T) by leave-one-out on train rows.
+    select_queries : int, default=10000
+        Train rows of that leave-one-out selection (all rows when fewer).
+    select_seed : int, default=0
+        Seed of the selection's random subset.
     """
 
     methods: tuple[str, ...] = setting(METHODS, "--method", check_methods)
@@ -357,6 +412,30 @@ class ScoringOptions(_Checked):
     backend: str | None = setting(None, "--backend", optional_choice(BACKENDS, "backend"))
     device: str = setting("auto", "--device", choice(DEVICES, "device"))
     fp16: bool = setting(False, "--fp16", flag)
+    temperature_grid: tuple[float, ...] = setting((), "--temperature", positive_floats)
+    top5_rule: str = setting("strict", "--top5-rule", choice(TOP5_RULES, "top-5 rule"))
+    solver: str = setting("exact", "--solver", choice(SOLVERS, "solver"))
+    protocol: str | None = setting(None, "--protocol", optional_choice(PROTOCOLS, "protocol"))
+    select_on: str | None = setting(None, "--select-on", optional_choice(SELECT_ON, "selection split"))
+    select_queries: int = setting(DEFAULT_SELECT_QUERIES, "--select-queries", count)
+    select_seed: int = setting(0, "select_seed", seed)
+
+    def validate(self):
+        super().validate()
+        if self.temperature_grid and self.temperature_grid[0] != self.temperature:
+            # the grid's first value is the primary temperature (classify's --out, estimators)
+            object.__setattr__(self, "temperature", self.temperature_grid[0])
+        if len(self.temperature_grid) == 1:
+            object.__setattr__(self, "temperature_grid", ())
+        if self.solver == "pruning" and self.kernel != "cosine":
+            raise OptionError("--solver", self.solver, "the pruning solver works with the cosine kernel only",
+                              hint="the NNK paper's code uses (1 + cos) / 2; drop --kernel gaussian")
+        return self
+
+    @property
+    def knn_temperatures(self) -> tuple[float, ...]:
+        """Every kNN temperature evaluated, the primary (``temperature``) first."""
+        return self.temperature_grid or (self.temperature,)
 
 
 @dataclass(frozen=True)
@@ -373,6 +452,37 @@ class DataOptions(_Checked):
     index_path: str | None = setting(None, "--index", optional_path)
     rebuild_index: bool = setting(False, "--rebuild-index", flag)
     shard: tuple[int, int] | None = setting(None, "--shard", shard_spec)
+    strict_provenance: bool = setting(False, "--strict-provenance", flag)
+
+
+def apply_protocol(settings: dict, *, one_k: bool = False) -> dict:
+    """``settings`` with every ``PROTOCOL_FIELDS`` entry it lacks taken from ``settings["protocol"]``.
+
+    ``settings`` holds the explicitly given settings (explicit ones win). ``temperature``
+    may be a sequence there (a grid). ``one_k``: classify's single k (``Protocol.classify_k``)
+    instead of the sweep's list. Without a protocol only the temperature sequence is unfolded.
+    """
+    from nnkcli.evaluation.protocols import get_protocol
+
+    out = dict(settings)
+    t = out.get("temperature")
+    if t is not None and not isinstance(t, (int, float)):
+        temps = positive_floats(t, "--temperature")
+        out["temperature"] = temps[0]
+        out["temperature_grid"] = temps if len(temps) > 1 else ()
+    name = out.get("protocol")
+    if name is None:
+        return out
+    preset = get_protocol(ScoringOptions.check_field("protocol", name))
+    given = set(out)
+    if "k_values" not in given:
+        out["k_values"] = (preset.classify_k,) if one_k else preset.k_values
+    if "temperature" not in given:
+        out["temperature"] = preset.temperatures[0]
+        out["temperature_grid"] = preset.temperatures if len(preset.temperatures) > 1 else ()
+    out.setdefault("top5_rule", preset.top5_rule)
+    out.setdefault("solver", preset.solver)
+    return out
 
 
 def resolve(

@@ -14,8 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from nnkcli.evaluation.classification import check_labelled, evaluate_chunks, open_evaluation, result_document
-from nnkcli.evaluation.options import DEFAULT_ALPHA, DataOptions, ScoringOptions, parse_k_spec, resolve
+from nnkcli.evaluation.options import (DEFAULT_ALPHA, DataOptions, ScoringOptions, apply_protocol, parse_k_spec,
+                                      resolve)
 from nnkcli.errors import InputError
+from nnkcli.evaluation.selection import run_selection, selected_results
 from nnkcli.numerics.stats import mcnemar_exact
 
 __all__ = ["SweepResult", "best_per_method", "parse_k_spec", "sweep"]
@@ -49,33 +51,41 @@ class SweepResult:
 
 
 def best_per_method(results: Sequence[dict], hits: dict | None = None, alpha: float = DEFAULT_ALPHA) -> dict:
-    """Per method, the row with the highest top-1 (ties: the smaller k, which is cheaper).
+    """Per method, the row with the highest top-1 (ties: the smaller k, then the smaller T).
 
-    With ``hits`` ((method, k) -> per-query top-1 correctness, the same queries for
-    every k), each best also says which other k are *not* significantly worse than it:
+    The entry holds ``k``, ``top1``, ``top5`` (and their intervals) and, for a kNN row,
+    ``temperature``. With ``hits`` ((method, k, T or None) -> per-query top-1 correctness,
+    the same queries for every k), each best also says which other k (at the best's T) are
+    *not* significantly worse than it:
     McNemar's exact test of that k against the best k on the same queries, p >= ``alpha``
     (``tied_k``); ``recommended_k`` is the smallest k among the best and those, the
     cheapest k that the data cannot tell apart from the best; ``significant`` is true
     when no other k is tied.
     """
     best: dict = {}
+    chosen: dict = {}
     for row in results:
         top1 = row.get("top1")
         if top1 is None or top1 != top1:
             continue
-        current = best.get(row["method"])
-        if current is None or top1 > current["top1"] or (top1 == current["top1"] and row["k"] < current["k"]):
-            best[row["method"]] = {"k": row["k"], "top1": top1, "top5": row.get("top5")}
-            best[row["method"]].update({key: row[key] for key in ("top1_ci", "top5_ci") if key in row})
+        rank = (-top1, row["k"], row.get("temperature") or 0.0)
+        if row["method"] not in chosen or rank < chosen[row["method"]]:
+            chosen[row["method"]] = rank
+            entry = {"k": row["k"], "top1": top1, "top5": row.get("top5")}
+            entry.update({key: row[key] for key in ("top1_ci", "top5_ci") if key in row})
+            if row.get("temperature") is not None:
+                entry["temperature"] = row["temperature"]
+            best[row["method"]] = entry
     if hits is None:
         return best
     for method, b in best.items():
-        ref = hits[(method, b["k"])]
+        t = b.get("temperature")
+        ref = hits[(method, b["k"], t)]
         tied = []
         for row in results:
-            if row["method"] != method or row["k"] == b["k"]:
+            if row["method"] != method or row["k"] == b["k"] or row.get("temperature") != t:
                 continue
-            other = hits[(method, row["k"])]
+            other = hits[(method, row["k"], t)]
             p = mcnemar_exact(int((ref & ~other).sum()), int((other & ~ref).sum()))
             if p >= alpha:
                 tied.append(row["k"])
@@ -97,12 +107,17 @@ def sweep(
     partial_path: str | os.PathLike | None = None,
     **settings,
 ) -> SweepResult:
-    """Evaluate every k of ``options.k_values`` for every method from one search per chunk.
+    """Evaluate every k of ``options.k_values`` (and kNN temperature) from one search per chunk.
 
     ``options``, ``data`` and ``**settings`` are as in ``classify`` (``k_values=range(10, 201, 10)``
-    or ``k_values="10..200"`` is the usual keyword). Results are ordered by method, then k;
-    ``best`` holds each method's best k and the k values not significantly worse than it at
-    ``options.alpha`` (see :func:`best_per_method`).
+    or ``k_values="10..200"`` is the usual keyword; ``temperature=(0.05, 0.1)`` a kNN grid;
+    ``protocol="dino"`` a preset for what is not given). Results are ordered by method, then
+    k, then T; ``best`` holds each method's best (k, T) on the query split (optimistic: chosen
+    on the split it reports) and the k values not significantly worse than it at
+    ``options.alpha`` (see :func:`best_per_method`). With ``select_on="train"``,
+    ``selected`` holds the (k, T) chosen by leave-one-out on ``select_queries`` seeded train
+    rows (``nnkcli.evaluation.selection``) and the query split's results there; the query
+    split's labels play no part in that choice.
 
     ``partial_path`` writes the per-query predictions of the evaluated rows (all, or the
     shard ``data.shard``) as a partial result file for ``nnk merge``
@@ -114,10 +129,14 @@ def sweep(
     >>> result.document["k_values"], sorted(result.best)
     ([5, 10, 15], ['knn', 'nnk'])
     """
-    options, data = resolve(options, data, settings)
+    options, data = resolve(options, data, apply_protocol(settings))
+    select_on = options.select_on
     if data.shard is not None and partial_path is None:
         raise InputError("--shard needs --out PART.h5: a shard's results are only useful merged",
                          hint="add --out shard-I.h5, then 'nnk merge shard-*.h5'")
+    if partial_path is not None and (select_on is not None or options.temperature_grid):
+        raise InputError("--out/--shard partial results take one temperature and no --select-on",
+                         hint="run the selection (and the temperature grid) on the whole query split")
     ev = open_evaluation(store_path, options, data, progress_factory)
     with ev:
         return sweep_evaluation(ev, options, gate_requested=gate_requested, progress=progress,
@@ -136,7 +155,8 @@ def sweep_evaluation(
     """The sweep of an opened evaluation: a store's ``Evaluation`` or an ``InMemoryEvaluation``."""
     from nnkcli.evaluation.classification import partial_writer
 
-    check_labelled(ev, gate_requested)
+    select_on = options.select_on
+    check_labelled(ev, gate_requested and select_on is None)
     ev.check_k(options)
     writer = partial_writer(partial_path, ev, options, "sweep") if partial_path is not None else None
     on_chunk = writer.write if writer is not None else None
@@ -147,7 +167,7 @@ def sweep_evaluation(
         else:
             accs, timing = evaluate_chunks(ev, options, progress=progress, keep_hits=True, on_chunk=on_chunk)
         doc = result_document(ev, options, accs, timing, per_class=False)
-        hits = {key: acc.hits()[0] for key, acc in accs.items()}
+        hits = {(acc.method, acc.k, acc.temperature): acc.hits()[0] for acc in accs.values()}
         labels, ids = ev.query_labels, ev.query.ids
         finish_sweep_document(doc, options.k_values, options.methods, hits, options.alpha)
         if writer is not None:
@@ -157,13 +177,35 @@ def sweep_evaluation(
         if writer is not None:
             writer.abort()
         raise
-    best_hits = {m: (b["k"], hits[(m, b["k"])]) for m, b in doc["best"].items()}
+    if select_on is not None:
+        n_select, seed = options.select_queries, options.select_seed
+        if progress_factory is not None:
+            with progress_factory(min(n_select, int(ev.train.n)), "selecting on train") as advance:
+                sel_accs, info = run_selection(ev, options, n_select=n_select, seed=seed, progress=advance)
+        else:
+            sel_accs, info = run_selection(ev, options, n_select=n_select, seed=seed)
+        order = lambda r: (options.methods.index(r["method"]), r["k"], r.get("temperature") or 0.0)  # noqa: E731
+        sel_rows = sorted((a.result() for a in sel_accs.values()), key=order)
+        doc["selection"] = {"on": select_on, "split": ev.train.name, "queries": info["rows"], "seed": info["seed"],
+                            "leave_one_out": True, "seconds": info["seconds"], "results": sel_rows}
+        doc["selected"] = selected_results(sel_rows, doc["results"], info["rows"])
+        doc["timing"]["selection_s"] = info["seconds"]
+    # the per-query hits of what the gates check: the selected (k, T) with --select-on, else the best
+    chosen = doc.get("selected") or doc["best"]
+    best_hits = {m: (b["k"], hits[(m, b["k"], b.get("temperature"))]) for m, b in chosen.items()}
     return SweepResult(doc, best_hits=best_hits, query_labels=labels, query_ids=ids)
 
 
 def finish_sweep_document(doc: dict, k_values, methods, hits: dict, alpha: float) -> dict:
-    """Sweep's additions to a result document: k values, rows by method then k, the best k (and ties)."""
+    """Sweep's additions to a result document: k values, rows by method, k then T, the best (k, T) (and ties).
+
+    ``hits`` is keyed ``(method, k, T)`` (T None for NNK rows, and for rows without a
+    temperature); a ``(method, k)`` key (one temperature) takes the T of that row.
+    """
+    row_t = {(r["method"], r["k"]): r.get("temperature") for r in doc["results"]}
+    hits = {(key if len(key) == 3 else (*key, row_t.get(key))): value for key, value in hits.items()}
     doc["k_values"] = list(k_values)
-    doc["results"] = sorted(doc["results"], key=lambda r: (list(methods).index(r["method"]), r["k"]))
+    doc["results"] = sorted(doc["results"], key=lambda r: (list(methods).index(r["method"]), r["k"],
+                                                           r.get("temperature") or 0.0))
     doc["best"] = best_per_method(doc["results"], hits, alpha)
     return doc

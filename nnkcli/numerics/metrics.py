@@ -25,6 +25,8 @@ class Accumulator:
     method: str
     k: int
     n_classes: int
+    temperature: float | None = None  # kNN rows: the temperature T of exp(s / T)
+    solver: str | None = None  # NNK rows: "exact" or "pruning"
     n_queries: int = 0
     n_unlabelled: int = 0
     top1_hits: int = 0
@@ -35,13 +37,18 @@ class Accumulator:
     keep_hits: bool = False  # keep per-query correctness (paired tests across k, methods, runs)
     _hit1: list = field(default_factory=list, repr=False)
     _hit5: list = field(default_factory=list, repr=False)
+    kkt_failures: int = 0  # pruning solver: queries whose weights fail the exact KKT certificate
+    objective_gap_sum: float = 0.0  # pruning solver: sum over queries of objective - exact objective
+    n_solved: int = 0
+    kkt_tol: float | None = None
 
     def __post_init__(self):
         if self.class_total is None:
             self.class_total = np.zeros(self.n_classes, dtype=np.int64)
             self.class_hits = np.zeros(self.n_classes, dtype=np.int64)
 
-    def update(self, top: np.ndarray, labels: np.ndarray, support: np.ndarray | None = None) -> None:
+    def update(self, top: np.ndarray, labels: np.ndarray, support: np.ndarray | None = None,
+               solver_stats: tuple | None = None) -> None:
         """Add a chunk.
 
         Parameters
@@ -49,7 +56,13 @@ class Accumulator:
         top : ndarray, shape (B, >=1), int64 — predicted classes, best first, -1 = none
         labels : ndarray, shape (B,), int64 — true classes, -1 = unlabelled
         support : ndarray, shape (B,), optional — NNK support sizes
+        solver_stats : (kkt failures, sum of objective gaps, queries, kkt tol), optional — pruning solver
         """
+        if solver_stats is not None:
+            self.kkt_failures += int(solver_stats[0])
+            self.objective_gap_sum += float(solver_stats[1])
+            self.n_solved += int(solver_stats[2])
+            self.kkt_tol = float(solver_stats[3])
         labelled = labels >= 0
         self.n_unlabelled += int((~labelled).sum())
         top, y = top[labelled], labels[labelled]
@@ -89,6 +102,8 @@ class Accumulator:
         row: dict = {
             "method": self.method,
             "k": self.k,
+            **({"temperature": self.temperature} if self.temperature is not None else {}),
+            **({"solver": self.solver} if self.solver is not None else {}),
             "top1": _pct(self.top1_hits, n),
             "top1_ci": stats.wilson_percent(self.top1_hits, n, confidence),
             "top5": _pct(self.top5_hits, n),
@@ -102,6 +117,10 @@ class Accumulator:
             s = np.concatenate(self.support)
             row["support_mean"] = round(float(s.mean()), 3) if s.size else None
             row["support_median"] = float(np.median(s)) if s.size else None
+        if self.n_solved:
+            row["kkt_failure_fraction"] = round(self.kkt_failures / self.n_solved, 6)
+            row["kkt_tol"] = self.kkt_tol
+            row["objective_gap_mean"] = float(f"{self.objective_gap_sum / self.n_solved:.6g}")
         if per_class:
             names = class_names or [str(c) for c in range(self.n_classes)]
             row["per_class"] = {

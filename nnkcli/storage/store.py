@@ -258,6 +258,15 @@ class Split:
         stop = self.n if stop is None else min(stop, self.n)
         return np.asarray(self.features[start:stop], dtype=np.float32)
 
+    def read_rows(self, rows) -> np.ndarray:
+        """The rows ``rows`` (strictly increasing ints) as a float32 array of shape (len(rows), dim)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        if rows[0] < 0 or rows[-1] >= self.n or (np.diff(rows) <= 0).any():
+            raise InputError(f"rows must increase strictly within 0..{self.n - 1}")
+        return np.asarray(self.features[rows], dtype=np.float32)
+
     def iter_chunks(self, chunk_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, block)`` with ``block`` float32 of shape (m, dim), m <= chunk_rows."""
         step = chunk_rows or default_chunk_rows(self.dim)

@@ -98,7 +98,10 @@ def _iso(timestamp: float) -> str:
 
 def _summarise_results(result: dict, methods: Sequence[str]) -> tuple[list[dict], dict]:
     rows = [r for r in result.get("results", []) if r.get("method") in methods]
-    best = {m: b for m, b in (result.get("best") or {}).items() if m in methods}
+    # with --select-on, the recorded "best" (what the history shows and the gates check) is
+    # the choice made without the query split's labels; the optimistic one is kept beside it
+    chosen = result.get("selected") or result.get("best") or {}
+    best = {m: b for m, b in chosen.items() if m in methods}
     return rows, best
 
 
@@ -211,6 +214,9 @@ def evaluate_one(
         "methods": list(options.methods),
         "results": results,
         "best": best,
+        **({"warnings": result["warnings"]} if result.get("warnings") else {}),
+        **({"selection": {k: v for k, v in result["selection"].items() if k != "results"},
+            "best_on_query_split": result.get("best")} if result.get("selection") else {}),
         "parameters": parameters,
         "params_key": parameter_key(parameters),
         "nnkcli_version": __version__,

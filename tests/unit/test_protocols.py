@@ -1,0 +1,231 @@
+"""--select-on train (against a naive leave-one-out oracle), temperature grids, presets, provenance."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.optimize import nnls
+
+from nnkcli.errors import InputError
+from nnkcli.evaluation.classification import classify
+from nnkcli.errors import OptionError
+from nnkcli.evaluation.options import ScoringOptions, apply_protocol
+from nnkcli.evaluation.protocols import PROTOCOLS, get_protocol
+from nnkcli.evaluation.selection import selection_rows
+from nnkcli.evaluation.sweeps import sweep
+from nnkcli.storage.store import write_split
+
+NAMES = ["a", "b", "c", "d"]
+
+
+def mixture(n, d, seed, n_classes=4):
+    rng = np.random.default_rng(seed)
+    means = np.random.default_rng(99).normal(size=(n_classes, d))
+    y = rng.integers(0, n_classes, n)
+    return (means[y] + 1.3 * rng.normal(size=(n, d))).astype(np.float32), y
+
+
+def make_store(path, query_labels=None, train_attrs=None, query_attrs=None, n_train=150):
+    xt, yt = mixture(n_train, 16, 0)
+    xq, yq = mixture(50, 16, 1)
+    if query_labels is not None:
+        yq = query_labels(yq)
+    write_split(path, "train", xt, yt, class_names=NAMES, source="test", attrs=train_attrs)
+    write_split(path, "val", xq, yq, class_names=NAMES, source="test", attrs=query_attrs)
+    return path, (xt, yt), (xq, yq)
+
+
+# -- the oracle: one query at a time, brute force, no code shared with nnkcli ---------------
+
+def unit(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def loo_neighbors(X, i, k):
+    s = X @ X[i]
+    order = sorted((j for j in range(len(X)) if j != i), key=lambda j: (-s[j], j))[:k]
+    return order, s[order]
+
+
+def argmax_low_id(scores):
+    best = max(range(len(scores)), key=lambda c: (scores[c], -c))
+    return best if scores[best] > 0 else -1
+
+
+def knn_pred(sims, labels, T, C):
+    scores = [0.0] * C
+    for s, y in zip(sims, labels):
+        scores[y] += math.exp(s / T)
+    return argmax_low_id(scores)
+
+
+def nnk_pred(X, i, nb, labels, C):
+    N = X[nb]
+    G = (1 + N @ N.T) / 2
+    g = (1 + N @ X[i]) / 2
+    R = np.linalg.cholesky(G + 1e-12 * np.eye(len(nb))).T  # G = R^T R (k <= d: positive definite)
+    theta = nnls(R, np.linalg.solve(R.T, g))[0]  # min |R t - R^-T g|^2 = 2 (1/2 t'Gt - g't) + const
+    scores = [0.0] * C
+    for t, y in zip(theta, labels):
+        scores[y] += t
+    return argmax_low_id(scores)
+
+
+def oracle_selection(xt, yt, rows, k_values, temps, C=4):
+    X = unit(xt)
+    top1 = {}
+    for k in k_values:
+        hits_nnk, hits_knn = 0, {T: 0 for T in temps}
+        for i in rows:
+            nb, s = loo_neighbors(X, i, k)
+            labels = [int(yt[j]) for j in nb]
+            hits_nnk += nnk_pred(X, i, nb, labels, C) == yt[i]
+            for T in temps:
+                hits_knn[T] += knn_pred(s, labels, T, C) == yt[i]
+        top1[("nnk", k, None)] = 100 * hits_nnk / len(rows)
+        for T in temps:
+            top1[("knn", k, T)] = 100 * hits_knn[T] / len(rows)
+    return top1
+
+
+def oracle_choice(top1, method):
+    keys = [key for key in top1 if key[0] == method]
+    return min(keys, key=lambda key: (-top1[key], key[1], key[2] or 0.0))
+
+
+def test_selection_rows_seeded_sorted_and_all_rows_when_fewer():
+    a = selection_rows(1000, 50, seed=3)
+    assert a.tolist() == selection_rows(1000, 50, seed=3).tolist() and len(set(a.tolist())) == 50
+    assert (np.diff(a) > 0).all() and a.min() >= 0 and a.max() < 1000
+    assert selection_rows(1000, 50, seed=4).tolist() != a.tolist()
+    assert selection_rows(30, 50).tolist() == list(range(30))
+    with pytest.raises(InputError):
+        selection_rows(30, 0)
+
+
+def test_leave_one_out_selection_equals_naive_oracle(tmp_path):
+    path, (xt, yt), _ = make_store(tmp_path / "s.h5")
+    k_values, temps = [1, 3, 5, 8, 12], (0.05, 0.5)
+    doc = sweep(path, k_values=k_values, temperature=temps, select_on="train", select_queries=60,
+                select_seed=7).to_dict()
+    rows = selection_rows(len(xt), 60, seed=7)
+    want = oracle_selection(xt, yt, rows, k_values, temps)
+    got = {(r["method"], r["k"], r.get("temperature")): r["top1"] for r in doc["selection"]["results"]}
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-3), key  # rounded to 4 decimals
+    for method in ("nnk", "knn"):
+        _, k, T = oracle_choice(want, method)
+        sel = doc["selected"][method]
+        assert sel["k"] == k and sel.get("temperature") == T
+        assert sel["selection_top1"] == pytest.approx(want[(method, k, T)], abs=1e-3)
+        assert sel["selection_queries"] == 60
+        # the reported accuracy is the query split's row at the chosen (k, T)
+        row = next(r for r in doc["results"] if r["method"] == method and r["k"] == k
+                   and r.get("temperature") == T)
+        assert sel["top1"] == row["top1"] and sel["top5"] == row["top5"]
+
+
+def test_selection_never_reads_query_labels(tmp_path):
+    perm = np.random.default_rng(5).permutation(50)
+    a, *_ = make_store(tmp_path / "a.h5")
+    b, *_ = make_store(tmp_path / "b.h5", query_labels=lambda y: y[perm])
+    c, *_ = make_store(tmp_path / "c.h5", query_labels=lambda y: np.full_like(y, -1))
+    docs = [sweep(p, k_values=[2, 5, 10, 20], temperature=(0.02, 0.1), select_on="train", select_queries=80).to_dict()
+            for p in (a, b, c)]
+    strip = [{m: (e["k"], e.get("temperature"), e["selection_top1"]) for m, e in d["selected"].items()}
+             for d in docs]
+    assert strip[0] == strip[1] == strip[2]
+    assert docs[0]["best"] != docs[1]["best"] or docs[0]["results"] != docs[1]["results"]
+    assert all(math.isnan(e["top1"]) for e in docs[2]["selected"].values())  # unlabelled: still a choice
+
+
+def test_selection_needs_a_k_below_the_train_size(tmp_path):
+    path, *_ = make_store(tmp_path / "s.h5", n_train=20)
+    with pytest.raises(InputError, match="leave-one-out selection"):
+        sweep(path, k_values=[5, 20], select_on="train")
+    with pytest.raises(OptionError, match="--select-on"):
+        sweep(path, k_values=[5], select_on="val")
+
+
+def test_temperature_grid_equals_separate_runs(tmp_path):
+    path, *_ = make_store(tmp_path / "s.h5")
+    temps = (0.02, 0.05, 0.07, 0.1, 0.2)
+    grid = classify(path, k=10, methods="knn", temperature=temps)
+    rows = {r["temperature"]: r for r in grid["results"]}
+    assert list(rows) == list(temps)
+    for T in temps:
+        alone = classify(path, k=10, methods="knn", temperature=T)["results"][0]
+        assert alone["temperature"] == T
+        assert {k: v for k, v in rows[T].items()} == alone
+    swept = sweep(path, k_values=[5, 10], methods="knn", temperature=temps).to_dict()
+    assert len(swept["results"]) == 2 * len(temps)
+    best = max(swept["results"], key=lambda r: (r["top1"], -r["k"], -r["temperature"]))
+    assert (swept["best"]["knn"]["k"], swept["best"]["knn"]["temperature"]) == (best["k"], best["temperature"])
+
+
+def test_each_preset_sets_what_its_source_does(tmp_path):
+    path, *_ = make_store(tmp_path / "s.h5", n_train=250)
+    expect = {  # name: (sweep k values, classify k, T, top-5 rule, solver)
+        "nnkcli": (list(range(10, 201, 10)), 50, 0.07, "strict", "exact"),
+        "dino": ([10, 20, 100, 200], 20, 0.07, "strict", "exact"),
+        "dinov2": ([10, 20, 100, 200], 20, 0.07, "inclusive", "exact"),
+        "instdisc": ([200], 200, 0.07, "inclusive", "exact"),
+        "vissl": ([200], 200, 0.1, "inclusive", "exact"),
+        "nnk-paper": ([50], 50, 0.07, "inclusive", "pruning"),
+    }
+    assert set(expect) == set(PROTOCOLS)
+    for name, (ks, k1, T, rule, solver) in expect.items():
+        r = ScoringOptions(**apply_protocol({"protocol": name}))
+        assert (list(r.k_values), r.temperature, r.top5_rule, r.solver) == (ks, T, rule, solver)
+        assert apply_protocol({"protocol": name}, one_k=True)["k_values"] == (k1,)
+        doc = classify(path, protocol=name, methods="knn")
+        p = doc["parameters"]
+        assert (doc["k"], p["temperature"], p["top5_rule"], p["solver"], p["protocol"]) == (k1, T, rule, solver, name)
+    # explicit options override the preset
+    doc = classify(path, protocol="vissl", k=30, temperature=0.07, top5_rule="strict", methods="knn")
+    p = doc["parameters"]
+    assert (doc["k"], p["temperature"], p["top5_rule"], p["protocol"]) == (30, 0.07, "strict", "vissl")
+    with pytest.raises(InputError, match="unknown protocol"):
+        get_protocol("simclr")
+    with pytest.raises(OptionError, match="--protocol"):
+        classify(path, protocol="simclr")
+
+
+def test_inclusive_rule_changes_only_top5_and_only_upwards(tmp_path):
+    path, *_ = make_store(tmp_path / "s.h5")
+    strict = classify(path, k=3)["results"]
+    inclusive = classify(path, k=3, top5_rule="inclusive")["results"]
+    for s, i in zip(strict, inclusive):
+        assert s["top1"] == i["top1"]
+        assert i["top5"] >= s["top5"]
+    assert any(i["top5"] > s["top5"] for s, i in zip(strict, inclusive))  # k=3 < 5: zero-score classes count
+
+
+def test_pruning_solver_in_the_evaluation_reports_its_cost(tmp_path):
+    path, *_ = make_store(tmp_path / "s.h5")
+    doc = classify(path, k=20, methods="nnk", solver="pruning")
+    row = doc["results"][0]
+    assert row["solver"] == "pruning" and doc["parameters"]["solver"] == "pruning"
+    assert 0.0 <= row["kkt_failure_fraction"] <= 1.0 and row["objective_gap_mean"] >= 0.0
+    exact = classify(path, k=20, methods="nnk")["results"][0]
+    assert exact["solver"] == "exact" and "kkt_failure_fraction" not in exact
+    with pytest.raises(OptionError, match="cosine kernel only"):
+        classify(path, k=20, solver="pruning", kernel="gaussian")
+
+
+def test_provenance_difference_warns_and_strict_refuses(tmp_path, caplog):
+    path, *_ = make_store(tmp_path / "s.h5", train_attrs={"model": "torchvision:resnet50", "crop": 224},
+                          query_attrs={"model": "torchvision:resnet50", "crop": 160})
+    doc = classify(path, k=5)
+    assert len(doc["warnings"]) == 1 and "crop: 224 vs 160" in doc["warnings"][0]
+    assert "differ in provenance" in caplog.text
+    with pytest.raises(InputError, match="crop: 224 vs 160"):
+        classify(path, k=5, strict_provenance=True)
+    with pytest.raises(InputError, match="differ in provenance"):
+        sweep(path, k_values=[5], strict_provenance=True)
+    same, *_ = make_store(tmp_path / "t.h5", train_attrs={"crop": 224}, query_attrs={"crop": 224})
+    assert classify(same, k=5, strict_provenance=True)["warnings"] == []
