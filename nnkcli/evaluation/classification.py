@@ -354,7 +354,7 @@ def score_chunk(
 
 #: a pruning solution "fails the exact KKT certificate" above this relative residual. On the
 #: sample store (k = 50) the float32 solves leave stationarity residuals of ~1e-7 on the
-#: support, while pruned neighbours that should have come back have gradients of 1e-3..2e-2:
+#: support, while pruned neighbors that should have come back have gradients of 1e-3..2e-2:
 #: the tolerance separates the algorithm's misses from rounding
 PRUNING_KKT_TOL = 1e-4
 
@@ -369,7 +369,7 @@ class _PrunedK:
 def _pruning_path(q, X, finite_sims, missing, k_values, opts):
     """The NNK paper's solver at every k, with what it costs against the exact solution.
 
-    Each k starts from all k neighbours (as the published code does for its one k), from
+    Each k starts from all k neighbors (as the published code does for its one k), from
     float32 kernel blocks; the exact float64 problem is solved too, to count the queries
     whose pruning weights fail its KKT certificate and the mean objective gap.
     """

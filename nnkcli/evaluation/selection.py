@@ -8,7 +8,7 @@ and the query split's accuracy is reported at that choice. Nothing here reads th
 split: its labels cannot influence the choice.
 
 The subset search shares the evaluation's index (or shards): it asks the searcher for
-``k + 1`` neighbours and drops each query's own row, which is what ``--exclude-self``
+``k + 1`` neighbors and drops each query's own row, which is what ``--exclude-self``
 does for a contiguous block of rows.
 """
 
@@ -107,26 +107,3 @@ def run_selection(
             progress(len(block))
     info = {"rows": int(rows.size), "seed": int(seed), "seconds": round(time.perf_counter() - t0, 4)}
     return accs, info
-
-
-def selected_results(selection_rows_: list[dict], query_rows: list[dict], n_select: int) -> dict:
-    """Per method: the (k, T) chosen on the selection rows, with the query split's row at that choice.
-
-    ``selection_rows_`` and ``query_rows`` are result rows (``Accumulator.result``) of the
-    leave-one-out run and of the query split. Ties: the smaller k, then the smaller T.
-    """
-    from nnkcli.evaluation.sweeps import best_per_method
-
-    chosen = best_per_method(selection_rows_)
-    out = {}
-    for method, pick in chosen.items():
-        row = next(r for r in query_rows if r["method"] == method and r["k"] == pick["k"]
-                   and r.get("temperature") == pick.get("temperature"))
-        entry = {"k": pick["k"]}
-        if "temperature" in pick:
-            entry["temperature"] = pick["temperature"]
-        entry["selection_top1"] = pick["top1"]
-        entry["selection_queries"] = int(n_select)
-        entry.update({key: value for key, value in row.items() if key not in ("method", "k", "temperature")})
-        out[method] = entry
-    return out

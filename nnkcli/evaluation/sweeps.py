@@ -17,7 +17,7 @@ from nnkcli.evaluation.classification import check_labelled, evaluate_chunks, op
 from nnkcli.evaluation.options import (DEFAULT_ALPHA, DataOptions, ScoringOptions, apply_protocol, parse_k_spec,
                                       resolve)
 from nnkcli.errors import InputError
-from nnkcli.evaluation.selection import run_selection, selected_results
+from nnkcli.evaluation.selection import run_selection
 from nnkcli.numerics.stats import mcnemar_exact
 
 __all__ = ["SweepResult", "best_per_method", "parse_k_spec", "sweep"]
@@ -94,6 +94,27 @@ def best_per_method(results: Sequence[dict], hits: dict | None = None, alpha: fl
         b["significant"] = not tied
         b["alpha"] = alpha
     return best
+
+
+def selected_results(selection_rows_: list[dict], query_rows: list[dict], n_select: int) -> dict:
+    """Per method: the (k, T) chosen on the selection rows, with the query split's row at that choice.
+
+    ``selection_rows_`` and ``query_rows`` are result rows (``Accumulator.result``) of the
+    leave-one-out run and of the query split. Ties: the smaller k, then the smaller T.
+    """
+    chosen = best_per_method(selection_rows_)
+    out = {}
+    for method, pick in chosen.items():
+        row = next(r for r in query_rows if r["method"] == method and r["k"] == pick["k"]
+                   and r.get("temperature") == pick.get("temperature"))
+        entry = {"k": pick["k"]}
+        if "temperature" in pick:
+            entry["temperature"] = pick["temperature"]
+        entry["selection_top1"] = pick["top1"]
+        entry["selection_queries"] = int(n_select)
+        entry.update({key: value for key, value in row.items() if key not in ("method", "k", "temperature")})
+        out[method] = entry
+    return out
 
 
 def sweep(
