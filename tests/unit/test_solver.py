@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import nnls
 
@@ -182,6 +182,7 @@ def test_warm_start_from_smaller_k_equals_cold_start():
 
 @FAST
 @given(seed=st.integers(0, 2**32 - 1), d=st.integers(3, 40), kind=st.sampled_from(["random", "clustered"]))
+@example(seed=8546, d=3, kind="random")  # failed with the old atol=1e-10 on theta
 def test_warm_start_equals_cold_start_property(seed, d, kind):
     q, X = problem(seed, 5, 60, d, kind)  # k > d + 1 for small d: rank-deficient G
     G_all, g_all = kernel_blocks(q, X)
@@ -193,7 +194,18 @@ def test_warm_start_equals_cold_start_property(seed, d, kind):
     assert (hot.kkt_residual <= TOL).all()
     np.testing.assert_allclose(hot.objective, cold.objective, rtol=1e-12, atol=0)
     if kind == "random":
-        np.testing.assert_allclose(hot.theta, cold.theta, atol=1e-10)
+        # Both solutions are certified to kkt_residual <= TOL (relative to max|g|), not to
+        # machine precision, so on a shared support they may differ by up to the certified
+        # gradient residuals over the support block's smallest eigenvalue (seed 8546, d=3:
+        # cond(G_SS) = 1e4 gives 2.4e-8). Off a shared support, G theta is what is unique.
+        for b in range(len(q)):
+            s = cold.support[b]
+            if (hot.support[b] == s).all():
+                lam = np.linalg.eigvalsh(G_all[b][np.ix_(s, s)])[0]
+                bound = 2 * TOL * np.abs(g_all[b]).max() * np.sqrt(s.sum()) / lam
+                assert np.abs(hot.theta[b] - cold.theta[b]).max() <= max(bound, 1e-10)
+            else:
+                np.testing.assert_allclose(G_all[b] @ hot.theta[b], G_all[b] @ cold.theta[b], atol=1e-7)
     # else: the "clustered" cone of a few dimensions is so ill-conditioned that float64
     # pins theta down only to ~1e-7 (the NNLS oracle disagrees with both as much)
 
