@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import h5py
 import numpy as np
 
 from nnkcli.errors import StoreError
+from nnkcli.storage.attrs import from_attr
 
 
 def read_array_file(path: str | os.PathLike, *, kind: str) -> tuple[dict, dict[str, np.ndarray]]:
@@ -25,18 +25,7 @@ def read_array_file(path: str | os.PathLike, *, kind: str) -> tuple[dict, dict[s
         raise StoreError(f"{kind} file not found: {path}")
     try:
         with h5py.File(path, "r", locking=False) as f:
-            attrs = {}
-            for key, value in f.attrs.items():
-                if isinstance(value, bytes):
-                    value = value.decode("utf-8")
-                if isinstance(value, str) and value[:1] in "[{":
-                    try:
-                        value = json.loads(value)
-                    except ValueError:
-                        pass
-                elif isinstance(value, np.generic):
-                    value = value.item()
-                attrs[key] = value
+            attrs = {key: from_attr(value) for key, value in f.attrs.items()}
             arrays: dict[str, np.ndarray] = {}
             f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
     except OSError:

@@ -7,7 +7,6 @@ ranges of one dataset at a time.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import h5py
 import numpy as np
 
 from nnkcli.errors import StoreError
+from nnkcli.storage.attrs import from_attr
 
 
 class ArrayFileReader:
@@ -49,19 +49,7 @@ class ArrayFileReader:
     @property
     def attrs(self) -> dict:
         """Root attributes; strings holding JSON objects or lists are decoded."""
-        out = {}
-        for key, value in self._h5.attrs.items():
-            if isinstance(value, bytes):
-                value = value.decode("utf-8", "replace")
-            if isinstance(value, np.generic):
-                value = value.item()
-            if isinstance(value, str) and value[:1] in "[{":
-                try:
-                    value = json.loads(value)
-                except ValueError:
-                    pass
-            out[key] = value
-        return out
+        return {key: from_attr(value) for key, value in self._h5.attrs.items()}
 
     def has(self, name: str) -> bool:
         return name in self._h5

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +34,7 @@ import h5py
 import numpy as np
 
 from nnkcli import __version__
+from nnkcli.storage.attrs import from_attr, to_attr
 from nnkcli.storage.atomic import (
     atomic_output,
     check_can_create,
@@ -129,14 +129,8 @@ def _reserve(path: Path, nbytes: int) -> None:
 
 
 def _plain(value):
-    """HDF5 attribute values as plain Python (str, int, float, bool, list)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    return value
+    """HDF5 attribute values as plain Python (str, int, float, bool, list); JSON text stays text."""
+    return from_attr(value, decode_json=False)
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -481,11 +475,7 @@ def check_attrs(attrs: dict | None) -> dict:
             )
         if value is None:
             continue
-        if isinstance(value, (np.generic,)):
-            value = value.item()
-        if not isinstance(value, (str, int, float, bool)):
-            value = json.dumps(value, sort_keys=True, default=str)
-        out[key] = value
+        out[key] = to_attr(value)
     return out
 
 
@@ -783,29 +773,20 @@ class ArrayFileWriter:
     def set_attrs(self, attrs: dict) -> None:
         """Root attributes; non-scalar values are stored as JSON strings."""
         for key, value in attrs.items():
-            if value is None:
-                continue
-            if isinstance(value, np.generic):
-                value = value.item()
-            if not isinstance(value, (str, int, float, bool)):
-                value = json.dumps(value, sort_keys=True, default=str)
-            self._h5.attrs[key] = value
+            if value is not None:
+                self._h5.attrs[key] = to_attr(value)
 
     def commit(self) -> None:
         """Close the file and move it over ``path`` atomically."""
         self.flush()
         self._datasets = {}
         self._guard(self._h5.close)
-        try:
-            fsync_file(self._tmp)
-            os.replace(self._tmp, self.path)
-            fsync_dir(self.path.parent)
-        except Exception as exc:
-            self.abort()
-            err = output_error(exc, self.given, self.kind)
-            if err is not None:
-                raise err from exc
-            raise
+        self._guard(self._replace)
+
+    def _replace(self) -> None:
+        fsync_file(self._tmp)
+        os.replace(self._tmp, self.path)
+        fsync_dir(self.path.parent)
 
     def abort(self) -> None:
         """Drop everything written; ``path`` is left as it was."""
