@@ -216,10 +216,11 @@ def scoring_options(*, single_k: bool = False, k_default: str | None = None, met
 _DATA_PARAMS = ("train_split", "query_split", "index_path", "rebuild_index", "strict_provenance")
 
 
-def split_option(name: str = "--train-split", default: str = "train", help: str = "Split searched for neighbors."):
-    """``--train-split``/``--query-split`` (also used alone, by ``nnk index``)."""
+def split_option(name: str = "--train-split", default: str = "train", help: str = "Split searched for neighbors.",
+                 *aliases: str):
+    """``--train-split``/``--query-split`` (also used alone, by ``nnk index``, with an old alias)."""
     field = name.lstrip("-").replace("-", "_")
-    return click.option(name, field, default=default, show_default=True, metavar="NAME",
+    return click.option(name, *aliases, field, default=default, show_default=True, metavar="NAME",
                         callback=checked(DataOptions, field), help=help)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from nnkcli.cli import command_options, get_ui
-from nnkcli.commands._options import check_with, checked
-from nnkcli.evaluation.options import DataOptions, optional_count
+from nnkcli.commands._options import check_with, split_option
+from nnkcli.evaluation.options import optional_count
 from nnkcli.output import Column, render
 
 
@@ -27,9 +27,8 @@ COUNT = check_with(optional_count)  # None (automatic) or >= 1
 
 @click.command("index")
 @click.argument("store", type=click.Path(dir_okay=False))
-@click.option("--train-split", "--split", "split", default="train", show_default=True, metavar="NAME",
-              callback=checked(DataOptions, "train_split"),
-              help="Split to index: the train split that classify/sweep search (--split is the old name).")
+@split_option("--train-split", "train",
+              "Split to index: the train split that classify/sweep search (--split is the old name).", "--split")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Index file (default: beside STORE, <stem>.<train-split>.faiss).")
 @click.option("--type", "index_type", type=click.Choice(["flat", "ivf", "hnsw"]), default="flat",
@@ -51,7 +50,7 @@ COUNT = check_with(optional_count)  # None (automatic) or >= 1
 @click.option("--threads", type=int, default=None, metavar="N", callback=COUNT,
               help="Threads for building (default: all cores).")
 @command_options
-def index(store, split, out, index_type, nlist, nprobe, hnsw_m, ef_search, ef_construction, n_shards, max_memory,
+def index(store, train_split, out, index_type, nlist, nprobe, hnsw_m, ef_search, ef_construction, n_shards, max_memory,
           threads, fmt):
     """Build the cosine-similarity index of a split and save it beside STORE.
 
@@ -78,14 +77,14 @@ def index(store, split, out, index_type, nlist, nprobe, hnsw_m, ef_search, ef_co
         raise click.UsageError("give --shards or --max-memory, not both")
     if n_shards is not None or max_memory is not None:
         summary = shards.index_store_sharded(
-            store, split=split, out=out, params=params, n_shards=n_shards, max_memory=max_memory,
+            store, split=train_split, out=out, params=params, n_shards=n_shards, max_memory=max_memory,
             chunk_bytes=CHUNK_MEMORY_BUDGET, threads=threads, progress_factory=ui.progress,
         )
     else:
-        summary = index_store(store, split=split, out=out, params=params, threads=threads,
+        summary = index_store(store, split=train_split, out=out, params=params, threads=threads,
                               progress_factory=ui.progress)
         # a single index replaced a sharded one at this path: its shard files are no longer used
-        shards.remove_unreferenced(out if out is not None else default_index_path(store, split))
+        shards.remove_unreferenced(out if out is not None else default_index_path(store, train_split))
     columns = [Column("index", justify="left"), Column("split", justify="left"), Column("n"), Column("dim"),
                Column("type", justify="left"), Column("bytes"), Column("build_s", "build s", ".2f")]
     if "shards" in summary:

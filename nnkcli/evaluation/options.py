@@ -43,7 +43,7 @@ from nnkcli.errors import InputError, OptionError
 from nnkcli.storage.checks import check_split_name
 from nnkcli.evaluation.protocols import PROTOCOLS, SOLVERS
 from nnkcli.numerics.kernels import KERNELS
-from nnkcli.numerics.scores import TOP5_RULES, WEIGHTINGS
+from nnkcli.numerics.scores import METHODS, TOP5_RULES, WEIGHTINGS
 
 #: neighbor search back ends (``evaluation.search``/``evaluation.torch_backend``) and their devices;
 #: the devices are also those of the model extractor (``extract --device``)
@@ -51,8 +51,7 @@ BACKENDS = ("faiss", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 #: working memory of one query chunk (see ``evaluation.classification``)
 CHUNK_MEMORY_BUDGET = 512 * 2**20
-#: the classifiers; ``"both"`` on the command line means all of them
-METHODS = ("nnk", "knn")
+#: ``"both"`` on the command line means all of the classifiers (``METHODS``)
 METHOD_ALIASES = {"both": METHODS}
 #: the default k of ``classify`` and the default --k of ``sweep``/``evaluate``
 DEFAULT_K = 50

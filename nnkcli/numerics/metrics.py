@@ -14,8 +14,9 @@ import numpy as np
 
 from nnkcli.errors import GateFailed, InputError
 from nnkcli.numerics import stats
+from nnkcli.numerics.scores import METHODS
 
-GATE_METHODS = ("all", "nnk", "knn")
+GATE_METHODS = ("all", *METHODS)
 
 
 @dataclass

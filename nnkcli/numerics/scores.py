@@ -10,6 +10,8 @@ import numpy as np
 
 from nnkcli.errors import InputError
 
+#: the classifiers scored here (NNK and weighted k-NN); every other list of methods derives from it
+METHODS = ("nnk", "knn")
 WEIGHTINGS = ("exp", "similarity", "uniform")
 #: how top-k lists treat classes without score: see ``topk_classes``
 TOP5_RULES = ("strict", "inclusive")
