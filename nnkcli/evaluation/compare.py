@@ -206,6 +206,7 @@ def counts_from_stores(
             labels = ev.query_labels
             ha, hb = accs[(a.method, ka)].hits(), accs[(b.method, kb)].hits()
             names, n_classes = ev.class_names, ev.n_classes
+            warnings = list(ev.warnings)
         source_a = source_b = str(store_a)
         timing_doc = {"a": timing, "b": timing}
     else:
@@ -224,6 +225,7 @@ def counts_from_stores(
             labels = ev_a.query_labels
             ha, hb = accs_a[(a.method, ka)].hits(), accs_b[(b.method, kb)].hits()
             names, n_classes = ev_a.class_names, ev_a.n_classes
+            warnings = [f"A: {w}" for w in ev_a.warnings] + [f"B: {w}" for w in ev_b.warnings]
         source_a, source_b = str(store_a), str(store_b)
         timing_doc = {"a": timing_a, "b": timing_b}
     y = labels[labels >= 0]
@@ -237,7 +239,8 @@ def counts_from_stores(
     parameters = {**options.as_dict(), **data.as_dict()}
     for key in ("methods", "k_values"):  # per side, in "a" and "b"
         parameters.pop(key, None)
-    return counts, side_a, side_b, list(names), {"parameters": parameters, "timing": timing_doc}
+    return counts, side_a, side_b, list(names), {"parameters": parameters, "timing": timing_doc,
+                                                 "warnings": warnings}
 
 
 def _run(ev, opts, progress_factory, what):

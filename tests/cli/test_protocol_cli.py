@@ -121,3 +121,19 @@ def test_provenance_warning_and_strict_exit_1(runner, tmp_path):
         assert res.exit_code == 1
         assert res.stderr.startswith("Error: train split 'train' and query split 'val' differ in provenance")
         assert "Hint: extract both splits with the same model" in res.stderr and res.stdout == ""
+
+
+def test_compare_reports_provenance_and_strict_exit_1(runner, tmp_path):
+    path = make_store(tmp_path / "p.h5", train_attrs={"checkpoint_sha256": "aaa"},
+                      query_attrs={"checkpoint_sha256": "bbb"})
+    res = invoke(runner, "compare", path, "--a", "knn@5", "--b", "nnk@5", "--format", "json", "--bootstrap", "200")
+    assert res.exit_code == 0
+    doc = json.loads(res.stdout)
+    assert len(doc["warnings"]) == 1 and "checkpoint_sha256: aaa vs bbb" in doc["warnings"][0]
+    res = invoke(runner, "compare", path, "--a", "knn@5", "--b", "nnk@5", "--strict-provenance")
+    assert res.exit_code == 1
+    assert res.stderr.startswith("Error: train split 'train' and query split 'val' differ in provenance")
+    clean = make_store(tmp_path / "q.h5")
+    doc = json.loads(invoke(runner, "compare", clean, "--a", "knn@5", "--b", "nnk@5", "--format", "json",
+                            "--bootstrap", "200").stdout)
+    assert doc["warnings"] == []
