@@ -35,13 +35,14 @@ class Searcher(Protocol):
         """Release what the searcher holds (indexes, device memory)."""
 
 
-def drop_own_rows(ids: np.ndarray, start: int, k: int) -> np.ndarray:
+def drop_own_rows(ids: np.ndarray, start: int, k: int, own: np.ndarray | None = None) -> np.ndarray:
     """Leave-one-out: from candidate ids (B, c) remove each query's own row, keep the best ``k`` (-1 padded).
 
-    Query ``i`` of the block is train row ``start + i`` (the query split is the train split).
+    Query ``i`` of the block is train row ``start + i`` (the query split is the train split),
+    or ``own[i]`` when the queries are other train rows (``--select-on train``'s subset).
     A row without its own id among c = k+1 candidates loses its last (least similar) one.
     """
-    own = np.arange(start, start + len(ids), dtype=np.int64)[:, None]
+    own = (np.arange(start, start + len(ids), dtype=np.int64) if own is None else np.asarray(own))[:, None]
     ids = np.where(ids == own, -1, ids)
     ids = np.take_along_axis(ids, np.argsort(ids < 0, axis=1, kind="stable"), 1)[:, :k]
     if ids.shape[1] < k:

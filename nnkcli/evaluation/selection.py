@@ -15,7 +15,7 @@ does for a contiguous block of rows.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
@@ -39,15 +39,32 @@ def selection_rows(n_train: int, n_select: int, seed: int = DEFAULT_SELECT_SEED)
 
 
 class _LeaveOneOut:
-    """A searcher over the train split for queries that are train ``rows``: own row dropped."""
+    """A searcher over the train split whose queries are the train ``rows``: each own row dropped.
 
-    def __init__(self, base):
+    The same two stages as the searcher it wraps (``search_ids`` on large blocks, ``refine``
+    on sub-chunks), so the selection runs through the evaluation's pipeline: its threads,
+    search blocks and overlap, as the query split's sweep does.
+    """
+
+    def __init__(self, base, rows: np.ndarray):
         self.base = base
-        self.rows: np.ndarray | None = None
+        self.rows = rows
+        self.thread_safe = getattr(base, "thread_safe", False)
+        if hasattr(base, "search_ids") and hasattr(base, "refine"):
+            self.search_ids = self._search_ids
+            self.refine = base.refine
+        if hasattr(base, "chunk_budget"):  # a sharded index's smaller working memory
+            self.chunk_budget = base.chunk_budget
+
+    def _search_ids(self, q, start, k, exclude_self):
+        from nnkcli.evaluation.search import drop_own_rows
+
+        ids = self.base.search_ids(q, start, k + 1, False)
+        return drop_own_rows(ids, start, k, own=self.rows[start:start + len(q)])
 
     def neighbors(self, q, start, k, exclude_self):
-        ids, sims, X, missing = self.base.neighbors(q, 0, k + 1, False)
-        is_own = ids == self.rows[:, None]
+        ids, sims, X, missing = self.base.neighbors(q, start, k + 1, False)
+        is_own = ids == self.rows[start:start + len(q), None]
         # drop the query's own row where found, else the last (least similar) one: the
         # order is exact (similarity, then id), so what is left is the exact top k
         drop = np.where(is_own.any(axis=1), is_own.argmax(axis=1), k)
@@ -58,13 +75,29 @@ class _LeaveOneOut:
                 missing[keep].reshape(B, k))
 
 
-class _TrainAsQuery:
-    """What ``score_chunk`` reads from an evaluation, with the leave-one-out searcher."""
+class _SubsetSplit:
+    """Train ``rows`` read as a query split (``read(start, stop)`` by position in ``rows``)."""
 
-    def __init__(self, ev, searcher):
-        self.searcher = searcher
-        self.train_labels = ev.train_labels
-        self.n_classes = ev.n_classes
+    def __init__(self, train, rows: np.ndarray):
+        self.train, self.rows = train, rows
+        self.name, self.n, self.dim = train.name, int(rows.size), train.dim
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.train.read_rows(self.rows[start:stop])
+
+
+class _SelectionEvaluation:
+    """What ``evaluate_chunks`` reads from an evaluation: the train subset as queries, left out."""
+
+    def __init__(self, ev, rows: np.ndarray):
+        self.train, self.n_classes, self.train_labels = ev.train, ev.n_classes, ev.train_labels
+        self.query = _SubsetSplit(ev.train, rows)
+        self.query_labels = ev.train_labels[rows]
+        self.rows = (0, int(rows.size))
+        self.searcher = _LeaveOneOut(ev.searcher, rows)
+
+    def check_k(self, opts) -> None:
+        """Checked by ``run_selection`` (k <= n_train - 1)."""
 
 
 def run_selection(
@@ -78,8 +111,7 @@ def run_selection(
     accumulators : dict, keyed as ``classification.evaluate_chunks``'s (method, k[, T])
     info : dict with ``rows`` (the subset size), ``seed`` and ``seconds``
     """
-    from nnkcli.evaluation.classification import default_chunk_size, make_accumulators, score_chunk
-    from nnkcli.numerics.kernels import normalize_rows
+    from nnkcli.evaluation.classification import evaluate_chunks
 
     k_values = opts.k_values
     if k_values[-1] > ev.train.n - 1:
@@ -89,21 +121,7 @@ def run_selection(
         )
     t0 = time.perf_counter()
     rows = selection_rows(int(ev.train.n), int(n_select), seed)
-    sel_opts = opts.replace(exclude_self=False)  # the searcher below leaves each row out
-    searcher = _LeaveOneOut(ev.searcher)
-    view = _TrainAsQuery(ev, searcher)
-    chunk = opts.chunk_size or default_chunk_size(k_values[-1] + 1, ev.train.dim, ev.n_classes)
-    accs = make_accumulators(ev, sel_opts)
-    timing = {"read_s": 0.0, "search_s": 0.0, "knn_s": 0.0, "nnk_s": 0.0, "nnk_fallbacks": 0}
-    for lo in range(0, rows.size, chunk):
-        block = rows[lo:lo + chunk]
-        q = normalize_rows(ev.train.read_rows(block))
-        searcher.rows = block
-        labels = ev.train_labels[block]
-        res = score_chunk(view, q, 0, labels, sel_opts, timing)
-        for key, mc in res.by_method_k.items():
-            accs[key].update(mc.top, labels, mc.support, mc.solver_stats)
-        if progress is not None:
-            progress(len(block))
+    sel_opts = opts.replace(exclude_self=False)  # the searcher leaves each row out
+    accs, _ = evaluate_chunks(_SelectionEvaluation(ev, rows), sel_opts, progress=progress)
     info = {"rows": int(rows.size), "seed": int(seed), "seconds": round(time.perf_counter() - t0, 4)}
     return accs, info

@@ -229,3 +229,21 @@ def test_provenance_difference_warns_and_strict_refuses(tmp_path, caplog):
         sweep(path, k_values=[5], strict_provenance=True)
     same, *_ = make_store(tmp_path / "t.h5", train_attrs={"crop": 224}, query_attrs={"crop": 224})
     assert classify(same, k=5, strict_provenance=True)["warnings"] == []
+
+
+@pytest.mark.parametrize("shards, threads, chunk_size", [(None, 1, 7), (None, 2, None), (3, 2, 5)])
+def test_selection_through_the_pipeline_equals_the_oracle(tmp_path, shards, threads, chunk_size):
+    """Threads, sub-chunks and a sharded index (its own search path) select exactly as the oracle."""
+    from nnkcli.shards import index_store_sharded
+
+    path, (xt, yt), _ = make_store(tmp_path / "s.h5")
+    if shards:
+        index_store_sharded(path, n_shards=shards)
+    k_values, temps = [1, 4, 9], (0.07,)
+    doc = sweep(path, k_values=k_values, temperature=temps, select_on="train", select_queries=45, select_seed=3,
+                threads=threads, chunk_size=chunk_size).to_dict()
+    want = oracle_selection(xt, yt, selection_rows(len(xt), 45, seed=3), k_values, temps)
+    got = {(r["method"], r["k"], r.get("temperature")): r["top1"] for r in doc["selection"]["results"]}
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-3), key
