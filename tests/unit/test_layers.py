@@ -36,7 +36,8 @@ OWNERS = {
     "fcntl": {"storage.atomic"},
     "click": {"cli", "commands"},
     "rich": {"output"},
-    "torch": {"extract", "evaluation.torch_backend"},
+    # the GPU path: the search backend and its NNK solve (kept apart: each a module to read in one sitting)
+    "torch": {"extract", "evaluation.torch_backend", "evaluation.torch_solver"},
 }
 
 
