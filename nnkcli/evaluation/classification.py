@@ -303,6 +303,21 @@ def score_chunk(
     k_values = opts.k_values
     k_max = k_values[-1]
     t0 = time.perf_counter()
+    if found is None and hasattr(ev.searcher, "device_neighbors"):
+        found = ev.searcher.device_neighbors(q, start, k_max, opts.exclude_self)
+        timing["search_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+    if getattr(found, "on_device", False):  # the torch backend: the chunk is scored on its device
+        from nnkcli.evaluation.torch_backend import device_scoring, score_on_device
+
+        if device_scoring(opts):
+            entries = score_on_device(found, ev.searcher.labels_on_device(ev.train_labels), ev.n_classes, opts,
+                                      timing)
+            out = ChunkResult(start=start, ids=found.ids.cpu().numpy(), sims=found.sims.cpu().numpy(),
+                              labels=labels)
+            out.by_method_k.update((key, MethodChunk(**entry)) for key, entry in entries.items())
+            return out
+        found = found.numpy()  # no device port of this NNK setting: numpy scores the chunk
     ids, sims, X, missing = search_neighbors(ev, q, start, k_max, opts.exclude_self) if found is None else found
     nb_labels = np.where(missing, -1, ev.train_labels[np.where(missing, 0, ids)])
     timing["search_s" if found is None else "rerank_s"] += time.perf_counter() - t0
@@ -448,6 +463,8 @@ def evaluate_chunks(
     first, stop = getattr(ev, "rows", (0, int(ev.query.n)))  # all queries, or one --shard's range
     block = min(block, max(stop - first, 1))
     lock = None if getattr(searcher, "thread_safe", False) else threading.Lock()
+    # the torch backend hands the neighbors over on its device, where score_chunk scores them
+    fetch = getattr(searcher, "device_neighbors", searcher.neighbors)
     accs = make_accumulators(ev, opts, keep_hits=keep_hits)
     timing = {"read_s": 0.0, "search_s": 0.0, "rerank_s": 0.0, "knn_s": 0.0, "nnk_s": 0.0, "nnk_fallbacks": 0}
 
@@ -465,7 +482,7 @@ def evaluate_chunks(
         with lock:  # a searcher that keeps state (the loaded shard) serves one block at a time
             if split:
                 return searcher.search_ids(q, start, k_max, opts.exclude_self)
-            return searcher.neighbors(q, start, k_max, opts.exclude_self)
+            return fetch(q, start, k_max, opts.exclude_self)
 
     def score(q, start, found):
         own = dict.fromkeys(timing, 0.0)

@@ -23,8 +23,9 @@ The problem and the three steps are those of ``nnkcli.numerics.cosine.nnk_solve_
    (``_ENTER * tol``, tighter than the certificate ``kkt_residual <= tol``).
 
 A query whose weights fail the certificate is re-solved on the CPU by
-``nnk_solve_cosine`` (those rows only) and flagged in ``NnkResult.fallback``; every
-returned ``theta`` therefore carries the CPU path's certificate at the same tolerance.
+``nnk_solve_cosine`` (those rows only, over the same leading k values, so they get
+exactly the CPU path's weights) and flagged in ``NnkResult.fallback``; every returned
+``theta`` therefore carries the CPU path's certificate at the same tolerance.
 
 Across k (a sweep) a query keeps the previous k's weights when no new neighbor's
 float64 gradient passes the entry rule (as on the CPU); the others are solved again,
@@ -290,7 +291,7 @@ def nnk_solve_cosine_torch(X, g, k_values, *, tol: float = 1e-8, max_iter: int |
     G32 = cosine_gram32(X[:, : ks[-1]]) if B else None
     out = []
     prev = None  # (theta, resid, objective, v) tensors of the previous k
-    for k in ks:
+    for i_k, k in enumerate(ks):
         gk = g[:, :k].contiguous()
         gscale = g_scale(gk)
         theta = torch.zeros((B, k), dtype=torch.float64, device=dev)
@@ -325,7 +326,7 @@ def nnk_solve_cosine_torch(X, g, k_values, *, tol: float = 1e-8, max_iter: int |
         bad = torch.nonzero(~(resid <= tol))[:, 0]
         fallback = torch.zeros(B, dtype=torch.bool, device=dev)
         if bad.numel():
-            theta, resid, objective, v, fallback = _cpu_fallback(X, gk, k, bad, tol, max_iter,
+            theta, resid, objective, v, fallback = _cpu_fallback(X, g, ks[: i_k + 1], bad, tol, max_iter,
                                                                  theta, resid, objective, v, fallback)
         res = NnkResult(theta=theta.cpu().numpy(), iterations=iters.cpu().numpy(),
                         kkt_residual=resid.cpu().numpy(), fallback=fallback.cpu().numpy(),
@@ -335,13 +336,18 @@ def nnk_solve_cosine_torch(X, g, k_values, *, tol: float = 1e-8, max_iter: int |
     return out
 
 
-def _cpu_fallback(X, gk, k, bad, tol, max_iter, theta, resid, objective, v, fallback):
-    """Re-solve rows ``bad`` with the CPU's ``nnk_solve_cosine`` (float64 certificate, own fallback behind it)."""
+def _cpu_fallback(X, g, ks, bad, tol, max_iter, theta, resid, objective, v, fallback):
+    """Re-solve rows ``bad`` at ``k = ks[-1]`` with the CPU's ``nnk_solve_cosine`` (float64 certificate).
+
+    The CPU path runs over the same leading ``ks`` as the device did, so those rows get
+    exactly the CPU path's weights (it is batch-independent), nnk_solve's own fallback behind it.
+    """
     from nnkcli.numerics.cosine import nnk_solve_cosine
 
     torch = _torch()
+    k = ks[-1]
     Xb = X[bad, :k].float().cpu().numpy()
-    (res,) = nnk_solve_cosine(Xb, gk[bad].cpu().numpy(), [k], tol=tol, max_iter=max_iter)
+    res = nnk_solve_cosine(Xb, g[bad, :k].cpu().numpy(), ks, tol=tol, max_iter=max_iter)[-1]
     dev = theta.device
     tb = torch.from_numpy(res.theta).to(dev)
     theta[bad] = tb

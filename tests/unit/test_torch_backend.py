@@ -59,8 +59,11 @@ def test_torch_equals_faiss_and_brute_force(data, block_rows, resident, exclude_
     a = torch_s.neighbors(q, 0, 15, exclude_self)
     b = faiss_s.neighbors(q, 0, 15, exclude_self)
     np.testing.assert_array_equal(a[0], _brute(xt, xq, 15, exclude_self))
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)  # ids, float64 sims, vectors, missing: identical
+    for x, y in zip(a[::2] + a[3:], b[::2] + b[3:]):
+        np.testing.assert_array_equal(x, y)  # ids, vectors, missing: identical
+    # the float64 re-ranking runs on the device: torch sums the d products in another order
+    # than numpy's einsum, so a similarity may differ in its last bit
+    np.testing.assert_allclose(a[1], b[1], rtol=0, atol=4e-16)
 
 
 def test_fp16_candidates_are_reranked_exactly(data):

@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 from nnkcli.errors import InputError  # noqa: E402
 from nnkcli.evaluation import torch_solver  # noqa: E402
 from nnkcli.evaluation.torch_solver import nnk_solve_cosine_torch  # noqa: E402
+from nnkcli.numerics.cosine import nnk_solve_cosine  # noqa: E402
 
 TOL = 1e-8
 FAST = settings(max_examples=30, deadline=None)
@@ -93,19 +94,26 @@ def test_weights_match_nnls_and_carry_the_certificate(seed, B, k, d, kind, n_mis
     n_missing = min(n_missing, k - 1)
     q, X, g = problem(seed, B, k, d, kind, n_missing)
     ks = sorted({1, max(1, k // 2), k})
-    for k_i, (res, theta_dev) in zip(ks, solve(X, g, ks, tol=TOL)):
+    cpu = nnk_solve_cosine(X, g, ks, tol=TOL)
+    for k_i, (res, theta_dev), c in zip(ks, solve(X, g, ks, tol=TOL), cpu):
         theta = res.theta
         assert theta.shape == (B, k_i) and (theta >= 0).all()
         np.testing.assert_array_equal(theta, theta_dev.cpu().numpy())
-        assert (res.kkt_residual <= TOL).all()
+        # certified wherever the CPU solver certifies (nearly collinear neighbors with d < k
+        # defeat both at 1e-8 now and then); a query re-solved on the CPU gets exactly the CPU
+        # path's weights, which its own tests hold against nnls
+        certified = res.kkt_residual <= TOL
+        assert (certified | (c.kkt_residual > TOL)).all()
+        np.testing.assert_array_equal(theta[res.fallback], c.theta[res.fallback])
         # recomputed here from scratch, at the same tolerance
-        assert (certificate(X[:, :k_i], g[:, :k_i], theta) <= 1.01 * TOL).all()
+        assert (certificate(X[:, :k_i], g[:, :k_i], theta)[certified] <= 1.01 * TOL).all()
         present = np.abs(X[:, :k_i]).sum(-1) > 0  # zero rows: the missing neighbors
         assert not theta[~present].any()
         ref = oracle(q, X[:, :k_i], present)
-        # the objective is unique even where theta is not (duplicates): match it to rounding
-        np.testing.assert_allclose(objective(X[:, :k_i], g[:, :k_i], theta),
-                                   objective(X[:, :k_i], g[:, :k_i], ref), rtol=0, atol=1e-10)
+        # the objective is unique even where theta is not (duplicates): no worse than nnls's, to the
+        # bound the CPU solver's tests use (a certificate at 1e-8 allows that much on collinear data)
+        ours, theirs = objective(X[:, :k_i], g[:, :k_i], theta), objective(X[:, :k_i], g[:, :k_i], ref)
+        assert ((ours <= theirs + 1e-9 * np.abs(theirs)) | res.fallback).all()
         if kind in ("random", "clustered"):  # a unique minimiser
             np.testing.assert_allclose(theta, ref, atol=1e-7)
 
@@ -150,8 +158,6 @@ def test_results_do_not_depend_on_the_batch():
 
 
 def test_equals_the_cpu_solver():
-    from nnkcli.numerics.cosine import nnk_solve_cosine
-
     q, X, g = problem(1, 60, 40, 24, "clustered")
     for (res, _), cpu in zip(solve(X, g, [10, 20, 40]), nnk_solve_cosine(X, g, [10, 20, 40])):
         np.testing.assert_array_equal(res.theta > 0, cpu.theta > 0)
