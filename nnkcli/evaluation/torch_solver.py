@@ -65,13 +65,32 @@ def g_scale(g):
 
 
 def products(X, lo, hi, v):
-    """``X[:, lo:hi] @ v`` (B, hi - lo) float64, float32 ``X`` widened a few queries at a time."""
+    """``X[:, lo:hi] @ v`` (B, hi - lo) float64, float32 ``X`` widened a few queries at a time.
+
+    A product and a sum over the last axis, not ``bmm``: a batched matrix product may pick
+    another kernel (and summation order) for another batch size, this does not, so a
+    query's numbers do not depend on the chunk it came in.
+    """
     torch = _torch()
     out = torch.empty((X.shape[0], hi - lo), dtype=torch.float64, device=X.device)
     for a in range(0, X.shape[0], PRODUCT_ROWS):
         b = min(a + PRODUCT_ROWS, X.shape[0])
-        out[a:b] = torch.bmm(X[a:b, lo:hi].double(), v[a:b, :, None])[:, :, 0]
+        out[a:b] = (X[a:b, lo:hi].double() * v[a:b, None, :]).sum(dim=2)
     return out
+
+
+def support_gram(XP):
+    """``1/2 (1 + XP XP^T)`` (n, t, t) float64 of support rows ``XP`` (n, t, d) float64, batch-independent."""
+    torch = _torch()
+    n, t, d = XP.shape
+    G = torch.empty((n, t, t), dtype=torch.float64, device=XP.device)
+    step = max(1, (1 << 22) // max(t * t * d, 1))  # about 32 MiB of products at a time
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        G[a:b] = (XP[a:b, :, None, :] * XP[a:b, None, :, :]).sum(dim=3)
+    G += 1.0
+    G *= 0.5
+    return G
 
 
 def _torch():
@@ -141,8 +160,10 @@ def active_set(G, g, tol: float, max_iter: int, warm=None):
             idx2 = torch.where(at, j[:, None], idx)
             filled2 = filled | at
             # --- the active-set system, float64 from the float32 rows, identity in empty slots
-            A = torch.gather(torch.gather(Gs, 1, idx2[:, :, None].expand(-1, -1, k)), 2,
-                             idx2[:, None, :].expand(-1, T, -1)).double()
+            # (the support's rows are R's; only the entering one is read anew)
+            row_j = torch.gather(Gs, 1, j[:, None, None].expand(-1, 1, k)).double()  # (n, 1, k)
+            R = torch.where(at[:, :, None], row_j, R)
+            A = torch.gather(R, 2, idx2[:, None, :].expand(-1, T, -1))
             both = filled2[:, :, None] & filled2[:, None, :]
             A = torch.where(both, A, torch.eye(T, dtype=torch.float64, device=dev))
             rhs = torch.where(filled2, torch.gather(gs, 1, idx2), 0.0)
@@ -231,18 +252,17 @@ def polish(X, k, g, support, tol):
         b = torch.nonzero(size == t)[:, 0]
         idx = torch.sort((~support[b]).to(torch.int8), dim=1, stable=True).indices[:, :t]  # ascending
         XP = torch.gather(X[b], 1, idx[:, :, None].expand(-1, -1, d)).double()  # (n, t, d)
-        GP = XP @ XP.transpose(1, 2)
-        GP += 1.0
-        GP *= 0.5
-        gP = torch.gather(g[b], 1, idx)[:, :, None]
-        z, info = torch.linalg.solve_ex(GP, gP)
-        z = z + torch.linalg.solve_ex(GP, gP - GP @ z)[0]  # one refinement step
+        GP = support_gram(XP)
+        gP = torch.gather(g[b], 1, idx)
+        z, info = torch.linalg.solve_ex(GP, gP[:, :, None])
         z = z[:, :, 0]
+        residual = gP - (GP * z[:, None, :]).sum(dim=2)
+        z = z + torch.linalg.solve_ex(GP, residual[:, :, None])[0][:, :, 0]  # one refinement step
         ok = (info == 0) & (z > 0).all(dim=1) & torch.isfinite(z).all(dim=1)
         positive[b] = ok
         z = torch.where(ok[:, None], z, 0.0)
         theta[b] = torch.zeros((b.numel(), k), dtype=torch.float64, device=dev).scatter_(1, idx, z)
-        v[b] = torch.bmm(z[:, None, :], XP)[:, 0]
+        v[b] = (z[:, :, None] * XP).sum(dim=1)
     lam = 0.5 * (theta.sum(dim=1)[:, None] + products(X, 0, k, v)) - g
     viol = torch.where(theta > 0, lam.abs(), lam.neg().clamp(min=0.0))
     resid = (viol.amax(dim=1) if k else viol.new_zeros(B)) / g_scale(g)

@@ -211,3 +211,28 @@ def test_sample_store_sweep_torch_cpu_within_005_points(sample_store):
     for ra, rb in zip(a["results"], b["results"]):
         assert (ra["method"], ra["k"]) == (rb["method"], rb["k"])
         assert abs(ra["top1"] - rb["top1"]) <= 0.05 and abs(ra["top5"] - rb["top5"]) <= 0.05
+
+
+def test_torch_float64_results_are_bit_identical_across_chunk_sizes(tie_free):
+    """Below the float32 files: the chunks' float64 similarities, class scores and NNK weights."""
+    from nnkcli.evaluation.classification import evaluate_chunks, open_evaluation
+    from nnkcli.evaluation.options import DataOptions
+
+    def collect(chunk):
+        opts = ScoringOptions(k_values=(5, 20), backend="torch", device="cpu", chunk_size=chunk,
+                              temperature_grid=(0.07, 0.5))
+        got = []
+        with open_evaluation(tie_free, opts, DataOptions()) as ev:
+            evaluate_chunks(ev, opts, on_chunk=got.append)
+        got.sort(key=lambda c: c.start)
+        arrays = {"sims": np.concatenate([c.sims for c in got])}
+        for key in got[0].by_method_k:
+            for field in ("scores", "theta", "top"):
+                if getattr(got[0].by_method_k[key], field) is not None:
+                    arrays[(key, field)] = np.concatenate([getattr(c.by_method_k[key], field) for c in got])
+        return arrays
+
+    one, many = collect(1), collect(1000)
+    assert one.keys() == many.keys() and ((("nnk", 20), "theta") in one)
+    for name in one:
+        np.testing.assert_array_equal(one[name], many[name], err_msg=str(name))

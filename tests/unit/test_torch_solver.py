@@ -114,7 +114,7 @@ def test_weights_match_nnls_and_carry_the_certificate(seed, B, k, d, kind, n_mis
         # bound the CPU solver's tests use (a certificate at 1e-8 allows that much on collinear data)
         ours, theirs = objective(X[:, :k_i], g[:, :k_i], theta), objective(X[:, :k_i], g[:, :k_i], ref)
         assert ((ours <= theirs + 1e-9 * np.abs(theirs)) | res.fallback).all()
-        if kind in ("random", "clustered"):  # a unique minimiser
+        if kind in ("random", "clustered") and k_i <= d + 1:  # G of full rank: a unique minimiser
             np.testing.assert_allclose(theta, ref, atol=1e-7)
 
 
