@@ -43,8 +43,8 @@ __all__ = ["nnk_solve_cosine_torch", "cosine_gram32"]
 
 #: engine iterations between two looks at the host (which queries are done, the largest support)
 CHECK_EVERY = 8
-#: queries per float64 product with their (k, d) neighbor rows (bounds the widened copy)
-PRODUCT_ROWS = 256
+#: bytes of the float64 copy of neighbor rows widened at a time for a product (a few queries' (k, d) rows)
+PRODUCT_BYTES = 64 * 2**20
 
 _OUTER, _INNER, _WARM, _DONE = 0, 1, 2, 3
 
@@ -73,8 +73,9 @@ def products(X, lo, hi, v):
     """
     torch = _torch()
     out = torch.empty((X.shape[0], hi - lo), dtype=torch.float64, device=X.device)
-    for a in range(0, X.shape[0], PRODUCT_ROWS):
-        b = min(a + PRODUCT_ROWS, X.shape[0])
+    step = max(1, PRODUCT_BYTES // (8 * max(hi - lo, 1) * max(X.shape[2], 1)))
+    for a in range(0, X.shape[0], step):
+        b = min(a + step, X.shape[0])
         out[a:b] = (X[a:b, lo:hi].double() * v[a:b, None, :]).sum(dim=2)
     return out
 

@@ -236,3 +236,33 @@ def test_torch_float64_results_are_bit_identical_across_chunk_sizes(tie_free):
     assert one.keys() == many.keys() and ((("nnk", 20), "theta") in one)
     for name in one:
         np.testing.assert_array_equal(one[name], many[name], err_msg=str(name))
+
+
+def test_uncertified_device_weights_are_counted_and_solved_on_the_cpu(tie_free, monkeypatch):
+    """An engine proposing wrong supports: every query falls back, counted, and the answer is unchanged."""
+    from nnkcli.evaluation import torch_solver
+
+    def wrong(G, g, tol, max_iter, warm=None):
+        theta = torch.zeros(g.shape, dtype=torch.float64)
+        theta[:, -1] = 1.0  # the farthest neighbor alone
+        return theta, torch.zeros(g.shape[0], dtype=torch.int64), torch.zeros(g.shape[0], dtype=torch.bool)
+
+    a = classify(tie_free, k=12, methods="nnk")
+    monkeypatch.setattr(torch_solver, "active_set", wrong)
+    b = classify(tie_free, k=12, methods="nnk", backend="torch", device="cpu")
+    assert b["timing"]["nnk_fallbacks"] == b["n_queries"] and a["timing"]["nnk_fallbacks"] == 0
+    assert a["results"] == b["results"]
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_streamed_rows_give_the_resident_neighbors(tie_free, fp16):
+    from nnkcli.index import normalize_rows
+    from nnkcli.storage.store import FeatureStore
+
+    with FeatureStore(tie_free) as store:
+        train, q = store.split("train"), normalize_rows(store.split("val").read(0, 50))
+        resident = tb.TorchSearcher(train, device="cpu").device_neighbors(q, 0, 20, False)
+        streamed = tb.TorchSearcher(train, device="cpu", fp16=fp16, block_rows=97, resident=False)
+        got = streamed.device_neighbors(q, 0, 20, False)
+    for name in ("ids", "sims", "X", "missing"):
+        np.testing.assert_array_equal(getattr(got, name).numpy(), getattr(resident, name).numpy(), err_msg=name)
