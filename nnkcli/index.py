@@ -392,16 +392,21 @@ def check_fresh(nnk_index: NnkIndex, split, *, store_path: str | os.PathLike = "
             hint="rebuild it with 'nnk index STORE' (or pass --rebuild-index)",
         )
     if not nnk_index.fingerprint.matches(current):
-        raise StaleIndexError(
-            f"index {nnk_index.path} is stale: it was built from split '{nnk_index.fingerprint.split}' "
-            f"({nnk_index.fingerprint.n} rows, content {nnk_index.fingerprint.content_sha256[:12]}), the store's "
-            f"split '{split.name}' now has {current.n} rows, content {current.content_sha256[:12]}",
-            hint="rerun 'nnk index STORE' (or pass --rebuild-index to rebuild it now)",
-        )
+        raise stale_error(f"index {nnk_index.path}", nnk_index.fingerprint, split.name, current, "nnk index STORE")
     check_sample(nnk_index, split)
 
 
-def check_sample(nnk_index: NnkIndex, split, *, seed: int = 0) -> None:
+def stale_error(what: str, built: Fingerprint, split_name: str, current: Fingerprint, command: str) -> StaleIndexError:
+    """The error of an index (``what``) built from other data than the split's current data."""
+    return StaleIndexError(
+        f"{what} is stale: it was built from split '{built.split}' ({built.n} rows, content "
+        f"{built.content_sha256[:12]}), the store's split '{split_name}' now has {current.n} rows, "
+        f"content {current.content_sha256[:12]}",
+        hint=f"rerun '{command}' (or pass --rebuild-index to rebuild it now)",
+    )
+
+
+def check_sample(nnk_index: NnkIndex, split, *, seed: int = 0, command: str = "nnk index STORE") -> None:
     """Compare a few hundred rows of the split with the vectors the index holds.
 
     The fingerprint trusts the ``content_sha256`` recorded when the split was
@@ -409,11 +414,14 @@ def check_sample(nnk_index: NnkIndex, split, *, seed: int = 0) -> None:
     other data can sit behind a matching header. The index holds the normalised
     rows (exactly for flat and hnsw, ivf keeps them too), so ``SAMPLE_BLOCKS``
     random blocks of ``SAMPLE_BLOCK_ROWS`` rows, read from the store and normalised,
-    must equal what the index returns for those ids. Cost: ~256 rows read.
+    must equal what the index returns for those ids. Cost: ~256 rows read. ``split``
+    may be a row range of a split (a shard's ``SplitRange``): rows are then named by
+    their number in the whole split.
     """
     n = int(split.n)
     if n == 0 or nnk_index.n != n:
         return
+    offset = int(getattr(split, "start", 0))  # a shard's rows start there in the split
     rows = min(SAMPLE_BLOCK_ROWS, n)
     rng = np.random.default_rng(seed)
     starts = np.unique(rng.integers(0, n - rows + 1, size=SAMPLE_BLOCKS))
@@ -424,9 +432,9 @@ def check_sample(nnk_index: NnkIndex, split, *, seed: int = 0) -> None:
         if bad.size:
             raise StaleIndexError(
                 f"index {nnk_index.path} does not hold the current rows of split '{split.name}' "
-                f"(row {start + int(bad[0])} differs): the split was changed in place, or the index "
+                f"(row {offset + start + int(bad[0])} differs): the split was changed in place, or the index "
                 "was built from other data",
-                hint="rerun 'nnk index STORE' (or pass --rebuild-index to rebuild it now)",
+                hint=f"rerun '{command}' (or pass --rebuild-index to rebuild it now)",
             )
 
 

@@ -195,20 +195,19 @@ class Manifest:
 
     def check_fresh(self, split, *, store_path: str | os.PathLike = "") -> None:
         """The manifest must describe the split's current data, and every shard file must exist."""
-        from nnkcli.index import Fingerprint
+        from nnkcli.index import Fingerprint, stale_error
 
         current = Fingerprint.of_split(split, store_path)
         if not self.fingerprint.matches(current):
-            raise StaleIndexError(
-                f"sharded index {self.path} is stale: it was built from split '{self.fingerprint.split}' "
-                f"({self.fingerprint.n} rows, content {self.fingerprint.content_sha256[:12]}), the store's split "
-                f"'{split.name}' now has {current.n} rows, content {current.content_sha256[:12]}",
-                hint="rerun 'nnk index STORE --shards M' (or pass --rebuild-index to rebuild it now)",
-            )
+            raise stale_error(f"sharded index {self.path}", self.fingerprint, split.name, current,
+                              "nnk index STORE --shards M")
         for i in range(self.n_shards):
             if not self.file(i).is_file():
                 raise IndexFileError(f"{self.label(i)} is missing",
                                      hint="rerun 'nnk index STORE --shards M' (or pass --rebuild-index)")
+        # each shard's vectors are compared with a sample of its rows of the split when it is first loaded
+        self._sample_of = split
+        self._sampled: set[int] = set()
 
     def load(self, i: int):
         """Load shard ``i`` and check it holds exactly the rows the manifest says."""
@@ -228,7 +227,23 @@ class Manifest:
                 f"manifest's rows",
                 hint="rerun 'nnk index STORE --shards M' (or pass --rebuild-index)",
             )
+        split = getattr(self, "_sample_of", None)
+        if split is not None and i not in self._sampled:
+            from nnkcli.index import check_sample
+
+            # a split edited in place keeps its recorded content hash: the shard's own rows must match
+            check_sample(loaded, SplitRange(split, s["start"], s["stop"]), command="nnk index STORE --shards M")
+            self._sampled.add(i)
         return loaded
+
+    def check_samples(self) -> None:
+        """Load every shard now and compare it with a sample of its rows (``check_fresh`` first).
+
+        Normally each shard is compared when the search first loads it; ``--rebuild-index``
+        checks them all before the run, so that a split edited in place is rebuilt, not refused.
+        """
+        for i in range(self.n_shards):
+            self.load(i)
 
 
 def build_sharded(

@@ -188,13 +188,16 @@ class Evaluation:
         return built, info
 
     def _resolve_manifest(self, path, rebuild_index, progress_factory, info):
-        """A sharded index (``nnk index --shards M``): the manifest is checked now, each shard when loaded."""
+        """A sharded index (``nnk index --shards M``): the manifest is checked now, each shard when loaded
+        (with ``--rebuild-index``, every shard now)."""
         from nnkcli import shards
 
         manifest = None
         try:
             manifest = shards.Manifest(path)
             manifest.check_fresh(self.train, store_path=self.store_path)
+            if rebuild_index:  # an in-place edit shows only in the shards' rows: look at them all now
+                manifest.check_samples()
         except shards.IndexFileError as exc:
             if not rebuild_index or manifest is None:
                 raise
