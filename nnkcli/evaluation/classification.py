@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from nnkcli.errors import InputError
-from nnkcli.evaluation.options import (CHUNK_MEMORY_BUDGET, DEFAULT_K, DataOptions, ScoringOptions, apply_protocol,
-                                      resolve)
+from nnkcli.evaluation.options import CHUNK_MEMORY_BUDGET, DataOptions, ScoringOptions, resolve_one_k
 from nnkcli.numerics.metrics import Accumulator
 from nnkcli.numerics.scores import TOP
 
@@ -602,13 +601,8 @@ def classify(
         check_can_create(predictions_path, "predictions")  # before the index is loaded or built
     if k is not None:
         settings["k_values"] = (k,)
-    settings = apply_protocol(settings, one_k=True)  # a preset fills what is not given
-    if options is None and "k_values" not in settings:
-        settings["k_values"] = (DEFAULT_K,)
-    options, data = resolve(options, data, settings)
-    if len(options.k_values) != 1:
-        raise InputError(f"classify evaluates one k, got {len(options.k_values)} values",
-                         hint="use sweep for several k")
+    options, data = resolve_one_k(options, data, settings, what="classify evaluates one k",
+                                  hint="use sweep for several k", protocol=True)
     (k,) = options.k_values
     if data.shard is not None and predictions_path is None:
         raise InputError("--shard needs --out PART.h5: a shard's results are only useful merged",

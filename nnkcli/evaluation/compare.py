@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from nnkcli.errors import InputError
-from nnkcli.evaluation.options import DEFAULT_K, DataOptions, ScoringOptions, resolve
+from nnkcli.evaluation.options import DataOptions, ScoringOptions, resolve_one_k
 from nnkcli.numerics import stats
 
 BLOCK_ROWS = 65_536  # queries read per block from each prediction file (~5 MB of top-5 ids)
@@ -370,12 +370,8 @@ def compare(
     b = SideSpec.parse(b) if isinstance(b, str) else b
     if "k" in settings:
         settings["k_values"] = (settings.pop("k"),)
-    elif options is None and "k_values" not in settings:
-        settings["k_values"] = (DEFAULT_K,)
-    options, data = resolve(options, data, settings)
-    if len(options.k_values) != 1:
-        raise InputError(f"compare takes one default k, got {len(options.k_values)} values",
-                         hint="give each side its own k: --a knn@20 --b nnk@50")
+    options, data = resolve_one_k(options, data, settings, what="compare takes one default k",
+                                  hint="give each side its own k: --a knn@20 --b nnk@50")
     if n_boot < 1:
         raise InputError(f"the number of bootstrap resamples must be >= 1, got {n_boot}")
     kinds = [_kind(p) for p in (a_path, b_path) if p is not None]

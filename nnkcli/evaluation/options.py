@@ -505,3 +505,23 @@ def resolve(
     if data_changes:
         data = data.replace(**data_changes)
     return options, data
+
+
+def resolve_one_k(
+    options: ScoringOptions | None, data: DataOptions | None, keywords: dict, *, what: str, hint: str,
+    protocol: bool = False,
+) -> tuple[ScoringOptions, DataOptions]:
+    """``resolve`` for a command that scores at one k (``classify``, ``compare``).
+
+    A preset (``protocol=True``) fills what is not given; with no options object and no
+    k, the default k; then exactly one k must remain, else ``InputError("<what>, got N
+    values")`` with ``hint``.
+    """
+    if protocol:
+        keywords = apply_protocol(keywords, one_k=True)
+    if options is None and "k_values" not in keywords:
+        keywords["k_values"] = (DEFAULT_K,)
+    options, data = resolve(options, data, keywords)
+    if len(options.k_values) != 1:
+        raise InputError(f"{what}, got {len(options.k_values)} values", hint=hint)
+    return options, data
