@@ -406,7 +406,8 @@ def stale_error(what: str, built: Fingerprint, split_name: str, current: Fingerp
     )
 
 
-def check_sample(nnk_index: NnkIndex, split, *, seed: int = 0, command: str = "nnk index STORE") -> None:
+def check_sample(nnk_index: NnkIndex, split, *, seed: int = 0, command: str = "nnk index STORE",
+                 first_row: int = 0) -> None:
     """Compare a few hundred rows of the split with the vectors the index holds.
 
     The fingerprint trusts the ``content_sha256`` recorded when the split was
@@ -415,13 +416,12 @@ def check_sample(nnk_index: NnkIndex, split, *, seed: int = 0, command: str = "n
     rows (exactly for flat and hnsw, ivf keeps them too), so ``SAMPLE_BLOCKS``
     random blocks of ``SAMPLE_BLOCK_ROWS`` rows, read from the store and normalised,
     must equal what the index returns for those ids. Cost: ~256 rows read. ``split``
-    may be a row range of a split (a shard's ``SplitRange``): rows are then named by
-    their number in the whole split.
+    may be a row range of a split (a shard's ``SplitRange``) that starts at row
+    ``first_row`` of the whole split, which the error names rows by.
     """
     n = int(split.n)
     if n == 0 or nnk_index.n != n:
         return
-    offset = int(getattr(split, "start", 0))  # a shard's rows start there in the split
     rows = min(SAMPLE_BLOCK_ROWS, n)
     rng = np.random.default_rng(seed)
     starts = np.unique(rng.integers(0, n - rows + 1, size=SAMPLE_BLOCKS))
@@ -432,7 +432,7 @@ def check_sample(nnk_index: NnkIndex, split, *, seed: int = 0, command: str = "n
         if bad.size:
             raise StaleIndexError(
                 f"index {nnk_index.path} does not hold the current rows of split '{split.name}' "
-                f"(row {offset + start + int(bad[0])} differs): the split was changed in place, or the index "
+                f"(row {first_row + start + int(bad[0])} differs): the split was changed in place, or the index "
                 "was built from other data",
                 hint=f"rerun '{command}' (or pass --rebuild-index to rebuild it now)",
             )

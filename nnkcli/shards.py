@@ -232,7 +232,8 @@ class Manifest:
             from nnkcli.index import check_sample
 
             # a split edited in place keeps its recorded content hash: the shard's own rows must match
-            check_sample(loaded, SplitRange(split, s["start"], s["stop"]), command="nnk index STORE --shards M")
+            check_sample(loaded, SplitRange(split, s["start"], s["stop"]), command="nnk index STORE --shards M",
+                         first_row=s["start"])
             self._sampled.add(i)
         return loaded
 
