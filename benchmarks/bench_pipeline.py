@@ -53,18 +53,12 @@ import numpy as np
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-def make_store(path: Path, n_train: int, n_query: int, dim: int, n_classes: int, seed: int) -> None:
-    """A mixture of ``n_classes`` classes on a curved 32-dimensional manifold in ``dim`` dimensions.
+def manifold_sampler(n_classes: int, dim: int, seed: int):
+    """``sample(n) -> (x (n, dim) float32, y (n,))``: draws of ``make_store``'s mixture, seeded.
 
-    Each class has 4 Gaussian modes in a 32-d latent space (classes overlap there),
-    mapped to ``dim`` dimensions by a random two-layer tanh map, plus weak isotropic
-    noise. Like self-supervised features, neighborhoods are low-dimensional; plain
-    isotropic high-dimensional noise would instead make all neighbors nearly
-    orthogonal, which no real feature extractor produces (and which makes NNK keep
-    most neighbors instead of the ~10-25 it keeps on real features).
+    Consecutive calls continue one random stream, so the same sizes in the same order give
+    the same rows (``bench_scale.py`` streams its store through this in blocks).
     """
-    from nnkcli.storage.store import write_split
-
     latent = 32
     rng = np.random.default_rng(seed)
     modes = (rng.normal(size=(n_classes, 1, latent)) + 0.5 * rng.normal(size=(n_classes, 4, latent))).astype(np.float32)
@@ -78,6 +72,22 @@ def make_store(path: Path, n_train: int, n_query: int, dim: int, n_classes: int,
         x = np.tanh(h @ w1) @ w2 + 0.1 * rng.normal(size=(n, dim)).astype(np.float32) / np.sqrt(dim)
         return x.astype(np.float32), y
 
+    return sample
+
+
+def make_store(path: Path, n_train: int, n_query: int, dim: int, n_classes: int, seed: int) -> None:
+    """A mixture of ``n_classes`` classes on a curved 32-dimensional manifold in ``dim`` dimensions.
+
+    Each class has 4 Gaussian modes in a 32-d latent space (classes overlap there),
+    mapped to ``dim`` dimensions by a random two-layer tanh map, plus weak isotropic
+    noise. Like self-supervised features, neighborhoods are low-dimensional; plain
+    isotropic high-dimensional noise would instead make all neighbors nearly
+    orthogonal, which no real feature extractor produces (and which makes NNK keep
+    most neighbors instead of the ~10-25 it keeps on real features).
+    """
+    from nnkcli.storage.store import write_split
+
+    sample = manifold_sampler(n_classes, dim, seed)
     xt, yt = sample(n_train)
     xq, yq = sample(n_query)
     write_split(path, "train", xt, yt, source="synthetic benchmark mixture (32-d manifold)")

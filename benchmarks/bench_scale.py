@@ -43,20 +43,10 @@ def make_store(path: Path, n_train: int, n_query: int, dim: int, n_classes: int,
     """``bench_pipeline.make_store``'s mixture, streamed into float16 splits block by block."""
     from nnkcli.storage.split_writer import SplitWriter
 
-    latent = 32
-    rng = np.random.default_rng(seed)
-    modes = (rng.normal(size=(n_classes, 1, latent)) + 0.5 * rng.normal(size=(n_classes, 4, latent))).astype(np.float32)
-    w1 = rng.normal(size=(latent, 2 * latent)).astype(np.float32) / np.sqrt(latent)
-    w2 = rng.normal(size=(2 * latent, dim)).astype(np.float32) / np.sqrt(2 * latent)
+    from bench_pipeline import manifold_sampler  # this folder is on sys.path when run as a script
+
+    sample = manifold_sampler(n_classes, dim, seed)
     names = [f"c{c:04d}" for c in range(n_classes)]
-
-    def sample(n):
-        y = rng.integers(0, n_classes, n)
-        m = rng.integers(0, 4, n)
-        h = modes[y, m] + 1.2 * rng.normal(size=(n, latent)).astype(np.float32)
-        x = np.tanh(h @ w1) @ w2 + 0.1 * rng.normal(size=(n, dim)).astype(np.float32) / np.sqrt(dim)
-        return x.astype(np.float32), y
-
     for split, n in (("train", n_train), ("val", n_query)):
         with SplitWriter(path, split, dim=dim, class_names=names, dtype="float16",
                          source="synthetic scale benchmark (32-d manifold)") as writer:
