@@ -173,14 +173,7 @@ def load_features(
 def read_class_names(path: str | os.PathLike) -> list[str]:
     """Class names from a text file, one per line (line i + 1 names class id i)."""
     path = check_input_path(path, "class-names file", "--class-names")
-    try:
-        lines = path.read_text("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read class names from {path}: {exc}",
-                         hint="a class-names file is utf-8 text, one name per line") from None
-    names = [line.strip() for line in lines]
-    while names and names[-1] == "":
-        names.pop()
+    names = _text_lines(path, "class names", "a class-names file is utf-8 text, one name per line")
     if not names:
         raise InputError(f"{path} holds no class names", hint="one name per line, line 1 = class 0")
     if "" in names:
@@ -220,15 +213,20 @@ def read_labels(path: str | os.PathLike, *, key: str | None = None) -> np.ndarra
     raise InputError(f"unsupported labels file {path}", hint="give labels as .npy, .npz, .txt (one per line) or .pth")
 
 
-def _read_text_labels(path: Path) -> np.ndarray:
+def _text_lines(path: Path, what: str, hint: str) -> list[str]:
+    """The stripped lines of a utf-8 text file, trailing blank lines dropped."""
     try:
         lines = path.read_text("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read labels from {path}: {exc}",
-                         hint="a text labels file is utf-8, one label per line") from exc
+        raise InputError(f"cannot read {what} from {path}: {exc}", hint=hint) from None
     values = [line.strip() for line in lines]
     while values and values[-1] == "":
         values.pop()
+    return values
+
+
+def _read_text_labels(path: Path) -> np.ndarray:
+    values = _text_lines(path, "labels", "a text labels file is utf-8, one label per line")
     if "" in values:
         raise InputError(
             f"{path} has an empty line (line {values.index('') + 1})",
