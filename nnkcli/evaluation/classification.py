@@ -30,6 +30,7 @@ import numpy as np
 
 from nnkcli.errors import InputError
 from nnkcli.evaluation.options import CHUNK_MEMORY_BUDGET, DataOptions, ScoringOptions, resolve_one_k
+from nnkcli.numerics import compiled
 from nnkcli.numerics.metrics import Accumulator
 from nnkcli.numerics.scores import TOP
 
@@ -515,6 +516,10 @@ def evaluate_chunks(
     timing["chunk_size"] = chunk
     timing["search_block"] = block
     timing["threads"] = threads
+    if "nnk" in opts.methods and opts.kernel == "cosine" and opts.solver == "exact":
+        # which code solved the NNK problems on the CPU (the weights carry the same certificate)
+        timing["nnk_engine"] = ("torch" if hasattr(searcher, "device_neighbors")
+                                else "compiled" if compiled.available() else "numpy")
     return accs, timing
 
 

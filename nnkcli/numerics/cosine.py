@@ -41,7 +41,8 @@ from __future__ import annotations
 import numpy as np
 
 from nnkcli.errors import InputError
-from nnkcli.numerics.active_set import _ENTER, g_scale
+from nnkcli.numerics import compiled
+from nnkcli.numerics.active_set import _DEPENDENT, _ENTER, _EXACT, g_scale
 from nnkcli.numerics.kernels import kernel_blocks
 
 __all__ = ["cosine_gram32", "cosine_products", "nnk_solve_cosine"]
@@ -100,7 +101,7 @@ def nnk_solve_cosine(X, g, k_values, *, tol: float = 1e-8, max_iter: int | None 
     list of NnkResult
         One per k, ``theta`` of the i-th of shape (B, k_i), float64.
     """
-    from nnkcli.numerics.solver import NnkResult, nnk_solve
+    from nnkcli.numerics.solver import nnk_solve
 
     X = np.asarray(X)
     g = np.asarray(g, dtype=np.float64)
@@ -110,9 +111,41 @@ def nnk_solve_cosine(X, g, k_values, *, tol: float = 1e-8, max_iter: int | None 
     if not ks or any(b <= a for a, b in zip(ks, ks[1:])) or ks[0] < 1 or ks[-1] > g.shape[1]:
         raise InputError(f"k_values must increase within 1..{g.shape[1]}, got {ks}")
     tol = float(tol)
+    if max_iter is not None and int(max_iter) < 1:
+        raise InputError(f"max_iter must be at least 1, got {max_iter}")
     B = g.shape[0]
     if B == 0:
         return [nnk_solve(np.zeros((0, k, k)), np.zeros((0, k)), tol=tol, max_iter=max_iter) for k in ks]
+    if compiled.available():
+        return _solve_compiled(X, g, ks, tol, max_iter)
+    return _solve_numpy(X, g, ks, tol, max_iter)
+
+
+def _solve_compiled(X, g, ks, tol, max_iter) -> list:
+    """The compiled per-query kernel; the queries it flags at any k are solved by the numpy path."""
+    from nnkcli.numerics.solver import NnkResult
+
+    K = ks[-1]
+    steps = 3 * K + 20 if max_iter is None else int(max_iter)
+    thetas, resid, iters, obj, failed = compiled.solve_cosine_path(
+        X[:, :K], g[:, :K], ks, tol, _ENTER, _EXACT, _DEPENDENT, steps)
+    results = [NnkResult(theta=thetas[i], iterations=iters[i], kkt_residual=resid[i],
+                         fallback=np.zeros(g.shape[0], dtype=bool), objective=obj[i], tol=tol)
+               for i in range(len(ks))]
+    redo = np.flatnonzero(failed.any(axis=0) | ~(resid <= tol).all(axis=0))
+    if redo.size:
+        for res, sub in zip(results, _solve_numpy(X[redo], g[redo], ks, tol, max_iter)):
+            res.theta[redo], res.kkt_residual[redo] = sub.theta, sub.kkt_residual
+            res.objective[redo], res.fallback[redo] = sub.objective, sub.fallback
+            res.iterations[redo] = sub.iterations
+    return results
+
+
+def _solve_numpy(X, g, ks, tol, max_iter) -> list:
+    """The batched numpy path (module docstring)."""
+    from nnkcli.numerics.solver import NnkResult, nnk_solve
+
+    B = g.shape[0]
     G32 = cosine_gram32(X[:, : ks[-1]])
     results = []
     prev = None

@@ -1,4 +1,8 @@
-"""nnk_solve_cosine (float32 candidates, float64 polish and certificate) against independent oracles.
+"""nnk_solve_cosine against independent oracles, on both of its engines.
+
+Every test runs twice: with the compiled per-query kernel (``nnkcli.numerics.compiled``,
+numba) and with the batched numpy path (float32 candidates, float64 polish and
+certificate), selected through ``NNKCLI_COMPILED``.
 
 The oracle is scipy.optimize.nnls on the feature-space least-squares form of the
 cosine-kernel problem (A = [1; X^T] / sqrt(2), b = [1; q] / sqrt(2)): no Gram matrix,
@@ -8,6 +12,8 @@ float64 Gram matrix built by a plain loop.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -15,11 +21,25 @@ from hypothesis import strategies as st
 from scipy.optimize import nnls
 
 from nnkcli.errors import InputError
-from nnkcli.numerics import cosine
+from nnkcli.numerics import compiled, cosine
 from nnkcli.numerics.cosine import cosine_products, nnk_solve_cosine
 
 TOL = 1e-8
 FAST = settings(max_examples=40, deadline=None)
+
+
+@pytest.fixture(autouse=True, scope="module", params=["compiled", "numpy"])
+def engine(request):
+    """Run the module's tests on each engine (module scope: hypothesis keeps it per example)."""
+    old = os.environ.get("NNKCLI_COMPILED")
+    os.environ["NNKCLI_COMPILED"] = "1" if request.param == "compiled" else "0"
+    if request.param == "compiled" and not compiled.available():
+        pytest.skip("numba is not installed (the 'fast' extra)")
+    yield request.param
+    if old is None:
+        os.environ.pop("NNKCLI_COMPILED", None)
+    else:
+        os.environ["NNKCLI_COMPILED"] = old
 
 
 def unit(x):
@@ -143,7 +163,9 @@ def test_batch_composition_and_order_do_not_change_a_single_bit():
             np.testing.assert_array_equal(a.theta[i:i + 1], b.theta)
 
 
-def test_wrong_float32_supports_are_solved_again_in_float64(monkeypatch):
+def test_wrong_float32_supports_are_solved_again_in_float64(monkeypatch, engine):
+    if engine == "compiled":
+        pytest.skip("the compiled kernel has no float32 stage")
     # neighbors 1e-5 apart: float32 kernel blocks cannot separate them, float64 can
     q, X = problem(11, 6, 12, 8, "collinear")
     rng = np.random.default_rng(1)

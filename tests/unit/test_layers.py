@@ -36,6 +36,8 @@ OWNERS = {
     "fcntl": {"storage.atomic"},
     "click": {"cli", "commands"},
     "rich": {"output"},
+    # the compiled NNK kernel (optional: the 'fast' extra)
+    "numba": {"numerics.compiled_kernel"},
     # the GPU path: the search backend and its NNK solve (kept apart: each a module to read in one sitting)
     "torch": {"extract", "evaluation.torch_backend", "evaluation.torch_solver"},
 }
@@ -127,7 +129,7 @@ def test_the_arrow_check_can_fail(monkeypatch):
 
 BLOCKED_CORE = textwrap.dedent('''
     import importlib.abc, sys
-    BLOCKED = ("click", "rich", "torch", "matplotlib")
+    BLOCKED = ("click", "rich", "torch", "matplotlib", "numba")
 
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):

@@ -1,0 +1,118 @@
+"""NNK of the cosine kernel, one query at a time in compiled code (the one owner of numba).
+
+The batched numpy engine (``nnkcli.numerics.active_set``) pays about a millisecond of
+Python per step whatever the batch, so it needs the whole float32 kernel block of every
+query (``k^2 d`` multiply-adds, the largest cost at d = 784) and a float64 polish to stay
+ahead. Compiled, one query at a time, the classic Lawson–Hanson method needs neither:
+
+- a kernel row ``G[j, :] = 1/2 (1 + X x_j)`` is computed in float64 only when variable
+  ``j`` enters (the ~15-30 entries of a query at k = 200 read ``k d`` numbers each, from a
+  block that stays in cache because the query is finished before the next one starts),
+  and kept for the rest of the query, every k of a sweep included;
+- the active set is held as the Cholesky factor of ``G_PP``, extended by one row per
+  entering variable (``O(t^2)``) and refactored from the kept rows when variables leave
+  (``t`` is the support size, ~10-30);
+- the gradient ``w = g - G theta`` comes from the kept rows of the support (``O(t k)``),
+  so across k (a sweep) a new neighbor costs ``O(t)`` to check, and the method simply
+  continues from the previous k's optimum.
+
+Every quantity is float64 (the float32 features are widened as read, and a product of
+two float32 numbers is exact in float64), and every query stops on the engine's own rule:
+no variable outside the support has a gradient above ``_ENTER * tol * max|g|`` and the
+support's equations hold to ``_EXACT * tol * max|g|``; the reported ``kkt_residual`` is
+computed from the same float64 gradient. A query the method cannot finish (iteration
+limit, a dependent variable whose gradient still says it should enter, a non-finite
+value) is flagged; the caller solves it with the numpy path.
+
+Each query's numbers depend only on its own neighbors and k values, so results are
+bit-identical whatever the chunking and the thread count (the kernel releases the GIL;
+the pipeline's own threads run chunks side by side). The dot products are vectorised by
+the compiler (reassociated sums), so bits may differ from another CPU's, as BLAS's do.
+
+numba is optional (``pip install 'nnkcli[fast]'``); without it, or with
+``NNKCLI_COMPILED=0`` in the environment, ``available()`` is False and the numpy path runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import numpy as np
+
+__all__ = ["available", "solve_cosine_path"]
+
+logger = logging.getLogger("nnkcli")
+
+_LOCK = threading.Lock()
+_KERNEL: list = []  # [kernel] once built, [None] when numba is missing or failed to build
+
+
+def available() -> bool:
+    """Whether the compiled kernel can run here (builds it on the first call)."""
+    if os.environ.get("NNKCLI_COMPILED", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return _kernel() is not None
+
+
+def _kernel():
+    with _LOCK:
+        if not _KERNEL:
+            try:
+                from nnkcli.numerics.compiled_kernel import kernel
+
+                _KERNEL.append(kernel)
+            except ImportError:  # numba is optional
+                _KERNEL.append(None)
+            except Exception as exc:  # a numba that cannot build or cache here: numpy it is
+                logger.debug("compiled NNK kernel unavailable (%s: %s); using the numpy path",
+                             type(exc).__name__, exc)
+                _KERNEL.append(None)
+        return _KERNEL[0]
+
+
+def solve_cosine_path(X, g, k_values, tol, enter, exact, dependent, max_iter, row_cap=256):
+    """Run the kernel on a batch; see the module docstring.
+
+    Parameters
+    ----------
+    X : ndarray (B, K, d), float32 or float64, C-contiguous
+        Neighbors (unit rows, zeros where a neighbor is missing), nearest first.
+    g : ndarray (B, K) float64
+        ``(1 + <q, x_j>) / 2``.
+    k_values : sequence of int, increasing within 1..K
+    tol : float
+        The certificate's tolerance.
+    enter, exact, dependent : float
+        The engine's constants (``_ENTER``, ``_EXACT``, ``_DEPENDENT`` of ``active_set``).
+    max_iter : int
+        Steps allowed per query and k.
+    row_cap : int
+        Kernel rows kept per query (when full, the rows of variables outside the support
+        are dropped); also the largest support (a larger one is flagged).
+
+    Returns
+    -------
+    (thetas, residual, iterations, objective, failed): ``thetas`` a list of (B, k_i)
+    float64 arrays, the others (len(k_values), B) arrays (float64, int64, float64, bool).
+    """
+    kernel = _kernel()
+    X = np.ascontiguousarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    g = np.ascontiguousarray(g, dtype=np.float64)
+    ks = np.asarray(k_values, dtype=np.int64)
+    B = g.shape[0]
+    offsets = np.concatenate([[0], np.cumsum(ks)]).astype(np.int64)
+    flat = np.zeros((B, int(offsets[-1])))
+    nk = ks.size
+    residual = np.full((nk, B), np.inf)
+    iterations = np.zeros((nk, B), dtype=np.int64)
+    objective = np.zeros((nk, B))
+    failed = np.zeros((nk, B), dtype=np.bool_)
+    if B:
+        kernel(X, g, ks, float(tol), float(enter), float(exact), float(dependent), int(max_iter), int(row_cap),
+               flat, offsets, residual, iterations, objective, failed)
+    thetas = [np.ascontiguousarray(flat[:, offsets[i]:offsets[i + 1]]) for i in range(nk)]
+    return thetas, residual, iterations, objective, failed

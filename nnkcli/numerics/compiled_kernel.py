@@ -1,0 +1,277 @@
+"""The compiled kernels behind ``nnkcli.numerics.compiled`` (the one module that imports numba).
+
+Imported only when the compiled path is first used (numba takes ~0.3 s to import); the
+functions live at module level so that numba can cache their machine code on disk
+(``cache=True``: next to this file, or numba's user cache where that is read-only), and a
+new process loads it in well under a second instead of compiling for ~10 s.
+"""
+
+import numba
+import numpy as np
+
+# reassociated sums: the dot products run vectorised (the order is fixed by the code and
+# the CPU, never by the batch)
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def kernel_row(Xb, j, K, out):
+    """out[i] = 1/2 (1 + <x_i, x_j>) for i < K, float64."""
+    d = Xb.shape[1]
+    xj = Xb[j]
+    for i in range(K):
+        xi = Xb[i]
+        s = 0.0
+        for t in range(d):
+            s += np.float64(xi[t]) * np.float64(xj[t])
+        out[i] = 0.5 * (1.0 + s)
+
+
+@numba.njit(nogil=True, cache=True)
+def refactor(R, slot, P, t, L):
+    """Cholesky factor of G_PP into L[:t, :t]; False where it is not positive definite."""
+    for a in range(t):
+        ra = R[slot[P[a]]]
+        for c in range(a + 1):
+            s = ra[P[c]]
+            for e in range(c):
+                s -= L[a, e] * L[c, e]
+            if a == c:
+                if not s > 0.0:
+                    return False
+                L[a, a] = np.sqrt(s)
+            else:
+                L[a, c] = s / L[c, c]
+    return True
+
+
+@numba.njit(nogil=True, cache=True)
+def chol_solve(L, t, rhs, out):
+    """out = (L L^T)^{-1} rhs over the first t entries."""
+    for a in range(t):
+        s = rhs[a]
+        for e in range(a):
+            s -= L[a, e] * out[e]
+        out[a] = s / L[a, a]
+    for a in range(t - 1, -1, -1):
+        s = out[a]
+        for e in range(a + 1, t):
+            s -= L[e, a] * out[e]
+        out[a] = s / L[a, a]
+
+
+@numba.njit(nogil=True, cache=True)
+def support_solve(R, slot, P, t, L, gb, z, rhs, corr):
+    """z = G_PP^{-1} g_P with one step of iterative refinement; returns max |G_PP z - g_P|."""
+    for a in range(t):
+        rhs[a] = gb[P[a]]
+    chol_solve(L, t, rhs, z)
+    for a in range(t):
+        ra = R[slot[P[a]]]
+        s = gb[P[a]]
+        for c in range(t):
+            s -= ra[P[c]] * z[c]
+        rhs[a] = s
+    chol_solve(L, t, rhs, corr)
+    worst = 0.0
+    for a in range(t):
+        z[a] += corr[a]
+    for a in range(t):
+        ra = R[slot[P[a]]]
+        s = gb[P[a]]
+        for c in range(t):
+            s -= ra[P[c]] * z[c]
+        if abs(s) > worst or s != s:
+            worst = abs(s) if s == s else np.inf
+    return worst
+
+
+@numba.njit(nogil=True, cache=True)
+def gradient(R, slot, P, t, theta, gb, lo, hi, w):
+    """w[j] = g_j - (G theta)_j for lo <= j < hi, from the support's rows."""
+    for j in range(lo, hi):
+        w[j] = gb[j]
+    for a in range(t):
+        p = P[a]
+        ra = R[slot[p]]
+        th = theta[p]
+        for j in range(lo, hi):
+            w[j] -= th * ra[j]
+
+
+@numba.njit(nogil=True, cache=True)
+def kernel(X, g, ks, tol, enter_rel, exact_rel, dependent, max_iter, row_cap,
+           flat, offsets, residual, iterations, objective, failed):
+    B, K, d = X.shape
+    nk = ks.size
+    cap = min(K, row_cap)
+    R = np.empty((cap, K))  # kept kernel rows, by slot
+    slot = np.full(K, -1, dtype=np.int64)  # variable -> slot of its kept row
+    owner = np.full(cap, -1, dtype=np.int64)  # slot -> variable
+    L = np.zeros((cap, cap))
+    P = np.empty(cap, dtype=np.int64)  # the support, in entry order
+    z = np.empty(cap)
+    rhs = np.empty(cap)
+    corr = np.empty(cap)
+    theta = np.zeros(K)
+    w = np.zeros(K)
+    in_set = np.zeros(K, dtype=np.bool_)
+    blocked = np.zeros(K, dtype=np.bool_)
+    for b in range(B):
+        Xb = X[b]
+        gb = g[b]
+        for s in range(cap):
+            if owner[s] >= 0:
+                slot[owner[s]] = -1
+                owner[s] = -1
+        used = 0
+        t = 0
+        theta[:] = 0.0
+        in_set[:] = False
+        bad = False
+        kp = 0
+        for ki in range(nk):
+            k = ks[ki]
+            gs = 0.0
+            for j in range(k):
+                if abs(gb[j]) > gs:
+                    gs = abs(gb[j])
+            if gs == 0.0 or gs != gs:
+                gs = 1.0
+            enter = enter_rel * tol * gs
+            exact = exact_rel * tol * gs
+            for j in range(k):
+                blocked[j] = False
+            gradient(R, slot, P, t, theta, gb, kp, k, w)
+            it = 0
+            while not bad:
+                best = -np.inf
+                jb = -1
+                for j in range(k):
+                    if not in_set[j] and not blocked[j] and w[j] > best:
+                        best = w[j]
+                        jb = j
+                if not (best > enter):
+                    if best != best:
+                        bad = True
+                    break
+                if it >= max_iter or t == cap:
+                    bad = True
+                    break
+                it += 1
+                if slot[jb] < 0:
+                    if used == cap:  # keep only the support's rows
+                        for s in range(cap):
+                            if owner[s] >= 0 and not in_set[owner[s]]:
+                                slot[owner[s]] = -1
+                                owner[s] = -1
+                        used = 0
+                        for s in range(cap):
+                            if owner[s] >= 0:
+                                if s != used:
+                                    R[used, :] = R[s, :]
+                                    owner[used] = owner[s]
+                                    slot[owner[s]] = used
+                                    owner[s] = -1
+                                used += 1
+                    kernel_row(Xb, jb, K, R[used])
+                    ok = True
+                    for i in range(K):
+                        if not np.isfinite(R[used, i]):
+                            ok = False
+                    if not ok:
+                        bad = True
+                        break
+                    slot[jb] = used
+                    owner[used] = jb
+                    used += 1
+                rj = R[slot[jb]]
+                # extend the factor: L l = G_Pj, pivot^2 = G_jj - l.l
+                piv = rj[jb]
+                for a in range(t):
+                    s = rj[P[a]]
+                    for e in range(a):
+                        s -= L[a, e] * L[t, e]
+                    L[t, a] = s / L[a, a]
+                    piv -= L[t, a] * L[t, a]
+                if not piv > dependent * abs(rj[jb]):
+                    blocked[jb] = True  # numerically dependent on the support
+                    continue
+                L[t, t] = np.sqrt(piv)
+                P[t] = jb
+                t += 1
+                in_set[jb] = True
+                worst = support_solve(R, slot, P, t, L, gb, z, rhs, corr)
+                if not z[t - 1] > 0.0:  # exact arithmetic rules this out: refuse the variable
+                    t -= 1
+                    in_set[jb] = False
+                    blocked[jb] = True
+                    worst = support_solve(R, slot, P, t, L, gb, z, rhs, corr)
+                # step back towards z while some weight would be non-positive
+                while True:
+                    neg = False
+                    for a in range(t):
+                        if not z[a] > 0.0:
+                            neg = True
+                    if not neg:
+                        break
+                    if it >= max_iter:
+                        bad = True
+                        break
+                    it += 1
+                    alpha = np.inf
+                    q = -1
+                    for a in range(t):
+                        if not z[a] > 0.0:
+                            th = theta[P[a]]
+                            den = th - z[a]
+                            r = th / den if den > 0.0 else np.inf
+                            if r < alpha:
+                                alpha = r
+                                q = a
+                    if q < 0:
+                        bad = True
+                        break
+                    for a in range(t):
+                        th = theta[P[a]]
+                        theta[P[a]] = th + alpha * (z[a] - th)
+                    theta[P[q]] = 0.0
+                    n = 0
+                    for a in range(t):
+                        p = P[a]
+                        if theta[p] > 0.0:
+                            P[n] = p
+                            n += 1
+                        else:
+                            theta[p] = 0.0
+                            in_set[p] = False
+                    t = n
+                    if not refactor(R, slot, P, t, L):
+                        bad = True
+                        break
+                    worst = support_solve(R, slot, P, t, L, gb, z, rhs, corr)
+                if bad:
+                    break
+                for a in range(t):
+                    theta[P[a]] = z[a]
+                if not worst <= exact:
+                    bad = True
+                    break
+                gradient(R, slot, P, t, theta, gb, 0, k, w)
+            if bad:
+                for kj in range(ki, nk):
+                    failed[kj, b] = True
+                break
+            viol = 0.0
+            obj = 0.0
+            for j in range(k):
+                v = abs(w[j]) if in_set[j] else max(w[j], 0.0)
+                if v > viol:
+                    viol = v
+                obj -= 0.5 * theta[j] * (gb[j] + w[j])
+                if blocked[j] and w[j] > enter:
+                    failed[ki, b] = True
+                flat[b, offsets[ki] + j] = theta[j]
+            residual[ki, b] = viol / gs
+            iterations[ki, b] = it
+            objective[ki, b] = obj
+            kp = k
+
