@@ -13,7 +13,9 @@ queries in the same run (best of --repeats, interleaved):
   end-to-end  features given.  ours: nnk_weights(query, neighbors), i.e. kernel blocks
               + solve.  scipy: per query, the Gram matrix, then as above.
   stage       the NNK stage of classify: neighbor vectors and similarities given, G not.
-              ours: nnk_solve_cosine (float32 candidates, float64 polish and certificate).
+              ours: nnk_solve_cosine, on the engine it picks (the compiled per-query kernel
+              where numba is installed); "numpy q/s" is the same call with NNKCLI_COMPILED=0
+              (float32 candidates, float64 polish and certificate).
               paper: the NNK paper's per-query loop, written from its description
               (float32 Gram; Cholesky solves on the kept set, dropping weights below 1e-10,
               until none is dropped), see ``paper_one``.
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import sys
 import time
 import tracemalloc
@@ -45,6 +48,7 @@ from scipy.optimize import nnls
 from scipy.linalg import cho_factor, cho_solve
 
 from nnkcli import kernel_blocks, nnk_solve, nnk_weights
+from nnkcli.numerics import compiled
 from nnkcli.numerics.cosine import nnk_solve_cosine
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
@@ -149,6 +153,18 @@ def our_stage(q, X, sims):
     return nnk_solve_cosine(X, 0.5 * (1.0 + sims), [X.shape[1]])[0]
 
 
+def numpy_stage(q, X, sims):
+    old = os.environ.get("NNKCLI_COMPILED")
+    os.environ["NNKCLI_COMPILED"] = "0"
+    try:
+        return our_stage(q, X, sims)
+    finally:
+        if old is None:
+            del os.environ["NNKCLI_COMPILED"]
+        else:
+            os.environ["NNKCLI_COMPILED"] = old
+
+
 def scipy_solver(G, g):
     return np.array([scipy_one(G[i], g[i]) for i in range(len(g))])
 
@@ -202,11 +218,12 @@ def main() -> None:
     t0 = time.perf_counter()
     sets = feature_sets(a.data, n_query)
     print(f"# Fashion-MNIST: {len(sets[784][0])} train rows, {n_query} queries per row, best of {repeats} "
-          f"(features and neighbors ready in {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+          f"(features and neighbors ready in {time.perf_counter() - t0:.1f} s); stage engine: "
+          f"{'compiled' if compiled.available() else 'numpy (numba not installed)'}", file=sys.stderr)
     rows = []
     header = (f"{'k':>4} {'d':>4} {'queries':>7} | {'nnk_solve q/s':>13} {'scipy q/s':>9} {'ratio':>6} "
               f"{'peak MiB':>8} {'KKT ours':>8} {'KKT scipy':>9} | {'e2e ours':>8} {'e2e scipy':>9} {'ratio':>6} | "
-              f"{'stage q/s':>9} {'paper q/s':>9} {'ratio':>6} {'KKT stage':>9} {'KKT paper':>9}")
+              f"{'stage q/s':>9} {'numpy q/s':>9} {'paper q/s':>9} {'ratio':>6} {'KKT stage':>9} {'KKT paper':>9}")
     print(header)
     print("-" * len(header))
     for d, (train, query) in sets.items():
@@ -219,20 +236,23 @@ def main() -> None:
             (e_ours, _), (e_scipy, _) = best_of(repeats, lambda: nnk_weights(query, X),
                                                 lambda: scipy_end_to_end(query, X))
             sims = np.einsum("bkd,bd->bk", X, query, dtype=np.float64)
-            (s_ours, stage), (s_paper, paper) = best_of(repeats, lambda: our_stage(query, X, sims),
-                                                        lambda: paper_loop(query, X))
+            (s_ours, stage), (s_numpy, _), (s_paper, paper) = best_of(
+                repeats, lambda: our_stage(query, X, sims), lambda: numpy_stage(query, X, sims),
+                lambda: paper_loop(query, X))
             peak = peak_mib(lambda: nnk_solve(G, g))
             row = dict(k=k, d=d, n_queries=n_query, ours_qps=n_query / t_ours, scipy_qps=n_query / t_scipy,
                        ratio=t_scipy / t_ours, peak_mib=peak, kkt_ours=kkt(G, g, ours.theta),
                        kkt_scipy=kkt(G, g, theirs), fallbacks=int(ours.fallback.sum()),
                        e2e_ours_qps=n_query / e_ours, e2e_scipy_qps=n_query / e_scipy, e2e_ratio=e_scipy / e_ours,
-                       stage_qps=n_query / s_ours, paper_qps=n_query / s_paper, stage_ratio=s_paper / s_ours,
+                       stage_qps=n_query / s_ours, stage_numpy_qps=n_query / s_numpy,
+                       paper_qps=n_query / s_paper, stage_ratio=s_paper / s_ours,
                        kkt_stage=kkt(G, g, stage.theta), kkt_paper=kkt(G, g, paper))
             rows.append(row)
             print(f"{k:>4} {d:>4} {n_query:>7} | {row['ours_qps']:>13,.0f} {row['scipy_qps']:>9,.0f} "
                   f"{row['ratio']:>5.1f}x {peak:>8.1f} {row['kkt_ours']:>8.0e} {row['kkt_scipy']:>9.0e} | "
                   f"{row['e2e_ours_qps']:>8,.0f} {row['e2e_scipy_qps']:>9,.0f} {row['e2e_ratio']:>5.1f}x | "
-                  f"{row['stage_qps']:>9,.0f} {row['paper_qps']:>9,.0f} {row['stage_ratio']:>5.1f}x "
+                  f"{row['stage_qps']:>9,.0f} {row['stage_numpy_qps']:>9,.0f} {row['paper_qps']:>9,.0f} "
+                  f"{row['stage_ratio']:>5.1f}x "
                   f"{row['kkt_stage']:>9.0e} {row['kkt_paper']:>9.0e}", flush=True)
     print(f"# total {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if a.json:

@@ -550,6 +550,8 @@ def check_labelled(ev: Evaluation, gate_requested: bool) -> None:
 
 def open_evaluation(store_path, options: ScoringOptions, data: DataOptions, progress_factory=None) -> Evaluation:
     """Open the store and its index for ``options`` (classify and sweep)."""
+    if "nnk" in options.methods and options.kernel == "cosine" and options.solver == "exact":
+        compiled.warm_up()  # loads the compiled kernel while the index loads and the first block is searched
     return Evaluation(store_path, data, threads=options.threads, progress_factory=progress_factory,
                       search=(options.backend, options.device, options.fp16))
 

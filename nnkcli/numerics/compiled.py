@@ -41,19 +41,44 @@ import threading
 
 import numpy as np
 
-__all__ = ["available", "solve_cosine_path"]
+__all__ = ["available", "solve_cosine_path", "warm_up"]
 
 logger = logging.getLogger("nnkcli")
 
 _LOCK = threading.Lock()
 _KERNEL: list = []  # [kernel] once built, [None] when numba is missing or failed to build
+_WARMING = None  # the warm-up thread, once started
 
 
 def available() -> bool:
     """Whether the compiled kernel can run here (builds it on the first call)."""
-    if os.environ.get("NNKCLI_COMPILED", "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    return _kernel() is not None
+    return available_by_environment() and _kernel() is not None
+
+
+def warm_up() -> None:
+    """Load the kernel (numba's import and its cached machine code, ~1 s) on a background thread.
+
+    Called where a run will need NNK, before its index is read, so the load overlaps
+    that work instead of delaying the first chunk; idempotent, and harmless where numba
+    is missing (the first solve then simply finds the numpy path).
+    """
+    global _WARMING
+    with _LOCK:
+        if _KERNEL or _WARMING is not None or not available_by_environment():
+            return
+        _WARMING = threading.Thread(target=_load_and_run, name="nnkcli-compiled-warm-up")
+        _WARMING.start()
+
+
+def _load_and_run() -> None:
+    kernel = _kernel()
+    if kernel is not None:  # one tiny call: numba loads the cached code on a function's first call
+        solve_cosine_path(np.zeros((1, 2, 2), np.float32), np.zeros((1, 2)), [2], 1e-8, 1e-2, 1e-2, 1e-12, 4)
+
+
+def available_by_environment() -> bool:
+    """False where ``NNKCLI_COMPILED`` turns the compiled path off."""
+    return os.environ.get("NNKCLI_COMPILED", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _kernel():

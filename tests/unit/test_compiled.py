@@ -200,3 +200,37 @@ def test_without_numba_the_numpy_path_runs(monkeypatch):
     _, g = loop_blocks(q, X)
     (res,) = nnk_solve_cosine(X, g, [10])
     assert res.certified.all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(2, 60), d=st.integers(8, 64), clustered=st.booleans())
+def test_both_engines_find_the_same_supports_and_weights(seed, k, d, clustered):
+    q, X = problem(seed, 6, k, d, clustered)
+    _, g = loop_blocks(q, X)
+    ks = sorted({max(1, k // 2), k})
+    fast = cosine._solve_compiled(X, g, ks, TOL, None)
+    reference = cosine._solve_numpy(X, g, ks, TOL, None)
+    for a, b in zip(fast, reference):
+        assert ((a.theta > 0) == (b.theta > 0)).all()
+        np.testing.assert_allclose(a.theta, b.theta, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(a.objective, b.objective, rtol=1e-10, atol=1e-14)
+
+
+def test_warm_up_loads_the_kernel_once_on_a_thread(monkeypatch):
+    monkeypatch.setattr(compiled, "_KERNEL", [])
+    monkeypatch.setattr(compiled, "_WARMING", None)
+    compiled.warm_up()
+    thread = compiled._WARMING
+    assert thread is not None
+    thread.join(timeout=120)
+    assert compiled._KERNEL and compiled._KERNEL[0] is not None
+    compiled.warm_up()
+    assert compiled._WARMING is thread  # no second thread
+
+
+def test_warm_up_does_nothing_when_turned_off(monkeypatch):
+    monkeypatch.setenv("NNKCLI_COMPILED", "0")
+    monkeypatch.setattr(compiled, "_KERNEL", [])
+    monkeypatch.setattr(compiled, "_WARMING", None)
+    compiled.warm_up()
+    assert compiled._WARMING is None and compiled._KERNEL == []

@@ -66,6 +66,36 @@ def test_bit_identical_for_every_thread_count_chunk_size_and_search_block(store,
         assert top1 == ref_top1
 
 
+@pytest.mark.parametrize("engine", ["compiled", "numpy"])
+def test_both_nnk_engines_are_bit_identical_across_threads_and_chunks_and_named(store, monkeypatch, engine):
+    from nnkcli.numerics import compiled
+
+    monkeypatch.setenv("NNKCLI_COMPILED", "1" if engine == "compiled" else "0")
+    if engine == "compiled" and not compiled.available():
+        pytest.skip("numba is not installed (the 'fast' extra)")
+    ks = [5, 20, 60]
+    ref, ref_top1, timing = collect(store[0], ks, threads=1, chunk_size=1000)
+    assert timing["nnk_engine"] == engine
+    for threads, chunk in ((2, 3), (3, 17)):
+        got, top1, _ = collect(store[0], ks, threads=threads, chunk_size=chunk)
+        for key in ref:
+            np.testing.assert_array_equal(got[key], ref[key], err_msg=f"{key} threads={threads} chunk={chunk}")
+        assert top1 == ref_top1
+
+
+def test_the_two_nnk_engines_agree(store, monkeypatch):
+    from nnkcli.numerics import compiled
+
+    if not compiled.available():
+        pytest.skip("numba is not installed (the 'fast' extra)")
+    fast, fast_top1, _ = collect(store[0], [10, 50], threads=2)
+    monkeypatch.setenv("NNKCLI_COMPILED", "0")
+    slow, slow_top1, _ = collect(store[0], [10, 50], threads=2)
+    assert fast_top1 == slow_top1
+    for key in fast:
+        np.testing.assert_allclose(fast[key], slow[key], rtol=0, atol=1e-10, err_msg=str(key))
+
+
 def test_blocks_and_threads_still_match_brute_force(store, monkeypatch):
     path, xt, yt, xq, yq = store
     monkeypatch.setattr(pipeline, "SEARCH_BLOCK", 32)
