@@ -120,7 +120,9 @@ def solve_cosine_path(X, g, k_values, tol, enter, exact, dependent, max_iter, ro
     Returns
     -------
     (thetas, residual, iterations, objective, failed): ``thetas`` a list of (B, k_i)
-    float64 arrays, the others (len(k_values), B) arrays (float64, int64, float64, bool).
+    float64 arrays, the others (len(k_values), B) arrays (float64, int64, float64, bool);
+    None where the kernel itself failed (it is then turned off for the process, with a
+    warning, and the caller uses the numpy engine).
     """
     kernel = _kernel()
     X = np.ascontiguousarray(X)
@@ -137,7 +139,14 @@ def solve_cosine_path(X, g, k_values, tol, enter, exact, dependent, max_iter, ro
     objective = np.zeros((nk, B))
     failed = np.zeros((nk, B), dtype=np.bool_)
     if B:
-        kernel(X, g, ks, float(tol), float(enter), float(exact), float(dependent), int(max_iter), int(row_cap),
-               flat, offsets, residual, iterations, objective, failed)
+        try:
+            kernel(X, g, ks, float(tol), float(enter), float(exact), float(dependent), int(max_iter), int(row_cap),
+                   flat, offsets, residual, iterations, objective, failed)
+        except Exception as exc:  # a numba that cannot compile or load here: numpy from now on
+            logger.warning("the compiled NNK kernel failed (%s: %s); using the numpy engine",
+                           type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            with _LOCK:
+                _KERNEL[:] = [None]
+            return None
     thetas = [np.ascontiguousarray(flat[:, offsets[i]:offsets[i + 1]]) for i in range(nk)]
     return thetas, residual, iterations, objective, failed

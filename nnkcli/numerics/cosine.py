@@ -127,8 +127,10 @@ def _solve_compiled(X, g, ks, tol, max_iter) -> list:
 
     K = ks[-1]
     steps = 3 * K + 20 if max_iter is None else int(max_iter)
-    thetas, resid, iters, obj, failed = compiled.solve_cosine_path(
-        X[:, :K], g[:, :K], ks, tol, _ENTER, _EXACT, _DEPENDENT, steps)
+    out = compiled.solve_cosine_path(X[:, :K], g[:, :K], ks, tol, _ENTER, _EXACT, _DEPENDENT, steps)
+    if out is None:  # the kernel could not run here (warned once): the numpy engine
+        return _solve_numpy(X, g, ks, tol, max_iter)
+    thetas, resid, iters, obj, failed = out
     results = [NnkResult(theta=thetas[i], iterations=iters[i], kkt_residual=resid[i],
                          fallback=np.zeros(g.shape[0], dtype=bool), objective=obj[i], tol=tol)
                for i in range(len(ks))]

@@ -234,3 +234,17 @@ def test_warm_up_does_nothing_when_turned_off(monkeypatch):
     monkeypatch.setattr(compiled, "_WARMING", None)
     compiled.warm_up()
     assert compiled._WARMING is None and compiled._KERNEL == []
+
+
+def test_a_kernel_that_fails_to_run_turns_itself_off_and_numpy_answers(monkeypatch, caplog):
+    def broken(*args):
+        raise RuntimeError("no target machine for this CPU")
+
+    monkeypatch.setattr(compiled, "_KERNEL", [broken])
+    q, X = problem(2, 4, 12, 8)
+    G, g = loop_blocks(q, X)
+    with caplog.at_level("WARNING", logger="nnkcli"):
+        (res,) = nnk_solve_cosine(X, g, [12])
+    assert (loop_kkt(G, g, res.theta) <= TOL).all() and res.certified.all()
+    assert "compiled NNK kernel failed" in caplog.text and "RuntimeError" in caplog.text
+    assert not compiled.available()
