@@ -5,10 +5,12 @@ Python per step whatever the batch, so it needs the whole float32 kernel block o
 query (``k^2 d`` multiply-adds, the largest cost at d = 784) and a float64 polish to stay
 ahead. Compiled, one query at a time, the classic Lawson–Hanson method needs neither:
 
-- a kernel row ``G[j, :] = 1/2 (1 + X x_j)`` is computed in float64 only when variable
+- a kernel row ``G[j, :k] = 1/2 (1 + X x_j)`` is computed in float64 only when variable
   ``j`` enters (the ~15-30 entries of a query at k = 200 read ``k d`` numbers each, from a
   block that stays in cache because the query is finished before the next one starts),
-  and kept for the rest of the query, every k of a sweep included;
+  and kept for the rest of the query; in a sweep a row reaches only the current k and the
+  support's rows are extended as k grows, so a variable that leaves early never pays for
+  the largest k;
 - the active set is held as the Cholesky factor of ``G_PP``, extended by one row per
   entering variable (``O(t^2)``) and refactored from the kept rows when variables leave
   (``t`` is the support size, ~10-30);

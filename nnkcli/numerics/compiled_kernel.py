@@ -13,16 +13,20 @@ import numpy as np
 # the CPU, never by the batch)
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def kernel_row(Xb, j, K, out):
-    """out[i] = 1/2 (1 + <x_i, x_j>) for i < K, float64."""
+def kernel_row(Xb, j, lo, hi, out):
+    """out[i] = 1/2 (1 + <x_i, x_j>) for lo <= i < hi, float64; False if one is not finite."""
     d = Xb.shape[1]
     xj = Xb[j]
-    for i in range(K):
+    finite = True
+    for i in range(lo, hi):
         xi = Xb[i]
         s = 0.0
         for t in range(d):
             s += np.float64(xi[t]) * np.float64(xj[t])
         out[i] = 0.5 * (1.0 + s)
+        if not np.isfinite(out[i]):
+            finite = False
+    return finite
 
 
 @numba.njit(nogil=True, cache=True)
@@ -104,6 +108,7 @@ def kernel(X, g, ks, tol, enter_rel, exact_rel, dependent, max_iter, row_cap,
     nk = ks.size
     cap = min(K, row_cap)
     R = np.empty((cap, K))  # kept kernel rows, by slot
+    ncol = np.zeros(cap, dtype=np.int64)  # columns of R[slot] computed so far (a sweep extends them)
     slot = np.full(K, -1, dtype=np.int64)  # variable -> slot of its kept row
     owner = np.full(cap, -1, dtype=np.int64)  # slot -> variable
     L = np.zeros((cap, cap))
@@ -140,6 +145,13 @@ def kernel(X, g, ks, tol, enter_rel, exact_rel, dependent, max_iter, row_cap,
             exact = exact_rel * tol * gs
             for j in range(k):
                 blocked[j] = False
+            # the support's rows reach only the previous k: extend them to this one
+            for a in range(t):
+                sa = slot[P[a]]
+                if ncol[sa] < k:
+                    if not kernel_row(Xb, P[a], ncol[sa], k, R[sa]):
+                        bad = True
+                    ncol[sa] = k
             gradient(R, slot, P, t, theta, gb, kp, k, w)
             it = 0
             while not bad:
@@ -168,22 +180,22 @@ def kernel(X, g, ks, tol, enter_rel, exact_rel, dependent, max_iter, row_cap,
                             if owner[s] >= 0:
                                 if s != used:
                                     R[used, :] = R[s, :]
+                                    ncol[used] = ncol[s]
                                     owner[used] = owner[s]
                                     slot[owner[s]] = used
                                     owner[s] = -1
                                 used += 1
-                    kernel_row(Xb, jb, K, R[used])
-                    ok = True
-                    for i in range(K):
-                        if not np.isfinite(R[used, i]):
-                            ok = False
-                    if not ok:
-                        bad = True
-                        break
                     slot[jb] = used
                     owner[used] = jb
+                    ncol[used] = 0
                     used += 1
-                rj = R[slot[jb]]
+                sj = slot[jb]
+                if ncol[sj] < k:  # a row is computed up to the current k only (a sweep extends it)
+                    if not kernel_row(Xb, jb, ncol[sj], k, R[sj]):
+                        bad = True
+                        break
+                    ncol[sj] = k
+                rj = R[sj]
                 # extend the factor: L l = G_Pj, pivot^2 = G_jj - l.l
                 piv = rj[jb]
                 for a in range(t):

@@ -203,3 +203,12 @@ def test_native_threads_caps_blas_and_restores_it():
     with native_threads(1):
         assert set(blas()) == {1}
     assert blas() == before
+
+
+def test_result_rows_are_the_same_whatever_the_threads_that_compute_them(store):
+    from nnkcli.evaluation.sweeps import sweep
+
+    docs = [sweep(store[0], k_values="3..30:3", threads=t).document for t in (1, 3)]
+    assert docs[0]["timing"]["threads"] == 1 and docs[1]["timing"]["threads"] == 3
+    assert len(docs[0]["results"]) == 20
+    assert docs[0]["results"] == docs[1]["results"]
