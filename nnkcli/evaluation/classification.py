@@ -458,6 +458,9 @@ def evaluate_chunks(
     # a sharded index asks for a smaller working memory beside its one loaded shard;
     # every worker holds one scoring sub-chunk: they share the budget
     budget = min(CHUNK_MEMORY_BUDGET, getattr(searcher, "chunk_budget", CHUNK_MEMORY_BUDGET))
+    if _solves_cosine_nnk(opts) and not hasattr(searcher, "device_neighbors") and compiled.expected():
+        # the compiled NNK engine's runtime lives beside the chunks: the budget covers both
+        budget = max(budget - compiled.RUNTIME_BYTES, budget // 2)
     chunk = opts.chunk_size or default_chunk_size(k_max, ev.train.dim, ev.n_classes, budget=budget // threads)
     split = hasattr(searcher, "search_ids") and hasattr(searcher, "refine")
     # large search blocks for the search's matrix products; a searcher that returns the
@@ -516,7 +519,7 @@ def evaluate_chunks(
     timing["chunk_size"] = chunk
     timing["search_block"] = block
     timing["threads"] = threads
-    if "nnk" in opts.methods and opts.kernel == "cosine" and opts.solver == "exact":
+    if _solves_cosine_nnk(opts):
         # which code solved the NNK problems on the CPU (the weights carry the same certificate)
         timing["nnk_engine"] = ("torch" if hasattr(searcher, "device_neighbors")
                                 else "compiled" if compiled.available() else "numpy")
@@ -548,9 +551,14 @@ def check_labelled(ev: Evaluation, gate_requested: bool) -> None:
         logger.warning(f"query split '{ev.query.name}' has no labels: predictions only, no accuracy")
 
 
+def _solves_cosine_nnk(opts: ScoringOptions) -> bool:
+    """Whether a run solves cosine-kernel NNK problems (the ones the compiled engine takes)."""
+    return "nnk" in opts.methods and opts.kernel == "cosine" and opts.solver == "exact"
+
+
 def open_evaluation(store_path, options: ScoringOptions, data: DataOptions, progress_factory=None) -> Evaluation:
     """Open the store and its index for ``options`` (classify and sweep)."""
-    if "nnk" in options.methods and options.kernel == "cosine" and options.solver == "exact":
+    if _solves_cosine_nnk(options):
         compiled.warm_up()  # loads the compiled kernel while the index loads and the first block is searched
     return Evaluation(store_path, data, threads=options.threads, progress_factory=progress_factory,
                       search=(options.backend, options.device, options.fp16))

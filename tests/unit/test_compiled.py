@@ -248,3 +248,14 @@ def test_a_kernel_that_fails_to_run_turns_itself_off_and_numpy_answers(monkeypat
     assert (loop_kkt(G, g, res.theta) <= TOL).all() and res.certified.all()
     assert "compiled NNK kernel failed" in caplog.text and "RuntimeError" in caplog.text
     assert not compiled.available()
+
+
+def test_expected_says_whether_the_engine_will_run_without_loading_it(monkeypatch):
+    monkeypatch.setattr(compiled, "_KERNEL", [])
+    assert compiled.expected()  # numba is importable here (the module is skipped otherwise)
+    assert compiled._KERNEL == []  # nothing was loaded
+    monkeypatch.setattr(compiled, "_KERNEL", [None])
+    assert not compiled.expected()
+    monkeypatch.setattr(compiled, "_KERNEL", [])
+    monkeypatch.setenv("NNKCLI_COMPILED", "0")
+    assert not compiled.expected()

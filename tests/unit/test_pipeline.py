@@ -212,3 +212,19 @@ def test_result_rows_are_the_same_whatever_the_threads_that_compute_them(store):
     assert docs[0]["timing"]["threads"] == 1 and docs[1]["timing"]["threads"] == 3
     assert len(docs[0]["results"]) == 20
     assert docs[0]["results"] == docs[1]["results"]
+
+
+def test_the_compiled_engines_runtime_is_counted_in_the_chunk_budget(store, monkeypatch):
+    from nnkcli.evaluation.options import CHUNK_MEMORY_BUDGET
+    from nnkcli.numerics import compiled
+
+    if not compiled.available():
+        pytest.skip("numba is not installed (the 'fast' extra)")
+    dim, n_classes = 12, 4
+    _, _, timing = collect(store[0], [3, 10, 40], threads=2)
+    budget = (CHUNK_MEMORY_BUDGET - compiled.RUNTIME_BYTES) // 2
+    assert timing["chunk_size"] == classification.default_chunk_size(40, dim, n_classes, budget=budget)
+    monkeypatch.setenv("NNKCLI_COMPILED", "0")
+    _, _, timing = collect(store[0], [3, 10, 40], threads=2)
+    assert timing["chunk_size"] == classification.default_chunk_size(40, dim, n_classes,
+                                                                     budget=CHUNK_MEMORY_BUDGET // 2)
