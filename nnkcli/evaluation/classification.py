@@ -669,7 +669,7 @@ def result_document(ev, opts: ScoringOptions, accs, timing, per_class, **extra) 
     def row(acc):
         return acc.result(per_class=per_class, class_names=ev.class_names, confidence=opts.confidence)
 
-    workers = min(len(accs), int(timing.get("threads") or 1) if isinstance(timing, dict) else 1)
+    workers = min(len(accs), int(timing.get("threads") or 1))
     if workers > 1:
         # each row's balanced-accuracy interval is a bootstrap (~30 ms at 100 classes; numpy's
         # sampler releases the GIL): a 20-k sweep's 40 rows on --threads workers, in order

@@ -30,6 +30,16 @@ def kernel_row(Xb, j, lo, hi, out):
 
 
 @numba.njit(nogil=True, cache=True)
+def extend_row(Xb, j, s, k, R, ncol):
+    """Row ``s`` (variable ``j``) computed up to column k (a sweep extends it as k grows); False if not finite."""
+    if ncol[s] >= k:
+        return True
+    ok = kernel_row(Xb, j, ncol[s], k, R[s])
+    ncol[s] = k
+    return ok
+
+
+@numba.njit(nogil=True, cache=True)
 def refactor(R, slot, P, t, L):
     """Cholesky factor of G_PP into L[:t, :t]; False where it is not positive definite."""
     for a in range(t):
@@ -63,29 +73,31 @@ def chol_solve(L, t, rhs, out):
 
 
 @numba.njit(nogil=True, cache=True)
+def support_residual(R, slot, P, t, gb, z, out):
+    """out = g_P - G_PP z over the first t entries; returns its largest magnitude (inf if NaN)."""
+    worst = 0.0
+    for a in range(t):
+        ra = R[slot[P[a]]]
+        s = gb[P[a]]
+        for c in range(t):
+            s -= ra[P[c]] * z[c]
+        out[a] = s
+        if abs(s) > worst or s != s:
+            worst = abs(s) if s == s else np.inf
+    return worst
+
+
+@numba.njit(nogil=True, cache=True)
 def support_solve(R, slot, P, t, L, gb, z, rhs, corr):
     """z = G_PP^{-1} g_P with one step of iterative refinement; returns max |G_PP z - g_P|."""
     for a in range(t):
         rhs[a] = gb[P[a]]
     chol_solve(L, t, rhs, z)
-    for a in range(t):
-        ra = R[slot[P[a]]]
-        s = gb[P[a]]
-        for c in range(t):
-            s -= ra[P[c]] * z[c]
-        rhs[a] = s
+    support_residual(R, slot, P, t, gb, z, rhs)
     chol_solve(L, t, rhs, corr)
-    worst = 0.0
     for a in range(t):
         z[a] += corr[a]
-    for a in range(t):
-        ra = R[slot[P[a]]]
-        s = gb[P[a]]
-        for c in range(t):
-            s -= ra[P[c]] * z[c]
-        if abs(s) > worst or s != s:
-            worst = abs(s) if s == s else np.inf
-    return worst
+    return support_residual(R, slot, P, t, gb, z, rhs)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -147,11 +159,8 @@ def kernel(X, g, ks, tol, enter_rel, exact_rel, dependent, max_iter, row_cap,
                 blocked[j] = False
             # the support's rows reach only the previous k: extend them to this one
             for a in range(t):
-                sa = slot[P[a]]
-                if ncol[sa] < k:
-                    if not kernel_row(Xb, P[a], ncol[sa], k, R[sa]):
-                        bad = True
-                    ncol[sa] = k
+                if not extend_row(Xb, P[a], slot[P[a]], k, R, ncol):
+                    bad = True
             gradient(R, slot, P, t, theta, gb, kp, k, w)
             it = 0
             while not bad:
@@ -189,13 +198,10 @@ def kernel(X, g, ks, tol, enter_rel, exact_rel, dependent, max_iter, row_cap,
                     owner[used] = jb
                     ncol[used] = 0
                     used += 1
-                sj = slot[jb]
-                if ncol[sj] < k:  # a row is computed up to the current k only (a sweep extends it)
-                    if not kernel_row(Xb, jb, ncol[sj], k, R[sj]):
-                        bad = True
-                        break
-                    ncol[sj] = k
-                rj = R[sj]
+                if not extend_row(Xb, jb, slot[jb], k, R, ncol):
+                    bad = True
+                    break
+                rj = R[slot[jb]]
                 # extend the factor: L l = G_Pj, pivot^2 = G_jj - l.l
                 piv = rj[jb]
                 for a in range(t):
