@@ -9,11 +9,13 @@ wrong answer.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.optimize import nnls
 
 from nnkcli.errors import InputError
 from nnkcli.numerics import compiled, cosine
@@ -21,6 +23,11 @@ from nnkcli.numerics.active_set import _DEPENDENT, _ENTER, _EXACT
 from nnkcli.numerics.cosine import nnk_solve_cosine
 
 pytestmark = pytest.mark.skipif(not compiled.available(), reason="numba is not installed (the 'fast' extra)")
+
+_spec = importlib.util.spec_from_file_location("nnk_oracles", Path(__file__).resolve().parents[1] / "helpers" / "nnk_oracles.py")
+oracles = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(oracles)
+blocks64, kkt, nnls_weights = oracles.blocks64, oracles.kkt, oracles.nnls_weights
 
 TOL = 1e-8
 
@@ -37,38 +44,6 @@ def problem(seed, B, k, d, clustered=False):
     return q.astype(np.float32), X.astype(np.float32)
 
 
-def loop_blocks(q, X):
-    B, k, _ = X.shape
-    Xd, qd = X.astype(np.float64), q.astype(np.float64)
-    G = np.empty((B, k, k))
-    g = np.empty((B, k))
-    for b in range(B):
-        for i in range(k):
-            g[b, i] = (1 + Xd[b, i] @ qd[b]) / 2
-            for j in range(k):
-                G[b, i, j] = (1 + Xd[b, i] @ Xd[b, j]) / 2
-    return G, g
-
-
-def loop_kkt(G, g, theta):
-    out = np.empty(len(g))
-    for b in range(len(g)):
-        lam = G[b] @ theta[b] - g[b]
-        viol = np.where(theta[b] > 0, np.abs(lam), np.maximum(-lam, 0.0))
-        out[b] = viol.max() / max(np.abs(g[b]).max(), 1e-300)
-    return out
-
-
-def nnls_weights(q, X):
-    B, k, _ = X.shape
-    out = np.zeros((B, k))
-    for b in range(B):
-        A = np.vstack([np.ones(k), X[b].astype(np.float64).T]) / np.sqrt(2)
-        rhs = np.concatenate([[1.0], q[b].astype(np.float64)]) / np.sqrt(2)
-        out[b] = nnls(A, rhs, maxiter=100 * k)[0]
-    return out
-
-
 def run(X, g, ks, **kw):
     return compiled.solve_cosine_path(X, g, ks, TOL, _ENTER, _EXACT, _DEPENDENT, 3 * ks[-1] + 20, **kw)
 
@@ -77,14 +52,14 @@ def run(X, g, ks, **kw):
 @given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 40), d=st.integers(8, 48), clustered=st.booleans())
 def test_kernel_weights_equal_nnls_and_carry_a_float64_certificate(seed, k, d, clustered):
     q, X = problem(seed, 4, k, d, clustered)
-    G, g = loop_blocks(q, X)
+    G, g = blocks64(q, X)
     ks = sorted({max(1, k // 3), k})
     thetas, resid, _, objective, failed = run(X, g, ks)
     assert not failed.any()
     for i, kk in enumerate(ks):
         theta = thetas[i]
         assert theta.shape == (4, kk) and (theta >= 0).all()
-        expected = loop_kkt(G[:, :kk, :kk], g[:, :kk], theta)
+        expected = kkt(G[:, :kk, :kk], g[:, :kk], theta)
         assert (expected <= TOL).all()
         np.testing.assert_allclose(resid[i], expected, rtol=0, atol=1e-13)
         np.testing.assert_allclose(theta, nnls_weights(q, X[:, :kk]), atol=1e-7)
@@ -94,7 +69,7 @@ def test_kernel_weights_equal_nnls_and_carry_a_float64_certificate(seed, k, d, c
 
 def test_a_sweep_continues_from_the_previous_k_and_matches_cold_solves():
     q, X = problem(4, 20, 60, 24, clustered=True)
-    _, g = loop_blocks(q, X)
+    _, g = blocks64(q, X)
     ks = list(range(5, 61, 5))
     path, *_ = run(X, g, ks)
     for i, k in enumerate(ks):
@@ -106,7 +81,7 @@ def test_a_sweep_continues_from_the_previous_k_and_matches_cold_solves():
 def test_a_small_row_cache_is_compacted_without_changing_the_weights():
     # ~20 support changes over the sweep with room for 12 rows: the rows outside the support are dropped
     q, X = problem(9, 6, 80, 10, clustered=True)
-    _, g = loop_blocks(q, X)
+    _, g = blocks64(q, X)
     ks = list(range(4, 81, 4))
     roomy, *_ = run(X, g, ks)
     tight, resid, _, _, failed = run(X, g, ks, row_cap=12)
@@ -117,14 +92,14 @@ def test_a_small_row_cache_is_compacted_without_changing_the_weights():
 
 def test_support_larger_than_the_cap_is_flagged():
     q, X = problem(1, 3, 40, 30)
-    _, g = loop_blocks(q, X)
+    _, g = blocks64(q, X)
     _, _, _, _, failed = run(X, g, [40], row_cap=3)
     assert failed.all()
 
 
 def test_missing_neighbors_never_get_weight():
     q, X = problem(5, 3, 12, 8, clustered=True)
-    _, g = loop_blocks(q, X)
+    _, g = blocks64(q, X)
     X[1, 3:7] = 0.0
     g[1, 3:7] = 0.0
     (theta,), resid, _, _, failed = run(X, g, [12])
@@ -134,17 +109,17 @@ def test_missing_neighbors_never_get_weight():
 def test_duplicate_neighbors_split_nothing_and_stay_certified():
     q, X = problem(2, 4, 15, 12, clustered=True)
     X[:, 7] = X[:, 2]  # an exact duplicate: dependent on the support, never enters beside its twin
-    G, g = loop_blocks(q, X)
+    G, g = blocks64(q, X)
     (theta,), resid, _, _, failed = run(X, g, [15])
     ok = ~failed[0]
     assert ok.any()
     assert ((theta[ok, 2] == 0) | (theta[ok, 7] == 0)).all()
-    assert (loop_kkt(G[ok], g[ok], theta[ok]) <= TOL).all()
+    assert (kkt(G[ok], g[ok], theta[ok]) <= TOL).all()
 
 
 def test_float64_features_are_accepted():
     q, X = problem(3, 5, 20, 16)
-    _, g = loop_blocks(q, X)
+    _, g = blocks64(q, X)
     (t32,), *_ = run(X, g, [20])
     (t64,), *_ = run(X.astype(np.float64), g, [20])
     np.testing.assert_allclose(t32, t64, atol=1e-14)  # float32 values widen exactly
@@ -152,7 +127,7 @@ def test_float64_features_are_accepted():
 
 def test_every_query_is_independent_of_its_batch():
     q, X = problem(6, 30, 25, 12)
-    _, g = loop_blocks(q, X)
+    _, g = blocks64(q, X)
     whole, *_ = run(X, g, [7, 25])
     for i in (0, 13, 29):
         one, *_ = run(np.ascontiguousarray(X[i:i + 1]), np.ascontiguousarray(g[i:i + 1]), [7, 25])
@@ -162,7 +137,7 @@ def test_every_query_is_independent_of_its_batch():
 
 def test_iteration_limit_flags_the_query_and_numpy_solves_it(monkeypatch):
     q, X = problem(8, 6, 30, 20, clustered=True)
-    G, g = loop_blocks(q, X)
+    G, g = blocks64(q, X)
     _, _, _, _, failed = compiled.solve_cosine_path(X, g, [30], TOL, _ENTER, _EXACT, _DEPENDENT, 2)
     assert failed.all()
     # through nnk_solve_cosine every flagged query goes to the numpy path, and comes back certified
@@ -173,12 +148,12 @@ def test_iteration_limit_flags_the_query_and_numpy_solves_it(monkeypatch):
     monkeypatch.setattr(cosine, "_solve_numpy", lambda X_, *a: calls.append(len(X_)) or numpy_path(X_, *a))
     (res,) = nnk_solve_cosine(X, g, [30])
     assert calls == [6]
-    assert (loop_kkt(G, g, res.theta) <= TOL).all() and res.certified.all()
+    assert (kkt(G, g, res.theta) <= TOL).all() and res.certified.all()
 
 
 def test_non_finite_features_are_an_input_error():
     q, X = problem(0, 3, 10, 6)
-    _, g = loop_blocks(q, X)
+    _, g = blocks64(q, X)
     X[2, 0, 1] = np.nan
     _, _, _, _, failed = run(X, g, [10])
     assert failed[0, 2]
@@ -197,7 +172,7 @@ def test_without_numba_the_numpy_path_runs(monkeypatch):
     monkeypatch.setattr(compiled, "_KERNEL", [None])
     assert not compiled.available()
     q, X = problem(3, 4, 10, 6)
-    _, g = loop_blocks(q, X)
+    _, g = blocks64(q, X)
     (res,) = nnk_solve_cosine(X, g, [10])
     assert res.certified.all()
 
@@ -206,7 +181,7 @@ def test_without_numba_the_numpy_path_runs(monkeypatch):
 @given(seed=st.integers(0, 2**32 - 1), k=st.integers(2, 60), d=st.integers(8, 64), clustered=st.booleans())
 def test_both_engines_find_the_same_supports_and_weights(seed, k, d, clustered):
     q, X = problem(seed, 6, k, d, clustered)
-    _, g = loop_blocks(q, X)
+    _, g = blocks64(q, X)
     ks = sorted({max(1, k // 2), k})
     fast = cosine._solve_compiled(X, g, ks, TOL, None)
     reference = cosine._solve_numpy(X, g, ks, TOL, None)
@@ -242,10 +217,10 @@ def test_a_kernel_that_fails_to_run_turns_itself_off_and_numpy_answers(monkeypat
 
     monkeypatch.setattr(compiled, "_KERNEL", [broken])
     q, X = problem(2, 4, 12, 8)
-    G, g = loop_blocks(q, X)
+    G, g = blocks64(q, X)
     with caplog.at_level("WARNING", logger="nnkcli"):
         (res,) = nnk_solve_cosine(X, g, [12])
-    assert (loop_kkt(G, g, res.theta) <= TOL).all() and res.certified.all()
+    assert (kkt(G, g, res.theta) <= TOL).all() and res.certified.all()
     assert "compiled NNK kernel failed" in caplog.text and "RuntimeError" in caplog.text
     assert not compiled.available()
 

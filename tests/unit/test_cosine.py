@@ -6,23 +6,29 @@ certificate), selected through ``NNKCLI_COMPILED``.
 
 The oracle is scipy.optimize.nnls on the feature-space least-squares form of the
 cosine-kernel problem (A = [1; X^T] / sqrt(2), b = [1; q] / sqrt(2)): no Gram matrix,
-nothing shared with the code under test. Certificates are recomputed here from a
-float64 Gram matrix built by a plain loop.
+nothing shared with the code under test. Certificates are recomputed from a float64
+Gram matrix built by a plain loop (both in ``tests/helpers/nnk_oracles.py``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.optimize import nnls
 
 from nnkcli.errors import InputError
 from nnkcli.numerics import compiled, cosine
 from nnkcli.numerics.cosine import cosine_products, nnk_solve_cosine
+
+_spec = importlib.util.spec_from_file_location("nnk_oracles", Path(__file__).resolve().parents[1] / "helpers" / "nnk_oracles.py")
+oracles = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(oracles)
+blocks64, kkt, nnls_weights = oracles.blocks64, oracles.kkt, oracles.nnls_weights
 
 TOL = 1e-8
 FAST = settings(max_examples=40, deadline=None)
@@ -67,37 +73,6 @@ def problem(seed, B, k, d, kind):
     return q, X
 
 
-def blocks64(q, X):
-    """Float64 G and g by a plain loop over queries and pairs."""
-    B, k, _ = X.shape
-    Xd, qd = X.astype(np.float64), q.astype(np.float64)
-    G = np.empty((B, k, k))
-    g = np.empty((B, k))
-    for b in range(B):
-        for i in range(k):
-            g[b, i] = (1 + Xd[b, i] @ qd[b]) / 2
-            for j in range(k):
-                G[b, i, j] = (1 + Xd[b, i] @ Xd[b, j]) / 2
-    return G, g
-
-
-def oracle(q, X):
-    B, k, _ = X.shape
-    out = np.zeros((B, k))
-    for b in range(B):
-        A = np.vstack([np.ones(k), X[b].astype(np.float64).T]) / np.sqrt(2)
-        rhs = np.concatenate([[1.0], q[b].astype(np.float64)]) / np.sqrt(2)
-        out[b] = nnls(A, rhs, maxiter=100 * k)[0]
-    return out
-
-
-def kkt(G, g, theta):
-    lam = np.einsum("bij,bj->bi", G, theta) - g
-    viol = np.where(theta > 0, np.abs(lam), np.maximum(-lam, 0.0))
-    scale = np.abs(g).max(axis=1)
-    return viol.max(axis=1) / np.where(scale > 0, scale, 1.0)
-
-
 def objective(G, g, theta):
     return 0.5 * np.einsum("bi,bij,bj->b", theta, G, theta) - np.einsum("bi,bi->b", g, theta)
 
@@ -112,7 +87,7 @@ def check(q, X, ks):
         assert (kkt(Gk, gk, res.theta) <= TOL).all()
         assert res.certified.all()
         np.testing.assert_allclose(res.kkt_residual, kkt(Gk, gk, res.theta), rtol=0, atol=1e-12)
-        ours, theirs = objective(Gk, gk, res.theta), objective(Gk, gk, oracle(q, X[:, :k]))
+        ours, theirs = objective(Gk, gk, res.theta), objective(Gk, gk, nnls_weights(q, X[:, :k]))
         assert (ours <= theirs + 1e-9 * np.abs(theirs)).all()
         np.testing.assert_allclose(res.objective, ours, rtol=1e-9, atol=1e-12)
     return G, g, path
@@ -144,7 +119,7 @@ def test_path_over_k_matches_the_oracle_at_every_k(seed, d, kind):
 def test_image_like_features_match_nnls_weights():
     q, X = problem(7, 100, 50, 30, "clustered")
     _, _, (res,) = check(q, X, [50])
-    np.testing.assert_allclose(res.theta, oracle(q, X), atol=1e-7)
+    np.testing.assert_allclose(res.theta, nnls_weights(q, X), atol=1e-7)
     assert not res.fallback.any()
 
 
