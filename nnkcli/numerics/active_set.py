@@ -56,6 +56,15 @@ class Outcome:
         self.failed = np.zeros(B, dtype=bool)
 
 
+def max_steps(max_iter, k: int) -> int:
+    """The iteration limit per query: ``max_iter``, or ``3 * k + 20`` when None (InputError below 1)."""
+    if max_iter is None:
+        return 3 * k + 20
+    if int(max_iter) < 1:
+        raise InputError(f"max_iter must be at least 1, got {max_iter}")
+    return int(max_iter)
+
+
 def g_scale(g) -> np.ndarray:
     """(B,) float64 ``max_j |g_j|`` per query (1 where g = 0): the scale of every tolerance."""
     scale = np.abs(g).max(axis=1, initial=0.0)

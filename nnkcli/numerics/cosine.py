@@ -42,7 +42,7 @@ import numpy as np
 
 from nnkcli.errors import InputError
 from nnkcli.numerics import compiled
-from nnkcli.numerics.active_set import _DEPENDENT, _ENTER, _EXACT, g_scale
+from nnkcli.numerics.active_set import _DEPENDENT, _ENTER, _EXACT, g_scale, max_steps
 from nnkcli.numerics.kernels import kernel_blocks
 
 __all__ = ["cosine_gram32", "cosine_products", "nnk_solve_cosine"]
@@ -111,8 +111,7 @@ def nnk_solve_cosine(X, g, k_values, *, tol: float = 1e-8, max_iter: int | None 
     if not ks or any(b <= a for a, b in zip(ks, ks[1:])) or ks[0] < 1 or ks[-1] > g.shape[1]:
         raise InputError(f"k_values must increase within 1..{g.shape[1]}, got {ks}")
     tol = float(tol)
-    if max_iter is not None and int(max_iter) < 1:
-        raise InputError(f"max_iter must be at least 1, got {max_iter}")
+    max_steps(max_iter, ks[-1])  # the numpy engine's own check, before either engine runs
     B = g.shape[0]
     if B == 0:
         return [nnk_solve(np.zeros((0, k, k)), np.zeros((0, k)), tol=tol, max_iter=max_iter) for k in ks]
@@ -126,7 +125,7 @@ def _solve_compiled(X, g, ks, tol, max_iter) -> list:
     from nnkcli.numerics.solver import NnkResult
 
     K = ks[-1]
-    steps = 3 * K + 20 if max_iter is None else int(max_iter)
+    steps = max_steps(max_iter, K)
     out = compiled.solve_cosine_path(X[:, :K], g[:, :K], ks, tol, _ENTER, _EXACT, _DEPENDENT, steps)
     if out is None:  # the kernel could not run here (warned once): the numpy engine
         return _solve_numpy(X, g, ks, tol, max_iter)

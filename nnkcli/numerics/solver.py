@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nnkcli.numerics.active_set import _ENTER, g_scale, solve_batch
+from nnkcli.numerics.active_set import _ENTER, g_scale, max_steps, solve_batch
 from nnkcli.errors import InputError
 from nnkcli.numerics.kernels import check_kernel, kernel_blocks
 from nnkcli.numerics.scores import knn_scores, nnk_scores, topk_classes, topk_hits
@@ -164,11 +164,8 @@ def nnk_solve(G, g, *, tol: float = 1e-8, max_iter: int | None = None, warm_star
     """
     G, g, tol, warm = _validate(G, g, tol, warm_start)
     B, k = g.shape
-    if max_iter is None:
-        max_iter = 3 * k + 20
-    elif int(max_iter) < 1:
-        raise InputError(f"max_iter must be at least 1, got {max_iter}")
-    out = solve_batch(G, g, tol, int(max_iter), warm)
+    max_iter = max_steps(max_iter, k)
+    out = solve_batch(G, g, tol, max_iter, warm)
     res = NnkResult(theta=out.theta, iterations=out.iterations, kkt_residual=out.residual,
                     fallback=out.failed, objective=out.objective, tol=tol)
     need = res.fallback | ~(res.kkt_residual <= tol)

@@ -182,6 +182,13 @@ def test_bad_k_values(ks):
         nnk_solve_cosine(X, np.ones((2, 8)), ks)
 
 
+@pytest.mark.parametrize("max_iter", [0, -3])
+def test_max_iter_below_one_is_refused_on_either_engine(max_iter):
+    q, X = problem(0, 2, 8, 4, "random")
+    with pytest.raises(InputError, match=f"max_iter must be at least 1, got {max_iter}"):
+        nnk_solve_cosine(X, np.ones((2, 8)), [8], max_iter=max_iter)
+
+
 def test_bad_shapes():
     with pytest.raises(InputError, match="X must be"):
         nnk_solve_cosine(np.zeros((2, 8)), np.ones((2, 8)), [2])
