@@ -159,16 +159,23 @@ def gemm_peak(threads: int, n: int) -> float:
 
 
 def _competitor(seconds: float) -> None:
-    """A CPU-bound process for at most ``seconds``: float32 products on one thread."""
-    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    """A CPU-bound process for at most ``seconds``: float32 products on one thread.
+
+    The BLAS pool is capped here, in the child: the spawned child has imported numpy (this
+    module's own import) before it runs this, so an ``OPENBLAS_NUM_THREADS`` set now would
+    come too late, and each competitor would run a second BLAS thread.
+    """
+    from threadpoolctl import threadpool_limits
+
     a = np.random.default_rng(1).standard_normal((512, 512), dtype=np.float32)
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        a = np.tanh(a @ a.T * np.float32(1e-3))
+    with threadpool_limits(1):
+        while time.monotonic() < end:
+            a = np.tanh(a @ a.T * np.float32(1e-3))
 
 
 def busy(cores: int, seconds: float):
-    """Start ``cores`` competitor processes; returns a function that stops them."""
+    """Start ``cores`` competitor processes; returns a function that stops them (their ids in ``.pids``)."""
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_competitor, args=(seconds,), daemon=True) for _ in range(cores)]
     for p in procs:
@@ -181,6 +188,7 @@ def busy(cores: int, seconds: float):
         for p in procs:
             p.join()
 
+    stop.pids = [p.pid for p in procs]
     return stop
 
 

@@ -12,8 +12,10 @@ Memory: the index (n_train x d float32 for a flat index) plus, per chunk of B
 queries at largest k K, about ``B * (4*K*d + 32*K*K + 16*C)`` bytes (neighbor
 vectors, kernel blocks and solver work, class scores), for each of the chunks in
 flight (one per thread), plus a search block's ids. The default chunk size keeps the
-chunks together under ``CHUNK_MEMORY_BUDGET``; nothing of size n_query x n_train is
-ever held.
+chunks together under ``CHUNK_MEMORY_BUDGET``; where every method costs the same per
+query whatever the chunk (k-NN, NNK on the compiled engine) the chunk is smaller still,
+~8 MiB of neighbor vectors (``query_by_query_chunk``). Nothing of size n_query x n_train
+is ever held.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ logger = logging.getLogger("nnkcli")
 
 #: a search block's ids, distances and queries stay within this (a few MiB at k = 200)
 SEARCH_IDS_BUDGET = 64 * 2**20
+#: neighbor-vector bytes of one scoring chunk where the scoring costs the same per query
+#: whatever the chunk (see ``query_by_query_chunk``), and the fewest queries of such a chunk
+QUERY_BY_QUERY_CHUNK_BYTES = 8 * 2**20
+QUERY_BY_QUERY_MIN_CHUNK = 16
 
 
 def query_bytes(k: int, dim: int, n_classes: int) -> int:
@@ -62,6 +68,27 @@ def default_chunk_size(k: int, dim: int, n_classes: int, budget: int | None = No
             hint=f"use --k {largest} or less, or pass --chunk-size 1 to run anyway with that much memory",
         )
     return int(min(budget // per_query, 8192))
+
+
+def query_by_query_chunk(k: int, dim: int) -> int:
+    """Queries per scoring chunk where the scoring's cost does not fall with the chunk's size.
+
+    The exact re-ranking, k-NN voting and the compiled NNK engine cost the same per query
+    in a chunk of 16 as of 1,000, so a chunk only needs enough queries to hide its fixed
+    costs: ``QUERY_BY_QUERY_CHUNK_BYTES`` of neighbor vectors, at least
+    ``QUERY_BY_QUERY_MIN_CHUNK`` queries. Larger chunks only hold more memory (at k = 200,
+    d = 784 a chunk of 111 queries held 70 MiB of neighbor vectors, in each of the chunks in
+    flight); the batched numpy engine, whose per-step cost is paid once per chunk, keeps the
+    budget's chunk.
+    """
+    return max(QUERY_BY_QUERY_MIN_CHUNK, QUERY_BY_QUERY_CHUNK_BYTES // (4 * k * dim))
+
+
+def _scores_query_by_query(opts: ScoringOptions, searcher) -> bool:
+    """Whether every method of the run scores on the CPU at a cost per query (see ``query_by_query_chunk``)."""
+    if hasattr(searcher, "device_neighbors"):
+        return False
+    return "nnk" not in opts.methods or (_solves_cosine_nnk(opts) and compiled.expected())
 
 
 def _largest_k_within(budget: int, dim: int, n_classes: int) -> int:
@@ -463,6 +490,8 @@ def evaluate_chunks(
         budget = max(budget - compiled.RUNTIME_BYTES, budget // 2)
     chunk = opts.chunk_size or default_chunk_size(k_max, ev.train.dim, ev.n_classes, budget=budget // threads)
     split = hasattr(searcher, "search_ids") and hasattr(searcher, "refine")
+    if not opts.chunk_size and split and _scores_query_by_query(opts, searcher):
+        chunk = min(chunk, query_by_query_chunk(k_max, ev.train.dim))
     # large search blocks for the search's matrix products; a searcher that returns the
     # neighbor vectors with the ids (shards, GPU) searches sub-chunks, which keeps the memory bound
     block = max(chunk, min(SEARCH_BLOCK, SEARCH_IDS_BUDGET // (12 * (k_max + 1) + 4 * ev.train.dim))) if split else chunk

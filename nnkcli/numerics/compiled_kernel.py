@@ -13,16 +13,21 @@ import numpy as np
 # the CPU, never by the batch)
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def kernel_row(Xb, j, lo, hi, out):
-    """out[i] = 1/2 (1 + <x_i, x_j>) for lo <= i < hi, float64; False if one is not finite."""
+def kernel_row(Xb, j, lo, hi, out, xj):
+    """out[i] = 1/2 (1 + <x_i, x_j>) for lo <= i < hi, float64; False if one is not finite.
+
+    ``xj`` is scratch of length d: x_j is widened into it once, so the inner loop widens
+    one operand, not two (widening is what bounds this loop on x86).
+    """
     d = Xb.shape[1]
-    xj = Xb[j]
+    for t in range(d):
+        xj[t] = Xb[j, t]
     finite = True
     for i in range(lo, hi):
         xi = Xb[i]
         s = 0.0
         for t in range(d):
-            s += np.float64(xi[t]) * np.float64(xj[t])
+            s += np.float64(xi[t]) * xj[t]
         out[i] = 0.5 * (1.0 + s)
         if not np.isfinite(out[i]):
             finite = False
@@ -30,11 +35,11 @@ def kernel_row(Xb, j, lo, hi, out):
 
 
 @numba.njit(nogil=True, cache=True)
-def extend_row(Xb, j, s, k, R, ncol):
+def extend_row(Xb, j, s, k, R, ncol, xj):
     """Row ``s`` (variable ``j``) computed up to column k (a sweep extends it as k grows); False if not finite."""
     if ncol[s] >= k:
         return True
-    ok = kernel_row(Xb, j, ncol[s], k, R[s])
+    ok = kernel_row(Xb, j, ncol[s], k, R[s], xj)
     ncol[s] = k
     return ok
 
@@ -130,6 +135,7 @@ def kernel(X, g, ks, tol, enter_rel, exact_rel, dependent, max_iter, row_cap,
     corr = np.empty(cap)
     theta = np.zeros(K)
     w = np.zeros(K)
+    xj = np.empty(d)  # the entering neighbor, widened
     in_set = np.zeros(K, dtype=np.bool_)
     blocked = np.zeros(K, dtype=np.bool_)
     for b in range(B):
@@ -159,7 +165,7 @@ def kernel(X, g, ks, tol, enter_rel, exact_rel, dependent, max_iter, row_cap,
                 blocked[j] = False
             # the support's rows reach only the previous k: extend them to this one
             for a in range(t):
-                if not extend_row(Xb, P[a], slot[P[a]], k, R, ncol):
+                if not extend_row(Xb, P[a], slot[P[a]], k, R, ncol, xj):
                     bad = True
             gradient(R, slot, P, t, theta, gb, kp, k, w)
             it = 0
@@ -198,7 +204,7 @@ def kernel(X, g, ks, tol, enter_rel, exact_rel, dependent, max_iter, row_cap,
                     owner[used] = jb
                     ncol[used] = 0
                     used += 1
-                if not extend_row(Xb, jb, slot[jb], k, R, ncol):
+                if not extend_row(Xb, jb, slot[jb], k, R, ncol, xj):
                     bad = True
                     break
                 rj = R[slot[jb]]

@@ -228,3 +228,34 @@ def test_the_compiled_engines_runtime_is_counted_in_the_chunk_budget(store, monk
     _, _, timing = collect(store[0], [3, 10, 40], threads=2)
     assert timing["chunk_size"] == classification.default_chunk_size(40, dim, n_classes,
                                                                      budget=CHUNK_MEMORY_BUDGET // 2)
+
+
+def _chunk(path, **opts):
+    with Evaluation(path) as ev:
+        return evaluate_chunks(ev, ScoringOptions(k_values=[3, 10, 40], threads=2, **opts))[1]["chunk_size"]
+
+
+def test_query_by_query_scoring_runs_in_small_chunks_and_the_batched_engine_keeps_the_budgets(store, monkeypatch):
+    """k-NN and the compiled NNK engine cost the same per query whatever the chunk: ~8 MiB of neighbors.
+
+    The batched numpy engine pays its per-step cost once per chunk, so it keeps the budget's
+    (larger) chunk; so do the Gaussian kernel and an explicit --chunk-size.
+    """
+    from nnkcli.evaluation.options import CHUNK_MEMORY_BUDGET
+    from nnkcli.numerics import compiled
+
+    dim, n_classes, k = 12, 4, 40
+    assert classification.query_by_query_chunk(200, 784) == 16  # 8 MiB / 627 KB: 13, raised to the floor
+    assert classification.query_by_query_chunk(50, 384) == 8 * 2**20 // (4 * 50 * 384) == 109
+    monkeypatch.setattr(classification, "QUERY_BY_QUERY_CHUNK_BYTES", 4 * k * dim * 20)  # 20 queries here
+    budget_chunk = classification.default_chunk_size(k, dim, n_classes, budget=CHUNK_MEMORY_BUDGET // 2)
+    assert budget_chunk > 1000
+    assert _chunk(store[0], methods="knn") == 20
+    assert _chunk(store[0], methods="knn", chunk_size=7) == 7
+    assert _chunk(store[0], methods="both", kernel="gaussian") == budget_chunk
+    monkeypatch.setenv("NNKCLI_COMPILED", "0")
+    assert _chunk(store[0], methods="both") == budget_chunk
+    assert _chunk(store[0], methods="knn") == 20
+    monkeypatch.delenv("NNKCLI_COMPILED")
+    if compiled.available():
+        assert _chunk(store[0], methods="both") == 20
