@@ -44,6 +44,9 @@ SEARCH_IDS_BUDGET = 64 * 2**20
 #: whatever the chunk (see ``query_by_query_chunk``), and the fewest queries of such a chunk
 QUERY_BY_QUERY_CHUNK_BYTES = 8 * 2**20
 QUERY_BY_QUERY_MIN_CHUNK = 16
+#: the largest floor (a 20-k sweep at k = 200, d = 784 ran 17 % slower with 16-query chunks, and as
+#: fast with 64 as with 111)
+QUERY_BY_QUERY_MAX_FLOOR = 64
 
 
 def query_bytes(k: int, dim: int, n_classes: int) -> int:
@@ -70,18 +73,21 @@ def default_chunk_size(k: int, dim: int, n_classes: int, budget: int | None = No
     return int(min(budget // per_query, 8192))
 
 
-def query_by_query_chunk(k: int, dim: int) -> int:
+def query_by_query_chunk(k: int, dim: int, n_k: int = 1) -> int:
     """Queries per scoring chunk where the scoring's cost does not fall with the chunk's size.
 
     The exact re-ranking, k-NN voting and the compiled NNK engine cost the same per query
     in a chunk of 16 as of 1,000, so a chunk only needs enough queries to hide its fixed
-    costs: ``QUERY_BY_QUERY_CHUNK_BYTES`` of neighbor vectors, at least
-    ``QUERY_BY_QUERY_MIN_CHUNK`` queries. Larger chunks only hold more memory (at k = 200,
-    d = 784 a chunk of 111 queries held 70 MiB of neighbor vectors, in each of the chunks in
-    flight); the batched numpy engine, whose per-step cost is paid once per chunk, keeps the
-    budget's chunk.
+    costs: ``QUERY_BY_QUERY_CHUNK_BYTES`` of neighbor vectors, and at least
+    ``QUERY_BY_QUERY_MIN_CHUNK`` queries per k value scored (each k's voting, weights and
+    counts cost a fraction of a millisecond per chunk whatever its size), up to
+    ``QUERY_BY_QUERY_MAX_FLOOR``. Larger chunks only hold more memory (at k = 200, d = 784 a
+    chunk of 111 queries held 70 MiB of neighbor vectors, in each of the chunks in flight);
+    the batched numpy engine, whose per-step cost is paid once per chunk, keeps the budget's
+    chunk.
     """
-    return max(QUERY_BY_QUERY_MIN_CHUNK, QUERY_BY_QUERY_CHUNK_BYTES // (4 * k * dim))
+    floor = min(QUERY_BY_QUERY_MIN_CHUNK * max(n_k, 1), QUERY_BY_QUERY_MAX_FLOOR)
+    return max(floor, QUERY_BY_QUERY_CHUNK_BYTES // (4 * k * dim))
 
 
 def _scores_query_by_query(opts: ScoringOptions, searcher) -> bool:
@@ -491,7 +497,7 @@ def evaluate_chunks(
     chunk = opts.chunk_size or default_chunk_size(k_max, ev.train.dim, ev.n_classes, budget=budget // threads)
     split = hasattr(searcher, "search_ids") and hasattr(searcher, "refine")
     if not opts.chunk_size and split and _scores_query_by_query(opts, searcher):
-        chunk = min(chunk, query_by_query_chunk(k_max, ev.train.dim))
+        chunk = min(chunk, query_by_query_chunk(k_max, ev.train.dim, len(k_values)))
     # large search blocks for the search's matrix products; a searcher that returns the
     # neighbor vectors with the ids (shards, GPU) searches sub-chunks, which keeps the memory bound
     block = max(chunk, min(SEARCH_BLOCK, SEARCH_IDS_BUDGET // (12 * (k_max + 1) + 4 * ev.train.dim))) if split else chunk

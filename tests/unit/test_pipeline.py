@@ -247,15 +247,18 @@ def test_query_by_query_scoring_runs_in_small_chunks_and_the_batched_engine_keep
     dim, n_classes, k = 12, 4, 40
     assert classification.query_by_query_chunk(200, 784) == 16  # 8 MiB / 627 KB: 13, raised to the floor
     assert classification.query_by_query_chunk(50, 384) == 8 * 2**20 // (4 * 50 * 384) == 109
-    monkeypatch.setattr(classification, "QUERY_BY_QUERY_CHUNK_BYTES", 4 * k * dim * 20)  # 20 queries here
+    assert classification.query_by_query_chunk(200, 784, n_k=2) == 32  # 16 queries per k value
+    assert classification.query_by_query_chunk(200, 784, n_k=20) == 64  # ... up to 64
+    assert classification.query_by_query_chunk(20, 128, n_k=20) == 8 * 2**20 // (4 * 20 * 128)
+    monkeypatch.setattr(classification, "QUERY_BY_QUERY_CHUNK_BYTES", 4 * k * dim * 50)  # 50 queries here
     budget_chunk = classification.default_chunk_size(k, dim, n_classes, budget=CHUNK_MEMORY_BUDGET // 2)
     assert budget_chunk > 1000
-    assert _chunk(store[0], methods="knn") == 20
+    assert _chunk(store[0], methods="knn") == 50
     assert _chunk(store[0], methods="knn", chunk_size=7) == 7
     assert _chunk(store[0], methods="both", kernel="gaussian") == budget_chunk
     monkeypatch.setenv("NNKCLI_COMPILED", "0")
     assert _chunk(store[0], methods="both") == budget_chunk
-    assert _chunk(store[0], methods="knn") == 20
+    assert _chunk(store[0], methods="knn") == 50
     monkeypatch.delenv("NNKCLI_COMPILED")
     if compiled.available():
-        assert _chunk(store[0], methods="both") == 20
+        assert _chunk(store[0], methods="both") == 50
