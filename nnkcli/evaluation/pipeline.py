@@ -19,8 +19,9 @@ fixed; every task computes each query's numbers with operations whose result doe
 depend on the other queries of its batch (the neighbors are re-ranked exactly in
 float64, ties broken by row id); results are consumed strictly in query order.
 
-Memory: ``threads`` running scoring tasks of one sub-chunk each, the finished
-sub-chunks of the block being consumed, and at most ``LOOKAHEAD`` searched blocks.
+Memory: at most ``threads + 1`` scoring tasks of one sub-chunk each, running, finished
+or being consumed (the next is submitted as one is consumed), and at most ``LOOKAHEAD``
+searched blocks.
 """
 
 from __future__ import annotations
@@ -97,15 +98,31 @@ def run_pipeline(
             while pending:
                 start, q, found = pending.popleft()
                 ids, search_s = found.result()
+                found = None
                 submit_search()
                 if sub_chunk >= len(q):  # the search's result goes to one task whole, whatever it is
-                    parts = [pool.submit(timed, score, q, start, ids)]
+                    tasks = iter([(q, start, ids)])
                 else:
-                    parts = [pool.submit(timed, score, q[lo:lo + sub_chunk], start + lo, ids[lo:lo + sub_chunk])
-                             for lo in range(0, len(q), sub_chunk)]
-                for i, part in enumerate(parts):
-                    res, score_s = part.result()
-                    yield res, (search_s if i == 0 else 0.0), score_s
+                    tasks = ((q[lo:lo + sub_chunk], start + lo, ids[lo:lo + sub_chunk])
+                             for lo in range(0, len(q), sub_chunk))
+                # a window of scoring tasks, not the whole block: a finished task's result lives
+                # until it is consumed, so submitting all of a block's sub-chunks at once held
+                # every result of the block (190 MiB for a 20-k sweep of 4,096 queries, 100 classes)
+                window: deque = deque()
+
+                def submit_part() -> None:
+                    task = next(tasks, None)
+                    if task is not None:
+                        window.append(pool.submit(timed, score, *task))
+
+                for _ in range(threads + 1):
+                    submit_part()
+                first = True
+                while window:
+                    res, score_s = window.popleft().result()
+                    yield res, (search_s if first else 0.0), score_s
+                    res, first = None, False
+                    submit_part()
         finally:
             # an error, an interrupt or a consumer that stopped early: start nothing more,
             # and wait for the running tasks (they hold views of arrays the caller owns)

@@ -10,6 +10,7 @@ and leave no thread behind.
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -181,6 +182,36 @@ def test_pipeline_yields_in_order_and_searches_ahead_of_scoring(threads):
                           ("score", 8), ("search", 30), ("score", 10), ("score", 14), ("score", 18),
                           ("search", 40), ("score", 20), ("score", 24), ("score", 28), ("score", 30),
                           ("score", 34), ("score", 38), ("score", 40), ("score", 44), ("score", 48)]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_pipeline_holds_a_window_of_scoring_results_not_a_whole_block(threads):
+    """At most threads + 1 sub-chunks of a block are scored ahead of the consumer.
+
+    (All of a block's sub-chunks used to be submitted at once, and every finished result
+    was held until the block's last was consumed: a 20-k sweep held ~190 MiB of them.)
+    """
+    lock = threading.Lock()
+    scored, consumed, ahead = [0], [0], []
+
+    def search(q, start):
+        return np.arange(start, start + len(q))
+
+    def score(q, start, ids):
+        with lock:
+            scored[0] += 1
+            ahead.append(scored[0] - consumed[0])
+        return start
+
+    blocks = iter([(s, np.zeros((64, 2))) for s in range(0, 192, 64)])
+    out = []
+    for res, _, _ in pipeline.run_pipeline(blocks, search, score, sub_chunk=2, threads=threads):
+        out.append(res)
+        time.sleep(0.002)  # a slow consumer: the workers would race ahead
+        with lock:
+            consumed[0] += 1
+    assert out == list(range(0, 192, 2))
+    assert max(ahead) <= threads + 1, max(ahead)
 
 
 def test_threads_default_to_the_cores_this_process_may_use():
