@@ -90,13 +90,6 @@ def query_by_query_chunk(k: int, dim: int, n_k: int = 1) -> int:
     return max(floor, QUERY_BY_QUERY_CHUNK_BYTES // (4 * k * dim))
 
 
-def _scores_query_by_query(opts: ScoringOptions, searcher) -> bool:
-    """Whether every method of the run scores on the CPU at a cost per query (see ``query_by_query_chunk``)."""
-    if hasattr(searcher, "device_neighbors"):
-        return False
-    return "nnk" not in opts.methods or (_solves_cosine_nnk(opts) and compiled.expected())
-
-
 def _largest_k_within(budget: int, dim: int, n_classes: int) -> int:
     lo, hi = 1, 1
     while query_bytes(hi * 2, dim, n_classes) <= budget:
@@ -491,12 +484,15 @@ def evaluate_chunks(
     # a sharded index asks for a smaller working memory beside its one loaded shard;
     # every worker holds one scoring sub-chunk: they share the budget
     budget = min(CHUNK_MEMORY_BUDGET, getattr(searcher, "chunk_budget", CHUNK_MEMORY_BUDGET))
-    if _solves_cosine_nnk(opts) and not hasattr(searcher, "device_neighbors") and compiled.expected():
+    on_device = hasattr(searcher, "device_neighbors")  # the torch backend scores on its device
+    compiled_nnk = _solves_cosine_nnk(opts) and not on_device and compiled.expected()
+    if compiled_nnk:
         # the compiled NNK engine's runtime lives beside the chunks: the budget covers both
         budget = max(budget - compiled.RUNTIME_BYTES, budget // 2)
     chunk = opts.chunk_size or default_chunk_size(k_max, ev.train.dim, ev.n_classes, budget=budget // threads)
     split = hasattr(searcher, "search_ids") and hasattr(searcher, "refine")
-    if not opts.chunk_size and split and _scores_query_by_query(opts, searcher):
+    # every method scores on the CPU at a cost per query (k-NN, compiled NNK): small chunks do
+    if not opts.chunk_size and split and not on_device and ("nnk" not in opts.methods or compiled_nnk):
         chunk = min(chunk, query_by_query_chunk(k_max, ev.train.dim, len(k_values)))
     # large search blocks for the search's matrix products; a searcher that returns the
     # neighbor vectors with the ids (shards, GPU) searches sub-chunks, which keeps the memory bound
@@ -556,8 +552,7 @@ def evaluate_chunks(
     timing["threads"] = threads
     if _solves_cosine_nnk(opts):
         # which code solved the NNK problems on the CPU (the weights carry the same certificate)
-        timing["nnk_engine"] = ("torch" if hasattr(searcher, "device_neighbors")
-                                else "compiled" if compiled.available() else "numpy")
+        timing["nnk_engine"] = "torch" if on_device else "compiled" if compiled.available() else "numpy"
     return accs, timing
 
 
