@@ -38,8 +38,9 @@ from nnkcli.numerics.scores import TOP
 
 logger = logging.getLogger("nnkcli")
 
-#: a search block's ids, distances and queries stay within this (a few MiB at k = 200)
-SEARCH_IDS_BUDGET = 64 * 2**20
+#: the search blocks in flight (one per thread, at least two) hold their ids, distances and
+#: queries within this together (a 4,096-query block needs ~16 MiB at k = 200, d = 384)
+SEARCH_IDS_BUDGET = 128 * 2**20
 #: neighbor-vector bytes of one scoring chunk where the scoring costs the same per query
 #: whatever the chunk (see ``query_by_query_chunk``), and the fewest queries of such a chunk
 QUERY_BY_QUERY_CHUNK_BYTES = 8 * 2**20
@@ -472,7 +473,7 @@ def evaluate_chunks(
     accumulators : dict mapping (method, k) -> Accumulator
     timing : dict of seconds (read, search, knn, nnk, total) and queries per second
     """
-    from nnkcli.evaluation.pipeline import SEARCH_BLOCK, run_pipeline
+    from nnkcli.evaluation.pipeline import SEARCH_BLOCK, balanced_block, run_pipeline, searches_in_flight
     from nnkcli.numerics.kernels import normalize_rows
     from nnkcli.parallel import resolve_threads
 
@@ -496,9 +497,13 @@ def evaluate_chunks(
         chunk = min(chunk, query_by_query_chunk(k_max, ev.train.dim, len(k_values)))
     # large search blocks for the search's matrix products; a searcher that returns the
     # neighbor vectors with the ids (shards, GPU) searches sub-chunks, which keeps the memory bound
-    block = max(chunk, min(SEARCH_BLOCK, SEARCH_IDS_BUDGET // (12 * (k_max + 1) + 4 * ev.train.dim))) if split else chunk
     first, stop = getattr(ev, "rows", (0, int(ev.query.n)))  # all queries, or one --shard's range
-    block = min(block, max(stop - first, 1))
+    if split:
+        per_block = SEARCH_IDS_BUDGET // searches_in_flight(threads)
+        block = max(chunk, min(SEARCH_BLOCK, per_block // (12 * (k_max + 1) + 4 * ev.train.dim)))
+        block = balanced_block(stop - first, block, threads)  # the last searches end together
+    else:
+        block = min(chunk, max(stop - first, 1))
     lock = None if getattr(searcher, "thread_safe", False) else threading.Lock()
     # the torch backend hands the neighbors over on its device, where score_chunk scores them
     fetch = getattr(searcher, "device_neighbors", searcher.neighbors)

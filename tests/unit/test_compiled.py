@@ -203,6 +203,43 @@ def test_warm_up_loads_the_kernel_once_on_a_thread(monkeypatch):
     assert compiled._WARMING is thread  # no second thread
 
 
+def test_warm_up_shortens_the_switch_interval_while_it_runs_then_restores_it(monkeypatch):
+    """numba's load holds the GIL; the index load beside it waited up to 5 ms for every read."""
+    import sys
+    import threading
+
+    monkeypatch.setattr(compiled, "_KERNEL", [])
+    monkeypatch.setattr(compiled, "_WARMING", None)
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    try:
+        release, seen = threading.Event(), []
+
+        def slow_kernel():
+            seen.append(sys.getswitchinterval())
+            release.wait(30)
+            return None  # as if numba were missing: nothing to run
+
+        monkeypatch.setattr(compiled, "_kernel", slow_kernel)
+        compiled.warm_up()
+        assert sys.getswitchinterval() == pytest.approx(compiled.WARM_UP_SWITCH_INTERVAL)
+        release.set()
+        compiled._WARMING.join(timeout=30)
+        assert seen == [pytest.approx(compiled.WARM_UP_SWITCH_INTERVAL)]
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+
+        # a value someone set meanwhile is theirs: left alone
+        monkeypatch.setattr(compiled, "_WARMING", None)
+        release.clear()
+        compiled.warm_up()
+        sys.setswitchinterval(0.002)
+        release.set()
+        compiled._WARMING.join(timeout=30)
+        assert sys.getswitchinterval() == pytest.approx(0.002)
+    finally:
+        sys.setswitchinterval(before)
+
+
 def test_warm_up_does_nothing_when_turned_off(monkeypatch):
     monkeypatch.setenv("NNKCLI_COMPILED", "0")
     monkeypatch.setattr(compiled, "_KERNEL", [])

@@ -293,3 +293,81 @@ def test_query_by_query_scoring_runs_in_small_chunks_and_the_batched_engine_keep
     monkeypatch.delenv("NNKCLI_COMPILED")
     if compiled.available():
         assert _chunk(store[0], methods="both") == 50
+
+
+@pytest.mark.parametrize("threads", [2, 3, 4])
+def test_pipeline_searches_one_block_per_thread_at_once(threads):
+    """Every worker can search: ``threads`` searches run side by side, not two (the old lookahead)."""
+    lock = threading.Lock()
+    running, most = [0], [0]
+    arrived = threading.Barrier(threads, timeout=5)
+
+    def search(q, start):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        if start < 10 * threads:  # the first wave: wait until every worker is searching (or time out)
+            try:
+                arrived.wait()
+            except threading.BrokenBarrierError:
+                pass
+        with lock:
+            running[0] -= 1
+        return np.arange(start, start + len(q))
+
+    def score(q, start, ids):
+        return ids
+
+    blocks = iter([(s, np.zeros((10, 2))) for s in range(0, 10 * 3 * threads, 10)])
+    out = [ids for ids, _, _ in pipeline.run_pipeline(blocks, search, score, sub_chunk=5, threads=threads)]
+    np.testing.assert_array_equal(np.concatenate(out), np.arange(30 * threads))
+    assert most[0] == threads
+
+
+@pytest.mark.parametrize("n, block, threads, expected", [
+    (10_000, 4096, 2, 2500),   # 4,096 + 4,096 + 1,808 left one core idle for the last block
+    (10_000, 4096, 1, 4096),   # one thread: nothing to balance
+    (10_000, 4096, 4, 2500),
+    (50_000, 4096, 2, 3572),   # 14 blocks, 7 per thread
+    (8_192, 4096, 2, 4096),    # already balanced
+    (1_000, 4096, 2, 500),     # one block would leave a thread idle
+    (300, 4096, 2, 300),       # too small to be worth splitting
+    (600, 4096, 4, 256),       # never below MIN_BALANCED_BLOCK
+    (131, 32, 2, 32),          # a smaller block than the floor is kept
+])
+def test_balanced_block(n, block, threads, expected):
+    got = pipeline.balanced_block(n, block, threads)
+    assert got == expected
+    assert got <= block
+    blocks = -(-n // got)
+    if pipeline.MIN_BALANCED_BLOCK < got < min(block, n):
+        assert blocks % threads == 0 and blocks * got - n < blocks  # equal blocks, as many as a multiple
+
+
+def test_evaluate_chunks_searches_balanced_blocks(store, monkeypatch):
+    """The pipeline's blocks are balanced for the thread count (131 queries, SEARCH_BLOCK 100, floor 16).
+
+    (One thread searched 100 + 31, the other waiting, and so did two threads.)
+    """
+    monkeypatch.setattr(pipeline, "SEARCH_BLOCK", 100)
+    monkeypatch.setattr(pipeline, "MIN_BALANCED_BLOCK", 16)
+    sizes = []
+    real = pipeline.run_pipeline
+
+    def spy(blocks, *args, **kwargs):
+        def seen():
+            for start, q in blocks:
+                sizes.append(len(q))
+                yield start, q
+        return real(seen(), *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_pipeline", spy)
+    ref, _, _ = collect(store[0], [5], threads=1, chunk_size=10)
+    assert sizes == [100, 31]
+    sizes.clear()
+    for threads, expected in ((2, [66, 65]), (3, [44, 44, 43])):
+        sizes.clear()
+        got, _, timing = collect(store[0], [5], threads=threads, chunk_size=7)
+        assert sizes == expected and timing["search_block"] == expected[0]
+        for key in ref:
+            np.testing.assert_array_equal(got[key], ref[key], err_msg=f"{key} threads={threads}")
