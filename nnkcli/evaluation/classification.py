@@ -329,6 +329,7 @@ def score_chunk(
     """
     from nnkcli.numerics import solver
     from nnkcli.numerics.cosine import nnk_solve_cosine
+    from nnkcli.numerics.scores import knn_scores_path
 
     k_values = opts.k_values
     k_max = k_values[-1]
@@ -357,11 +358,17 @@ def score_chunk(
 
     if "knn" in opts.methods:
         t0 = time.perf_counter()
-        for k in k_values:
-            # a temperature grid re-weights the same neighbors: one exp per T, no new search
+        # a temperature grid re-weights the same neighbors: one exp per T, no new search; several
+        # k (a sweep) add each k's new neighbors to the previous k's scores, bit for bit the same
+        if len(k_values) == 1:
+            paths = [[solver.knn_scores(finite_sims[:, :k_max], nb_labels[:, :k_max], C, weighting=opts.weighting,
+                                        temperature=temperature)] for temperature in opts.knn_temperatures]
+        else:
+            paths = [knn_scores_path(finite_sims, nb_labels, C, k_values, weighting=opts.weighting,
+                                     temperature=temperature) for temperature in opts.knn_temperatures]
+        for ki, k in enumerate(k_values):
             for i, temperature in enumerate(opts.knn_temperatures):
-                scores = solver.knn_scores(finite_sims[:, :k], nb_labels[:, :k], C,
-                                           weighting=opts.weighting, temperature=temperature)
+                scores = paths[i][ki]
                 key = ("knn", k) if i == 0 else ("knn", k, temperature)
                 out.by_method_k[key] = MethodChunk(top=solver.topk_classes(scores, TOP, rule=opts.top5_rule),
                                                    scores=scores)

@@ -47,6 +47,53 @@ def knn_scores(sims, neighbor_labels, n_classes: int, *, weighting: str = "exp",
         raise InputError(f"unknown weighting {weighting!r}", hint=f"choose one of: {', '.join(WEIGHTINGS)}")
     s = np.asarray(sims, dtype=np.float64)
     labels = _labels(neighbor_labels, n_classes, s.shape, "sims")
+    return _class_sums(knn_weights(s, weighting, temperature), labels, int(n_classes))
+
+
+def knn_scores_path(sims, neighbor_labels, n_classes: int, k_values, *, weighting: str = "exp",
+                    temperature: float = 0.07) -> list[np.ndarray]:
+    """``knn_scores`` of the leading k neighbors for every k of ``k_values``, bit for bit, in one pass.
+
+    A sweep asks for the scores at many k of the same neighbors (10, 20, ..., 200): each
+    k's scores are the previous k's plus the votes of the neighbors between them, added
+    in neighbor order (``np.add.at`` adds one element after another), which is the order
+    ``knn_scores`` sums them in. So every k costs its new neighbors only, and the weights
+    ``w(s)`` are computed once, at the largest k.
+
+    Parameters
+    ----------
+    sims, neighbor_labels, n_classes, weighting, temperature
+        As for ``knn_scores``, over at least ``max(k_values)`` neighbors.
+    k_values : sequence of int
+        Increasing neighbor counts within 1..k.
+
+    Returns
+    -------
+    list of ndarray (B, C) float64, one per k
+    """
+    ks = [int(k) for k in k_values]
+    s = np.asarray(sims, dtype=np.float64)
+    if s.ndim != 2 or not ks or ks[0] < 1 or ks[-1] > s.shape[1] or any(b <= a for a, b in zip(ks, ks[1:])):
+        raise InputError(f"k_values must increase within 1..{s.shape[1] if s.ndim == 2 else 0}, got {ks}")
+    B, C = s.shape[0], int(n_classes)
+    labels = _labels(neighbor_labels, n_classes, s.shape, "sims")[:, : ks[-1]]
+    w = knn_weights(s[:, : ks[-1]], weighting, temperature)
+    running = np.zeros(B * C)
+    rows = np.arange(B, dtype=np.int64)[:, None] * C
+    out, lo = [], 0
+    for k in ks:
+        lab = labels[:, lo:k]
+        valid = lab >= 0
+        np.add.at(running, (rows + lab)[valid], w[:, lo:k][valid])
+        out.append(running.reshape(B, C).copy())
+        lo = k
+    return out
+
+
+def knn_weights(s: np.ndarray, weighting: str, temperature: float) -> np.ndarray:
+    """The vote ``w(s)`` of each neighbor (see ``knn_scores``), checked finite."""
+    if weighting not in WEIGHTINGS:
+        raise InputError(f"unknown weighting {weighting!r}", hint=f"choose one of: {', '.join(WEIGHTINGS)}")
     if weighting == "exp":
         temperature = float(temperature)
         if not temperature > 0:
@@ -60,7 +107,7 @@ def knn_scores(sims, neighbor_labels, n_classes: int, *, weighting: str = "exp",
     if not np.isfinite(w).all():
         raise InputError("sims holds NaN or infinite values (or exp(s/T) overflows)",
                          hint="check the similarities and the temperature")
-    return _class_sums(w, labels, int(n_classes))
+    return w
 
 
 def nnk_scores(theta, neighbor_labels, n_classes: int) -> np.ndarray:

@@ -172,3 +172,35 @@ def test_inclusive_counts_zero_score_classes_strict_does_not():
     assert not topk_hits(topk_classes(scores, 5), labels)[0, 4]
     with pytest.raises(InputError, match="top-5 rule"):
         topk_classes(scores, 5, rule="loose")
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), B=st.integers(0, 5), K=st.integers(1, 30), C=st.integers(1, 6),
+       weighting=st.sampled_from(["exp", "similarity", "uniform"]), T=st.sampled_from([0.07, 0.5]),
+       data=st.data())
+def test_knn_scores_path_is_knn_scores_at_every_k_bit_for_bit(seed, B, K, C, weighting, T, data):
+    """A sweep's k-NN scores (one pass over the neighbors) are those of one classify per k, exactly."""
+    from nnkcli.numerics.scores import knn_scores_path
+
+    ks = sorted(data.draw(st.sets(st.integers(1, K), min_size=1, max_size=6)))
+    rng = np.random.default_rng(seed)
+    sims = rng.uniform(-1, 1, (B, K))
+    labels = rng.integers(-1, C, (B, K))
+    got = knn_scores_path(sims, labels, C, ks, weighting=weighting, temperature=T)
+    assert len(got) == len(ks)
+    for k, scores in zip(ks, got):
+        assert scores.shape == (B, C) and scores.dtype == np.float64
+        np.testing.assert_array_equal(scores, knn_scores(sims[:, :k], labels[:, :k], C, weighting=weighting,
+                                                         temperature=T))
+        np.testing.assert_allclose(scores, naive_knn(sims[:, :k], labels[:, :k], C, weighting, T), rtol=1e-12)
+
+
+@pytest.mark.parametrize("ks, match", [([], "k_values"), ([3, 3], "k_values"), ([0, 2], "k_values"),
+                                       ([2, 9], "k_values")])
+def test_knn_scores_path_refuses_bad_k_values(ks, match):
+    from nnkcli.numerics.scores import knn_scores_path
+
+    with pytest.raises(InputError, match=match):
+        knn_scores_path(np.zeros((2, 4)), np.zeros((2, 4), dtype=int), 3, ks)
+    with pytest.raises(InputError, match="temperature"):
+        knn_scores_path(np.zeros((2, 4)), np.zeros((2, 4), dtype=int), 3, [2], temperature=0)
