@@ -11,7 +11,8 @@ requested k. Blocks and chunks run on ``--threads`` worker threads.
 Memory: the index (n_train x d float32 for a flat index) plus, per chunk of B
 queries at largest k K, about ``B * (4*K*d + 32*K*K + 16*C)`` bytes (neighbor
 vectors, kernel blocks and solver work, class scores), for each of the chunks in
-flight (one per thread), plus a search block's ids. The default chunk size keeps the
+flight (one per thread), plus the search blocks in flight (one per thread, at least two:
+their queries and ids, within ``SEARCH_IDS_BUDGET`` together). The default chunk size keeps the
 chunks together under ``CHUNK_MEMORY_BUDGET``; where every method costs the same per
 query whatever the chunk (k-NN, NNK on the compiled engine) the chunk is smaller still,
 ~8 MiB of neighbor vectors (``query_by_query_chunk``). Nothing of size n_query x n_train
