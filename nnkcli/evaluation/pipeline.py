@@ -16,9 +16,9 @@ the current one, so the search of block i+1 runs beside the scoring of block i),
 the blocks are sized by :func:`balanced_block` so that the last ones end together
 rather than one thread searching a short remainder while the others wait.
 
-Why results do not depend on the thread count or the chunk size. The block size is
-fixed; every task computes each query's numbers with operations whose result does not
-depend on the other queries of its batch (the neighbors are re-ranked exactly in
+Why results do not depend on the thread count or the chunk size. The block size does
+(``balanced_block``), but every task computes each query's numbers with operations whose
+result does not depend on the other queries of its batch (the neighbors are re-ranked exactly in
 float64, ties broken by row id); results are consumed strictly in query order.
 
 Memory: at most ``threads + 1`` scoring tasks of one sub-chunk each, running, finished

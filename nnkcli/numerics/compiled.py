@@ -87,13 +87,13 @@ def warm_up() -> None:
         _WARMING.start()
 
 
-def _load_and_run(previous: float | None = None, ours: float | None = None) -> None:
+def _load_and_run(previous: float, ours: float) -> None:
     try:
         kernel = _kernel()
         if kernel is not None:  # one tiny call: numba loads the cached code on a function's first call
             solve_cosine_path(np.zeros((1, 2, 2), np.float32), np.zeros((1, 2)), [2], 1e-8, 1e-2, 1e-2, 1e-12, 4)
     finally:
-        if previous is not None and sys.getswitchinterval() == ours:
+        if sys.getswitchinterval() == ours:  # not changed by anyone since warm_up set it
             sys.setswitchinterval(previous)
 
 
