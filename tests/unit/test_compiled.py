@@ -271,3 +271,27 @@ def test_expected_says_whether_the_engine_will_run_without_loading_it(monkeypatc
     monkeypatch.setattr(compiled, "_KERNEL", [])
     monkeypatch.setenv("NNKCLI_COMPILED", "0")
     assert not compiled.expected()
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 23), d=st.integers(1, 40), data=st.data())
+def test_kernel_rows_equal_a_float64_loop_on_every_range_and_flag_non_finite_values(seed, k, d, data):
+    """The row kernel's four-row blocks and its tail, on any [lo, hi) (a sweep extends a row from its last k)."""
+    from nnkcli.numerics.compiled_kernel import kernel_row
+
+    rng = np.random.default_rng(seed)
+    Xb = rng.standard_normal((k, d)).astype(np.float32)
+    j = data.draw(st.integers(0, k - 1))
+    lo = data.draw(st.integers(0, k))
+    hi = data.draw(st.integers(lo, k))
+    out = np.full(k, -7.0)
+    assert kernel_row(Xb, j, lo, hi, out, np.empty(d))
+    X64 = Xb.astype(np.float64)
+    expect = [0.5 * (1.0 + sum(X64[i, t] * X64[j, t] for t in range(d))) for i in range(lo, hi)]
+    np.testing.assert_allclose(out[lo:hi], expect, rtol=1e-13, atol=1e-13 * d)
+    assert np.all(out[:lo] == -7.0) and np.all(out[hi:] == -7.0)  # nothing outside the range is written
+    if hi > lo:  # a non-finite feature in any row of the range, blocked or in the tail, is reported
+        bad = data.draw(st.integers(lo, hi - 1))
+        if bad != j:
+            Xb[bad, data.draw(st.integers(0, d - 1))] = np.inf
+            assert not kernel_row(Xb, j, lo, hi, out, np.empty(d))
