@@ -4,20 +4,16 @@ files are read back with an independent reader and hold exactly the documents' n
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
+import tfevents  # tests/helpers (pytest's pythonpath): an independent event-file reader
 
 from nnkcli.cli import cli
 from nnkcli.tracking.history import append_entry
 
 pytest.importorskip("tensorboardX")
-_spec = importlib.util.spec_from_file_location("tfevents", Path(__file__).resolve().parents[1] / "helpers" / "tfevents.py")
-tfevents = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tfevents)
 
 
 def test_crc32c_reference_value():

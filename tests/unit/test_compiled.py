@@ -9,13 +9,12 @@ wrong answer.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import nnk_oracles as oracles  # tests/helpers (pytest's pythonpath)
 
 from nnkcli.errors import InputError
 from nnkcli.numerics import compiled, cosine
@@ -24,9 +23,6 @@ from nnkcli.numerics.cosine import nnk_solve_cosine
 
 pytestmark = pytest.mark.skipif(not compiled.available(), reason="numba is not installed (the 'fast' extra)")
 
-_spec = importlib.util.spec_from_file_location("nnk_oracles", Path(__file__).resolve().parents[1] / "helpers" / "nnk_oracles.py")
-oracles = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(oracles)
 blocks64, kkt, nnls_weights = oracles.blocks64, oracles.kkt, oracles.nnls_weights
 
 TOL = 1e-8

@@ -12,22 +12,19 @@ Gram matrix built by a plain loop (both in ``tests/helpers/nnk_oracles.py``).
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import nnk_oracles as oracles  # tests/helpers (pytest's pythonpath)
+
 from nnkcli.errors import InputError
 from nnkcli.numerics import compiled, cosine
 from nnkcli.numerics.cosine import cosine_products, nnk_solve_cosine
 
-_spec = importlib.util.spec_from_file_location("nnk_oracles", Path(__file__).resolve().parents[1] / "helpers" / "nnk_oracles.py")
-oracles = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(oracles)
 blocks64, kkt, nnls_weights = oracles.blocks64, oracles.kkt, oracles.nnls_weights
 
 TOL = 1e-8
