@@ -8,7 +8,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_STORE = REPO / "sample_data" / "fashion-mnist.h5"
-HELPERS = REPO / "tests" / "helpers"
 
 
 @pytest.fixture
@@ -43,9 +42,8 @@ def _restore_nnkcli_logger():
 
 
 @pytest.fixture
-def tinynets(monkeypatch):
+def tinynets():
     """The tiny torch models of ``tests/helpers/nnk_tinynets.py``, importable as ``nnk_tinynets:NAME``."""
-    monkeypatch.syspath_prepend(str(HELPERS))
-    import nnk_tinynets
+    import nnk_tinynets  # tests/helpers is on pytest's pythonpath
 
     return nnk_tinynets

@@ -19,7 +19,7 @@ def kernel_row(Xb, j, lo, hi, out, xj):
     ``xj`` is scratch of length d: x_j is widened into it once, so the inner loop widens
     one operand, not two. Four rows i share each load of x_j: one dot product alone is
     bound by its one chain of additions (about 9.5 GMAC/s measured at k = 200, d = 784),
-    four side by side by the widening (about 11.5).
+    four side by side reach about 11.5.
     """
     d = Xb.shape[1]
     for t in range(d):

@@ -50,8 +50,7 @@ def _torchrun(store, image_dir, *extra, env=None):
     return subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=240)
 
 
-def _single(runner, store, image_dir, monkeypatch):
-    monkeypatch.syspath_prepend(str(HELPERS))
+def _single(runner, store, image_dir):
     res = runner.invoke(cli, ["extract", str(store), "--split", "train", "--images", str(image_dir),
                               "--model", "nnk_tinynets:slow_backbone", *FAST], catch_exceptions=False)
     assert res.exit_code == 0, res.stderr
@@ -75,8 +74,8 @@ def test_rank_slices_are_contiguous_and_cover_once():
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_equal_one_process(runner, tmp_path, image_dir, monkeypatch):
-    _single(runner, tmp_path / "one.h5", image_dir, monkeypatch)
+def test_two_gloo_ranks_equal_one_process(runner, tmp_path, image_dir):
+    _single(runner, tmp_path / "one.h5", image_dir)
     proc = _torchrun(tmp_path / "two.h5", image_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)  # only rank 0 prints
@@ -86,8 +85,8 @@ def test_two_gloo_ranks_equal_one_process(runner, tmp_path, image_dir, monkeypat
 
 
 @pytest.mark.slow
-def test_killed_rank_leaves_store_unchanged_and_resume_finishes(runner, tmp_path, image_dir, monkeypatch):
-    _single(runner, tmp_path / "one.h5", image_dir, monkeypatch)
+def test_killed_rank_leaves_store_unchanged_and_resume_finishes(runner, tmp_path, image_dir):
+    _single(runner, tmp_path / "one.h5", image_dir)
     store = tmp_path / "two.h5"
     log = tmp_path / "forwards.log"
     # both ranks log their forward passes; the model hangs once 4 are logged (2 per rank, the probe included)
