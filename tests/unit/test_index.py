@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 
+import faiss
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nnkcli.errors import IndexFileError, InputError, StaleIndexError
 from nnkcli.index import (
@@ -16,6 +19,7 @@ from nnkcli.index import (
     build_index,
     check_fresh,
     default_index_path,
+    flat_search,
     load_index,
     normalize_rows,
     save_index,
@@ -61,6 +65,43 @@ def test_flat_search_equals_brute_force():
     np.testing.assert_allclose(sims, ref_s, atol=1e-5)
     assert (ids == ref_ids).mean() > 0.99  # only float32 near-ties may swap
     np.testing.assert_allclose(np.take_along_axis(normalize_rows(q) @ normalize_rows(x).T, ids, 1), ref_s, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 300), m=st.integers(1, 40), k=st.integers(1, 40), d=st.integers(1, 9),
+       block_rows=st.sampled_from([1, 7, 64, 10**6]), seed=st.integers(0, 2**31 - 1))
+def test_flat_search_is_the_exact_top_k_on_small_integer_vectors(n, m, k, d, block_rows, seed):
+    """Integer coordinates make every float32 product exact, so the oracle (a float64 sort) is exact too.
+
+    Many ties (duplicate values) arise. The kept values must be the k largest, each id's
+    value its own, and, for any number of train blocks (a short last one included), the
+    result is faiss's own search's, ids in the same order: the same rows enter the same
+    heaps in the same order, so even which of the rows tied at the k-th place stay is the same.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 4, size=(n, d)).astype(np.float32)
+    q = rng.integers(-3, 4, size=(m, d)).astype(np.float32)
+    sims, ids = flat_search(x, q, k, block_rows=block_rows)
+    exact = q.astype(np.float64) @ x.astype(np.float64).T
+    kk = min(k, n)
+    np.testing.assert_array_equal(sims[:, :kk], -np.sort(-exact, axis=1)[:, :kk])
+    np.testing.assert_array_equal(sims[:, :kk], np.take_along_axis(exact, ids[:, :kk], 1))
+    assert all(len(set(r)) == kk for r in ids[:, :kk])
+    assert (ids[:, kk:] == -1).all() and (sims[:, kk:] == -np.finfo(np.float32).max).all()
+    index = faiss.IndexFlatIP(d)
+    index.add(x)
+    ref_sims, ref_ids = index.search(q, k)
+    np.testing.assert_array_equal(sims, ref_sims)
+    np.testing.assert_array_equal(ids, ref_ids)
+
+
+def test_flat_search_of_no_queries_and_an_index_search_use_it():
+    x = normalize_rows(clustered(n=500))
+    sims, ids = flat_search(x, np.zeros((0, 16), np.float32), 5)
+    assert sims.shape == ids.shape == (0, 5)
+    idx = build_index(ArraySplit(x))
+    q = normalize_rows(clustered(n=30, seed=3))
+    np.testing.assert_array_equal(idx.search(q, 7)[1], flat_search(x, q, 7)[1])
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
