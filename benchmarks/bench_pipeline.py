@@ -158,6 +158,43 @@ def gemm_peak(threads: int, n: int) -> float:
     return 2 * n**3 / best / 1e9
 
 
+_FLAT_RATES = r"""
+import sys, time
+import numpy as np
+from threadpoolctl import threadpool_limits
+import faiss
+from nnkcli.index import flat_search
+d, n, m, k = (int(v) for v in sys.argv[1:5])
+rng = np.random.default_rng(0)
+x = rng.standard_normal((n, d), dtype=np.float32)
+q = rng.standard_normal((m, d), dtype=np.float32)
+index = faiss.IndexFlatIP(d)
+index.add(x)
+faiss.omp_set_num_threads(1)
+best = [np.inf, np.inf]
+with threadpool_limits(1):
+    for _ in range(3):  # interleaved, the minimum of each
+        for i, run in enumerate((lambda: index.search(q, k), lambda: flat_search(x, q, k))):
+            t0 = time.perf_counter()
+            run()
+            best[i] = min(best[i], time.perf_counter() - t0)
+print(*(2.0 * n * m * d / b / 1e9 for b in best))
+"""
+
+
+def flat_search_rates(dim: int, k: int, n_train: int = 32768, n_query: int = 2048) -> tuple[float, float]:
+    """GFLOP/s on one thread of faiss's own ``IndexFlatIP.search`` and of nnkcli's flat search, this run.
+
+    In a child process (this one must not hold the arrays: see ``run_cli``). faiss's
+    search multiplies with the OpenBLAS bundled in its wheel, nnkcli's with numpy's BLAS
+    (see ``nnkcli.index.flat_search``); both keep the best k in faiss's heaps.
+    """
+    out = subprocess.run([sys.executable, "-c", _FLAT_RATES, str(dim), str(n_train), str(n_query), str(k)],
+                         capture_output=True, text=True, check=True)
+    faiss_rate, ours = (float(v) for v in out.stdout.split())
+    return faiss_rate, ours
+
+
 def _competitor(seconds: float) -> None:
     """A CPU-bound process for at most ``seconds``: float32 products on one thread.
 
@@ -266,6 +303,7 @@ def main() -> None:
         peaks.append(gemm_peak(threads, gemm_n))
         peaks1.append(gemm_peak(1, gemm_n))
         peak, peak1 = max(peaks), max(peaks1)
+        flat_rates = flat_search_rates(dim, 50)
         busy_rows = None
         if a.busy or a.only_busy:
             args = runs_busy = ["classify", str(store), "--k", "200", "--method", "both"] + common
@@ -287,6 +325,9 @@ def main() -> None:
     print(f"float32 GEMM peak ({gemm_n}^3, this run): {peak1:.0f} GFLOP/s on 1 thread "
           f"(rounds: {', '.join(f'{p:.0f}' for p in peaks1)}), {peak:.0f} GFLOP/s on {threads} threads "
           f"(rounds: {', '.join(f'{p:.0f}' for p in peaks)})")
+    print(f"flat search of 2,048 random queries in 32,768 x {dim} rows at k = 50, one thread, this run: "
+          f"faiss's IndexFlatIP.search {flat_rates[0]:.0f} GFLOP/s (the OpenBLAS in its wheel), "
+          f"nnkcli's {flat_rates[1]:.0f} GFLOP/s (numpy's BLAS)")
     if results:
         print(f"\n{'run':<24}{'wall s':>9}{'peak RSS MiB':>14}{'search s':>10}{'nnk s':>8}{'nnk top-1 %':>13}"
               f"{'knn top-1 %':>13}")
@@ -325,6 +366,7 @@ def main() -> None:
         a.json.write_text(json.dumps({
             "dataset": a.dataset, "n_train": n_train, "n_query": n_query, "dim": dim, "threads": threads,
             "gemm_peak_gflops": peak, "gemm_rounds": peaks, "gemm_peak_1thread_gflops": peak1,
+            "flat_search_gflops": {"faiss": flat_rates[0], "nnkcli": flat_rates[1]},
             "runs": {k: {"wall_s": v["wall_s"], "peak_rss_mib": v["peak_rss_mib"], "timing": v["doc"]["timing"]}
                      for k, v in results.items()},
             "busy": busy_rows,
