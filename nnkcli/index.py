@@ -146,20 +146,21 @@ class NnkIndex:
         if self.params.index_type == "hnsw":
             hnsw = faiss.downcast_index(self.index)
             hnsw.hnsw.efSearch = max(ef_search or self.params.ef_search or 64, k)
-        elif self.params.index_type == "flat" and k >= 1:
-            if self._vectors is None:
-                self._vectors = _flat_view(self.index)
-            if self._vectors is not None:
-                return flat_search(self._vectors, queries, k)
+        elif self.params.index_type == "flat" and k >= 1 and self._flat() is not None:
+            return flat_search(self._flat(), queries, k)
         sims, ids = self.index.search(queries, k)
         return sims, ids.astype(np.int64, copy=False)
 
-    def vectors(self, ids: np.ndarray) -> np.ndarray:
-        """The stored (normalised) vectors of ``ids`` (any shape), shape ``ids.shape + (d,)``, float32."""
+    def _flat(self) -> np.ndarray | None:
+        """The zero-copy (n, d) view of the stored vectors (``_flat_view``), made once; None if there is none."""
         if self._vectors is None:
             self._vectors = _flat_view(self.index)
-        if self._vectors is not None:
-            return self._vectors[ids]
+        return self._vectors
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The stored (normalised) vectors of ``ids`` (any shape), shape ``ids.shape + (d,)``, float32."""
+        if self._flat() is not None:
+            return self._flat()[ids]
         flat = ids.reshape(-1)
         out = np.empty((flat.size, self.dim), dtype=np.float32)
         self.index.reconstruct_batch(flat, out)
