@@ -313,6 +313,21 @@ def _finish(code: int) -> None:
 def run(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (what ``main`` exits with)."""
     try:
+        code = _run(argv)
+    finally:
+        late = _remove_own_temps()
+    if late is not None and code not in _STOPPED_CODES:  # a stop signal during the removal: obeyed now
+        return _interrupted(KeyboardInterrupt() if late == signal.SIGINT
+                            else Terminated(late, signal.Signals(late).name))
+    return code
+
+
+#: the exit codes of a run that a signal already stopped
+_STOPPED_CODES = {int(ExitCode.INTERRUPTED), *(128 + s for s in _STOP_SIGNALS.values() if s is not None)}
+
+
+def _run(argv: list[str] | None) -> int:
+    try:
         install_signal_handlers()
         if sys.stdout is None:  # started with stdout closed (`nnk ... >&-`)
             click.echo("Error: standard output is closed, so the results could not be written", err=True)
@@ -333,3 +348,26 @@ def run(argv: list[str] | None = None) -> int:
         return _interrupted(exc)
     except BrokenPipeError:
         return _pipe_closed()
+
+
+def _remove_own_temps() -> int | None:
+    """Delete the temporary files this run named and left (a signal can strike between a file's
+    creation and the ``try`` that would remove it); nothing to do if no output was written.
+
+    A stop signal meanwhile is held back until the files are gone; returns its number."""
+    atomic = sys.modules.get("nnkcli.storage.atomic")
+    if atomic is None:
+        return None
+    caught: list[int] = []
+    signums = [s for s in (signal.SIGINT, *_STOP_SIGNALS.values()) if s is not None]
+    try:
+        saved = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in signums}
+    except ValueError:  # not the main thread: signals are not ours to handle
+        atomic.remove_own_temps()
+        return None
+    try:
+        atomic.remove_own_temps()
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    return caught[0] if caught else None

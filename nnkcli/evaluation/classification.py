@@ -670,14 +670,14 @@ def classify(
         check_labelled(ev, gate_requested)
         ev.check_k(options)  # before the predictions file is created (evaluate_chunks checks again, cheaply)
         writer = None
-        if predictions_path is not None and data.shard is not None:
-            writer = partial_writer(predictions_path, ev, options, "classify", per_class=per_class)
-        elif predictions_path is not None:
-            from nnkcli.evaluation.predictions import PredictionWriter
+        try:  # the writer is made inside: a signal just after it is made still aborts it
+            if predictions_path is not None and data.shard is not None:
+                writer = partial_writer(predictions_path, ev, options, "classify", per_class=per_class)
+            elif predictions_path is not None:
+                from nnkcli.evaluation.predictions import PredictionWriter
 
-            writer = PredictionWriter(predictions_path, ev, options)
-        on_chunk = writer.write if writer is not None else None
-        try:
+                writer = PredictionWriter(predictions_path, ev, options)
+            on_chunk = writer.write if writer is not None else None
             if progress_factory is not None:
                 with progress_factory(ev.rows[1] - ev.rows[0], "classifying") as advance:
                     accs, timing = evaluate_chunks(ev, options, progress=advance, on_chunk=on_chunk)

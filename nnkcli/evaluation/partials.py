@@ -78,20 +78,21 @@ class PartialWriter:
         self.methods = tuple(opts.methods)
         m = rows[1] - rows[0]
         self.file = ArrayFileWriter(path, kind="partial results")
-        self.file.create("labels", (m,), np.int64)
-        for method in self.methods:
-            for k in self.k_values:
-                self.file.create(f"{method}/k{k}/top5", (m, TOP), np.int64)
-                if method == "nnk":
-                    self.file.create(f"nnk/k{k}/support", (m,), np.int32)
-        self.file.check_space()
-        self.attrs = {
-            "nnk_format": FORMAT, "format_version": FORMAT_VERSION, "nnkcli_version": __version__,
-            "command": command, "shard": int(shard), "n_shards": int(n_shards),
-            "row_start": int(rows[0]), "row_stop": int(rows[1]),
-            "compatibility": compatibility(ev, opts, self.k_values, command, n_shards),
-            "class_names": list(ev.class_names), "per_class": bool(per_class), "alpha": alpha,
-        }
+        with self.file.aborted_on_failure():  # a signal while the datasets are declared leaves nothing
+            self.file.create("labels", (m,), np.int64)
+            for method in self.methods:
+                for k in self.k_values:
+                    self.file.create(f"{method}/k{k}/top5", (m, TOP), np.int64)
+                    if method == "nnk":
+                        self.file.create(f"nnk/k{k}/support", (m,), np.int32)
+            self.file.check_space()
+            self.attrs = {
+                "nnk_format": FORMAT, "format_version": FORMAT_VERSION, "nnkcli_version": __version__,
+                "command": command, "shard": int(shard), "n_shards": int(n_shards),
+                "row_start": int(rows[0]), "row_stop": int(rows[1]),
+                "compatibility": compatibility(ev, opts, self.k_values, command, n_shards),
+                "class_names": list(ev.class_names), "per_class": bool(per_class), "alpha": alpha,
+            }
 
     def write(self, chunk) -> None:
         s = chunk.start - self.rows[0]

@@ -37,29 +37,30 @@ class PredictionWriter:
         self.k = k
         self.methods = opts.methods
         self.file = ArrayFileWriter(path, kind="predictions")
-        self.file.create("neighbors", (n, k), np.int64)
-        self.file.create("similarities", (n, k), np.float32)
-        self.file.create("labels", (n,), np.int64)
-        for method in opts.methods:
-            self.file.create(f"{method}/scores", (n, C), np.float32)
-            self.file.create(f"{method}/top5", (n, TOP), np.int64)
-        if "nnk" in opts.methods:
-            self.file.create("nnk/weights", (n, k), np.float32)
-        self._ids = None
-        ids = ev.query.ids
-        if ids is not None and n:
-            # fixed-width utf-8 bytes: read back in blocks and compared without decoding
-            self._ids = np.array([str(i).encode("utf-8") for i in ids])
-            self.file.create("ids", (n,), self._ids.dtype)
-        self._class_names = list(ev.class_names)
-        self.file.check_space()  # before the first query is scored
-        self._fingerprints = {
-            "train": {"split": ev.train.name, "n": int(ev.train.n), "dim": int(ev.train.dim),
-                      "content_sha256": ev.train.content_sha256},
-            "query": {"split": ev.query.name, "n": int(ev.query.n), "dim": int(ev.query.dim),
-                      "content_sha256": ev.query.content_sha256},
-            "index": ev.index_info,
-        }
+        with self.file.aborted_on_failure():  # a signal while the datasets are declared leaves nothing
+            self.file.create("neighbors", (n, k), np.int64)
+            self.file.create("similarities", (n, k), np.float32)
+            self.file.create("labels", (n,), np.int64)
+            for method in opts.methods:
+                self.file.create(f"{method}/scores", (n, C), np.float32)
+                self.file.create(f"{method}/top5", (n, TOP), np.int64)
+            if "nnk" in opts.methods:
+                self.file.create("nnk/weights", (n, k), np.float32)
+            self._ids = None
+            ids = ev.query.ids
+            if ids is not None and n:
+                # fixed-width utf-8 bytes: read back in blocks and compared without decoding
+                self._ids = np.array([str(i).encode("utf-8") for i in ids])
+                self.file.create("ids", (n,), self._ids.dtype)
+            self._class_names = list(ev.class_names)
+            self.file.check_space()  # before the first query is scored
+            self._fingerprints = {
+                "train": {"split": ev.train.name, "n": int(ev.train.n), "dim": int(ev.train.dim),
+                          "content_sha256": ev.train.content_sha256},
+                "query": {"split": ev.query.name, "n": int(ev.query.n), "dim": int(ev.query.dim),
+                          "content_sha256": ev.query.content_sha256},
+                "index": ev.index_info,
+            }
 
     def write(self, chunk) -> None:
         s = chunk.start

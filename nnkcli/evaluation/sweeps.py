@@ -179,9 +179,10 @@ def sweep_evaluation(
     select_on = options.select_on
     check_labelled(ev, gate_requested and select_on is None)
     ev.check_k(options)
-    writer = partial_writer(partial_path, ev, options, "sweep") if partial_path is not None else None
-    on_chunk = writer.write if writer is not None else None
-    try:
+    writer = None
+    try:  # the writer is made inside: a signal just after it is made still aborts it
+        writer = partial_writer(partial_path, ev, options, "sweep") if partial_path is not None else None
+        on_chunk = writer.write if writer is not None else None
         if progress is None and progress_factory is not None:
             with progress_factory(ev.rows[1] - ev.rows[0], "sweeping") as advance:
                 accs, timing = evaluate_chunks(ev, options, progress=advance, keep_hits=True, on_chunk=on_chunk)

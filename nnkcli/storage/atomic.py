@@ -8,6 +8,12 @@ complete new one. A killed process can leave its temporary file behind (named
 ``.<name>.tmp-<pid>-<token>``); it is never mistaken for the destination, and the
 next atomic write of the same destination deletes it once its writer is gone.
 
+A signal can also arrive in the instants between a temporary file's creation and the
+``try`` that would remove it (inside ``os.open``'s return, inside ``h5py.File``). Every
+temporary path is therefore recorded, with its writer's pid, when it is named; the
+command line calls :func:`remove_own_temps` as it exits, which deletes what this
+process named and did not move into place or remove itself.
+
 Destinations are resolved through symbolic links first, so a symlinked store is
 written through (its target gets the new content) and every path to one file
 shares one lock.
@@ -19,6 +25,7 @@ raised as :class:`nnkcli.errors.OutputError` naming the destination, and
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fcntl
@@ -52,10 +59,62 @@ def real_path(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(os.fspath(path)))
 
 
+#: temporary path -> pid of the process that named it (a forked child inherits the dict; it
+#: removes only its own)
+_OWN_TEMPS: dict[Path, int] = {}
+
+
 def temp_path_for(path: str | os.PathLike) -> Path:
-    """A fresh temporary path beside ``path`` (same directory, so same filesystem)."""
+    """A fresh temporary path beside ``path`` (same directory, so same filesystem).
+
+    The path is recorded for :func:`remove_own_temps` before anything can create it;
+    its owner calls :func:`forget_temp` once it is moved into place or removed.
+    """
     path = Path(path)
-    return path.with_name(f".{path.name}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
+    pid = os.getpid()
+    tmp = path.with_name(f".{path.name}{TMP_MARKER}{pid}-{secrets.token_hex(4)}")
+    _OWN_TEMPS[tmp] = pid
+    return tmp
+
+
+def forget_temp(tmp: Path) -> None:
+    """``tmp`` is gone (moved over its destination, or removed): stop tracking it."""
+    _OWN_TEMPS.pop(tmp, None)
+
+
+def _remove_path(tmp: Path) -> None:
+    if tmp.is_dir() and not tmp.is_symlink():
+        shutil.rmtree(tmp)
+    else:
+        tmp.unlink()
+
+
+def remove_own_temps() -> list[Path]:
+    """Delete every temporary file/folder this process named that still exists; returns them.
+
+    For the command line's exit: after a signal or an error nothing this process was
+    writing is wanted, and a signal may have struck where no ``try`` covered the file.
+    """
+    pid = os.getpid()
+    removed = []
+    for tmp, owner in list(_OWN_TEMPS.items()):
+        if owner != pid:
+            continue
+        _OWN_TEMPS.pop(tmp, None)
+        try:
+            _remove_path(tmp)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            logger.debug("could not remove the temporary file %s: %s", tmp, exc)
+            continue
+        removed.append(tmp)
+        logger.debug("removed the temporary file of an unfinished write: %s", tmp)
+    return removed
+
+
+# a library user's interpreter (a notebook interrupted mid-write) cleans up as it exits too
+atexit.register(remove_own_temps)
 
 
 def remove_dead_temps(path: str | os.PathLike) -> list[Path]:
@@ -79,7 +138,7 @@ def remove_dead_temps(path: str | os.PathLike) -> list[Path]:
         if pid == os.getpid() or _process_alive(pid):
             continue  # a live writer (or this process): leave it
         with contextlib.suppress(OSError):
-            shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
+            _remove_path(tmp)
             removed.append(tmp)
             logger.debug("removed the temporary file of an interrupted write: %s", tmp)
     return removed
@@ -163,15 +222,18 @@ def check_can_create(path: str | os.PathLike, what: str = "output") -> Path:
         raise OutputError(f"{given} is a folder, not a file", hint=f"give the path of the {what} file")
     probe = temp_path_for(real)
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as exc:
-        err = output_error(exc, given, what)
-        if err is None:
-            raise
-        raise err from None
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(probe)
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            err = output_error(exc, given, what)
+            if err is None:
+                raise
+            raise err from None
+        os.close(fd)
+    finally:  # also when a signal strikes between the open and the close
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+        forget_temp(probe)
     return real
 
 
@@ -232,10 +294,12 @@ def atomic_output(path: str | os.PathLike, *, copy_existing: bool = False, what:
             raise FileNotFoundError(f"nothing was written to {tmp}")
         fsync_file(tmp)
         os.replace(tmp, path)
+        forget_temp(tmp)
         fsync_dir(path.parent)
     except BaseException as exc:
         with contextlib.suppress(OSError):
-            shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
+            _remove_path(tmp)
+        forget_temp(tmp)
         err = output_error(exc, given, what) if isinstance(exc, Exception) else None
         if err is not None:
             raise err from exc
@@ -292,35 +356,46 @@ def file_lock(
     deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
     started = time.monotonic()
     noticed = False
-    while True:
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            err = output_error(exc, lock_path, "lock file")
-            if err is None:
-                raise
-            raise err from None
-        try:
-            acquired = _acquire(fd, shared, lock_path, deadline, started, noticed)
-        except BaseException:
-            os.close(fd)
-            raise
-        if acquired is None:  # the file was replaced or deleted while we waited: retry
-            os.close(fd)
-            noticed = True
-            continue
-        break
+    fd = None
+    held = False
+    # one try around the whole life of the descriptor: a signal between any two steps
+    # (after the flock, before the yield) still closes it, which releases the lock
     try:
+        while True:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                err = output_error(exc, lock_path, "lock file")
+                if err is None:
+                    raise
+                raise err from None
+            if _acquire(fd, shared, lock_path, deadline, started, noticed):
+                held = True
+                break
+            # the file was replaced or deleted while we waited: retry
+            _close(fd)
+            fd = None
+            noticed = True
         if not shared:
             _record_holder(fd)
         yield
-    finally:
-        if remove_if_absent and not shared:
-            with contextlib.suppress(OSError):
-                if not real_path(path).exists():
-                    os.unlink(lock_path)
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:  # nested, so that a signal in one step still runs the next: the lock is always released
+        try:
+            if held and remove_if_absent and not shared:
+                with contextlib.suppress(OSError):
+                    if not real_path(path).exists():
+                        os.unlink(lock_path)
+        finally:
+            if fd is not None:
+                try:
+                    with contextlib.suppress(OSError):
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+                finally:
+                    _close(fd)
+
+
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):
         os.close(fd)
 
 

@@ -40,6 +40,7 @@ from nnkcli.storage.atomic import (
     check_can_create,
     check_free_space,
     file_lock,
+    forget_temp,
     fsync_dir,
     fsync_file,
     output_error,
@@ -419,9 +420,10 @@ class FeatureStore:
 
     # -- lifetime -------------------------------------------------------------------------
     def close(self) -> None:
-        if self._h5 is not None:
+        h5 = getattr(self, "_h5", None)  # None also when __init__ was stopped before opening it
+        if h5 is not None:
             with contextlib.suppress(Exception):
-                self._h5.close()
+                h5.close()
             self._h5 = None
 
     def __enter__(self) -> FeatureStore:
@@ -717,7 +719,13 @@ class ArrayFileWriter:
         self._declared_bytes = 0
         self._datasets: dict[str, h5py.Dataset] = {}
         self._tmp = temp_path_for(self.path)
-        self._h5 = _open_h5(self._tmp, "w")
+        try:
+            self._h5 = _open_h5(self._tmp, "w")
+        except BaseException:  # a failure, or a signal, once HDF5 has created the file
+            with contextlib.suppress(OSError):
+                self._tmp.unlink()
+            forget_temp(self._tmp)
+            raise
 
     def create(self, name: str, shape: tuple[int, ...], dtype) -> None:
         """Create dataset ``name`` of ``shape`` (chunked by rows; groups made from ``a/b`` names)."""
@@ -786,6 +794,7 @@ class ArrayFileWriter:
     def _replace(self) -> None:
         fsync_file(self._tmp)
         os.replace(self._tmp, self.path)
+        forget_temp(self._tmp)
         fsync_dir(self.path.parent)
 
     def abort(self) -> None:
@@ -805,6 +814,19 @@ class ArrayFileWriter:
                 self._h5.close()
         with contextlib.suppress(OSError):
             self._tmp.unlink()
+        forget_temp(self._tmp)
+
+    @contextlib.contextmanager
+    def aborted_on_failure(self) -> Iterator[ArrayFileWriter]:
+        """A block (declaring datasets, say) after which any exception, a signal included, aborts the file.
+
+        For the code between construction and the ``try`` that would call :meth:`abort`.
+        """
+        try:
+            yield self
+        except BaseException:
+            self.abort()
+            raise
 
     def __enter__(self) -> ArrayFileWriter:
         return self

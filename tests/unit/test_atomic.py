@@ -211,3 +211,42 @@ def test_check_can_create_names_the_problem(tmp_path):
         check_can_create(tmp_path / "d", "index")
     assert check_can_create(tmp_path / "ok.faiss", "index") == tmp_path / "ok.faiss"
     assert list(p.name for p in tmp_path.iterdir()) == ["d"]  # the probe is gone
+
+
+def test_remove_own_temps_removes_what_this_process_named_and_left(tmp_path, monkeypatch):
+    from nnkcli.storage import atomic
+
+    monkeypatch.setattr(atomic, "_OWN_TEMPS", {})
+    left_file = atomic.temp_path_for(tmp_path / "a.h5")
+    left_file.write_bytes(b"half")
+    left_dir = atomic.temp_path_for(tmp_path / "b.h5.train")
+    left_dir.mkdir()
+    (left_dir / "features.bin").write_bytes(b"rows")
+    never_made = atomic.temp_path_for(tmp_path / "c.h5")
+    finished = tmp_path / "d.txt"
+    atomic_write_text(finished, "done")  # its temporary path was moved into place and forgotten
+    # a forked child inherits the record: it must not remove its parent's live files
+    parents = tmp_path / ".e.h5.tmp-1-abcd"
+    parents.write_bytes(b"parent's")
+    atomic._OWN_TEMPS[parents] = os.getpid() + 1
+
+    removed = atomic.remove_own_temps()
+    assert sorted(removed) == sorted([left_file, left_dir])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".e.h5.tmp-1-abcd", "d.txt"]
+    assert never_made not in atomic._OWN_TEMPS and atomic.remove_own_temps() == []
+
+
+def test_an_interrupted_writability_probe_leaves_no_file(tmp_path, monkeypatch):
+    from nnkcli.storage import atomic
+
+    real_close = os.close
+
+    def close_then_interrupt(fd):
+        real_close(fd)
+        raise KeyboardInterrupt  # a Ctrl-C between the probe's creation and its removal
+
+    monkeypatch.setattr(atomic.os, "close", close_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.check_can_create(tmp_path / "out.h5")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
