@@ -82,6 +82,16 @@ def forget_temp(tmp: Path) -> None:
     _OWN_TEMPS.pop(tmp, None)
 
 
+def discard_temp(tmp: Path) -> None:
+    """Remove the temporary file or folder ``tmp`` if it is there (errors ignored), and forget it."""
+    if tmp.is_dir() and not tmp.is_symlink():
+        shutil.rmtree(tmp, ignore_errors=True)  # as much of it as can go
+    else:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    forget_temp(tmp)
+
+
 def _remove_path(tmp: Path) -> None:
     if tmp.is_dir() and not tmp.is_symlink():
         shutil.rmtree(tmp)
@@ -231,9 +241,7 @@ def check_can_create(path: str | os.PathLike, what: str = "output") -> Path:
             raise err from None
         os.close(fd)
     finally:  # also when a signal strikes between the open and the close
-        with contextlib.suppress(OSError):
-            os.unlink(probe)
-        forget_temp(probe)
+        discard_temp(probe)
     return real
 
 
@@ -297,9 +305,7 @@ def atomic_output(path: str | os.PathLike, *, copy_existing: bool = False, what:
         forget_temp(tmp)
         fsync_dir(path.parent)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            _remove_path(tmp)
-        forget_temp(tmp)
+        discard_temp(tmp)
         err = output_error(exc, given, what) if isinstance(exc, Exception) else None
         if err is not None:
             raise err from exc
@@ -372,9 +378,10 @@ def file_lock(
             if _acquire(fd, shared, lock_path, deadline, started, noticed):
                 held = True
                 break
-            # the file was replaced or deleted while we waited: retry
-            _close(fd)
-            fd = None
+            # the file was replaced or deleted while we waited: retry (fd is cleared first, so
+            # a signal here cannot make the finally close a number another open has reused)
+            stale, fd = fd, None
+            _close(stale)
             noticed = True
         if not shared:
             _record_holder(fd)

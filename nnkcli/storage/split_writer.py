@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnkcli.storage.atomic import atomic_write_text, forget_temp, temp_path_for
+from nnkcli.storage.atomic import atomic_write_text, discard_temp, temp_path_for
 from nnkcli.storage.checks import (
     STORED_DTYPES,
     ContentTally,
@@ -309,8 +309,7 @@ class SplitWriter:
         finally:
             del features
         self._closed = True
-        shutil.rmtree(self.staging, ignore_errors=True)
-        forget_temp(self.staging)
+        discard_temp(self.staging)
         if not self.resumable:
             shutil.rmtree(partial_path(self.store_path, self.split), ignore_errors=True)
         self.summary = summary
@@ -320,8 +319,7 @@ class SplitWriter:
         """Stop without committing: a resumable partial is kept, a temporary one deleted."""
         self._close_files()
         if not self._closed and not self.resumable:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            forget_temp(self.staging)
+            discard_temp(self.staging)
         self._closed = True
 
     def __enter__(self) -> SplitWriter:

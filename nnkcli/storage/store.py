@@ -39,6 +39,7 @@ from nnkcli.storage.atomic import (
     atomic_output,
     check_can_create,
     check_free_space,
+    discard_temp,
     file_lock,
     forget_temp,
     fsync_dir,
@@ -722,9 +723,7 @@ class ArrayFileWriter:
         try:
             self._h5 = _open_h5(self._tmp, "w")
         except BaseException:  # a failure, or a signal, once HDF5 has created the file
-            with contextlib.suppress(OSError):
-                self._tmp.unlink()
-            forget_temp(self._tmp)
+            discard_temp(self._tmp)
             raise
 
     def create(self, name: str, shape: tuple[int, ...], dtype) -> None:
@@ -812,9 +811,7 @@ class ArrayFileWriter:
         else:
             with contextlib.suppress(Exception):
                 self._h5.close()
-        with contextlib.suppress(OSError):
-            self._tmp.unlink()
-        forget_temp(self._tmp)
+        discard_temp(self._tmp)
 
     @contextlib.contextmanager
     def aborted_on_failure(self) -> Iterator[ArrayFileWriter]:
