@@ -10,8 +10,6 @@ there are a few moments per command and signal, so the module stays quick.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 import signal
@@ -22,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from nnk_outputs import is_complete, sha256_of, temp_names
 
 from nnkcli.storage.store import write_split
 
@@ -71,10 +71,6 @@ def _commands(root: Path, store: Path, big: Path) -> dict:
     }
 
 
-def _sha(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-
-
 def _argv(args) -> list[str]:
     return [sys.executable, "-m", "nnkcli", *map(str, args)]
 
@@ -83,24 +79,13 @@ def _run(args) -> subprocess.CompletedProcess:
     return subprocess.run(_argv(args), env=ENV, capture_output=True, text=True, timeout=300)
 
 
-def _temps(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
+#: the kind of file each command writes (see nnk_outputs.is_complete)
+KINDS = {"evaluate": "jsonl", "sweep": "png", "index": "faiss", "extract": "h5", "classify": "h5"}
 
 
 def _valid(name: str, path: Path) -> bool:
     """The written file is complete: readable by what reads it."""
-    if name == "evaluate":
-        return all(json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    if name == "sweep":
-        return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    if name == "index":
-        from nnkcli.index import load_index
-
-        return load_index(path).n == 20000
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return len(f.keys()) > 0
+    return is_complete(KINDS[name], path, index_rows=20000)
 
 
 @pytest.mark.parametrize("name", ["extract", "index", "classify", "sweep", "evaluate"])
@@ -119,7 +104,7 @@ def test_killed_at_random_moments_loses_nothing(workspace, name):
     rng = random.Random(f"{SEED}-{name}")
     for signame, moments in SIGNALS:
         for _ in range(moments):
-            before = _sha(target)
+            before = sha256_of(target)
             # from 0.5 s on: earlier, the interpreter itself may still be starting (a Ctrl-C in
             # Python's own site import is beyond any program); nnkcli's start-up is included
             delay = rng.uniform(0.5, max(0.6, duration))
@@ -134,10 +119,10 @@ def test_killed_at_random_moments_loses_nothing(workspace, name):
             if proc.returncode in (130, 143):
                 assert "Traceback" not in err and err.strip().splitlines()[-1] in (
                     "Interrupted.", "Terminated (SIGTERM)."), f"{case}\n{err[-2000:]}"
-                assert _temps(root) == [], f"{case}: a caught signal left {_temps(root)}"
-            after = _sha(target)
+                assert temp_names(root) == [], f"{case}: a caught signal left {temp_names(root)}"
+            after = sha256_of(target)
             assert after == before or _valid(name, target), f"{case}: {target.name} is damaged"
             rerun = _run(argv)
             assert rerun.returncode == 0, f"{case}: the rerun failed\n{rerun.stderr[-2000:]}"
             assert _valid(name, target)
-            assert _temps(root) == [], f"{case}: the rerun left {_temps(root)}"
+            assert temp_names(root) == [], f"{case}: the rerun left {temp_names(root)}"

@@ -2,8 +2,8 @@
 
 ``test_fault_injection`` kills real processes at a few random moments; a window of a
 few instructions (between a temporary file's creation and the ``try`` that removes
-it) is hit there only by chance, once in many CI runs. Here each command runs, in a
-child interpreter that calls ``nnkcli.cli.run`` again and again, while a trace
+it) is hit there only by chance, once in many CI runs. Here each command runs, in
+child interpreters that call ``nnkcli.cli.run`` again and again, while a trace
 function raises ``Terminated`` (what the SIGTERM handler raises) at one bytecode
 instruction of nnkcli's writing code where the interpreter would run a signal
 handler, for a seeded sample of those a clean run executes. After each run: the exit
@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import dis
+import faulthandler
 import fcntl
-import hashlib
 import io
-import json
 import os
 import random
 import shutil
@@ -31,6 +30,7 @@ import numpy as np
 import pytest
 
 import nnkcli
+from nnk_outputs import is_complete, sha256_of, temp_names  # tests/helpers (pythonpath)
 from nnkcli import cli, errors
 from nnkcli.errors import Terminated
 from nnkcli.storage.store import write_split
@@ -42,6 +42,8 @@ PKG = Path(nnkcli.__file__).resolve().parent
 TRACED = {str(p) for p in (*PKG.glob("storage/*.py"), *PKG.glob("tracking/*.py"))} | {
     str(PKG / name) for name in ("evaluation/predictions.py", "evaluation/partials.py", "index.py", "plots.py")}
 MOMENTS = int(os.environ.get("NNKCLI_TEST_SIGNAL_MOMENTS", 120))  # sampled instructions per command
+PARTS = 4  # child interpreters per command
+RUN_TIMEOUT_S = 60  # one run of a tiny command takes well under a second
 
 
 #: where the interpreter runs a pending signal's handler: after a call returns, at a loop's
@@ -111,10 +113,6 @@ def _run_interrupted(argv, at) -> tuple[int, _Injector]:
     return code, injector
 
 
-def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
-
-
 def _held_locks(folder: Path) -> list[str]:
     held = []
     for lock in folder.glob("*.lock"):
@@ -127,25 +125,6 @@ def _held_locks(folder: Path) -> list[str]:
         finally:
             os.close(fd)
     return held
-
-
-def _sha(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-
-
-def _complete(kind: str, path: Path) -> bool:
-    if kind == "jsonl":
-        return all(json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    if kind == "png":
-        return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    if kind == "faiss":
-        from nnkcli.index import load_index
-
-        return load_index(path).n == 300
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return len(f.keys()) > 0
 
 
 COMMANDS = {  # name -> (argv with {root}, the output, its kind)
@@ -169,37 +148,42 @@ def _make_folder(root: Path) -> None:
     np.save(root / "x.npy", rng.normal(size=(40, 8)).astype(np.float32))
 
 
-def _check_command(name: str, folder: Path, moments: int) -> list[str]:
-    """Run ``name`` interrupted at ``moments`` sampled instructions; what went wrong, if anything."""
+def _check_command(name: str, folder: Path, moments: int, part: int = 0, parts: int = 1) -> list[str]:
+    """Run ``name`` interrupted at part ``part`` of ``parts`` of ``moments`` sampled instructions;
+    what went wrong, if anything."""
     template, output, kind = COMMANDS[name]
     argv = [a.format(root=folder) for a in template]
     target = folder / output
     code, counting = _run_interrupted(argv, None)
-    if code != 0 or _leftovers(folder):
-        return [f"{name}: the clean run gave {code}, left {_leftovers(folder)}\n{counting.stderr[-1500:]}"]
+    if code != 0 or temp_names(folder):
+        return [f"{name}: the clean run gave {code}, left {temp_names(folder)}\n{counting.stderr[-1500:]}"]
     n = counting.count
     if n <= 100:
         return [f"{name}: only {n} traced instructions: is the traced code list out of date?"]
     failures = []
-    for at in sorted(random.Random(f"signals-{name}").sample(range(1, n + 1), min(moments, n))):
-        before = _sha(target)
+    sample = sorted(random.Random(f"signals-{name}").sample(range(1, n + 1), min(moments, n)))
+    for at in sample[part::parts]:
+        before = sha256_of(target)
+        # a run that hangs is reported with every thread's stack, at once, not at the timeout
+        faulthandler.dump_traceback_later(RUN_TIMEOUT_S, exit=True)
         code, injector = _run_interrupted(argv, at)
+        faulthandler.cancel_dump_traceback_later()
         case = f"{name}: SIGTERM at instruction {at} of {n}"
         if code != (143 if injector.fired else 0):
             failures.append(f"{case}: exit {code}\n{injector.stderr[-1500:]}")
-        if _leftovers(folder):
-            failures.append(f"{case} left {_leftovers(folder)}")
+        if temp_names(folder):
+            failures.append(f"{case} left {temp_names(folder)}")
             for p in folder.iterdir():
                 if ".tmp-" in p.name:
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
         if _held_locks(folder):
             failures.append(f"{case} left the lock {_held_locks(folder)} held")
             break  # the next run would wait for it
-        if not (_sha(target) == before or _complete(kind, target)):
+        if not (sha256_of(target) == before or is_complete(kind, target, index_rows=300)):
             failures.append(f"{case}: {output} is damaged")
     code, last = _run_interrupted(argv, None)
-    if not (code == 0 and _complete(kind, target) and _leftovers(folder) == []):
-        failures.append(f"{name}: the run after them gave {code}, left {_leftovers(folder)}")
+    if not (code == 0 and is_complete(kind, target, index_rows=300) and temp_names(folder) == []):
+        failures.append(f"{name}: the run after them gave {code}, left {temp_names(folder)}")
     return failures
 
 
@@ -209,11 +193,14 @@ def test_a_signal_at_any_instruction_of_a_write_leaves_nothing_behind(tmp_path, 
     if name == "sweep --plot":
         pytest.importorskip("matplotlib")
     _make_folder(tmp_path)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PKG.parent), os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.run([sys.executable, __file__, name, str(tmp_path), str(MOMENTS)], env=env,
-                           capture_output=True, text=True, timeout=240)
-    assert child.returncode == 0, f"{child.stdout[-6000:]}\n{child.stderr[-3000:]}"
-    assert child.stdout.strip().endswith(" moments, no failure"), child.stdout
+    helpers = Path(__file__).resolve().parents[1] / "helpers"  # for the child too
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(PKG.parent), str(helpers), os.environ.get("PYTHONPATH", "")])}
+    for part in range(PARTS):  # a fresh interpreter for each part: fewer runs accumulate in one
+        child = subprocess.run([sys.executable, __file__, name, str(tmp_path), str(MOMENTS), str(part), str(PARTS)],
+                               env=env, capture_output=True, text=True, timeout=240)
+        assert child.returncode == 0, f"{child.stdout[-6000:]}\n{child.stderr[-3000:]}"
+        assert child.stdout.strip().endswith(" moments, no failure"), child.stdout
 
 
 def test_a_signal_while_the_exit_removes_temporary_files_is_obeyed_after(monkeypatch, capsys):
@@ -246,7 +233,7 @@ def test_a_signal_while_the_exit_removes_temporary_files_is_obeyed_after(monkeyp
 
 
 if __name__ == "__main__":
-    name, where, moments = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-    found = _check_command(name, where, moments)
-    print("\n".join(found) if found else f"{name}: up to {moments} moments, no failure")
+    name, where, moments, part, parts = sys.argv[1], Path(sys.argv[2]), *map(int, sys.argv[3:6])
+    found = _check_command(name, where, moments, part, parts)
+    print("\n".join(found) if found else f"{name}: part {part + 1} of {parts} of up to {moments} moments, no failure")
     sys.exit(1 if found else 0)
