@@ -6,8 +6,7 @@ import click
 
 from nnkcli.cli import command_options, get_ui
 from nnkcli.commands._options import check_gate_method, data_options, gate_options, scoring_options, shard_option
-from nnkcli.commands._results import result_columns
-from nnkcli.output import Column, render
+from nnkcli.commands._render import render_classification
 
 
 @click.command("classify")
@@ -51,41 +50,5 @@ def classify(store, scoring, data, shard, per_class, out, min_top1, min_top5, ga
     doc = run_classify(store, scoring, data=data, per_class=per_class, predictions_path=out, gate_requested=gate,
                        progress_factory=ui.progress)
     rows = doc["results"]
-    caption = _caption(doc)
-    if per_class and fmt != "json":
-        _render_per_class(doc, fmt)
-    else:
-        render(doc, fmt=fmt, columns=result_columns("nnk" in [r["method"] for r in rows]), rows=rows,
-               caption=caption)
+    render_classification(doc, fmt, per_class=per_class)
     check_gates(rows, min_top1=min_top1, min_top5=min_top5, gate_method=gate_method)
-
-
-def _caption(doc: dict) -> str:
-    t = doc["timing"]
-    parts = [f"{doc['n_queries']} queries vs {doc['n_train']} train rows",
-             f"search {t['search_s']:.2f}s"]
-    if "nnk_s" in t and any(r["method"] == "nnk" for r in doc["results"]):
-        parts.append(f"nnk {t['nnk_s']:.2f}s")
-    for r in doc["results"]:
-        if "kkt_failure_fraction" in r:
-            parts.append(f"pruning solver: {100 * r['kkt_failure_fraction']:.1f}% of queries fail the exact KKT "
-                         f"certificate, mean objective gap {r['objective_gap_mean']:.3g}")
-    if doc.get("n_unlabelled"):
-        parts.append(f"{doc['n_unlabelled']} unlabelled queries not scored")
-    return "; ".join(parts)
-
-
-def _render_per_class(doc: dict, fmt: str) -> None:
-    """One row per (method, class) after the summary rows: table and CSV."""
-    rows = []
-    for r in doc["results"]:
-        rows.append({"method": r["method"], "k": r["k"], "class": "(all)", "n": r["n_queries"], "top1": r["top1"],
-                     "top1_ci": r["top1_ci"], "top5": r["top5"], "top5_ci": r["top5_ci"],
-                     "balanced_accuracy": r["balanced_accuracy"], "balanced_accuracy_ci": r["balanced_accuracy_ci"]})
-        for name, pc in r.get("per_class", {}).items():
-            rows.append({"method": r["method"], "k": r["k"], "class": name, "n": pc["n"], "top1": pc["top1"],
-                         "top1_ci": pc["top1_ci"]})
-    columns = [Column("method", justify="left"), Column("k"), Column("class", justify="left"), Column("n"),
-               Column("top1", "top-1 %", ".2f", ci="top1_ci"), Column("top5", "top-5 %", ".2f", ci="top5_ci"),
-               Column("balanced_accuracy", "balanced %", ".2f", ci="balanced_accuracy_ci")]
-    render(doc, fmt=fmt, columns=columns, rows=rows, caption=_caption(doc))

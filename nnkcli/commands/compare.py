@@ -6,7 +6,7 @@ import click
 
 from nnkcli.cli import command_options, get_ui
 from nnkcli.commands._options import data_options, scoring_options
-from nnkcli.output import Column, render
+from nnkcli.commands._render import render_comparison
 
 
 def _side(ctx, param, value):
@@ -57,40 +57,7 @@ def compare(a, b, a_spec, b_spec, scoring, data, n_boot, seed, per_class, fail_i
     ui = get_ui()
     doc = run_compare(a, b, scoring, data=data, a=a_spec, b=b_spec, n_boot=n_boot, seed=seed,
                       progress_factory=ui.progress)
-    if not per_class:
-        doc_out = {key: v for key, v in doc.items() if key != "per_class"}
-    else:
-        doc_out = doc
-    if fmt == "json":
-        render(doc_out, fmt=fmt, columns=[], rows=[])
-    elif per_class:
-        render(doc_out, fmt=fmt, columns=per_class_columns(), rows=doc["per_class"], caption=doc["verdict"])
-    else:
-        render(doc_out, fmt=fmt, columns=side_columns(), rows=[doc["a"], doc["b"]], caption=caption(doc))
+    render_comparison(doc, fmt, per_class=per_class)
     if fail_if_worse and doc["better"] == "a":
         raise GateFailed(f"B ({doc['b']['source']}) is significantly worse than A ({doc['a']['source']}): "
                          f"{doc['verdict']}", hint="the comparison above was still written")
-
-
-def side_columns() -> list[Column]:
-    return [Column("label", "side", justify="left"), Column("source", justify="left"),
-            Column("method", justify="left"), Column("k"),
-            Column("top1", "top-1 %", ".2f", ci="top1_ci"), Column("top5", "top-5 %", ".2f", ci="top5_ci"),
-            Column("n", "queries")]
-
-
-def per_class_columns() -> list[Column]:
-    return [Column("class", justify="left"), Column("n"), Column("a", "A top-1 %", ".2f", ci="a_ci"),
-            Column("b", "B top-1 %", ".2f", ci="b_ci"), Column("delta", "B - A", "+.2f")]
-
-
-def caption(doc: dict) -> str:
-    d, m, t5 = doc["difference"], doc["mcnemar"], doc["top5"]
-    level = f"{100 * doc['confidence']:g} %"
-    return (f"top-1 B - A = {d['points']:+.2f} points, {level} CI [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] "
-            f"(paired bootstrap, {d['bootstrap']} resamples, seed {d['seed']}); McNemar: A only {m['a_only']}, "
-            f"B only {m['b_only']}, p = {m['p_value']:.4g}\n"
-            f"top-5 B - A = {t5['difference']['points']:+.2f} points, {level} CI "
-            f"[{t5['difference']['ci'][0]:+.2f}, {t5['difference']['ci'][1]:+.2f}]; McNemar p = "
-            f"{t5['mcnemar']['p_value']:.4g}\n"
-            f"{doc['verdict']}")

@@ -21,6 +21,7 @@ from nnkcli.commands._options import (
 )
 from nnkcli.errors import GateFailed, NnkError
 from nnkcli.output import Column, render
+from nnkcli.tracking.runner import RunStatus
 
 logger = logging.getLogger("nnkcli")
 
@@ -59,7 +60,7 @@ def outcome_row(outcome, methods) -> dict:
         "step": entry.get("step"),
         "status": status,
         "sha256": (outcome.sha256 or "")[:12] or None,
-        "seconds": (entry.get("timing") or {}).get("total_s") if outcome.status == "evaluated" else None,
+        "seconds": (entry.get("timing") or {}).get("total_s") if outcome.status is RunStatus.EVALUATED else None,
     }
     for m in methods:
         best = (entry.get("best") or {}).get(m) or {}
@@ -136,7 +137,8 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_
     from nnkcli.evaluation.sweeps import sweep
     from nnkcli.tracking.history import read_history
     from nnkcli.tracking.checkpoints import ModelOptions
-    from nnkcli.tracking.runner import evaluate_sources
+    from nnkcli.tracking.runner import evaluate_sources, status_counts
+    from nnkcli.tracking.source_gates import gate_run
     from nnkcli.tracking.sources import collect_sources
 
     ui = get_ui(ctx)
@@ -180,24 +182,28 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_
     history = read_history(history_path)
     for bad in history.malformed:
         logger.warning(f"{history_path.name} {bad}; skipped")
-    gates_wanted = any(v is not None for v in (max_drop, min_top1, min_top5))
     gate = None
-    if gates_wanted:
-        gate = _run_gates(history, history_path, outcomes, gate_method, max_drop, min_top1, min_top5, significant,
-                          scoring.alpha)
+    if any(v is not None for v in (max_drop, min_top1, min_top5)):
+        gate = gate_run(history_path, outcomes, method=gate_method, max_drop=max_drop, min_top1=min_top1,
+                        min_top5=min_top5, significant=significant, alpha=scoring.alpha, history=history)
+        if not gate.sources:
+            logger.warning(f"no source of this run has a {gate_method} result in {history_path.name}: "
+                           "nothing to gate")
+        for note in gate.notes:
+            logger.warning(note)
 
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("evaluated", "skipped", "failed")}
+    counts = status_counts(outcomes)
     payload = {
         "history": str(history_path),
         "counts": counts,
         "sources": [o.to_dict() for o in outcomes],
-        "gate": _gate_doc(gate, max_drop, min_top1, min_top5, significant, scoring.alpha) if gate is not None else None,
+        "gate": gate.to_dict() if gate is not None else None,
     }
     caption = ", ".join(f"{n} {s}" for s, n in counts.items()) + f" -> {history_path}"
     render(payload, fmt=ui.fmt, columns=outcome_columns(methods), rows=[outcome_row(o, methods) for o in outcomes],
            title="nnk evaluate", caption=caption)
 
-    failed = [o for o in outcomes if o.status == "failed"]
+    failed = [o for o in outcomes if o.status is RunStatus.FAILED]
     if failed:
         first = failed[0]
         raise NnkError(
@@ -210,50 +216,3 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_
 
 def _progress(ui, total, description):
     return ui.progress(total, description, unit="images" if description.startswith("extracting") else "queries")
-
-
-def _run_gates(history, history_path, outcomes, method, max_drop, min_top1, min_top5, significant, alpha):
-    """Every source of this run (recorded now or before, same parameters) against the others."""
-    from nnkcli.tracking import sidecar
-    from nnkcli.tracking.paramsets import entries_of, entry_key
-    from nnkcli.tracking.source_gates import check_source_gates
-
-    run_entries, keys = [], []
-    for o in outcomes:
-        if o.entry is not None and o.status in ("evaluated", "skipped"):
-            key = entry_key(o.entry)
-            newest = history.find(o.sha256, key) or o.entry
-            run_entries.append(newest)
-            keys.append(key)
-    by_key: dict = {}
-    for entry, key in zip(run_entries, keys):
-        by_key.setdefault(key, []).append(entry)
-    reports = []
-    for key, entries in by_key.items():
-        reports.append(check_source_gates(
-            entries, entries_of(history.entries, key), method=method, max_drop=max_drop, min_top1=min_top1,
-            min_top5=min_top5, significant=significant, alpha=alpha,
-            load_hits=lambda e: sidecar.read(history_path, e.get("hits"))))
-    if not run_entries:
-        logger.warning(f"no source of this run has a {method} result in {history_path.name}: nothing to gate")
-    from nnkcli.tracking.source_gates import SourceGateReport
-
-    merged = SourceGateReport(method, [s for r in reports for s in r.sources], [n for r in reports for n in r.notes])
-    for note in merged.notes:
-        logger.warning(note)
-    return merged
-
-
-def _gate_doc(gate, max_drop, min_top1, min_top5, significant, alpha) -> dict:
-    return {
-        "method": gate.method,
-        "passed": gate.passed,
-        "fail_on_regression": max_drop,
-        "significant": significant,
-        "alpha": alpha if significant else None,
-        "min_top1": min_top1,
-        "min_top5": min_top5,
-        "sources": [s.to_dict() for s in gate.sources],
-        "notes": list(gate.notes),
-        "failures": list(gate.failures),
-    }

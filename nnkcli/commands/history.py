@@ -62,7 +62,7 @@ def history(ctx, history_path, plot_path, tensorboard_dir, list_params, param_se
     """Show the evaluations recorded in HISTORY by nnk evaluate, one row per source."""
     from nnkcli.errors import InputError
     from nnkcli.tracking.history import read_history
-    from nnkcli.tracking.views import entry_methods, history_rows, order_entries
+    from nnkcli.tracking.views import best_summary, entry_methods, history_rows, order_entries
     from nnkcli.tracking.paramsets import describe_parameters, entries_of, parameter_sets, pick_parameter_set
 
     ui = get_ui(ctx)
@@ -102,13 +102,6 @@ def history(ctx, history_path, plot_path, tensorboard_dir, list_params, param_se
 
         tensorboard = write_history(ordered, methods, tensorboard_dir)
         logger.info(f"{tensorboard['scalars']} scalars written to {tensorboard_dir}")
-    best = {}
-    for m in methods:
-        marked = [(row, entry) for row, entry in zip(rows, ordered) if m in row["best"].split()]
-        if marked:
-            row, entry = marked[0]
-            best[m] = {"source": entry.get("source"), "sha256": entry["sha256"], "step": row["step"],
-                       "top1": row[f"{m}_top1"], "k": row[f"{m}_k"]}
     payload = {
         "history": str(history_path),
         "n_entries": len(rows),
@@ -117,7 +110,7 @@ def history(ctx, history_path, plot_path, tensorboard_dir, list_params, param_se
         "other_parameter_sets": [{"number": s.number, "key": s.key, "entries": s.n_entries}
                                  for s in sets if chosen is None or s.key != chosen.key],
         "methods": methods,
-        "best": best,
+        "best": best_summary(hist.entries, methods),
         "rows": rows,
         "malformed": [{"line": b.line_number, "reason": b.reason} for b in hist.malformed],
     }

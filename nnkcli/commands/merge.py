@@ -6,7 +6,7 @@ import click
 
 from nnkcli.cli import command_options, get_ui
 from nnkcli.commands._options import gate_options
-from nnkcli.output import render
+from nnkcli.commands._render import render_classification, render_sweep
 
 
 @click.command("merge")
@@ -34,18 +34,9 @@ def merge(parts, out, min_top1, min_top5, gate_method, fmt):
     get_ui()
     doc = merge_parts(parts, out=out)
     if "best" in doc:  # a sweep
-        from nnkcli.commands.sweep import _table
-
-        render(doc, fmt=fmt, **_table(doc, fmt))
+        render_sweep(doc, fmt)
         rows = [{"method": m, **b} for m, b in doc["best"].items()]
     else:
-        from nnkcli.commands._results import result_columns
-        from nnkcli.commands.classify import _caption, _render_per_class
-
         rows = doc["results"]
-        if any("per_class" in r for r in rows) and fmt != "json":
-            _render_per_class(doc, fmt)
-        else:
-            render(doc, fmt=fmt, columns=result_columns("nnk" in [r["method"] for r in rows]), rows=rows,
-                   caption=_caption(doc))
+        render_classification(doc, fmt, per_class=any("per_class" in r for r in rows))
     check_gates(rows, min_top1=min_top1, min_top5=min_top5, gate_method=gate_method)

@@ -6,7 +6,7 @@ import click
 
 from nnkcli.cli import command_options, get_ui
 from nnkcli.commands._options import check_gate_method, data_options, gate_options, plot_option, scoring_options, shard_option
-from nnkcli.output import Column, render
+from nnkcli.commands._render import render_sweep
 
 
 @click.command("sweep")
@@ -79,79 +79,7 @@ def sweep(store, scoring, data, shard, out, plot, tensorboard_dir, step, min_top
         from nnkcli.tensorboard_log import write_sweep
 
         doc["tensorboard"] = write_sweep(doc, tensorboard_dir, step)
-    render(doc, fmt=fmt, **_table(doc, fmt))
+    render_sweep(doc, fmt)
     gated = doc["selected"] if "selected" in doc else doc["best"]  # --select-on: the choice made on train
     check_gates([{"method": m, **b} for m, b in gated.items()], min_top1=min_top1, min_top5=min_top5,
                 gate_method=gate_method)
-
-
-def _is(entry: dict | None, row: dict) -> bool:
-    """Does the best/selected ``entry`` of a method name this result ``row``'s (k, T)?"""
-    return bool(entry) and entry["k"] == row["k"] and entry.get("temperature") == row.get("temperature")
-
-
-def _table(doc: dict, fmt: str) -> dict:
-    methods = doc["parameters"]["methods"]
-    best, selected = doc["best"], doc.get("selected", {})
-    temps = doc["parameters"].get("temperature_grid") or [doc["parameters"]["temperature"]]
-    grid = len(temps) > 1
-
-    def mark(r) -> str:
-        b = best.get(r["method"], {})
-        if _is(b, r):
-            return "*"
-        same_t = b.get("temperature") == r.get("temperature")
-        return "~" if same_t and r["k"] in b.get("tied_k", ()) else ""
-
-    if fmt == "csv":  # one row per (method, k[, T])
-        rows = [dict(r, best=(mark(r) == "*"), tied_with_best=(mark(r) == "~"),
-                     selected=_is(selected.get(r["method"]), r)) for r in doc["results"]]
-        columns = [Column("method"), Column("k")] + ([Column("temperature")] if grid else []) + [
-            Column("top1", ci="top1_ci"), Column("top5", ci="top5_ci"),
-            Column("balanced_accuracy", ci="balanced_accuracy_ci"), Column("n_queries"),
-            Column("support_mean"), Column("best"), Column("tied_with_best")]
-        if selected:
-            columns.append(Column("selected"))
-        return {"columns": columns, "rows": rows}
-    # table: one row per k, methods (and kNN temperatures) side by side; * = best on the
-    # query split, ~ = tied with it, sel = chosen on train by leave-one-out
-    by_k: dict = {}
-    for r in doc["results"]:
-        row = by_k.setdefault(r["k"], {"k": r["k"]})
-        name = f"knn@{r['temperature']:g}" if (grid and r["method"] == "knn") else r["method"]
-        lo, hi = r.get("top1_ci") or (None, None)
-        ci = f" ±{(hi - lo) / 2:.2f}" if lo is not None and hi is not None and lo == lo and hi == hi else ""
-        marks = (mark(r) or " ") + (" sel" if _is(selected.get(r["method"]), r) else "")
-        row[f"{name}_top1"] = f"{r['top1']:.2f}{ci}{marks}" if r["top1"] == r["top1"] else "-" + marks.rstrip()
-        row[f"{name}_top5"] = r["top5"]
-        row[f"{name}_top5_ci"] = r.get("top5_ci")
-        if r["method"] == "nnk":
-            row["support"] = r.get("support_mean")
-    columns = [Column("k")]
-    for m in methods:
-        for name in ([f"knn@{t:g}" for t in temps] if (m == "knn" and grid) else [m]):
-            label = name.replace("knn@", "knn T=")
-            columns += [Column(f"{name}_top1", f"{label} top-1 %"),
-                        Column(f"{name}_top5", f"{label} top-5 %", ".2f", ci=f"{name}_top5_ci")]
-    if "nnk" in methods:
-        columns.append(Column("support", "nnk support", ".1f"))
-    t = doc["timing"]
-    level = f"{100 * doc['parameters'].get('confidence', 0.95):g} %"
-    alpha = next((b["alpha"] for b in best.values() if "alpha" in b), None)
-    caption = f"± half-width of the {level} interval; * best k per method on the query split (optimistic)"
-    if alpha is not None:
-        caption += (f"; ~ not significantly below the best (McNemar p >= {alpha:g}); smallest such k: "
-                    + ", ".join(f"{m} k={b['recommended_k']}" for m, b in best.items()))
-    if selected:
-        s = doc["selection"]
-        caption += (f"\nsel = chosen by leave-one-out top-1 on {s['queries']} rows of '{s['split']}': "
-                    + ", ".join(f"{m} k={e['k']}" + (f" T={e['temperature']:g}" if "temperature" in e else "")
-                                for m, e in selected.items()))
-    caption += (f"\n{doc['n_queries']} queries vs {doc['n_train']} train rows; "
-                f"search {t['search_s']:.2f}s, total {t['total_s']:.2f}s")
-    nnk_rows = [r for r in doc["results"] if r["method"] == "nnk" and "kkt_failure_fraction" in r]
-    if nnk_rows:
-        worst = max(nnk_rows, key=lambda r: r["kkt_failure_fraction"])
-        caption += (f"\npruning solver: up to {100 * worst['kkt_failure_fraction']:.1f} % of queries fail the exact "
-                    f"KKT certificate (k={worst['k']}, mean objective gap {worst['objective_gap_mean']:.3g})")
-    return {"columns": columns, "rows": list(by_k.values()), "caption": caption}

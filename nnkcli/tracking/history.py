@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import re
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path

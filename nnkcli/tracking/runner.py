@@ -34,6 +34,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -55,13 +56,22 @@ logger = logging.getLogger("nnkcli")
 SweepFunction = Callable[..., Any]
 
 
-EVALUATED = "evaluated"
+class RunStatus(str, Enum):
+    """What happened to one source in a run of ``evaluate_sources``.
 
+    A ``str`` whose value is the word shown in tables and JSON, so
+    ``RunStatus.EVALUATED == "evaluated"`` and documents keep their plain strings.
+    """
 
-SKIPPED = "skipped"
+    #: evaluated now and recorded as a new history line
+    EVALUATED = "evaluated"
+    #: already in the history with these parameters (or recorded by another run meanwhile)
+    SKIPPED = "skipped"
+    #: could not be evaluated (unreadable, half-written, refused); not recorded, retried next run
+    FAILED = "failed"
 
-
-FAILED = "failed"
+    def __str__(self) -> str:  # the word, also in f-strings and CSV (Enum would print RunStatus.X)
+        return self.value
 
 
 @dataclass
@@ -69,23 +79,33 @@ class SourceOutcome:
     """What happened to one source in this run."""
 
     source: Path
-    status: str  # EVALUATED, SKIPPED or FAILED
+    status: RunStatus
     sha256: str | None = None
     reason: str | None = None
     entry: dict | None = None  # the recorded line (evaluated) or the existing one (skipped)
 
+    def __post_init__(self):
+        self.status = RunStatus(self.status)  # "evaluated" given as a plain string works too
+
     def to_dict(self) -> dict:
         doc = {
             "source": str(self.source),
-            "status": self.status,
+            "status": self.status.value,  # the plain word
             "sha256": self.sha256,
             "reason": self.reason,
             "step": (self.entry or {}).get("step"),
             "best": (self.entry or {}).get("best"),
         }
-        if self.status == EVALUATED and self.entry is not None:
+        if self.status is RunStatus.EVALUATED and self.entry is not None:
             doc["seconds"] = self.entry.get("timing", {}).get("total_s")
         return doc
+
+
+def status_counts(outcomes: Iterable[SourceOutcome]) -> dict[str, int]:
+    """How many sources of a run ended in each status, every status listed:
+    ``{"evaluated": n, "skipped": n, "failed": n}``."""
+    outcomes = list(outcomes)
+    return {status.value: sum(o.status is status for o in outcomes) for status in RunStatus}
 
 
 def _now() -> str:
@@ -331,12 +351,12 @@ def evaluate_sources(
             stamp = file_stamp(source)  # before hashing: a later change is then always noticed
             sha = sha256_file(source)
         except OSError as exc:
-            outcomes[i] = SourceOutcome(source, FAILED, reason=f"cannot read: {exc.strerror or exc}")
+            outcomes[i] = SourceOutcome(source, RunStatus.FAILED, reason=f"cannot read: {exc.strerror or exc}")
             continue
         key = parameter_key(source_parameters(options, data, model, source))
         existing = _recorded(history_path, sha, key, lock_timeout=lock_timeout)
         if existing is not None and not force:
-            outcomes[i] = SourceOutcome(source, SKIPPED, sha, "already in history", existing)
+            outcomes[i] = SourceOutcome(source, RunStatus.SKIPPED, sha, "already in history", existing)
             logger.info(f"{source.name}: already in history with these parameters, skipped")
             continue
         job = _Job(i, len(sources), source, sha, stamp, history_path, options, data, sweep, model,
@@ -382,7 +402,7 @@ class _Job:
                 return None
             existing = _recorded(self.history_path, sha, self.params_key, self.after_line, self.lock_timeout)
             if existing is not None:
-                return SourceOutcome(source, SKIPPED, sha, "evaluated by another process", existing)
+                return SourceOutcome(source, RunStatus.SKIPPED, sha, "evaluated by another process", existing)
             logger.info(f"evaluating {source} ({self.index + 1}/{self.n_sources})")
             try:
                 hits: dict = {}
@@ -402,8 +422,9 @@ class _Job:
                 reason = exc.message if isinstance(exc, NnkError) else f"{type(exc).__name__}: {exc}"
                 logger.debug(f"{source.name}: evaluation failed", exc_info=True)
                 logger.warning(f"{source.name}: {reason}")
-                return SourceOutcome(source, FAILED, sha, reason)
+                return SourceOutcome(source, RunStatus.FAILED, sha, reason)
             existing = _record(self.history_path, entry, hits.get("hits"), self.after_line, self.lock_timeout)
             if existing is not None:  # only possible when another writer ignored the claim
-                return SourceOutcome(source, SKIPPED, sha, "recorded by another process meanwhile", existing)
-            return SourceOutcome(source, EVALUATED, sha, None, entry)
+                return SourceOutcome(source, RunStatus.SKIPPED, sha, "recorded by another process meanwhile",
+                                     existing)
+            return SourceOutcome(source, RunStatus.EVALUATED, sha, None, entry)

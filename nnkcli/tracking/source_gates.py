@@ -13,14 +13,25 @@ names the source.
   or that have no per-query record, are not paired: that is said, and the plain gate
   applies.
 - ``min_top1``/``min_top5``: absolute thresholds on the source's own entry.
+
+``gate_run`` is the whole step for the outcomes of ``evaluate_sources`` (what ``nnk
+evaluate --min-top1 ...`` does after recording); ``check_source_gates`` gates entries
+of one parameter set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from nnkcli.evaluation.options import DEFAULT_ALPHA
 from nnkcli.numerics.stats import mcnemar_exact
+from nnkcli.tracking import sidecar
+from nnkcli.tracking.history import History, read_history
+from nnkcli.tracking.paramsets import entries_of, entry_key
+from nnkcli.tracking.runner import RunStatus, SourceOutcome
 from nnkcli.tracking.views import best_accuracy, describe_entry
 
 
@@ -45,9 +56,21 @@ class SourceGate:
 
 @dataclass
 class SourceGateReport:
+    """What the gates found: one ``SourceGate`` per source gated, the settings they used.
+
+    ``passed`` is False when any source failed a gate (``failures`` says how, naming
+    the source); ``notes`` are what a reader should know (a source not gated, a drop
+    not significant, entries that could not be paired).
+    """
+
     method: str
     sources: list[SourceGate]
     notes: list[str] = field(default_factory=list)
+    max_drop: float | None = None
+    min_top1: float | None = None
+    min_top5: float | None = None
+    significant: bool = False
+    alpha: float = DEFAULT_ALPHA
 
     @property
     def failures(self) -> list[str]:
@@ -56,6 +79,96 @@ class SourceGateReport:
     @property
     def passed(self) -> bool:
         return not self.failures
+
+    def to_dict(self) -> dict:
+        """The report as plain values (the ``gate`` of ``nnk evaluate --format json``)."""
+        return {
+            "method": self.method,
+            "passed": self.passed,
+            "fail_on_regression": self.max_drop,
+            "significant": self.significant,
+            "alpha": self.alpha if self.significant else None,
+            "min_top1": self.min_top1,
+            "min_top5": self.min_top5,
+            "sources": [s.to_dict() for s in self.sources],
+            "notes": list(self.notes),
+            "failures": list(self.failures),
+        }
+
+
+#: the outcomes whose entry is gated: a failed source has none recorded
+GATED_STATUSES = (RunStatus.EVALUATED, RunStatus.SKIPPED)
+
+
+def gate_run(
+    history_path: str | os.PathLike,
+    outcomes: Iterable[SourceOutcome],
+    *,
+    method: str,
+    max_drop: float | None = None,
+    min_top1: float | None = None,
+    min_top5: float | None = None,
+    significant: bool = False,
+    alpha: float = DEFAULT_ALPHA,
+    history: History | None = None,
+) -> SourceGateReport:
+    """Gate every source of a run of ``evaluate_sources`` against the others in its history.
+
+    Each source evaluated or skipped in the run is gated with its newest entry of the
+    run's parameter set (a ``--force`` line wins over an older one), against the best
+    of the other sources' entries of that set (see the module's docstring). Failed
+    sources are not gated. Nothing is raised for a failed gate: check ``passed``.
+
+    Parameters
+    ----------
+    history_path : path-like
+        The history the run recorded into (its sidecar folder holds the per-query
+        results that ``significant`` pairs).
+    outcomes : iterable of SourceOutcome
+        What ``evaluate_sources`` returned.
+    method : str
+        The method whose best top-1 (and top-5) is gated, e.g. ``"nnk"``.
+    max_drop : float, optional
+        Fail a source whose best top-1 is more than this many points below the best
+        other source's.
+    min_top1, min_top5 : float, optional
+        Fail a source whose best top-1 (or the top-5 at that k) is below this percentage.
+    significant : bool, default=False
+        ``max_drop`` fails only when McNemar's exact test on the same queries gives
+        p < ``alpha``.
+    alpha : float, default=0.05
+    history : History, optional
+        ``read_history(history_path)`` when the caller has read it already.
+
+    Returns
+    -------
+    SourceGateReport
+        One ``SourceGate`` per gated source; ``.passed``, ``.failures``, ``.notes``,
+        ``.to_dict()``. No source gated (``sources == []``) when no outcome has an entry.
+
+    Examples
+    --------
+    >>> outcomes = evaluate_sources(paths, "history.jsonl")  # doctest: +SKIP
+    >>> report = gate_run("history.jsonl", outcomes, method="nnk", min_top1=70)  # doctest: +SKIP
+    >>> report.passed, report.failures  # doctest: +SKIP
+    """
+    history_path = Path(history_path)
+    history = history if history is not None else read_history(history_path)
+    by_key: dict[str, list[dict]] = {}
+    for outcome in outcomes:
+        if outcome.entry is not None and outcome.status in GATED_STATUSES:
+            key = entry_key(outcome.entry)
+            by_key.setdefault(key, []).append(history.find(outcome.sha256, key) or outcome.entry)
+    report = SourceGateReport(method, [], max_drop=max_drop, min_top1=min_top1, min_top5=min_top5,
+                              significant=significant, alpha=alpha)
+    for key, run_entries in by_key.items():
+        part = check_source_gates(
+            run_entries, entries_of(history.entries, key), method=method, max_drop=max_drop, min_top1=min_top1,
+            min_top5=min_top5, significant=significant, alpha=alpha,
+            load_hits=lambda e: sidecar.read(history_path, e.get("hits")))
+        report.sources += part.sources
+        report.notes += part.notes
+    return report
 
 
 def check_source_gates(
@@ -67,7 +180,7 @@ def check_source_gates(
     min_top1: float | None = None,
     min_top5: float | None = None,
     significant: bool = False,
-    alpha: float = 0.05,
+    alpha: float = DEFAULT_ALPHA,
     load_hits: Callable[[dict], object] | None = None,
 ) -> SourceGateReport:
     """Gate every entry of ``run_entries`` against the others of ``set_entries``.
@@ -78,7 +191,8 @@ def check_source_gates(
     set_entries : every source's newest entry of this parameter set (``paramsets.entries_of``).
     load_hits : ``entry -> sidecar.Hits | None`` (needed for ``significant``).
     """
-    report = SourceGateReport(method, [])
+    report = SourceGateReport(method, [], max_drop=max_drop, min_top1=min_top1, min_top5=min_top5,
+                              significant=significant, alpha=alpha)
     for entry in run_entries:
         name = describe_entry(entry)
         top1, top5 = best_accuracy(entry, method), best_accuracy(entry, method, "top5")

@@ -73,13 +73,8 @@ def history_rows(entries: Sequence[dict], methods: Sequence[str] | None = None) 
     """
     ordered = order_entries(entries)
     methods = list(methods) if methods is not None else entry_methods(ordered)
-    best_index: dict[str, int] = {}
-    best_value: dict[str, float] = {}
-    for i, entry in enumerate(ordered):
-        for m in methods:
-            value = best_accuracy(entry, m)
-            if value is not None and (m not in best_value or value > best_value[m]):
-                best_value[m], best_index[m] = value, i
+    best_index = _best_indices(ordered, methods)
+    best_value = {m: best_accuracy(ordered[i], m) for m, i in best_index.items()}
     rows = []
     previous: dict[str, float] = {}
     for i, entry in enumerate(ordered):
@@ -102,6 +97,53 @@ def history_rows(entries: Sequence[dict], methods: Sequence[str] | None = None) 
         row["best"] = " ".join(m for m in methods if best_index.get(m) == i)
         rows.append(row)
     return rows
+
+
+def _best_indices(ordered: Sequence[dict], methods: Sequence[str]) -> dict[str, int]:
+    """method -> index in ``ordered`` of its highest best top-1 (the first one on ties)."""
+    best_index: dict[str, int] = {}
+    best_value: dict[str, float] = {}
+    for i, entry in enumerate(ordered):
+        for m in methods:
+            value = best_accuracy(entry, m)
+            if value is not None and (m not in best_value or value > best_value[m]):
+                best_value[m], best_index[m] = value, i
+    return best_index
+
+
+def best_entries(entries: Sequence[dict], methods: Sequence[str] | None = None) -> dict[str, dict]:
+    """Each method's best entry: the one with the highest best top-1 of that method.
+
+    On ties the first in training order (``order_entries``) wins, as the ``best``
+    column of ``history_rows`` marks it. Methods that no entry has a finite top-1 for
+    are left out.
+
+    Parameters
+    ----------
+    entries : the history's entries (one parameter set: ``paramsets.entries_of``).
+    methods : the methods to look at (default: ``entry_methods(entries)``), in the order returned.
+
+    Returns
+    -------
+    dict
+        method -> the entry itself (the history line's dict).
+    """
+    ordered = order_entries(entries)
+    methods = list(methods) if methods is not None else entry_methods(ordered)
+    index = _best_indices(ordered, methods)
+    return {m: ordered[index[m]] for m in methods if m in index}
+
+
+def best_summary(entries: Sequence[dict], methods: Sequence[str] | None = None) -> dict[str, dict]:
+    """``best_entries`` as plain values: method -> ``{"source", "sha256", "step", "top1", "k"}``.
+
+    ``source`` is the path recorded in the entry, ``sha256`` the whole hash, ``top1``
+    (percent) and ``k`` the method's best in that entry; what ``nnk history --format
+    json`` prints under ``best``.
+    """
+    return {m: {"source": entry.get("source"), "sha256": entry["sha256"], "step": entry.get("step"),
+                "top1": best_accuracy(entry, m), "k": best_k(entry, m)}
+            for m, entry in best_entries(entries, methods).items()}
 
 
 def describe_entry(entry: dict) -> str:
