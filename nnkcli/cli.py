@@ -7,13 +7,14 @@ command) is the one place that maps exceptions to exit codes: ``NnkError`` ->
 disk or an unwritable folder -> a clean error naming the file, Ctrl-C -> 130,
 SIGTERM -> 143 and SIGHUP -> 129 (both unwound like Ctrl-C, so temporary files are
 removed), a closed pipe (``nnk info | head -1``) -> a quiet exit 0, anything
-unexpected -> a short message and exit 1.
+unexpected -> a short message and exit 1. How the process meets signals, a closed
+pipe and its own temporary files, and how it ends, is ``nnkcli.process``'s (no click
+there); ``run`` and ``main`` hand each command line to it.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 try:  # a Ctrl-C while the modules load is an interrupt too, not a traceback
@@ -23,8 +24,8 @@ try:  # a Ctrl-C while the modules load is an interrupt too, not a traceback
 
     import click
 
-    from nnkcli import __version__
-    from nnkcli.errors import ExitCode, NnkError, Terminated
+    from nnkcli import __version__, process
+    from nnkcli.errors import ExitCode, NnkError
     from nnkcli.output import FORMATS, Ui, configure_logging
 except KeyboardInterrupt:  # pragma: no cover - exercised in a subprocess test
     sys.stderr.write("Interrupted.\n")
@@ -148,16 +149,16 @@ class NnkGroup(click.Group):
             _report(ctx, exc, f"Error: {exc.message}", exc.hint)
             ctx.exit(int(exc.exit_code))
         except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM/SIGHUP (Terminated)
-            ctx.exit(_interrupted(exc))
+            ctx.exit(process.interrupted(exc))
         except BrokenPipeError:
-            ctx.exit(_pipe_closed())
+            ctx.exit(process.pipe_closed())
         except Exception as exc:  # an nnkcli bug, or an environment problem we did not foresee
             from nnkcli.errors import interrupt_in
             from nnkcli.storage.atomic import is_no_space, output_error
 
             stop = interrupt_in(exc)
             if stop is not None:  # a Ctrl-C wrapped by a C extension (h5py: SystemError)
-                ctx.exit(_interrupted(stop))
+                ctx.exit(process.interrupted(stop))
 
             known = None
             if isinstance(exc, OSError) and exc.filename:
@@ -172,33 +173,6 @@ class NnkGroup(click.Group):
                     "rerun with -v for the traceback, and please report it",
                 )
             ctx.exit(int(ExitCode.DATA_ERROR))
-
-
-def _interrupted(exc: BaseException | None) -> int:
-    """Say how the run was stopped; the exit code (130, or 128 + the signal)."""
-    if isinstance(exc, Terminated):
-        click.echo(f"Terminated ({exc.name}).", err=True)
-        return exc.exit_code
-    click.echo("Interrupted.", err=True)
-    return int(ExitCode.INTERRUPTED)
-
-
-def _pipe_closed() -> int:
-    """stdout's reader went away (``nnk ... | head``): stop quietly with 0, like ``cat``
-    under a shell that ignores SIGPIPE; the rest of stdout goes to /dev/null so that
-    the interpreter's final flush cannot complain."""
-    with _suppress_os_errors():
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    return int(ExitCode.OK)
-
-
-class _suppress_os_errors:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        return exc_type is not None and issubclass(exc_type, (OSError, ValueError, AttributeError))
 
 
 def _report(ctx: click.Context, exc: BaseException, line: str, hint: str | None) -> None:
@@ -234,140 +208,30 @@ def cli():
     """
 
 
-_STOP_SIGNALS = {"SIGTERM": getattr(signal, "SIGTERM", None), "SIGHUP": getattr(signal, "SIGHUP", None)}
-
-
-def _raise_terminated(signum, frame):
-    from nnkcli.errors import note_signal
-
-    note_signal(signum)
-    raise Terminated(signum, signal.Signals(signum).name)
-
-
-def _raise_interrupt(signum, frame):
-    from nnkcli.errors import note_signal
-
-    note_signal(signum)
-    raise KeyboardInterrupt
-
-
-def _exit_at_once(signum, frame):  # pragma: no cover - exercised in a subprocess test
-    os._exit(130 if signum == signal.SIGINT else 128 + signum)
-
-
-def install_signal_handlers() -> None:
-    """SIGTERM and SIGHUP unwind the stack like Ctrl-C (so every temporary file is removed)."""
-    for signum in _STOP_SIGNALS.values():
-        if signum is not None and signal.getsignal(signum) in (signal.SIG_DFL, None):
-            signal.signal(signum, _raise_terminated)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _raise_interrupt)  # the same, but recorded (see interrupt_in)
-
-
-def _exit_on_late_signals() -> None:
-    """After the command: a Ctrl-C/SIGTERM while the interpreter shuts down exits 130/143 at once
-    (instead of ``Exception ignored ... KeyboardInterrupt`` and exit 0)."""
-    for signum in (signal.SIGINT, *(s for s in _STOP_SIGNALS.values() if s is not None)):
-        signal.signal(signum, _exit_at_once)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run one command and exit with its documented code."""
-    code = run(argv)
-    if sys.stdout is not None:
-        try:
-            sys.stdout.flush()
-        except BrokenPipeError:
-            code = _pipe_closed() if code == 0 else code
-        except OSError as exc:
-            click.echo(f"Error: cannot write the results to standard output: {exc.strerror}", err=True)
-            code = int(ExitCode.DATA_ERROR)
-    _exit_on_late_signals()
-    if argv is None:  # the process's own command line (the nnk script, python -m nnkcli)
-        _finish(code)
-    sys.exit(code)  # called from Python with arguments: a normal SystemExit
-
-
-def _finish(code: int) -> None:
-    """Exit with ``code`` without the interpreter's own shut-down.
-
-    Python restores the default signal handlers while it finalizes, so a Ctrl-C in
-    that window killed the process (-2), or surfaced as ``Exception ignored ...
-    KeyboardInterrupt`` with exit 0. Every output is complete and closed by now, so
-    the exit handlers libraries registered are run here, the standard streams are
-    flushed, and the process ends at once; a signal meanwhile exits 130/143/129.
-    """
-    import atexit
-    import logging
-
-    try:
-        atexit._run_exitfuncs()
-        logging.shutdown()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with _suppress_os_errors():
-                stream.flush()
-        os._exit(code)
+    # argv None: the process's own command line (the nnk script, python -m nnkcli)
+    process.exit_process(run(argv), own_command_line=argv is None)
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (what ``main`` exits with)."""
+    """Run the command line; returns the exit code (what ``main`` exits with).
+
+    Stop signals, a closed pipe and the temporary files left are ``nnkcli.process``'s
+    (``run_guarded``); what an exception in a command means is ``NnkGroup.invoke``'s.
+    """
+    return process.run_guarded(lambda: _invoke(argv))
+
+
+def _invoke(argv: list[str] | None) -> int:
     try:
-        code = _run(argv)
-    finally:
-        late = _remove_own_temps()
-    if late is not None and code not in _STOPPED_CODES:  # a stop signal during the removal: obeyed now
-        return _interrupted(KeyboardInterrupt() if late == signal.SIGINT
-                            else Terminated(late, signal.Signals(late).name))
-    return code
-
-
-#: the exit codes of a run that a signal already stopped
-_STOPPED_CODES = {int(ExitCode.INTERRUPTED), *(128 + s for s in _STOP_SIGNALS.values() if s is not None)}
-
-
-def _run(argv: list[str] | None) -> int:
-    try:
-        install_signal_handlers()
-        if sys.stdout is None:  # started with stdout closed (`nnk ... >&-`)
-            click.echo("Error: standard output is closed, so the results could not be written", err=True)
-            click.echo("Hint: redirect it to a file instead (> results.txt), or to /dev/null", err=True)
-            return int(ExitCode.DATA_ERROR)
-        try:
-            rv = cli.main(args=argv, prog_name="nnk", standalone_mode=False)
-        except click.exceptions.Abort as exc:
-            if isinstance(exc.__cause__, KeyboardInterrupt):  # click wraps a Ctrl-C while parsing
-                return _interrupted(exc.__cause__)
-            click.echo("Aborted!", err=True)
-            return int(ExitCode.DATA_ERROR)
-        except click.ClickException as exc:
-            exc.show()
-            return int(exc.exit_code)
-        return int(rv) if isinstance(rv, int) else 0
-    except KeyboardInterrupt as exc:
-        return _interrupted(exc)
-    except BrokenPipeError:
-        return _pipe_closed()
-
-
-def _remove_own_temps() -> int | None:
-    """Delete the temporary files this run named and left (a signal can strike between a file's
-    creation and the ``try`` that would remove it); nothing to do if no output was written.
-
-    A stop signal meanwhile is held back until the files are gone; returns its number."""
-    atomic = sys.modules.get("nnkcli.storage.atomic")
-    if atomic is None:
-        return None
-    caught: list[int] = []
-    signums = [s for s in (signal.SIGINT, *_STOP_SIGNALS.values()) if s is not None]
-    try:
-        saved = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in signums}
-    except ValueError:  # not the main thread: signals are not ours to handle
-        atomic.remove_own_temps()
-        return None
-    try:
-        atomic.remove_own_temps()
-    finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
-    return caught[0] if caught else None
+        rv = cli.main(args=argv, prog_name="nnk", standalone_mode=False)
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # click wraps a Ctrl-C while parsing
+            return process.interrupted(exc.__cause__)
+        click.echo("Aborted!", err=True)
+        return int(ExitCode.DATA_ERROR)
+    except click.ClickException as exc:
+        exc.show()
+        return int(exc.exit_code)
+    return int(rv) if isinstance(rv, int) else 0

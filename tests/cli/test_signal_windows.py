@@ -31,7 +31,7 @@ import pytest
 
 import nnkcli
 from nnk_outputs import is_complete, sha256_of, temp_names  # tests/helpers (pythonpath)
-from nnkcli import cli, errors
+from nnkcli import cli, errors, process
 from nnkcli.errors import Terminated
 from nnkcli.storage.store import write_split
 
@@ -51,7 +51,7 @@ RUN_TIMEOUT_S = 60  # one run of a tiny command takes well under a second
 #: function at any other instruction is something no signal can do
 _CALLS = {dis.opmap[name] for name in ("CALL", "CALL_FUNCTION_EX") if name in dis.opmap}
 _CHECKS = {dis.opmap[name] for name in ("JUMP_BACKWARD", "RESUME") if name in dis.opmap}
-_EXIT_CLEANUP = getattr(cli, "_remove_own_temps", lambda: None)
+_EXIT_CLEANUP = process.remove_own_temps
 
 
 class _Injector:
@@ -99,7 +99,7 @@ def _run_interrupted(argv, at) -> tuple[int, _Injector]:
         injector.enabled = False
         return _EXIT_CLEANUP()
 
-    cli._remove_own_temps = cleanup
+    process.remove_own_temps = cleanup
     err = io.StringIO()
     sys.settrace(injector.global_trace)
     try:
@@ -215,7 +215,7 @@ def test_a_signal_while_the_exit_removes_temporary_files_is_obeyed_after(monkeyp
         return []
 
     monkeypatch.setattr(atomic, "remove_own_temps", remove_with_a_signal)
-    # cli.run installs nnkcli's handlers; this process (and what it forks later) must get its own back
+    # cli.run installs nnkcli's handlers (nnkcli.process); this process (and what it forks later) must get its own back
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     recorded = list(errors._SIGNALS_RECEIVED)
     try:
@@ -227,7 +227,7 @@ def test_a_signal_while_the_exit_removes_temporary_files_is_obeyed_after(monkeyp
     assert removed == [True]
     assert code == 143
     assert capsys.readouterr().err.strip().splitlines()[-1] == "Terminated (SIGTERM)."
-    assert during is cli._raise_terminated or during is saved[signal.SIGTERM]  # its own handler is back
+    assert during is process._raise_terminated or during is saved[signal.SIGTERM]  # its own handler is back
     # not recorded as a signal of the process: a later "one item failed" would read it as a stop
     assert errors._SIGNALS_RECEIVED == recorded
 

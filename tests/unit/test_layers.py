@@ -26,7 +26,7 @@ LAYERS = {
     "index": 2, "parallel": 3, "shards": 3,
     "evaluation": 4, "extract": 4,
     "plots": 5, "tensorboard_log": 5, "estimators": 5, "tracking": 5,
-    "output": 6, "cli": 7, "commands": 8, "__main__": 9,
+    "output": 6, "process": 6, "cli": 7, "commands": 8, "__main__": 9,
 }
 # third-party packages and the one part of nnkcli that may import each
 OWNERS = {
