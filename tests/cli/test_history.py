@@ -77,6 +77,28 @@ def test_history_json(runner, history_file):
     assert "line 5" in res.stderr
 
 
+def test_history_json_best_comes_from_the_entries_not_the_best_column(runner, history_file, monkeypatch):
+    # the 'best' column is a display string; the JSON's best entries must not be read back from it
+    from nnkcli.tracking import views
+
+    real = views.history_rows
+
+    def rows_with_another_display(entries, methods=None):
+        rows = real(entries, methods)
+        for row in rows:
+            row["best"] = ",".join(row["best"].split()).upper()  # "nnk knn" -> "NNK,KNN"
+        return rows
+
+    monkeypatch.setattr(views, "history_rows", rows_with_another_display)
+    res = runner.invoke(cli, ["history", str(history_file), "--format", "json"])
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["best"] == {
+        "nnk": {"source": "/runs/checkpoint0020.pth", "sha256": sha(1), "step": 20, "top1": 71.5, "k": 51},
+        "knn": {"source": "/runs/checkpoint0010.pth", "sha256": sha(2), "step": 10, "top1": 70.5, "k": 12},
+    }
+
+
 def test_history_quiet_silences_warnings(runner, history_file):
     res = runner.invoke(cli, ["history", str(history_file), "-qq", "--format", "csv"])
     assert res.exit_code == 0 and res.stderr == ""
