@@ -62,8 +62,8 @@ def history(ctx, history_path, plot_path, tensorboard_dir, list_params, param_se
     """Show the evaluations recorded in HISTORY by nnk evaluate, one row per source."""
     from nnkcli.errors import InputError
     from nnkcli.tracking.history import read_history
-    from nnkcli.tracking.views import best_summary, entry_methods, history_rows, order_entries
-    from nnkcli.tracking.paramsets import describe_parameters, entries_of, parameter_sets, pick_parameter_set
+    from nnkcli.tracking.paramsets import describe_parameters, parameter_sets
+    from nnkcli.tracking.views import history_view, parameter_set_rows
 
     ui = get_ui(ctx)
     if tensorboard_dir is not None:
@@ -73,53 +73,33 @@ def history(ctx, history_path, plot_path, tensorboard_dir, list_params, param_se
     hist = read_history(history_path, missing_ok=False)
     for bad in hist.malformed:
         logger.warning(f"{history_path.name} {bad}; skipped")
-    sets = parameter_sets(hist.entries)
     if list_params:
-        rows = [{"number": s.number, "key": s.key, "entries": s.n_entries, "last_used": s.last_used,
-                 "settings": describe_parameters(s.parameters), "parameters": s.parameters} for s in sets]
+        rows = parameter_set_rows(parameter_sets(hist.entries))
         render({"history": str(history_path), "parameter_sets": rows}, fmt=ui.fmt,
                columns=[Column("number", "set"), Column("key", justify="left"), Column("entries"),
                         Column("last_used", "last used", justify="left"), Column("settings", justify="left")],
                rows=rows, title=f"nnk history {history_path} --params")
         return
     try:
-        chosen = pick_parameter_set(sets, param_set)
+        view = history_view(hist, param_set)
     except LookupError as exc:
         raise InputError(str(exc), hint=f"list them with: nnk history {history_path} --params") from None
-    entries = entries_of(hist.entries, chosen.key) if chosen is not None else []
-    hist.entries[:] = entries
-    methods = entry_methods(hist.entries)
-    rows = history_rows(hist.entries, methods)
+    methods, rows, chosen = view.methods, view.rows, view.chosen
     if plot_path is not None:
         from nnkcli.plots import plot_history
 
         plot_history(rows, plot_path, methods=methods, title=history_path.name)
         logger.info(f"plot written to {plot_path}")
-    ordered = order_entries(hist.entries)
-    tensorboard = None
+    payload = view.to_dict()
     if tensorboard_dir is not None:
         from nnkcli.tensorboard_log import write_history
 
-        tensorboard = write_history(ordered, methods, tensorboard_dir)
-        logger.info(f"{tensorboard['scalars']} scalars written to {tensorboard_dir}")
-    payload = {
-        "history": str(history_path),
-        "n_entries": len(rows),
-        "parameter_set": ({"number": chosen.number, "key": chosen.key, "parameters": chosen.parameters}
-                          if chosen is not None else None),
-        "other_parameter_sets": [{"number": s.number, "key": s.key, "entries": s.n_entries}
-                                 for s in sets if chosen is None or s.key != chosen.key],
-        "methods": methods,
-        "best": best_summary(hist.entries, methods),
-        "rows": rows,
-        "malformed": [{"line": b.line_number, "reason": b.reason} for b in hist.malformed],
-    }
-    if tensorboard is not None:
-        payload["tensorboard"] = tensorboard
+        payload["tensorboard"] = write_history(view.ordered, methods, tensorboard_dir)
+        logger.info(f"{payload['tensorboard']['scalars']} scalars written to {tensorboard_dir}")
     caption = f"{len(rows)} source" + ("" if len(rows) == 1 else "s")
     if chosen is not None:
         caption += f" with parameter set {chosen.number} ({chosen.key}: {describe_parameters(chosen.parameters)})"
-        others = [s for s in sets if s.key != chosen.key]
+        others = view.others
         if others:
             n_other = sum(s.n_entries for s in others)
             caption += (f"; {n_other} entr{'y' if n_other == 1 else 'ies'} with {len(others)} other parameter "

@@ -1,12 +1,16 @@
-"""Views of a history: the best result of an entry, training order, the rows of ``nnk history``."""
+"""Views of a history: the best result of an entry, training order, the rows of ``nnk history``,
+each method's best entry, and ``history_view``: one parameter set of a history, as a document."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from nnkcli.evaluation.options import METHODS
+from nnkcli.tracking.history import History
+from nnkcli.tracking.paramsets import ParamSet, describe_parameters, entries_of, parameter_sets, pick_parameter_set
 
 
 def best_accuracy(entry: dict, method: str, metric: str = "top1") -> float | None:
@@ -150,3 +154,74 @@ def describe_entry(entry: dict) -> str:
     name = Path(str(entry.get("source", "?"))).name
     step = entry.get("step")
     return f"{name} (step {step})" if step is not None else name
+
+
+@dataclass
+class HistoryView:
+    """One parameter set of a history, as ``nnk history`` shows it.
+
+    ``entries`` are the set's entries, one per source (the newest line), in file order;
+    ``ordered`` the same in training order; ``rows`` one per entry (``history_rows``);
+    ``sets`` every parameter set of the history, ``chosen`` the one shown (None: an empty
+    history).
+    """
+
+    history: History
+    sets: list[ParamSet]
+    chosen: ParamSet | None
+    entries: list[dict]
+    methods: list[str]
+    rows: list[dict]
+
+    @property
+    def ordered(self) -> list[dict]:
+        return order_entries(self.entries)
+
+    @property
+    def others(self) -> list[ParamSet]:
+        """The parameter sets not shown."""
+        return [s for s in self.sets if self.chosen is None or s.key != self.chosen.key]
+
+    def to_dict(self) -> dict:
+        """The view as plain values (``nnk history --format json``, before ``schema_version``)."""
+        chosen = self.chosen
+        return {
+            "history": str(self.history.path),
+            "n_entries": len(self.rows),
+            "parameter_set": ({"number": chosen.number, "key": chosen.key, "parameters": chosen.parameters}
+                              if chosen is not None else None),
+            "other_parameter_sets": [{"number": s.number, "key": s.key, "entries": s.n_entries} for s in self.others],
+            "methods": list(self.methods),
+            "best": best_summary(self.entries, self.methods),
+            "rows": self.rows,
+            "malformed": [{"line": b.line_number, "reason": b.reason} for b in self.history.malformed],
+        }
+
+
+def history_view(history: History, param_set: str | None = None) -> HistoryView:
+    """The entries of one parameter set of ``history`` and their rows.
+
+    Parameters
+    ----------
+    history : History
+        What ``read_history`` returned.
+    param_set : str, optional
+        ``"2"`` for the second most recently used set, or a prefix of its key
+        (``pick_parameter_set``); default: the most recently used.
+
+    Raises
+    ------
+    LookupError
+        ``param_set`` names no parameter set, or more than one.
+    """
+    sets = parameter_sets(history.entries)
+    chosen = pick_parameter_set(sets, param_set)
+    entries = entries_of(history.entries, chosen.key) if chosen is not None else []
+    methods = entry_methods(entries)
+    return HistoryView(history, sets, chosen, entries, methods, history_rows(entries, methods))
+
+
+def parameter_set_rows(sets: Sequence[ParamSet]) -> list[dict]:
+    """One plain row per parameter set (``nnk history --params``), most recently used first."""
+    return [{"number": s.number, "key": s.key, "entries": s.n_entries, "last_used": s.last_used,
+             "settings": describe_parameters(s.parameters), "parameters": s.parameters} for s in sets]

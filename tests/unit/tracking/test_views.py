@@ -63,3 +63,29 @@ def test_the_rows_mark_the_same_best_entries():
     for method, best in found.items():
         marked = [r for r in rows if method in r["best"].split()]
         assert [r["sha256"] for r in marked] == [best["sha256"][:12]]
+
+
+def test_history_view_shows_one_parameter_set_newest_line_per_source(tmp_path):
+    import pytest
+
+    from nnkcli.tracking.history import append_entry, read_history
+    from nnkcli.tracking.views import history_view
+
+    path = tmp_path / "h.jsonl"
+    for e, key, finished in ((entry(1, 10, nnk=70.0), "aaaa1111", "2024-01-01"),
+                             (entry(2, 20, nnk=75.0), "bbbb2222", "2024-01-02"),
+                             ({**entry(1, 10, nnk=71.0), "forced": True}, "aaaa1111", "2024-01-03"),  # again
+                             (entry(3, 30, nnk=72.0), "aaaa1111", "2024-01-04")):
+        append_entry(path, {**e, "params_key": key, "parameters": {"k": key}, "finished_at": finished})
+    view = history_view(read_history(path))
+    assert view.chosen.key == "aaaa1111" and [s.key for s in view.others] == ["bbbb2222"]
+    assert sorted(e["best"]["nnk"]["top1"] for e in view.entries) == [71.0, 72.0]  # source 1's newest line
+    doc = view.to_dict()
+    assert doc["n_entries"] == 2 and doc["methods"] == ["nnk"]
+    assert doc["best"]["nnk"]["top1"] == 72.0 and doc["best"]["nnk"]["step"] == 30
+    assert doc["other_parameter_sets"] == [{"number": 2, "key": "bbbb2222", "entries": 1}]
+    assert history_view(read_history(path), "2").to_dict()["best"]["nnk"]["top1"] == 75.0
+    with pytest.raises(LookupError):
+        history_view(read_history(path), "ffff")
+    empty = history_view(read_history(tmp_path / "none.jsonl"))
+    assert empty.chosen is None and empty.to_dict()["rows"] == [] and empty.to_dict()["best"] == {}
