@@ -4,18 +4,16 @@ Both score queries with the same code as ``nnk classify`` (``evaluation.classifi
 score_chunk`` over an in-memory flat index of the L2-normalised training rows), so on the
 same data they predict exactly what the command line predicts. They follow scikit-learn's
 estimator API (``fit``/``predict``/``predict_proba``/``score``/``kneighbors``, ``classes_``,
-``get_params``/``set_params``, ``clone``, pickling) and pass
-``sklearn.utils.estimator_checks.check_estimator`` on their defaults.
-
-Every label is a class by default, ``-1`` too; the store's "-1 is unlabelled" is opt-in
+``clone``, pickling) and pass ``sklearn.utils.estimator_checks.check_estimator`` on their
+defaults: every label is a class, ``-1`` too; the store's "-1 is unlabelled" is opt-in
 (``unlabelled=-1``: those rows are neighbors that never vote, as in ``nnk classify``). The
 scoring parameters are checked by the core's rules (``ScoringOptions``); a bad value raises a
 ``ValueError`` naming the Python parameter.
 
 scikit-learn is optional: when it is installed the estimators derive from its
-``BaseEstimator``/``ClassifierMixin`` and validate inputs with its ``validate_data``;
-without it they use a small stand-in with the same ``get_params``/``set_params``/``score``
-and numpy validation. This is the only module that imports scikit-learn.
+``BaseEstimator``/``ClassifierMixin`` and validate inputs with its ``validate_data``; without
+it, from a stand-in with the same ``get_params``/``set_params``/``score`` and numpy checks.
+This is the only module that imports scikit-learn.
 """
 
 from __future__ import annotations
@@ -48,10 +46,13 @@ class NotFittedError(EstimatorInputError, AttributeError):
 
 
 if HAVE_SKLEARN:
-    _Base = (_ClassifierMixin, _BaseEstimator)
+
+    class _Base(_ClassifierMixin, _BaseEstimator):
+        """scikit-learn's own estimator API."""
+
 else:
 
-    class _ParamsBase:
+    class _Base:  # type: ignore[no-redef]
         """``get_params``/``set_params``/``score`` as scikit-learn's ``BaseEstimator`` defines them."""
 
         @classmethod
@@ -74,14 +75,12 @@ else:
         def score(self, X, y, sample_weight=None) -> float:
             """Mean accuracy of ``predict(X)`` against ``y``."""
             y = np.asarray(y)
-            hits = (self.predict(X) == y).astype(np.float64)
+            hits = (self.predict(X) == y).astype(np.float64)  # type: ignore[attr-defined]
             return float(np.average(hits, weights=sample_weight))
 
         def __repr__(self) -> str:
             args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
             return f"{type(self).__name__}({args})"
-
-    _Base = (_ParamsBase,)
 
 
 def _as_array(values):
@@ -124,7 +123,7 @@ def _numpy_validate(X, y=None, n_features: int | None = None, name: str = "estim
     return X, y
 
 
-class _NeighborsClassifier(*_Base):
+class _NeighborsClassifier(_Base):
     """Shared fitting, neighbor search and scoring; subclasses pick the method."""
 
     _method = ""

@@ -52,7 +52,7 @@ def _data(seed, n=60, d=5, n_classes=3):
 def _naive_votes(y_neighbors, sims, temperature, classes):
     """DINO's weighted vote of one query, written out: exp(s / T) per neighbor to its class (if listed)."""
     votes = np.zeros(len(classes))
-    for label, s in zip(y_neighbors, sims):
+    for label, s in zip(y_neighbors, sims, strict=True):
         if label in classes:
             votes[classes.index(label)] += np.exp(s / temperature)
     return votes
@@ -281,7 +281,7 @@ def test_nnk_unlabelled_rows_take_weight_but_never_vote(seed, k):
         ref = _nnls_weights(t[bids[b]].astype(np.float64), q[b].astype(np.float64))
         np.testing.assert_allclose(theta[b], ref, atol=1e-5)  # the unlabelled neighbors are in the solve
         mass = np.zeros(len(classes))
-        for label, weight in zip(y[bids[b]], ref):
+        for label, weight in zip(y[bids[b]], ref, strict=True):
             if label != -1:
                 mass[classes.index(label)] += weight
         if mass.sum() > 0.1:  # well away from the fallback
