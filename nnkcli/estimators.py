@@ -4,22 +4,26 @@ Both score queries with the same code as ``nnk classify`` (``evaluation.classifi
 score_chunk`` over an in-memory flat index of the L2-normalised training rows), so on the
 same data they predict exactly what the command line predicts. They follow scikit-learn's
 estimator API (``fit``/``predict``/``predict_proba``/``score``/``kneighbors``, ``classes_``,
-``get_params``/``set_params``, ``clone``, pickling) and pass
-``sklearn.utils.estimator_checks.check_estimator``.
+``clone``, pickling) and pass ``sklearn.utils.estimator_checks.check_estimator`` on their
+defaults: every label is a class, ``-1`` too; the store's "-1 is unlabelled" is opt-in
+(``unlabelled=-1``: those rows are neighbors that never vote, as in ``nnk classify``). The
+scoring parameters are checked by the core's rules (``ScoringOptions``); a bad value raises a
+``ValueError`` naming the Python parameter.
 
 scikit-learn is optional: when it is installed the estimators derive from its
-``BaseEstimator``/``ClassifierMixin`` and validate inputs with its ``validate_data``;
-without it they use a small stand-in with the same ``get_params``/``set_params``/``score``
-and numpy validation. This is the only module that imports scikit-learn.
+``BaseEstimator``/``ClassifierMixin`` and validate inputs with its ``validate_data``; without
+it, from a stand-in with the same ``get_params``/``set_params``/``score`` and numpy checks.
+This is the only module that imports scikit-learn.
 """
 
 from __future__ import annotations
 
 import inspect
+import numbers
 
 import numpy as np
 
-from nnkcli.errors import InputError
+from nnkcli.errors import InputError, OptionError
 
 try:  # optional: the sklearn extra
     from sklearn.base import BaseEstimator as _BaseEstimator
@@ -32,8 +36,6 @@ try:  # optional: the sklearn extra
 except ImportError:  # pragma: no cover - exercised by a test that hides sklearn
     HAVE_SKLEARN = False
 
-SOLVERS = ("exact",)  # the KKT-certified active-set solver (nnkcli.numerics.solver)
-
 
 class EstimatorInputError(InputError, ValueError):
     """Bad data or parameters given to an estimator (a ValueError, as scikit-learn expects)."""
@@ -44,10 +46,13 @@ class NotFittedError(EstimatorInputError, AttributeError):
 
 
 if HAVE_SKLEARN:
-    _Base = (_ClassifierMixin, _BaseEstimator)
+
+    class _Base(_ClassifierMixin, _BaseEstimator):
+        """scikit-learn's own estimator API."""
+
 else:
 
-    class _ParamsBase:
+    class _Base:  # type: ignore[no-redef]
         """``get_params``/``set_params``/``score`` as scikit-learn's ``BaseEstimator`` defines them."""
 
         @classmethod
@@ -70,14 +75,12 @@ else:
         def score(self, X, y, sample_weight=None) -> float:
             """Mean accuracy of ``predict(X)`` against ``y``."""
             y = np.asarray(y)
-            hits = (self.predict(X) == y).astype(np.float64)
+            hits = (self.predict(X) == y).astype(np.float64)  # type: ignore[attr-defined]
             return float(np.average(hits, weights=sample_weight))
 
         def __repr__(self) -> str:
             args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
             return f"{type(self).__name__}({args})"
-
-    _Base = (_ParamsBase,)
 
 
 def _as_array(values):
@@ -85,6 +88,14 @@ def _as_array(values):
     from nnkcli.storage.checks import tensor_to_numpy
 
     return tensor_to_numpy(values)
+
+
+def _parameter_error(name: str, value, exc: OptionError, options: dict) -> EstimatorInputError:
+    """The core's complaint, naming the parameter, not the CLI option (``options``: parameter -> option)."""
+    reason, hint = getattr(exc, "reason", None) or str(exc), exc.hint
+    for param, option in options.items():  # a hint's "--kernel gaussian" becomes "kernel=gaussian"
+        hint = hint and hint.replace(f"{option} ", f"{param}=")
+    return EstimatorInputError(f"{name}: {reason} (got {value!r})", hint=hint)
 
 
 def _numpy_validate(X, y=None, n_features: int | None = None, name: str = "estimator"):
@@ -112,10 +123,11 @@ def _numpy_validate(X, y=None, n_features: int | None = None, name: str = "estim
     return X, y
 
 
-class _NeighborsClassifier(*_Base):
+class _NeighborsClassifier(_Base):
     """Shared fitting, neighbor search and scoring; subclasses pick the method."""
 
     _method = ""
+    _NUMBERS = ("tol", "temperature")  # must be real numbers (the core's checks also take strings)
 
     def _options(self):
         raise NotImplementedError
@@ -124,6 +136,27 @@ class _NeighborsClassifier(*_Base):
         k = self.n_neighbors
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise EstimatorInputError(f"n_neighbors must be an integer >= 1, got {k!r}")
+        if np.ndim(self.unlabelled) != 0:
+            raise EstimatorInputError(f"unlabelled must be one label value or None, got {self.unlabelled!r}")
+
+    def _scoring_options(self, **params):
+        """The core's ``ScoringOptions`` of this method with ``params``, checked by the core's rules;
+        a bad value raises ``EstimatorInputError`` naming the Python parameter (not the CLI option)."""
+        from nnkcli.evaluation.options import ScoringOptions
+
+        options = {name: option for name, option in ScoringOptions.option_names().items() if name in params}
+        for name, value in params.items():
+            if name in self._NUMBERS and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+                raise EstimatorInputError(f"{name}: expected a number (got {value!r})")
+            try:
+                ScoringOptions.check_field(name, value)
+            except OptionError as exc:
+                raise _parameter_error(name, value, exc, options) from None
+        try:  # the rules between fields (the pruning solver needs the cosine kernel)
+            return ScoringOptions(methods=(self._method,), **params)
+        except OptionError as exc:
+            name = {option: name for name, option in options.items()}.get(exc.option, next(iter(params)))
+            raise _parameter_error(name, params[name], exc, options) from None
 
     # --- validation -----------------------------------------------------------------
     def _validate(self, X, y=None, *, reset: bool):
@@ -159,8 +192,8 @@ class _NeighborsClassifier(*_Base):
             Real features; rows are L2-normalised. An all-zero row has cosine similarity 0
             to every row (scikit-learn's convention; ``nnk extract`` refuses such rows).
         y : array-like, shape (n_samples,)
-            Class labels, integers or strings. Rows whose label equals ``unlabelled``
-            (default ``-1``, the store's marker) are refused.
+            Class labels, integers or strings; every value is a class (``-1`` too), except
+            the value of ``unlabelled`` when it is set: those rows are indexed but never vote.
 
         Returns
         -------
@@ -173,26 +206,28 @@ class _NeighborsClassifier(*_Base):
         if y is None:
             raise EstimatorInputError(f"{type(self).__name__} requires y to be passed, but the target y is None")
         X, y = self._validate(X, y, reset=True)
-        if self.unlabelled is not None:
-            with np.errstate(all="ignore"):
-                marked = np.asarray(y == self.unlabelled, dtype=bool).reshape(-1)
-            if marked.size == len(y) and marked.any():
-                first = int(np.flatnonzero(marked)[0])
-                raise EstimatorInputError(
-                    f"y has {int(marked.sum())} unlabelled rows (label {self.unlabelled!r}; first: row {first})",
-                    hint="drop them before fit, or pass unlabelled=None if that value is a real class",
-                )
-        classes, y_ids = np.unique(y, return_inverse=True)
-        self.classes_ = classes
+        labelled = self._labelled(y)
+        if not labelled.any():
+            raise EstimatorInputError(f"every row of y has the label unlabelled={self.unlabelled!r}")
+        classes, ids = np.unique(y[labelled], return_inverse=True)
+        y_ids = np.full(len(y), -1, dtype=np.int64)  # -1: the core's "never votes"
+        y_ids[labelled] = ids.reshape(-1)
+        self.classes_, names, X = classes, [str(c) for c in classes], np.asarray(X, dtype=np.float32)
         try:
-            self._ev = InMemoryEvaluation(np.asarray(X, dtype=np.float32), y_ids.reshape(-1).astype(np.int64),
-                                          class_names=[str(c) for c in classes], keep_zero_rows=True)
+            self._ev = InMemoryEvaluation(X, y_ids, class_names=names, keep_zero_rows=True)
         except InputError as exc:
             raise EstimatorInputError(exc.message, hint=exc.hint) from None
         self.n_samples_fit_ = int(X.shape[0])
         # at most the number of training rows (a fixed default of 50 would break small fits)
         self.n_neighbors_ = int(min(self.n_neighbors, self.n_samples_fit_))
         return self
+
+    def _labelled(self, y) -> np.ndarray:
+        """(n_samples,) bool: the rows whose label is a class; a label of another type than
+        ``unlabelled`` compares unequal (numpy's scalar False is broadcast)."""
+        if self.unlabelled is None:
+            return np.ones(len(y), dtype=bool)
+        return ~np.broadcast_to(np.asarray(y == self.unlabelled, dtype=bool), (len(y),))
 
     def __getstate__(self):
         # the faiss index is not picklable: keep the training rows, rebuild the index on load
@@ -221,7 +256,7 @@ class _NeighborsClassifier(*_Base):
             yield start, unit_rows(X[start : start + step], keep_zero_rows=True)
 
     def _score(self, X):
-        """Per query: class scores (n, C) as the CLI computes them, and the chunk results."""
+        """The validated queries, and the chunk results (class scores as the CLI computes them)."""
         from nnkcli.evaluation.classification import score_chunk
 
         self._check_fitted()
@@ -233,27 +268,47 @@ class _NeighborsClassifier(*_Base):
         for start, q in self._chunks(X, k):
             labels = np.full(len(q), -1, dtype=np.int64)
             parts.append(score_chunk(self._ev, q, start, labels, opts, timing))
-        return parts
+        return X, parts
 
     def _proba_and_top(self, X):
         from nnkcli.numerics.scores import topk_classes
 
-        parts = self._score(X)
+        X, parts = self._score(X)
         key = (self._method, self.n_neighbors_)
         scores = np.concatenate([p.by_method_k[key].scores for p in parts])
         top = topk_classes(scores, 1)[:, 0]
-        nearest = np.concatenate([self._ev.train_labels[p.ids[:, 0]] for p in parts])
         positive = np.clip(scores, 0.0, None)
         total = positive.sum(axis=1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
             proba = np.where(total > 0, positive / total, 0.0)
-        # no class with a positive score (all NNK weights zero, or negative similarities
-        # under the "similarity" weighting): the nearest neighbor's class, with certainty
-        none = top < 0
-        top[none] = nearest[none]
-        proba[none] = 0.0
-        proba[none, nearest[none]] = 1.0
+        # no class with a positive score (all NNK weights zero or on unlabelled rows, negative
+        # similarities under the "similarity" weighting): the nearest labelled row's class, with certainty
+        none = np.flatnonzero(top < 0)
+        if none.size:
+            neighbor_labels = np.concatenate([self._ev.train_labels[p.ids] for p in parts])[none]
+            nearest = self._nearest_labelled(X[none], neighbor_labels)
+            top[none] = nearest
+            proba[none] = 0.0
+            proba[none, nearest] = 1.0
         return proba, top
+
+    def _nearest_labelled(self, X, neighbor_labels) -> np.ndarray:
+        """Class ids of each query's most similar labelled training row: the first labelled one of
+        ``neighbor_labels`` (n, k; -1 = unlabelled), else by comparing with every labelled row."""
+        from nnkcli.evaluation.in_memory import unit_rows
+
+        has = neighbor_labels >= 0
+        out = neighbor_labels[np.arange(len(X)), has.argmax(axis=1)]
+        rest = np.flatnonzero(~has.any(axis=1))
+        if rest.size:
+            labelled = np.flatnonzero(self._ev.train_labels >= 0)
+            rows = unit_rows(self._ev.train.features[labelled], keep_zero_rows=True)
+            q = unit_rows(X[rest], keep_zero_rows=True)
+            step = max(1, 2**22 // len(rows))  # about 16 MiB of similarities at a time
+            for s in range(0, len(q), step):
+                best = np.argmax(q[s : s + step] @ rows.T, axis=1)
+                out[rest[s : s + step]] = self._ev.train_labels[labelled[best]]
+        return out
 
     def predict(self, X) -> np.ndarray:
         """Class of each row of X: the top-1 class of the CLI's scores.
@@ -268,14 +323,32 @@ class _NeighborsClassifier(*_Base):
     def predict_proba(self, X) -> np.ndarray:
         """Class scores normalised to sum to 1, columns in the order of ``classes_``.
 
-        NNK: the weight mass per class over the total weight (the CLI's NNK scores);
-        weighted k-NN: the summed vote weights per class over their total.
+        NNK: the weight mass per class over the labelled weight (the CLI's NNK scores);
+        weighted k-NN: the summed vote weights per class over their total. Unlabelled
+        neighbors (see ``unlabelled``) add to no class.
 
         Returns
         -------
         ndarray, shape (n_queries, n_classes), float64
         """
         return self._proba_and_top(X)[0]
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """Mean accuracy of ``predict(X)`` against ``y``, as a fraction in [0, 1] (scikit-learn's
+        convention, which model selection relies on; nnkcli's documents report percentages).
+
+        Parameters
+        ----------
+        X : array-like, shape (n_queries, n_features)
+        y : array-like, shape (n_queries,)
+            True labels.
+        sample_weight : array-like, shape (n_queries,), optional
+
+        Returns
+        -------
+        float
+        """
+        return super().score(X, y, sample_weight=sample_weight)
 
     def kneighbors(self, X=None, n_neighbors: int | None = None, return_distance: bool = True):
         """The most similar training rows of each query, most similar first.
@@ -293,7 +366,7 @@ class _NeighborsClassifier(*_Base):
         dist : ndarray, shape (n_queries, n_neighbors), float64
             Cosine distances ``1 - cos`` (only when ``return_distance``).
         ind : ndarray, shape (n_queries, n_neighbors), int64
-            Row numbers into the training data.
+            Row numbers into the training data (unlabelled rows included).
         """
         from nnkcli.evaluation.classification import search_neighbors
 
@@ -317,8 +390,8 @@ class NNKClassifier(_NeighborsClassifier):
     """Non-negative kernel regression (NNK) classifier over the k most similar training rows.
 
     Each query's weights theta >= 0 on its k neighbors solve
-    ``min 1/2 theta' K theta - k_q' theta`` exactly (KKT-certified active set); the class
-    scores are the weight mass per class over the total weight.
+    ``min 1/2 theta' K theta - k_q' theta`` (by default exactly: KKT-certified active set);
+    the class scores are the weight mass per class over the total weight.
 
     Parameters
     ----------
@@ -326,12 +399,15 @@ class NNKClassifier(_NeighborsClassifier):
         k; at most the number of training rows (``n_neighbors_`` is the k used).
     kernel : {"cosine", "gaussian"}, default="cosine"
         ``(1 + cos) / 2``, or ``exp(-d^2 / 2 s^2)`` with s = the k-th neighbor distance / 3.
-    solver : {"exact"}, default="exact"
-        The KKT-certified active-set solver.
+    solver : {"exact", "pruning"}, default="exact"
+        The solvers of ``nnk classify --solver``: the KKT-certified active set, or the NNK
+        paper's pruning solver (``nnkcli.numerics.pruning``; cosine kernel only).
     tol : float, default=1e-8
-        KKT tolerance, relative to max|k_q|.
-    unlabelled : int, str or None, default=-1
-        The label marking unlabelled rows, refused by ``fit``; None: every label is a class.
+        KKT tolerance of the exact solver, relative to max|k_q|.
+    unlabelled : int, str or None, default=None
+        None: every label is a class (``-1`` too). A value (``-1``, the store's marker): rows
+        with that label may be among a query's k neighbors (they take part in the NNK solve)
+        but add to no class score (the value is not in ``classes_``).
 
     Attributes
     ----------
@@ -348,12 +424,14 @@ class NNKClassifier(_NeighborsClassifier):
     >>> clf = NNKClassifier(n_neighbors=2).fit(X, ["a", "a", "b", "b"])
     >>> clf.predict([[1.0, 0.0]]).tolist()
     ['a']
+    >>> clf.score([[1.0, 0.0], [0.0, 1.0]], ["a", "a"])  # a fraction, as scikit-learn requires
+    0.5
     """
 
     _method = "nnk"
 
     def __init__(self, n_neighbors: int = 50, kernel: str = "cosine", solver: str = "exact", tol: float = 1e-8,
-                 unlabelled=-1):
+                 unlabelled=None):
         self.n_neighbors = n_neighbors
         self.kernel = kernel
         self.solver = solver
@@ -361,16 +439,7 @@ class NNKClassifier(_NeighborsClassifier):
         self.unlabelled = unlabelled
 
     def _options(self):
-        from nnkcli.evaluation.options import ScoringOptions
-
-        if self.solver not in SOLVERS:
-            raise EstimatorInputError(f"unknown solver {self.solver!r}", hint=f"choose one of: {', '.join(SOLVERS)}")
-        if not isinstance(self.tol, (int, float)) or not self.tol > 0:
-            raise EstimatorInputError(f"tol must be a positive number, got {self.tol!r}")
-        try:
-            return ScoringOptions(methods=("nnk",), kernel=self.kernel, tol=float(self.tol))
-        except InputError as exc:
-            raise EstimatorInputError(exc.message, hint=exc.hint) from None
+        return self._scoring_options(kernel=self.kernel, solver=self.solver, tol=self.tol)
 
     def nnk_weights(self, X):
         """The neighbors and NNK weights behind ``predict(X)``.
@@ -381,8 +450,9 @@ class NNKClassifier(_NeighborsClassifier):
             Training rows, most similar first.
         theta : ndarray, shape (n_queries, n_neighbors_), float64
             Their non-negative NNK weights (not normalised); zero outside the support.
+            Unlabelled neighbors (see ``unlabelled``) get weights too; they vote for no class.
         """
-        parts = self._score(X)
+        parts = self._score(X)[1]
         key = ("nnk", self.n_neighbors_)
         return (np.concatenate([p.ids for p in parts]),
                 np.concatenate([p.by_method_k[key].theta for p in parts]))
@@ -401,8 +471,9 @@ class WeightedKNNClassifier(_NeighborsClassifier):
     temperature : float, default=0.07
         T of the ``"exp"`` weighting.
     weighting : {"exp", "similarity", "uniform"}, default="exp"
-    unlabelled : int, str or None, default=-1
-        The label marking unlabelled rows, refused by ``fit``; None: every label is a class.
+    unlabelled : int, str or None, default=None
+        None: every label is a class (``-1`` too). A value (``-1``, the store's marker): rows
+        with that label may be among a query's k neighbors but never vote (not in ``classes_``).
 
     Attributes
     ----------
@@ -411,18 +482,11 @@ class WeightedKNNClassifier(_NeighborsClassifier):
 
     _method = "knn"
 
-    def __init__(self, n_neighbors: int = 20, temperature: float = 0.07, weighting: str = "exp", unlabelled=-1):
+    def __init__(self, n_neighbors: int = 20, temperature: float = 0.07, weighting: str = "exp", unlabelled=None):
         self.n_neighbors = n_neighbors
         self.temperature = temperature
         self.weighting = weighting
         self.unlabelled = unlabelled
 
     def _options(self):
-        from nnkcli.evaluation.options import ScoringOptions
-
-        if not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool):
-            raise EstimatorInputError(f"temperature must be a positive number, got {self.temperature!r}")
-        try:
-            return ScoringOptions(methods=("knn",), temperature=float(self.temperature), weighting=self.weighting)
-        except InputError as exc:
-            raise EstimatorInputError(exc.message, hint=exc.hint) from None
+        return self._scoring_options(temperature=self.temperature, weighting=self.weighting)
