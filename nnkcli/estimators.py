@@ -1,6 +1,6 @@
 """scikit-learn style classifiers: :class:`NNKClassifier` and :class:`WeightedKNNClassifier`.
 
-Both score queries with the same code as ``nnk classify`` (``evaluation.classification.
+Both score queries with the same code as ``nnk classify`` (``evaluation.scoring.
 score_chunk`` over an in-memory flat index of the L2-normalised training rows), so on the
 same data they predict exactly what the command line predicts. They follow scikit-learn's
 estimator API (``fit``/``predict``/``predict_proba``/``score``/``kneighbors``, ``classes_``,
@@ -166,7 +166,7 @@ class _NeighborsClassifier(*_Base):
         -------
         self
         """
-        from nnkcli.evaluation.in_memory import InMemoryEvaluation
+        from nnkcli.evaluation.setup import Evaluation
 
         self._check_params()
         self._options()  # validates the scoring parameters before any work
@@ -185,8 +185,8 @@ class _NeighborsClassifier(*_Base):
         classes, y_ids = np.unique(y, return_inverse=True)
         self.classes_ = classes
         try:
-            self._ev = InMemoryEvaluation(np.asarray(X, dtype=np.float32), y_ids.reshape(-1).astype(np.int64),
-                                          class_names=[str(c) for c in classes], keep_zero_rows=True)
+            self._ev = Evaluation.from_arrays(np.asarray(X, dtype=np.float32), y_ids.reshape(-1).astype(np.int64),
+                                              class_names=[str(c) for c in classes], keep_zero_rows=True)
         except InputError as exc:
             raise EstimatorInputError(exc.message, hint=exc.hint) from None
         self.n_samples_fit_ = int(X.shape[0])
@@ -203,18 +203,18 @@ class _NeighborsClassifier(*_Base):
         return state
 
     def __setstate__(self, state):
-        from nnkcli.evaluation.in_memory import InMemoryEvaluation
+        from nnkcli.evaluation.setup import Evaluation
 
         rows = state.pop("_fit_rows", None)
         self.__dict__.update(state)
         if rows is not None:
-            self._ev = InMemoryEvaluation(rows[0], rows[1], class_names=rows[2], keep_zero_rows=True)
+            self._ev = Evaluation.from_arrays(rows[0], rows[1], class_names=rows[2], keep_zero_rows=True)
 
     # --- scoring ---------------------------------------------------------------------
     def _chunks(self, X, k: int):
         """(start, normalised float32 block) pairs sized to the evaluation's memory budget."""
-        from nnkcli.evaluation.classification import default_chunk_size
-        from nnkcli.evaluation.in_memory import unit_rows
+        from nnkcli.evaluation.arrays import unit_rows
+        from nnkcli.evaluation.memory import default_chunk_size
 
         step = default_chunk_size(k, X.shape[1], len(self.classes_))
         for start in range(0, X.shape[0], step):
@@ -222,7 +222,7 @@ class _NeighborsClassifier(*_Base):
 
     def _score(self, X):
         """Per query: class scores (n, C) as the CLI computes them, and the chunk results."""
-        from nnkcli.evaluation.classification import score_chunk
+        from nnkcli.evaluation.scoring import score_chunk
 
         self._check_fitted()
         X = self._validate(X, reset=False)
@@ -295,7 +295,7 @@ class _NeighborsClassifier(*_Base):
         ind : ndarray, shape (n_queries, n_neighbors), int64
             Row numbers into the training data.
         """
-        from nnkcli.evaluation.classification import search_neighbors
+        from nnkcli.evaluation.scoring import search_neighbors
 
         self._check_fitted()
         k = self.n_neighbors_ if n_neighbors is None else n_neighbors
