@@ -10,7 +10,8 @@ evaluates many k from the same search.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from nnkcli.errors import InputError
 from nnkcli.evaluation.documents import result_document
@@ -19,13 +20,17 @@ from nnkcli.evaluation.results import ClassifyResult
 from nnkcli.evaluation.setup import check_labelled, open_evaluation, with_k
 from nnkcli.evaluation.streaming import evaluate_chunks
 
+if TYPE_CHECKING:
+    from nnkcli.evaluation.partials import PartialWriter
+    from nnkcli.evaluation.predictions import PredictionWriter
+
 
 def classify(
     store_path: str | os.PathLike,
     options: ScoringOptions | None = None,
     *,
     data: DataOptions | None = None,
-    k: int | str | None = None,
+    k: int | str | Sequence[int] | None = None,
     per_class: bool = False,
     predictions_path: str | os.PathLike | None = None,
     gate_requested: bool = False,
@@ -42,8 +47,8 @@ def classify(
         How queries are scored; its ``k_values`` must hold one k (default: ``k=50``).
     data : DataOptions, optional
         Splits and saved index (default: train vs val, the saved index if present).
-    k : int or str, optional
-        The k (one value: ``10`` or ``"10"``); overrides ``options``.
+    k : int, str or sequence of int, optional
+        The one k (``10``, ``"10"`` or ``[10]``), over ``options``' (default 50, or the ``protocol``'s).
     per_class : bool
         Add per-class top-1 to each result.
     predictions_path : path-like, optional
@@ -87,7 +92,7 @@ def classify(
     with ev:
         check_labelled(ev, gate_requested)
         ev.check_k(options)  # before the predictions file is created (evaluate_chunks checks again, cheaply)
-        writer = None
+        writer: PartialWriter | PredictionWriter | None = None
         try:  # the writer is made inside: a signal just after it is made still aborts it
             if predictions_path is not None and data.shard is not None:
                 from nnkcli.evaluation.partials import partial_writer

@@ -28,7 +28,7 @@ from nnkcli.errors import MissingDependencyError
 ROW_KEYS = ("method", "k", "temperature")
 
 
-class EvaluationResult(Mapping):
+class EvaluationResult(Mapping[str, Any]):
     """The result of one evaluation: its JSON-able document and views of it.
 
     Parameters

@@ -213,9 +213,9 @@ class ShardedSearcher(Searcher):
         self._loaded: tuple[int, IndexSearcher] | None = None
         self._forward = True
         self.loads = 0  # shard files read so far (reported in the timing)
+        self.chunk_budget = self._chunk_budget()
 
-    @property
-    def chunk_budget(self) -> int:
+    def _chunk_budget(self) -> int:
         """Working memory for a query chunk: a quarter of the largest shard (128 MiB to the usual 512 MiB).
 
         Sharding is chosen to bound memory, so the chunk (whose neighbor vectors the shard
@@ -236,9 +236,9 @@ class ShardedSearcher(Searcher):
         return self._loaded[1]
 
     def neighbors(self, q: np.ndarray, start: int, k: int, exclude_self: bool):
-        order = range(self.manifest.n_shards)
+        order = list(range(self.manifest.n_shards))
         if not self._forward:
-            order = reversed(order)
+            order.reverse()
         self._forward = not self._forward
         best = None
         for i in order:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any, cast
 
 from nnkcli.evaluation.memory import plan_chunks
 from nnkcli.evaluation.options import ScoringOptions
@@ -58,7 +59,8 @@ def evaluate_chunks(
     # the torch backend hands the neighbors over on its device, where score_chunk scores them
     fetch = searcher.device_neighbors if searcher.on_device else searcher.neighbors
     accs = make_accumulators(ev, opts, keep_hits=keep_hits)
-    timing = {"read_s": 0.0, "search_s": 0.0, "rerank_s": 0.0, "knn_s": 0.0, "nnk_s": 0.0, "nnk_fallbacks": 0}
+    timing: dict[str, Any] = {"read_s": 0.0, "search_s": 0.0, "rerank_s": 0.0, "knn_s": 0.0, "nnk_s": 0.0,
+                              "nnk_fallbacks": 0}
 
     def blocks():
         t0 = time.perf_counter()
@@ -88,7 +90,8 @@ def evaluate_chunks(
 
     t_start = time.perf_counter()
     stages = run_pipeline(blocks(), search, score, sub_chunk=chunk if split else block, threads=threads)
-    for (res, own), search_s, _ in stages:
+    for scored, search_s, _ in stages:
+        res, own = cast("tuple[ChunkResult, dict]", scored)
         timing["search_s"] += search_s
         for key in ("rerank_s", "knn_s", "nnk_s", "nnk_fallbacks"):
             timing[key] += own[key]
