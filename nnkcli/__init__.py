@@ -43,6 +43,9 @@ _EXPORTS = {
     "NNKClassifier": "nnkcli.estimators",
     "WeightedKNNClassifier": "nnkcli.estimators",
     "evaluate_features": "nnkcli.evaluation.in_memory",
+    "EvaluationResult": "nnkcli.evaluation.results",
+    "ClassifyResult": "nnkcli.evaluation.results",
+    "SweepResult": "nnkcli.evaluation.results",
 }
 
 __all__ = ["__version__", *_EXPORTS]

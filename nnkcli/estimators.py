@@ -1,6 +1,6 @@
 """scikit-learn style classifiers: :class:`NNKClassifier` and :class:`WeightedKNNClassifier`.
 
-Both score queries with the same code as ``nnk classify`` (``evaluation.classification.
+Both score queries with the same code as ``nnk classify`` (``evaluation.scoring.
 score_chunk`` over an in-memory flat index of the L2-normalised training rows), so on the
 same data they predict exactly what the command line predicts. They follow scikit-learn's
 estimator API (``fit``/``predict``/``predict_proba``/``score``/``kneighbors``, ``classes_``,
@@ -199,7 +199,7 @@ class _NeighborsClassifier(_Base):
         -------
         self
         """
-        from nnkcli.evaluation.in_memory import InMemoryEvaluation
+        from nnkcli.evaluation.setup import Evaluation
 
         self._check_params()
         self._options()  # validates the scoring parameters before any work
@@ -214,7 +214,7 @@ class _NeighborsClassifier(_Base):
         y_ids[labelled] = ids.reshape(-1)
         self.classes_, names, X = classes, [str(c) for c in classes], np.asarray(X, dtype=np.float32)
         try:
-            self._ev = InMemoryEvaluation(X, y_ids, class_names=names, keep_zero_rows=True)
+            self._ev = Evaluation.from_arrays(X, y_ids, class_names=names, keep_zero_rows=True)
         except InputError as exc:
             raise EstimatorInputError(exc.message, hint=exc.hint) from None
         self.n_samples_fit_ = int(X.shape[0])
@@ -238,18 +238,18 @@ class _NeighborsClassifier(_Base):
         return state
 
     def __setstate__(self, state):
-        from nnkcli.evaluation.in_memory import InMemoryEvaluation
+        from nnkcli.evaluation.setup import Evaluation
 
         rows = state.pop("_fit_rows", None)
         self.__dict__.update(state)
         if rows is not None:
-            self._ev = InMemoryEvaluation(rows[0], rows[1], class_names=rows[2], keep_zero_rows=True)
+            self._ev = Evaluation.from_arrays(rows[0], rows[1], class_names=rows[2], keep_zero_rows=True)
 
     # --- scoring ---------------------------------------------------------------------
     def _chunks(self, X, k: int):
         """(start, normalised float32 block) pairs sized to the evaluation's memory budget."""
-        from nnkcli.evaluation.classification import default_chunk_size
-        from nnkcli.evaluation.in_memory import unit_rows
+        from nnkcli.evaluation.arrays import unit_rows
+        from nnkcli.evaluation.memory import default_chunk_size
 
         step = default_chunk_size(k, X.shape[1], len(self.classes_))
         for start in range(0, X.shape[0], step):
@@ -257,7 +257,7 @@ class _NeighborsClassifier(_Base):
 
     def _score(self, X):
         """The validated queries, and the chunk results (class scores as the CLI computes them)."""
-        from nnkcli.evaluation.classification import score_chunk
+        from nnkcli.evaluation.scoring import score_chunk
 
         self._check_fitted()
         X = self._validate(X, reset=False)
@@ -295,7 +295,7 @@ class _NeighborsClassifier(_Base):
     def _nearest_labelled(self, X, neighbor_labels) -> np.ndarray:
         """Class ids of each query's most similar labelled training row: the first labelled one of
         ``neighbor_labels`` (n, k; -1 = unlabelled), else by comparing with every labelled row."""
-        from nnkcli.evaluation.in_memory import unit_rows
+        from nnkcli.evaluation.arrays import unit_rows
 
         has = neighbor_labels >= 0
         out = neighbor_labels[np.arange(len(X)), has.argmax(axis=1)]
@@ -368,7 +368,7 @@ class _NeighborsClassifier(_Base):
         ind : ndarray, shape (n_queries, n_neighbors), int64
             Row numbers into the training data (unlabelled rows included).
         """
-        from nnkcli.evaluation.classification import search_neighbors
+        from nnkcli.evaluation.scoring import search_neighbors
 
         self._check_fitted()
         k = self.n_neighbors_ if n_neighbors is None else n_neighbors

@@ -48,7 +48,7 @@ def classify(store, scoring, data, shard, per_class, out, min_top1, min_top5, ga
     gate = min_top1 is not None or min_top5 is not None
     check_gate_method(gate_method, scoring.methods, gate)
     doc = run_classify(store, scoring, data=data, per_class=per_class, predictions_path=out, gate_requested=gate,
-                       progress_factory=ui.progress)
+                       progress_factory=ui.progress).to_dict()
     rows = doc["results"]
     render_classification(doc, fmt, per_class=per_class)
     check_gates(rows, min_top1=min_top1, min_top5=min_top5, gate_method=gate_method)

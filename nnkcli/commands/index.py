@@ -67,7 +67,7 @@ def index(store, train_split, out, index_type, nlist, nprobe, hnsw_m, ef_search,
       nnk index feats.h5 --max-memory 8G         # as many shards as 8 GiB needs
     """
     from nnkcli import shards
-    from nnkcli.evaluation.classification import CHUNK_MEMORY_BUDGET
+    from nnkcli.evaluation.options import CHUNK_MEMORY_BUDGET
     from nnkcli.index import IndexParams, default_index_path, index_store
 
     ui = get_ui()

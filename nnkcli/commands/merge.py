@@ -32,7 +32,7 @@ def merge(parts, out, min_top1, min_top5, gate_method, fmt):
     from nnkcli.numerics.metrics import check_gates
 
     get_ui()
-    doc = merge_parts(parts, out=out)
+    doc = merge_parts(parts, out=out).to_dict()
     if "best" in doc:  # a sweep
         render_sweep(doc, fmt)
         rows = [{"method": m, **b} for m, b in doc["best"].items()]

@@ -195,7 +195,7 @@ def counts_from_stores(
     index with the same options, after checking that the two query splits hold the same
     queries (count, labels, sample ids) — before any search.
     """
-    from nnkcli.evaluation.classification import open_evaluation
+    from nnkcli.evaluation.setup import open_evaluation
 
     k = options.k_values[0]
     ka, kb = a.k or k, b.k or k
@@ -244,7 +244,7 @@ def counts_from_stores(
 
 
 def _run(ev, opts, progress_factory, what):
-    from nnkcli.evaluation.classification import evaluate_chunks
+    from nnkcli.evaluation.streaming import evaluate_chunks
 
     if progress_factory is None:
         return evaluate_chunks(ev, opts, keep_hits=True)

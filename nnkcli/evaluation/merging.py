@@ -12,6 +12,7 @@ from typing import Sequence
 
 from nnkcli.errors import InputError
 from nnkcli.evaluation.partials import FORMAT, FORMAT_VERSION, shard_rows
+from nnkcli.evaluation.results import ClassifyResult, EvaluationResult, SweepResult
 
 
 def _describe(part: dict) -> str:
@@ -70,8 +71,9 @@ def read_parts(paths: Sequence[str | Path]) -> list[dict]:
     return ordered
 
 
-def merge_parts(paths: Sequence[str | Path], *, out: str | Path | None = None) -> dict:
-    """The result document of the unsharded run, from the partial result files of all its shards.
+def merge_parts(paths: Sequence[str | Path], *, out: str | Path | None = None) -> EvaluationResult:
+    """The result of the unsharded run (a ``ClassifyResult`` or ``SweepResult``), from the partial result
+    files of all its shards.
 
     With ``out``, also writes the merged per-query predictions as one partial result
     file covering every query (shard 0/1), which ``merge`` accepts again.
@@ -103,7 +105,7 @@ def merge_parts(paths: Sequence[str | Path], *, out: str | Path | None = None) -
         _write_merged(out, parts, doc)
         if command == "classify":
             doc["predictions_path"] = str(out)
-    return doc
+    return SweepResult(doc) if command == "sweep" else ClassifyResult(doc)
 
 
 def _merged_document(parts, template, accs, command, k_values, methods) -> dict:

@@ -110,3 +110,14 @@ class PartialWriter:
 
     def abort(self) -> None:
         self.file.abort()
+
+
+def partial_writer(path, ev, options, command: str, *, per_class: bool = False) -> PartialWriter:
+    """The partial result file of an evaluation's query rows ``ev.rows`` (``--shard I/N --out PART.h5``)."""
+    if options.temperature_grid or options.solver != "exact":
+        # a partial file holds one kNN temperature, and merging cannot sum the pruning solver's costs
+        raise InputError("sharded runs (--shard) take one --temperature and the exact solver",
+                         hint="run a temperature grid or --solver pruning on the whole query split")
+    shard, n_shards = ev.shard if ev.shard is not None else (0, 1)
+    return PartialWriter(path, ev, options, options.k_values, command=command, shard=shard, n_shards=n_shards,
+                         rows=ev.rows, per_class=per_class, alpha=options.alpha)

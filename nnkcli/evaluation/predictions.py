@@ -27,7 +27,7 @@ from nnkcli.numerics.scores import TOP
 
 
 class PredictionWriter:
-    """Receives ``ChunkResult``s from ``classification.evaluate_chunks`` and commits one HDF5 file at the end."""
+    """Receives ``ChunkResult``s from ``streaming.evaluate_chunks`` and commits one HDF5 file at the end."""
 
     def __init__(self, path: str | os.PathLike, ev, opts: ScoringOptions):
         from nnkcli.storage.store import ArrayFileWriter

@@ -17,22 +17,72 @@ candidate set is re-ranked in float64 and merged with :func:`merge_topk`.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 
+from nnkcli.evaluation.options import CHUNK_MEMORY_BUDGET
 
-class Searcher(Protocol):
-    """What the scoring code needs from the train side."""
+
+class Searcher:
+    """What the scoring code needs from the train side: every capability declared, none probed.
+
+    The base answers ``neighbors`` only. A searcher declares what more it can do with its
+    class attributes, and implements the methods those name:
+
+    ``two_stage``   ``search_ids`` (candidate ids of a large block of queries) then ``refine``
+                    (their exact re-ranking, sub-chunk by sub-chunk); else the pipeline asks
+                    ``neighbors`` chunk by chunk.
+    ``on_device``   ``device_neighbors`` hands the neighbors over as :class:`DeviceNeighbors`
+                    on a torch device, where the chunk is scored (``labels_on_device``).
+    ``thread_safe`` concurrent calls from several threads are safe (else one at a time).
+    ``chunk_budget`` the working memory of the query chunks in flight, in bytes.
+    """
 
     n: int  # train rows
     dim: int
+    two_stage: bool = False
+    on_device: bool = False
+    thread_safe: bool = False
+    chunk_budget: int = CHUNK_MEMORY_BUDGET
 
     def neighbors(self, q: np.ndarray, start: int, k: int, exclude_self: bool):
         """(ids, sims, X, missing) for queries ``q`` (B, d) float32, rows ``start..start+B`` of the query split."""
+        raise NotImplementedError
+
+    def search_ids(self, q: np.ndarray, start: int, k: int, exclude_self: bool) -> np.ndarray:
+        """``two_stage``: the search alone, candidate ids (B, k) int64, global, -1 padded."""
+        raise NotImplementedError(f"{type(self).__name__} is not a two-stage searcher")
+
+    def refine(self, q: np.ndarray, ids: np.ndarray):
+        """``two_stage``: ``search_ids``'s candidates of queries ``q`` re-ranked exactly: (ids, sims, X, missing)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a two-stage searcher")
+
+    def device_neighbors(self, q: np.ndarray, start: int, k: int, exclude_self: bool) -> DeviceNeighbors:
+        """``on_device``: ``neighbors`` as :class:`DeviceNeighbors` on the searcher's device."""
+        raise NotImplementedError(f"{type(self).__name__} does not search on a device")
+
+    def labels_on_device(self, labels: np.ndarray):
+        """``on_device``: the train labels (n,) int64 as a tensor on the searcher's device."""
+        raise NotImplementedError(f"{type(self).__name__} does not search on a device")
 
     def close(self) -> None:
         """Release what the searcher holds (indexes, device memory)."""
+
+
+class DeviceNeighbors:
+    """The four arrays above as torch tensors on one device (``ids``, ``sims``, ``X``, ``missing``).
+
+    The host form is a plain tuple of numpy arrays; this one comes from an ``on_device``
+    searcher (``nnkcli.evaluation.torch_backend``), and needs no torch import here.
+    """
+
+    def __init__(self, ids, sims, X, missing):
+        self.ids, self.sims, self.X, self.missing = ids, sims, X, missing
+
+    def numpy(self):
+        """(ids, sims, X, missing) as numpy arrays, the seam's host form."""
+        return tuple(a.cpu().numpy() for a in (self.ids, self.sims, self.X, self.missing))
 
 
 def drop_own_rows(ids: np.ndarray, start: int, k: int, own: np.ndarray | None = None) -> np.ndarray:
@@ -100,17 +150,18 @@ def merge_topk(a, b, k: int):
     return take(ids, order, 1), take(sims, order, 1), take(X, order[:, :, None], 1), take(missing, order, 1)
 
 
-class IndexSearcher:
+class IndexSearcher(Searcher):
     """One faiss index (:class:`nnkcli.index.NnkIndex`) holding every train row."""
+
+    #: concurrent searches from several threads are safe (faiss's search is read-only)
+    thread_safe = True
+    two_stage = True
 
     def __init__(self, nnk_index, offset: int = 0):
         self.index = nnk_index
         self.offset = int(offset)  # global row id of the index's row 0 (a shard's first row)
         self.n = nnk_index.n
         self.dim = nnk_index.dim
-
-    #: concurrent searches from several threads are safe (faiss's search is read-only)
-    thread_safe = True
 
     def search_ids(self, q: np.ndarray, start: int, k: int, exclude_self: bool) -> np.ndarray:
         """The search stage alone: candidate ids (B, k), global, -1 padded; no vectors gathered.
@@ -148,8 +199,7 @@ class IndexSearcher:
         self.index = None
 
 
-
-class ShardedSearcher:
+class ShardedSearcher(Searcher):
     """Index shards (:class:`nnkcli.shards.Manifest`) searched one after another, top k merged exactly.
 
     At most one shard is loaded at a time. Consecutive query chunks walk the shards
@@ -163,15 +213,14 @@ class ShardedSearcher:
         self._loaded: tuple[int, IndexSearcher] | None = None
         self._forward = True
         self.loads = 0  # shard files read so far (reported in the timing)
+        self.chunk_budget = self._chunk_budget()
 
-    @property
-    def chunk_budget(self) -> int:
+    def _chunk_budget(self) -> int:
         """Working memory for a query chunk: a quarter of the largest shard (128 MiB to the usual 512 MiB).
 
         Sharding is chosen to bound memory, so the chunk (whose neighbor vectors the shard
         merge holds about three times) is kept small beside one shard.
         """
-        from nnkcli.evaluation.options import CHUNK_MEMORY_BUDGET
         from nnkcli.shards import bytes_per_row
 
         rows = max(s["stop"] - s["start"] for s in self.manifest.shards)
@@ -187,9 +236,9 @@ class ShardedSearcher:
         return self._loaded[1]
 
     def neighbors(self, q: np.ndarray, start: int, k: int, exclude_self: bool):
-        order = range(self.manifest.n_shards)
+        order = list(range(self.manifest.n_shards))
         if not self._forward:
-            order = reversed(order)
+            order.reverse()
         self._forward = not self._forward
         best = None
         for i in order:

@@ -21,6 +21,7 @@ import numpy as np
 
 from nnkcli.errors import InputError
 from nnkcli.evaluation.options import DEFAULT_SELECT_QUERIES, SELECT_ON  # noqa: F401 (re-exported)
+from nnkcli.evaluation.search import Searcher
 
 DEFAULT_SELECT_SEED = 0
 
@@ -38,29 +39,33 @@ def selection_rows(n_train: int, n_select: int, seed: int = DEFAULT_SELECT_SEED)
     return np.sort(rng.choice(n_train, size=n_select, replace=False)).astype(np.int64)
 
 
-class _LeaveOneOut:
+class _LeaveOneOut(Searcher):
     """A searcher over the train split whose queries are the train ``rows``: each own row dropped.
 
-    The same two stages as the searcher it wraps (``search_ids`` on large blocks, ``refine``
-    on sub-chunks), so the selection runs through the evaluation's pipeline: its threads,
-    search blocks and overlap, as the query split's sweep does.
+    The same two stages as the searcher it wraps, when it has them (``search_ids`` on large
+    blocks, ``refine`` on sub-chunks), so the selection runs through the evaluation's
+    pipeline: its threads, search blocks and overlap, as the query split's sweep does. The
+    neighbors come back to the host (not ``on_device``): the left-out row is dropped there.
     """
 
-    def __init__(self, base, rows: np.ndarray):
+    on_device = False
+
+    def __init__(self, base: Searcher, rows: np.ndarray):
         self.base = base
         self.rows = rows
-        self.thread_safe = getattr(base, "thread_safe", False)
-        if hasattr(base, "search_ids") and hasattr(base, "refine"):
-            self.search_ids = self._search_ids
-            self.refine = base.refine
-        if hasattr(base, "chunk_budget"):  # a sharded index's smaller working memory
-            self.chunk_budget = base.chunk_budget
+        self.n, self.dim = base.n, base.dim
+        self.thread_safe = base.thread_safe
+        self.two_stage = base.two_stage
+        self.chunk_budget = base.chunk_budget  # a sharded index's smaller working memory
 
-    def _search_ids(self, q, start, k, exclude_self):
+    def search_ids(self, q, start, k, exclude_self):
         from nnkcli.evaluation.search import drop_own_rows
 
         ids = self.base.search_ids(q, start, k + 1, False)
         return drop_own_rows(ids, start, k, own=self.rows[start:start + len(q)])
+
+    def refine(self, q, ids):
+        return self.base.refine(q, ids)
 
     def neighbors(self, q, start, k, exclude_self):
         ids, sims, X, missing = self.base.neighbors(q, start, k + 1, False)
@@ -108,10 +113,10 @@ def run_selection(
 
     Returns
     -------
-    accumulators : dict, keyed as ``classification.evaluate_chunks``'s (method, k[, T])
+    accumulators : dict, keyed as ``streaming.evaluate_chunks``'s (method, k[, T])
     info : dict with ``rows`` (the subset size), ``seed`` and ``seconds``
     """
-    from nnkcli.evaluation.classification import evaluate_chunks
+    from nnkcli.evaluation.streaming import evaluate_chunks
 
     k_values = opts.k_values
     if k_values[-1] > ev.train.n - 1:

@@ -11,43 +11,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from nnkcli.evaluation.classification import check_labelled, evaluate_chunks, open_evaluation, result_document
+from nnkcli.errors import InputError
+from nnkcli.evaluation.documents import result_document
 from nnkcli.evaluation.options import (DEFAULT_ALPHA, DataOptions, ScoringOptions, apply_protocol, parse_k_spec,
                                       resolve)
-from nnkcli.errors import InputError
+from nnkcli.evaluation.results import SweepResult
 from nnkcli.evaluation.selection import run_selection
+from nnkcli.evaluation.setup import Evaluation, check_labelled, open_evaluation, with_k
+from nnkcli.evaluation.streaming import evaluate_chunks
 from nnkcli.numerics.stats import mcnemar_exact
 
 __all__ = ["SweepResult", "best_per_method", "parse_k_spec", "sweep"]
-
-
-@dataclass
-class SweepResult:
-    """The sweep's JSON-able document (see :meth:`to_dict`).
-
-    ``best_hits``: per method, (its best k, per labelled query whether top-1 was right
-    at that k), bool (n_labelled,); ``query_labels``/``query_ids``: the query split's
-    labels (all rows) and sample ids (or None) — for paired tests against other runs.
-    Not part of the document.
-    """
-
-    document: dict
-    best_hits: dict | None = None
-    query_labels: object = None
-    query_ids: list | None = None
-
-    def to_dict(self) -> dict:
-        return self.document
-
-    @property
-    def results(self) -> list[dict]:
-        return self.document["results"]
-
-    @property
-    def best(self) -> dict:
-        return self.document["best"]
 
 
 def best_per_method(results: Sequence[dict], hits: dict | None = None, alpha: float = DEFAULT_ALPHA) -> dict:
@@ -122,16 +97,18 @@ def sweep(
     options: ScoringOptions | None = None,
     *,
     data: DataOptions | None = None,
+    k: int | str | Sequence[int] | None = None,
     gate_requested: bool = False,
     progress: Callable[[int], None] | None = None,
     progress_factory: Callable | None = None,
     partial_path: str | os.PathLike | None = None,
     **settings,
 ) -> SweepResult:
-    """Evaluate every k of ``options.k_values`` (and kNN temperature) from one search per chunk.
+    """Evaluate every k of ``k`` (and kNN temperature) from one search per chunk.
 
-    ``options``, ``data`` and ``**settings`` are as in ``classify`` (``k_values=range(10, 201, 10)``
-    or ``k_values="10..200"`` is the usual keyword; ``temperature=(0.05, 0.1)`` a kNN grid;
+    ``k`` is an int, a list of ints or a ``--k`` SPEC (``k=[10, 20]``, ``k=range(10, 201, 10)``,
+    ``k="10..200"``; default: the ``protocol``'s k values, else ``options.k_values``).
+    ``options``, ``data`` and ``**settings`` are as in ``classify`` (``temperature=(0.05, 0.1)`` a kNN grid;
     ``protocol="dino"`` a preset for what is not given). Results are ordered by method, then
     k, then T; ``best`` holds each method's best (k, T) on the query split (optimistic: chosen
     on the split it reports) and the k values not significantly worse than it at
@@ -146,11 +123,13 @@ def sweep(
 
     Examples
     --------
-    >>> result = sweep(demo_store, k_values="5..15:5")   # demo_store: a feature store's path
-    >>> result.document["k_values"], sorted(result.best)
+    >>> result = sweep(demo_store, k="5..15:5")   # demo_store: a feature store's path
+    >>> result.to_dict()["k_values"], sorted(result.best)
     ([5, 10, 15], ['knn', 'nnk'])
+    >>> [(row["method"], row["k"]) for row in result.rows()][:2]
+    [('nnk', 5), ('nnk', 10)]
     """
-    options, data = resolve(options, data, apply_protocol(settings))
+    options, data = resolve(options, data, apply_protocol(with_k(settings, k)))
     select_on = options.select_on
     if data.shard is not None and partial_path is None:
         raise InputError("--shard needs --out PART.h5: a shard's results are only useful merged",
@@ -165,7 +144,7 @@ def sweep(
 
 
 def sweep_evaluation(
-    ev,
+    ev: Evaluation,
     options: ScoringOptions,
     *,
     gate_requested: bool = False,
@@ -173,8 +152,8 @@ def sweep_evaluation(
     progress_factory: Callable | None = None,
     partial_path: str | os.PathLike | None = None,
 ) -> SweepResult:
-    """The sweep of an opened evaluation: a store's ``Evaluation`` or an ``InMemoryEvaluation``."""
-    from nnkcli.evaluation.classification import partial_writer
+    """The sweep of an opened evaluation (``Evaluation.from_store`` or ``Evaluation.from_arrays``)."""
+    from nnkcli.evaluation.partials import partial_writer
 
     select_on = options.select_on
     check_labelled(ev, gate_requested and select_on is None)

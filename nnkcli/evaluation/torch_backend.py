@@ -36,6 +36,7 @@ import numpy as np
 
 from nnkcli.errors import InputError, MissingDependencyError
 from nnkcli.evaluation.options import BACKENDS, DEVICES  # noqa: F401  (re-exported: the backend's choices)
+from nnkcli.evaluation.search import DeviceNeighbors, Searcher
 
 logger = logging.getLogger("nnkcli")
 
@@ -97,8 +98,8 @@ def _torch_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
-class TorchSearcher:
-    """Exact-re-ranked neighbors by a chunked matmul + top-k on a torch device.
+class TorchSearcher(Searcher):
+    """Exact-re-ranked neighbors by a chunked matmul + top-k on a torch device (an ``on_device`` searcher).
 
     Parameters
     ----------
@@ -112,6 +113,9 @@ class TorchSearcher:
         False streams them block by block for every query chunk.
     """
 
+    #: the neighbors stay on the device, where ``score_on_device`` scores them
+    on_device = True
+
     def __init__(self, split, *, device: str = "cpu", fp16: bool = False, block_rows: int = BLOCK_ROWS,
                  resident: bool | None = None):
         from nnkcli.index import normalize_rows
@@ -122,6 +126,7 @@ class TorchSearcher:
         self.device = torch.device(device)
         self.fp16 = bool(fp16)
         self.block_rows = int(block_rows)
+        self._labels = None
         self.host = np.empty((self.n, self.dim), dtype=np.float32)
         for start, chunk in split.iter_chunks(self.block_rows):
             self.host[start:start + len(chunk)] = normalize_rows(chunk)
@@ -174,7 +179,7 @@ class TorchSearcher:
                 best_v, best_i = torch.gather(v, 1, keep), torch.gather(i, 1, keep)
         return best_i
 
-    def device_neighbors(self, q: np.ndarray, start: int, k: int, exclude_self: bool) -> "DeviceNeighbors":
+    def device_neighbors(self, q: np.ndarray, start: int, k: int, exclude_self: bool) -> DeviceNeighbors:
         """The exact-re-ranked top ``k`` (``nnkcli.evaluation.search``'s four arrays) as device tensors."""
         torch = self.torch
         extra = 1 if exclude_self else 0
@@ -198,7 +203,7 @@ class TorchSearcher:
 
     def labels_on_device(self, labels: np.ndarray):
         """The train labels (n,) int64 on the device, copied once."""
-        if getattr(self, "_labels", None) is None:
+        if self._labels is None:
             self._labels = self.torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
         return self._labels
 
@@ -209,19 +214,6 @@ class TorchSearcher:
 
 
 # ------------------------------------------------------------------------- the search seam, on the device
-
-
-class DeviceNeighbors:
-    """``ids`` (B, K) int64, ``sims`` (B, K) float64, ``X`` (B, K, d) float32, ``missing`` (B, K) bool on a device."""
-
-    on_device = True
-
-    def __init__(self, ids, sims, X, missing):
-        self.ids, self.sims, self.X, self.missing = ids, sims, X, missing
-
-    def numpy(self):
-        """(ids, sims, X, missing) as numpy arrays, the seam's host form."""
-        return tuple(a.cpu().numpy() for a in (self.ids, self.sims, self.X, self.missing))
 
 
 def drop_own_rows(ids, start: int, k: int):
@@ -282,7 +274,7 @@ def score_on_device(found: DeviceNeighbors, train_labels, n_classes: int, opts, 
     """Every method at every ``opts.k_values`` of one chunk, on the neighbors' device.
 
     ``train_labels`` (n,) int64 tensor on that device. Returns ``{key: dict(top=, scores=,
-    theta=, support=)}`` of numpy arrays, keyed as ``classification.score_chunk``'s results
+    theta=, support=)}`` of numpy arrays, keyed as ``scoring.score_chunk``'s results
     ((method, k), and ("knn", k, T) for the further temperatures of a grid), inserted in its order.
     """
     import time

@@ -221,12 +221,12 @@ def test_unlabelled_query_split(tmp_path):
 
 
 def test_interrupted_classify_keeps_the_old_predictions_file(store, tmp_path, monkeypatch):
-    import nnkcli.evaluation.classification as cls
+    import nnkcli.evaluation.streaming as streaming
 
     path = store[0]
     out = tmp_path / "pred.h5"
     out.write_bytes(b"old results")
-    real = cls.score_chunk
+    real = streaming.score_chunk
     calls = []
 
     def interrupt_on_second_chunk(*args, **kwargs):
@@ -235,7 +235,7 @@ def test_interrupted_classify_keeps_the_old_predictions_file(store, tmp_path, mo
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cls, "score_chunk", interrupt_on_second_chunk)
+    monkeypatch.setattr(streaming, "score_chunk", interrupt_on_second_chunk)
     with pytest.raises(KeyboardInterrupt):
         classify(path, k=5, predictions_path=out, chunk_size=10)
     assert out.read_bytes() == b"old results"
@@ -251,7 +251,7 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
        budget=st.integers(2**16, 2**31))
 def test_default_chunk_never_exceeds_the_budget(k, dim, n_classes, budget):
     from nnkcli.errors import InputError
-    from nnkcli.evaluation.classification import default_chunk_size
+    from nnkcli.evaluation.memory import default_chunk_size
 
     # oracle: the docstring's per-query formula, written out here
     per_query = 4 * k * dim + 32 * k * k + 16 * n_classes + 64 * k
@@ -267,7 +267,7 @@ def test_default_chunk_never_exceeds_the_budget(k, dim, n_classes, budget):
 
 def test_k_near_n_names_the_memory_it_needs():
     from nnkcli.errors import InputError
-    from nnkcli.evaluation.classification import default_chunk_size
+    from nnkcli.evaluation.memory import default_chunk_size
 
     with pytest.raises(InputError) as info:
         default_chunk_size(10_000, 768, 1000)  # was a (16, 10000, 10000) float64 block: 11.9 GiB

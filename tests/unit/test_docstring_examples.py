@@ -17,6 +17,7 @@ MODULES = [
     "nnkcli.evaluation.options",
     "nnkcli.evaluation.classification",
     "nnkcli.evaluation.sweeps",
+    "nnkcli.evaluation.results",
     "nnkcli.numerics.solver",
     "nnkcli.storage.store",
     "nnkcli.storage.split_writer",

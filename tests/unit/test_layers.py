@@ -40,6 +40,8 @@ OWNERS = {
     "numba": {"numerics.compiled_kernel"},
     # the GPU path: the search backend and its NNK solve (kept apart: each a module to read in one sitting)
     "torch": {"extract", "evaluation.torch_backend", "evaluation.torch_solver"},
+    # result rows as a DataFrame (optional: the 'pandas' extra)
+    "pandas": {"evaluation.results"},
 }
 
 

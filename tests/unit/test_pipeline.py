@@ -15,8 +15,9 @@ import time
 import numpy as np
 import pytest
 
-from nnkcli.evaluation import classification, pipeline
-from nnkcli.evaluation.classification import Evaluation, evaluate_chunks
+from nnkcli.evaluation import memory, pipeline, streaming
+from nnkcli.evaluation.setup import Evaluation
+from nnkcli.evaluation.streaming import evaluate_chunks
 from nnkcli.evaluation.options import ScoringOptions
 from nnkcli.parallel import available_cores, native_threads, resolve_threads
 from nnkcli.storage.store import write_split
@@ -40,7 +41,7 @@ def store(tmp_path_factory):
 def collect(path, ks, **opts):
     """Every ChunkResult's arrays, concatenated in query order, plus the accumulated accuracies."""
     parts = []
-    with Evaluation(path) as ev:
+    with Evaluation.from_store(path) as ev:
         options = ScoringOptions(methods="both", k_values=ks, **opts)
         accs, timing = evaluate_chunks(ev, options, on_chunk=parts.append)
     starts = [p.start for p in parts]
@@ -126,7 +127,7 @@ def test_native_pools_run_single_threaded_inside_workers(store, monkeypatch):
     from threadpoolctl import threadpool_info
 
     seen = []
-    real = classification.score_chunk
+    real = streaming.score_chunk
 
     def spy(*args, **kwargs):
         seen.append((threading.current_thread() is not threading.main_thread(),
@@ -134,7 +135,7 @@ def test_native_pools_run_single_threaded_inside_workers(store, monkeypatch):
                       if lib["user_api"] in ("blas", "openmp")]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(classification, "score_chunk", spy)
+    monkeypatch.setattr(streaming, "score_chunk", spy)
     monkeypatch.setattr(pipeline, "SEARCH_BLOCK", 40)
     collect(store[0], [5], threads=2, chunk_size=20)
     assert seen and all(in_worker for in_worker, _ in seen)
@@ -149,7 +150,7 @@ def test_a_failing_task_reaches_the_caller_and_leaves_no_thread(store, monkeypat
         calls.append(1)
         raise RuntimeError("scoring failed")
 
-    monkeypatch.setattr(classification, "score_chunk", boom)
+    monkeypatch.setattr(streaming, "score_chunk", boom)
     monkeypatch.setattr(pipeline, "SEARCH_BLOCK", 16)
     before = threading.active_count()
     with pytest.raises(RuntimeError, match="scoring failed"):
@@ -254,15 +255,15 @@ def test_the_compiled_engines_runtime_is_counted_in_the_chunk_budget(store, monk
     dim, n_classes = 12, 4
     _, _, timing = collect(store[0], [3, 10, 40], threads=2)
     budget = (CHUNK_MEMORY_BUDGET - compiled.RUNTIME_BYTES) // 2
-    assert timing["chunk_size"] == classification.default_chunk_size(40, dim, n_classes, budget=budget)
+    assert timing["chunk_size"] == memory.default_chunk_size(40, dim, n_classes, budget=budget)
     monkeypatch.setenv("NNKCLI_COMPILED", "0")
     _, _, timing = collect(store[0], [3, 10, 40], threads=2)
-    assert timing["chunk_size"] == classification.default_chunk_size(40, dim, n_classes,
-                                                                     budget=CHUNK_MEMORY_BUDGET // 2)
+    assert timing["chunk_size"] == memory.default_chunk_size(40, dim, n_classes,
+                                                             budget=CHUNK_MEMORY_BUDGET // 2)
 
 
 def _chunk(path, **opts):
-    with Evaluation(path) as ev:
+    with Evaluation.from_store(path) as ev:
         return evaluate_chunks(ev, ScoringOptions(k_values=[3, 10, 40], threads=2, **opts))[1]["chunk_size"]
 
 
@@ -276,13 +277,13 @@ def test_query_by_query_scoring_runs_in_small_chunks_and_the_batched_engine_keep
     from nnkcli.numerics import compiled
 
     dim, n_classes, k = 12, 4, 40
-    assert classification.query_by_query_chunk(200, 784) == 16  # 8 MiB / 627 KB: 13, raised to the floor
-    assert classification.query_by_query_chunk(50, 384) == 8 * 2**20 // (4 * 50 * 384) == 109
-    assert classification.query_by_query_chunk(200, 784, n_k=2) == 32  # 16 queries per k value
-    assert classification.query_by_query_chunk(200, 784, n_k=20) == 64  # ... up to 64
-    assert classification.query_by_query_chunk(20, 128, n_k=20) == 8 * 2**20 // (4 * 20 * 128)
-    monkeypatch.setattr(classification, "QUERY_BY_QUERY_CHUNK_BYTES", 4 * k * dim * 50)  # 50 queries here
-    budget_chunk = classification.default_chunk_size(k, dim, n_classes, budget=CHUNK_MEMORY_BUDGET // 2)
+    assert memory.query_by_query_chunk(200, 784) == 16  # 8 MiB / 627 KB: 13, raised to the floor
+    assert memory.query_by_query_chunk(50, 384) == 8 * 2**20 // (4 * 50 * 384) == 109
+    assert memory.query_by_query_chunk(200, 784, n_k=2) == 32  # 16 queries per k value
+    assert memory.query_by_query_chunk(200, 784, n_k=20) == 64  # ... up to 64
+    assert memory.query_by_query_chunk(20, 128, n_k=20) == 8 * 2**20 // (4 * 20 * 128)
+    monkeypatch.setattr(memory, "QUERY_BY_QUERY_CHUNK_BYTES", 4 * k * dim * 50)  # 50 queries here
+    budget_chunk = memory.default_chunk_size(k, dim, n_classes, budget=CHUNK_MEMORY_BUDGET // 2)
     assert budget_chunk > 1000
     assert _chunk(store[0], methods="knn") == 50
     assert _chunk(store[0], methods="knn", chunk_size=7) == 7

@@ -1,0 +1,78 @@
+"""nnkcli.evaluation.search: every searcher declares its capabilities; the driver asks, never probes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from nnkcli.evaluation.options import CHUNK_MEMORY_BUDGET, ScoringOptions
+from nnkcli.evaluation.search import IndexSearcher, Searcher, ShardedSearcher
+from nnkcli.evaluation.selection import _LeaveOneOut
+from nnkcli.evaluation.setup import Evaluation
+from nnkcli.evaluation.streaming import evaluate_chunks
+
+EVALUATION = Path(__file__).resolve().parents[3] / "nnkcli" / "evaluation"
+
+
+class NeighborsOnly(Searcher):
+    """The least a searcher can be: ``neighbors`` alone, every capability at the base's default."""
+
+    def __init__(self, base):
+        self.base, self.n, self.dim = base, base.n, base.dim
+        self.calls = 0
+
+    def neighbors(self, q, start, k, exclude_self):
+        self.calls += 1
+        return self.base.neighbors(q, start, k, exclude_self)
+
+
+def test_capabilities_are_declared():
+    assert (IndexSearcher.two_stage, IndexSearcher.thread_safe, IndexSearcher.on_device) == (True, True, False)
+    assert (ShardedSearcher.two_stage, ShardedSearcher.thread_safe, ShardedSearcher.on_device) == (
+        False, False, False)
+    assert (Searcher.two_stage, Searcher.thread_safe, Searcher.on_device) == (False, False, False)
+    assert Searcher.chunk_budget == IndexSearcher.chunk_budget == CHUNK_MEMORY_BUDGET
+    base = Searcher()
+    for call in (lambda: base.search_ids(None, 0, 1, False), lambda: base.refine(None, None)):
+        with pytest.raises(NotImplementedError, match="not a two-stage searcher"):
+            call()
+    for call in (lambda: base.device_neighbors(None, 0, 1, False), lambda: base.labels_on_device(None)):
+        with pytest.raises(NotImplementedError, match="does not search on a device"):
+            call()
+
+
+def test_torch_searcher_declares_its_device():
+    pytest.importorskip("torch")
+    from nnkcli.evaluation.torch_backend import TorchSearcher
+
+    assert (TorchSearcher.on_device, TorchSearcher.two_stage, TorchSearcher.thread_safe) == (True, False, False)
+
+
+def test_leave_one_out_takes_its_base_capabilities(arrays):
+    import numpy as np
+
+    with Evaluation.from_arrays(*arrays) as ev:
+        loo = _LeaveOneOut(ev.searcher, np.arange(10))
+        assert (loo.two_stage, loo.thread_safe, loo.on_device, loo.chunk_budget) == (
+            True, True, False, CHUNK_MEMORY_BUDGET)
+        narrow = _LeaveOneOut(NeighborsOnly(ev.searcher), np.arange(10))
+        assert (narrow.two_stage, narrow.thread_safe) == (False, False)
+
+
+def test_a_searcher_with_neighbors_alone_gives_the_same_results(store):
+    opts = ScoringOptions(methods="both", k_values=[3, 12], threads=2, chunk_size=16)
+    with Evaluation.from_store(store) as ev:
+        ref = {key: acc.result()["top1"] for key, acc in evaluate_chunks(ev, opts)[0].items()}
+        ev.searcher = NeighborsOnly(ev.searcher)
+        accs, timing = evaluate_chunks(ev, opts)
+        # no two stages: the 60 queries are searched chunk by chunk, 16 at a time
+        assert ev.searcher.calls == 4 and timing["search_block"] == timing["chunk_size"] == 16
+        assert {key: acc.result()["top1"] for key, acc in accs.items()} == ref
+
+
+def test_no_module_probes_a_searcher():
+    probes = [f"{path.name}: {m.group(0)}" for path in sorted(EVALUATION.glob("*.py"))
+              for m in re.finditer(r"(hasattr|getattr)\([^)]*searcher[^)]*\)", path.read_text())]
+    assert probes == []
