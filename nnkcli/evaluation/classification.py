@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from nnkcli.errors import InputError
-from nnkcli.evaluation.options import CHUNK_MEMORY_BUDGET, DataOptions, ScoringOptions, resolve_one_k
+from nnkcli.evaluation.options import (CHUNK_MEMORY_BUDGET, DataOptions, ScoringOptions, check_shard_output,
+                                      resolve_one_k)
 from nnkcli.numerics import compiled
 from nnkcli.numerics.metrics import Accumulator
 from nnkcli.numerics.scores import TOP
@@ -659,12 +660,9 @@ def classify(
         check_can_create(predictions_path, "predictions")  # before the index is loaded or built
     if k is not None:
         settings["k_values"] = (k,)
-    options, data = resolve_one_k(options, data, settings, what="classify evaluates one k",
-                                  hint="use sweep for several k", protocol=True)
+    options, data = resolve_one_k(options, data, settings, command="classify", protocol=True)
     (k,) = options.k_values
-    if data.shard is not None and predictions_path is None:
-        raise InputError("--shard needs --out PART.h5: a shard's results are only useful merged",
-                         hint="add --out shard-I.h5, then 'nnk merge shard-*.h5'")
+    check_shard_output(data.shard, predictions_path, output_name="predictions_path")
     ev = open_evaluation(store_path, options, data, progress_factory)
     with ev:
         check_labelled(ev, gate_requested)
