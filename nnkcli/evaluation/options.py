@@ -366,7 +366,7 @@ class DataOptions(Settings):
 # -- the rules that tie settings together: each written once, an OptionConflict/OptionError (exit 2) --------
 #: what a command that scores at one k says about several (message, hint)
 ONE_K = {
-    "classify": ("classify evaluates one k", "use 'nnk sweep' (sweep()) for several k"),
+    "classify": ("classify evaluates one k", "use 'nnk sweep' for several k"),
     "compare": ("compare takes one default k", "give each side its own k: --a knn@20 --b nnk@50"),
 }
 

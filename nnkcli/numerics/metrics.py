@@ -173,7 +173,7 @@ def check_gate_method(gate_method: str | None, methods) -> None:
         return
     run = "both" if set(methods) == set(METHODS) else ",".join(methods)
     raise OptionConflict("{gate_method} {gate} is not among the methods run ({methods} {run})", _GATE_NAMES,
-                         hint=f"add it with --method {gate_method} (or --method both)", gate=gate_method, run=run)
+                         gate=gate_method, run=run)
 
 
 def check_gates(rows: list[dict], *, min_top1: float | None = None, min_top5: float | None = None,
