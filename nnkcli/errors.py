@@ -58,7 +58,7 @@ class SettingName:
     option: str
 
     @classmethod
-    def of(cls, name: "str | SettingName") -> "SettingName":
+    def of(cls, name: str | SettingName) -> SettingName:
         """``name`` itself, or a plain name taken as both (``"--k"`` -> the option; ``"k"`` -> the parameter)."""
         return name if isinstance(name, SettingName) else cls(name, name)
 
@@ -88,7 +88,7 @@ class OptionError(InputError, ValueError):
 
     exit_code = ExitCode.USAGE
 
-    def __init__(self, name: "str | SettingName", value, reason: str, hint: str | None = None):
+    def __init__(self, name: str | SettingName, value, reason: str, hint: str | None = None):
         names = SettingName.of(name)
         self.name, self.option = names.python, names.option
         self.value = value
@@ -106,7 +106,7 @@ class OptionConflict(OptionError):
     the Python parameters in the message and with the options in ``cli_message()``.
     """
 
-    def __init__(self, template: str, names: "dict[str, SettingName]", hint: str | None = None, **values):
+    def __init__(self, template: str, names: dict[str, SettingName], hint: str | None = None, **values):
         self.template, self.names, self.values = template, dict(names), values
         first = next(iter(self.names.values()))
         InputError.__init__(self, self._render("python"), hint=hint)

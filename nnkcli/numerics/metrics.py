@@ -18,7 +18,8 @@ from nnkcli.numerics.scores import METHODS
 
 GATE_METHODS = ("all", *METHODS)
 #: the two settings of the gate-method rule (``check_gate_method``), by their Python and option names
-_GATE_NAMES = {"gate_method": SettingName("gate_method", "--gate-method"), "methods": SettingName("methods", "--method")}
+_GATE_NAMES = {"gate_method": SettingName("gate_method", "--gate-method"),
+               "methods": SettingName("methods", "--method")}
 
 
 @dataclass

@@ -169,8 +169,8 @@ def test_device_says_the_same_in_every_command(runner):
         res = runner.invoke(cli, [name, *ARGS[name], "--device", "tpu"])
         assert res.exit_code == 2
         messages.add(res.stderr.splitlines()[-1])
-    assert messages == {"Error: Invalid value for '--device': unknown device; choose one of auto, cpu, cuda "
-                        "(got 'tpu')"}
+    assert messages == {("Error: Invalid value for '--device': unknown device; choose one of auto, cpu, cuda "
+                         "(got 'tpu')")}
 
 
 @pytest.mark.parametrize("value", ["1", "0"])
@@ -183,8 +183,8 @@ def test_index_hnsw_m_is_a_usage_error(runner, value):
 def test_index_options_come_from_index_params(pages):
     from nnkcli.index import INDEX_TYPES, IndexParams
 
-    for name, d in IndexParams.declarations().items():
-        metavar, help_ = pages["index"][d.option]
+    for d in IndexParams.declarations().values():
+        _metavar, help_ = pages["index"][d.option]
         assert help_.startswith(d.help)
         if d.default is not None:
             assert help_.endswith(f"[default: {d.default}]")

@@ -13,8 +13,15 @@ from hypothesis import strategies as st
 
 import nnkcli.evaluation.options as options_module
 from nnkcli.errors import ExitCode, OptionConflict, OptionError, SettingName
-from nnkcli.evaluation.options import (DataOptions, ScoringOptions, check_shard_output, format_k_spec, parse_k_spec,
-                                       resolve, resolve_one_k)
+from nnkcli.evaluation.options import (
+    DataOptions,
+    ScoringOptions,
+    check_shard_output,
+    format_k_spec,
+    parse_k_spec,
+    resolve,
+    resolve_one_k,
+)
 from nnkcli.numerics.metrics import check_gate_method, check_gates
 
 
