@@ -23,7 +23,6 @@ import click
 
 from nnkcli.errors import OptionError, SettingName
 from nnkcli.evaluation.options import (
-    DEFAULT_K,
     DEFAULT_K_SPEC,
     METHODS,
     PROTOCOL_FIELDS,
@@ -31,6 +30,7 @@ from nnkcli.evaluation.options import (
     ScoringOptions,
     apply_protocol,
     check_k_values,
+    format_k_spec,
     one_k,
     positive_floats,
 )
@@ -59,7 +59,7 @@ def check_with(check):
 
 
 def checked(cls, field: str):
-    """A click callback running ``cls``'s check of ``field`` on the parsed value (None too)."""
+    """A click callback running ``cls``'s check of ``field`` on the parsed value (None: not given, kept)."""
     return check_with(lambda value, names: cls.check_field(field, value, names))
 
 
@@ -85,7 +85,7 @@ def k_option(*, single: str | None = None, default: str | None = None, help: str
     """``--k SPEC``: the same grammar everywhere; ``single`` (a command of ``ONE_K``) allows one value."""
     S = ScoringOptions
     if single:
-        return settings_option(S, "k_values", default=str(default or DEFAULT_K),
+        return settings_option(S, "k_values", default=default or format_k_spec(S.declared("k_values").default),
                                check=lambda value, names: one_k(value, names, single),
                                help=help or "Neighbors per query: one k (the SPEC grammar of sweep, one value).")
     return settings_option(S, "k_values", default=default or DEFAULT_K_SPEC, check=check_k_values)

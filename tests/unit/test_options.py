@@ -161,3 +161,23 @@ def test_format_k_spec_round_trips(ks):
 def test_docstring_examples():
     failures, _ = doctest.testmod(options_module, optionflags=doctest.ELLIPSIS)
     assert failures == 0
+
+
+def test_k_is_the_keyword_of_classify_and_sweep(tmp_path):
+    from nnkcli import classify, sweep
+    from nnkcli.storage.store import write_split
+
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(3, 8)) * 3
+    path = tmp_path / "s.h5"
+    for split, n in (("train", 90), ("val", 30)):
+        y = rng.integers(0, 3, n)
+        write_split(path, split, (means[y] + rng.normal(size=(n, 8))).astype(np.float32), y, source="test")
+    doc = sweep(path, k=[10, 20], methods="knn").to_dict()
+    assert doc["parameters"]["k_values"] == [10, 20] and sorted({r["k"] for r in doc["results"]}) == [10, 20]
+    assert sweep(path, k="5..10:5", methods="knn").to_dict()["parameters"]["k_values"] == [5, 10]
+    assert classify(path, k=10, methods="knn")["parameters"]["k_values"] == [10]
+    for call in (lambda: sweep(path, k=0), lambda: classify(path, k=0), lambda: sweep(path, k=[10, 0])):
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value).startswith("k: k must be >= 1") and "--k" not in str(err.value)
