@@ -146,7 +146,7 @@ class NnkGroup(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except NnkError as exc:
-            _report(ctx, exc, f"Error: {exc.message}", exc.hint)
+            _report(ctx, exc, f"Error: {exc.cli_message()}", exc.hint)
             ctx.exit(int(exc.exit_code))
         except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM/SIGHUP (Terminated)
             ctx.exit(process.interrupted(exc))

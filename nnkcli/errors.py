@@ -6,6 +6,7 @@ them into ``Error: <message>`` / ``Hint: <hint>`` on stderr and an exit code.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
 
 
@@ -40,27 +41,82 @@ class NnkError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def cli_message(self) -> str:
+        """The message as the command line says it (an ``OptionError`` names the option there)."""
+        return self.message
+
 
 class InputError(NnkError):
     """Input data or parameters are invalid (wrong shape, NaN, bad value ...)."""
 
 
-class OptionError(InputError):
-    """An option value is invalid by itself (unknown name, k < 1, T <= 0, NaN ...): a usage error.
+@dataclass(frozen=True)
+class SettingName:
+    """A setting's two names: the Python parameter (``k``) and the command-line option (``--k``)."""
 
-    ``option`` is the command-line name (``--temperature``); the CLI reports the same
-    rule through click as ``Invalid value for '--temperature'`` (exit 2). A value that
-    is only wrong for the data at hand (k larger than the train split) is an
+    python: str
+    option: str
+
+    @classmethod
+    def of(cls, name: str | SettingName) -> SettingName:
+        """``name`` itself, or a plain name taken as both (``"--k"`` -> the option; ``"k"`` -> the parameter)."""
+        return name if isinstance(name, SettingName) else cls(name, name)
+
+    def __str__(self) -> str:
+        return self.python
+
+
+class OptionError(InputError, ValueError):
+    """A setting's value is invalid (unknown name, k < 1, T <= 0, NaN ...): a usage error, exit 2.
+
+    The error carries the setting's two names: its message (``str(exc)``) names the Python
+    parameter (``k: k must be >= 1 (got 0)``), ``cli_message()`` the command-line option
+    (``--k: ...``), and the CLI reports a value it parses as ``Invalid value for '--k': <reason>``.
+    A ``ValueError`` too, so ``except ValueError`` catches a bad argument as in any library.
+    A value that is only wrong for the data at hand (k larger than the train split) is an
     ``InputError`` (exit 1) instead.
+
+    Attributes
+    ----------
+    name, option : str
+        The Python parameter and the command-line option (the same when only one was given).
+    value
+        The value refused.
+    reason : str
+        What is wrong, naming neither (``must be >= 1``).
     """
 
     exit_code = ExitCode.USAGE
 
-    def __init__(self, option: str, value, message: str, hint: str | None = None):
-        super().__init__(f"{option}: {message} (got {value!r})", hint=hint)
-        self.option = option
+    def __init__(self, name: str | SettingName, value, reason: str, hint: str | None = None):
+        names = SettingName.of(name)
+        self.name, self.option = names.python, names.option
         self.value = value
-        self.reason = message
+        self.reason = reason
+        super().__init__(f"{self.name}: {reason} (got {value!r})", hint=hint)
+
+    def cli_message(self) -> str:
+        return f"{self.option}: {self.reason} (got {self.value!r})"
+
+
+class OptionConflict(OptionError):
+    """Settings each valid alone but not together (``--shard`` without ``--out``): a usage error, exit 2.
+
+    ``template`` names the settings by placeholders (``"{shard} needs {out}"``), filled with
+    the Python parameters in the message and with the options in ``cli_message()``.
+    """
+
+    def __init__(self, template: str, names: dict[str, SettingName], hint: str | None = None, **values):
+        self.template, self.names, self.values = template, dict(names), values
+        first = next(iter(self.names.values()))
+        InputError.__init__(self, self._render("python"), hint=hint)
+        self.name, self.option, self.value, self.reason = first.python, first.option, values, self.message
+
+    def _render(self, which: str) -> str:
+        return self.template.format(**{key: getattr(n, which) for key, n in self.names.items()}, **self.values)
+
+    def cli_message(self) -> str:
+        return self._render("option")
 
 
 class StoreError(NnkError):

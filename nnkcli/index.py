@@ -42,6 +42,7 @@ import numpy as np
 from nnkcli.storage.atomic import atomic_output, check_can_create, check_free_space, real_path
 from nnkcli.errors import IndexFileError, InputError, StaleIndexError
 from nnkcli.numerics.kernels import normalize_rows
+from nnkcli.settings import Settings, at_least, count, optional_count, setting
 
 logger = logging.getLogger("nnkcli")
 
@@ -84,28 +85,22 @@ class Fingerprint:
 
 
 @dataclass(frozen=True)
-class IndexParams:
-    """How to build (and query) an index."""
+class IndexParams(Settings):
+    """How to build (and query) an index: declared settings (``nnkcli.settings``), checked on construction.
 
-    index_type: str = "flat"
-    nlist: int | None = None  # ivf: number of cells (default ~ 4 sqrt(n))
-    nprobe: int | None = None  # ivf: cells visited per query (default ~ nlist / 16, at least 8)
-    hnsw_m: int = 32  # hnsw: graph degree
-    ef_search: int | None = None  # hnsw: candidate list while searching (default max(64, 2k))
-    ef_construction: int = 80  # hnsw: candidate list while building
+    ``nnk index`` generates its options from these fields.
+    """
 
-    def validate(self) -> "IndexParams":
-        if self.index_type not in INDEX_TYPES:
-            raise InputError(
-                f"unknown index type {self.index_type!r}", hint=f"choose one of: {', '.join(INDEX_TYPES)}"
-            )
-        for name in ("nlist", "nprobe", "ef_search"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        if self.hnsw_m < 2:
-            raise InputError(f"--hnsw-m must be >= 2, got {self.hnsw_m}")
-        return self
+    index_type: str = setting("flat", choices=INDEX_TYPES, what="index type", option="--type",
+                              help="flat is exact; ivf and hnsw are approximate, for large stores.")
+    nlist: int | None = setting(None, optional_count, type=int, metavar="N",
+                                help="ivf: number of cells (default ~ 4*sqrt(n)).")
+    nprobe: int | None = setting(None, optional_count, type=int, metavar="N",
+                                 help="ivf: cells searched per query (default nlist/16, >= 8).")
+    hnsw_m: int = setting(32, at_least(2), type=int, metavar="N", help="hnsw: graph degree.")
+    ef_search: int | None = setting(None, optional_count, type=int, metavar="N",
+                                    help="hnsw: search depth (default max(64, k)).")
+    ef_construction: int = setting(80, count, type=int, metavar="N", help="hnsw: build depth.")
 
 
 @dataclass

@@ -3,14 +3,15 @@
 A bundle is a decorator (as sqlite-utils shares its output options) that adds a group
 of options to a command and hands the command one object instead of loose values:
 
-``scoring_options``  -> ``scoring: ScoringOptions``   (classify, sweep, evaluate)
-``data_options``     -> ``data: DataOptions``          (classify, sweep, evaluate)
-``gate_options``     -> ``min_top1``, ``min_top5``     (classify, sweep, evaluate)
+``scoring_options``  -> ``scoring: ScoringOptions``   (classify, sweep, evaluate, compare)
+``data_options``     -> ``data: DataOptions``          (classify, sweep, evaluate, compare)
+``gate_options``     -> ``min_top1``, ``min_top5``     (classify, sweep, merge, evaluate)
 ``model_options``    -> ``model_options: dict``        (extract --images, evaluate)
 
-Every value is checked while it is parsed, by the check that the options object itself
-runs (``nnkcli.evaluation.options``): a bad value is a usage error, exit 2, naming the
-option and the value. The allowed values shown in the help come from the same lists.
+The options of a settings object are generated from its fields (``settings_option``):
+the default, the allowed values, the help text and the metavar are the field's
+(``nnkcli.settings``), and the value is checked while it is parsed by the check that the
+object itself runs: a bad value is a usage error, exit 2, naming the option and the value.
 """
 
 from __future__ import annotations
@@ -20,27 +21,19 @@ import math
 
 import click
 
-from nnkcli.errors import OptionError
+from nnkcli.errors import OptionError, SettingName
 from nnkcli.evaluation.options import (
-    DEFAULT_K,
     DEFAULT_K_SPEC,
-    DEFAULT_SELECT_QUERIES,
-    K_SPEC_HELP,
-    BACKENDS,
-    DEVICES,
-    METHOD_CHOICES,
     METHODS,
     PROTOCOL_FIELDS,
-    SELECT_ON,
     DataOptions,
     ScoringOptions,
     apply_protocol,
     check_k_values,
+    format_k_spec,
+    one_k,
     positive_floats,
 )
-from nnkcli.evaluation.protocols import PROTOCOLS, SOLVERS
-from nnkcli.numerics.kernels import KERNELS
-from nnkcli.numerics.scores import TOP5_RULES, WEIGHTINGS
 
 
 def bad_parameter(exc: OptionError) -> click.BadParameter:
@@ -51,53 +44,59 @@ def bad_parameter(exc: OptionError) -> click.BadParameter:
     return click.BadParameter(text)
 
 
-def checked(cls, field: str):
-    """A click callback running ``cls``'s check of ``field`` on the parsed value."""
-
-    def callback(ctx, param, value):
-        try:
-            return cls.check_field(field, value)
-        except OptionError as exc:
-            raise bad_parameter(exc) from None
-
-    return callback
-
-
 def check_with(check):
-    """A click callback running ``check(value, option)`` (skipped for None = not given)."""
+    """A click callback running ``check(value, names)`` (skipped for None = not given)."""
 
     def callback(ctx, param, value):
         if value is None:
             return None
         try:
-            return check(value, param.opts[0])
+            return check(value, SettingName(param.name, param.opts[0]))
         except OptionError as exc:
             raise bad_parameter(exc) from None
 
     return callback
 
 
-def _one_k(value, option):
-    ks = check_k_values(value, option)
-    if len(ks) != 1:
-        raise OptionError(option, value, "classify evaluates one k", hint="use 'nnk sweep' for several k")
-    return ks
+def checked(cls, field: str):
+    """A click callback running ``cls``'s check of ``field`` on the parsed value (None: not given, kept)."""
+    return check_with(lambda value, names: cls.check_field(field, value, names))
 
 
-def k_option(*, single: bool, default: str | None = None):
-    """``--k SPEC``: the same grammar everywhere; ``single`` allows exactly one value (classify)."""
+def settings_option(cls, field: str, *aliases: str, check=None, **overrides):
+    """The click option of one field of the settings class ``cls``, generated from its declaration.
+
+    ``check`` replaces the field's own check (a command-line variant, such as a list of
+    temperatures); ``overrides`` are click arguments only the command line has (a path type).
+    """
+    d = cls.declared(field)
+    kwargs: dict = {"default": d.cli_default, "help": d.help}
+    if d.is_flag:
+        kwargs["is_flag"] = True
+    else:
+        kwargs.update(type=d.type or str, show_default=d.cli_default is not None,
+                      metavar=d.metavar or "|".join(map(str, d.choices or ())) or None,
+                      callback=check_with(check) if check is not None else checked(cls, field))
+    kwargs.update(overrides)
+    return click.option(d.option, *aliases, field, **kwargs)
+
+
+def k_option(*, single: str | None = None, default: str | None = None, help: str | None = None):
+    """``--k SPEC``: the same grammar everywhere; ``single`` (a command of ``ONE_K``) allows one value."""
+    S = ScoringOptions
     if single:
-        return click.option(
-            "--k", "k_values", default=str(default or DEFAULT_K), show_default=True, metavar="SPEC",
-            callback=check_with(_one_k), help="Neighbors per query: one k (the SPEC grammar of sweep, one value).",
-        )
-    return click.option(
-        "--k", "k_values", default=default or DEFAULT_K_SPEC, show_default=True, metavar="SPEC",
-        callback=check_with(check_k_values), help=f"k values: {K_SPEC_HELP}.",
-    )
+        return settings_option(S, "k_values", default=default or format_k_spec(S.declared("k_values").default),
+                               check=lambda value, names: one_k(value, names, single),
+                               help=help or "Neighbors per query: one k (the SPEC grammar of sweep, one value).")
+    return settings_option(S, "k_values", default=default or DEFAULT_K_SPEC, check=check_k_values)
 
 
-def _bundle(options, build):
+def device_options() -> list:
+    """``--device``/``--fp16``: one declaration for the search backend and the model (evaluate shares them)."""
+    return [settings_option(ScoringOptions, "device"), settings_option(ScoringOptions, "fp16")]
+
+
+def option_bundle(options, build):
     """A decorator adding ``options`` and calling ``build(kwargs)`` to fold their values into objects."""
 
     def decorator(f):
@@ -113,90 +112,36 @@ def _bundle(options, build):
     return decorator
 
 
-_SCORING_PARAMS = ("methods", "k_values", "kernel", "temperature", "weighting", "exclude_self", "chunk_size",
-                   "threads", "confidence", "backend", "top5_rule", "solver", "protocol")
+#: the options of ScoringOptions every scoring command takes, in the order of the help page
+_SCORING = ("kernel", "temperature", "weighting", "chunk_size", "threads", "exclude_self", "confidence", "top5_rule",
+            "solver", "protocol", "backend")
 
 
-def scoring_options(*, single_k: bool = False, k_default: str | None = None, methods: bool = True,
+def scoring_options(*, single_k: str | None = None, k_default: str | None = None, methods: bool = True,
                     alpha: bool | None = None, k_help: str | None = None, device: bool = True):
     """How queries are scored; the command receives ``scoring: ScoringOptions``.
 
+    ``single_k`` (``"classify"``, ``"compare"``: a key of ``ONE_K``) takes one k;
     ``methods=False`` leaves out ``--method`` (``compare`` names a classifier per side);
     ``alpha`` adds ``--alpha`` (default: when several k are chosen among); ``device=False``
     leaves out ``--device``/``--fp16`` (``evaluate``, whose model options already have them:
     there the search uses the extraction's device).
     """
     S = ScoringOptions
-    k_opt = k_option(single=single_k, default=k_default)
-    if k_help is not None:
-        k_opt = click.option("--k", "k_values", type=click.IntRange(min=1), default=int(k_default or DEFAULT_K),
-                             show_default=True, metavar="K", callback=lambda ctx, param, value: (value,), help=k_help)
-    options = [k_opt]
+    options = [k_option(single=single_k, default=k_default, help=k_help)]
+    params = ["k_values", *_SCORING]
     if methods:
-        options.append(click.option("--method", "methods", default="both", show_default=True,
-                                    metavar="|".join(METHOD_CHOICES), callback=checked(S, "methods"),
-                                    help="Which classifiers to run."))
-    options += [
-        click.option("--kernel", default="cosine", show_default=True, metavar="|".join(KERNELS),
-                     callback=checked(S, "kernel"),
-                     help="NNK kernel: (1+cos)/2, or exp(-d^2/2s^2) with s = k-th neighbor distance / 3."),
-        click.option("--temperature", default="0.07", show_default=True, metavar="T[,T...]",
-                     callback=check_with(positive_floats),
-                     help="kNN weights exp(similarity / T), as DINO; T > 0. A list such as 0.02,0.05,0.07 gives "
-                          "one kNN result per T from the same neighbors (no new search)."),
-        click.option("--weighting", default="exp", show_default=True, metavar="|".join(WEIGHTINGS),
-                     callback=checked(S, "weighting"), help="kNN vote weights: exp(s/T) as DINO, s, or 1."),
-        click.option("--chunk-size", type=int, default=None, metavar="N", callback=checked(S, "chunk_size"),
-                     help="Queries per scoring chunk (default: sized to a 512 MiB working-memory budget "
-                          "shared by the threads)."),
-        click.option("--threads", type=int, default=None, metavar="N", callback=checked(S, "threads"),
-                     help="Threads for the whole run; caps faiss, BLAS and torch pools (default: the cores "
-                          "this process may use)."),
-        click.option("--exclude-self", is_flag=True,
-                     help="Leave-one-out: skip each query's own row (query split = train split)."),
-        click.option("--confidence", type=float, default=0.95, show_default=True, metavar="LEVEL",
-                     callback=checked(S, "confidence"),
-                     help="Level of the interval shown with every accuracy (Wilson; bootstrap for balanced)."),
-        click.option("--top5-rule", default="strict", show_default=True, metavar="|".join(TOP5_RULES),
-                     callback=checked(S, "top5_rule"),
-                     help="strict: a class with zero score never counts for top-5; inclusive: rank every class, "
-                          "as solo-learn, VISSL, DINOv2 and the NNK paper's code do."),
-        click.option("--solver", default="exact", show_default=True, metavar="|".join(SOLVERS),
-                     callback=checked(S, "solver"),
-                     help="NNK solver: exact (KKT-certified) or pruning (the NNK paper's code, to reproduce its "
-                          "tables; reports what the approximation costs)."),
-        click.option("--protocol", default=None, metavar="|".join(PROTOCOLS), callback=checked(S, "protocol"),
-                     help="Preset k values, temperature, top-5 rule and solver of another tool (README "
-                          "\"Protocols\"); options given explicitly override it."),
-    ]
-    options.append(click.option(
-        "--backend", default=None, metavar="|".join(BACKENDS), callback=checked(S, "backend"),
-        help="Neighbor search: faiss (the saved index) or torch (chunked matmul + top-k) "
-             "[default: torch on CUDA, else faiss]."))
-    params = [p for p in _SCORING_PARAMS if methods or p != "methods"]
+        options.append(settings_option(S, "methods"))
+        params.append("methods")
+    for field in _SCORING:
+        # --temperature T[,T...] fills two fields: temperature and temperature_grid (apply_protocol)
+        options.append(settings_option(S, field, check=positive_floats if field == "temperature" else None))
     if device:
-        options += [
-            click.option("--device", default="auto", show_default=True, metavar="|".join(DEVICES),
-                         callback=checked(S, "device"),
-                         help="Where the torch backend searches; auto = CUDA when torch sees a GPU."),
-            click.option("--fp16", is_flag=True, help="torch backend: multiply in float16 (re-ranked exactly)."),
-        ]
+        options += device_options()
         params += ["device", "fp16"]
     if alpha if alpha is not None else not single_k:  # choosing among several k, or between two sides
-        help_text = ("Significance level of the paired tests of each k against the best (McNemar)." if not single_k
-                     else "Significance level of the paired test of B against A (McNemar).")
-        options.append(click.option("--alpha", type=float, default=0.05, show_default=True, metavar="A",
-                                    callback=checked(S, "alpha"), help=help_text))
-        params.append("alpha")
-        options += [
-            click.option("--select-on", default=None, metavar="|".join(SELECT_ON), callback=checked(S, "select_on"),
-                         help="Choose k (and T) by leave-one-out top-1 on the train split, never the query "
-                              "split, and report the query split there (\"selected\"); the gates use it."),
-            click.option("--select-queries", type=int, default=DEFAULT_SELECT_QUERIES, show_default=True,
-                         metavar="N", callback=checked(S, "select_queries"),
-                         help="Seeded random train rows the leave-one-out selection uses (all rows if fewer)."),
-        ]
-        params += ["select_on", "select_queries"]
+        options += [settings_option(S, name) for name in ("alpha", "select_on", "select_queries")]
+        params += ["alpha", "select_on", "select_queries"]
 
     def build(kwargs):
         from click.core import ParameterSource
@@ -208,48 +153,34 @@ def scoring_options(*, single_k: bool = False, k_default: str | None = None, met
                 if name in settings and ctx.get_parameter_source(name) not in (
                         ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
                     del settings[name]
-        kwargs["scoring"] = ScoringOptions(**apply_protocol(settings, one_k=single_k))
+        kwargs["scoring"] = ScoringOptions(**apply_protocol(settings, one_k=bool(single_k)))
 
-    return _bundle(options, build)
-
-
-_DATA_PARAMS = ("train_split", "query_split", "index_path", "rebuild_index", "strict_provenance")
+    return option_bundle(options, build)
 
 
-def split_option(name: str = "--train-split", default: str = "train", help: str = "Split searched for neighbors.",
-                 *aliases: str):
+def split_option(field: str = "train_split", *aliases: str):
     """``--train-split``/``--query-split`` (also used alone, by ``nnk index``, with an old alias)."""
-    field = name.lstrip("-").replace("-", "_")
-    return click.option(name, *aliases, field, default=default, show_default=True, metavar="NAME",
-                        callback=checked(DataOptions, field), help=help)
+    return settings_option(DataOptions, field, *aliases)
 
 
 def shard_option(f):
     """``--shard I/N`` (classify, sweep): the command receives ``shard`` to fold into its ``data``."""
-    return click.option(
-        "--shard", default=None, metavar="I/N", callback=check_with(lambda v, o: DataOptions.check_field("shard", v)),
-        help="Evaluate only the I-th (from 0) of N contiguous ranges of the query split; needs --out PART.h5, "
-             "see 'nnk merge'.")(f)
+    return settings_option(DataOptions, "shard")(f)
+
+
+_DATA = ("train_split", "query_split", "index_path", "rebuild_index", "strict_provenance")
 
 
 def data_options(f):
     """Which splits and saved index; the command receives ``data: DataOptions``."""
-    options = [
-        split_option("--train-split", "train", "Split searched for neighbors."),
-        split_option("--query-split", "val", "Split whose rows are classified."),
-        click.option("--index", "index_path", type=click.Path(dir_okay=False), default=None,
-                     help="Saved index (default: STORE's <stem>.<train-split>.faiss if present, else built in memory)."),
-        click.option("--rebuild-index", is_flag=True,
-                     help="Rebuild (and save) a stale or damaged saved index instead of refusing it."),
-        click.option("--strict-provenance", is_flag=True,
-                     help="Exit 1 when the train and query splits differ in provenance (model, checkpoint, "
-                          "transform, source format, dtype) instead of warning."),
-    ]
+    options = [settings_option(DataOptions, field, **({"type": click.Path(dir_okay=False), "callback": None}
+                                                      if field == "index_path" else {}))
+               for field in _DATA]
 
     def build(kwargs):
-        kwargs["data"] = DataOptions(**{name: kwargs.pop(name) for name in _DATA_PARAMS})
+        kwargs["data"] = DataOptions(**{name: kwargs.pop(name) for name in _DATA})
 
-    return _bundle(options, build)(f)
+    return option_bundle(options, build)(f)
 
 
 def percent(value, option):
@@ -301,13 +232,6 @@ def gate_options(f=None, *, history: bool = False):
     return decorator(f) if f is not None else decorator
 
 
-def check_gate_method(gate_method: str, methods, gated: bool) -> None:
-    """``--gate-method M`` with a gate needs M among the methods run: a usage error (exit 2) before any work."""
-    if gated and gate_method not in ("all", None) and gate_method not in methods:
-        raise click.UsageError(f"--gate-method {gate_method} is not among the methods run "
-                               f"(--method {'both' if set(methods) == set(METHODS) else ','.join(methods)})")
-
-
 # -- the model and its transform: extract --images and evaluate -----------------------------------
 MODEL_PARAMS = ("model", "checkpoint_key", "strip_prefix", "trust_checkpoint", "resize", "crop", "interpolation",
                 "mean", "std", "device", "batch_size", "workers", "fp16", "skip_bad_images")
@@ -349,6 +273,7 @@ def model_options(f):
     def rgb(values):
         return ",".join(f"{v:g}" for v in values)
 
+    device, fp16 = device_options()
     options = [
         click.option("--model", default=None, metavar="SPEC",
                      help="torchvision:NAME, torchscript:FILE.pt or MODULE:CALLABLE."),
@@ -369,13 +294,12 @@ def model_options(f):
                      callback=_transform_check("mean"), help="Normalization mean."),
         click.option("--std", default=rgb(IMAGENET_STD), show_default=True, metavar="R,G,B",
                      callback=_transform_check("std"), help="Normalization std (each > 0)."),
-        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-                     help="auto: CUDA when available."),
+        device,
         click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, metavar="N",
                      help="Images per forward pass."),
         click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, metavar="N",
                      help="DataLoader worker processes decoding images."),
-        click.option("--fp16", is_flag=True, help="Half-precision forward pass (CUDA only)."),
+        fp16,
         click.option("--skip-bad-images", is_flag=True, help="Skip (and count) files that cannot be decoded."),
     ]
     for opt in reversed(options):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import click
 
 from nnkcli.cli import command_options, get_ui
-from nnkcli.commands._options import check_gate_method, data_options, gate_options, scoring_options, shard_option
+from nnkcli.commands._options import data_options, gate_options, scoring_options, shard_option
 from nnkcli.commands._render import render_classification
 
 
 @click.command("classify")
 @click.argument("store", type=click.Path(dir_okay=False))
-@scoring_options(single_k=True)
+@scoring_options(single_k="classify")
 @data_options
 @shard_option
 @gate_options
@@ -38,15 +38,13 @@ def classify(store, scoring, data, shard, per_class, out, min_top1, min_top5, ga
       nnk classify feats.h5 --method knn --temperature 0.02,0.05,0.07,0.1
     """
     from nnkcli.evaluation.classification import classify as run_classify
-    from nnkcli.numerics.metrics import check_gates
+    from nnkcli.numerics.metrics import check_gate_method, check_gates
 
     ui = get_ui()
-    if shard is not None:
-        if out is None:
-            raise click.UsageError("--shard needs --out PART.h5 (merge the parts with 'nnk merge')")
-        data = data.replace(shard=shard)
+    data = data.replace(shard=shard)
     gate = min_top1 is not None or min_top5 is not None
-    check_gate_method(gate_method, scoring.methods, gate)
+    if gate:
+        check_gate_method(gate_method, scoring.methods)
     doc = run_classify(store, scoring, data=data, per_class=per_class, predictions_path=out, gate_requested=gate,
                        progress_factory=ui.progress).to_dict()
     rows = doc["results"]

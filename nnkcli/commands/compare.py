@@ -27,7 +27,8 @@ def _side(ctx, param, value):
               help="Side A's classifier, e.g. knn@20 (default: nnk, or a prediction file's only method).")
 @click.option("--b", "b_spec", default=None, callback=_side, metavar="METHOD[@K]",
               help="Side B's classifier, e.g. nnk@50 (default: the same as A's).")
-@scoring_options(single_k=True, methods=False, alpha=True, k_help="k of a side whose METHOD has no @K (stores only).")
+@scoring_options(single_k="compare", methods=False, alpha=True,
+                 k_help="k of a side whose METHOD has no @K (stores only).")
 @data_options
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Paired-bootstrap resamples for the interval of B - A.")

@@ -135,6 +135,7 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_
     --gate-method.
     """
     from nnkcli.evaluation.sweeps import sweep
+    from nnkcli.numerics.metrics import check_gate_method
     from nnkcli.tracking.history import read_history
     from nnkcli.tracking.checkpoints import ModelOptions
     from nnkcli.tracking.runner import evaluate_sources, status_counts
@@ -164,9 +165,7 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_
         model_opts = ModelOptions(model, train_images, val_images, extract=extract, keep_store=keep_store)
     if gate_method is None:
         gate_method = "nnk" if "nnk" in methods else methods[0]
-    elif gate_method not in methods:
-        raise click.UsageError(f"--gate-method {gate_method} is not among the evaluated methods "
-                               f"({', '.join(methods)})")
+    check_gate_method(gate_method, methods)
     if pattern is None:
         pattern = "*.pth" if model_opts else "*.h5"
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import click
 
 from nnkcli.cli import command_options, get_ui
-from nnkcli.commands._options import check_with, split_option
-from nnkcli.evaluation.options import optional_count
+from nnkcli.commands._options import check_with, option_bundle, settings_option, split_option
+from nnkcli.evaluation.options import ScoringOptions
+from nnkcli.index import IndexParams
 from nnkcli.output import Column, render
+from nnkcli.settings import optional_count
 
 
 def _parse_memory(ctx, param, value):
@@ -22,36 +24,29 @@ def _parse_memory(ctx, param, value):
         raise click.BadParameter(f"{exc.message} ({exc.hint})") from None
 
 
-COUNT = check_with(optional_count)  # None (automatic) or >= 1
+def index_params_options(f):
+    """The options of ``IndexParams``, generated from its fields; the command receives ``params``."""
+    names = list(IndexParams.declarations())
+
+    def build(kwargs):
+        kwargs["params"] = IndexParams(**{name: kwargs.pop(name) for name in names})
+
+    return option_bundle([settings_option(IndexParams, name) for name in names], build)(f)
 
 
 @click.command("index")
 @click.argument("store", type=click.Path(dir_okay=False))
-@split_option("--train-split", "train",
-              "Split to index: the train split that classify/sweep search (--split is the old name).", "--split")
+@split_option("train_split", "--split")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Index file (default: beside STORE, <stem>.<train-split>.faiss).")
-@click.option("--type", "index_type", type=click.Choice(["flat", "ivf", "hnsw"]), default="flat",
-              show_default=True, help="flat is exact; ivf and hnsw are approximate, for large stores.")
-@click.option("--nlist", type=int, default=None, metavar="N", callback=COUNT,
-              help="ivf: number of cells (default ~ 4*sqrt(n)).")
-@click.option("--nprobe", type=int, default=None, metavar="N", callback=COUNT,
-              help="ivf: cells searched per query (default nlist/16, >= 8).")
-@click.option("--hnsw-m", type=int, metavar="N", callback=COUNT, default=32, show_default=True,
-              help="hnsw: graph degree.")
-@click.option("--ef-search", type=int, default=None, metavar="N", callback=COUNT,
-              help="hnsw: search depth (default max(64, k)).")
-@click.option("--ef-construction", type=int, metavar="N", callback=COUNT, default=80, show_default=True,
-              help="hnsw: build depth.")
-@click.option("--shards", "n_shards", type=int, default=None, metavar="M", callback=COUNT,
+@index_params_options
+@click.option("--shards", "n_shards", type=int, default=None, metavar="M", callback=check_with(optional_count),
               help="Build M index files over contiguous row ranges (peak memory: one shard plus a query chunk).")
 @click.option("--max-memory", "max_memory", callback=_parse_memory, default=None, metavar="SIZE",
               help="Pick the number of shards so one shard plus a query chunk fits in SIZE (e.g. 8G).")
-@click.option("--threads", type=int, default=None, metavar="N", callback=COUNT,
-              help="Threads for building (default: all cores).")
+@settings_option(ScoringOptions, "threads")
 @command_options
-def index(store, train_split, out, index_type, nlist, nprobe, hnsw_m, ef_search, ef_construction, n_shards, max_memory,
-          threads, fmt):
+def index(store, train_split, out, params, n_shards, max_memory, threads, fmt):
     """Build the cosine-similarity index of a split and save it beside STORE.
 
     Features are L2-normalised and added in chunks (bounded memory). The index file
@@ -68,11 +63,9 @@ def index(store, train_split, out, index_type, nlist, nprobe, hnsw_m, ef_search,
     """
     from nnkcli import shards
     from nnkcli.evaluation.options import CHUNK_MEMORY_BUDGET
-    from nnkcli.index import IndexParams, default_index_path, index_store
+    from nnkcli.index import default_index_path, index_store
 
     ui = get_ui()
-    params = IndexParams(index_type=index_type, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
-                         ef_search=ef_search, ef_construction=ef_construction)
     if n_shards is not None and max_memory is not None:
         raise click.UsageError("give --shards or --max-memory, not both")
     if n_shards is not None or max_memory is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from nnkcli.cli import command_options, get_ui
-from nnkcli.commands._options import check_gate_method, data_options, gate_options, plot_option, scoring_options, shard_option
+from nnkcli.commands._options import data_options, gate_options, plot_option, scoring_options, shard_option
 from nnkcli.commands._render import render_sweep
 
 
@@ -47,14 +47,11 @@ def sweep(store, scoring, data, shard, out, plot, tensorboard_dir, step, min_top
       nnk sweep feats.h5 --select-on train --temperature 0.02,0.05,0.07,0.1
       nnk sweep feats.h5 --protocol dino
     """
-    from nnkcli.numerics.metrics import check_gates
+    from nnkcli.numerics.metrics import check_gate_method, check_gates
     from nnkcli.evaluation.sweeps import sweep as run_sweep
 
     ui = get_ui()
-    if shard is not None:
-        if out is None:
-            raise click.UsageError("--shard needs --out PART.h5 (merge the parts with 'nnk merge')")
-        data = data.replace(shard=shard)
+    data = data.replace(shard=shard)
     if plot is not None:
         from nnkcli.plots import check_plot_path
 
@@ -66,7 +63,8 @@ def sweep(store, scoring, data, shard, out, plot, tensorboard_dir, step, min_top
 
         check_logdir(tensorboard_dir)
     gate = min_top1 is not None or min_top5 is not None
-    check_gate_method(gate_method, scoring.methods, gate)
+    if gate:
+        check_gate_method(gate_method, scoring.methods)
     result = run_sweep(store, scoring, data=data, gate_requested=gate, progress_factory=ui.progress,
                        partial_path=out)
     doc = result.to_dict()

@@ -13,9 +13,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from nnkcli.errors import InputError
 from nnkcli.evaluation.documents import result_document
-from nnkcli.evaluation.options import DataOptions, ScoringOptions, resolve_one_k
+from nnkcli.evaluation.options import DataOptions, ScoringOptions, check_shard_output, resolve_one_k
 from nnkcli.evaluation.results import ClassifyResult
 from nnkcli.evaluation.setup import check_labelled, open_evaluation, with_k
 from nnkcli.evaluation.streaming import evaluate_chunks
@@ -82,12 +81,9 @@ def classify(
         from nnkcli.storage.atomic import check_can_create
 
         check_can_create(predictions_path, "predictions")  # before the index is loaded or built
-    options, data = resolve_one_k(options, data, with_k(settings, k), what="classify evaluates one k",
-                                  hint="use sweep for several k", protocol=True)
+    options, data = resolve_one_k(options, data, with_k(settings, k), command="classify", protocol=True)
     (k,) = options.k_values
-    if data.shard is not None and predictions_path is None:
-        raise InputError("--shard needs --out PART.h5: a shard's results are only useful merged",
-                         hint="add --out shard-I.h5, then 'nnk merge shard-*.h5'")
+    check_shard_output(data.shard, predictions_path, output_name="predictions_path")
     ev = open_evaluation(store_path, options, data, progress_factory)
     with ev:
         check_labelled(ev, gate_requested)

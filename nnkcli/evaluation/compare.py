@@ -370,8 +370,7 @@ def compare(
     b = SideSpec.parse(b) if isinstance(b, str) else b
     if "k" in settings:
         settings["k_values"] = (settings.pop("k"),)
-    options, data = resolve_one_k(options, data, settings, what="compare takes one default k",
-                                  hint="give each side its own k: --a knn@20 --b nnk@50")
+    options, data = resolve_one_k(options, data, settings, command="compare")
     if n_boot < 1:
         raise InputError(f"the number of bootstrap resamples must be >= 1, got {n_boot}")
     kinds = [_kind(p) for p in (a_path, b_path) if p is not None]

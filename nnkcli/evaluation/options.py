@@ -5,16 +5,18 @@ from keyword arguments), validated once on construction, passed whole to the cor
 recorded whole (``as_dict()``) as ``"parameters"`` in every JSON document, predictions
 file and history line. ``DataOptions`` says which splits and index one evaluation uses.
 
-Every field is declared on one line with its command-line name and its check::
+Every field is declared once (``nnkcli.settings``): its default, Python name, option,
+check, allowed values, help and metavar. The command line generates its options from
+these declarations (``commands/_options.py``), so nothing is written twice::
 
-    temperature: float = setting(0.07, "--temperature", positive_float)
+    temperature: float = setting(0.07, positive_float, metavar="T[,T...]", help="kNN weights ...")
 
 The check normalises the value (``"both"`` -> ``("nnk", "knn")``, ``"10..30"`` ->
-``(10, 20, 30)``) and raises ``OptionError`` (a usage error, exit 2) naming the option
-and the value. The CLI runs the very same check while parsing (``commands/_options.py``),
-so an allowed-value list or a range exists once, here (``KERNELS`` and ``WEIGHTINGS``
-are owned by the numerics that implement them). To add a setting: one field line here
-(with a check), one ``click.option`` line in the bundle, a test and a README line.
+``(10, 20, 30)``) and raises ``OptionError`` (a ``ValueError``; exit 2 on the command
+line) naming the Python parameter here and the option on the command line. The rules
+that tie settings together (one k, a shard needs an output) are functions below, raised
+as ``OptionConflict`` wherever they apply. To add a setting: one field here, a test and
+a README line.
 
 Examples
 --------
@@ -26,24 +28,33 @@ Examples
 >>> ScoringOptions(kernel="linear")
 Traceback (most recent call last):
 ...
-nnkcli.errors.OptionError: --kernel: unknown kernel; choose one of cosine, gaussian (got 'linear')
+nnkcli.errors.OptionError: kernel: unknown kernel; choose one of cosine, gaussian (got 'linear')
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import operator
 import re
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
-from nnkcli.errors import InputError, OptionError
-from nnkcli.storage.checks import check_split_name
+from nnkcli.errors import InputError, OptionConflict, OptionError, SettingName
 from nnkcli.evaluation.protocols import PROTOCOLS, SOLVERS
 from nnkcli.numerics.kernels import KERNELS
 from nnkcli.numerics.scores import METHODS, TOP5_RULES, WEIGHTINGS
+from nnkcli.settings import (
+    Settings,
+    count,
+    flag,
+    open_unit_interval,
+    optional_choice,
+    optional_count,
+    optional_path,
+    positive_float,
+    positive_floats,
+    seed,
+    setting,
+)
+from nnkcli.storage.checks import check_split_name
 
 #: neighbor search back ends (``evaluation.search``/``evaluation.torch_backend``) and their devices;
 #: the devices are also those of the model extractor (``extract --device``)
@@ -53,19 +64,25 @@ DEVICES = ("auto", "cpu", "cuda")
 CHUNK_MEMORY_BUDGET = 512 * 2**20
 #: ``"both"`` on the command line means all of the classifiers (``METHODS``)
 METHOD_ALIASES = {"both": METHODS}
+METHOD_CHOICES = (*METHODS, *METHOD_ALIASES)
 #: the default k of ``classify`` and the default --k of ``sweep``/``evaluate``
 DEFAULT_K = 50
 DEFAULT_K_SPEC = "10..200"
 DEFAULT_ALPHA = 0.05  # sweep: a k is "tied" with the best when McNemar's p >= alpha
 MAX_K_VALUES = 10_000
 K_SPEC_HELP = "N, A..B (multiples of A up to B), A..B:S (step S), or comma lists such as 1,5,10..200:10"
+#: --select-on: where k (and T) may be chosen (never the query split)
+SELECT_ON = ("train",)
+DEFAULT_SELECT_QUERIES = 10_000
+#: the settings a --protocol preset fills in when they are not given explicitly
+PROTOCOL_FIELDS = ("k_values", "temperature", "temperature_grid", "top5_rule", "solver")
 
 _RANGE = re.compile(r"^(\d+)\.\.(\d+)(?::(\d+))?$")
 _INT = re.compile(r"^\d+$")
 
 
-# -- checks: each takes the value, returns it normalised, or raises OptionError ----------------
-def parse_k_spec(spec: str, option: str = "--k") -> list[int]:
+# -- checks of this module's settings: (value, name) -> normalised value, or OptionError naming `name` ---
+def parse_k_spec(spec: str, name: str | SettingName = "k") -> list[int]:
     """Parse a k specification into a sorted list of distinct positive ints.
 
     Grammar (comma-separated tokens, mixed freely)::
@@ -85,7 +102,7 @@ def parse_k_spec(spec: str, option: str = "--k") -> list[int]:
     [1, 5, 10, 20, 30]
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise OptionError(option, spec, "empty k specification", hint="e.g. --k 10..200 or --k 10,20,50")
+        raise OptionError(name, spec, "empty k specification", hint="e.g. --k 10..200 or --k 10,20,50")
     values: set[int] = set()
     for raw in spec.split(","):
         token = raw.strip()
@@ -96,16 +113,16 @@ def parse_k_spec(spec: str, option: str = "--k") -> list[int]:
             a, b = int(m.group(1)), int(m.group(2))
             step = int(m.group(3)) if m.group(3) is not None else a
             if a < 1 or step < 1 or b < a:
-                raise OptionError(option, spec, f"bad k range {token!r}: need 1 <= A <= B and a step >= 1",
+                raise OptionError(name, spec, f"bad k range {token!r}: need 1 <= A <= B and a step >= 1",
                                   hint="e.g. 10..200 (10, 20, ..., 200) or 1..100:5")
             if (b - a) // step + 1 > MAX_K_VALUES:
-                raise OptionError(option, spec, f"k range {token!r} has more than {MAX_K_VALUES} values",
+                raise OptionError(name, spec, f"k range {token!r} has more than {MAX_K_VALUES} values",
                                   hint="use a larger step")
             new = list(range(a, b + 1, step))
         else:
-            raise OptionError(option, spec, f"bad k token {token!r}", hint=f"use {K_SPEC_HELP}")
+            raise OptionError(name, spec, f"bad k token {token!r}", hint=f"use {K_SPEC_HELP}")
         if any(v < 1 for v in new):
-            raise OptionError(option, spec, f"bad k token {token!r}: k must be >= 1")
+            raise OptionError(name, spec, f"bad k token {token!r}: k must be >= 1")
         values.update(new)
     return sorted(values)
 
@@ -124,225 +141,76 @@ def format_k_spec(k_values) -> str:
     return ",".join(str(k) for k in ks)
 
 
-def check_k_values(value, option: str = "--k") -> tuple[int, ...]:
+def check_k_values(value, name: str | SettingName = "k") -> tuple[int, ...]:
     """An int, a k SPEC string or an iterable of ints -> sorted distinct tuple, every k >= 1."""
     if isinstance(value, str):
-        return tuple(parse_k_spec(value, option))
+        return tuple(parse_k_spec(value, name))
     try:
         items = [operator.index(value)]  # one int (numpy ints too)
     except TypeError:
         try:
             items = list(value)
         except TypeError:
-            raise OptionError(option, value, "expected an int, a k SPEC or a list of ints") from None
+            raise OptionError(name, value, "expected an int, a k SPEC or a list of ints") from None
     out: set[int] = set()
     for k in items:
         if isinstance(k, bool):
-            raise OptionError(option, value, "every k must be an integer")
+            raise OptionError(name, value, "every k must be an integer")
         try:
             k = operator.index(k)
         except TypeError:
-            raise OptionError(option, value, "every k must be an integer") from None
+            raise OptionError(name, value, "every k must be an integer") from None
         if k < 1:
-            raise OptionError(option, value, f"k must be >= 1, got {k}")
+            raise OptionError(name, value, "k must be >= 1")
         out.add(k)
     if not out:
-        raise OptionError(option, value, "no k values", hint="e.g. --k 10..200")
+        raise OptionError(name, value, "no k values", hint="e.g. --k 10..200")
     return tuple(sorted(out))
 
 
-def check_methods(value, option: str = "--method") -> tuple[str, ...]:
+def check_methods(value, name: str | SettingName = "methods") -> tuple[str, ...]:
     """``"both"``/``"nnk"``/``"knn"`` or a sequence of them -> distinct tuple in the given order."""
     names = [value] if isinstance(value, str) else list(value)
     out: list[str] = []
-    for name in names:
-        for part in METHOD_ALIASES.get(name, (name,)):
+    for method in names:
+        for part in METHOD_ALIASES.get(method, (method,)):
             if part not in METHODS:
-                raise OptionError(option, name, f"unknown method; choose one of {', '.join(METHOD_CHOICES)}")
+                raise OptionError(name, method, f"unknown method; choose one of {', '.join(METHOD_CHOICES)}")
             if part not in out:
                 out.append(part)
     if not out:
-        raise OptionError(option, value, "no method given")
+        raise OptionError(name, value, "no method given")
     return tuple(out)
 
 
-def choice(allowed: Iterable[str], what: str) -> Callable[[Any, str], str]:
-    """A check that the value is one of ``allowed``."""
-    allowed = tuple(allowed)
-
-    def check(value, option):
-        if value not in allowed:
-            raise OptionError(option, value, f"unknown {what}; choose one of {', '.join(allowed)}")
-        return value
-
-    return check
-
-
-def optional_choice(allowed: Iterable[str], what: str) -> Callable[[Any, str], str | None]:
-    """None (= automatic) or one of ``allowed``."""
-    check_one = choice(allowed, what)
-    return lambda value, option: None if value is None else check_one(value, option)
-
-
-def shard_spec(value, option: str) -> tuple[int, int] | None:
+def shard_spec(value, name) -> tuple[int, int] | None:
     """None (all queries) or the query shard ``"I/N"`` / ``(I, N)`` with ``0 <= I < N``."""
     if value is None:
         return None
     if isinstance(value, str):
         m = re.match(r"^\s*(\d+)\s*/\s*(\d+)\s*$", value)
         if not m:
-            raise OptionError(option, value, "expected I/N", hint="e.g. --shard 0/8 (shards count from 0)")
+            raise OptionError(name, value, "expected I/N", hint="e.g. --shard 0/8 (shards count from 0)")
         value = (int(m.group(1)), int(m.group(2)))
     try:
         i, n = (operator.index(v) for v in value)
     except (TypeError, ValueError):
-        raise OptionError(option, value, "expected I/N or a pair of ints") from None
+        raise OptionError(name, value, "expected I/N or a pair of ints") from None
     if n < 1 or not 0 <= i < n:
-        raise OptionError(option, f"{i}/{n}", "need 0 <= I < N", hint="shards count from 0: 0/8 ... 7/8")
+        raise OptionError(name, f"{i}/{n}", "need 0 <= I < N", hint="shards count from 0: 0/8 ... 7/8")
     return (i, n)
 
 
-def positive_float(value, option: str) -> float:
-    """A finite float > 0."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise OptionError(option, value, "expected a number") from None
-    if not (math.isfinite(x) and x > 0):
-        raise OptionError(option, value, "must be a finite number > 0")
-    return x
-
-
-def open_unit_interval(value, option: str) -> float:
-    """A float strictly between 0 and 1 (NaN is not)."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise OptionError(option, value, "expected a number") from None
-    if not 0.0 < x < 1.0:  # also False for NaN
-        raise OptionError(option, value, "must be strictly between 0 and 1")
-    return x
-
-
-def positive_floats(value, option: str) -> tuple[float, ...]:
-    """A float, a comma list (``"0.02,0.05"``) or a sequence -> tuple of distinct finite floats > 0, in order.
-
-    The empty tuple stays empty (no grid).
-    """
-    if isinstance(value, str):
-        parts = []
-        for part in value.split(","):
-            try:
-                parts.append(float(part))
-            except ValueError:
-                raise OptionError(option, value, "expected a number or a comma list of numbers",
-                                  hint="e.g. 0.07 or 0.02,0.05,0.07") from None
-        value = parts
-    elif not isinstance(value, (list, tuple)):
-        value = [value]
-    return tuple(dict.fromkeys(positive_float(v, option) for v in value))
-
-
-def count(value, option: str) -> int:
-    """An int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise OptionError(option, value, "expected an integer >= 1")
-    return value
-
-
-def seed(value, option: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise OptionError(option, value, "expected an integer >= 0")
-    return value
-
-
-def optional_count(value, option: str) -> int | None:
-    """None (= automatic) or an int >= 1."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise OptionError(option, value, "expected an integer >= 1")
-    if value < 1:
-        raise OptionError(option, value, "must be >= 1")
-    return value
-
-
-def flag(value, option: str) -> bool:
-    if not isinstance(value, bool):
-        raise OptionError(option, value, "expected True or False")
-    return value
-
-
-def split_name(value, option: str) -> str:
+def split_name(value, name) -> str:
     """A split name as the store accepts it (``storage.checks.check_split_name``)."""
     try:
         return check_split_name(value)
     except InputError as exc:
-        raise OptionError(option, value, "invalid split name", hint=exc.hint) from None
-
-
-def optional_path(value, option: str) -> str | None:
-    return None if value is None else str(value)
-
-
-METHOD_CHOICES = (*METHODS, *METHOD_ALIASES)
-#: --select-on: where k (and T) may be chosen (never the query split)
-SELECT_ON = ("train",)
-DEFAULT_SELECT_QUERIES = 10_000
-#: the settings a --protocol preset fills in when they are not given explicitly
-PROTOCOL_FIELDS = ("k_values", "temperature", "temperature_grid", "top5_rule", "solver")
-
-
-def setting(default, option: str, check: Callable[[Any, str], Any]):
-    """A dataclass field with its command-line name and its check (see the module docstring)."""
-    return dataclasses.field(default=default, metadata={"option": option, "check": check})
-
-
-class _Checked:
-    """Frozen dataclasses whose fields carry a check: normalised and validated on construction."""
-
-    def __post_init__(self):
-        self.validate()
-
-    def validate(self):
-        """Check and normalise every field; raises ``OptionError`` naming the first bad one."""
-        for f in dataclasses.fields(self):
-            meta = f.metadata
-            if "check" in meta:
-                object.__setattr__(self, f.name, meta["check"](getattr(self, f.name), meta["option"]))
-        return self
-
-    def replace(self, **changes):
-        """A copy with ``changes`` applied (and validated); unknown names raise TypeError."""
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise TypeError(f"{type(self).__name__} has no setting {', '.join(unknown)}; "
-                            f"the settings are: {', '.join(sorted(names))}")
-        return dataclasses.replace(self, **changes)
-
-    def as_dict(self) -> dict:
-        """Every field, JSON-able (tuples become lists)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def option_names(cls) -> dict[str, str]:
-        """field name -> command-line option name."""
-        return {f.name: f.metadata["option"] for f in dataclasses.fields(cls) if "option" in f.metadata}
-
-    @classmethod
-    def check_field(cls, name: str, value):
-        """Run one field's check (what the CLI calls while parsing that option)."""
-        f = {f.name: f for f in dataclasses.fields(cls)}[name]
-        return f.metadata["check"](value, f.metadata["option"])
-
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
+        raise OptionError(name, value, "invalid split name", hint=exc.hint) from None
 
 
 @dataclass(frozen=True)
-class ScoringOptions(_Checked):
+class ScoringOptions(Settings):
     """How the queries are scored: shared by ``classify``, ``sweep`` and ``evaluate``.
 
     Attributes
@@ -350,7 +218,8 @@ class ScoringOptions(_Checked):
     methods : tuple of {"nnk", "knn"}, default=("nnk", "knn")
         Accepts ``"both"``, one name or a sequence.
     k_values : tuple of int, default=(50,)
-        Sorted, distinct; accepts an int, a k SPEC (``"10..200"``) or a list.
+        Sorted, distinct; accepts an int, a k SPEC (``"10..200"``) or a list. Its Python
+        parameter name is ``k`` (``classify(store, k=10)``, ``sweep(store, k="10..200")``).
     kernel : {"cosine", "gaussian"}, default="cosine"
         NNK kernel (``nnkcli.numerics.kernels``).
     temperature : float, default=0.07
@@ -397,27 +266,58 @@ class ScoringOptions(_Checked):
         Seed of the selection's random subset.
     """
 
-    methods: tuple[str, ...] = setting(METHODS, "--method", check_methods)
-    k_values: tuple[int, ...] = setting((DEFAULT_K,), "--k", check_k_values)
-    kernel: str = setting("cosine", "--kernel", choice(KERNELS, "kernel"))
-    temperature: float = setting(0.07, "--temperature", positive_float)
-    weighting: str = setting("exp", "--weighting", choice(WEIGHTINGS, "kNN weighting"))
-    exclude_self: bool = setting(False, "--exclude-self", flag)
-    chunk_size: int | None = setting(None, "--chunk-size", optional_count)
-    threads: int | None = setting(None, "--threads", optional_count)
-    tol: float = setting(1e-8, "tol", positive_float)
-    confidence: float = setting(0.95, "--confidence", open_unit_interval)
-    alpha: float = setting(DEFAULT_ALPHA, "--alpha", open_unit_interval)
-    backend: str | None = setting(None, "--backend", optional_choice(BACKENDS, "backend"))
-    device: str = setting("auto", "--device", choice(DEVICES, "device"))
-    fp16: bool = setting(False, "--fp16", flag)
-    temperature_grid: tuple[float, ...] = setting((), "--temperature", positive_floats)
-    top5_rule: str = setting("strict", "--top5-rule", choice(TOP5_RULES, "top-5 rule"))
-    solver: str = setting("exact", "--solver", choice(SOLVERS, "solver"))
-    protocol: str | None = setting(None, "--protocol", optional_choice(PROTOCOLS, "protocol"))
-    select_on: str | None = setting(None, "--select-on", optional_choice(SELECT_ON, "selection split"))
-    select_queries: int = setting(DEFAULT_SELECT_QUERIES, "--select-queries", count)
-    select_seed: int = setting(0, "select_seed", seed)
+    methods: tuple[str, ...] = setting(METHODS, check_methods, option="--method", choices=METHOD_CHOICES,
+                                       shown="both", help="Which classifiers to run.")
+    k_values: tuple[int, ...] = setting((DEFAULT_K,), check_k_values, python="k", option="--k", metavar="SPEC",
+                                        help=f"k values: {K_SPEC_HELP}.")
+    kernel: str = setting("cosine", choices=KERNELS, what="kernel",
+                          help="NNK kernel: (1+cos)/2, or exp(-d^2/2s^2) with s = k-th neighbor distance / 3.")
+    temperature: float = setting(0.07, positive_float, metavar="T[,T...]",
+                                 help="kNN weights exp(similarity / T), as DINO; T > 0. A list such as 0.02,0.05,0.07 "
+                                      "gives one kNN result per T from the same neighbors (no new search).")
+    weighting: str = setting("exp", choices=WEIGHTINGS, what="kNN weighting",
+                             help="kNN vote weights: exp(s/T) as DINO, s, or 1.")
+    exclude_self: bool = setting(False, flag,
+                                 help="Leave-one-out: skip each query's own row (query split = train split).")
+    chunk_size: int | None = setting(None, optional_count, type=int, metavar="N",
+                                     help=f"Queries per scoring chunk (default: sized to a {CHUNK_MEMORY_BUDGET >> 20} "
+                                          "MiB working-memory budget shared by the threads).")
+    threads: int | None = setting(None, optional_count, type=int, metavar="N",
+                                  help="Threads for the whole run; caps faiss, BLAS and torch pools (default: the "
+                                       "cores this process may use).")
+    tol: float = setting(1e-8, positive_float, option=None)
+    confidence: float = setting(0.95, open_unit_interval, type=float, metavar="LEVEL",
+                                help="Level of the interval shown with every accuracy (Wilson; bootstrap for "
+                                     "balanced).")
+    alpha: float = setting(DEFAULT_ALPHA, open_unit_interval, type=float, metavar="A",
+                           help="Significance level of the paired tests (McNemar): of each k against the best "
+                                "(sweep, evaluate), of B against A (compare).")
+    backend: str | None = setting(None, optional_choice(BACKENDS, "backend"), choices=BACKENDS,
+                                  help="Neighbor search: faiss (the saved index) or torch (chunked matmul + top-k) "
+                                       "[default: torch on CUDA, else faiss].")
+    device: str = setting("auto", choices=DEVICES, what="device",
+                          help="Where torch runs: the torch search backend and the model's forward pass; "
+                               "auto = CUDA when torch sees a GPU.")
+    fp16: bool = setting(False, flag, help="Multiply in float16: the torch backend's search (re-ranked exactly) "
+                                           "and the model's forward pass (CUDA only).")
+    temperature_grid: tuple[float, ...] = setting((), positive_floats, option="--temperature")
+    top5_rule: str = setting("strict", choices=TOP5_RULES, what="top-5 rule",
+                             help="strict: a class with zero score never counts for top-5; inclusive: rank every "
+                                  "class, as solo-learn, VISSL, DINOv2 and the NNK paper's code do.")
+    solver: str = setting("exact", choices=SOLVERS, what="solver",
+                          help="NNK solver: exact (KKT-certified) or pruning (the NNK paper's code, to reproduce its "
+                               "tables; reports what the approximation costs).")
+    protocol: str | None = setting(None, optional_choice(PROTOCOLS, "protocol"), choices=tuple(PROTOCOLS),
+                                   help="Preset k values, temperature, top-5 rule and solver of another tool (README "
+                                        "\"Protocols\"); options given explicitly override it.")
+    select_on: str | None = setting(None, optional_choice(SELECT_ON, "selection split"), choices=SELECT_ON,
+                                    help="Choose k (and T) by leave-one-out top-1 on the train split, never the "
+                                         "query split, and report the query split there (\"selected\"); the gates "
+                                         "use it.")
+    select_queries: int = setting(DEFAULT_SELECT_QUERIES, count, type=int, metavar="N",
+                                  help="Seeded random train rows the leave-one-out selection uses (all rows if "
+                                       "fewer).")
+    select_seed: int = setting(0, seed, option=None)
 
     def validate(self):
         super().validate()
@@ -427,7 +327,8 @@ class ScoringOptions(_Checked):
         if len(self.temperature_grid) == 1:
             object.__setattr__(self, "temperature_grid", ())
         if self.solver == "pruning" and self.kernel != "cosine":
-            raise OptionError("--solver", self.solver, "the pruning solver works with the cosine kernel only",
+            raise OptionError(self.declared("solver").names, self.solver,
+                              "the pruning solver works with the cosine kernel only",
                               hint="the NNK paper's code uses (1 + cos) / 2; drop --kernel gaussian")
         return self
 
@@ -438,7 +339,7 @@ class ScoringOptions(_Checked):
 
 
 @dataclass(frozen=True)
-class DataOptions(_Checked):
+class DataOptions(Settings):
     """Which splits of the store are evaluated, and with which saved index.
 
     ``exclude_self`` (a scoring option) needs ``query_split == train_split``; that is
@@ -446,27 +347,77 @@ class DataOptions(_Checked):
     I-th of N contiguous ranges of the query split (``nnkcli.evaluation.partials``).
     """
 
-    train_split: str = setting("train", "--train-split", split_name)
-    query_split: str = setting("val", "--query-split", split_name)
-    index_path: str | None = setting(None, "--index", optional_path)
-    rebuild_index: bool = setting(False, "--rebuild-index", flag)
-    shard: tuple[int, int] | None = setting(None, "--shard", shard_spec)
-    strict_provenance: bool = setting(False, "--strict-provenance", flag)
+    train_split: str = setting("train", split_name, metavar="NAME",
+                               help="Split searched for neighbors (the one 'nnk index' indexes).")
+    query_split: str = setting("val", split_name, metavar="NAME", help="Split whose rows are classified.")
+    index_path: str | None = setting(None, optional_path, option="--index",
+                                     help="Saved index (default: STORE's <stem>.<train-split>.faiss if present, "
+                                          "else built in memory).")
+    rebuild_index: bool = setting(False, flag,
+                                  help="Rebuild (and save) a stale or damaged saved index instead of refusing it.")
+    shard: tuple[int, int] | None = setting(None, shard_spec, metavar="I/N",
+                                            help="Evaluate only the I-th (from 0) of N contiguous ranges of the query "
+                                                 "split; needs --out PART.h5, see 'nnk merge'.")
+    strict_provenance: bool = setting(False, flag,
+                                      help="Exit 1 when the train and query splits differ in provenance (model, "
+                                           "checkpoint, transform, source format, dtype) instead of warning.")
+
+
+# -- the rules that tie settings together: each written once, an OptionConflict/OptionError (exit 2) --------
+#: what a command that scores at one k says about several (message, hint)
+ONE_K = {
+    "classify": ("classify evaluates one k", "use 'nnk sweep' for several k"),
+    "compare": ("compare takes one default k", "give each side its own k: --a knn@20 --b nnk@50"),
+}
+
+
+def one_k(value, name: str | SettingName = "k", command: str = "classify") -> tuple[int]:
+    """``check_k_values`` for a command that scores at one k (``ONE_K``): exactly one k."""
+    ks = check_k_values(value, name)
+    if len(ks) != 1:
+        what, hint = ONE_K[command]
+        raise OptionError(name, value, what, hint=hint)
+    return ks  # type: ignore[return-value]
+
+
+def check_shard_output(shard, output, *, output_name: str) -> None:
+    """A shard (``--shard``) needs a partial result file (``--out``): alone it is only a piece of a result.
+
+    ``output_name`` is the output's Python parameter (``predictions_path``, ``partial_path``).
+    """
+    if shard is not None and output is None:
+        raise OptionConflict("{shard} needs {out}: a shard's results are only useful merged",
+                             {"shard": DataOptions.declared("shard").names, "out": SettingName(output_name, "--out")},
+                             hint="add --out part-I.h5, then 'nnk merge part-*.h5'")
+
+
+def keyword_fields(keywords: dict) -> dict:
+    """``keywords`` of ``ScoringOptions``/``DataOptions`` keyed by field name (``k`` -> ``k_values``).
+
+    Raises ``TypeError`` for an unknown keyword or a setting given under both its names.
+    """
+    scoring = {k: v for k, v in keywords.items() if k in ScoringOptions.keywords()}
+    rest = {k: v for k, v in keywords.items() if k not in scoring}
+    unknown = sorted(set(rest) - DataOptions.keywords())
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
+    return {**ScoringOptions.field_names(scoring), **DataOptions.field_names(rest)}
 
 
 def apply_protocol(settings: dict, *, one_k: bool = False) -> dict:
     """``settings`` with every ``PROTOCOL_FIELDS`` entry it lacks taken from ``settings["protocol"]``.
 
-    ``settings`` holds the explicitly given settings (explicit ones win). ``temperature``
-    may be a sequence there (a grid). ``one_k``: classify's single k (``Protocol.classify_k``)
-    instead of the sweep's list. Without a protocol only the temperature sequence is unfolded.
+    ``settings`` holds the explicitly given settings (explicit ones win; ``k`` or ``k_values``).
+    ``temperature`` may be a sequence there (a grid). ``one_k``: classify's single k
+    (``Protocol.classify_k``) instead of the sweep's list. Without a protocol only the
+    temperature sequence is unfolded.
     """
     from nnkcli.evaluation.protocols import get_protocol
 
-    out = dict(settings)
+    out = keyword_fields(settings)
     t = out.get("temperature")
     if t is not None and not isinstance(t, (int, float)):
-        temps = positive_floats(t, "--temperature")
+        temps = positive_floats(t, ScoringOptions.declared("temperature").names)
         out["temperature"] = temps[0]
         out["temperature_grid"] = temps if len(temps) > 1 else ()
     name = out.get("protocol")
@@ -489,17 +440,16 @@ def resolve(
 ) -> tuple[ScoringOptions, DataOptions]:
     """The one path from keyword arguments to the options objects (``classify``/``sweep``).
 
-    ``keywords`` may name any field of either object; they override ``options``/``data``.
+    ``keywords`` may name any field of either object, by field name or Python parameter
+    name (``k`` for ``k_values``: an int, a list or a SPEC string); they override
+    ``options``/``data``.
     """
-    scoring_names = {f.name for f in dataclasses.fields(ScoringOptions)}
-    data_names = {f.name for f in dataclasses.fields(DataOptions)}
-    unknown = sorted(set(keywords) - scoring_names - data_names)
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
+    keywords = keyword_fields(keywords)
+    scoring_names = set(ScoringOptions.declarations())
     options = options if options is not None else ScoringOptions()
     data = data if data is not None else DataOptions()
     scoring_changes = {k: v for k, v in keywords.items() if k in scoring_names}
-    data_changes = {k: v for k, v in keywords.items() if k in data_names}
+    data_changes = {k: v for k, v in keywords.items() if k not in scoring_names}
     if scoring_changes:
         options = options.replace(**scoring_changes)
     if data_changes:
@@ -508,20 +458,20 @@ def resolve(
 
 
 def resolve_one_k(
-    options: ScoringOptions | None, data: DataOptions | None, keywords: dict, *, what: str, hint: str,
+    options: ScoringOptions | None, data: DataOptions | None, keywords: dict, *, command: str,
     protocol: bool = False,
 ) -> tuple[ScoringOptions, DataOptions]:
-    """``resolve`` for a command that scores at one k (``classify``, ``compare``).
+    """``resolve`` for a command that scores at one k (``classify``, ``compare``: a key of ``ONE_K``).
 
     A preset (``protocol=True``) fills what is not given; with no options object and no
-    k, the default k; then exactly one k must remain, else ``InputError("<what>, got N
-    values")`` with ``hint``.
+    k, the default k; then exactly one k must remain (``one_k``: an ``OptionError`` naming ``k``).
     """
-    if protocol:
-        keywords = apply_protocol(keywords, one_k=True)
+    keywords = apply_protocol(keywords, one_k=True) if protocol else keyword_fields(keywords)
     if options is None and "k_values" not in keywords:
         keywords["k_values"] = (DEFAULT_K,)
+    k_name = ScoringOptions.declared("k_values").names
+    if "k_values" in keywords:
+        one_k(keywords["k_values"], k_name, command)
     options, data = resolve(options, data, keywords)
-    if len(options.k_values) != 1:
-        raise InputError(f"{what}, got {len(options.k_values)} values", hint=hint)
+    one_k(options.k_values, k_name, command)
     return options, data

@@ -367,8 +367,6 @@ def with_k(settings: dict, k) -> dict:
 
     ``k`` is the Python name of ``ScoringOptions.k_values``; giving both is a ``TypeError``.
     """
-    if k is None:
-        return settings
-    if "k_values" in settings:
-        raise TypeError("give k or k_values, not both")
-    return {**settings, "k_values": k}
+    from nnkcli.evaluation.options import keyword_fields
+
+    return keyword_fields(settings if k is None else {**settings, "k": k})

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 
 from nnkcli.errors import InputError
 from nnkcli.evaluation.documents import result_document
-from nnkcli.evaluation.options import (DEFAULT_ALPHA, DataOptions, ScoringOptions, apply_protocol, parse_k_spec,
-                                      resolve)
+from nnkcli.evaluation.options import (DEFAULT_ALPHA, DataOptions, ScoringOptions, apply_protocol,
+                                      check_shard_output, parse_k_spec, resolve)
 from nnkcli.evaluation.results import SweepResult
 from nnkcli.evaluation.selection import run_selection
 from nnkcli.evaluation.setup import Evaluation, check_labelled, open_evaluation, with_k
@@ -131,9 +131,7 @@ def sweep(
     """
     options, data = resolve(options, data, apply_protocol(with_k(settings, k)))
     select_on = options.select_on
-    if data.shard is not None and partial_path is None:
-        raise InputError("--shard needs --out PART.h5: a shard's results are only useful merged",
-                         hint="add --out shard-I.h5, then 'nnk merge shard-*.h5'")
+    check_shard_output(data.shard, partial_path, output_name="partial_path")
     if partial_path is not None and (select_on is not None or options.temperature_grid):
         raise InputError("--out/--shard partial results take one temperature and no --select-on",
                          hint="run the selection (and the temperature grid) on the whole query split")

@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nnkcli.errors import GateFailed, InputError
+from nnkcli.errors import GateFailed, InputError, OptionConflict, SettingName
 from nnkcli.numerics import stats
 from nnkcli.numerics.scores import METHODS
 
 GATE_METHODS = ("all", *METHODS)
+#: the two settings of the gate-method rule (``check_gate_method``), by their Python and option names
+_GATE_NAMES = {"gate_method": SettingName("gate_method", "--gate-method"),
+               "methods": SettingName("methods", "--method")}
 
 
 @dataclass
@@ -162,6 +165,18 @@ def check_gate_value(name: str, value: float | None) -> float | None:
     return v
 
 
+def check_gate_method(gate_method: str | None, methods) -> None:
+    """A gated method must be among the ``methods`` run (``"all"``/None: every one): an ``OptionConflict``.
+
+    Every command with a gate asks this before any work (``merge``: of its parts' methods).
+    """
+    if gate_method in ("all", None) or gate_method in methods:
+        return
+    run = "both" if set(methods) == set(METHODS) else ",".join(methods)
+    raise OptionConflict("{gate_method} {gate} is not among the methods run ({methods} {run})", _GATE_NAMES,
+                         gate=gate_method, run=run)
+
+
 def check_gates(rows: list[dict], *, min_top1: float | None = None, min_top5: float | None = None,
                 gate_method: str = "all") -> None:
     """Raise GateFailed naming every row whose accuracy is below a threshold.
@@ -175,11 +190,9 @@ def check_gates(rows: list[dict], *, min_top1: float | None = None, min_top5: fl
     min_top1 = check_gate_value("--min-top1", min_top1)
     min_top5 = check_gate_value("--min-top5", min_top5)
     if gate_method != "all":
-        gated = [row for row in rows if row["method"] == gate_method]
-        if not gated and (min_top1 is not None or min_top5 is not None):
-            raise InputError(f"--gate-method {gate_method}: that method was not run",
-                             hint=f"add it with --method {gate_method} (or --method both)")
-        rows = gated
+        if min_top1 is not None or min_top5 is not None:
+            check_gate_method(gate_method, list(dict.fromkeys(row["method"] for row in rows)))
+        rows = [row for row in rows if row["method"] == gate_method]
     failures = []
     for key, threshold in (("top1", min_top1), ("top5", min_top5)):
         if threshold is None:

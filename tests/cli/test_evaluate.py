@@ -231,7 +231,7 @@ def test_malformed_history_line_is_reported_not_fatal(runner, run_dir, fake_swee
          "Error: checkpoint SOURCEs need --model, --train-images and --val-images "
          "(missing: --train-images, --val-images)"),
         (["x.h5", "--method", "knn", "--gate-method", "nnk"],
-         "Error: --gate-method nnk is not among the evaluated methods (knn)"),
+         "Error: --gate-method nnk is not among the methods run (--method knn)"),
         (["x.h5", "--fail-on-regression", "-1"],
          "Error: Invalid value for '--fail-on-regression': must be a finite number of points >= 0 (got -1.0)"),
     ],

@@ -42,7 +42,7 @@ MODEL = [
     ("--std", "0,1,1", "--std values must be positive, got 0.0,1.0,1.0"),
     ("--std", "nan,1,1", "expected finite numbers (R,G,B), got nan,1.0,1.0"),
     ("--interpolation", "nearest", "'nearest' is not one of 'bicubic', 'bilinear'"),
-    ("--device", "tpu", "'tpu' is not one of 'auto', 'cpu', 'cuda'"),
+    ("--device", "tpu", "unknown device; choose one of auto, cpu, cuda (got 'tpu')"),  # as classify says it
     ("--batch-size", "0", "0 is not in the range x>=1"),
     ("--workers", "-1", "-1 is not in the range x>=0"),
 ]
@@ -113,11 +113,12 @@ def test_model_options(runner, command, option, value, message):
 @pytest.mark.parametrize("option, value, message", [
     ("--nlist", "0", "must be >= 1 (got 0)"),
     ("--nprobe", "-2", "must be >= 1 (got -2)"),
-    ("--hnsw-m", "0", "must be >= 1 (got 0)"),
+    ("--hnsw-m", "0", "must be >= 2 (got 0)"),
+    ("--hnsw-m", "1", "must be >= 2 (got 1)"),
     ("--ef-search", "0", "must be >= 1 (got 0)"),
     ("--ef-construction", "0", "must be >= 1 (got 0)"),
     ("--threads", "0", "must be >= 1 (got 0)"),
-    ("--type", "foo", "'foo' is not one of 'flat', 'ivf', 'hnsw'"),
+    ("--type", "foo", "unknown index type; choose one of flat, ivf, hnsw (got 'foo')"),
 ])
 def test_index_options(runner, option, value, message):
     check_usage_error(runner, ["index", "nope.h5", option, value], option, message)

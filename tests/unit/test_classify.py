@@ -181,13 +181,17 @@ def test_bad_k_and_options(store):
         classify(path, k=400, query_split="train", exclude_self=True)
     assert err.value.hint == "the largest valid k is 399"
     assert type(err.value) is InputError  # wrong for this data only: exit 1
-    with pytest.raises(OptionError, match="k must be >= 1"):
+    with pytest.raises(ValueError, match=r"^k: k must be >= 1 \(got ") as err:  # the Python parameter, not --k
         classify(path, k=0)
+    assert isinstance(err.value, OptionError) and "--k" not in str(err.value)
+    with pytest.raises(ValueError, match=r"^methods: unknown method") as err:
+        classify(path, k=5, methods="svm")
+    assert "--method" not in str(err.value)
     with pytest.raises(InputError, match="--exclude-self needs the query split to be the train split"):
         classify(path, k=5, exclude_self=True)
-    with pytest.raises(OptionError, match="--temperature: must be a finite number > 0") as err:
+    with pytest.raises(OptionError, match="^temperature: must be a finite number > 0") as err:
         classify(path, k=5, temperature=0)
-    assert err.value.exit_code == 2 and err.value.option == "--temperature"
+    assert err.value.exit_code == 2 and err.value.option == "--temperature" and err.value.name == "temperature"
 
 
 def test_saved_index_used_and_stale_index_refused(tmp_path):

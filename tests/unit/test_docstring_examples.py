@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 MODULES = [
+    "nnkcli.settings",
     "nnkcli.evaluation.options",
     "nnkcli.evaluation.classification",
     "nnkcli.evaluation.sweeps",

@@ -234,7 +234,7 @@ def test_bad_arguments(tmp_path, fake):
         fake.run([a], tmp_path / "nope" / "h.jsonl", options=OPTS)
     with pytest.raises(HistoryError, match="--history is a directory"):
         fake.run([a], tmp_path, options=OPTS)
-    with pytest.raises(OptionError, match="--method: unknown method"):
+    with pytest.raises(OptionError, match="^methods: unknown method"):
         ScoringOptions(methods=("svm",))
     assert fake.calls == []
 

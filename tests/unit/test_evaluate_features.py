@@ -80,7 +80,7 @@ def test_tensors_string_labels_and_a_k_spec():
     (lambda a: a["train_features"].__setitem__((3, 1), np.nan), r"train features contain NaN or Inf \(first: row 3\)"),
     (lambda a: a.update(train_labels=a["train_labels"][:-1]), "train features have 300 rows but train labels have 299"),
     (lambda a: a.update(k=301), "k=301 is larger than the train split allows"),
-    (lambda a: a.update(methods="svm"), r"--method: unknown method; choose one of nnk, knn, both \(got 'svm'\)"),
+    (lambda a: a.update(methods="svm"), r"^methods: unknown method; choose one of nnk, knn, both \(got 'svm'\)"),
 ])
 def test_bad_input_is_one_clear_error(change, message):
     Xt, yt, Xq, yq = _clusters()

@@ -197,8 +197,11 @@ def test_zero_rows_and_bad_params():
         build_index(ArraySplit(x))
     with pytest.raises(InputError, match="unknown index type"):
         IndexParams(index_type="lsh").validate()
-    with pytest.raises(InputError, match="--nlist must be >= 1"):
+    with pytest.raises(InputError, match=r"^nlist: must be >= 1 \(got 0\)$"):
         IndexParams(index_type="ivf", nlist=0).validate()
+    with pytest.raises(ValueError, match=r"^hnsw_m: must be >= 2 \(got 1\)$") as err:  # checked on construction
+        IndexParams(index_type="hnsw", hnsw_m=1)
+    assert err.value.exit_code == 2 and err.value.cli_message().startswith("--hnsw-m: ")
 
 
 def test_fingerprint_and_default_path(tmp_path):

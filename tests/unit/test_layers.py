@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "nnkcli"
 # its own part (where only circles are forbidden)
 LAYERS = {
     "errors": 0, "plain": 0, "nnkcli": 0,  # "nnkcli": the package itself, for __version__
-    "numerics": 1, "storage": 1,
+    "numerics": 1, "storage": 1, "settings": 1,
     "index": 2, "parallel": 3, "shards": 3,
     "evaluation": 4, "extract": 4,
     "plots": 5, "tensorboard_log": 5, "estimators": 5, "tracking": 5,

@@ -84,7 +84,7 @@ def test_missing_repeated_and_foreign_parts_are_refused(store, tmp_path):
 
 
 def test_shard_needs_an_output_and_a_valid_spec(store):
-    with pytest.raises(InputError, match="--shard needs --out"):
+    with pytest.raises(OptionError, match="^shard needs predictions_path"):
         classify(store, k=4, shard=(0, 2))
     for bad in ("3/3", "1/0", "x", (2, 1)):
         with pytest.raises(OptionError):
