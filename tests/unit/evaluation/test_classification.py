@@ -22,9 +22,9 @@ def test_classify_takes_k_as_an_int_a_spec_or_a_one_item_list(store):
     assert [(r["method"], r["k"]) for r in ref["results"]] == [("nnk", 10), ("knn", 10)]
     for k in ("10", [10]):
         assert classify(store, k=k).to_dict()["results"] == ref["results"]
-    with pytest.raises(InputError, match="classify evaluates one k, got 2 values"):
+    with pytest.raises(ValueError, match=r"^k: classify evaluates one k \(got \[10, 20\]\)"):
         classify(store, k=[10, 20])
-    with pytest.raises(TypeError, match="give k or k_values, not both"):
+    with pytest.raises(TypeError, match=r"k_values given twice \(as k and as k_values\)"):
         classify(store, k=10, k_values=10)
 
 
