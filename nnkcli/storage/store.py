@@ -282,6 +282,17 @@ def write_split(
         length mismatch, a dimension different from the store's). Nothing is written.
     StoreError
         The split exists (without ``overwrite``), or the path is not a store.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    >>> summary = write_split("feats.h5", "train", x, ["cat", "dog", "cat", "dog", "eel", "eel"], source="example")
+    >>> summary["n"], summary["dim"], summary["store_classes"], summary["new_classes"]
+    (6, 4, 3, ['cat', 'dog', 'eel'])
+    >>> with FeatureStore("feats.h5") as store:
+    ...     store.split("train").labels.tolist()
+    [0, 1, 0, 1, 2, 2]
     """
     return commit_split(
         store_path, split, features, labels, class_names=class_names, ids=ids, source=source, attrs=attrs,

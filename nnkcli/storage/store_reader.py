@@ -213,6 +213,12 @@ class FeatureStore:
     ------
     StoreError
         The file is missing, unreadable, not HDF5, not an nnkcli store, or of a newer format.
+
+    Examples
+    --------
+    >>> with FeatureStore(demo_store) as store:
+    ...     store.splits, store.dim, store["val"].read(0, 5).shape
+    (['train', 'val'], 8, (5, 8))
     """
 
     def __init__(self, path: str | os.PathLike):
