@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnkcli.storage.store import ArrayFileWriter
+from nnkcli.storage.array_files import ArrayFileWriter
 
 N_CLASSES = 10
 

@@ -163,7 +163,7 @@ import sys, time
 import numpy as np
 from threadpoolctl import threadpool_limits
 import faiss
-from nnkcli.index import flat_search
+from nnkcli.index_flat import flat_search
 d, n, m, k = (int(v) for v in sys.argv[1:5])
 rng = np.random.default_rng(0)
 x = rng.standard_normal((n, d), dtype=np.float32)

@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "NnkError": "nnkcli.errors",
     "ExitCode": "nnkcli.errors",
-    "FeatureStore": "nnkcli.storage.store",
+    "FeatureStore": "nnkcli.storage.store_reader",
     "nnk_solve": "nnkcli.numerics.solver",
     "nnk_weights": "nnkcli.numerics.solver",
     "knn_scores": "nnkcli.numerics.solver",

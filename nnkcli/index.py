@@ -1,37 +1,23 @@
 """The persisted faiss index: build, save, load, search, fingerprint.
 
-This is the only module that imports faiss. Features are L2-normalized
-(``nnkcli.numerics.kernels.normalize_rows``, pure numpy), so the
-inner product is the cosine similarity and an inner-product index returns the
-k most similar training rows.
+The faiss modules are this one and its two siblings: :mod:`nnkcli.index_file` (the
+index file: header, checksum, streamed payload) and :mod:`nnkcli.index_flat` (the exact
+search of a flat index). Features are L2-normalized (``nnkcli.numerics.kernels.normalize_rows``,
+pure numpy), so the inner product is the cosine similarity and an inner-product index
+returns the k most similar training rows.
 
-File format (one file, written atomically)::
-
-    NNKCLI-INDEX 2\\n
-    <payload bytes, 20 digits> <payload CRC-32, 8 hex digits>\\n
-    {"fingerprint": {...}, "index": {...}, "faiss_version": "..."}\\n   <- one JSON line
-    <payload: faiss.write_index output>
-
-Keeping the fingerprint inside the index file (rather than in a sidecar) means an
-index and its fingerprint can never come from different runs. The faiss payload
-is streamed to and from disk with faiss's callback IO, so neither saving nor
-loading holds a second copy of the index in memory. The CRC-32 is computed while
-the payload streams (one pass over the bytes, no second read) and checked on load,
-so a damaged or hand-edited payload is refused; version-1 files (no checksum) are
-still read, with a warning. A CRC detects damage and mix-ups, not tampering (no
-checksum kept beside the data could). On load the declared index type is checked
-against the payload's faiss class, and ``check_fresh`` compares a sample of the
-store's rows with the vectors the index holds, which catches a split edited in
-place (its recorded ``content_sha256`` unchanged) or a payload from other data.
+An index file keeps the fingerprint of the data it was built from (see
+:mod:`nnkcli.index_file`); on load, ``check_fresh`` compares the fingerprint with the
+split's and a sample of the store's rows with the vectors the index holds, which catches
+a split edited in place (its recorded ``content_sha256`` unchanged) or a payload from
+other data.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -39,26 +25,20 @@ from typing import Any, Callable
 import faiss
 import numpy as np
 
-from nnkcli.storage.atomic import atomic_output, check_can_create, check_free_space, real_path
+from nnkcli.storage.atomic import check_can_create, check_free_space
 from nnkcli.errors import IndexFileError, InputError, StaleIndexError
 from nnkcli.numerics.kernels import normalize_rows
+from nnkcli.index_file import check_payload, damaged_header, read_index_file, write_index_file
+from nnkcli.index_flat import flat_search, flat_view
 from nnkcli.settings import Settings, at_least, count, optional_count, setting
 
 logger = logging.getLogger("nnkcli")
 
-MAGIC = b"NNKCLI-INDEX 2\n"
-_MAGIC_V1 = b"NNKCLI-INDEX 1\n"
-#: the faiss class each declared index type must load as
-_FAISS_CLASS = {"flat": "IndexFlat", "ivf": "IndexIVFFlat", "hnsw": "IndexHNSWFlat"}
 #: rows of the store compared with the index on load (in blocks: cheap to read from HDF5)
 SAMPLE_BLOCKS, SAMPLE_BLOCK_ROWS = 8, 32
 INDEX_TYPES = ("flat", "ivf", "hnsw")
 #: rows added to the index per step: bounds the memory used while building
 DEFAULT_ADD_CHUNK = 65536
-#: bytes faiss asks of the file per call while loading (its default is 1 MiB). Each call takes
-#: the GIL back; beside a thread that holds it (the compiled kernel's warm-up) every take can
-#: wait a switch interval, and 1 MiB calls made a 307 MB index load in 1.2-1.3 s instead of 0.7
-READ_BLOCK = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -147,9 +127,9 @@ class NnkIndex:
         return sims, ids.astype(np.int64, copy=False)
 
     def _flat(self) -> np.ndarray | None:
-        """The zero-copy (n, d) view of the stored vectors (``_flat_view``), made once; None if there is none."""
+        """The zero-copy (n, d) view of the stored vectors (``flat_view``), made once; None if there is none."""
         if self._vectors is None:
-            self._vectors = _flat_view(self.index)
+            self._vectors = flat_view(self.index)
         return self._vectors
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
@@ -160,62 +140,6 @@ class NnkIndex:
         out = np.empty((flat.size, self.dim), dtype=np.float32)
         self.index.reconstruct_batch(flat, out)
         return out.reshape(*ids.shape, self.dim)
-
-
-#: bytes of the similarity block of one flat search (faiss's own blocking holds 4,096 x 1,024 float32)
-FLAT_BLOCK_BYTES = 16 * 2**20
-#: the fewest train rows of a block (a thin product runs far from the machine's peak)
-FLAT_MIN_ROWS = 256
-
-
-def flat_search(vectors: np.ndarray, queries: np.ndarray, k: int, *,
-                block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exhaustive inner-product top ``k`` of ``queries`` (m, d) among ``vectors`` (n, d), both float32.
-
-    What ``IndexFlatIP.search`` returns (sims descending, ids -1 where n < k), computed
-    as faiss computes it -- similarities of a block of train rows at a time by a matrix
-    product, each query's best k kept in a heap (faiss's ``float_minheap_array_t``, so a
-    tie with the k-th kept value leaves the earlier row in) -- except that the product is
-    numpy's. numpy's BLAS is the one ``--threads`` caps and the one a user tunes; the
-    OpenBLAS bundled in faiss's wheels is older, and on processors it does not know it
-    falls back to a generic kernel: on a 5th-generation Xeon (CPU model 207) faiss's
-    search of Fashion-MNIST ran at 30 GFLOP/s on one thread, numpy's product at 100-140.
-
-    The train rows are taken ``block_rows`` at a time, by default ``FLAT_BLOCK_BYTES`` of
-    similarities (at least ``FLAT_MIN_ROWS`` rows), so the extra memory is one block, as in
-    faiss; the result does not depend on the block size.
-    """
-    m, n = int(queries.shape[0]), int(vectors.shape[0])
-    sims = np.empty((m, k), dtype=np.float32)
-    ids = np.empty((m, k), dtype=np.int64)
-    if m == 0:
-        return sims, ids
-    heaps = faiss.float_minheap_array_t()  # a min-heap per query keeps its k largest
-    heaps.nh, heaps.k = m, k
-    heaps.val, heaps.ids = faiss.swig_ptr(sims), faiss.swig_ptr(ids)
-    heaps.heapify()
-    if block_rows is None:
-        block_rows = max(FLAT_MIN_ROWS, FLAT_BLOCK_BYTES // (4 * m))
-    rows = int(min(max(n, 1), max(1, block_rows)))
-    buffer = np.empty(m * rows, dtype=np.float32)
-    for j0 in range(0, n, rows):
-        block = vectors[j0:j0 + rows]
-        out = buffer[:m * len(block)].reshape(m, len(block))  # contiguous rows, as the heaps read them
-        np.matmul(queries, block.T, out=out)
-        heaps.addn(len(block), faiss.swig_ptr(out), j0, 0, m)
-    heaps.reorder()
-    return sims, ids
-
-
-def _flat_view(index) -> np.ndarray | None:
-    """Zero-copy (n, d) view of the vectors of a flat (or HNSW-over-flat) index, else None."""
-    index = faiss.downcast_index(index)
-    if isinstance(index, faiss.IndexHNSW):
-        index = faiss.downcast_index(index.storage)
-    if isinstance(index, faiss.IndexFlat) and index.ntotal > 0:
-        # the index owns the memory; the view lives as long as the NnkIndex holding it
-        return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
-    return None
 
 
 def set_threads(threads: int | None) -> None:
@@ -290,58 +214,9 @@ def save_index(nnk_index: NnkIndex, path: str | os.PathLike) -> Path:
         "index": asdict(nnk_index.params),
         "faiss_version": faiss.__version__,
     }
-    with atomic_output(given, what="index") as tmp:
-        with open(tmp, "wb") as f:
-            _write_header(f, header, lambda write: faiss.write_index(nnk_index.index, faiss.PyCallbackIOWriter(write)))
+    write_index_file(given, header, nnk_index.index)
     nnk_index.path = given
     return given
-
-
-def _write_header(f, header: dict, write_payload: Callable) -> None:
-    """Magic, a fixed-width size+checksum line (patched in after the payload), the JSON header, the payload.
-
-    ``write_payload(write)`` streams the payload through ``write(bytes)``.
-    """
-    f.write(MAGIC)
-    placeholder_at = f.tell()
-    # size and checksum are only known after the payload: reserve fixed-width fields
-    f.write(b"0" * 20 + b" " + b"0" * 8 + b"\n")
-    f.write(json.dumps(header, sort_keys=True).encode("utf-8") + b"\n")
-    payload_start = f.tell()
-    crc = 0
-
-    def write(data) -> int:
-        nonlocal crc
-        crc = zlib.crc32(data, crc)
-        return f.write(data)
-
-    write_payload(write)  # the faiss writer flushes its buffer when it is released
-    payload_size = f.tell() - payload_start
-    f.seek(placeholder_at)
-    f.write(f"{payload_size:020d} {crc:08x}".encode())
-    f.seek(0, os.SEEK_END)
-
-
-def _read_header(f, path: Path, hint: str) -> tuple[dict, int, int | None]:
-    """(JSON header, payload size, payload CRC-32 or None for a version-1 file); ``f`` is left at the payload."""
-    try:
-        magic = f.read(len(MAGIC))
-        if magic not in (MAGIC, _MAGIC_V1):
-            raise ValueError("not an nnkcli index file")
-        fields = f.readline().split()
-        payload_size = int(fields[0])
-        crc = int(fields[1], 16) if magic == MAGIC else None
-        if payload_size < 0 or (magic == MAGIC and len(fields) != 2) or (magic == _MAGIC_V1 and len(fields) != 1):
-            raise ValueError("bad size line")
-        header = json.loads(f.readline())
-        if not isinstance(header, dict):
-            raise ValueError("header is not an object")
-    except (ValueError, IndexError, UnicodeDecodeError):
-        raise IndexFileError(f"{path} is not an nnkcli index file (or its header is damaged)", hint=hint) from None
-    if crc is None:
-        logger.warning(f"index file {path} has no payload checksum (made by an older nnkcli); rebuild it with "
-                       "'nnk index STORE' so that damage to it is detected")
-    return header, payload_size, crc
 
 
 def load_index(path: str | os.PathLike) -> NnkIndex:
@@ -351,79 +226,23 @@ def load_index(path: str | os.PathLike) -> NnkIndex:
     (a payload that is not the declared type, a header that does not fit it).
     """
     path = Path(path)
-    hint = "rebuild it with 'nnk index STORE'"
-    try:
-        f = open(real_path(path), "rb")
-    except FileNotFoundError:
-        raise IndexFileError(f"index file not found: {path}", hint="build it with 'nnk index STORE'") from None
-    except OSError as exc:
-        raise IndexFileError(f"cannot read index file {path}: {exc.strerror}") from None
-    with f:
-        header, payload_size, crc = _read_header(f, path, hint)
+
+    def parse(header: dict) -> tuple[Fingerprint, IndexParams]:
         try:
             fingerprint = Fingerprint(**header["fingerprint"])
             params = IndexParams(**header["index"]).validate()
             if not isinstance(fingerprint.n, int) or not isinstance(fingerprint.dim, int):
                 raise TypeError("n and dim must be integers")
         except (KeyError, TypeError, InputError):
-            raise IndexFileError(f"{path} is not an nnkcli index file (or its header is damaged)", hint=hint) from None
-        payload_start = f.tell()
-        actual = os.fstat(f.fileno()).st_size - payload_start
-        if actual != payload_size:
-            raise IndexFileError(
-                f"index file {path} is truncated or damaged ({actual} of {payload_size} payload bytes)", hint=hint
-            )
-        seen = 0
-        running = 0
+            raise damaged_header(path) from None
+        return fingerprint, params
 
-        def read(n: int) -> bytes:
-            nonlocal seen, running
-            data = f.read(n)
-            seen += len(data)
-            running = zlib.crc32(data, running)
-            return data
-
-        index, failure = None, None
-        try:
-            index = faiss.read_index(faiss.PyCallbackIOReader(read, READ_BLOCK))
-        except (RuntimeError, MemoryError, ValueError, OverflowError) as exc:  # std::bad_alloc is MemoryError
-            failure = exc
-        if crc is not None:
-            while seen < payload_size:  # finish the checksum over what faiss did not read
-                if not read(min(1 << 20, payload_size - seen)):
-                    break
-            if running != crc:
-                raise IndexFileError(
-                    f"index file {path} is damaged: its payload does not match the checksum in its header",
-                    hint=hint,
-                )
-        if failure is not None:
-            raise IndexFileError(f"index file {path} is damaged: faiss cannot read it", hint=hint) from None
-    _check_payload(index, params, fingerprint, path, hint)
+    (fingerprint, params), index = read_index_file(path, parse)
+    check_payload(index, params.index_type, fingerprint.dim, fingerprint.n, path)
     if params.index_type == "ivf":
         ivf = faiss.extract_index_ivf(index)
         ivf.nprobe = min(params.nprobe or 8, ivf.nlist)
     return NnkIndex(index=index, fingerprint=fingerprint, params=params, path=path)
-
-
-def _check_payload(index, params: IndexParams, fingerprint: Fingerprint, path: Path, hint: str) -> None:
-    """The payload is the index type the header declares, over inner products, with the declared shape."""
-    index = faiss.downcast_index(index)
-    expected = _FAISS_CLASS[params.index_type]
-    actual = type(index).__name__
-    ok = actual == expected or (params.index_type == "flat" and actual == "IndexFlatIP")
-    if ok and params.index_type == "hnsw":
-        ok = type(faiss.downcast_index(index.storage)).__name__ in ("IndexFlat", "IndexFlatIP")
-    if not ok:
-        raise IndexFileError(
-            f"index file {path} declares a {params.index_type} index but holds a faiss {actual}", hint=hint
-        )
-    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise IndexFileError(f"index file {path} does not rank by inner product (cosine)", hint=hint)
-    if params.index_type == "ivf" and index.direct_map.type == faiss.DirectMap.NoMap:
-        raise IndexFileError(f"index file {path} is an ivf index without the row map NNK needs", hint=hint)
-    if index.d != fingerprint.dim or index.ntotal != fingerprint.n:
-        raise IndexFileError(f"index file {path} is inconsistent with its own header", hint=hint)
 
 
 def default_index_path(store_path: str | os.PathLike, split: str) -> Path:

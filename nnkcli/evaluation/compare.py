@@ -400,7 +400,7 @@ def compare(
 
 def _kind(path: str | os.PathLike) -> str:
     """``predictions`` or ``store``, from the file's root attribute (missing files fail later, clearly)."""
-    from nnkcli.storage.result_file import ArrayFileReader
+    from nnkcli.storage.array_files import ArrayFileReader
     from nnkcli.errors import StoreError
 
     p = Path(path)

@@ -140,7 +140,7 @@ def _summed_timing(timings: list[dict]) -> dict:
 
 
 def _write_merged(out, parts, doc) -> None:
-    from nnkcli.storage.store import ArrayFileWriter
+    from nnkcli.storage.array_files import ArrayFileWriter
 
     first = parts[0]["attrs"]
     names = [name for name in parts[0]["arrays"]]

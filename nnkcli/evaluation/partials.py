@@ -71,7 +71,7 @@ class PartialWriter:
     def __init__(self, path, ev, opts, k_values: Sequence[int], *, command: str, shard: int, n_shards: int,
                  rows: tuple[int, int], per_class: bool = False, alpha: float | None = None):
         from nnkcli.numerics.scores import TOP
-        from nnkcli.storage.store import ArrayFileWriter
+        from nnkcli.storage.array_files import ArrayFileWriter
 
         self.rows = rows
         self.k_values = [int(k) for k in k_values]

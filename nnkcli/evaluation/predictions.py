@@ -30,7 +30,7 @@ class PredictionWriter:
     """Receives ``ChunkResult``s from ``streaming.evaluate_chunks`` and commits one HDF5 file at the end."""
 
     def __init__(self, path: str | os.PathLike, ev, opts: ScoringOptions):
-        from nnkcli.storage.store import ArrayFileWriter
+        from nnkcli.storage.array_files import ArrayFileWriter
 
         n, C = int(ev.query.n), int(ev.n_classes)
         (k,) = opts.k_values
@@ -103,7 +103,7 @@ class PredictionFile:
     """
 
     def __init__(self, path: str | os.PathLike):
-        from nnkcli.storage.result_file import ArrayFileReader
+        from nnkcli.storage.array_files import ArrayFileReader
 
         self.file = ArrayFileReader(path, kind="predictions")
         self.path = self.file.path

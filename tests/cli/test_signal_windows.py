@@ -40,7 +40,8 @@ pytestmark = pytest.mark.slow
 PKG = Path(nnkcli.__file__).resolve().parent
 #: the code that writes outputs and takes locks: where a signal is injected
 TRACED = {str(p) for p in (*PKG.glob("storage/*.py"), *PKG.glob("tracking/*.py"))} | {
-    str(PKG / name) for name in ("evaluation/predictions.py", "evaluation/partials.py", "index.py", "plots.py")}
+    str(PKG / name) for name in (
+        "evaluation/predictions.py", "evaluation/partials.py", "index.py", "index_file.py", "plots.py")}
 MOMENTS = int(os.environ.get("NNKCLI_TEST_SIGNAL_MOMENTS", 120))  # sampled instructions per command
 PARTS = 4  # child interpreters per command
 RUN_TIMEOUT_S = 60  # one run of a tiny command takes well under a second

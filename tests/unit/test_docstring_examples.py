@@ -21,6 +21,8 @@ MODULES = [
     "nnkcli.evaluation.results",
     "nnkcli.numerics.solver",
     "nnkcli.storage.store",
+    "nnkcli.storage.store_reader",
+    "nnkcli.storage.array_files",
     "nnkcli.storage.split_writer",
     "nnkcli.tracking.sources",
     "nnkcli.plain",

@@ -1,19 +1,17 @@
-"""nnkcli.index: faiss search agrees with brute force; save/load; fingerprints; damage detection."""
+"""nnkcli.index: faiss search agrees with brute force; save/load; fingerprints; stale indexes.
+
+The index file's own checks (checksum, damage, declared type) are in test_index_file.py, the
+exact flat search in test_index_flat.py.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
-
-import faiss
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from nnk_index_data import ArraySplit, clustered, saved_index
 
 from nnkcli.errors import IndexFileError, InputError, StaleIndexError
 from nnkcli.index import (
-    MAGIC,
     Fingerprint,
     IndexParams,
     build_index,
@@ -24,29 +22,7 @@ from nnkcli.index import (
     normalize_rows,
     save_index,
 )
-
-
-class ArraySplit:
-    """The part of store.Split that the index needs, over an in-memory array."""
-
-    def __init__(self, x, name="train"):
-        self.x = np.asarray(x, dtype=np.float32)
-        self.name = name
-        self.n, self.dim = self.x.shape
-        self.content_sha256 = hashlib.sha256(self.x.tobytes()).hexdigest()
-
-    def iter_chunks(self, rows):
-        for s in range(0, self.n, rows):
-            yield s, self.x[s : s + rows]
-
-    def read(self, start=0, stop=None):
-        return self.x[start:stop]
-
-
-def clustered(n=2000, d=16, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(20, d))
-    return (centres[rng.integers(0, 20, n)] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
+from nnkcli.index_file import MAGIC
 
 
 def brute_force(x, q, k):
@@ -67,38 +43,8 @@ def test_flat_search_equals_brute_force():
     np.testing.assert_allclose(np.take_along_axis(normalize_rows(q) @ normalize_rows(x).T, ids, 1), ref_s, atol=1e-5)
 
 
-@settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 300), m=st.integers(1, 40), k=st.integers(1, 40), d=st.integers(1, 9),
-       block_rows=st.sampled_from([1, 7, 64, 10**6]), seed=st.integers(0, 2**31 - 1))
-def test_flat_search_is_the_exact_top_k_on_small_integer_vectors(n, m, k, d, block_rows, seed):
-    """Integer coordinates make every float32 product exact, so the oracle (a float64 sort) is exact too.
-
-    Many ties (duplicate values) arise. The kept values must be the k largest, each id's
-    value its own, and, for any number of train blocks (a short last one included), the
-    result is faiss's own search's, ids in the same order: the same rows enter the same
-    heaps in the same order, so even which of the rows tied at the k-th place stay is the same.
-    """
-    rng = np.random.default_rng(seed)
-    x = rng.integers(-3, 4, size=(n, d)).astype(np.float32)
-    q = rng.integers(-3, 4, size=(m, d)).astype(np.float32)
-    sims, ids = flat_search(x, q, k, block_rows=block_rows)
-    exact = q.astype(np.float64) @ x.astype(np.float64).T
-    kk = min(k, n)
-    np.testing.assert_array_equal(sims[:, :kk], -np.sort(-exact, axis=1)[:, :kk])
-    np.testing.assert_array_equal(sims[:, :kk], np.take_along_axis(exact, ids[:, :kk], 1))
-    assert all(len(set(r)) == kk for r in ids[:, :kk])
-    assert (ids[:, kk:] == -1).all() and (sims[:, kk:] == -np.finfo(np.float32).max).all()
-    index = faiss.IndexFlatIP(d)
-    index.add(x)
-    ref_sims, ref_ids = index.search(q, k)
-    np.testing.assert_array_equal(sims, ref_sims)
-    np.testing.assert_array_equal(ids, ref_ids)
-
-
-def test_flat_search_of_no_queries_and_an_index_search_use_it():
+def test_a_flat_index_searches_with_flat_search():
     x = normalize_rows(clustered(n=500))
-    sims, ids = flat_search(x, np.zeros((0, 16), np.float32), 5)
-    assert sims.shape == ids.shape == (0, 5)
     idx = build_index(ArraySplit(x))
     q = normalize_rows(clustered(n=30, seed=3))
     np.testing.assert_array_equal(idx.search(q, 7)[1], flat_search(x, q, 7)[1])
@@ -152,44 +98,6 @@ def test_stale_index_is_refused(tmp_path):
         check_fresh(idx, ArraySplit(clustered(n=500, d=8)))
 
 
-def test_truncated_and_corrupt_files(tmp_path):
-    idx = build_index(ArraySplit(clustered(n=500)))
-    path = tmp_path / "i.faiss"
-    save_index(idx, path)
-    data = path.read_bytes()
-    (tmp_path / "trunc.faiss").write_bytes(data[:-100])
-    with pytest.raises(IndexFileError, match="truncated or damaged"):
-        load_index(tmp_path / "trunc.faiss")
-    (tmp_path / "junk.faiss").write_bytes(b"hello world\n" * 10)
-    with pytest.raises(IndexFileError, match="not an nnkcli index file"):
-        load_index(tmp_path / "junk.faiss")
-    # right size, damaged payload: faiss itself refuses it
-    header_end = data.index(b"\n", len(MAGIC) + 21) + 1
-    bad = data[:header_end] + b"\xff" * (len(data) - header_end)
-    (tmp_path / "bad.faiss").write_bytes(bad)
-    with pytest.raises(IndexFileError, match="damaged"):
-        load_index(tmp_path / "bad.faiss")
-    with pytest.raises(IndexFileError, match="not found"):
-        load_index(tmp_path / "missing.faiss")
-
-
-def test_failed_save_keeps_old_file(tmp_path, monkeypatch):
-    import faiss
-
-    path = tmp_path / "i.faiss"
-    save_index(build_index(ArraySplit(clustered(n=200))), path)
-    before = path.read_bytes()
-
-    def boom(*a, **k):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(faiss, "write_index", boom)
-    with pytest.raises(KeyboardInterrupt):
-        save_index(build_index(ArraySplit(clustered(n=300))), path)
-    assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["i.faiss"]  # no temp file left
-
-
 def test_zero_rows_and_bad_params():
     x = clustered(n=50)
     x[7] = 0
@@ -211,39 +119,8 @@ def test_fingerprint_and_default_path(tmp_path):
     assert default_index_path(tmp_path / "feats.h5", "train") == tmp_path / "feats.train.faiss"
 
 
-# -- payload checksum, declared type, row sampling (hardening) -------------------------------
-def _saved(tmp_path, index_type="flat", n=600):
-    x = clustered(n=n)
-    params = IndexParams(index_type=index_type, nlist=8) if index_type == "ivf" else IndexParams(index_type=index_type)
-    idx = build_index(ArraySplit(x), params)
-    path = tmp_path / f"{index_type}.faiss"
-    save_index(idx, path)
-    return x, path
-
-
-def _payload_start(path):
-    with open(path, "rb") as f:
-        f.readline()
-        f.readline()
-        f.readline()
-        return f.tell()
-
-
-@pytest.mark.parametrize("index_type", ["flat", "ivf", "hnsw"])
-def test_a_changed_payload_byte_fails_the_checksum(tmp_path, index_type):
-    _, path = _saved(tmp_path, index_type)
-    data = bytearray(path.read_bytes())
-    start = _payload_start(path)
-    # a byte inside the stored vectors (the payload's last quarter), not in faiss's own header
-    pos = start + (len(data) - start) * 3 // 4
-    data[pos] ^= 0x40
-    path.write_bytes(bytes(data))
-    with pytest.raises(IndexFileError, match="does not match the checksum"):
-        load_index(path)
-
-
 def test_payload_of_other_data_behind_a_matching_header_is_refused(tmp_path):
-    x, path = _saved(tmp_path)
+    x, path = saved_index(tmp_path)
     other = build_index(ArraySplit(clustered(n=600, seed=5)))
     other_path = tmp_path / "other.faiss"
     save_index(other, other_path)
@@ -259,53 +136,10 @@ def test_payload_of_other_data_behind_a_matching_header_is_refused(tmp_path):
 
 
 def test_in_place_edit_keeping_the_recorded_hash_is_caught(tmp_path):
-    x, path = _saved(tmp_path)
+    x, path = saved_index(tmp_path)
     edited = ArraySplit(x)
     edited.x = edited.x.copy()
     edited.x[:, :] = edited.x[::-1]  # rows shuffled, content_sha256 kept as recorded
     check_fresh(load_index(path), ArraySplit(x))  # the unedited split passes
     with pytest.raises(StaleIndexError, match="changed in place"):
         check_fresh(load_index(path), edited)
-
-
-def _rewrite_header(path, **changes):
-    data = path.read_bytes()
-    first, sizes, header, payload = data.split(b"\n", 3)
-    doc = json.loads(header)
-    for key, value in changes.items():
-        doc["index"][key] = value
-    path.write_bytes(b"\n".join([first, sizes, json.dumps(doc).encode(), payload]))
-
-
-@pytest.mark.parametrize("claimed", ["ivf", "hnsw"])
-def test_declared_type_must_match_the_payload(tmp_path, claimed):
-    _, path = _saved(tmp_path, "flat")
-    _rewrite_header(path, index_type=claimed)
-    with pytest.raises(IndexFileError, match=f"declares a {claimed} index but holds a faiss IndexFlat"):
-        load_index(path)
-
-
-def test_an_idmap_payload_is_refused(tmp_path):
-    import faiss
-
-    x = normalize_rows(clustered(n=100))
-    inner = faiss.IndexFlatIP(x.shape[1])
-    idmap = faiss.IndexIDMap(inner)
-    idmap.add_with_ids(x, np.arange(100, dtype=np.int64) * 7)
-    from nnkcli.index import NnkIndex
-
-    fp = Fingerprint(split="train", n=100, dim=x.shape[1], content_sha256="0" * 64)
-    path = tmp_path / "idmap.faiss"
-    save_index(NnkIndex(index=idmap, fingerprint=fp, params=IndexParams()), path)
-    with pytest.raises(IndexFileError, match="declares a flat index but holds a faiss IndexIDMap"):
-        load_index(path)
-
-
-def test_version_1_files_still_load_with_a_warning(tmp_path, caplog):
-    x, path = _saved(tmp_path)
-    first, sizes, header, payload = path.read_bytes().split(b"\n", 3)
-    path.write_bytes(b"\n".join([b"NNKCLI-INDEX 1", sizes.split()[0], header, payload]))
-    with caplog.at_level("WARNING", logger="nnkcli"):
-        loaded = load_index(path)
-    assert loaded.n == len(x)
-    assert "no payload checksum" in caplog.text

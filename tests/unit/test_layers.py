@@ -28,10 +28,13 @@ LAYERS = {
     "plots": 5, "tensorboard_log": 5, "estimators": 5, "tracking": 5,
     "output": 6, "process": 6, "cli": 7, "commands": 8, "__main__": 9,
 }
+# top-level modules that belong to a part named otherwise: the index and its two siblings
+PART_OF = {"index_file": "index", "index_flat": "index"}
 # third-party packages and the one part of nnkcli that may import each
 OWNERS = {
     "h5py": {"storage"},
-    "faiss": {"index", "shards"},
+    # the index family: index (build, load, search), index_file (the file format), index_flat (exact search)
+    "faiss": {"index", "index_file", "index_flat", "shards"},
     "matplotlib": {"plots"},
     "fcntl": {"storage.atomic"},
     "click": {"cli", "commands"},
@@ -75,7 +78,8 @@ def import_graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
 
 def part(module: str) -> str:
     pieces = module.split(".")
-    return pieces[1] if len(pieces) > 1 else "nnkcli"
+    top = pieces[1] if len(pieces) > 1 else "nnkcli"
+    return PART_OF.get(top, top)
 
 
 def test_every_part_has_a_layer():
@@ -120,6 +124,26 @@ def test_one_owner_per_dependency():
             if name in names and not any(inside == o or inside.startswith(o + ".") for o in owners):
                 strays.append(f"{module} imports {name}")
     assert strays == []
+
+
+def test_the_index_family_is_one_part_below_its_users():
+    graph, third = import_graph()
+    family = {m for m in graph if part(m) == "index"}
+    assert family == {"nnkcli.index", "nnkcli.index_file", "nnkcli.index_flat"}
+    assert {m for m, names in third.items() if "faiss" in names} <= family
+    # the siblings are the index's parts, not its users: neither imports nnkcli.index
+    assert not {"nnkcli.index"} & (graph["nnkcli.index_file"] | graph["nnkcli.index_flat"])
+
+
+#: the longest a module may be (``wc -l``): small enough to read in one sitting
+MAX_MODULE_LINES = 500
+
+
+def test_no_module_is_over_500_lines():
+    lines = {str(p.relative_to(PACKAGE.parent)): p.read_bytes().count(b"\n") for p in PACKAGE.rglob("*.py")}
+    assert len(lines) > 50 and max(lines.values()) > 300  # the count really sees the package
+    too_long = sorted(f"{name} ({n} lines)" for name, n in lines.items() if n > MAX_MODULE_LINES)
+    assert too_long == [], f"split these modules by responsibility (at most {MAX_MODULE_LINES} lines): {too_long}"
 
 
 def test_the_arrow_check_can_fail(monkeypatch):

@@ -18,9 +18,9 @@ import pytest
 
 from nnkcli import __version__
 from nnkcli.errors import InputError, StoreError
-from nnkcli.storage.store import FORMAT_VERSION, ArrayFileWriter, FeatureStore, write_split
+from nnkcli.storage.store import FORMAT_VERSION, FeatureStore, write_split
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _features(n=20, d=6, seed=0, dtype=np.float32):
@@ -397,26 +397,3 @@ def test_concurrent_writers_do_not_lose_a_split(tmp_path):
         assert fs.splits == ["a", "b", "train"]
         assert fs.split("a").n == fs.split("b").n == 100_000
 
-
-# -- plain array files (prediction files) -------------------------------------------------
-def test_array_file_writer_commits_atomically(tmp_path):
-    out = tmp_path / "pred.h5"
-    scores = np.arange(30, dtype=np.float32).reshape(10, 3)
-    with ArrayFileWriter(out, kind="predictions") as writer:
-        writer.create("labels", (10,), np.int64)
-        writer.create("knn/scores", (10, 3), np.float32)
-        for start in (0, 4, 8):
-            writer.write("labels", start, np.arange(start, min(10, start + 4)))
-            writer.write("knn/scores", start, scores[start:start + 4])
-        writer.set_attrs({"nnk_format": "predictions", "k": 5, "methods": ["knn"]})
-        assert not out.exists()  # nothing visible before the commit
-    with h5py.File(out, "r") as f:
-        np.testing.assert_array_equal(f["labels"][()], np.arange(10))
-        np.testing.assert_array_equal(f["knn/scores"][()], scores)
-        assert f.attrs["k"] == 5 and f.attrs["methods"] == '["knn"]'
-    before = out.read_bytes()
-    with pytest.raises(RuntimeError), ArrayFileWriter(out, kind="predictions") as writer:
-        writer.create("labels", (3,), np.int64)
-        raise RuntimeError("interrupted")
-    assert out.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.h5"]
