@@ -5,7 +5,7 @@ Builds seeded synthetic features (default 50,000 x 512 float32 train rows, 100 c
 store, and times, interleaved and repeated (the minimum of each is reported):
 
     evaluate_features(train, labels, queries, labels, k="10..200")   in memory, in this process
-    sweep(STORE, k_values=10..200)                                   the library on the store
+    sweep(STORE, k="10..200")                                        the library on the store
     nnk sweep STORE --k 10..200                                      the CLI, in a subprocess
     write_split(train) + write_split(val)                            what the store path adds per epoch
 
@@ -69,7 +69,7 @@ def main() -> None:
         rows = []
         runs = {
             "memory": lambda: evaluate_features(xt, yt, xq, yq, k=k_values).to_dict(),
-            "library": lambda: sweep(store, k_values=k_values).to_dict(),
+            "library": lambda: sweep(store, k=k_values).to_dict(),
             "cli": lambda: json.loads(subprocess.run(cli, capture_output=True, text=True, env=env,
                                                      check=True).stdout),
         }

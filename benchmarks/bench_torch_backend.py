@@ -43,7 +43,7 @@ def main() -> None:
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     runs = {"classify k=50": lambda **kw: classify(store, k=50, threads=args.threads, **kw),
-            "sweep k=10..100": lambda **kw: sweep(store, k_values="10..100:10", threads=args.threads,
+            "sweep k=10..100": lambda **kw: sweep(store, k="10..100:10", threads=args.threads,
                                                   **kw).to_dict()}
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "bench.h5"
