@@ -1,8 +1,8 @@
 """Scoring on the torch device (nnkcli.evaluation.torch_backend, ``--backend torch --device cpu``).
 
 Oracles: the numpy scorers of nnkcli.numerics.scores (for the voting rules, which are
-tested against DINO's formula written out in tests/unit/test_solver_scores.py), the faiss
-path of the same run, and nnls-solved NNK weights (tests/unit/test_torch_solver.py).
+tested against DINO's formula written out in tests/unit/numerics/test_scores.py), the faiss
+path of the same run, and nnls-solved NNK weights (tests/unit/evaluation/test_torch_solver.py).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from nnkcli.extract import load_features
 from nnkcli.extract import read_labels
 from nnkcli.storage.labels import map_labels
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 # -- text labels are numbers when every line is a number -------------------------------------

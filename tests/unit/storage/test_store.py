@@ -20,7 +20,7 @@ from nnkcli import __version__
 from nnkcli.errors import InputError, StoreError
 from nnkcli.storage.store import FORMAT_VERSION, ArrayFileWriter, FeatureStore, write_split
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _features(n=20, d=6, seed=0, dtype=np.float32):
