@@ -4,43 +4,23 @@ errors and exit codes."""
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import h5py
 import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from nnkcli.cli import cli
+import nnk_data
+from nnk_cli import invoke
+from nnk_data import NAMES, mixture
 from nnkcli.evaluation import compare as cmp
 from nnkcli.numerics import stats
-from nnkcli.storage.store import write_split
 
-NAMES = ["a", "b", "c", "d"]
-
-
-def mixture(n, d, seed, n_classes=4, noise=1.2):
-    rng = np.random.default_rng(seed)
-    means = np.random.default_rng(99).normal(size=(n_classes, d))
-    y = rng.integers(0, n_classes, n)
-    return (means[y] + noise * rng.normal(size=(n, d))).astype(np.float32), y
-
-
-def make_store(path, *, n_query=80, train_seed=0, noise=1.2, query=None, ids=True):
-    xt, yt = mixture(300, 12, train_seed, noise=noise)
-    xq, yq = query if query is not None else mixture(n_query, 12, 1)
-    write_split(path, "train", xt, yt, class_names=NAMES, source="test")
-    write_split(path, "val", xq, yq, ids=[f"q{i:03d}" for i in range(len(yq))] if ids else None,
-                class_names=NAMES, source="test")
-    return path
-
-
-@pytest.fixture
-def store(tmp_path):
-    return make_store(tmp_path / "feats.h5")
-
-
-def invoke(runner, *args):
-    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+# 80 queries with ids; ``noise`` changes the train rows only
+STORE = dict(n_query=80, query_noise=1.2, ids="q{:03d}")
+pytestmark = pytest.mark.store(**STORE)
+make_store = partial(nnk_data.make_store, **STORE)
 
 
 def predictions(runner, store, path, k, method="both"):
@@ -176,10 +156,7 @@ def test_fail_if_worse_exits_3_only_when_b_is_significantly_worse(runner, tmp_pa
     query = mixture(300, 12, 1)
     good = make_store(tmp_path / "good.h5", query=query, noise=0.6)
     # the bad store: the same queries, a train split with shuffled labels
-    xt, yt = mixture(300, 12, 0, noise=0.6)
-    bad = tmp_path / "bad.h5"
-    write_split(bad, "train", xt, np.random.default_rng(3).permutation(yt), class_names=NAMES, source="test")
-    write_split(bad, "val", *query, ids=[f"q{i:03d}" for i in range(300)], class_names=NAMES, source="test")
+    bad = make_store(tmp_path / "bad.h5", query=query, noise=0.6, shuffle_train=True)
     worse = invoke(runner, "compare", good, bad, "--k", "10", "--fail-if-worse", "-q")
     assert worse.exit_code == 3
     assert worse.stderr.startswith(f"Error: B ({bad}) is significantly worse than A ({good}): B is worse than A by ")
@@ -209,10 +186,8 @@ def test_mismatched_query_splits_exit_1_naming_the_first_mismatch(runner, tmp_pa
     pl = predictions(runner, other_labels, tmp_path / "pl.h5", 5)
     res = invoke(runner, "compare", pa, pl)
     assert res.exit_code == 1 and "query 17 is labelled" in res.stderr
-    renamed = tmp_path / "renamed.h5"
-    write_split(renamed, "train", *mixture(300, 12, 0), class_names=NAMES, source="test")
-    write_split(renamed, "val", xq, yq, ids=[f"q{i:03d}" if i != 42 else "other" for i in range(80)],
-                class_names=NAMES, source="test")
+    renamed = make_store(tmp_path / "renamed.h5", query=(xq, yq),
+                         ids=[f"q{i:03d}" if i != 42 else "other" for i in range(80)])
     pr = predictions(runner, renamed, tmp_path / "pr.h5", 5)
     res = invoke(runner, "compare", pa, pr)
     assert res.exit_code == 1

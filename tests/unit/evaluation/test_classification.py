@@ -6,6 +6,9 @@ query, and NNK solved per query with scipy.optimize.nnls on the least-squares fo
 
 from __future__ import annotations
 
+from functools import partial
+
+import nnk_data
 import numpy as np
 import pytest
 from scipy.optimize import nnls
@@ -18,12 +21,7 @@ from nnkcli.evaluation.sweeps import sweep
 N_CLASSES = 5
 
 
-def mixture(n, d, seed, n_classes=N_CLASSES, spread=0.9):
-    rng = np.random.default_rng(seed)
-    means = np.random.default_rng(1234).normal(size=(n_classes, d))
-    y = rng.integers(0, n_classes, n)
-    x = means[y] + spread * rng.normal(size=(n, d)) * 1.5
-    return x.astype(np.float32), y
+mixture = partial(nnk_data.mixture, n_classes=N_CLASSES, noise=0.9 * 1.5, means_seed=1234)
 
 
 @pytest.fixture(scope="module")
