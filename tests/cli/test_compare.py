@@ -15,7 +15,6 @@ import nnk_data
 from nnk_cli import invoke
 from nnk_data import NAMES, mixture
 from nnkcli.evaluation import compare as cmp
-from nnkcli.numerics import stats
 
 # 80 queries with ids; ``noise`` changes the train rows only
 STORE = dict(n_query=80, query_noise=1.2, ids="q{:03d}")
@@ -47,14 +46,28 @@ def oracle(pa, pb, ma, mb):
     return out
 
 
+def naive_paired_bootstrap(hits_a, hits_b, *, n_boot, seed, confidence=0.95):
+    """The percentile interval of acc(B) - acc(A) in points: resample the queries with replacement,
+    each keeping its pair of hits, one resample at a time."""
+    rng = np.random.default_rng(seed + 1)  # other draws than the implementation's
+    n = hits_a.size
+    diffs = np.empty(n_boot)
+    for i in range(n_boot):
+        rows = rng.integers(0, n, size=n)
+        diffs[i] = hits_b[rows].mean() - hits_a[rows].mean()
+    return list(100 * np.quantile(diffs, [(1 - confidence) / 2, (1 + confidence) / 2]))
+
+
 def check_against_oracle(doc, o, n_boot=10_000, seed=0):
     t1 = o["top1"]
     assert doc["a"]["top1"] == pytest.approx(t1["a"], abs=1e-4) and doc["b"]["top1"] == pytest.approx(t1["b"], abs=1e-4)
     assert doc["a"]["n"] == doc["b"]["n"] == t1["n"]
     assert doc["mcnemar"] == {"a_only": t1["a_only"], "b_only": t1["b_only"], "p_value": pytest.approx(t1["p"])}
     assert doc["difference"]["points"] == pytest.approx(t1["b"] - t1["a"], abs=1e-4)
-    lo, hi = stats.paired_bootstrap_difference(t1["a_only"], t1["b_only"], t1["n"], n_boot=n_boot, seed=seed)
-    assert doc["difference"]["ci"] == pytest.approx([100 * lo, 100 * hi], abs=1e-4)
+    # the bootstrap draws differ from the implementation's (it samples counts, not rows): its percentiles
+    # agree within Monte Carlo error, which on n queries is at most one query (100 / n points)
+    want = naive_paired_bootstrap(t1["ha"], t1["hb"], n_boot=n_boot, seed=seed)
+    assert doc["difference"]["ci"] == pytest.approx(want, abs=100 / t1["n"] + 1e-6)
     assert doc["difference"]["bootstrap"] == n_boot and doc["difference"]["seed"] == seed
     t5 = o["top5"]
     assert doc["top5"]["mcnemar"] == {"a_only": t5["a_only"], "b_only": t5["b_only"], "p_value": pytest.approx(t5["p"])}
@@ -97,6 +110,19 @@ def test_one_store_two_classifiers_equals_the_prediction_files(runner, store, tm
                               "--bootstrap", "3000").stdout)
     for key in ("difference", "mcnemar", "top5", "per_class", "significant", "better", "verdict"):
         assert doc[key] == files[key]
+
+
+def test_interval_at_another_confidence_on_many_queries_equals_the_naive_bootstrap(runner, tmp_path):
+    """1000 queries: one query is 0.1 points, so a wrong level or a lost pairing cannot hide in the tolerance."""
+    store = make_store(tmp_path / "many.h5", n_query=1000, noise=1.6, query_noise=1.6)
+    pa = predictions(runner, store, tmp_path / "a.h5", 1, "knn")
+    pb = predictions(runner, store, tmp_path / "b.h5", 25, "nnk")
+    res = invoke(runner, "compare", pa, pb, "--confidence", "0.8", "--seed", "2", "--format", "json")
+    assert res.exit_code == 0, res.stderr
+    doc, t1 = json.loads(res.stdout), oracle(pa, pb, "knn", "nnk")["top1"]
+    assert t1["a_only"] > 20 and t1["b_only"] > 20  # a real spread to resample
+    want = naive_paired_bootstrap(t1["ha"], t1["hb"], n_boot=10_000, seed=2, confidence=0.8)
+    assert doc["difference"]["ci"] == pytest.approx(want, abs=100 / 1000 + 1e-6)
 
 
 def test_two_stores_with_the_same_queries(runner, tmp_path):
