@@ -9,6 +9,21 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_STORE = REPO / "sample_data" / "fashion-mnist.h5"
 
+#: slow tests (``-m slow``, run by CI after the fast tier) in modules that are marked here by node id
+#: rather than with a decorator in the module
+SLOW_TESTS = {
+    "tests/unit/test_estimators.py::test_nnk_weights_match_scipy_nnls",
+    "tests/unit/test_estimators.py::test_importable_without_sklearn_click_rich_torch",
+    "tests/unit/test_index.py::test_flat_search_is_the_exact_top_k_on_small_integer_vectors",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.split("[")[0] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def sample_store() -> Path:

@@ -146,6 +146,7 @@ def test_extract_that_does_not_fit_keeps_the_old_store(small_disk, tmp_path):
         assert _leftovers(small_disk) == ["s.h5.lock"]
 
 
+@pytest.mark.slow
 def test_index_classify_out_and_sweep_plot_on_a_full_disk(small_disk, store):
     pytest.importorskip("matplotlib")
     out = small_disk / "i.faiss"

@@ -150,6 +150,7 @@ def test_one_million_queries_take_about_125_kb():
     assert len(data) < 165_000  # 1.28 M bits = 160 KB, compressed a little
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_leaves_lines_and_sidecar_files_consistent(tmp_path):
     """Real kills at spread-out moments: every line's sidecar file exists and matches, none is torn."""
     import os

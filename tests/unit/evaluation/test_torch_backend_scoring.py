@@ -205,6 +205,7 @@ def test_gaussian_kernel_and_pruning_solver_are_scored_by_numpy(tie_free):
         assert a["results"] == b["results"]
 
 
+@pytest.mark.slow
 def test_sample_store_sweep_torch_cpu_within_005_points(sample_store):
     a = sweep(sample_store, k_values=[10, 50, 100]).to_dict()
     b = sweep(sample_store, k_values=[10, 50, 100], backend="torch", device="cpu").to_dict()

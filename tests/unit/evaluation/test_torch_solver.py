@@ -69,6 +69,7 @@ def solve(X, g, k_values, **kw):
     return nnk_solve_cosine_torch(torch.from_numpy(X), torch.from_numpy(g), k_values, **kw)
 
 
+@pytest.mark.slow
 @FAST
 @given(seed=st.integers(0, 2**31 - 1), B=st.integers(1, 12), k=st.integers(1, 30), d=st.integers(2, 40),
        kind=st.sampled_from(["random", "clustered", "collinear", "duplicates"]), n_missing=st.integers(0, 3))
