@@ -10,11 +10,24 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_STORE = REPO / "sample_data" / "fashion-mnist.h5"
 
 
+
 @pytest.fixture
 def sample_store() -> Path:
     if not SAMPLE_STORE.exists():
         pytest.fail(f"the committed sample store is missing: {SAMPLE_STORE}")
     return SAMPLE_STORE
+
+
+@pytest.fixture
+def store(tmp_path, request) -> Path:
+    """A small labelled two-split store, ``tmp_path / "feats.h5"``, made by ``nnk_data.make_store``.
+
+    A module or test changes its data with ``pytest.mark.store(**make_store_arguments)``.
+    """
+    import nnk_data  # tests/helpers is on pytest's pythonpath
+
+    marker = request.node.get_closest_marker("store")
+    return nnk_data.make_store(tmp_path / "feats.h5", **(marker.kwargs if marker else {}))
 
 
 @pytest.fixture

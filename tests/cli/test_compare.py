@@ -4,43 +4,22 @@ errors and exit codes."""
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import h5py
 import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from nnkcli.cli import cli
+import nnk_data
+from nnk_cli import invoke
+from nnk_data import NAMES, mixture
 from nnkcli.evaluation import compare as cmp
-from nnkcli.numerics import stats
-from nnkcli.storage.store import write_split
 
-NAMES = ["a", "b", "c", "d"]
-
-
-def mixture(n, d, seed, n_classes=4, noise=1.2):
-    rng = np.random.default_rng(seed)
-    means = np.random.default_rng(99).normal(size=(n_classes, d))
-    y = rng.integers(0, n_classes, n)
-    return (means[y] + noise * rng.normal(size=(n, d))).astype(np.float32), y
-
-
-def make_store(path, *, n_query=80, train_seed=0, noise=1.2, query=None, ids=True):
-    xt, yt = mixture(300, 12, train_seed, noise=noise)
-    xq, yq = query if query is not None else mixture(n_query, 12, 1)
-    write_split(path, "train", xt, yt, class_names=NAMES, source="test")
-    write_split(path, "val", xq, yq, ids=[f"q{i:03d}" for i in range(len(yq))] if ids else None,
-                class_names=NAMES, source="test")
-    return path
-
-
-@pytest.fixture
-def store(tmp_path):
-    return make_store(tmp_path / "feats.h5")
-
-
-def invoke(runner, *args):
-    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+# 80 queries with ids; ``noise`` changes the train rows only
+STORE = dict(n_query=80, query_noise=1.2, ids="q{:03d}")
+pytestmark = pytest.mark.store(**STORE)
+make_store = partial(nnk_data.make_store, **STORE)
 
 
 def predictions(runner, store, path, k, method="both"):
@@ -67,14 +46,28 @@ def oracle(pa, pb, ma, mb):
     return out
 
 
+def naive_paired_bootstrap(hits_a, hits_b, *, n_boot, seed, confidence=0.95):
+    """The percentile interval of acc(B) - acc(A) in points: resample the queries with replacement,
+    each keeping its pair of hits, one resample at a time."""
+    rng = np.random.default_rng(seed + 1)  # other draws than the implementation's
+    n = hits_a.size
+    diffs = np.empty(n_boot)
+    for i in range(n_boot):
+        rows = rng.integers(0, n, size=n)
+        diffs[i] = hits_b[rows].mean() - hits_a[rows].mean()
+    return list(100 * np.quantile(diffs, [(1 - confidence) / 2, (1 + confidence) / 2]))
+
+
 def check_against_oracle(doc, o, n_boot=10_000, seed=0):
     t1 = o["top1"]
     assert doc["a"]["top1"] == pytest.approx(t1["a"], abs=1e-4) and doc["b"]["top1"] == pytest.approx(t1["b"], abs=1e-4)
     assert doc["a"]["n"] == doc["b"]["n"] == t1["n"]
     assert doc["mcnemar"] == {"a_only": t1["a_only"], "b_only": t1["b_only"], "p_value": pytest.approx(t1["p"])}
     assert doc["difference"]["points"] == pytest.approx(t1["b"] - t1["a"], abs=1e-4)
-    lo, hi = stats.paired_bootstrap_difference(t1["a_only"], t1["b_only"], t1["n"], n_boot=n_boot, seed=seed)
-    assert doc["difference"]["ci"] == pytest.approx([100 * lo, 100 * hi], abs=1e-4)
+    # the bootstrap draws differ from the implementation's (it samples counts, not rows): its percentiles
+    # agree within Monte Carlo error, which on n queries is at most one query (100 / n points)
+    want = naive_paired_bootstrap(t1["ha"], t1["hb"], n_boot=n_boot, seed=seed)
+    assert doc["difference"]["ci"] == pytest.approx(want, abs=100 / t1["n"] + 1e-6)
     assert doc["difference"]["bootstrap"] == n_boot and doc["difference"]["seed"] == seed
     t5 = o["top5"]
     assert doc["top5"]["mcnemar"] == {"a_only": t5["a_only"], "b_only": t5["b_only"], "p_value": pytest.approx(t5["p"])}
@@ -117,6 +110,19 @@ def test_one_store_two_classifiers_equals_the_prediction_files(runner, store, tm
                               "--bootstrap", "3000").stdout)
     for key in ("difference", "mcnemar", "top5", "per_class", "significant", "better", "verdict"):
         assert doc[key] == files[key]
+
+
+def test_interval_at_another_confidence_on_many_queries_equals_the_naive_bootstrap(runner, tmp_path):
+    """1000 queries: one query is 0.1 points, so a wrong level or a lost pairing cannot hide in the tolerance."""
+    store = make_store(tmp_path / "many.h5", n_query=1000, noise=1.6, query_noise=1.6)
+    pa = predictions(runner, store, tmp_path / "a.h5", 1, "knn")
+    pb = predictions(runner, store, tmp_path / "b.h5", 25, "nnk")
+    res = invoke(runner, "compare", pa, pb, "--confidence", "0.8", "--seed", "2", "--format", "json")
+    assert res.exit_code == 0, res.stderr
+    doc, t1 = json.loads(res.stdout), oracle(pa, pb, "knn", "nnk")["top1"]
+    assert t1["a_only"] > 20 and t1["b_only"] > 20  # a real spread to resample
+    want = naive_paired_bootstrap(t1["ha"], t1["hb"], n_boot=10_000, seed=2, confidence=0.8)
+    assert doc["difference"]["ci"] == pytest.approx(want, abs=100 / 1000 + 1e-6)
 
 
 def test_two_stores_with_the_same_queries(runner, tmp_path):
@@ -176,10 +182,7 @@ def test_fail_if_worse_exits_3_only_when_b_is_significantly_worse(runner, tmp_pa
     query = mixture(300, 12, 1)
     good = make_store(tmp_path / "good.h5", query=query, noise=0.6)
     # the bad store: the same queries, a train split with shuffled labels
-    xt, yt = mixture(300, 12, 0, noise=0.6)
-    bad = tmp_path / "bad.h5"
-    write_split(bad, "train", xt, np.random.default_rng(3).permutation(yt), class_names=NAMES, source="test")
-    write_split(bad, "val", *query, ids=[f"q{i:03d}" for i in range(300)], class_names=NAMES, source="test")
+    bad = make_store(tmp_path / "bad.h5", query=query, noise=0.6, shuffle_train=True)
     worse = invoke(runner, "compare", good, bad, "--k", "10", "--fail-if-worse", "-q")
     assert worse.exit_code == 3
     assert worse.stderr.startswith(f"Error: B ({bad}) is significantly worse than A ({good}): B is worse than A by ")
@@ -209,10 +212,8 @@ def test_mismatched_query_splits_exit_1_naming_the_first_mismatch(runner, tmp_pa
     pl = predictions(runner, other_labels, tmp_path / "pl.h5", 5)
     res = invoke(runner, "compare", pa, pl)
     assert res.exit_code == 1 and "query 17 is labelled" in res.stderr
-    renamed = tmp_path / "renamed.h5"
-    write_split(renamed, "train", *mixture(300, 12, 0), class_names=NAMES, source="test")
-    write_split(renamed, "val", xq, yq, ids=[f"q{i:03d}" if i != 42 else "other" for i in range(80)],
-                class_names=NAMES, source="test")
+    renamed = make_store(tmp_path / "renamed.h5", query=(xq, yq),
+                         ids=[f"q{i:03d}" if i != 42 else "other" for i in range(80)])
     pr = predictions(runner, renamed, tmp_path / "pr.h5", 5)
     res = invoke(runner, "compare", pa, pr)
     assert res.exit_code == 1

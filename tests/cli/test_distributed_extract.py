@@ -15,6 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
+pytestmark = pytest.mark.slow  # torchrun: two ranks, each a fresh interpreter
 
 from nnkcli.cli import cli  # noqa: E402
 from nnkcli.extract.distributed import rank_slice  # noqa: E402

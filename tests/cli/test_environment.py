@@ -17,11 +17,13 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from nnk_data import mixture
 from nnkcli.cli import cli
 from nnkcli.storage.store import FeatureStore, write_split
 
@@ -30,21 +32,9 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _mixture(n, d, seed, n_classes=4):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_classes, d)) * 3
-    labels = rng.integers(0, n_classes, n)
-    return (centres[labels] + rng.normal(size=(n, d))).astype(np.float32), labels
-
-
-@pytest.fixture
-def store(tmp_path) -> Path:
-    path = tmp_path / "feats.h5"
-    x, y = _mixture(3000, 32, 0)
-    write_split(path, "train", x, y, source="test")
-    x, y = _mixture(400, 32, 1)
-    write_split(path, "val", x, y, source="test")
-    return path
+# well separated classes; the sizes matter here (they fill the small disk), not the values
+_mixture = partial(mixture, noise=1 / 3)
+pytestmark = pytest.mark.store(n_train=3000, n_query=400, d=32, noise=1 / 3, class_names=None)
 
 
 def _sha(path: Path) -> str:
@@ -156,6 +146,7 @@ def test_extract_that_does_not_fit_keeps_the_old_store(small_disk, tmp_path):
         assert _leftovers(small_disk) == ["s.h5.lock"]
 
 
+@pytest.mark.slow
 def test_index_classify_out_and_sweep_plot_on_a_full_disk(small_disk, store):
     pytest.importorskip("matplotlib")
     out = small_disk / "i.faiss"

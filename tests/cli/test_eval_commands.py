@@ -10,25 +10,9 @@ import shutil
 import numpy as np
 import pytest
 
-from nnkcli.cli import cli
+from nnk_cli import invoke
+from nnk_data import mixture
 from nnkcli.storage.store import write_split
-
-
-def mixture(n, d, seed, n_classes=4):
-    rng = np.random.default_rng(seed)
-    means = np.random.default_rng(99).normal(size=(n_classes, d))
-    y = rng.integers(0, n_classes, n)
-    return (means[y] + 1.2 * rng.normal(size=(n, d))).astype(np.float32), y
-
-
-@pytest.fixture
-def store(tmp_path):
-    path = tmp_path / "feats.h5"
-    xt, yt = mixture(300, 12, 0)
-    xq, yq = mixture(60, 12, 1)
-    write_split(path, "train", xt, yt, class_names=["a", "b", "c", "d"], source="test")
-    write_split(path, "val", xq, yq, class_names=["a", "b", "c", "d"], source="test")
-    return path
 
 
 def brute_force_knn_top1(store, k, T=0.07) -> float:
@@ -48,10 +32,6 @@ def brute_force_knn_top1(store, k, T=0.07) -> float:
         np.add.at(votes, yt[nb], np.exp(s[nb] / T))
         hits.append(int(np.argmax(votes)) == y)
     return 100 * float(np.mean(hits))
-
-
-def invoke(runner, *args):
-    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_index_then_classify_json(runner, store):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
+import nnk_data
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,28 +14,11 @@ from scipy.stats import binomtest
 
 from nnkcli.cli import cli
 from nnkcli.errors import InputError
-from nnkcli.storage.store import write_split
 from nnkcli.tracking import sidecar
 from nnkcli.tracking.history import read_history
 
-NAMES = ["a", "b", "c", "d"]
-
-
-def mixture(n, d, seed, noise, n_classes=4):
-    rng = np.random.default_rng(seed)
-    means = np.random.default_rng(99).normal(size=(n_classes, d))
-    y = rng.integers(0, n_classes, n)
-    return (means[y] + noise * rng.normal(size=(n, d))).astype(np.float32), y
-
-
-def store(path, *, train_noise, shuffle=False, n_query=300, query_seed=1):
-    xt, yt = mixture(400, 12, 0, train_noise)
-    if shuffle:  # a broken checkpoint: features that no longer go with their labels
-        yt = np.random.default_rng(3).permutation(yt)
-    xq, yq = mixture(n_query, 12, query_seed, 1.0)
-    write_split(path, "train", xt, yt, class_names=NAMES, source="test")
-    write_split(path, "val", xq, yq, ids=[f"q{i}" for i in range(n_query)], class_names=NAMES, source="test")
-    return path
+# 400 train rows drawn with ``noise``, 300 queries (ids q0, q1, ...) with noise 1
+make_store = partial(nnk_data.make_store, n_train=400, n_query=300, query_noise=1.0, ids="q{}")
 
 
 def evaluate(runner, *args):
@@ -41,7 +26,7 @@ def evaluate(runner, *args):
 
 
 def test_sidecar_written_before_the_line_and_matches_classify(runner, tmp_path):
-    s = store(tmp_path / "ckpt_1.h5", train_noise=1.0)
+    s = make_store(tmp_path / "ckpt_1.h5", noise=1.0)
     hist = tmp_path / "h.jsonl"
     assert evaluate(runner, s, "--history", hist, "--k", "5,10", "--method", "nnk").exit_code == 0
     [entry] = read_history(hist).entries
@@ -63,9 +48,9 @@ def test_sidecar_written_before_the_line_and_matches_classify(runner, tmp_path):
 
 def test_significant_gate_fails_only_on_a_significant_drop(runner, tmp_path):
     hist = tmp_path / "h.jsonl"
-    good = store(tmp_path / "ckpt_2.h5", train_noise=1.0)
-    close = store(tmp_path / "ckpt_3.h5", train_noise=1.08)  # a little worse, within the noise
-    bad = store(tmp_path / "ckpt_4.h5", train_noise=1.0, shuffle=True)
+    good = make_store(tmp_path / "ckpt_2.h5", noise=1.0)
+    close = make_store(tmp_path / "ckpt_3.h5", noise=1.08)  # a little worse, within the noise
+    bad = make_store(tmp_path / "ckpt_4.h5", noise=1.0, shuffle_train=True)
     args = ("--history", hist, "--k", "5,10", "--method", "nnk")
     for s in (good, close, bad):
         assert evaluate(runner, s, *args).exit_code == 0
@@ -96,8 +81,8 @@ def test_significant_gate_fails_only_on_a_significant_drop(runner, tmp_path):
 def test_entries_on_other_queries_are_not_paired_and_the_plain_gate_applies(runner, tmp_path):
     hist = tmp_path / "h.jsonl"
     args = ("--history", hist, "--k", "5", "--method", "nnk")
-    a = store(tmp_path / "ckpt_1.h5", train_noise=1.0)
-    b = store(tmp_path / "ckpt_2.h5", train_noise=1.0, shuffle=True, query_seed=7)
+    a = make_store(tmp_path / "ckpt_1.h5", noise=1.0)
+    b = make_store(tmp_path / "ckpt_2.h5", noise=1.0, shuffle_train=True, query_seed=7)
     assert evaluate(runner, a, *args).exit_code == 0
     res = evaluate(runner, b, *args, "--fail-on-regression", "0", "--significant", "-q")
     assert res.exit_code == 3
@@ -106,14 +91,14 @@ def test_entries_on_other_queries_are_not_paired_and_the_plain_gate_applies(runn
 
 
 def test_significant_needs_fail_on_regression(runner, tmp_path):
-    res = evaluate(runner, store(tmp_path / "s.h5", train_noise=1.0), "--history", tmp_path / "h.jsonl",
+    res = evaluate(runner, make_store(tmp_path / "s.h5", noise=1.0), "--history", tmp_path / "h.jsonl",
                    "--significant")
     assert res.exit_code == 2 and "--significant qualifies --fail-on-regression PTS; give both" in res.stderr
 
 
 def test_a_run_killed_between_sidecar_and_line_leaves_no_reference_to_a_missing_file(runner, tmp_path, monkeypatch):
     hist = tmp_path / "h.jsonl"
-    s = store(tmp_path / "ckpt_1.h5", train_noise=1.0)
+    s = make_store(tmp_path / "ckpt_1.h5", noise=1.0)
 
     def killed(path, entry):
         raise KeyboardInterrupt  # after the sidecar file was written, before the line
@@ -165,6 +150,7 @@ def test_one_million_queries_take_about_125_kb():
     assert len(data) < 165_000  # 1.28 M bits = 160 KB, compressed a little
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_leaves_lines_and_sidecar_files_consistent(tmp_path):
     """Real kills at spread-out moments: every line's sidecar file exists and matches, none is torn."""
     import os
@@ -173,7 +159,7 @@ def test_sigkill_at_any_moment_leaves_lines_and_sidecar_files_consistent(tmp_pat
     import sys
     import time
 
-    s = store(tmp_path / "ckpt_1.h5", train_noise=1.0)
+    s = make_store(tmp_path / "ckpt_1.h5", noise=1.0)
     hist = tmp_path / "h.jsonl"
     cmd = [sys.executable, "-m", "nnkcli", "evaluate", str(s), "--history", str(hist), "--k", "5,10", "--method",
            "nnk", "--force", "-qq"]

@@ -16,14 +16,18 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from nnk_data import mixture
 from nnk_outputs import is_complete, sha256_of, temp_names
 
 from nnkcli.storage.store import write_split
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -36,11 +40,8 @@ SIGNALS = [("SIGKILL", 2), ("SIGTERM", 1), ("SIGINT", 1)]
 ALLOWED = {"SIGKILL": {0, -9}, "SIGTERM": {0, 143, -15}, "SIGINT": {0, 130}}
 
 
-def _mixture(n, d, seed, n_classes=5):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_classes, d)) * 3
-    labels = rng.integers(0, n_classes, n)
-    return (centres[labels] + rng.normal(size=(n, d))).astype(np.float32), labels
+# well separated classes; what matters here is the size (a run long enough to be killed mid-way)
+_mixture = partial(mixture, n_classes=5, noise=1 / 3)
 
 
 @pytest.fixture(scope="module")

@@ -7,33 +7,10 @@ import io
 import json
 
 import h5py
-import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from nnkcli.cli import cli
-from nnkcli.storage.store import write_split
-
-
-def mixture(n, d, seed, n_classes=4):
-    rng = np.random.default_rng(seed)
-    means = np.random.default_rng(99).normal(size=(n_classes, d))
-    y = rng.integers(0, n_classes, n)
-    return (means[y] + 1.2 * rng.normal(size=(n, d))).astype(np.float32), y
-
-
-@pytest.fixture
-def store(tmp_path):
-    path = tmp_path / "feats.h5"
-    xt, yt = mixture(300, 12, 0)
-    xq, yq = mixture(60, 12, 1)
-    write_split(path, "train", xt, yt, class_names=["a", "b", "c", "d"], source="test")
-    write_split(path, "val", xq, yq, class_names=["a", "b", "c", "d"], source="test")
-    return path
-
-
-def invoke(runner, *args):
-    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+from nnk_cli import invoke
 
 
 def wilson_pct(hits, n, confidence=0.95):

@@ -6,35 +6,10 @@ import csv
 import io
 import json
 
-import numpy as np
 import pytest
 
-from nnkcli.cli import cli
-from nnkcli.storage.store import write_split
-
-
-def mixture(n, d, seed, n_classes=4):
-    rng = np.random.default_rng(seed)
-    means = np.random.default_rng(99).normal(size=(n_classes, d))
-    y = rng.integers(0, n_classes, n)
-    return (means[y] + 1.2 * rng.normal(size=(n, d))).astype(np.float32), y
-
-
-def make_store(path, train_attrs=None, query_attrs=None):
-    xt, yt = mixture(300, 12, 0)
-    xq, yq = mixture(60, 12, 1)
-    write_split(path, "train", xt, yt, class_names=list("abcd"), source="test", attrs=train_attrs)
-    write_split(path, "val", xq, yq, class_names=list("abcd"), source="test", attrs=query_attrs)
-    return path
-
-
-@pytest.fixture
-def store(tmp_path):
-    return make_store(tmp_path / "feats.h5")
-
-
-def invoke(runner, *args):
-    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+from nnk_cli import invoke
+from nnk_data import make_store
 
 
 def test_sweep_select_on_train_json_table_and_csv(runner, store):

@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
-from nnkcli.cli import cli
-from nnkcli.storage.store import write_split
+from nnk_cli import invoke
+from nnk_data import two_splits
 
-
-@pytest.fixture
-def store(tmp_path):
-    rng = np.random.default_rng(0)
-    means = rng.normal(size=(3, 8))
-    yt, yq = rng.integers(0, 3, 90), rng.integers(0, 3, 20)
-    write_split(tmp_path / "feats.h5", "train", (means[yt] + rng.normal(size=(90, 8))).astype(np.float32), yt,
-                source="test")
-    write_split(tmp_path / "feats.h5", "val", (means[yq] + rng.normal(size=(20, 8))).astype(np.float32), yq,
-                source="test")
-    return tmp_path / "feats.h5"
-
-
-def invoke(runner, *args):
-    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+# 90 train rows, 20 queries, d = 8, int labels: the shard sizes and memory figures below depend on them
+_SPLITS = two_splits(90, 20, 8, 0, n_classes=3, noise=1.0)
+pytestmark = pytest.mark.store(train=_SPLITS[:2], query=_SPLITS[2:], class_names=None)
 
 
 def test_index_shards_then_classify_equals_unsharded(runner, store, tmp_path):

@@ -102,6 +102,7 @@ def test_weighted_knn_matches_a_naive_vote(seed, k, temperature):
     np.testing.assert_allclose(dist, 1 - sims, atol=1e-6)
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 10_000), k=st.integers(2, 12))
 def test_nnk_weights_match_scipy_nnls(seed, k):
@@ -340,6 +341,7 @@ def test_predictions_equal_the_cli(sample_store, tmp_path, runner):
             np.testing.assert_allclose(theta.astype(np.float32), cli_weights)
 
 
+@pytest.mark.slow
 def test_importable_without_sklearn_click_rich_torch():
     code = """
 import sys

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from nnkcli.index_flat import flat_search, flat_view
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 300), m=st.integers(1, 40), k=st.integers(1, 40), d=st.integers(1, 9),
        block_rows=st.sampled_from([1, 7, 64, 10**6]), seed=st.integers(0, 2**31 - 1))

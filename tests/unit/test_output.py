@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 
 import numpy as np
 
@@ -57,6 +58,25 @@ def test_logging_levels(capsys):
     assert err.splitlines()[-1] == "warning: warning"  # plain prefix off a terminal
 
 
-def test_progress_is_silent_off_a_terminal():
-    with Ui().progress(10, "x") as advance:
-        advance(5)  # no terminal here: a no-op, and nothing raised
+def _progress_output(monkeypatch, ui, tty):
+    """What ``ui.progress`` writes to stdout and stderr while advancing 3 + 4 of 10 rows."""
+    from rich.console import Console
+
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(Ui, "stderr_is_tty", property(lambda self: tty))
+    ui._stderr_console = Console(file=err, force_terminal=tty, width=120)
+    with ui.progress(10, "scanning", unit="rows") as advance:
+        advance(3)
+        advance(4)
+    return out.getvalue(), err.getvalue()
+
+
+def test_progress_bar_is_drawn_on_stderr_only_on_a_terminal_and_when_chatty(monkeypatch):
+    out, err = _progress_output(monkeypatch, Ui(), tty=True)
+    assert out == ""
+    assert "scanning" in err and "7/10" in err and "rows/s" in err
+    assert _progress_output(monkeypatch, Ui(), tty=False) == ("", "")  # piped: nothing
+    assert _progress_output(monkeypatch, Ui(verbosity=-1), tty=True) == ("", "")  # -q
+    assert _progress_output(monkeypatch, Ui(fmt="json"), tty=True) == ("", "")  # machine output

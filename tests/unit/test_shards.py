@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from nnk_data import two_splits
 from nnkcli import shards
 from nnkcli.errors import IndexFileError, InputError, StaleIndexError
 from nnkcli.evaluation.classification import classify
@@ -15,19 +16,10 @@ from nnkcli.index import IndexParams, index_store
 from nnkcli.storage.store import write_split
 
 
-def _data(n, nq, d, seed, n_classes=4):
-    rng = np.random.default_rng(seed)
-    means = rng.normal(size=(n_classes, d))
-    yt, yq = rng.integers(0, n_classes, n), rng.integers(0, n_classes, nq)
-    xt = (means[yt] + 1.3 * rng.normal(size=(n, d))).astype(np.float32)
-    xq = (means[yq] + 1.3 * rng.normal(size=(nq, d))).astype(np.float32)
-    return xt, yt, xq, yq
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     path = tmp_path_factory.mktemp("shards") / "s.h5"
-    xt, yt, xq, yq = _data(203, 37, 12, seed=3)
+    xt, yt, xq, yq = two_splits(203, 37, 12, seed=3)
     write_split(path, "train", xt, yt, source="test")
     write_split(path, "val", xq, yq, source="test")
     return path, xt, xq
@@ -91,7 +83,7 @@ def test_sharded_sweep_and_leave_one_out(store, tmp_path, n_shards):
 
 
 def test_default_path_finds_the_manifest_and_rebuild_replaces_old_shards(tmp_path):
-    xt, yt, xq, yq = _data(50, 8, 6, seed=1)
+    xt, yt, xq, yq = two_splits(50, 8, 6, seed=1)
     path = tmp_path / "f.h5"
     write_split(path, "train", xt, yt, source="test")
     write_split(path, "val", xq, yq, source="test")
@@ -106,7 +98,7 @@ def test_default_path_finds_the_manifest_and_rebuild_replaces_old_shards(tmp_pat
 
 
 def test_stale_or_missing_shard_names_it(tmp_path):
-    xt, yt, xq, yq = _data(60, 8, 6, seed=2)
+    xt, yt, xq, yq = two_splits(60, 8, 6, seed=2)
     path = tmp_path / "f.h5"
     write_split(path, "train", xt, yt, source="test")
     write_split(path, "val", xq, yq, source="test")
@@ -131,7 +123,7 @@ def test_stale_or_missing_shard_names_it(tmp_path):
 
 
 def test_failed_build_keeps_the_old_manifest(tmp_path, monkeypatch):
-    xt, yt, _, _ = _data(40, 4, 5, seed=4)
+    xt, yt, _, _ = two_splits(40, 4, 5, seed=4)
     path = tmp_path / "f.h5"
     write_split(path, "train", xt, yt, source="test")
     shards.index_store_sharded(path, n_shards=2)
@@ -205,7 +197,7 @@ def test_shard_rows_edited_in_place_are_caught_naming_the_row(tmp_path):
     # fingerprint still matches, so each shard is compared with a sample of its own rows
     import h5py
 
-    xt, yt, xq, yq = _data(60, 8, 6, seed=7)
+    xt, yt, xq, yq = two_splits(60, 8, 6, seed=7)
     path = tmp_path / "f.h5"
     write_split(path, "train", xt, yt, source="test")
     write_split(path, "val", xq, yq, source="test")

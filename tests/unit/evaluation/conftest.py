@@ -23,11 +23,17 @@ def arrays():
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, arrays):
+def cluster_store(tmp_path_factory):
+    """The store of ``clusters()`` (a test module with a ``store`` of its own asks for this name)."""
     from nnkcli.storage.store import write_split
 
-    xt, yt, xq, yq = arrays
+    xt, yt, xq, yq = clusters()
     path = tmp_path_factory.mktemp("evaluation") / "s.h5"
     write_split(path, "train", xt, yt, source="test")
     write_split(path, "val", xq, yq, source="test")
     return path
+
+
+@pytest.fixture(scope="module")
+def store(cluster_store):
+    return cluster_store

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
+import nnk_data
 import numpy as np
 import pytest
 from scipy.optimize import nnls
@@ -15,26 +17,9 @@ from nnkcli.evaluation.options import ScoringOptions, apply_protocol
 from nnkcli.evaluation.protocols import PROTOCOLS, get_protocol
 from nnkcli.evaluation.selection import selection_rows
 from nnkcli.evaluation.sweeps import sweep
-from nnkcli.storage.store import write_split
 
-NAMES = ["a", "b", "c", "d"]
-
-
-def mixture(n, d, seed, n_classes=4):
-    rng = np.random.default_rng(seed)
-    means = np.random.default_rng(99).normal(size=(n_classes, d))
-    y = rng.integers(0, n_classes, n)
-    return (means[y] + 1.3 * rng.normal(size=(n, d))).astype(np.float32), y
-
-
-def make_store(path, query_labels=None, train_attrs=None, query_attrs=None, n_train=150):
-    xt, yt = mixture(n_train, 16, 0)
-    xq, yq = mixture(50, 16, 1)
-    if query_labels is not None:
-        yq = query_labels(yq)
-    write_split(path, "train", xt, yt, class_names=NAMES, source="test", attrs=train_attrs)
-    write_split(path, "val", xq, yq, class_names=NAMES, source="test", attrs=query_attrs)
-    return path, (xt, yt), (xq, yq)
+mixture = partial(nnk_data.mixture, noise=1.3)
+make_store = partial(nnk_data.make_store, n_train=150, n_query=50, d=16, noise=1.3)
 
 
 # -- the oracle: one query at a time, brute force, no code shared with nnkcli ---------------
@@ -107,7 +92,8 @@ def test_selection_rows_seeded_sorted_and_all_rows_when_fewer():
 
 
 def test_leave_one_out_selection_equals_naive_oracle(tmp_path):
-    path, (xt, yt), _ = make_store(tmp_path / "s.h5")
+    path = make_store(tmp_path / "s.h5")
+    xt, yt = mixture(150, 16, 0)
     k_values, temps = [1, 3, 5, 8, 12], (0.05, 0.5)
     doc = sweep(path, k_values=k_values, temperature=temps, select_on="train", select_queries=60,
                 select_seed=7).to_dict()
@@ -131,9 +117,9 @@ def test_leave_one_out_selection_equals_naive_oracle(tmp_path):
 
 def test_selection_never_reads_query_labels(tmp_path):
     perm = np.random.default_rng(5).permutation(50)
-    a, *_ = make_store(tmp_path / "a.h5")
-    b, *_ = make_store(tmp_path / "b.h5", query_labels=lambda y: y[perm])
-    c, *_ = make_store(tmp_path / "c.h5", query_labels=lambda y: np.full_like(y, -1))
+    a = make_store(tmp_path / "a.h5")
+    b = make_store(tmp_path / "b.h5", query_labels=lambda y: y[perm])
+    c = make_store(tmp_path / "c.h5", query_labels=lambda y: np.full_like(y, -1))
     docs = [sweep(p, k_values=[2, 5, 10, 20], temperature=(0.02, 0.1), select_on="train", select_queries=80).to_dict()
             for p in (a, b, c)]
     strip = [{m: (e["k"], e.get("temperature"), e["selection_top1"]) for m, e in d["selected"].items()}
@@ -144,7 +130,7 @@ def test_selection_never_reads_query_labels(tmp_path):
 
 
 def test_selection_needs_a_k_below_the_train_size(tmp_path):
-    path, *_ = make_store(tmp_path / "s.h5", n_train=20)
+    path = make_store(tmp_path / "s.h5", n_train=20)
     with pytest.raises(InputError, match="leave-one-out selection"):
         sweep(path, k_values=[5, 20], select_on="train")
     with pytest.raises(OptionError, match="^select_on: "):
@@ -152,7 +138,7 @@ def test_selection_needs_a_k_below_the_train_size(tmp_path):
 
 
 def test_temperature_grid_equals_separate_runs(tmp_path):
-    path, *_ = make_store(tmp_path / "s.h5")
+    path = make_store(tmp_path / "s.h5")
     temps = (0.02, 0.05, 0.07, 0.1, 0.2)
     grid = classify(path, k=10, methods="knn", temperature=temps)
     rows = {r["temperature"]: r for r in grid["results"]}
@@ -168,7 +154,7 @@ def test_temperature_grid_equals_separate_runs(tmp_path):
 
 
 def test_each_preset_sets_what_its_source_does(tmp_path):
-    path, *_ = make_store(tmp_path / "s.h5", n_train=250)
+    path = make_store(tmp_path / "s.h5", n_train=250)
     expect = {  # name: (sweep k values, classify k, T, top-5 rule, solver)
         "nnkcli": (list(range(10, 201, 10)), 50, 0.07, "strict", "exact"),
         "dino": ([10, 20, 100, 200], 20, 0.07, "strict", "exact"),
@@ -196,7 +182,7 @@ def test_each_preset_sets_what_its_source_does(tmp_path):
 
 
 def test_inclusive_rule_changes_only_top5_and_only_upwards(tmp_path):
-    path, *_ = make_store(tmp_path / "s.h5")
+    path = make_store(tmp_path / "s.h5")
     strict = classify(path, k=3)["results"]
     inclusive = classify(path, k=3, top5_rule="inclusive")["results"]
     for s, i in zip(strict, inclusive):
@@ -206,7 +192,7 @@ def test_inclusive_rule_changes_only_top5_and_only_upwards(tmp_path):
 
 
 def test_pruning_solver_in_the_evaluation_reports_its_cost(tmp_path):
-    path, *_ = make_store(tmp_path / "s.h5")
+    path = make_store(tmp_path / "s.h5")
     doc = classify(path, k=20, methods="nnk", solver="pruning")
     row = doc["results"][0]
     assert row["solver"] == "pruning" and doc["parameters"]["solver"] == "pruning"
@@ -218,8 +204,8 @@ def test_pruning_solver_in_the_evaluation_reports_its_cost(tmp_path):
 
 
 def test_provenance_difference_warns_and_strict_refuses(tmp_path, caplog):
-    path, *_ = make_store(tmp_path / "s.h5", train_attrs={"model": "torchvision:resnet50", "crop": 224},
-                          query_attrs={"model": "torchvision:resnet50", "crop": 160})
+    path = make_store(tmp_path / "s.h5", train_attrs={"model": "torchvision:resnet50", "crop": 224},
+                      query_attrs={"model": "torchvision:resnet50", "crop": 160})
     doc = classify(path, k=5)
     assert len(doc["warnings"]) == 1 and "crop: 224 vs 160" in doc["warnings"][0]
     assert "differ in provenance" in caplog.text
@@ -227,7 +213,7 @@ def test_provenance_difference_warns_and_strict_refuses(tmp_path, caplog):
         classify(path, k=5, strict_provenance=True)
     with pytest.raises(InputError, match="differ in provenance"):
         sweep(path, k_values=[5], strict_provenance=True)
-    same, *_ = make_store(tmp_path / "t.h5", train_attrs={"crop": 224}, query_attrs={"crop": 224})
+    same = make_store(tmp_path / "t.h5", train_attrs={"crop": 224}, query_attrs={"crop": 224})
     assert classify(same, k=5, strict_provenance=True)["warnings"] == []
 
 
@@ -236,7 +222,8 @@ def test_selection_through_the_pipeline_equals_the_oracle(tmp_path, shards, thre
     """Threads, sub-chunks and a sharded index (its own search path) select exactly as the oracle."""
     from nnkcli.shards import index_store_sharded
 
-    path, (xt, yt), _ = make_store(tmp_path / "s.h5")
+    path = make_store(tmp_path / "s.h5")
+    xt, yt = mixture(150, 16, 0)
     if shards:
         index_store_sharded(path, n_shards=shards)
     k_values, temps = [1, 4, 9], (0.07,)

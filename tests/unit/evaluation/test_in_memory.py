@@ -96,7 +96,7 @@ def test_readme_training_loop_example_runs(tmp_path, monkeypatch):
     pytest.importorskip("tensorboardX")
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     block = readme.split("<!-- training-loop example -->\n```python\n", 1)[1].split("```", 1)[0]
     assert 12 <= len(block.strip().splitlines()) <= 18
     monkeypatch.chdir(tmp_path)

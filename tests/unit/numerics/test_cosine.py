@@ -13,13 +13,16 @@ Gram matrix built by a plain loop (both in ``tests/helpers/nnk_oracles.py``).
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import nnk_data
 import nnk_oracles as oracles  # tests/helpers (pytest's pythonpath)
+from nnk_data import unit
 
 from nnkcli.errors import InputError
 from nnkcli.numerics import compiled, cosine
@@ -28,6 +31,8 @@ from nnkcli.numerics.cosine import cosine_products, nnk_solve_cosine
 blocks64, kkt, nnls_weights = oracles.blocks64, oracles.kkt, oracles.nnls_weights
 
 TOL = 1e-8
+# what the pipeline passes: float32 vectors from the index
+problem = partial(nnk_data.nnk_problem, dtype=np.float32)
 FAST = settings(max_examples=40, deadline=None)
 
 
@@ -43,31 +48,6 @@ def engine(request):
         os.environ.pop("NNKCLI_COMPILED", None)
     else:
         os.environ["NNKCLI_COMPILED"] = old
-
-
-def unit(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def problem(seed, B, k, d, kind):
-    rng = np.random.default_rng(seed)
-    if kind == "clustered":  # like image features: all in one orthant
-        q = unit(np.abs(rng.standard_normal((B, d))) + 2)
-        X = unit(np.abs(rng.standard_normal((B, k, d))) + 2)
-    elif kind == "collinear":  # nearly identical neighbors: float32 cannot tell them apart
-        base = unit(rng.standard_normal((B, 1, d)))
-        eps = 10.0 ** rng.integers(-6, -1)
-        X = unit(base + eps * rng.standard_normal((B, k, d)))
-        q = unit(base[:, 0] + eps * rng.standard_normal((B, d)))
-    else:
-        q = unit(rng.standard_normal((B, d)))
-        X = unit(rng.standard_normal((B, k, d)))
-    if kind == "duplicates" and k > 1:
-        src = rng.integers(0, k, size=max(1, k // 3))
-        X[:, rng.integers(0, k, size=src.size)] = X[:, src]
-    X = X.astype(np.float32)  # what the pipeline passes: float32 vectors from the index
-    q = q.astype(np.float32)
-    return q, X
 
 
 def objective(G, g, theta):

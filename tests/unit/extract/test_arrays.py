@@ -17,7 +17,7 @@ from nnkcli.extract.arrays import FileRows, open_npy, open_npz_member
 from nnkcli.extract.vissl import ShardedRows
 from nnkcli.storage.store import FeatureStore, write_split
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 
 
 def _fixtures_module():

@@ -9,11 +9,14 @@ wrong answer.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import nnk_data
 import nnk_oracles as oracles  # tests/helpers (pytest's pythonpath)
 
 from nnkcli.errors import InputError
@@ -26,18 +29,7 @@ pytestmark = pytest.mark.skipif(not compiled.available(), reason="numba is not i
 blocks64, kkt, nnls_weights = oracles.blocks64, oracles.kkt, oracles.nnls_weights
 
 TOL = 1e-8
-
-
-def unit(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def problem(seed, B, k, d, clustered=False):
-    rng = np.random.default_rng(seed)
-    shift = 2.0 if clustered else 0.0
-    q = unit(np.abs(rng.standard_normal((B, d))) + shift if clustered else rng.standard_normal((B, d)))
-    X = unit(np.abs(rng.standard_normal((B, k, d))) + shift if clustered else rng.standard_normal((B, k, d)))
-    return q.astype(np.float32), X.astype(np.float32)
+problem = partial(nnk_data.nnk_problem, dtype=np.float32)
 
 
 def run(X, g, ks, **kw):
@@ -47,7 +39,7 @@ def run(X, g, ks, **kw):
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 40), d=st.integers(8, 48), clustered=st.booleans())
 def test_kernel_weights_equal_nnls_and_carry_a_float64_certificate(seed, k, d, clustered):
-    q, X = problem(seed, 4, k, d, clustered)
+    q, X = problem(seed, 4, k, d, "clustered" if clustered else "random")
     G, g = blocks64(q, X)
     ks = sorted({max(1, k // 3), k})
     thetas, resid, _, objective, failed = run(X, g, ks)
@@ -64,7 +56,7 @@ def test_kernel_weights_equal_nnls_and_carry_a_float64_certificate(seed, k, d, c
 
 
 def test_a_sweep_continues_from_the_previous_k_and_matches_cold_solves():
-    q, X = problem(4, 20, 60, 24, clustered=True)
+    q, X = problem(4, 20, 60, 24, "clustered")
     _, g = blocks64(q, X)
     ks = list(range(5, 61, 5))
     path, *_ = run(X, g, ks)
@@ -76,7 +68,7 @@ def test_a_sweep_continues_from_the_previous_k_and_matches_cold_solves():
 
 def test_a_small_row_cache_is_compacted_without_changing_the_weights():
     # ~20 support changes over the sweep with room for 12 rows: the rows outside the support are dropped
-    q, X = problem(9, 6, 80, 10, clustered=True)
+    q, X = problem(9, 6, 80, 10, "clustered")
     _, g = blocks64(q, X)
     ks = list(range(4, 81, 4))
     roomy, *_ = run(X, g, ks)
@@ -94,7 +86,7 @@ def test_support_larger_than_the_cap_is_flagged():
 
 
 def test_missing_neighbors_never_get_weight():
-    q, X = problem(5, 3, 12, 8, clustered=True)
+    q, X = problem(5, 3, 12, 8, "clustered")
     _, g = blocks64(q, X)
     X[1, 3:7] = 0.0
     g[1, 3:7] = 0.0
@@ -103,7 +95,7 @@ def test_missing_neighbors_never_get_weight():
 
 
 def test_duplicate_neighbors_split_nothing_and_stay_certified():
-    q, X = problem(2, 4, 15, 12, clustered=True)
+    q, X = problem(2, 4, 15, 12, "clustered")
     X[:, 7] = X[:, 2]  # an exact duplicate: dependent on the support, never enters beside its twin
     G, g = blocks64(q, X)
     (theta,), resid, _, _, failed = run(X, g, [15])
@@ -132,7 +124,7 @@ def test_every_query_is_independent_of_its_batch():
 
 
 def test_iteration_limit_flags_the_query_and_numpy_solves_it(monkeypatch):
-    q, X = problem(8, 6, 30, 20, clustered=True)
+    q, X = problem(8, 6, 30, 20, "clustered")
     G, g = blocks64(q, X)
     _, _, _, _, failed = compiled.solve_cosine_path(X, g, [30], TOL, _ENTER, _EXACT, _DEPENDENT, 2)
     assert failed.all()
@@ -176,7 +168,7 @@ def test_without_numba_the_numpy_path_runs(monkeypatch):
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), k=st.integers(2, 60), d=st.integers(8, 64), clustered=st.booleans())
 def test_both_engines_find_the_same_supports_and_weights(seed, k, d, clustered):
-    q, X = problem(seed, 6, k, d, clustered)
+    q, X = problem(seed, 6, k, d, "clustered" if clustered else "random")
     _, g = blocks64(q, X)
     ks = sorted({max(1, k // 2), k})
     fast = cosine._solve_compiled(X, g, ks, TOL, None)

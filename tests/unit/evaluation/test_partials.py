@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
+from nnk_data import make_store, two_splits
 from nnkcli.errors import InputError, OptionError
 from nnkcli.evaluation.classification import classify
 from nnkcli.evaluation.merging import merge_parts
 from nnkcli.evaluation.partials import shard_rows
 from nnkcli.evaluation.sweeps import sweep
-from nnkcli.storage.store import write_split
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     path = tmp_path_factory.mktemp("parts") / "p.h5"
-    rng = np.random.default_rng(21)
-    means = rng.normal(size=(4, 10))
-    yt, yq = rng.integers(0, 4, 160), rng.integers(0, 4, 5)
+    xt, yt, xq, yq = two_splits(160, 5, 10, seed=21, noise=1.4)
     yq[1] = -1  # an unlabelled query
-    write_split(path, "train", (means[yt] + 1.4 * rng.normal(size=(160, 10))).astype(np.float32), yt,
-                class_names=list("abcd"), source="test")
-    write_split(path, "val", (means[yq % 4] + 1.4 * rng.normal(size=(5, 10))).astype(np.float32),
-                np.array([list("abcd")[c] if c >= 0 else -1 for c in yq], dtype=object), source="test")
-    return path
+    return make_store(path, train=(xt, yt), query=(xq, yq))
 
 
 def _strip(doc):

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from nnk_data import two_splits
 from nnkcli.evaluation import memory, pipeline, streaming
 from nnkcli.evaluation.setup import Evaluation
 from nnkcli.evaluation.streaming import evaluate_chunks
@@ -26,12 +27,7 @@ from nnkcli.errors import InputError
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    rng = np.random.default_rng(5)
-    means = rng.normal(size=(4, 12))
-    yt = rng.integers(0, 4, 500)
-    xt = (means[yt] + 1.3 * rng.normal(size=(500, 12))).astype(np.float32)
-    yq = rng.integers(0, 4, 131)
-    xq = (means[yq] + 1.3 * rng.normal(size=(131, 12))).astype(np.float32)
+    xt, yt, xq, yq = two_splits(500, 131, 12, seed=5)
     path = tmp_path_factory.mktemp("pipe") / "s.h5"
     write_split(path, "train", xt, yt, source="test")
     write_split(path, "val", xq, yq, source="test")

@@ -17,7 +17,7 @@ from nnkcli.extract import load_features
 from nnkcli.extract import read_labels
 from nnkcli.storage.labels import map_labels
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 # -- text labels are numbers when every line is a number -------------------------------------
@@ -197,6 +197,7 @@ def _peak_rss_of_extract(dump: Path, store: Path) -> int:
     return int(done.stdout.split()[-1])
 
 
+@pytest.mark.slow
 def test_extract_of_a_dino_dump_streams_it(tmp_path):
     torch = pytest.importorskip("torch")
     small, big = tmp_path / "small", tmp_path / "big"

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import nnls
 
+from nnk_data import nnk_problem
 torch = pytest.importorskip("torch")
 
 from nnkcli.errors import InputError  # noqa: E402
@@ -25,28 +26,9 @@ TOL = 1e-8
 FAST = settings(max_examples=30, deadline=None)
 
 
-def unit(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
 def problem(seed, B, k, d, kind, n_missing=0):
     """Queries q (B, d), neighbors X (B, k, d) float32 and g (B, k) float64 as the pipeline builds them."""
-    rng = np.random.default_rng(seed)
-    if kind == "clustered":  # like image features: all in one orthant
-        q = unit(np.abs(rng.standard_normal((B, d))) + 2)
-        X = unit(np.abs(rng.standard_normal((B, k, d))) + 2)
-    elif kind == "collinear":  # nearly identical neighbors
-        base = unit(rng.standard_normal((B, 1, d)))
-        eps = 10.0 ** rng.integers(-5, -1)
-        X = unit(base + eps * rng.standard_normal((B, k, d)))
-        q = unit(base[:, 0] + eps * rng.standard_normal((B, d)))
-    else:
-        q = unit(rng.standard_normal((B, d)))
-        X = unit(rng.standard_normal((B, k, d)))
-    if kind == "duplicates" and k > 1:  # exactly repeated neighbors: a singular G
-        src = rng.integers(0, k, size=max(1, k // 3))
-        X[:, rng.integers(0, k, size=src.size)] = X[:, src]
-    X, q = X.astype(np.float32), q.astype(np.float32)
+    q, X = nnk_problem(seed, B, k, d, kind, dtype=np.float32, collinear_exponents=(-5, -1))
     g = 0.5 * (1.0 + np.einsum("bkd,bd->bk", X.astype(np.float64), q.astype(np.float64)))
     if n_missing:  # the last neighbors absent: zero rows, g = 0 (what score_chunk passes)
         X[:, k - n_missing:] = 0.0
@@ -87,6 +69,7 @@ def solve(X, g, k_values, **kw):
     return nnk_solve_cosine_torch(torch.from_numpy(X), torch.from_numpy(g), k_values, **kw)
 
 
+@pytest.mark.slow
 @FAST
 @given(seed=st.integers(0, 2**31 - 1), B=st.integers(1, 12), k=st.integers(1, 30), d=st.integers(2, 40),
        kind=st.sampled_from(["random", "clustered", "collinear", "duplicates"]), n_missing=st.integers(0, 3))

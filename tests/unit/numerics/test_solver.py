@@ -17,15 +17,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import nnls
 
+from nnk_data import nnk_problem as problem  # float64 q (B, d), X (B, k, d)
+from nnk_data import unit
 from nnkcli import NnkResult, kernel_blocks, nnk_solve, nnk_weights
 from nnkcli.errors import InputError
 
 TOL = 1e-8
 FAST = settings(max_examples=50, deadline=None)
-
-
-def unit(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def oracle(query, neighbors):
@@ -64,27 +62,6 @@ def check_against_oracle(query, neighbors, res=None):
     assert (ours <= theirs + 1e-9 * np.abs(theirs)).all(), np.max((ours - theirs) / np.abs(theirs))
     np.testing.assert_allclose(res.objective, ours, rtol=1e-9, atol=1e-12)
     return G, g, res, ref
-
-
-def problem(seed, B, k, d, kind):
-    """A batch of unit-norm queries and neighbors of a given flavour."""
-    rng = np.random.default_rng(seed)
-    if kind == "clustered":  # like image features: all in one orthant
-        q = unit(np.abs(rng.standard_normal((B, d))) + 2)
-        X = unit(np.abs(rng.standard_normal((B, k, d))) + 2)
-    elif kind == "collinear":
-        base = unit(rng.standard_normal((B, 1, d)))
-        eps = 10.0 ** rng.integers(-6, -1)
-        X = unit(base + eps * rng.standard_normal((B, k, d)))
-        q = unit(base[:, 0] + eps * rng.standard_normal((B, d)))
-    else:
-        q = unit(rng.standard_normal((B, d)))
-        X = unit(rng.standard_normal((B, k, d)))
-    if kind == "duplicates" and k > 1:
-        src = rng.integers(0, k, size=max(1, k // 3))
-        dst = rng.integers(0, k, size=src.size)
-        X[:, dst] = X[:, src]
-    return q, X
 
 
 @FAST

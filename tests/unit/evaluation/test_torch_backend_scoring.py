@@ -1,8 +1,8 @@
 """Scoring on the torch device (nnkcli.evaluation.torch_backend, ``--backend torch --device cpu``).
 
 Oracles: the numpy scorers of nnkcli.numerics.scores (for the voting rules, which are
-tested against DINO's formula written out in tests/unit/test_solver_scores.py), the faiss
-path of the same run, and nnls-solved NNK weights (tests/unit/test_torch_solver.py).
+tested against DINO's formula written out in tests/unit/numerics/test_scores.py), the faiss
+path of the same run, and nnls-solved NNK weights (tests/unit/evaluation/test_torch_solver.py).
 """
 
 from __future__ import annotations
@@ -206,6 +206,7 @@ def test_gaussian_kernel_and_pruning_solver_are_scored_by_numpy(tie_free):
         assert a["results"] == b["results"]
 
 
+@pytest.mark.slow
 def test_sample_store_sweep_torch_cpu_within_005_points(sample_store):
     a = sweep(sample_store, k_values=[10, 50, 100]).to_dict()
     b = sweep(sample_store, k_values=[10, 50, 100], backend="torch", device="cpu").to_dict()

@@ -17,7 +17,7 @@ from nnkcli.storage.split_writer import partial_path
 from nnkcli.storage.split_writer import SplitWriter
 from nnkcli.storage.store import FeatureStore, write_split
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 NAMES = ["cat", "dog", "bird"]
 
 
