@@ -26,9 +26,9 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from nnkcli.errors import IndexFileError, InputError, StaleIndexError
 from nnkcli.storage.atomic import atomic_output
@@ -135,7 +135,9 @@ def shard_path(manifest: Path, build: str, i: int, n_shards: int) -> Path:
 
 
 def _shard_files(manifest: Path) -> list[Path]:
-    pattern = re.compile(re.escape(manifest.stem) + r"\.[0-9a-f]{8}\.shard-\d+-of-\d+" + re.escape(manifest.suffix) + "$")
+    pattern = re.compile(
+        re.escape(manifest.stem) + r"\.[0-9a-f]{8}\.shard-\d+-of-\d+" + re.escape(manifest.suffix) + "$"
+    )
     return [p for p in manifest.parent.iterdir() if pattern.match(p.name)] if manifest.parent.is_dir() else []
 
 

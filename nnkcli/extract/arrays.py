@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nnkcli.storage.checks import check_feature_array
 from nnkcli.errors import InputError
 from nnkcli.extract.common import FileRows, ImportedFeatures
+from nnkcli.storage.checks import check_feature_array
 
 logger = logging.getLogger("nnkcli")
 

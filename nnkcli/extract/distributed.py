@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +163,7 @@ def assemble(store_path: Path, split: str, samples, world: int, *, overwrite: bo
                              source=str(first.attrs["source"]), attrs=attrs, overwrite=overwrite,
                              expected_rows=len(samples), lock_timeout=lock_timeout)
         with writer:
-            for (rank, start, stop, path), fs in zip(parts, opened):
+            for (rank, start, stop, _), fs in zip(parts, opened, strict=True):
                 sp = fs.split(split)
                 ids = sp.ids or []
                 _check_order(ids, samples.ids[start:stop], rank, world)
@@ -179,7 +180,7 @@ def assemble(store_path: Path, split: str, samples, world: int, *, overwrite: bo
     finally:
         for fs in opened:
             fs.close()
-    for rank, _, _, path in parts:
+    for _, _, _, path in parts:
         _remove_rank_store(path, split)
     summary["skipped_images"] = skipped
     logger.info("assembled split '%s' from %d ranks: %d rows", split, world, summary.get("n", 0))
@@ -190,6 +191,6 @@ def _check_order(ids: list[str], expected: list[str], rank: int, world: int) -> 
     """A rank's rows must be its slice's images in order (minus skipped ones)."""
     position = {sample: i for i, sample in enumerate(expected)}
     seen = [position.get(i, -1) for i in ids]
-    if any(p < 0 for p in seen) or any(b <= a for a, b in zip(seen, seen[1:])):
+    if any(p < 0 for p in seen) or any(b <= a for a, b in pairwise(seen)):
         raise StoreError(f"the rows of rank {rank} of {world} are not its images in order",
                          hint="rerun without --resume to extract again")

@@ -86,7 +86,7 @@ class CsvRows:
         if stop <= start:
             return out
         first = start // _CSV_STRIDE
-        with open(self.path, "r", encoding="utf-8", newline="") as fh:
+        with open(self.path, encoding="utf-8", newline="") as fh:
             fh.seek(self.offsets[first])
             reader = csv.reader(fh)
             row = first * _CSV_STRIDE

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nnkcli.storage.checks import check_feature_array
 from nnkcli.errors import InputError
-from nnkcli.extract.common import _VISSL_FILE, ImportedFeatures
 from nnkcli.extract.arrays import FileRows, load_npy, open_npy
+from nnkcli.extract.common import _VISSL_FILE, ImportedFeatures
+from nnkcli.storage.checks import check_feature_array
 
 logger = logging.getLogger("nnkcli")
 
