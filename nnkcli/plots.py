@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nnkcli.errors import InputError, MissingDependencyError
-from nnkcli.evaluation.options import METHODS
+from nnkcli.numerics.scores import METHODS
 from nnkcli.storage.atomic import atomic_output, check_can_create
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
@@ -120,7 +120,7 @@ def plot_history(
             ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, color=color,
                     label=LABELS.get(m, m), linewidth=1.5, markersize=5)
             # the interval of each best top-1 as an error bar (rows recorded before intervals have none)
-            bars = [(x, r[f"{m}_top1"], r.get(f"{m}_top1_ci")) for x, r in zip(xs, rows, strict=True)
+            bars = [(x, r[f"{m}_top1"], r[f"{m}_top1_ci"]) for x, r in zip(xs, rows, strict=True)
                     if r.get(f"{m}_top1") is not None and isinstance(r.get(f"{m}_top1_ci"), list)
                     and None not in r[f"{m}_top1_ci"]]
             if bars:

@@ -27,6 +27,7 @@ import shutil
 from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,7 +82,11 @@ def extract_distributed(store_path, split, samples, model, *, device: str = "aut
     from nnkcli.extract.torch_extract import extract_image_features
     from nnkcli.storage.store import FeatureStore, check_writable
 
-    rank, world, local_rank = launched_world()
+    launch = launched_world()
+    if launch is None:
+        raise InputError("extract_distributed needs a torchrun launch of more than one process",
+                         hint="call extract_image_features in a single process")
+    rank, world, local_rank = launch
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and ":" not in device:
@@ -116,7 +121,7 @@ def extract_distributed(store_path, split, samples, model, *, device: str = "aut
         if rank == 0:
             summary = assemble(store_path, split, samples, world, overwrite=overwrite,
                                lock_timeout=options.get("lock_timeout"))
-        box = [summary]
+        box: list[Any] = [summary]  # the other ranks receive rank 0's summary here
         dist.broadcast_object_list(box, src=0)
         return dict(box[0], ranks=world, device=device)
     finally:
