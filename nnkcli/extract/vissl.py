@@ -183,7 +183,7 @@ def load_vissl(path: str | os.PathLike, *, split: str, layer: str | None = None,
         if named is None:
             raise InputError(f"{path.name} is not named like a VISSL features file "
                              "(rank<R>[_chunk<C>]_<split>_<layer>_features.npy)",
-                             hint="give the folder of the VISSL extraction, or the file's own --format")
+                             hint="give the folder of the VISSL extraction, or one of its features files")
         _, vsplit, file_layer = named.groups()
         if layer is not None and layer != file_layer:
             raise InputError(f"--layer {layer} does not match the file {path.name} (layer {file_layer})",
