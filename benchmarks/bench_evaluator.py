@@ -28,18 +28,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import make_store  # noqa: E402  (the same synthetic features)
+from bench_pipeline import make_store
 
 
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
+
+
+def write_store(path, xt, yt, xq, yq) -> None:
+    from nnkcli import write_split
+
+    write_split(path, "train", xt, yt, source="bench")
+    write_split(path, "val", xq, yq, source="bench")
 
 
 def main() -> None:
@@ -52,7 +60,7 @@ def main() -> None:
     n_train, n_query, dim = (10_000, 2_000, 128) if args.quick else (50_000, 10_000, 512)
     n_query = args.queries or n_query
 
-    from nnkcli import evaluate_features, parse_k_spec, sweep, write_split
+    from nnkcli import evaluate_features, parse_k_spec, sweep
     from nnkcli.storage.store import FeatureStore
 
     k_values = parse_k_spec(args.k)
@@ -81,8 +89,7 @@ def main() -> None:
             t_mem, t_lib, t_cli = times["memory"], times["library"], times["cli"]
             mem, lib, cli_doc = docs["memory"], docs["library"], docs["cli"]
             copy = Path(tmp) / f"copy{round_}.h5"
-            t_write, _ = timed(lambda: (write_split(copy, "train", xt, yt, source="bench"),
-                                        write_split(copy, "val", xq, yq, source="bench")))
+            t_write, _ = timed(partial(write_store, copy, xt, yt, xq, yq))
             copy.unlink()
             for other in (lib, cli_doc):
                 assert [(r["method"], r["k"], r["top1"]) for r in other["results"]] == \
@@ -91,7 +98,7 @@ def main() -> None:
             print(f"round {round_ + 1}: evaluate_features {t_mem:7.2f} s | sweep(store) {t_lib:7.2f} s "
                   f"({t_lib / t_mem:.2f}x) | nnk sweep {t_cli:7.2f} s ({t_cli / t_mem:.2f}x) | "
                   f"write the store {t_write:6.2f} s | load {os.getloadavg()[0]:.1f}", flush=True)
-        t_mem, t_lib, t_cli, t_write = (min(col) for col in zip(*rows))
+        t_mem, t_lib, t_cli, t_write = (min(col) for col in zip(*rows, strict=True))
         best = {m: (b["k"], b["top1"]) for m, b in mem["best"].items()}
         print(f"\nminimum of {args.repeat}: evaluate_features {t_mem:.2f} s; sweep(store) {t_lib:.2f} s = "
               f"{t_lib / t_mem:.2f}x; nnk sweep {t_cli:.2f} s = {t_cli / t_mem:.2f}x; "

@@ -1,4 +1,5 @@
-"""End-to-end cost of NNK versus kNN, of a sweep versus one classify, the search against the GEMM peak, and a busy machine.
+"""End-to-end cost of NNK versus kNN, of a sweep versus one classify, the search against the GEMM peak, and a busy
+machine.
 
 Builds a store, saves a flat index, then runs the real CLI in subprocesses and reports
 wall time and peak RSS of each run, all measured in this run, interleaved over
@@ -262,7 +263,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = a.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        store = work / (f"fashion-mnist-{n_query}.h5" if fashion else f"synthetic-{n_train}x{dim}-{n_query}-{a.seed}.h5")
+        store_name = f"fashion-mnist-{n_query}.h5" if fashion else f"synthetic-{n_train}x{dim}-{n_query}-{a.seed}.h5"
+        store = work / store_name
         if not store.exists():
             t0 = time.perf_counter()
             # in a child process: a child's peak RSS starts at its parent's at fork time,

@@ -32,8 +32,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 N_TRAIN = 1_281_167
 N_QUERY = 5_000
 EXTRAPOLATE_TO = 50_000
@@ -41,9 +39,8 @@ EXTRAPOLATE_TO = 50_000
 
 def make_store(path: Path, n_train: int, n_query: int, dim: int, n_classes: int, seed: int) -> None:
     """``bench_pipeline.make_store``'s mixture, streamed into float16 splits block by block."""
-    from nnkcli.storage.split_writer import SplitWriter
-
     from bench_pipeline import manifold_sampler  # this folder is on sys.path when run as a script
+    from nnkcli.storage.split_writer import SplitWriter
 
     sample = manifold_sampler(n_classes, dim, seed)
     names = [f"c{c:04d}" for c in range(n_classes)]

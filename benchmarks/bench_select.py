@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import make_store, run_cli  # noqa: E402
+from bench_pipeline import make_store, run_cli
 
 
 def main() -> None:
@@ -80,7 +80,8 @@ def main() -> None:
         print(f"  {name:<26} min {best[name]:7.2f}s   all: {', '.join(f'{x:.2f}' for x in w)}")
     for m, e in sel["selected"].items():
         b = sel["best"][m]
-        print(f"  {m}: selected k={e['k']}{' T=%g' % e['temperature'] if 'temperature' in e else ''} "
+        temperature = f" T={e['temperature']:g}" if "temperature" in e else ""
+        print(f"  {m}: selected k={e['k']}{temperature} "
               f"top-1 {e['top1']:.2f} %   best on the query split k={b['k']} top-1 {b['top1']:.2f} % (optimistic)")
     print(f"\nsweep --select-on train / sweep: {ratio:.2f}x   (target <= 2x)  {'PASS' if ratio <= 2 else 'FAIL'}")
 

@@ -39,13 +39,12 @@ import os
 import sys
 import time
 import tracemalloc
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from scipy.linalg import solve_triangular
+from scipy.linalg import cho_factor, cho_solve, solve_triangular
 from scipy.optimize import nnls
-
-from scipy.linalg import cho_factor, cho_solve
 
 from nnkcli import kernel_blocks, nnk_solve, nnk_weights
 from nnkcli.numerics import compiled
@@ -192,7 +191,7 @@ def best_of(repeats, *fns):
             t0 = time.perf_counter()
             results[i] = fn()
             times[i].append(time.perf_counter() - t0)
-    return [(min(t), r) for t, r in zip(times, results)]
+    return [(min(t), r) for t, r in zip(times, results, strict=True)]
 
 
 def peak_mib(fn) -> float:
@@ -231,15 +230,16 @@ def main() -> None:
         for k in KS:
             X = train[nbr[:, :k]]  # (n, k, d) float32
             G, g = kernel_blocks(query, X)
-            (t_ours, ours), (t_scipy, theirs) = best_of(repeats, lambda: nnk_solve(G, g),
-                                                         lambda: scipy_solver(G, g))
-            (e_ours, _), (e_scipy, _) = best_of(repeats, lambda: nnk_weights(query, X),
-                                                lambda: scipy_end_to_end(query, X))
+            # partial binds this iteration's arrays (each is called before the loop moves on)
+            (t_ours, ours), (t_scipy, theirs) = best_of(repeats, partial(nnk_solve, G, g),
+                                                         partial(scipy_solver, G, g))
+            (e_ours, _), (e_scipy, _) = best_of(repeats, partial(nnk_weights, query, X),
+                                                partial(scipy_end_to_end, query, X))
             sims = np.einsum("bkd,bd->bk", X, query, dtype=np.float64)
             (s_ours, stage), (s_numpy, _), (s_paper, paper) = best_of(
-                repeats, lambda: our_stage(query, X, sims), lambda: numpy_stage(query, X, sims),
-                lambda: paper_loop(query, X))
-            peak = peak_mib(lambda: nnk_solve(G, g))
+                repeats, partial(our_stage, query, X, sims), partial(numpy_stage, query, X, sims),
+                partial(paper_loop, query, X))
+            peak = peak_mib(partial(nnk_solve, G, g))
             row = dict(k=k, d=d, n_queries=n_query, ours_qps=n_query / t_ours, scipy_qps=n_query / t_scipy,
                        ratio=t_scipy / t_ours, peak_mib=peak, kkt_ours=kkt(G, g, ours.theta),
                        kkt_scipy=kkt(G, g, theirs), fallbacks=int(ours.fallback.sum()),

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import make_store  # noqa: E402  (the same synthetic features)
+from bench_pipeline import make_store
 
 
 def main() -> None:
@@ -67,7 +67,8 @@ def main() -> None:
             print(f"{name:18s} faiss {base:7.2f} s")
             for device in devices:
                 a, b = docs[(name, "faiss")]["results"], docs[(name, device)]["results"]
-                gap = max(max(abs(x["top1"] - y["top1"]), abs(x["top5"] - y["top5"])) for x, y in zip(a, b))
+                pairs = zip(a, b, strict=True)
+                gap = max(max(abs(x["top1"] - y["top1"]), abs(x["top5"] - y["top5"])) for x, y in pairs)
                 assert gap <= 0.05, f"{name} on {device}: accuracies differ by {gap} points"
                 t = best[(name, device)]
                 fallbacks = docs[(name, device)]["timing"].get("nnk_fallbacks")

@@ -17,9 +17,12 @@ import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nnkcli.plain import jsonable
+
+if TYPE_CHECKING:
+    from rich.progress import ProgressColumn
 
 FORMATS = ("table", "json", "csv")
 SCHEMA_VERSION = 1
@@ -84,7 +87,7 @@ class Ui:
             TimeRemainingColumn,
         )
 
-        rate = _RateColumn(unit)
+        rate = _rate_column(unit)
         with Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -99,19 +102,19 @@ class Ui:
             yield lambda n: bar.advance(task, n)
 
 
-class _RateColumn:  # built lazily so rich is imported only when a bar is drawn
-    def __new__(cls, unit: str):
-        from rich.progress import ProgressColumn
-        from rich.text import Text
+def _rate_column(unit: str) -> ProgressColumn:
+    """A column showing ``<rate> <unit>/s``; its class is built lazily so rich is imported only when a bar is drawn."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
 
-        class RateColumn(ProgressColumn):
-            def render(self, task):
-                speed = task.finished_speed or task.speed
-                if not speed:
-                    return Text(f"- {unit}/s", style="progress.data.speed")
-                return Text(f"{speed:,.0f} {unit}/s", style="progress.data.speed")
+    class RateColumn(ProgressColumn):
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            if not speed:
+                return Text(f"- {unit}/s", style="progress.data.speed")
+            return Text(f"{speed:,.0f} {unit}/s", style="progress.data.speed")
 
-        return RateColumn()
+    return RateColumn()
 
 
 def _isatty(stream) -> bool:
@@ -197,11 +200,19 @@ def csv_columns(columns: Sequence[Column]) -> list[tuple[str, Callable[[dict], A
     """CSV headers and cell getters; a column with an interval adds ``_ci_low``/``_ci_high``."""
     out: list[tuple[str, Callable[[dict], Any]]] = []
     for c in columns:
-        out.append((c.key, lambda row, key=c.key: row.get(key)))
+        out.append((c.key, _value(c.key)))
         if c.ci:
-            out.append((f"{c.key}_ci_low", lambda row, key=c.ci: _end(row.get(key), 0)))
-            out.append((f"{c.key}_ci_high", lambda row, key=c.ci: _end(row.get(key), 1)))
+            out.append((f"{c.key}_ci_low", _interval_end(c.ci, 0)))
+            out.append((f"{c.key}_ci_high", _interval_end(c.ci, 1)))
     return out
+
+
+def _value(key: str) -> Callable[[dict], Any]:
+    return lambda row: row.get(key)
+
+
+def _interval_end(key: str, i: int) -> Callable[[dict], Any]:
+    return lambda row: _end(row.get(key), i)
 
 
 def _end(interval: Any, i: int) -> Any:

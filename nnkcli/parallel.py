@@ -46,8 +46,9 @@ def native_threads(threads: int) -> Iterator[None]:
     only sees libraries already loaded, so faiss is imported first. The previous
     limits are restored on exit.
     """
-    import nnkcli.index  # noqa: F401  (loads faiss, whose OpenBLAS and OpenMP runtime are capped too)
     from threadpoolctl import threadpool_limits
+
+    import nnkcli.index  # noqa: F401  (loads faiss, whose OpenBLAS and OpenMP runtime are capped too)
 
     with threadpool_limits(limits=int(threads)):
         yield

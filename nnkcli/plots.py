@@ -7,12 +7,11 @@ non-interactive Agg backend, so cron jobs without a display can draw.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-from collections.abc import Sequence
-
 from nnkcli.errors import InputError, MissingDependencyError
-from nnkcli.evaluation.options import METHODS
+from nnkcli.numerics.scores import METHODS
 from nnkcli.storage.atomic import atomic_output, check_can_create
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
@@ -114,14 +113,14 @@ def plot_history(
     try:
         for m in methods:
             points = [(x, r[f"{m}_top1"], r.get(f"{m}_k"), m in r.get("best", "").split())
-                      for x, r in zip(xs, rows) if r.get(f"{m}_top1") is not None]
+                      for x, r in zip(xs, rows, strict=True) if r.get(f"{m}_top1") is not None]
             if not points:
                 continue
             color, marker = _STYLE.get(m, (None, "^"))
             ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, color=color,
                     label=LABELS.get(m, m), linewidth=1.5, markersize=5)
             # the interval of each best top-1 as an error bar (rows recorded before intervals have none)
-            bars = [(x, r[f"{m}_top1"], r.get(f"{m}_top1_ci")) for x, r in zip(xs, rows)
+            bars = [(x, r[f"{m}_top1"], r[f"{m}_top1_ci"]) for x, r in zip(xs, rows, strict=True)
                     if r.get(f"{m}_top1") is not None and isinstance(r.get(f"{m}_top1_ci"), list)
                     and None not in r[f"{m}_top1_ci"]]
             if bars:

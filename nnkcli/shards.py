@@ -26,9 +26,10 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import TypedDict
 
 from nnkcli.errors import IndexFileError, InputError, StaleIndexError
 from nnkcli.storage.atomic import atomic_output
@@ -39,6 +40,15 @@ MAGIC = b"NNKCLI-SHARDS 1\n"
 MAX_SHARDS = 1024
 _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+
+
+class ShardEntry(TypedDict):
+    """One shard of a manifest: its file (beside the manifest) and its rows ``start:stop`` of the split."""
+
+    file: str
+    start: int
+    stop: int
+    content_sha256: str
 
 
 def parse_size(text: str) -> int:
@@ -135,11 +145,13 @@ def shard_path(manifest: Path, build: str, i: int, n_shards: int) -> Path:
 
 
 def _shard_files(manifest: Path) -> list[Path]:
-    pattern = re.compile(re.escape(manifest.stem) + r"\.[0-9a-f]{8}\.shard-\d+-of-\d+" + re.escape(manifest.suffix) + "$")
+    pattern = re.compile(
+        re.escape(manifest.stem) + r"\.[0-9a-f]{8}\.shard-\d+-of-\d+" + re.escape(manifest.suffix) + "$"
+    )
     return [p for p in manifest.parent.iterdir() if pattern.match(p.name)] if manifest.parent.is_dir() else []
 
 
-def write_manifest(path: Path, fingerprint, params, build: str, shards: list[dict]) -> None:
+def write_manifest(path: Path, fingerprint, params, build: str, shards: list[ShardEntry]) -> None:
     doc = {"fingerprint": asdict(fingerprint), "index": asdict(params), "build": build, "shards": shards}
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as f:
@@ -163,7 +175,7 @@ class Manifest:
             self.fingerprint = Fingerprint(**doc["fingerprint"])
             self.params = IndexParams(**doc["index"])
             self.build = str(doc["build"])
-            self.shards = [
+            self.shards: list[ShardEntry] = [
                 {"file": str(s["file"]), "start": int(s["start"]), "stop": int(s["stop"]),
                  "content_sha256": str(s["content_sha256"])}
                 for s in doc["shards"]
@@ -268,7 +280,7 @@ def build_sharded(
     bounds = shard_bounds(int(split.n), n_shards)
     build = secrets.token_hex(4)
     written: list[Path] = []
-    entries = []
+    entries: list[ShardEntry] = []
     try:
         for i, (start, stop) in enumerate(bounds):
             view = SplitRange(split, start, stop)
@@ -288,7 +300,7 @@ def build_sharded(
     return Manifest(out)
 
 
-def remove_unreferenced(out: str | os.PathLike, keep: set[str] = frozenset()) -> None:
+def remove_unreferenced(out: str | os.PathLike, keep: Collection[str] = frozenset()) -> None:
     """Delete shard files beside ``out`` named after it that are not in ``keep`` (old or dead builds)."""
     for path in _shard_files(Path(out)):
         if path.name not in keep:
@@ -324,6 +336,8 @@ def index_store_sharded(
         if sp.n < 1:
             raise InputError(f"split '{split}' is empty; nothing to index")
         if n_shards is None:
+            if max_memory is None:  # not reached: exactly one of the two was checked above
+                raise InputError("give exactly one of --shards and --max-memory")
             n_shards = shards_for_memory(int(sp.n), int(sp.dim), params, max_memory, chunk_bytes)
         if progress_factory is not None:
             with progress_factory(sp.n, "indexing") as advance:

@@ -68,7 +68,9 @@ def render_per_class(doc: dict, fmt: str) -> None:
 # -- a sweep (sweep, merge) --------------------------------------------------------------------
 def _is(entry: dict | None, row: dict) -> bool:
     """Does the best/selected ``entry`` of a method name this result ``row``'s (k, T)?"""
-    return bool(entry) and entry["k"] == row["k"] and entry.get("temperature") == row.get("temperature")
+    if not entry:
+        return False
+    return entry["k"] == row["k"] and entry.get("temperature") == row.get("temperature")
 
 
 def sweep_table(doc: dict, fmt: str) -> dict:

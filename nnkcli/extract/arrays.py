@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nnkcli.storage.checks import check_feature_array
 from nnkcli.errors import InputError
 from nnkcli.extract.common import FileRows, ImportedFeatures
+from nnkcli.storage.checks import check_feature_array
 
 logger = logging.getLogger("nnkcli")
 
@@ -35,7 +35,8 @@ def _read_npy_header(fh) -> tuple[tuple[int, ...], bool, np.dtype]:
         return np.lib.format.read_array_header_1_0(fh)
     if version == (2, 0):
         return np.lib.format.read_array_header_2_0(fh)
-    return np.lib.format._read_array_header(fh, version)  # 3.0: utf-8 field names
+    # 3.0 (utf-8 field names) has no public reader; the private one is missing from numpy's stubs
+    return np.lib.format._read_array_header(fh, version)  # type: ignore[attr-defined]
 
 
 def _refuse_objects(shape, dtype, what: str, path: Path) -> None:

@@ -154,7 +154,7 @@ def load_dino(path: str | os.PathLike, *, split: str, labels_given: bool = False
         else:
             logger.warning("no labels found beside %s; the split is stored unlabelled", features_file.name)
     attrs = {"source_format": "dino"}
-    if labels is not None:
+    if labels is not None and labels_file is not None:  # labels are only read from labels_file
         attrs["labels_source"] = str(labels_file.resolve())
     return ImportedFeatures(
         features=features,

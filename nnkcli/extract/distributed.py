@@ -25,7 +25,9 @@ import logging
 import os
 import shutil
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +82,11 @@ def extract_distributed(store_path, split, samples, model, *, device: str = "aut
     from nnkcli.extract.torch_extract import extract_image_features
     from nnkcli.storage.store import FeatureStore, check_writable
 
-    rank, world, local_rank = launched_world()
+    launch = launched_world()
+    if launch is None:
+        raise InputError("extract_distributed needs a torchrun launch of more than one process",
+                         hint="call extract_image_features in a single process")
+    rank, world, local_rank = launch
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and ":" not in device:
@@ -115,7 +121,7 @@ def extract_distributed(store_path, split, samples, model, *, device: str = "aut
         if rank == 0:
             summary = assemble(store_path, split, samples, world, overwrite=overwrite,
                                lock_timeout=options.get("lock_timeout"))
-        box = [summary]
+        box: list[Any] = [summary]  # the other ranks receive rank 0's summary here
         dist.broadcast_object_list(box, src=0)
         return dict(box[0], ranks=world, device=device)
     finally:
@@ -162,7 +168,7 @@ def assemble(store_path: Path, split: str, samples, world: int, *, overwrite: bo
                              source=str(first.attrs["source"]), attrs=attrs, overwrite=overwrite,
                              expected_rows=len(samples), lock_timeout=lock_timeout)
         with writer:
-            for (rank, start, stop, path), fs in zip(parts, opened):
+            for (rank, start, stop, _), fs in zip(parts, opened, strict=True):
                 sp = fs.split(split)
                 ids = sp.ids or []
                 _check_order(ids, samples.ids[start:stop], rank, world)
@@ -179,7 +185,7 @@ def assemble(store_path: Path, split: str, samples, world: int, *, overwrite: bo
     finally:
         for fs in opened:
             fs.close()
-    for rank, _, _, path in parts:
+    for _, _, _, path in parts:
         _remove_rank_store(path, split)
     summary["skipped_images"] = skipped
     logger.info("assembled split '%s' from %d ranks: %d rows", split, world, summary.get("n", 0))
@@ -190,6 +196,6 @@ def _check_order(ids: list[str], expected: list[str], rank: int, world: int) -> 
     """A rank's rows must be its slice's images in order (minus skipped ones)."""
     position = {sample: i for i, sample in enumerate(expected)}
     seen = [position.get(i, -1) for i in ids]
-    if any(p < 0 for p in seen) or any(b <= a for a, b in zip(seen, seen[1:])):
+    if any(p < 0 for p in seen) or any(b <= a for a, b in pairwise(seen)):
         raise StoreError(f"the rows of rank {rank} of {world} are not its images in order",
                          hint="rerun without --resume to extract again")

@@ -85,9 +85,11 @@ def scan_image_folder(root: str | os.PathLike) -> ImageSamples:
             f"--images {root} has no class sub-folders",
             hint="lay images out as DIR/<class name>/<image>, or list them with --image-list",
         )
-    paths, labels, ids = [], [], []
+    paths: list[Path] = []
+    labels: list[int] = []
+    ids: list[str] = []
     for class_id, name in enumerate(classes):
-        found = []
+        found: list[Path] = []
         # sorted by folder path then file name: the order of torchvision's ImageFolder
         for dirpath, _, filenames in sorted(os.walk(root / name, followlinks=True)):
             if any(part.startswith(".") for part in Path(dirpath).relative_to(root).parts):

@@ -86,7 +86,7 @@ class CsvRows:
         if stop <= start:
             return out
         first = start // _CSV_STRIDE
-        with open(self.path, "r", encoding="utf-8", newline="") as fh:
+        with open(self.path, encoding="utf-8", newline="") as fh:
             fh.seek(self.offsets[first])
             reader = csv.reader(fh)
             row = first * _CSV_STRIDE
@@ -183,9 +183,9 @@ def _check_csv_header(header: list[str], path: Path) -> int:
         if required not in names:
             raise InputError(f"{path} has no '{required}' column (header: {','.join(names)[:120]})", hint=hint)
     middle = names[1:-1]
-    numbers = [_EMBEDDING_COLUMN.match(c) for c in middle]
-    if names[0] != "filenames" or names[-1] != "labels" or not middle or not all(numbers) \
-            or [int(m.group(1)) for m in numbers] != list(range(len(middle))):
+    numbers = [int(m.group(1)) for c in middle if (m := _EMBEDDING_COLUMN.match(c))]
+    if names[0] != "filenames" or names[-1] != "labels" or not middle or len(numbers) != len(middle) \
+            or numbers != list(range(len(middle))):
         raise InputError(f"{path} does not have lightly's column layout (header: {','.join(names)[:120]})",
                          hint=hint)
     return len(middle)
@@ -397,7 +397,7 @@ def load_embedding_reader(path: str | os.PathLike, *, features_key: str | None =
     labels_key_used = labels_key or "label"
     for shard in npy:
         number = _shard_number(shard)
-        meta = by_number.get(number)
+        meta = by_number.get(number) if number is not None else None
         if meta is None:
             raise InputError(f"embedding shard {shard.name} has no metadata file with number {number}",
                              hint=f"expected e.g. metadata_{number}.parquet")

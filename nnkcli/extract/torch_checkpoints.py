@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from nnkcli.errors import InputError
 from nnkcli.storage.checks import sha256_file
@@ -171,14 +171,15 @@ def find_state_dict(obj, key: str | None = None) -> tuple[dict, str | None]:
             hint="save model.state_dict(), or pass the model itself with --model torchscript:FILE",
         )
     if key is not None:
-        node, used = _descend(obj, key)
-        if not _is_state_dict(node):
+        picked, used = _descend(obj, key)
+        if not _is_state_dict(picked):
             raise InputError(
                 f"checkpoint[{used!r}] is not a dict of tensors",
-                hint=_keys_hint(node),
+                hint=_keys_hint(picked),
             )
-        return dict(node), used
-    node, path = obj, []
+        return dict(picked), used
+    node: Any = obj
+    path: list[str] = []
     while not _is_state_dict(node):
         nxt = next((k for k in CHECKPOINT_KEYS if isinstance(node.get(k), Mapping)), None)
         if nxt is None:
@@ -186,10 +187,10 @@ def find_state_dict(obj, key: str | None = None) -> tuple[dict, str | None]:
             raise InputError(f"cannot find the model's state dict in {where}", hint=_keys_hint(node))
         path.append(nxt)
         node = node[nxt]
-    used = ".".join(path) or None
-    if used:
-        logger.info("checkpoint: using the state dict under %r", used)
-    return dict(node), used
+    dotted = ".".join(path) or None
+    if dotted:
+        logger.info("checkpoint: using the state dict under %r", dotted)
+    return dict(node), dotted
 
 
 def _descend(obj: Mapping, key: str) -> tuple[object, str]:
@@ -203,7 +204,7 @@ def _descend(obj: Mapping, key: str) -> tuple[object, str]:
     return node, key
 
 
-def _is_state_dict(node) -> bool:
+def _is_state_dict(node: object) -> TypeGuard[Mapping]:
     import torch
 
     if not isinstance(node, Mapping) or not node:
@@ -410,7 +411,7 @@ def step_from_checkpoint(obj: Any) -> tuple[int, str] | None:
     if not isinstance(obj, dict):
         return None
     for key in CHECKPOINT_STEP_KEYS:
-        value = obj.get(key)
+        value: Any = obj.get(key)
         if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
             value = value.item()
         if isinstance(value, bool):

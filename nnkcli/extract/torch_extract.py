@@ -18,6 +18,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -312,8 +313,10 @@ def extract_image_features(
             logger.info("nothing to resume for split '%s'; starting from the first image", split)
         logger.info("extracting %d images (%d classes) with %s on %s, %d per batch",
                     len(samples) - start, len(samples.class_names), spec.text, device, batch_size)
+        # any map-style dataset (__len__, __getitem__) will do: ImageDataset stays free of torch
+        dataset = cast("torch.utils.data.Dataset[tuple[Any, ...]]", ImageDataset(samples, transform, start))
         loader = torch.utils.data.DataLoader(
-            ImageDataset(samples, transform, start), batch_size=batch_size, shuffle=False,
+            dataset, batch_size=batch_size, shuffle=False,
             num_workers=workers, pin_memory=device.startswith("cuda"),
         )
         try:

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nnkcli.storage.checks import check_feature_array
 from nnkcli.errors import InputError
-from nnkcli.extract.common import _VISSL_FILE, ImportedFeatures
-from nnkcli.extract.arrays import FileRows, load_npy, open_npy
+from nnkcli.extract.arrays import load_npy, open_npy
+from nnkcli.extract.common import _VISSL_FILE, FileRows, ImportedFeatures
+from nnkcli.storage.checks import check_feature_array
 
 logger = logging.getLogger("nnkcli")
 
@@ -139,7 +139,7 @@ def _check_gaps(unique_inds: np.ndarray, prefixes, folder: Path, vsplit: str, la
     if allow_gaps:
         logger.warning("%s; importing the %d rows present (--allow-gaps)", message, unique_inds.size)
         return
-    ranks = sorted({int(_RANK.match(p).group(1)) for p in prefixes if _RANK.match(p)})
+    ranks = sorted({int(m.group(1)) for p in prefixes if (m := _RANK.match(p))})
     hint = "copy every rank's shard files, or pass --allow-gaps to import the rows present"
     likely = _likely_missing_ranks(unique_inds, missing, ranks)
     if likely:
@@ -179,7 +179,12 @@ def load_vissl(path: str | os.PathLike, *, split: str, layer: str | None = None,
         vsplit, layer = _choose(scan_folder(folder), split, layer, folder)
     else:  # one shard's features file names the split and layer
         folder = path.parent
-        _, vsplit, file_layer = _VISSL_FILE.match(path.name).groups()
+        named = _VISSL_FILE.match(path.name)
+        if named is None:
+            raise InputError(f"{path.name} is not named like a VISSL features file "
+                             "(rank<R>[_chunk<C>]_<split>_<layer>_features.npy)",
+                             hint="give the folder of the VISSL extraction, or one of its features files")
+        _, vsplit, file_layer = named.groups()
         if layer is not None and layer != file_layer:
             raise InputError(f"--layer {layer} does not match the file {path.name} (layer {file_layer})",
                              hint="drop --layer or give the folder")

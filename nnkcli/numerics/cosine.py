@@ -38,6 +38,8 @@ it came in, so results are bit-identical whatever the chunking or the thread cou
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 
 from nnkcli.errors import InputError
@@ -108,7 +110,7 @@ def nnk_solve_cosine(X, g, k_values, *, tol: float = 1e-8, max_iter: int | None 
     if X.ndim != 3 or g.shape != X.shape[:2]:
         raise InputError(f"X must be (B, K, d) and g (B, K); got shapes {X.shape} and {g.shape}")
     ks = [int(k) for k in k_values]
-    if not ks or any(b <= a for a, b in zip(ks, ks[1:])) or ks[0] < 1 or ks[-1] > g.shape[1]:
+    if not ks or any(b <= a for a, b in pairwise(ks)) or ks[0] < 1 or ks[-1] > g.shape[1]:
         raise InputError(f"k_values must increase within 1..{g.shape[1]}, got {ks}")
     tol = float(tol)
     max_steps(max_iter, ks[-1])  # the numpy engine's own check, before either engine runs
@@ -135,7 +137,7 @@ def _solve_compiled(X, g, ks, tol, max_iter) -> list:
                for i in range(len(ks))]
     redo = np.flatnonzero(failed.any(axis=0) | ~(resid <= tol).all(axis=0))
     if redo.size:
-        for res, sub in zip(results, _solve_numpy(X[redo], g[redo], ks, tol, max_iter)):
+        for res, sub in zip(results, _solve_numpy(X[redo], g[redo], ks, tol, max_iter), strict=True):
             res.theta[redo], res.kkt_residual[redo] = sub.theta, sub.kkt_residual
             res.objective[redo], res.fallback[redo] = sub.objective, sub.fallback
             res.iterations[redo] = sub.iterations

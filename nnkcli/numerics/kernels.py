@@ -22,7 +22,8 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     bad = np.flatnonzero(~(norms > 0) | ~np.isfinite(norms))
     if bad.size:
         raise InputError(
-            f"{bad.size} feature rows are all-zero or not finite (first: row {int(bad[0])}); cosine similarity is undefined",
+            f"{bad.size} feature rows are all-zero or not finite (first: row {int(bad[0])}); "
+            "cosine similarity is undefined",
             hint="remove those rows or re-extract the features",
         )
     x /= norms[:, None]

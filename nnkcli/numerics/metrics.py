@@ -35,8 +35,8 @@ class Accumulator:
     n_unlabelled: int = 0
     top1_hits: int = 0
     top5_hits: int = 0
-    class_total: np.ndarray = field(default=None, repr=False)
-    class_hits: np.ndarray = field(default=None, repr=False)
+    class_total: np.ndarray = field(init=False, repr=False)  # (C,) int64: labelled queries per true class
+    class_hits: np.ndarray = field(init=False, repr=False)  # (C,) int64: top-1 hits per true class
     support: list = field(default_factory=list, repr=False)
     keep_hits: bool = False  # keep per-query correctness (paired tests across k, methods, runs)
     _hit1: list = field(default_factory=list, repr=False)
@@ -47,9 +47,8 @@ class Accumulator:
     kkt_tol: float | None = None
 
     def __post_init__(self):
-        if self.class_total is None:
-            self.class_total = np.zeros(self.n_classes, dtype=np.int64)
-            self.class_hits = np.zeros(self.n_classes, dtype=np.int64)
+        self.class_total = np.zeros(self.n_classes, dtype=np.int64)
+        self.class_hits = np.zeros(self.n_classes, dtype=np.int64)
 
     def update(self, top: np.ndarray, labels: np.ndarray, support: np.ndarray | None = None,
                solver_stats: tuple | None = None) -> None:

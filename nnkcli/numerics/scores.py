@@ -6,6 +6,8 @@ which never gives mass to any class.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 
 from nnkcli.errors import InputError
@@ -73,7 +75,7 @@ def knn_scores_path(sims, neighbor_labels, n_classes: int, k_values, *, weightin
     """
     ks = [int(k) for k in k_values]
     s = np.asarray(sims, dtype=np.float64)
-    if s.ndim != 2 or not ks or ks[0] < 1 or ks[-1] > s.shape[1] or any(b <= a for a, b in zip(ks, ks[1:])):
+    if s.ndim != 2 or not ks or ks[0] < 1 or ks[-1] > s.shape[1] or any(b <= a for a, b in pairwise(ks)):
         raise InputError(f"k_values must increase within 1..{s.shape[1] if s.ndim == 2 else 0}, got {ks}")
     B, C = s.shape[0], int(n_classes)
     labels = _labels(neighbor_labels, n_classes, s.shape, "sims")[:, : ks[-1]]

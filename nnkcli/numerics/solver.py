@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
-from nnkcli.numerics.active_set import _ENTER, g_scale, max_steps, solve_batch
 from nnkcli.errors import InputError
+from nnkcli.numerics.active_set import _ENTER, g_scale, max_steps, solve_batch
 from nnkcli.numerics.kernels import check_kernel, kernel_blocks
 from nnkcli.numerics.scores import knn_scores, nnk_scores, topk_classes, topk_hits
 
@@ -263,7 +264,7 @@ def nnk_solve_path(G, g, k_values, *, tol: float = 1e-8, max_iter: int | None = 
     """
     g = np.asarray(g)
     ks = [int(k) for k in k_values]
-    if not ks or any(b <= a for a, b in zip(ks, ks[1:])) or ks[0] < 1 or ks[-1] > g.shape[1]:
+    if not ks or any(b <= a for a, b in pairwise(ks)) or ks[0] < 1 or ks[-1] > g.shape[1]:
         raise InputError(f"k_values must increase within 1..{g.shape[1]}, got {ks}")
     results: list[NnkResult] = []
     prev: NnkResult | None = None

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 # scipy.special, not scipy.stats: importing scipy.stats costs ~0.5 s and pulls in optional
 # array libraries; the two functions needed here are plain special functions
 from scipy.special import bdtr, ndtri

@@ -102,11 +102,13 @@ def parse_history(lines: Iterable[bytes | str], path: str | os.PathLike = "<hist
             problem = f"not valid JSON: {exc.msg} (column {exc.colno})"
         if problem is None:
             problem = _entry_problem(entry)
-        ident = (entry["sha256"], entry_key(entry)) if problem is None else None
-        if problem is None and ident in line_of and entry.get("forced") is not True:
+        if problem is not None:
+            history.malformed.append(MalformedLine(number, problem))
+            continue
+        ident = (entry["sha256"], entry_key(entry))
+        if ident in line_of and entry.get("forced") is not True:
             problem = (f"duplicate entry for sha256 {entry['sha256'][:12]} with the same parameters "
                        f"(first on line {line_of[ident]})")
-        if problem is not None:
             history.malformed.append(MalformedLine(number, problem))
             continue
         entry["_line"] = number
@@ -157,7 +159,7 @@ def read_history(path: str | os.PathLike, *, missing_ok: bool = True, lock: bool
         if missing_ok:
             return History(path)
         raise HistoryError(f"history file not found: {path}", hint="nnk evaluate ... --history FILE creates it")
-    guard = contextlib.nullcontext()
+    guard: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if lock:
         guard = _shared_lock_if_possible(path)
     try:

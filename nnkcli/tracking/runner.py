@@ -34,10 +34,10 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from nnkcli import __version__
 from nnkcli.errors import InputError, NnkError, interrupt_in
@@ -192,7 +192,7 @@ def evaluate_one(
     parameters = source_parameters(options, data, model, source)
     store_path = source
     extract_s = None
-    if checkpoint:
+    if checkpoint and model is not None:  # a checkpoint without a model was refused above
         store_path = checkpoint_store_path(history_path, sha256, model)
         t_extract = time.perf_counter()
         extract_checkpoint(source, store_path, model, train_split=data.train_split,
@@ -202,7 +202,7 @@ def evaluate_one(
         # gate_requested: a query split without labels gives no accuracy to record
         result = sweep(store_path, options, data=data, gate_requested=True, progress_factory=progress_factory)
     finally:
-        if checkpoint and not model.keep_store:
+        if checkpoint and model is not None and not model.keep_store:
             with contextlib.suppress(OSError):
                 store_path.unlink()
     if hits_out is not None and getattr(result, "best_hits", None):
@@ -329,24 +329,26 @@ def evaluate_sources(
     options = options if options is not None else ScoringOptions(k_values=DEFAULT_K_SPEC)
     data = data if data is not None else DataOptions()
     if sweep is None:
-        from nnkcli.evaluation.sweeps import sweep
+        from nnkcli.evaluation.sweeps import sweep as default_sweep
+
+        sweep = default_sweep
     history_path = Path(history_path)
     if history_path.is_dir():
         raise HistoryError(f"--history is a directory: {history_path}", hint="give a file such as history.jsonl")
     if not history_path.parent.is_dir():
         raise HistoryError(f"the directory of --history does not exist: {history_path.parent}")
     check_can_create(history_path, "history")  # a read-only folder: now, not after the first evaluation
-    sources = [Path(s) for s in sources]
+    paths = [Path(s) for s in sources]
     if model is not None:
         from nnkcli.extract import require_torch
 
         require_torch("evaluating checkpoints")
-    if data.index_path is not None and len(sources) != 1:
+    if data.index_path is not None and len(paths) != 1:
         raise InputError("--index names the index of one store; give exactly one SOURCE with it")
     outcomes: dict[int, SourceOutcome] = {}
 
     deferred: list[_Job] = []
-    for i, source in enumerate(sources):
+    for i, source in enumerate(paths):
         try:
             stamp = file_stamp(source)  # before hashing: a later change is then always noticed
             sha = sha256_file(source)
@@ -359,7 +361,7 @@ def evaluate_sources(
             outcomes[i] = SourceOutcome(source, RunStatus.SKIPPED, sha, "already in history", existing)
             logger.info(f"{source.name}: already in history with these parameters, skipped")
             continue
-        job = _Job(i, len(sources), source, sha, stamp, history_path, options, data, sweep, model,
+        job = _Job(i, len(paths), source, sha, stamp, history_path, options, data, sweep, model,
                    progress_factory, key, existing.get("_line", 0) if existing is not None else 0, force,
                    lock_timeout)
         outcome = job.run(blocking=False)
@@ -371,7 +373,7 @@ def evaluate_sources(
 
     for job in deferred:
         outcomes[job.index] = job.run(blocking=True)
-    return [outcomes[i] for i in range(len(sources))]
+    return [outcomes[i] for i in range(len(paths))]
 
 
 @dataclass
@@ -393,6 +395,11 @@ class _Job:
     after_line: int = 0  # with force: only an entry newer than this line counts as done
     force: bool = False
     lock_timeout: float | None = None
+
+    @overload
+    def run(self, *, blocking: Literal[True]) -> SourceOutcome: ...
+    @overload
+    def run(self, *, blocking: bool) -> SourceOutcome | None: ...
 
     def run(self, *, blocking: bool) -> SourceOutcome | None:
         """Claim, evaluate and record; None when another process holds the claim (non-blocking)."""

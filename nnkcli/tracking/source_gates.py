@@ -156,7 +156,7 @@ def gate_run(
     history = history if history is not None else read_history(history_path)
     by_key: dict[str, list[dict]] = {}
     for outcome in outcomes:
-        if outcome.entry is not None and outcome.status in GATED_STATUSES:
+        if outcome.entry is not None and outcome.sha256 is not None and outcome.status in GATED_STATUSES:
             key = entry_key(outcome.entry)
             by_key.setdefault(key, []).append(history.find(outcome.sha256, key) or outcome.entry)
     report = SourceGateReport(method, [], max_drop=max_drop, min_top1=min_top1, min_top5=min_top5,
@@ -201,20 +201,21 @@ def check_source_gates(
         if top1 is None:
             report.notes.append(f"{name} has no {method} result: not gated")
             continue
-        others = [e for e in set_entries if e["sha256"] != entry["sha256"] and best_accuracy(e, method) is not None]
+        others = [(value, e) for e in set_entries
+                  if e["sha256"] != entry["sha256"] and (value := best_accuracy(e, method)) is not None]
         if others:
-            best = max(others, key=lambda e: best_accuracy(e, method))  # max keeps the first on ties
-            gate.best_other, gate.best_other_top1 = describe_entry(best), best_accuracy(best, method)
-            gate.drop = round(gate.best_other_top1 - top1, 4)
-        if max_drop is not None and gate.drop is not None and gate.drop > max_drop:
-            failed = True
-            if significant:
-                failed = _significant_drop(gate, entry, best, method, alpha, load_hits, report)
-            if failed:
-                how = f", McNemar p = {gate.p_value:.4g} < {alpha:g}" if gate.p_value is not None else ""
-                gate.failures.append(
-                    f"regression: {method} top-1 of {name} is {top1:.2f}, {gate.drop:.2f} points below the best "
-                    f"{gate.best_other_top1:.2f} of {gate.best_other} (allowed: {max_drop:g}{how})")
+            best_top1, best = max(others, key=lambda pair: pair[0])  # max keeps the first on ties
+            gate.best_other, gate.best_other_top1 = describe_entry(best), best_top1
+            gate.drop = round(best_top1 - top1, 4)
+            if max_drop is not None and gate.drop > max_drop:
+                failed = True
+                if significant:
+                    failed = _significant_drop(gate, entry, best, method, alpha, load_hits, report)
+                if failed:
+                    how = f", McNemar p = {gate.p_value:.4g} < {alpha:g}" if gate.p_value is not None else ""
+                    gate.failures.append(
+                        f"regression: {method} top-1 of {name} is {top1:.2f}, {gate.drop:.2f} points below the "
+                        f"best {best_top1:.2f} of {gate.best_other} (allowed: {max_drop:g}{how})")
         if min_top1 is not None and top1 < min_top1:
             gate.failures.append(f"{method} top-1 of {name} is {top1:.2f}, below --min-top1 {min_top1:g}")
         if min_top5 is not None and (top5 is None or top5 < min_top5):
@@ -227,18 +228,13 @@ def _significant_drop(gate, entry, best, method, alpha, load_hits, report) -> bo
     """Whether the drop is significant; falls back to the plain gate (True) when not paired."""
     mine = load_hits(entry) if load_hits else None
     theirs = load_hits(best) if load_hits else None
-    reason = None
     if mine is None or theirs is None:
-        reason = "no per-query results recorded"
-    elif method not in mine.by_method or method not in theirs.by_method:
-        reason = f"no per-query {method} results recorded"
-    else:
-        reason = mine.paired_with(theirs)
+        return _not_paired(gate, report, "no per-query results recorded")
+    if method not in mine.by_method or method not in theirs.by_method:
+        return _not_paired(gate, report, f"no per-query {method} results recorded")
+    reason = mine.paired_with(theirs)
     if reason is not None:
-        gate.paired = reason
-        report.notes.append(f"{gate.source} and {gate.best_other} are not paired ({reason}): "
-                            "the plain regression gate applies")
-        return True
+        return _not_paired(gate, report, reason)
     a = theirs.by_method[method][1]  # the best other entry: A
     b = mine.by_method[method][1]
     gate.paired = "paired"
@@ -247,4 +243,12 @@ def _significant_drop(gate, entry, best, method, alpha, load_hits, report) -> bo
         report.notes.append(f"{gate.source}: the drop of {gate.drop:.2f} points is not significant "
                             f"(McNemar p = {gate.p_value:.4g} >= {alpha:g})")
         return False
+    return True
+
+
+def _not_paired(gate, report, reason: str) -> bool:
+    """Note why the entries cannot be paired; the plain regression gate then applies (True: the drop fails)."""
+    gate.paired = reason
+    report.notes.append(f"{gate.source} and {gate.best_other} are not paired ({reason}): "
+                        "the plain regression gate applies")
     return True

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnkcli.evaluation.options import METHODS
+from nnkcli.numerics.scores import METHODS
 from nnkcli.tracking.history import History
 from nnkcli.tracking.paramsets import ParamSet, describe_parameters, entries_of, parameter_sets, pick_parameter_set
 
@@ -78,7 +78,8 @@ def history_rows(entries: Sequence[dict], methods: Sequence[str] | None = None) 
     ordered = order_entries(entries)
     methods = list(methods) if methods is not None else entry_methods(ordered)
     best_index = _best_indices(ordered, methods)
-    best_value = {m: best_accuracy(ordered[i], m) for m, i in best_index.items()}
+    # each method's best entry has a value for it (that is how it was chosen)
+    best_value = {m: v for m, i in best_index.items() if (v := best_accuracy(ordered[i], m)) is not None}
     rows = []
     previous: dict[str, float] = {}
     for i, entry in enumerate(ordered):
