@@ -18,19 +18,20 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import faiss
 import numpy as np
 
-from nnkcli.storage.atomic import check_can_create, check_free_space
 from nnkcli.errors import IndexFileError, InputError, StaleIndexError
-from nnkcli.numerics.kernels import normalize_rows
 from nnkcli.index_file import check_payload, damaged_header, read_index_file, write_index_file
 from nnkcli.index_flat import flat_search, flat_view
+from nnkcli.numerics.kernels import normalize_rows
 from nnkcli.settings import Settings, at_least, count, optional_count, setting
+from nnkcli.storage.atomic import check_can_create, check_free_space
 
 logger = logging.getLogger("nnkcli")
 
@@ -51,13 +52,13 @@ class Fingerprint:
     content_sha256: str
     store: str = ""  # informational: the store's path when the index was built
 
-    def matches(self, other: "Fingerprint") -> bool:
+    def matches(self, other: Fingerprint) -> bool:
         return (self.split, self.n, self.dim, self.content_sha256) == (
             other.split, other.n, other.dim, other.content_sha256,
         )
 
     @classmethod
-    def of_split(cls, split, store_path: str | os.PathLike = "") -> "Fingerprint":
+    def of_split(cls, split, store_path: str | os.PathLike = "") -> Fingerprint:
         return cls(
             split=split.name, n=int(split.n), dim=int(split.dim),
             content_sha256=split.content_sha256, store=str(Path(store_path).resolve()) if store_path else "",

@@ -28,8 +28,9 @@ import json
 import logging
 import os
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import faiss
 

@@ -136,8 +136,8 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_
     """
     from nnkcli.evaluation.sweeps import sweep
     from nnkcli.numerics.metrics import check_gate_method
-    from nnkcli.tracking.history import read_history
     from nnkcli.tracking.checkpoints import ModelOptions
+    from nnkcli.tracking.history import read_history
     from nnkcli.tracking.runner import evaluate_sources, status_counts
     from nnkcli.tracking.source_gates import gate_run
     from nnkcli.tracking.sources import collect_sources

@@ -10,8 +10,8 @@ from click.core import ParameterSource
 
 from nnkcli.cli import command_options, get_ui, lock_timeout_option
 from nnkcli.commands._options import check_with
-from nnkcli.evaluation.options import split_name
 from nnkcli.commands.extract_images import IMAGE_OPTION_NAMES, image_options, run_image_extraction
+from nnkcli.evaluation.options import split_name
 from nnkcli.output import Column, render
 
 logger = logging.getLogger("nnkcli")
@@ -143,9 +143,9 @@ def _check_usage(ctx: click.Context, from_path: str | None, image_source: str | 
 
 def _import_arrays(ui, store, split, from_path, labels_path, features_key, labels_key, layer, overwrite, meta,
                    class_names_path=None, lock_timeout=None, allow_gaps=False):
-    from nnkcli.storage.checks import check_split_name
     from nnkcli.errors import InputError
     from nnkcli.extract import load_features
+    from nnkcli.storage.checks import check_split_name
     from nnkcli.storage.store import write_split
 
     check_split_name(split)

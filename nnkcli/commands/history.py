@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from nnkcli.commands._options import plot_option
 from nnkcli.cli import command_options, get_ui
+from nnkcli.commands._options import plot_option
 from nnkcli.output import Column, render
 
 logger = logging.getLogger("nnkcli")

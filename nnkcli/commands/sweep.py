@@ -47,8 +47,8 @@ def sweep(store, scoring, data, shard, out, plot, tensorboard_dir, step, min_top
       nnk sweep feats.h5 --select-on train --temperature 0.02,0.05,0.07,0.1
       nnk sweep feats.h5 --protocol dino
     """
-    from nnkcli.numerics.metrics import check_gate_method, check_gates
     from nnkcli.evaluation.sweeps import sweep as run_sweep
+    from nnkcli.numerics.metrics import check_gate_method, check_gates
 
     ui = get_ui()
     data = data.replace(shard=shard)

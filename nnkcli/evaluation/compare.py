@@ -400,8 +400,8 @@ def compare(
 
 def _kind(path: str | os.PathLike) -> str:
     """``predictions`` or ``store``, from the file's root attribute (missing files fail later, clearly)."""
-    from nnkcli.storage.array_files import ArrayFileReader
     from nnkcli.errors import StoreError
+    from nnkcli.storage.array_files import ArrayFileReader
 
     p = Path(path)
     if not p.is_file():

@@ -7,8 +7,8 @@ parameter, and builds the same document the unsharded run gives.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from nnkcli.errors import InputError
 from nnkcli.evaluation.partials import FORMAT, FORMAT_VERSION, shard_rows

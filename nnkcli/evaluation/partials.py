@@ -22,7 +22,7 @@ unsharded run, exactly. Only ``timing`` differs (it is summed over the parts).
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -17,7 +17,7 @@ candidate set is re-ranked in float64 and merged with :func:`merge_topk`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -14,8 +14,15 @@ from collections.abc import Callable, Sequence
 
 from nnkcli.errors import InputError
 from nnkcli.evaluation.documents import result_document
-from nnkcli.evaluation.options import (DEFAULT_ALPHA, DataOptions, ScoringOptions, apply_protocol,
-                                      check_shard_output, parse_k_spec, resolve)
+from nnkcli.evaluation.options import (
+    DEFAULT_ALPHA,
+    DataOptions,
+    ScoringOptions,
+    apply_protocol,
+    check_shard_output,
+    parse_k_spec,
+    resolve,
+)
 from nnkcli.evaluation.results import SweepResult
 from nnkcli.evaluation.selection import run_selection
 from nnkcli.evaluation.setup import Evaluation, check_labelled, open_evaluation, with_k

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from nnkcli.errors import InputError, MissingDependencyError
-from nnkcli.evaluation.options import BACKENDS, DEVICES  # noqa: F401  (re-exported: the backend's choices)
+from nnkcli.evaluation.options import BACKENDS, DEVICES
 from nnkcli.evaluation.search import DeviceNeighbors, Searcher
 
 logger = logging.getLogger("nnkcli")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnkcli.errors import InputError, StoreError
 from nnkcli.storage.atomic import atomic_write_text, discard_temp, temp_path_for
 from nnkcli.storage.checks import (
     STORED_DTYPES,
@@ -34,7 +35,6 @@ from nnkcli.storage.checks import (
     tensor_to_numpy,
     to_stored,
 )
-from nnkcli.errors import InputError, StoreError
 
 logger = logging.getLogger("nnkcli")
 

@@ -14,15 +14,14 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from nnkcli.cli import cli
-from nnkcli.tracking.history import read_history
 from nnkcli.evaluation.sweeps import SweepResult
+from nnkcli.tracking.history import read_history
 
 
 # -- in-process, with a fake sweep ------------------------------------------------------
@@ -353,8 +352,8 @@ def test_killed_evaluation_leaves_a_valid_history_and_rerun_completes(tmp_path, 
 
 def test_recorded_accuracy_matches_an_independent_knn(tmp_path, stores, runner):
     """The recorded kNN top-1 equals a brute-force numpy weighted kNN (DINO's exp(cos / T) votes)."""
-    from nnkcli.storage.store import FeatureStore
     from nnkcli.evaluation.sweeps import sweep
+    from nnkcli.storage.store import FeatureStore
 
     hist = tmp_path / "history.jsonl"
     res = runner.invoke(cli, ["evaluate", str(stores[0]), "--history", str(hist), "--k", "5,10",
@@ -434,9 +433,9 @@ def ckpt_args(run: Path, *extra):
 
 
 def test_checkpoints_are_extracted_beside_the_history_then_evaluated(runner, checkpoint_run):
+    import nnk_evaltiny
     import torch
 
-    import nnk_evaltiny
     from nnkcli.extract.images import EvalTransform, scan_image_folder
     from nnkcli.storage.store import FeatureStore
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from functools import partial
 
-import nnk_data
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binomtest
 
+import nnk_data
 from nnkcli.cli import cli
 from nnkcli.errors import InputError
 from nnkcli.tracking import sidecar

@@ -24,7 +24,6 @@ import pytest
 
 from nnk_data import mixture
 from nnk_outputs import is_complete, sha256_of, temp_names
-
 from nnkcli.storage.store import write_split
 
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ import json
 import sys
 
 import pytest
-import tfevents  # tests/helpers (pytest's pythonpath): an independent event-file reader
 
+import tfevents  # tests/helpers (pytest's pythonpath): an independent event-file reader
 from nnkcli.cli import cli
 from nnkcli.tracking.history import append_entry
 

@@ -18,7 +18,7 @@ def test_every_export_resolves_to_a_function_or_class():
 
 
 def test_functions_stay_functions_after_their_modules_are_imported():
-    import nnkcli.evaluation.classification  # noqa: F401
+    import nnkcli.evaluation.classification
     import nnkcli.evaluation.sweeps  # noqa: F401
     from nnkcli import classify, sweep
 

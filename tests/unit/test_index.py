@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from nnk_index_data import ArraySplit, clustered, saved_index
 
+from nnk_index_data import ArraySplit, clustered, saved_index
 from nnkcli.errors import IndexFileError, InputError, StaleIndexError
 from nnkcli.index import (
     Fingerprint,

@@ -9,8 +9,8 @@ import zlib
 import faiss
 import numpy as np
 import pytest
-from nnk_index_data import ArraySplit, clustered, saved_index
 
+from nnk_index_data import ArraySplit, clustered, saved_index
 from nnkcli.errors import IndexFileError
 from nnkcli.index import Fingerprint, IndexParams, build_index, load_index, normalize_rows, save_index
 from nnkcli.index_file import MAGIC, damaged_header, read_index_file, write_index_file

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from functools import partial
 
-import nnk_data
 import numpy as np
 import pytest
 from scipy.optimize import nnls
 
+import nnk_data
 from nnkcli.errors import InputError, OptionError, StaleIndexError
 from nnkcli.evaluation.classification import classify
 from nnkcli.evaluation.results import ClassifyResult

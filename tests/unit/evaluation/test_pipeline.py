@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 from nnk_data import two_splits
+from nnkcli.errors import InputError
 from nnkcli.evaluation import memory, pipeline, streaming
+from nnkcli.evaluation.options import ScoringOptions
 from nnkcli.evaluation.setup import Evaluation
 from nnkcli.evaluation.streaming import evaluate_chunks
-from nnkcli.evaluation.options import ScoringOptions
 from nnkcli.parallel import available_cores, native_threads, resolve_threads
 from nnkcli.storage.store import write_split
-from nnkcli.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 from functools import partial
 
-import nnk_data
 import numpy as np
 import pytest
 from scipy.optimize import nnls
 
-from nnkcli.errors import InputError
+import nnk_data
+from nnkcli.errors import InputError, OptionError
 from nnkcli.evaluation.classification import classify
-from nnkcli.errors import OptionError
 from nnkcli.evaluation.options import ScoringOptions, apply_protocol
 from nnkcli.evaluation.protocols import PROTOCOLS, get_protocol
 from nnkcli.evaluation.selection import selection_rows
@@ -63,7 +62,7 @@ def oracle_selection(xt, yt, rows, k_values, temps, C=4):
     X = unit(xt)
     top1 = {}
     for k in k_values:
-        hits_nnk, hits_knn = 0, {T: 0 for T in temps}
+        hits_nnk, hits_knn = 0, dict.fromkeys(temps, 0)
         for i in rows:
             nb, s = loo_neighbors(X, i, k)
             labels = [int(yt[j]) for j in nb]

@@ -16,8 +16,8 @@ torch = pytest.importorskip("torch")
 from nnkcli.errors import InputError  # noqa: E402
 from nnkcli.evaluation import torch_backend as tb  # noqa: E402
 from nnkcli.evaluation.classification import classify  # noqa: E402
-from nnkcli.evaluation.scoring import score_chunk  # noqa: E402
 from nnkcli.evaluation.options import ScoringOptions  # noqa: E402
+from nnkcli.evaluation.scoring import score_chunk  # noqa: E402
 from nnkcli.evaluation.sweeps import sweep  # noqa: E402
 from nnkcli.numerics import scores as np_scores  # noqa: E402
 from nnkcli.storage.store import write_split  # noqa: E402
@@ -217,9 +217,9 @@ def test_sample_store_sweep_torch_cpu_within_005_points(sample_store):
 
 def test_torch_float64_results_are_bit_identical_across_chunk_sizes(tie_free):
     """Below the float32 files: the chunks' float64 similarities, class scores and NNK weights."""
+    from nnkcli.evaluation.options import DataOptions
     from nnkcli.evaluation.setup import open_evaluation
     from nnkcli.evaluation.streaming import evaluate_chunks
-    from nnkcli.evaluation.options import DataOptions
 
     def collect(chunk):
         opts = ScoringOptions(k_values=(5, 20), backend="torch", device="cpu", chunk_size=chunk,

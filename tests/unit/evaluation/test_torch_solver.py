@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from scipy.optimize import nnls
 
 from nnk_data import nnk_problem
+
 torch = pytest.importorskip("torch")
 
 from nnkcli.errors import InputError  # noqa: E402

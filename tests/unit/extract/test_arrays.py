@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from nnkcli.errors import InputError, MissingDependencyError
-from nnkcli.extract import detect_format, load_features
-from nnkcli.extract import read_labels
+from nnkcli.extract import detect_format, load_features, read_labels
 from nnkcli.extract.arrays import FileRows, open_npy, open_npz_member
 from nnkcli.extract.vissl import ShardedRows
 from nnkcli.storage.store import FeatureStore, write_split

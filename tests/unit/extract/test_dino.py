@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from nnkcli.errors import InputError
-from nnkcli.extract import load_features
-from nnkcli.extract import read_labels
+from nnkcli.extract import load_features, read_labels
 from nnkcli.storage.labels import map_labels
 
 REPO = Path(__file__).resolve().parents[3]

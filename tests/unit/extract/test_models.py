@@ -14,7 +14,6 @@ from nnkcli.errors import InputError  # noqa: E402
 from nnkcli.extract.models import build_model, parse_model_spec, replace_head  # noqa: E402
 
 
-
 @pytest.fixture
 def fake_torchvision(monkeypatch, tinynets):
     """A stand-in ``torchvision`` whose ``models`` hold tiny architectures."""

@@ -23,8 +23,6 @@ from nnkcli.extract.torch_checkpoints import (  # noqa: E402
     summarize_keys,
 )
 
-
-
 # -- prefixes and nesting -----------------------------------------------------------
 MODEL_KEYS = ["conv1.weight", "conv1.bias", "bn1.weight", "layer1.0.conv.weight"]
 

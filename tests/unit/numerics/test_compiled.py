@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 import nnk_data
 import nnk_oracles as oracles  # tests/helpers (pytest's pythonpath)
-
 from nnkcli.errors import InputError
 from nnkcli.numerics import compiled, cosine
 from nnkcli.numerics.active_set import _DEPENDENT, _ENTER, _EXACT

@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 import nnk_data
 import nnk_oracles as oracles  # tests/helpers (pytest's pythonpath)
 from nnk_data import unit
-
 from nnkcli.errors import InputError
 from nnkcli.numerics import compiled, cosine
 from nnkcli.numerics.cosine import cosine_products, nnk_solve_cosine

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from nnkcli.errors import InputError, StoreError
-from nnkcli.storage.split_writer import partial_path
-from nnkcli.storage.split_writer import SplitWriter
+from nnkcli.storage.split_writer import SplitWriter, partial_path
 from nnkcli.storage.store import FeatureStore, write_split
 
 REPO = Path(__file__).resolve().parents[3]
