@@ -55,8 +55,15 @@ def write_predictions(path: Path, labels: np.ndarray, right: np.ndarray, seed: i
                 top = np.argsort(-scores, axis=1, kind="stable")[:, :5]
                 out.write(f"{method}/scores", start, scores)
                 out.write(f"{method}/top5", start, top)
-        out.set_attrs({"nnk_format": "predictions", "format_version": 1, "k": 50,
-                       "methods": ["nnk", "knn"], "class_names": [f"class{c}" for c in range(N_CLASSES)]})
+        out.set_attrs(
+            {
+                "nnk_format": "predictions",
+                "format_version": 1,
+                "k": 50,
+                "methods": ["nnk", "knn"],
+                "class_names": [f"class{c}" for c in range(N_CLASSES)],
+            }
+        )
 
 
 NAIVE = """
@@ -120,15 +127,22 @@ def main() -> None:
             runs["naive"].append(timed(["--naive", str(pa), str(pb)]))
         best = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
         peak = {k: min(r["peak_rss_mib"] for r in v) for k, v in runs.items()}
-    print(f"nnk compare: two prediction files of {n:,} queries x {N_CLASSES} classes ({size_mib:,.0f} MiB on disk), "
-          f"best of {args.repeat}")
+    print(
+        f"nnk compare: two prediction files of {n:,} queries x {N_CLASSES} classes ({size_mib:,.0f} MiB on disk), "
+        f"best of {args.repeat}"
+    )
     print(f"{'run':<34}{'wall s':>8}{'peak RSS MiB':>14}")
-    for name, label in (("compare", "nnk compare A.h5 B.h5"), ("startup", "nnk compare --help (imports)"),
-                        ("naive", "naive: load both files whole")):
+    for name, label in (
+        ("compare", "nnk compare A.h5 B.h5"),
+        ("startup", "nnk compare --help (imports)"),
+        ("naive", "naive: load both files whole"),
+    ):
         print(f"{label:<34}{best[name]['seconds']:>8.2f}{peak[name]:>14.0f}")
-    print(f"compare above the import floor: {best['compare']['seconds'] - best['startup']['seconds']:.2f} s, "
-          f"{peak['compare'] - peak['startup']:.0f} MiB; naive loading needs "
-          f"{peak['naive'] / peak['compare']:.1f}x the peak memory")
+    print(
+        f"compare above the import floor: {best['compare']['seconds'] - best['startup']['seconds']:.2f} s, "
+        f"{peak['compare'] - peak['startup']:.0f} MiB; naive loading needs "
+        f"{peak['naive'] / peak['compare']:.1f}x the peak memory"
+    )
     print("verdict:", best["compare"]["stdout"].strip().splitlines()[-1])
 
 

@@ -70,19 +70,20 @@ def main() -> None:
         with FeatureStore(store) as fs:
             xt, yt = fs.split("train").read(), np.asarray(fs.split("train").labels)
             xq, yq = fs.split("val").read(), np.asarray(fs.split("val").labels)
-        print(f"{n_train} x {dim} train rows, {n_query} queries, k = {args.k} ({len(k_values)} values); "
-              f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
+        print(
+            f"{n_train} x {dim} train rows, {n_query} queries, k = {args.k} ({len(k_values)} values); "
+            f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start"
+        )
         cli = [sys.executable, "-m", "nnkcli", "sweep", str(store), "--k", args.k, "--format", "json", "-q"]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         rows = []
         runs = {
             "memory": lambda: evaluate_features(xt, yt, xq, yq, k=k_values).to_dict(),
             "library": lambda: sweep(store, k=k_values).to_dict(),
-            "cli": lambda: json.loads(subprocess.run(cli, capture_output=True, text=True, env=env,
-                                                     check=True).stdout),
+            "cli": lambda: json.loads(subprocess.run(cli, capture_output=True, text=True, env=env, check=True).stdout),
         }
         for round_ in range(args.repeat):
-            order = list(runs)[round_ % 3:] + list(runs)[: round_ % 3]  # rotate: no path always runs first
+            order = list(runs)[round_ % 3 :] + list(runs)[: round_ % 3]  # rotate: no path always runs first
             times, docs = {}, {}
             for name in order:
                 times[name], docs[name] = timed(runs[name])
@@ -92,17 +93,23 @@ def main() -> None:
             t_write, _ = timed(partial(write_store, copy, xt, yt, xq, yq))
             copy.unlink()
             for other in (lib, cli_doc):
-                assert [(r["method"], r["k"], r["top1"]) for r in other["results"]] == \
-                       [(r["method"], r["k"], r["top1"]) for r in mem["results"]], "the sweeps disagree"
+                assert [(r["method"], r["k"], r["top1"]) for r in other["results"]] == [
+                    (r["method"], r["k"], r["top1"]) for r in mem["results"]
+                ], "the sweeps disagree"
             rows.append((t_mem, t_lib, t_cli, t_write))
-            print(f"round {round_ + 1}: evaluate_features {t_mem:7.2f} s | sweep(store) {t_lib:7.2f} s "
-                  f"({t_lib / t_mem:.2f}x) | nnk sweep {t_cli:7.2f} s ({t_cli / t_mem:.2f}x) | "
-                  f"write the store {t_write:6.2f} s | load {os.getloadavg()[0]:.1f}", flush=True)
+            print(
+                f"round {round_ + 1}: evaluate_features {t_mem:7.2f} s | sweep(store) {t_lib:7.2f} s "
+                f"({t_lib / t_mem:.2f}x) | nnk sweep {t_cli:7.2f} s ({t_cli / t_mem:.2f}x) | "
+                f"write the store {t_write:6.2f} s | load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
         t_mem, t_lib, t_cli, t_write = (min(col) for col in zip(*rows, strict=True))
         best = {m: (b["k"], b["top1"]) for m, b in mem["best"].items()}
-        print(f"\nminimum of {args.repeat}: evaluate_features {t_mem:.2f} s; sweep(store) {t_lib:.2f} s = "
-              f"{t_lib / t_mem:.2f}x; nnk sweep {t_cli:.2f} s = {t_cli / t_mem:.2f}x; "
-              f"write + nnk sweep {t_write + t_cli:.2f} s = {(t_write + t_cli) / t_mem:.2f}x")
+        print(
+            f"\nminimum of {args.repeat}: evaluate_features {t_mem:.2f} s; sweep(store) {t_lib:.2f} s = "
+            f"{t_lib / t_mem:.2f}x; nnk sweep {t_cli:.2f} s = {t_cli / t_mem:.2f}x; "
+            f"write + nnk sweep {t_write + t_cli:.2f} s = {(t_write + t_cli) / t_mem:.2f}x"
+        )
         print(f"best k: {best}; in-memory timing: {mem['timing']}")
 
 

@@ -69,17 +69,34 @@ def main() -> None:
         make_npy(features, args.rows, args.dim, args.seed)
         input_mib = features.stat().st_size / 2**20
         store = tmp / "feats.h5"
-        first = run_cli(["extract", str(store), "--split", "train", "--from", str(features),
-                         "--labels", str(tmp / "labels.npy"), "-q"])
+        first = run_cli(
+            [
+                "extract",
+                str(store),
+                "--split",
+                "train",
+                "--from",
+                str(features),
+                "--labels",
+                str(tmp / "labels.npy"),
+                "-q",
+            ]
+        )
         second = run_cli(["extract", str(store), "--split", "val", "--from", str(features), "-q"])
         baseline = run_cli(["info", str(store), "--format", "json"])  # interpreter + numpy/h5py/rich imports
     report = {
         "input": f"{args.rows} x {args.dim} float32 .npy ({input_mib:.0f} MiB)",
         "nnk_info_rss_mib": round(baseline["peak_rss_mib"], 1),
-        "first_split": {"seconds": round(first["seconds"], 2), "peak_rss_mib": round(first["peak_rss_mib"], 1),
-                        "mib_per_s": round(input_mib / first["seconds"], 1)},
-        "second_split": {"seconds": round(second["seconds"], 2), "peak_rss_mib": round(second["peak_rss_mib"], 1),
-                         "note": "copies the first split into the new file, then writes the second"},
+        "first_split": {
+            "seconds": round(first["seconds"], 2),
+            "peak_rss_mib": round(first["peak_rss_mib"], 1),
+            "mib_per_s": round(input_mib / first["seconds"], 1),
+        },
+        "second_split": {
+            "seconds": round(second["seconds"], 2),
+            "peak_rss_mib": round(second["peak_rss_mib"], 1),
+            "note": "copies the first split into the new file, then writes the second",
+        },
         "peak_rss_over_input": round(first["peak_rss_mib"] / input_mib, 3),
     }
     print(json.dumps(report, indent=2))

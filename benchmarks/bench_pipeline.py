@@ -111,8 +111,9 @@ def find_idx(data: Path, stem: str) -> Path:
     for name in (f"{stem}.gz", stem):
         if (data / name).exists():
             return data / name
-    raise SystemExit(f"Fashion-MNIST file {stem}(.gz) not found in {data}; install dataset-fashion-mnist "
-                     "or pass --data DIR")
+    raise SystemExit(
+        f"Fashion-MNIST file {stem}(.gz) not found in {data}; install dataset-fashion-mnist or pass --data DIR"
+    )
 
 
 def make_fashion_store(path: Path, data: Path, n_query: int) -> None:
@@ -190,8 +191,12 @@ def flat_search_rates(dim: int, k: int, n_train: int = 32768, n_query: int = 204
     search multiplies with the OpenBLAS bundled in its wheel, nnkcli's with numpy's BLAS
     (see ``nnkcli.index.flat_search``); both keep the best k in faiss's heaps.
     """
-    out = subprocess.run([sys.executable, "-c", _FLAT_RATES, str(dim), str(n_train), str(n_query), str(k)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _FLAT_RATES, str(dim), str(n_train), str(n_query), str(k)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     faiss_rate, ours = (float(v) for v in out.stdout.split())
     return faiss_rate, ours
 
@@ -242,8 +247,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds, minimum taken (default 3, quick 1)")
     ap.add_argument("--threads", type=int, default=None, help="--threads of every run (default: the cores available)")
-    ap.add_argument("--busy", action="store_true", help="also run classify --k 200 --method both beside N = cores "
-                                                        "CPU-bound competitor processes")
+    ap.add_argument(
+        "--busy",
+        action="store_true",
+        help="also run classify --k 200 --method both beside N = cores CPU-bound competitor processes",
+    )
     ap.add_argument("--only-busy", action="store_true", help="run only the busy-machine check")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the store here (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None, help="also write the measurements here")
@@ -270,9 +278,10 @@ def main() -> None:
             # in a child process: a child's peak RSS starts at its parent's at fork time,
             # so this process must never hold the arrays itself
             ctx = multiprocessing.get_context("spawn")
-            maker = ctx.Process(target=make_fashion_store if fashion else make_store,
-                                args=(store, a.data, n_query) if fashion else
-                                (store, n_train, n_query, dim, a.classes, a.seed))
+            maker = ctx.Process(
+                target=make_fashion_store if fashion else make_store,
+                args=(store, a.data, n_query) if fashion else (store, n_train, n_query, dim, a.classes, a.seed),
+            )
             maker.start()
             maker.join()
             if maker.exitcode != 0:
@@ -300,8 +309,9 @@ def main() -> None:
                 best = results.get(name)
                 if best is None or r["wall_s"] < best["wall_s"]:
                     results[name] = r
-                print(f"  round {rnd + 1}: {name:<22} {r['wall_s']:7.2f}s  {r['peak_rss_mib']:8.0f} MiB",
-                      file=sys.stderr)
+                print(
+                    f"  round {rnd + 1}: {name:<22} {r['wall_s']:7.2f}s  {r['peak_rss_mib']:8.0f} MiB", file=sys.stderr
+                )
         peaks.append(gemm_peak(threads, gemm_n))
         peaks1.append(gemm_peak(1, gemm_n))
         peak, peak1 = max(peaks), max(peaks1)
@@ -317,22 +327,32 @@ def main() -> None:
                     loaded.append(run_cli(args)["wall_s"])
                 finally:
                     stop()
-                print(f"  round {rnd + 1}: busy check idle {idle[-1]:.2f}s, with {cores} competitors "
-                      f"{loaded[-1]:.2f}s", file=sys.stderr)
+                print(
+                    f"  round {rnd + 1}: busy check idle {idle[-1]:.2f}s, with {cores} competitors {loaded[-1]:.2f}s",
+                    file=sys.stderr,
+                )
             busy_rows = {"idle_s": min(idle), "busy_s": min(loaded), "competitors": cores, "args": runs_busy}
 
-    print(f"\n{'Fashion-MNIST raw pixels' if fashion else 'synthetic store'}: {n_train:,} x {dim} train, "
-          f"{n_query:,} queries; flat index built in {index['wall_s']:.1f}s; --threads {threads} of {cores} cores; "
-          f"best of {repeats} interleaved rounds")
-    print(f"float32 GEMM peak ({gemm_n}^3, this run): {peak1:.0f} GFLOP/s on 1 thread "
-          f"(rounds: {', '.join(f'{p:.0f}' for p in peaks1)}), {peak:.0f} GFLOP/s on {threads} threads "
-          f"(rounds: {', '.join(f'{p:.0f}' for p in peaks)})")
-    print(f"flat search of 2,048 random queries in 32,768 x {dim} rows at k = 50, one thread, this run: "
-          f"faiss's IndexFlatIP.search {flat_rates[0]:.0f} GFLOP/s (the OpenBLAS in its wheel), "
-          f"nnkcli's {flat_rates[1]:.0f} GFLOP/s (numpy's BLAS)")
+    print(
+        f"\n{'Fashion-MNIST raw pixels' if fashion else 'synthetic store'}: {n_train:,} x {dim} train, "
+        f"{n_query:,} queries; flat index built in {index['wall_s']:.1f}s; --threads {threads} of {cores} cores; "
+        f"best of {repeats} interleaved rounds"
+    )
+    print(
+        f"float32 GEMM peak ({gemm_n}^3, this run): {peak1:.0f} GFLOP/s on 1 thread "
+        f"(rounds: {', '.join(f'{p:.0f}' for p in peaks1)}), {peak:.0f} GFLOP/s on {threads} threads "
+        f"(rounds: {', '.join(f'{p:.0f}' for p in peaks)})"
+    )
+    print(
+        f"flat search of 2,048 random queries in 32,768 x {dim} rows at k = 50, one thread, this run: "
+        f"faiss's IndexFlatIP.search {flat_rates[0]:.0f} GFLOP/s (the OpenBLAS in its wheel), "
+        f"nnkcli's {flat_rates[1]:.0f} GFLOP/s (numpy's BLAS)"
+    )
     if results:
-        print(f"\n{'run':<24}{'wall s':>9}{'peak RSS MiB':>14}{'search s':>10}{'nnk s':>8}{'nnk top-1 %':>13}"
-              f"{'knn top-1 %':>13}")
+        print(
+            f"\n{'run':<24}{'wall s':>9}{'peak RSS MiB':>14}{'search s':>10}{'nnk s':>8}{'nnk top-1 %':>13}"
+            f"{'knn top-1 %':>13}"
+        )
         for name, r in results.items():
             doc = r["doc"]
             cells = []
@@ -340,16 +360,20 @@ def main() -> None:
                 rows = [x["top1"] for x in doc["results"] if x["method"] == method]
                 cells.append(f"{max(rows):>13.2f}" if rows else f"{'-':>13}")
             t = doc["timing"]
-            print(f"{name:<24}{r['wall_s']:>9.2f}{r['peak_rss_mib']:>14.0f}{t['search_s']:>10.2f}{t['nnk_s']:>8.2f}"
-                  f"{''.join(cells)}")
+            print(
+                f"{name:<24}{r['wall_s']:>9.2f}{r['peak_rss_mib']:>14.0f}{t['search_s']:>10.2f}{t['nnk_s']:>8.2f}"
+                f"{''.join(cells)}"
+            )
         flop = 2.0 * n_query * n_train * dim
         print("\nsearch efficiency (flat-search FLOP / search thread-seconds / 1-thread GEMM peak; target >= 70 %):")
         eff = {}
         for k in (20, 50, 200):
             t = results[f"classify k={k} knn"]["doc"]["timing"]
             eff[k] = flop / t["search_s"] / (peak1 * 1e9)
-            print(f"  k = {k:<4} {eff[k]:6.1%}  ({flop / 1e12:.2f} TFLOP in {t['search_s']:.2f} thread-seconds)  "
-                  f"{'PASS' if eff[k] >= 0.7 else 'FAIL'}")
+            print(
+                f"  k = {k:<4} {eff[k]:6.1%}  ({flop / 1e12:.2f} TFLOP in {t['search_s']:.2f} thread-seconds)  "
+                f"{'PASS' if eff[k] >= 0.7 else 'FAIL'}"
+            )
         w = {name: r["wall_s"] for name, r in results.items()}
         ratios = {
             "nnk / knn at k=50": (w["classify k=50 nnk"] / w["classify k=50 knn"], 1.1),
@@ -361,18 +385,33 @@ def main() -> None:
             print(f"{name + ':':<36}{value:5.2f}x   (target <= {target}x)  {'PASS' if value <= target else 'FAIL'}")
     if busy_rows:
         ratio = busy_rows["busy_s"] / busy_rows["idle_s"]
-        print(f"\nbusy machine: classify --k 200 --method both {busy_rows['idle_s']:.2f}s idle, "
-              f"{busy_rows['busy_s']:.2f}s beside {cores} CPU-bound competitors: {ratio:.2f}x "
-              f"(target <= 3x)  {'PASS' if ratio <= 3 else 'FAIL'}")
+        print(
+            f"\nbusy machine: classify --k 200 --method both {busy_rows['idle_s']:.2f}s idle, "
+            f"{busy_rows['busy_s']:.2f}s beside {cores} CPU-bound competitors: {ratio:.2f}x "
+            f"(target <= 3x)  {'PASS' if ratio <= 3 else 'FAIL'}"
+        )
     if a.json:
-        a.json.write_text(json.dumps({
-            "dataset": a.dataset, "n_train": n_train, "n_query": n_query, "dim": dim, "threads": threads,
-            "gemm_peak_gflops": peak, "gemm_rounds": peaks, "gemm_peak_1thread_gflops": peak1,
-            "flat_search_gflops": {"faiss": flat_rates[0], "nnkcli": flat_rates[1]},
-            "runs": {k: {"wall_s": v["wall_s"], "peak_rss_mib": v["peak_rss_mib"], "timing": v["doc"]["timing"]}
-                     for k, v in results.items()},
-            "busy": busy_rows,
-        }, indent=2))
+        a.json.write_text(
+            json.dumps(
+                {
+                    "dataset": a.dataset,
+                    "n_train": n_train,
+                    "n_query": n_query,
+                    "dim": dim,
+                    "threads": threads,
+                    "gemm_peak_gflops": peak,
+                    "gemm_rounds": peaks,
+                    "gemm_peak_1thread_gflops": peak1,
+                    "flat_search_gflops": {"faiss": flat_rates[0], "nnkcli": flat_rates[1]},
+                    "runs": {
+                        k: {"wall_s": v["wall_s"], "peak_rss_mib": v["peak_rss_mib"], "timing": v["doc"]["timing"]}
+                        for k, v in results.items()
+                    },
+                    "busy": busy_rows,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

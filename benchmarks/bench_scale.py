@@ -45,8 +45,9 @@ def make_store(path: Path, n_train: int, n_query: int, dim: int, n_classes: int,
     sample = manifold_sampler(n_classes, dim, seed)
     names = [f"c{c:04d}" for c in range(n_classes)]
     for split, n in (("train", n_train), ("val", n_query)):
-        with SplitWriter(path, split, dim=dim, class_names=names, dtype="float16",
-                         source="synthetic scale benchmark (32-d manifold)") as writer:
+        with SplitWriter(
+            path, split, dim=dim, class_names=names, dtype="float16", source="synthetic scale benchmark (32-d manifold)"
+        ) as writer:
             for start in range(0, n, 65536):
                 x, y = sample(min(65536, n - start))
                 writer.append(x, y)
@@ -104,8 +105,10 @@ def main() -> None:
             maker.join()
             if maker.exitcode != 0:
                 raise SystemExit("making the synthetic store failed")
-            print(f"made {store.name} ({store.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f}s",
-                  file=sys.stderr)
+            print(
+                f"made {store.name} ({store.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f}s",
+                file=sys.stderr,
+            )
         flat, sharded = work / "flat.faiss", work / "sharded.faiss"
         runs: dict[str, tuple[str, list[str]]] = {
             "index flat": ("index", ["index", str(store), "--out", str(flat)]),
@@ -138,8 +141,11 @@ def main() -> None:
 
     def top1(r):
         rows = r["doc"].get("results") or []
-        return {m: max(x["top1"] for x in rows if x["method"] == m) for m in ("nnk", "knn")
-                if any(x["method"] == m for x in rows)}
+        return {
+            m: max(x["top1"] for x in rows if x["method"] == m)
+            for m in ("nnk", "knn")
+            if any(x["method"] == m for x in rows)
+        }
 
     print(f"\nsynthetic store: {n_train:,} x {a.dim} float16 train rows, {n_query:,} queries, {a.classes} classes")
     print(f"{'run':<50}{'wall s':>9}{'peak RSS MiB':>14}{'s at 50k queries':>18}  top-1 %")
@@ -151,23 +157,45 @@ def main() -> None:
     pairs = [("index --shards 4", "index flat")] + [(f"{n} (shards 4)", f"{n} (flat)") for n in evals]
     for sharded_name, flat_name in pairs:
         ratio = results[sharded_name]["peak_rss_mib"] / results[flat_name]["peak_rss_mib"]
-        same = "" if results[sharded_name]["kind"] == "index" else (
-            "  same results" if results[sharded_name]["doc"]["results"] == results[flat_name]["doc"]["results"]
-            else "  RESULTS DIFFER")
-        print(f"peak RSS {sharded_name} / flat: {100 * ratio:5.1f} %  (target <= 40 %)  "
-              f"{'PASS' if ratio <= 0.40 else 'FAIL'}{same}")
+        same = (
+            ""
+            if results[sharded_name]["kind"] == "index"
+            else (
+                "  same results"
+                if results[sharded_name]["doc"]["results"] == results[flat_name]["doc"]["results"]
+                else "  RESULTS DIFFER"
+            )
+        )
+        print(
+            f"peak RSS {sharded_name} / flat: {100 * ratio:5.1f} %  (target <= 40 %)  "
+            f"{'PASS' if ratio <= 0.40 else 'FAIL'}{same}"
+        )
     if a.json:
-        a.json.write_text(json.dumps({
-            "n_train": n_train, "n_query": n_query, "dim": a.dim, "classes": a.classes,
-            "runs": {k: {"wall_s": v["wall_s"], "peak_rss_mib": v["peak_rss_mib"], "to_50k_s": v["to_50k_s"]}
-                     for k, v in results.items()},
-        }, indent=2))
+        a.json.write_text(
+            json.dumps(
+                {
+                    "n_train": n_train,
+                    "n_query": n_query,
+                    "dim": a.dim,
+                    "classes": a.classes,
+                    "runs": {
+                        k: {"wall_s": v["wall_s"], "peak_rss_mib": v["peak_rss_mib"], "to_50k_s": v["to_50k_s"]}
+                        for k, v in results.items()
+                    },
+                },
+                indent=2,
+            )
+        )
 
 
 def _torch_sees_cuda() -> bool:
     try:
-        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return out.stdout.strip() == "True"

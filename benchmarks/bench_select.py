@@ -60,8 +60,10 @@ def main() -> None:
                 raise SystemExit("making the synthetic store failed")
         run_cli(["index", str(store)])
         base = ["sweep", str(store), "--k", "10..200", "--method", "both"]
-        runs = {"sweep": base,
-                "sweep --select-on train": base + ["--select-on", "train", "--select-queries", str(n_select)]}
+        runs = {
+            "sweep": base,
+            "sweep --select-on train": base + ["--select-on", "train", "--select-queries", str(n_select)],
+        }
         walls: dict[str, list[float]] = {name: [] for name in runs}
         docs = {}
         for rep in range(a.repeat):
@@ -74,15 +76,19 @@ def main() -> None:
     best = {name: min(w) for name, w in walls.items()}
     ratio = best["sweep --select-on train"] / best["sweep"]
     sel = docs["sweep --select-on train"]
-    print(f"synthetic store: {n_train:,} x {dim} train, {n_query:,} queries, {a.classes} classes; "
-          f"{sel['selection']['queries']:,} leave-one-out selection rows; min of {a.repeat} interleaved runs")
+    print(
+        f"synthetic store: {n_train:,} x {dim} train, {n_query:,} queries, {a.classes} classes; "
+        f"{sel['selection']['queries']:,} leave-one-out selection rows; min of {a.repeat} interleaved runs"
+    )
     for name, w in walls.items():
         print(f"  {name:<26} min {best[name]:7.2f}s   all: {', '.join(f'{x:.2f}' for x in w)}")
     for m, e in sel["selected"].items():
         b = sel["best"][m]
         temperature = f" T={e['temperature']:g}" if "temperature" in e else ""
-        print(f"  {m}: selected k={e['k']}{temperature} "
-              f"top-1 {e['top1']:.2f} %   best on the query split k={b['k']} top-1 {b['top1']:.2f} % (optimistic)")
+        print(
+            f"  {m}: selected k={e['k']}{temperature} "
+            f"top-1 {e['top1']:.2f} %   best on the query split k={b['k']} top-1 {b['top1']:.2f} % (optimistic)"
+        )
     print(f"\nsweep --select-on train / sweep: {ratio:.2f}x   (target <= 2x)  {'PASS' if ratio <= 2 else 'FAIL'}")
 
 

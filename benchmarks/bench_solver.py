@@ -91,10 +91,10 @@ def neighbors(train: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
     """Indices (n_query, k) of each query's k most cosine-similar training rows, nearest first."""
     out = np.empty((len(query), k), dtype=np.int64)
     for lo in range(0, len(query), 500):
-        s = query[lo:lo + 500] @ train.T
+        s = query[lo : lo + 500] @ train.T
         part = np.argpartition(-s, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(s, part, 1), axis=1, kind="stable")
-        out[lo:lo + 500] = np.take_along_axis(part, order, 1)
+        out[lo : lo + 500] = np.take_along_axis(part, order, 1)
     return out
 
 
@@ -216,13 +216,18 @@ def main() -> None:
 
     t0 = time.perf_counter()
     sets = feature_sets(a.data, n_query)
-    print(f"# Fashion-MNIST: {len(sets[784][0])} train rows, {n_query} queries per row, best of {repeats} "
-          f"(features and neighbors ready in {time.perf_counter() - t0:.1f} s); stage engine: "
-          f"{'compiled' if compiled.available() else 'numpy (numba not installed)'}", file=sys.stderr)
+    print(
+        f"# Fashion-MNIST: {len(sets[784][0])} train rows, {n_query} queries per row, best of {repeats} "
+        f"(features and neighbors ready in {time.perf_counter() - t0:.1f} s); stage engine: "
+        f"{'compiled' if compiled.available() else 'numpy (numba not installed)'}",
+        file=sys.stderr,
+    )
     rows = []
-    header = (f"{'k':>4} {'d':>4} {'queries':>7} | {'nnk_solve q/s':>13} {'scipy q/s':>9} {'ratio':>6} "
-              f"{'peak MiB':>8} {'KKT ours':>8} {'KKT scipy':>9} | {'e2e ours':>8} {'e2e scipy':>9} {'ratio':>6} | "
-              f"{'stage q/s':>9} {'numpy q/s':>9} {'paper q/s':>9} {'ratio':>6} {'KKT stage':>9} {'KKT paper':>9}")
+    header = (
+        f"{'k':>4} {'d':>4} {'queries':>7} | {'nnk_solve q/s':>13} {'scipy q/s':>9} {'ratio':>6} "
+        f"{'peak MiB':>8} {'KKT ours':>8} {'KKT scipy':>9} | {'e2e ours':>8} {'e2e scipy':>9} {'ratio':>6} | "
+        f"{'stage q/s':>9} {'numpy q/s':>9} {'paper q/s':>9} {'ratio':>6} {'KKT stage':>9} {'KKT paper':>9}"
+    )
     print(header)
     print("-" * len(header))
     for d, (train, query) in sets.items():
@@ -231,29 +236,49 @@ def main() -> None:
             X = train[nbr[:, :k]]  # (n, k, d) float32
             G, g = kernel_blocks(query, X)
             # partial binds this iteration's arrays (each is called before the loop moves on)
-            (t_ours, ours), (t_scipy, theirs) = best_of(repeats, partial(nnk_solve, G, g),
-                                                         partial(scipy_solver, G, g))
-            (e_ours, _), (e_scipy, _) = best_of(repeats, partial(nnk_weights, query, X),
-                                                partial(scipy_end_to_end, query, X))
+            (t_ours, ours), (t_scipy, theirs) = best_of(repeats, partial(nnk_solve, G, g), partial(scipy_solver, G, g))
+            (e_ours, _), (e_scipy, _) = best_of(
+                repeats, partial(nnk_weights, query, X), partial(scipy_end_to_end, query, X)
+            )
             sims = np.einsum("bkd,bd->bk", X, query, dtype=np.float64)
             (s_ours, stage), (s_numpy, _), (s_paper, paper) = best_of(
-                repeats, partial(our_stage, query, X, sims), partial(numpy_stage, query, X, sims),
-                partial(paper_loop, query, X))
+                repeats,
+                partial(our_stage, query, X, sims),
+                partial(numpy_stage, query, X, sims),
+                partial(paper_loop, query, X),
+            )
             peak = peak_mib(partial(nnk_solve, G, g))
-            row = dict(k=k, d=d, n_queries=n_query, ours_qps=n_query / t_ours, scipy_qps=n_query / t_scipy,
-                       ratio=t_scipy / t_ours, peak_mib=peak, kkt_ours=kkt(G, g, ours.theta),
-                       kkt_scipy=kkt(G, g, theirs), fallbacks=int(ours.fallback.sum()),
-                       e2e_ours_qps=n_query / e_ours, e2e_scipy_qps=n_query / e_scipy, e2e_ratio=e_scipy / e_ours,
-                       stage_qps=n_query / s_ours, stage_numpy_qps=n_query / s_numpy,
-                       paper_qps=n_query / s_paper, stage_ratio=s_paper / s_ours,
-                       kkt_stage=kkt(G, g, stage.theta), kkt_paper=kkt(G, g, paper))
+            row = dict(
+                k=k,
+                d=d,
+                n_queries=n_query,
+                ours_qps=n_query / t_ours,
+                scipy_qps=n_query / t_scipy,
+                ratio=t_scipy / t_ours,
+                peak_mib=peak,
+                kkt_ours=kkt(G, g, ours.theta),
+                kkt_scipy=kkt(G, g, theirs),
+                fallbacks=int(ours.fallback.sum()),
+                e2e_ours_qps=n_query / e_ours,
+                e2e_scipy_qps=n_query / e_scipy,
+                e2e_ratio=e_scipy / e_ours,
+                stage_qps=n_query / s_ours,
+                stage_numpy_qps=n_query / s_numpy,
+                paper_qps=n_query / s_paper,
+                stage_ratio=s_paper / s_ours,
+                kkt_stage=kkt(G, g, stage.theta),
+                kkt_paper=kkt(G, g, paper),
+            )
             rows.append(row)
-            print(f"{k:>4} {d:>4} {n_query:>7} | {row['ours_qps']:>13,.0f} {row['scipy_qps']:>9,.0f} "
-                  f"{row['ratio']:>5.1f}x {peak:>8.1f} {row['kkt_ours']:>8.0e} {row['kkt_scipy']:>9.0e} | "
-                  f"{row['e2e_ours_qps']:>8,.0f} {row['e2e_scipy_qps']:>9,.0f} {row['e2e_ratio']:>5.1f}x | "
-                  f"{row['stage_qps']:>9,.0f} {row['stage_numpy_qps']:>9,.0f} {row['paper_qps']:>9,.0f} "
-                  f"{row['stage_ratio']:>5.1f}x "
-                  f"{row['kkt_stage']:>9.0e} {row['kkt_paper']:>9.0e}", flush=True)
+            print(
+                f"{k:>4} {d:>4} {n_query:>7} | {row['ours_qps']:>13,.0f} {row['scipy_qps']:>9,.0f} "
+                f"{row['ratio']:>5.1f}x {peak:>8.1f} {row['kkt_ours']:>8.0e} {row['kkt_scipy']:>9.0e} | "
+                f"{row['e2e_ours_qps']:>8,.0f} {row['e2e_scipy_qps']:>9,.0f} {row['e2e_ratio']:>5.1f}x | "
+                f"{row['stage_qps']:>9,.0f} {row['stage_numpy_qps']:>9,.0f} {row['paper_qps']:>9,.0f} "
+                f"{row['stage_ratio']:>5.1f}x "
+                f"{row['kkt_stage']:>9.0e} {row['kkt_paper']:>9.0e}",
+                flush=True,
+            )
     print(f"# total {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if a.json:
         a.json.write_text(json.dumps(rows, indent=2) + "\n")

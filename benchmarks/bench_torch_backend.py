@@ -42,14 +42,17 @@ def main() -> None:
     from nnkcli import classify, sweep
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    runs = {"classify k=50": lambda **kw: classify(store, k=50, threads=args.threads, **kw),
-            "sweep k=10..100": lambda **kw: sweep(store, k="10..100:10", threads=args.threads,
-                                                  **kw).to_dict()}
+    runs = {
+        "classify k=50": lambda **kw: classify(store, k=50, threads=args.threads, **kw),
+        "sweep k=10..100": lambda **kw: sweep(store, k="10..100:10", threads=args.threads, **kw).to_dict(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "bench.h5"
         make_store(store, n_train, n_query, dim, n_classes=50, seed=0)
-        print(f"{n_train} x {dim} train rows, {n_query} queries, threads={args.threads}, "
-              f"torch {torch.__version__}, devices {devices}")
+        print(
+            f"{n_train} x {dim} train rows, {n_query} queries, threads={args.threads}, "
+            f"torch {torch.__version__}, devices {devices}"
+        )
         best: dict = {}
         docs: dict = {}
         for _ in range(args.repeat):  # interleaved: a busy spell hits both sides of a ratio alike
@@ -72,8 +75,10 @@ def main() -> None:
                 assert gap <= 0.05, f"{name} on {device}: accuracies differ by {gap} points"
                 t = best[(name, device)]
                 fallbacks = docs[(name, device)]["timing"].get("nnk_fallbacks")
-                print(f"{'':18s} torch {device:4s} {t:7.2f} s   ratio {t / base:5.2f}   "
-                      f"max accuracy gap {gap:.3f} points, NNK fallbacks {fallbacks}")
+                print(
+                    f"{'':18s} torch {device:4s} {t:7.2f} s   ratio {t / base:5.2f}   "
+                    f"max accuracy gap {gap:.3f} points, NNK fallbacks {fallbacks}"
+                )
 
 
 if __name__ == "__main__":

@@ -61,11 +61,19 @@ def _count_into_meta(sign: int):
 def verbosity_options(f):
     """``-v``/``-q`` (counted), accepted before or after the command name."""
     f = click.option(
-        "-q", "--quiet", count=True, expose_value=False, callback=_count_into_meta(-1),
+        "-q",
+        "--quiet",
+        count=True,
+        expose_value=False,
+        callback=_count_into_meta(-1),
         help="Less output on stderr (-qq: errors only).",
     )(f)
     f = click.option(
-        "-v", "--verbose", count=True, expose_value=False, callback=_count_into_meta(+1),
+        "-v",
+        "--verbose",
+        count=True,
+        expose_value=False,
+        callback=_count_into_meta(+1),
         help="More output on stderr; tracebacks for errors.",
     )(f)
     return f
@@ -79,8 +87,14 @@ def _store_format(ctx: click.Context, param: click.Parameter, value: str) -> str
 def format_option(f):
     """``--format table|json|csv``; the chosen format is also what ``get_ui`` reports."""
     return click.option(
-        "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-        callback=_store_format, is_eager=True, help="Output format on stdout (json is versioned).",
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default="table",
+        show_default=True,
+        callback=_store_format,
+        is_eager=True,
+        help="Output format on stdout (json is versioned).",
     )(f)
 
 
@@ -93,7 +107,11 @@ def _check_lock_timeout(ctx: click.Context, param: click.Parameter, value: float
 def lock_timeout_option(f):
     """``--lock-timeout SECONDS`` for commands that take a file lock (a store, a history)."""
     return click.option(
-        "--lock-timeout", type=float, default=None, metavar="SECONDS", callback=_check_lock_timeout,
+        "--lock-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        callback=_check_lock_timeout,
         help="Give up (exit 1) when another nnk run holds the lock this long [default: wait].",
     )(f)
 
@@ -169,7 +187,9 @@ class NnkGroup(click.Group):
                 _report(ctx, exc, f"Error: {known.message}", known.hint)
             else:
                 _report(
-                    ctx, exc, f"Error: unexpected {type(exc).__name__}: {exc}",
+                    ctx,
+                    exc,
+                    f"Error: unexpected {type(exc).__name__}: {exc}",
                     "rerun with -v for the traceback, and please report it",
                 )
             ctx.exit(int(ExitCode.DATA_ERROR))

@@ -67,8 +67,10 @@ else:
             valid = self._get_param_names()
             for name, value in params.items():
                 if name not in valid:
-                    raise EstimatorInputError(f"invalid parameter {name!r} for {type(self).__name__}",
-                                              hint=f"valid parameters: {', '.join(valid)}")
+                    raise EstimatorInputError(
+                        f"invalid parameter {name!r} for {type(self).__name__}",
+                        hint=f"valid parameters: {', '.join(valid)}",
+                    )
                 setattr(self, name, value)
             return self
 
@@ -104,15 +106,18 @@ def _numpy_validate(X, y=None, n_features: int | None = None, name: str = "estim
     if X.dtype.kind not in "biuf":
         raise EstimatorInputError(f"X has the unsupported dtype {X.dtype}; expected real numbers")
     if X.ndim != 2:
-        raise EstimatorInputError(f"Expected a 2D array (n_samples, n_features), got shape {X.shape}",
-                                  hint="reshape a single sample with X.reshape(1, -1)")
+        raise EstimatorInputError(
+            f"Expected a 2D array (n_samples, n_features), got shape {X.shape}",
+            hint="reshape a single sample with X.reshape(1, -1)",
+        )
     if X.shape[0] < 1 or X.shape[1] < 1:
         raise EstimatorInputError(f"X is empty (shape {X.shape})")
     if not np.isfinite(X).all():
         raise EstimatorInputError("Input X contains NaN or infinity", hint="fix or drop those rows")
     if n_features is not None and X.shape[1] != n_features:
         raise EstimatorInputError(
-            f"X has {X.shape[1]} features, but {name} is expecting {n_features} features as input")
+            f"X has {X.shape[1]} features, but {name} is expecting {n_features} features as input"
+        )
     if y is None:
         return X
     y = np.asarray(y)
@@ -430,8 +435,9 @@ class NNKClassifier(_NeighborsClassifier):
 
     _method = "nnk"
 
-    def __init__(self, n_neighbors: int = 50, kernel: str = "cosine", solver: str = "exact", tol: float = 1e-8,
-                 unlabelled=None):
+    def __init__(
+        self, n_neighbors: int = 50, kernel: str = "cosine", solver: str = "exact", tol: float = 1e-8, unlabelled=None
+    ):
         self.n_neighbors = n_neighbors
         self.kernel = kernel
         self.solver = solver
@@ -454,8 +460,7 @@ class NNKClassifier(_NeighborsClassifier):
         """
         parts = self._score(X)[1]
         key = ("nnk", self.n_neighbors_)
-        return (np.concatenate([p.ids for p in parts]),
-                np.concatenate([p.by_method_k[key].theta for p in parts]))
+        return (np.concatenate([p.ids for p in parts]), np.concatenate([p.by_method_k[key].theta for p in parts]))
 
 
 class WeightedKNNClassifier(_NeighborsClassifier):

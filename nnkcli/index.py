@@ -54,14 +54,20 @@ class Fingerprint:
 
     def matches(self, other: Fingerprint) -> bool:
         return (self.split, self.n, self.dim, self.content_sha256) == (
-            other.split, other.n, other.dim, other.content_sha256,
+            other.split,
+            other.n,
+            other.dim,
+            other.content_sha256,
         )
 
     @classmethod
     def of_split(cls, split, store_path: str | os.PathLike = "") -> Fingerprint:
         return cls(
-            split=split.name, n=int(split.n), dim=int(split.dim),
-            content_sha256=split.content_sha256, store=str(Path(store_path).resolve()) if store_path else "",
+            split=split.name,
+            n=int(split.n),
+            dim=int(split.dim),
+            content_sha256=split.content_sha256,
+            store=str(Path(store_path).resolve()) if store_path else "",
         )
 
 
@@ -72,15 +78,23 @@ class IndexParams(Settings):
     ``nnk index`` generates its options from these fields.
     """
 
-    index_type: str = setting("flat", choices=INDEX_TYPES, what="index type", option="--type",
-                              help="flat is exact; ivf and hnsw are approximate, for large stores.")
-    nlist: int | None = setting(None, optional_count, type=int, metavar="N",
-                                help="ivf: number of cells (default ~ 4*sqrt(n)).")
-    nprobe: int | None = setting(None, optional_count, type=int, metavar="N",
-                                 help="ivf: cells searched per query (default nlist/16, >= 8).")
+    index_type: str = setting(
+        "flat",
+        choices=INDEX_TYPES,
+        what="index type",
+        option="--type",
+        help="flat is exact; ivf and hnsw are approximate, for large stores.",
+    )
+    nlist: int | None = setting(
+        None, optional_count, type=int, metavar="N", help="ivf: number of cells (default ~ 4*sqrt(n))."
+    )
+    nprobe: int | None = setting(
+        None, optional_count, type=int, metavar="N", help="ivf: cells searched per query (default nlist/16, >= 8)."
+    )
     hnsw_m: int = setting(32, at_least(2), type=int, metavar="N", help="hnsw: graph degree.")
-    ef_search: int | None = setting(None, optional_count, type=int, metavar="N",
-                                    help="hnsw: search depth (default max(64, k)).")
+    ef_search: int | None = setting(
+        None, optional_count, type=int, metavar="N", help="hnsw: search depth (default max(64, k))."
+    )
     ef_construction: int = setting(80, count, type=int, metavar="N", help="hnsw: build depth.")
 
 
@@ -179,8 +193,7 @@ def build_index(
         index.hnsw.efConstruction = params.ef_construction
     else:
         nlist = min(params.nlist or _default_nlist(n), n)
-        params = IndexParams(**{**asdict(params), "nlist": nlist,
-                                "nprobe": params.nprobe or max(8, nlist // 16)})
+        params = IndexParams(**{**asdict(params), "nlist": nlist, "nprobe": params.nprobe or max(8, nlist // 16)})
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.own_fields = True
@@ -276,8 +289,9 @@ def stale_error(what: str, built: Fingerprint, split_name: str, current: Fingerp
     )
 
 
-def check_sample(nnk_index: NnkIndex, split, *, seed: int = 0, command: str = "nnk index STORE",
-                 first_row: int = 0) -> None:
+def check_sample(
+    nnk_index: NnkIndex, split, *, seed: int = 0, command: str = "nnk index STORE", first_row: int = 0
+) -> None:
     """Compare a few hundred rows of the split with the vectors the index holds.
 
     The fingerprint trusts the ``content_sha256`` recorded when the split was

@@ -107,8 +107,10 @@ def _read_header(f, path: Path) -> tuple[dict, int, int | None]:
     except (ValueError, IndexError, UnicodeDecodeError):
         raise damaged_header(path) from None
     if crc is None:
-        logger.warning(f"index file {path} has no payload checksum (made by an older nnkcli); rebuild it with "
-                       "'nnk index STORE' so that damage to it is detected")
+        logger.warning(
+            f"index file {path} has no payload checksum (made by an older nnkcli); rebuild it with "
+            "'nnk index STORE' so that damage to it is detected"
+        )
     return header, payload_size, crc
 
 

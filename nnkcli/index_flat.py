@@ -16,8 +16,9 @@ FLAT_BLOCK_BYTES = 16 * 2**20
 FLAT_MIN_ROWS = 256
 
 
-def flat_search(vectors: np.ndarray, queries: np.ndarray, k: int, *,
-                block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def flat_search(
+    vectors: np.ndarray, queries: np.ndarray, k: int, *, block_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exhaustive inner-product top ``k`` of ``queries`` (m, d) among ``vectors`` (n, d), both float32.
 
     What ``IndexFlatIP.search`` returns (sims descending, ids -1 where n < k), computed
@@ -47,8 +48,8 @@ def flat_search(vectors: np.ndarray, queries: np.ndarray, k: int, *,
     rows = int(min(max(n, 1), max(1, block_rows)))
     buffer = np.empty(m * rows, dtype=np.float32)
     for j0 in range(0, n, rows):
-        block = vectors[j0:j0 + rows]
-        out = buffer[:m * len(block)].reshape(m, len(block))  # contiguous rows, as the heaps read them
+        block = vectors[j0 : j0 + rows]
+        out = buffer[: m * len(block)].reshape(m, len(block))  # contiguous rows, as the heaps read them
         np.matmul(queries, block.T, out=out)
         heaps.addn(len(block), faiss.swig_ptr(out), j0, 0, m)
     heaps.reorder()

@@ -245,9 +245,13 @@ def render(
         from nnkcli.errors import OutputError
         from nnkcli.storage.atomic import output_error
 
-        raise (output_error(exc, "standard output") or OutputError(
-            f"cannot write the results to standard output: {exc.strerror or exc}",
-            hint="check where standard output goes (a full disk, a closed file)")) from exc
+        raise (
+            output_error(exc, "standard output")
+            or OutputError(
+                f"cannot write the results to standard output: {exc.strerror or exc}",
+                hint="check where standard output goes (a full disk, a closed file)",
+            )
+        ) from exc
 
 
 def _render(payload, fmt, columns, rows, title, caption, out) -> None:

@@ -25,8 +25,10 @@ def check_plot_path(path: str | os.PathLike) -> None:
     """Validate the suffix, the directory and that matplotlib is importable."""
     path = Path(path)
     if path.suffix.lower() not in PLOT_SUFFIXES:
-        raise InputError(f"cannot plot to {path}: unknown file type {path.suffix or '(none)'!r}",
-                         hint="use a .png, .svg or .pdf file name")
+        raise InputError(
+            f"cannot plot to {path}: unknown file type {path.suffix or '(none)'!r}",
+            hint="use a .png, .svg or .pdf file name",
+        )
     if not path.parent.is_dir():
         raise InputError(f"directory of --plot does not exist: {path.parent}")
     check_can_create(path, "plot")
@@ -57,14 +59,20 @@ def plot_sweep(doc: dict, path: str | os.PathLike) -> Path:
             (line,) = ax.plot(ks, top1, marker="o", markersize=3, label=LABELS.get(method, method))
             band = [r.get("top1_ci") for r in rows]
             if band and all(isinstance(b, (list, tuple)) and len(b) == 2 and None not in b for b in band):
-                ax.fill_between(ks, [b[0] for b in band], [b[1] for b in band], color=line.get_color(),
-                                alpha=0.15, linewidth=0)
+                ax.fill_between(
+                    ks, [b[0] for b in band], [b[1] for b in band], color=line.get_color(), alpha=0.15, linewidth=0
+                )
             best = doc.get("best", {}).get(method)
             if best:
-                ax.scatter([best["k"]], [best["top1"]], s=60, facecolors="none", edgecolors=line.get_color(),
-                           zorder=3)
-                ax.annotate(f"{best['top1']:.2f}% @ k={best['k']}", (best["k"], best["top1"]),
-                            textcoords="offset points", xytext=(4, 6), fontsize=8, color=line.get_color())
+                ax.scatter([best["k"]], [best["top1"]], s=60, facecolors="none", edgecolors=line.get_color(), zorder=3)
+                ax.annotate(
+                    f"{best['top1']:.2f}% @ k={best['k']}",
+                    (best["k"], best["top1"]),
+                    textcoords="offset points",
+                    xytext=(4, 6),
+                    fontsize=8,
+                    color=line.get_color(),
+                )
         ax.set_xlabel("k (neighbors)")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(f"{Path(doc['store']).name}: {doc['query_split']} vs {doc['train_split']}", fontsize=10)
@@ -112,26 +120,54 @@ def plot_history(
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     try:
         for m in methods:
-            points = [(x, r[f"{m}_top1"], r.get(f"{m}_k"), m in r.get("best", "").split())
-                      for x, r in zip(xs, rows, strict=True) if r.get(f"{m}_top1") is not None]
+            points = [
+                (x, r[f"{m}_top1"], r.get(f"{m}_k"), m in r.get("best", "").split())
+                for x, r in zip(xs, rows, strict=True)
+                if r.get(f"{m}_top1") is not None
+            ]
             if not points:
                 continue
             color, marker = _STYLE.get(m, (None, "^"))
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, color=color,
-                    label=LABELS.get(m, m), linewidth=1.5, markersize=5)
+            ax.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                marker=marker,
+                color=color,
+                label=LABELS.get(m, m),
+                linewidth=1.5,
+                markersize=5,
+            )
             # the interval of each best top-1 as an error bar (rows recorded before intervals have none)
-            bars = [(x, r[f"{m}_top1"], r[f"{m}_top1_ci"]) for x, r in zip(xs, rows, strict=True)
-                    if r.get(f"{m}_top1") is not None and isinstance(r.get(f"{m}_top1_ci"), list)
-                    and None not in r[f"{m}_top1_ci"]]
+            bars = [
+                (x, r[f"{m}_top1"], r[f"{m}_top1_ci"])
+                for x, r in zip(xs, rows, strict=True)
+                if r.get(f"{m}_top1") is not None
+                and isinstance(r.get(f"{m}_top1_ci"), list)
+                and None not in r[f"{m}_top1_ci"]
+            ]
             if bars:
-                ax.errorbar([b[0] for b in bars], [b[1] for b in bars],
-                            yerr=[[b[1] - b[2][0] for b in bars], [b[2][1] - b[1] for b in bars]],
-                            fmt="none", ecolor=color, elinewidth=1, capsize=3, alpha=0.7)
+                ax.errorbar(
+                    [b[0] for b in bars],
+                    [b[1] for b in bars],
+                    yerr=[[b[1] - b[2][0] for b in bars], [b[2][1] - b[1] for b in bars]],
+                    fmt="none",
+                    ecolor=color,
+                    elinewidth=1,
+                    capsize=3,
+                    alpha=0.7,
+                )
             for x, y, k, is_best in points:
                 if is_best:
                     ax.scatter([x], [y], s=180, facecolors="none", edgecolors=color, linewidths=1.8, zorder=3)
-                    ax.annotate(f"best {y:.2f} (k={k})", (x, y), textcoords="offset points", xytext=(0, 10),
-                                ha="center", fontsize=8, color=color)
+                    ax.annotate(
+                        f"best {y:.2f} (k={k})",
+                        (x, y),
+                        textcoords="offset points",
+                        xytext=(0, 10),
+                        ha="center",
+                        fontsize=8,
+                        color=color,
+                    )
         ax.set_xlabel("step" if by_step else "source (training order)")
         if not by_step and rows:
             every = -(-len(rows) // _MAX_TICK_LABELS)  # thin out the names of long histories

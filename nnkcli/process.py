@@ -117,8 +117,9 @@ def run_guarded(command: Callable[[], int]) -> int:
     finally:
         late = remove_own_temps()
     if late is not None and code not in STOPPED_CODES:  # a stop signal during the removal: obeyed now
-        return interrupted(KeyboardInterrupt() if late == signal.SIGINT
-                           else Terminated(late, signal.Signals(late).name))
+        return interrupted(
+            KeyboardInterrupt() if late == signal.SIGINT else Terminated(late, signal.Signals(late).name)
+        )
     return code
 
 

@@ -80,9 +80,19 @@ class Declared:
         return self.default is False
 
 
-def setting(default, check: Check | None = None, *, option: str | None = "", python: str | None = None,
-            choices: Iterable | None = None, what: str | None = None, help: str = "", metavar: str | None = None,
-            type: type | None = None, shown=None):
+def setting(
+    default,
+    check: Check | None = None,
+    *,
+    option: str | None = "",
+    python: str | None = None,
+    choices: Iterable | None = None,
+    what: str | None = None,
+    help: str = "",
+    metavar: str | None = None,
+    type: type | None = None,
+    shown=None,
+):
     """A dataclass field carrying its declaration.
 
     ``option=""`` (the default) derives the option from the field name (``chunk_size`` ->
@@ -94,8 +104,9 @@ def setting(default, check: Check | None = None, *, option: str | None = "", pyt
         if choices is None:
             raise TypeError("a setting needs a check or its choices")
         check = choice(choices, what or "value")
-    return dataclasses.field(default=default, metadata={"setting": (option, python, check, choices, help, metavar,
-                                                                     type, shown)})
+    return dataclasses.field(
+        default=default, metadata={"setting": (option, python, check, choices, help, metavar, type, shown)}
+    )
 
 
 _DECLARATIONS: dict[type, dict[str, Declared]] = {}
@@ -125,8 +136,9 @@ class Settings:
             option, python, check, choices, help, metavar, type_, shown = f.metadata["setting"]
             if option == "":
                 option = "--" + f.name.replace("_", "-")
-            out[f.name] = Declared(f.name, python or f.name, option, f.default, check, choices, help, metavar,
-                                   type_, shown)
+            out[f.name] = Declared(
+                f.name, python or f.name, option, f.default, check, choices, help, metavar, type_, shown
+            )
         _DECLARATIONS[cls] = out
         return out
 
@@ -152,8 +164,9 @@ class Settings:
         for key, value in changes.items():
             name = key if key in names else by_python.get(key)
             if name is None:
-                raise TypeError(f"{cls.__name__} has no setting {key}; the settings are: "
-                                f"{', '.join(sorted(cls.keywords()))}")
+                raise TypeError(
+                    f"{cls.__name__} has no setting {key}; the settings are: {', '.join(sorted(cls.keywords()))}"
+                )
             if name in out:
                 raise TypeError(f"{name} given twice (as {decl[name].python} and as {name})")
             out[name] = value
@@ -261,8 +274,9 @@ def positive_floats(value, name) -> tuple[float, ...]:
             try:
                 parts.append(float(part))
             except ValueError:
-                raise OptionError(name, value, "expected a number or a comma list of numbers",
-                                  hint="e.g. 0.07 or 0.02,0.05,0.07") from None
+                raise OptionError(
+                    name, value, "expected a number or a comma list of numbers", hint="e.g. 0.07 or 0.02,0.05,0.07"
+                ) from None
         value = parts
     elif not isinstance(value, (list, tuple)):
         value = [value]

@@ -127,7 +127,7 @@ def shards_for_memory(n: int, dim: int, params, max_memory: int, chunk_bytes: in
             f"needs {format_size(chunk_bytes)} and the smallest shard ({min(n, fewest)} rows of {per_row} bytes) "
             f"{format_size(min(n, fewest) * per_row)}",
             hint=f"give --max-memory {format_size(need)} or more (the whole index in one piece needs "
-                 f"{format_size(chunk_bytes + n * per_row)})",
+            f"{format_size(chunk_bytes + n * per_row)})",
         )
     return max(1, min(n, math.ceil(n / max(1, room // per_row))))
 
@@ -176,8 +176,12 @@ class Manifest:
             self.params = IndexParams(**doc["index"])
             self.build = str(doc["build"])
             self.shards: list[ShardEntry] = [
-                {"file": str(s["file"]), "start": int(s["start"]), "stop": int(s["stop"]),
-                 "content_sha256": str(s["content_sha256"])}
+                {
+                    "file": str(s["file"]),
+                    "start": int(s["start"]),
+                    "stop": int(s["stop"]),
+                    "content_sha256": str(s["content_sha256"]),
+                }
                 for s in doc["shards"]
             ]
         except FileNotFoundError:
@@ -211,12 +215,14 @@ class Manifest:
 
         current = Fingerprint.of_split(split, store_path)
         if not self.fingerprint.matches(current):
-            raise stale_error(f"sharded index {self.path}", self.fingerprint, split.name, current,
-                              "nnk index STORE --shards M")
+            raise stale_error(
+                f"sharded index {self.path}", self.fingerprint, split.name, current, "nnk index STORE --shards M"
+            )
         for i in range(self.n_shards):
             if not self.file(i).is_file():
-                raise IndexFileError(f"{self.label(i)} is missing",
-                                     hint="rerun 'nnk index STORE --shards M' (or pass --rebuild-index)")
+                raise IndexFileError(
+                    f"{self.label(i)} is missing", hint="rerun 'nnk index STORE --shards M' (or pass --rebuild-index)"
+                )
         # each shard's vectors are compared with a sample of its rows of the split when it is first loaded
         self._sample_of = split
         self._sampled: set[int] = set()
@@ -230,10 +236,15 @@ class Manifest:
             raise IndexFileError(f"{self.label(i)} is missing", hint="rerun 'nnk index STORE --shards M'")
         loaded = load_index(self.file(i))
         fp = loaded.fingerprint
-        want = Fingerprint(split=self.fingerprint.split, n=s["stop"] - s["start"], dim=self.fingerprint.dim,
-                           content_sha256=s["content_sha256"])
-        if not fp.matches(want) or s["content_sha256"] != range_sha256(self.fingerprint.content_sha256,
-                                                                        s["start"], s["stop"]):
+        want = Fingerprint(
+            split=self.fingerprint.split,
+            n=s["stop"] - s["start"],
+            dim=self.fingerprint.dim,
+            content_sha256=s["content_sha256"],
+        )
+        if not fp.matches(want) or s["content_sha256"] != range_sha256(
+            self.fingerprint.content_sha256, s["start"], s["stop"]
+        ):
             raise StaleIndexError(
                 f"{self.label(i)} is stale: it holds {fp.n} rows of content {fp.content_sha256[:12]}, not the "
                 f"manifest's rows",
@@ -244,8 +255,12 @@ class Manifest:
             from nnkcli.index import check_sample
 
             # a split edited in place keeps its recorded content hash: the shard's own rows must match
-            check_sample(loaded, SplitRange(split, s["start"], s["stop"]), command="nnk index STORE --shards M",
-                         first_row=s["start"])
+            check_sample(
+                loaded,
+                SplitRange(split, s["start"], s["stop"]),
+                command="nnk index STORE --shards M",
+                first_row=s["start"],
+            )
             self._sampled.add(i)
         return loaded
 

@@ -43,8 +43,9 @@ def check_logdir(logdir: str | os.PathLike) -> Path:
         raise InputError(f"--tensorboard {path} exists and is not a folder", hint="give a folder for the event files")
     parent = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
     if not os.access(parent, os.W_OK):
-        raise InputError(f"cannot write event files under {parent}: permission denied",
-                         hint="choose a writable --tensorboard folder")
+        raise InputError(
+            f"cannot write event files under {parent}: permission denied", hint="choose a writable --tensorboard folder"
+        )
     return path
 
 

@@ -33,8 +33,16 @@ from pathlib import Path
 import numpy as np
 
 CLASS_NAMES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 DEFAULT_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_OUT = Path(__file__).resolve().parent / "fashion-mnist.h5"
@@ -51,7 +59,7 @@ def read_idx(path: Path) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file")
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -87,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from nnkcli.storage.store import FeatureStore, write_split
 
-    files = {name: args.source / f"{name}-ubyte.gz" for name in
-             ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")}
+    files = {
+        name: args.source / f"{name}-ubyte.gz"
+        for name in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")
+    }
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
         print(f"missing: {', '.join(missing)} (apt-get install dataset-fashion-mnist)", file=sys.stderr)
@@ -113,19 +123,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     common = {"dataset": "Fashion-MNIST (Debian dataset-fashion-mnist)", "features": recipe, "seed": args.seed}
     splits = {
-        "train": (f_train, train_labels[train_idx], [f"train-images:{i}" for i in train_idx],
-                  f"Fashion-MNIST training set: {TRAIN_PER_CLASS} images per class, PCA-{N_COMPONENTS} pixel features",
-                  f"{TRAIN_PER_CLASS} per class from the 60,000 training images"),
-        "val": (f_val, test_labels[val_idx], [f"t10k-images:{i}" for i in val_idx],
-                f"Fashion-MNIST test set: {VAL_PER_CLASS} images per class, PCA-{N_COMPONENTS} pixel features",
-                f"{VAL_PER_CLASS} per class from the 10,000 test images"),
+        "train": (
+            f_train,
+            train_labels[train_idx],
+            [f"train-images:{i}" for i in train_idx],
+            f"Fashion-MNIST training set: {TRAIN_PER_CLASS} images per class, PCA-{N_COMPONENTS} pixel features",
+            f"{TRAIN_PER_CLASS} per class from the 60,000 training images",
+        ),
+        "val": (
+            f_val,
+            test_labels[val_idx],
+            [f"t10k-images:{i}" for i in val_idx],
+            f"Fashion-MNIST test set: {VAL_PER_CLASS} images per class, PCA-{N_COMPONENTS} pixel features",
+            f"{VAL_PER_CLASS} per class from the 10,000 test images",
+        ),
     }
     # built in a scratch folder beside the output, then moved over it in one step
     with tempfile.TemporaryDirectory(dir=args.out.parent, prefix=".build-") as scratch:
         tmp = Path(scratch) / args.out.name
         for name, (features, labels, ids, source, subset) in splits.items():
-            write_split(tmp, name, features, labels, class_names=CLASS_NAMES, ids=ids, source=source,
-                        attrs={**common, "subset": subset})
+            write_split(
+                tmp,
+                name,
+                features,
+                labels,
+                class_names=CLASS_NAMES,
+                ids=ids,
+                source=source,
+                attrs={**common, "subset": subset},
+            )
         os.replace(tmp, args.out)
     with FeatureStore(args.out) as store:
         for split in store:

@@ -10,7 +10,6 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_STORE = REPO / "sample_data" / "fashion-mnist.h5"
 
 
-
 @pytest.fixture
 def sample_store() -> Path:
     if not SAMPLE_STORE.exists():

@@ -74,9 +74,12 @@ def settings_option(cls, field: str, *aliases: str, check=None, **overrides):
     if d.is_flag:
         kwargs["is_flag"] = True
     else:
-        kwargs.update(type=d.type or str, show_default=d.cli_default is not None,
-                      metavar=d.metavar or "|".join(map(str, d.choices or ())) or None,
-                      callback=check_with(check) if check is not None else checked(cls, field))
+        kwargs.update(
+            type=d.type or str,
+            show_default=d.cli_default is not None,
+            metavar=d.metavar or "|".join(map(str, d.choices or ())) or None,
+            callback=check_with(check) if check is not None else checked(cls, field),
+        )
     kwargs.update(overrides)
     return click.option(d.option, *aliases, field, **kwargs)
 
@@ -85,9 +88,13 @@ def k_option(*, single: str | None = None, default: str | None = None, help: str
     """``--k SPEC``: the same grammar everywhere; ``single`` (a command of ``ONE_K``) allows one value."""
     S = ScoringOptions
     if single:
-        return settings_option(S, "k_values", default=default or format_k_spec(S.declared("k_values").default),
-                               check=lambda value, names: one_k(value, names, single),
-                               help=help or "Neighbors per query: one k (the SPEC grammar of sweep, one value).")
+        return settings_option(
+            S,
+            "k_values",
+            default=default or format_k_spec(S.declared("k_values").default),
+            check=lambda value, names: one_k(value, names, single),
+            help=help or "Neighbors per query: one k (the SPEC grammar of sweep, one value).",
+        )
     return settings_option(S, "k_values", default=default or DEFAULT_K_SPEC, check=check_k_values)
 
 
@@ -113,12 +120,30 @@ def option_bundle(options, build):
 
 
 #: the options of ScoringOptions every scoring command takes, in the order of the help page
-_SCORING = ("kernel", "temperature", "weighting", "chunk_size", "threads", "exclude_self", "confidence", "top5_rule",
-            "solver", "protocol", "backend")
+_SCORING = (
+    "kernel",
+    "temperature",
+    "weighting",
+    "chunk_size",
+    "threads",
+    "exclude_self",
+    "confidence",
+    "top5_rule",
+    "solver",
+    "protocol",
+    "backend",
+)
 
 
-def scoring_options(*, single_k: str | None = None, k_default: str | None = None, methods: bool = True,
-                    alpha: bool | None = None, k_help: str | None = None, device: bool = True):
+def scoring_options(
+    *,
+    single_k: str | None = None,
+    k_default: str | None = None,
+    methods: bool = True,
+    alpha: bool | None = None,
+    k_help: str | None = None,
+    device: bool = True,
+):
     """How queries are scored; the command receives ``scoring: ScoringOptions``.
 
     ``single_k`` (``"classify"``, ``"compare"``: a key of ``ONE_K``) takes one k;
@@ -151,7 +176,9 @@ def scoring_options(*, single_k: str | None = None, k_default: str | None = None
             ctx = click.get_current_context()
             for name in PROTOCOL_FIELDS:
                 if name in settings and ctx.get_parameter_source(name) not in (
-                        ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+                    ParameterSource.COMMANDLINE,
+                    ParameterSource.ENVIRONMENT,
+                ):
                     del settings[name]
         kwargs["scoring"] = ScoringOptions(**apply_protocol(settings, one_k=bool(single_k)))
 
@@ -173,9 +200,14 @@ _DATA = ("train_split", "query_split", "index_path", "rebuild_index", "strict_pr
 
 def data_options(f):
     """Which splits and saved index; the command receives ``data: DataOptions``."""
-    options = [settings_option(DataOptions, field, **({"type": click.Path(dir_okay=False), "callback": None}
-                                                      if field == "index_path" else {}))
-               for field in _DATA]
+    options = [
+        settings_option(
+            DataOptions,
+            field,
+            **({"type": click.Path(dir_okay=False), "callback": None} if field == "index_path" else {}),
+        )
+        for field in _DATA
+    ]
 
     def build(kwargs):
         kwargs["data"] = DataOptions(**{name: kwargs.pop(name) for name in _DATA})
@@ -210,17 +242,36 @@ def gate_options(f=None, *, history: bool = False):
 
     if history:
         gate_method = click.option(
-            "--gate-method", type=click.Choice(METHODS), default=None,
-            help="Method whose best top-1 the gates check [default: nnk, or the only --method].")
+            "--gate-method",
+            type=click.Choice(METHODS),
+            default=None,
+            help="Method whose best top-1 the gates check [default: nnk, or the only --method].",
+        )
     else:
         gate_method = click.option(
-            "--gate-method", type=click.Choice(GATE_METHODS), default="all", show_default=True,
-            help="Which method's accuracy --min-top1/--min-top5 check.")
+            "--gate-method",
+            type=click.Choice(GATE_METHODS),
+            default="all",
+            show_default=True,
+            help="Which method's accuracy --min-top1/--min-top5 check.",
+        )
     options = [
-        click.option("--min-top1", type=float, default=None, metavar="PCT", callback=check_with(percent),
-                     help="Exit with code 3 when a method's top-1 (%) is below PCT."),
-        click.option("--min-top5", type=float, default=None, metavar="PCT", callback=check_with(percent),
-                     help="Exit with code 3 when a method's top-5 (%) is below PCT."),
+        click.option(
+            "--min-top1",
+            type=float,
+            default=None,
+            metavar="PCT",
+            callback=check_with(percent),
+            help="Exit with code 3 when a method's top-1 (%) is below PCT.",
+        ),
+        click.option(
+            "--min-top5",
+            type=float,
+            default=None,
+            metavar="PCT",
+            callback=check_with(percent),
+            help="Exit with code 3 when a method's top-5 (%) is below PCT.",
+        ),
         gate_method,
     ]
 
@@ -233,8 +284,22 @@ def gate_options(f=None, *, history: bool = False):
 
 
 # -- the model and its transform: extract --images and evaluate -----------------------------------
-MODEL_PARAMS = ("model", "checkpoint_key", "strip_prefix", "trust_checkpoint", "resize", "crop", "interpolation",
-                "mean", "std", "device", "batch_size", "workers", "fp16", "skip_bad_images")
+MODEL_PARAMS = (
+    "model",
+    "checkpoint_key",
+    "strip_prefix",
+    "trust_checkpoint",
+    "resize",
+    "crop",
+    "interpolation",
+    "mean",
+    "std",
+    "device",
+    "batch_size",
+    "workers",
+    "fp16",
+    "skip_bad_images",
+)
 
 
 def _transform_check(field: str):
@@ -275,30 +340,83 @@ def model_options(f):
 
     device, fp16 = device_options()
     options = [
-        click.option("--model", default=None, metavar="SPEC",
-                     help="torchvision:NAME, torchscript:FILE.pt or MODULE:CALLABLE."),
-        click.option("--checkpoint-key", default=None, metavar="KEY",
-                     help="Key of the nested state dict, a.b for deeper (default: auto-detect "
-                          "state_dict/model/teacher/...)."),
-        click.option("--strip-prefix", multiple=True, metavar="PREFIX",
-                     help="Key prefix to remove (default: auto-detect module./backbone./...). Repeatable."),
-        click.option("--trust-checkpoint", is_flag=True,
-                     help="Allow arbitrary pickled objects in the checkpoint (unpickling runs code)."),
-        click.option("--resize", type=int, default=EvalTransform.resize, show_default=True, metavar="PX",
-                     callback=_transform_check("resize"), help="Shorter side before cropping."),
-        click.option("--crop", type=click.IntRange(min=1), default=EvalTransform.crop, show_default=True,
-                     metavar="PX", help="Center-crop size (at most --resize)."),
-        click.option("--interpolation", type=click.Choice(INTERPOLATIONS), default=EvalTransform.interpolation,
-                     show_default=True, help="Resize interpolation (bicubic: DINO's evaluation protocol)."),
-        click.option("--mean", default=rgb(IMAGENET_MEAN), show_default=True, metavar="R,G,B",
-                     callback=_transform_check("mean"), help="Normalization mean."),
-        click.option("--std", default=rgb(IMAGENET_STD), show_default=True, metavar="R,G,B",
-                     callback=_transform_check("std"), help="Normalization std (each > 0)."),
+        click.option(
+            "--model", default=None, metavar="SPEC", help="torchvision:NAME, torchscript:FILE.pt or MODULE:CALLABLE."
+        ),
+        click.option(
+            "--checkpoint-key",
+            default=None,
+            metavar="KEY",
+            help="Key of the nested state dict, a.b for deeper (default: auto-detect state_dict/model/teacher/...).",
+        ),
+        click.option(
+            "--strip-prefix",
+            multiple=True,
+            metavar="PREFIX",
+            help="Key prefix to remove (default: auto-detect module./backbone./...). Repeatable.",
+        ),
+        click.option(
+            "--trust-checkpoint",
+            is_flag=True,
+            help="Allow arbitrary pickled objects in the checkpoint (unpickling runs code).",
+        ),
+        click.option(
+            "--resize",
+            type=int,
+            default=EvalTransform.resize,
+            show_default=True,
+            metavar="PX",
+            callback=_transform_check("resize"),
+            help="Shorter side before cropping.",
+        ),
+        click.option(
+            "--crop",
+            type=click.IntRange(min=1),
+            default=EvalTransform.crop,
+            show_default=True,
+            metavar="PX",
+            help="Center-crop size (at most --resize).",
+        ),
+        click.option(
+            "--interpolation",
+            type=click.Choice(INTERPOLATIONS),
+            default=EvalTransform.interpolation,
+            show_default=True,
+            help="Resize interpolation (bicubic: DINO's evaluation protocol).",
+        ),
+        click.option(
+            "--mean",
+            default=rgb(IMAGENET_MEAN),
+            show_default=True,
+            metavar="R,G,B",
+            callback=_transform_check("mean"),
+            help="Normalization mean.",
+        ),
+        click.option(
+            "--std",
+            default=rgb(IMAGENET_STD),
+            show_default=True,
+            metavar="R,G,B",
+            callback=_transform_check("std"),
+            help="Normalization std (each > 0).",
+        ),
         device,
-        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, metavar="N",
-                     help="Images per forward pass."),
-        click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True, metavar="N",
-                     help="DataLoader worker processes decoding images."),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=64,
+            show_default=True,
+            metavar="N",
+            help="Images per forward pass.",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=0),
+            default=4,
+            show_default=True,
+            metavar="N",
+            help="DataLoader worker processes decoding images.",
+        ),
         fp16,
         click.option("--skip-bad-images", is_flag=True, help="Skip (and count) files that cannot be decoded."),
     ]
@@ -324,12 +442,21 @@ def _plot_suffix(ctx, param, value):
     from nnkcli.plots import PLOT_SUFFIXES
 
     if value is not None and Path(value).suffix.lower() not in PLOT_SUFFIXES:
-        raise click.BadParameter(f"unknown file type {Path(value).suffix or '(none)'!r} (got {str(value)!r}); "
-                                 f"use a {', '.join(PLOT_SUFFIXES[:-1])} or {PLOT_SUFFIXES[-1]} file name")
+        raise click.BadParameter(
+            f"unknown file type {Path(value).suffix or '(none)'!r} (got {str(value)!r}); "
+            f"use a {', '.join(PLOT_SUFFIXES[:-1])} or {PLOT_SUFFIXES[-1]} file name"
+        )
     return value
 
 
 def plot_option(dest: str, help: str, path_type=None):
     """``--plot FILE`` (.png, .svg or .pdf, checked while parsing)."""
-    return click.option("--plot", dest, type=click.Path(dir_okay=False, path_type=path_type), default=None,
-                        metavar="FILE", callback=_plot_suffix, help=help)
+    return click.option(
+        "--plot",
+        dest,
+        type=click.Path(dir_okay=False, path_type=path_type),
+        default=None,
+        metavar="FILE",
+        callback=_plot_suffix,
+        help=help,
+    )

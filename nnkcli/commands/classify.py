@@ -16,9 +16,14 @@ from nnkcli.commands._render import render_classification
 @shard_option
 @gate_options
 @click.option("--per-class", is_flag=True, help="Add per-class top-1 accuracy.")
-@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
-              help="Write per-query neighbors, scores, top-5 and NNK weights to this HDF5 file "
-                   "(with --shard: the shard's partial result file for 'nnk merge').")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write per-query neighbors, scores, top-5 and NNK weights to this HDF5 file "
+    "(with --shard: the shard's partial result file for 'nnk merge').",
+)
 @command_options
 def classify(store, scoring, data, shard, per_class, out, min_top1, min_top5, gate_method, fmt):
     """Classify the query split by its k nearest training rows, with NNK and weighted kNN.
@@ -45,8 +50,15 @@ def classify(store, scoring, data, shard, per_class, out, min_top1, min_top5, ga
     gate = min_top1 is not None or min_top5 is not None
     if gate:
         check_gate_method(gate_method, scoring.methods)
-    doc = run_classify(store, scoring, data=data, per_class=per_class, predictions_path=out, gate_requested=gate,
-                       progress_factory=ui.progress).to_dict()
+    doc = run_classify(
+        store,
+        scoring,
+        data=data,
+        per_class=per_class,
+        predictions_path=out,
+        gate_requested=gate,
+        progress_factory=ui.progress,
+    ).to_dict()
     rows = doc["results"]
     render_classification(doc, fmt, per_class=per_class)
     check_gates(rows, min_top1=min_top1, min_top5=min_top5, gate_method=gate_method)

@@ -23,19 +23,41 @@ def _side(ctx, param, value):
 @click.command("compare")
 @click.argument("a", type=click.Path(dir_okay=False))
 @click.argument("b", type=click.Path(dir_okay=False), required=False)
-@click.option("--a", "a_spec", default=None, callback=_side, metavar="METHOD[@K]",
-              help="Side A's classifier, e.g. knn@20 (default: nnk, or a prediction file's only method).")
-@click.option("--b", "b_spec", default=None, callback=_side, metavar="METHOD[@K]",
-              help="Side B's classifier, e.g. nnk@50 (default: the same as A's).")
-@scoring_options(single_k="compare", methods=False, alpha=True,
-                 k_help="k of a side whose METHOD has no @K (stores only).")
+@click.option(
+    "--a",
+    "a_spec",
+    default=None,
+    callback=_side,
+    metavar="METHOD[@K]",
+    help="Side A's classifier, e.g. knn@20 (default: nnk, or a prediction file's only method).",
+)
+@click.option(
+    "--b",
+    "b_spec",
+    default=None,
+    callback=_side,
+    metavar="METHOD[@K]",
+    help="Side B's classifier, e.g. nnk@50 (default: the same as A's).",
+)
+@scoring_options(
+    single_k="compare", methods=False, alpha=True, k_help="k of a side whose METHOD has no @K (stores only)."
+)
 @data_options
-@click.option("--bootstrap", "n_boot", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Paired-bootstrap resamples for the interval of B - A.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap (results repeat for a seed).")
+@click.option(
+    "--bootstrap",
+    "n_boot",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Paired-bootstrap resamples for the interval of B - A.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap (results repeat for a seed)."
+)
 @click.option("--per-class", is_flag=True, help="Also show per-class top-1 of A and B, largest difference first.")
-@click.option("--fail-if-worse", is_flag=True,
-              help="Exit with code 3 when B is significantly worse than A (McNemar p < --alpha).")
+@click.option(
+    "--fail-if-worse", is_flag=True, help="Exit with code 3 when B is significantly worse than A (McNemar p < --alpha)."
+)
 @command_options
 def compare(a, b, a_spec, b_spec, scoring, data, n_boot, seed, per_class, fail_if_worse, fmt):
     """Is B better than A on the same queries? Paired bootstrap and McNemar's exact test.
@@ -56,9 +78,12 @@ def compare(a, b, a_spec, b_spec, scoring, data, n_boot, seed, per_class, fail_i
     from nnkcli.evaluation.compare import compare as run_compare
 
     ui = get_ui()
-    doc = run_compare(a, b, scoring, data=data, a=a_spec, b=b_spec, n_boot=n_boot, seed=seed,
-                      progress_factory=ui.progress)
+    doc = run_compare(
+        a, b, scoring, data=data, a=a_spec, b=b_spec, n_boot=n_boot, seed=seed, progress_factory=ui.progress
+    )
     render_comparison(doc, fmt, per_class=per_class)
     if fail_if_worse and doc["better"] == "a":
-        raise GateFailed(f"B ({doc['b']['source']}) is significantly worse than A ({doc['a']['source']}): "
-                         f"{doc['verdict']}", hint="the comparison above was still written")
+        raise GateFailed(
+            f"B ({doc['b']['source']}) is significantly worse than A ({doc['a']['source']}): {doc['verdict']}",
+            hint="the comparison above was still written",
+        )

@@ -25,17 +25,32 @@ from nnkcli.tracking.runner import RunStatus
 
 logger = logging.getLogger("nnkcli")
 
+
 def _evaluate_model_options(f):
     """The shared model bundle plus what only ``evaluate`` needs: image folders and store keeping."""
     opts = [
-        click.option("--train-images", type=click.Path(exists=False), default=None, metavar="DIR|FILE.csv",
-                     help="Images extracted into the train split of each checkpoint: a folder with one "
-                          "sub-folder per class, or a CSV list of path,label rows."),
-        click.option("--val-images", type=click.Path(exists=False), default=None, metavar="DIR|FILE.csv",
-                     help="Images extracted into the query split of each checkpoint (folder or CSV list)."),
-        click.option("--no-keep-store", "keep_store", flag_value=False, default=True,
-                     help="Delete a checkpoint's extracted store once evaluated (default: keep it "
-                          "in <history dir>/stores/)."),
+        click.option(
+            "--train-images",
+            type=click.Path(exists=False),
+            default=None,
+            metavar="DIR|FILE.csv",
+            help="Images extracted into the train split of each checkpoint: a folder with one "
+            "sub-folder per class, or a CSV list of path,label rows.",
+        ),
+        click.option(
+            "--val-images",
+            type=click.Path(exists=False),
+            default=None,
+            metavar="DIR|FILE.csv",
+            help="Images extracted into the query split of each checkpoint (folder or CSV list).",
+        ),
+        click.option(
+            "--no-keep-store",
+            "keep_store",
+            flag_value=False,
+            default=True,
+            help="Delete a checkpoint's extracted store once evaluated (default: keep it in <history dir>/stores/).",
+        ),
     ]
     f = model_options(f)
     for opt in reversed(opts):
@@ -44,8 +59,12 @@ def _evaluate_model_options(f):
 
 
 def outcome_columns(methods) -> list[Column]:
-    cols = [Column("source", justify="left"), Column("step"), Column("status", justify="left"),
-            Column("sha256", "sha256", justify="left")]
+    cols = [
+        Column("source", justify="left"),
+        Column("step"),
+        Column("status", justify="left"),
+        Column("sha256", "sha256", justify="left"),
+    ]
     for m in methods:
         cols += [Column(f"{m}_top1", f"{m} top-1 %", ".2f", ci=f"{m}_top1_ci"), Column(f"{m}_k", f"{m} k")]
     cols.append(Column("seconds", "seconds", ".1f"))
@@ -95,31 +114,69 @@ Exit codes: 0 ok (also when nothing was new), 1 a source failed or bad input,
 
 @click.command(epilog=EPILOG)
 @click.argument("sources", nargs=-1, type=click.Path(dir_okay=True, path_type=Path), metavar="[SOURCE]...")
-@click.option("--history", "history_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="JSON-lines history file (created when missing).")
-@click.option("--watch-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also take every file in DIR matching --pattern.")
-@click.option("--pattern", default=None,
-              help="Glob for --watch-dir [default: *.pth with --model, else *.h5].")
+@click.option(
+    "--history",
+    "history_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON-lines history file (created when missing).",
+)
+@click.option(
+    "--watch-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also take every file in DIR matching --pattern.",
+)
+@click.option("--pattern", default=None, help="Glob for --watch-dir [default: *.pth with --model, else *.h5].")
 @scoring_options(device=False)  # --device (and --fp16) come with the model options and serve both
 @data_options
 @gate_options(history=True)
-@click.option("--fail-on-regression", "max_drop", type=float, default=None, metavar="PTS",
-              callback=check_with(points),
-              help="Exit 3 when a source of this run has a best top-1 more than PTS points below the best "
-                   "other source's (same parameters).")
-@click.option("--significant", is_flag=True,
-              help="--fail-on-regression fails only when the drop is significant (McNemar on the same queries, "
-                   "--alpha).")
-@click.option("--force", is_flag=True,
-              help="Re-evaluate sources already recorded with these parameters (a new line; the newer wins).")
+@click.option(
+    "--fail-on-regression",
+    "max_drop",
+    type=float,
+    default=None,
+    metavar="PTS",
+    callback=check_with(points),
+    help="Exit 3 when a source of this run has a best top-1 more than PTS points below the best "
+    "other source's (same parameters).",
+)
+@click.option(
+    "--significant",
+    is_flag=True,
+    help="--fail-on-regression fails only when the drop is significant (McNemar on the same queries, --alpha).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Re-evaluate sources already recorded with these parameters (a new line; the newer wins).",
+)
 @_evaluate_model_options
 @lock_timeout_option
 @command_options
 @click.pass_context
-def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_drop, significant, force,
-             gate_method, min_top1,
-             min_top5, keep_store, model, train_images, val_images, fmt, lock_timeout, **model_kwargs):
+def evaluate(
+    ctx,
+    sources,
+    history_path,
+    watch_dir,
+    pattern,
+    scoring,
+    data,
+    max_drop,
+    significant,
+    force,
+    gate_method,
+    min_top1,
+    min_top5,
+    keep_store,
+    model,
+    train_images,
+    val_images,
+    fmt,
+    lock_timeout,
+    **model_kwargs,
+):
     """Evaluate new checkpoints or feature stores into HISTORY, once each.
 
     Each SOURCE (a feature store, or a checkpoint with --model, --train-images and
@@ -149,14 +206,19 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_
     scoring = scoring.replace(device="cuda" if device.startswith("cuda") else device)
     if not sources and watch_dir is None:
         raise click.UsageError("give at least one SOURCE or --watch-dir DIR")
-    model_given = [n for n, v in (("--model", model), ("--train-images", train_images),
-                                  ("--val-images", val_images)) if v is not None]
+    model_given = [
+        n
+        for n, v in (("--model", model), ("--train-images", train_images), ("--val-images", val_images))
+        if v is not None
+    ]
     model_opts = None
     if model_given:
         missing = {"--model", "--train-images", "--val-images"} - set(model_given)
         if missing:
-            raise click.UsageError(f"checkpoint SOURCEs need --model, --train-images and --val-images "
-                                   f"(missing: {', '.join(sorted(missing))})")
+            raise click.UsageError(
+                f"checkpoint SOURCEs need --model, --train-images and --val-images "
+                f"(missing: {', '.join(sorted(missing))})"
+            )
         # only what was given is recorded (and names the extracted store), so the defaults can evolve
         extract = given_on_command_line(ctx, [n for n in MODEL_PARAMS if n != "model"])
         extract = {k: v for k, v in extract.items() if v not in ((), False)}
@@ -175,19 +237,36 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_
     progress = partial(_progress, ui) if ui.chatty else None
     if significant and max_drop is None:
         raise click.UsageError("--significant qualifies --fail-on-regression PTS; give both")
-    outcomes = evaluate_sources(paths, history_path, options=scoring, data=data, sweep=sweep, model=model_opts,
-                                progress_factory=progress, force=force, lock_timeout=lock_timeout)
+    outcomes = evaluate_sources(
+        paths,
+        history_path,
+        options=scoring,
+        data=data,
+        sweep=sweep,
+        model=model_opts,
+        progress_factory=progress,
+        force=force,
+        lock_timeout=lock_timeout,
+    )
 
     history = read_history(history_path)
     for bad in history.malformed:
         logger.warning(f"{history_path.name} {bad}; skipped")
     gate = None
     if any(v is not None for v in (max_drop, min_top1, min_top5)):
-        gate = gate_run(history_path, outcomes, method=gate_method, max_drop=max_drop, min_top1=min_top1,
-                        min_top5=min_top5, significant=significant, alpha=scoring.alpha, history=history)
+        gate = gate_run(
+            history_path,
+            outcomes,
+            method=gate_method,
+            max_drop=max_drop,
+            min_top1=min_top1,
+            min_top5=min_top5,
+            significant=significant,
+            alpha=scoring.alpha,
+            history=history,
+        )
         if not gate.sources:
-            logger.warning(f"no source of this run has a {gate_method} result in {history_path.name}: "
-                           "nothing to gate")
+            logger.warning(f"no source of this run has a {gate_method} result in {history_path.name}: nothing to gate")
         for note in gate.notes:
             logger.warning(note)
 
@@ -199,8 +278,14 @@ def evaluate(ctx, sources, history_path, watch_dir, pattern, scoring, data, max_
         "gate": gate.to_dict() if gate is not None else None,
     }
     caption = ", ".join(f"{n} {s}" for s, n in counts.items()) + f" -> {history_path}"
-    render(payload, fmt=ui.fmt, columns=outcome_columns(methods), rows=[outcome_row(o, methods) for o in outcomes],
-           title="nnk evaluate", caption=caption)
+    render(
+        payload,
+        fmt=ui.fmt,
+        columns=outcome_columns(methods),
+        rows=[outcome_row(o, methods) for o in outcomes],
+        title="nnk evaluate",
+        caption=caption,
+    )
 
     failed = [o for o in outcomes if o.status is RunStatus.FAILED]
     if failed:

@@ -79,33 +79,78 @@ Examples:
 """,
 )
 @click.argument("store", type=click.Path(dir_okay=False, path_type=str))
-@click.option("--split", required=True, metavar="NAME", callback=check_with(split_name),
-              help="Split to write, e.g. train or val.")
-@click.option("--from", "from_path", metavar="PATH", default=None,
-              help="Features to import: .npy, .npz, lightly's embeddings.csv, .safetensors, .parquet (file or "
-                   "folder), an embedding-reader folder (.npy shards + parquet metadata), a DINO "
-                   "--dump_features folder/.pth, or a VISSL folder.")
-@click.option("--labels", "labels_path", metavar="PATH", default=None,
-              help="Labels file (.npy, .npz, .txt one per line, .pth): integers or names, -1 = unlabelled.")
-@click.option("--features-key", metavar="K", default=None,
-              help="Features in a .npz/.safetensors [features], parquet column [embedding], or embedding-reader "
-                   "sub-folder [img_emb].")
-@click.option("--labels-key", metavar="K", default=None,
-              help="Labels in a .npz/.safetensors [labels], or parquet (metadata) column [label].")
-@click.option("--class-names", "class_names_path", metavar="FILE", default=None,
-              help="Text file of class names, one per line: integer label i is named by line i+1.")
+@click.option(
+    "--split", required=True, metavar="NAME", callback=check_with(split_name), help="Split to write, e.g. train or val."
+)
+@click.option(
+    "--from",
+    "from_path",
+    metavar="PATH",
+    default=None,
+    help="Features to import: .npy, .npz, lightly's embeddings.csv, .safetensors, .parquet (file or "
+    "folder), an embedding-reader folder (.npy shards + parquet metadata), a DINO "
+    "--dump_features folder/.pth, or a VISSL folder.",
+)
+@click.option(
+    "--labels",
+    "labels_path",
+    metavar="PATH",
+    default=None,
+    help="Labels file (.npy, .npz, .txt one per line, .pth): integers or names, -1 = unlabelled.",
+)
+@click.option(
+    "--features-key",
+    metavar="K",
+    default=None,
+    help="Features in a .npz/.safetensors [features], parquet column [embedding], or embedding-reader "
+    "sub-folder [img_emb].",
+)
+@click.option(
+    "--labels-key",
+    metavar="K",
+    default=None,
+    help="Labels in a .npz/.safetensors [labels], or parquet (metadata) column [label].",
+)
+@click.option(
+    "--class-names",
+    "class_names_path",
+    metavar="FILE",
+    default=None,
+    help="Text file of class names, one per line: integer label i is named by line i+1.",
+)
 @click.option("--layer", metavar="L", default=None, help="VISSL layer to import (when the folder holds several).")
-@click.option("--allow-gaps", is_flag=True,
-              help="VISSL: import even when dataset indices are missing (a rank's shards absent).")
+@click.option(
+    "--allow-gaps", is_flag=True, help="VISSL: import even when dataset indices are missing (a rank's shards absent)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace the split if the store already has it.")
-@click.option("--meta", multiple=True, metavar="KEY=VALUE", callback=parse_meta,
-              help="Provenance pair stored with the split (repeatable).")
+@click.option(
+    "--meta",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=parse_meta,
+    help="Provenance pair stored with the split (repeatable).",
+)
 @lock_timeout_option
 @image_options
 @command_options
 @click.pass_context
-def extract(ctx, store, split, from_path, labels_path, features_key, labels_key, layer, class_names_path, allow_gaps,
-            overwrite, meta, fmt, lock_timeout, **image_opts):
+def extract(
+    ctx,
+    store,
+    split,
+    from_path,
+    labels_path,
+    features_key,
+    labels_key,
+    layer,
+    class_names_path,
+    allow_gaps,
+    overwrite,
+    meta,
+    fmt,
+    lock_timeout,
+    **image_opts,
+):
     """Write features into split NAME of STORE (an HDF5 file, created if missing).
 
     From arrays or dumps (--from), or with a model from images (--images, needs the
@@ -118,11 +163,25 @@ def extract(ctx, store, split, from_path, labels_path, features_key, labels_key,
     image_source = image_opts.get("images") or image_opts.get("image_list")
     _check_usage(ctx, from_path, image_source)
     if from_path:
-        summary = _import_arrays(ui, store, split, from_path, labels_path, features_key, labels_key, layer,
-                                 overwrite, meta, class_names_path, lock_timeout, allow_gaps)
+        summary = _import_arrays(
+            ui,
+            store,
+            split,
+            from_path,
+            labels_path,
+            features_key,
+            labels_key,
+            layer,
+            overwrite,
+            meta,
+            class_names_path,
+            lock_timeout,
+            allow_gaps,
+        )
     else:
-        summary = run_image_extraction(ctx, store=store, split=split, overwrite=overwrite, meta=meta,
-                                       lock_timeout=lock_timeout, **image_opts)
+        summary = run_image_extraction(
+            ctx, store=store, split=split, overwrite=overwrite, meta=meta, lock_timeout=lock_timeout, **image_opts
+        )
         if summary.pop("rank", 0) != 0:
             return  # under torchrun only rank 0 prints the assembled split's summary
     render_summary(summary, ui.fmt)
@@ -141,26 +200,54 @@ def _check_usage(ctx: click.Context, from_path: str | None, image_source: str | 
             raise click.UsageError(f"{_option_flag(ctx, name)} applies to {where} only", ctx)
 
 
-def _import_arrays(ui, store, split, from_path, labels_path, features_key, labels_key, layer, overwrite, meta,
-                   class_names_path=None, lock_timeout=None, allow_gaps=False):
+def _import_arrays(
+    ui,
+    store,
+    split,
+    from_path,
+    labels_path,
+    features_key,
+    labels_key,
+    layer,
+    overwrite,
+    meta,
+    class_names_path=None,
+    lock_timeout=None,
+    allow_gaps=False,
+):
     from nnkcli.errors import InputError
     from nnkcli.extract import load_features
     from nnkcli.storage.checks import check_split_name
     from nnkcli.storage.store import write_split
 
     check_split_name(split)
-    imported = load_features(from_path, split=split, labels_path=labels_path, features_key=features_key,
-                             labels_key=labels_key, layer=layer, class_names_path=class_names_path,
-                             allow_gaps=allow_gaps)
+    imported = load_features(
+        from_path,
+        split=split,
+        labels_path=labels_path,
+        features_key=features_key,
+        labels_key=labels_key,
+        layer=layer,
+        class_names_path=class_names_path,
+        allow_gaps=allow_gaps,
+    )
     for key in meta:
         if key in imported.attrs:
             raise InputError(f"--meta key '{key}' is already set by the importer", hint="choose another key")
     n_rows = int(imported.features.shape[0]) if len(imported.features.shape) else 0
     with ui.progress(n_rows, f"writing {split}") as advance:
         summary = write_split(
-            store, split, imported.features, imported.labels, ids=imported.ids,
-            class_names=imported.class_names, source=imported.source, attrs={**imported.attrs, **meta},
-            overwrite=overwrite, progress=advance, lock_timeout=lock_timeout,
+            store,
+            split,
+            imported.features,
+            imported.labels,
+            ids=imported.ids,
+            class_names=imported.class_names,
+            source=imported.source,
+            attrs={**imported.attrs, **meta},
+            overwrite=overwrite,
+            progress=advance,
+            lock_timeout=lock_timeout,
         )
     return summary
 

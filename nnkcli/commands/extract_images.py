@@ -19,12 +19,24 @@ IMAGE_OPTION_NAMES = ("images", "image_list", "checkpoint", "resume", *MODEL_PAR
 def image_options(f):
     """Options for extracting features with a model from an image folder / list."""
     opts = [
-        click.option("--images", type=click.Path(file_okay=False, path_type=str), default=None,
-                     help="Image folder: one sub-folder per class (sorted names -> class ids)."),
-        click.option("--image-list", type=click.Path(dir_okay=False, path_type=str), default=None,
-                     help="CSV file of path,label rows instead of --images (paths relative to the file)."),
-        click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=str), default=None,
-                     help="State dict to load into the model (strict: every parameter must be present)."),
+        click.option(
+            "--images",
+            type=click.Path(file_okay=False, path_type=str),
+            default=None,
+            help="Image folder: one sub-folder per class (sorted names -> class ids).",
+        ),
+        click.option(
+            "--image-list",
+            type=click.Path(dir_okay=False, path_type=str),
+            default=None,
+            help="CSV file of path,label rows instead of --images (paths relative to the file).",
+        ),
+        click.option(
+            "--checkpoint",
+            type=click.Path(dir_okay=False, path_type=str),
+            default=None,
+            help="State dict to load into the model (strict: every parameter must be present).",
+        ),
         click.option("--resume", is_flag=True, help="Continue an interrupted extraction of this split."),
     ]
     f = model_options(f)
@@ -53,8 +65,9 @@ def run_image_extraction(ctx: click.Context, *, store: str, split: str, overwrit
     if not images and not image_list:
         raise click.UsageError("--model needs --images DIR or --image-list FILE.csv")
     if not options.get("model"):
-        raise click.UsageError("--images/--image-list need --model SPEC (torchvision:NAME, torchscript:FILE "
-                               "or MODULE:CALLABLE)")
+        raise click.UsageError(
+            "--images/--image-list need --model SPEC (torchvision:NAME, torchscript:FILE or MODULE:CALLABLE)"
+        )
     for name in ("checkpoint_key", "trust_checkpoint"):
         if options.get(name) and not options.get("checkpoint"):
             raise click.UsageError(f"--{name.replace('_', '-')} needs --checkpoint")
@@ -74,7 +87,10 @@ def run_image_extraction(ctx: click.Context, *, store: str, split: str, overwrit
     total = len(samples) if world is None else (lambda a, b: b - a)(*_rank_bounds(len(samples), world))
     with ui.progress(total, f"extracting {split}", unit="images") as advance:
         summary = run(
-            store, split, samples, options["model"],
+            store,
+            split,
+            samples,
+            options["model"],
             checkpoint=options.get("checkpoint"),
             checkpoint_key=options.get("checkpoint_key"),
             strip_prefix=list(options.get("strip_prefix") or ()) or None,

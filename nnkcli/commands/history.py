@@ -47,15 +47,28 @@ Malformed lines are reported on stderr with their line number and skipped.
 
 @click.command(epilog=EPILOG)
 @click.argument("history_path", metavar="HISTORY", type=click.Path(dir_okay=False, path_type=Path))
-@plot_option("plot_path", "Also draw top-1 over checkpoints for each method (.png, .svg or .pdf; needs the "
-                         "plot extra).", path_type=Path)
-@click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              metavar="DIR", help="Also write best top-1/top-5/k per method against the step as TensorBoard "
-                                  "scalars (needs the tensorboard extra).")
+@plot_option(
+    "plot_path",
+    "Also draw top-1 over checkpoints for each method (.png, .svg or .pdf; needs the plot extra).",
+    path_type=Path,
+)
+@click.option(
+    "--tensorboard",
+    "tensorboard_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Also write best top-1/top-5/k per method against the step as TensorBoard "
+    "scalars (needs the tensorboard extra).",
+)
 @click.option("--params", "list_params", is_flag=True, help="List the history's parameter sets instead.")
-@click.option("--param-set", "param_set", default=None, metavar="N|KEY",
-              help="Show parameter set N of --params (1 = most recent, the default) or the one whose key "
-                   "starts with KEY.")
+@click.option(
+    "--param-set",
+    "param_set",
+    default=None,
+    metavar="N|KEY",
+    help="Show parameter set N of --params (1 = most recent, the default) or the one whose key starts with KEY.",
+)
 @command_options
 @click.pass_context
 def history(ctx, history_path, plot_path, tensorboard_dir, list_params, param_set, fmt):
@@ -75,10 +88,19 @@ def history(ctx, history_path, plot_path, tensorboard_dir, list_params, param_se
         logger.warning(f"{history_path.name} {bad}; skipped")
     if list_params:
         rows = parameter_set_rows(parameter_sets(hist.entries))
-        render({"history": str(history_path), "parameter_sets": rows}, fmt=ui.fmt,
-               columns=[Column("number", "set"), Column("key", justify="left"), Column("entries"),
-                        Column("last_used", "last used", justify="left"), Column("settings", justify="left")],
-               rows=rows, title=f"nnk history {history_path} --params")
+        render(
+            {"history": str(history_path), "parameter_sets": rows},
+            fmt=ui.fmt,
+            columns=[
+                Column("number", "set"),
+                Column("key", justify="left"),
+                Column("entries"),
+                Column("last_used", "last used", justify="left"),
+                Column("settings", justify="left"),
+            ],
+            rows=rows,
+            title=f"nnk history {history_path} --params",
+        )
         return
     try:
         view = history_view(hist, param_set)
@@ -102,9 +124,17 @@ def history(ctx, history_path, plot_path, tensorboard_dir, list_params, param_se
         others = view.others
         if others:
             n_other = sum(s.n_entries for s in others)
-            caption += (f"; {n_other} entr{'y' if n_other == 1 else 'ies'} with {len(others)} other parameter "
-                        f"set{'' if len(others) == 1 else 's'}: see --params, pick with --param-set")
+            caption += (
+                f"; {n_other} entr{'y' if n_other == 1 else 'ies'} with {len(others)} other parameter "
+                f"set{'' if len(others) == 1 else 's'}: see --params, pick with --param-set"
+            )
     if hist.malformed:
         caption += f", {len(hist.malformed)} malformed line{'' if len(hist.malformed) == 1 else 's'} skipped"
-    render(payload, fmt=ui.fmt, columns=history_columns(methods), rows=rows, title=f"nnk history {history_path}",
-           caption=caption)
+    render(
+        payload,
+        fmt=ui.fmt,
+        columns=history_columns(methods),
+        rows=rows,
+        title=f"nnk history {history_path}",
+        caption=caption,
+    )

@@ -37,13 +37,30 @@ def index_params_options(f):
 @click.command("index")
 @click.argument("store", type=click.Path(dir_okay=False))
 @split_option("train_split", "--split")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Index file (default: beside STORE, <stem>.<train-split>.faiss).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Index file (default: beside STORE, <stem>.<train-split>.faiss).",
+)
 @index_params_options
-@click.option("--shards", "n_shards", type=int, default=None, metavar="M", callback=check_with(optional_count),
-              help="Build M index files over contiguous row ranges (peak memory: one shard plus a query chunk).")
-@click.option("--max-memory", "max_memory", callback=_parse_memory, default=None, metavar="SIZE",
-              help="Pick the number of shards so one shard plus a query chunk fits in SIZE (e.g. 8G).")
+@click.option(
+    "--shards",
+    "n_shards",
+    type=int,
+    default=None,
+    metavar="M",
+    callback=check_with(optional_count),
+    help="Build M index files over contiguous row ranges (peak memory: one shard plus a query chunk).",
+)
+@click.option(
+    "--max-memory",
+    "max_memory",
+    callback=_parse_memory,
+    default=None,
+    metavar="SIZE",
+    help="Pick the number of shards so one shard plus a query chunk fits in SIZE (e.g. 8G).",
+)
 @settings_option(ScoringOptions, "threads")
 @command_options
 def index(store, train_split, out, params, n_shards, max_memory, threads, fmt):
@@ -70,16 +87,31 @@ def index(store, train_split, out, params, n_shards, max_memory, threads, fmt):
         raise click.UsageError("give --shards or --max-memory, not both")
     if n_shards is not None or max_memory is not None:
         summary = shards.index_store_sharded(
-            store, split=train_split, out=out, params=params, n_shards=n_shards, max_memory=max_memory,
-            chunk_bytes=CHUNK_MEMORY_BUDGET, threads=threads, progress_factory=ui.progress,
+            store,
+            split=train_split,
+            out=out,
+            params=params,
+            n_shards=n_shards,
+            max_memory=max_memory,
+            chunk_bytes=CHUNK_MEMORY_BUDGET,
+            threads=threads,
+            progress_factory=ui.progress,
         )
     else:
-        summary = index_store(store, split=train_split, out=out, params=params, threads=threads,
-                              progress_factory=ui.progress)
+        summary = index_store(
+            store, split=train_split, out=out, params=params, threads=threads, progress_factory=ui.progress
+        )
         # a single index replaced a sharded one at this path: its shard files are no longer used
         shards.remove_unreferenced(out if out is not None else default_index_path(store, train_split))
-    columns = [Column("index", justify="left"), Column("split", justify="left"), Column("n"), Column("dim"),
-               Column("type", justify="left"), Column("bytes"), Column("build_s", "build s", ".2f")]
+    columns = [
+        Column("index", justify="left"),
+        Column("split", justify="left"),
+        Column("n"),
+        Column("dim"),
+        Column("type", justify="left"),
+        Column("bytes"),
+        Column("build_s", "build s", ".2f"),
+    ]
     if "shards" in summary:
         columns.insert(5, Column("shards"))
     render(summary, fmt=fmt, columns=columns, rows=[summary])

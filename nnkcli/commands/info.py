@@ -49,8 +49,9 @@ def info(ctx, store, fmt):
         for name, split in payload["splits"].items()
     ]
     caption = None if rows else "no splits yet: add one with nnk extract"
-    render(payload, fmt=ui.fmt, columns=SPLIT_COLUMNS, rows=rows, title=f"{store} (d={payload['dim']})",
-           caption=caption)
+    render(
+        payload, fmt=ui.fmt, columns=SPLIT_COLUMNS, rows=rows, title=f"{store} (d={payload['dim']})", caption=caption
+    )
     if ui.fmt != "table" or not rows:
         return
     _render_class_counts(payload)

@@ -11,8 +11,13 @@ from nnkcli.commands._render import render_classification, render_sweep
 
 @click.command("merge")
 @click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--out", type=click.Path(dir_okay=False), default=None, metavar="ALL.h5",
-              help="Also write every query's predictions as one partial result file (shard 0/1).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="ALL.h5",
+    help="Also write every query's predictions as one partial result file (shard 0/1).",
+)
 @gate_options
 @command_options
 def merge(parts, out, min_top1, min_top5, gate_method, fmt):

@@ -15,15 +15,31 @@ from nnkcli.commands._render import render_sweep
 @data_options
 @shard_option
 @gate_options
-@click.option("--out", "out", type=click.Path(dir_okay=False), default=None, metavar="PART.h5",
-              help="Write the per-query predictions at every k as a partial result file for 'nnk merge' "
-                   "(needed with --shard).")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="PART.h5",
+    help="Write the per-query predictions at every k as a partial result file for 'nnk merge' (needed with --shard).",
+)
 @plot_option("plot", "Also draw top-1 vs k to this .png/.svg/.pdf (needs the plot extra).")
-@click.option("--tensorboard", "tensorboard_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="Also write top-1/top-5 vs k (run DIR/sweep_step_N) and the best k at step N as TensorBoard "
-                   "scalars (needs the tensorboard extra and --step).")
-@click.option("--step", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Training step (epoch) of these features, for --tensorboard.")
+@click.option(
+    "--tensorboard",
+    "tensorboard_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    metavar="DIR",
+    help="Also write top-1/top-5 vs k (run DIR/sweep_step_N) and the best k at step N as TensorBoard "
+    "scalars (needs the tensorboard extra and --step).",
+)
+@click.option(
+    "--step",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Training step (epoch) of these features, for --tensorboard.",
+)
 @command_options
 def sweep(store, scoring, data, shard, out, plot, tensorboard_dir, step, min_top1, min_top5, gate_method, fmt):
     """Top-1/top-5 of NNK and weighted kNN for many k, from one neighbor search.
@@ -65,8 +81,7 @@ def sweep(store, scoring, data, shard, out, plot, tensorboard_dir, step, min_top
     gate = min_top1 is not None or min_top5 is not None
     if gate:
         check_gate_method(gate_method, scoring.methods)
-    result = run_sweep(store, scoring, data=data, gate_requested=gate, progress_factory=ui.progress,
-                       partial_path=out)
+    result = run_sweep(store, scoring, data=data, gate_requested=gate, progress_factory=ui.progress, partial_path=out)
     doc = result.to_dict()
     if plot is not None:
         from nnkcli.plots import plot_sweep
@@ -79,5 +94,6 @@ def sweep(store, scoring, data, shard, out, plot, tensorboard_dir, step, min_top
         doc["tensorboard"] = write_sweep(doc, tensorboard_dir, step)
     render_sweep(doc, fmt)
     gated = doc["selected"] if "selected" in doc else doc["best"]  # --select-on: the choice made on train
-    check_gates([{"method": m, **b} for m, b in gated.items()], min_top1=min_top1, min_top5=min_top5,
-                gate_method=gate_method)
+    check_gates(
+        [{"method": m, **b} for m, b in gated.items()], min_top1=min_top1, min_top5=min_top5, gate_method=gate_method
+    )

@@ -71,11 +71,14 @@ def check_features(values, what: str) -> np.ndarray:
     """(n, d) finite real features as an array (float16/32/64 kept, integers become float32)."""
     x = to_numpy(values, what)
     if x.dtype.kind not in "biuf":
-        raise InputError(f"{what} have the unsupported dtype {x.dtype}; expected real numbers",
-                         hint="convert them to a float array first")
+        raise InputError(
+            f"{what} have the unsupported dtype {x.dtype}; expected real numbers",
+            hint="convert them to a float array first",
+        )
     if x.ndim != 2:
-        raise InputError(f"{what} must be a 2-D array (n, d); got shape {x.shape}",
-                         hint="reshape to (n_samples, feature_dim)")
+        raise InputError(
+            f"{what} must be a 2-D array (n, d); got shape {x.shape}", hint="reshape to (n_samples, feature_dim)"
+        )
     if x.dtype.kind != "f":
         x = x.astype(np.float32)
     if x.shape[0] and not np.isfinite(x).all():
@@ -110,8 +113,9 @@ def encode_labels(train_labels, query_labels, class_names: Sequence[str] | None)
         top = max([int(a.max(initial=-1)) for a in ids])
         names = list(class_names) if class_names is not None else [str(c) for c in range(top + 1)]
         if top >= len(names):
-            raise InputError(f"label {top} has no name: class_names holds {len(names)} names",
-                             hint="give one name per class id")
+            raise InputError(
+                f"label {top} has no name: class_names holds {len(names)} names", hint="give one name per class id"
+            )
     elif all(a.dtype.kind in "US" for a in arrays):
         strings = [a.astype(str) for a in arrays]
         names = list(class_names) if class_names is not None else sorted(set().union(*map(set, strings)))
@@ -121,6 +125,8 @@ def encode_labels(train_labels, query_labels, class_names: Sequence[str] | None)
             raise InputError(f"label {unknown[0]!r} is not in class_names", hint="give every class a name")
         ids = [np.array([lookup[s] for s in a], dtype=np.int64) for a in strings]
     else:
-        raise InputError("labels must be integers (class ids) or strings, the same kind for train and query",
-                         hint=f"got dtypes {', '.join(str(a.dtype) for a in arrays)}")
+        raise InputError(
+            "labels must be integers (class ids) or strings, the same kind for train and query",
+            hint=f"got dtypes {', '.join(str(a.dtype) for a in arrays)}",
+        )
     return ids[0], (ids[1] if query_labels is not None else None), names

@@ -127,8 +127,13 @@ def _text(value) -> str:
 
 # -- sources ------------------------------------------------------------------------
 def counts_from_prediction_files(
-    path_a: str | os.PathLike, path_b: str | os.PathLike, a: SideSpec | None, b: SideSpec | None,
-    *, block_rows: int = BLOCK_ROWS, progress: Callable[[int], None] | None = None,
+    path_a: str | os.PathLike,
+    path_b: str | os.PathLike,
+    a: SideSpec | None,
+    b: SideSpec | None,
+    *,
+    block_rows: int = BLOCK_ROWS,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[PairedCounts, dict, dict, list[str]]:
     """Stream two ``classify --out`` files in lockstep blocks (memory: two blocks)."""
     from nnkcli.evaluation.predictions import PredictionFile
@@ -138,8 +143,7 @@ def counts_from_prediction_files(
         if fa.n != fb.n:
             raise _mismatch(f"A has {fa.n} queries, B has {fb.n}")
         if fa.class_names is not None and fb.class_names is not None and fa.class_names != fb.class_names:
-            raise _mismatch("their class lists differ "
-                            f"(A: {len(fa.class_names)} classes, B: {len(fb.class_names)})")
+            raise _mismatch(f"their class lists differ (A: {len(fa.class_names)} classes, B: {len(fb.class_names)})")
         names = fa.class_names or fb.class_names
         n_classes = len(names) if names else 0
         # the class count of files without class names: the largest label seen
@@ -174,18 +178,34 @@ def _file_side(f, spec: SideSpec | None, name: str) -> dict:
     else:
         method = spec.method
         if method not in methods:
-            raise InputError(f"{name} ({f.path.name}) has no {method} predictions (it has {', '.join(methods)})",
-                             hint=f"choose --{name.lower()} {'/'.join(methods)}, or classify with --method both")
+            raise InputError(
+                f"{name} ({f.path.name}) has no {method} predictions (it has {', '.join(methods)})",
+                hint=f"choose --{name.lower()} {'/'.join(methods)}, or classify with --method both",
+            )
         if spec.k is not None and spec.k != f.k:
-            raise InputError(f"{name} ({f.path.name}) was classified at k={f.k}, not k={spec.k}",
-                             hint=f"use --{name.lower()} {method}, or classify again with --k {spec.k}")
-    return {"label": name, "source": str(f.path), "kind": "predictions", "method": method, "k": f.k,
-            "parameters": f.attrs.get("parameters")}
+            raise InputError(
+                f"{name} ({f.path.name}) was classified at k={f.k}, not k={spec.k}",
+                hint=f"use --{name.lower()} {method}, or classify again with --k {spec.k}",
+            )
+    return {
+        "label": name,
+        "source": str(f.path),
+        "kind": "predictions",
+        "method": method,
+        "k": f.k,
+        "parameters": f.attrs.get("parameters"),
+    }
 
 
 def counts_from_stores(
-    store_a: str | os.PathLike, store_b: str | os.PathLike | None, a: SideSpec, b: SideSpec, *,
-    options: ScoringOptions, data: DataOptions, progress_factory: Callable | None = None,
+    store_a: str | os.PathLike,
+    store_b: str | os.PathLike | None,
+    a: SideSpec,
+    b: SideSpec,
+    *,
+    options: ScoringOptions,
+    data: DataOptions,
+    progress_factory: Callable | None = None,
 ) -> tuple[PairedCounts, dict, dict, list[str], dict]:
     """Classify the query split(s) and pair the per-query results.
 
@@ -212,10 +232,13 @@ def counts_from_stores(
     else:
         opts_a = options.replace(methods=(a.method,), k_values=(ka,))
         opts_b = options.replace(methods=(b.method,), k_values=(kb,))
-        with open_evaluation(store_a, opts_a, data, progress_factory) as ev_a, \
-                open_evaluation(store_b, opts_b, data, progress_factory) as ev_b:
-            check_same_queries(ev_a.query.n, ev_b.query.n, ev_a.query_labels, ev_b.query_labels,
-                               ev_a.query.ids, ev_b.query.ids)
+        with (
+            open_evaluation(store_a, opts_a, data, progress_factory) as ev_a,
+            open_evaluation(store_b, opts_b, data, progress_factory) as ev_b,
+        ):
+            check_same_queries(
+                ev_a.query.n, ev_b.query.n, ev_a.query_labels, ev_b.query_labels, ev_a.query.ids, ev_b.query.ids
+            )
             if ev_a.class_names != ev_b.class_names:
                 raise _mismatch("the two stores' class lists differ")
             ev_a.check_k(opts_a)
@@ -232,15 +255,26 @@ def counts_from_stores(
     counts = PairedCounts(n_classes)
     counts.update(y, ha, hb)
     unlabelled = int((labels < 0).sum())
-    side_a = {"label": "A", "source": source_a, "kind": "store", "method": a.method, "k": ka,
-              "n_unlabelled": unlabelled}
-    side_b = {"label": "B", "source": source_b, "kind": "store", "method": b.method, "k": kb,
-              "n_unlabelled": unlabelled}
+    side_a = {
+        "label": "A",
+        "source": source_a,
+        "kind": "store",
+        "method": a.method,
+        "k": ka,
+        "n_unlabelled": unlabelled,
+    }
+    side_b = {
+        "label": "B",
+        "source": source_b,
+        "kind": "store",
+        "method": b.method,
+        "k": kb,
+        "n_unlabelled": unlabelled,
+    }
     parameters = {**options.as_dict(), **data.as_dict()}
     for key in ("methods", "k_values"):  # per side, in "a" and "b"
         parameters.pop(key, None)
-    return counts, side_a, side_b, list(names), {"parameters": parameters, "timing": timing_doc,
-                                                 "warnings": warnings}
+    return counts, side_a, side_b, list(names), {"parameters": parameters, "timing": timing_doc, "warnings": warnings}
 
 
 def _run(ev, opts, progress_factory, what):
@@ -254,15 +288,23 @@ def _run(ev, opts, progress_factory, what):
 
 # -- the report ---------------------------------------------------------------------------
 def summarise(
-    counts: PairedCounts, side_a: dict, side_b: dict, class_names: Sequence[str], *,
-    confidence: float = stats.DEFAULT_CONFIDENCE, alpha: float = 0.05, n_boot: int = stats.DEFAULT_BOOTSTRAP,
+    counts: PairedCounts,
+    side_a: dict,
+    side_b: dict,
+    class_names: Sequence[str],
+    *,
+    confidence: float = stats.DEFAULT_CONFIDENCE,
+    alpha: float = 0.05,
+    n_boot: int = stats.DEFAULT_BOOTSTRAP,
     seed: int = 0,
 ) -> dict:
     """The comparison document (accuracies and differences in percent)."""
     n = counts.n
     if n == 0:
-        raise InputError("A and B have no labelled query in common, so there is nothing to compare",
-                         hint="the query split needs labels")
+        raise InputError(
+            "A and B have no labelled query in common, so there is nothing to compare",
+            hint="the query split needs labels",
+        )
     doc: dict = {"a": _side(side_a, counts.a_hits, n, confidence), "b": _side(side_b, counts.b_hits, n, confidence)}
     tests = [_test(counts, j, confidence, alpha, n_boot, seed) for j in (0, 1)]
     doc["difference"] = tests[0]["difference"]
@@ -279,9 +321,14 @@ def summarise(
 
 def _side(side: dict, hits: np.ndarray, n: int, confidence: float) -> dict:
     out = {key: side[key] for key in ("label", "source", "kind", "method", "k")}
-    out.update(n=n, n_unlabelled=side.get("n_unlabelled", 0),
-               top1=_pct(hits[0], n), top1_ci=stats.wilson_percent(hits[0], n, confidence),
-               top5=_pct(hits[1], n), top5_ci=stats.wilson_percent(hits[1], n, confidence))
+    out.update(
+        n=n,
+        n_unlabelled=side.get("n_unlabelled", 0),
+        top1=_pct(hits[0], n),
+        top1_ci=stats.wilson_percent(hits[0], n, confidence),
+        top5=_pct(hits[1], n),
+        top5_ci=stats.wilson_percent(hits[1], n, confidence),
+    )
     if side.get("parameters") is not None:
         out["parameters"] = side["parameters"]
     return out
@@ -294,8 +341,12 @@ def _test(counts: PairedCounts, j: int, confidence: float, alpha: float, n_boot:
     significant = bool(p < alpha)
     better = None if not significant else ("b" if b_only > a_only else "a")
     return {
-        "difference": {"points": round(100.0 * (b_only - a_only) / n, 4), "ci": [round(100 * lo, 4), round(100 * hi, 4)],
-                       "bootstrap": n_boot, "seed": seed},
+        "difference": {
+            "points": round(100.0 * (b_only - a_only) / n, 4),
+            "ci": [round(100 * lo, 4), round(100 * hi, 4)],
+            "bootstrap": n_boot,
+            "seed": seed,
+        },
         "mcnemar": {"a_only": a_only, "b_only": b_only, "p_value": p},
         "significant": significant,
         "better": better,
@@ -309,10 +360,20 @@ def per_class(counts: PairedCounts, class_names: Sequence[str], confidence: floa
         t = int(counts.class_total[c])
         a1, b1 = _pct(counts.class_a[0, c], t), _pct(counts.class_b[0, c], t)
         a5, b5 = _pct(counts.class_a[1, c], t), _pct(counts.class_b[1, c], t)
-        rows.append({"class": class_names[c] if c < len(class_names) else str(c), "n": t,
-                     "a": a1, "a_ci": stats.wilson_percent(counts.class_a[0, c], t, confidence),
-                     "b": b1, "b_ci": stats.wilson_percent(counts.class_b[0, c], t, confidence),
-                     "delta": round(b1 - a1, 4), "a_top5": a5, "b_top5": b5, "delta_top5": round(b5 - a5, 4)})
+        rows.append(
+            {
+                "class": class_names[c] if c < len(class_names) else str(c),
+                "n": t,
+                "a": a1,
+                "a_ci": stats.wilson_percent(counts.class_a[0, c], t, confidence),
+                "b": b1,
+                "b_ci": stats.wilson_percent(counts.class_b[0, c], t, confidence),
+                "delta": round(b1 - a1, 4),
+                "a_top5": a5,
+                "b_top5": b5,
+                "delta_top5": round(b5 - a5, 4),
+            }
+        )
     # stable: equal |delta| keep the class order
     return sorted(rows, key=lambda r: -abs(r["delta"]))
 
@@ -323,8 +384,10 @@ def verdict(doc: dict) -> str:
     level = f"{100 * doc['confidence']:g} %"
     p = _p_text(m["p_value"])
     if not doc["significant"]:
-        return (f"no significant difference: B - A = {d['points']:+.2f} points ({level} CI {d['ci'][0]:.1f} – "
-                f"{d['ci'][1]:.1f}), McNemar p = {p} >= {doc['alpha']:g}")
+        return (
+            f"no significant difference: B - A = {d['points']:+.2f} points ({level} CI {d['ci'][0]:.1f} – "
+            f"{d['ci'][1]:.1f}), McNemar p = {p} >= {doc['alpha']:g}"
+        )
     lo, hi = d["ci"]
     if doc["better"] == "b":
         return f"B is better than A by {d['points']:.2f} points ({level} CI {lo:.1f} – {hi:.1f}), McNemar p = {p}"
@@ -342,9 +405,17 @@ def _pct(hits, n) -> float:
 
 
 def compare(
-    a_path: str | os.PathLike, b_path: str | os.PathLike | None = None, options: ScoringOptions | None = None, *,
-    data: DataOptions | None = None, a: SideSpec | str | None = None, b: SideSpec | str | None = None,
-    n_boot: int = stats.DEFAULT_BOOTSTRAP, seed: int = 0, progress_factory: Callable | None = None, **settings,
+    a_path: str | os.PathLike,
+    b_path: str | os.PathLike | None = None,
+    options: ScoringOptions | None = None,
+    *,
+    data: DataOptions | None = None,
+    a: SideSpec | str | None = None,
+    b: SideSpec | str | None = None,
+    n_boot: int = stats.DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    progress_factory: Callable | None = None,
+    **settings,
 ) -> dict:
     """Compare A and B on the same queries; returns the JSON-able document.
 
@@ -378,22 +449,28 @@ def compare(
     if kinds == ["predictions", "predictions"]:
         counts, side_a, side_b, names = counts_from_prediction_files(a_path, b_path, a, b)
     elif "predictions" in kinds:
-        raise InputError("compare two prediction files or two stores, not one of each",
-                         hint="classify the store with --out PRED.h5 first, or pass two stores")
+        raise InputError(
+            "compare two prediction files or two stores, not one of each",
+            hint="classify the store with --out PRED.h5 first, or pass two stores",
+        )
     else:
         (k,) = options.k_values
         if b_path is None:
             if a is None or b is None:
-                raise InputError("one store needs --a and --b (e.g. --a knn@20 --b nnk@50)",
-                                 hint="or give two stores or two prediction files")
+                raise InputError(
+                    "one store needs --a and --b (e.g. --a knn@20 --b nnk@50)",
+                    hint="or give two stores or two prediction files",
+                )
             if a.method == b.method and (a.k or k) == (b.k or k):
                 raise InputError(f"--a and --b are the same classifier ({a.label(a.k or k)})")
         a = a or SideSpec("nnk")
         b = b or SideSpec(a.method)
         counts, side_a, side_b, names, extra = counts_from_stores(
-            a_path, b_path, a, b, options=options, data=data, progress_factory=progress_factory)
-    doc = summarise(counts, side_a, side_b, names, confidence=options.confidence, alpha=options.alpha,
-                    n_boot=n_boot, seed=seed)
+            a_path, b_path, a, b, options=options, data=data, progress_factory=progress_factory
+        )
+    doc = summarise(
+        counts, side_a, side_b, names, confidence=options.confidence, alpha=options.alpha, n_boot=n_boot, seed=seed
+    )
     doc.update(extra)
     return doc
 

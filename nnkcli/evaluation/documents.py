@@ -21,6 +21,7 @@ def result_document(ev, opts: ScoringOptions, accs: dict, timing: dict, per_clas
     ``timing`` what ``evaluate_chunks`` returned; ``extra`` keys not None are added
     (paths as strings).
     """
+
     def row(acc):
         return acc.result(per_class=per_class, class_names=ev.class_names, confidence=opts.confidence)
 

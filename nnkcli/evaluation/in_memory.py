@@ -70,6 +70,13 @@ def evaluate_features(
     if query_features is None:
         raise InputError("query_features is None", hint="give the features to classify")
     search = (options.backend, options.device, options.fp16)
-    with Evaluation.from_arrays(train_features, train_labels, query_features, query_labels, class_names=class_names,
-                                threads=options.threads, search=search) as ev:
+    with Evaluation.from_arrays(
+        train_features,
+        train_labels,
+        query_features,
+        query_labels,
+        class_names=class_names,
+        threads=options.threads,
+        search=search,
+    ) as ev:
         return sweep_evaluation(ev, options)

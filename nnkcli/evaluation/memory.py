@@ -83,8 +83,9 @@ def _largest_k_within(budget: int, dim: int, n_classes: int) -> int:
     return lo
 
 
-def plan_chunks(searcher: Searcher, opts: ScoringOptions, *, dim: int, n_classes: int, threads: int,
-                n_rows: int) -> tuple[int, int]:
+def plan_chunks(
+    searcher: Searcher, opts: ScoringOptions, *, dim: int, n_classes: int, threads: int, n_rows: int
+) -> tuple[int, int]:
     """``(chunk, block)``: queries per scoring chunk, and per search block, of an evaluation of ``n_rows``.
 
     Large search blocks for the search's matrix products; a searcher that returns the

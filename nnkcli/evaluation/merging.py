@@ -29,11 +29,15 @@ def read_parts(paths: Sequence[str | Path]) -> list[dict]:
     for path in paths:
         attrs, arrays = read_array_file(path, kind="partial results")
         if attrs.get("nnk_format") != FORMAT:
-            raise InputError(f"{path} is not a partial result file (nnk_format {attrs.get('nnk_format')!r})",
-                             hint="give the files written by classify/sweep --shard I/N --out PART.h5")
+            raise InputError(
+                f"{path} is not a partial result file (nnk_format {attrs.get('nnk_format')!r})",
+                hint="give the files written by classify/sweep --shard I/N --out PART.h5",
+            )
         if attrs.get("format_version") != FORMAT_VERSION:
-            raise InputError(f"{path} has partial-results format version {attrs.get('format_version')}, "
-                             f"this nnkcli reads version {FORMAT_VERSION}")
+            raise InputError(
+                f"{path} has partial-results format version {attrs.get('format_version')}, "
+                f"this nnkcli reads version {FORMAT_VERSION}"
+            )
         parts.append({"path": str(path), "attrs": attrs, "arrays": arrays})
     ref = parts[0]["attrs"]["compatibility"]
     for part in parts[1:]:
@@ -50,24 +54,30 @@ def read_parts(paths: Sequence[str | Path]) -> list[dict]:
     for part in parts:
         i = part["attrs"]["shard"]
         if i in seen:
-            raise InputError(f"shard {i}/{n_shards} is given twice: {seen[i]['path']} and {part['path']}",
-                             hint="give each shard's file once")
+            raise InputError(
+                f"shard {i}/{n_shards} is given twice: {seen[i]['path']} and {part['path']}",
+                hint="give each shard's file once",
+            )
         seen[i] = part
     missing = [i for i in range(n_shards) if i not in seen]
     if missing:
         n_q = ref["query"]["n"]
-        named = ", ".join(f"{i}/{n_shards} (queries {a}:{b})" for i in missing[:5]
-                          for a, b in [shard_rows(n_q, i, n_shards)])
-        raise InputError(f"{len(missing)} of {n_shards} shards are missing: {named}"
-                         + (" ..." if len(missing) > 5 else ""),
-                         hint="run the missing shards (same command with --shard I/N) and merge again")
+        named = ", ".join(
+            f"{i}/{n_shards} (queries {a}:{b})" for i in missing[:5] for a, b in [shard_rows(n_q, i, n_shards)]
+        )
+        raise InputError(
+            f"{len(missing)} of {n_shards} shards are missing: {named}" + (" ..." if len(missing) > 5 else ""),
+            hint="run the missing shards (same command with --shard I/N) and merge again",
+        )
     ordered = [seen[i] for i in range(n_shards)]
     for i, part in enumerate(ordered):
         want = shard_rows(ref["query"]["n"], i, n_shards)
         got = (part["attrs"]["row_start"], part["attrs"]["row_stop"])
         if got != want or len(part["arrays"].get("labels", ())) != want[1] - want[0]:
-            raise InputError(f"{_describe(part)} holds queries {got[0]}:{got[1]}, expected {want[0]}:{want[1]}",
-                             hint="the file is damaged or was not written by this nnkcli; rerun that shard")
+            raise InputError(
+                f"{_describe(part)} holds queries {got[0]}:{got[1]}, expected {want[0]}:{want[1]}",
+                hint="the file is damaged or was not written by this nnkcli; rerun that shard",
+            )
     return ordered
 
 
@@ -90,8 +100,11 @@ def merge_parts(paths: Sequence[str | Path], *, out: str | Path | None = None) -
     params = compat["parameters"]
     # the rows say which temperature (kNN) and solver (NNK) made them, as the unsharded run's do
     row_info = {"knn": {"temperature": params.get("temperature")}, "nnk": {"solver": params.get("solver")}}
-    accs = {(m, k): Accumulator(m, k, n_classes, keep_hits=keep_hits, **row_info.get(m, {}))
-            for m in methods for k in k_values}
+    accs = {
+        (m, k): Accumulator(m, k, n_classes, keep_hits=keep_hits, **row_info.get(m, {}))
+        for m in methods
+        for k in k_values
+    }
     for part in parts:
         arrays = part["arrays"]
         labels = arrays["labels"]
@@ -155,8 +168,17 @@ def _write_merged(out, parts, doc) -> None:
             for name in names:
                 writer.write(name, part["attrs"]["row_start"], part["arrays"][name])
         template = {key: value for key, value in doc.items() if key not in ("results", "best")}
-        writer.set_attrs({**first, "shard": 0, "n_shards": 1, "row_start": 0, "row_stop": n,
-                          "compatibility": {**first["compatibility"], "n_shards": 1}, "document": template})
+        writer.set_attrs(
+            {
+                **first,
+                "shard": 0,
+                "n_shards": 1,
+                "row_start": 0,
+                "row_stop": n,
+                "compatibility": {**first["compatibility"], "n_shards": 1},
+                "document": template,
+            }
+        )
     except BaseException:
         writer.abort()
         raise

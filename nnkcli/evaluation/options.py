@@ -113,11 +113,16 @@ def parse_k_spec(spec: str, name: str | SettingName = "k") -> list[int]:
             a, b = int(m.group(1)), int(m.group(2))
             step = int(m.group(3)) if m.group(3) is not None else a
             if a < 1 or step < 1 or b < a:
-                raise OptionError(name, spec, f"bad k range {token!r}: need 1 <= A <= B and a step >= 1",
-                                  hint="e.g. 10..200 (10, 20, ..., 200) or 1..100:5")
+                raise OptionError(
+                    name,
+                    spec,
+                    f"bad k range {token!r}: need 1 <= A <= B and a step >= 1",
+                    hint="e.g. 10..200 (10, 20, ..., 200) or 1..100:5",
+                )
             if (b - a) // step + 1 > MAX_K_VALUES:
-                raise OptionError(name, spec, f"k range {token!r} has more than {MAX_K_VALUES} values",
-                                  hint="use a larger step")
+                raise OptionError(
+                    name, spec, f"k range {token!r} has more than {MAX_K_VALUES} values", hint="use a larger step"
+                )
             new = list(range(a, b + 1, step))
         else:
             raise OptionError(name, spec, f"bad k token {token!r}", hint=f"use {K_SPEC_HELP}")
@@ -266,57 +271,124 @@ class ScoringOptions(Settings):
         Seed of the selection's random subset.
     """
 
-    methods: tuple[str, ...] = setting(METHODS, check_methods, option="--method", choices=METHOD_CHOICES,
-                                       shown="both", help="Which classifiers to run.")
-    k_values: tuple[int, ...] = setting((DEFAULT_K,), check_k_values, python="k", option="--k", metavar="SPEC",
-                                        help=f"k values: {K_SPEC_HELP}.")
-    kernel: str = setting("cosine", choices=KERNELS, what="kernel",
-                          help="NNK kernel: (1+cos)/2, or exp(-d^2/2s^2) with s = k-th neighbor distance / 3.")
-    temperature: float = setting(0.07, positive_float, metavar="T[,T...]",
-                                 help="kNN weights exp(similarity / T), as DINO; T > 0. A list such as 0.02,0.05,0.07 "
-                                      "gives one kNN result per T from the same neighbors (no new search).")
-    weighting: str = setting("exp", choices=WEIGHTINGS, what="kNN weighting",
-                             help="kNN vote weights: exp(s/T) as DINO, s, or 1.")
-    exclude_self: bool = setting(False, flag,
-                                 help="Leave-one-out: skip each query's own row (query split = train split).")
-    chunk_size: int | None = setting(None, optional_count, type=int, metavar="N",
-                                     help=f"Queries per scoring chunk (default: sized to a {CHUNK_MEMORY_BUDGET >> 20} "
-                                          "MiB working-memory budget shared by the threads).")
-    threads: int | None = setting(None, optional_count, type=int, metavar="N",
-                                  help="Threads for the whole run; caps faiss, BLAS and torch pools (default: the "
-                                       "cores this process may use).")
+    methods: tuple[str, ...] = setting(
+        METHODS,
+        check_methods,
+        option="--method",
+        choices=METHOD_CHOICES,
+        shown="both",
+        help="Which classifiers to run.",
+    )
+    k_values: tuple[int, ...] = setting(
+        (DEFAULT_K,), check_k_values, python="k", option="--k", metavar="SPEC", help=f"k values: {K_SPEC_HELP}."
+    )
+    kernel: str = setting(
+        "cosine",
+        choices=KERNELS,
+        what="kernel",
+        help="NNK kernel: (1+cos)/2, or exp(-d^2/2s^2) with s = k-th neighbor distance / 3.",
+    )
+    temperature: float = setting(
+        0.07,
+        positive_float,
+        metavar="T[,T...]",
+        help="kNN weights exp(similarity / T), as DINO; T > 0. A list such as 0.02,0.05,0.07 "
+        "gives one kNN result per T from the same neighbors (no new search).",
+    )
+    weighting: str = setting(
+        "exp", choices=WEIGHTINGS, what="kNN weighting", help="kNN vote weights: exp(s/T) as DINO, s, or 1."
+    )
+    exclude_self: bool = setting(
+        False, flag, help="Leave-one-out: skip each query's own row (query split = train split)."
+    )
+    chunk_size: int | None = setting(
+        None,
+        optional_count,
+        type=int,
+        metavar="N",
+        help=f"Queries per scoring chunk (default: sized to a {CHUNK_MEMORY_BUDGET >> 20} "
+        "MiB working-memory budget shared by the threads).",
+    )
+    threads: int | None = setting(
+        None,
+        optional_count,
+        type=int,
+        metavar="N",
+        help="Threads for the whole run; caps faiss, BLAS and torch pools (default: the cores this process may use).",
+    )
     tol: float = setting(1e-8, positive_float, option=None)
-    confidence: float = setting(0.95, open_unit_interval, type=float, metavar="LEVEL",
-                                help="Level of the interval shown with every accuracy (Wilson; bootstrap for "
-                                     "balanced).")
-    alpha: float = setting(DEFAULT_ALPHA, open_unit_interval, type=float, metavar="A",
-                           help="Significance level of the paired tests (McNemar): of each k against the best "
-                                "(sweep, evaluate), of B against A (compare).")
-    backend: str | None = setting(None, optional_choice(BACKENDS, "backend"), choices=BACKENDS,
-                                  help="Neighbor search: faiss (the saved index) or torch (chunked matmul + top-k) "
-                                       "[default: torch on CUDA, else faiss].")
-    device: str = setting("auto", choices=DEVICES, what="device",
-                          help="Where torch runs: the torch search backend and the model's forward pass; "
-                               "auto = CUDA when torch sees a GPU.")
-    fp16: bool = setting(False, flag, help="Multiply in float16: the torch backend's search (re-ranked exactly) "
-                                           "and the model's forward pass (CUDA only).")
+    confidence: float = setting(
+        0.95,
+        open_unit_interval,
+        type=float,
+        metavar="LEVEL",
+        help="Level of the interval shown with every accuracy (Wilson; bootstrap for balanced).",
+    )
+    alpha: float = setting(
+        DEFAULT_ALPHA,
+        open_unit_interval,
+        type=float,
+        metavar="A",
+        help="Significance level of the paired tests (McNemar): of each k against the best "
+        "(sweep, evaluate), of B against A (compare).",
+    )
+    backend: str | None = setting(
+        None,
+        optional_choice(BACKENDS, "backend"),
+        choices=BACKENDS,
+        help="Neighbor search: faiss (the saved index) or torch (chunked matmul + top-k) "
+        "[default: torch on CUDA, else faiss].",
+    )
+    device: str = setting(
+        "auto",
+        choices=DEVICES,
+        what="device",
+        help="Where torch runs: the torch search backend and the model's forward pass; "
+        "auto = CUDA when torch sees a GPU.",
+    )
+    fp16: bool = setting(
+        False,
+        flag,
+        help="Multiply in float16: the torch backend's search (re-ranked exactly) "
+        "and the model's forward pass (CUDA only).",
+    )
     temperature_grid: tuple[float, ...] = setting((), positive_floats, option="--temperature")
-    top5_rule: str = setting("strict", choices=TOP5_RULES, what="top-5 rule",
-                             help="strict: a class with zero score never counts for top-5; inclusive: rank every "
-                                  "class, as solo-learn, VISSL, DINOv2 and the NNK paper's code do.")
-    solver: str = setting("exact", choices=SOLVERS, what="solver",
-                          help="NNK solver: exact (KKT-certified) or pruning (the NNK paper's code, to reproduce its "
-                               "tables; reports what the approximation costs).")
-    protocol: str | None = setting(None, optional_choice(PROTOCOLS, "protocol"), choices=tuple(PROTOCOLS),
-                                   help="Preset k values, temperature, top-5 rule and solver of another tool (README "
-                                        "\"Protocols\"); options given explicitly override it.")
-    select_on: str | None = setting(None, optional_choice(SELECT_ON, "selection split"), choices=SELECT_ON,
-                                    help="Choose k (and T) by leave-one-out top-1 on the train split, never the "
-                                         "query split, and report the query split there (\"selected\"); the gates "
-                                         "use it.")
-    select_queries: int = setting(DEFAULT_SELECT_QUERIES, count, type=int, metavar="N",
-                                  help="Seeded random train rows the leave-one-out selection uses (all rows if "
-                                       "fewer).")
+    top5_rule: str = setting(
+        "strict",
+        choices=TOP5_RULES,
+        what="top-5 rule",
+        help="strict: a class with zero score never counts for top-5; inclusive: rank every "
+        "class, as solo-learn, VISSL, DINOv2 and the NNK paper's code do.",
+    )
+    solver: str = setting(
+        "exact",
+        choices=SOLVERS,
+        what="solver",
+        help="NNK solver: exact (KKT-certified) or pruning (the NNK paper's code, to reproduce its "
+        "tables; reports what the approximation costs).",
+    )
+    protocol: str | None = setting(
+        None,
+        optional_choice(PROTOCOLS, "protocol"),
+        choices=tuple(PROTOCOLS),
+        help="Preset k values, temperature, top-5 rule and solver of another tool (README "
+        '"Protocols"); options given explicitly override it.',
+    )
+    select_on: str | None = setting(
+        None,
+        optional_choice(SELECT_ON, "selection split"),
+        choices=SELECT_ON,
+        help="Choose k (and T) by leave-one-out top-1 on the train split, never the "
+        'query split, and report the query split there ("selected"); the gates '
+        "use it.",
+    )
+    select_queries: int = setting(
+        DEFAULT_SELECT_QUERIES,
+        count,
+        type=int,
+        metavar="N",
+        help="Seeded random train rows the leave-one-out selection uses (all rows if fewer).",
+    )
     select_seed: int = setting(0, seed, option=None)
 
     def validate(self):
@@ -327,9 +399,12 @@ class ScoringOptions(Settings):
         if len(self.temperature_grid) == 1:
             object.__setattr__(self, "temperature_grid", ())
         if self.solver == "pruning" and self.kernel != "cosine":
-            raise OptionError(self.declared("solver").names, self.solver,
-                              "the pruning solver works with the cosine kernel only",
-                              hint="the NNK paper's code uses (1 + cos) / 2; drop --kernel gaussian")
+            raise OptionError(
+                self.declared("solver").names,
+                self.solver,
+                "the pruning solver works with the cosine kernel only",
+                hint="the NNK paper's code uses (1 + cos) / 2; drop --kernel gaussian",
+            )
         return self
 
     @property
@@ -347,20 +422,32 @@ class DataOptions(Settings):
     I-th of N contiguous ranges of the query split (``nnkcli.evaluation.partials``).
     """
 
-    train_split: str = setting("train", split_name, metavar="NAME",
-                               help="Split searched for neighbors (the one 'nnk index' indexes).")
+    train_split: str = setting(
+        "train", split_name, metavar="NAME", help="Split searched for neighbors (the one 'nnk index' indexes)."
+    )
     query_split: str = setting("val", split_name, metavar="NAME", help="Split whose rows are classified.")
-    index_path: str | None = setting(None, optional_path, option="--index",
-                                     help="Saved index (default: STORE's <stem>.<train-split>.faiss if present, "
-                                          "else built in memory).")
-    rebuild_index: bool = setting(False, flag,
-                                  help="Rebuild (and save) a stale or damaged saved index instead of refusing it.")
-    shard: tuple[int, int] | None = setting(None, shard_spec, metavar="I/N",
-                                            help="Evaluate only the I-th (from 0) of N contiguous ranges of the query "
-                                                 "split; needs --out PART.h5, see 'nnk merge'.")
-    strict_provenance: bool = setting(False, flag,
-                                      help="Exit 1 when the train and query splits differ in provenance (model, "
-                                           "checkpoint, transform, source format, dtype) instead of warning.")
+    index_path: str | None = setting(
+        None,
+        optional_path,
+        option="--index",
+        help="Saved index (default: STORE's <stem>.<train-split>.faiss if present, else built in memory).",
+    )
+    rebuild_index: bool = setting(
+        False, flag, help="Rebuild (and save) a stale or damaged saved index instead of refusing it."
+    )
+    shard: tuple[int, int] | None = setting(
+        None,
+        shard_spec,
+        metavar="I/N",
+        help="Evaluate only the I-th (from 0) of N contiguous ranges of the query "
+        "split; needs --out PART.h5, see 'nnk merge'.",
+    )
+    strict_provenance: bool = setting(
+        False,
+        flag,
+        help="Exit 1 when the train and query splits differ in provenance (model, "
+        "checkpoint, transform, source format, dtype) instead of warning.",
+    )
 
 
 # -- the rules that tie settings together: each written once, an OptionConflict/OptionError (exit 2) --------
@@ -386,9 +473,11 @@ def check_shard_output(shard, output, *, output_name: str) -> None:
     ``output_name`` is the output's Python parameter (``predictions_path``, ``partial_path``).
     """
     if shard is not None and output is None:
-        raise OptionConflict("{shard} needs {out}: a shard's results are only useful merged",
-                             {"shard": DataOptions.declared("shard").names, "out": SettingName(output_name, "--out")},
-                             hint="add --out part-I.h5, then 'nnk merge part-*.h5'")
+        raise OptionConflict(
+            "{shard} needs {out}: a shard's results are only useful merged",
+            {"shard": DataOptions.declared("shard").names, "out": SettingName(output_name, "--out")},
+            hint="add --out part-I.h5, then 'nnk merge part-*.h5'",
+        )
 
 
 def keyword_fields(keywords: dict) -> dict:
@@ -458,7 +547,11 @@ def resolve(
 
 
 def resolve_one_k(
-    options: ScoringOptions | None, data: DataOptions | None, keywords: dict, *, command: str,
+    options: ScoringOptions | None,
+    data: DataOptions | None,
+    keywords: dict,
+    *,
+    command: str,
     protocol: bool = False,
 ) -> tuple[ScoringOptions, DataOptions]:
     """``resolve`` for a command that scores at one k (``classify``, ``compare``: a key of ``ONE_K``).

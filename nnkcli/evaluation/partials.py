@@ -68,8 +68,20 @@ def compatibility(ev, opts, k_values, command: str, n_shards: int) -> dict:
 class PartialWriter:
     """Receives ``ChunkResult``s of one shard's run and commits one partial result file."""
 
-    def __init__(self, path, ev, opts, k_values: Sequence[int], *, command: str, shard: int, n_shards: int,
-                 rows: tuple[int, int], per_class: bool = False, alpha: float | None = None):
+    def __init__(
+        self,
+        path,
+        ev,
+        opts,
+        k_values: Sequence[int],
+        *,
+        command: str,
+        shard: int,
+        n_shards: int,
+        rows: tuple[int, int],
+        per_class: bool = False,
+        alpha: float | None = None,
+    ):
         from nnkcli.numerics.scores import TOP
         from nnkcli.storage.array_files import ArrayFileWriter
 
@@ -87,11 +99,18 @@ class PartialWriter:
                         self.file.create(f"nnk/k{k}/support", (m,), np.int32)
             self.file.check_space()
             self.attrs = {
-                "nnk_format": FORMAT, "format_version": FORMAT_VERSION, "nnkcli_version": __version__,
-                "command": command, "shard": int(shard), "n_shards": int(n_shards),
-                "row_start": int(rows[0]), "row_stop": int(rows[1]),
+                "nnk_format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "nnkcli_version": __version__,
+                "command": command,
+                "shard": int(shard),
+                "n_shards": int(n_shards),
+                "row_start": int(rows[0]),
+                "row_stop": int(rows[1]),
                 "compatibility": compatibility(ev, opts, self.k_values, command, n_shards),
-                "class_names": list(ev.class_names), "per_class": bool(per_class), "alpha": alpha,
+                "class_names": list(ev.class_names),
+                "per_class": bool(per_class),
+                "alpha": alpha,
             }
 
     def write(self, chunk) -> None:
@@ -116,8 +135,20 @@ def partial_writer(path, ev, options, command: str, *, per_class: bool = False) 
     """The partial result file of an evaluation's query rows ``ev.rows`` (``--shard I/N --out PART.h5``)."""
     if options.temperature_grid or options.solver != "exact":
         # a partial file holds one kNN temperature, and merging cannot sum the pruning solver's costs
-        raise InputError("sharded runs (--shard) take one --temperature and the exact solver",
-                         hint="run a temperature grid or --solver pruning on the whole query split")
+        raise InputError(
+            "sharded runs (--shard) take one --temperature and the exact solver",
+            hint="run a temperature grid or --solver pruning on the whole query split",
+        )
     shard, n_shards = ev.shard if ev.shard is not None else (0, 1)
-    return PartialWriter(path, ev, options, options.k_values, command=command, shard=shard, n_shards=n_shards,
-                         rows=ev.rows, per_class=per_class, alpha=options.alpha)
+    return PartialWriter(
+        path,
+        ev,
+        options,
+        options.k_values,
+        command=command,
+        shard=shard,
+        n_shards=n_shards,
+        rows=ev.rows,
+        per_class=per_class,
+        alpha=options.alpha,
+    )

@@ -131,8 +131,10 @@ def run_pipeline(
                 if sub_chunk >= len(q):  # the search's result goes to one task whole, whatever it is
                     tasks = iter([(q, start, ids)])
                 else:
-                    tasks = ((q[lo:lo + sub_chunk], start + lo, ids[lo:lo + sub_chunk])
-                             for lo in range(0, len(q), sub_chunk))
+                    tasks = (
+                        (q[lo : lo + sub_chunk], start + lo, ids[lo : lo + sub_chunk])
+                        for lo in range(0, len(q), sub_chunk)
+                    )
                 # a window of scoring tasks, not the whole block: a finished task's result lives
                 # until it is consumed, so submitting all of a block's sub-chunks at once held
                 # every result of the block (190 MiB for a 20-k sweep of 4,096 queries, 100 classes)

@@ -55,10 +55,18 @@ class PredictionWriter:
             self._class_names = list(ev.class_names)
             self.file.check_space()  # before the first query is scored
             self._fingerprints = {
-                "train": {"split": ev.train.name, "n": int(ev.train.n), "dim": int(ev.train.dim),
-                          "content_sha256": ev.train.content_sha256},
-                "query": {"split": ev.query.name, "n": int(ev.query.n), "dim": int(ev.query.dim),
-                          "content_sha256": ev.query.content_sha256},
+                "train": {
+                    "split": ev.train.name,
+                    "n": int(ev.train.n),
+                    "dim": int(ev.train.dim),
+                    "content_sha256": ev.train.content_sha256,
+                },
+                "query": {
+                    "split": ev.query.name,
+                    "n": int(ev.query.n),
+                    "dim": int(ev.query.dim),
+                    "content_sha256": ev.query.content_sha256,
+                },
                 "index": ev.index_info,
             }
 
@@ -68,7 +76,7 @@ class PredictionWriter:
         self.file.write("similarities", s, chunk.sims.astype(np.float32))
         self.file.write("labels", s, chunk.labels)
         if self._ids is not None:
-            self.file.write("ids", s, self._ids[s:s + len(chunk.labels)])
+            self.file.write("ids", s, self._ids[s : s + len(chunk.labels)])
         for method in self.methods:
             mc = chunk.by_method_k[(method, self.k)]
             self.file.write(f"{method}/scores", s, mc.scores.astype(np.float32))
@@ -78,17 +86,19 @@ class PredictionWriter:
         self.file.flush()
 
     def commit(self, document: dict) -> None:
-        self.file.set_attrs({
-            "nnk_format": "predictions",
-            "format_version": 1,
-            "nnkcli_version": __version__,
-            "k": self.k,
-            "methods": json.dumps(list(self.methods)),
-            "parameters": json.dumps(document.get("parameters", {})),
-            "fingerprints": json.dumps(self._fingerprints),
-            "class_names": json.dumps(self._class_names),
-            "store": str(document.get("store", "")),
-        })
+        self.file.set_attrs(
+            {
+                "nnk_format": "predictions",
+                "format_version": 1,
+                "nnkcli_version": __version__,
+                "k": self.k,
+                "methods": json.dumps(list(self.methods)),
+                "parameters": json.dumps(document.get("parameters", {})),
+                "fingerprints": json.dumps(self._fingerprints),
+                "class_names": json.dumps(self._class_names),
+                "store": str(document.get("store", "")),
+            }
+        )
         self.file.commit()
 
     def abort(self) -> None:

@@ -51,9 +51,15 @@ class Protocol:
     source: str
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "k_values": list(self.k_values), "classify_k": self.classify_k,
-                "temperatures": list(self.temperatures), "top5_rule": self.top5_rule, "solver": self.solver,
-                "source": self.source}
+        return {
+            "name": self.name,
+            "k_values": list(self.k_values),
+            "classify_k": self.classify_k,
+            "temperatures": list(self.temperatures),
+            "top5_rule": self.top5_rule,
+            "solver": self.solver,
+            "source": self.source,
+        }
 
 
 #: DINO's help text for --nb_knn: "20 is usually working the best" (eval_knn.py l. 195); classify
@@ -68,8 +74,9 @@ PROTOCOLS: dict[str, Protocol] = {
         Protocol("dinov2", _DINO_K, 20, (0.07,), "inclusive", "exact", "facebookresearch/dinov2 dinov2/eval/knn.py"),
         Protocol("instdisc", (200,), 200, (0.07,), "inclusive", "exact", "zhirongw/lemniscate.pytorch test.py"),
         Protocol("vissl", (200,), 200, (0.1,), "inclusive", "exact", "facebookresearch/vissl vissl/utils/knn_utils.py"),
-        Protocol("nnk-paper", (50,), 50, (0.07,), "inclusive", "pruning",
-                 "shekkizh/VISSL_NNK_Benchmark nnk_benchmark.py"),
+        Protocol(
+            "nnk-paper", (50,), 50, (0.07,), "inclusive", "pruning", "shekkizh/VISSL_NNK_Benchmark nnk_benchmark.py"
+        ),
     )
 }
 
@@ -80,4 +87,3 @@ def get_protocol(name: str) -> Protocol:
         return PROTOCOLS[name]
     except KeyError:
         raise InputError(f"unknown protocol {name!r}", hint=f"choose one of: {', '.join(PROTOCOLS)}") from None
-

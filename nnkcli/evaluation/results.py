@@ -110,8 +110,9 @@ class SweepResult(EvaluationResult):
     Not part of the document.
     """
 
-    def __init__(self, document: dict, best_hits: dict | None = None, query_labels: object = None,
-                 query_ids: list | None = None):
+    def __init__(
+        self, document: dict, best_hits: dict | None = None, query_labels: object = None, query_ids: list | None = None
+    ):
         super().__init__(document)
         self.best_hits = best_hits
         self.query_labels = query_labels

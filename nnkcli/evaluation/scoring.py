@@ -54,7 +54,13 @@ def search_neighbors(ev, q: np.ndarray, start: int, k: int, exclude_self: bool):
 
 
 def score_chunk(
-    ev, q: np.ndarray, start: int, labels: np.ndarray, opts: ScoringOptions, timing: dict, found=None,
+    ev,
+    q: np.ndarray,
+    start: int,
+    labels: np.ndarray,
+    opts: ScoringOptions,
+    timing: dict,
+    found=None,
 ) -> ChunkResult:
     """All methods at all ``opts.k_values`` (ascending) for one chunk of normalized queries ``q`` (B, d).
 
@@ -80,10 +86,8 @@ def score_chunk(
         from nnkcli.evaluation.torch_backend import device_scoring, score_on_device
 
         if device_scoring(opts):
-            entries = score_on_device(found, ev.searcher.labels_on_device(ev.train_labels), ev.n_classes, opts,
-                                      timing)
-            out = ChunkResult(start=start, ids=found.ids.cpu().numpy(), sims=found.sims.cpu().numpy(),
-                              labels=labels)
+            entries = score_on_device(found, ev.searcher.labels_on_device(ev.train_labels), ev.n_classes, opts, timing)
+            out = ChunkResult(start=start, ids=found.ids.cpu().numpy(), sims=found.sims.cpu().numpy(), labels=labels)
             out.by_method_k.update((key, MethodChunk(**entry)) for key, entry in entries.items())
             return out
         found = found.numpy()  # no device port of this NNK setting: numpy scores the chunk
@@ -99,17 +103,30 @@ def score_chunk(
         # a temperature grid re-weights the same neighbors: one exp per T, no new search; several
         # k (a sweep) add each k's new neighbors to the previous k's scores, bit for bit the same
         if len(k_values) == 1:
-            paths = [[solver.knn_scores(finite_sims[:, :k_max], nb_labels[:, :k_max], C, weighting=opts.weighting,
-                                        temperature=temperature)] for temperature in opts.knn_temperatures]
+            paths = [
+                [
+                    solver.knn_scores(
+                        finite_sims[:, :k_max],
+                        nb_labels[:, :k_max],
+                        C,
+                        weighting=opts.weighting,
+                        temperature=temperature,
+                    )
+                ]
+                for temperature in opts.knn_temperatures
+            ]
         else:
-            paths = [knn_scores_path(finite_sims, nb_labels, C, k_values, weighting=opts.weighting,
-                                     temperature=temperature) for temperature in opts.knn_temperatures]
+            paths = [
+                knn_scores_path(finite_sims, nb_labels, C, k_values, weighting=opts.weighting, temperature=temperature)
+                for temperature in opts.knn_temperatures
+            ]
         for ki, k in enumerate(k_values):
             for i, temperature in enumerate(opts.knn_temperatures):
                 scores = paths[i][ki]
                 key = ("knn", k) if i == 0 else ("knn", k, temperature)
-                out.by_method_k[key] = MethodChunk(top=solver.topk_classes(scores, TOP, rule=opts.top5_rule),
-                                                   scores=scores)
+                out.by_method_k[key] = MethodChunk(
+                    top=solver.topk_classes(scores, TOP, rule=opts.top5_rule), scores=scores
+                )
         timing["knn_s"] += time.perf_counter() - t0
 
     if "nnk" in opts.methods:
@@ -134,8 +151,11 @@ def score_chunk(
         for k, res in zip(k_values, path):
             scores = solver.nnk_scores(res.theta, nb_labels[:, :k], C)
             out.by_method_k[("nnk", k)] = MethodChunk(
-                top=solver.topk_classes(scores, TOP, rule=opts.top5_rule), scores=scores, theta=res.theta,
-                support=res.support_size, solver_stats=getattr(res, "stats", None),
+                top=solver.topk_classes(scores, TOP, rule=opts.top5_rule),
+                scores=scores,
+                theta=res.theta,
+                support=res.support_size,
+                solver_stats=getattr(res, "stats", None),
             )
             timing["nnk_fallbacks"] += int(np.count_nonzero(getattr(res, "fallback", False)))
         timing["nnk_s"] += time.perf_counter() - t0
@@ -183,9 +203,13 @@ def _pruning_path(q, X, finite_sims, missing, k_values, opts):
         viol = np.where(theta > 0, np.abs(lam), np.maximum(-lam, 0.0)).max(axis=1) / scale
         objective = 0.5 * np.einsum("bi,bi->b", theta, lam + gk) - np.einsum("bi,bi->b", gk, theta)
         gap = np.maximum(objective - ex.objective, 0.0)
-        out.append(_PrunedK(theta=theta, support_size=res.support_size,
-                            stats=(int(np.count_nonzero(viol > PRUNING_KKT_TOL)), float(gap.sum()), len(theta),
-                                   PRUNING_KKT_TOL)))
+        out.append(
+            _PrunedK(
+                theta=theta,
+                support_size=res.support_size,
+                stats=(int(np.count_nonzero(viol > PRUNING_KKT_TOL)), float(gap.sum()), len(theta), PRUNING_KKT_TOL),
+            )
+        )
     return out
 
 

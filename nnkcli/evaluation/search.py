@@ -126,7 +126,11 @@ def rerank(q: np.ndarray, ids: np.ndarray, vectors: Callable[[np.ndarray], np.nd
     if moved.size:
         o = order[moved]
         take = np.take_along_axis
-        ids[moved], sims[moved], missing[moved] = take(ids[moved], o, 1), take(sims[moved], o, 1), take(missing[moved], o, 1)
+        ids[moved], sims[moved], missing[moved] = (
+            take(ids[moved], o, 1),
+            take(sims[moved], o, 1),
+            take(missing[moved], o, 1),
+        )
         # row by row: take_along_axis over (B, K, d) builds a (B, K, d) index array, and at
         # K = 200, d = 784 (where almost every row moves) cost 0.8 ms a query against 0.05
         for i, row in zip(moved, o):

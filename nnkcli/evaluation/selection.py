@@ -62,22 +62,26 @@ class _LeaveOneOut(Searcher):
         from nnkcli.evaluation.search import drop_own_rows
 
         ids = self.base.search_ids(q, start, k + 1, False)
-        return drop_own_rows(ids, start, k, own=self.rows[start:start + len(q)])
+        return drop_own_rows(ids, start, k, own=self.rows[start : start + len(q)])
 
     def refine(self, q, ids):
         return self.base.refine(q, ids)
 
     def neighbors(self, q, start, k, exclude_self):
         ids, sims, X, missing = self.base.neighbors(q, start, k + 1, False)
-        is_own = ids == self.rows[start:start + len(q), None]
+        is_own = ids == self.rows[start : start + len(q), None]
         # drop the query's own row where found, else the last (least similar) one: the
         # order is exact (similarity, then id), so what is left is the exact top k
         drop = np.where(is_own.any(axis=1), is_own.argmax(axis=1), k)
         keep = np.ones(ids.shape, dtype=bool)
         keep[np.arange(len(ids)), drop] = False
         B = len(ids)
-        return (ids[keep].reshape(B, k), sims[keep].reshape(B, k), X[keep].reshape(B, k, X.shape[2]),
-                missing[keep].reshape(B, k))
+        return (
+            ids[keep].reshape(B, k),
+            sims[keep].reshape(B, k),
+            X[keep].reshape(B, k, X.shape[2]),
+            missing[keep].reshape(B, k),
+        )
 
 
 class _SubsetSplit:
@@ -106,8 +110,12 @@ class _SelectionEvaluation:
 
 
 def run_selection(
-    ev, opts, *, n_select: int = DEFAULT_SELECT_QUERIES,
-    seed: int = DEFAULT_SELECT_SEED, progress: Callable[[int], None] | None = None,
+    ev,
+    opts,
+    *,
+    n_select: int = DEFAULT_SELECT_QUERIES,
+    seed: int = DEFAULT_SELECT_SEED,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[dict, dict]:
     """Leave-one-out accuracy on the train subset at every k (and T) of ``opts`` (a ``ScoringOptions``).
 

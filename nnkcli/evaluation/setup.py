@@ -64,11 +64,27 @@ class Evaluation:
         ``(I, N)`` or None, and the query rows ``(start, stop)`` this run evaluates.
     """
 
-    def __init__(self, *, train, query, train_labels: np.ndarray, query_labels: np.ndarray,
-                 class_names: list[str], n_classes: int, searcher: Searcher, index, index_info: dict,
-                 backend: str, device: str, fp16: bool, store=None, store_path: Path | None = None,
-                 warnings: Sequence[str] = (), shard: tuple[int, int] | None = None,
-                 rows: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        *,
+        train,
+        query,
+        train_labels: np.ndarray,
+        query_labels: np.ndarray,
+        class_names: list[str],
+        n_classes: int,
+        searcher: Searcher,
+        index,
+        index_info: dict,
+        backend: str,
+        device: str,
+        fp16: bool,
+        store=None,
+        store_path: Path | None = None,
+        warnings: Sequence[str] = (),
+        shard: tuple[int, int] | None = None,
+        rows: tuple[int, int] | None = None,
+    ):
         self.train, self.query = train, query
         self.train_labels, self.query_labels = train_labels, query_labels
         self.class_names, self.n_classes = class_names, n_classes
@@ -135,16 +151,32 @@ class Evaluation:
             if backend == "torch":
                 searcher, index, index_info = torch_search(train, device, fp16)
             else:
-                index, index_info = _resolve_index(store_path, train, data.index_path, data.rebuild_index,
-                                                   progress_factory)
+                index, index_info = _resolve_index(
+                    store_path, train, data.index_path, data.rebuild_index, progress_factory
+                )
                 index_info["backend"] = "faiss"
                 searcher = _faiss_searcher(index, sharded=bool(index_info.get("shards")))
             # the query rows this run evaluates: all, or one shard's contiguous range
             rows = (0, int(query.n)) if data.shard is None else shard_rows(query.n, *data.shard)
-            return cls(train=train, query=query, train_labels=train_labels, query_labels=query_labels,
-                       class_names=class_names, n_classes=n_classes, searcher=searcher, index=index,
-                       index_info=index_info, backend=backend, device=device, fp16=fp16, store=store,
-                       store_path=store_path, warnings=warnings, shard=data.shard, rows=rows)
+            return cls(
+                train=train,
+                query=query,
+                train_labels=train_labels,
+                query_labels=query_labels,
+                class_names=class_names,
+                n_classes=n_classes,
+                searcher=searcher,
+                index=index,
+                index_info=index_info,
+                backend=backend,
+                device=device,
+                fp16=fp16,
+                store=store,
+                store_path=store_path,
+                warnings=warnings,
+                shard=data.shard,
+                rows=rows,
+            )
         except BaseException:
             store.close()
             raise
@@ -192,27 +224,41 @@ class Evaluation:
         else:
             xq = check_features(query_features, "query features")
         if xq.shape[1] != xt.shape[1]:
-            raise InputError(f"query features have dimension {xq.shape[1]} but train features have {xt.shape[1]}",
-                             hint="both must come from the same model")
+            raise InputError(
+                f"query features have dimension {xq.shape[1]} but train features have {xt.shape[1]}",
+                hint="both must come from the same model",
+            )
         yt, yq, names = encode_labels(train_labels, query_labels, class_names)
         if yq is None:  # unlabelled queries: predictions only
             yq = np.full(len(xq), -1, dtype=np.int64)
         for what, x, y in (("train", xt, yt), ("query", xq, yq)):
             if len(y) != len(x):
-                raise InputError(f"{what} features have {len(x)} rows but {what} labels have {len(y)}",
-                                 hint="give one label per feature row")
+                raise InputError(
+                    f"{what} features have {len(x)} rows but {what} labels have {len(y)}",
+                    hint="give one label per feature row",
+                )
         train, query = ArraySplit("train", xt, yt), ArraySplit("val", xq, yq)
         nnk_index.set_threads(threads)
         if backend == "torch":  # the GPU path: exact search by matmul on the device
             searcher, index, index_info = torch_search(train, device, fp16)
         else:
             index = nnk_index.flat_index_of_rows(unit_rows(xt, keep_zero_rows=keep_zero_rows), name="train")
-            index_info = {"path": None, "built_in_memory": True, "rebuilt": False, "type": "flat",
-                          "backend": "faiss"}
+            index_info = {"path": None, "built_in_memory": True, "rebuilt": False, "type": "flat", "backend": "faiss"}
             searcher = _faiss_searcher(index, sharded=False)
-        return cls(train=train, query=query, train_labels=yt, query_labels=yq, class_names=names,
-                   n_classes=max(len(names), 1), searcher=searcher, index=index, index_info=index_info,
-                   backend=backend, device=device, fp16=fp16)
+        return cls(
+            train=train,
+            query=query,
+            train_labels=yt,
+            query_labels=yq,
+            class_names=names,
+            n_classes=max(len(names), 1),
+            searcher=searcher,
+            index=index,
+            index_info=index_info,
+            backend=backend,
+            device=device,
+            fp16=fp16,
+        )
 
     def max_k(self, exclude_self: bool) -> int:
         return int(self.train.n) - (1 if exclude_self else 0)
@@ -248,8 +294,13 @@ def open_evaluation(store_path, options: ScoringOptions, data: DataOptions, prog
     """:meth:`Evaluation.from_store` for ``options`` (classify, sweep, compare)."""
     if solves_cosine_nnk(options):
         compiled.warm_up()  # loads the compiled kernel while the index loads and the first block is searched
-    return Evaluation.from_store(store_path, data, threads=options.threads, progress_factory=progress_factory,
-                                 search=(options.backend, options.device, options.fp16))
+    return Evaluation.from_store(
+        store_path,
+        data,
+        threads=options.threads,
+        progress_factory=progress_factory,
+        search=(options.backend, options.device, options.fp16),
+    )
 
 
 def check_labelled(ev: Evaluation, gate_requested: bool) -> None:
@@ -275,8 +326,15 @@ def torch_search(train, device: str, fp16: bool) -> tuple[Searcher, None, dict]:
     """The torch backend's (searcher, index, index_info) over ``train``: exact search by matmul on ``device``."""
     from nnkcli.evaluation.torch_backend import TorchSearcher
 
-    info = {"path": None, "built_in_memory": True, "rebuilt": False, "type": "flat", "backend": "torch",
-            "device": device, "fp16": fp16}
+    info = {
+        "path": None,
+        "built_in_memory": True,
+        "rebuilt": False,
+        "type": "flat",
+        "backend": "torch",
+        "device": device,
+        "fp16": fp16,
+    }
     return TorchSearcher(train, device=device, fp16=fp16), None, info
 
 
@@ -342,11 +400,11 @@ def _resolve_manifest(store_path: Path, train, path, rebuild_index, progress_fac
         logger.warning(f"{exc.message}; rebuilding it (--rebuild-index)")
         if progress_factory is not None:
             with progress_factory(train.n, "indexing") as advance:
-                manifest = shards.build_sharded(train, path, manifest.n_shards, manifest.params,
-                                                store_path=store_path, progress=advance)
+                manifest = shards.build_sharded(
+                    train, path, manifest.n_shards, manifest.params, store_path=store_path, progress=advance
+                )
         else:
-            manifest = shards.build_sharded(train, path, manifest.n_shards, manifest.params,
-                                            store_path=store_path)
+            manifest = shards.build_sharded(train, path, manifest.n_shards, manifest.params, store_path=store_path)
         info["rebuilt"] = True
     info.update(type=manifest.params.index_type, shards=manifest.n_shards)
     return manifest, info

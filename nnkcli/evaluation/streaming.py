@@ -52,15 +52,22 @@ def evaluate_chunks(
     threads = resolve_threads(opts.threads)
     searcher = ev.searcher
     first, stop = ev.rows  # all queries, or one --shard's range
-    chunk, block = plan_chunks(searcher, opts, dim=ev.train.dim, n_classes=ev.n_classes, threads=threads,
-                               n_rows=stop - first)
+    chunk, block = plan_chunks(
+        searcher, opts, dim=ev.train.dim, n_classes=ev.n_classes, threads=threads, n_rows=stop - first
+    )
     split = searcher.two_stage
     lock = None if searcher.thread_safe else threading.Lock()
     # the torch backend hands the neighbors over on its device, where score_chunk scores them
     fetch = searcher.device_neighbors if searcher.on_device else searcher.neighbors
     accs = make_accumulators(ev, opts, keep_hits=keep_hits)
-    timing: dict[str, Any] = {"read_s": 0.0, "search_s": 0.0, "rerank_s": 0.0, "knn_s": 0.0, "nnk_s": 0.0,
-                              "nnk_fallbacks": 0}
+    timing: dict[str, Any] = {
+        "read_s": 0.0,
+        "search_s": 0.0,
+        "rerank_s": 0.0,
+        "knn_s": 0.0,
+        "nnk_s": 0.0,
+        "nnk_fallbacks": 0,
+    }
 
     def blocks():
         t0 = time.perf_counter()
@@ -122,7 +129,8 @@ def make_accumulators(ev, opts: ScoringOptions, keep_hits: bool = False) -> dict
             if m == "knn":
                 for i, t in enumerate(opts.knn_temperatures):
                     accs[("knn", k) if i == 0 else ("knn", k, t)] = Accumulator(
-                        "knn", k, ev.n_classes, temperature=t, keep_hits=keep_hits)
+                        "knn", k, ev.n_classes, temperature=t, keep_hits=keep_hits
+                    )
             else:
                 accs[(m, k)] = Accumulator(m, k, ev.n_classes, solver=opts.solver, keep_hits=keep_hits)
     return accs

@@ -87,8 +87,11 @@ def selected_results(selection_rows_: list[dict], query_rows: list[dict], n_sele
     chosen = best_per_method(selection_rows_)
     out = {}
     for method, pick in chosen.items():
-        row = next(r for r in query_rows if r["method"] == method and r["k"] == pick["k"]
-                   and r.get("temperature") == pick.get("temperature"))
+        row = next(
+            r
+            for r in query_rows
+            if r["method"] == method and r["k"] == pick["k"] and r.get("temperature") == pick.get("temperature")
+        )
         entry = {"k": pick["k"]}
         if "temperature" in pick:
             entry["temperature"] = pick["temperature"]
@@ -140,12 +143,20 @@ def sweep(
     select_on = options.select_on
     check_shard_output(data.shard, partial_path, output_name="partial_path")
     if partial_path is not None and (select_on is not None or options.temperature_grid):
-        raise InputError("--out/--shard partial results take one temperature and no --select-on",
-                         hint="run the selection (and the temperature grid) on the whole query split")
+        raise InputError(
+            "--out/--shard partial results take one temperature and no --select-on",
+            hint="run the selection (and the temperature grid) on the whole query split",
+        )
     ev = open_evaluation(store_path, options, data, progress_factory)
     with ev:
-        return sweep_evaluation(ev, options, gate_requested=gate_requested, progress=progress,
-                                progress_factory=progress_factory, partial_path=partial_path)
+        return sweep_evaluation(
+            ev,
+            options,
+            gate_requested=gate_requested,
+            progress=progress,
+            progress_factory=progress_factory,
+            partial_path=partial_path,
+        )
 
 
 def sweep_evaluation(
@@ -192,8 +203,15 @@ def sweep_evaluation(
             sel_accs, info = run_selection(ev, options, n_select=n_select, seed=seed)
         order = lambda r: (options.methods.index(r["method"]), r["k"], r.get("temperature") or 0.0)  # noqa: E731
         sel_rows = sorted((a.result() for a in sel_accs.values()), key=order)
-        doc["selection"] = {"on": select_on, "split": ev.train.name, "queries": info["rows"], "seed": info["seed"],
-                            "leave_one_out": True, "seconds": info["seconds"], "results": sel_rows}
+        doc["selection"] = {
+            "on": select_on,
+            "split": ev.train.name,
+            "queries": info["rows"],
+            "seed": info["seed"],
+            "leave_one_out": True,
+            "seconds": info["seconds"],
+            "results": sel_rows,
+        }
         doc["selected"] = selected_results(sel_rows, doc["results"], info["rows"])
         doc["timing"]["selection_s"] = info["seconds"]
     # the per-query hits of what the gates check: the selected (k, T) with --select-on, else the best
@@ -211,7 +229,8 @@ def finish_sweep_document(doc: dict, k_values, methods, hits: dict, alpha: float
     row_t = {(r["method"], r["k"]): r.get("temperature") for r in doc["results"]}
     hits = {(key if len(key) == 3 else (*key, row_t.get(key))): value for key, value in hits.items()}
     doc["k_values"] = list(k_values)
-    doc["results"] = sorted(doc["results"], key=lambda r: (list(methods).index(r["method"]), r["k"],
-                                                           r.get("temperature") or 0.0))
+    doc["results"] = sorted(
+        doc["results"], key=lambda r: (list(methods).index(r["method"]), r["k"], r.get("temperature") or 0.0)
+    )
     doc["best"] = best_per_method(doc["results"], hits, alpha)
     return doc

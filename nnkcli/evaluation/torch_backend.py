@@ -70,15 +70,19 @@ def resolve_backend(backend: str | None, device: str = "auto", fp16: bool = Fals
     if backend is None:
         backend = "torch" if device == "cuda" or fp16 else "faiss"
     if backend == "faiss" and device == "cuda":
-        raise InputError("--device cuda needs --backend torch (nnkcli's faiss path runs on the CPU)",
-                         hint="use --backend torch --device cuda")
+        raise InputError(
+            "--device cuda needs --backend torch (nnkcli's faiss path runs on the CPU)",
+            hint="use --backend torch --device cuda",
+        )
     if backend == "faiss" and fp16:
         raise InputError("--fp16 needs --backend torch", hint="use --backend torch --fp16")
     if backend == "torch":
         _import_torch()
         if device == "cuda" and not _torch_cuda():
-            raise InputError("--device cuda: torch sees no CUDA GPU",
-                             hint="use --device cpu (or auto), or install a CUDA build of torch")
+            raise InputError(
+                "--device cuda: torch sees no CUDA GPU",
+                hint="use --device cpu (or auto), or install a CUDA build of torch",
+            )
     return backend, device
 
 
@@ -116,8 +120,15 @@ class TorchSearcher(Searcher):
     #: the neighbors stay on the device, where ``score_on_device`` scores them
     on_device = True
 
-    def __init__(self, split, *, device: str = "cpu", fp16: bool = False, block_rows: int = BLOCK_ROWS,
-                 resident: bool | None = None):
+    def __init__(
+        self,
+        split,
+        *,
+        device: str = "cpu",
+        fp16: bool = False,
+        block_rows: int = BLOCK_ROWS,
+        resident: bool | None = None,
+    ):
         from nnkcli.index import normalize_rows
 
         torch = _import_torch()
@@ -129,7 +140,7 @@ class TorchSearcher(Searcher):
         self._labels = None
         self.host = np.empty((self.n, self.dim), dtype=np.float32)
         for start, chunk in split.iter_chunks(self.block_rows):
-            self.host[start:start + len(chunk)] = normalize_rows(chunk)
+            self.host[start : start + len(chunk)] = normalize_rows(chunk)
         dtype = torch.float16 if self.fp16 else torch.float32
         self.dtype = dtype
         self.resident = None
@@ -144,8 +155,10 @@ class TorchSearcher(Searcher):
             if resident or need <= free // 2:
                 self.resident = torch.from_numpy(self.host).to(self.device).to(dtype)
             else:
-                logger.info(f"train rows ({need / 2**30:.1f} GiB) do not fit on {self.device}; streaming them "
-                            f"in blocks of {self.block_rows} rows")
+                logger.info(
+                    f"train rows ({need / 2**30:.1f} GiB) do not fit on {self.device}; streaming them "
+                    f"in blocks of {self.block_rows} rows"
+                )
         # float16 rounding can reorder candidates near the k-th: fetch more before the exact re-ranking
         self.margin = self.fp16
 
@@ -290,14 +303,18 @@ def score_on_device(found: DeviceNeighbors, train_labels, n_classes: int, opts, 
     out = {}
     if "knn" in opts.methods:
         t0 = time.perf_counter()
-        grid = [knn_scores(finite, nb, n_classes, k_values, weighting=opts.weighting, temperature=t)
-                for t in opts.knn_temperatures]
+        grid = [
+            knn_scores(finite, nb, n_classes, k_values, weighting=opts.weighting, temperature=t)
+            for t in opts.knn_temperatures
+        ]
         for i_k, k in enumerate(k_values):
             for i, temperature in enumerate(opts.knn_temperatures):
                 scores = grid[i][i_k]
                 key = ("knn", k) if i == 0 else ("knn", k, temperature)
-                out[key] = {"top": topk_classes(scores, TOP, rule=opts.top5_rule).cpu().numpy(),
-                            "scores": scores.cpu().numpy()}
+                out[key] = {
+                    "top": topk_classes(scores, TOP, rule=opts.top5_rule).cpu().numpy(),
+                    "scores": scores.cpu().numpy(),
+                }
         timing["knn_s"] += time.perf_counter() - t0
     if "nnk" in opts.methods:
         t0 = time.perf_counter()
@@ -306,8 +323,12 @@ def score_on_device(found: DeviceNeighbors, train_labels, n_classes: int, opts, 
         Xc = torch.where(missing[:, :, None], 0.0, X)
         for k, (res, theta) in zip(k_values, nnk_solve_cosine_torch(Xc, g, k_values, tol=opts.tol)):
             scores = nnk_scores(theta, nb[:, :k], n_classes)
-            out[("nnk", k)] = {"top": topk_classes(scores, TOP, rule=opts.top5_rule).cpu().numpy(),
-                               "scores": scores.cpu().numpy(), "theta": res.theta, "support": res.support_size}
+            out[("nnk", k)] = {
+                "top": topk_classes(scores, TOP, rule=opts.top5_rule).cpu().numpy(),
+                "scores": scores.cpu().numpy(),
+                "theta": res.theta,
+                "support": res.support_size,
+            }
             timing["nnk_fallbacks"] += int(np.count_nonzero(res.fallback))
         timing["nnk_s"] += time.perf_counter() - t0
     return out
@@ -331,7 +352,7 @@ def _class_sums(w, labels, n_classes: int, columns, snapshots=None):
     keep = set(snapshots or ())
     copies = []
     for j in range(columns):
-        sums.scatter_add_(1, lab[:, j:j + 1], w[:, j:j + 1])
+        sums.scatter_add_(1, lab[:, j : j + 1], w[:, j : j + 1])
         if j + 1 in keep:
             copies.append(sums.clone())
     return copies if snapshots is not None else sums
@@ -360,8 +381,10 @@ def knn_scores(sims, labels, n_classes: int, k_values, *, weighting: str = "exp"
     else:
         w = torch.ones_like(s)
     if not bool(torch.isfinite(w).all()):
-        raise InputError("sims holds NaN or infinite values (or exp(s/T) overflows)",
-                         hint="check the similarities and the temperature")
+        raise InputError(
+            "sims holds NaN or infinite values (or exp(s/T) overflows)",
+            hint="check the similarities and the temperature",
+        )
     return _class_sums(w, labels[:, :K], int(n_classes), K, snapshots=list(k_values))
 
 

@@ -224,8 +224,9 @@ def active_set(G, g, tol: float, max_iter: int, warm=None):
             live = torch.nonzero(~done)[:, 0]
             if not live.numel():
                 break
-            rows, P, theta, blocked, mode, iters, failed = (a[live] for a in (rows, P, theta, blocked, mode,
-                                                                              iters, failed))
+            rows, P, theta, blocked, mode, iters, failed = (
+                a[live] for a in (rows, P, theta, blocked, mode, iters, failed)
+            )
             Gs, gs, es, ss = Gs[live], gs[live], es[live], ss[live]
     return theta_out, iters_out, failed_out
 
@@ -347,11 +348,17 @@ def nnk_solve_cosine_torch(X, g, k_values, *, tol: float = 1e-8, max_iter: int |
         bad = torch.nonzero(~(resid <= tol))[:, 0]
         fallback = torch.zeros(B, dtype=torch.bool, device=dev)
         if bad.numel():
-            theta, resid, objective, v, fallback = _cpu_fallback(X, g, ks[: i_k + 1], bad, tol, max_iter,
-                                                                 theta, resid, objective, v, fallback)
-        res = NnkResult(theta=theta.cpu().numpy(), iterations=iters.cpu().numpy(),
-                        kkt_residual=resid.cpu().numpy(), fallback=fallback.cpu().numpy(),
-                        objective=objective.cpu().numpy(), tol=tol)
+            theta, resid, objective, v, fallback = _cpu_fallback(
+                X, g, ks[: i_k + 1], bad, tol, max_iter, theta, resid, objective, v, fallback
+            )
+        res = NnkResult(
+            theta=theta.cpu().numpy(),
+            iterations=iters.cpu().numpy(),
+            kkt_residual=resid.cpu().numpy(),
+            fallback=fallback.cpu().numpy(),
+            objective=objective.cpu().numpy(),
+            tol=tol,
+        )
         out.append((res, theta))
         prev = (theta, resid, objective, v)
     return out

@@ -54,7 +54,7 @@ def detect_format(path: str | os.PathLike) -> str:
             f"{path} is a folder but holds neither a DINO dump (trainfeat.pth) "
             "nor VISSL features (rank*_chunk*_*_features.npy) nor parquet files",
             hint="give a .npy/.npz/.csv/.safetensors/.parquet file, a DINO --dump_features folder, "
-                 "a VISSL extraction folder or a folder of parquet (or .npy + parquet metadata) shards",
+            "a VISSL extraction folder or a folder of parquet (or .npy + parquet metadata) shards",
         )
     suffix = path.suffix.lower()
     if suffix == ".npy":
@@ -131,14 +131,17 @@ def load_features(
     if features_key is not None and fmt not in _KEYED_FORMATS:
         raise InputError(f"--features-key applies to {keyed} only", hint=f"{path} was read as {fmt}")
     if labels_key is not None and fmt not in _KEYED_FORMATS and not str(labels_path or "").lower().endswith(".npz"):
-        raise InputError(f"--labels-key applies to {keyed} only",
-                         hint="give --labels FILE.npz or --from FILE.npz/.safetensors/.parquet")
+        raise InputError(
+            f"--labels-key applies to {keyed} only",
+            hint="give --labels FILE.npz or --from FILE.npz/.safetensors/.parquet",
+        )
 
     if fmt in ("npy", "npz"):
         from nnkcli.extract.arrays import load_arrays
 
-        imported = load_arrays(path, features_key=features_key, labels_key=labels_key,
-                               labels_given=labels_path is not None)
+        imported = load_arrays(
+            path, features_key=features_key, labels_key=labels_key, labels_given=labels_path is not None
+        )
     elif fmt == "lightly":
         from nnkcli.extract.tabular import load_lightly_csv
 
@@ -146,8 +149,9 @@ def load_features(
     elif fmt == "safetensors":
         from nnkcli.extract.safetensors_io import load_safetensors
 
-        imported = load_safetensors(path, features_key=features_key, labels_key=labels_key,
-                                    labels_given=labels_path is not None)
+        imported = load_safetensors(
+            path, features_key=features_key, labels_key=labels_key, labels_given=labels_path is not None
+        )
     elif fmt in ("parquet", "embedding-reader"):
         from nnkcli.extract import tabular
 
@@ -177,13 +181,16 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
     if not names:
         raise InputError(f"{path} holds no class names", hint="one name per line, line 1 = class 0")
     if "" in names:
-        raise InputError(f"{path} has an empty line (line {names.index('') + 1})",
-                         hint="one name per line, line 1 = class 0")
+        raise InputError(
+            f"{path} has an empty line (line {names.index('') + 1})", hint="one name per line, line 1 = class 0"
+        )
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if name in seen:
-            raise InputError(f"{path} names class {name!r} twice (lines {seen[name] + 1} and {i + 1})",
-                             hint="class names must be unique")
+            raise InputError(
+                f"{path} names class {name!r} twice (lines {seen[name] + 1} and {i + 1})",
+                hint="class names must be unique",
+            )
         seen[name] = i
     return names
 

@@ -92,8 +92,9 @@ def open_npz_member(path: Path, key: str, what: str, option: str, *, required: b
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise InputError(f"{path} is not a valid .npz file",
-                         hint=f"it could not be opened as a zip archive: {exc}") from exc
+        raise InputError(
+            f"{path} is not a valid .npz file", hint=f"it could not be opened as a zip archive: {exc}"
+        ) from exc
     with zf:
         keys = _npz_keys(zf)
         if key not in keys:
@@ -114,8 +115,9 @@ def open_npz_member(path: Path, key: str, what: str, option: str, *, required: b
             with zf.open(info) as fh:
                 return np.lib.format.read_array(fh, allow_pickle=False)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise InputError(f"{path} is not a valid .npz file",
-                             hint=f"array '{key}' could not be read: {exc}") from exc
+            raise InputError(
+                f"{path} is not a valid .npz file", hint=f"array '{key}' could not be read: {exc}"
+            ) from exc
 
 
 def _map_stored_member(path: Path, info: zipfile.ZipInfo, what: str):
@@ -143,8 +145,9 @@ def load_arrays(
         features = open_npz_member(path, features_key or "features", "features", "--features-key")
         labels = None
         if not labels_given:
-            labels = open_npz_member(path, labels_key or "labels", "labels", "--labels-key",
-                                     required=labels_key is not None)
+            labels = open_npz_member(
+                path, labels_key or "labels", "labels", "--labels-key", required=labels_key is not None
+            )
             if labels is not None:
                 labels = np.asarray(labels)
             else:
@@ -162,5 +165,3 @@ def load_arrays(
         source=f"{fmt}:{path.resolve()}",
         attrs={"source_format": fmt},
     )
-
-

@@ -46,8 +46,9 @@ def load_tensor(path: str | os.PathLike, what: str):
         except RuntimeError as exc:
             if "mmap can only be used" not in str(exc):
                 raise
-            logger.warning("%s is in torch's legacy (non-zip) format, which cannot be memory-mapped: "
-                           "loading it whole", path)
+            logger.warning(
+                "%s is in torch's legacy (non-zip) format, which cannot be memory-mapped: loading it whole", path
+            )
             value = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         name = blocked_global(str(exc))
@@ -124,8 +125,7 @@ def _dump_prefix(folder: Path, split: str) -> str:
         logger.info("reading testfeat.pth for split '%s'", split)
         return "test"
     raise InputError(
-        f"{folder} has no DINO dump for split '{split}' (it holds: "
-        f"{', '.join(p + 'feat.pth' for p in available)})",
+        f"{folder} has no DINO dump for split '{split}' (it holds: {', '.join(p + 'feat.pth' for p in available)})",
         hint="use --split train for trainfeat.pth and --split val for testfeat.pth, or give the file itself",
     )
 

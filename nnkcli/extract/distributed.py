@@ -44,8 +44,10 @@ def launched_world() -> tuple[int, int, int] | None:
             return None
         return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
     except (KeyError, ValueError):
-        raise InputError("WORLD_SIZE is set but RANK is missing or not an integer",
-                         hint="launch with torchrun, which sets RANK, WORLD_SIZE and LOCAL_RANK") from None
+        raise InputError(
+            "WORLD_SIZE is set but RANK is missing or not an integer",
+            hint="launch with torchrun, which sets RANK, WORLD_SIZE and LOCAL_RANK",
+        ) from None
 
 
 def rank_slice(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -69,8 +71,18 @@ def _remove_rank_store(path: Path, split: str) -> None:
     Path(f"{path}.lock").unlink(missing_ok=True)
 
 
-def extract_distributed(store_path, split, samples, model, *, device: str = "auto", resume: bool = False,
-                        overwrite: bool = False, progress=None, **options) -> dict:
+def extract_distributed(
+    store_path,
+    split,
+    samples,
+    model,
+    *,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress=None,
+    **options,
+) -> dict:
     """:func:`nnkcli.extract.torch_extract.extract_image_features` across the ranks of a torchrun launch.
 
     Every rank returns the assembled split's summary (rank 0 wrote it). ``options`` are
@@ -84,8 +96,10 @@ def extract_distributed(store_path, split, samples, model, *, device: str = "aut
 
     launch = launched_world()
     if launch is None:
-        raise InputError("extract_distributed needs a torchrun launch of more than one process",
-                         hint="call extract_image_features in a single process")
+        raise InputError(
+            "extract_distributed needs a torchrun launch of more than one process",
+            hint="call extract_image_features in a single process",
+        )
     rank, world, local_rank = launch
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -107,11 +121,13 @@ def extract_distributed(store_path, split, samples, model, *, device: str = "aut
         if not resume:
             _remove_rank_store(part, split)
         if stop > start and not _finished(part, split):
-            mine = replace(samples, paths=samples.paths[start:stop], labels=samples.labels[start:stop],
-                           ids=samples.ids[start:stop])
+            mine = replace(
+                samples, paths=samples.paths[start:stop], labels=samples.labels[start:stop], ids=samples.ids[start:stop]
+            )
             logger.info("rank %d of %d: images %d:%d", rank, world, start, stop)
-            extract_image_features(part, split, mine, model, device=device, resume=resume, overwrite=True,
-                                   progress=progress, **options)
+            extract_image_features(
+                part, split, mine, model, device=device, resume=resume, overwrite=True, progress=progress, **options
+            )
         elif stop > start:
             logger.info("rank %d of %d: images %d:%d already extracted (--resume)", rank, world, start, stop)
             if progress is not None:
@@ -119,8 +135,9 @@ def extract_distributed(store_path, split, samples, model, *, device: str = "aut
         dist.barrier()
         summary = None
         if rank == 0:
-            summary = assemble(store_path, split, samples, world, overwrite=overwrite,
-                               lock_timeout=options.get("lock_timeout"))
+            summary = assemble(
+                store_path, split, samples, world, overwrite=overwrite, lock_timeout=options.get("lock_timeout")
+            )
         box: list[Any] = [summary]  # the other ranks receive rank 0's summary here
         dist.broadcast_object_list(box, src=0)
         return dict(box[0], ranks=world, device=device)
@@ -141,8 +158,9 @@ def _finished(part: Path, split: str) -> bool:
         return False
 
 
-def assemble(store_path: Path, split: str, samples, world: int, *, overwrite: bool,
-             lock_timeout: float | None = None) -> dict:
+def assemble(
+    store_path: Path, split: str, samples, world: int, *, overwrite: bool, lock_timeout: float | None = None
+) -> dict:
     """Rank 0: the rank stores, in rank order, into ``store_path``/``split`` (one atomic commit)."""
     from nnkcli.storage.split_writer import SplitWriter
     from nnkcli.storage.store import RESERVED_ATTRS, FeatureStore
@@ -156,17 +174,27 @@ def assemble(store_path: Path, split: str, samples, world: int, *, overwrite: bo
     try:
         for rank, start, stop, path in parts:
             if not _finished(path, split):
-                raise StoreError(f"rank {rank} of {world} did not finish its images {start}:{stop} ({path})",
-                                 hint="rerun the same torchrun command with --resume")
+                raise StoreError(
+                    f"rank {rank} of {world} did not finish its images {start}:{stop} ({path})",
+                    hint="rerun the same torchrun command with --resume",
+                )
             opened.append(FeatureStore(path))
         first = opened[0].split(split)
         attrs = {k: v for k, v in first.attrs.items() if k not in RESERVED_ATTRS and k != "skipped_images"}
         skipped = sum(int(fs.split(split).attrs.get("skipped_images", 0)) for fs in opened)
         attrs["skipped_images"] = skipped
         name_to_id = {c: i for i, c in enumerate(samples.class_names)}
-        writer = SplitWriter(store_path, split, dim=first.dim, class_names=samples.class_names,
-                             source=str(first.attrs["source"]), attrs=attrs, overwrite=overwrite,
-                             expected_rows=len(samples), lock_timeout=lock_timeout)
+        writer = SplitWriter(
+            store_path,
+            split,
+            dim=first.dim,
+            class_names=samples.class_names,
+            source=str(first.attrs["source"]),
+            attrs=attrs,
+            overwrite=overwrite,
+            expected_rows=len(samples),
+            lock_timeout=lock_timeout,
+        )
         with writer:
             for (rank, start, stop, _), fs in zip(parts, opened, strict=True):
                 sp = fs.split(split)
@@ -197,5 +225,7 @@ def _check_order(ids: list[str], expected: list[str], rank: int, world: int) -> 
     position = {sample: i for i, sample in enumerate(expected)}
     seen = [position.get(i, -1) for i in ids]
     if any(p < 0 for p in seen) or any(b <= a for a, b in pairwise(seen)):
-        raise StoreError(f"the rows of rank {rank} of {world} are not its images in order",
-                         hint="rerun without --resume to extract again")
+        raise StoreError(
+            f"the rows of rank {rank} of {world} are not its images in order",
+            hint="rerun without --resume to extract again",
+        )

@@ -105,7 +105,7 @@ def _build_torchvision(spec: ModelSpec) -> LoadedModel:
         raise InputError(
             f"--model {spec.text} needs the 'torchvision' package, which is not installed ({exc})",
             hint="pip install torchvision (the build matching your torch), "
-                 "or use MODULE:CALLABLE / torchscript:FILE.pt",
+            "or use MODULE:CALLABLE / torchscript:FILE.pt",
         ) from None
     factory = getattr(tv_models, spec.target, None)
     if factory is None or not callable(factory) or spec.target.startswith("_"):

@@ -18,9 +18,20 @@ from nnkcli.extract.common import ImportedFeatures
 
 logger = logging.getLogger("nnkcli")
 
-_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I8": np.int8, "I16": np.int16,
-           "I32": np.int32, "I64": np.int64, "U8": np.uint8, "U16": np.uint16, "U32": np.uint32,
-           "U64": np.uint64, "BOOL": np.bool_}
+_DTYPES = {
+    "F16": np.float16,
+    "F32": np.float32,
+    "F64": np.float64,
+    "I8": np.int8,
+    "I16": np.int16,
+    "I32": np.int32,
+    "I64": np.int64,
+    "U8": np.uint8,
+    "U16": np.uint16,
+    "U32": np.uint32,
+    "U64": np.uint64,
+    "BOOL": np.bool_,
+}
 
 
 def _safe_open(path: Path):
@@ -31,14 +42,17 @@ def _safe_open(path: Path):
     try:
         return safe_open(str(path), framework="np")
     except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(f"{path} is not a valid safetensors file (or it is truncated)",
-                         hint=f"safetensors could not read it: {exc}") from None
+        raise InputError(
+            f"{path} is not a valid safetensors file (or it is truncated)", hint=f"safetensors could not read it: {exc}"
+        ) from None
 
 
 def _dtype(path: Path, key: str, code: str) -> np.dtype:
     if code not in _DTYPES:
-        raise InputError(f"tensor '{key}' in {path} has dtype {code}, which numpy cannot hold",
-                         hint="save it as float16 or float32 (e.g. tensor.float())")
+        raise InputError(
+            f"tensor '{key}' in {path} has dtype {code}, which numpy cannot hold",
+            hint="save it as float16 or float32 (e.g. tensor.float())",
+        )
     return np.dtype(_DTYPES[code])
 
 
@@ -63,16 +77,23 @@ class SafetensorRows:
         return data if dtype is None else data.astype(dtype)
 
 
-def load_safetensors(path: str | os.PathLike, *, features_key: str | None = None, labels_key: str | None = None,
-                     labels_given: bool = False) -> ImportedFeatures:
+def load_safetensors(
+    path: str | os.PathLike,
+    *,
+    features_key: str | None = None,
+    labels_key: str | None = None,
+    labels_given: bool = False,
+) -> ImportedFeatures:
     """Features (and labels) from a ``.safetensors`` file."""
     path = Path(path)
     features_key = features_key or "features"
     with _safe_open(path) as f:
         keys = list(f.keys())
         if features_key not in keys:
-            raise InputError(f"{path} has no tensor '{features_key}' (it holds: {', '.join(keys) or 'nothing'})",
-                             hint="name the tensor with --features-key")
+            raise InputError(
+                f"{path} has no tensor '{features_key}' (it holds: {', '.join(keys) or 'nothing'})",
+                hint="name the tensor with --features-key",
+            )
         info = f.get_slice(features_key)
         shape = tuple(int(s) for s in info.get_shape())
         features = SafetensorRows(path, features_key, shape, _dtype(path, features_key, info.get_dtype()))
@@ -84,11 +105,15 @@ def load_safetensors(path: str | os.PathLike, *, features_key: str | None = None
                 _dtype(path, key, info.get_dtype())
                 labels = np.asarray(f.get_tensor(key))
             elif labels_key is not None:
-                raise InputError(f"{path} has no tensor '{key}' (it holds: {', '.join(keys)})",
-                                 hint="name the tensor with --labels-key")
+                raise InputError(
+                    f"{path} has no tensor '{key}' (it holds: {', '.join(keys)})",
+                    hint="name the tensor with --labels-key",
+                )
             else:
                 logger.warning("%s has no 'labels' tensor; the split is stored unlabelled", path.name)
     return ImportedFeatures(
-        features=features, labels=labels, source=f"safetensors:{path.resolve()}",
+        features=features,
+        labels=labels,
+        source=f"safetensors:{path.resolve()}",
         attrs={"source_format": "safetensors"},
     )

@@ -39,8 +39,10 @@ class ConcatRows:
         self.parts, self.names = parts, names
         dims = {int(p.shape[1]) for p in parts}
         if len(dims) != 1:
-            raise InputError(f"shards have different dimensions: {sorted(dims)} ({', '.join(names)})",
-                             hint="every shard must hold embeddings of the same model")
+            raise InputError(
+                f"shards have different dimensions: {sorted(dims)} ({', '.join(names)})",
+                hint="every shard must hold embeddings of the same model",
+            )
         self.dtype = np.result_type(*[p.dtype for p in parts])
         self.starts = np.cumsum([0] + [len(p) for p in parts])
         self.shape = (int(self.starts[-1]), dims.pop())
@@ -67,6 +69,7 @@ class ConcatRows:
 
 
 # --- lightly embeddings.csv ------------------------------------------------------------
+
 
 class CsvRows:
     """The embedding columns of a lightly ``embeddings.csv``, parsed block by block."""
@@ -106,8 +109,9 @@ def _csv_floats(fields: list[str], path: Path, row: int) -> np.ndarray:
         return np.array(fields, dtype=np.float64)
     except ValueError:
         bad = next(f for f in fields if not _is_float(f))
-        raise InputError(f"{path} line {row + 2}: {bad!r} is not a number",
-                         hint="embedding columns hold decimal numbers") from None
+        raise InputError(
+            f"{path} line {row + 2}: {bad!r} is not a number", hint="embedding columns hold decimal numbers"
+        ) from None
 
 
 def _is_float(text: str) -> bool:
@@ -184,14 +188,19 @@ def _check_csv_header(header: list[str], path: Path) -> int:
             raise InputError(f"{path} has no '{required}' column (header: {','.join(names)[:120]})", hint=hint)
     middle = names[1:-1]
     numbers = [int(m.group(1)) for c in middle if (m := _EMBEDDING_COLUMN.match(c))]
-    if names[0] != "filenames" or names[-1] != "labels" or not middle or len(numbers) != len(middle) \
-            or numbers != list(range(len(middle))):
-        raise InputError(f"{path} does not have lightly's column layout (header: {','.join(names)[:120]})",
-                         hint=hint)
+    if (
+        names[0] != "filenames"
+        or names[-1] != "labels"
+        or not middle
+        or len(numbers) != len(middle)
+        or numbers != list(range(len(middle)))
+    ):
+        raise InputError(f"{path} does not have lightly's column layout (header: {','.join(names)[:120]})", hint=hint)
     return len(middle)
 
 
 # --- parquet ---------------------------------------------------------------------------
+
 
 def _pyarrow():
     try:
@@ -225,14 +234,19 @@ class ParquetRows:
         elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
             dim = None  # checked per row group
         else:
-            raise InputError(f"column '{column}' of {path} has type {kind}, not a list of floats",
-                             hint="store each embedding as a (fixed-size) list of floats")
+            raise InputError(
+                f"column '{column}' of {path} has type {kind}, not a list of floats",
+                hint="store each embedding as a (fixed-size) list of floats",
+            )
         value_type = kind.value_type
         if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type)):
-            raise InputError(f"column '{column}' of {path} holds {value_type}, not numbers",
-                             hint="store each embedding as a (fixed-size) list of floats")
-        self.group_starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows
-                                             for i in range(pf.metadata.num_row_groups)])
+            raise InputError(
+                f"column '{column}' of {path} holds {value_type}, not numbers",
+                hint="store each embedding as a (fixed-size) list of floats",
+            )
+        self.group_starts = np.cumsum(
+            [0] + [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
+        )
         n = int(self.group_starts[-1])
         if dim is None:
             dim = len(self._group(0)[0]) if n else 0
@@ -249,21 +263,28 @@ class ParquetRows:
         try:
             table = pa.parquet.ParquetFile(self.path).read_row_group(g, columns=[self.column])
         except (pa.ArrowException, OSError) as exc:
-            raise InputError(f"{self.path} is damaged or truncated (row group {g})",
-                             hint=f"pyarrow could not read it: {exc}") from None
+            raise InputError(
+                f"{self.path} is damaged or truncated (row group {g})", hint=f"pyarrow could not read it: {exc}"
+            ) from None
         column = table.column(self.column).combine_chunks()
         if column.null_count:
             row = int(self.group_starts[g]) + int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-            raise InputError(f"column '{self.column}' of {self.path} has a missing embedding (row {row})",
-                             hint="drop the rows without an embedding")
+            raise InputError(
+                f"column '{self.column}' of {self.path} has a missing embedding (row {row})",
+                hint="drop the rows without an embedding",
+            )
         lengths = np.diff(column.offsets.to_numpy()) if hasattr(column, "offsets") else None
-        dim = self.shape[1] if hasattr(self, "shape") else (int(lengths[0]) if lengths is not None and len(lengths)
-                                                             else 0)
+        dim = (
+            self.shape[1]
+            if hasattr(self, "shape")
+            else (int(lengths[0]) if lengths is not None and len(lengths) else 0)
+        )
         if lengths is not None and (lengths != dim).any():
             row = int(self.group_starts[g]) + int(np.flatnonzero(lengths != dim)[0])
             raise InputError(
                 f"column '{self.column}' of {self.path}: row {row} has {int(lengths[lengths != dim][0])} values, "
-                f"the first row has {dim}", hint="every embedding must have the same length",
+                f"the first row has {dim}",
+                hint="every embedding must have the same length",
             )
         values = column.flatten().to_numpy(zero_copy_only=False)
         block = values.reshape(len(column), dim)
@@ -294,8 +315,10 @@ def _read_column(pf, path: Path, column: str, what: str) -> np.ndarray:
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"{path} is damaged or truncated", hint=f"pyarrow could not read {what}: {exc}") from None
     if values.null_count:
-        raise InputError(f"{what} column '{column}' of {path} has {values.null_count} missing values",
-                         hint="write -1 for an unlabelled row")
+        raise InputError(
+            f"{what} column '{column}' of {path} has {values.null_count} missing values",
+            hint="write -1 for an unlabelled row",
+        )
     return values.to_numpy(zero_copy_only=False)
 
 
@@ -305,12 +328,19 @@ def _columns(pf) -> list[str]:
 
 def _require_column(pf, path: Path, column: str, option: str) -> None:
     if column not in _columns(pf):
-        raise InputError(f"{path} has no column '{column}' (it has: {', '.join(_columns(pf))})",
-                         hint=f"name the column with {option}")
+        raise InputError(
+            f"{path} has no column '{column}' (it has: {', '.join(_columns(pf))})",
+            hint=f"name the column with {option}",
+        )
 
 
-def load_parquet(path: str | os.PathLike, *, features_key: str | None = None, labels_key: str | None = None,
-                 labels_given: bool = False) -> ImportedFeatures:
+def load_parquet(
+    path: str | os.PathLike,
+    *,
+    features_key: str | None = None,
+    labels_key: str | None = None,
+    labels_given: bool = False,
+) -> ImportedFeatures:
     """A parquet file, or a folder of them (read in name order), with an embedding column."""
     path = Path(path)
     files = sorted(p for p in path.iterdir() if p.suffix == ".parquet") if path.is_dir() else [path]
@@ -354,6 +384,7 @@ def _imported(parts, files, labels, ids, labels_given, fmt, path) -> ImportedFea
 
 # --- embedding-reader layout -----------------------------------------------------------
 
+
 def is_embedding_reader_folder(path: Path) -> bool:
     """A folder of ``.npy`` shards (itself or a sub-folder) beside parquet metadata files."""
     npy, parquet = _layout_files(path)
@@ -375,22 +406,31 @@ def _shard_number(file: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def load_embedding_reader(path: str | os.PathLike, *, features_key: str | None = None,
-                          labels_key: str | None = None, labels_given: bool = False) -> ImportedFeatures:
+def load_embedding_reader(
+    path: str | os.PathLike,
+    *,
+    features_key: str | None = None,
+    labels_key: str | None = None,
+    labels_given: bool = False,
+) -> ImportedFeatures:
     """``.npy`` embedding shards with parquet metadata, matched by shard number."""
     from nnkcli.extract.arrays import open_npy
 
     path = Path(path)
     npy, parquet = _layout_files(path, features_key)
     if not npy:
-        raise InputError(f"{path / (features_key or '')} holds no .npy embedding shards",
-                         hint="--features-key names the embeddings sub-folder (img_emb, text_emb ...)")
+        raise InputError(
+            f"{path / (features_key or '')} holds no .npy embedding shards",
+            hint="--features-key names the embeddings sub-folder (img_emb, text_emb ...)",
+        )
     by_number = {}
     for file in parquet:
         number = _shard_number(file)
         if number is None or number in by_number:
-            raise InputError(f"cannot match metadata file {file.name} to a shard by number",
-                             hint="metadata files end with their shard number: metadata_0.parquet ...")
+            raise InputError(
+                f"cannot match metadata file {file.name} to a shard by number",
+                hint="metadata files end with their shard number: metadata_0.parquet ...",
+            )
         by_number[number] = file
     npy = sorted(npy, key=lambda f: (_shard_number(f) is None, _shard_number(f) or 0))
     parts, labels, ids, metas = [], [], [], []
@@ -399,16 +439,22 @@ def load_embedding_reader(path: str | os.PathLike, *, features_key: str | None =
         number = _shard_number(shard)
         meta = by_number.get(number) if number is not None else None
         if meta is None:
-            raise InputError(f"embedding shard {shard.name} has no metadata file with number {number}",
-                             hint=f"expected e.g. metadata_{number}.parquet")
+            raise InputError(
+                f"embedding shard {shard.name} has no metadata file with number {number}",
+                hint=f"expected e.g. metadata_{number}.parquet",
+            )
         rows = open_npy(shard)
         if len(rows.shape) != 2:
-            raise InputError(f"embedding shard {shard} has shape {rows.shape}, expected (n, d)",
-                             hint="each shard is a 2-D array of embeddings")
+            raise InputError(
+                f"embedding shard {shard} has shape {rows.shape}, expected (n, d)",
+                hint="each shard is a 2-D array of embeddings",
+            )
         pf = _open_parquet(meta)
         if pf.metadata.num_rows != rows.shape[0]:
-            raise InputError(f"{shard.name} has {rows.shape[0]} rows but {meta.name} has {pf.metadata.num_rows}",
-                             hint="each metadata file has one row per embedding of its shard")
+            raise InputError(
+                f"{shard.name} has {rows.shape[0]} rows but {meta.name} has {pf.metadata.num_rows}",
+                hint="each metadata file has one row per embedding of its shard",
+            )
         parts.append(rows)
         metas.append(meta)
         if not labels_given and (labels_key is not None or labels_key_used in _columns(pf)):

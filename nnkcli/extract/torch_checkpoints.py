@@ -31,8 +31,17 @@ logger = logging.getLogger("nnkcli")
 #: Keys under which training scripts nest the model's state dict, in order of preference
 #: (DINO/iBOT: teacher before student -- the teacher is what their evaluations use).
 CHECKPOINT_KEYS = (
-    "state_dict", "model", "teacher", "student", "model_state", "model_state_dict",
-    "network", "net", "classy_state_dict", "base_model", "trunk",
+    "state_dict",
+    "model",
+    "teacher",
+    "student",
+    "model_state",
+    "model_state_dict",
+    "network",
+    "net",
+    "classy_state_dict",
+    "base_model",
+    "trunk",
 )
 
 #: Prefix words of momentum/key encoders: when several prefixes fit the model
@@ -237,7 +246,7 @@ def detect_prefix(checkpoint_keys: Sequence[str], model_keys: Sequence[str]) -> 
             votes[""] += 1
         start = key.find(".")
         while start != -1:
-            if key[start + 1:] in wanted:
+            if key[start + 1 :] in wanted:
                 votes[key[: start + 1]] += 1
             start = key.find(".", start + 1)
     if not votes:
@@ -250,7 +259,8 @@ def detect_prefix(checkpoint_keys: Sequence[str], model_keys: Sequence[str]) -> 
     if len(tied) > 1:
         logger.info(
             "checkpoint: keys fit the model equally well under prefixes %s; using %r (choose with --strip-prefix)",
-            ", ".join(repr(p) for p in tied), tied[0],
+            ", ".join(repr(p) for p in tied),
+            tied[0],
         )
     return tied[0]
 
@@ -269,7 +279,7 @@ def strip_prefixes(state_dict: Mapping, prefixes: Sequence[str]) -> tuple[dict, 
         renamed, n = {}, 0
         for k, v in out.items():
             if k.startswith(prefix):
-                renamed[k[len(prefix):]] = v
+                renamed[k[len(prefix) :]] = v
                 n += 1
             elif k not in renamed:
                 renamed[k] = v
@@ -343,15 +353,18 @@ def load_checkpoint(
             hint = "is the checkpoint for this exact architecture? check --model (and --checkpoint-key)"
         else:
             sample = next(iter(state), "")
-            hint = (f"the model expects keys like {missing[0]!r}, the checkpoint has keys like {sample!r}; "
-                    "pick the nested dict with --checkpoint-key or set --strip-prefix")
+            hint = (
+                f"the model expects keys like {missing[0]!r}, the checkpoint has keys like {sample!r}; "
+                "pick the nested dict with --checkpoint-key or set --strip-prefix"
+            )
         raise InputError(
             f"checkpoint {path.name} lacks {len(missing)} of the model's {len(model_state)} "
             f"parameters/buffers: {_list_keys(missing)}",
             hint=hint,
         )
     mismatched = [
-        k for k, v in model_state.items()
+        k
+        for k, v in model_state.items()
         if k in state and isinstance(state[k], torch.Tensor) and tuple(state[k].shape) != tuple(v.shape)
     ]
     if mismatched:
@@ -363,9 +376,12 @@ def load_checkpoint(
         )
     unexpected = [k for k in state if k not in model_state]
     if unexpected:
-        logger.info("checkpoint: ignored %d %s the model does not have: %s", len(unexpected),
-                    "key" if len(unexpected) == 1 else "keys",
-                    summarize_keys(unexpected))
+        logger.info(
+            "checkpoint: ignored %d %s the model does not have: %s",
+            len(unexpected),
+            "key" if len(unexpected) == 1 else "keys",
+            summarize_keys(unexpected),
+        )
     to_load = {k: v for k, v in state.items() if k in model_state}
     try:
         model.load_state_dict(to_load, strict=False)

@@ -152,14 +152,17 @@ def _prepare_model(model, checkpoint, checkpoint_key, strip_prefix, trust_checkp
         logger.info("model: %s, classification head %r replaced by identity", spec.text, loaded.head_replaced)
         attrs["head_replaced"] = loaded.head_replaced
     if checkpoint is not None:
-        report = load_checkpoint(module, checkpoint, key=checkpoint_key, strip_prefix=strip_prefix,
-                                 trust=trust_checkpoint)
-        attrs.update({
-            "checkpoint": str(Path(checkpoint).resolve()),
-            "checkpoint_sha256": report.sha256,
-            "checkpoint_key": report.key or "",
-            "checkpoint_stripped_prefix": ",".join(report.stripped),
-        })
+        report = load_checkpoint(
+            module, checkpoint, key=checkpoint_key, strip_prefix=strip_prefix, trust=trust_checkpoint
+        )
+        attrs.update(
+            {
+                "checkpoint": str(Path(checkpoint).resolve()),
+                "checkpoint_sha256": report.sha256,
+                "checkpoint_key": report.key or "",
+                "checkpoint_stripped_prefix": ",".join(report.stripped),
+            }
+        )
         logger.info("checkpoint: loaded %d tensors, sha256 %s", report.n_loaded, report.sha256[:16])
     return spec, module, attrs
 
@@ -261,17 +264,19 @@ def extract_image_features(
     check_writable(store_path, split, existing_dim or 1, overwrite)
 
     spec, module, attrs = _prepare_model(model, checkpoint, checkpoint_key, strip_prefix, trust_checkpoint)
-    attrs.update({
-        "images": samples.root,
-        "transform": transform.describe(),
-        "resize": transform.resize,
-        "crop": transform.crop,
-        "interpolation": transform.interpolation,
-        "mean": list(transform.mean),
-        "std": list(transform.std),
-        "device": device,
-        "fp16": bool(fp16),
-    })
+    attrs.update(
+        {
+            "images": samples.root,
+            "transform": transform.describe(),
+            "resize": transform.resize,
+            "crop": transform.crop,
+            "interpolation": transform.interpolation,
+            "mean": list(transform.mean),
+            "std": list(transform.std),
+            "device": device,
+            "fp16": bool(fp16),
+        }
+    )
     for key in meta or {}:
         if key in attrs or key in ("skipped_images", "source"):
             raise InputError(
@@ -290,8 +295,9 @@ def extract_image_features(
 
     partial = partial_path(store_path, split)
     if not resume and partial.exists():
-        logger.warning("discarding the interrupted extraction of split '%s' in %s (pass --resume to continue it)",
-                       split, partial)
+        logger.warning(
+            "discarding the interrupted extraction of split '%s' in %s (pass --resume to continue it)", split, partial
+        )
         shutil.rmtree(partial)
 
     advance = progress or (lambda n: None)
@@ -299,8 +305,16 @@ def extract_image_features(
     skipped: list[int] = []
     resumed_rows = 0
     writer = SplitWriter(
-        store_path, split, dim=dim, class_names=samples.class_names, source=source, attrs=attrs,
-        overwrite=overwrite, expected_rows=len(samples), resumable=True, lock_timeout=lock_timeout,
+        store_path,
+        split,
+        dim=dim,
+        class_names=samples.class_names,
+        source=source,
+        attrs=attrs,
+        overwrite=overwrite,
+        expected_rows=len(samples),
+        resumable=True,
+        lock_timeout=lock_timeout,
     )
     with writer:
         start = 0
@@ -311,13 +325,22 @@ def extract_image_features(
             advance(start)
         elif resume:
             logger.info("nothing to resume for split '%s'; starting from the first image", split)
-        logger.info("extracting %d images (%d classes) with %s on %s, %d per batch",
-                    len(samples) - start, len(samples.class_names), spec.text, device, batch_size)
+        logger.info(
+            "extracting %d images (%d classes) with %s on %s, %d per batch",
+            len(samples) - start,
+            len(samples.class_names),
+            spec.text,
+            device,
+            batch_size,
+        )
         # any map-style dataset (__len__, __getitem__) will do: ImageDataset stays free of torch
         dataset = cast("torch.utils.data.Dataset[tuple[Any, ...]]", ImageDataset(samples, transform, start))
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=False,
-            num_workers=workers, pin_memory=device.startswith("cuda"),
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=device.startswith("cuda"),
         )
         try:
             for images, labels, positions, errors in loader:
@@ -328,7 +351,7 @@ def extract_image_features(
                         raise InputError(
                             f"cannot decode image {samples.paths[positions[i]]}: {errors[i]}",
                             hint="replace the file and rerun with --resume (the images done are kept), "
-                                 "or pass --skip-bad-images to skip and count such files",
+                            "or pass --skip-bad-images to skip and count such files",
                         )
                     skipped.append(positions[i])
                     logger.debug("skipped %s: %s", samples.paths[positions[i]], errors[i])
@@ -347,20 +370,20 @@ def extract_image_features(
         writer.attrs["skipped_images"] = len(skipped)
     seconds = time.monotonic() - started
     if skipped:
-        logger.warning("skipped %d images that could not be decoded, first %s", len(skipped),
-                       samples.paths[skipped[0]])
+        logger.warning("skipped %d images that could not be decoded, first %s", len(skipped), samples.paths[skipped[0]])
     summary = dict(writer.summary or {})
     done = len(samples) - start
-    summary.update({
-        "n_images": len(samples),
-        "skipped_images": len(skipped),
-        "skipped_files": [samples.ids[p] for p in skipped[:_SKIPPED_SHOWN]],
-        "resumed_rows": resumed_rows,
-        "model": spec.text,
-        "checkpoint_sha256": attrs.get("checkpoint_sha256"),
-        "device": device,
-        "seconds": round(seconds, 3),
-        "images_per_s": round(done / seconds, 1) if seconds > 0 else None,
-    })
+    summary.update(
+        {
+            "n_images": len(samples),
+            "skipped_images": len(skipped),
+            "skipped_files": [samples.ids[p] for p in skipped[:_SKIPPED_SHOWN]],
+            "resumed_rows": resumed_rows,
+            "model": spec.text,
+            "checkpoint_sha256": attrs.get("checkpoint_sha256"),
+            "device": device,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(done / seconds, 1) if seconds > 0 else None,
+        }
+    )
     return summary
-

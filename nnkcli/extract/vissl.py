@@ -134,8 +134,10 @@ def _check_gaps(unique_inds: np.ndarray, prefixes, folder: Path, vsplit: str, la
     while run_end + 1 < expected and not present[run_end + 1]:
         run_end += 1
     where = f"index {first}" if run_end == first else f"indices {first}..{run_end}"
-    message = (f"VISSL split '{vsplit}' layer '{layer}' in {folder} has {n_missing} of {expected} dataset "
-               f"indices missing (first: {where})")
+    message = (
+        f"VISSL split '{vsplit}' layer '{layer}' in {folder} has {n_missing} of {expected} dataset "
+        f"indices missing (first: {where})"
+    )
     if allow_gaps:
         logger.warning("%s; importing the %d rows present (--allow-gaps)", message, unique_inds.size)
         return
@@ -165,8 +167,9 @@ def _likely_missing_ranks(present: np.ndarray, missing: np.ndarray, ranks: list[
     return []
 
 
-def load_vissl(path: str | os.PathLike, *, split: str, layer: str | None = None,
-               allow_gaps: bool = False) -> ImportedFeatures:
+def load_vissl(
+    path: str | os.PathLike, *, split: str, layer: str | None = None, allow_gaps: bool = False
+) -> ImportedFeatures:
     """Merge the shards of one VISSL split and layer, in dataset-index order.
 
     Dataset indices with gaps (a rank's shard files missing, say) are refused unless
@@ -181,13 +184,17 @@ def load_vissl(path: str | os.PathLike, *, split: str, layer: str | None = None,
         folder = path.parent
         named = _VISSL_FILE.match(path.name)
         if named is None:
-            raise InputError(f"{path.name} is not named like a VISSL features file "
-                             "(rank<R>[_chunk<C>]_<split>_<layer>_features.npy)",
-                             hint="give the folder of the VISSL extraction, or one of its features files")
+            raise InputError(
+                f"{path.name} is not named like a VISSL features file "
+                "(rank<R>[_chunk<C>]_<split>_<layer>_features.npy)",
+                hint="give the folder of the VISSL extraction, or one of its features files",
+            )
         _, vsplit, file_layer = named.groups()
         if layer is not None and layer != file_layer:
-            raise InputError(f"--layer {layer} does not match the file {path.name} (layer {file_layer})",
-                             hint="drop --layer or give the folder")
+            raise InputError(
+                f"--layer {layer} does not match the file {path.name} (layer {file_layer})",
+                hint="drop --layer or give the folder",
+            )
         layer = file_layer
     prefixes = scan_folder(folder)[(vsplit, layer)]
 
@@ -228,8 +235,9 @@ def load_vissl(path: str | os.PathLike, *, split: str, layer: str | None = None,
     duplicates = int((~keep).sum())
     _check_gaps(all_inds[order], prefixes, folder, vsplit, layer, allow_gaps)
     if duplicates:
-        logger.info("dropped %d duplicate rows (VISSL's distributed sampler repeats samples to pad batches)",
-                    duplicates)
+        logger.info(
+            "dropped %d duplicate rows (VISSL's distributed sampler repeats samples to pad batches)", duplicates
+        )
 
     features = ShardedRows(shards, shard_of_row[order], row_in_shard[order])
     return ImportedFeatures(
@@ -238,7 +246,10 @@ def load_vissl(path: str | os.PathLike, *, split: str, layer: str | None = None,
         ids=[str(int(i)) for i in all_inds[order]],
         source=f"vissl:{folder.resolve()} split={vsplit} layer={layer}",
         attrs={
-            "source_format": "vissl", "vissl_split": vsplit, "vissl_layer": layer,
-            "vissl_shards": len(prefixes), "vissl_duplicates_dropped": duplicates,
+            "source_format": "vissl",
+            "vissl_split": vsplit,
+            "vissl_layer": layer,
+            "vissl_shards": len(prefixes),
+            "vissl_duplicates_dropped": duplicates,
         },
     )

@@ -87,8 +87,9 @@ def solve_batch(G, g, tol, max_iter, warm=None) -> Outcome:
         if queued < B and 2 * sum(c.running for c in cohorts) < size:
             rows = np.arange(queued, min(B, queued + size))
             queued += rows.size
-            cohorts.append(_Cohort(G, rows, g[rows], tol * gscale[rows], gscale[rows],
-                                   None if warm is None else warm[rows]))
+            cohorts.append(
+                _Cohort(G, rows, g[rows], tol * gscale[rows], gscale[rows], None if warm is None else warm[rows])
+            )
         if not cohorts:
             break
         for c in cohorts:
@@ -402,6 +403,7 @@ def _rows(G, rows, j):
     out = np.asarray(G[rows, j, :], dtype=np.float64)
     if not np.isfinite(out).all():
         b = np.broadcast_to(rows, np.shape(j))[~np.isfinite(out).all(axis=-1)]
-        raise InputError(f"G holds NaN or infinite values (query {int(b.flat[0])})",
-                         hint="check the features for NaN/inf")
+        raise InputError(
+            f"G holds NaN or infinite values (query {int(b.flat[0])})", hint="check the features for NaN/inf"
+        )
     return out

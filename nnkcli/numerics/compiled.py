@@ -82,8 +82,7 @@ def warm_up() -> None:
         previous = sys.getswitchinterval()
         sys.setswitchinterval(min(previous, WARM_UP_SWITCH_INTERVAL))
         ours = sys.getswitchinterval()  # as the interpreter holds it (whole microseconds)
-        _WARMING = threading.Thread(target=_load_and_run, args=(previous, ours),
-                                    name="nnkcli-compiled-warm-up")
+        _WARMING = threading.Thread(target=_load_and_run, args=(previous, ours), name="nnkcli-compiled-warm-up")
         _WARMING.start()
 
 
@@ -128,8 +127,7 @@ def _kernel():
             except ImportError:  # numba is optional
                 _KERNEL.append(None)
             except Exception as exc:  # a numba that cannot build or cache here: numpy it is
-                logger.debug("compiled NNK kernel unavailable (%s: %s); using the numpy path",
-                             type(exc).__name__, exc)
+                logger.debug("compiled NNK kernel unavailable (%s: %s); using the numpy path", type(exc).__name__, exc)
                 _KERNEL.append(None)
         return _KERNEL[0]
 
@@ -177,13 +175,31 @@ def solve_cosine_path(X, g, k_values, tol, enter, exact, dependent, max_iter, ro
     failed = np.zeros((nk, B), dtype=np.bool_)
     if B:
         try:
-            kernel(X, g, ks, float(tol), float(enter), float(exact), float(dependent), int(max_iter), int(row_cap),
-                   flat, offsets, residual, iterations, objective, failed)
+            kernel(
+                X,
+                g,
+                ks,
+                float(tol),
+                float(enter),
+                float(exact),
+                float(dependent),
+                int(max_iter),
+                int(row_cap),
+                flat,
+                offsets,
+                residual,
+                iterations,
+                objective,
+                failed,
+            )
         except Exception as exc:  # a numba that cannot compile or load here: numpy from now on
-            logger.warning("the compiled NNK kernel failed (%s: %s); using the numpy engine",
-                           type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            logger.warning(
+                "the compiled NNK kernel failed (%s: %s); using the numpy engine",
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
             with _LOCK:
                 _KERNEL[:] = [None]
             return None
-    thetas = [np.ascontiguousarray(flat[:, offsets[i]:offsets[i + 1]]) for i in range(nk)]
+    thetas = [np.ascontiguousarray(flat[:, offsets[i] : offsets[i + 1]]) for i in range(nk)]
     return thetas, residual, iterations, objective, failed

@@ -12,6 +12,7 @@ import numpy as np
 # reassociated sums: the dot products run vectorised (the order is fixed by the code and
 # the CPU, never by the batch)
 
+
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def kernel_row(Xb, j, lo, hi, out, xj):
     """out[i] = 1/2 (1 + <x_i, x_j>) for lo <= i < hi, float64; False if one is not finite.
@@ -144,8 +145,23 @@ def gradient(R, slot, P, t, theta, gb, lo, hi, w):
 
 
 @numba.njit(nogil=True, cache=True)
-def kernel(X, g, ks, tol, enter_rel, exact_rel, dependent, max_iter, row_cap,
-           flat, offsets, residual, iterations, objective, failed):
+def kernel(
+    X,
+    g,
+    ks,
+    tol,
+    enter_rel,
+    exact_rel,
+    dependent,
+    max_iter,
+    row_cap,
+    flat,
+    offsets,
+    residual,
+    iterations,
+    objective,
+    failed,
+):
     B, K, d = X.shape
     nk = ks.size
     cap = min(K, row_cap)
@@ -323,4 +339,3 @@ def kernel(X, g, ks, tol, enter_rel, exact_rel, dependent, max_iter, row_cap,
             iterations[ki, b] = it
             objective[ki, b] = obj
             kp = k
-

@@ -132,9 +132,17 @@ def _solve_compiled(X, g, ks, tol, max_iter) -> list:
     if out is None:  # the kernel could not run here (warned once): the numpy engine
         return _solve_numpy(X, g, ks, tol, max_iter)
     thetas, resid, iters, obj, failed = out
-    results = [NnkResult(theta=thetas[i], iterations=iters[i], kkt_residual=resid[i],
-                         fallback=np.zeros(g.shape[0], dtype=bool), objective=obj[i], tol=tol)
-               for i in range(len(ks))]
+    results = [
+        NnkResult(
+            theta=thetas[i],
+            iterations=iters[i],
+            kkt_residual=resid[i],
+            fallback=np.zeros(g.shape[0], dtype=bool),
+            objective=obj[i],
+            tol=tol,
+        )
+        for i in range(len(ks))
+    ]
     redo = np.flatnonzero(failed.any(axis=0) | ~(resid <= tol).all(axis=0))
     if redo.size:
         for res, sub in zip(results, _solve_numpy(X[redo], g[redo], ks, tol, max_iter), strict=True):
@@ -156,9 +164,14 @@ def _solve_numpy(X, g, ks, tol, max_iter) -> list:
     for k in ks:
         gk = g[:, :k]
         gscale = g_scale(gk)
-        res = NnkResult(theta=np.zeros((B, k)), iterations=np.zeros(B, dtype=np.int64),
-                        kkt_residual=np.full(B, np.inf), fallback=np.zeros(B, dtype=bool),
-                        objective=np.zeros(B), tol=tol)
+        res = NnkResult(
+            theta=np.zeros((B, k)),
+            iterations=np.zeros(B, dtype=np.int64),
+            kkt_residual=np.full(B, np.inf),
+            fallback=np.zeros(B, dtype=bool),
+            objective=np.zeros(B),
+            tol=tol,
+        )
         if prev is None:
             todo = np.arange(B)
             warm = None
@@ -170,8 +183,9 @@ def _solve_numpy(X, g, ks, tol, max_iter) -> list:
             stays = (w_new <= _ENTER * tol * gscale[:, None]).all(axis=1) & (prev.kkt_residual <= tol)
             s = np.flatnonzero(stays)
             res.theta[s, :kp] = prev.theta[s]
-            res.kkt_residual[s] = np.maximum(prev.kkt_residual[s],
-                                             np.maximum(w_new[s], 0.0).max(axis=1, initial=0.0) / gscale[s])
+            res.kkt_residual[s] = np.maximum(
+                prev.kkt_residual[s], np.maximum(w_new[s], 0.0).max(axis=1, initial=0.0) / gscale[s]
+            )
             res.objective[s] = prev.objective[s]
             todo = np.flatnonzero(~stays)
             warm = np.zeros((todo.size, k), dtype=bool)

@@ -77,8 +77,9 @@ def kernel_blocks(query, neighbors, *, kernel: str = "cosine", sims=None) -> tup
     q = np.asarray(_float_array(query, "query", 2), dtype=np.float64)
     N = _float_array(neighbors, "neighbors", 3)
     if N.shape[0] != q.shape[0] or N.shape[2] != q.shape[1]:
-        raise InputError(f"neighbors must be (B, k, d) = ({q.shape[0]}, k, {q.shape[1]}) for query of shape "
-                         f"{q.shape}, got {N.shape}")
+        raise InputError(
+            f"neighbors must be (B, k, d) = ({q.shape[0]}, k, {q.shape[1]}) for query of shape {q.shape}, got {N.shape}"
+        )
     B, k, d = N.shape
     if sims is not None:
         sims = np.array(_float_array(sims, "sims", 2), dtype=np.float64)

@@ -18,8 +18,10 @@ from nnkcli.numerics.scores import METHODS
 
 GATE_METHODS = ("all", *METHODS)
 #: the two settings of the gate-method rule (``check_gate_method``), by their Python and option names
-_GATE_NAMES = {"gate_method": SettingName("gate_method", "--gate-method"),
-               "methods": SettingName("methods", "--method")}
+_GATE_NAMES = {
+    "gate_method": SettingName("gate_method", "--gate-method"),
+    "methods": SettingName("methods", "--method"),
+}
 
 
 @dataclass
@@ -50,8 +52,9 @@ class Accumulator:
         self.class_total = np.zeros(self.n_classes, dtype=np.int64)
         self.class_hits = np.zeros(self.n_classes, dtype=np.int64)
 
-    def update(self, top: np.ndarray, labels: np.ndarray, support: np.ndarray | None = None,
-               solver_stats: tuple | None = None) -> None:
+    def update(
+        self, top: np.ndarray, labels: np.ndarray, support: np.ndarray | None = None, solver_stats: tuple | None = None
+    ) -> None:
         """Add a chunk.
 
         Parameters
@@ -91,11 +94,18 @@ class Accumulator:
         if not self.keep_hits:
             raise ValueError("per-query hits were not kept (keep_hits=False)")
         empty = np.zeros(0, dtype=bool)
-        return (np.concatenate(self._hit1) if self._hit1 else empty,
-                np.concatenate(self._hit5) if self._hit5 else empty)
+        return (
+            np.concatenate(self._hit1) if self._hit1 else empty,
+            np.concatenate(self._hit5) if self._hit5 else empty,
+        )
 
-    def result(self, *, per_class: bool = False, class_names: list[str] | None = None,
-               confidence: float = stats.DEFAULT_CONFIDENCE) -> dict:
+    def result(
+        self,
+        *,
+        per_class: bool = False,
+        class_names: list[str] | None = None,
+        confidence: float = stats.DEFAULT_CONFIDENCE,
+    ) -> dict:
         """The JSON-able result row (accuracies in %, NaN when nothing was labelled).
 
         ``top1_ci``, ``top5_ci`` and ``balanced_accuracy_ci`` are ``[low, high]`` in % at
@@ -127,8 +137,11 @@ class Accumulator:
         if per_class:
             names = class_names or [str(c) for c in range(self.n_classes)]
             row["per_class"] = {
-                names[c]: {"n": int(self.class_total[c]), "top1": _pct(self.class_hits[c], self.class_total[c]),
-                           "top1_ci": stats.wilson_percent(self.class_hits[c], self.class_total[c], confidence)}
+                names[c]: {
+                    "n": int(self.class_total[c]),
+                    "top1": _pct(self.class_hits[c], self.class_total[c]),
+                    "top1_ci": stats.wilson_percent(self.class_hits[c], self.class_total[c], confidence),
+                }
                 for c in range(self.n_classes)
                 if self.class_total[c] > 0
             }
@@ -172,12 +185,14 @@ def check_gate_method(gate_method: str | None, methods) -> None:
     if gate_method in ("all", None) or gate_method in methods:
         return
     run = "both" if set(methods) == set(METHODS) else ",".join(methods)
-    raise OptionConflict("{gate_method} {gate} is not among the methods run ({methods} {run})", _GATE_NAMES,
-                         gate=gate_method, run=run)
+    raise OptionConflict(
+        "{gate_method} {gate} is not among the methods run ({methods} {run})", _GATE_NAMES, gate=gate_method, run=run
+    )
 
 
-def check_gates(rows: list[dict], *, min_top1: float | None = None, min_top5: float | None = None,
-                gate_method: str = "all") -> None:
+def check_gates(
+    rows: list[dict], *, min_top1: float | None = None, min_top5: float | None = None, gate_method: str = "all"
+) -> None:
     """Raise GateFailed naming every row whose accuracy is below a threshold.
 
     ``rows`` are result rows (one per method, e.g. the best k of each method);

@@ -163,8 +163,7 @@ def pruning_solve(G, g, *, max_passes: int | None = None) -> PruningResult:
         converged[running[out_of_passes]] = False
         running = running[again & ~out_of_passes]
     theta[theta < PRUNE_TOL] = 0.0
-    return PruningResult(theta=theta, passes=passes, duplicate=duplicate, factor_failed=failed,
-                         converged=converged)
+    return PruningResult(theta=theta, passes=passes, duplicate=duplicate, factor_failed=failed, converged=converged)
 
 
 def _solve_kept(Gq: np.ndarray, gq: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -20,8 +20,9 @@ TOP5_RULES = ("strict", "inclusive")
 TOP = 5  # classes kept per query by the evaluation (top-5 accuracy)
 
 
-def knn_scores(sims, neighbor_labels, n_classes: int, *, weighting: str = "exp",
-               temperature: float = 0.07) -> np.ndarray:
+def knn_scores(
+    sims, neighbor_labels, n_classes: int, *, weighting: str = "exp", temperature: float = 0.07
+) -> np.ndarray:
     """Weighted k-NN class scores, DINO's ``eval_knn`` formula.
 
     ``score[b, c] = sum_j w(s[b, j]) * [y[b, j] == c]`` with ``w(s) = exp(s / T)``
@@ -52,8 +53,9 @@ def knn_scores(sims, neighbor_labels, n_classes: int, *, weighting: str = "exp",
     return _class_sums(knn_weights(s, weighting, temperature), labels, int(n_classes))
 
 
-def knn_scores_path(sims, neighbor_labels, n_classes: int, k_values, *, weighting: str = "exp",
-                    temperature: float = 0.07) -> list[np.ndarray]:
+def knn_scores_path(
+    sims, neighbor_labels, n_classes: int, k_values, *, weighting: str = "exp", temperature: float = 0.07
+) -> list[np.ndarray]:
     """``knn_scores`` of the leading k neighbors for every k of ``k_values``, bit for bit, in one pass.
 
     A sweep asks for the scores at many k of the same neighbors (10, 20, ..., 200): each
@@ -107,8 +109,10 @@ def knn_weights(s: np.ndarray, weighting: str, temperature: float) -> np.ndarray
     else:
         w = np.ones_like(s)
     if not np.isfinite(w).all():
-        raise InputError("sims holds NaN or infinite values (or exp(s/T) overflows)",
-                         hint="check the similarities and the temperature")
+        raise InputError(
+            "sims holds NaN or infinite values (or exp(s/T) overflows)",
+            hint="check the similarities and the temperature",
+        )
     return w
 
 
@@ -222,8 +226,9 @@ def _labels(neighbor_labels, n_classes, shape, other: str) -> np.ndarray:
     if int(n_classes) < 1:
         raise InputError(f"n_classes must be at least 1, got {n_classes}")
     if labels.size and (labels.min() < -1 or labels.max() >= int(n_classes)):
-        raise InputError(f"neighbor_labels must lie in -1..{int(n_classes) - 1}, "
-                         f"got values in {labels.min()}..{labels.max()}")
+        raise InputError(
+            f"neighbor_labels must lie in -1..{int(n_classes) - 1}, got values in {labels.min()}..{labels.max()}"
+        )
     return labels.astype(np.int64, copy=False)
 
 

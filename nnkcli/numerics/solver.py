@@ -167,29 +167,43 @@ def nnk_solve(G, g, *, tol: float = 1e-8, max_iter: int | None = None, warm_star
     B, k = g.shape
     max_iter = max_steps(max_iter, k)
     out = solve_batch(G, g, tol, max_iter, warm)
-    res = NnkResult(theta=out.theta, iterations=out.iterations, kkt_residual=out.residual,
-                    fallback=out.failed, objective=out.objective, tol=tol)
+    res = NnkResult(
+        theta=out.theta,
+        iterations=out.iterations,
+        kkt_residual=out.residual,
+        fallback=out.failed,
+        objective=out.objective,
+        tol=tol,
+    )
     need = res.fallback | ~(res.kkt_residual <= tol)
     if need.any():
         res.fallback = need
         for b in np.flatnonzero(need):
             # what the batched path found (if anything) competes with the fallback
             prior = (res.theta[b].copy(), res.kkt_residual[b], res.objective[b])
-            res.theta[b], res.kkt_residual[b], res.objective[b] = _solve_one(
-                G[b], g[b], tol, int(b), max_iter, prior)
+            res.theta[b], res.kkt_residual[b], res.objective[b] = _solve_one(G[b], g[b], tol, int(b), max_iter, prior)
         bad = ~(res.kkt_residual <= tol)
         if bad.any():
             warnings.warn(
                 f"NNK: {int(bad.sum())} of {B} queries could not be certified to tol={tol:g} "
                 f"(largest relative KKT residual {np.nanmax(res.kkt_residual):.2e}); see NnkResult.kkt_residual",
-                RuntimeWarning, stacklevel=2,
+                RuntimeWarning,
+                stacklevel=2,
             )
     res.tol = tol
     return res
 
 
-def nnk_weights(query, neighbors, *, kernel: str = "cosine", tol: float = 1e-8, sims=None,
-                max_iter: int | None = None, chunk_size: int | None = None) -> NnkResult:
+def nnk_weights(
+    query,
+    neighbors,
+    *,
+    kernel: str = "cosine",
+    tol: float = 1e-8,
+    sims=None,
+    max_iter: int | None = None,
+    chunk_size: int | None = None,
+) -> NnkResult:
     """NNK weights of each query over its neighbors, from feature vectors.
 
     Builds the kernel blocks with ``kernel_blocks`` and solves them with
@@ -221,8 +235,9 @@ def nnk_weights(query, neighbors, *, kernel: str = "cosine", tol: float = 1e-8, 
     query = np.asarray(query)
     neighbors = np.asarray(neighbors)
     if query.ndim != 2 or neighbors.ndim != 3:
-        raise InputError(f"query must be (B, d) and neighbors (B, k, d), got shapes {query.shape} and "
-                         f"{neighbors.shape}")
+        raise InputError(
+            f"query must be (B, d) and neighbors (B, k, d), got shapes {query.shape} and {neighbors.shape}"
+        )
     B, k = neighbors.shape[:2]
     if chunk_size is None:
         chunk_size = max(1, CHUNK_BYTES // (8 * max(k, 1) * (k + 1 + neighbors.shape[2])))
@@ -231,8 +246,9 @@ def nnk_weights(query, neighbors, *, kernel: str = "cosine", tol: float = 1e-8, 
     parts = []
     for lo in range(0, B, int(chunk_size)) if B else [0]:
         hi = lo + int(chunk_size)
-        G, g = kernel_blocks(query[lo:hi], neighbors[lo:hi], kernel=kernel,
-                             sims=None if sims is None else np.asarray(sims)[lo:hi])
+        G, g = kernel_blocks(
+            query[lo:hi], neighbors[lo:hi], kernel=kernel, sims=None if sims is None else np.asarray(sims)[lo:hi]
+        )
         parts.append(nnk_solve(G, g, tol=tol, max_iter=max_iter))
     return NnkResult.concatenate(parts)
 
@@ -280,7 +296,8 @@ def nnk_solve_path(G, g, k_values, *, tol: float = 1e-8, max_iter: int | None = 
             # gradient of the new variables at the old optimum; G is symmetric, so the
             # rows of the new variables restricted to the old ones are what is needed
             w_new = np.asarray(gk[:, kp:], dtype=np.float64) - np.einsum(
-                "bjs,bs->bj", np.asarray(G[:, kp:k, :kp], dtype=np.float64), prev.theta)
+                "bjs,bs->bj", np.asarray(G[:, kp:k, :kp], dtype=np.float64), prev.theta
+            )
             gscale = g_scale(np.asarray(gk, dtype=np.float64))
             # the same entry rule the active-set engine uses, so the result is what a
             # cold solve at k finds
@@ -309,6 +326,7 @@ def nnk_solve_path(G, g, k_values, *, tol: float = 1e-8, max_iter: int | None = 
 
 
 # --------------------------------------------------------------------------- validation
+
 
 def _validate(G, g, tol, warm_start):
     G = np.asarray(G)
@@ -340,6 +358,7 @@ def _validate(G, g, tol, warm_start):
 
 # --------------------------------------------------------------------------- fallback
 
+
 def _solve_one(Gq, gq, tol, index, max_iter, prior=None):
     """Exact path for one query: scipy NNLS on the least-squares form of the QP.
 
@@ -363,8 +382,10 @@ def _solve_one(Gq, gq, tol, index, max_iter, prior=None):
     e, V = np.linalg.eigh(0.5 * (Gq + Gq.T))
     emax = max(float(e[-1]), 0.0)
     if e[0] < -1e-6 * k * emax:
-        raise InputError(f"G is not positive semidefinite (query {index}: eigenvalue {e[0]:.3g})",
-                         hint="NNK needs a positive semidefinite kernel matrix")
+        raise InputError(
+            f"G is not positive semidefinite (query {index}: eigenvalue {e[0]:.3g})",
+            hint="NNK needs a positive semidefinite kernel matrix",
+        )
     keep = e > k * np.finfo(float).eps * emax
     theta = np.zeros(k)
     if keep.any():

@@ -103,7 +103,11 @@ def percentile_interval(samples: np.ndarray, confidence: float) -> tuple[float, 
 
 
 def balanced_bootstrap_interval(
-    class_hits, class_total, confidence: float = DEFAULT_CONFIDENCE, *, n_boot: int = BALANCED_BOOTSTRAP,
+    class_hits,
+    class_total,
+    confidence: float = DEFAULT_CONFIDENCE,
+    *,
+    n_boot: int = BALANCED_BOOTSTRAP,
     seed: int = BALANCED_SEED,
 ) -> tuple[float, float]:
     """Stratified-bootstrap interval of the balanced accuracy (mean per-class recall).
@@ -162,7 +166,12 @@ def mcnemar_exact(a_only: int, b_only: int) -> float:
 
 
 def paired_bootstrap_difference(
-    a_only: int, b_only: int, n: int, *, confidence: float = DEFAULT_CONFIDENCE, n_boot: int = DEFAULT_BOOTSTRAP,
+    a_only: int,
+    b_only: int,
+    n: int,
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    n_boot: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
 ) -> tuple[float, float]:
     """Bootstrap interval of acc(B) − acc(A) over ``n`` paired queries, as fractions.

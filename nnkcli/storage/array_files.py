@@ -61,8 +61,9 @@ class ArrayFileWriter:
         self.path = real_path(self.given)  # a symlink is written through
         self.kind = kind
         if not self.path.parent.is_dir():
-            raise StoreError(f"folder not found for the {kind} file: {self.given.parent}",
-                             hint="create the folder first")
+            raise StoreError(
+                f"folder not found for the {kind} file: {self.given.parent}", hint="create the folder first"
+            )
         if self.path.is_dir():
             raise StoreError(f"{self.given} is a folder", hint=f"give the path of the {kind} .h5 file")
         check_can_create(self.path, kind)
@@ -87,7 +88,8 @@ class ArrayFileWriter:
         # kept open: closing a dataset flushes its chunks, and after a failed write that must
         # happen only in abort(), once the file has been emptied (see storage.hdf5.discard_h5)
         self._datasets[name] = self._guard(
-            lambda: self._h5.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks))
+            lambda: self._h5.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks)
+        )
         self._declared_bytes += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
     def check_space(self) -> None:
@@ -108,7 +110,7 @@ class ArrayFileWriter:
         values = np.asarray(values)
 
         def _write():
-            self._datasets[name][start:start + values.shape[0]] = values
+            self._datasets[name][start : start + values.shape[0]] = values
 
         self._guard(_write)
 
@@ -212,8 +214,10 @@ class ArrayFileReader:
             fmt = fmt.decode()
         if fmt != kind:
             self._h5.close()
-            raise StoreError(f"{self.path} is not an nnkcli {kind} file (nnk_format={fmt!r})",
-                             hint=f"write one with 'nnk classify STORE --out {self.path.name}'")
+            raise StoreError(
+                f"{self.path} is not an nnkcli {kind} file (nnk_format={fmt!r})",
+                hint=f"write one with 'nnk classify STORE --out {self.path.name}'",
+            )
 
     @property
     def attrs(self) -> dict:
@@ -233,13 +237,15 @@ class ArrayFileReader:
         try:
             return self._h5[name][start:stop]
         except OSError as exc:
-            raise StoreError(f"cannot read {name} from {self.path}: {exc}",
-                             hint="the file is damaged; write it again") from None
+            raise StoreError(
+                f"cannot read {name} from {self.path}: {exc}", hint="the file is damaged; write it again"
+            ) from None
 
     def _need(self, name: str) -> None:
         if name not in self._h5:
-            raise StoreError(f"{self.path} has no dataset '{name}'",
-                             hint=f"it is not a complete {self.kind} file; write it again")
+            raise StoreError(
+                f"{self.path} has no dataset '{name}'", hint=f"it is not a complete {self.kind} file; write it again"
+            )
 
     def close(self) -> None:
         self._h5.close()
@@ -268,6 +274,7 @@ def read_array_file(path: str | os.PathLike, *, kind: str) -> tuple[dict, dict[s
             arrays: dict[str, np.ndarray] = {}
             f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
     except OSError:
-        raise StoreError(f"{path} is not a readable {kind} file (HDF5)",
-                         hint=f"give a {kind} file written by nnk") from None
+        raise StoreError(
+            f"{path} is not a readable {kind} file (HDF5)", hint=f"give a {kind} file written by nnk"
+        ) from None
     return attrs, arrays

@@ -142,7 +142,7 @@ def remove_dead_temps(path: str | os.PathLike) -> list[Path]:
         return removed
     for tmp in candidates:
         try:
-            pid = int(tmp.name[len(prefix):].split("-")[0])
+            pid = int(tmp.name[len(prefix) :].split("-")[0])
         except ValueError:
             continue
         if pid == os.getpid() or _process_alive(pid):
@@ -211,8 +211,9 @@ def output_error(exc: BaseException, path: str | os.PathLike, what: str = "") ->
         )
     if isinstance(exc, OSError) and exc.errno in _NOT_WRITABLE:
         reason = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
-        return OutputError(f"cannot write {name}: {reason}",
-                           hint="choose a writable location, or fix the folder's permissions")
+        return OutputError(
+            f"cannot write {name}: {reason}", hint="choose a writable location, or fix the folder's permissions"
+        )
     return None
 
 
@@ -427,8 +428,9 @@ def _acquire(fd: int, shared: bool, lock_path: Path, deadline, started: float, n
                 hint="another nnk run is writing the same file; wait for it, or raise --lock-timeout",
             )
         if not noticed and now - started >= LOCK_NOTICE_S:
-            logger.warning("waiting for the lock %s%s (another nnk run is writing the same file)",
-                           lock_path, _holder_text(fd))
+            logger.warning(
+                "waiting for the lock %s%s (another nnk run is writing the same file)", lock_path, _holder_text(fd)
+            )
             noticed = True
         time.sleep(_LOCK_POLL_S)
 

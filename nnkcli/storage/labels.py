@@ -186,7 +186,9 @@ def map_labels(
     if existing and new_classes and len(new_classes) == len(source_names) and len(source_names) > 0:
         logger.warning(
             "none of the %d label names (%s) match the store's classes (%s); they were added as new classes",
-            len(source_names), _preview(source_names), _preview(existing),
+            len(source_names),
+            _preview(source_names),
+            _preview(existing),
         )
     return LabelMapping(ids, classes, new_classes)
 
@@ -253,5 +255,5 @@ def class_counts(ids: np.ndarray, n_classes: int) -> tuple[np.ndarray, int]:
     """Per-class counts (int64, shape (n_classes,)) and the number of unlabelled rows."""
     ids = np.asarray(ids, dtype=np.int64)
     labelled = ids >= 0
-    counts = np.bincount(ids[labelled], minlength=n_classes)[:max(n_classes, 0)]
+    counts = np.bincount(ids[labelled], minlength=n_classes)[: max(n_classes, 0)]
     return counts.astype(np.int64), int((~labelled).sum())

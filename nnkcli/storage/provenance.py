@@ -16,8 +16,17 @@ from nnkcli.errors import InputError
 
 #: split attributes that describe the feature extractor (model spec, checkpoint, transform,
 #: importer); the feature dtype is compared too
-PROVENANCE_KEYS = ("model", "checkpoint_sha256", "transform", "resize", "crop", "interpolation", "mean", "std",
-                   "source_format")
+PROVENANCE_KEYS = (
+    "model",
+    "checkpoint_sha256",
+    "transform",
+    "resize",
+    "crop",
+    "interpolation",
+    "mean",
+    "std",
+    "source_format",
+)
 
 
 def _show(value) -> str:
@@ -49,9 +58,9 @@ def check_provenance(train, query, *, strict: bool = False) -> list[str]:
     diffs = provenance_differences(train, query)
     if not diffs:
         return []
-    text = (f"train split '{train.name}' and query split '{query.name}' differ in provenance: "
-            + "; ".join(diffs))
+    text = f"train split '{train.name}' and query split '{query.name}' differ in provenance: " + "; ".join(diffs)
     if strict:
-        raise InputError(text, hint="extract both splits with the same model, checkpoint and transform, "
-                                    "or drop --strict-provenance")
+        raise InputError(
+            text, hint="extract both splits with the same model, checkpoint and transform, or drop --strict-provenance"
+        )
     return [text]

@@ -95,8 +95,21 @@ class SplitWriter:
     ...         writer.append(model(images), labels)
     """
 
-    def __init__(self, store_path, split, *, dim, class_names=None, source, attrs=None, overwrite=False,
-                 dtype="float32", expected_rows=None, resumable=False, lock_timeout=None):
+    def __init__(
+        self,
+        store_path,
+        split,
+        *,
+        dim,
+        class_names=None,
+        source,
+        attrs=None,
+        overwrite=False,
+        dtype="float32",
+        expected_rows=None,
+        resumable=False,
+        lock_timeout=None,
+    ):
         from nnkcli.storage.store import check_attrs, check_writable, remove_dead_temps
 
         self.store_path = Path(store_path)
@@ -124,8 +137,13 @@ class SplitWriter:
         # fail before the caller spends hours extracting
         check_writable(self.store_path, self.split, self.dim, overwrite)
         self._params = {
-            "params_version": _PARAMS_VERSION, "split": self.split, "dim": self.dim, "dtype": dtype,
-            "class_names": self.class_names, "source": source, "attrs": self.attrs,
+            "params_version": _PARAMS_VERSION,
+            "split": self.split,
+            "dim": self.dim,
+            "dtype": dtype,
+            "class_names": self.class_names,
+            "source": source,
+            "attrs": self.attrs,
             "expected_rows": expected_rows,
         }
         if resumable:
@@ -134,8 +152,12 @@ class SplitWriter:
         else:
             stale = partial_path(self.store_path, self.split)
             if stale.exists():
-                logger.info("an interrupted extraction of split '%s' is kept in %s; rerun with --resume "
-                            "to continue it (it is deleted when this run completes)", self.split, stale)
+                logger.info(
+                    "an interrupted extraction of split '%s' is kept in %s; rerun with --resume "
+                    "to continue it (it is deleted when this run completes)",
+                    self.split,
+                    stale,
+                )
             staging_base = self.store_path.with_name(f"{self.store_path.name}.{self.split}")
             remove_dead_temps(staging_base)
             self.staging = temp_path_for(staging_base)
@@ -302,9 +324,17 @@ class SplitWriter:
         ids = self.written_ids() if self._has_ids else None
         try:
             summary = commit_split(
-                self.store_path, self.split, features, labels, class_names=self.class_names, ids=ids,
-                source=self.source, attrs=self.attrs, overwrite=self.overwrite,
-                checked=(n, self.dim, self.dtype), lock_timeout=self.lock_timeout,
+                self.store_path,
+                self.split,
+                features,
+                labels,
+                class_names=self.class_names,
+                ids=ids,
+                source=self.source,
+                attrs=self.attrs,
+                overwrite=self.overwrite,
+                checked=(n, self.dim, self.dtype),
+                lock_timeout=self.lock_timeout,
             )
         finally:
             del features

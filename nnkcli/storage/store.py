@@ -162,7 +162,15 @@ def commit_split(
             if mapping.classes:
                 dst.create_dataset("classes", data=np.array(mapping.classes, dtype=object), dtype=STR_DTYPE)
             digest = _write_group(
-                dst.create_group(split), features, mapping.ids, ids, n, d, stored_dtype, step, progress,
+                dst.create_group(split),
+                features,
+                mapping.ids,
+                ids,
+                n,
+                d,
+                stored_dtype,
+                step,
+                progress,
                 flush=dst.flush,
             )
             group = dst[split]
@@ -295,8 +303,18 @@ def write_split(
     [0, 1, 0, 1, 2, 2]
     """
     return commit_split(
-        store_path, split, features, labels, class_names=class_names, ids=ids, source=source, attrs=attrs,
-        overwrite=overwrite, chunk_rows=chunk_rows, progress=progress, lock_timeout=lock_timeout,
+        store_path,
+        split,
+        features,
+        labels,
+        class_names=class_names,
+        ids=ids,
+        source=source,
+        attrs=attrs,
+        overwrite=overwrite,
+        chunk_rows=chunk_rows,
+        progress=progress,
+        lock_timeout=lock_timeout,
     )
 
 
@@ -314,6 +332,14 @@ def check_writable(store_path: str | os.PathLike, split: str, d: int, overwrite:
 # The streaming writer, ``SplitWriter``, is in ``storage.split_writer``, which builds on this module
 # (re-exporting it here would make an import circle).
 __all__ = [
-    "FORMAT_NAME", "FORMAT_VERSION", "RESERVED_ATTRS", "FeatureStore", "Split",
-    "check_attrs", "check_writable", "commit_split", "remove_dead_temps", "write_split",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "RESERVED_ATTRS",
+    "FeatureStore",
+    "Split",
+    "check_attrs",
+    "check_writable",
+    "commit_split",
+    "remove_dead_temps",
+    "write_split",
 ]

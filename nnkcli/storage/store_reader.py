@@ -71,8 +71,10 @@ class Split:
         self.attrs = {key: _plain(value) for key, value in group.attrs.items()}
 
     def _bad(self, what: str) -> StoreError:
-        return StoreError(f"{self.store.path}: split '{self.name}' {what}",
-                          hint="the file was not written by nnk extract (or it is damaged); recreate the split")
+        return StoreError(
+            f"{self.store.path}: split '{self.name}' {what}",
+            hint="the file was not written by nnk extract (or it is damaged); recreate the split",
+        )
 
     def _check_schema(self) -> None:
         """Shapes, dtypes and sizes from the metadata alone (nothing is read), before anything trusts them."""
@@ -89,8 +91,10 @@ class Split:
         if nbytes and not feats.compression and not feats.id.get_create_plist().get_nfilters():
             stored = feats.id.get_storage_size()
             if stored < nbytes:
-                raise self._bad(f"declares {n} rows ({nbytes / 2**20:.1f} MiB of features) but the file holds "
-                                f"only {stored / 2**20:.1f} MiB of them")
+                raise self._bad(
+                    f"declares {n} rows ({nbytes / 2**20:.1f} MiB of features) but the file holds "
+                    f"only {stored / 2**20:.1f} MiB of them"
+                )
         for name in ("labels", "ids"):
             obj = self._group.get(name)
             if obj is None:
@@ -124,8 +128,9 @@ class Split:
                 where = f"the {n_classes} classes of /classes"
             else:
                 where = f"0..{MAX_CLASSES - 1}"
-            raise self._bad(f"has label {int(labels[bad[0]])} at row {int(bad[0])}, outside {where} "
-                            f"({bad.size} such rows)")
+            raise self._bad(
+                f"has label {int(labels[bad[0]])} at row {int(bad[0])}, outside {where} ({bad.size} such rows)"
+            )
         return labels
 
     @cached_property
@@ -148,7 +153,7 @@ class Split:
         hasher = hashlib.sha256()
         step = default_chunk_rows(self.dim, self.dtype.itemsize)
         for start in range(0, self.n, step):
-            block = self.features[start:start + step]
+            block = self.features[start : start + step]
             hasher.update(np.ascontiguousarray(block, dtype=self.dtype.newbyteorder("<")))
         hasher.update(np.ascontiguousarray(self.labels, dtype="<i8").tobytes())
         return hasher.hexdigest()
@@ -245,15 +250,16 @@ class FeatureStore:
             self.attrs = {key: _plain(value) for key, value in self._h5.attrs.items()}
             self.classes = self._read_classes()
             self.splits = sorted(
-                name for name, obj in self._h5.items()
-                if isinstance(obj, h5py.Group) and "features" in obj
+                name for name, obj in self._h5.items() if isinstance(obj, h5py.Group) and "features" in obj
             )
             self._split_cache: dict[str, Split] = {}
             for name in self.splits:  # every split's schema is checked now, from metadata only
                 self._check_split_name(name)
                 if not isinstance(self._h5[name].get("features"), h5py.Dataset):
-                    raise StoreError(f"{self.path}: split '{name}' has no features dataset",
-                                     hint="the file was not written by nnk extract (or it is damaged)")
+                    raise StoreError(
+                        f"{self.path}: split '{name}' has no features dataset",
+                        hint="the file was not written by nnk extract (or it is damaged)",
+                    )
                 self.split(name)
             self.dim = self.split(self.splits[0]).dim if self.splits else None
         except BaseException:
@@ -266,8 +272,10 @@ class FeatureStore:
         obj = self._h5["classes"]
         if not isinstance(obj, h5py.Dataset) or len(obj.shape) != 1 or h5py.check_string_dtype(obj.dtype) is None:
             what = f"{obj.dtype} of shape {obj.shape}" if isinstance(obj, h5py.Dataset) else "a group"
-            raise StoreError(f"{self.path}: /classes is {what}; expected a 1-D list of class names (strings)",
-                             hint="the file was not written by nnk extract (or it is damaged)")
+            raise StoreError(
+                f"{self.path}: /classes is {what}; expected a 1-D list of class names (strings)",
+                hint="the file was not written by nnk extract (or it is damaged)",
+            )
         return [str(c) for c in obj.asstr()[()]]
 
     def _check_split_name(self, name: str) -> None:
@@ -278,7 +286,7 @@ class FeatureStore:
             raise StoreError(
                 f"{self.path} holds a split with an invalid name {shown!r} ({len(name)} characters)",
                 hint="split names are letters, digits, '_', '-' or '.', at most 100 characters; "
-                     "rename the group or recreate the store",
+                "rename the group or recreate the store",
             ) from None
 
     def _check_format(self) -> None:
@@ -290,8 +298,9 @@ class FeatureStore:
             )
         version = _plain(self._h5.attrs.get("format_version"))
         if not isinstance(version, int) or version < 1:
-            raise StoreError(f"{self.path} has an invalid format_version {version!r}",
-                             hint="recreate it with nnk extract")
+            raise StoreError(
+                f"{self.path} has an invalid format_version {version!r}", hint="recreate it with nnk extract"
+            )
         if version > FORMAT_VERSION:
             raise StoreError(
                 f"{self.path} uses store format version {version}; this nnkcli reads version {FORMAT_VERSION}",

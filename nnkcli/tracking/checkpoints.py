@@ -48,8 +48,12 @@ def checkpoint_store_path(history_path: Path, sha256: str, model: ModelOptions |
 
 def model_config_digest(model: ModelOptions) -> str:
     """8 hex digits naming the extraction set-up, so a changed --model or option never reuses a store."""
-    doc = {"model": model.model, "train": str(Path(model.train_images).resolve()),
-           "val": str(Path(model.val_images).resolve()), **model.extract}
+    doc = {
+        "model": model.model,
+        "train": str(Path(model.train_images).resolve()),
+        "val": str(Path(model.val_images).resolve()),
+        **model.extract,
+    }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -88,8 +92,15 @@ def extract_checkpoint(
         bar = progress_factory(len(samples), f"extracting {split}") if progress_factory else contextlib.nullcontext()
         with bar as advance:
             extract_image_features(
-                store_path, split, samples, model.model, checkpoint=checkpoint,
-                transform=transform, resume=True, progress=advance, **options,
+                store_path,
+                split,
+                samples,
+                model.model,
+                checkpoint=checkpoint,
+                transform=transform,
+                resume=True,
+                progress=advance,
+                **options,
             )
 
 

@@ -107,8 +107,10 @@ def parse_history(lines: Iterable[bytes | str], path: str | os.PathLike = "<hist
             continue
         ident = (entry["sha256"], entry_key(entry))
         if ident in line_of and entry.get("forced") is not True:
-            problem = (f"duplicate entry for sha256 {entry['sha256'][:12]} with the same parameters "
-                       f"(first on line {line_of[ident]})")
+            problem = (
+                f"duplicate entry for sha256 {entry['sha256'][:12]} with the same parameters "
+                f"(first on line {line_of[ident]})"
+            )
             history.malformed.append(MalformedLine(number, problem))
             continue
         entry["_line"] = number

@@ -102,8 +102,14 @@ def describe_parameters(parameters: dict) -> str:
         from nnkcli.evaluation.options import format_k_spec
 
         parts.append(f"k {format_k_spec(p['k_values'])}")
-    for key, label in (("methods", "methods"), ("kernel", "kernel"), ("temperature", "T"),
-                       ("weighting", "weighting"), ("train_split", "train"), ("query_split", "query")):
+    for key, label in (
+        ("methods", "methods"),
+        ("kernel", "kernel"),
+        ("temperature", "T"),
+        ("weighting", "weighting"),
+        ("train_split", "train"),
+        ("query_split", "query"),
+    ):
         if key in p:
             value = p[key]
             parts.append(f"{label} {','.join(value) if isinstance(value, list) else value}")

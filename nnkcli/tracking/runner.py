@@ -195,8 +195,14 @@ def evaluate_one(
     if checkpoint and model is not None:  # a checkpoint without a model was refused above
         store_path = checkpoint_store_path(history_path, sha256, model)
         t_extract = time.perf_counter()
-        extract_checkpoint(source, store_path, model, train_split=data.train_split,
-                           query_split=data.query_split, progress_factory=progress_factory)
+        extract_checkpoint(
+            source,
+            store_path,
+            model,
+            train_split=data.train_split,
+            query_split=data.query_split,
+            progress_factory=progress_factory,
+        )
         extract_s = time.perf_counter() - t_extract
     try:
         # gate_requested: a query split without labels gives no accuracy to record
@@ -208,8 +214,9 @@ def evaluate_one(
     if hits_out is not None and getattr(result, "best_hits", None):
         from nnkcli.tracking.sidecar import Hits, query_identity
 
-        hits_out["hits"] = Hits(query_identity(result.query_labels[result.query_labels >= 0], result.query_ids),
-                                dict(result.best_hits))
+        hits_out["hits"] = Hits(
+            query_identity(result.query_labels[result.query_labels >= 0], result.query_ids), dict(result.best_hits)
+        )
     result = result.to_dict()
     results, best = _summarise_results(result, options.methods)
     timing = {"total_s": round(time.perf_counter() - t0, 3)}
@@ -235,8 +242,14 @@ def evaluate_one(
         "results": results,
         "best": best,
         **({"warnings": result["warnings"]} if result.get("warnings") else {}),
-        **({"selection": {k: v for k, v in result["selection"].items() if k != "results"},
-            "best_on_query_split": result.get("best")} if result.get("selection") else {}),
+        **(
+            {
+                "selection": {k: v for k, v in result["selection"].items() if k != "results"},
+                "best_on_query_split": result.get("best"),
+            }
+            if result.get("selection")
+            else {}
+        ),
         "parameters": parameters,
         "params_key": parameter_key(parameters),
         "nnkcli_version": __version__,
@@ -249,8 +262,9 @@ def evaluate_one(
     return jsonable(entry)
 
 
-def _recorded(history_path: Path, sha256: str, params_key: str, after_line: int = 0,
-              lock_timeout: float | None = None) -> dict | None:
+def _recorded(
+    history_path: Path, sha256: str, params_key: str, after_line: int = 0, lock_timeout: float | None = None
+) -> dict | None:
     """The newest entry of (sha256, parameter set), if it is on a line after ``after_line``."""
     with file_lock(history_path, timeout=lock_timeout):
         history = read_history(history_path, lock=False)
@@ -258,8 +272,9 @@ def _recorded(history_path: Path, sha256: str, params_key: str, after_line: int 
     return found if found is not None and found.get("_line", 0) > after_line else None
 
 
-def _record(history_path: Path, entry: dict, hits=None, after_line: int = 0,
-            lock_timeout: float | None = None) -> dict | None:
+def _record(
+    history_path: Path, entry: dict, hits=None, after_line: int = 0, lock_timeout: float | None = None
+) -> dict | None:
     """Append ``entry`` unless (sha256, parameters) got recorded meanwhile; returns the existing entry then.
 
     With ``hits`` the per-query results go to the sidecar folder first, atomically, and
@@ -361,9 +376,23 @@ def evaluate_sources(
             outcomes[i] = SourceOutcome(source, RunStatus.SKIPPED, sha, "already in history", existing)
             logger.info(f"{source.name}: already in history with these parameters, skipped")
             continue
-        job = _Job(i, len(paths), source, sha, stamp, history_path, options, data, sweep, model,
-                   progress_factory, key, existing.get("_line", 0) if existing is not None else 0, force,
-                   lock_timeout)
+        job = _Job(
+            i,
+            len(paths),
+            source,
+            sha,
+            stamp,
+            history_path,
+            options,
+            data,
+            sweep,
+            model,
+            progress_factory,
+            key,
+            existing.get("_line", 0) if existing is not None else 0,
+            force,
+            lock_timeout,
+        )
         outcome = job.run(blocking=False)
         if outcome is None:
             logger.info(f"{source.name}: being evaluated by another process; coming back to it at the end")
@@ -414,8 +443,15 @@ class _Job:
             try:
                 hits: dict = {}
                 entry = evaluate_one(
-                    source, sha256=sha, history_path=self.history_path, options=self.options, data=self.data,
-                    sweep=self.sweep, model=self.model, progress_factory=self.progress_factory, hits_out=hits,
+                    source,
+                    sha256=sha,
+                    history_path=self.history_path,
+                    options=self.options,
+                    data=self.data,
+                    sweep=self.sweep,
+                    model=self.model,
+                    progress_factory=self.progress_factory,
+                    hits_out=hits,
                 )
                 if self.force:
                     entry["forced"] = True
@@ -432,6 +468,5 @@ class _Job:
                 return SourceOutcome(source, RunStatus.FAILED, sha, reason)
             existing = _record(self.history_path, entry, hits.get("hits"), self.after_line, self.lock_timeout)
             if existing is not None:  # only possible when another writer ignored the claim
-                return SourceOutcome(source, RunStatus.SKIPPED, sha, "recorded by another process meanwhile",
-                                     existing)
+                return SourceOutcome(source, RunStatus.SKIPPED, sha, "recorded by another process meanwhile", existing)
             return SourceOutcome(source, RunStatus.EVALUATED, sha, None, entry)

@@ -86,11 +86,11 @@ def decode(data: bytes, what: str = "hits file") -> Hits:
         raise InputError(f"{what} is not an nnkcli hits file")
     try:
         end = data.index(b"\n", len(MAGIC))
-        header = json.loads(data[len(MAGIC):end])
-        body = data[end + 1:]
+        header = json.loads(data[len(MAGIC) : end])
+        body = data[end + 1 :]
         by_method = {}
         for method, m in header["methods"].items():
-            raw = zlib.decompress(body[m["offset"]:m["offset"] + m["length"]])
+            raw = zlib.decompress(body[m["offset"] : m["offset"] + m["length"]])
             bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=int(m["n"])).astype(bool)
             by_method[method] = (int(m["k"]), bits)
         return Hits(header["identity"], by_method)
@@ -117,9 +117,13 @@ def read(history_path: str | os.PathLike, ref: dict | None) -> Hits | None:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise InputError(f"the per-query results {path} named by the history are missing",
-                         hint="re-evaluate that source with --force to record them again") from None
+        raise InputError(
+            f"the per-query results {path} named by the history are missing",
+            hint="re-evaluate that source with --force to record them again",
+        ) from None
     if hashlib.sha256(data).hexdigest() != ref.get("sha256"):
-        raise InputError(f"the per-query results {path} do not match the history's sha256",
-                         hint="re-evaluate that source with --force to record them again")
+        raise InputError(
+            f"the per-query results {path} do not match the history's sha256",
+            hint="re-evaluate that source with --force to record them again",
+        )
     return decode(data, str(path))

@@ -159,13 +159,21 @@ def gate_run(
         if outcome.entry is not None and outcome.sha256 is not None and outcome.status in GATED_STATUSES:
             key = entry_key(outcome.entry)
             by_key.setdefault(key, []).append(history.find(outcome.sha256, key) or outcome.entry)
-    report = SourceGateReport(method, [], max_drop=max_drop, min_top1=min_top1, min_top5=min_top5,
-                              significant=significant, alpha=alpha)
+    report = SourceGateReport(
+        method, [], max_drop=max_drop, min_top1=min_top1, min_top5=min_top5, significant=significant, alpha=alpha
+    )
     for key, run_entries in by_key.items():
         part = check_source_gates(
-            run_entries, entries_of(history.entries, key), method=method, max_drop=max_drop, min_top1=min_top1,
-            min_top5=min_top5, significant=significant, alpha=alpha,
-            load_hits=lambda e: sidecar.read(history_path, e.get("hits")))
+            run_entries,
+            entries_of(history.entries, key),
+            method=method,
+            max_drop=max_drop,
+            min_top1=min_top1,
+            min_top5=min_top5,
+            significant=significant,
+            alpha=alpha,
+            load_hits=lambda e: sidecar.read(history_path, e.get("hits")),
+        )
         report.sources += part.sources
         report.notes += part.notes
     return report
@@ -191,8 +199,9 @@ def check_source_gates(
     set_entries : every source's newest entry of this parameter set (``paramsets.entries_of``).
     load_hits : ``entry -> sidecar.Hits | None`` (needed for ``significant``).
     """
-    report = SourceGateReport(method, [], max_drop=max_drop, min_top1=min_top1, min_top5=min_top5,
-                              significant=significant, alpha=alpha)
+    report = SourceGateReport(
+        method, [], max_drop=max_drop, min_top1=min_top1, min_top5=min_top5, significant=significant, alpha=alpha
+    )
     for entry in run_entries:
         name = describe_entry(entry)
         top1, top5 = best_accuracy(entry, method), best_accuracy(entry, method, "top5")
@@ -201,8 +210,11 @@ def check_source_gates(
         if top1 is None:
             report.notes.append(f"{name} has no {method} result: not gated")
             continue
-        others = [(value, e) for e in set_entries
-                  if e["sha256"] != entry["sha256"] and (value := best_accuracy(e, method)) is not None]
+        others = [
+            (value, e)
+            for e in set_entries
+            if e["sha256"] != entry["sha256"] and (value := best_accuracy(e, method)) is not None
+        ]
         if others:
             best_top1, best = max(others, key=lambda pair: pair[0])  # max keeps the first on ties
             gate.best_other, gate.best_other_top1 = describe_entry(best), best_top1
@@ -215,7 +227,8 @@ def check_source_gates(
                     how = f", McNemar p = {gate.p_value:.4g} < {alpha:g}" if gate.p_value is not None else ""
                     gate.failures.append(
                         f"regression: {method} top-1 of {name} is {top1:.2f}, {gate.drop:.2f} points below the "
-                        f"best {best_top1:.2f} of {gate.best_other} (allowed: {max_drop:g}{how})")
+                        f"best {best_top1:.2f} of {gate.best_other} (allowed: {max_drop:g}{how})"
+                    )
         if min_top1 is not None and top1 < min_top1:
             gate.failures.append(f"{method} top-1 of {name} is {top1:.2f}, below --min-top1 {min_top1:g}")
         if min_top5 is not None and (top5 is None or top5 < min_top5):
@@ -240,8 +253,10 @@ def _significant_drop(gate, entry, best, method, alpha, load_hits, report) -> bo
     gate.paired = "paired"
     gate.p_value = mcnemar_exact(int((a & ~b).sum()), int((b & ~a).sum()))
     if gate.p_value >= alpha:
-        report.notes.append(f"{gate.source}: the drop of {gate.drop:.2f} points is not significant "
-                            f"(McNemar p = {gate.p_value:.4g} >= {alpha:g})")
+        report.notes.append(
+            f"{gate.source}: the drop of {gate.drop:.2f} points is not significant "
+            f"(McNemar p = {gate.p_value:.4g} >= {alpha:g})"
+        )
         return False
     return True
 
@@ -249,6 +264,7 @@ def _significant_drop(gate, entry, best, method, alpha, load_hits, report) -> bo
 def _not_paired(gate, report, reason: str) -> bool:
     """Note why the entries cannot be paired; the plain regression gate then applies (True: the drop fails)."""
     gate.paired = reason
-    report.notes.append(f"{gate.source} and {gate.best_other} are not paired ({reason}): "
-                        "the plain regression gate applies")
+    report.notes.append(
+        f"{gate.source} and {gate.best_other} are not paired ({reason}): the plain regression gate applies"
+    )
     return True

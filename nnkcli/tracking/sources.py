@@ -17,8 +17,7 @@ from pathlib import Path
 from nnkcli.errors import InputError
 from nnkcli.storage.checks import sha256_file
 
-__all__ = ["STORE_SUFFIXES", "collect_sources", "file_stamp", "is_store", "read_step", "sha256_file",
-           "step_from_name"]
+__all__ = ["STORE_SUFFIXES", "collect_sources", "file_stamp", "is_store", "read_step", "sha256_file", "step_from_name"]
 
 STORE_SUFFIXES = (".h5", ".hdf5")
 
@@ -54,9 +53,7 @@ def collect_sources(
         d = Path(watch_dir)
         if not d.is_dir():
             raise InputError(f"--watch-dir is not a directory: {d}")
-        found.extend(
-            sorted(f for f in d.glob(pattern) if f.is_file() and not f.name.startswith("."))
-        )
+        found.extend(sorted(f for f in d.glob(pattern) if f.is_file() and not f.name.startswith(".")))
     unique: list[Path] = []
     seen: set[Path] = set()
     for p in found:

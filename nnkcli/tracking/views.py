@@ -58,7 +58,7 @@ def entry_methods(entries: Sequence[dict]) -> list[str]:
     """Methods with a recorded best in any entry, ``nnk`` and ``knn`` first."""
     seen: list[str] = []
     for entry in entries:
-        for method in (entry.get("best") or {}):
+        for method in entry.get("best") or {}:
             if method not in seen:
                 seen.append(method)
     preferred = [m for m in METHODS if m in seen]
@@ -146,9 +146,16 @@ def best_summary(entries: Sequence[dict], methods: Sequence[str] | None = None) 
     (percent) and ``k`` the method's best in that entry; what ``nnk history --format
     json`` prints under ``best``.
     """
-    return {m: {"source": entry.get("source"), "sha256": entry["sha256"], "step": entry.get("step"),
-                "top1": best_accuracy(entry, m), "k": best_k(entry, m)}
-            for m, entry in best_entries(entries, methods).items()}
+    return {
+        m: {
+            "source": entry.get("source"),
+            "sha256": entry["sha256"],
+            "step": entry.get("step"),
+            "top1": best_accuracy(entry, m),
+            "k": best_k(entry, m),
+        }
+        for m, entry in best_entries(entries, methods).items()
+    }
 
 
 def describe_entry(entry: dict) -> str:
@@ -189,8 +196,11 @@ class HistoryView:
         return {
             "history": str(self.history.path),
             "n_entries": len(self.rows),
-            "parameter_set": ({"number": chosen.number, "key": chosen.key, "parameters": chosen.parameters}
-                              if chosen is not None else None),
+            "parameter_set": (
+                {"number": chosen.number, "key": chosen.key, "parameters": chosen.parameters}
+                if chosen is not None
+                else None
+            ),
             "other_parameter_sets": [{"number": s.number, "key": s.key, "entries": s.n_entries} for s in self.others],
             "methods": list(self.methods),
             "best": best_summary(self.entries, self.methods),
@@ -224,5 +234,14 @@ def history_view(history: History, param_set: str | None = None) -> HistoryView:
 
 def parameter_set_rows(sets: Sequence[ParamSet]) -> list[dict]:
     """One plain row per parameter set (``nnk history --params``), most recently used first."""
-    return [{"number": s.number, "key": s.key, "entries": s.n_entries, "last_used": s.last_used,
-             "settings": describe_parameters(s.parameters), "parameters": s.parameters} for s in sets]
+    return [
+        {
+            "number": s.number,
+            "key": s.key,
+            "entries": s.n_entries,
+            "last_used": s.last_used,
+            "settings": describe_parameters(s.parameters),
+            "parameters": s.parameters,
+        }
+        for s in sets
+    ]

@@ -78,8 +78,10 @@ def test_traceback_only_with_verbose(runner, probe):
 def test_unexpected_exception_is_short_without_verbose(runner, probe):
     res = runner.invoke(cli, ["probe", "bug"])
     assert res.exit_code == 1
-    assert res.stderr == ("Error: unexpected ZeroDivisionError: division by zero\n"
-                          "Hint: rerun with -v for the traceback, and please report it\n")
+    assert res.stderr == (
+        "Error: unexpected ZeroDivisionError: division by zero\n"
+        "Hint: rerun with -v for the traceback, and please report it\n"
+    )
 
 
 def test_interrupt_is_130(runner, probe):
@@ -94,8 +96,9 @@ def test_format_choice_reaches_the_command(runner, probe):
 
 
 def test_python_dash_m_and_real_exit_code(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "nnkcli", "info", str(tmp_path / "missing.h5")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nnkcli", "info", str(tmp_path / "missing.h5")], capture_output=True, text=True
+    )
     assert proc.returncode == 1
     assert proc.stderr.startswith("Error: ")
     assert "Traceback" not in proc.stderr

@@ -40,8 +40,9 @@ def oracle(pa, pb, ma, mb):
         ha, hb = hit(ta), hit(tb)
         a_only, b_only = int((ha & ~hb).sum()), int((hb & ~ha).sum())
         p = binomtest(b_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
-        out[name] = dict(a=100 * ha.mean(), b=100 * hb.mean(), a_only=a_only, b_only=b_only, p=p, n=y.size,
-                         ha=ha, hb=hb)
+        out[name] = dict(
+            a=100 * ha.mean(), b=100 * hb.mean(), a_only=a_only, b_only=b_only, p=p, n=y.size, ha=ha, hb=hb
+        )
     out["y"] = y
     return out
 
@@ -93,21 +94,39 @@ def test_two_prediction_files_against_the_oracle(runner, store, tmp_path):
     assert doc["schema_version"] == 1
     assert doc["a"]["method"] == doc["b"]["method"] == "nnk" and (doc["a"]["k"], doc["b"]["k"]) == (3, 25)
     check_against_oracle(doc, oracle(pa, pb, "nnk", "nnk"))
-    knn = json.loads(invoke(runner, "compare", pa, pb, "--a", "knn", "--b", "nnk@25", "--format", "json",
-                            "--per-class").stdout)
+    knn = json.loads(
+        invoke(runner, "compare", pa, pb, "--a", "knn", "--b", "nnk@25", "--format", "json", "--per-class").stdout
+    )
     check_against_oracle(knn, oracle(pa, pb, "knn", "nnk"))
 
 
 def test_one_store_two_classifiers_equals_the_prediction_files(runner, store, tmp_path):
     pa = predictions(runner, store, tmp_path / "a.h5", 2, "knn")
     pb = predictions(runner, store, tmp_path / "b.h5", 30, "nnk")
-    res = invoke(runner, "compare", store, "--a", "knn@2", "--b", "nnk@30", "--format", "json", "--per-class",
-                 "--seed", "4", "--bootstrap", "3000")
+    res = invoke(
+        runner,
+        "compare",
+        store,
+        "--a",
+        "knn@2",
+        "--b",
+        "nnk@30",
+        "--format",
+        "json",
+        "--per-class",
+        "--seed",
+        "4",
+        "--bootstrap",
+        "3000",
+    )
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
     check_against_oracle(doc, oracle(pa, pb, "knn", "nnk"), n_boot=3000, seed=4)
-    files = json.loads(invoke(runner, "compare", pa, pb, "--format", "json", "--per-class", "--seed", "4",
-                              "--bootstrap", "3000").stdout)
+    files = json.loads(
+        invoke(
+            runner, "compare", pa, pb, "--format", "json", "--per-class", "--seed", "4", "--bootstrap", "3000"
+        ).stdout
+    )
     for key in ("difference", "mcnemar", "top5", "per_class", "significant", "better", "verdict"):
         assert doc[key] == files[key]
 
@@ -154,9 +173,11 @@ def test_table_output_exact(runner, store, tmp_path):
     assert res.exit_code == 0 and res.stderr == ""
     lines = [line.rstrip() for line in res.stdout.splitlines()]
     d, m = doc["difference"], doc["mcnemar"]
-    assert lines[-3] == (f"top-1 B - A = {d['points']:+.2f} points, 95 % CI [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] "
-                         f"(paired bootstrap, 10000 resamples, seed 0); McNemar: A only {m['a_only']}, "
-                         f"B only {m['b_only']}, p = {m['p_value']:.4g}")
+    assert lines[-3] == (
+        f"top-1 B - A = {d['points']:+.2f} points, 95 % CI [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] "
+        f"(paired bootstrap, 10000 resamples, seed 0); McNemar: A only {m['a_only']}, "
+        f"B only {m['b_only']}, p = {m['p_value']:.4g}"
+    )
     assert lines[-1] == doc["verdict"]
     a = doc["a"]
     half = (a["top1_ci"][1] - a["top1_ci"][0]) / 2
@@ -165,16 +186,20 @@ def test_table_output_exact(runner, store, tmp_path):
 
 def test_verdict_lines():
     base = {"confidence": 0.95, "alpha": 0.05}
-    better = dict(base, significant=True, better="b", difference={"points": 1.3, "ci": [0.6, 2.0]},
-                  mcnemar={"p_value": 0.0004})
+    better = dict(
+        base, significant=True, better="b", difference={"points": 1.3, "ci": [0.6, 2.0]}, mcnemar={"p_value": 0.0004}
+    )
     assert cmp.verdict(better) == "B is better than A by 1.30 points (95 % CI 0.6 – 2.0), McNemar p = 0.0004"
-    worse = dict(base, significant=True, better="a", difference={"points": -2.5, "ci": [-3.5, -1.25]},
-                 mcnemar={"p_value": 3e-7})
+    worse = dict(
+        base, significant=True, better="a", difference={"points": -2.5, "ci": [-3.5, -1.25]}, mcnemar={"p_value": 3e-7}
+    )
     assert cmp.verdict(worse) == "B is worse than A by 2.50 points (95 % CI 1.2 – 3.5), McNemar p = 3.0e-07"
-    same = dict(base, significant=False, better=None, difference={"points": 0.15, "ci": [-0.5, 0.8]},
-                mcnemar={"p_value": 0.61})
-    assert cmp.verdict(same) == ("no significant difference: B - A = +0.15 points (95 % CI -0.5 – 0.8), "
-                                 "McNemar p = 0.6100 >= 0.05")
+    same = dict(
+        base, significant=False, better=None, difference={"points": 0.15, "ci": [-0.5, 0.8]}, mcnemar={"p_value": 0.61}
+    )
+    assert cmp.verdict(same) == (
+        "no significant difference: B - A = +0.15 points (95 % CI -0.5 – 0.8), McNemar p = 0.6100 >= 0.05"
+    )
     assert cmp._p_text(0.0) == "< 1e-300"
 
 
@@ -202,34 +227,42 @@ def test_mismatched_query_splits_exit_1_naming_the_first_mismatch(runner, tmp_pa
     assert res.exit_code == 1
     assert res.stderr.splitlines()[-2:] == [
         "Error: A and B are not predictions for the same queries: A has 80 queries, B has 79",
-        "Hint: compare two runs on the same query split (the same rows in the same order)"]
+        "Hint: compare two runs on the same query split (the same rows in the same order)",
+    ]
     res = invoke(runner, "compare", base, other_labels)
     assert res.exit_code == 1
-    assert res.stderr.splitlines()[-2] == (f"Error: A and B are not predictions for the same queries: query 17 is "
-                                           f"labelled {yq[17]} in A but {relabelled[17]} in B")
+    assert res.stderr.splitlines()[-2] == (
+        f"Error: A and B are not predictions for the same queries: query 17 is "
+        f"labelled {yq[17]} in A but {relabelled[17]} in B"
+    )
     # prediction files: the same checks, and sample ids
     pa = predictions(runner, base, tmp_path / "pa.h5", 5)
     pl = predictions(runner, other_labels, tmp_path / "pl.h5", 5)
     res = invoke(runner, "compare", pa, pl)
     assert res.exit_code == 1 and "query 17 is labelled" in res.stderr
-    renamed = make_store(tmp_path / "renamed.h5", query=(xq, yq),
-                         ids=[f"q{i:03d}" if i != 42 else "other" for i in range(80)])
+    renamed = make_store(
+        tmp_path / "renamed.h5", query=(xq, yq), ids=[f"q{i:03d}" if i != 42 else "other" for i in range(80)]
+    )
     pr = predictions(runner, renamed, tmp_path / "pr.h5", 5)
     res = invoke(runner, "compare", pa, pr)
     assert res.exit_code == 1
-    assert res.stderr.splitlines()[-2] == ("Error: A and B are not predictions for the same queries: query 42 has "
-                                           "sample id 'q042' in A but 'other' in B")
+    assert res.stderr.splitlines()[-2] == (
+        "Error: A and B are not predictions for the same queries: query 42 has sample id 'q042' in A but 'other' in B"
+    )
 
 
 def test_usage_and_input_errors(runner, store, tmp_path):
     res = invoke(runner, "compare", store, "--a", "svm@3", "--b", "nnk")
     assert res.exit_code == 2
-    assert ("Invalid value for '--a': expected METHOD[@K] with METHOD nnk or knn and K >= 1 (e.g. knn@20), "
-            "got 'svm@3'") in res.stderr
+    assert (
+        "Invalid value for '--a': expected METHOD[@K] with METHOD nnk or knn and K >= 1 (e.g. knn@20), got 'svm@3'"
+    ) in res.stderr
     res = invoke(runner, "compare", store)
     assert res.exit_code == 1
-    assert res.stderr.splitlines()[-2:] == ["Error: one store needs --a and --b (e.g. --a knn@20 --b nnk@50)",
-                                            "Hint: or give two stores or two prediction files"]
+    assert res.stderr.splitlines()[-2:] == [
+        "Error: one store needs --a and --b (e.g. --a knn@20 --b nnk@50)",
+        "Hint: or give two stores or two prediction files",
+    ]
     res = invoke(runner, "compare", store, "--a", "nnk@5", "--b", "nnk@5")
     assert res.exit_code == 1 and res.stderr.splitlines()[-1] == "Error: --a and --b are the same classifier (nnk@5)"
     pa = predictions(runner, store, tmp_path / "a.h5", 5, "knn")

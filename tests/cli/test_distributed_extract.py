@@ -32,7 +32,9 @@ def image_dir(tmp_path):
     for c, count in (("ant", 4), ("bee", 4), ("cat", 3)):  # 11 images: uneven rank slices
         (tmp_path / "imgs" / c).mkdir(parents=True)
         for i in range(count):
-            Image.fromarray(rng.integers(0, 256, (14 + i, 13, 3), dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (14 + i, 13, 3), dtype=np.uint8)).save(
+                tmp_path / "imgs" / c / f"{i}.png"
+            )
     return tmp_path / "imgs"
 
 
@@ -45,15 +47,47 @@ def _env(**extra):
 
 
 def _torchrun(store, image_dir, *extra, env=None):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "nnkcli", "extract", str(store), "--split", "train", "--images", str(image_dir),
-           "--model", "nnk_tinynets:slow_backbone", "--format", "json", *FAST, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "nnkcli",
+        "extract",
+        str(store),
+        "--split",
+        "train",
+        "--images",
+        str(image_dir),
+        "--model",
+        "nnk_tinynets:slow_backbone",
+        "--format",
+        "json",
+        *FAST,
+        *extra,
+    ]
     return subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=240)
 
 
 def _single(runner, store, image_dir):
-    res = runner.invoke(cli, ["extract", str(store), "--split", "train", "--images", str(image_dir),
-                              "--model", "nnk_tinynets:slow_backbone", *FAST], catch_exceptions=False)
+    res = runner.invoke(
+        cli,
+        [
+            "extract",
+            str(store),
+            "--split",
+            "train",
+            "--images",
+            str(image_dir),
+            "--model",
+            "nnk_tinynets:slow_backbone",
+            *FAST,
+        ],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0, res.stderr
 
 
@@ -92,9 +126,25 @@ def test_killed_rank_leaves_store_unchanged_and_resume_finishes(runner, tmp_path
     log = tmp_path / "forwards.log"
     # both ranks log their forward passes; the model hangs once 4 are logged (2 per rank, the probe included)
     env = _env(NNK_TEST_FORWARD_LOG=str(log), NNK_TEST_FORWARD_HANG_AFTER="4")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "nnkcli", "extract", str(store), "--split", "train", "--images", str(image_dir),
-           "--model", "nnk_tinynets:slow_backbone", *FAST]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "nnkcli",
+        "extract",
+        str(store),
+        "--split",
+        "train",
+        "--images",
+        str(image_dir),
+        "--model",
+        "nnk_tinynets:slow_backbone",
+        *FAST,
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 120

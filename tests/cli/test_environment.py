@@ -42,13 +42,18 @@ def _sha(path: Path) -> str:
 
 
 def _nnk(*args, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nnkcli", *map(str, args)], env=ENV, stdout=stdout,
-                          stderr=subprocess.PIPE, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "nnkcli", *map(str, args)],
+        env=ENV,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
 
 
 def _python(code: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120,
-                          **kwargs)
+    return subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120, **kwargs)
 
 
 def _errors(stderr: str) -> list[str]:
@@ -214,7 +219,10 @@ def test_index_beside_a_read_only_store_fails_before_building(runner, read_only,
     monkeypatch.setattr(ix, "build_index", lambda *a, **k: pytest.fail("the index was built before the check"))
     result = runner.invoke(cli, ["index", str(read_only / "feats.h5")])
     assert result.exit_code == 1
-    assert _errors(result.stderr)[0] == f"Error: cannot write index {read_only / 'feats.train.faiss'}: read-only file system"
+    assert (
+        _errors(result.stderr)[0]
+        == f"Error: cannot write index {read_only / 'feats.train.faiss'}: read-only file system"
+    )
 
 
 # -- symlinks and dead temporary files -------------------------------------------------------
@@ -240,8 +248,19 @@ def test_symlinked_index_and_predictions_are_written_through(runner, store, tmp_
         (target_dir / name).write_bytes(b"old")
         (tmp_path / f"link-{name}").symlink_to(target_dir / name)
     assert runner.invoke(cli, ["index", str(store), "--out", str(tmp_path / "link-i.faiss")]).exit_code == 0
-    result = runner.invoke(cli, ["classify", str(store), "--k", "5", "--index", str(tmp_path / "link-i.faiss"),
-                                 "--out", str(tmp_path / "link-p.h5")])
+    result = runner.invoke(
+        cli,
+        [
+            "classify",
+            str(store),
+            "--k",
+            "5",
+            "--index",
+            str(tmp_path / "link-i.faiss"),
+            "--out",
+            str(tmp_path / "link-p.h5"),
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     for name in ("i.faiss", "p.h5"):
         assert (tmp_path / f"link-{name}").is_symlink()
@@ -263,9 +282,11 @@ def test_every_atomic_write_sweeps_the_temps_of_killed_runs(runner, store, tmp_p
     dead.write_bytes(b"x" * 1000)
     live = tmp_path / f".{dest.name}.tmp-{os.getpid()}-cafecafe"  # a live writer's file is left alone
     live.write_bytes(b"y")
-    argv = {"index": ["index", str(store), "--out", str(dest)],
-            "classify": ["classify", str(store), "--k", "5", "--out", str(dest)],
-            "sweep": ["sweep", str(store), "--k", "5", "--plot", str(dest)]}[command]
+    argv = {
+        "index": ["index", str(store), "--out", str(dest)],
+        "classify": ["classify", str(store), "--k", "5", "--out", str(dest)],
+        "sweep": ["sweep", str(store), "--k", "5", "--plot", str(dest)],
+    }[command]
     result = runner.invoke(cli, argv)
     assert result.exit_code == 0, result.stderr
     assert dest.exists() and not dead.exists() and live.exists()
@@ -283,8 +304,13 @@ def test_closed_pipe_is_a_quiet_exit_0(store):
 
 
 def test_closed_stdout_is_a_clean_error_before_the_work(store):
-    done = subprocess.run(["bash", "-c", f"{sys.executable} -m nnkcli classify {store} --k 5 >&-"], env=ENV,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m nnkcli classify {store} --k 5 >&-"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert _errors(done.stderr) == [
         "Error: standard output is closed, so the results could not be written",
@@ -309,7 +335,11 @@ def test_sigterm_and_sighup_clean_up_like_ctrl_c(store, tmp_path, signame, code)
     out.write_bytes(b"old")
     proc = subprocess.Popen(
         [sys.executable, "-c", _SLOW_WRITE + f"main(['index', {str(store)!r}, '--out', {str(out)!r}, '-q'])"],
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "writing"
         proc.send_signal(getattr(signal, signame))
@@ -391,8 +421,10 @@ def test_evaluate_history_in_a_read_only_folder_fails_before_the_work(read_only,
 
 def test_evaluate_lock_timeout_on_a_held_history(store, tmp_path):
     history = tmp_path / "h.jsonl"
-    hold = ("import sys, time\nfrom nnkcli.storage.atomic import file_lock\n"
-            "with file_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)\n")
+    hold = (
+        "import sys, time\nfrom nnkcli.storage.atomic import file_lock\n"
+        "with file_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", hold, str(history)], env=ENV, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "held"

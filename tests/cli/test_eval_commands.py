@@ -84,9 +84,15 @@ def test_gate_exit_code_3_after_printing(runner, store):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--k", "301"], "Error: k=301 is larger than the train split allows (300 rows)\nHint: the largest valid k is 300\n"),
-        (["--exclude-self"], "Error: --exclude-self needs the query split to be the train split\n"
-                             "Hint: pass --query-split train for leave-one-out evaluation\n"),
+        (
+            ["--k", "301"],
+            "Error: k=301 is larger than the train split allows (300 rows)\nHint: the largest valid k is 300\n",
+        ),
+        (
+            ["--exclude-self"],
+            "Error: --exclude-self needs the query split to be the train split\n"
+            "Hint: pass --query-split train for leave-one-out evaluation\n",
+        ),
     ],
 )
 def test_classify_values_wrong_for_this_data_exit_1(runner, store, args, message):
@@ -187,8 +193,10 @@ def test_sweep_plot(runner, store, tmp_path):
     assert json.loads(res.stdout)["plot"] == str(png)
     bad = invoke(runner, "sweep", store, "--k", "5", "--plot", tmp_path / "sweep.txt")
     assert bad.exit_code == 2  # a bad option value, refused while parsing
-    assert bad.stderr.splitlines()[-1] == (f"Error: Invalid value for '--plot': unknown file type '.txt' (got "
-                                           f"{str(tmp_path / 'sweep.txt')!r}); use a .png, .svg or .pdf file name")
+    assert bad.stderr.splitlines()[-1] == (
+        f"Error: Invalid value for '--plot': unknown file type '.txt' (got "
+        f"{str(tmp_path / 'sweep.txt')!r}); use a .png, .svg or .pdf file name"
+    )
 
 
 def test_sweep_plot_without_matplotlib(runner, store, tmp_path, monkeypatch):
@@ -204,8 +212,9 @@ def test_sweep_plot_without_matplotlib(runner, store, tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     res = invoke(runner, "sweep", store, "--k", "5", "--plot", tmp_path / "p.png")
     assert res.exit_code == 1
-    assert res.stderr == ("Error: --plot needs the optional 'plot' extra, which is not installed\n"
-                          'Hint: pip install "nnkcli[plot]"\n')
+    assert res.stderr == (
+        "Error: --plot needs the optional 'plot' extra, which is not installed\nHint: pip install \"nnkcli[plot]\"\n"
+    )
 
 
 def test_sample_store_nnk_ahead_of_knn(runner, sample_store, tmp_path):

@@ -69,8 +69,10 @@ def test_rerun_is_idempotent_and_says_skipped(runner, run_dir, fake_sweep):
     res = evaluate(runner, "--watch-dir", run_dir, "--history", hist, "--k", "10", "--format", "csv")
     assert res.exit_code == 0, res.stderr
     a, b = run_dir / "epoch_1.h5", run_dir / "epoch_2.h5"
-    header = ("source,step,status,sha256,nnk_top1,nnk_top1_ci_low,nnk_top1_ci_high,nnk_k,knn_top1,knn_top1_ci_low,"
-              "knn_top1_ci_high,knn_k,seconds")
+    header = (
+        "source,step,status,sha256,nnk_top1,nnk_top1_ci_low,nnk_top1_ci_high,nnk_k,knn_top1,knn_top1_ci_low,"
+        "knn_top1_ci_high,knn_k,seconds"
+    )
     lines = res.stdout.splitlines()
     assert lines[0] == header
     assert [line.rsplit(",", 1)[0] for line in lines[1:]] == [
@@ -93,8 +95,15 @@ def test_table_output_and_json(runner, run_dir, fake_sweep):
     res = evaluate(runner, run_dir / "epoch_1.h5", "--history", hist, "--k", "10")
     assert res.exit_code == 0
     row = next(line for line in res.stdout.splitlines() if "epoch_1.h5" in line)
-    assert row.split()[:7] == ["epoch_1.h5", "1", "evaluated", short_sha(run_dir / "epoch_1.h5"), "70.00", "10",
-                               "68.00"]
+    assert row.split()[:7] == [
+        "epoch_1.h5",
+        "1",
+        "evaluated",
+        short_sha(run_dir / "epoch_1.h5"),
+        "70.00",
+        "10",
+        "68.00",
+    ]
     assert "1 evaluated, 0 skipped, 0 failed" in res.stdout
     res = evaluate(runner, run_dir / "epoch_1.h5", "--history", hist, "--k", "10", "--format", "json")
     doc = json.loads(res.stdout)
@@ -123,7 +132,8 @@ def test_regression_gate_exit_codes(runner, run_dir, fake_sweep):
     assert res.exit_code == 3
     assert res.stderr.splitlines()[0].startswith(
         "Error: regression: nnk top-1 of epoch_1.h5 (step 1) is 70.00, 4.00 points below the best 74.00 of "
-        "epoch_2.h5 (step 2) (allowed: 1.4); regression: nnk top-1 of epoch_3.h5 (step 3) is 72.50")
+        "epoch_2.h5 (step 2) (allowed: 1.4); regression: nnk top-1 of epoch_3.h5 (step 3) is 72.50"
+    )
 
 
 def test_gate_checks_the_evaluated_source_not_the_newest_entry(runner, tmp_path, fake_sweep):
@@ -138,8 +148,9 @@ def test_gate_checks_the_evaluated_source_not_the_newest_entry(runner, tmp_path,
     os.utime(bad, (1_000_000_000, 1_000_000_000))
     res = evaluate(runner, bad, "--history", hist, "--fail-on-regression", "1", "-q")
     assert res.exit_code == 3
-    assert res.stderr.splitlines()[0] == ("Error: regression: nnk top-1 of c4.h5 is 54.00, 30.00 points below the "
-                                          "best 84.00 of c9.h5 (allowed: 1)")
+    assert res.stderr.splitlines()[0] == (
+        "Error: regression: nnk top-1 of c4.h5 is 54.00, 30.00 points below the best 84.00 of c9.h5 (allowed: 1)"
+    )
     # and again when nothing is new: the source is named, already recorded with these parameters
     res = evaluate(runner, bad, "--history", hist, "--fail-on-regression", "1", "--format", "json")
     assert res.exit_code == 3
@@ -181,15 +192,19 @@ def test_other_parameters_evaluate_again_and_force_records_a_new_line(runner, ru
     assert doc["counts"] == {"evaluated": 1, "skipped": 0, "failed": 0}  # not "skipped" with the old numbers
     assert doc["sources"][0]["best"]["nnk"]["k"] == 5
     for args in (("--temperature", "0.1"), ("--method", "nnk"), ("--kernel", "gaussian")):
-        assert json.loads(evaluate(runner, e1, "--history", hist, "--k", "5..50:5", *args,
-                                   "--format", "json").stdout)["counts"]["evaluated"] == 1
-    same = json.loads(evaluate(runner, e1, "--history", hist, "--k", "5..50:5", "--threads", "1",
-                               "--format", "json").stdout)
+        assert (
+            json.loads(evaluate(runner, e1, "--history", hist, "--k", "5..50:5", *args, "--format", "json").stdout)[
+                "counts"
+            ]["evaluated"]
+            == 1
+        )
+    same = json.loads(
+        evaluate(runner, e1, "--history", hist, "--k", "5..50:5", "--threads", "1", "--format", "json").stdout
+    )
     assert same["counts"]["skipped"] == 1  # threads do not change results: same parameter set
     entries = read_history(hist).entries
     assert len(entries) == 5 and len({e["params_key"] for e in entries}) == 5
-    forced = json.loads(evaluate(runner, e1, "--history", hist, "--k", "5..50:5", "--force",
-                                 "--format", "json").stdout)
+    forced = json.loads(evaluate(runner, e1, "--history", hist, "--k", "5..50:5", "--force", "--format", "json").stdout)
     assert forced["counts"]["evaluated"] == 1
     history = read_history(hist)
     assert len(history.entries) == 6 and not history.malformed
@@ -215,8 +230,10 @@ def test_malformed_history_line_is_reported_not_fatal(runner, run_dir, fake_swee
     hist.write_text('{"schema_version": 1, "sha256": "1234')  # a torn line from a crash
     res = evaluate(runner, run_dir / "epoch_1.h5", "--history", hist, "--format", "csv")
     assert res.exit_code == 0, res.stderr
-    assert "warning: h.jsonl line 1: not valid JSON: Unterminated string starting at (column 33); skipped" in \
-        res.stderr.splitlines()
+    assert (
+        "warning: h.jsonl line 1: not valid JSON: Unterminated string starting at (column 33); skipped"
+        in res.stderr.splitlines()
+    )
     assert len(read_history(hist).entries) == 1 and hist.read_text().count("\n") == 2
 
 
@@ -224,15 +241,26 @@ def test_malformed_history_line_is_reported_not_fatal(runner, run_dir, fake_swee
     "args, message",
     [
         ([], "Error: give at least one SOURCE or --watch-dir DIR"),
-        (["x.h5", "--k", "10..abc"], ("Error: Invalid value for '--k': bad k token '10..abc' (got '10..abc'); use N, A..B "
-                                         "(multiples of A up to B), A..B:S (step S), or comma lists such as 1,5,10..200:10")),
-        (["x.h5", "--model", "m:f"],
-         "Error: checkpoint SOURCEs need --model, --train-images and --val-images "
-         "(missing: --train-images, --val-images)"),
-        (["x.h5", "--method", "knn", "--gate-method", "nnk"],
-         "Error: --gate-method nnk is not among the methods run (--method knn)"),
-        (["x.h5", "--fail-on-regression", "-1"],
-         "Error: Invalid value for '--fail-on-regression': must be a finite number of points >= 0 (got -1.0)"),
+        (
+            ["x.h5", "--k", "10..abc"],
+            (
+                "Error: Invalid value for '--k': bad k token '10..abc' (got '10..abc'); use N, A..B "
+                "(multiples of A up to B), A..B:S (step S), or comma lists such as 1,5,10..200:10"
+            ),
+        ),
+        (
+            ["x.h5", "--model", "m:f"],
+            "Error: checkpoint SOURCEs need --model, --train-images and --val-images "
+            "(missing: --train-images, --val-images)",
+        ),
+        (
+            ["x.h5", "--method", "knn", "--gate-method", "nnk"],
+            "Error: --gate-method nnk is not among the methods run (--method knn)",
+        ),
+        (
+            ["x.h5", "--fail-on-regression", "-1"],
+            "Error: Invalid value for '--fail-on-regression': must be a finite number of points >= 0 (got -1.0)",
+        ),
     ],
 )
 def test_usage_errors_exit_2(runner, tmp_path, args, message, fake_sweep):
@@ -251,7 +279,7 @@ def test_missing_source_exit_1(runner, tmp_path, fake_sweep):
 # Runs `nnk evaluate` in a subprocess; NNK_TEST_DELAY stretches each evaluation so that
 # two processes overlap, NNK_TEST_HANG names a source after whose sweep the process
 # signals NNK_TEST_FLAG and hangs (to be killed mid-run).
-DRIVER = '''
+DRIVER = """
 import os, sys, time, types
 import nnkcli.evaluation.sweeps as sweeps
 
@@ -268,7 +296,7 @@ def sweep(store_path, *args, **kwargs):
 sweeps.sweep = sweep  # `nnk evaluate` passes this function to the runner
 from nnkcli.cli import main
 main(sys.argv[1:])
-'''
+"""
 
 K = "5..20:5"
 
@@ -280,8 +308,7 @@ def make_store(path: Path, seed: int) -> Path:
     means = rng.normal(size=(5, 16)) * 1.5
     for split, n in (("train", 300), ("val", 100)):
         labels = rng.integers(0, 5, n)
-        write_split(path, split, (means[labels] + rng.normal(size=(n, 16))).astype(np.float32), labels,
-                    source="test")
+        write_split(path, split, (means[labels] + rng.normal(size=(n, 16))).astype(np.float32), labels, source="test")
     return path
 
 
@@ -297,7 +324,9 @@ def start(tmp_path, args, **env):
     driver.write_text(DRIVER)
     return subprocess.Popen(
         [sys.executable, str(driver), "evaluate", *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, **{k: str(v) for k, v in env.items()}},
     )
 
@@ -329,8 +358,9 @@ def test_killed_evaluation_leaves_a_valid_history_and_rerun_completes(tmp_path, 
     hist = tmp_path / "history.jsonl"
     flag = tmp_path / "flag"
     s1, s2, s3 = stores[:3]
-    p = start(tmp_path, [s1, s2, s3, "--history", hist, "--k", K, "--threads", "1"],
-              NNK_TEST_HANG=s2.name, NNK_TEST_FLAG=flag)
+    p = start(
+        tmp_path, [s1, s2, s3, "--history", hist, "--k", K, "--threads", "1"], NNK_TEST_HANG=s2.name, NNK_TEST_FLAG=flag
+    )
     deadline = time.monotonic() + 60
     while not flag.exists():
         assert p.poll() is None, p.communicate()[1]
@@ -343,8 +373,9 @@ def test_killed_evaluation_leaves_a_valid_history_and_rerun_completes(tmp_path, 
     history = read_history(hist)
     assert history.malformed == [] and [Path(e["source"]).name for e in history.entries] == [s1.name]
 
-    res = runner.invoke(cli, ["evaluate", str(s1), str(s2), str(s3), "--history", str(hist), "--k", K,
-                              "--format", "json"])
+    res = runner.invoke(
+        cli, ["evaluate", str(s1), str(s2), str(s3), "--history", str(hist), "--k", K, "--format", "json"]
+    )
     assert res.exit_code == 0, res.stderr
     assert [o["status"] for o in json.loads(res.stdout)["sources"]] == ["skipped", "evaluated", "evaluated"]
     assert len(read_history(hist).entries) == 3
@@ -356,8 +387,10 @@ def test_recorded_accuracy_matches_an_independent_knn(tmp_path, stores, runner):
     from nnkcli.storage.store import FeatureStore
 
     hist = tmp_path / "history.jsonl"
-    res = runner.invoke(cli, ["evaluate", str(stores[0]), "--history", str(hist), "--k", "5,10",
-                              "--temperature", "0.1", "--format", "json"])
+    res = runner.invoke(
+        cli,
+        ["evaluate", str(stores[0]), "--history", str(hist), "--k", "5,10", "--temperature", "0.1", "--format", "json"],
+    )
     assert res.exit_code == 0, res.stderr
     [entry] = read_history(hist).entries
     with FeatureStore(stores[0]) as store:
@@ -374,13 +407,14 @@ def test_recorded_accuracy_matches_an_independent_knn(tmp_path, stores, runner):
         np.add.at(votes, (np.arange(len(xq))[:, None], yb[idx]), np.exp(np.take_along_axis(sims, idx, 1) / 0.1))
         assert recorded[("knn", k)] == pytest.approx(100.0 * np.mean(votes.argmax(1) == yq))
     direct = sweep(stores[0], k_values=[5, 10], temperature=0.1).to_dict()
-    assert [(r["method"], r["k"], r["top1"]) for r in direct["results"]] == \
-        [(r["method"], r["k"], r["top1"]) for r in entry["results"]]
+    assert [(r["method"], r["k"], r["top1"]) for r in direct["results"]] == [
+        (r["method"], r["k"], r["top1"]) for r in entry["results"]
+    ]
     assert entry["best"] == direct["best"]
 
 
 # -- checkpoints: a tiny MODULE:CALLABLE model and image folders made here -----------------
-TINY_MODEL = '''
+TINY_MODEL = """
 import torch
 from torch import nn
 
@@ -398,7 +432,7 @@ class Net(nn.Module):
 def make():
     torch.manual_seed(0)
     return Net()
-'''
+"""
 
 
 @pytest.fixture
@@ -427,9 +461,26 @@ def checkpoint_run(tmp_path, monkeypatch):
 
 
 def ckpt_args(run: Path, *extra):
-    return ["evaluate", "--watch-dir", str(run / "ckpts"), "--model", "nnk_evaltiny:make",
-            "--train-images", str(run / "train"), "--val-images", str(run / "val"), "--resize", "24",
-            "--crop", "24", "--history", str(run / "history.jsonl"), "--k", "1..5:2", *extra]
+    return [
+        "evaluate",
+        "--watch-dir",
+        str(run / "ckpts"),
+        "--model",
+        "nnk_evaltiny:make",
+        "--train-images",
+        str(run / "train"),
+        "--val-images",
+        str(run / "val"),
+        "--resize",
+        "24",
+        "--crop",
+        "24",
+        "--history",
+        str(run / "history.jsonl"),
+        "--k",
+        "1..5:2",
+        *extra,
+    ]
 
 
 def test_checkpoints_are_extracted_beside_the_history_then_evaluated(runner, checkpoint_run):
@@ -445,7 +496,9 @@ def test_checkpoints_are_extracted_beside_the_history_then_evaluated(runner, che
     assert [o["status"] for o in json.loads(res.stdout)["sources"]] == ["evaluated", "evaluated"]
     entries = read_history(run / "history.jsonl").entries
     assert [(e["kind"], e["step"], e["step_from"]) for e in entries] == [
-        ("checkpoint", 10, "checkpoint:epoch"), ("checkpoint", 20, "checkpoint:epoch")]
+        ("checkpoint", 10, "checkpoint:epoch"),
+        ("checkpoint", 20, "checkpoint:epoch"),
+    ]
     assert entries[0]["parameters"]["model"]["model"] == "nnk_evaltiny:make"
     assert entries[0]["parameters"]["model"]["resize"] == 24
     assert entries[0]["timing"]["extract_s"] > 0
@@ -508,9 +561,21 @@ def test_checkpoints_without_torch(runner, tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_torch)
     (tmp_path / "c.pth").write_bytes(b"x")
     (tmp_path / "imgs").mkdir()
-    res = runner.invoke(cli, ["evaluate", str(tmp_path / "c.pth"), "--model", "m:f", "--train-images",
-                              str(tmp_path / "imgs"), "--val-images", str(tmp_path / "imgs"),
-                              "--history", str(tmp_path / "h.jsonl")])
+    res = runner.invoke(
+        cli,
+        [
+            "evaluate",
+            str(tmp_path / "c.pth"),
+            "--model",
+            "m:f",
+            "--train-images",
+            str(tmp_path / "imgs"),
+            "--val-images",
+            str(tmp_path / "imgs"),
+            "--history",
+            str(tmp_path / "h.jsonl"),
+        ],
+    )
     assert res.exit_code == 1
     assert res.stderr.splitlines() == [
         "Error: evaluating checkpoints needs the optional 'torch' extra, which is not installed",
@@ -530,23 +595,26 @@ def test_history_shows_one_parameter_set_at_a_time(runner, run_dir, fake_sweep):
     assert res.exit_code == 0, res.stderr
     lines = [line.strip() for line in res.stdout.splitlines()]
     assert sum("epoch_" in line for line in lines) == 1  # the most recent set: only epoch 2 at k=20
-    assert (f"1 source with parameter set 1 ({new}: k 20, methods nnk,knn, kernel cosine, T 0.07, weighting exp, "
-            f"train train, query val); 2 entries with 1 other parameter set: see --params, pick with --param-set"
-            in lines)
+    assert (
+        f"1 source with parameter set 1 ({new}: k 20, methods nnk,knn, kernel cosine, T 0.07, weighting exp, "
+        f"train train, query val); 2 entries with 1 other parameter set: see --params, pick with --param-set" in lines
+    )
     doc = json.loads(runner.invoke(cli, ["history", str(hist), "--params", "--format", "json"]).stdout)
     assert [(s["number"], s["key"], s["entries"]) for s in doc["parameter_sets"]] == [(1, new, 1), (2, old, 2)]
     for choice in ("2", old[:6]):
         doc = json.loads(runner.invoke(cli, ["history", str(hist), "--param-set", choice, "--format", "json"]).stdout)
         assert [r["source"] for r in doc["rows"]] == ["epoch_1.h5", "epoch_2.h5"]
         assert doc["parameter_set"]["key"] == old and doc["other_parameter_sets"] == [
-            {"number": 1, "key": new, "entries": 1}]
+            {"number": 1, "key": new, "entries": 1}
+        ]
     # a number beyond the sets that no key starts with (keys are hashes of every parameter)
     none = next(d for d in "9876543" if not new.startswith(d) and not old.startswith(d))
     res = runner.invoke(cli, ["history", str(hist), "--param-set", none])
     assert res.exit_code == 1
     assert res.stderr.splitlines() == [
         f"Error: --param-set '{none}' matches none of the parameter sets: 1 ({new}), 2 ({old})",
-        f"Hint: list them with: nnk history {hist} --params"]
+        f"Hint: list them with: nnk history {hist} --params",
+    ]
 
 
 def test_forced_reevaluation_wins_in_the_history_view(runner, run_dir, fake_sweep):

@@ -37,7 +37,10 @@ def test_sidecar_written_before_the_line_and_matches_classify(runner, tmp_path):
     k, bits = hits.by_method["nnk"]
     assert k == entry["best"]["nnk"]["k"] and bits.dtype == bool and bits.size == 300
     out = tmp_path / "pred.h5"
-    assert runner.invoke(cli, ["classify", str(s), "--k", str(k), "--method", "nnk", "--out", str(out), "-q"]).exit_code == 0
+    assert (
+        runner.invoke(cli, ["classify", str(s), "--k", str(k), "--method", "nnk", "--out", str(out), "-q"]).exit_code
+        == 0
+    )
     import h5py
 
     with h5py.File(out, "r") as f:
@@ -86,13 +89,14 @@ def test_entries_on_other_queries_are_not_paired_and_the_plain_gate_applies(runn
     assert evaluate(runner, a, *args).exit_code == 0
     res = evaluate(runner, b, *args, "--fail-on-regression", "0", "--significant", "-q")
     assert res.exit_code == 3
-    assert ("warning: ckpt_2.h5 (step 2) and ckpt_1.h5 (step 1) are not paired (different query labels): the plain "
-            "regression gate applies") in res.stderr
+    assert (
+        "warning: ckpt_2.h5 (step 2) and ckpt_1.h5 (step 1) are not paired (different query labels): the plain "
+        "regression gate applies"
+    ) in res.stderr
 
 
 def test_significant_needs_fail_on_regression(runner, tmp_path):
-    res = evaluate(runner, make_store(tmp_path / "s.h5", noise=1.0), "--history", tmp_path / "h.jsonl",
-                   "--significant")
+    res = evaluate(runner, make_store(tmp_path / "s.h5", noise=1.0), "--history", tmp_path / "h.jsonl", "--significant")
     assert res.exit_code == 2 and "--significant qualifies --fail-on-regression PTS; give both" in res.stderr
 
 
@@ -161,8 +165,21 @@ def test_sigkill_at_any_moment_leaves_lines_and_sidecar_files_consistent(tmp_pat
 
     s = make_store(tmp_path / "ckpt_1.h5", noise=1.0)
     hist = tmp_path / "h.jsonl"
-    cmd = [sys.executable, "-m", "nnkcli", "evaluate", str(s), "--history", str(hist), "--k", "5,10", "--method",
-           "nnk", "--force", "-qq"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nnkcli",
+        "evaluate",
+        str(s),
+        "--history",
+        str(hist),
+        "--k",
+        "5,10",
+        "--method",
+        "nnk",
+        "--force",
+        "-qq",
+    ]
     for delay in (0.4, 0.9, 1.3, 1.7, 2.2, 3.0):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
         time.sleep(delay)

@@ -30,8 +30,21 @@ def _save(path: Path, array) -> Path:
 
 def test_import_npy_with_labels(runner, tmp_path):
     store = tmp_path / "s.h5"
-    result = _run(runner, "extract", store, "--split", "train", "--from", DATA / "tiny_features.npy",
-                  "--labels", DATA / "tiny_labels.npy", "--meta", "run=exp42", "--meta", "epoch=300")
+    result = _run(
+        runner,
+        "extract",
+        store,
+        "--split",
+        "train",
+        "--from",
+        DATA / "tiny_features.npy",
+        "--labels",
+        DATA / "tiny_labels.npy",
+        "--meta",
+        "run=exp42",
+        "--meta",
+        "epoch=300",
+    )
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].strip() == f"Wrote split 'train' to {store}"
@@ -52,8 +65,14 @@ def test_json_and_csv_summaries(runner, tmp_path):
     doc = json.loads(result.stdout)
     assert doc["schema_version"] == 1
     assert {k: doc[k] for k in ("split", "n", "dim", "dtype", "n_classes", "unlabelled", "new_classes")} == {
-        "split": "val", "n": 6, "dim": 6, "dtype": "float32", "n_classes": 3, "unlabelled": 0,
-        "new_classes": ["bird", "cat", "dog"]}
+        "split": "val",
+        "n": 6,
+        "dim": 6,
+        "dtype": "float32",
+        "n_classes": 3,
+        "unlabelled": 0,
+        "new_classes": ["bird", "cat", "dog"],
+    }
     assert result.stderr == ""  # json silences info lines
     result = _run(runner, "extract", store, "--split", "val2", "--from", DATA / "tiny.npz", "--format", "csv")
     assert result.stdout.splitlines() == [
@@ -83,8 +102,10 @@ def test_overwrite(runner, tmp_path):
     before = store.read_bytes()
     result = _run(runner, *args)
     assert result.exit_code == 1
-    assert _error_lines(result) == [f"Error: split 'train' already exists in {store}",
-                                    "Hint: pass --overwrite to replace it"]
+    assert _error_lines(result) == [
+        f"Error: split 'train' already exists in {store}",
+        "Hint: pass --overwrite to replace it",
+    ]
     assert store.read_bytes() == before
     assert _run(runner, *args, "--overwrite").exit_code == 0
 
@@ -101,34 +122,70 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list, str]]:
     return {
         "missing": ([tmp_path / "absent.npy"], f"Error: input not found: {tmp_path / 'absent.npy'}"),
         "unreadable": ([tmp_path / "garbage.npy"], f"Error: {tmp_path / 'garbage.npy'} is not a valid .npy file"),
-        "missing labels": ([_save(tmp_path / "g.npy", good), "--labels", tmp_path / "nolabels.npy"],
-                           f"Error: labels file not found: {tmp_path / 'nolabels.npy'}"),
+        "missing labels": (
+            [_save(tmp_path / "g.npy", good), "--labels", tmp_path / "nolabels.npy"],
+            f"Error: labels file not found: {tmp_path / 'nolabels.npy'}",
+        ),
         "nan": ([_save(tmp_path / "nan.npy", nan)], "Error: features contain NaN or Inf in 2 rows (first: row 2)"),
-        "zero rows": ([_save(tmp_path / "zero.npy", zero)],
-                      "Error: features have 2 all-zero rows (first: row 1); cosine similarity is undefined for them"),
-        "1-D": ([_save(tmp_path / "one.npy", good[0])],
-                "Error: features must be a 2-D array (n, d); got a 1-D array of shape (6,)"),
-        "3-D": ([_save(tmp_path / "three.npy", good.reshape(2, 3, 6))],
-                "Error: features must be a 2-D array (n, d); got a 3-D array of shape (2, 3, 6)"),
-        "object": ([_save(tmp_path / "obj.npy", good.astype(object))],
-                   "Error: features have the unsupported dtype object; expected real numbers"),
-        "complex": ([_save(tmp_path / "cplx.npy", good.astype(np.complex64))],
-                    "Error: features have the complex dtype complex64; expected real numbers"),
-        "length": ([_save(tmp_path / "g2.npy", good), "--labels", _save(tmp_path / "l5.npy", np.arange(5))],
-                   "Error: features have 6 rows but labels have 5"),
-        "empty": ([_save(tmp_path / "empty.npy", np.zeros((0, 6), np.float32))],
-                  "Error: features are empty (shape (0, 6))"),
-        "npz key": ([DATA / "tiny.npz", "--features-key", "x"],
-                    f"Error: {DATA / 'tiny.npz'} has no array 'x' (it holds: features, labels, emb, y)"),
-        "layer": ([_save(tmp_path / "g3.npy", good), "--layer", "heads"],
-                  "Error: --layer applies to VISSL folders only"),
-        "vissl layer": ([DATA / "vissl"],
-                        f"Error: {DATA / 'vissl'} holds several layers for split 'train' (heads, res5)"),
+        "zero rows": (
+            [_save(tmp_path / "zero.npy", zero)],
+            "Error: features have 2 all-zero rows (first: row 1); cosine similarity is undefined for them",
+        ),
+        "1-D": (
+            [_save(tmp_path / "one.npy", good[0])],
+            "Error: features must be a 2-D array (n, d); got a 1-D array of shape (6,)",
+        ),
+        "3-D": (
+            [_save(tmp_path / "three.npy", good.reshape(2, 3, 6))],
+            "Error: features must be a 2-D array (n, d); got a 3-D array of shape (2, 3, 6)",
+        ),
+        "object": (
+            [_save(tmp_path / "obj.npy", good.astype(object))],
+            "Error: features have the unsupported dtype object; expected real numbers",
+        ),
+        "complex": (
+            [_save(tmp_path / "cplx.npy", good.astype(np.complex64))],
+            "Error: features have the complex dtype complex64; expected real numbers",
+        ),
+        "length": (
+            [_save(tmp_path / "g2.npy", good), "--labels", _save(tmp_path / "l5.npy", np.arange(5))],
+            "Error: features have 6 rows but labels have 5",
+        ),
+        "empty": (
+            [_save(tmp_path / "empty.npy", np.zeros((0, 6), np.float32))],
+            "Error: features are empty (shape (0, 6))",
+        ),
+        "npz key": (
+            [DATA / "tiny.npz", "--features-key", "x"],
+            f"Error: {DATA / 'tiny.npz'} has no array 'x' (it holds: features, labels, emb, y)",
+        ),
+        "layer": (
+            [_save(tmp_path / "g3.npy", good), "--layer", "heads"],
+            "Error: --layer applies to VISSL folders only",
+        ),
+        "vissl layer": (
+            [DATA / "vissl"],
+            f"Error: {DATA / 'vissl'} holds several layers for split 'train' (heads, res5)",
+        ),
     }
 
 
-CASES = ["missing", "unreadable", "missing labels", "nan", "zero rows", "1-D", "3-D", "object", "complex", "length",
-         "empty", "npz key", "layer", "vissl layer"]
+CASES = [
+    "missing",
+    "unreadable",
+    "missing labels",
+    "nan",
+    "zero rows",
+    "1-D",
+    "3-D",
+    "object",
+    "complex",
+    "length",
+    "empty",
+    "npz key",
+    "layer",
+    "vissl layer",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -202,8 +259,10 @@ def test_permission_denied(runner, tmp_path):
         (["--from", "x.npy", "--batch-size", "8"], "--batch-size applies to --images/--image-list only"),
         (["--images", "imgs", "--labels", "l.npy"], "--labels applies to --from only"),
         (["--images", "imgs", "--layer", "heads"], "--layer applies to --from only"),
-        (["--from", "x.npy", "--meta", "novalue"],
-         "Invalid value for '--meta': expected KEY=VALUE with a plain-word key, got 'novalue'"),
+        (
+            ["--from", "x.npy", "--meta", "novalue"],
+            "Invalid value for '--meta': expected KEY=VALUE with a plain-word key, got 'novalue'",
+        ),
         (["--from", "x.npy", "--meta", "a=1", "--meta", "a=2"], "Invalid value for '--meta': key 'a' given twice"),
     ],
 )
@@ -223,14 +282,27 @@ def test_missing_split_option(runner, tmp_path):
 @pytest.mark.parametrize(
     ("extra", "code", "error"),
     [
-        (["--split", "a/b"], 2, "Error: Invalid value for '--split': invalid split name (got 'a/b'); use letters, "
-                                "digits, '_', '-' or '.', e.g. train or val"),
-        (["--split", "t", "--meta", "source_format=x"], 1,
-         "Error: --meta key 'source_format' is already set by the importer"),
-        (["--split", "t", "--meta", "source=x"], 2, "Error: Invalid value for '--meta': key 'source' is reserved: "
-                                                    "nnkcli sets it"),
-        (["--split", "t", "--meta", "created_at=x"], 2, "Error: Invalid value for '--meta': key 'created_at' is "
-                                                        "reserved: nnkcli sets it"),
+        (
+            ["--split", "a/b"],
+            2,
+            "Error: Invalid value for '--split': invalid split name (got 'a/b'); use letters, "
+            "digits, '_', '-' or '.', e.g. train or val",
+        ),
+        (
+            ["--split", "t", "--meta", "source_format=x"],
+            1,
+            "Error: --meta key 'source_format' is already set by the importer",
+        ),
+        (
+            ["--split", "t", "--meta", "source=x"],
+            2,
+            "Error: Invalid value for '--meta': key 'source' is reserved: nnkcli sets it",
+        ),
+        (
+            ["--split", "t", "--meta", "created_at=x"],
+            2,
+            "Error: Invalid value for '--meta': key 'created_at' is reserved: nnkcli sets it",
+        ),
     ],
 )
 def test_bad_split_name_and_meta_keys(runner, tmp_path, extra, code, error):
@@ -246,12 +318,33 @@ def test_images_path_is_handed_to_the_model_extractor(runner, tmp_path, monkeypa
 
     def fake(ctx, *, store, split, overwrite, meta, **options):
         calls.update(store=store, split=split, overwrite=overwrite, meta=meta, options=options)
-        return {"store": store, "split": split, "n": 3, "dim": 8, "dtype": "float32", "n_classes": 2,
-                "unlabelled": 0, "source": "torchvision:resnet18"}
+        return {
+            "store": store,
+            "split": split,
+            "n": 3,
+            "dim": 8,
+            "dtype": "float32",
+            "n_classes": 2,
+            "unlabelled": 0,
+            "source": "torchvision:resnet18",
+        }
 
     monkeypatch.setattr("nnkcli.commands.extract.run_image_extraction", fake)
-    result = _run(runner, "extract", tmp_path / "s.h5", "--split", "val", "--images", tmp_path,
-                  "--model", "torchvision:resnet18", "--meta", "k=v", "--format", "csv")
+    result = _run(
+        runner,
+        "extract",
+        tmp_path / "s.h5",
+        "--split",
+        "val",
+        "--images",
+        tmp_path,
+        "--model",
+        "torchvision:resnet18",
+        "--meta",
+        "k=v",
+        "--format",
+        "csv",
+    )
     assert result.exit_code == 0, result.stderr
     assert calls["meta"] == {"k": "v"} and calls["split"] == "val" and calls["overwrite"] is False
     assert calls["options"]["model"] == "torchvision:resnet18" and "fmt" not in calls["options"]
@@ -262,6 +355,15 @@ def test_help_has_examples(runner):
     result = _run(runner, "extract", "--help")
     assert result.exit_code == 0
     assert "nnk extract feats.h5 --split train --from train_feats.npy --labels train_labels.npy" in result.stdout
-    for option in ("--from", "--labels", "--features-key", "--labels-key", "--layer", "--overwrite", "--meta",
-                   "--images", "--format"):
+    for option in (
+        "--from",
+        "--labels",
+        "--features-key",
+        "--labels-key",
+        "--layer",
+        "--overwrite",
+        "--meta",
+        "--images",
+        "--format",
+    ):
         assert option in result.stdout

@@ -60,14 +60,16 @@ def _refused(runner, tmp_path, source, *extra) -> str:
 
 # --- lightly embeddings.csv --------------------------------------------------------------
 
+
 def _write_lightly(path: Path, X, y, *, header=None, names=None):
     d = X.shape[1]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(header or ["filenames", *[f"embedding_{j}" for j in range(d)], "labels"])
         for i, (row, label) in enumerate(zip(X, y)):
-            w.writerow([(names or [f"img_{k}.jpg" for k in range(len(X))])[i], *[repr(float(v)) for v in row],
-                        int(label)])
+            w.writerow(
+                [(names or [f"img_{k}.jpg" for k in range(len(X))])[i], *[repr(float(v)) for v in row], int(label)]
+            )
     return path
 
 
@@ -111,6 +113,7 @@ def test_lightly_csv_bad_files(runner, tmp_path):
 
 # --- safetensors ------------------------------------------------------------------------
 
+
 def test_safetensors_good_file_and_keys(runner, tmp_path):
     X, y = _data()
     path = tmp_path / "f.safetensors"
@@ -119,8 +122,9 @@ def test_safetensors_good_file_and_keys(runner, tmp_path):
     keyed = tmp_path / "k.safetensors"
     st.save_file({"emb": X.astype(np.float16), "cls": y.astype(np.int32)}, str(keyed))
     store = tmp_path / "k.h5"
-    result = _run(runner, "extract", store, "--split", "train", "--from", keyed, "--features-key", "emb",
-                  "--labels-key", "cls")
+    result = _run(
+        runner, "extract", store, "--split", "train", "--from", keyed, "--features-key", "emb", "--labels-key", "cls"
+    )
     assert result.exit_code == 0, result.stderr
     feats, labels, classes, _ = _stored(store)
     np.testing.assert_array_equal(feats, X.astype(np.float16))
@@ -132,7 +136,8 @@ def test_safetensors_bad_files(runner, tmp_path):
     wrong = tmp_path / "wrong.safetensors"
     st.save_file({"features": X.reshape(23, 5, 1), "labels": y}, str(wrong))
     assert _refused(runner, tmp_path, wrong) == (
-        "Error: features must be a 2-D array (n, d); got a 3-D array of shape (23, 5, 1)")
+        "Error: features must be a 2-D array (n, d); got a 3-D array of shape (23, 5, 1)"
+    )
     X_nan = X.copy()
     X_nan[3, 0] = np.inf
     nan = tmp_path / "nan.safetensors"
@@ -146,15 +151,20 @@ def test_safetensors_bad_files(runner, tmp_path):
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(good.read_bytes()[:-50])
     assert _refused(runner, tmp_path, truncated) == (
-        f"Error: {truncated} is not a valid safetensors file (or it is truncated)")
+        f"Error: {truncated} is not a valid safetensors file (or it is truncated)"
+    )
 
 
 # --- parquet ----------------------------------------------------------------------------
 
+
 def _table(X, y, *, fixed=True, label="label"):
     values = pa.array(X.reshape(-1))
-    emb = (pa.FixedSizeListArray.from_arrays(values, X.shape[1]) if fixed
-           else pa.ListArray.from_arrays(pa.array(np.arange(0, X.size + 1, X.shape[1], dtype=np.int32)), values))
+    emb = (
+        pa.FixedSizeListArray.from_arrays(values, X.shape[1])
+        if fixed
+        else pa.ListArray.from_arrays(pa.array(np.arange(0, X.size + 1, X.shape[1], dtype=np.int32)), values)
+    )
     return pa.table({"id": [f"s{i}" for i in range(len(X))], "embedding": emb, label: y})
 
 
@@ -178,12 +188,14 @@ def test_parquet_bad_files(runner, tmp_path):
     X, y = _data(n=20)
     ragged = X.reshape(-1).tolist()
     offsets = list(range(0, 100, 5)) + [99]  # the last embedding has 4 values
-    t = pa.table({"embedding": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(ragged[:99])),
-                  "label": y})
+    t = pa.table(
+        {"embedding": pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(ragged[:99])), "label": y}
+    )
     wrong = tmp_path / "wrong.parquet"
     pq.write_table(t, wrong)
     assert _refused(runner, tmp_path, wrong) == (
-        f"Error: column 'embedding' of {wrong}: row 19 has 4 values, the first row has 5")
+        f"Error: column 'embedding' of {wrong}: row 19 has 4 values, the first row has 5"
+    )
     X_nan = X.copy()
     X_nan[11, 1] = np.nan
     nan = tmp_path / "nan.parquet"
@@ -192,9 +204,11 @@ def test_parquet_bad_files(runner, tmp_path):
     missing = tmp_path / "missing.parquet"
     pq.write_table(_table(X, y), missing)
     assert _refused(runner, tmp_path, missing, "--features-key", "emb") == (
-        f"Error: {missing} has no column 'emb' (it has: id, embedding, label)")
+        f"Error: {missing} has no column 'emb' (it has: id, embedding, label)"
+    )
     assert _refused(runner, tmp_path, missing, "--labels-key", "cls") == (
-        f"Error: {missing} has no column 'cls' (it has: id, embedding, label)")
+        f"Error: {missing} has no column 'cls' (it has: id, embedding, label)"
+    )
     truncated = tmp_path / "truncated.parquet"
     truncated.write_bytes(missing.read_bytes()[:-30])
     assert _refused(runner, tmp_path, truncated) == f"Error: {truncated} is not a valid parquet file"
@@ -202,13 +216,16 @@ def test_parquet_bad_files(runner, tmp_path):
 
 # --- embedding-reader / clip-retrieval layout ---------------------------------------------
 
+
 def _layout(root: Path, X, y, cuts=(0, 9, 23)):
     (root / "img_emb").mkdir(parents=True)
     (root / "metadata").mkdir()
     for shard, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
         np.save(root / "img_emb" / f"img_emb_{shard}.npy", X[a:b])
-        pq.write_table(pa.table({"image_path": [f"im{i}.jpg" for i in range(a, b)], "label": y[a:b]}),
-                       root / "metadata" / f"metadata_{shard}.parquet")
+        pq.write_table(
+            pa.table({"image_path": [f"im{i}.jpg" for i in range(a, b)], "label": y[a:b]}),
+            root / "metadata" / f"metadata_{shard}.parquet",
+        )
     return root
 
 
@@ -232,7 +249,8 @@ def test_embedding_reader_bad_folders(runner, tmp_path):
     missing = _layout(tmp_path / "missing", X, y)
     (missing / "metadata" / "metadata_1.parquet").unlink()
     assert _refused(runner, tmp_path, missing) == (
-        "Error: embedding shard img_emb_1.npy has no metadata file with number 1")
+        "Error: embedding shard img_emb_1.npy has no metadata file with number 1"
+    )
     truncated = _layout(tmp_path / "truncated", X, y)
     shard = truncated / "img_emb" / "img_emb_0.npy"
     shard.write_bytes(shard.read_bytes()[:-20])
@@ -241,6 +259,7 @@ def test_embedding_reader_bad_folders(runner, tmp_path):
 
 # --- labels ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", ["U", "S"])
 def test_string_npy_labels(runner, tmp_path, dtype):
     X, y = _data()
@@ -248,8 +267,9 @@ def test_string_npy_labels(runner, tmp_path, dtype):
     np.save(tmp_path / "f.npy", X)
     np.save(tmp_path / "l.npy", names)
     store = tmp_path / "s.h5"
-    result = _run(runner, "extract", store, "--split", "train", "--from", tmp_path / "f.npy",
-                  "--labels", tmp_path / "l.npy")
+    result = _run(
+        runner, "extract", store, "--split", "train", "--from", tmp_path / "f.npy", "--labels", tmp_path / "l.npy"
+    )
     assert result.exit_code == 0, result.stderr
     _, labels, classes, _ = _stored(store)
     assert [classes[i] for i in labels] == np.array(["cat", "dog", "emu"])[y].tolist()
@@ -261,12 +281,14 @@ def test_class_names_file(runner, tmp_path):
     st.save_file({"features": X, "labels": y}, str(path))
     (tmp_path / "labels.txt").write_text("cat\ndog\nemu\n")
     store = tmp_path / "s.h5"
-    result = _run(runner, "extract", store, "--split", "train", "--from", path, "--class-names",
-                  tmp_path / "labels.txt")
+    result = _run(
+        runner, "extract", store, "--split", "train", "--from", path, "--class-names", tmp_path / "labels.txt"
+    )
     assert result.exit_code == 0, result.stderr
     _, labels, classes, _ = _stored(store)
     assert classes == ["cat", "dog", "emu"]
     assert [classes[i] for i in labels] == np.array(["cat", "dog", "emu"])[y].tolist()
     (tmp_path / "dup.txt").write_text("cat\ncat\nemu\n")
     assert _refused(runner, tmp_path, path, "--class-names", tmp_path / "dup.txt") == (
-        f"Error: {tmp_path / 'dup.txt'} names class 'cat' twice (lines 1 and 2)")
+        f"Error: {tmp_path / 'dup.txt'} names class 'cat' twice (lines 1 and 2)"
+    )

@@ -80,8 +80,9 @@ def test_features_equal_direct_forward_pass(runner, tmp_path, image_dir, tinynet
             torch.jit.script(tinynets.tiny_backbone().eval()).save(str(path))
         spec = f"torchscript:{path}"
     store = tmp_path / "feats.h5"
-    result = _extract(runner, store, "--images", str(image_dir), "--model", spec, "--batch-size", "5",
-                      "--meta", "run=exp1")
+    result = _extract(
+        runner, store, "--images", str(image_dir), "--model", spec, "--batch-size", "5", "--meta", "run=exp1"
+    )
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["n"] == 12 and summary["dim"] == tinynets.FEATURE_DIM
@@ -110,8 +111,9 @@ def test_image_list_csv(runner, tmp_path, image_dir, tinynets):
     lines = ["path,label", "images/owl/img1.jpg,owl", "images/cat/img0.png,cat", "images/dog/img3.png,"]
     (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
     store = tmp_path / "feats.h5"
-    result = _extract(runner, store, "--image-list", str(tmp_path / "list.csv"), "--model",
-                      "nnk_tinynets:tiny_backbone")
+    result = _extract(
+        runner, store, "--image-list", str(tmp_path / "list.csv"), "--model", "nnk_tinynets:tiny_backbone"
+    )
     assert result.exit_code == 0, result.stderr
     model = tinynets.tiny_backbone().eval()
     paths = [tmp_path / line.split(",")[0] for line in lines[1:]]
@@ -136,8 +138,17 @@ def test_module_prefixed_checkpoint_under_state_dict_loads(runner, tmp_path, ima
 
     trained = _trained_checkpoint(tinynets, ckpt, build=wrap)
     store = tmp_path / "feats.h5"
-    result = _extract(runner, store, "--images", str(image_dir), "--model", "nnk_tinynets:tiny_backbone",
-                      "--checkpoint", str(ckpt), fmt="table")
+    result = _extract(
+        runner,
+        store,
+        "--images",
+        str(image_dir),
+        "--model",
+        "nnk_tinynets:tiny_backbone",
+        "--checkpoint",
+        str(ckpt),
+        fmt="table",
+    )
     assert result.exit_code == 0, result.stderr
     assert "checkpoint: using the state dict under 'state_dict'" in result.stderr
     assert "checkpoint: stripped prefix 'module.' from 9 keys" in result.stderr
@@ -162,8 +173,9 @@ def test_checkpoint_missing_a_parameter_is_refused(runner, tmp_path, image_dir, 
     ckpt = tmp_path / "partial.pth"
     _trained_checkpoint(tinynets, ckpt, build=lambda s: {k: v for k, v in s.items() if k != "bn1.running_var"})
     store = tmp_path / "feats.h5"
-    result = _extract(runner, store, "--images", str(image_dir), "--model", "nnk_tinynets:tiny_backbone",
-                      "--checkpoint", str(ckpt))
+    result = _extract(
+        runner, store, "--images", str(image_dir), "--model", "nnk_tinynets:tiny_backbone", "--checkpoint", str(ckpt)
+    )
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert lines[-2] == "Error: checkpoint partial.pth lacks 1 of the model's 7 parameters/buffers: bn1.running_var"
@@ -175,8 +187,16 @@ def test_corrupt_checkpoint(runner, tmp_path, image_dir, tinynets):
     ckpt = tmp_path / "broken.pth"
     _trained_checkpoint(tinynets, ckpt)
     ckpt.write_bytes(ckpt.read_bytes()[:300])
-    result = _extract(runner, tmp_path / "feats.h5", "--images", str(image_dir), "--model",
-                      "nnk_tinynets:tiny_backbone", "--checkpoint", str(ckpt))
+    result = _extract(
+        runner,
+        tmp_path / "feats.h5",
+        "--images",
+        str(image_dir),
+        "--model",
+        "nnk_tinynets:tiny_backbone",
+        "--checkpoint",
+        str(ckpt),
+    )
     assert result.exit_code == 1
     assert f"Error: cannot read checkpoint {ckpt}: not a readable PyTorch checkpoint (" in result.stderr
     assert "Traceback" not in result.stderr
@@ -188,11 +208,20 @@ def test_torchvision_missing(runner, tmp_path, image_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision.models", None)
     ckpt = tmp_path / "dino_resnet50_pretrain.pth"
     ckpt.write_bytes(b"unused")
-    result = _extract(runner, tmp_path / "feats.h5", "--images", str(image_dir), "--model", "torchvision:resnet50",
-                      "--checkpoint", str(ckpt))
+    result = _extract(
+        runner,
+        tmp_path / "feats.h5",
+        "--images",
+        str(image_dir),
+        "--model",
+        "torchvision:resnet50",
+        "--checkpoint",
+        str(ckpt),
+    )
     assert result.exit_code == 1
-    assert ("Error: --model torchvision:resnet50 needs the 'torchvision' package, which is not installed"
-            in result.stderr)
+    assert (
+        "Error: --model torchvision:resnet50 needs the 'torchvision' package, which is not installed" in result.stderr
+    )
     assert "Hint: pip install torchvision" in result.stderr
 
 
@@ -209,8 +238,17 @@ def test_torchvision_head_replaced_and_checkpoint_loaded(runner, tmp_path, image
     ckpt = tmp_path / "dino_resnet50_pretrain.pth"
     trained = _trained_checkpoint(tinynets, ckpt)  # a backbone checkpoint: no fc keys
     store = tmp_path / "feats.h5"
-    result = _extract(runner, store, "--images", str(image_dir), "--model", "torchvision:resnet50",
-                      "--checkpoint", str(ckpt), fmt="table")
+    result = _extract(
+        runner,
+        store,
+        "--images",
+        str(image_dir),
+        "--model",
+        "torchvision:resnet50",
+        "--checkpoint",
+        str(ckpt),
+        fmt="table",
+    )
     assert result.exit_code == 0, result.stderr
     assert "model: torchvision:resnet50, classification head 'fc' replaced by identity" in result.stderr
     model = tinynets.tiny_backbone()
@@ -223,8 +261,10 @@ def test_torchvision_head_replaced_and_checkpoint_loaded(runner, tmp_path, image
 def test_torchvision_without_checkpoint_is_refused(runner, tmp_path, image_dir, fake_torchvision):
     result = _extract(runner, tmp_path / "feats.h5", "--images", str(image_dir), "--model", "torchvision:resnet50")
     assert result.exit_code == 1
-    assert ("Error: --model torchvision:resnet50 without --checkpoint would extract features of random weights"
-            in result.stderr)
+    assert (
+        "Error: --model torchvision:resnet50 without --checkpoint would extract features of random weights"
+        in result.stderr
+    )
 
 
 # -- bad images ----------------------------------------------------------------------------
@@ -239,8 +279,9 @@ def test_undecodable_image_names_the_file(runner, tmp_path, image_dir, tinynets)
     assert "--skip-bad-images" in result.stderr
     assert not store.exists()
 
-    result = _extract(runner, store, "--images", str(image_dir), "--model", "nnk_tinynets:tiny_backbone",
-                      "--skip-bad-images")
+    result = _extract(
+        runner, store, "--images", str(image_dir), "--model", "nnk_tinynets:tiny_backbone", "--skip-bad-images"
+    )
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["n"] == 11 and summary["skipped_images"] == 1 and summary["skipped_files"] == ["dog/img2.jpg"]
@@ -293,11 +334,14 @@ def test_existing_split_refused_before_extraction(runner, tmp_path, image_dir, t
 
 
 def test_model_output_must_be_pooled(runner, tmp_path, image_dir, tinynets):
-    result = _extract(runner, tmp_path / "feats.h5", "--images", str(image_dir), "--model",
-                      "nnk_tinynets:spatial_backbone")
+    result = _extract(
+        runner, tmp_path / "feats.h5", "--images", str(image_dir), "--model", "nnk_tinynets:spatial_backbone"
+    )
     assert result.exit_code == 1
-    assert "Error: the model's output has shape (1, 4, 10, 10) for 1 images; expected pooled features (n, d)" \
+    assert (
+        "Error: the model's output has shape (1, 4, 10, 10) for 1 images; expected pooled features (n, d)"
         in result.stderr
+    )
 
 
 # -- kill and resume ------------------------------------------------------------------------
@@ -309,8 +353,22 @@ def _run_killed(store, image_dir, tmp_path, after_forwards: int) -> Path:
     env["PYTHONPATH"] = os.pathsep.join([str(HELPERS), env.get("PYTHONPATH", "")])
     env["NNK_TEST_FORWARD_LOG"] = str(log)
     env["NNK_TEST_FORWARD_HANG_AFTER"] = str(after_forwards)
-    cmd = [sys.executable, "-m", "nnkcli", "extract", str(store), "--split", "train", "--images", str(image_dir),
-           "--model", "nnk_tinynets:slow_backbone", "--batch-size", "2", *FAST]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nnkcli",
+        "extract",
+        str(store),
+        "--split",
+        "train",
+        "--images",
+        str(image_dir),
+        "--model",
+        "nnk_tinynets:slow_backbone",
+        "--batch-size",
+        "2",
+        *FAST,
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -332,8 +390,12 @@ def _run_killed(store, image_dir, tmp_path, after_forwards: int) -> Path:
 def test_kill_leaves_store_unchanged_and_resume_completes(runner, tmp_path, image_dir, tinynets, monkeypatch):
     store = tmp_path / "feats.h5"
     # an existing split that must survive untouched
-    assert _extract(runner, store, "--images", str(image_dir), "--model", "nnk_tinynets:tiny_backbone",
-                    split="val").exit_code == 0
+    assert (
+        _extract(
+            runner, store, "--images", str(image_dir), "--model", "nnk_tinynets:tiny_backbone", split="val"
+        ).exit_code
+        == 0
+    )
     before = store.read_bytes()
 
     # killed in the 4th batch: the probe pass and 3 batches of 2 images have run
@@ -344,16 +406,36 @@ def test_kill_leaves_store_unchanged_and_resume_completes(runner, tmp_path, imag
     assert partial_path(store, "train").exists()
 
     # a resume with different parameters is refused, and keeps the partial run
-    result = _extract(runner, store, "--images", str(image_dir), "--model", "nnk_tinynets:slow_backbone",
-                      "--batch-size", "2", "--resume", "--interpolation", "bilinear")
+    result = _extract(
+        runner,
+        store,
+        "--images",
+        str(image_dir),
+        "--model",
+        "nnk_tinynets:slow_backbone",
+        "--batch-size",
+        "2",
+        "--resume",
+        "--interpolation",
+        "bilinear",
+    )
     assert result.exit_code == 1
     assert "Error: the interrupted extraction in" in result.stderr and "different attrs" in result.stderr
     assert partial_path(store, "train").exists()
 
     monkeypatch.setenv("NNK_TEST_FORWARD_LOG", str(log))
     log.write_text("")
-    result = _extract(runner, store, "--images", str(image_dir), "--model", "nnk_tinynets:slow_backbone",
-                      "--batch-size", "2", "--resume")
+    result = _extract(
+        runner,
+        store,
+        "--images",
+        str(image_dir),
+        "--model",
+        "nnk_tinynets:slow_backbone",
+        "--batch-size",
+        "2",
+        "--resume",
+    )
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["resumed_rows"] == 6
@@ -364,7 +446,8 @@ def test_kill_leaves_store_unchanged_and_resume_completes(runner, tmp_path, imag
     with FeatureStore(store) as fs:
         assert fs.splits == ["train", "val"]
         np.testing.assert_allclose(fs.split("train").features[:], fs.split("val").features[:], rtol=0, atol=1e-5)
-        np.testing.assert_allclose(fs.split("train").features[:], _direct_features(tinynets.tiny_backbone(),
-                                                                                   image_dir), atol=1e-5)
+        np.testing.assert_allclose(
+            fs.split("train").features[:], _direct_features(tinynets.tiny_backbone(), image_dir), atol=1e-5
+        )
         assert fs.split("train").labels.tolist() == fs.split("val").labels.tolist()
         assert fs.split("train").ids == fs.split("val").ids

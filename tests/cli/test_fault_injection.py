@@ -62,12 +62,18 @@ def _commands(root: Path, store: Path, big: Path) -> dict:
     return {
         "extract": (["extract", extract_store, "--split", "x", "--from", big, "--overwrite", "-q"], extract_store),
         "index": (["index", store, "--out", root / "i.faiss", "-q"], root / "i.faiss"),
-        "classify": (["classify", store, "--k", "40", "--index", root / "i.faiss", "--out", root / "p.h5", "-q"],
-                     root / "p.h5"),
-        "sweep": (["sweep", store, "--k", "5..60:5", "--index", root / "i.faiss", "--plot", root / "s.png", "-q"],
-                  root / "s.png"),
-        "evaluate": (["evaluate", store, "--history", root / "h.jsonl", "--k", "10,20", "--force", "-q"],
-                     root / "h.jsonl"),
+        "classify": (
+            ["classify", store, "--k", "40", "--index", root / "i.faiss", "--out", root / "p.h5", "-q"],
+            root / "p.h5",
+        ),
+        "sweep": (
+            ["sweep", store, "--k", "5..60:5", "--index", root / "i.faiss", "--plot", root / "s.png", "-q"],
+            root / "s.png",
+        ),
+        "evaluate": (
+            ["evaluate", store, "--history", root / "h.jsonl", "--k", "10,20", "--force", "-q"],
+            root / "h.jsonl",
+        ),
     }
 
 
@@ -118,7 +124,9 @@ def test_killed_at_random_moments_loses_nothing(workspace, name):
             assert proc.returncode in ALLOWED[signame], f"{case}\n{err[-2000:]}"
             if proc.returncode in (130, 143):
                 assert "Traceback" not in err and err.strip().splitlines()[-1] in (
-                    "Interrupted.", "Terminated (SIGTERM)."), f"{case}\n{err[-2000:]}"
+                    "Interrupted.",
+                    "Terminated (SIGTERM).",
+                ), f"{case}\n{err[-2000:]}"
                 assert temp_names(root) == [], f"{case}: a caught signal left {temp_names(root)}"
             after = sha256_of(target)
             assert after == before or _valid(name, target), f"{case}: {target.name} is damaged"

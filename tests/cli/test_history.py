@@ -16,11 +16,17 @@ def sha(n: int) -> str:
 
 
 def add(path, n, step, nnk, knn):
-    append_entry(path, {
-        "source": f"/runs/checkpoint{step:04d}.pth", "sha256": sha(n), "step": step,
-        "best": {"nnk": {"k": 50 + n, "top1": nnk, "top5": 90.0}, "knn": {"k": 10 + n, "top1": knn, "top5": 88.0}},
-        "results": [], "finished_at": f"2024-01-0{n}T00:00:00.000+00:00",
-    })
+    append_entry(
+        path,
+        {
+            "source": f"/runs/checkpoint{step:04d}.pth",
+            "sha256": sha(n),
+            "step": step,
+            "best": {"nnk": {"k": 50 + n, "top1": nnk, "top5": 90.0}, "knn": {"k": 10 + n, "top1": knn, "top5": 88.0}},
+            "results": [],
+            "finished_at": f"2024-01-0{n}T00:00:00.000+00:00",
+        },
+    )
 
 
 @pytest.fixture
@@ -57,8 +63,20 @@ def test_history_table_marks_best_and_reports_malformed(runner, history_file):
     assert res.exit_code == 0, res.stderr
     lines = res.stdout.splitlines()
     row20 = next(line for line in lines if "checkpoint0020.pth" in line)
-    assert row20.split() == ["20", "checkpoint0020.pth", sha(1)[:12], "71.50", "51", "+1.25", "+0.00",
-                             "70.00", "11", "-0.50", "-0.50", "nnk"]
+    assert row20.split() == [
+        "20",
+        "checkpoint0020.pth",
+        sha(1)[:12],
+        "71.50",
+        "51",
+        "+1.25",
+        "+0.00",
+        "70.00",
+        "11",
+        "-0.50",
+        "-0.50",
+        "nnk",
+    ]
     caption = next(line for line in lines if line.startswith("3 sources with parameter set 1 ("))
     assert caption.endswith(", 2 malformed lines skipped")
     assert "line 3: missing or bad sha256" in res.stderr
@@ -69,8 +87,13 @@ def test_history_json(runner, history_file):
     assert res.exit_code == 0
     doc = json.loads(res.stdout)
     assert doc["schema_version"] == 1 and doc["n_entries"] == 3 and doc["methods"] == ["nnk", "knn"]
-    assert doc["best"]["nnk"] == {"source": "/runs/checkpoint0020.pth", "sha256": sha(1), "step": 20,
-                                  "top1": 71.5, "k": 51}
+    assert doc["best"]["nnk"] == {
+        "source": "/runs/checkpoint0020.pth",
+        "sha256": sha(1),
+        "step": 20,
+        "top1": 71.5,
+        "k": 51,
+    }
     assert [r["step"] for r in doc["rows"]] == [10, 20, 30]
     assert doc["malformed"][0] == {"line": 3, "reason": "missing or bad sha256"}
     # malformed lines are still reported with --format json (stdout stays pure JSON)
@@ -133,8 +156,10 @@ def test_history_plot(runner, history_file, tmp_path):
 def test_history_plot_bad_suffix(runner, history_file, tmp_path):
     res = runner.invoke(cli, ["history", str(history_file), "--plot", str(tmp_path / "h.jpg")])
     assert res.exit_code == 2  # a bad option value
-    assert res.stderr.splitlines()[-1] == (f"Error: Invalid value for '--plot': unknown file type '.jpg' (got "
-                                           f"{str(tmp_path / 'h.jpg')!r}); use a .png, .svg or .pdf file name")
+    assert res.stderr.splitlines()[-1] == (
+        f"Error: Invalid value for '--plot': unknown file type '.jpg' (got "
+        f"{str(tmp_path / 'h.jpg')!r}); use a .png, .svg or .pdf file name"
+    )
 
 
 def test_history_plot_without_matplotlib(runner, history_file, tmp_path, monkeypatch):

@@ -36,10 +36,12 @@ def test_classify_json_has_wilson_intervals_next_to_each_accuracy(runner, store)
 
 
 def test_confidence_changes_the_width(runner, store):
-    wide = json.loads(invoke(runner, "classify", store, "--k", "5", "--format", "json",
-                             "--confidence", "0.99").stdout)["results"][0]
-    narrow = json.loads(invoke(runner, "classify", store, "--k", "5", "--format", "json",
-                               "--confidence", "0.8").stdout)["results"][0]
+    wide = json.loads(invoke(runner, "classify", store, "--k", "5", "--format", "json", "--confidence", "0.99").stdout)[
+        "results"
+    ][0]
+    narrow = json.loads(
+        invoke(runner, "classify", store, "--k", "5", "--format", "json", "--confidence", "0.8").stdout
+    )["results"][0]
     hits = round(wide["top1"] * 60 / 100)
     assert wide["top1_ci"] == pytest.approx(wilson_pct(hits, 60, 0.99), abs=1e-4)
     assert narrow["top1_ci"] == pytest.approx(wilson_pct(hits, 60, 0.8), abs=1e-4)
@@ -53,9 +55,21 @@ def test_classify_table_shows_half_width_and_csv_both_ends(runner, store):
     lo, hi = nnk["top1_ci"]
     assert f"{nnk['top1']:.2f} ±{(hi - lo) / 2:.2f}" in table.splitlines()[3]
     rows = list(csv.reader(io.StringIO(invoke(runner, "classify", store, "--k", "5", "--format", "csv").stdout)))
-    assert rows[0] == ["method", "k", "top1", "top1_ci_low", "top1_ci_high", "top5", "top5_ci_low",
-                       "top5_ci_high", "balanced_accuracy", "balanced_accuracy_ci_low",
-                       "balanced_accuracy_ci_high", "n_queries", "support_mean"]
+    assert rows[0] == [
+        "method",
+        "k",
+        "top1",
+        "top1_ci_low",
+        "top1_ci_high",
+        "top5",
+        "top5_ci_low",
+        "top5_ci_high",
+        "balanced_accuracy",
+        "balanced_accuracy_ci_low",
+        "balanced_accuracy_ci_high",
+        "n_queries",
+        "support_mean",
+    ]
     assert [float(x) for x in rows[1][2:5]] == [nnk["top1"], lo, hi]
 
 
@@ -64,8 +78,9 @@ def test_classify_table_shows_half_width_and_csv_both_ends(runner, store):
 def test_gate_values_must_be_finite_percentages(runner, store, command, value):
     res = invoke(runner, command, store, "--k", "5", "--min-top1", value)
     assert res.exit_code == 2
-    assert (f"Invalid value for '--min-top1': must be a finite percentage in [0, 100] (got {float(value)!r})"
-            in res.stderr)
+    assert (
+        f"Invalid value for '--min-top1': must be a finite percentage in [0, 100] (got {float(value)!r})" in res.stderr
+    )
 
 
 @pytest.mark.parametrize("value", ["0", "1", "nan", "1.5"])
@@ -125,8 +140,13 @@ def test_sweep_marks_the_k_not_significantly_below_the_best_by_mcnemar(runner, s
         assert best["significant"] is (not expected)
     table = invoke(runner, "sweep", store, "--k", "1,5,10,20,50", "--alpha", "0.2", "-q").stdout
     assert "~ not significantly below the best (McNemar p >= 0.2); smallest such k: " in table
-    csv_rows = list(csv.DictReader(io.StringIO(
-        invoke(runner, "sweep", store, "--k", "1,5,10,20,50", "--alpha", "0.2", "--format", "csv").stdout)))
+    csv_rows = list(
+        csv.DictReader(
+            io.StringIO(
+                invoke(runner, "sweep", store, "--k", "1,5,10,20,50", "--alpha", "0.2", "--format", "csv").stdout
+            )
+        )
+    )
     tied = [int(r["k"]) for r in csv_rows if r["method"] == "nnk" and r["tied_with_best"] == "True"]
     assert tied == doc["best"]["nnk"]["tied_k"]
 

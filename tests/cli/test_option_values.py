@@ -72,63 +72,83 @@ def test_scoring_data_and_gate_options(runner, command, option, value, message):
 @pytest.mark.parametrize("command", ["sweep", "evaluate"])
 @pytest.mark.parametrize("value", ["0", "1", "nan"])
 def test_alpha(runner, command, value):
-    check_usage_error(runner, [*COMMANDS[command], "--alpha", value], "--alpha",
-                      f"must be strictly between 0 and 1 (got {float(value)!r})")
+    check_usage_error(
+        runner,
+        [*COMMANDS[command], "--alpha", value],
+        "--alpha",
+        f"must be strictly between 0 and 1 (got {float(value)!r})",
+    )
 
 
 @pytest.mark.parametrize("command", ["classify", "sweep"])
 def test_gate_method_of_one_evaluation(runner, command):
-    check_usage_error(runner, [*COMMANDS[command], "--gate-method", "svm"], "--gate-method",
-                      "'svm' is not one of 'all', 'nnk', 'knn'")
+    check_usage_error(
+        runner, [*COMMANDS[command], "--gate-method", "svm"], "--gate-method", "'svm' is not one of 'all', 'nnk', 'knn'"
+    )
 
 
 def test_classify_takes_one_k(runner):
-    check_usage_error(runner, ["classify", "nope.h5", "--k", "5,10"], "--k",
-                      "classify evaluates one k (got '5,10'); use 'nnk sweep' for several k")
+    check_usage_error(
+        runner,
+        ["classify", "nope.h5", "--k", "5,10"],
+        "--k",
+        "classify evaluates one k (got '5,10'); use 'nnk sweep' for several k",
+    )
 
 
-@pytest.mark.parametrize("value, message", [
-    ("-1", "must be a finite number of points >= 0 (got -1.0)"),
-    ("nan", "must be a finite number of points >= 0 (got nan)"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("-1", "must be a finite number of points >= 0 (got -1.0)"),
+        ("nan", "must be a finite number of points >= 0 (got nan)"),
+    ],
+)
 def test_fail_on_regression(runner, value, message):
-    check_usage_error(runner, [*COMMANDS["evaluate"], "--fail-on-regression", value], "--fail-on-regression",
-                      message)
+    check_usage_error(runner, [*COMMANDS["evaluate"], "--fail-on-regression", value], "--fail-on-regression", message)
 
 
 def test_gate_method(runner):
-    check_usage_error(runner, [*COMMANDS["evaluate"], "--gate-method", "svm"], "--gate-method",
-                      "'svm' is not one of 'nnk', 'knn'")
+    check_usage_error(
+        runner, [*COMMANDS["evaluate"], "--gate-method", "svm"], "--gate-method", "'svm' is not one of 'nnk', 'knn'"
+    )
 
 
-@pytest.mark.parametrize("command", [
-    ["extract", "nope.h5", "--split", "val", "--images", "imgs", "--model", "torchvision:resnet18"],
-    ["evaluate", "ck.pth", "--history", "nope/h.jsonl", "--model", "torchvision:resnet18"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["extract", "nope.h5", "--split", "val", "--images", "imgs", "--model", "torchvision:resnet18"],
+        ["evaluate", "ck.pth", "--history", "nope/h.jsonl", "--model", "torchvision:resnet18"],
+    ],
+)
 @pytest.mark.parametrize("option, value, message", MODEL)
 def test_model_options(runner, command, option, value, message):
     check_usage_error(runner, [*command, option, value], option, message)
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("--nlist", "0", "must be >= 1 (got 0)"),
-    ("--nprobe", "-2", "must be >= 1 (got -2)"),
-    ("--hnsw-m", "0", "must be >= 2 (got 0)"),
-    ("--hnsw-m", "1", "must be >= 2 (got 1)"),
-    ("--ef-search", "0", "must be >= 1 (got 0)"),
-    ("--ef-construction", "0", "must be >= 1 (got 0)"),
-    ("--threads", "0", "must be >= 1 (got 0)"),
-    ("--type", "foo", "unknown index type; choose one of flat, ivf, hnsw (got 'foo')"),
-])
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--nlist", "0", "must be >= 1 (got 0)"),
+        ("--nprobe", "-2", "must be >= 1 (got -2)"),
+        ("--hnsw-m", "0", "must be >= 2 (got 0)"),
+        ("--hnsw-m", "1", "must be >= 2 (got 1)"),
+        ("--ef-search", "0", "must be >= 1 (got 0)"),
+        ("--ef-construction", "0", "must be >= 1 (got 0)"),
+        ("--threads", "0", "must be >= 1 (got 0)"),
+        ("--type", "foo", "unknown index type; choose one of flat, ivf, hnsw (got 'foo')"),
+    ],
+)
 def test_index_options(runner, option, value, message):
     check_usage_error(runner, ["index", "nope.h5", option, value], option, message)
 
 
 def test_split_names(runner):
-    check_usage_error(runner, ["index", "nope.h5", "--train-split", "a b"], "--train-split",
-                      "invalid split name (got 'a b')")
-    check_usage_error(runner, ["extract", "nope.h5", "--split", "x/y", "--from", "a.npy"], "--split",
-                      "invalid split name (got 'x/y')")
+    check_usage_error(
+        runner, ["index", "nope.h5", "--train-split", "a b"], "--train-split", "invalid split name (got 'a b')"
+    )
+    check_usage_error(
+        runner, ["extract", "nope.h5", "--split", "x/y", "--from", "a.npy"], "--split", "invalid split name (got 'x/y')"
+    )
 
 
 def test_format(runner):

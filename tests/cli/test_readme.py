@@ -82,8 +82,9 @@ def test_the_readme_has_examples_of_every_command():
     assert {argv[0] for _, argv, _ in EXAMPLES} >= set(COMMANDS)
 
 
-@pytest.mark.parametrize("line, argv", [(line, argv) for line, argv, _ in EXAMPLES],
-                         ids=[f"line{line}" for line, _, _ in EXAMPLES])
+@pytest.mark.parametrize(
+    "line, argv", [(line, argv) for line, argv, _ in EXAMPLES], ids=[f"line{line}" for line, _, _ in EXAMPLES]
+)
 def test_example_parses_with_its_commands_options(line, argv):
     """Unknown options, a missing value, a stray argument or a value that the option's type or check
     refuses (a choice, a number, a k list) fail; paths are not opened."""
@@ -121,9 +122,10 @@ def test_sample_store_example_prints_what_the_readme_shows(runner, monkeypatch, 
     assert res.exit_code == 0, f"README line {line}: {res.stderr}"
     printed = [out.split() for out in (res.stdout + "\n" + res.stderr).splitlines()]
     for want in (shown_line.split() for shown_line in shown):
-        found = any(got[i:i + len(want)] == want for got in printed for i in range(len(got) - len(want) + 1))
+        found = any(got[i : i + len(want)] == want for got in printed for i in range(len(got) - len(want) + 1))
         assert found, f"README line {line} shows {' '.join(want)!r}; nnk {shlex.join(argv)} printed:\n" + "\n".join(
-            map(" ".join, printed))
+            map(" ".join, printed)
+        )
 
 
 def test_sample_store_examples_are_found():

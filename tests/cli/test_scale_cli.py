@@ -21,8 +21,9 @@ def test_index_shards_then_classify_equals_unsharded(runner, store, tmp_path):
     assert res.exit_code == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["shards"] == 4 and summary["shard_rows"] == [23, 23, 22, 22]
-    one = json.loads(invoke(runner, "classify", store, "--k", 7, "--index", tmp_path / "one.faiss",
-                            "--format", "json").stdout)
+    one = json.loads(
+        invoke(runner, "classify", store, "--k", 7, "--index", tmp_path / "one.faiss", "--format", "json").stdout
+    )
     sharded = json.loads(invoke(runner, "classify", store, "--k", 7, "--format", "json").stdout)
     assert sharded["index"]["shards"] == 4
     assert one["results"] == sharded["results"]
@@ -66,8 +67,21 @@ def _comparable(doc):
 def test_shard_then_merge_prints_the_unsharded_document(runner, store, tmp_path, command, k):
     whole = _doc(invoke(runner, command, store, "--k", k, "--format", "json"))
     for i in range(3):
-        _doc(invoke(runner, command, store, "--k", k, "--shard", f"{i}/3", "--out", tmp_path / f"p{i}.h5",
-                    "--format", "json"))
+        _doc(
+            invoke(
+                runner,
+                command,
+                store,
+                "--k",
+                k,
+                "--shard",
+                f"{i}/3",
+                "--out",
+                tmp_path / f"p{i}.h5",
+                "--format",
+                "json",
+            )
+        )
     merged = _doc(invoke(runner, "merge", *(tmp_path / f"p{i}.h5" for i in range(3)), "--format", "json"))
     assert _comparable(merged) == _comparable(whole)
     table = invoke(runner, "merge", *(tmp_path / f"p{i}.h5" for i in range(3)))
@@ -76,8 +90,21 @@ def test_shard_then_merge_prints_the_unsharded_document(runner, store, tmp_path,
 
 def test_merge_errors(runner, store, tmp_path):
     for i in (0, 2):
-        _doc(invoke(runner, "classify", store, "--k", 3, "--shard", f"{i}/3", "--out", tmp_path / f"p{i}.h5",
-                    "--format", "json"))
+        _doc(
+            invoke(
+                runner,
+                "classify",
+                store,
+                "--k",
+                3,
+                "--shard",
+                f"{i}/3",
+                "--out",
+                tmp_path / f"p{i}.h5",
+                "--format",
+                "json",
+            )
+        )
     res = invoke(runner, "merge", tmp_path / "p0.h5", tmp_path / "p2.h5")
     assert res.exit_code == 1
     assert "Error: 1 of 3 shards are missing: 1/3 (queries 7:14)" in res.stderr
@@ -92,8 +119,9 @@ def test_merge_errors(runner, store, tmp_path):
 def test_torch_backend_on_cpu_equals_faiss(runner, store):
     pytest.importorskip("torch")
     faiss_doc = _doc(invoke(runner, "sweep", store, "--k", "1..9:4", "--format", "json"))
-    torch_doc = _doc(invoke(runner, "sweep", store, "--k", "1..9:4", "--backend", "torch", "--device", "cpu",
-                            "--format", "json"))
+    torch_doc = _doc(
+        invoke(runner, "sweep", store, "--k", "1..9:4", "--backend", "torch", "--device", "cpu", "--format", "json")
+    )
     assert torch_doc["index"]["backend"] == "torch" and torch_doc["index"]["device"] == "cpu"
     assert torch_doc["results"] == faiss_doc["results"] and torch_doc["best"] == faiss_doc["best"]
     res = invoke(runner, "classify", store, "--backend", "faiss", "--fp16")

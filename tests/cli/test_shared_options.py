@@ -45,12 +45,37 @@ VARIANTS = {
 
 #: a bad value for every shared option that has one (flags and free text have none)
 BAD = {
-    "--alpha": "1", "--backend": "tpu", "--batch-size": "0", "--chunk-size": "0", "--confidence": "2",
-    "--crop": "0", "--device": "tpu", "--format": "yaml", "--gate-method": "svm", "--interpolation": "nearest",
-    "--k": "0", "--kernel": "rbf", "--lock-timeout": "-1", "--mean": "1,2", "--method": "svm", "--min-top1": "101",
-    "--min-top5": "-1", "--plot": "x.txt", "--protocol": "simclr", "--query-split": "a/b", "--resize": "0",
-    "--select-on": "val", "--select-queries": "0", "--shard": "3/3", "--solver": "lbfgs", "--std": "0,1,1",
-    "--temperature": "-1", "--threads": "0", "--top5-rule": "loose", "--train-split": "a/b", "--weighting": "x",
+    "--alpha": "1",
+    "--backend": "tpu",
+    "--batch-size": "0",
+    "--chunk-size": "0",
+    "--confidence": "2",
+    "--crop": "0",
+    "--device": "tpu",
+    "--format": "yaml",
+    "--gate-method": "svm",
+    "--interpolation": "nearest",
+    "--k": "0",
+    "--kernel": "rbf",
+    "--lock-timeout": "-1",
+    "--mean": "1,2",
+    "--method": "svm",
+    "--min-top1": "101",
+    "--min-top5": "-1",
+    "--plot": "x.txt",
+    "--protocol": "simclr",
+    "--query-split": "a/b",
+    "--resize": "0",
+    "--select-on": "val",
+    "--select-queries": "0",
+    "--shard": "3/3",
+    "--solver": "lbfgs",
+    "--std": "0,1,1",
+    "--temperature": "-1",
+    "--threads": "0",
+    "--top5-rule": "loose",
+    "--train-split": "a/b",
+    "--weighting": "x",
     "--workers": "-1",
 }
 #: shared options any value of which is valid while parsing (a path, a key, a name)
@@ -70,7 +95,7 @@ def help_entries(text: str) -> dict[str, tuple[str, str]]:
     entries: dict[str, list[str]] = {}
     current = None
     lines = text.splitlines()
-    for line in lines[lines.index("Options:") + 1:]:
+    for line in lines[lines.index("Options:") + 1 :]:
         if not line.strip():
             break  # the examples follow the options
         m = re.match(r"^  (-\S.*?)(?:\s{2,}(.*))?$", line)
@@ -133,8 +158,10 @@ def test_shared_options_read_the_same_everywhere(pages):
         for variant, members in groups.items():
             seen = {(pages[n][option], repr(defaults(n)[option])) for n in members}
             if len(seen) > 1:
-                differ.append(f"{option} ({variant or 'one variant'}): " + "; ".join(
-                    f"{n}: {pages[n][option]} default {defaults(n)[option]!r}" for n in members))
+                differ.append(
+                    f"{option} ({variant or 'one variant'}): "
+                    + "; ".join(f"{n}: {pages[n][option]} default {defaults(n)[option]!r}" for n in members)
+                )
     assert differ == []
 
 
@@ -157,8 +184,12 @@ def test_a_bad_value_exits_2_in_every_command(runner, option):
 
 
 def test_every_shared_option_with_a_value_has_a_bad_one(pages):
-    flags = {max(p.opts, key=len) for n in commands() for p in command(n).params
-             if isinstance(p, click.Option) and (p.is_flag or p.count)}
+    flags = {
+        max(p.opts, key=len)
+        for n in commands()
+        for p in command(n).params
+        if isinstance(p, click.Option) and (p.is_flag or p.count)
+    }
     missing = sorted(set(shared(pages)) - set(BAD) - FREE - flags - {"--help"})
     assert missing == []
 
@@ -169,8 +200,9 @@ def test_device_says_the_same_in_every_command(runner):
         res = runner.invoke(cli, [name, *ARGS[name], "--device", "tpu"])
         assert res.exit_code == 2
         messages.add(res.stderr.splitlines()[-1])
-    assert messages == {("Error: Invalid value for '--device': unknown device; choose one of auto, cpu, cuda "
-                         "(got 'tpu')")}
+    assert messages == {
+        ("Error: Invalid value for '--device': unknown device; choose one of auto, cpu, cuda (got 'tpu')")
+    }
 
 
 @pytest.mark.parametrize("value", ["1", "0"])

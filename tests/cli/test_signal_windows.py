@@ -40,8 +40,9 @@ pytestmark = pytest.mark.slow
 PKG = Path(nnkcli.__file__).resolve().parent
 #: the code that writes outputs and takes locks: where a signal is injected
 TRACED = {str(p) for p in (*PKG.glob("storage/*.py"), *PKG.glob("tracking/*.py"))} | {
-    str(PKG / name) for name in (
-        "evaluation/predictions.py", "evaluation/partials.py", "index.py", "index_file.py", "plots.py")}
+    str(PKG / name)
+    for name in ("evaluation/predictions.py", "evaluation/partials.py", "index.py", "index_file.py", "plots.py")
+}
 MOMENTS = int(os.environ.get("NNKCLI_TEST_SIGNAL_MOMENTS", 120))  # sampled instructions per command
 PARTS = 4  # child interpreters per command
 RUN_TIMEOUT_S = 60  # one run of a tiny command takes well under a second
@@ -130,13 +131,22 @@ def _held_locks(folder: Path) -> list[str]:
 
 COMMANDS = {  # name -> (argv with {root}, the output, its kind)
     "classify --out": (["classify", "{root}/f.h5", "--k", "5", "--out", "{root}/p.h5", "-q"], "p.h5", "h5"),
-    "classify --shard --out": (["classify", "{root}/f.h5", "--k", "5", "--shard", "1/2", "--out",
-                                "{root}/part.h5", "-q"], "part.h5", "h5"),
+    "classify --shard --out": (
+        ["classify", "{root}/f.h5", "--k", "5", "--shard", "1/2", "--out", "{root}/part.h5", "-q"],
+        "part.h5",
+        "h5",
+    ),
     "index": (["index", "{root}/f.h5", "--out", "{root}/i.faiss", "-q"], "i.faiss", "faiss"),
-    "extract": (["extract", "{root}/e.h5", "--split", "x", "--from", "{root}/x.npy", "--overwrite", "-q"],
-                "e.h5", "h5"),
-    "evaluate": (["evaluate", "{root}/f.h5", "--history", "{root}/h.jsonl", "--k", "5", "--force", "-q"],
-                 "h.jsonl", "jsonl"),
+    "extract": (
+        ["extract", "{root}/e.h5", "--split", "x", "--from", "{root}/x.npy", "--overwrite", "-q"],
+        "e.h5",
+        "h5",
+    ),
+    "evaluate": (
+        ["evaluate", "{root}/f.h5", "--history", "{root}/h.jsonl", "--k", "5", "--force", "-q"],
+        "h.jsonl",
+        "jsonl",
+    ),
     "sweep --plot": (["sweep", "{root}/f.h5", "--k", "5,10", "--plot", "{root}/s.png", "-q"], "s.png", "png"),
 }
 
@@ -195,11 +205,18 @@ def test_a_signal_at_any_instruction_of_a_write_leaves_nothing_behind(tmp_path, 
         pytest.importorskip("matplotlib")
     _make_folder(tmp_path)
     helpers = Path(__file__).resolve().parents[1] / "helpers"  # for the child too
-    env = {**os.environ,
-           "PYTHONPATH": os.pathsep.join([str(PKG.parent), str(helpers), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PKG.parent), str(helpers), os.environ.get("PYTHONPATH", "")]),
+    }
     for part in range(PARTS):  # a fresh interpreter for each part: fewer runs accumulate in one
-        child = subprocess.run([sys.executable, __file__, name, str(tmp_path), str(MOMENTS), str(part), str(PARTS)],
-                               env=env, capture_output=True, text=True, timeout=240)
+        child = subprocess.run(
+            [sys.executable, __file__, name, str(tmp_path), str(MOMENTS), str(part), str(PARTS)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert child.returncode == 0, f"{child.stdout[-6000:]}\n{child.stderr[-3000:]}"
         assert child.stdout.strip().endswith(" moments, no failure"), child.stdout
 

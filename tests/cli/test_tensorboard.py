@@ -23,8 +23,10 @@ def test_crc32c_reference_value():
 
 def test_sweep_writes_accuracy_vs_k(runner, sample_store, tmp_path):
     logdir = tmp_path / "tb"
-    res = runner.invoke(cli, ["sweep", str(sample_store), "--k", "5,10,20", "--format", "json",
-                              "--tensorboard", str(logdir), "--step", "7"])
+    res = runner.invoke(
+        cli,
+        ["sweep", str(sample_store), "--k", "5,10,20", "--format", "json", "--tensorboard", str(logdir), "--step", "7"],
+    )
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["tensorboard"]["run"] == str(logdir / "sweep_step_7")
@@ -48,10 +50,16 @@ def test_history_writes_best_and_selected_against_the_step(runner, tmp_path):
     path = tmp_path / "history.jsonl"
     rows = [(1, 20, 71.5, 70.0), (2, 10, 70.25, 70.5), (3, None, 71.0, 69.0)]
     for n, step, nnk, knn in rows:
-        entry = {"source": f"/runs/ck{n}.pth", "sha256": _sha(n), "results": [],
-                 "best": {"nnk": {"k": 50 + n, "top1": nnk, "top5": 90.0 + n},
-                          "knn": {"k": 10 + n, "top1": knn, "top5": 88.0}},
-                 "finished_at": f"2024-01-0{n}T00:00:00.000+00:00"}
+        entry = {
+            "source": f"/runs/ck{n}.pth",
+            "sha256": _sha(n),
+            "results": [],
+            "best": {
+                "nnk": {"k": 50 + n, "top1": nnk, "top5": 90.0 + n},
+                "knn": {"k": 10 + n, "top1": knn, "top5": 88.0},
+            },
+            "finished_at": f"2024-01-0{n}T00:00:00.000+00:00",
+        }
         if step is not None:
             entry["step"] = step
         if n == 2:
@@ -81,5 +89,6 @@ def test_missing_extra_and_bad_usage(runner, sample_store, tmp_path, monkeypatch
     assert res.exit_code == 1
     assert res.stderr.splitlines()[-2:] == [
         "Error: --tensorboard needs the optional 'tensorboard' extra, which is not installed",
-        'Hint: pip install "nnkcli[tensorboard]"']
+        'Hint: pip install "nnkcli[tensorboard]"',
+    ]
     assert not (tmp_path / "tb").exists()

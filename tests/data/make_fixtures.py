@@ -51,8 +51,9 @@ def make(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "tiny_features.npy", t["npy_features"])
     np.save(out / "tiny_labels.npy", t["npy_labels"])
-    np.savez(out / "tiny.npz", features=t["npz_features"], labels=t["npz_labels"],
-             emb=t["npz_features"], y=t["npz_labels"])
+    np.savez(
+        out / "tiny.npz", features=t["npz_features"], labels=t["npz_labels"], emb=t["npz_features"], y=t["npz_labels"]
+    )
 
     import torch
 

@@ -38,9 +38,26 @@ def two_splits(n_train, n_query, d, seed, *, n_classes=4, noise=1.3):
     return xt, yt, xq, yq
 
 
-def make_store(path, *, n_train=300, n_query=60, d=12, noise=1.2, query_noise=None, train_seed=0, query_seed=1,
-               n_classes=4, class_names=NAMES, train=None, query=None, shuffle_train=False, query_labels=None,
-               ids=None, train_attrs=None, query_attrs=None):
+def make_store(
+    path,
+    *,
+    n_train=300,
+    n_query=60,
+    d=12,
+    noise=1.2,
+    query_noise=None,
+    train_seed=0,
+    query_seed=1,
+    n_classes=4,
+    class_names=NAMES,
+    train=None,
+    query=None,
+    shuffle_train=False,
+    query_labels=None,
+    ids=None,
+    train_attrs=None,
+    query_attrs=None,
+):
     """A feature store at ``path`` with a ``train`` and a ``val`` split; returns ``path``.
 
     By default both splits are drawn by :func:`mixture` (``n_train``/``n_query`` rows of
@@ -60,7 +77,9 @@ def make_store(path, *, n_train=300, n_query=60, d=12, noise=1.2, query_noise=No
     if shuffle_train:
         train = (train[0], np.random.default_rng(3).permutation(train[1]))
     if query is None:
-        query = mixture(n_query, d, query_seed, n_classes=n_classes, noise=noise if query_noise is None else query_noise)
+        query = mixture(
+            n_query, d, query_seed, n_classes=n_classes, noise=noise if query_noise is None else query_noise
+        )
     xq, yq = query
     if query_labels is not None:
         yq = query_labels(yq)

@@ -18,6 +18,7 @@ from nnkcli.estimators import NNKClassifier, WeightedKNNClassifier
 
 sklearn = pytest.importorskip("sklearn")
 
+
 @pytest.mark.parametrize("make", [NNKClassifier, WeightedKNNClassifier])
 def test_check_estimator(make):
     """Every check of scikit-learn's suite on the defaults, none expected to fail (-1 is a class)."""
@@ -152,20 +153,23 @@ def test_n_neighbors_capped_at_training_rows():
     assert clf.n_neighbors_ == 7 and clf.nnk_weights(Xq)[1].shape == (15, 7)
 
 
-@pytest.mark.parametrize("make, bad, name", [
-    (NNKClassifier, dict(n_neighbors=0), "n_neighbors"),
-    (NNKClassifier, dict(kernel="rbf"), "kernel"),
-    (NNKClassifier, dict(solver="cvx"), "solver"),
-    (NNKClassifier, dict(tol=0), "tol"),
-    (NNKClassifier, dict(tol="1e-3"), "tol"),
-    (NNKClassifier, dict(solver="pruning", kernel="gaussian"), "solver"),
-    (NNKClassifier, dict(unlabelled=[-1, 0]), "unlabelled"),
-    (WeightedKNNClassifier, dict(n_neighbors=2.5), "n_neighbors"),
-    (WeightedKNNClassifier, dict(temperature=0), "temperature"),
-    (WeightedKNNClassifier, dict(temperature=float("nan")), "temperature"),
-    (WeightedKNNClassifier, dict(temperature=True), "temperature"),
-    (WeightedKNNClassifier, dict(weighting="softmax"), "weighting"),
-])
+@pytest.mark.parametrize(
+    "make, bad, name",
+    [
+        (NNKClassifier, dict(n_neighbors=0), "n_neighbors"),
+        (NNKClassifier, dict(kernel="rbf"), "kernel"),
+        (NNKClassifier, dict(solver="cvx"), "solver"),
+        (NNKClassifier, dict(tol=0), "tol"),
+        (NNKClassifier, dict(tol="1e-3"), "tol"),
+        (NNKClassifier, dict(solver="pruning", kernel="gaussian"), "solver"),
+        (NNKClassifier, dict(unlabelled=[-1, 0]), "unlabelled"),
+        (WeightedKNNClassifier, dict(n_neighbors=2.5), "n_neighbors"),
+        (WeightedKNNClassifier, dict(temperature=0), "temperature"),
+        (WeightedKNNClassifier, dict(temperature=float("nan")), "temperature"),
+        (WeightedKNNClassifier, dict(temperature=True), "temperature"),
+        (WeightedKNNClassifier, dict(weighting="softmax"), "weighting"),
+    ],
+)
 def test_bad_parameters_are_value_errors_naming_the_parameter(make, bad, name):
     with pytest.raises(ValueError) as info:
         make(**bad).fit(np.eye(3), [0, 1, 2])
@@ -196,8 +200,7 @@ def test_pruning_solver_matches_the_papers_algorithm(seed):
     for b in range(len(Xq)):
         ref = _naive_pruning(t[bids[b]].astype(np.float64), q[b].astype(np.float64))
         np.testing.assert_allclose(theta[b], ref, atol=1e-4)  # the solver works in float32, as the paper's
-        np.testing.assert_allclose(proba[b], np.bincount(y[bids[b]], weights=ref, minlength=3) / ref.sum(),
-                                   atol=1e-4)
+        np.testing.assert_allclose(proba[b], np.bincount(y[bids[b]], weights=ref, minlength=3) / ref.sum(), atol=1e-4)
 
 
 @pytest.mark.parametrize("make", [NNKClassifier, WeightedKNNClassifier])
@@ -324,8 +327,9 @@ def test_predictions_equal_the_cli(sample_store, tmp_path, runner):
         names = np.array(store.classes)
     for method, clf in (("nnk", NNKClassifier(n_neighbors=20)), ("knn", WeightedKNNClassifier(n_neighbors=20))):
         out = tmp_path / f"{method}.h5"
-        result = runner.invoke(cli, ["classify", str(sample_store), "--k", "20", "--method", method,
-                                     "--out", str(out), "-q"])
+        result = runner.invoke(
+            cli, ["classify", str(sample_store), "--k", "20", "--method", method, "--out", str(out), "-q"]
+        )
         assert result.exit_code == 0, result.output
         with h5py.File(out, "r") as f:
             cli_top1 = f[f"{method}/top5"][:, 0]

@@ -14,8 +14,14 @@ from nnkcli.index_flat import flat_search, flat_view
 
 @pytest.mark.slow
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 300), m=st.integers(1, 40), k=st.integers(1, 40), d=st.integers(1, 9),
-       block_rows=st.sampled_from([1, 7, 64, 10**6]), seed=st.integers(0, 2**31 - 1))
+@given(
+    n=st.integers(1, 300),
+    m=st.integers(1, 40),
+    k=st.integers(1, 40),
+    d=st.integers(1, 9),
+    block_rows=st.sampled_from([1, 7, 64, 10**6]),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_flat_search_is_the_exact_top_k_on_small_integer_vectors(n, m, k, d, block_rows, seed):
     """Integer coordinates make every float32 product exact, so the oracle (a float64 sort) is exact too.
 

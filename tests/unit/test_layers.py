@@ -21,12 +21,26 @@ PACKAGE = Path(__file__).resolve().parents[2] / "nnkcli"
 # rank of each top-level part of the package: an import must go to a lower rank, or stay inside
 # its own part (where only circles are forbidden)
 LAYERS = {
-    "errors": 0, "plain": 0, "nnkcli": 0,  # "nnkcli": the package itself, for __version__
-    "numerics": 1, "storage": 1, "settings": 1,
-    "index": 2, "parallel": 3, "shards": 3,
-    "evaluation": 4, "extract": 4,
-    "plots": 5, "tensorboard_log": 5, "estimators": 5, "tracking": 5,
-    "output": 6, "process": 6, "cli": 7, "commands": 8, "__main__": 9,
+    "errors": 0,
+    "plain": 0,
+    "nnkcli": 0,  # "nnkcli": the package itself, for __version__
+    "numerics": 1,
+    "storage": 1,
+    "settings": 1,
+    "index": 2,
+    "parallel": 3,
+    "shards": 3,
+    "evaluation": 4,
+    "extract": 4,
+    "plots": 5,
+    "tensorboard_log": 5,
+    "estimators": 5,
+    "tracking": 5,
+    "output": 6,
+    "process": 6,
+    "cli": 7,
+    "commands": 8,
+    "__main__": 9,
 }
 # top-level modules that belong to a part named otherwise: the index and its two siblings
 PART_OF = {"index_file": "index", "index_flat": "index"}
@@ -70,7 +84,8 @@ def import_graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     (deps if alias.name.split(".")[0] == "nnkcli" else outside).add(
-                        alias.name if alias.name.split(".")[0] == "nnkcli" else alias.name.split(".")[0])
+                        alias.name if alias.name.split(".")[0] == "nnkcli" else alias.name.split(".")[0]
+                    )
         graph[name] = {d for d in deps if d in modules and d != name}
         third[name] = outside
     return graph, third
@@ -97,7 +112,7 @@ def test_no_import_circle():
         state[m] = 1
         for d in sorted(graph[m]):
             if state.get(d) == 1:
-                circles.append(" -> ".join(stack[stack.index(d):] + [d]))
+                circles.append(" -> ".join(stack[stack.index(d) :] + [d]))
             elif d not in state:
                 visit(d, stack + [d])
         state[m] = 2
@@ -110,8 +125,12 @@ def test_no_import_circle():
 
 def test_arrows_point_down():
     graph, _ = import_graph()
-    upward = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps
-                    if part(d) != part(m) and LAYERS[part(d)] >= LAYERS[part(m)])
+    upward = sorted(
+        f"{m} -> {d}"
+        for m, deps in graph.items()
+        for d in deps
+        if part(d) != part(m) and LAYERS[part(d)] >= LAYERS[part(m)]
+    )
     assert upward == []
 
 
@@ -153,7 +172,7 @@ def test_the_arrow_check_can_fail(monkeypatch):
     assert LAYERS[part("nnkcli.output")] > LAYERS[part("nnkcli.tracking.runner")]
 
 
-BLOCKED_CORE = textwrap.dedent('''
+BLOCKED_CORE = textwrap.dedent("""
     import importlib.abc, sys
     BLOCKED = ("click", "rich", "torch", "matplotlib", "numba")
 
@@ -184,22 +203,25 @@ BLOCKED_CORE = textwrap.dedent('''
     assert outcome.status == "evaluated", outcome
     assert not [m for m in sys.modules if m.split(".")[0] in BLOCKED]
     print("ok")
-''')
+""")
 
 
 def test_core_runs_without_click_rich_torch_matplotlib(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(PACKAGE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-c", BLOCKED_CORE, str(tmp_path)], capture_output=True, text=True,
-                         env=env, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", BLOCKED_CORE, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == "ok"
 
 
 @pytest.mark.parametrize("name", ["classify", "sweep", "FeatureStore", "write_split", "nnk_solve", "nnk_weights"])
 def test_public_api_is_lazy_and_cli_free(name):
-    code = (f"import sys; import nnkcli; before = set(sys.modules); getattr(nnkcli, {name!r}); "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('click', 'rich', 'torch', 'matplotlib')]; "
-            "print(bad)")
+    code = (
+        f"import sys; import nnkcli; before = set(sys.modules); getattr(nnkcli, {name!r}); "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('click', 'rich', 'torch', 'matplotlib')]; "
+        "print(bad)"
+    )
     env = dict(os.environ, PYTHONPATH=str(PACKAGE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr

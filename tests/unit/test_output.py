@@ -40,14 +40,23 @@ def test_table_formats_and_caption():
 
 def test_jsonable_handles_numpy_and_paths(tmp_path):
     assert jsonable({"a": np.arange(3), "p": tmp_path, "f": np.float32(0.5), "x": float("inf")}) == {
-        "a": [0, 1, 2], "p": str(tmp_path), "f": 0.5, "x": None}
+        "a": [0, 1, 2],
+        "p": str(tmp_path),
+        "f": 0.5,
+        "x": None,
+    }
     assert json.loads(to_json({"schema_version": 7, "b": 1})) == {"schema_version": 1, "b": 1}
 
 
 def test_logging_levels(capsys):
     log = logging.getLogger("nnkcli")
-    for verbosity, fmt, shown in [(0, "table", {"info", "warning"}), (-1, "table", {"warning"}),
-                                  (0, "json", {"warning"}), (-2, "table", set()), (1, "table", {"debug", "info", "warning"})]:
+    for verbosity, fmt, shown in [
+        (0, "table", {"info", "warning"}),
+        (-1, "table", {"warning"}),
+        (0, "json", {"warning"}),
+        (-2, "table", set()),
+        (1, "table", {"debug", "info", "warning"}),
+    ]:
         configure_logging(Ui(verbosity=verbosity, fmt=fmt))
         log.debug("debug")
         log.info("info")

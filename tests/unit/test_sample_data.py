@@ -12,8 +12,9 @@ import pytest
 from nnkcli.storage.store import FeatureStore
 
 IDX = Path("/usr/share/datasets/fashion-mnist")
-needs_idx = pytest.mark.skipif(not (IDX / "train-labels-idx1-ubyte.gz").exists(),
-                               reason="dataset-fashion-mnist is not installed")
+needs_idx = pytest.mark.skipif(
+    not (IDX / "train-labels-idx1-ubyte.gz").exists(), reason="dataset-fashion-mnist is not installed"
+)
 
 
 def _idx_labels(name: str) -> np.ndarray:

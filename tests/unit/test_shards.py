@@ -78,8 +78,9 @@ def test_sharded_sweep_and_leave_one_out(store, tmp_path, n_shards):
     a = sweep(path, index_path=single, **kw).document
     b = sweep(path, index_path=manifest, **kw).document
     assert a["results"] == b["results"] and a["best"] == b["best"]
-    classify(path, k=5, index_path=manifest, query_split="train", exclude_self=True,
-             predictions_path=tmp_path / "loo.h5")
+    classify(
+        path, k=5, index_path=manifest, query_split="train", exclude_self=True, predictions_path=tmp_path / "loo.h5"
+    )
     np.testing.assert_array_equal(_neighbors(tmp_path / "loo.h5")[0], _brute(xt, xt, 5, exclude_self=True))
 
 
@@ -159,8 +160,10 @@ def test_max_memory_picks_shards_or_says_what_fits():
     assert "give --max-memory" in exc.value.hint
 
 
-@pytest.mark.parametrize("text,value", [("8G", 8 * 2**30), ("512M", 512 * 2**20), ("1.5g", int(1.5 * 2**30)),
-                                        ("100", 100), ("2GiB", 2 * 2**30)])
+@pytest.mark.parametrize(
+    "text,value",
+    [("8G", 8 * 2**30), ("512M", 512 * 2**20), ("1.5g", int(1.5 * 2**30)), ("100", 100), ("2GiB", 2 * 2**30)],
+)
 def test_parse_size(text, value):
     assert shards.parse_size(text) == value
 

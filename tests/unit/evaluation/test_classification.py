@@ -254,8 +254,9 @@ from hypothesis import strategies as st
 
 
 @settings(max_examples=200, deadline=None)
-@given(k=st.integers(1, 20000), dim=st.integers(1, 4096), n_classes=st.integers(1, 22000),
-       budget=st.integers(2**16, 2**31))
+@given(
+    k=st.integers(1, 20000), dim=st.integers(1, 4096), n_classes=st.integers(1, 22000), budget=st.integers(2**16, 2**31)
+)
 def test_default_chunk_never_exceeds_the_budget(k, dim, n_classes, budget):
     from nnkcli.errors import InputError
     from nnkcli.evaluation.memory import default_chunk_size

@@ -75,13 +75,22 @@ def test_tensors_string_labels_and_a_k_spec():
     assert unlabelled["n_unlabelled"] == len(Xq)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda a: a.update(query_features=a["query_features"][:, :5]), "query features have dimension 5"),
-    (lambda a: a["train_features"].__setitem__((3, 1), np.nan), r"train features contain NaN or Inf \(first: row 3\)"),
-    (lambda a: a.update(train_labels=a["train_labels"][:-1]), "train features have 300 rows but train labels have 299"),
-    (lambda a: a.update(k=301), "k=301 is larger than the train split allows"),
-    (lambda a: a.update(methods="svm"), r"^methods: unknown method; choose one of nnk, knn, both \(got 'svm'\)"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.update(query_features=a["query_features"][:, :5]), "query features have dimension 5"),
+        (
+            lambda a: a["train_features"].__setitem__((3, 1), np.nan),
+            r"train features contain NaN or Inf \(first: row 3\)",
+        ),
+        (
+            lambda a: a.update(train_labels=a["train_labels"][:-1]),
+            "train features have 300 rows but train labels have 299",
+        ),
+        (lambda a: a.update(k=301), "k=301 is larger than the train split allows"),
+        (lambda a: a.update(methods="svm"), r"^methods: unknown method; choose one of nnk, knn, both \(got 'svm'\)"),
+    ],
+)
 def test_bad_input_is_one_clear_error(change, message):
     Xt, yt, Xq, yq = _clusters()
     args = dict(train_features=Xt, train_labels=yt, query_features=Xq, query_labels=yq, k=5)

@@ -35,23 +35,26 @@ def test_normalized_on_construction():
     assert ScoringOptions(k_values=7).k_values == (7,)
 
 
-@pytest.mark.parametrize("field, value, python, option", [
-    ("methods", "svm", "methods", "--method"),
-    ("methods", (), "methods", "--method"),
-    ("k_values", 0, "k", "--k"),
-    ("k_values", [], "k", "--k"),
-    ("k_values", [1.5], "k", "--k"),
-    ("k_values", [True], "k", "--k"),
-    ("kernel", "rbf", "kernel", "--kernel"),
-    ("temperature", 0.0, "temperature", "--temperature"),
-    ("temperature", float("nan"), "temperature", "--temperature"),
-    ("weighting", "inverse", "weighting", "--weighting"),
-    ("exclude_self", "yes", "exclude_self", "--exclude-self"),
-    ("chunk_size", 0, "chunk_size", "--chunk-size"),
-    ("threads", 2.0, "threads", "--threads"),
-    ("device", "tpu", "device", "--device"),
-    ("tol", -1e-8, "tol", "tol"),
-])
+@pytest.mark.parametrize(
+    "field, value, python, option",
+    [
+        ("methods", "svm", "methods", "--method"),
+        ("methods", (), "methods", "--method"),
+        ("k_values", 0, "k", "--k"),
+        ("k_values", [], "k", "--k"),
+        ("k_values", [1.5], "k", "--k"),
+        ("k_values", [True], "k", "--k"),
+        ("kernel", "rbf", "kernel", "--kernel"),
+        ("temperature", 0.0, "temperature", "--temperature"),
+        ("temperature", float("nan"), "temperature", "--temperature"),
+        ("weighting", "inverse", "weighting", "--weighting"),
+        ("exclude_self", "yes", "exclude_self", "--exclude-self"),
+        ("chunk_size", 0, "chunk_size", "--chunk-size"),
+        ("threads", 2.0, "threads", "--threads"),
+        ("device", "tpu", "device", "--device"),
+        ("tol", -1e-8, "tol", "tol"),
+    ],
+)
 def test_every_bad_value_is_an_option_error_naming_the_parameter(field, value, python, option):
     # a Python call names the Python parameter; the command line names the option (same error, same reason)
     with pytest.raises(OptionError) as err:
@@ -59,7 +62,7 @@ def test_every_bad_value_is_an_option_error_naming_the_parameter(field, value, p
     assert isinstance(err.value, ValueError)
     assert (err.value.name, err.value.option, err.value.exit_code) == (python, option, ExitCode.USAGE)
     assert str(err.value) == err.value.message and err.value.message.startswith(f"{python}: ")
-    assert err.value.cli_message() == f"{option}: {err.value.message[len(python) + 2:]}"
+    assert err.value.cli_message() == f"{option}: {err.value.message[len(python) + 2 :]}"
     if option.startswith("--"):
         assert option not in str(err.value)
 

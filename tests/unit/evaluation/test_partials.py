@@ -47,8 +47,14 @@ def test_sweep_shards_merge_to_the_unsharded_document(store, tmp_path, n_shards)
     parts = []
     for i in range(n_shards):
         parts.append(tmp_path / f"s{i}.h5")
-        sweep(store, k_values="2..12:2", query_split="train", exclude_self=True, shard=(i, n_shards),
-              partial_path=parts[-1])
+        sweep(
+            store,
+            k_values="2..12:2",
+            query_split="train",
+            exclude_self=True,
+            shard=(i, n_shards),
+            partial_path=parts[-1],
+        )
     merged = merge_parts(parts)
     assert _strip(merged) == _strip(whole)
     assert merged["best"] == whole["best"] and "tied_k" in merged["best"]["nnk"]

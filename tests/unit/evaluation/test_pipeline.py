@@ -126,9 +126,16 @@ def test_native_pools_run_single_threaded_inside_workers(store, monkeypatch):
     real = streaming.score_chunk
 
     def spy(*args, **kwargs):
-        seen.append((threading.current_thread() is not threading.main_thread(),
-                     [(lib["filepath"], lib["num_threads"]) for lib in threadpool_info()
-                      if lib["user_api"] in ("blas", "openmp")]))
+        seen.append(
+            (
+                threading.current_thread() is not threading.main_thread(),
+                [
+                    (lib["filepath"], lib["num_threads"])
+                    for lib in threadpool_info()
+                    if lib["user_api"] in ("blas", "openmp")
+                ],
+            )
+        )
         return real(*args, **kwargs)
 
     monkeypatch.setattr(streaming, "score_chunk", spy)
@@ -175,10 +182,28 @@ def test_pipeline_yields_in_order_and_searches_ahead_of_scoring(threads):
     assert [s for s, _ in out] == [0, 4, 8, 10, 14, 18, 20, 24, 28, 30, 34, 38, 40, 44, 48]
     np.testing.assert_array_equal(np.concatenate([ids for _, ids in out]), np.arange(50))
     if threads == 1:  # one worker runs the queue in order: the next blocks' searches come first
-        assert events == [("search", 0), ("search", 10), ("search", 20), ("score", 0), ("score", 4),
-                          ("score", 8), ("search", 30), ("score", 10), ("score", 14), ("score", 18),
-                          ("search", 40), ("score", 20), ("score", 24), ("score", 28), ("score", 30),
-                          ("score", 34), ("score", 38), ("score", 40), ("score", 44), ("score", 48)]
+        assert events == [
+            ("search", 0),
+            ("search", 10),
+            ("search", 20),
+            ("score", 0),
+            ("score", 4),
+            ("score", 8),
+            ("search", 30),
+            ("score", 10),
+            ("score", 14),
+            ("score", 18),
+            ("search", 40),
+            ("score", 20),
+            ("score", 24),
+            ("score", 28),
+            ("score", 30),
+            ("score", 34),
+            ("score", 38),
+            ("score", 40),
+            ("score", 44),
+            ("score", 48),
+        ]
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -254,8 +279,7 @@ def test_the_compiled_engines_runtime_is_counted_in_the_chunk_budget(store, monk
     assert timing["chunk_size"] == memory.default_chunk_size(40, dim, n_classes, budget=budget)
     monkeypatch.setenv("NNKCLI_COMPILED", "0")
     _, _, timing = collect(store[0], [3, 10, 40], threads=2)
-    assert timing["chunk_size"] == memory.default_chunk_size(40, dim, n_classes,
-                                                             budget=CHUNK_MEMORY_BUDGET // 2)
+    assert timing["chunk_size"] == memory.default_chunk_size(40, dim, n_classes, budget=CHUNK_MEMORY_BUDGET // 2)
 
 
 def _chunk(path, **opts):
@@ -321,17 +345,20 @@ def test_pipeline_searches_one_block_per_thread_at_once(threads):
     assert most[0] == threads
 
 
-@pytest.mark.parametrize("n, block, threads, expected", [
-    (10_000, 4096, 2, 2500),   # 4,096 + 4,096 + 1,808 left one core idle for the last block
-    (10_000, 4096, 1, 4096),   # one thread: nothing to balance
-    (10_000, 4096, 4, 2500),
-    (50_000, 4096, 2, 3572),   # 14 blocks, 7 per thread
-    (8_192, 4096, 2, 4096),    # already balanced
-    (1_000, 4096, 2, 500),     # one block would leave a thread idle
-    (300, 4096, 2, 300),       # too small to be worth splitting
-    (600, 4096, 4, 256),       # never below MIN_BALANCED_BLOCK
-    (131, 32, 2, 32),          # a smaller block than the floor is kept
-])
+@pytest.mark.parametrize(
+    "n, block, threads, expected",
+    [
+        (10_000, 4096, 2, 2500),  # 4,096 + 4,096 + 1,808 left one core idle for the last block
+        (10_000, 4096, 1, 4096),  # one thread: nothing to balance
+        (10_000, 4096, 4, 2500),
+        (50_000, 4096, 2, 3572),  # 14 blocks, 7 per thread
+        (8_192, 4096, 2, 4096),  # already balanced
+        (1_000, 4096, 2, 500),  # one block would leave a thread idle
+        (300, 4096, 2, 300),  # too small to be worth splitting
+        (600, 4096, 4, 256),  # never below MIN_BALANCED_BLOCK
+        (131, 32, 2, 32),  # a smaller block than the floor is kept
+    ],
+)
 def test_balanced_block(n, block, threads, expected):
     got = pipeline.balanced_block(n, block, threads)
     assert got == expected
@@ -356,6 +383,7 @@ def test_evaluate_chunks_searches_balanced_blocks(store, monkeypatch):
             for start, q in blocks:
                 sizes.append(len(q))
                 yield start, q
+
         return real(seen(), *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "run_pipeline", spy)

@@ -23,6 +23,7 @@ make_store = partial(nnk_data.make_store, n_train=150, n_query=50, d=16, noise=1
 
 # -- the oracle: one query at a time, brute force, no code shared with nnkcli ---------------
 
+
 def unit(x):
     x = np.asarray(x, dtype=np.float64)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -94,8 +95,9 @@ def test_leave_one_out_selection_equals_naive_oracle(tmp_path):
     path = make_store(tmp_path / "s.h5")
     xt, yt = mixture(150, 16, 0)
     k_values, temps = [1, 3, 5, 8, 12], (0.05, 0.5)
-    doc = sweep(path, k_values=k_values, temperature=temps, select_on="train", select_queries=60,
-                select_seed=7).to_dict()
+    doc = sweep(
+        path, k_values=k_values, temperature=temps, select_on="train", select_queries=60, select_seed=7
+    ).to_dict()
     rows = selection_rows(len(xt), 60, seed=7)
     want = oracle_selection(xt, yt, rows, k_values, temps)
     got = {(r["method"], r["k"], r.get("temperature")): r["top1"] for r in doc["selection"]["results"]}
@@ -109,8 +111,7 @@ def test_leave_one_out_selection_equals_naive_oracle(tmp_path):
         assert sel["selection_top1"] == pytest.approx(want[(method, k, T)], abs=1e-3)
         assert sel["selection_queries"] == 60
         # the reported accuracy is the query split's row at the chosen (k, T)
-        row = next(r for r in doc["results"] if r["method"] == method and r["k"] == k
-                   and r.get("temperature") == T)
+        row = next(r for r in doc["results"] if r["method"] == method and r["k"] == k and r.get("temperature") == T)
         assert sel["top1"] == row["top1"] and sel["top5"] == row["top5"]
 
 
@@ -119,10 +120,11 @@ def test_selection_never_reads_query_labels(tmp_path):
     a = make_store(tmp_path / "a.h5")
     b = make_store(tmp_path / "b.h5", query_labels=lambda y: y[perm])
     c = make_store(tmp_path / "c.h5", query_labels=lambda y: np.full_like(y, -1))
-    docs = [sweep(p, k_values=[2, 5, 10, 20], temperature=(0.02, 0.1), select_on="train", select_queries=80).to_dict()
-            for p in (a, b, c)]
-    strip = [{m: (e["k"], e.get("temperature"), e["selection_top1"]) for m, e in d["selected"].items()}
-             for d in docs]
+    docs = [
+        sweep(p, k_values=[2, 5, 10, 20], temperature=(0.02, 0.1), select_on="train", select_queries=80).to_dict()
+        for p in (a, b, c)
+    ]
+    strip = [{m: (e["k"], e.get("temperature"), e["selection_top1"]) for m, e in d["selected"].items()} for d in docs]
     assert strip[0] == strip[1] == strip[2]
     assert docs[0]["best"] != docs[1]["best"] or docs[0]["results"] != docs[1]["results"]
     assert all(math.isnan(e["top1"]) for e in docs[2]["selected"].values())  # unlabelled: still a choice
@@ -203,8 +205,11 @@ def test_pruning_solver_in_the_evaluation_reports_its_cost(tmp_path):
 
 
 def test_provenance_difference_warns_and_strict_refuses(tmp_path, caplog):
-    path = make_store(tmp_path / "s.h5", train_attrs={"model": "torchvision:resnet50", "crop": 224},
-                      query_attrs={"model": "torchvision:resnet50", "crop": 160})
+    path = make_store(
+        tmp_path / "s.h5",
+        train_attrs={"model": "torchvision:resnet50", "crop": 224},
+        query_attrs={"model": "torchvision:resnet50", "crop": 160},
+    )
     doc = classify(path, k=5)
     assert len(doc["warnings"]) == 1 and "crop: 224 vs 160" in doc["warnings"][0]
     assert "differ in provenance" in caplog.text
@@ -226,8 +231,16 @@ def test_selection_through_the_pipeline_equals_the_oracle(tmp_path, shards, thre
     if shards:
         index_store_sharded(path, n_shards=shards)
     k_values, temps = [1, 4, 9], (0.07,)
-    doc = sweep(path, k_values=k_values, temperature=temps, select_on="train", select_queries=45, select_seed=3,
-                threads=threads, chunk_size=chunk_size).to_dict()
+    doc = sweep(
+        path,
+        k_values=k_values,
+        temperature=temps,
+        select_on="train",
+        select_queries=45,
+        select_seed=3,
+        threads=threads,
+        chunk_size=chunk_size,
+    ).to_dict()
     want = oracle_selection(xt, yt, selection_rows(len(xt), 45, seed=3), k_values, temps)
     got = {(r["method"], r["k"], r.get("temperature")): r["top1"] for r in doc["selection"]["results"]}
     assert got.keys() == want.keys()

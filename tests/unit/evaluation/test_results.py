@@ -13,22 +13,60 @@ from nnkcli.evaluation.results import ClassifyResult, EvaluationResult, SweepRes
 DOC = {
     "store": "s.h5",
     "results": [
-        {"method": "nnk", "k": 10, "solver": "exact", "top1": 90.0, "top1_ci": [85.5, 93.25], "top5": 99.0,
-         "top5_ci": [97.0, 99.5], "n_queries": 60, "support_mean": 4.5,
-         "per_class": {"a": {"n": 30, "top1": 90.0, "top1_ci": [80.0, 95.0]}}},
-        {"method": "knn", "k": 10, "temperature": 0.07, "top1": 88.0, "top1_ci": [83.0, 92.0], "top5": 98.0,
-         "top5_ci": [96.0, 99.0], "n_queries": 60},
+        {
+            "method": "nnk",
+            "k": 10,
+            "solver": "exact",
+            "top1": 90.0,
+            "top1_ci": [85.5, 93.25],
+            "top5": 99.0,
+            "top5_ci": [97.0, 99.5],
+            "n_queries": 60,
+            "support_mean": 4.5,
+            "per_class": {"a": {"n": 30, "top1": 90.0, "top1_ci": [80.0, 95.0]}},
+        },
+        {
+            "method": "knn",
+            "k": 10,
+            "temperature": 0.07,
+            "top1": 88.0,
+            "top1_ci": [83.0, 92.0],
+            "top5": 98.0,
+            "top5_ci": [96.0, 99.0],
+            "n_queries": 60,
+        },
     ],
 }
 
 
 def test_rows_are_flat_with_the_interval_ends_and_no_nested_values():
     assert EvaluationResult(DOC).rows() == [
-        {"method": "nnk", "k": 10, "temperature": None, "solver": "exact", "top1": 90.0, "top1_ci_low": 85.5,
-         "top1_ci_high": 93.25, "top5": 99.0, "top5_ci_low": 97.0, "top5_ci_high": 99.5, "n_queries": 60,
-         "support_mean": 4.5},
-        {"method": "knn", "k": 10, "temperature": 0.07, "top1": 88.0, "top1_ci_low": 83.0, "top1_ci_high": 92.0,
-         "top5": 98.0, "top5_ci_low": 96.0, "top5_ci_high": 99.0, "n_queries": 60},
+        {
+            "method": "nnk",
+            "k": 10,
+            "temperature": None,
+            "solver": "exact",
+            "top1": 90.0,
+            "top1_ci_low": 85.5,
+            "top1_ci_high": 93.25,
+            "top5": 99.0,
+            "top5_ci_low": 97.0,
+            "top5_ci_high": 99.5,
+            "n_queries": 60,
+            "support_mean": 4.5,
+        },
+        {
+            "method": "knn",
+            "k": 10,
+            "temperature": 0.07,
+            "top1": 88.0,
+            "top1_ci_low": 83.0,
+            "top1_ci_high": 92.0,
+            "top5": 98.0,
+            "top5_ci_low": 96.0,
+            "top5_ci_high": 99.0,
+            "n_queries": 60,
+        },
     ]
 
 

@@ -18,8 +18,14 @@ from nnkcli.evaluation.streaming import evaluate_chunks
 
 
 @settings(max_examples=60, deadline=None)
-@given(b=st.integers(1, 6), c=st.integers(1, 30), d=st.integers(1, 12), n=st.integers(1, 40),
-       missing_rate=st.sampled_from([0.0, 0.2]), seed=st.integers(0, 2**31 - 1))
+@given(
+    b=st.integers(1, 6),
+    c=st.integers(1, 30),
+    d=st.integers(1, 12),
+    n=st.integers(1, 40),
+    missing_rate=st.sampled_from([0.0, 0.2]),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_rerank_orders_candidates_exactly_and_carries_their_vectors(b, c, d, n, missing_rate, seed):
     rng = np.random.default_rng(seed)
     # coarse values: many exact ties, broken by row id
@@ -65,8 +71,7 @@ class NeighborsOnly(Searcher):
 
 def test_capabilities_are_declared():
     assert (IndexSearcher.two_stage, IndexSearcher.thread_safe, IndexSearcher.on_device) == (True, True, False)
-    assert (ShardedSearcher.two_stage, ShardedSearcher.thread_safe, ShardedSearcher.on_device) == (
-        False, False, False)
+    assert (ShardedSearcher.two_stage, ShardedSearcher.thread_safe, ShardedSearcher.on_device) == (False, False, False)
     assert (Searcher.two_stage, Searcher.thread_safe, Searcher.on_device) == (False, False, False)
     assert Searcher.chunk_budget == IndexSearcher.chunk_budget == CHUNK_MEMORY_BUDGET
     base = Searcher()
@@ -91,7 +96,11 @@ def test_leave_one_out_takes_its_base_capabilities(arrays):
     with Evaluation.from_arrays(*arrays) as ev:
         loo = _LeaveOneOut(ev.searcher, np.arange(10))
         assert (loo.two_stage, loo.thread_safe, loo.on_device, loo.chunk_budget) == (
-            True, True, False, CHUNK_MEMORY_BUDGET)
+            True,
+            True,
+            False,
+            CHUNK_MEMORY_BUDGET,
+        )
         narrow = _LeaveOneOut(NeighborsOnly(ev.searcher), np.arange(10))
         assert (narrow.two_stage, narrow.thread_safe) == (False, False)
 
@@ -108,6 +117,9 @@ def test_a_searcher_with_neighbors_alone_gives_the_same_results(store):
 
 
 def test_no_module_probes_a_searcher():
-    probes = [f"{path.name}: {m.group(0)}" for path in sorted(EVALUATION.glob("*.py"))
-              for m in re.finditer(r"(hasattr|getattr)\([^)]*searcher[^)]*\)", path.read_text())]
+    probes = [
+        f"{path.name}: {m.group(0)}"
+        for path in sorted(EVALUATION.glob("*.py"))
+        for m in re.finditer(r"(hasattr|getattr)\([^)]*searcher[^)]*\)", path.read_text())
+    ]
     assert probes == []

@@ -14,8 +14,10 @@ from nnkcli.evaluation.streaming import evaluate_chunks
 
 def _accuracies(ev, opts):
     accs, _ = evaluate_chunks(ev, opts)
-    return {key: (acc.result()["top1"], acc.result()["top5"], acc.result()["balanced_accuracy"])
-            for key, acc in accs.items()}
+    return {
+        key: (acc.result()["top1"], acc.result()["top5"], acc.result()["balanced_accuracy"])
+        for key, acc in accs.items()
+    }
 
 
 def test_from_arrays_gives_the_accuracies_of_from_store_on_the_same_data(store, arrays):
@@ -28,8 +30,13 @@ def test_from_arrays_gives_the_accuracies_of_from_store_on_the_same_data(store, 
         np.testing.assert_array_equal(in_memory.query_labels, on_disk.query_labels)
         assert in_memory.rows == on_disk.rows == (0, 60)
         assert in_memory.store is None and in_memory.store_path is None and in_memory.shard is None
-        assert in_memory.index_info == {"path": None, "built_in_memory": True, "rebuilt": False, "type": "flat",
-                                        "backend": "faiss"}
+        assert in_memory.index_info == {
+            "path": None,
+            "built_in_memory": True,
+            "rebuilt": False,
+            "type": "flat",
+            "backend": "faiss",
+        }
         expected = _accuracies(on_disk, opts)
         assert _accuracies(in_memory, opts) == expected
     # an independent count for one of them: the 1-NN top-1 by brute force
@@ -45,14 +52,26 @@ def test_both_ways_in_share_the_torch_search(store, arrays):
 
     search = ("torch", "cpu", False)
     opts = ScoringOptions(methods="knn", k_values=[5])
-    with Evaluation.from_store(store, search=search) as on_disk, \
-            Evaluation.from_arrays(*arrays, search=search) as in_memory:
+    with (
+        Evaluation.from_store(store, search=search) as on_disk,
+        Evaluation.from_arrays(*arrays, search=search) as in_memory,
+    ):
         for ev in (on_disk, in_memory):
             assert isinstance(ev.searcher, TorchSearcher) and ev.index is None
             assert (ev.backend, ev.device, ev.fp16) == ("torch", "cpu", False)
-        assert on_disk.index_info == in_memory.index_info == {
-            "path": None, "built_in_memory": True, "rebuilt": False, "type": "flat", "backend": "torch",
-            "device": "cpu", "fp16": False}
+        assert (
+            on_disk.index_info
+            == in_memory.index_info
+            == {
+                "path": None,
+                "built_in_memory": True,
+                "rebuilt": False,
+                "type": "flat",
+                "backend": "torch",
+                "device": "cpu",
+                "fp16": False,
+            }
+        )
         assert _accuracies(in_memory, opts) == _accuracies(on_disk, opts)
 
 

@@ -35,8 +35,18 @@ def test_a_dot_dot_b_is_multiples_of_a():
 
 @pytest.mark.parametrize(
     "spec, bad",
-    [("10..", "'10..'"), ("a", "'a'"), ("10,,20", "''"), ("0..5", "'0..5'"), ("20..10", "'20..10'"),
-     ("1..10:0", "'1..10:0'"), ("-5", "'-5'"), ("0", "'0'"), ("1.5", "'1.5'"), ("10..20:x", "'10..20:x'")],
+    [
+        ("10..", "'10..'"),
+        ("a", "'a'"),
+        ("10,,20", "''"),
+        ("0..5", "'0..5'"),
+        ("20..10", "'20..10'"),
+        ("1..10:0", "'1..10:0'"),
+        ("-5", "'-5'"),
+        ("0", "'0'"),
+        ("1.5", "'1.5'"),
+        ("10..20:x", "'10..20:x'"),
+    ],
 )
 def test_bad_specs_name_the_token(spec, bad):
     with pytest.raises(InputError) as err:
@@ -57,15 +67,20 @@ def test_best_per_method_prefers_smaller_k_on_ties():
         {"method": "knn", "k": 10, "top1": 79.0, "top5": 94.0},
         {"method": "knn", "k": 20, "top1": float("nan"), "top5": 94.0},
     ]
-    assert best_per_method(rows) == {"nnk": {"k": 20, "top1": 81.0, "top5": 96.0},
-                                     "knn": {"k": 10, "top1": 79.0, "top5": 94.0}}
+    assert best_per_method(rows) == {
+        "nnk": {"k": 20, "top1": 81.0, "top5": 96.0},
+        "knn": {"k": 10, "top1": 79.0, "top5": 94.0},
+    }
 
 
 def test_best_per_method_carries_the_intervals_of_the_best_row():
-    rows = [{"method": "nnk", "k": 10, "top1": 80.0, "top1_ci": [70.0, 88.0], "top5": 95.0, "top5_ci": [90.0, 98.0]},
-            {"method": "nnk", "k": 20, "top1": 79.0, "top1_ci": [69.0, 87.0], "top5": 96.0, "top5_ci": [91.0, 99.0]}]
-    assert best_per_method(rows) == {"nnk": {"k": 10, "top1": 80.0, "top1_ci": [70.0, 88.0], "top5": 95.0,
-                                             "top5_ci": [90.0, 98.0]}}
+    rows = [
+        {"method": "nnk", "k": 10, "top1": 80.0, "top1_ci": [70.0, 88.0], "top5": 95.0, "top5_ci": [90.0, 98.0]},
+        {"method": "nnk", "k": 20, "top1": 79.0, "top1_ci": [69.0, 87.0], "top5": 96.0, "top5_ci": [91.0, 99.0]},
+    ]
+    assert best_per_method(rows) == {
+        "nnk": {"k": 10, "top1": 80.0, "top1_ci": [70.0, 88.0], "top5": 95.0, "top5_ci": [90.0, 98.0]}
+    }
 
 
 def _without_timing(doc: dict) -> dict:
@@ -88,6 +103,10 @@ def test_sweep_rows_are_one_per_method_and_k(store):
     result = nnkcli.sweep(store, k=[5, 10], temperature=(0.05, 0.1), methods="knn")
     rows = result.rows()
     assert [(r["method"], r["k"], r["temperature"]) for r in rows] == [
-        ("knn", 5, 0.05), ("knn", 5, 0.1), ("knn", 10, 0.05), ("knn", 10, 0.1)]
+        ("knn", 5, 0.05),
+        ("knn", 5, 0.1),
+        ("knn", 10, 0.05),
+        ("knn", 10, 0.1),
+    ]
     assert [r["top1"] for r in rows] == [r["top1"] for r in result.results]
     assert all(r["top1_ci_low"] <= r["top1"] <= r["top1_ci_high"] for r in rows)

@@ -28,7 +28,7 @@ class Rows:
 
     def iter_chunks(self, rows):
         for s in range(0, self.n, rows):
-            yield s, self.x[s:s + rows]
+            yield s, self.x[s : s + rows]
 
 
 def _brute(xt, xq, k, exclude_self=False):

@@ -38,8 +38,9 @@ def voting_case(seed, B=40, K=30, C=C):
 def test_knn_voting_equals_numpy(weighting, temperature, rule):
     sims, labels = voting_case(1)
     k_values = [1, 3, 10, 30]
-    dev = tb.knn_scores(torch.from_numpy(sims), torch.from_numpy(labels), C, k_values,
-                        weighting=weighting, temperature=temperature)
+    dev = tb.knn_scores(
+        torch.from_numpy(sims), torch.from_numpy(labels), C, k_values, weighting=weighting, temperature=temperature
+    )
     for k, scores in zip(k_values, dev):
         ref = np_scores.knn_scores(sims[:, :k], labels[:, :k], C, weighting=weighting, temperature=temperature)
         if weighting == "exp":  # torch's and numpy's exp may differ in the last bit
@@ -47,15 +48,19 @@ def test_knn_voting_equals_numpy(weighting, temperature, rule):
         else:  # the same float64 additions in the same order
             np.testing.assert_array_equal(scores.numpy(), ref)
         for top_k in (1, 5, C + 2):  # k > C pads with -1
-            np.testing.assert_array_equal(tb.topk_classes(torch.from_numpy(ref), top_k, rule=rule).numpy(),
-                                          np_scores.topk_classes(ref, top_k, rule=rule))
+            np.testing.assert_array_equal(
+                tb.topk_classes(torch.from_numpy(ref), top_k, rule=rule).numpy(),
+                np_scores.topk_classes(ref, top_k, rule=rule),
+            )
 
 
 def test_topk_ties_go_to_the_lower_class_and_strict_drops_zero_scores():
     scores = np.array([[0.0, 2.0, 2.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0], [-1.0, 3.0, 0.0, 3.0, 3.0]])
     for rule in ("strict", "inclusive"):
-        np.testing.assert_array_equal(tb.topk_classes(torch.from_numpy(scores), 5, rule=rule).numpy(),
-                                      np_scores.topk_classes(scores, 5, rule=rule))
+        np.testing.assert_array_equal(
+            tb.topk_classes(torch.from_numpy(scores), 5, rule=rule).numpy(),
+            np_scores.topk_classes(scores, 5, rule=rule),
+        )
     assert tb.topk_classes(torch.from_numpy(scores), 5).numpy()[0].tolist() == [1, 2, 4, -1, -1]
 
 
@@ -132,7 +137,7 @@ def test_device_chunk_equals_the_numpy_chunk_with_missing_neighbors(methods):
         if key[0] == "nnk":
             np.testing.assert_allclose(other.theta, mc.theta, rtol=0, atol=1e-12)
             np.testing.assert_array_equal(other.support, mc.support)
-            assert not other.theta[missing[:, :key[1]]].any()
+            assert not other.theta[missing[:, : key[1]]].any()
 
 
 def _tie_free_store(path, n=600, m=120, d=20, seed=0):
@@ -154,13 +159,23 @@ def tie_free(tmp_path_factory):
 def _predictions(path):
     with h5py.File(path, "r") as f:
         return {name: f[name][()] for name in f if isinstance(f[name], h5py.Dataset)} | {
-            f"{g}/{name}": f[g][name][()] for g in f if isinstance(f[g], h5py.Group)
-            for name in f[g] if isinstance(f[g][name], h5py.Dataset)}
+            f"{g}/{name}": f[g][name][()]
+            for g in f
+            if isinstance(f[g], h5py.Group)
+            for name in f[g]
+            if isinstance(f[g][name], h5py.Dataset)
+        }
 
 
-@pytest.mark.parametrize("settings", [{}, {"exclude_self": True, "query_split": "train"},
-                                      {"weighting": "similarity", "top5_rule": "inclusive"},
-                                      {"weighting": "uniform"}])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"exclude_self": True, "query_split": "train"},
+        {"weighting": "similarity", "top5_rule": "inclusive"},
+        {"weighting": "uniform"},
+    ],
+)
 def test_classify_torch_cpu_equals_faiss_exactly(tie_free, tmp_path, settings):
     a = classify(tie_free, k=15, predictions_path=tmp_path / "a.h5", **settings)
     b = classify(tie_free, k=15, predictions_path=tmp_path / "b.h5", backend="torch", device="cpu", **settings)
@@ -186,8 +201,11 @@ def test_sweep_torch_cpu_equals_faiss_exactly(tie_free):
 def test_torch_results_do_not_depend_on_chunk_size(tie_free, tmp_path):
     docs = []
     for i, chunk in enumerate((1, 7, 1000)):
-        docs.append(classify(tie_free, k=20, chunk_size=chunk, backend="torch", device="cpu",
-                             predictions_path=tmp_path / f"{i}.h5"))
+        docs.append(
+            classify(
+                tie_free, k=20, chunk_size=chunk, backend="torch", device="cpu", predictions_path=tmp_path / f"{i}.h5"
+            )
+        )
     files = [_predictions(tmp_path / f"{i}.h5") for i in range(3)]
     for doc, f in zip(docs[1:], files[1:]):
         assert doc["results"] == docs[0]["results"]
@@ -222,8 +240,9 @@ def test_torch_float64_results_are_bit_identical_across_chunk_sizes(tie_free):
     from nnkcli.evaluation.streaming import evaluate_chunks
 
     def collect(chunk):
-        opts = ScoringOptions(k_values=(5, 20), backend="torch", device="cpu", chunk_size=chunk,
-                              temperature_grid=(0.07, 0.5))
+        opts = ScoringOptions(
+            k_values=(5, 20), backend="torch", device="cpu", chunk_size=chunk, temperature_grid=(0.07, 0.5)
+        )
         got = []
         with open_evaluation(tie_free, opts, DataOptions()) as ev:
             evaluate_chunks(ev, opts, on_chunk=got.append)

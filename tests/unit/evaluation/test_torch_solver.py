@@ -32,8 +32,8 @@ def problem(seed, B, k, d, kind, n_missing=0):
     q, X = nnk_problem(seed, B, k, d, kind, dtype=np.float32, collinear_exponents=(-5, -1))
     g = 0.5 * (1.0 + np.einsum("bkd,bd->bk", X.astype(np.float64), q.astype(np.float64)))
     if n_missing:  # the last neighbors absent: zero rows, g = 0 (what score_chunk passes)
-        X[:, k - n_missing:] = 0.0
-        g[:, k - n_missing:] = 0.0
+        X[:, k - n_missing :] = 0.0
+        g[:, k - n_missing :] = 0.0
     return q, X, g
 
 
@@ -72,8 +72,14 @@ def solve(X, g, k_values, **kw):
 
 @pytest.mark.slow
 @FAST
-@given(seed=st.integers(0, 2**31 - 1), B=st.integers(1, 12), k=st.integers(1, 30), d=st.integers(2, 40),
-       kind=st.sampled_from(["random", "clustered", "collinear", "duplicates"]), n_missing=st.integers(0, 3))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    B=st.integers(1, 12),
+    k=st.integers(1, 30),
+    d=st.integers(2, 40),
+    kind=st.sampled_from(["random", "clustered", "collinear", "duplicates"]),
+    n_missing=st.integers(0, 3),
+)
 def test_weights_match_nnls_and_carry_the_certificate(seed, B, k, d, kind, n_missing):
     n_missing = min(n_missing, k - 1)
     q, X, g = problem(seed, B, k, d, kind, n_missing)
@@ -106,8 +112,9 @@ def test_k_equals_one_is_the_closed_form():
     q, X, g = problem(3, 20, 1, 8, "random")
     ((res, _),) = solve(X, g, [1])
     # one neighbor: theta = g / G_11 = g (G_11 = 1 for a unit row), positive since g > 0
-    np.testing.assert_allclose(res.theta[:, 0], g[:, 0] / (0.5 * (1 + (X[:, 0].astype(np.float64) ** 2).sum(1))),
-                               rtol=1e-14)
+    np.testing.assert_allclose(
+        res.theta[:, 0], g[:, 0] / (0.5 * (1 + (X[:, 0].astype(np.float64) ** 2).sum(1))), rtol=1e-14
+    )
 
 
 def test_forced_fallback_is_counted_and_still_exact(monkeypatch):
@@ -126,8 +133,9 @@ def test_forced_fallback_is_counted_and_still_exact(monkeypatch):
     for r, ref in zip(forced, good):
         assert (r.kkt_residual <= TOL).all()
         np.testing.assert_allclose(r.theta, ref.theta, atol=1e-12)
-        np.testing.assert_allclose(r.theta, oracle(q, X[:, :r.theta.shape[1]], np.ones(r.theta.shape, bool)),
-                                   atol=1e-7)
+        np.testing.assert_allclose(
+            r.theta, oracle(q, X[:, : r.theta.shape[1]], np.ones(r.theta.shape, bool)), atol=1e-7
+        )
     assert not good[0].fallback.any()
 
 

@@ -37,14 +37,21 @@ def test_committed_fixtures_are_what_the_script_makes(tmp_path):
         rel = path.relative_to(DATA)
         assert path.read_bytes() == (tmp_path / rel).read_bytes(), rel
     assert sorted(p.name for p in (DATA / "dino_dump").iterdir()) == sorted(
-        p.name for p in (tmp_path / "dino_dump").iterdir())
+        p.name for p in (tmp_path / "dino_dump").iterdir()
+    )
 
 
 # -- format detection ---------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("path", "fmt"),
-    [("tiny_features.npy", "npy"), ("tiny.npz", "npz"), ("dino_dump", "dino"), ("dino_dump/trainfeat.pth", "dino"),
-     ("vissl", "vissl"), ("vissl/rank0_chunk0_train_heads_features.npy", "vissl")],
+    [
+        ("tiny_features.npy", "npy"),
+        ("tiny.npz", "npz"),
+        ("dino_dump", "dino"),
+        ("dino_dump/trainfeat.pth", "dino"),
+        ("vissl", "vissl"),
+        ("vissl/rank0_chunk0_train_heads_features.npy", "vissl"),
+    ],
 )
 def test_detect_format(path, fmt):
     assert detect_format(DATA / path) == fmt
@@ -54,8 +61,11 @@ def test_detect_format_errors(tmp_path):
     with pytest.raises(InputError, match=rf"^input not found: {tmp_path}/x\.npy$"):
         detect_format(tmp_path / "x.npy")
     (tmp_path / "f.tsv").write_text("1\t2\n")
-    with pytest.raises(InputError, match=r"unsupported input .*f\.tsv: expected \.npy, \.npz, \.csv \(lightly\), "
-                                         r"\.safetensors, \.parquet, a DINO \.pth dump"):
+    with pytest.raises(
+        InputError,
+        match=r"unsupported input .*f\.tsv: expected \.npy, \.npz, \.csv \(lightly\), "
+        r"\.safetensors, \.parquet, a DINO \.pth dump",
+    ):
         detect_format(tmp_path / "f.tsv")
     with pytest.raises(InputError, match=r"is a folder but holds neither a DINO dump"):
         detect_format(tmp_path)
@@ -166,8 +176,9 @@ def test_missing_labels_file(tmp_path):
 def test_options_that_do_not_apply(tmp_path):
     with pytest.raises(InputError, match="^--layer applies to VISSL folders only$"):
         load_features(DATA / "tiny_features.npy", split="t", layer="heads")
-    with pytest.raises(InputError, match="^--features-key applies to npz, safetensors, parquet and "
-                                         "embedding-reader inputs only$"):
+    with pytest.raises(
+        InputError, match="^--features-key applies to npz, safetensors, parquet and embedding-reader inputs only$"
+    ):
         load_features(DATA / "tiny_features.npy", split="t", features_key="x")
 
 
@@ -185,8 +196,9 @@ def test_dino_file_and_its_labels():
     pytest.importorskip("torch")
     imported = load_features(DATA / "dino_dump" / "testfeat.pth", split="anything")
     np.testing.assert_array_equal(imported.labels, TRUTH["dino_test_labels"])
-    relabelled = load_features(DATA / "dino_dump" / "testfeat.pth", split="x",
-                               labels_path=DATA / "dino_dump" / "trainlabels.pth")
+    relabelled = load_features(
+        DATA / "dino_dump" / "testfeat.pth", split="x", labels_path=DATA / "dino_dump" / "trainlabels.pth"
+    )
     np.testing.assert_array_equal(relabelled.labels, TRUTH["dino_train_labels"])
 
 
@@ -229,8 +241,13 @@ def test_vissl_shards_merged_in_index_order_without_padding():
     np.testing.assert_array_equal(imported.features[0:10], TRUTH["vissl_train_heads"])
     np.testing.assert_array_equal(imported.labels, TRUTH["vissl_train_targets"])
     assert imported.ids == [str(i) for i in range(10)]
-    assert imported.attrs == {"source_format": "vissl", "vissl_split": "train", "vissl_layer": "heads",
-                              "vissl_shards": 2, "vissl_duplicates_dropped": 1}
+    assert imported.attrs == {
+        "source_format": "vissl",
+        "vissl_split": "train",
+        "vissl_layer": "heads",
+        "vissl_shards": 2,
+        "vissl_duplicates_dropped": 1,
+    }
 
 
 def test_vissl_conv_layer_is_flattened():

@@ -30,8 +30,7 @@ def test_text_labels_with_a_fraction_are_refused_like_npy(tmp_path):
         with pytest.raises(InputError) as info:
             map_labels(read_labels(path), n=3)
         messages.append(info.value.message)
-    assert messages[0] == messages[1] == \
-        "labels must be integers or strings; got the non-integer value 1.5 at row 1"
+    assert messages[0] == messages[1] == "labels must be integers or strings; got the non-integer value 1.5 at row 1"
 
 
 def test_text_labels_of_integer_valued_floats_and_names(tmp_path):
@@ -44,13 +43,21 @@ def test_text_labels_of_integer_valued_floats_and_names(tmp_path):
 
 
 # -- blocked pickle globals, in either wording -------------------------------------------------
-@pytest.mark.parametrize("message, name", [
-    ("Weights only load failed ... Unsupported global: GLOBAL fractions.Fraction was not an allowed global",
-     "fractions.Fraction"),
-    ("Weights only load failed ... unsupported GLOBAL fractions.Fraction, use add_safe_globals", "fractions.Fraction"),
-    ("Weights only load failed ... UNSUPPORTED GLOBAL", ""),
-    ("invalid load key, 'x'.", None),
-])
+@pytest.mark.parametrize(
+    "message, name",
+    [
+        (
+            "Weights only load failed ... Unsupported global: GLOBAL fractions.Fraction was not an allowed global",
+            "fractions.Fraction",
+        ),
+        (
+            "Weights only load failed ... unsupported GLOBAL fractions.Fraction, use add_safe_globals",
+            "fractions.Fraction",
+        ),
+        ("Weights only load failed ... UNSUPPORTED GLOBAL", ""),
+        ("invalid load key, 'x'.", None),
+    ],
+)
 def test_blocked_global_is_read_from_either_wording(message, name):
     from nnkcli.extract.torch_checkpoints import blocked_global
 
@@ -105,8 +112,7 @@ def test_dino_dump_is_memory_mapped_not_loaded_whole(tmp_path):
     path = tmp_path / "trainfeat.pth"
     torch.save(torch.ones(50_000, 512), path)  # 98 MiB
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", _RSS, str(path)], env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", _RSS, str(path)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     grown, rows = (int(v) for v in done.stdout.split())
     assert rows == 50_000
@@ -146,8 +152,9 @@ def test_vissl_folder_missing_a_rank_is_refused_naming_it(tmp_path):
     _vissl(folder, drop_rank=1)
     with pytest.raises(InputError) as info:
         load_features(folder, split="train")
-    assert info.value.message == (f"VISSL split 'train' layer 'heads' in {folder} has 10 of 30 dataset indices "
-                                  "missing (first: index 1)")
+    assert info.value.message == (
+        f"VISSL split 'train' layer 'heads' in {folder} has 10 of 30 dataset indices missing (first: index 1)"
+    )
     assert "likely missing: rank1_chunk*_train_heads_*.npy" in info.value.hint
     assert "--allow-gaps" in info.value.hint
 
@@ -158,7 +165,7 @@ def test_vissl_gaps_import_with_allow_gaps(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="nnkcli"):
         imported = load_features(folder, split="train", allow_gaps=True)
     kept = [i for i in range(30) if i % 3 != 2]
-    np.testing.assert_array_equal(imported.features[0:len(kept)], x[kept])
+    np.testing.assert_array_equal(imported.features[0 : len(kept)], x[kept])
     assert "importing the 20 rows present (--allow-gaps)" in caplog.text
 
 
@@ -190,8 +197,9 @@ def _peak_rss_of_extract(dump: Path, store: Path) -> int:
         "sys.exit(code)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", code, str(store), str(dump)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(store), str(dump)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     return int(done.stdout.split()[-1])
 

@@ -115,7 +115,7 @@ def test_transform_without_resize_is_crop_and_normalise():
     out = t(image)
     assert out.shape == (3, 8, 8) and out.dtype == np.float32
     top, left = round((12 - 8) / 2), round((17 - 8) / 2)  # 2, 4 (4.5 rounds to 4)
-    window = pixels[top:top + 8, left:left + 8].astype(np.float64) / 255.0
+    window = pixels[top : top + 8, left : left + 8].astype(np.float64) / 255.0
     want = (window - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     np.testing.assert_allclose(out, want.transpose(2, 0, 1), rtol=0, atol=1e-6)
 

@@ -151,9 +151,7 @@ def test_factory_spec_builds_the_module(tinynets):
 
 
 def test_factory_from_working_directory(tmp_path, monkeypatch):
-    (tmp_path / "cwd_nets_for_test.py").write_text(
-        "import torch.nn as nn\ndef make():\n    return nn.Linear(2, 2)\n"
-    )
+    (tmp_path / "cwd_nets_for_test.py").write_text("import torch.nn as nn\ndef make():\n    return nn.Linear(2, 2)\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     monkeypatch.delitem(sys.modules, "cwd_nets_for_test", raising=False)

@@ -166,8 +166,9 @@ def test_load_checkpoint_wrong_prefix_names_keys(tmp_path, tinynets):
     path = tmp_path / "other.pth"
     torch.save({"something_else.w": torch.zeros(1)}, path)
     # num_batches_tracked is not required, hence 6 of 7
-    with pytest.raises(InputError, match="lacks 6 of the model's 7 parameters/buffers: conv1.weight, conv1.bias") \
-            as info:
+    with pytest.raises(
+        InputError, match="lacks 6 of the model's 7 parameters/buffers: conv1.weight, conv1.bias"
+    ) as info:
         load_checkpoint(tinynets.tiny_backbone(), path)
     assert "'something_else.w'" in info.value.hint
 

@@ -38,14 +38,22 @@ def test_library_call_with_a_module_and_progress(tmp_path, samples, tinynets):
     model = tinynets.tiny_backbone()
     model.train()  # extraction must switch BatchNorm to its running statistics
     summary = extract_image_features(
-        tmp_path / "s.h5", "train", samples, model, transform=TRANSFORM, device="cpu", batch_size=3,
-        progress=done.append, meta={"epoch": 300},
+        tmp_path / "s.h5",
+        "train",
+        samples,
+        model,
+        transform=TRANSFORM,
+        device="cpu",
+        batch_size=3,
+        progress=done.append,
+        meta={"epoch": 300},
     )
     assert done == [3, 3, 3, 1]
     assert summary["n"] == 10 and summary["n_images"] == 10 and summary["model"] == "python:TinyNet"
     with FeatureStore(tmp_path / "s.h5") as fs:
-        np.testing.assert_allclose(fs.split("train").features[:], _oracle(tinynets.tiny_backbone(), samples),
-                                   rtol=0, atol=1e-5)
+        np.testing.assert_allclose(
+            fs.split("train").features[:], _oracle(tinynets.tiny_backbone(), samples), rtol=0, atol=1e-5
+        )
         assert fs.split("train").attrs["epoch"] == 300
 
 
@@ -53,23 +61,44 @@ def test_worker_processes_give_the_same_rows_and_report_bad_files(tmp_path, samp
     bad = samples.paths[6]
     bad.write_bytes(b"not an image")
     summary = extract_image_features(
-        tmp_path / "s.h5", "train", samples, "nnk_tinynets:tiny_backbone", transform=TRANSFORM, device="cpu",
-        batch_size=4, workers=2, skip_bad_images=True,
+        tmp_path / "s.h5",
+        "train",
+        samples,
+        "nnk_tinynets:tiny_backbone",
+        transform=TRANSFORM,
+        device="cpu",
+        batch_size=4,
+        workers=2,
+        skip_bad_images=True,
     )
     assert summary["skipped_files"] == [samples.ids[6]]
     keep = [i for i in range(10) if i != 6]
     with FeatureStore(tmp_path / "s.h5") as fs:
-        want = _oracle(tinynets.tiny_backbone(), type(samples)(
-            [samples.paths[i] for i in keep], [samples.labels[i] for i in keep], [samples.ids[i] for i in keep],
-            samples.class_names, samples.root))
+        want = _oracle(
+            tinynets.tiny_backbone(),
+            type(samples)(
+                [samples.paths[i] for i in keep],
+                [samples.labels[i] for i in keep],
+                [samples.ids[i] for i in keep],
+                samples.class_names,
+                samples.root,
+            ),
+        )
         np.testing.assert_allclose(fs.split("train").features[:], want, rtol=0, atol=1e-5)
         assert fs.split("train").ids == [samples.ids[i] for i in keep]
 
 
 def test_meta_cannot_overwrite_provenance(tmp_path, samples, tinynets):
     with pytest.raises(InputError, match=r"--meta model=\.\.\. would overwrite what nnk extract records"):
-        extract_image_features(tmp_path / "s.h5", "train", samples, "nnk_tinynets:tiny_backbone",
-                               transform=TRANSFORM, device="cpu", meta={"model": "x"})
+        extract_image_features(
+            tmp_path / "s.h5",
+            "train",
+            samples,
+            "nnk_tinynets:tiny_backbone",
+            transform=TRANSFORM,
+            device="cpu",
+            meta={"model": "x"},
+        )
     assert not (tmp_path / "s.h5").exists()
 
 
@@ -133,14 +162,16 @@ def test_resume_after_interrupt_accounts_for_skipped_images(tmp_path, samples, t
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        extract_image_features(store, "train", samples, "nnk_tinynets:tiny_backbone",
-                               progress=interrupt_after_4_batches, **kwargs)
+        extract_image_features(
+            store, "train", samples, "nnk_tinynets:tiny_backbone", progress=interrupt_after_4_batches, **kwargs
+        )
     assert "rerun with --resume to continue" in caplog.text
     assert not store.exists()
 
     done = []
-    summary = extract_image_features(store, "train", samples, "nnk_tinynets:tiny_backbone", resume=True,
-                                     progress=done.append, **kwargs)
+    summary = extract_image_features(
+        store, "train", samples, "nnk_tinynets:tiny_backbone", resume=True, progress=done.append, **kwargs
+    )
     # 8 images were consumed (2 of them bad) -> 6 rows kept, resume at image 8
     assert summary["resumed_rows"] == 6 and done == [8, 2]
     assert summary["skipped_images"] == 2

@@ -117,9 +117,9 @@ def test_every_query_is_independent_of_its_batch():
     _, g = blocks64(q, X)
     whole, *_ = run(X, g, [7, 25])
     for i in (0, 13, 29):
-        one, *_ = run(np.ascontiguousarray(X[i:i + 1]), np.ascontiguousarray(g[i:i + 1]), [7, 25])
+        one, *_ = run(np.ascontiguousarray(X[i : i + 1]), np.ascontiguousarray(g[i : i + 1]), [7, 25])
         for a, b in zip(whole, one):
-            np.testing.assert_array_equal(a[i:i + 1], b)
+            np.testing.assert_array_equal(a[i : i + 1], b)
 
 
 def test_iteration_limit_flags_the_query_and_numpy_solves_it(monkeypatch):

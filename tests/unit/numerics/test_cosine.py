@@ -70,8 +70,12 @@ def check(q, X, ks):
 
 
 @FAST
-@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 30), d=st.integers(2, 40),
-       kind=st.sampled_from(["random", "clustered", "collinear", "duplicates"]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    k=st.integers(1, 30),
+    d=st.integers(2, 40),
+    kind=st.sampled_from(["random", "clustered", "collinear", "duplicates"]),
+)
 def test_one_k_matches_scipy_nnls_and_is_certified_in_float64(seed, k, d, kind):
     q, X = problem(seed, 5, k, d, kind)
     check(q, X, [k])
@@ -85,8 +89,11 @@ def test_rank_deficient_k_greater_than_d_plus_one(seed, d, extra):
 
 
 @FAST
-@given(seed=st.integers(0, 2**32 - 1), d=st.integers(3, 30),
-       kind=st.sampled_from(["random", "clustered", "duplicates", "collinear"]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    d=st.integers(3, 30),
+    kind=st.sampled_from(["random", "clustered", "duplicates", "collinear"]),
+)
 def test_path_over_k_matches_the_oracle_at_every_k(seed, d, kind):
     q, X = problem(seed, 4, 40, d, kind)
     check(q, X, [1, 5, 12, 40])
@@ -109,9 +116,9 @@ def test_batch_composition_and_order_do_not_change_a_single_bit():
         np.testing.assert_array_equal(a.theta[perm], b.theta)
         np.testing.assert_array_equal(a.kkt_residual[perm], b.kkt_residual)
     for i in (0, 5, 23):
-        single = nnk_solve_cosine(X[i:i + 1], g[i:i + 1], [10, 30])
+        single = nnk_solve_cosine(X[i : i + 1], g[i : i + 1], [10, 30])
         for a, b in zip(whole, single):
-            np.testing.assert_array_equal(a.theta[i:i + 1], b.theta)
+            np.testing.assert_array_equal(a.theta[i : i + 1], b.theta)
 
 
 def test_wrong_float32_supports_are_solved_again_in_float64(monkeypatch, engine):

@@ -38,11 +38,11 @@ def oracle_one(Gq, gq):
         if keep:
             A = np.asfortranarray(Gq[np.ix_(keep, keep)])
             b = gq[keep].copy()
-            potrf, = get_lapack_funcs(("potrf",), (A,))
+            (potrf,) = get_lapack_funcs(("potrf",), (A,))
             factor, info = potrf(A, lower=False, clean=True)
             if info > 0:
                 factor = factor + 1e-10 * np.eye(len(keep))  # float64 from here on
-            potrs, = get_lapack_funcs(("potrs",), (factor, b))
+            (potrs,) = get_lapack_funcs(("potrs",), (factor, b))
             x, _ = potrs(factor, b, lower=False)
             for j, v in zip(keep, x):
                 weights[j] = float(v)

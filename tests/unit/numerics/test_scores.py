@@ -46,8 +46,14 @@ def naive_top(scores, k):
 
 
 @FAST
-@given(seed=st.integers(0, 2**32 - 1), B=st.integers(0, 6), k=st.integers(1, 20), C=st.integers(1, 7),
-       weighting=st.sampled_from(["exp", "similarity", "uniform"]), T=st.sampled_from([0.07, 0.5, 1.0]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    B=st.integers(0, 6),
+    k=st.integers(1, 20),
+    C=st.integers(1, 7),
+    weighting=st.sampled_from(["exp", "similarity", "uniform"]),
+    T=st.sampled_from([0.07, 0.5, 1.0]),
+)
 def test_knn_scores_match_naive_loop(seed, B, k, C, weighting, T):
     rng = np.random.default_rng(seed)
     sims = rng.uniform(-1, 1, (B, k))
@@ -125,8 +131,7 @@ def test_topk_hits_semantics():
         (lambda: knn_scores(np.ones((1, 2)), np.zeros((1, 2), dtype=int), 0), "n_classes must be at least 1"),
         (lambda: knn_scores(np.ones((1, 2)), np.zeros((1, 2), dtype=int), 2, weighting="cos"), "unknown weighting"),
         (lambda: knn_scores(np.ones((1, 2)), np.zeros((1, 2), dtype=int), 2, temperature=0), "temperature must be"),
-        (lambda: knn_scores(np.ones((1, 2)) * 100, np.zeros((1, 2), dtype=int), 2, temperature=1e-3),
-         "overflows"),
+        (lambda: knn_scores(np.ones((1, 2)) * 100, np.zeros((1, 2), dtype=int), 2, temperature=1e-3), "overflows"),
         (lambda: nnk_scores(np.array([[-1.0, 1.0]]), np.zeros((1, 2), dtype=int), 2), "non-negative"),
         (lambda: topk_classes(np.array([[np.nan, 1.0]])), "NaN"),
         (lambda: topk_classes(np.ones(3)), r"scores must be \(B, C\)"),
@@ -149,8 +154,13 @@ def naive_top_inclusive(scores, k):
 
 
 @FAST
-@given(seed=st.integers(0, 2**32 - 1), B=st.integers(0, 6), n_nb=st.integers(1, 8), C=st.integers(1, 12),
-       k=st.integers(1, 7))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    B=st.integers(0, 6),
+    n_nb=st.integers(1, 8),
+    C=st.integers(1, 12),
+    k=st.integers(1, 7),
+)
 def test_inclusive_top_matches_ranking_oracle_with_ties_and_few_neighbors(seed, B, n_nb, C, k):
     # scores from n_nb neighbors (often < 5 classes with weight), on a coarse grid so ties are common
     rng = np.random.default_rng(seed)
@@ -175,9 +185,15 @@ def test_inclusive_counts_zero_score_classes_strict_does_not():
 
 
 @FAST
-@given(seed=st.integers(0, 2**32 - 1), B=st.integers(0, 5), K=st.integers(1, 30), C=st.integers(1, 6),
-       weighting=st.sampled_from(["exp", "similarity", "uniform"]), T=st.sampled_from([0.07, 0.5]),
-       data=st.data())
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    B=st.integers(0, 5),
+    K=st.integers(1, 30),
+    C=st.integers(1, 6),
+    weighting=st.sampled_from(["exp", "similarity", "uniform"]),
+    T=st.sampled_from([0.07, 0.5]),
+    data=st.data(),
+)
 def test_knn_scores_path_is_knn_scores_at_every_k_bit_for_bit(seed, B, K, C, weighting, T, data):
     """A sweep's k-NN scores (one pass over the neighbors) are those of one classify per k, exactly."""
     from nnkcli.numerics.scores import knn_scores_path
@@ -190,13 +206,15 @@ def test_knn_scores_path_is_knn_scores_at_every_k_bit_for_bit(seed, B, K, C, wei
     assert len(got) == len(ks)
     for k, scores in zip(ks, got):
         assert scores.shape == (B, C) and scores.dtype == np.float64
-        np.testing.assert_array_equal(scores, knn_scores(sims[:, :k], labels[:, :k], C, weighting=weighting,
-                                                         temperature=T))
+        np.testing.assert_array_equal(
+            scores, knn_scores(sims[:, :k], labels[:, :k], C, weighting=weighting, temperature=T)
+        )
         np.testing.assert_allclose(scores, naive_knn(sims[:, :k], labels[:, :k], C, weighting, T), rtol=1e-12)
 
 
-@pytest.mark.parametrize("ks, match", [([], "k_values"), ([3, 3], "k_values"), ([0, 2], "k_values"),
-                                       ([2, 9], "k_values")])
+@pytest.mark.parametrize(
+    "ks, match", [([], "k_values"), ([3, 3], "k_values"), ([0, 2], "k_values"), ([2, 9], "k_values")]
+)
 def test_knn_scores_path_refuses_bad_k_values(ks, match):
     from nnkcli.numerics.scores import knn_scores_path
 

@@ -65,8 +65,12 @@ def check_against_oracle(query, neighbors, res=None):
 
 
 @FAST
-@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 40), d=st.integers(2, 48),
-       kind=st.sampled_from(["random", "clustered", "collinear", "duplicates"]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    k=st.integers(1, 40),
+    d=st.integers(2, 48),
+    kind=st.sampled_from(["random", "clustered", "collinear", "duplicates"]),
+)
 def test_matches_scipy_nnls(seed, k, d, kind):
     q, X = problem(seed, 6, k, d, kind)
     check_against_oracle(q, X)
@@ -197,8 +201,9 @@ def test_gaussian_kernel_matches_cholesky_nnls():
     for b in range(20):
         L = cholesky(G[b], lower=True)
         ref = nnls(L.T, solve_triangular(L, g[b], lower=True))[0]
-        assert objective(G[b:b + 1], g[b:b + 1], res.theta[b:b + 1])[0] <= (
-            objective(G[b:b + 1], g[b:b + 1], ref[None])[0] * (1 - 1e-9) + 1e-15)
+        assert objective(G[b : b + 1], g[b : b + 1], res.theta[b : b + 1])[0] <= (
+            objective(G[b : b + 1], g[b : b + 1], ref[None])[0] * (1 - 1e-9) + 1e-15
+        )
 
 
 def test_a_wrong_or_singular_warm_start_costs_nothing_but_time():
@@ -308,6 +313,7 @@ def test_non_psd_g_reaching_the_fallback_is_an_input_error():
 
 # --------------------------------------------------------------------------- kernels
 
+
 def test_cosine_kernel_blocks_match_a_naive_loop():
     q, X = problem(0, 3, 5, 7, "random")
     G, g = kernel_blocks(q.astype(np.float32), X.astype(np.float32))
@@ -326,9 +332,9 @@ def test_gaussian_kernel_blocks_match_a_naive_loop():
     for b in range(3):
         dist = np.linalg.norm(X[b] - q[b], axis=1)
         sigma = dist.max() / 3
-        np.testing.assert_allclose(g[b], np.exp(-dist**2 / (2 * sigma**2)), rtol=1e-12)
+        np.testing.assert_allclose(g[b], np.exp(-(dist**2) / (2 * sigma**2)), rtol=1e-12)
         D = np.linalg.norm(X[b][:, None] - X[b][None], axis=2)
-        np.testing.assert_allclose(G[b], np.exp(-D**2 / (2 * sigma**2)), rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(G[b], np.exp(-(D**2) / (2 * sigma**2)), rtol=1e-10, atol=1e-14)
     res = nnk_weights(q, X, kernel="gaussian")
     assert res.certified.all()
 
@@ -386,9 +392,11 @@ def test_no_warnings_on_ordinary_problems():
 
 # ----------------------------------------------------------------------------- solving a k path (sweep)
 
+
 @FAST
-@given(seed=st.integers(0, 2**32 - 1), d=st.integers(3, 40),
-       kind=st.sampled_from(["random", "clustered", "duplicates"]))
+@given(
+    seed=st.integers(0, 2**32 - 1), d=st.integers(3, 40), kind=st.sampled_from(["random", "clustered", "duplicates"])
+)
 def test_path_equals_independent_solves(seed, d, kind):
     from nnkcli.numerics.solver import nnk_solve_path
 

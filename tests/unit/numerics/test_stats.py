@@ -106,7 +106,7 @@ def test_paired_bootstrap_matches_resampling_queries_by_hand():
     b = np.where(rng.random(n) < 0.85, a, ~a)  # correlated with A, as two classifiers are
     n_boot = 20_000
     idx = rng.integers(0, n, size=(n_boot, n))
-    naive = (b[idx].mean(axis=1) - a[idx].mean(axis=1))
+    naive = b[idx].mean(axis=1) - a[idx].mean(axis=1)
     lo_naive, hi_naive = np.quantile(naive, [0.025, 0.975])
     a_only, b_only = int((a & ~b).sum()), int((b & ~a).sum())
     lo, hi = stats.paired_bootstrap_difference(a_only, b_only, n, n_boot=n_boot, seed=1)

@@ -20,8 +20,8 @@ def _write(path, kind="predictions"):
         writer.create("knn/scores", scores.shape, scores.dtype)
         writer.check_space()
         for start in (0, 4, 8):
-            writer.write("labels", start, labels[start:start + 4])
-            writer.write("knn/scores", start, scores[start:start + 4])
+            writer.write("labels", start, labels[start : start + 4])
+            writer.write("knn/scores", start, scores[start : start + 4])
         writer.set_attrs({"nnk_format": kind, "k": 5, "methods": ["knn"], "skipped": None})
     return labels, scores
 
@@ -34,7 +34,7 @@ def test_array_file_writer_commits_atomically(tmp_path):
         writer.create("knn/scores", (10, 3), np.float32)
         for start in (0, 4, 8):
             writer.write("labels", start, np.arange(start, min(10, start + 4)))
-            writer.write("knn/scores", start, scores[start:start + 4])
+            writer.write("knn/scores", start, scores[start : start + 4])
         writer.set_attrs({"nnk_format": "predictions", "k": 5, "methods": ["knn"]})
         assert not out.exists()  # nothing visible before the commit
     with h5py.File(out, "r") as f:

@@ -143,8 +143,9 @@ def test_cli_lock_timeout(runner, tmp_path):
     np.save(npy, np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32))
     proc = _holder(store)
     try:
-        result = runner.invoke(cli, ["extract", str(store), "--split", "x", "--from", str(npy),
-                                     "--lock-timeout", "0.2"])
+        result = runner.invoke(
+            cli, ["extract", str(store), "--split", "x", "--from", str(npy), "--lock-timeout", "0.2"]
+        )
     finally:
         proc.kill()
         proc.wait()

@@ -9,8 +9,9 @@ import pytest
 from nnkcli.storage.hdf5 import HDF5_CHUNK_BYTES, chunk_rows, h5_for_writing
 
 
-@pytest.mark.parametrize(("n", "row_items", "itemsize"), [(0, 8, 4), (1, 8, 4), (10**6, 384, 4), (10**6, 1, 8),
-                                                          (5, 10**7, 4), (100, 0, 4)])
+@pytest.mark.parametrize(
+    ("n", "row_items", "itemsize"), [(0, 8, 4), (1, 8, 4), (10**6, 384, 4), (10**6, 1, 8), (5, 10**7, 4), (100, 0, 4)]
+)
 def test_chunk_rows_bounds_a_chunk_to_a_mebibyte(n, row_items, itemsize):
     rows = chunk_rows(n, row_items, itemsize)
     assert rows >= 1

@@ -31,10 +31,11 @@ def _hidden(folder: Path) -> list[str]:
 
 def test_streamed_split_equals_write_split(tmp_path):
     x, y, ids = _data()
-    with SplitWriter(tmp_path / "a.h5", "train", dim=5, class_names=NAMES, source="model",
-                     attrs={"checkpoint_sha256": "ab" * 32}) as writer:
+    with SplitWriter(
+        tmp_path / "a.h5", "train", dim=5, class_names=NAMES, source="model", attrs={"checkpoint_sha256": "ab" * 32}
+    ) as writer:
         for start in range(0, 23, 7):
-            writer.append(x[start:start + 7], y[start:start + 7], ids[start:start + 7])
+            writer.append(x[start : start + 7], y[start : start + 7], ids[start : start + 7])
         assert writer.n_written == 23
     reference = write_split(tmp_path / "b.h5", "train", x, y, ids=ids, class_names=NAMES, source="model")
     assert writer.summary["content_sha256"] == reference["content_sha256"]
@@ -71,8 +72,10 @@ def test_checks_before_extraction_starts(tmp_path):
 
 def test_bad_blocks_are_refused_with_the_split_row_number(tmp_path):
     x, y, _ = _data()
-    with pytest.raises(InputError) as err, SplitWriter(tmp_path / "s.h5", "v", dim=5, class_names=NAMES,
-                                                       source="m") as writer:
+    with (
+        pytest.raises(InputError) as err,
+        SplitWriter(tmp_path / "s.h5", "v", dim=5, class_names=NAMES, source="m") as writer,
+    ):
         writer.append(x[:10], y[:10])
         bad = x[10:20].copy()
         bad[4] = 0.0
@@ -101,8 +104,9 @@ def test_raw_integer_labels_without_names(tmp_path):
 def test_resume_after_an_interrupted_run(tmp_path):
     store = tmp_path / "s.h5"
     x, y, ids = _data(30)
-    kw = dict(dim=5, class_names=NAMES, source="m", attrs={"checkpoint_sha256": "c0ffee"}, resumable=True,
-              expected_rows=30)
+    kw = dict(
+        dim=5, class_names=NAMES, source="m", attrs={"checkpoint_sha256": "c0ffee"}, resumable=True, expected_rows=30
+    )
     with pytest.raises(KeyboardInterrupt), SplitWriter(store, "train", **kw) as writer:
         writer.append(x[:10], y[:10], ids[:10])
         writer.append(x[10:20], y[10:20], ids[10:20])
@@ -195,8 +199,13 @@ _KILLED_EXTRACTION = textwrap.dedent(
 def test_resume_after_sigkill(tmp_path):
     store = tmp_path / "s.h5"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_EXTRACTION, str(store)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_EXTRACTION, str(store)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         for _ in range(3):
             line = proc.stdout.readline()

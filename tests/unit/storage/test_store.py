@@ -70,9 +70,18 @@ def test_round_trip(tmp_path):
         assert split.content_sha256 == _oracle_sha(x, expected_ids) == summary["content_sha256"]
         assert fs.attrs["nnk_format"] == "features" and fs.attrs["format_version"] == FORMAT_VERSION
     assert summary == {
-        "store": str(store), "split": "train", "n": 20, "dim": 6, "dtype": "float32", "n_classes": 3,
-        "unlabelled": 4, "store_classes": 3, "new_classes": ["3", "7", "9"], "replaced": False,
-        "source": "unit test", "content_sha256": summary["content_sha256"],
+        "store": str(store),
+        "split": "train",
+        "n": 20,
+        "dim": 6,
+        "dtype": "float32",
+        "n_classes": 3,
+        "unlabelled": 4,
+        "store_classes": 3,
+        "new_classes": ["3", "7", "9"],
+        "replaced": False,
+        "source": "unit test",
+        "content_sha256": summary["content_sha256"],
     }
 
 
@@ -197,15 +206,31 @@ def _zero_features():
     [
         (_nan_features(), None, InputError, "features contain NaN or Inf in 2 rows (first: row 3)"),
         (np.full((3, 2), 1e300), None, InputError, "features contain NaN or Inf in 3 rows (first: row 0)"),
-        (_zero_features(), None, InputError,
-         "features have 3 all-zero rows (first: row 2); cosine similarity is undefined for them"),
+        (
+            _zero_features(),
+            None,
+            InputError,
+            "features have 3 all-zero rows (first: row 2); cosine similarity is undefined for them",
+        ),
         (np.ones(5), None, InputError, "features must be a 2-D array (n, d); got a 1-D array of shape (5,)"),
-        (np.ones((2, 3, 4)), None, InputError,
-         "features must be a 2-D array (n, d); got a 3-D array of shape (2, 3, 4)"),
-        (np.array([[1, "a"]], dtype=object), None, InputError,
-         "features have the unsupported dtype object; expected real numbers"),
-        (np.ones((2, 2), dtype=np.complex64), None, InputError,
-         "features have the complex dtype complex64; expected real numbers"),
+        (
+            np.ones((2, 3, 4)),
+            None,
+            InputError,
+            "features must be a 2-D array (n, d); got a 3-D array of shape (2, 3, 4)",
+        ),
+        (
+            np.array([[1, "a"]], dtype=object),
+            None,
+            InputError,
+            "features have the unsupported dtype object; expected real numbers",
+        ),
+        (
+            np.ones((2, 2), dtype=np.complex64),
+            None,
+            InputError,
+            "features have the complex dtype complex64; expected real numbers",
+        ),
         (np.ones((4, 3)), [0, 1, 2], InputError, "features have 4 rows but labels have 3"),
         (np.ones((0, 3)), None, InputError, "features are empty (shape (0, 3))"),
         (np.ones((3, 0)), None, InputError, "features are empty (shape (3, 0))"),
@@ -353,7 +378,10 @@ def _start_writer(store: Path, split: str, announce_at: int = 3, sleep: float = 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
         [sys.executable, "-c", _SLOW_WRITER, str(store), split, str(announce_at), str(sleep)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
@@ -396,4 +424,3 @@ def test_concurrent_writers_do_not_lose_a_split(tmp_path):
     with FeatureStore(store) as fs:
         assert fs.splits == ["a", "b", "train"]
         assert fs.split("a").n == fs.split("b").n == 100_000
-

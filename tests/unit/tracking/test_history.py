@@ -35,8 +35,14 @@ def entry(n: int, step=None, nnk=None, knn=None, **extra) -> dict:
         best["nnk"] = {"k": 10 * n or 10, "top1": nnk, "top5": nnk + 10}
     if knn is not None:
         best["knn"] = {"k": 5 * n or 5, "top1": knn, "top5": knn + 10}
-    doc = {"source": f"/runs/ckpt{n}.pth", "sha256": sha(n), "step": step, "best": best, "results": [],
-           "mtime": f"2024-01-0{n % 9 + 1}T00:00:00.000+00:00"}
+    doc = {
+        "source": f"/runs/ckpt{n}.pth",
+        "sha256": sha(n),
+        "step": step,
+        "best": best,
+        "results": [],
+        "mtime": f"2024-01-0{n % 9 + 1}T00:00:00.000+00:00",
+    }
     doc.update(extra)
     return doc
 
@@ -67,8 +73,9 @@ def test_step_from_name(name, expected):
     assert step_from_name(name) == expected
 
 
-@pytest.mark.parametrize("name", ["last.ckpt", "dino_vitbase16_pretrain.pth", "model_best.pth", "feats.h5",
-                                  "ViT-B-16.pth", "split5.h5"])
+@pytest.mark.parametrize(
+    "name", ["last.ckpt", "dino_vitbase16_pretrain.pth", "model_best.pth", "feats.h5", "ViT-B-16.pth", "split5.h5"]
+)
 def test_step_from_name_none(name):
     assert step_from_name(name) is None
 
@@ -199,8 +206,12 @@ def test_order_by_step_then_stepless_by_time():
 
 
 def test_history_rows_deltas_and_best():
-    entries = [entry(3, step=30, nnk=70.0, knn=66.0), entry(1, step=10, nnk=60.0, knn=65.0),
-               entry(2, step=20, nnk=72.5, knn=64.0), entry(4, step=40, knn=67.0)]
+    entries = [
+        entry(3, step=30, nnk=70.0, knn=66.0),
+        entry(1, step=10, nnk=60.0, knn=65.0),
+        entry(2, step=20, nnk=72.5, knn=64.0),
+        entry(4, step=40, knn=67.0),
+    ]
     rows = history_rows(entries)
     assert [r["step"] for r in rows] == [10, 20, 30, 40]
     assert [r["nnk_top1"] for r in rows] == [60.0, 72.5, 70.0, None]

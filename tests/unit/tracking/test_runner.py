@@ -39,15 +39,24 @@ class FakeSweep:
         self.hook = None  # called with the store path before answering
 
     def sweep(self, store_path, options, *, data, gate_requested, progress_factory=None):
-        self.calls.append((str(store_path), list(options.k_values), options.methods,
-                           {"options": options, "data": data, "gate_requested": gate_requested}))
+        self.calls.append(
+            (
+                str(store_path),
+                list(options.k_values),
+                options.methods,
+                {"options": options, "data": data, "gate_requested": gate_requested},
+            )
+        )
         if self.hook is not None:
             self.hook(store_path)
         spec = json.loads(open(store_path).read())
         if "fail" in spec:
             raise InputError(spec["fail"])
-        results = [{"method": m, "k": k, "top1": spec[m] - abs(k - 20) / 10, "top5": 90.0, "n_queries": 10}
-                   for m in options.methods for k in options.k_values]
+        results = [
+            {"method": m, "k": k, "top1": spec[m] - abs(k - 20) / 10, "top5": 90.0, "n_queries": 10}
+            for m in options.methods
+            for k in options.k_values
+        ]
         best = {m: max((r for r in results if r["method"] == m), key=lambda r: r["top1"]) for m in options.methods}
         best = {m: {"k": r["k"], "top1": r["top1"], "top5": r["top5"]} for m, r in best.items()}
         return SweepResult({"results": results, "best": best, "parameters": options.as_dict()})
@@ -126,8 +135,7 @@ def test_a_failing_source_is_not_recorded_and_retried_next_run(tmp_path, fake):
     good = make_source(tmp_path / "good.h5")
     hist = tmp_path / "h.jsonl"
     outcomes = fake.run([bad, good], hist, options=OPTS)
-    assert [(o.status, o.reason) for o in outcomes] == [("failed", "query split 'val' not found"),
-                                                        ("evaluated", None)]
+    assert [(o.status, o.reason) for o in outcomes] == [("failed", "query split 'val' not found"), ("evaluated", None)]
     assert [e["sha256"] for e in read_history(hist).entries] == [sha_of(good)]
     make_source(bad, nnk=71.0)  # fixed in place: new content, new sha256
     assert [o.status for o in fake.run([bad, good], hist, options=OPTS)] == ["evaluated", "skipped"]
@@ -151,7 +159,9 @@ def test_a_source_rewritten_during_its_evaluation_is_not_recorded(tmp_path, fake
     hist = tmp_path / "h.jsonl"
     [outcome] = fake.run([a], hist, options=OPTS)
     assert (outcome.status, outcome.reason) == (
-        "failed", "changed while being evaluated (still being written?); not recorded")
+        "failed",
+        "changed while being evaluated (still being written?); not recorded",
+    )
     assert read_history(hist).entries == []
     fake.hook = None
     assert [o.status for o in fake.run([a], hist, options=OPTS)] == ["evaluated"]
@@ -177,8 +187,9 @@ def test_source_claimed_elsewhere_is_deferred_then_skipped(tmp_path, fake):
         with claim(hist, sha_of(x), blocking=True):
             holding.set()
             y_started.wait(10)
-            append_entry(hist, {"sha256": sha_of(x), "source": str(x), "best": {}, "results": [],
-                                "params_key": key_of(x)})
+            append_entry(
+                hist, {"sha256": sha_of(x), "source": str(x), "best": {}, "results": [], "params_key": key_of(x)}
+            )
 
     t = threading.Thread(target=other_process)
     t.start()
@@ -186,8 +197,10 @@ def test_source_claimed_elsewhere_is_deferred_then_skipped(tmp_path, fake):
     fake.hook = lambda p: y_started.set()
     outcomes = fake.run([x, y], hist, options=OPTS)
     t.join(10)
-    assert [(o.status, o.reason) for o in outcomes] == [("skipped", "evaluated by another process"),
-                                                        ("evaluated", None)]
+    assert [(o.status, o.reason) for o in outcomes] == [
+        ("skipped", "evaluated by another process"),
+        ("evaluated", None),
+    ]
     assert [c[0] for c in fake.calls] == [str(y)]
     assert len(read_history(hist).entries) == 2
 
@@ -195,8 +208,9 @@ def test_source_claimed_elsewhere_is_deferred_then_skipped(tmp_path, fake):
 def test_recorded_meanwhile_by_a_writer_ignoring_claims_is_not_appended_twice(tmp_path, fake):
     x = make_source(tmp_path / "x.h5")
     hist = tmp_path / "h.jsonl"
-    fake.hook = lambda p: append_entry(hist, {"sha256": sha_of(x), "source": "elsewhere", "best": {}, "results": [],
-                                              "params_key": key_of(x)})
+    fake.hook = lambda p: append_entry(
+        hist, {"sha256": sha_of(x), "source": "elsewhere", "best": {}, "results": [], "params_key": key_of(x)}
+    )
     [outcome] = fake.run([x], hist, options=OPTS)
     assert (outcome.status, outcome.reason) == ("skipped", "recorded by another process meanwhile")
     assert [e["source"] for e in read_history(hist).entries] == ["elsewhere"]
@@ -266,8 +280,10 @@ def test_checkpoint_store_path_is_beside_the_history(tmp_path):
     base = ModelOptions("m:f", "tr", "va")
     assert base.keep_store
     # another extraction set-up never reuses a store extracted with different options
-    names = {checkpoint_store_path(tmp_path / "h.jsonl", "ab" * 32, m).name
-             for m in (base, ModelOptions("m:f", "tr", "va", extract={"resize": 32}), ModelOptions("m:g", "tr", "va"))}
+    names = {
+        checkpoint_store_path(tmp_path / "h.jsonl", "ab" * 32, m).name
+        for m in (base, ModelOptions("m:f", "tr", "va", extract={"resize": 32}), ModelOptions("m:g", "tr", "va"))
+    }
     assert len(names) == 3 and all(n.startswith("abababababababab-") for n in names)
 
 
@@ -283,8 +299,9 @@ def test_an_interrupt_wrapped_by_a_c_extension_ends_the_run(tmp_path, fake, wrap
             try:  # what h5py did once: the Ctrl-C surfaced as a SystemError from its lock
                 raise KeyboardInterrupt
             except KeyboardInterrupt as exc:
-                raise SystemError("<method '__exit__' of 'FastRLock' objects> returned a result with an "
-                                  "exception set") from exc
+                raise SystemError(
+                    "<method '__exit__' of 'FastRLock' objects> returned a result with an exception set"
+                ) from exc
 
     fake.hook = hook
     with pytest.raises(KeyboardInterrupt):
@@ -354,8 +371,10 @@ def test_an_outcome_holds_a_member_and_documents_the_word():
 
 
 def test_status_counts_lists_every_status():
-    outcomes = [SourceOutcome(Path(n), s) for n, s in
-                (("a", RunStatus.SKIPPED), ("b", RunStatus.FAILED), ("c", RunStatus.SKIPPED))]
+    outcomes = [
+        SourceOutcome(Path(n), s)
+        for n, s in (("a", RunStatus.SKIPPED), ("b", RunStatus.FAILED), ("c", RunStatus.SKIPPED))
+    ]
     counts = status_counts(outcomes)
     assert counts == {"evaluated": 0, "skipped": 2, "failed": 1}
     assert all(type(k) is str for k in counts)

@@ -18,17 +18,27 @@ def sha(n: int) -> str:
 
 
 def entry(n: int, nnk: float, *, step: int, key: str = "set-a", top5: float = 95.0, **extra) -> dict:
-    return {"source": f"/runs/checkpoint{step:04d}.pth", "sha256": sha(n), "step": step, "params_key": key,
-            "best": {"nnk": {"k": 20, "top1": nnk, "top5": top5}, "knn": {"k": 10, "top1": nnk - 1, "top5": top5}},
-            "results": [], **extra}
+    return {
+        "source": f"/runs/checkpoint{step:04d}.pth",
+        "sha256": sha(n),
+        "step": step,
+        "params_key": key,
+        "best": {"nnk": {"k": 20, "top1": nnk, "top5": top5}, "knn": {"k": 10, "top1": nnk - 1, "top5": top5}},
+        "results": [],
+        **extra,
+    }
 
 
 @pytest.fixture
 def history(tmp_path) -> Path:
     """Three sources of one parameter set (best nnk top-1: 80 at step 20), one of another set."""
     path = tmp_path / "history.jsonl"
-    for e in (entry(1, 75.0, step=10), entry(2, 80.0, step=20), entry(3, 78.0, step=30),
-              entry(4, 99.0, step=40, key="set-b")):
+    for e in (
+        entry(1, 75.0, step=10),
+        entry(2, 80.0, step=20),
+        entry(3, 78.0, step=30),
+        entry(4, 99.0, step=40, key="set-b"),
+    ):
         append_entry(path, e)
     return path
 
@@ -41,8 +51,11 @@ def test_min_top1_fails_only_the_sources_below_and_names_them(history):
     outcomes = [SourceOutcome(Path("a"), RunStatus.SKIPPED, sha(n), None, newest(history, n)) for n in (1, 2, 3)]
     report = gate_run(history, outcomes, method="nnk", min_top1=77.0)
     assert not report.passed
-    assert [g.source for g in report.sources] == ["checkpoint0010.pth (step 10)", "checkpoint0020.pth (step 20)",
-                                                  "checkpoint0030.pth (step 30)"]
+    assert [g.source for g in report.sources] == [
+        "checkpoint0010.pth (step 10)",
+        "checkpoint0020.pth (step 20)",
+        "checkpoint0030.pth (step 30)",
+    ]
     assert report.failures == ["nnk top-1 of checkpoint0010.pth (step 10) is 75.00, below --min-top1 77"]
     assert gate_run(history, outcomes, method="nnk", min_top1=75.0).passed
 
@@ -62,8 +75,10 @@ def test_regression_is_measured_against_the_best_other_source_of_the_same_parame
 def test_failed_sources_are_not_gated_and_the_newest_line_of_a_source_wins(history):
     append_entry(history, entry(1, 70.0, step=10, forced=True))  # a --force re-evaluation of source 1
     stale = entry(1, 75.0, step=10)
-    outcomes = [SourceOutcome(Path("a"), RunStatus.EVALUATED, sha(1), None, stale),
-                SourceOutcome(Path("b"), RunStatus.FAILED, sha(2), "cannot read")]
+    outcomes = [
+        SourceOutcome(Path("a"), RunStatus.EVALUATED, sha(1), None, stale),
+        SourceOutcome(Path("b"), RunStatus.FAILED, sha(2), "cannot read"),
+    ]
     report = gate_run(history, outcomes, method="nnk", min_top1=72.0)
     assert [g.sha256 for g in report.sources] == [sha(1)]
     assert report.sources[0].top1 == 70.0  # the history's newest line, not the outcome's copy
@@ -80,12 +95,27 @@ def test_to_dict_is_plain_json_with_the_settings(history):
     report = gate_run(history, outcomes, method="nnk", max_drop=0.5, min_top5=96.0)
     doc = json.loads(json.dumps(report.to_dict()))
     assert doc == {
-        "method": "nnk", "passed": False, "fail_on_regression": 0.5, "significant": False, "alpha": None,
-        "min_top1": None, "min_top5": 96.0,
-        "sources": [{"source": "checkpoint0020.pth (step 20)", "sha256": sha(2), "top1": 80.0, "top5": 95.0,
-                     "best_other": "checkpoint0030.pth (step 30)", "best_other_top1": 78.0, "drop": -2.0,
-                     "p_value": None, "paired": None,
-                     "failures": ["nnk top-5 of checkpoint0020.pth (step 20) is 95.00, below --min-top5 96"]}],
+        "method": "nnk",
+        "passed": False,
+        "fail_on_regression": 0.5,
+        "significant": False,
+        "alpha": None,
+        "min_top1": None,
+        "min_top5": 96.0,
+        "sources": [
+            {
+                "source": "checkpoint0020.pth (step 20)",
+                "sha256": sha(2),
+                "top1": 80.0,
+                "top5": 95.0,
+                "best_other": "checkpoint0030.pth (step 30)",
+                "best_other_top1": 78.0,
+                "drop": -2.0,
+                "p_value": None,
+                "paired": None,
+                "failures": ["nnk top-5 of checkpoint0020.pth (step 20) is 95.00, below --min-top5 96"],
+            }
+        ],
         "notes": [],
         "failures": ["nnk top-5 of checkpoint0020.pth (step 20) is 95.00, below --min-top5 96"],
     }
@@ -96,8 +126,10 @@ def test_significant_without_per_query_records_falls_back_to_the_plain_gate_and_
     report = gate_run(history, outcomes, method="nnk", max_drop=1.0, significant=True, alpha=0.01)
     assert not report.passed
     assert report.sources[0].paired == "no per-query results recorded"
-    assert report.notes == ["checkpoint0010.pth (step 10) and checkpoint0020.pth (step 20) are not paired "
-                            "(no per-query results recorded): the plain regression gate applies"]
+    assert report.notes == [
+        "checkpoint0010.pth (step 10) and checkpoint0020.pth (step 20) are not paired "
+        "(no per-query results recorded): the plain regression gate applies"
+    ]
     assert report.to_dict()["alpha"] == 0.01
 
 

@@ -72,10 +72,12 @@ def test_history_view_shows_one_parameter_set_newest_line_per_source(tmp_path):
     from nnkcli.tracking.views import history_view
 
     path = tmp_path / "h.jsonl"
-    for e, key, finished in ((entry(1, 10, nnk=70.0), "aaaa1111", "2024-01-01"),
-                             (entry(2, 20, nnk=75.0), "bbbb2222", "2024-01-02"),
-                             ({**entry(1, 10, nnk=71.0), "forced": True}, "aaaa1111", "2024-01-03"),  # again
-                             (entry(3, 30, nnk=72.0), "aaaa1111", "2024-01-04")):
+    for e, key, finished in (
+        (entry(1, 10, nnk=70.0), "aaaa1111", "2024-01-01"),
+        (entry(2, 20, nnk=75.0), "bbbb2222", "2024-01-02"),
+        ({**entry(1, 10, nnk=71.0), "forced": True}, "aaaa1111", "2024-01-03"),  # again
+        (entry(3, 30, nnk=72.0), "aaaa1111", "2024-01-04"),
+    ):
         append_entry(path, {**e, "params_key": key, "parameters": {"k": key}, "finished_at": finished})
     view = history_view(read_history(path))
     assert view.chosen.key == "aaaa1111" and [s.key for s in view.others] == ["bbbb2222"]
