@@ -31,7 +31,7 @@ _EXPORTS = {
     "topk_hits": "nnkcli.numerics.solver",
     "classify": "nnkcli.evaluation.classification",
     "sweep": "nnkcli.evaluation.sweeps",
-    "parse_k_spec": "nnkcli.evaluation.options",
+    "parse_k_spec": "nnkcli.evaluation.kspec",
     "ScoringOptions": "nnkcli.evaluation.options",
     "DataOptions": "nnkcli.evaluation.options",
     "write_split": "nnkcli.storage.store",

@@ -22,6 +22,7 @@ import math
 import click
 
 from nnkcli.errors import OptionError, SettingName
+from nnkcli.evaluation.kspec import check_k_values, format_k_spec
 from nnkcli.evaluation.options import (
     DEFAULT_K_SPEC,
     METHODS,
@@ -29,8 +30,6 @@ from nnkcli.evaluation.options import (
     DataOptions,
     ScoringOptions,
     apply_protocol,
-    check_k_values,
-    format_k_spec,
     one_k,
     positive_floats,
 )

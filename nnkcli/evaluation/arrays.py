@@ -102,7 +102,7 @@ def encode_labels(train_labels, query_labels, class_names: Sequence[str] | None)
     arrays = [to_numpy(train_labels, "train labels")]
     if query_labels is not None:
         arrays.append(to_numpy(query_labels, "query labels"))
-    for name, a in zip(("train labels", "query labels"), arrays):
+    for name, a in zip(("train labels", "query labels"), arrays, strict=False):
         if a.ndim != 1:
             raise InputError(f"{name} must be 1-D, got shape {a.shape}")
     if all(a.dtype.kind in "iub" for a in arrays):

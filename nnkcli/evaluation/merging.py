@@ -156,7 +156,7 @@ def _write_merged(out, parts, doc) -> None:
     from nnkcli.storage.array_files import ArrayFileWriter
 
     first = parts[0]["attrs"]
-    names = [name for name in parts[0]["arrays"]]
+    names = list(parts[0]["arrays"])
     n = first["compatibility"]["query"]["n"]
     writer = ArrayFileWriter(out, kind="partial results")
     try:

@@ -35,7 +35,10 @@ _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N`` (I counts from 0, like ``SLURM_ARRAY_TASK_ID`` with ``--array=0-N-1``)."""
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``.
+
+    I counts from 0, like ``SLURM_ARRAY_TASK_ID`` with ``--array=0-N-1``.
+    """
     m = _SHARD.match(str(text))
     if not m:
         raise InputError(f"bad shard {text!r}", hint="give I/N with 0 <= I < N, e.g. --shard 0/8")

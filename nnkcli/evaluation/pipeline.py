@@ -140,7 +140,7 @@ def run_pipeline(
                 # every result of the block (190 MiB for a 20-k sweep of 4,096 queries, 100 classes)
                 window: deque = deque()
 
-                def submit_part() -> None:
+                def submit_part(tasks=tasks, window=window) -> None:  # this block's tasks and window
                     task = next(tasks, None)
                     if task is not None:
                         window.append(pool.submit(timed, score, *task))

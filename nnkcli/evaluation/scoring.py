@@ -148,7 +148,7 @@ def score_chunk(
                 G, g = solver.kernel_blocks(q, X[:, :k], kernel=opts.kernel)
                 _mask_missing(G, g, missing[:, :k])
                 path.append(solver.nnk_solve(G, g, tol=opts.tol))
-        for k, res in zip(k_values, path):
+        for k, res in zip(k_values, path, strict=True):
             scores = solver.nnk_scores(res.theta, nb_labels[:, :k], C)
             out.by_method_k[("nnk", k)] = MethodChunk(
                 top=solver.topk_classes(scores, TOP, rule=opts.top5_rule),
@@ -191,7 +191,7 @@ def _pruning_path(q, X, finite_sims, missing, k_values, opts):
     _mask_missing(G, g, missing)
     exact = solver.nnk_solve_path(G, g, k_values, tol=opts.tol)
     out = []
-    for k, ex in zip(k_values, exact):
+    for k, ex in zip(k_values, exact, strict=True):
         Gk32, gk32 = G32[:, :k, :k].copy(), g32[:, :k].copy()
         _mask_missing(Gk32, gk32, missing[:, :k])
         res = pruning_solve(Gk32, gk32)

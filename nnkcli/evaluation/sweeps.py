@@ -20,7 +20,6 @@ from nnkcli.evaluation.options import (
     ScoringOptions,
     apply_protocol,
     check_shard_output,
-    parse_k_spec,
     resolve,
 )
 from nnkcli.evaluation.results import SweepResult
@@ -29,7 +28,7 @@ from nnkcli.evaluation.setup import Evaluation, check_labelled, open_evaluation,
 from nnkcli.evaluation.streaming import evaluate_chunks
 from nnkcli.numerics.stats import mcnemar_exact
 
-__all__ = ["SweepResult", "best_per_method", "parse_k_spec", "sweep"]
+__all__ = ["SweepResult", "best_per_method", "sweep"]
 
 
 def best_per_method(results: Sequence[dict], hits: dict | None = None, alpha: float = DEFAULT_ALPHA) -> dict:

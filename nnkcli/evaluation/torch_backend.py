@@ -321,7 +321,7 @@ def score_on_device(found: DeviceNeighbors, train_labels, n_classes: int, opts, 
         g = 0.5 * (1.0 + finite)
         g = torch.where(missing, 0.0, g)  # an absent neighbor: zero vector and g = 0, so theta = 0
         Xc = torch.where(missing[:, :, None], 0.0, X)
-        for k, (res, theta) in zip(k_values, nnk_solve_cosine_torch(Xc, g, k_values, tol=opts.tol)):
+        for k, (res, theta) in zip(k_values, nnk_solve_cosine_torch(Xc, g, k_values, tol=opts.tol), strict=True):
             scores = nnk_scores(theta, nb[:, :k], n_classes)
             out[("nnk", k)] = {
                 "top": topk_classes(scores, TOP, rule=opts.top5_rule).cpu().numpy(),

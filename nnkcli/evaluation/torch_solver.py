@@ -34,6 +34,8 @@ warm-started from the previous support plus the entering neighbors.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from nnkcli.errors import InputError
@@ -304,7 +306,7 @@ def nnk_solve_cosine_torch(X, g, k_values, *, tol: float = 1e-8, max_iter: int |
     ks = [int(k) for k in k_values]
     if X.ndim != 3 or tuple(g.shape) != tuple(X.shape[:2]):
         raise InputError(f"X must be (B, K, d) and g (B, K); got shapes {tuple(X.shape)} and {tuple(g.shape)}")
-    if not ks or any(b <= a for a, b in zip(ks, ks[1:])) or ks[0] < 1 or ks[-1] > g.shape[1]:
+    if not ks or any(b <= a for a, b in itertools.pairwise(ks)) or ks[0] < 1 or ks[-1] > g.shape[1]:
         raise InputError(f"k_values must increase within 1..{g.shape[1]}, got {ks}")
     tol = float(tol)
     g = g.to(torch.float64)

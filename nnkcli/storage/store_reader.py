@@ -190,7 +190,7 @@ class Split:
         n_classes = max(len(names), int(self.labels.max(initial=-1)) + 1)
         counts, unlabelled = class_counts(self.labels, n_classes)
         keys = [names[i] if i < len(names) else str(i) for i in range(n_classes)]
-        return dict(zip(keys, (int(c) for c in counts))), unlabelled
+        return dict(zip(keys, (int(c) for c in counts), strict=True)), unlabelled
 
     def describe(self) -> dict:
         counts, unlabelled = self.class_counts()

@@ -99,7 +99,7 @@ def describe_parameters(parameters: dict) -> str:
     p = parameters or {}
     parts = []
     if p.get("k_values"):
-        from nnkcli.evaluation.options import format_k_spec
+        from nnkcli.evaluation.kspec import format_k_spec
 
         parts.append(f"k {format_k_spec(p['k_values'])}")
     for key, label in (

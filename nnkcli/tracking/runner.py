@@ -41,7 +41,8 @@ from typing import Any, Literal, overload
 
 from nnkcli import __version__
 from nnkcli.errors import InputError, NnkError, interrupt_in
-from nnkcli.evaluation.options import DEFAULT_K_SPEC, DataOptions, ScoringOptions, format_k_spec
+from nnkcli.evaluation.kspec import format_k_spec
+from nnkcli.evaluation.options import DEFAULT_K_SPEC, DataOptions, ScoringOptions
 from nnkcli.plain import jsonable
 from nnkcli.storage.atomic import check_can_create, file_lock
 from nnkcli.tracking.checkpoints import ModelOptions, checkpoint_store_path, extract_checkpoint

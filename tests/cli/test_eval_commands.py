@@ -12,6 +12,7 @@ import pytest
 
 from nnk_cli import invoke
 from nnk_data import mixture
+from nnkcli.errors import InputError
 from nnkcli.storage.store import write_split
 
 
@@ -112,7 +113,7 @@ def test_missing_split(runner, store):
 def test_dimension_mismatch(runner, tmp_path):
     path = tmp_path / "two.h5"
     write_split(path, "train", *mixture(50, 6, 0), source="t")
-    with pytest.raises(Exception):
+    with pytest.raises(InputError, match="features have dimension 7 but .* holds dimension 6"):
         write_split(path, "val", *mixture(10, 7, 1), source="t")  # the store refuses it at write time
 
 

@@ -16,6 +16,7 @@ import pytest
 MODULES = [
     "nnkcli.settings",
     "nnkcli.evaluation.options",
+    "nnkcli.evaluation.kspec",
     "nnkcli.evaluation.classification",
     "nnkcli.evaluation.sweeps",
     "nnkcli.evaluation.results",

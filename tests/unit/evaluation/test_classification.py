@@ -11,6 +11,8 @@ from functools import partial
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.optimize import nnls
 
 import nnk_data
@@ -249,8 +251,6 @@ def test_interrupted_classify_keeps_the_old_predictions_file(store, tmp_path, mo
 
 
 # -- the chunk memory budget holds for every k (hardening) ----------------------------------
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st
 
 
 @settings(max_examples=200, deadline=None)

@@ -13,12 +13,11 @@ from hypothesis import strategies as st
 
 import nnkcli.evaluation.options as options_module
 from nnkcli.errors import ExitCode, OptionConflict, OptionError, SettingName
+from nnkcli.evaluation.kspec import format_k_spec, parse_k_spec
 from nnkcli.evaluation.options import (
     DataOptions,
     ScoringOptions,
     check_shard_output,
-    format_k_spec,
-    parse_k_spec,
     resolve,
     resolve_one_k,
 )

@@ -147,7 +147,7 @@ def test_temperature_grid_equals_separate_runs(tmp_path):
     for T in temps:
         alone = classify(path, k=10, methods="knn", temperature=T)["results"][0]
         assert alone["temperature"] == T
-        assert {k: v for k, v in rows[T].items()} == alone
+        assert dict(rows[T]) == alone
     swept = sweep(path, k_values=[5, 10], methods="knn", temperature=temps).to_dict()
     assert len(swept["results"]) == 2 * len(temps)
     best = max(swept["results"], key=lambda r: (r["top1"], -r["k"], -r["temperature"]))

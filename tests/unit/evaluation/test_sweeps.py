@@ -6,8 +6,9 @@ import pytest
 
 import nnkcli
 from nnkcli.errors import InputError
+from nnkcli.evaluation.kspec import parse_k_spec
 from nnkcli.evaluation.results import EvaluationResult, SweepResult
-from nnkcli.evaluation.sweeps import best_per_method, parse_k_spec
+from nnkcli.evaluation.sweeps import best_per_method
 
 
 @pytest.mark.parametrize(

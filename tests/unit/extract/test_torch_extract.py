@@ -156,7 +156,9 @@ def test_resume_after_interrupt_accounts_for_skipped_images(tmp_path, samples, t
     store = tmp_path / "s.h5"
     kwargs = dict(transform=TRANSFORM, device="cpu", batch_size=2, skip_bad_images=True)
 
-    def interrupt_after_4_batches(n, calls=[]):
+    calls = []
+
+    def interrupt_after_4_batches(n):
         calls.append(n)
         if len(calls) == 4:
             raise KeyboardInterrupt

@@ -211,7 +211,7 @@ def test_check_can_create_names_the_problem(tmp_path):
     with pytest.raises(OutputError, match="is a folder, not a file"):
         check_can_create(tmp_path / "d", "index")
     assert check_can_create(tmp_path / "ok.faiss", "index") == tmp_path / "ok.faiss"
-    assert list(p.name for p in tmp_path.iterdir()) == ["d"]  # the probe is gone
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]  # the probe is gone
 
 
 def test_remove_own_temps_removes_what_this_process_named_and_left(tmp_path, monkeypatch):

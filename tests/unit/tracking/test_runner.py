@@ -319,7 +319,7 @@ def test_interrupt_in_finds_the_interrupt_behind_any_wrapping():
         try:
             raise inner
         except KeyboardInterrupt:
-            raise RuntimeError("wrapped")
+            raise RuntimeError("wrapped")  # noqa: B904 (an implicit __context__ is what is tested)
     except RuntimeError as outer:
         assert interrupt_in(outer) is inner
 
