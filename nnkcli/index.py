@@ -136,8 +136,8 @@ class NnkIndex:
         if self.params.index_type == "hnsw":
             hnsw = faiss.downcast_index(self.index)
             hnsw.hnsw.efSearch = max(ef_search or self.params.ef_search or 64, k)
-        elif self.params.index_type == "flat" and k >= 1 and self._flat() is not None:
-            return flat_search(self._flat(), queries, k)
+        elif self.params.index_type == "flat" and k >= 1 and (stored := self._flat()) is not None:
+            return flat_search(stored, queries, k)
         sims, ids = self.index.search(queries, k)
         return sims, ids.astype(np.int64, copy=False)
 
@@ -149,8 +149,9 @@ class NnkIndex:
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """The stored (normalised) vectors of ``ids`` (any shape), shape ``ids.shape + (d,)``, float32."""
-        if self._flat() is not None:
-            return self._flat()[ids]
+        stored = self._flat()
+        if stored is not None:
+            return stored[ids]
         flat = ids.reshape(-1)
         out = np.empty((flat.size, self.dim), dtype=np.float32)
         self.index.reconstruct_batch(flat, out)
@@ -193,13 +194,14 @@ def build_index(
         index.hnsw.efConstruction = params.ef_construction
     else:
         nlist = min(params.nlist or _default_nlist(n), n)
-        params = IndexParams(**{**asdict(params), "nlist": nlist, "nprobe": params.nprobe or max(8, nlist // 16)})
+        nprobe = params.nprobe or max(8, nlist // 16)
+        params = IndexParams(**{**asdict(params), "nlist": nlist, "nprobe": nprobe})
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.own_fields = True
         quantizer.this.disown()  # the IVF index frees its quantizer
         index.train(_training_sample(split, max_rows=min(n, 256 * nlist)))
-        index.nprobe = min(params.nprobe, nlist)
+        index.nprobe = min(nprobe, nlist)
     for _start, chunk in split.iter_chunks(chunk_rows):
         index.add(normalize_rows(chunk))
         if progress is not None:

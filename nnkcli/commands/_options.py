@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import click
 
@@ -25,14 +26,14 @@ from nnkcli.errors import OptionError, SettingName
 from nnkcli.evaluation.kspec import check_k_values, format_k_spec
 from nnkcli.evaluation.options import (
     DEFAULT_K_SPEC,
-    METHODS,
     PROTOCOL_FIELDS,
     DataOptions,
     ScoringOptions,
     apply_protocol,
     one_k,
-    positive_floats,
 )
+from nnkcli.numerics.scores import METHODS
+from nnkcli.settings import positive_floats
 
 
 def bad_parameter(exc: OptionError) -> click.BadParameter:
@@ -321,8 +322,10 @@ def _transform_check(field: str):
                 raise click.BadParameter(f"expected finite numbers (R,G,B), got {','.join(map(str, value))}")
         if field == "crop":
             return value  # checked against --resize by the transform, once both are known
+        # a resize is checked with the smallest crop, the crop being checked against the resize later
+        checked: dict[str, Any] = {field: value, "crop": 1} if field == "resize" else {field: value}
         try:
-            EvalTransform(**{field: value}, **({"crop": 1} if field == "resize" else {}))
+            EvalTransform(**checked)
         except InputError as exc:
             raise click.BadParameter(exc.message + (f"; {exc.hint}" if exc.hint else "")) from None
         return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 import click
 from click.core import ParameterSource
@@ -234,7 +235,8 @@ def _import_arrays(
     for key in meta:
         if key in imported.attrs:
             raise InputError(f"--meta key '{key}' is already set by the importer", hint="choose another key")
-    n_rows = int(imported.features.shape[0]) if len(imported.features.shape) else 0
+    features: Any = imported.features  # array-like (n, d): an array, a memmap, an h5py dataset or a lazy view
+    n_rows = int(features.shape[0]) if len(features.shape) else 0
     with ui.progress(n_rows, f"writing {split}") as advance:
         summary = write_split(
             store,

@@ -62,7 +62,8 @@ def run_image_extraction(ctx: click.Context, *, store: str, split: str, overwrit
     images, image_list = options.get("images"), options.get("image_list")
     if images and image_list:
         raise click.UsageError("give --images or --image-list, not both")
-    if not images and not image_list:
+    image_source = images or image_list
+    if not image_source:
         raise click.UsageError("--model needs --images DIR or --image-list FILE.csv")
     if not options.get("model"):
         raise click.UsageError(
@@ -81,10 +82,14 @@ def run_image_extraction(ctx: click.Context, *, store: str, split: str, overwrit
 
     ui = get_ui(ctx)
     transform = EvalTransform(**{key: options[key] for key in TRANSFORM_KEYS})
-    samples = scan_image_folder(images) if images else read_image_list(image_list)
+    samples = scan_image_folder(image_source) if images else read_image_list(image_source)
     world = launched_world()  # (rank, world size, local rank) under torchrun, else None
     run = extract_image_features if world is None else extract_distributed
-    total = len(samples) if world is None else (lambda a, b: b - a)(*_rank_bounds(len(samples), world))
+    if world is None:
+        total = len(samples)
+    else:
+        rank_start, rank_stop = _rank_bounds(len(samples), world)
+        total = rank_stop - rank_start
     with ui.progress(total, f"extracting {split}", unit="images") as advance:
         summary = run(
             store,

@@ -180,12 +180,11 @@ class ArrayFileWriter:
     def __enter__(self) -> ArrayFileWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.commit()
         else:
             self.abort()
-        return False
 
 
 class ArrayFileReader:

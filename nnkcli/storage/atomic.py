@@ -106,7 +106,7 @@ def remove_own_temps() -> list[Path]:
     writing is wanted, and a signal may have struck where no ``try`` covered the file.
     """
     pid = os.getpid()
-    removed = []
+    removed: list[Path] = []
     for tmp, owner in list(_OWN_TEMPS.items()):
         if owner != pid:
             continue
@@ -135,7 +135,7 @@ def remove_dead_temps(path: str | os.PathLike) -> list[Path]:
     """
     path = Path(path)
     prefix = f".{path.name}{TMP_MARKER}"
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = list(path.parent.glob(f"{glob_escape(prefix)}*"))
     except OSError:

@@ -17,7 +17,7 @@ import numpy as np
 from nnkcli.errors import InputError
 
 # features are stored as little-endian float32, or float16 when they come as float16
-STORED_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+STORED_DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -131,7 +132,7 @@ class SplitWriter:
         self.lock_timeout = lock_timeout
         self.summary: dict | None = None
         self._tally = ContentTally()
-        self._files: dict[str, object] = {}
+        self._files: dict[str, BinaryIO] = {}
         self._has_ids: bool | None = None
         self._closed = False
         # fail before the caller spends hours extracting
@@ -355,7 +356,7 @@ class SplitWriter:
     def __enter__(self) -> SplitWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             try:
                 self.commit()
@@ -364,7 +365,6 @@ class SplitWriter:
                 raise
         else:
             self.abort()
-        return False
 
     def __del__(self):  # pragma: no cover - a writer dropped without exit
         if getattr(self, "_files", None):

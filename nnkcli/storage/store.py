@@ -213,7 +213,7 @@ def _write_group(group, features, labels, ids, n, d, stored_dtype, step, progres
         # after the first bad block keep counting (the error says how many) but stop writing
         if tally.update(block, start) and tally.ok:
             dset[start:stop] = block
-            hasher.update(block)  # contiguous: hashed in place, no copy
+            hasher.update(block.data)  # contiguous: hashed in place, no copy
             if flush is not None:
                 flush()  # a full disk is reported now, as an exception (see storage.hdf5.discard_h5)
         if progress is not None:

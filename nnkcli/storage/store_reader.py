@@ -154,7 +154,8 @@ class Split:
         step = default_chunk_rows(self.dim, self.dtype.itemsize)
         for start in range(0, self.n, step):
             block = self.features[start : start + step]
-            hasher.update(np.ascontiguousarray(block, dtype=self.dtype.newbyteorder("<")))
+            # .data: the array's own buffer (no copy); numpy's stubs declare the buffer protocol only for 3.12+
+            hasher.update(np.ascontiguousarray(block, dtype=self.dtype.newbyteorder("<")).data)
         hasher.update(np.ascontiguousarray(self.labels, dtype="<i8").tobytes())
         return hasher.hexdigest()
 
@@ -228,7 +229,7 @@ class FeatureStore:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._h5 = None
+        self._h5: h5py.File | None = None
         if not self.path.exists():
             raise StoreError(
                 f"store not found: {path}",
@@ -239,37 +240,35 @@ class FeatureStore:
         if not os.access(self.path, os.R_OK):
             raise StoreError(f"cannot read {path}: permission denied", hint="check the file's permissions")
         try:
-            self._h5 = open_h5(self.path, "r")
+            self._h5 = h5 = open_h5(self.path, "r")
         except OSError as exc:
             raise StoreError(
                 f"{path} is not an HDF5 file (or it is damaged)",
                 hint="a feature store is made with: nnk extract STORE --split NAME --from FEATURES",
             ) from exc
         try:
-            self._check_format()
-            self.attrs = {key: _plain(value) for key, value in self._h5.attrs.items()}
-            self.classes = self._read_classes()
-            self.splits = sorted(
-                name for name, obj in self._h5.items() if isinstance(obj, h5py.Group) and "features" in obj
-            )
+            self._check_format(h5)
+            self.attrs = {key: _plain(value) for key, value in h5.attrs.items()}
+            self.classes = self._read_classes(h5)
+            self.splits = sorted(name for name, obj in h5.items() if isinstance(obj, h5py.Group) and "features" in obj)
             self._split_cache: dict[str, Split] = {}
             for name in self.splits:  # every split's schema is checked now, from metadata only
                 self._check_split_name(name)
-                if not isinstance(self._h5[name].get("features"), h5py.Dataset):
+                if not isinstance(h5[name].get("features"), h5py.Dataset):
                     raise StoreError(
                         f"{self.path}: split '{name}' has no features dataset",
                         hint="the file was not written by nnk extract (or it is damaged)",
                     )
-                self.split(name)
+                self._split_cache[name] = Split(self, name, h5[name])
             self.dim = self.split(self.splits[0]).dim if self.splits else None
         except BaseException:
             self.close()
             raise
 
-    def _read_classes(self) -> list[str] | None:
-        if "classes" not in self._h5:
+    def _read_classes(self, h5: h5py.File) -> list[str] | None:
+        if "classes" not in h5:
             return None
-        obj = self._h5["classes"]
+        obj = h5["classes"]
         if not isinstance(obj, h5py.Dataset) or len(obj.shape) != 1 or h5py.check_string_dtype(obj.dtype) is None:
             what = f"{obj.dtype} of shape {obj.shape}" if isinstance(obj, h5py.Dataset) else "a group"
             raise StoreError(
@@ -289,14 +288,14 @@ class FeatureStore:
                 "rename the group or recreate the store",
             ) from None
 
-    def _check_format(self) -> None:
-        fmt = _plain(self._h5.attrs.get("nnk_format"))
+    def _check_format(self, h5: h5py.File) -> None:
+        fmt = _plain(h5.attrs.get("nnk_format"))
         if fmt != FORMAT_NAME:
             raise StoreError(
                 f"{self.path} is not an nnkcli feature store",
                 hint="it lacks the nnk_format='features' attribute; make a store with nnk extract",
             )
-        version = _plain(self._h5.attrs.get("format_version"))
+        version = _plain(h5.attrs.get("format_version"))
         if not isinstance(version, int) or version < 1:
             raise StoreError(
                 f"{self.path} has an invalid format_version {version!r}", hint="recreate it with nnk extract"
@@ -316,9 +315,7 @@ class FeatureStore:
                 f"split '{name}' not found in {self.path}",
                 hint=f"available splits: {available}",
             )
-        if name not in self._split_cache:
-            self._split_cache[name] = Split(self, name, self._h5[name])
-        return self._split_cache[name]
+        return self._split_cache[name]  # every split is checked and cached when the store opens
 
     def __contains__(self, name: object) -> bool:
         return name in self.splits

@@ -41,7 +41,7 @@ from typing import Any, Literal, overload
 
 from nnkcli import __version__
 from nnkcli.errors import InputError, NnkError, interrupt_in
-from nnkcli.evaluation.kspec import format_k_spec
+from nnkcli.evaluation.kspec import check_k_values, format_k_spec
 from nnkcli.evaluation.options import DEFAULT_K_SPEC, DataOptions, ScoringOptions
 from nnkcli.plain import jsonable
 from nnkcli.storage.atomic import check_can_create, file_lock
@@ -342,7 +342,7 @@ def evaluate_sources(
         half-written, a bad split) is reported as ``failed`` and not recorded, so
         the next run retries it; the others still run.
     """
-    options = options if options is not None else ScoringOptions(k_values=DEFAULT_K_SPEC)
+    options = options if options is not None else ScoringOptions(k_values=check_k_values(DEFAULT_K_SPEC))
     data = data if data is not None else DataOptions()
     if sweep is None:
         from nnkcli.evaluation.sweeps import sweep as default_sweep
