@@ -39,12 +39,31 @@ import math
 import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from nnkcli.errors import OptionError, SettingName
 
 #: a check: ``check(value, name)`` -> the normalised value, or ``OptionError(name, value, reason)``
 Check = Callable[[Any, Any], Any]
+
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
+
+
+class Accepts(Generic[_In, _Out]):
+    """The annotation of a setting whose check takes more than it stores: ``Accepts[In, Out]``.
+
+    ``k_values: Accepts[int | str | Iterable[int], tuple[int, ...]]`` is given as an int, a
+    SPEC or a list and read as the tuple its check made. Only the type checker reads it, as a
+    descriptor: ``__set__`` types the constructor's parameter, ``__get__`` the attribute. At
+    run time the field holds the plain normalised value.
+    """
+
+    if TYPE_CHECKING:
+
+        def __get__(self, obj: object, owner: Any = None) -> _Out: ...
+
+        def __set__(self, obj: object, value: _In) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -60,7 +79,7 @@ class Declared:
     python: str
     option: str | None
     default: Any
-    check: Check | None
+    check: Check
     choices: tuple | None
     help: str
     metavar: str | None
@@ -111,9 +130,14 @@ def setting(
 
 _DECLARATIONS: dict[type, dict[str, Declared]] = {}
 
+_S = TypeVar("_S", bound="Settings")
+
 
 class Settings:
     """Frozen dataclasses of declared settings: checked and normalised on construction."""
+
+    # every subclass is a dataclass: declaring its field table lets the dataclasses functions accept it
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def __post_init__(self):
         self.validate()
@@ -172,7 +196,7 @@ class Settings:
             out[name] = value
         return out
 
-    def replace(self, **changes):
+    def replace(self: _S, **changes: Any) -> _S:
         """A copy with ``changes`` (field or Python parameter names) applied and checked."""
         return dataclasses.replace(self, **self.field_names(changes))
 

@@ -64,9 +64,10 @@ class PairedCounts:
     b_hits: np.ndarray = field(default_factory=lambda: np.zeros(2, np.int64))
     a_only: np.ndarray = field(default_factory=lambda: np.zeros(2, np.int64))
     b_only: np.ndarray = field(default_factory=lambda: np.zeros(2, np.int64))
-    class_total: np.ndarray = None
-    class_a: np.ndarray = None  # (2, C): per-class top-1 and top-5 hits of A
-    class_b: np.ndarray = None
+    # per class, sized by n_classes in __post_init__
+    class_total: np.ndarray = field(init=False)
+    class_a: np.ndarray = field(init=False)  # (2, C): per-class top-1 and top-5 hits of A
+    class_b: np.ndarray = field(init=False)
 
     def __post_init__(self):
         C = self.n_classes
@@ -356,7 +357,7 @@ def _test(counts: PairedCounts, j: int, confidence: float, alpha: float, n_boot:
 def per_class(counts: PairedCounts, class_names: Sequence[str], confidence: float) -> list[dict]:
     """Per class with queries: top-1 (and top-5) of A and B and B − A, largest |Δ top-1| first."""
     rows = []
-    for c in np.flatnonzero(counts.class_total > 0):
+    for c in np.flatnonzero(counts.class_total > 0).tolist():
         t = int(counts.class_total[c])
         a1, b1 = _pct(counts.class_a[0, c], t), _pct(counts.class_b[0, c], t)
         a5, b5 = _pct(counts.class_a[1, c], t), _pct(counts.class_b[1, c], t)
@@ -446,7 +447,7 @@ def compare(
         raise InputError(f"the number of bootstrap resamples must be >= 1, got {n_boot}")
     kinds = [_kind(p) for p in (a_path, b_path) if p is not None]
     extra: dict = {}
-    if kinds == ["predictions", "predictions"]:
+    if b_path is not None and kinds == ["predictions", "predictions"]:
         counts, side_a, side_b, names = counts_from_prediction_files(a_path, b_path, a, b)
     elif "predictions" in kinds:
         raise InputError(

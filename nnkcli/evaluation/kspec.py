@@ -9,11 +9,15 @@ from __future__ import annotations
 import itertools
 import operator
 import re
+from collections.abc import Iterable
+from typing import SupportsIndex, TypeAlias
 
 from nnkcli.errors import OptionError, SettingName
 
 #: the most k values one specification may produce
 MAX_K_VALUES = 10_000
+#: what ``check_k_values`` accepts: one k (numpy ints too), a k SPEC, or the ks
+KValues: TypeAlias = "SupportsIndex | str | Iterable[SupportsIndex]"
 K_SPEC_HELP = "N, A..B (multiples of A up to B), A..B:S (step S), or comma lists such as 1,5,10..200:10"
 
 _RANGE = re.compile(r"^(\d+)\.\.(\d+)(?::(\d+))?$")

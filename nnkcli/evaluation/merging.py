@@ -9,23 +9,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TypedDict
+
+import numpy as np
 
 from nnkcli.errors import InputError
 from nnkcli.evaluation.partials import FORMAT, FORMAT_VERSION, shard_rows
 from nnkcli.evaluation.results import ClassifyResult, EvaluationResult, SweepResult
 
 
-def _describe(part: dict) -> str:
+class Part(TypedDict):
+    """One partial result file as read: its path, root attributes (JSON decoded) and arrays by name."""
+
+    path: str
+    attrs: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+
+def _describe(part: Part) -> str:
     return f"shard {part['attrs']['shard']}/{part['attrs']['n_shards']} ({part['path']})"
 
 
-def read_parts(paths: Sequence[str | Path]) -> list[dict]:
+def read_parts(paths: Sequence[str | Path]) -> list[Part]:
     """Read and check partial result files: same run, every shard exactly once. Sorted by shard."""
     from nnkcli.storage.array_files import read_array_file
 
     if not paths:
         raise InputError("no partial result files given", hint="nnk merge PART.h5 [PART.h5 ...]")
-    parts = []
+    parts: list[Part] = []
     for path in paths:
         attrs, arrays = read_array_file(path, kind="partial results")
         if attrs.get("nnk_format") != FORMAT:
@@ -50,7 +61,7 @@ def read_parts(paths: Sequence[str | Path]) -> list[dict]:
                     hint="merge only the parts of one run (same store, index, options and --shard I/N count)",
                 )
     n_shards = ref["n_shards"]
-    seen: dict[int, dict] = {}
+    seen: dict[int, Part] = {}
     for part in parts:
         i = part["attrs"]["shard"]
         if i in seen:
@@ -121,7 +132,7 @@ def merge_parts(paths: Sequence[str | Path], *, out: str | Path | None = None) -
     return SweepResult(doc) if command == "sweep" else ClassifyResult(doc)
 
 
-def _merged_document(parts, template, accs, command, k_values, methods) -> dict:
+def _merged_document(parts: list[Part], template, accs, command, k_values, methods) -> dict:
     params = template.get("parameters", {})
     confidence = params.get("confidence", 0.95)
     per_class = bool(parts[0]["attrs"].get("per_class", False))
@@ -152,7 +163,7 @@ def _summed_timing(timings: list[dict]) -> dict:
     return out
 
 
-def _write_merged(out, parts, doc) -> None:
+def _write_merged(out, parts: list[Part], doc) -> None:
     from nnkcli.storage.array_files import ArrayFileWriter
 
     first = parts[0]["attrs"]

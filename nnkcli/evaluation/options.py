@@ -34,15 +34,18 @@ nnkcli.errors.OptionError: kernel: unknown kernel; choose one of cosine, gaussia
 from __future__ import annotations
 
 import operator
+import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from nnkcli.errors import InputError, OptionConflict, OptionError, SettingName
-from nnkcli.evaluation.kspec import K_SPEC_HELP, check_k_values
+from nnkcli.evaluation.kspec import K_SPEC_HELP, KValues, check_k_values
 from nnkcli.evaluation.protocols import PROTOCOLS, SOLVERS
 from nnkcli.numerics.kernels import KERNELS
 from nnkcli.numerics.scores import METHODS, TOP5_RULES, WEIGHTINGS
 from nnkcli.settings import (
+    Accepts,
     Settings,
     count,
     flag,
@@ -175,7 +178,7 @@ class ScoringOptions(Settings):
         Seed of the selection's random subset.
     """
 
-    methods: tuple[str, ...] = setting(
+    methods: Accepts[str | Iterable[str], tuple[str, ...]] = setting(
         METHODS,
         check_methods,
         option="--method",
@@ -183,7 +186,7 @@ class ScoringOptions(Settings):
         shown="both",
         help="Which classifiers to run.",
     )
-    k_values: tuple[int, ...] = setting(
+    k_values: Accepts[KValues, tuple[int, ...]] = setting(
         (DEFAULT_K,), check_k_values, python="k", option="--k", metavar="SPEC", help=f"k values: {K_SPEC_HELP}."
     )
     kernel: str = setting(
@@ -256,7 +259,9 @@ class ScoringOptions(Settings):
         help="Multiply in float16: the torch backend's search (re-ranked exactly) "
         "and the model's forward pass (CUDA only).",
     )
-    temperature_grid: tuple[float, ...] = setting((), positive_floats, option="--temperature")
+    temperature_grid: Accepts[float | str | list[float] | tuple[float, ...], tuple[float, ...]] = setting(
+        (), positive_floats, option="--temperature"
+    )
     top5_rule: str = setting(
         "strict",
         choices=TOP5_RULES,
@@ -330,7 +335,7 @@ class DataOptions(Settings):
         "train", split_name, metavar="NAME", help="Split searched for neighbors (the one 'nnk index' indexes)."
     )
     query_split: str = setting("val", split_name, metavar="NAME", help="Split whose rows are classified.")
-    index_path: str | None = setting(
+    index_path: Accepts[str | os.PathLike[str] | None, str | None] = setting(
         None,
         optional_path,
         option="--index",
@@ -339,7 +344,7 @@ class DataOptions(Settings):
     rebuild_index: bool = setting(
         False, flag, help="Rebuild (and save) a stale or damaged saved index instead of refusing it."
     )
-    shard: tuple[int, int] | None = setting(
+    shard: Accepts[str | Sequence[int] | None, tuple[int, int] | None] = setting(
         None,
         shard_spec,
         metavar="I/N",
@@ -368,7 +373,7 @@ def one_k(value, name: str | SettingName = "k", command: str = "classify") -> tu
     if len(ks) != 1:
         what, hint = ONE_K[command]
         raise OptionError(name, value, what, hint=hint)
-    return ks  # type: ignore[return-value]
+    return ks
 
 
 def check_shard_output(shard, output, *, output_name: str) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnkcli.errors import InputError
+from nnkcli.errors import IndexFileError, InputError
 from nnkcli.evaluation.options import DataOptions, ScoringOptions
 from nnkcli.evaluation.scoring import solves_cosine_nnk
 from nnkcli.evaluation.search import Searcher
@@ -360,7 +360,7 @@ def _resolve_index(store_path: Path, train, index_path, rebuild_index, progress_
         try:
             loaded = nnk_index.load_index(path)
             nnk_index.check_fresh(loaded, train, store_path=store_path)
-        except nnk_index.IndexFileError as exc:
+        except IndexFileError as exc:
             if not rebuild_index:
                 raise
             logger.warning(f"{exc.message}; rebuilding it (--rebuild-index)")
@@ -374,7 +374,7 @@ def _resolve_index(store_path: Path, train, index_path, rebuild_index, progress_
         info["type"] = loaded.params.index_type
         return loaded, info
     if explicit:
-        raise nnk_index.IndexFileError(
+        raise IndexFileError(
             f"index file not found: {path}", hint="build it with 'nnk index STORE --out PATH', or omit --index"
         )
     logger.info(f"no saved index at {path}; building a flat index in memory (run 'nnk index' to keep one)")
@@ -394,7 +394,7 @@ def _resolve_manifest(store_path: Path, train, path, rebuild_index, progress_fac
         manifest.check_fresh(train, store_path=store_path)
         if rebuild_index:  # an in-place edit shows only in the shards' rows: look at them all now
             manifest.check_samples()
-    except shards.IndexFileError as exc:
+    except IndexFileError as exc:
         if not rebuild_index or manifest is None:
             raise
         logger.warning(f"{exc.message}; rebuilding it (--rebuild-index)")

@@ -129,7 +129,7 @@ class TorchSearcher(Searcher):
         block_rows: int = BLOCK_ROWS,
         resident: bool | None = None,
     ):
-        from nnkcli.index import normalize_rows
+        from nnkcli.numerics.kernels import normalize_rows
 
         torch = _import_torch()
         self.torch = torch
@@ -138,22 +138,23 @@ class TorchSearcher(Searcher):
         self.fp16 = bool(fp16)
         self.block_rows = int(block_rows)
         self._labels = None
-        self.host = np.empty((self.n, self.dim), dtype=np.float32)
+        host = np.empty((self.n, self.dim), dtype=np.float32)
         for start, chunk in split.iter_chunks(self.block_rows):
-            self.host[start : start + len(chunk)] = normalize_rows(chunk)
+            host[start : start + len(chunk)] = normalize_rows(chunk)
+        self.host: np.ndarray | None = host  # None once closed
         dtype = torch.float16 if self.fp16 else torch.float32
         self.dtype = dtype
         self.resident = None
         if resident is False:
             pass
         elif self.device.type == "cpu":
-            base = torch.from_numpy(self.host)  # shares the host copy's memory
+            base = torch.from_numpy(host)  # shares the host copy's memory
             self.resident = base.to(dtype) if self.fp16 else base
         else:
             free, _total = torch.cuda.mem_get_info(self.device)
             need = self.n * self.dim * (2 if self.fp16 else 4)
             if resident or need <= free // 2:
-                self.resident = torch.from_numpy(self.host).to(self.device).to(dtype)
+                self.resident = torch.from_numpy(host).to(self.device).to(dtype)
             else:
                 logger.info(
                     f"train rows ({need / 2**30:.1f} GiB) do not fit on {self.device}; streaming them "
@@ -169,7 +170,7 @@ class TorchSearcher(Searcher):
             if self.resident is not None:
                 yield a, self.resident[a:b]
             else:
-                yield a, torch.from_numpy(self.host[a:b]).to(self.device, non_blocking=True).to(self.dtype)
+                yield a, torch.from_numpy(self._host()[a:b]).to(self.device, non_blocking=True).to(self.dtype)
 
     def candidates(self, q: np.ndarray, c: int) -> np.ndarray:
         """The ``c`` train rows with the largest device-precision similarity per query, (B, c) int64."""
@@ -212,7 +213,13 @@ class TorchSearcher(Searcher):
         """Stored float32 rows of device ids (B, c) >= 0: from the device copy when it is float32."""
         if self.resident is not None and not self.fp16:
             return self.resident[ids]
-        return self.torch.from_numpy(self.host[ids.cpu().numpy()]).to(self.device)
+        return self.torch.from_numpy(self._host()[ids.cpu().numpy()]).to(self.device)
+
+    def _host(self) -> np.ndarray:
+        """The normalised train rows (n, dim) float32 in host memory."""
+        if self.host is None:
+            raise RuntimeError("the torch searcher is closed")
+        return self.host
 
     def labels_on_device(self, labels: np.ndarray):
         """The train labels (n,) int64 on the device, copied once."""

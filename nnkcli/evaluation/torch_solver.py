@@ -312,7 +312,7 @@ def nnk_solve_cosine_torch(X, g, k_values, *, tol: float = 1e-8, max_iter: int |
     g = g.to(torch.float64)
     B = g.shape[0]
     dev = g.device
-    G32 = cosine_gram32(X[:, : ks[-1]]) if B else None
+    G32 = None  # float32 kernel blocks at the largest k, made when the first query needs a solve
     out = []
     prev = None  # (theta, resid, objective, v) tensors of the previous k
     for i_k, k in enumerate(ks):
@@ -342,6 +342,8 @@ def nnk_solve_cosine_torch(X, g, k_values, *, tol: float = 1e-8, max_iter: int |
             warm[:, kp:] = w_new[todo] > _ENTER * tol * gscale[todo, None]
         if todo.numel():
             limit = 3 * k + 20 if max_iter is None else int(max_iter)
+            if G32 is None:
+                G32 = cosine_gram32(X[:, : ks[-1]])
             Gk = G32[todo, :k, :k] if warm is not None else G32[:, :k, :k]
             cand, it, _failed = active_set(Gk, gk[todo], tol, limit, warm)
             th, rs, ob, vt = polish(X[todo], k, gk[todo], cand > 0, tol)

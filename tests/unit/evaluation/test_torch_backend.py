@@ -74,6 +74,15 @@ def test_fp16_candidates_are_reranked_exactly(data):
     assert sims.dtype == np.float64 and X.dtype == np.float32 and not missing.any()
 
 
+def test_closed_searcher_says_so(data):
+    xt, xq = data
+    searcher = TorchSearcher(Rows(xt), device="cpu", block_rows=128)
+    searcher.close()
+    assert searcher.host is None
+    with pytest.raises(RuntimeError, match="closed"):
+        searcher.neighbors(normalize_rows(xq), 0, 5, False)
+
+
 def test_resolve_backend_and_device(monkeypatch):
     assert torch_backend.resolve_backend(None, "cpu") == ("faiss", "cpu")
     assert torch_backend.resolve_backend("torch", "cpu") == ("torch", "cpu")
