@@ -250,8 +250,8 @@ def evaluate(
     )
 
     history = read_history(history_path)
-    for bad in history.malformed:
-        logger.warning(f"{history_path.name} {bad}; skipped")
+    if history.malformed:
+        logger.warning(history.malformed_summary())
     gate = None
     if any(v is not None for v in (max_drop, min_top1, min_top5)):
         gate = gate_run(

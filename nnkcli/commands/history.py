@@ -84,8 +84,8 @@ def history(ctx, history_path, plot_path, tensorboard_dir, list_params, param_se
 
         check_logdir(tensorboard_dir)
     hist = read_history(history_path, missing_ok=False)
-    for bad in hist.malformed:
-        logger.warning(f"{history_path.name} {bad}; skipped")
+    if hist.malformed:
+        logger.warning(hist.malformed_summary())
     if list_params:
         rows = parameter_set_rows(parameter_sets(hist.entries))
         render(
@@ -109,6 +109,12 @@ def history(ctx, history_path, plot_path, tensorboard_dir, list_params, param_se
     methods, rows, chosen = view.methods, view.rows, view.chosen
     if plot_path is not None:
         from nnkcli.plots import plot_history
+
+        if not rows:
+            raise InputError(
+                f"{history_path} has no entries to plot; no figure was written",
+                hint="nnk evaluate ... --history FILE records them",
+            )
 
         plot_history(rows, plot_path, methods=methods, title=history_path.name)
         logger.info(f"plot written to {plot_path}")

@@ -9,7 +9,14 @@ written by cron jobs and CI runs that may overlap, so:
 * readers never fail on a bad line: a torn line (a crash of an older writer, a
   full disk) or a hand-edited one is reported with its line number and skipped;
 * an appender first makes sure the file ends with a newline, so a torn last line
-  stays alone on its line instead of corrupting the next complete record.
+  stays alone on its line instead of corrupting the next complete record;
+* only a history is ever appended to: a file that is not empty must start with a
+  history record (every line nnkcli writes starts with ``{"schema_version":``, the
+  format marker) -- a feature store or any other file passed as the history by a typo
+  is refused before anything is written or created beside it;
+* reading never creates a file (the shared lock is taken only where the lock file
+  already exists: a reader that races the very first append sees a torn last line at
+  worst, which is reported and skipped like any other).
 
 What is derived from the entries lives beside it: ``views`` (training order, the rows
 of ``nnk history``) and ``gates``; how sources are identified is in ``sources``.
@@ -27,10 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from nnkcli.errors import InputError, NnkError
-from nnkcli.storage.atomic import file_lock, fsync_dir
+from nnkcli.storage.atomic import file_lock, fsync_dir, lock_path_for
 
 #: version of one history line's layout; a reader skips lines of a newer version
 HISTORY_SCHEMA_VERSION = 1
+#: the first bytes of every history line, and so of every history file: its format marker
+HISTORY_MARKER = b'{"schema_version":'
+#: the first bytes of an HDF5 file's signature (a feature store given as the history by mistake)
+_HDF5_SIGNATURE = b"\x89HDF\r\n"
 
 
 class HistoryError(NnkError):
@@ -56,6 +67,17 @@ class History:
     path: Path
     entries: list[dict] = field(default_factory=list)
     malformed: list[MalformedLine] = field(default_factory=list)
+
+    def malformed_summary(self) -> str | None:
+        """One line saying how many lines were skipped and why the first was, or None when none were."""
+        if not self.malformed:
+            return None
+        n = len(self.malformed)
+        lines = "line" if n == 1 else "lines"
+        return (
+            f"{self.path.name}: {n} malformed {lines} skipped (first: {self.malformed[0]}); "
+            f"'nnk history {self.path} --format json' lists them"
+        )
 
     @property
     def sha256s(self) -> set[str]:
@@ -135,6 +157,40 @@ def _entry_problem(entry: Any) -> str | None:
     return None
 
 
+def check_is_history(path: str | os.PathLike) -> None:
+    """Refuse a file that is not a history: it must be absent, empty, or start with ``HISTORY_MARKER``.
+
+    Every line nnkcli writes starts with the marker, so a history's first line does too,
+    even one torn by a crash (its record is then reported and skipped when read, as any
+    torn line is). Reads the first few bytes; writes and creates nothing.
+
+    Raises
+    ------
+    HistoryError
+        The file exists, is not empty, and does not start with a history record (a
+        feature store, a log, a CSV ...), or it cannot be read.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(HISTORY_MARKER))
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        raise HistoryError(
+            f"history path is a directory: {path}", hint="give a file name such as history.jsonl"
+        ) from None
+    except OSError as exc:
+        raise HistoryError(f"cannot read history file {path}: {exc.strerror or exc}") from exc
+    if not head or head == HISTORY_MARKER:
+        return
+    what = " (it is an HDF5 file: a feature store?)" if head.startswith(_HDF5_SIGNATURE) else ""
+    raise HistoryError(
+        f"{path} is not an nnkcli history{what}: its first line is not a history record; it was left as it is",
+        hint="--history takes the .jsonl file that nnk evaluate writes, or a new file name",
+    )
+
+
 def read_history(path: str | os.PathLike, *, missing_ok: bool = True, lock: bool = True) -> History:
     """Read a history file.
 
@@ -152,7 +208,8 @@ def read_history(path: str | os.PathLike, *, missing_ok: bool = True, lock: bool
     Raises
     ------
     HistoryError
-        The file is missing (with ``missing_ok=False``), a directory or unreadable.
+        The file is missing (with ``missing_ok=False``), a directory, unreadable, or
+        not a history (``check_is_history``).
     """
     path = Path(path)
     if path.is_dir():
@@ -161,6 +218,7 @@ def read_history(path: str | os.PathLike, *, missing_ok: bool = True, lock: bool
         if missing_ok:
             return History(path)
         raise HistoryError(f"history file not found: {path}", hint="nnk evaluate ... --history FILE creates it")
+    check_is_history(path)
     guard: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if lock:
         guard = _shared_lock_if_possible(path)
@@ -173,11 +231,13 @@ def read_history(path: str | os.PathLike, *, missing_ok: bool = True, lock: bool
 
 @contextlib.contextmanager
 def _shared_lock_if_possible(path: Path):
+    """A shared lock where a writer has made the lock file; a reader creates no file."""
     with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(file_lock(path, shared=True))
-        except OSError:  # a read-only directory: the lock file cannot be made, read without it
-            pass
+        if lock_path_for(path).exists():
+            try:
+                stack.enter_context(file_lock(path, shared=True))
+            except OSError:  # unreadable lock file: read without it (a torn last line is skipped)
+                pass
         yield
 
 

@@ -47,7 +47,7 @@ from nnkcli.plain import jsonable
 from nnkcli.storage.atomic import check_can_create, file_lock
 from nnkcli.tracking.checkpoints import ModelOptions, checkpoint_store_path, extract_checkpoint
 from nnkcli.tracking.claims import claim
-from nnkcli.tracking.history import HistoryError, append_entry, read_history
+from nnkcli.tracking.history import HistoryError, append_entry, check_is_history, read_history
 from nnkcli.tracking.paramsets import parameter_key
 from nnkcli.tracking.sources import file_stamp, is_store, read_step, sha256_file
 
@@ -353,6 +353,7 @@ def evaluate_sources(
         raise HistoryError(f"--history is a directory: {history_path}", hint="give a file such as history.jsonl")
     if not history_path.parent.is_dir():
         raise HistoryError(f"the directory of --history does not exist: {history_path.parent}")
+    check_is_history(history_path)  # a typo such as --history feats.h5: refused before anything is created
     check_can_create(history_path, "history")  # a read-only folder: now, not after the first evaluation
     paths = [Path(s) for s in sources]
     if model is not None:

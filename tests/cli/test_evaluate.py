@@ -231,9 +231,9 @@ def test_malformed_history_line_is_reported_not_fatal(runner, run_dir, fake_swee
     res = evaluate(runner, run_dir / "epoch_1.h5", "--history", hist, "--format", "csv")
     assert res.exit_code == 0, res.stderr
     assert (
-        "warning: h.jsonl line 1: not valid JSON: Unterminated string starting at (column 33); skipped"
-        in res.stderr.splitlines()
-    )
+        "warning: h.jsonl: 1 malformed line skipped (first: line 1: not valid JSON: Unterminated string "
+        f"starting at (column 33)); 'nnk history {hist} --format json' lists them"
+    ) in res.stderr.splitlines()
     assert len(read_history(hist).entries) == 1 and hist.read_text().count("\n") == 2
 
 
@@ -627,3 +627,18 @@ def test_forced_reevaluation_wins_in_the_history_view(runner, run_dir, fake_swee
     doc = json.loads(runner.invoke(cli, ["history", str(hist), "--format", "json"]).stdout)
     assert len(read_history(hist).entries) == 3
     assert [r["nnk_top1"] for r in doc["rows"]] == [70.0, 71.0]  # one row per sha256, the newest line
+
+
+def test_a_feature_store_given_as_the_history_is_refused_before_anything_is_written(runner, tmp_path, store):
+    """A typo in a cron line (``--history feats.h5``) must not append to, or create anything beside, a store."""
+    before = hashlib.sha256(store.read_bytes()).hexdigest()
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    res = evaluate(runner, store, "--history", store, "--k", "5")
+    assert res.exit_code == 1
+    assert res.stderr.splitlines() == [
+        f"Error: {store} is not an nnkcli history (it is an HDF5 file: a feature store?): its first line is not "
+        "a history record; it was left as it is",
+        "Hint: --history takes the .jsonl file that nnk evaluate writes, or a new file name",
+    ]
+    assert hashlib.sha256(store.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing  # no .lock, no .d/ of sidecars

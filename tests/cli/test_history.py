@@ -53,8 +53,8 @@ def test_history_csv_rows_ordered_by_step_with_deltas(runner, history_file):
         f"30,checkpoint0030.pth,{sha(3)[:12]},71.0,,,53,-0.5,-0.5,69.0,,,13,-1.0,-1.5,",
     ]
     assert res.stderr.splitlines() == [
-        "warning: history.jsonl line 3: missing or bad sha256; skipped",
-        "warning: history.jsonl line 5: not valid JSON: Unterminated string starting at (column 23); skipped",
+        f"warning: history.jsonl: 2 malformed lines skipped (first: line 3: missing or bad sha256); "
+        f"'nnk history {history_file} --format json' lists them",
     ]
 
 
@@ -97,7 +97,7 @@ def test_history_json(runner, history_file):
     assert [r["step"] for r in doc["rows"]] == [10, 20, 30]
     assert doc["malformed"][0] == {"line": 3, "reason": "missing or bad sha256"}
     # malformed lines are still reported with --format json (stdout stays pure JSON)
-    assert "line 5" in res.stderr
+    assert "2 malformed lines skipped" in res.stderr
 
 
 def test_history_json_best_comes_from_the_entries_not_the_best_column(runner, history_file, monkeypatch):
@@ -180,3 +180,58 @@ def test_history_plot_without_matplotlib(runner, history_file, tmp_path, monkeyp
         'Hint: pip install "nnkcli[plot]"',
     ]
     assert not (tmp_path / "h.png").exists()
+
+
+# -- only a history is read or appended to; reading creates nothing ------------------------------------
+NOT_A_HISTORY = "its first line is not a history record; it was left as it is"
+HINT = "Hint: --history takes the .jsonl file that nnk evaluate writes, or a new file name"
+
+
+def _listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("plot", [False, True])
+def test_a_feature_store_is_refused_as_a_history_and_left_as_it_was(runner, store, plot):
+    before, listing = hashlib.sha256(store.read_bytes()).hexdigest(), _listing(store.parent)
+    args = ["history", str(store)] + (["--plot", str(store.parent / "h.png")] if plot else [])
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 1
+    assert res.stderr.splitlines() == [
+        f"Error: {store} is not an nnkcli history (it is an HDF5 file: a feature store?): {NOT_A_HISTORY}",
+        HINT,
+    ]
+    assert hashlib.sha256(store.read_bytes()).hexdigest() == before
+    assert _listing(store.parent) == listing  # no lock file, no plot
+
+
+def test_a_text_file_is_refused_as_a_history(runner, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("epoch 1: 71.2\n")
+    res = runner.invoke(cli, ["history", str(notes)])
+    assert res.exit_code == 1
+    assert res.stderr.splitlines()[0] == f"Error: {notes} is not an nnkcli history: {NOT_A_HISTORY}"
+    assert _listing(tmp_path) == ["notes.txt"]
+
+
+def test_reading_a_history_creates_no_file(runner, history_file, tmp_path):
+    listing = _listing(tmp_path)
+    assert runner.invoke(cli, ["history", str(history_file), "--format", "json"]).exit_code == 0
+    lock = tmp_path / "history.jsonl.lock"
+    lock.touch()  # an (empty) lock file read as a history: an empty history, and no lock of the lock
+    res = runner.invoke(cli, ["history", str(lock), "--format", "json"])
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["n_entries"] == 0
+    assert _listing(tmp_path) == sorted([*listing, "history.jsonl.lock"])
+
+
+def test_plotting_a_history_without_entries_is_refused(runner, tmp_path):
+    empty = tmp_path / "h.jsonl"
+    empty.touch()
+    res = runner.invoke(cli, ["history", str(empty), "--plot", str(tmp_path / "h.png")])
+    assert res.exit_code == 1
+    assert res.stderr.splitlines() == [
+        f"Error: {empty} has no entries to plot; no figure was written",
+        "Hint: nnk evaluate ... --history FILE records them",
+    ]
+    assert _listing(tmp_path) == ["h.jsonl"]

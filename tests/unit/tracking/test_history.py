@@ -14,9 +14,11 @@ import pytest
 from nnkcli.errors import InputError
 from nnkcli.extract.torch_checkpoints import read_checkpoint_step, step_from_checkpoint
 from nnkcli.tracking.history import (
+    HISTORY_MARKER,
     HISTORY_SCHEMA_VERSION,
     HistoryError,
     append_entry,
+    check_is_history,
     encode_entry,
     parse_history,
     read_history,
@@ -227,3 +229,63 @@ def test_history_rows_deltas_and_best():
 def test_history_rows_tie_marks_the_first():
     rows = history_rows([entry(1, step=1, nnk=70.0), entry(2, step=2, nnk=70.0)])
     assert [r["best"] for r in rows] == ["nnk", ""]
+
+
+# -- what counts as a history ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "content",
+    [None, b"", HISTORY_MARKER + b"1", line(entry(1)).encode(), b'{"schema_version": 1, "sha256": "12'],
+    ids=["absent", "empty", "marker", "record", "torn-first-line"],
+)
+def test_a_history_is_absent_empty_or_starts_with_the_marker(tmp_path, content):
+    p = tmp_path / "h.jsonl"
+    if content is not None:
+        p.write_bytes(content)
+    check_is_history(p)  # no error
+    assert sorted(x.name for x in tmp_path.iterdir()) == ([] if content is None else ["h.jsonl"])
+
+
+@pytest.mark.parametrize(
+    "content, what",
+    [
+        (b"\x89HDF\r\n\x1a\n\x00\x00", " (it is an HDF5 file: a feature store?)"),
+        (b"step,top1\n1,70\n", ""),
+        (b'{"sha256": "ab", "schema_version": 1}\n', ""),  # JSON, but not as nnkcli writes a line
+        (b" " + HISTORY_MARKER, ""),
+    ],
+)
+def test_anything_else_is_refused_and_left_as_it_is(tmp_path, content, what):
+    p = tmp_path / "h.jsonl"
+    p.write_bytes(content)
+    with pytest.raises(HistoryError) as info:
+        check_is_history(p)
+    assert info.value.message == (
+        f"{p} is not an nnkcli history{what}: its first line is not a history record; it was left as it is"
+    )
+    with pytest.raises(HistoryError):
+        read_history(p)
+    assert p.read_bytes() == content and sorted(x.name for x in tmp_path.iterdir()) == ["h.jsonl"]
+
+
+def test_every_line_nnkcli_writes_starts_with_the_marker():
+    assert encode_entry(entry(1)).startswith(HISTORY_MARKER)
+
+
+def test_malformed_lines_are_summarised_in_one_line(tmp_path):
+    p = tmp_path / "h.jsonl"
+    append_entry(p, entry(1))
+    with open(p, "ab") as fh:
+        fh.write(b"not json\n\xff\xfe\n")
+    hist = read_history(p)
+    assert hist.malformed_summary() == (
+        f"h.jsonl: 2 malformed lines skipped (first: line 2: not valid JSON: Expecting value (column 1)); "
+        f"'nnk history {p} --format json' lists them"
+    )
+    assert parse_history([line(entry(1))]).malformed_summary() is None
+
+
+def test_reading_creates_no_lock_file(tmp_path):
+    p = tmp_path / "h.jsonl"
+    p.write_bytes(line(entry(1)).encode())
+    assert len(read_history(p).entries) == 1
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["h.jsonl"]
