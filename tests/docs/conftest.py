@@ -4,8 +4,11 @@ from __future__ import annotations
 
 
 def pytest_terminal_summary(terminalreporter):
-    ran = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
-           if "test_page_examples_run" in r.nodeid and r.when == "call"]
+    ran = [
+        r
+        for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+        if "test_page_examples_run" in r.nodeid and r.when == "call"
+    ]
     if ran:
         from nnk_docs import count_blocks
 

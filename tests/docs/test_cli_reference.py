@@ -17,7 +17,7 @@ import pytest
 
 import nnkcli
 from nnk_docs import REPO
-from nnkcli.cli import COMMANDS, cli
+from nnkcli.cli import COMMANDS
 
 
 def _load_generator():

@@ -80,7 +80,7 @@ def test_count_blocks_counts_run_and_skipped(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "change, says",
     [
-        (("nnk info sample_data/fashion-mnist.h5 > info.txt", "nnk info missing.h5"), "page.md:3: the bash block exited 1"),
+        (("nnk info sample_data/fashion-mnist.h5 >", "nnk info missing.h5 >"), "page.md:3: the bash block exited 1"),
         (("<!-- exit: 2 -->", "<!-- exit: 1 -->"), "page.md:14: the bash block exited 2, expected 1"),
         (("made from python", "made from bash"), "page.md:18: the output shown at line 25 has 'made from bash'"),
         (('print(Path("made.txt")', 'print(Path("gone.txt")'), "page.md:18: the python block exited 1"),

@@ -96,7 +96,8 @@ def parse_blocks(page: Path, text: str | None = None) -> list[Block]:
             try:
                 block.exit_code = int(directives["exit"])
             except ValueError:
-                raise ValueError(f"{block.where}: <!-- exit: N --> needs a number, got {directives['exit']!r}") from None
+                wrong = directives["exit"]
+                raise ValueError(f"{block.where}: <!-- exit: N --> needs a number, got {wrong!r}") from None
         block.unchecked = directives.get("output", "").startswith("unchecked")
         previous = blocks[-1] if blocks else None
         shown_after = len(between) == 0 or (len(between) == 1 and between[0].rstrip().endswith(":"))
@@ -272,9 +273,7 @@ def run_page(page: Path, text: str | None = None, workdir: Path | None = None) -
             script.write_text(block.code)
             argv = ["bash", "-e", str(script)] if block.lang == "bash" else [sys.executable, str(script)]
             try:
-                proc = subprocess.run(
-                    argv, cwd=where, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S
-                )
+                proc = subprocess.run(argv, cwd=where, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 result.failure = f"{block.where}: the {block.lang} block ran over {BLOCK_TIMEOUT_S} s"
                 return result
