@@ -11,7 +11,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Exit codes of ``nnk`` (documented in the README)."""
+    """Exit codes of ``nnk`` (the table is in the docs: reference/exit-codes.md)."""
 
     OK = 0
     #: bad data or user error: a missing file, NaN features, a stale index ...

@@ -45,7 +45,8 @@ CLASS_NAMES = [
     "Ankle boot",
 ]
 DEFAULT_SOURCE = Path("/usr/share/datasets/fashion-mnist")
-DEFAULT_OUT = Path(__file__).resolve().parent / "fashion-mnist.h5"
+# the packaged file (sample_data/fashion-mnist.h5 links to it), so that a wheel carries the store
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "nnkcli" / "data" / "fashion-mnist.h5"
 TRAIN_PER_CLASS = 1000
 VAL_PER_CLASS = 200
 N_COMPONENTS = 64

@@ -16,7 +16,7 @@ The check normalises the value (``"both"`` -> ``("nnk", "knn")``, ``"10..30"`` -
 line) naming the Python parameter here and the option on the command line. The rules
 that tie settings together (one k, a shard needs an output) are functions below, raised
 as ``OptionConflict`` wherever they apply. To add a setting: one field here, a test and
-a README line.
+a line in the docs (reference/options.md).
 
 Examples
 --------

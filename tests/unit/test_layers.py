@@ -24,6 +24,7 @@ LAYERS = {
     "errors": 0,
     "plain": 0,
     "nnkcli": 0,  # "nnkcli": the package itself, for __version__
+    "data": 0,  # the sample store's path (no imports)
     "numerics": 1,
     "storage": 1,
     "settings": 1,
