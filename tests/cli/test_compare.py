@@ -285,16 +285,3 @@ def test_prediction_files_are_read_in_blocks(store, tmp_path, runner):
         part = cmp.counts_from_prediction_files(pa, pb, None, None, block_rows=rows)[0]
         for key in ("n", "a_hits", "b_hits", "a_only", "b_only", "class_total", "class_a", "class_b"):
             assert np.array_equal(getattr(part, key), getattr(whole, key)), (rows, key)
-
-
-def test_the_readme_example_prints_what_the_readme_shows(runner, sample_store, monkeypatch):
-    from pathlib import Path
-
-    monkeypatch.chdir(sample_store.parent.parent)  # the README's paths are relative to the repository
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = readme.split("$ nnk compare sample_data/fashion-mnist.h5 --a knn@20 --b nnk@50\n", 1)[1].split("```", 1)[0]
-    res = invoke(runner, "compare", "sample_data/fashion-mnist.h5", "--a", "knn@20", "--b", "nnk@50", "-q")
-    assert res.exit_code == 0, res.stderr
-    shown = [line.rstrip() for line in block.splitlines() if line.strip()]
-    printed = [line.rstrip() for line in res.stdout.splitlines() if line.strip()]
-    assert printed == shown
