@@ -75,7 +75,7 @@ def _blas() -> list[dict]:
         from threadpoolctl import threadpool_info
     except ImportError:
         return []
-    keep = ("user_api", "internal_api", "version", "architecture", "num_threads", "threading_layer")
+    keep = ("user_api", "internal_api", "prefix", "version", "architecture", "num_threads", "threading_layer")
     return [{k: info.get(k) for k in keep} for info in threadpool_info() if info.get("user_api") == "blas"]
 
 

@@ -432,5 +432,6 @@ def main() -> None:
             },
         )
 
+
 if __name__ == "__main__":
     main()

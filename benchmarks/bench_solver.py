@@ -50,7 +50,7 @@ from nnkcli.numerics import compiled
 from nnkcli.numerics.cosine import nnk_solve_cosine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_json  # noqa: E402
+from _report import write_json
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 KS = (20, 50, 200)
