@@ -91,7 +91,8 @@ def test_each_table_names_its_cpu_and_machine_kinds_get_their_own_section(tmp_pa
         runs[-1].write_text(json.dumps(doc))
     results = tmp_path / "results"
     written = gen.record(runs, results)
-    assert [p.parent.name for p in written] == ["amd-epyc-7b13-f25m1-avx2-2c", "intel-xeon-platinum-8481c-f6m143-amx-2c"]
+    kinds = [p.parent.name for p in written]
+    assert kinds == ["amd-epyc-7b13-f25m1-avx2-2c", "intel-xeon-platinum-8481c-f6m143-amx-2c"]
     page = gen.render(gen.load_results(results))
     assert page.count("\n## ") == 2
     assert "AMD EPYC 7B13 (family 25 model 1, flags: avx avx2 fma), 2 of 4 cores" in page
