@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the measurements here, with the machine")
     args = parser.parse_args()
 
     rng = np.random.default_rng(args.seed)
@@ -144,6 +145,20 @@ def main() -> None:
         f"{peak['naive'] / peak['compare']:.1f}x the peak memory"
     )
     print("verdict:", best["compare"]["stdout"].strip().splitlines()[-1])
+    if args.json:
+        from _report import write_json
+
+        write_json(
+            args.json,
+            "bench_compare",
+            {
+                "n_queries": n,
+                "size_mib": size_mib,
+                "repeats": args.repeat,
+                "seconds": {k: r["seconds"] for k, r in best.items()},
+                "peak_rss_mib": peak,
+            },
+        )
 
 
 if __name__ == "__main__":

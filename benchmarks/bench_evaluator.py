@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_json
 from bench_pipeline import make_store
 
 
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--k", default="10..200")
     ap.add_argument("--queries", type=int, default=None, help="number of queries (default 10,000; --quick 2,000)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the measurements here, with the machine")
     args = ap.parse_args()
     n_train, n_query, dim = (10_000, 2_000, 128) if args.quick else (50_000, 10_000, 512)
     n_query = args.queries or n_query
@@ -111,6 +113,24 @@ def main() -> None:
             f"write + nnk sweep {t_write + t_cli:.2f} s = {(t_write + t_cli) / t_mem:.2f}x"
         )
         print(f"best k: {best}; in-memory timing: {mem['timing']}")
+        if args.json:
+            write_json(
+                args.json,
+                "bench_evaluator",
+                {
+                    "n_train": n_train,
+                    "n_query": n_query,
+                    "dim": dim,
+                    "k": args.k,
+                    "repeats": args.repeat,
+                    "rounds": [dict(zip(("memory_s", "library_s", "cli_s", "write_s"), r, strict=True)) for r in rows],
+                    "memory_s": t_mem,
+                    "library_s": t_lib,
+                    "cli_s": t_cli,
+                    "write_s": t_write,
+                    "best": {m: {"k": k, "top1": top1} for m, (k, top1) in best.items()},
+                },
+            )
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=262_144)
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the measurements here, with the machine")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("NNK_BENCH_DIR")) as tmp:
@@ -100,6 +101,10 @@ def main() -> None:
         "peak_rss_over_input": round(first["peak_rss_mib"] / input_mib, 3),
     }
     print(json.dumps(report, indent=2))
+    if args.json:
+        from _report import write_json
+
+        write_json(args.json, "bench_import", report)
 
 
 if __name__ == "__main__":

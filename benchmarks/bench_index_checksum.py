@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1 << 20)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None, help="also write the measurements here, with the machine")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -92,6 +93,21 @@ def main() -> None:
     print(f"ratio               : {c / b:.2f}x   (+{c - b:.2f} s per {size / 2**30:.2f} GiB)")
     print(f"CRC-32 alone        : {crc_s:.2f} s = {size / 2**20 / crc_s:.0f} MiB/s")
     print(f"sha256 alone        : {sha_s:.2f} s = {size / 2**20 / sha_s:.0f} MiB/s (the alternative not taken)")
+    if args.json:
+        from _report import write_json
+
+        write_json(
+            args.json,
+            "bench_index_checksum",
+            {
+                "size_bytes": size,
+                "faiss_read_s": base,
+                "load_index_s": checked,
+                "ratio": c / b,
+                "crc32_s": crc_s,
+                "sha256_s": sha_s,
+            },
+        )
 
 
 if __name__ == "__main__":

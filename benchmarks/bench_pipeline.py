@@ -235,6 +235,14 @@ def busy(cores: int, seconds: float):
     return stop
 
 
+def best_top1(doc: dict) -> dict[str, float]:
+    """The best top-1 of each method of a classify or sweep document."""
+    best: dict[str, float] = {}
+    for row in doc["results"]:
+        best[row["method"]] = max(best.get(row["method"], 0.0), row["top1"])
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
@@ -317,6 +325,7 @@ def main() -> None:
         peak, peak1 = max(peaks), max(peaks1)
         flat_rates = flat_search_rates(dim, 50)
         busy_rows = None
+        ratios, eff = {}, {}
         if a.busy or a.only_busy:
             args = runs_busy = ["classify", str(store), "--k", "200", "--method", "both"] + common
             idle, loaded = [], []
@@ -391,26 +400,36 @@ def main() -> None:
             f"(target <= 3x)  {'PASS' if ratio <= 3 else 'FAIL'}"
         )
     if a.json:
-        a.json.write_text(
-            json.dumps(
-                {
-                    "dataset": a.dataset,
-                    "n_train": n_train,
-                    "n_query": n_query,
-                    "dim": dim,
-                    "threads": threads,
-                    "gemm_peak_gflops": peak,
-                    "gemm_rounds": peaks,
-                    "gemm_peak_1thread_gflops": peak1,
-                    "flat_search_gflops": {"faiss": flat_rates[0], "nnkcli": flat_rates[1]},
-                    "runs": {
-                        k: {"wall_s": v["wall_s"], "peak_rss_mib": v["peak_rss_mib"], "timing": v["doc"]["timing"]}
-                        for k, v in results.items()
-                    },
-                    "busy": busy_rows,
+        from _report import write_json  # beside this script
+
+        write_json(
+            a.json,
+            "bench_pipeline",
+            {
+                "dataset": a.dataset,
+                "n_train": n_train,
+                "n_query": n_query,
+                "dim": dim,
+                "threads": threads,
+                "repeats": repeats,
+                "gemm_peak_gflops": peak,
+                "gemm_rounds": peaks,
+                "gemm_peak_1thread_gflops": peak1,
+                "flat_search_gflops": {"faiss": flat_rates[0], "nnkcli": flat_rates[1]},
+                "runs": {
+                    k: {
+                        "args": runs[k],
+                        "wall_s": v["wall_s"],
+                        "peak_rss_mib": v["peak_rss_mib"],
+                        "timing": v["doc"]["timing"],
+                        "top1": best_top1(v["doc"]),
+                    }
+                    for k, v in results.items()
                 },
-                indent=2,
-            )
+                "ratios": {name: {"value": value, "target": target} for name, (value, target) in ratios.items()},
+                "search_efficiency": {str(k): v for k, v in eff.items()},
+                "busy": busy_rows,
+            },
         )
 
 

@@ -171,20 +171,21 @@ def main() -> None:
             f"{'PASS' if ratio <= 0.40 else 'FAIL'}{same}"
         )
     if a.json:
-        a.json.write_text(
-            json.dumps(
-                {
-                    "n_train": n_train,
-                    "n_query": n_query,
-                    "dim": a.dim,
-                    "classes": a.classes,
-                    "runs": {
-                        k: {"wall_s": v["wall_s"], "peak_rss_mib": v["peak_rss_mib"], "to_50k_s": v["to_50k_s"]}
-                        for k, v in results.items()
-                    },
+        from _report import write_json  # beside this script
+
+        write_json(
+            a.json,
+            "bench_scale",
+            {
+                "n_train": n_train,
+                "n_query": n_query,
+                "dim": a.dim,
+                "classes": a.classes,
+                "runs": {
+                    k: {"wall_s": v["wall_s"], "peak_rss_mib": v["peak_rss_mib"], "to_50k_s": v["to_50k_s"]}
+                    for k, v in results.items()
                 },
-                indent=2,
-            )
+            },
         )
 
 

@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="runs of each command (the minimum is kept)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None, help="keep the store here (default: a temp dir)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the measurements here, with the machine")
     a = ap.parse_args()
     n_train = a.n_train or (20_000 if a.quick else 200_000)
     n_query = a.n_query or (2_000 if a.quick else 10_000)
@@ -90,6 +91,23 @@ def main() -> None:
             f"top-1 {e['top1']:.2f} %   best on the query split k={b['k']} top-1 {b['top1']:.2f} % (optimistic)"
         )
     print(f"\nsweep --select-on train / sweep: {ratio:.2f}x   (target <= 2x)  {'PASS' if ratio <= 2 else 'FAIL'}")
+    if a.json:
+        from _report import write_json
+
+        write_json(
+            a.json,
+            "bench_select",
+            {
+                "n_train": n_train,
+                "n_query": n_query,
+                "dim": dim,
+                "repeats": a.repeat,
+                "walls_s": walls,
+                "best_s": best,
+                "ratio": ratio,
+                "selected": sel["selected"],
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
 import sys
 import time
@@ -49,6 +48,9 @@ from scipy.optimize import nnls
 from nnkcli import kernel_blocks, nnk_solve, nnk_weights
 from nnkcli.numerics import compiled
 from nnkcli.numerics.cosine import nnk_solve_cosine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_json
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 KS = (20, 50, 200)
@@ -209,7 +211,9 @@ def main() -> None:
     ap.add_argument("--n-query", type=int, default=None, help="queries per row (default 2000)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per side (default 3, quick 2)")
     ap.add_argument("--data", type=Path, default=DATA, help=f"Fashion-MNIST IDX directory (default {DATA})")
-    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument(
+        "--json", type=Path, default=None, help="also write the rows here, with the machine (docs/performance.md)"
+    )
     a = ap.parse_args()
     n_query = a.n_query or (300 if a.quick else 2000)
     repeats = a.repeats or (2 if a.quick else 3)
@@ -281,7 +285,8 @@ def main() -> None:
             )
     print(f"# total {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if a.json:
-        a.json.write_text(json.dumps(rows, indent=2) + "\n")
+        engine = "compiled" if compiled.available() else "numpy"
+        write_json(a.json, "bench_solver", {"n_query": n_query, "repeats": repeats, "engine": engine, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None, help="also write the measurements here, with the machine")
     args = ap.parse_args()
     n_train, n_query, dim = (5_000, 500, 64) if args.quick else (20_000, 2_000, 128)
 
@@ -79,6 +80,11 @@ def main() -> None:
                     f"{'':18s} torch {device:4s} {t:7.2f} s   ratio {t / base:5.2f}   "
                     f"max accuracy gap {gap:.3f} points, NNK fallbacks {fallbacks}"
                 )
+    if args.json:
+        from _report import write_json
+
+        rows = [{"run": name, "backend": backend, "seconds": s} for (name, backend), s in best.items()]
+        write_json(args.json, "bench_torch_backend", {"n_train": n_train, "n_query": n_query, "dim": dim, "best": rows})
 
 
 if __name__ == "__main__":
