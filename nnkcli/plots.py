@@ -231,7 +231,7 @@ def plot_sweeps(
                 what = f"selected on {on}" + (f" (also best on {split})" if same else "")
                 notes.append((sel, f"{what}: {sel['top1']:.2f} % (k={sel['k']}{t})", color, True))
             if best is not None and not same:
-                note = " (optimistic)" if sel is not None else ""
+                note = " (optimistic)" if docs[0].get("selected") else ""  # beside a selection on train
                 notes.append((best, f"best on {split}{note}: {best['top1']:.2f} % (k={best['k']}{t})", color, False))
         split = docs[0]["query_split"] if len({d["query_split"] for d in docs}) == 1 else "the query split"
         if any(ln.best for ln in lines):
