@@ -49,10 +49,11 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     for name, args in FIGURES.items():
         argv = [*args, "--plot", f"docs/{name}", "-q"]
-        print("nnk " + shlex.join(argv), flush=True)
+        sys.stdout.write("nnk " + shlex.join(argv) + "\n")
+        sys.stdout.flush()
         done = subprocess.run([sys.executable, "-m", "nnkcli", *argv], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
         if done.returncode != 0:
-            print(f"failed with exit code {done.returncode}: docs/{name} not written", file=sys.stderr)
+            sys.stderr.write(f"failed with exit code {done.returncode}: docs/{name} not written\n")
             return done.returncode
     return 0
 

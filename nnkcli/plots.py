@@ -28,8 +28,6 @@ LABELS = {"nnk": "NNK", "knn": "weighted k-NN"}
 _STYLE = {"nnk": ("tab:blue", "o"), "knn": ("tab:orange", "s")}
 _MARKERS = {"nnk": "o", "knn": "s"}
 _MAX_TICK_LABELS = 20
-#: set for nnkcli's figures only (a context, never the user's global rcParams): text stays text
-PAPER_RC = {"svg.fonttype": "none", "pdf.fonttype": 42, "ps.fonttype": 42}
 _HINT = "write one with: nnk sweep STORE --format json > FILE.json"
 
 
@@ -60,11 +58,12 @@ def _pyplot():
 
 @contextmanager
 def _figure(path: Path, figsize: tuple[float, float]) -> Iterator[tuple]:
-    """A figure and its axes under ``PAPER_RC``, written atomically to ``path`` when the block ends."""
+    """A figure and its axes for a paper (text kept as text), written atomically to ``path`` when the block ends."""
     plt = _pyplot()
     import matplotlib
 
-    with matplotlib.rc_context(PAPER_RC):  # the font types are read when the file is saved: save inside
+    # text as text (no glyph outlines, TrueType not Type 3); read when the file is saved: save inside
+    with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42, "ps.fonttype": 42}):
         fig, ax = plt.subplots(figsize=figsize, dpi=120)
         try:
             yield fig, ax
@@ -94,7 +93,7 @@ def keep_inside(fig, ax, texts: Sequence, *, away: Sequence[int] = ()) -> None:
     renderer = fig.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
     to_points = 72.0 / fig.dpi
-    placed = []
+    placed: list = []
     for i, text in enumerate(texts):
         for _ in range(8):
             box = text.get_window_extent(renderer)
@@ -362,9 +361,9 @@ def plot_sweep_files(
     title: str | None = None,
 ) -> Path:
     """Read saved sweep documents (``nnk sweep ... --format json``) and draw them on one axes to ``out``."""
-    paths = [Path(p) for p in paths]
-    docs = [read_sweep_document(p) for p in paths]
-    return plot_sweeps(docs, out, labels=list(labels) if labels else _document_names(paths, docs), title=title)
+    files = [Path(p) for p in paths]
+    docs = [read_sweep_document(p) for p in files]
+    return plot_sweeps(docs, out, labels=list(labels) if labels else _document_names(files, docs), title=title)
 
 
 # ---------------------------------------------------------------- top-1 over checkpoints
@@ -461,8 +460,17 @@ def plot_history(
             if any_bars:
                 from matplotlib.lines import Line2D
 
-                handles.append(Line2D([], [], color="0.3", marker="|", ms=9, ls="none", label="error bars: "
-                                      + _interval_name([confidence])))
+                handles.append(
+                    Line2D(
+                        [],
+                        [],
+                        color="0.3",
+                        marker="|",
+                        ms=9,
+                        ls="none",
+                        label="error bars: " + _interval_name([confidence]),
+                    )
+                )
             ax.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.9)
         fig.tight_layout()
         lo, hi = ax.get_xlim()
