@@ -26,7 +26,6 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 #: one name per method in every figure
 LABELS = {"nnk": "NNK", "knn": "weighted k-NN"}
 _STYLE = {"nnk": ("tab:blue", "o"), "knn": ("tab:orange", "s")}
-_MARKERS = {"nnk": "o", "knn": "s"}
 _MAX_TICK_LABELS = 20
 _HINT = "write one with: nnk sweep STORE --format json > FILE.json"
 
@@ -209,7 +208,13 @@ def plot_sweeps(
         for ln in lines:
             color = next(colors)
             (drawn,) = ax.plot(
-                ln.ks, ln.top1, marker=_MARKERS.get(ln.method, "^"), markersize=3.5, color=color, label=ln.label
+                ln.ks,
+                ln.top1,
+                marker=_STYLE.get(ln.method, (None, "^"))[1],
+                ls="-" if ln.method == "nnk" else "--",  # the methods apart in grey print and across documents
+                markersize=3.5,
+                color=color,
+                label=ln.label,
             )
             handles.append(drawn)
             if ln.ci and all(isinstance(b, (list, tuple)) and len(b) == 2 and None not in b for b in ln.ci):
@@ -284,8 +289,7 @@ def _label(ax, point: dict, text: str, color, *, below: bool = False):
 
 
 def _mark(line2d, marker: str, label: str, *, filled: bool):
-    face = "0.35" if filled else "none"
-    return line2d([], [], ls="none", marker=marker, ms=7, mfc=face, mec="0.2", label=label)
+    return line2d([], [], ls="none", marker=marker, ms=7, mfc="0.35" if filled else "none", mec="0.2", label=label)
 
 
 def read_sweep_document(path: str | os.PathLike) -> dict:
@@ -319,12 +323,10 @@ def read_sweep_document(path: str | os.PathLike) -> dict:
 def _sweep_problem(doc) -> str | None:
     if not isinstance(doc, dict):
         return f"a JSON {type(doc).__name__}, not an object"
-    for key, kind in (("store", str), ("query_split", str), ("train_split", str), ("results", list)):
+    kinds = {"store": str, "query_split": str, "train_split": str, "n_queries": int, "n_train": int, "results": list}
+    for key, kind in kinds.items():
         if not isinstance(doc.get(key), kind):
             return f"no {key!r}" if key not in doc else f"{key!r} is not a {kind.__name__}"
-    for key in ("n_queries", "n_train"):
-        if not isinstance(doc.get(key), int):
-            return f"no {key!r}"
     if not doc["results"]:
         return "no results"
     for i, row in enumerate(doc["results"]):
