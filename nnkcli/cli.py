@@ -43,6 +43,7 @@ COMMANDS = {
     "evaluate": "nnkcli.commands.evaluate:evaluate",
     "history": "nnkcli.commands.history:history",
     "compare": "nnkcli.commands.compare:compare",
+    "plot": "nnkcli.commands.plot:plot",
 }
 
 _VERBOSITY = "nnkcli.verbosity"

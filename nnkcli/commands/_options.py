@@ -462,3 +462,13 @@ def plot_option(dest: str, help: str, path_type=None):
         callback=_plot_suffix,
         help=help,
     )
+
+
+def title_option(f):
+    """``--title TEXT``: the figure's title instead of the one derived from what it shows."""
+    return click.option(
+        "--title",
+        default=None,
+        metavar="TEXT",
+        help="Title of the figure [default: what it shows: the store or history, split and size].",
+    )(f)

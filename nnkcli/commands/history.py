@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from nnkcli.cli import command_options, get_ui
-from nnkcli.commands._options import plot_option
+from nnkcli.commands._options import plot_option, title_option
 from nnkcli.output import Column, render
 
 logger = logging.getLogger("nnkcli")
@@ -31,6 +31,7 @@ EPILOG = """\b
 Examples:
   nnk history runs/history.jsonl
   nnk history runs/history.jsonl --plot runs/history.png
+  nnk history runs/history.jsonl --plot history.pdf --title "ViT-S/16 on ImageNet-100"
   nnk history runs/history.jsonl --format json | jq '.best.nnk'
   nnk history runs/history.jsonl --tensorboard runs/tb    # then: tensorboard --logdir runs/tb
   nnk history runs/history.jsonl --params                 # the parameter sets recorded
@@ -52,6 +53,7 @@ Malformed lines are reported on stderr with their line number and skipped.
     "Also draw top-1 over checkpoints for each method (.png, .svg or .pdf; needs the plot extra).",
     path_type=Path,
 )
+@title_option
 @click.option(
     "--tensorboard",
     "tensorboard_dir",
@@ -71,7 +73,7 @@ Malformed lines are reported on stderr with their line number and skipped.
 )
 @command_options
 @click.pass_context
-def history(ctx, history_path, plot_path, tensorboard_dir, list_params, param_set, fmt):
+def history(ctx, history_path, plot_path, title, tensorboard_dir, list_params, param_set, fmt):
     """Show the evaluations recorded in HISTORY by nnk evaluate, one row per source."""
     from nnkcli.errors import InputError
     from nnkcli.tracking.history import read_history
@@ -79,6 +81,8 @@ def history(ctx, history_path, plot_path, tensorboard_dir, list_params, param_se
     from nnkcli.tracking.views import history_view, parameter_set_rows
 
     ui = get_ui(ctx)
+    if title is not None and plot_path is None:
+        raise click.UsageError("--title is the title of the --plot figure: give --plot too")
     if tensorboard_dir is not None:
         from nnkcli.tensorboard_log import check_logdir
 
@@ -116,7 +120,13 @@ def history(ctx, history_path, plot_path, tensorboard_dir, list_params, param_se
                 hint="nnk evaluate ... --history FILE records them",
             )
 
-        plot_history(rows, plot_path, methods=methods, title=history_path.name)
+        from nnkcli.numerics.stats import DEFAULT_CONFIDENCE
+
+        confidence = (chosen.parameters if chosen is not None else {}).get("confidence")
+        if not isinstance(confidence, float) or not 0 < confidence < 1:
+            confidence = DEFAULT_CONFIDENCE  # lines written before the level was recorded
+        default_title = f"{history_path.name}: best top-1 of each method per checkpoint"
+        plot_history(rows, plot_path, methods=methods, title=title or default_title, confidence=confidence)
         logger.info(f"plot written to {plot_path}")
     payload = view.to_dict()
     if tensorboard_dir is not None:

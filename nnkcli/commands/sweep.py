@@ -5,7 +5,14 @@ from __future__ import annotations
 import click
 
 from nnkcli.cli import command_options, get_ui
-from nnkcli.commands._options import data_options, gate_options, plot_option, scoring_options, shard_option
+from nnkcli.commands._options import (
+    data_options,
+    gate_options,
+    plot_option,
+    scoring_options,
+    shard_option,
+    title_option,
+)
 from nnkcli.commands._render import render_sweep
 
 
@@ -23,7 +30,12 @@ from nnkcli.commands._render import render_sweep
     metavar="PART.h5",
     help="Write the per-query predictions at every k as a partial result file for 'nnk merge' (needed with --shard).",
 )
-@plot_option("plot", "Also draw top-1 vs k to this .png/.svg/.pdf (needs the plot extra).")
+@plot_option(
+    "plot",
+    "Also draw top-1 vs k to this .png/.svg/.pdf: a line per method and temperature, the best k and the k "
+    "selected on train marked (needs the plot extra).",
+)
+@title_option
 @click.option(
     "--tensorboard",
     "tensorboard_dir",
@@ -41,7 +53,7 @@ from nnkcli.commands._render import render_sweep
     help="Training step (epoch) of these features, for --tensorboard.",
 )
 @command_options
-def sweep(store, scoring, data, shard, out, plot, tensorboard_dir, step, min_top1, min_top5, gate_method, fmt):
+def sweep(store, scoring, data, shard, out, plot, title, tensorboard_dir, step, min_top1, min_top5, gate_method, fmt):
     """Top-1/top-5 of NNK and weighted kNN for many k, from one neighbor search.
 
     Each query chunk is searched once at the largest k; smaller k use the leading
@@ -56,6 +68,7 @@ def sweep(store, scoring, data, shard, out, plot, tensorboard_dir, step, min_top
     Examples:
       nnk sweep feats.h5 --k 10..200
       nnk sweep feats.h5 --k 1,5,10..200:10 --plot sweep.png
+      nnk sweep feats.h5 --select-on train --plot sweep.pdf --title "ViT-S/16, epoch 100"
       nnk sweep feats.h5 --k 10..200 --format csv > sweep.csv
       nnk sweep feats.h5 --format json --min-top1 70 | jq .best
       nnk sweep feats.h5 --k 10..200 --tensorboard runs/tb --step 30
@@ -72,6 +85,8 @@ def sweep(store, scoring, data, shard, out, plot, tensorboard_dir, step, min_top
         from nnkcli.plots import check_plot_path
 
         check_plot_path(plot)  # fail before the long computation, not after
+    if title is not None and plot is None:
+        raise click.UsageError("--title is the title of the --plot figure: give --plot too")
     if (tensorboard_dir is None) != (step is None):
         raise click.UsageError("--tensorboard and --step go together: give both or neither")
     if tensorboard_dir is not None:
@@ -86,7 +101,7 @@ def sweep(store, scoring, data, shard, out, plot, tensorboard_dir, step, min_top
     if plot is not None:
         from nnkcli.plots import plot_sweep
 
-        plot_sweep(doc, plot)
+        plot_sweep(doc, plot, title=title)
         doc["plot"] = str(plot)
     if tensorboard_dir is not None:
         from nnkcli.tensorboard_log import write_sweep

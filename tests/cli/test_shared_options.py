@@ -27,6 +27,7 @@ ARGS = {
     "evaluate": ["nope.h5", "--history", "nope/h.jsonl"],
     "history": ["nope.jsonl"],
     "compare": ["a.h5", "b.h5"],
+    "plot": ["nope.json", "--out", "nope.png"],
 }
 
 #: options that share only their name: a different thing in each command
@@ -79,7 +80,7 @@ BAD = {
     "--workers": "-1",
 }
 #: shared options any value of which is valid while parsing (a path, a key, a name)
-FREE = {"--index", "--model", "--checkpoint-key", "--strip-prefix", "--out", "--tensorboard"}
+FREE = {"--index", "--model", "--checkpoint-key", "--strip-prefix", "--out", "--tensorboard", "--title"}
 
 
 def commands() -> list[str]:
