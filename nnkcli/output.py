@@ -1,8 +1,9 @@
 """Rendering results (stdout) and talking to the user (stderr).
 
 Results go to stdout as ``table`` (rich, plain text when not a terminal), ``json``
-(versioned: ``schema_version`` first) or ``csv``. Progress bars and log lines go to
-stderr: rich-formatted only on a TTY, silenced by ``-q`` and by ``--format json``.
+(versioned: ``schema_version`` first) or ``csv``. Progress and log lines go to
+stderr: rich-formatted only on a TTY (plain lines in a log), silenced by ``-q``; info lines also by
+``--format json``.
 The core library logs to the ``nnkcli`` logger and reports progress through plain
 callbacks, so it never imports rich or click; this module bridges both.
 """
@@ -47,12 +48,17 @@ class Column:
         return self.header if self.header is not None else self.key
 
 
+#: seconds between two progress lines when stderr is not a terminal (``--progress-every``)
+PROGRESS_EVERY = 30.0
+
+
 @dataclass
 class Ui:
-    """What the user asked for: verbosity (``-v`` minus ``-q``) and output format."""
+    """What the user asked for: verbosity (``-v`` minus ``-q``), output format, progress line interval."""
 
     verbosity: int = 0
     fmt: str = "table"
+    progress_every: float = PROGRESS_EVERY
     _stderr_console: Any = field(default=None, repr=False)
 
     # -- stderr ---------------------------------------------------------------
@@ -62,7 +68,7 @@ class Ui:
 
     @property
     def chatty(self) -> bool:
-        """Whether info lines and progress bars are wanted at all."""
+        """Whether info lines are wanted (not with ``-q``, nor with ``--format json``)."""
         return self.verbosity >= 0 and self.fmt != "json"
 
     def stderr_console(self):
@@ -73,48 +79,205 @@ class Ui:
         return self._stderr_console
 
     @contextlib.contextmanager
-    def progress(self, total: int | None, description: str, unit: str = "rows") -> Iterator[Callable[[int], None]]:
-        """Yield ``advance(n)``; draws a rich progress bar only on a TTY and when chatty."""
-        if not (self.chatty and self.stderr_is_tty):
+    def progress(
+        self, total: int | None, description: str, unit: str | None = None
+    ) -> Iterator[Callable[[int], None]]:
+        """Yield ``advance(n)`` for one stage (``total`` None: a stage without a count, e.g. loading a file).
+
+        On a terminal a rich bar, shown from the stage's start; otherwise (a log file, cron, Slurm, CI) a
+        plain line at most every ``progress_every`` seconds and one when a stage that lasted at least
+        that long ends. ``-q`` silences
+        both; the output format does not (it is about stdout). The unit defaults to the stage's
+        (``stage_unit``).
+        """
+        if self.verbosity < 0:
             yield lambda n: None
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        unit = unit or stage_unit(description)
+        if not self.stderr_is_tty:
+            log = ProgressLog(description, total, unit, every=self.progress_every)
+            yield log.advance
+            log.finish()
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        rate = _rate_column(unit)
+        rate = RateEstimator()
         with Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
-            rate,
+            *_rate_columns(rate, unit),
             TimeElapsedColumn(),
-            TimeRemainingColumn(),
             console=self.stderr_console(),
             transient=True,
         ) as bar:
             task = bar.add_task(description, total=total)
-            yield lambda n: bar.advance(task, n)
+            done = [0]
+
+            def advance(n: int) -> None:
+                done[0] += n
+                rate.update(done[0])
+                bar.advance(task, n)
+
+            yield advance
 
 
-def _rate_column(unit: str) -> ProgressColumn:
-    """A column showing ``<rate> <unit>/s``; its class is built lazily so rich is imported only when a bar is drawn."""
+def stage_unit(description: str) -> str:
+    """What a stage counts: train rows when an index is built or a file written, images when extracting,
+    else queries (classify, sweep, compare, the selection on train)."""
+    if description.startswith(("building", "indexing", "writing")):
+        return "rows"
+    if description.startswith("extracting"):
+        return "images"
+    return "queries"
+
+
+class RateEstimator:
+    """Items per second over a recent window, for an ETA that follows the present pace.
+
+    The rate is ``(done_last - done_anchor) / (t_last - t_anchor)`` where the anchor is the latest
+    sample at least ``window`` seconds before the last (or the oldest kept). The stage's start is
+    dropped once two advances have been seen: the first block pays the start-up (files opened, caches
+    and threads warmed), and an ETA counted from the start was far too long early in a run.
+    """
+
+    def __init__(self, window: float = 20.0, clock: Callable[[], float] | None = None):
+        import time
+
+        self.window = window
+        self.clock = clock or time.monotonic
+        self.start = self.clock()
+        self.samples: list[tuple[float, int]] = [(self.start, 0)]
+        self.advances = 0
+
+    def update(self, done: int, now: float | None = None) -> None:
+        """Record that ``done`` items are complete (a running total) at ``now``."""
+        now = self.clock() if now is None else now
+        self.samples.append((now, done))
+        self.advances += 1
+        if self.advances == 2:  # the interval from the stage's start holds the start-up: forget it
+            del self.samples[0]
+        while len(self.samples) > 2 and self.samples[1][0] <= now - self.window:
+            del self.samples[0]
+
+    @property
+    def done(self) -> int:
+        return self.samples[-1][1]
+
+    @property
+    def rate(self) -> float | None:
+        """Items per second, None before the first advance."""
+        (t0, d0), (t1, d1) = self.samples[0], self.samples[-1]
+        return (d1 - d0) / (t1 - t0) if t1 > t0 and d1 > d0 else None
+
+    def eta(self, total: int | None, now: float | None = None) -> float | None:
+        """Seconds left until ``total``: the remaining items at the recent rate, less the time since the
+        last advance (the count runs down between advances); None when it cannot be known yet."""
+        rate = self.rate
+        if total is None or rate is None:
+            return None
+        now = self.clock() if now is None else now
+        return max(0.0, (total - self.done) / rate - (now - self.samples[-1][0]))
+
+
+def _clock_text(seconds: float | None) -> str:
+    """``3.2s``, ``42s``, ``4:05``, ``1:02:03`` (hours:minutes:seconds), or ``-`` when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    if seconds < 59.5:
+        return f"{seconds:.1f}s" if seconds < 9.95 else f"{seconds:.0f}s"
+    s = int(round(seconds))
+    hours, rest = divmod(s, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _rate_text(rate: float | None, unit: str) -> str:
+    if rate is None:
+        return f"- {unit}/s"
+    return f"{rate:,.1f} {unit}/s" if rate < 10 else f"{rate:,.0f} {unit}/s"
+
+
+class ProgressLog:
+    """A stage's progress as plain stderr lines: at most one every ``every`` seconds, and one at its end
+    when it lasted that long.
+
+    ``sweeping: 1,200/10,000 queries (12 %), 34 queries/s, ETA 4:18``; at the end
+    ``sweeping: 10,000/10,000 queries, 35 queries/s, done in 4:50``. A stage that fails prints no end line.
+    """
+
+    def __init__(self, stage: str, total: int | None, unit: str, every: float, clock=None, stream=None):
+        self.stage, self.total, self.unit, self.every = stage, total, unit, every
+        self.rate = RateEstimator(clock=clock)
+        self.clock = self.rate.clock
+        self.stream = stream
+        self.count = 0
+        self.lines = 0
+        self.last_line = self.rate.start
+
+    def advance(self, n: int) -> None:
+        self.count += n
+        now = self.clock()
+        self.rate.update(self.count, now)
+        if now - self.last_line >= self.every:
+            self.last_line = now
+            self._write(self._line(now, end=False))
+
+    def finish(self) -> None:
+        # a stage shorter than the interval stays silent: a short run's log (and the first line of its
+        # stderr, an Error: a script may look for) carries no progress at all
+        now = self.clock()
+        if self.lines or now - self.rate.start >= self.every:
+            self._write(self._line(now, end=True))
+
+    def _line(self, now: float, *, end: bool) -> str:
+        parts = []
+        if self.total is not None:
+            count = f"{self.count:,}/{self.total:,} {self.unit}"
+            if not end and self.total > 0:
+                count += f" ({100 * self.count / self.total:.0f} %)"
+            parts.append(count)
+        if self.count:
+            overall = self.count / (now - self.rate.start) if now > self.rate.start else None
+            parts.append(_rate_text(overall if end else self.rate.rate, self.unit))
+        if end:
+            parts.append(f"done in {_clock_text(now - self.rate.start)}")
+        else:
+            parts.append(f"ETA {_clock_text(self.rate.eta(self.total, now))}")
+        return f"{self.stage}: " + ", ".join(parts)
+
+    def _write(self, line: str) -> None:
+        stream = self.stream or sys.stderr
+        stream.write(line + "\n")
+        stream.flush()
+        self.lines += 1
+
+
+def _rate_columns(rate: RateEstimator, unit: str) -> list[ProgressColumn]:
+    """The bar's count, ``<rate> <unit>/s`` and ETA columns from ``rate`` (a recent rate, not rich's own);
+    their classes are built lazily so rich is imported only when a bar is drawn."""
     from rich.progress import ProgressColumn
     from rich.text import Text
 
+    class CountColumn(ProgressColumn):
+        def render(self, task):
+            if task.total is None:  # a stage without a count: its name and the time are what it shows
+                return Text("")
+            return Text(f"{int(task.completed)}/{int(task.total)}", style="progress.download")
+
     class RateColumn(ProgressColumn):
         def render(self, task):
-            speed = task.finished_speed or task.speed
-            if not speed:
-                return Text(f"- {unit}/s", style="progress.data.speed")
-            return Text(f"{speed:,.0f} {unit}/s", style="progress.data.speed")
+            if task.total is None:
+                return Text("")
+            return Text(_rate_text(rate.rate, unit), style="progress.data.speed")
 
-    return RateColumn()
+    class EtaColumn(ProgressColumn):
+        max_refresh = 0.5
+
+        def render(self, task):
+            if task.total is None:
+                return Text("")
+            return Text(f"ETA {_clock_text(rate.eta(int(task.total)))}", style="progress.remaining")
+
+    return [CountColumn(), RateColumn(), EtaColumn()]
 
 
 def _isatty(stream) -> bool:
