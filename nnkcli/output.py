@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nnkcli.plain import jsonable
+from nnkcli.progress import ProgressLog, RateEstimator, clock_text, rate_text
 
 if TYPE_CHECKING:
     from rich.progress import ProgressColumn
@@ -42,6 +43,9 @@ class Column:
     #: key of an interval ``[low, high]`` for this value: the table shows ``85.45 ±1.55``
     #: (half the interval's width), CSV adds ``<key>_ci_low`` and ``<key>_ci_high`` columns
     ci: str | None = None
+    #: columns of one group stay in one table when a table too wide for the terminal is split
+    #: (one method's, one temperature's); None: a group of its own
+    group: str | None = None
 
     @property
     def title(self) -> str:
@@ -79,9 +83,7 @@ class Ui:
         return self._stderr_console
 
     @contextlib.contextmanager
-    def progress(
-        self, total: int | None, description: str, unit: str | None = None
-    ) -> Iterator[Callable[[int], None]]:
+    def progress(self, total: int | None, description: str, unit: str | None = None) -> Iterator[Callable[[int], None]]:
         """Yield ``advance(n)`` for one stage (``total`` None: a stage without a count, e.g. loading a file).
 
         On a terminal a rich bar, shown from the stage's start; otherwise (a log file, cron, Slurm, CI) a
@@ -131,126 +133,6 @@ def stage_unit(description: str) -> str:
     return "queries"
 
 
-class RateEstimator:
-    """Items per second over a recent window, for an ETA that follows the present pace.
-
-    The rate is ``(done_last - done_anchor) / (t_last - t_anchor)`` where the anchor is the latest
-    sample at least ``window`` seconds before the last (or the oldest kept). The stage's start is
-    dropped once two advances have been seen: the first block pays the start-up (files opened, caches
-    and threads warmed), and an ETA counted from the start was far too long early in a run.
-    """
-
-    def __init__(self, window: float = 20.0, clock: Callable[[], float] | None = None):
-        import time
-
-        self.window = window
-        self.clock = clock or time.monotonic
-        self.start = self.clock()
-        self.samples: list[tuple[float, int]] = [(self.start, 0)]
-        self.advances = 0
-
-    def update(self, done: int, now: float | None = None) -> None:
-        """Record that ``done`` items are complete (a running total) at ``now``."""
-        now = self.clock() if now is None else now
-        self.samples.append((now, done))
-        self.advances += 1
-        if self.advances == 2:  # the interval from the stage's start holds the start-up: forget it
-            del self.samples[0]
-        while len(self.samples) > 2 and self.samples[1][0] <= now - self.window:
-            del self.samples[0]
-
-    @property
-    def done(self) -> int:
-        return self.samples[-1][1]
-
-    @property
-    def rate(self) -> float | None:
-        """Items per second, None before the first advance."""
-        (t0, d0), (t1, d1) = self.samples[0], self.samples[-1]
-        return (d1 - d0) / (t1 - t0) if t1 > t0 and d1 > d0 else None
-
-    def eta(self, total: int | None, now: float | None = None) -> float | None:
-        """Seconds left until ``total``: the remaining items at the recent rate, less the time since the
-        last advance (the count runs down between advances); None when it cannot be known yet."""
-        rate = self.rate
-        if total is None or rate is None:
-            return None
-        now = self.clock() if now is None else now
-        return max(0.0, (total - self.done) / rate - (now - self.samples[-1][0]))
-
-
-def _clock_text(seconds: float | None) -> str:
-    """``3.2s``, ``42s``, ``4:05``, ``1:02:03`` (hours:minutes:seconds), or ``-`` when unknown."""
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    if seconds < 59.5:
-        return f"{seconds:.1f}s" if seconds < 9.95 else f"{seconds:.0f}s"
-    s = int(round(seconds))
-    hours, rest = divmod(s, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-
-
-def _rate_text(rate: float | None, unit: str) -> str:
-    if rate is None:
-        return f"- {unit}/s"
-    return f"{rate:,.1f} {unit}/s" if rate < 10 else f"{rate:,.0f} {unit}/s"
-
-
-class ProgressLog:
-    """A stage's progress as plain stderr lines: at most one every ``every`` seconds, and one at its end
-    when it lasted that long.
-
-    ``sweeping: 1,200/10,000 queries (12 %), 34 queries/s, ETA 4:18``; at the end
-    ``sweeping: 10,000/10,000 queries, 35 queries/s, done in 4:50``. A stage that fails prints no end line.
-    """
-
-    def __init__(self, stage: str, total: int | None, unit: str, every: float, clock=None, stream=None):
-        self.stage, self.total, self.unit, self.every = stage, total, unit, every
-        self.rate = RateEstimator(clock=clock)
-        self.clock = self.rate.clock
-        self.stream = stream
-        self.count = 0
-        self.lines = 0
-        self.last_line = self.rate.start
-
-    def advance(self, n: int) -> None:
-        self.count += n
-        now = self.clock()
-        self.rate.update(self.count, now)
-        if now - self.last_line >= self.every:
-            self.last_line = now
-            self._write(self._line(now, end=False))
-
-    def finish(self) -> None:
-        # a stage shorter than the interval stays silent: a short run's log (and the first line of its
-        # stderr, an Error: a script may look for) carries no progress at all
-        now = self.clock()
-        if self.lines or now - self.rate.start >= self.every:
-            self._write(self._line(now, end=True))
-
-    def _line(self, now: float, *, end: bool) -> str:
-        parts = []
-        if self.total is not None:
-            count = f"{self.count:,}/{self.total:,} {self.unit}"
-            if not end and self.total > 0:
-                count += f" ({100 * self.count / self.total:.0f} %)"
-            parts.append(count)
-        if self.count:
-            overall = self.count / (now - self.rate.start) if now > self.rate.start else None
-            parts.append(_rate_text(overall if end else self.rate.rate, self.unit))
-        if end:
-            parts.append(f"done in {_clock_text(now - self.rate.start)}")
-        else:
-            parts.append(f"ETA {_clock_text(self.rate.eta(self.total, now))}")
-        return f"{self.stage}: " + ", ".join(parts)
-
-    def _write(self, line: str) -> None:
-        stream = self.stream or sys.stderr
-        stream.write(line + "\n")
-        stream.flush()
-        self.lines += 1
-
-
 def _rate_columns(rate: RateEstimator, unit: str) -> list[ProgressColumn]:
     """The bar's count, ``<rate> <unit>/s`` and ETA columns from ``rate`` (a recent rate, not rich's own);
     their classes are built lazily so rich is imported only when a bar is drawn."""
@@ -267,7 +149,7 @@ def _rate_columns(rate: RateEstimator, unit: str) -> list[ProgressColumn]:
         def render(self, task):
             if task.total is None:
                 return Text("")
-            return Text(_rate_text(rate.rate, unit), style="progress.data.speed")
+            return Text(rate_text(rate.rate, unit), style="progress.data.speed")
 
     class EtaColumn(ProgressColumn):
         max_refresh = 0.5
@@ -275,7 +157,7 @@ def _rate_columns(rate: RateEstimator, unit: str) -> list[ProgressColumn]:
         def render(self, task):
             if task.total is None:
                 return Text("")
-            return Text(f"ETA {_clock_text(rate.eta(int(task.total)))}", style="progress.remaining")
+            return Text(f"ETA {clock_text(rate.eta(int(task.total)))}", style="progress.remaining")
 
     return [CountColumn(), RateColumn(), EtaColumn()]
 
@@ -427,9 +309,7 @@ def _render(payload, fmt, columns, rows, title, caption, out) -> None:
         for row in rows:
             writer.writerow(["" if jsonable(get(row)) is None else jsonable(get(row)) for _, get in cells])
     elif fmt == "table":
-        from rich import box
         from rich.console import Console
-        from rich.table import Table
 
         class _PipeConsole(Console):
             def on_broken_pipe(self) -> None:  # rich would exit 1; the CLI ends a closed pipe quietly
@@ -443,14 +323,84 @@ def _render(payload, fmt, columns, rows, title, caption, out) -> None:
             highlight=False,
             width=None if tty else 200,
         )
-        table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-        for c in columns:
-            table.add_column(c.title, justify=c.justify)
-        for row in rows:
-            table.add_row(*(_cell(row.get(c.key), c.spec, row.get(c.ci) if c.ci else None) for c in columns))
-        console.print(table)
+        cells = [[_cell(row.get(c.key), c.spec, row.get(c.ci) if c.ci else None) for c in columns] for row in rows]
+        for i, (part, widths) in enumerate(_fitting_parts(columns, cells, console.width)):
+            console.print(_table(title if i == 0 else None, [columns[j] for j in part], cells, part, widths))
         if caption:  # a plain line, never wrapped or centred under a narrow table
             console.print(caption, soft_wrap=True, markup=False)
     else:  # pragma: no cover - click validates the choice
         raise ValueError(f"unknown format {fmt!r}")
     out.flush()
+
+
+def _table(title: str | None, columns: Sequence[Column], cells: list[list[str]], part: Sequence[int], widths=None):
+    """A rich table of the columns ``part`` (indices into each row of ``cells``), ``widths`` wide
+    (``_widths``; None: rich's layout). A cell wraps at its spaces (``85.45 ±1.55``: the interval on a
+    line of its own); a word wider than its column folds, it is never cut with an ellipsis."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for i, c in enumerate(columns):
+        width = widths[i] if widths else None
+        table.add_column(c.title, justify=c.justify, overflow="fold", width=width)  # type: ignore[arg-type]
+    for row in cells:
+        table.add_row(*(row[j] for j in part))
+    return table
+
+
+def _widths(columns: Sequence[Column], cells: list[list[str]], part: Sequence[int], width: int, strict: bool):
+    """Widths of the columns ``part`` for a table ``width`` wide, or None when it cannot fit: each column
+    at least its longest word (``strict`` False: text columns fold their longest words, the longest
+    first, down to 8 characters; numbers stay whole), the space left shared in proportion to what each column's longest line wants beyond that.
+    (Rich's own layout may shrink a column below its longest word and push the last one off the edge.)"""
+    from rich.cells import cell_len
+
+    lows, highs = [], []
+    for j in part:
+        texts = [columns[j].title, *(row[j] for row in cells)]
+        lines = [line for text in texts for line in text.splitlines()] or [""]
+        high = max(cell_len(line) for line in lines)
+        low = max((cell_len(w) for line in lines for w in line.split()), default=1)
+        lows.append(max(low, 1))
+        highs.append(max(high, low, 1))
+    room = width - (3 * len(part) + 1)  # padding 1 each side, a divider between, an edge each side
+    texts = sorted((i for i, j in enumerate(part) if columns[j].justify == "left"), key=lambda i: -lows[i])
+    for i in texts if not strict else ():  # fold the longest words first, down to 8 characters
+        lows[i] -= max(0, min(sum(lows) - room, lows[i] - 8))
+    if sum(lows) > room:
+        return None
+    if sum(highs) <= room:
+        return highs
+    spare, wants = room - sum(lows), [h - lo for h, lo in zip(highs, lows, strict=True)]
+    widths = [lo + spare * want // sum(wants) for lo, want in zip(lows, wants, strict=True)]
+    for i in sorted(range(len(widths)), key=lambda i: -wants[i])[: room - sum(widths)]:
+        widths[i] += 1  # what the rounding down left
+    return widths
+
+
+def _fitting_parts(columns: Sequence[Column], cells: list[list[str]], width: int) -> list[tuple[list[int], Any]]:
+    """The column indices of each table to print, and their widths: one table when it fits ``width`` with
+    every word whole; else several, each the first column (the row's key: k, step, source) and as many
+    whole groups as fit (``Column.group``; a column without one stays with the column before it); else
+    one table whose text columns fold their longest words (a sha256), numbers kept whole."""
+    every = list(range(len(columns)))
+    widths = _widths(columns, cells, every, width, strict=True)
+    if widths is not None:
+        return [(every, widths)]
+    groups: list[list[int]] = []
+    for j in every[1:]:
+        if groups and (columns[j].group is None or columns[j].group == columns[groups[-1][-1]].group):
+            groups[-1].append(j)
+        else:
+            groups.append([j])
+    parts: list[list[int]] = []
+    for group in groups:
+        if parts and _widths(columns, cells, parts[-1] + group, width, strict=True) is not None:
+            parts[-1] += group
+        else:
+            parts.append([0, *group])
+    laid = [_widths(columns, cells, part, width, strict=True) for part in parts]
+    if len(parts) > 1 and all(w is not None for w in laid):
+        return list(zip(parts, laid, strict=True))
+    return [(every, _widths(columns, cells, every, width, strict=False))]
