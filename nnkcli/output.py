@@ -323,9 +323,9 @@ def _render(payload, fmt, columns, rows, title, caption, out) -> None:
             highlight=False,
             width=None if tty else 200,
         )
-        cells = [[_cell(row.get(c.key), c.spec, row.get(c.ci) if c.ci else None) for c in columns] for row in rows]
-        for i, (part, widths) in enumerate(_fitting_parts(columns, cells, console.width)):
-            console.print(_table(title if i == 0 else None, [columns[j] for j in part], cells, part, widths))
+        texts = [[_cell(row.get(c.key), c.spec, row.get(c.ci) if c.ci else None) for c in columns] for row in rows]
+        for i, (part, widths) in enumerate(_fitting_parts(columns, texts, console.width)):
+            console.print(_table(title if i == 0 else None, [columns[j] for j in part], texts, part, widths))
         if caption:  # a plain line, never wrapped or centred under a narrow table
             console.print(caption, soft_wrap=True, markup=False)
     else:  # pragma: no cover - click validates the choice
@@ -352,8 +352,9 @@ def _table(title: str | None, columns: Sequence[Column], cells: list[list[str]],
 def _widths(columns: Sequence[Column], cells: list[list[str]], part: Sequence[int], width: int, strict: bool):
     """Widths of the columns ``part`` for a table ``width`` wide, or None when it cannot fit: each column
     at least its longest word (``strict`` False: text columns fold their longest words, the longest
-    first, down to 8 characters; numbers stay whole), the space left shared in proportion to what each column's longest line wants beyond that.
-    (Rich's own layout may shrink a column below its longest word and push the last one off the edge.)"""
+    first, down to 8 characters; numbers stay whole), the space left shared in proportion to what each
+    column's longest line wants beyond that. (Rich's own layout may shrink a column below its longest
+    word and push the last one off the edge.)"""
     from rich.cells import cell_len
 
     lows, highs = [], []
@@ -365,8 +366,8 @@ def _widths(columns: Sequence[Column], cells: list[list[str]], part: Sequence[in
         lows.append(max(low, 1))
         highs.append(max(high, low, 1))
     room = width - (3 * len(part) + 1)  # padding 1 each side, a divider between, an edge each side
-    texts = sorted((i for i, j in enumerate(part) if columns[j].justify == "left"), key=lambda i: -lows[i])
-    for i in texts if not strict else ():  # fold the longest words first, down to 8 characters
+    text_columns = sorted((i for i, j in enumerate(part) if columns[j].justify == "left"), key=lambda i: -lows[i])
+    for i in text_columns if not strict else ():  # fold the longest words first, down to 8 characters
         lows[i] -= max(0, min(sum(lows) - room, lows[i] - 8))
     if sum(lows) > room:
         return None
