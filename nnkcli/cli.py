@@ -26,7 +26,7 @@ try:  # a Ctrl-C while the modules load is an interrupt too, not a traceback
 
     from nnkcli import __version__, process
     from nnkcli.errors import ExitCode, NnkError
-    from nnkcli.output import FORMATS, Ui, configure_logging
+    from nnkcli.output import FORMATS, PROGRESS_EVERY, Ui, configure_logging
 except KeyboardInterrupt:  # pragma: no cover - exercised in a subprocess test
     sys.stderr.write("Interrupted.\n")
     os._exit(130)
@@ -48,6 +48,7 @@ COMMANDS = {
 
 _VERBOSITY = "nnkcli.verbosity"
 _FORMAT = "nnkcli.format"
+_PROGRESS_EVERY = "nnkcli.progress_every"
 
 
 def _count_into_meta(sign: int):
@@ -59,8 +60,26 @@ def _count_into_meta(sign: int):
     return callback
 
 
+def _store_progress_every(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None:
+        if not (value > 0 and value < float("inf")):
+            raise click.BadParameter(f"must be a positive number of seconds, got {value:g}", ctx, param)
+        ctx.meta[_PROGRESS_EVERY] = value
+    return value
+
+
 def verbosity_options(f):
-    """``-v``/``-q`` (counted), accepted before or after the command name."""
+    """``-v``/``-q`` (counted) and ``--progress-every``, accepted before or after the command name."""
+    f = click.option(
+        "--progress-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        expose_value=False,
+        callback=_store_progress_every,
+        help=f"When stderr is not a terminal (a log, cron, CI), a progress line at most this often, and one at "
+        f"each stage's end (-q: none).  [default: {PROGRESS_EVERY:g}]",
+    )(f)
     f = click.option(
         "-q",
         "--quiet",
@@ -125,7 +144,11 @@ def command_options(f):
 def get_ui(ctx: click.Context | None = None) -> Ui:
     """The user's verbosity and format, with logging routed to stderr accordingly."""
     ctx = ctx or click.get_current_context()
-    ui = Ui(verbosity=ctx.meta.get(_VERBOSITY, 0), fmt=ctx.meta.get(_FORMAT, "table"))
+    ui = Ui(
+        verbosity=ctx.meta.get(_VERBOSITY, 0),
+        fmt=ctx.meta.get(_FORMAT, "table"),
+        progress_every=ctx.meta.get(_PROGRESS_EVERY, PROGRESS_EVERY),
+    )
     configure_logging(ui)
     return ui
 

@@ -350,7 +350,7 @@ def index_store(
         per_row = sp.dim * 4 + (2 * params.hnsw_m * 4 if params.index_type == "hnsw" else 8)
         check_free_space(out, sp.n * per_row + 2**20, "index")
         if progress_factory is not None:
-            with progress_factory(sp.n, "indexing") as advance:
+            with progress_factory(sp.n, "building the index") as advance:
                 built = build_index(sp, params, store_path=store_path, progress=advance)
         else:
             built = build_index(sp, params, store_path=store_path)

@@ -355,7 +355,7 @@ def index_store_sharded(
                 raise InputError("give exactly one of --shards and --max-memory")
             n_shards = shards_for_memory(int(sp.n), int(sp.dim), params, max_memory, chunk_bytes)
         if progress_factory is not None:
-            with progress_factory(sp.n, "indexing") as advance:
+            with progress_factory(sp.n, "building the index") as advance:
                 manifest = build_sharded(sp, out, n_shards, params, store_path=store_path, progress=advance)
         else:
             manifest = build_sharded(sp, out, n_shards, params, store_path=store_path)

@@ -156,9 +156,9 @@ def sweep_table(doc: dict, fmt: str) -> dict:
     for m in methods:
         for name in [f"knn@{t:g}" for t in temps] if (m == "knn" and grid) else [m]:
             label = name.replace("knn@", "knn T=")
-            columns += [
-                Column(f"{name}_top1", f"{label} top-1 %"),
-                Column(f"{name}_top5", f"{label} top-5 %", ".2f", ci=f"{name}_top5_ci"),
+            columns += [  # a table too wide for the terminal is split between groups, never inside one
+                Column(f"{name}_top1", f"{label} top-1 %", group=name),
+                Column(f"{name}_top5", f"{label} top-5 %", ".2f", ci=f"{name}_top5_ci", group=name),
             ]
     if "nnk" in methods:
         columns.append(Column("support", "nnk support", ".1f"))

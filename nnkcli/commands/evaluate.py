@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from functools import partial
 from pathlib import Path
 
 import click
@@ -66,7 +65,10 @@ def outcome_columns(methods) -> list[Column]:
         Column("sha256", "sha256", justify="left"),
     ]
     for m in methods:
-        cols += [Column(f"{m}_top1", f"{m} top-1 %", ".2f", ci=f"{m}_top1_ci"), Column(f"{m}_k", f"{m} k")]
+        cols += [  # a table too wide for the terminal is split between methods
+            Column(f"{m}_top1", f"{m} top-1 %", ".2f", ci=f"{m}_top1_ci", group=m),
+            Column(f"{m}_k", f"{m} k", group=m),
+        ]
     cols.append(Column("seconds", "seconds", ".1f"))
     return cols
 
@@ -234,7 +236,6 @@ def evaluate(
     paths = collect_sources(sources, watch_dir=watch_dir, pattern=pattern)
     if not paths:
         logger.info(f"no file in {watch_dir} matches {pattern}")
-    progress = partial(_progress, ui) if ui.chatty else None
     if significant and max_drop is None:
         raise click.UsageError("--significant qualifies --fail-on-regression PTS; give both")
     outcomes = evaluate_sources(
@@ -244,7 +245,7 @@ def evaluate(
         data=data,
         sweep=sweep,
         model=model_opts,
-        progress_factory=progress,
+        progress_factory=ui.progress,
         force=force,
         lock_timeout=lock_timeout,
     )
@@ -296,7 +297,3 @@ def evaluate(
         )
     if gate is not None and not gate.passed:
         raise GateFailed("; ".join(gate.failures), hint=f"see the whole history with: nnk history {history_path}")
-
-
-def _progress(ui, total, description):
-    return ui.progress(total, description, unit="images" if description.startswith("extracting") else "queries")

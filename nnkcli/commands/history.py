@@ -18,10 +18,10 @@ def history_columns(methods) -> list[Column]:
     cols = [Column("step"), Column("source", justify="left"), Column("sha256", justify="left")]
     for m in methods:
         cols += [
-            Column(f"{m}_top1", f"{m} top-1 %", ".2f", ci=f"{m}_top1_ci"),
-            Column(f"{m}_k", f"{m} k"),
-            Column(f"{m}_delta_prev", "vs prev", "+.2f"),
-            Column(f"{m}_delta_best", "vs best", "+.2f"),
+            Column(f"{m}_top1", f"{m} top-1 %", ".2f", ci=f"{m}_top1_ci", group=m),
+            Column(f"{m}_k", f"{m} k", group=m),
+            Column(f"{m}_delta_prev", "vs prev", "+.2f", group=m),
+            Column(f"{m}_delta_best", "vs best", "+.2f", group=m),
         ]
     cols.append(Column("best", justify="left"))
     return cols

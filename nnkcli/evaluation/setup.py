@@ -16,6 +16,7 @@ With the torch backend (``--backend torch``) both search by matmul on the device
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -358,7 +359,8 @@ def _resolve_index(store_path: Path, train, index_path, rebuild_index, progress_
     if path.exists():
         loaded = None
         try:
-            loaded = nnk_index.load_index(path)
+            with progress_factory(None, "loading the index") if progress_factory else contextlib.nullcontext():
+                loaded = nnk_index.load_index(path)
             nnk_index.check_fresh(loaded, train, store_path=store_path)
         except IndexFileError as exc:
             if not rebuild_index:
@@ -399,7 +401,7 @@ def _resolve_manifest(store_path: Path, train, path, rebuild_index, progress_fac
             raise
         logger.warning(f"{exc.message}; rebuilding it (--rebuild-index)")
         if progress_factory is not None:
-            with progress_factory(train.n, "indexing") as advance:
+            with progress_factory(train.n, "building the index") as advance:
                 manifest = shards.build_sharded(
                     train, path, manifest.n_shards, manifest.params, store_path=store_path, progress=advance
                 )
@@ -415,7 +417,7 @@ def _build(store_path: Path, train, params, progress_factory):
 
     if progress_factory is None:
         return nnk_index.build_index(train, params, store_path=store_path)
-    with progress_factory(train.n, "indexing") as advance:
+    with progress_factory(train.n, "building the index") as advance:
         return nnk_index.build_index(train, params, store_path=store_path, progress=advance)
 
 

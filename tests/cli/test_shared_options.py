@@ -64,6 +64,7 @@ BAD = {
     "--min-top1": "101",
     "--min-top5": "-1",
     "--plot": "x.txt",
+    "--progress-every": "0",
     "--protocol": "simclr",
     "--query-split": "a/b",
     "--resize": "0",

@@ -23,6 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "nnkcli"
 LAYERS = {
     "errors": 0,
     "plain": 0,
+    "progress": 0,
     "nnkcli": 0,  # "nnkcli": the package itself, for __version__
     "data": 0,  # the sample store's path (no imports)
     "numerics": 1,
