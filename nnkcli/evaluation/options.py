@@ -280,8 +280,8 @@ class ScoringOptions(Settings):
         None,
         optional_choice(PROTOCOLS, "protocol"),
         choices=tuple(PROTOCOLS),
-        help="Preset k values, temperature, top-5 rule and solver of another tool (README "
-        '"Protocols"); options given explicitly override it.',
+        help="Preset k values, temperature, top-5 rule and solver of another tool (the docs' tutorial "
+        '"Reproduce a peer\'s protocol"); options given explicitly override it.',
     )
     select_on: str | None = setting(
         None,

@@ -97,19 +97,3 @@ def test_bad_input_is_one_clear_error(change, message):
     change(args)
     with pytest.raises(InputError, match=message):
         evaluate_features(**args)
-
-
-@pytest.mark.slow  # imports torch.optim (seconds on a busy machine)
-def test_readme_training_loop_example_runs(tmp_path, monkeypatch):
-    pytest.importorskip("torch")
-    pytest.importorskip("tensorboardX")
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
-    block = readme.split("<!-- training-loop example -->\n```python\n", 1)[1].split("```", 1)[0]
-    assert 12 <= len(block.strip().splitlines()) <= 18
-    monkeypatch.chdir(tmp_path)
-    scope: dict = {}
-    exec(compile(block, "README training-loop example", "exec"), scope)
-    assert set(scope["result"].best) == {"nnk", "knn"}
-    assert list((tmp_path / "runs" / "nnk").glob("events.out.tfevents.*"))
