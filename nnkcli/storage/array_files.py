@@ -252,21 +252,22 @@ class ArrayFileReader:
         self._need(name)
         dset = self._h5[name]
         if not isinstance(dset, h5py.Dataset):
-            raise self._damaged(f"'{name}' is a group, not a dataset")
+            raise self.damaged(f"'{name}' is a group, not a dataset")
         got = tuple(dset.shape or ())
         if len(got) != len(shape) or any(w is not None and g != w for g, w in zip(got, shape, strict=True)):
             sizes = ["*" if w is None else str(w) for w in shape]
             want = f"({', '.join(sizes)}{',' if len(sizes) == 1 else ''})"
-            raise self._damaged(f"dataset '{name}' has shape {got}, expected {want}")
+            raise self.damaged(f"dataset '{name}' has shape {got}, expected {want}")
         if dset.dtype.kind not in kinds:
             what = {"iu": "integers", "S": "byte strings"}.get(kinds, f"dtype kind {kinds}")
-            raise self._damaged(f"dataset '{name}' holds {dset.dtype} values, expected {what}")
+            raise self.damaged(f"dataset '{name}' holds {dset.dtype} values, expected {what}")
         present = _rows_present(dset)
         if present < got[0]:
-            raise self._damaged(f"dataset '{name}' declares {got[0]} rows but holds the data of at most {present}")
+            raise self.damaged(f"dataset '{name}' declares {got[0]} rows but holds the data of at most {present}")
         return dset.dtype
 
-    def _damaged(self, what: str) -> StoreError:
+    def damaged(self, what: str) -> StoreError:
+        """The error for a file whose content is not what nnkcli writes (``what``: which part, how)."""
         return StoreError(
             f"{self.path} is not a valid {self.kind} file: {what}",
             hint="the file is damaged or was not written by nnkcli; write it again",
@@ -290,18 +291,17 @@ def _open(path: Path, kind: str):
     try:
         return h5py.File(path, "r", locking=False)
     except OSError as exc:
-        raise StoreError(f"cannot read {path}: {_unreadable(path, exc)}") from None
+        truncated = _TRUNCATED.search(str(exc))
+        if truncated:  # a copy or a download cut short
+            raise StoreError(
+                f"cannot read {path}: the file is truncated ({truncated.group(1)} bytes, "
+                f"HDF5 expects at least {truncated.group(2)})",
+                hint="copy or write it again",
+            ) from None
+        raise StoreError(f"cannot read {path}: not a readable HDF5 file ({exc})") from None
 
 
 _TRUNCATED = re.compile(r"truncated file: eof = (\d+), .*stored_eof = (\d+)")
-
-
-def _unreadable(path: Path, exc: OSError) -> str:
-    """Why HDF5 cannot open ``path``, in words (a truncated file says how much of it is there)."""
-    m = _TRUNCATED.search(str(exc))
-    if m:
-        return f"the file is truncated ({m.group(1)} bytes, HDF5 expects at least {m.group(2)})"
-    return f"not a readable HDF5 file ({exc})"
 
 
 def _rows_present(dset) -> int:

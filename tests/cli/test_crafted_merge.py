@@ -6,12 +6,8 @@ The files are real parts (``sweep --shard I/2 --out``) altered here with h5py.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -20,8 +16,8 @@ import pytest
 
 import nnk_data
 from nnk_cli import invoke
+from nnk_crafted import error_lines, run_bounded, state
 
-REPO = Path(__file__).resolve().parents[2]
 DAMAGED = "Hint: the file is damaged or was not written by this nnkcli; rerun that shard"
 BIG = 2**40
 
@@ -52,42 +48,26 @@ def parts(made_parts, tmp_path):
     return run / "p0.h5", run / "p1.h5"
 
 
-def _state(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
-
-
-def _error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith(("Error:", "Hint:"))]
-
-
 def refused(runner, paths, error: str, hint: str = DAMAGED) -> None:
     """``nnk merge PATHS --out ALL.h5`` exits 1 with exactly ``error`` and ``hint``; nothing changes."""
     folder = Path(paths[0]).parent
-    before = _state(folder)
+    before = state(folder)
     res = invoke(runner, "merge", *paths, "--out", folder / "all.h5")
     assert res.exit_code == 1, res.stdout + res.stderr
-    assert _error_lines(res.stderr) == [error, hint]
+    assert error_lines(res.stderr) == [error, hint]
     assert "Traceback" not in res.stderr and "unexpected" not in res.stderr
-    assert _state(folder) == before  # byte-identical inputs, no output, no temp or lock file
+    assert state(folder) == before  # byte-identical inputs, no output, no temp or lock file
 
 
 def refused_in_a_subprocess(paths, error: str, hint: str = DAMAGED) -> None:
-    """The same through ``python -m nnkcli`` with 1 GiB of address space and a 60 s limit."""
+    """The same in a subprocess with 1.5 GiB of address space and a 60 s limit."""
     folder = Path(paths[0]).parent
-    before = _state(folder)
-    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (2**30 + 2**29, 2**30 + 2**29))\n"
-    code = limit + "import sys; from nnkcli.cli import main; main(sys.argv[1:])"
-    done = subprocess.run(
-        [sys.executable, "-c", code, "merge", *map(str, paths), "--out", str(folder / "all.h5")],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    before = state(folder)
+    done = run_bounded("merge", *paths, "--out", folder / "all.h5")
     assert done.returncode == 1, done.stderr
-    assert _error_lines(done.stderr) == [error, hint]
+    assert error_lines(done.stderr) == [error, hint]
     assert "Traceback" not in done.stderr
-    assert _state(folder) == before
+    assert state(folder) == before
 
 
 def _edit_attrs(path, **changes):
@@ -167,7 +147,7 @@ def test_parameters_that_are_no_valid_options(runner, parts):
     _edit_attrs(parts[0], compatibility=json.dumps(compat))
     res = invoke(runner, "merge", *parts)
     assert res.exit_code == 1
-    line = _error_lines(res.stderr)[0]
+    line = error_lines(res.stderr)[0]
     assert line.startswith(
         f"Error: {parts[0]} is not a valid partial result file: compatibility.parameters are not valid"
     )
