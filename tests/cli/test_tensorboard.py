@@ -123,16 +123,18 @@ def full_disk(tmp_path):
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    (mnt / "tb").mkdir()
-    (mnt / "tb" / "events.out.tfevents.1700000000.earlier").write_bytes(b"an earlier run's events")
-    with open(mnt / "ballast", "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    try:
+        (mnt / "tb").mkdir()
+        (mnt / "tb" / "events.out.tfevents.1700000000.earlier").write_bytes(b"an earlier run's events")
+        with open(mnt / "ballast", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def _tree(folder):
