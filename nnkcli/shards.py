@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from nnkcli.errors import IndexFileError, InputError, StaleIndexError
-from nnkcli.storage.atomic import atomic_output
+from nnkcli.storage.atomic import TMP_MARKER, atomic_output, remove_dead_temps
 
 logger = logging.getLogger("nnkcli")
 
@@ -144,11 +144,29 @@ def shard_path(manifest: Path, build: str, i: int, n_shards: int) -> Path:
     return manifest.with_name(f"{manifest.stem}.{build}.shard-{i + 1}-of-{n_shards}{manifest.suffix}")
 
 
+def _shard_name(manifest: Path) -> str:
+    """The regular expression of the names of ``manifest``'s shard files, of any build."""
+    return re.escape(manifest.stem) + r"\.[0-9a-f]{8}\.shard-\d+-of-\d+" + re.escape(manifest.suffix)
+
+
 def _shard_files(manifest: Path) -> list[Path]:
-    pattern = re.compile(
-        re.escape(manifest.stem) + r"\.[0-9a-f]{8}\.shard-\d+-of-\d+" + re.escape(manifest.suffix) + "$"
-    )
+    pattern = re.compile(_shard_name(manifest) + "$")
     return [p for p in manifest.parent.iterdir() if pattern.match(p.name)] if manifest.parent.is_dir() else []
+
+
+def remove_dead_shard_temps(manifest: Path) -> None:
+    """Delete the temporary files that killed builds left while writing a shard of ``manifest``.
+
+    A shard's name carries its build's token, so the next build's atomic writes never
+    meet the dead build's ``.<shard>.tmp-<pid>-<token>``; those of writers still alive stay.
+    """
+    pattern = re.compile(r"\.(" + _shard_name(manifest) + ")" + re.escape(TMP_MARKER))
+    if not manifest.parent.is_dir():
+        return
+    for path in manifest.parent.iterdir():
+        m = pattern.match(path.name)
+        if m:
+            remove_dead_temps(manifest.with_name(m.group(1)))
 
 
 def write_manifest(path: Path, fingerprint, params, build: str, shards: list[ShardEntry]) -> None:
@@ -292,6 +310,7 @@ def build_sharded(
 
     out = Path(out)
     params.validate()
+    remove_dead_shard_temps(out)  # a killed build's half-written shard, before this one needs the space
     bounds = shard_bounds(int(split.n), n_shards)
     build = secrets.token_hex(4)
     written: list[Path] = []

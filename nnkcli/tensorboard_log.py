@@ -10,34 +10,57 @@ Layout written under the log folder ``DIR``::
 so the runs ``sweep_step_*`` overlay as accuracy-versus-k curves of each checkpoint and
 the top folder tracks the best accuracy over training. tensorboardX writes plain event
 files (no TensorFlow, no torch); it is the optional ``tensorboard`` extra.
+
+Each event file is written whole, synchronously, to a temporary file beside its final
+name and moved into place once complete (tensorboardX's ``SummaryWriter`` writes from a
+thread and closes at exit, so a full disk left 0-byte or half-written files and tracebacks
+from that thread). A failure removes what this call wrote, folders it created included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from nnkcli.errors import InputError, MissingDependencyError, NnkError
+from nnkcli.storage.atomic import (
+    TMP_MARKER,
+    discard_temp,
+    forget_temp,
+    fsync_dir,
+    fsync_file,
+    output_error,
+    remove_dead_temps,
+    temp_path_for,
+)
 
 logger = logging.getLogger("nnkcli")
 
 #: per-method summaries of a history entry, written when present
 SUMMARIES = ("best", "selected")
+_EVENTS = "events.out.tfevents."
 
 
-def _writer_class():
+def _tensorboardx():
+    """tensorboardX's record writer and protocol buffers (the optional ``tensorboard`` extra)."""
     try:
-        from tensorboardX import SummaryWriter
+        import tensorboardX  # noqa: F401  (the package itself: its submodules may be cached without it)
+        from tensorboardX.proto import event_pb2
+        from tensorboardX.record_writer import RecordWriter
+        from tensorboardX.summary import scalar
     except ImportError:
         raise MissingDependencyError("--tensorboard", "tensorboard") from None
-    return SummaryWriter
+    return RecordWriter, event_pb2, scalar
 
 
 def check_logdir(logdir: str | os.PathLike) -> Path:
     """Fail before a long computation: tensorboardX installed, ``logdir`` a folder or creatable."""
-    _writer_class()
+    _tensorboardx()
     path = Path(logdir)
     if path.exists() and not path.is_dir():
         raise InputError(f"--tensorboard {path} exists and is not a folder", hint="give a folder for the event files")
@@ -49,26 +72,98 @@ def check_logdir(logdir: str | os.PathLike) -> Path:
     return path
 
 
-class _Writer:
-    def __init__(self, logdir: Path):
-        try:
-            logdir.mkdir(parents=True, exist_ok=True)
-            self.writer = _writer_class()(logdir=str(logdir))
-        except OSError as exc:
-            raise NnkError(f"cannot write event files to {logdir}: {exc.strerror or exc}") from None
-        self.n = 0
+class _EventFiles:
+    """The event files of one call, each kept in memory (a few hundred scalars) until :meth:`commit`
+    writes every one to a temporary file and moves it into place; a failure removes them all and
+    the folders this call created."""
 
-    def scalar(self, tag: str, value, step: int) -> None:
+    def __init__(self):
+        self.files: dict[Path, list[bytes]] = {}
+        self.n = 0
+        self._created: list[Path] = []
+        self._placed: list[Path] = []
+        self._record_writer, self._event_pb2, self._scalar = _tensorboardx()
+
+    def folder(self, logdir: Path) -> Path:
+        """Start an event file in ``logdir`` (made at commit); returns ``logdir`` as its key."""
+        self.files.setdefault(logdir, [])
+        return logdir
+
+    def scalar(self, logdir: Path, tag: str, value, step: int) -> None:
+        if not -(2**63) <= int(step) < 2**63:
+            raise InputError(f"step {step} does not fit TensorBoard's steps (64-bit integers)")
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
-            self.writer.add_scalar(tag, float(value), global_step=int(step))
+            event = self._event_pb2.Event(
+                wall_time=time.time(), step=int(step), summary=self._scalar(tag, float(value))
+            )
+            self.files[logdir].append(event.SerializeToString())
             self.n += 1
 
-    def close(self) -> None:
+    def commit(self) -> None:
+        folder = next(iter(self.files), Path("."))
         try:
-            self.writer.flush()
-            self.writer.close()
-        except OSError as exc:
-            raise NnkError(f"cannot write event files: {exc.strerror or exc}") from None
+            for folder, events in self.files.items():
+                self._mkdir(folder)
+                self._write(folder, events)
+        except BaseException as exc:
+            for path in self._placed:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            for created in reversed(self._created):
+                with contextlib.suppress(OSError):
+                    created.rmdir()
+            if isinstance(exc, OSError):
+                err = output_error(exc, folder, "event files in")
+                if err is not None:
+                    raise err from None
+                raise NnkError(f"cannot write event files in {folder}: {exc.strerror or exc}") from None
+            raise
+
+    def _mkdir(self, logdir: Path) -> None:
+        missing = [p for p in (logdir, *logdir.parents) if not p.exists()]
+        for folder in reversed(missing):
+            folder.mkdir()
+            self._created.append(folder)
+
+    def _write(self, logdir: Path, events: list[bytes]) -> None:
+        _remove_dead_event_temps(logdir)
+        path = _free_name(logdir)
+        tmp = temp_path_for(path)
+        try:
+            writer = self._record_writer(str(tmp))
+            try:
+                header = self._event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
+                writer.write(header.SerializeToString())
+                for event in events:
+                    writer.write(event)
+                writer.flush()
+            finally:
+                writer.close()
+            fsync_file(tmp)
+            os.replace(tmp, path)
+            forget_temp(tmp)
+            self._placed.append(path)
+            fsync_dir(logdir)
+        except BaseException:
+            discard_temp(tmp)
+            raise
+
+
+def _free_name(logdir: Path) -> Path:
+    """A new event file name in ``logdir``: tensorboardX's ``events.out.tfevents.<time>.<host>``, and
+    this process's id (two writes within one second never share a file)."""
+    stem = f"{_EVENTS}{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+    path, n = logdir / stem, 1
+    while path.exists():
+        path, n = logdir / f"{stem}.{n}", n + 1
+    return path
+
+
+def _remove_dead_event_temps(logdir: Path) -> None:
+    """Temporary event files of killed writers in ``logdir`` (``.events.out.tfevents.*.tmp-PID-*``)."""
+    with contextlib.suppress(OSError):
+        for tmp in logdir.glob(f".{_EVENTS}*{TMP_MARKER}*"):
+            remove_dead_temps(logdir / tmp.name[1:].rsplit(TMP_MARKER, 1)[0])
 
 
 def write_sweep(doc: dict, logdir: str | os.PathLike, step: int) -> dict:
@@ -80,21 +175,16 @@ def write_sweep(doc: dict, logdir: str | os.PathLike, step: int) -> dict:
     """
     root = check_logdir(logdir)
     run = root / f"sweep_step_{int(step)}"
-    curves = _Writer(run)
-    try:
-        for row in doc["results"]:
-            for metric in ("top1", "top5"):
-                curves.scalar(f"accuracy_vs_k/{row['method']}/{metric}", row.get(metric), row["k"])
-    finally:
-        curves.close()
-    best = _Writer(root)
-    try:
-        for method, b in doc.get("best", {}).items():
-            for metric in ("top1", "top5", "k"):
-                best.scalar(f"best/{method}/{metric}", b.get(metric), step)
-    finally:
-        best.close()
-    return {"logdir": str(root), "run": str(run), "scalars": curves.n + best.n}
+    files = _EventFiles()
+    curves, best = files.folder(run), files.folder(root)
+    for row in doc["results"]:
+        for metric in ("top1", "top5"):
+            files.scalar(curves, f"accuracy_vs_k/{row['method']}/{metric}", row.get(metric), row["k"])
+    for method, b in doc.get("best", {}).items():
+        for metric in ("top1", "top5", "k"):
+            files.scalar(best, f"best/{method}/{metric}", b.get(metric), step)
+    files.commit()
+    return {"logdir": str(root), "run": str(run), "scalars": files.n}
 
 
 def write_history(entries: Sequence[dict], methods: Sequence[str], logdir: str | os.PathLike) -> dict:
@@ -104,24 +194,23 @@ def write_history(entries: Sequence[dict], methods: Sequence[str], logdir: str |
     written at its position in that order (1, 2, ...), with a warning.
     """
     root = check_logdir(logdir)
-    out = _Writer(root)
+    files = _EventFiles()
+    out = files.folder(root)
     unstepped = 0
-    try:
-        for position, entry in enumerate(entries, start=1):
-            step = entry.get("step")
-            if not isinstance(step, int) or isinstance(step, bool):
-                step, unstepped = position, unstepped + 1
-            for summary in SUMMARIES:
-                per_method = entry.get(summary)
-                if not isinstance(per_method, dict):
-                    continue
-                for method in methods:
-                    values = per_method.get(method)
-                    if isinstance(values, dict):
-                        for metric in ("top1", "top5", "k"):
-                            out.scalar(f"{summary}/{method}/{metric}", values.get(metric), step)
-    finally:
-        out.close()
+    for position, entry in enumerate(entries, start=1):
+        step = entry.get("step")
+        if not isinstance(step, int) or isinstance(step, bool):
+            step, unstepped = position, unstepped + 1
+        for summary in SUMMARIES:
+            per_method = entry.get(summary)
+            if not isinstance(per_method, dict):
+                continue
+            for method in methods:
+                values = per_method.get(method)
+                if isinstance(values, dict):
+                    for metric in ("top1", "top5", "k"):
+                        files.scalar(out, f"{summary}/{method}/{metric}", values.get(metric), step)
+    files.commit()
     if unstepped:
         logger.warning(f"{unstepped} history entries have no step; written at their position in training order")
-    return {"logdir": str(root), "scalars": out.n}
+    return {"logdir": str(root), "scalars": files.n}

@@ -145,23 +145,17 @@ def counts_from_prediction_files(
             raise _mismatch(f"A has {fa.n} queries, B has {fb.n}")
         if fa.class_names is not None and fb.class_names is not None and fa.class_names != fb.class_names:
             raise _mismatch(f"their class lists differ (A: {len(fa.class_names)} classes, B: {len(fb.class_names)})")
-        names = fa.class_names or fb.class_names
-        n_classes = len(names) if names else 0
-        # the class count of files without class names: the largest label seen
-        if not names:
-            for start in range(0, fa.n, block_rows):
-                stop = min(fa.n, start + block_rows)
-                n_classes = max(n_classes, int(fa.file.read("labels", start, stop).max(initial=-1)) + 1)
-            names = [str(c) for c in range(n_classes)]
+        names = fa.class_names or fb.class_names or fa.counted_classes(block_rows)
+        n_classes = len(names)
         counts = PairedCounts(max(n_classes, 1))
         for start in range(0, fa.n, block_rows):
             stop = min(fa.n, start + block_rows)
             la, ta, ia = fa.read_block(side_a["method"], start, stop)
             lb, tb, ib = fb.read_block(side_b["method"], start, stop)
             check_same_queries(fa.n, fb.n, la, lb, ia, ib, offset=start)
-            keep = la >= 0
-            if (la[keep] >= counts.n_classes).any():
+            if ((la < -1) | (la >= counts.n_classes)).any():
                 raise InputError(f"{fa.path} has labels outside its {counts.n_classes} classes")
+            keep = la >= 0
             y = la[keep]
             counts.update(y, hits_of(ta[keep], y), hits_of(tb[keep], y))
             if progress is not None:
@@ -445,7 +439,12 @@ def compare(
     options, data = resolve_one_k(options, data, settings, command="compare")
     if n_boot < 1:
         raise InputError(f"the number of bootstrap resamples must be >= 1, got {n_boot}")
-    kinds = [_kind(p) for p in (a_path, b_path) if p is not None]
+    paths = [p for p in (a_path, b_path) if p is not None]
+    kinds = [_kind(p) for p in paths]
+    if "predictions" in kinds and "unreadable" in kinds:  # a truncated prediction file, say
+        from nnkcli.storage.array_files import nnk_format_of
+
+        nnk_format_of(paths[kinds.index("unreadable")])  # raises, naming the file and why
     extra: dict = {}
     if b_path is not None and kinds == ["predictions", "predictions"]:
         counts, side_a, side_b, names = counts_from_prediction_files(a_path, b_path, a, b)
@@ -477,15 +476,15 @@ def compare(
 
 
 def _kind(path: str | os.PathLike) -> str:
-    """``predictions`` or ``store``, from the file's root attribute (missing files fail later, clearly)."""
+    """``predictions``, ``store`` or ``unreadable`` (not an HDF5 file nnkcli can open), from the root
+    attribute ``nnk_format`` (a store's own reader says why an unreadable store cannot be read)."""
     from nnkcli.errors import StoreError
-    from nnkcli.storage.array_files import ArrayFileReader
+    from nnkcli.storage.array_files import nnk_format_of
 
     p = Path(path)
     if not p.is_file():
         raise InputError(f"file not found: {p}")
     try:
-        ArrayFileReader(p, kind="predictions").close()
-        return "predictions"
+        return "predictions" if nnk_format_of(p) == "predictions" else "store"
     except StoreError:
-        return "store"
+        return "unreadable"

@@ -25,6 +25,9 @@ from nnkcli import __version__
 from nnkcli.evaluation.options import ScoringOptions
 from nnkcli.numerics.scores import TOP
 
+#: classes of a prediction file without class names (counted from its largest label), at most
+MAX_UNNAMED_CLASSES = 2**24
+
 
 class PredictionWriter:
     """Receives ``ChunkResult``s from ``streaming.evaluate_chunks`` and commits one HDF5 file at the end."""
@@ -118,17 +121,48 @@ class PredictionFile:
         self.file = ArrayFileReader(path, kind="predictions")
         self.path = self.file.path
         try:
-            attrs = self.file.attrs
-            self.attrs = attrs
-            self.k = int(attrs.get("k", 0))
-            self.methods = tuple(attrs.get("methods") or ())
-            names = attrs.get("class_names")
-            self.class_names = list(names) if isinstance(names, list) else None
-            self.n = int(self.file.shape("labels")[0])
-            self.has_ids = self.file.has("ids")
+            self.attrs = self.file.attrs
+            self._check()
         except BaseException:
             self.file.close()
             raise
+
+    def _check(self) -> None:
+        """Every attribute and dataset ``read_block`` uses, by type and shape, before any row is read.
+
+        The declared rows are checked against the data the file holds (a crafted file may
+        declare 2**40 queries and hold none), so a comparison is bounded by the file's size.
+        """
+        attrs, damaged = self.attrs, self.file.damaged
+        k = attrs.get("k")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise damaged(f"attribute 'k' is {_short(k)}, expected an integer >= 1")
+        self.k = k
+        methods = attrs.get("methods")
+        if not isinstance(methods, list) or not methods or not set(methods) <= {"nnk", "knn"}:
+            raise damaged(f"attribute 'methods' is {_short(methods)}, expected a list of 'nnk' and 'knn'")
+        self.methods = tuple(dict.fromkeys(methods))
+        names = attrs.get("class_names")
+        if names is not None and not (isinstance(names, list) and all(isinstance(c, str) for c in names)):
+            raise damaged(f"attribute 'class_names' is {_short(names)}, expected a list of strings")
+        self.class_names = names
+        self.file.require("labels", (None,), kinds="iu")
+        self.n = int(self.file.shape("labels")[0])
+        for method in self.methods:
+            self.file.require(f"{method}/top5", (self.n, TOP), kinds="iu")
+        self.has_ids = self.file.has("ids")
+        if self.has_ids:
+            self.file.require("ids", (self.n,), kinds="S")
+
+    def counted_classes(self, block_rows: int = 65_536) -> list[str]:
+        """``"0"`` .. ``"C-1"``, C from the largest label: the classes of a file without class names."""
+        n_classes = 0
+        for start in range(0, self.n, block_rows):
+            stop = min(self.n, start + block_rows)
+            n_classes = max(n_classes, int(self.file.read("labels", start, stop).max(initial=-1)) + 1)
+        if n_classes > MAX_UNNAMED_CLASSES:  # per-class counts are dense arrays of this size
+            raise self.file.damaged(f"labels up to {n_classes - 1} without class names")
+        return [str(c) for c in range(n_classes)]
 
     def read_block(self, method: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Rows ``start .. stop``: labels (m,) int64, top-5 classes (m, 5) int64, ids (m,) bytes or None."""
@@ -145,3 +179,8 @@ class PredictionFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

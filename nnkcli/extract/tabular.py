@@ -28,6 +28,11 @@ from nnkcli.errors import InputError, MissingDependencyError
 from nnkcli.extract.common import ImportedFeatures
 
 _CSV_STRIDE = 4096  # lines between remembered byte offsets
+#: the longest field of a lightly CSV (the csv module's own default limit): a file name or a number
+#: longer than this is a damaged or hostile file, refused by line before it is held in memory
+MAX_CSV_FIELD = 2**17
+#: the longest header line (its column names)
+_MAX_CSV_HEADER = 2**26
 _EMBEDDING_COLUMN = re.compile(r"^embedding_(\d+)$")
 _SHARD_NUMBER = re.compile(r"(\d+)$")
 
@@ -93,12 +98,15 @@ class CsvRows:
             fh.seek(self.offsets[first])
             reader = csv.reader(fh)
             row = first * _CSV_STRIDE
-            for fields in reader:
-                if row >= stop:
-                    break
-                if row >= start:
-                    out[row - start] = _csv_floats(fields[1:-1], self.path, row)
-                row += 1
+            try:
+                for fields in reader:
+                    if row >= stop:
+                        break
+                    if row >= start:
+                        out[row - start] = _csv_floats(fields[1:-1], self.path, row)
+                    row += 1
+            except csv.Error:  # the scan refused longer fields: the file changed since
+                raise _field_too_long(self.path, row + 2) from None
         if row < stop:
             raise InputError(f"{self.path} is shorter than when it was scanned", hint="was it changed meanwhile?")
         return out
@@ -130,26 +138,28 @@ def load_lightly_csv(path: str | os.PathLike, *, labels_given: bool = False) -> 
     offsets: list[int] = []
     try:
         with open(path, "rb") as raw:
-            header_line = raw.readline().decode("utf-8")
-            header = next(csv.reader([header_line]), [])
+            header_line = raw.readline(_MAX_CSV_HEADER).decode("utf-8")
+            if len(header_line) >= _MAX_CSV_HEADER:
+                raise _field_too_long(path, 1)
+            header = _csv_split(header_line, path, 1)
             dim = _check_csv_header(header, path)
             width = dim + 2
+            # no field longer than MAX_CSV_FIELD: a longer line is refused unread
+            max_line = width * (2 * MAX_CSV_FIELD + 3) + 2
             line_no = 1
             while True:
                 at = raw.tell()
-                line = raw.readline()
+                line = raw.readline(max_line)
                 if not line:
                     break
                 line_no += 1
+                if len(line) >= max_line:
+                    raise _field_too_long(path, line_no)
                 if not line.strip():
                     raise InputError(f"{path} line {line_no} is empty", hint="one sample per line")
                 if (line_no - 2) % _CSV_STRIDE == 0:
                     offsets.append(at)
-                text = line.decode("utf-8")
-                if text.count('"'):  # a quoted filename: let the csv module split it
-                    fields = next(csv.reader(io.StringIO(text)))
-                else:
-                    fields = text.rstrip("\r\n").split(",")
+                fields = _csv_split(line.decode("utf-8"), path, line_no)
                 if len(fields) != width:
                     end = "" if line.endswith(b"\n") else " (the last line has no end: is the file truncated?)"
                     raise InputError(
@@ -177,6 +187,27 @@ def load_lightly_csv(path: str | os.PathLike, *, labels_given: bool = False) -> 
         ids=ids,
         source=f"lightly:{path.resolve()}",
         attrs={"source_format": "lightly"},
+    )
+
+
+def _csv_split(text: str, path: Path, line_no: int) -> list[str]:
+    """The fields of one line; a field longer than ``MAX_CSV_FIELD`` is refused, naming the line."""
+    if text.count('"'):  # a quoted filename: let the csv module split it
+        try:
+            fields = next(csv.reader(io.StringIO(text)), [])
+        except csv.Error:  # its field limit is MAX_CSV_FIELD (its default): the only error of one line
+            raise _field_too_long(path, line_no) from None
+    else:
+        fields = text.rstrip("\r\n").split(",")
+    if any(len(f) > MAX_CSV_FIELD for f in fields):
+        raise _field_too_long(path, line_no)
+    return fields
+
+
+def _field_too_long(path: Path, line_no: int) -> InputError:
+    return InputError(
+        f"{path} line {line_no} has a field longer than {MAX_CSV_FIELD} characters",
+        hint="a lightly embeddings.csv holds file names, numbers and labels: is this file damaged?",
     )
 
 

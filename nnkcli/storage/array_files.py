@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -194,24 +195,21 @@ class ArrayFileReader:
     ----------
     path : path-like
     kind : str
-        What the file should hold (its root attribute ``nnk_format``), e.g. ``"predictions"``.
+        What the file should hold, e.g. ``"predictions"``; used in messages.
+    nnk_format : str or None, default: ``kind``
+        The root attribute ``nnk_format`` the file must have; None checks nothing (the
+        caller does, with its own message).
     """
 
-    def __init__(self, path: str | os.PathLike, *, kind: str):
+    def __init__(self, path: str | os.PathLike, *, kind: str, nnk_format: str | None = ""):
         self.path = Path(path)
         self.kind = kind
-        if not self.path.exists():
-            raise StoreError(f"{kind} file not found: {self.path}")
-        if self.path.is_dir():
-            raise StoreError(f"{self.path} is a folder", hint=f"give the path of a {kind} .h5 file")
-        try:
-            self._h5 = h5py.File(self.path, "r", locking=False)
-        except OSError as exc:
-            raise StoreError(f"cannot read {self.path}: not a readable HDF5 file ({exc})") from None
+        self._h5 = _open(self.path, kind)
         fmt = self._h5.attrs.get("nnk_format")
         if isinstance(fmt, bytes):
-            fmt = fmt.decode()
-        if fmt != kind:
+            fmt = fmt.decode("utf-8", "replace")
+        want = kind if nnk_format == "" else nnk_format
+        if want is not None and fmt != want:
             self._h5.close()
             raise StoreError(
                 f"{self.path} is not an nnkcli {kind} file (nnk_format={fmt!r})",
@@ -246,6 +244,35 @@ class ArrayFileReader:
                 f"{self.path} has no dataset '{name}'", hint=f"it is not a complete {self.kind} file; write it again"
             )
 
+    def require(self, name: str, shape: tuple[int | None, ...], *, kinds: str = "iu") -> np.dtype:
+        """Check dataset ``name`` before reading it: its rank, the sizes of ``shape`` that are not None,
+        a dtype of one of the numpy ``kinds``, and that the file holds the data of every declared row
+        (a crafted file may declare 2**40 rows and hold none: refused here, not read). Returns its dtype.
+        """
+        self._need(name)
+        dset = self._h5[name]
+        if not isinstance(dset, h5py.Dataset):
+            raise self.damaged(f"'{name}' is a group, not a dataset")
+        got = tuple(dset.shape or ())
+        if len(got) != len(shape) or any(w is not None and g != w for g, w in zip(got, shape, strict=True)):
+            sizes = ["*" if w is None else str(w) for w in shape]
+            want = f"({', '.join(sizes)}{',' if len(sizes) == 1 else ''})"
+            raise self.damaged(f"dataset '{name}' has shape {got}, expected {want}")
+        if dset.dtype.kind not in kinds:
+            what = {"iu": "integers", "S": "byte strings"}.get(kinds, f"dtype kind {kinds}")
+            raise self.damaged(f"dataset '{name}' holds {dset.dtype} values, expected {what}")
+        present = _rows_present(dset)
+        if present < got[0]:
+            raise self.damaged(f"dataset '{name}' declares {got[0]} rows but holds the data of at most {present}")
+        return dset.dtype
+
+    def damaged(self, what: str) -> StoreError:
+        """The error for a file whose content is not what nnkcli writes (``what``: which part, how)."""
+        return StoreError(
+            f"{self.path} is not a valid {self.kind} file: {what}",
+            hint="the file is damaged or was not written by nnkcli; write it again",
+        )
+
     def close(self) -> None:
         self._h5.close()
 
@@ -254,6 +281,64 @@ class ArrayFileReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _open(path: Path, kind: str):
+    if not path.exists():
+        raise StoreError(f"{kind} file not found: {path}")
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder", hint=f"give the path of a {kind} .h5 file")
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as exc:
+        truncated = _TRUNCATED.search(str(exc))
+        if truncated:  # a copy or a download cut short
+            raise StoreError(
+                f"cannot read {path}: the file is truncated ({truncated.group(1)} bytes, "
+                f"HDF5 expects at least {truncated.group(2)})",
+                hint="copy or write it again",
+            ) from None
+        raise StoreError(f"cannot read {path}: not a readable HDF5 file ({exc})") from None
+
+
+_TRUNCATED = re.compile(r"truncated file: eof = (\d+), .*stored_eof = (\d+)")
+
+
+def _rows_present(dset) -> int:
+    """How many leading rows of ``dset`` the file can hold data for (without reading them).
+
+    A chunked dataset stores only the chunks written to; a contiguous one is allocated
+    whole at its first write; a compact one lives in its header.
+    """
+    n = int(dset.shape[0]) if dset.shape else 1
+    if n == 0 or dset.size == 0:
+        return n
+    layout = dset.id.get_create_plist().get_layout()
+    if layout == h5py.h5d.COMPACT:
+        return n
+    if layout == h5py.h5d.CONTIGUOUS:
+        return n if dset.id.get_storage_size() >= dset.nbytes else 0
+    chunks = dset.chunks
+    per_row_block = 1
+    for size, chunk in zip(dset.shape[1:], chunks[1:], strict=True):
+        per_row_block *= -(-size // chunk)
+    allocated = dset.id.get_num_chunks()
+    return min(n, (allocated // per_row_block) * chunks[0])
+
+
+def nnk_format_of(path: str | os.PathLike, *, kind: str = "input") -> str | None:
+    """The root attribute ``nnk_format`` of the HDF5 file ``path`` (None when it has none).
+
+    Raises
+    ------
+    StoreError
+        The file is missing, a folder, or not a readable HDF5 file (a truncated one says so).
+    """
+    with _open(Path(path), kind) as f:
+        fmt = f.attrs.get("nnk_format")
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode("utf-8", "replace")
+    return fmt if isinstance(fmt, str) else None
 
 
 def read_array_file(path: str | os.PathLike, *, kind: str) -> tuple[dict, dict[str, np.ndarray]]:

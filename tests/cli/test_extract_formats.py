@@ -292,3 +292,36 @@ def test_class_names_file(runner, tmp_path):
     assert _refused(runner, tmp_path, path, "--class-names", tmp_path / "dup.txt") == (
         f"Error: {tmp_path / 'dup.txt'} names class 'cat' twice (lines 1 and 2)"
     )
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_lightly_csv_with_a_16_mib_field(runner, tmp_path, quoted):
+    """Was "unexpected Error: field larger than field limit (131072)"."""
+    X, y = _data()
+    path = _write_lightly(tmp_path / "embeddings.csv", X, y)
+    lines = path.read_bytes().split(b"\n")
+    name = b"x" * 2**24
+    lines[3] = (b'"' + name + b', a"' if quoted else name) + lines[3][lines[3].index(b",") :]
+    path.write_bytes(b"\n".join(lines))
+    before = sorted(p.name for p in tmp_path.iterdir()), path.read_bytes()
+    result = _run(runner, "extract", tmp_path / "s.h5", "--split", "train", "--from", path)
+    assert result.exit_code == 1
+    assert [line for line in result.stderr.splitlines() if line.startswith(("Error:", "Hint:"))] == [
+        f"Error: {path} line 4 has a field longer than 131072 characters",
+        "Hint: a lightly embeddings.csv holds file names, numbers and labels: is this file damaged?",
+    ]
+    assert "Traceback" not in result.stderr
+    assert (sorted(p.name for p in tmp_path.iterdir()), path.read_bytes()) == before
+
+
+def test_lightly_csv_with_a_line_that_never_ends(runner, tmp_path):
+    """A line longer than any the header's width allows is refused before it is read whole."""
+    from nnkcli.extract import tabular
+
+    X, y = _data()
+    path = _write_lightly(tmp_path / "embeddings.csv", X, y)
+    with open(path, "ab") as f:
+        f.write(b"1," * (7 * (2 * tabular.MAX_CSV_FIELD + 3)))
+    result = _run(runner, "extract", tmp_path / "s.h5", "--split", "train", "--from", path)
+    assert result.exit_code == 1
+    assert f"Error: {path} line {len(X) + 2} has a field longer than 131072 characters" in result.stderr

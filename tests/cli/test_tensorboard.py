@@ -92,3 +92,114 @@ def test_missing_extra_and_bad_usage(runner, sample_store, tmp_path, monkeypatch
         'Hint: pip install "nnkcli[tensorboard]"',
     ]
     assert not (tmp_path / "tb").exists()
+
+
+# -- a full disk: a clean error, no traceback from a writer thread, no event file left -----------
+def _history(path, n=3):
+    for i in range(1, n + 1):
+        entry = {
+            "source": f"/runs/ck{i}.pth",
+            "sha256": _sha(i),
+            "results": [],
+            "step": i,
+            "best": {"nnk": {"k": 10, "top1": 70.0 + i, "top5": 90.0}},
+            "finished_at": f"2024-01-0{i}T00:00:00.000+00:00",
+        }
+        append_entry(path, entry)
+    return path
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs filled to the last byte (mounting needs root: skipped otherwise)."""
+    import os
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        (mnt / "tb").mkdir()
+        (mnt / "tb" / "events.out.tfevents.1700000000.earlier").write_bytes(b"an earlier run's events")
+        with open(mnt / "ballast", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _tree(folder):
+    """Every path under ``folder`` -> the sha256 of a file's bytes ("" for a folder)."""
+    return {
+        p.relative_to(folder).as_posix(): "" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize("logdir", ["tb", "new/tb"])
+def test_history_and_sweep_on_a_full_disk(full_disk, sample_store, tmp_path, logdir):
+    from nnk_crafted import error_lines, run_bounded
+
+    history = _history(tmp_path / "history.jsonl")
+    before_history = history.read_bytes()
+    before = _tree(full_disk)
+    target = full_disk / logdir
+    for args in (
+        ["history", history, "--tensorboard", target],
+        ["sweep", sample_store, "--k", "5,10", "--tensorboard", target, "--step", "3"],
+    ):
+        done = run_bounded(*args)
+        assert done.returncode == 1, done.stderr
+        assert error_lines(done.stderr) == [
+            f"Error: no space left on device while writing event files in "
+            f"{target / 'sweep_step_3' if args[0] == 'sweep' else target}",
+            "Hint: free some space (or write to another disk) and rerun; the old file, if any, is intact",
+        ]
+        assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+        assert _tree(full_disk) == before  # the earlier event file intact; no new file, no new folder
+    assert history.read_bytes() == before_history
+
+
+def test_a_failure_on_the_second_event_file_removes_the_first(runner, sample_store, tmp_path, monkeypatch):
+    import errno
+
+    from nnkcli import tensorboard_log
+
+    calls = []
+    real = tensorboard_log._EventFiles._write
+
+    def failing(self, logdir, events):
+        calls.append(logdir)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(self, logdir, events)
+
+    monkeypatch.setattr(tensorboard_log._EventFiles, "_write", failing)
+    logdir = tmp_path / "tb"
+    res = runner.invoke(cli, ["sweep", str(sample_store), "--k", "5", "--tensorboard", str(logdir), "--step", "1"])
+    assert res.exit_code == 1
+    assert res.stderr.splitlines()[-1] == f"Error: cannot write event files in {logdir}: Input/output error"
+    assert calls == [logdir / "sweep_step_1", logdir]
+    assert not logdir.exists()
+
+
+def test_a_killed_writers_temporary_event_file_is_removed(runner, tmp_path):
+    history = _history(tmp_path / "history.jsonl")
+    logdir = tmp_path / "tb"
+    logdir.mkdir()
+    dead = logdir / ".events.out.tfevents.1700000000.host.123.tmp-999999999-abcd1234"
+    dead.write_bytes(b"half")
+    res = runner.invoke(cli, ["history", str(history), "--tensorboard", str(logdir)])
+    assert res.exit_code == 0, res.stderr
+    assert not dead.exists()
+    assert [p.name.startswith("events.out.tfevents.") for p in logdir.iterdir()] == [True]
+    assert tfevents.scalars(logdir)["best/nnk/top1"] == [(1, 71.0), (2, 72.0), (3, 73.0)]

@@ -214,3 +214,28 @@ def test_shard_rows_edited_in_place_are_caught_naming_the_row(tmp_path):
     doc = classify(path, k=3, rebuild_index=True)
     assert doc["index"]["rebuilt"] and doc["index"]["shards"] == 3
     assert before["index"]["shards"] == 3
+
+
+def test_a_killed_builds_half_written_shard_is_removed_by_the_next_build(tmp_path):
+    """``nnk index --shards 3`` SIGKILLed while shard 2 was written left its temporary file after a
+    later successful rebuild (the shard's name carries the dead build's token)."""
+    import os
+    import subprocess
+    import sys
+
+    xt, yt, _, _ = two_splits(45, 4, 5, seed=6)
+    path = tmp_path / "f.h5"
+    write_split(path, "train", xt, yt, source="test")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: its pid names no process now
+    killed = tmp_path / f".f.train.0badcafe.shard-2-of-3.faiss.tmp-{child.pid}-1234abcd"
+    killed.write_bytes(b"\0" * 1000)
+    live = tmp_path / f".f.train.0badcafe.shard-1-of-3.faiss.tmp-{os.getppid()}-1234abcd"  # a writer still running
+    live.write_bytes(b"\0" * 10)
+    other = tmp_path / f".g.train.0badcafe.shard-2-of-3.faiss.tmp-{child.pid}-1234abcd"  # another index's
+    other.write_bytes(b"")
+    shards.index_store_sharded(path, n_shards=3)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert killed.name not in names
+    assert live.name in names and other.name in names
+    assert len([n for n in names if n.startswith("f.train.") and ".shard-" in n]) == 3

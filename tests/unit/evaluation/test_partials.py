@@ -94,3 +94,19 @@ def test_sweep_out_without_shard_is_one_whole_part(store, tmp_path):
     doc = sweep(store, k_values=[3, 6], partial_path=tmp_path / "all.h5").document
     assert doc["partial_path"] == str(tmp_path / "all.h5")
     assert _strip(merge_parts([tmp_path / "all.h5"])) == _strip(doc)
+
+
+@pytest.mark.parametrize("block_rows", [1, 2, 1000])
+def test_parts_are_read_in_blocks_with_the_same_result(store, tmp_path, block_rows):
+    parts = [tmp_path / f"s{i}.h5" for i in range(2)]
+    for i, part in enumerate(parts):
+        sweep(store, k_values="2,4", shard=(i, 2), partial_path=part)
+    whole = merge_parts(parts, out=tmp_path / "whole.h5").to_dict()
+    merged = merge_parts(parts, out=tmp_path / f"b{block_rows}.h5", block_rows=block_rows).to_dict()
+    assert _strip(merged) == _strip(whole)
+    import h5py
+
+    with h5py.File(tmp_path / "whole.h5", "r") as a, h5py.File(tmp_path / f"b{block_rows}.h5", "r") as b:
+        names: list[str] = []
+        a.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        assert names and all((a[n][()] == b[n][()]).all() and a[n].dtype == b[n].dtype for n in names)

@@ -101,3 +101,62 @@ def test_read_array_file_loads_every_dataset(tmp_path):
     (tmp_path / "text.h5").write_text("not hdf5")
     with pytest.raises(StoreError, match="is not a readable partial results file"):
         read_array_file(tmp_path / "text.h5", kind="partial results")
+
+
+@pytest.mark.parametrize(
+    ("layout", "expected"),
+    [
+        ({"chunks": (4,)}, None),
+        ({"chunks": (4,), "compression": "gzip"}, None),
+        ({}, None),  # contiguous
+        ({"chunks": (4,), "empty": True}, "declares 10 rows but holds the data of at most 0"),
+        ({"empty": True}, "declares 10 rows but holds the data of at most 0"),
+        ({"chunks": (4,), "rows": 5}, "declares 10 rows but holds the data of at most 8"),
+    ],
+)
+def test_require_checks_declared_rows_against_the_data_present(tmp_path, layout, expected):
+    path = tmp_path / "p.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["nnk_format"] = "predictions"
+        empty, rows = layout.pop("empty", False), layout.pop("rows", 10)
+        d = f.create_dataset("labels", shape=(10,), dtype=np.int64, **layout)
+        if not empty:
+            d[:rows] = np.arange(rows)
+    with ArrayFileReader(path, kind="predictions") as r:
+        if expected is None:
+            assert r.require("labels", (10,)) == np.dtype(np.int64)
+        else:
+            with pytest.raises(StoreError, match=expected):
+                r.require("labels", (10,))
+
+
+def test_require_checks_shape_and_dtype(tmp_path):
+    path = tmp_path / "p.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["nnk_format"] = "predictions"
+        f["top5"] = np.zeros((3, 5), np.float64)
+        f["group/x"] = np.zeros(3, np.int64)
+    with ArrayFileReader(path, kind="predictions") as r:
+        with pytest.raises(StoreError, match=r"dataset 'top5' has shape \(3, 5\), expected \(3, 4\)"):
+            r.require("top5", (3, 4))
+        with pytest.raises(StoreError, match=r"dataset 'top5' has shape \(3, 5\), expected \(\*,\)"):
+            r.require("top5", (None,))
+        with pytest.raises(StoreError, match="dataset 'top5' holds float64 values, expected integers"):
+            r.require("top5", (3, 5))
+        with pytest.raises(StoreError, match="'group' is a group, not a dataset"):
+            r.require("group", (3,))
+
+
+def test_a_truncated_file_is_named_as_such(tmp_path):
+    from nnkcli.storage.array_files import nnk_format_of
+
+    path = tmp_path / "p.h5"
+    _write(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:200])
+    with pytest.raises(
+        StoreError, match=rf"cannot read {path}: the file is truncated \(200 bytes, HDF5 expects at least"
+    ):
+        ArrayFileReader(path, kind="predictions")
+    with pytest.raises(StoreError, match="the file is truncated"):
+        nnk_format_of(path)
