@@ -111,7 +111,13 @@ def parse_blocks(page: Path, text: str | None = None) -> list[Block]:
 
 # -- the nnk command lines of a page ---------------------------------------------------------------------------------
 # values an example takes from its environment (a job array's index, xargs' {})
-EXAMPLE_ENV = {"$SLURM_ARRAY_TASK_ID": "0", "$SLURM_ARRAY_TASK_COUNT": "4", "${SLURM_ARRAY_TASK_ID}": "0", "{}": "0"}
+EXAMPLE_ENV = {
+    "$SLURM_ARRAY_TASK_ID": "0",
+    "$SLURM_ARRAY_TASK_COUNT": "4",
+    "${SLURM_ARRAY_TASK_ID}": "0",
+    "{}": "0",
+    "$i": "0",  # a shell loop's index (for i in 0 1; do ... --shard $i/2 ...)
+}
 _SHELL_OPERATORS = {"|", "||", "&&", ";", ">", ">>", "<", "&", "2>&1", "(", ")"}
 _GROUP_OPTION = re.compile(r"-(q+|v+)|--quiet|--verbose")
 
@@ -178,6 +184,8 @@ def page_commands(page: Path, text: str | None = None) -> list[tuple[int, list[s
     text blocks (``... && nnk ...``) and the prompts (``$ nnk ...``) of a console session."""
     commands = []
     for block in parse_blocks(page, text):
+        if block.exit_code == 2:  # a usage error shown on purpose: running the block checks its exit code
+            continue
         if block.lang in ("bash", "sh", "shell"):
             lines = shell_lines(block.code)
         elif block.lang == "text":
