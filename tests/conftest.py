@@ -39,18 +39,33 @@ def runner():
         return CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _restore_nnkcli_logger():
-    """CLI invocations route the ``nnkcli`` logger to stderr (and stop propagation);
-    undo that after each test so that ``caplog`` in later tests sees the records."""
+@pytest.fixture(scope="session")
+def _nnkcli_logger_baseline():
+    """The ``nnkcli`` logger as the session found it (before any command ran in-process)."""
     import logging
 
     log = logging.getLogger("nnkcli")
-    saved = (list(log.handlers), log.level, log.propagate)
+    return list(log.handlers), log.level, log.propagate
+
+
+@pytest.fixture(autouse=True)
+def _restore_nnkcli_logger(_nnkcli_logger_baseline):
+    """CLI invocations route the ``nnkcli`` logger to stderr (and stop propagation). Each test starts
+    and ends with the session's logger, so that ``caplog`` sees the records even after a module-scoped
+    fixture ran a command."""
+    import logging
+
+    log = logging.getLogger("nnkcli")
+    handlers, level, propagate = _nnkcli_logger_baseline
+
+    def restore():
+        log.handlers[:] = handlers
+        log.setLevel(level)
+        log.propagate = propagate
+
+    restore()
     yield
-    log.handlers[:] = saved[0]
-    log.setLevel(saved[1])
-    log.propagate = saved[2]
+    restore()
 
 
 @pytest.fixture
