@@ -23,6 +23,8 @@ from nnkcli.errors import InputError, MissingDependencyError, NnkError
 
 logger = logging.getLogger("nnkcli")
 
+#: the largest step an event file stores (an int64)
+MAX_STEP = 2**63 - 1
 #: per-method summaries of a history entry, written when present
 SUMMARIES = ("best", "selected")
 
@@ -78,8 +80,6 @@ def write_sweep(doc: dict, logdir: str | os.PathLike, step: int) -> dict:
     -------
     dict : ``{"logdir": str, "run": str, "scalars": int}``
     """
-    from nnkcli.tracking.sources import MAX_STEP
-
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
         raise ValueError(f"step must be an integer in [0, {MAX_STEP}] (TensorBoard's int64), got {step!r}")
     root = check_logdir(logdir)
@@ -108,8 +108,6 @@ def write_history(entries: Sequence[dict], methods: Sequence[str], logdir: str |
     TensorBoard cannot store: beyond an int64) is written at its position in that order (1, 2,
     ...), with a warning.
     """
-    from nnkcli.tracking.sources import MAX_STEP
-
     root = check_logdir(logdir)
     out = _Writer(root)
     unstepped = 0
