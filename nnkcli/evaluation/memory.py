@@ -70,6 +70,10 @@ class ChunkBudget:
         return f"{_mib(self.per_chunk)} MiB" + (f" ({origin})" if origin else "")
 
 
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
+
+
 def _mib(n_bytes: int) -> str:
     return f"{n_bytes / 2**20:.0f}" if n_bytes >= 2**20 else f"{n_bytes / 2**20:.2f}"
 
@@ -86,7 +90,7 @@ def default_chunk_size(k: int, dim: int, n_classes: int, budget: int | ChunkBudg
     per_query = query_bytes(k, dim, n_classes)
     if per_query > budget.per_chunk:
         raise InputError(
-            f"k={k} needs {per_query / 2**30:.1f} GiB for a single query (the {k}x{k} kernel block and solver "
+            f"k={k} needs {_size(per_query)} for a single query (the {k}x{k} kernel block and solver "
             f"work), more than the memory budget of a query chunk, {budget.describe()}",
             hint=f"use --k {largest_k_within(budget.per_chunk, dim, n_classes)} or less, or pass --chunk-size 1 "
             "to run anyway with that much memory",
