@@ -91,8 +91,8 @@ def test_k_beyond_the_train_split_hints_the_k_that_fits_the_memory_too(runner, b
     assert res.exit_code == 1
     needs = 4 * (fits + 1) * 4 + 32 * (fits + 1) ** 2 + 16 * N_CLASSES + 64 * (fits + 1)
     assert res.stderr.splitlines()[-2:] == [
-        f"Error: k={fits + 1} needs {needs / 2**20:.1f} MiB for a single query (the {fits + 1}x{fits + 1} kernel block and solver "
-        "work), more than the memory budget of a query chunk, 256 MiB (512 MiB, shared by 2 threads)",
+        f"Error: k={fits + 1} needs {needs / 2**20:.1f} MiB for a single query (the {fits + 1}x{fits + 1} kernel "
+        "block and solver work), more than the memory budget of a query chunk, 256 MiB (512 MiB, shared by 2 threads)",
         f"Hint: use --k {fits} or less, or pass --chunk-size 1 to run anyway with that much memory",
     ]
 
