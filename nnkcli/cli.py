@@ -18,6 +18,8 @@ import os
 import sys
 
 try:  # a Ctrl-C while the modules load is an interrupt too, not a traceback
+    import copy
+    import difflib
     import importlib
     import inspect
     import traceback
@@ -25,7 +27,7 @@ try:  # a Ctrl-C while the modules load is an interrupt too, not a traceback
     import click
 
     from nnkcli import __version__, process
-    from nnkcli.errors import ExitCode, NnkError
+    from nnkcli.errors import ExitCode, InputError, NnkError
     from nnkcli.output import FORMATS, PROGRESS_EVERY, Ui, configure_logging
 except KeyboardInterrupt:  # pragma: no cover - exercised in a subprocess test
     sys.stderr.write("Interrupted.\n")
@@ -169,6 +171,43 @@ def examples_after_options(command: click.Command) -> click.Command:
     return command
 
 
+class _FileOrDirectory(click.Path):
+    """A ``click.Path`` whose file-or-folder check is a data error (exit 1), like a missing file.
+
+    ``nnk sweep adir`` (a folder where a store file is meant) was a usage error (exit 2) while
+    ``nnk sweep missing.h5`` is exit 1: what kind of thing a path names is the data's business.
+    """
+
+    def convert(self, value, param, ctx):
+        path = os.fsdecode(value) if isinstance(value, (str, bytes, os.PathLike)) else None
+        if path is not None and not (self.allow_dash and path == "-"):
+            name = _param_name(param)
+            if not self.dir_okay and os.path.isdir(path):
+                raise InputError(f"{name} is a directory, not a file: {path}")
+            if not self.file_okay and os.path.exists(path) and not os.path.isdir(path):
+                raise InputError(f"{name} is a file, not a directory: {path}")
+        return super().convert(value, param, ctx)
+
+
+def _param_name(param: click.Parameter | None) -> str:
+    """``STORE``, ``PARTS``, ``--history``: how the command line names ``param``."""
+    if isinstance(param, click.Option):
+        return max(param.opts, key=len)
+    return param.human_readable_name.rstrip(".") if param is not None else "path"
+
+
+def _paths_checked_as_data(command: click.Command) -> click.Command:
+    """Every path parameter of ``command`` (and its subcommands) checked as ``_FileOrDirectory`` does."""
+    for param in command.params:
+        kind = param.type
+        either = kind.file_okay and kind.dir_okay if isinstance(kind, click.Path) else True
+        if isinstance(kind, click.Path) and not isinstance(kind, _FileOrDirectory) and not either:
+            checked = copy.copy(kind)
+            checked.__class__ = _FileOrDirectory
+            param.type = checked
+    return command
+
+
 class NnkGroup(click.Group):
     """Lazily imported subcommands and the single exception -> exit code mapping."""
 
@@ -180,7 +219,16 @@ class NnkGroup(click.Group):
         if target is None:
             return None
         module, attr = target.split(":")
-        return examples_after_options(getattr(importlib.import_module(module), attr))
+        return _paths_checked_as_data(examples_after_options(getattr(importlib.import_module(module), attr)))
+
+    def resolve_command(self, ctx, args):
+        """An unknown command name suggests the nearest one (``nnk clasify``: did you mean 'classify'?)."""
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and name not in COMMANDS and not ctx.resilient_parsing:
+            nearest = difflib.get_close_matches(name, list(COMMANDS), n=1, cutoff=0.6)
+            if nearest:
+                raise click.UsageError(f"No such command {name!r}. Did you mean {nearest[0]!r}?", ctx)
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx):
         try:

@@ -6,7 +6,9 @@
 
 - SIGTERM and SIGHUP unwind the stack like Ctrl-C (:func:`install_signal_handlers`), so every
   ``finally`` runs and temporary files are removed; the exit code is 143, 129, or 130 for Ctrl-C
-  (:func:`interrupted` says so on stderr).
+  (:func:`interrupted` says so on stderr). A signal that strikes inside a finalizer (``__del__``,
+  a weakref callback), where Python would print the exception and drop it, is obeyed as soon as
+  the finalizer returns.
 - a closed pipe (``nnk info | head -1``) is a quiet exit 0 (:func:`pipe_closed`).
 - the temporary files a run named and left (a signal can strike between a file's creation and
   the ``try`` that would remove it) are deleted as the command ends, stop signals held back
@@ -22,6 +24,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import weakref
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -74,6 +77,9 @@ def _raise_terminated(signum, frame):
     from nnkcli.errors import note_signal
 
     note_signal(signum)
+    if _in_finalizer(frame):
+        return _obey_later(signum)
+    _DEFERRED.clear()
     raise Terminated(signum, signal.Signals(signum).name)
 
 
@@ -81,7 +87,66 @@ def _raise_interrupt(signum, frame):
     from nnkcli.errors import note_signal
 
     note_signal(signum)
+    if _in_finalizer(frame):
+        return _obey_later(signum)
+    _DEFERRED.clear()
     raise KeyboardInterrupt
+
+
+#: the code that runs as a finalizer: Python prints and drops what is raised there (``Exception
+#: ignored in ...``), a stop signal's exception included (h5py frees its objects through a
+#: ``WeakValueDictionary``, whose callback is in weakref.py)
+_FINALIZER_FILES = {weakref.__file__}
+_FINALIZER_NAMES = {"__del__", "_unraisable"}
+
+
+def _in_finalizer(frame) -> bool:
+    """Whether ``frame`` (where a signal's handler runs) is inside a ``__del__`` or weakref callback."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name in _FINALIZER_NAMES or code.co_filename in _FINALIZER_FILES:
+            return True
+        frame = frame.f_back
+    return False
+
+
+#: stop signals deferred out of a finalizer and not obeyed yet (``run_guarded`` obeys them at the end)
+_DEFERRED: list[int] = []
+
+
+def _obey_later(signum: int) -> None:
+    """Send ``signum`` to the main thread again once it is out of every finalizer.
+
+    A helper thread watches the main thread's frames (a millisecond apart) and sends the signal
+    then: its handler raises at the main thread's next check, where nothing drops the exception.
+    (Sending it again from the handler itself would run the handler again at once, inside.)
+    """
+    import threading
+    import time
+
+    _DEFERRED.append(signum)
+    main = threading.main_thread().ident
+    if main is None or not hasattr(signal, "pthread_kill"):
+        return
+
+    def watch() -> None:
+        while _in_finalizer(sys._current_frames().get(main)):
+            time.sleep(0.001)
+        signal.pthread_kill(main, signum)
+
+    threading.Thread(target=watch, name="nnk-stop-signal", daemon=True).start()
+
+
+def _unraisable(unraisable) -> None:
+    """A stop signal's exception dropped in a finalizer the frames did not reveal: obeyed after it."""
+    exc = unraisable.exc_value
+    if isinstance(exc, KeyboardInterrupt):
+        _obey_later(exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
+        return
+    _previous_unraisable_hook(unraisable)
+
+
+_previous_unraisable_hook = sys.unraisablehook
 
 
 def _exit_at_once(signum, frame):  # pragma: no cover - exercised in a subprocess test
@@ -91,10 +156,19 @@ def _exit_at_once(signum, frame):  # pragma: no cover - exercised in a subproces
 def install_signal_handlers() -> None:
     """SIGTERM and SIGHUP unwind the stack like Ctrl-C (so every temporary file is removed)."""
     for signum in STOP_SIGNALS.values():
-        if signum is not None and signal.getsignal(signum) in (signal.SIG_DFL, None):
+        if signum is not None and (signal.getsignal(signum) in (signal.SIG_DFL, None) or _starting_up(signum)):
             signal.signal(signum, _raise_terminated)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler or _starting_up(signal.SIGINT):
         signal.signal(signal.SIGINT, _raise_interrupt)  # the same, but recorded (see interrupt_in)
+    if sys.unraisablehook is not _unraisable:
+        global _previous_unraisable_hook
+        _previous_unraisable_hook = sys.unraisablehook
+        sys.unraisablehook = _unraisable
+
+
+def _starting_up(signum: int) -> bool:
+    """Whether ``signum``'s handler is the console script's start-up one (``nnkcli.entry``)."""
+    return bool(getattr(signal.getsignal(signum), "starting_up", False))
 
 
 def _exit_on_late_signals() -> None:
@@ -116,6 +190,9 @@ def run_guarded(command: Callable[[], int]) -> int:
         code = _guarded(command)
     finally:
         late = remove_own_temps()
+    if late is None and _DEFERRED:  # a stop signal struck in a finalizer as the command ended
+        late = _DEFERRED[0]
+    _DEFERRED.clear()
     if late is not None and code not in STOPPED_CODES:  # a stop signal during the removal: obeyed now
         return interrupted(
             KeyboardInterrupt() if late == signal.SIGINT else Terminated(late, signal.Signals(late).name)

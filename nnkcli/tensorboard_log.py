@@ -41,6 +41,8 @@ from nnkcli.storage.atomic import (
 
 logger = logging.getLogger("nnkcli")
 
+#: the largest step an event file stores (an int64)
+MAX_STEP = 2**63 - 1
 #: per-method summaries of a history entry, written when present
 SUMMARIES = ("best", "selected")
 _EVENTS = "events.out.tfevents."
@@ -173,6 +175,8 @@ def write_sweep(doc: dict, logdir: str | os.PathLike, step: int) -> dict:
     -------
     dict : ``{"logdir": str, "run": str, "scalars": int}``
     """
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+        raise ValueError(f"step must be an integer in [0, {MAX_STEP}] (TensorBoard's int64), got {step!r}")
     root = check_logdir(logdir)
     run = root / f"sweep_step_{int(step)}"
     files = _EventFiles()
@@ -190,8 +194,9 @@ def write_sweep(doc: dict, logdir: str | os.PathLike, step: int) -> dict:
 def write_history(entries: Sequence[dict], methods: Sequence[str], logdir: str | os.PathLike) -> dict:
     """best (and selected) top-1/top-5/k per method against each entry's step.
 
-    ``entries`` are in training order (``order_entries``); an entry without a step is
-    written at its position in that order (1, 2, ...), with a warning.
+    ``entries`` are in training order (``order_entries``); an entry without a step (or with one
+    TensorBoard cannot store: beyond an int64) is written at its position in that order (1, 2,
+    ...), with a warning.
     """
     root = check_logdir(logdir)
     files = _EventFiles()
@@ -199,7 +204,7 @@ def write_history(entries: Sequence[dict], methods: Sequence[str], logdir: str |
     unstepped = 0
     for position, entry in enumerate(entries, start=1):
         step = entry.get("step")
-        if not isinstance(step, int) or isinstance(step, bool):
+        if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= MAX_STEP:
             step, unstepped = position, unstepped + 1
         for summary in SUMMARIES:
             per_method = entry.get(summary)

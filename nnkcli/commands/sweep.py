@@ -47,7 +47,7 @@ from nnkcli.commands._render import render_sweep
 )
 @click.option(
     "--step",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=2**63 - 1),  # TensorBoard stores an int64
     default=None,
     metavar="N",
     help="Training step (epoch) of these features, for --tensorboard.",

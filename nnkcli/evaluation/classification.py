@@ -10,10 +10,11 @@ evaluates many k from the same search.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from nnkcli.evaluation.documents import result_document
+from nnkcli.evaluation.documents import result_document, whole_run_timing
 from nnkcli.evaluation.options import DataOptions, ScoringOptions, check_shard_output, resolve_one_k
 from nnkcli.evaluation.results import ClassifyResult
 from nnkcli.evaluation.setup import check_labelled, open_evaluation, with_k
@@ -84,7 +85,9 @@ def classify(
     options, data = resolve_one_k(options, data, with_k(settings, k), command="classify", protocol=True)
     (k,) = options.k_values
     check_shard_output(data.shard, predictions_path, output_name="predictions_path")
+    started = time.perf_counter()
     ev = open_evaluation(store_path, options, data, progress_factory)
+    opened_s = time.perf_counter() - started
     with ev:
         check_labelled(ev, gate_requested)
         ev.check_k(options)  # before the predictions file is created (evaluate_chunks checks again, cheaply)
@@ -106,6 +109,7 @@ def classify(
                 accs, timing = evaluate_chunks(ev, options, on_chunk=on_chunk)
             # built once (every row's bootstrap interval): the file keeps this document's parameters
             doc = result_document(ev, options, accs, timing, per_class, k=k, predictions_path=predictions_path)
+            whole_run_timing(doc["timing"], started=started, opened_s=opened_s)
             if writer is not None:
                 writer.commit(doc)
         except BaseException:

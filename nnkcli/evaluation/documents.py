@@ -9,6 +9,7 @@ Accuracies are percentages (0-100) throughout.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from nnkcli.evaluation.options import ScoringOptions
@@ -56,3 +57,18 @@ def result_document(ev, opts: ScoringOptions, accs: dict, timing: dict, per_clas
         if value is not None:
             doc[key] = str(value) if isinstance(value, Path) else value
     return doc
+
+
+def whole_run_timing(timing: dict, *, started: float, opened_s: float) -> dict:
+    """``timing`` (what ``evaluate_chunks`` returned) completed with every stage of the run, in place.
+
+    ``evaluate_s``: the queries' search and scoring (``evaluate_chunks``' own ``total_s``, of
+    which ``queries_per_s`` is the rate); ``index_s``: opening the store and loading or building
+    the index (``opened_s``); ``total_s``: the whole run from ``started`` (a ``time.perf_counter()``
+    taken before the store was opened): these, the summary (intervals, best k, significance)
+    and the selection on train (``selection_s``, added by a sweep) included.
+    """
+    timing["evaluate_s"] = timing.get("evaluate_s", timing.get("total_s"))
+    timing["index_s"] = round(opened_s, 4)
+    timing["total_s"] = round(time.perf_counter() - started, 4)
+    return timing

@@ -13,6 +13,8 @@ is ever held.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from nnkcli.errors import InputError
 from nnkcli.evaluation.options import CHUNK_MEMORY_BUDGET, ScoringOptions
 from nnkcli.evaluation.scoring import solves_cosine_nnk
@@ -36,23 +38,64 @@ def query_bytes(k: int, dim: int, n_classes: int) -> int:
     return 4 * k * dim + 32 * k * k + 16 * max(n_classes, 1) + 64 * k
 
 
-def default_chunk_size(k: int, dim: int, n_classes: int, budget: int | None = None) -> int:
+@dataclass(frozen=True)
+class ChunkBudget:
+    """The working memory of one scoring chunk, and where it comes from.
+
+    ``total``: the evaluation's budget (``CHUNK_MEMORY_BUDGET``, 512 MiB, or a sharded index's
+    smaller one); ``runtime``: what the compiled NNK engine's runtime takes of it (0 when it does
+    not run); ``threads``: the chunks in flight, which share the rest.
+    """
+
+    total: int
+    runtime: int = 0
+    threads: int = 1
+
+    @property
+    def per_chunk(self) -> int:
+        return (self.total - self.runtime) // max(self.threads, 1)
+
+    def origin(self) -> str:
+        """Where ``per_chunk`` comes from: ``512 MiB, less 104 MiB for ..., shared by 2 threads`` ("" if all of it)."""
+        parts = [f"{_mib(self.total)} MiB"]
+        if self.runtime:
+            parts.append(f"less {_mib(self.runtime)} MiB for the compiled NNK engine's runtime")
+        if self.threads > 1:
+            parts.append(f"shared by {self.threads} threads")
+        return ", ".join(parts) if len(parts) > 1 else ""
+
+    def describe(self) -> str:
+        """``204 MiB (512 MiB, less 104 MiB for the compiled NNK engine's runtime, shared by 2 threads)``."""
+        origin = self.origin()
+        return f"{_mib(self.per_chunk)} MiB" + (f" ({origin})" if origin else "")
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
+
+
+def _mib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:.0f}" if n_bytes >= 2**20 else f"{n_bytes / 2**20:.2f}"
+
+
+def default_chunk_size(k: int, dim: int, n_classes: int, budget: int | ChunkBudget | None = None) -> int:
     """Queries per chunk so that a chunk stays within ``budget`` (default ``CHUNK_MEMORY_BUDGET``) for any k.
 
     Goes down to one query per chunk; when one query alone needs more than the budget
     (k near 10,000 needs ~3 GiB for its k x k kernel block) it is an InputError saying
     how much, rather than a silent allocation far past the budget.
     """
-    budget = CHUNK_MEMORY_BUDGET if budget is None else budget
+    if not isinstance(budget, ChunkBudget):
+        budget = ChunkBudget(CHUNK_MEMORY_BUDGET if budget is None else budget)
     per_query = query_bytes(k, dim, n_classes)
-    if per_query > budget:
-        largest = _largest_k_within(budget, dim, n_classes)
+    if per_query > budget.per_chunk:
         raise InputError(
-            f"k={k} needs {per_query / 2**30:.1f} GiB for a single query (the {k}x{k} kernel block and solver "
-            f"work), more than the {budget / 2**20:.0f} MiB memory budget of a query chunk",
-            hint=f"use --k {largest} or less, or pass --chunk-size 1 to run anyway with that much memory",
+            f"k={k} needs {_size(per_query)} for a single query (the {k}x{k} kernel block and solver "
+            f"work), more than the memory budget of a query chunk, {budget.describe()}",
+            hint=f"use --k {largest_k_within(budget.per_chunk, dim, n_classes)} or less, or pass --chunk-size 1 "
+            "to run anyway with that much memory",
         )
-    return int(min(budget // per_query, 8192))
+    return int(min(budget.per_chunk // per_query, 8192))
 
 
 def query_by_query_chunk(k: int, dim: int, n_k: int = 1) -> int:
@@ -72,7 +115,10 @@ def query_by_query_chunk(k: int, dim: int, n_k: int = 1) -> int:
     return max(floor, QUERY_BY_QUERY_CHUNK_BYTES // (4 * k * dim))
 
 
-def _largest_k_within(budget: int, dim: int, n_classes: int) -> int:
+def largest_k_within(budget: int, dim: int, n_classes: int) -> int:
+    """The largest k whose one query fits ``budget`` bytes (``query_bytes``); 0 when not even k = 1."""
+    if query_bytes(1, dim, n_classes) > budget:
+        return 0
     lo, hi = 1, 1
     while query_bytes(hi * 2, dim, n_classes) <= budget:
         hi *= 2
@@ -81,6 +127,25 @@ def _largest_k_within(budget: int, dim: int, n_classes: int) -> int:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if query_bytes(mid, dim, n_classes) <= budget else (lo, mid)
     return lo
+
+
+def chunk_budget(searcher: Searcher, opts: ScoringOptions, threads: int) -> ChunkBudget:
+    """The memory budget of one scoring chunk of an evaluation with ``opts`` on ``threads`` threads."""
+    # a sharded index asks for a smaller working memory beside its one loaded shard;
+    # every worker holds one scoring sub-chunk: they share the budget
+    total = min(CHUNK_MEMORY_BUDGET, searcher.chunk_budget)
+    runtime = 0
+    if solves_cosine_nnk(opts) and not searcher.on_device and compiled.expected():
+        # the compiled NNK engine's runtime lives beside the chunks: the budget covers both
+        runtime = total - max(total - compiled.RUNTIME_BYTES, total // 2)
+    return ChunkBudget(total, runtime, threads)
+
+
+def largest_k(searcher: Searcher, opts: ScoringOptions, *, dim: int, n_classes: int, threads: int) -> int | None:
+    """The largest k the chunk budget allows (``chunk_budget``); None when ``--chunk-size`` is given (no bound)."""
+    if opts.chunk_size:
+        return None
+    return largest_k_within(chunk_budget(searcher, opts, threads).per_chunk, dim, n_classes)
 
 
 def plan_chunks(
@@ -95,14 +160,8 @@ def plan_chunks(
     from nnkcli.evaluation.pipeline import SEARCH_BLOCK, balanced_block, searches_in_flight
 
     k_max = opts.k_values[-1]
-    # a sharded index asks for a smaller working memory beside its one loaded shard;
-    # every worker holds one scoring sub-chunk: they share the budget
-    budget = min(CHUNK_MEMORY_BUDGET, searcher.chunk_budget)
+    chunk = opts.chunk_size or default_chunk_size(k_max, dim, n_classes, budget=chunk_budget(searcher, opts, threads))
     compiled_nnk = solves_cosine_nnk(opts) and not searcher.on_device and compiled.expected()
-    if compiled_nnk:
-        # the compiled NNK engine's runtime lives beside the chunks: the budget covers both
-        budget = max(budget - compiled.RUNTIME_BYTES, budget // 2)
-    chunk = opts.chunk_size or default_chunk_size(k_max, dim, n_classes, budget=budget // threads)
     split = searcher.two_stage
     # every method scores on the CPU at a cost per query (k-NN, compiled NNK): small chunks do
     if not opts.chunk_size and split and not searcher.on_device and ("nnk" not in opts.methods or compiled_nnk):

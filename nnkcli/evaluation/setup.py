@@ -272,12 +272,22 @@ class Evaluation:
                 hint=f"pass --query-split {self.train.name} for leave-one-out evaluation",
             )
         largest = self.max_k(opts.exclude_self)
-        for k in opts.k_values:
-            if k > largest:
-                raise InputError(
-                    f"k={k} is larger than the train split allows ({self.train.n} rows)",
-                    hint=f"the largest valid k is {largest}",
-                )
+        too_large = [k for k in opts.k_values if k > largest]
+        if not too_large:
+            return  # a k beyond the memory budget is refused where the chunks are sized (plan_chunks)
+        from nnkcli.evaluation.memory import chunk_budget, largest_k
+        from nnkcli.parallel import resolve_threads
+
+        threads = resolve_threads(opts.threads)
+        fits = largest_k(self.searcher, opts, dim=self.train.dim, n_classes=self.n_classes, threads=threads)
+        hint = f"the largest valid k is {largest}"
+        if fits is not None and fits < largest:  # the memory budget binds first: one hint, the k that runs
+            hint = (
+                f"the largest valid k is {fits}: the train split allows {largest} and a query chunk's memory "
+                f"budget, {chunk_budget(self.searcher, opts, threads).describe()}, allows {fits}; "
+                "--chunk-size 1 runs a larger k with more memory"
+            )
+        raise InputError(f"k={too_large[0]} is larger than the train split allows ({self.train.n} rows)", hint=hint)
 
     def close(self) -> None:
         self.searcher.close()

@@ -10,10 +10,11 @@ exactly what ``classify`` gives at that k (the same code computes both).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 
 from nnkcli.errors import InputError
-from nnkcli.evaluation.documents import result_document
+from nnkcli.evaluation.documents import result_document, whole_run_timing
 from nnkcli.evaluation.options import (
     DEFAULT_ALPHA,
     DataOptions,
@@ -146,6 +147,7 @@ def sweep(
             "--out/--shard partial results take one temperature and no --select-on",
             hint="run the selection (and the temperature grid) on the whole query split",
         )
+    started = time.perf_counter()
     ev = open_evaluation(store_path, options, data, progress_factory)
     with ev:
         return sweep_evaluation(
@@ -155,6 +157,7 @@ def sweep(
             progress=progress,
             progress_factory=progress_factory,
             partial_path=partial_path,
+            started=started,
         )
 
 
@@ -166,10 +169,17 @@ def sweep_evaluation(
     progress: Callable[[int], None] | None = None,
     progress_factory: Callable | None = None,
     partial_path: str | os.PathLike | None = None,
+    started: float | None = None,
 ) -> SweepResult:
-    """The sweep of an opened evaluation (``Evaluation.from_store`` or ``Evaluation.from_arrays``)."""
+    """The sweep of an opened evaluation (``Evaluation.from_store`` or ``Evaluation.from_arrays``).
+
+    ``started``: the ``time.perf_counter()`` taken before ``ev`` was opened, so that the timing's
+    ``total_s`` and ``index_s`` count the opening too (None: ``ev`` was opened beforehand, not counted).
+    """
     from nnkcli.evaluation.partials import partial_writer
 
+    now = time.perf_counter()
+    started, opened_s = (now, 0.0) if started is None else (started, now - started)
     select_on = options.select_on
     check_labelled(ev, gate_requested and select_on is None)
     ev.check_k(options)
@@ -186,6 +196,7 @@ def sweep_evaluation(
         hits = {(acc.method, acc.k, acc.temperature): acc.hits()[0] for acc in accs.values()}
         labels, ids = ev.query_labels, ev.query.ids
         finish_sweep_document(doc, options.k_values, options.methods, hits, options.alpha)
+        whole_run_timing(doc["timing"], started=started, opened_s=opened_s)
         if writer is not None:
             writer.commit(doc)
             doc["partial_path"] = str(partial_path)
@@ -213,6 +224,7 @@ def sweep_evaluation(
         }
         doc["selected"] = selected_results(sel_rows, doc["results"], info["rows"])
         doc["timing"]["selection_s"] = info["seconds"]
+        whole_run_timing(doc["timing"], started=started, opened_s=opened_s)  # the selection included
     # the per-query hits of what the gates check: the selected (k, T) with --select-on, else the best
     chosen = doc.get("selected") or doc["best"]
     best_hits = {m: (b["k"], hits[(m, b["k"], b.get("temperature"))]) for m, b in chosen.items()}

@@ -8,6 +8,7 @@ predicted but do not count towards any accuracy; they are counted as ``n_unlabel
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,8 @@ import numpy as np
 from nnkcli.errors import GateFailed, InputError, OptionConflict, SettingName
 from nnkcli.numerics import stats
 from nnkcli.numerics.scores import METHODS
+
+logger = logging.getLogger("nnkcli")
 
 GATE_METHODS = ("all", *METHODS)
 #: the two settings of the gate-method rule (``check_gate_method``), by their Python and option names
@@ -177,6 +180,25 @@ def check_gate_value(name: str, value: float | None) -> float | None:
     return v
 
 
+def fraction_gate_warning(name: str, value: float | None) -> str | None:
+    """What to say about a gate threshold in (0, 1]: most likely a fraction where a percentage is meant.
+
+    ``--min-top1 0.8`` is a gate that no run can fail (an accuracy of 0.8 %); 1 may mean 1 %, but
+    is warned about too. None when ``value`` is None, 0 or above 1.
+    """
+    if value is None or not 0.0 < value <= 1.0:
+        return None
+    return f"{name} {value:g} is a percentage (0-100), not a fraction: did you mean {100 * value:g}?"
+
+
+def warn_fraction_gates(min_top1: float | None, min_top5: float | None) -> None:
+    """Log one warning per gate threshold in (0, 1] (``fraction_gate_warning``); the run goes on."""
+    for name, value in (("--min-top1", min_top1), ("--min-top5", min_top5)):
+        text = fraction_gate_warning(name, value)
+        if text is not None:
+            logger.warning(text)
+
+
 def check_gate_method(gate_method: str | None, methods) -> None:
     """A gated method must be among the ``methods`` run (``"all"``/None: every one): an ``OptionConflict``.
 
@@ -197,12 +219,14 @@ def check_gates(
 
     ``rows`` are result rows (one per method, e.g. the best k of each method);
     ``gate_method`` (``all``, ``nnk`` or ``knn``) says which methods' rows are gated.
-    A gate on results without labelled queries is an input error, not a pass.
+    A gate on results without labelled queries is an input error, not a pass. A threshold in
+    (0, 1] (a fraction where a percentage is meant) is logged as a warning, and checked as given.
     """
     if gate_method not in GATE_METHODS:
         raise ValueError(f"gate_method must be one of {GATE_METHODS}, got {gate_method!r}")
     min_top1 = check_gate_value("--min-top1", min_top1)
     min_top5 = check_gate_value("--min-top5", min_top5)
+    warn_fraction_gates(min_top1, min_top5)
     if gate_method != "all":
         if min_top1 is not None or min_top5 is not None:
             check_gate_method(gate_method, list(dict.fromkeys(row["method"] for row in rows)))

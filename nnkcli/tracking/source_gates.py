@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnkcli.evaluation.options import DEFAULT_ALPHA
+from nnkcli.numerics.metrics import warn_fraction_gates
 from nnkcli.numerics.stats import mcnemar_exact
 from nnkcli.tracking import sidecar
 from nnkcli.tracking.history import History, read_history
@@ -152,6 +153,7 @@ def gate_run(
     >>> report = gate_run("history.jsonl", outcomes, method="nnk", min_top1=70)  # doctest: +SKIP
     >>> report.passed, report.failures  # doctest: +SKIP
     """
+    warn_fraction_gates(min_top1, min_top5)
     history_path = Path(history_path)
     history = history if history is not None else read_history(history_path)
     by_key: dict[str, list[dict]] = {}

@@ -20,6 +20,9 @@ from nnkcli.storage.checks import sha256_file
 __all__ = ["STORE_SUFFIXES", "collect_sources", "file_stamp", "is_store", "read_step", "sha256_file", "step_from_name"]
 
 STORE_SUFFIXES = (".h5", ".hdf5")
+#: the largest training step: an int64, what TensorBoard (and most trackers) store; a larger
+#: number in a file name or a checkpoint is not taken for a step
+MAX_STEP = 2**63 - 1
 
 # `checkpoint0040.pth`, `epoch_12.pt`, `epoch=3-step=500.ckpt`, `step-5000`, `model_iter_800`
 _NAME_STEP_PATTERNS = (
@@ -93,7 +96,8 @@ def step_from_name(name: str | os.PathLike) -> tuple[int, str] | None:
     -------
     (int, str) or None
         The number and the word it followed (``"epoch"``, ``"step"``, ``"checkpoint"``
-        ...; ``"name"`` for a name that is only digits), or None.
+        ...; ``"name"`` for a name that is only digits), or None (also for a number
+        beyond ``MAX_STEP``, which no tracker stores).
 
     Examples
     --------
@@ -104,13 +108,15 @@ def step_from_name(name: str | os.PathLike) -> tuple[int, str] | None:
     """
     file_name = Path(name).name
     stem = file_name.split(".", 1)[0]
+    found = None
     if _ALL_DIGITS.match(stem):
-        return int(stem), "name"
-    for pattern in _NAME_STEP_PATTERNS:
+        found = int(stem), "name"
+    for pattern in _NAME_STEP_PATTERNS if found is None else ():
         match = pattern.search(file_name)
         if match:
-            return int(match.group(2)), match.group(1).lower()
-    return None
+            found = int(match.group(2)), match.group(1).lower()
+            break
+    return found if found is not None and found[0] <= MAX_STEP else None
 
 
 def read_step(path: Path, checkpoint: bool) -> tuple[int | None, str | None]:
@@ -120,7 +126,7 @@ def read_step(path: Path, checkpoint: bool) -> tuple[int | None, str | None]:
         from nnkcli.extract.torch_checkpoints import read_checkpoint_step
 
         found = read_checkpoint_step(path)
-    if found is not None:
+    if found is not None and 0 <= found[0] <= MAX_STEP:
         return found[0], f"checkpoint:{found[1]}"
     found = step_from_name(path.name)
     if found is not None:

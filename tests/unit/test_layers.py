@@ -42,7 +42,8 @@ LAYERS = {
     "process": 6,
     "cli": 7,
     "commands": 8,
-    "__main__": 9,
+    "entry": 9,  # the console script: its start-up signal handlers, then the command line
+    "__main__": 10,
 }
 # top-level modules that belong to a part named otherwise: the index and its two siblings
 PART_OF = {"index_file": "index", "index_flat": "index"}
