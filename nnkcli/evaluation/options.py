@@ -214,7 +214,7 @@ class ScoringOptions(Settings):
         type=int,
         metavar="N",
         help=f"Queries per scoring chunk (default: sized to a {CHUNK_MEMORY_BUDGET >> 20} "
-        "MiB working-memory budget shared by the threads).",
+        "MiB working-memory budget, less the compiled NNK engine's runtime when it runs, shared by the threads).",
     )
     threads: int | None = setting(
         None,
