@@ -80,7 +80,7 @@ def verbosity_options(f):
         expose_value=False,
         callback=_store_progress_every,
         help=f"When stderr is not a terminal (a log, cron, CI), a progress line at most this often, and one at "
-        f"each stage's end (-q: none).  [default: {PROGRESS_EVERY:g}]",
+        f"the end of each stage that lasted that long (-q: none).  [default: {PROGRESS_EVERY:g}]",
     )(f)
     f = click.option(
         "-q",
