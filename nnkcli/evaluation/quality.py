@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from nnkcli.errors import InputError
+from nnkcli.errors import SettingName
 
 #: each metric and the direction in which it is better (docs, history and gates)
 QUALITY_METRICS: dict[str, str] = {
@@ -136,7 +136,7 @@ def alpha_req(eigenvalues: np.ndarray, fit: tuple[int, int] = ALPHA_REQ_RANGE) -
     return -slope
 
 
-def spectrum(split, *, max_rows: int = RANKME_MAX_ROWS, seed: int = 0) -> dict:
+def spectrum(split, *, max_rows: int | None = None, seed: int = 0) -> dict:
     """One pass over ``split`` by blocks: RankMe's singular values and the centred covariance's eigenvalues.
 
     ``split`` has ``n``, ``dim``, ``read(start, stop)`` (float32 rows). The singular values of
@@ -154,12 +154,13 @@ def spectrum(split, *, max_rows: int = RANKME_MAX_ROWS, seed: int = 0) -> dict:
     from nnkcli.evaluation.selection import selection_rows
 
     n, d = int(split.n), int(split.dim)
+    max_rows = RANKME_MAX_ROWS if max_rows is None else max_rows
     picked = selection_rows(n, max_rows, seed) if n > max_rows else None
     raw = np.zeros((d, d))  # XᵀX of the RankMe rows
     shifted = np.zeros((d, d))  # Σ (x - c)(x - c)ᵀ over all rows
     total = np.zeros(d)  # Σ (x - c)
     centre = None
-    step = max(1, SPECTRUM_BLOCK_BYTES // max(1, 8 * d))
+    step = max(1, SPECTRUM_BLOCK_BYTES // (8 * max(1, d)))
     for start in range(0, n, step):
         block = np.asarray(split.read(start, min(start + step, n)), dtype=np.float64)
         if centre is None:
@@ -181,7 +182,7 @@ def spectrum(split, *, max_rows: int = RANKME_MAX_ROWS, seed: int = 0) -> dict:
         eig = np.clip(np.linalg.eigvalsh(cov)[::-1], 0.0, None)
     else:
         eig = np.zeros(d)
-    return {"singular_values": sv, "rankme_rows": m, "eigenvalues": eig, "n": n}
+    return {"singular_values": sv, "rankme_rows": m, "eigenvalues": eig, "n": n, "max_rows": max_rows}
 
 
 # -- the NNK interpolation error -------------------------------------------------------------------
@@ -214,7 +215,7 @@ def interpolation_errors(theta: np.ndarray, ids: np.ndarray, sims: np.ndarray, r
     g = 0.5 * (1.0 + np.where(on, sims, 0.0))
     linear = np.einsum("bk,bk->b", np.where(on, g, 0.0), theta)
     weight = theta.sum(axis=1)
-    step = max(1, ERROR_BLOCK_BYTES // max(1, 8 * k * int(dim)))
+    step = max(1, ERROR_BLOCK_BYTES // (8 * max(1, k * int(dim))))
     for lo in range(0, B, step):
         hi = min(lo + step, B)
         rows, cols = np.nonzero(on[lo:hi])
@@ -255,6 +256,17 @@ def error_summary(errors: np.ndarray, confidence: float) -> dict:
         "ci": t_interval(errors, confidence),
         "n": int(errors.size),
     }
+
+
+def one_k(value, name: str | SettingName = "k") -> int:
+    """One k >= 1 (an int, or a k SPEC of one value such as ``"50"``); ``OptionError`` otherwise."""
+    from nnkcli.errors import OptionError
+    from nnkcli.evaluation.kspec import check_k_values
+
+    ks = check_k_values(value, name)
+    if len(ks) != 1:
+        raise OptionError(name, value, "quality takes one k", hint="e.g. --k 50")
+    return ks[0]
 
 
 # -- the whole measurement -------------------------------------------------------------------------
@@ -300,6 +312,8 @@ def quality(
     ------
     StoreError
         The store or the split is missing.
+    OptionError
+        ``k``, ``queries`` or ``seed`` is not a valid value (k < 1, several k, queries < 1).
     InputError
         k is larger than the split allows (n - 1), or a row is all-zero.
     """
@@ -307,14 +321,16 @@ def quality(
     from nnkcli.evaluation.selection import selection_rows
     from nnkcli.evaluation.setup import open_evaluation
     from nnkcli.evaluation.streaming import evaluate_chunks
+    from nnkcli.settings import optional_count
+    from nnkcli.settings import seed as check_seed
 
     started = time.perf_counter()
+    k = one_k(k)
     opts = ScoringOptions(
         methods=("nnk", "knn"), k_values=(k,), exclude_self=True, threads=threads, confidence=confidence
     )
-    (k,) = opts.k_values
-    if queries is not None and (isinstance(queries, bool) or int(queries) < 1):
-        raise InputError(f"queries must be a number of rows >= 1, got {queries!r}")
+    queries = optional_count(queries, SettingName("queries", "--queries"))
+    seed = check_seed(seed, SettingName("seed", "--seed"))
     data = DataOptions(train_split=split, query_split=split)
     ev = open_evaluation(store_path, opts, data, progress_factory)
     with ev:
@@ -325,12 +341,12 @@ def quality(
         spec = spectrum(ev.train, seed=seed)
         spectrum_s = time.perf_counter() - t0
 
-        if queries is None or int(queries) >= n:
+        if queries is None or queries >= n:
             target, run_opts = ev, opts
         else:  # the sampled rows as queries, each left out of its own search (as --select-on train does)
             from nnkcli.evaluation.selection import subset_evaluation
 
-            rows = selection_rows(n, int(queries), seed)
+            rows = selection_rows(n, queries, seed)
             target, run_opts = subset_evaluation(ev, rows), opts.replace(exclude_self=False)
         pieces: list[np.ndarray] = []
         error_s = [0.0]
@@ -403,7 +419,7 @@ def _document(ev, opts, spec: dict, errors: np.ndarray, accs: dict, labels, *, q
             "kernel": "cosine",
             "solver": "exact",
             "knn_temperature": opts.temperature,
-            "rankme_max_rows": RANKME_MAX_ROWS,
+            "rankme_max_rows": spec["max_rows"],
             "rankme_eps": RANKME_EPS,
             "alpha_req_range": list(ALPHA_REQ_RANGE),
             "alpha_req_rows": spec["n"],
