@@ -1,0 +1,86 @@
+"""``nnk quality``: the table, the JSON document (the core's, whole), and the exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nnk_cli import invoke
+from nnkcli.storage.store import write_split
+
+
+def test_json_is_the_core_document(runner, store):
+    from nnkcli.evaluation.quality import quality
+
+    result = invoke(runner, "quality", store, "--k", 10, "--threads", 1, "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    core = quality(store, k=10, threads=1).to_dict()
+    assert doc["schema_version"] == 1 and doc["split"] == "val" and doc["k"] == 10
+    for key in ("rankme", "alpha_req", "nnk_interpolation_error", "loo", "summary", "n_rows", "queries"):
+        assert doc[key] == core[key], key  # floats survive JSON exactly
+
+
+def test_table_names_every_metric_and_its_direction(runner, store):
+    result = invoke(runner, "quality", store, "--split", "train", "--k", 10, "--queries", 50, "--threads", 1)
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "higher" in lines["rankme"] and "closer to 1" in lines["alpha_req"]
+    assert "lower" in lines["nnk_interpolation_error"] and "±" in lines["nnk_interpolation_error"]
+    assert "±" in lines["loo_nnk_top1"] and "±" in lines["loo_knn_top1"]
+    assert "50 of 300 rows interpolated" in result.stdout
+    assert "alpha_req needs 100 eigenvalues" in result.stdout  # the store is 12-d
+
+
+def test_seed_and_queries_reach_the_core(runner, store):
+    def doc(*args):
+        result = invoke(runner, "quality", store, "--k", 5, "--queries", 20, "--format", "json", *args)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    a, b, c = doc("--seed", 1), doc("--seed", 1), doc("--seed", 2)
+    assert a["queries"] == 20 and a["parameters"]["seed"] == 1
+    assert a["nnk_interpolation_error"] == b["nnk_interpolation_error"]
+    assert a["nnk_interpolation_error"]["mean"] != c["nnk_interpolation_error"]["mean"]
+
+
+def test_unlabelled_split_shows_no_loo_rows(runner, tmp_path):
+    X = np.random.default_rng(0).normal(size=(80, 6)).astype(np.float32)
+    path = tmp_path / "u.h5"
+    write_split(path, "val", X, np.full(80, -1), source="test")
+    result = invoke(runner, "quality", path, "--k", 5, "--threads", 1)
+    assert result.exit_code == 0, result.output
+    assert "loo_nnk_top1" not in result.stdout and "no labels" in result.stdout
+    doc = json.loads(invoke(runner, "quality", path, "--k", 5, "--format", "json").stdout)
+    assert doc["loo"] is None and doc["summary"]["loo_knn_top1"] is None
+
+
+def test_a_missing_split_is_a_data_error_naming_it(runner, store):
+    result = invoke(runner, "quality", store, "--split", "holdout")
+    assert result.exit_code == 1
+    assert "split 'holdout' not found" in result.stderr and "available splits: train, val" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("--k", "0"), "--k"),
+        (("--k", "10,20"), "--k"),
+        (("--queries", "0"), "--queries"),
+        (("--seed", "-1"), "--seed"),
+        (("--split", "a/b"), "--split"),
+        (("--confidence", "1.5"), "--confidence"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(runner, store, args, named):
+    result = invoke(runner, "quality", store, *args)
+    assert result.exit_code == 2
+    assert named in result.stderr
+
+
+def test_k_beyond_the_split_is_a_data_error(runner, store):
+    result = invoke(runner, "quality", store, "--k", 60)  # the val split has 60 rows: 59 others
+    assert result.exit_code == 1
+    assert "k=60" in result.stderr
