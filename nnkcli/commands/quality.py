@@ -129,7 +129,7 @@ def caption(doc: dict) -> str:
     parts = [
         f"{doc['queries']} of {doc['n_rows']} rows interpolated",
         f"rankme on {doc['rankme_rows']} rows",
-        f"{doc['timing']['total_s']:.2f}s",
+        f"{doc['timing']['total_s']:.2f} s",
     ]
     if doc["alpha_req"] is None:
         parts.append("alpha_req needs 100 eigenvalues above zero (d >= 100)")
