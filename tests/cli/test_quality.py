@@ -64,20 +64,22 @@ def test_a_missing_split_is_a_data_error_naming_it(runner, store):
 
 
 @pytest.mark.parametrize(
-    ("args", "named"),
+    ("option", "value", "message"),
     [
-        (("--k", "0"), "--k"),
-        (("--k", "10,20"), "--k"),
-        (("--queries", "0"), "--queries"),
-        (("--seed", "-1"), "--seed"),
-        (("--split", "a/b"), "--split"),
-        (("--confidence", "1.5"), "--confidence"),
+        ("--k", "0", "bad k token '0': k must be >= 1 (got '0')"),
+        ("--k", "10,20", "quality takes one k (got '10,20'); e.g. --k 50"),
+        ("--queries", "0", "must be >= 1 (got 0)"),
+        ("--seed", "-1", "must be >= 0 (got -1)"),
+        ("--split", "a/b", "invalid split name (got 'a/b')"),
+        ("--threads", "0", "must be >= 1 (got 0)"),
+        ("--confidence", "1.5", "must be strictly between 0 and 1 (got 1.5)"),
     ],
 )
-def test_bad_option_values_are_usage_errors(runner, store, args, named):
-    result = invoke(runner, "quality", store, *args)
+def test_bad_option_values_are_usage_errors_before_any_work(runner, option, value, message):
+    result = invoke(runner, "quality", "nope.h5", option, value)  # the store is never opened
     assert result.exit_code == 2
-    assert named in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"Error: Invalid value for '{option}'") and message in last, last
 
 
 def test_k_beyond_the_split_is_a_data_error(runner, store):
