@@ -245,6 +245,16 @@ def test_interpolation_errors_row_by_row():
         got = q.interpolation_errors(theta, ids, sims, read_rows, 8)
     np.testing.assert_allclose(got, expected, atol=1e-9)
     assert len(reads) == 30 and max(reads) <= 2 * k  # two rows' support vectors at a time
+    # any weights, not only optimal ones (where 1 - 2 g'θ + θ'Gθ = 1 - g'θ): the formula itself
+    rng = np.random.default_rng(1)
+    other = np.where(rng.random(theta.shape) < 0.5, rng.random(theta.shape), 0.0)
+    loop = np.empty(60)
+    for b in range(60):
+        Xn = V[ids[b]]
+        G = np.array([[(1 + Xn[i] @ Xn[j]) / 2 for j in range(k)] for i in range(k)])
+        g = (1 + sims[b]) / 2
+        loop[b] = 1 - 2 * g @ other[b] + other[b] @ G @ other[b]
+    np.testing.assert_allclose(q.interpolation_errors(other, ids, sims, read_rows, 8), np.maximum(loop, 0), atol=1e-9)
 
 
 def test_query_sample_is_seeded_and_matches_the_loop(small):
