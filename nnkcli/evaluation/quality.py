@@ -186,7 +186,7 @@ def spectrum(split, *, max_rows: int | None = None, seed: int = 0) -> dict:
 
 
 # -- the NNK interpolation error -------------------------------------------------------------------
-def interpolation_errors(theta: np.ndarray, ids: np.ndarray, sims: np.ndarray, read_rows, dim: int) -> np.ndarray:
+def interpolation_errors(theta: np.ndarray, ids: np.ndarray, sims: np.ndarray, unit_rows, dim: int) -> np.ndarray:
     """Per row, ``1 - 2 gᵀθ + θᵀGθ``: the squared distance, in the cosine kernel's feature space,
     from a row to the NNK interpolation of its neighbors.
 
@@ -195,7 +195,7 @@ def interpolation_errors(theta: np.ndarray, ids: np.ndarray, sims: np.ndarray, r
     theta : (B, k) float64 NNK weights (zero off the support)
     ids : (B, k) int64 neighbor rows of the train split (-1 = missing, with weight 0)
     sims : (B, k) float64 cosine similarities of the row to its neighbors
-    read_rows : callable (sorted unique rows) -> (m, dim) float32 stored vectors
+    unit_rows : callable (rows (m,) int64, repeats allowed) -> (m, dim) unit-normalised vectors
     dim : int, the feature dimension d
 
     With the kernel K(x, y) = (1 + cos)/2, g = (1 + sims)/2 and G = (1 + VVᵀ)/2 for the
@@ -203,10 +203,6 @@ def interpolation_errors(theta: np.ndarray, ids: np.ndarray, sims: np.ndarray, r
     on the support are read, ``ERROR_BLOCK_BYTES`` of them at most at once. The error is
     in [0, 1] (θ = 0 gives 1); rounding below 0 is clipped.
     """
-    from scipy import sparse
-
-    from nnkcli.numerics.kernels import normalize_rows
-
     theta = np.asarray(theta, dtype=np.float64)
     ids = np.asarray(ids)
     B, k = theta.shape
@@ -218,26 +214,45 @@ def interpolation_errors(theta: np.ndarray, ids: np.ndarray, sims: np.ndarray, r
     step = max(1, ERROR_BLOCK_BYTES // (8 * max(1, k * int(dim))))
     for lo in range(0, B, step):
         hi = min(lo + step, B)
-        rows, cols = np.nonzero(on[lo:hi])
-        used = ids[lo:hi][rows, cols]
-        uniq, where = np.unique(used, return_inverse=True)
-        V = normalize_rows(read_rows(uniq)).astype(np.float64)
-        mix = sparse.csr_matrix((theta[lo:hi][rows, cols], (rows, where.ravel())), shape=(hi - lo, uniq.size))
-        Y = np.asarray(mix @ V)
+        rows, cols = np.nonzero(on[lo:hi])  # row-major: each row's support entries together
+        V = np.asarray(unit_rows(ids[lo:hi][rows, cols]), dtype=np.float64)  # (nnz, d)
+        V *= theta[lo:hi][rows, cols][:, None]
+        Y = np.zeros((hi - lo, int(dim)))  # Σⱼ θⱼ vⱼ of each row
+        if rows.size:
+            firsts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+            Y[rows[firsts]] = np.add.reduceat(V, firsts, axis=0)
         quadratic = 0.5 * (weight[lo:hi] ** 2 + np.einsum("bd,bd->b", Y, Y))
         out[lo:hi] = 1.0 - 2.0 * linear[lo:hi] + quadratic
     return np.maximum(out, 0.0)
 
 
+def neighbor_vectors(ev) -> Callable[[np.ndarray], np.ndarray]:
+    """The unit vectors of train rows as the NNK solve saw them: a gather from the in-memory faiss
+    index where one holds every row (fast, and the very vectors re-ranked), else the store's rows
+    read and normalised (index shards, the torch backend)."""
+    from nnkcli.evaluation.search import IndexSearcher
+    from nnkcli.numerics.kernels import normalize_rows
+
+    searcher = ev.searcher
+    if isinstance(searcher, IndexSearcher) and searcher.offset == 0 and searcher.index is not None:
+        return searcher.index.vectors
+
+    def from_store(rows: np.ndarray) -> np.ndarray:
+        uniq, where = np.unique(rows, return_inverse=True)  # the store reads increasing rows, each once
+        return normalize_rows(ev.train.read_rows(uniq))[where.ravel()]
+
+    return from_store
+
+
 def t_interval(values: np.ndarray, confidence: float) -> list:
     """Student-t interval of the mean of ``values`` at ``confidence``: ``[low, high]`` (None when n < 2)."""
-    from scipy import stats
+    from scipy.special import stdtrit  # the t quantile (scipy.stats takes a second to import)
 
     n = int(values.size)
     if n < 2:
         return [None, None]
     mean = float(values.mean())
-    half = float(stats.t.ppf(0.5 + confidence / 2.0, n - 1) * values.std(ddof=1) / math.sqrt(n))
+    half = float(stdtrit(n - 1, 0.5 + confidence / 2.0) * values.std(ddof=1) / math.sqrt(n))
     return [mean - half, mean + half]
 
 
@@ -350,13 +365,12 @@ def quality(
             target, run_opts = subset_evaluation(ev, rows), opts.replace(exclude_self=False)
         pieces: list[np.ndarray] = []
         error_s = [0.0]
+        vectors = neighbor_vectors(ev)
 
         def on_chunk(res) -> None:
             t = time.perf_counter()
             pieces.append(
-                interpolation_errors(
-                    res.by_method_k[("nnk", k)].theta, res.ids, res.sims, ev.train.read_rows, ev.train.dim
-                )
+                interpolation_errors(res.by_method_k[("nnk", k)].theta, res.ids, res.sims, vectors, ev.train.dim)
             )
             error_s[0] += time.perf_counter() - t
 

@@ -86,3 +86,14 @@ def test_k_beyond_the_split_is_a_data_error(runner, store):
     result = invoke(runner, "quality", store, "--k", 60)  # the val split has 60 rows: 59 others
     assert result.exit_code == 1
     assert "k=60" in result.stderr
+
+
+def test_index_shards_give_the_same_numbers(runner, store):
+    """Shards make the error read its vectors from the store instead of the index: the same numbers."""
+    before = json.loads(invoke(runner, "quality", store, "--k", 10, "--threads", 1, "--format", "json").stdout)
+    assert invoke(runner, "index", store, "--split", "val", "--shards", 2).exit_code == 0
+    after = json.loads(invoke(runner, "quality", store, "--k", 10, "--threads", 1, "--format", "json").stdout)
+    assert after["index"]["shards"] == 2
+    for key, value in before["nnk_interpolation_error"].items():
+        assert after["nnk_interpolation_error"][key] == pytest.approx(value, abs=1e-9), key
+    assert after["loo"] == before["loo"]
