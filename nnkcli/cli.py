@@ -46,6 +46,7 @@ COMMANDS = {
     "history": "nnkcli.commands.history:history",
     "compare": "nnkcli.commands.compare:compare",
     "plot": "nnkcli.commands.plot:plot",
+    "quality": "nnkcli.commands.quality:quality",
 }
 
 _VERBOSITY = "nnkcli.verbosity"

@@ -138,3 +138,11 @@ def run_selection(
     accs, _ = evaluate_chunks(_SelectionEvaluation(ev, rows), sel_opts, progress=progress)
     info = {"rows": int(rows.size), "seed": int(seed), "seconds": round(time.perf_counter() - t0, 4)}
     return accs, info
+
+
+def subset_evaluation(ev, rows: np.ndarray):
+    """The train ``rows`` (sorted) of ``ev`` as the queries of ``evaluate_chunks``, each left out of its own
+    search: what the selection runs on (also ``nnkcli.evaluation.quality``'s sample). Score it with
+    ``exclude_self=False`` (the searcher leaves each row out); ``ChunkResult.start`` counts in ``rows``.
+    """
+    return _SelectionEvaluation(ev, rows)

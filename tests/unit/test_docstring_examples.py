@@ -20,6 +20,7 @@ MODULES = [
     "nnkcli.evaluation.classification",
     "nnkcli.evaluation.sweeps",
     "nnkcli.evaluation.results",
+    "nnkcli.evaluation.quality",
     "nnkcli.numerics.solver",
     "nnkcli.storage.store",
     "nnkcli.storage.store_reader",
