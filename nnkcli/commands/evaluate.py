@@ -76,7 +76,7 @@ def _quality_options(f):
             type=click.IntRange(min=1),
             default=DEFAULT_QUALITY_K,
             show_default=True,
-            help="Neighbours of the NNK interpolation error of --quality.",
+            help="Neighbors of the NNK interpolation error of --quality.",
         ),
         click.option(
             "--quality-queries",

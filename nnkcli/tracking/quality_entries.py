@@ -40,7 +40,7 @@ class QualityOptions:
     Parameters
     ----------
     k : int, default=50
-        Neighbours of the NNK interpolation error (and the leave-one-out top-1).
+        Neighbors of the NNK interpolation error (and the leave-one-out top-1).
     queries : int, optional
         Rows of the split used for the interpolation error (a seeded sample); None: all.
     seed : int, default=0
