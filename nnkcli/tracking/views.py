@@ -237,7 +237,8 @@ def history_view(history: History, param_set: str | None = None) -> HistoryView:
     chosen = pick_parameter_set(sets, param_set)
     entries = entries_of(history.entries, chosen.key) if chosen is not None else []
     methods, metrics = entry_methods(entries), quality_metrics_of(entries)
-    return HistoryView(history, sets, chosen, entries, methods, history_rows(entries, methods, metrics), metrics)
+    # history_rows finds the same quality metrics in the same entries
+    return HistoryView(history, sets, chosen, entries, methods, history_rows(entries, methods), metrics)
 
 
 def parameter_set_rows(sets: Sequence[ParamSet]) -> list[dict]:
