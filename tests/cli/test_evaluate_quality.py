@@ -91,7 +91,13 @@ def test_an_unlabelled_store_gets_an_entry_with_its_quality(runner, tmp_path, fa
     assert entry["warnings"] == ["query split 'val' has no labels: no accuracy, quality metrics only"]
     assert entry["parameters"]["quality"] == {"split": "val", "k": 50, "queries": None, "seed": 0}
     [call] = calls
-    assert (call["store"], call["split"], call["k"], call["queries"], call["seed"]) == ("epoch_5.h5", "val", 50, None, 0)
+    assert (call["store"], call["split"], call["k"], call["queries"], call["seed"]) == (
+        "epoch_5.h5",
+        "val",
+        50,
+        None,
+        0,
+    )
 
 
 def test_quality_settings_are_part_of_the_parameter_set(runner, tmp_path, fake_quality):
