@@ -256,4 +256,8 @@ QUALITY_HEADERS = {
 
 def quality_columns(metrics) -> list[Column]:
     """One column per quality metric (row keys: the metric names), kept together in one table."""
-    return [Column(m, *QUALITY_HEADERS.get(m, (m, ".4g")), group="quality") for m in metrics]
+    columns = []
+    for m in metrics:
+        header, spec = QUALITY_HEADERS.get(m, (m, ".4g"))
+        columns.append(Column(m, header, spec, group="quality"))
+    return columns
