@@ -164,13 +164,6 @@ def quality_row(entry: dict, metrics: Sequence[str]) -> dict[str, Any]:
     return {m: quality_value(entry, m) for m in metrics}
 
 
-def direction(metric: str) -> str:
-    """Which way ``metric`` improves (``QUALITY_METRICS``): "higher", "lower" or "closer to 1"."""
-    from nnkcli.evaluation.quality import QUALITY_METRICS
-
-    return QUALITY_METRICS.get(metric, "higher")
-
-
 def sweep_and_measure(
     sweep: Callable[..., Any],
     store_path: str | Path,
