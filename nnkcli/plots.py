@@ -56,16 +56,19 @@ def _pyplot():
 
 
 @contextmanager
-def _figure(path: Path, figsize: tuple[float, float]) -> Iterator[tuple]:
-    """A figure and its axes for a paper (text kept as text), written atomically to ``path`` when the block ends."""
+def _figure(path: Path, figsize: tuple[float, float], panels: int = 1) -> Iterator[tuple]:
+    """A figure and its axes for a paper (text kept as text), written atomically to ``path`` when the block ends.
+
+    ``panels`` > 1: a column of axes sharing x (a list, top first) instead of one axes.
+    """
     plt = _pyplot()
     import matplotlib
 
     # text as text (no glyph outlines, TrueType not Type 3); read when the file is saved: save inside
     with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42, "ps.fonttype": 42}):
-        fig, ax = plt.subplots(figsize=figsize, dpi=120)
+        fig, axes = plt.subplots(panels, 1, figsize=figsize, dpi=120, sharex=panels > 1, squeeze=False)
         try:
-            yield fig, ax
+            yield fig, (axes[0, 0] if panels == 1 else list(axes[:, 0]))
             with atomic_output(path, what="plot") as tmp:
                 fig.savefig(tmp, format=path.suffix.lower().lstrip("."))
         finally:
@@ -378,6 +381,7 @@ def plot_history(
     methods: Sequence[str] = METHODS,
     title: str | None = None,
     confidence: float = DEFAULT_CONFIDENCE,
+    quality_metrics: Sequence[str] = (),
 ) -> Path:
     """Draw best top-1 per source for each method and write it atomically to ``path``.
 
@@ -392,6 +396,9 @@ def plot_history(
     title : str, optional
     confidence : float, default=0.95
         Level of the intervals recorded in ``rows``, named in the legend.
+    quality_metrics : sequence of str, default=()
+        Quality metrics of ``rows`` (``nnk evaluate --quality``), each drawn in a panel below
+        the top-1's, sharing its x axis; none: the top-1 figure alone.
 
     The x axis is the step when every row has one, else the row's position with
     source names as tick labels. The best source of each method is ringed and
@@ -403,7 +410,11 @@ def plot_history(
 
     by_step = bool(rows) and all(isinstance(r.get("step"), int) for r in rows)
     xs = [r["step"] for r in rows] if by_step else list(range(1, len(rows) + 1))
-    with _figure(path, (7.5, 4.5)) as (fig, ax):
+    from nnkcli.plots_panels import draw_quality_panels, label_best_points, say_no_top1
+
+    panels = 1 + len(quality_metrics)
+    with _figure(path, (7.5, 4.5 + 2.0 * len(quality_metrics)), panels) as (fig, axes):
+        ax, bottom = (axes, axes) if panels == 1 else (axes[0], axes[-1])
         texts, any_bars = [], False
         for m in methods:
             points = [
@@ -447,11 +458,15 @@ def plot_history(
                 if is_best:
                     ax.scatter([x], [y], s=180, facecolors="none", edgecolors=color, linewidths=1.8, zorder=3)
                     texts.append((x, y, f"best {y:.2f} % (k={k})", color))
-        ax.set_xlabel("step" if by_step else "source (training order)")
+        if panels > 1:
+            draw_quality_panels(axes[1:], xs, rows, quality_metrics)
+            if not ax.has_data():
+                say_no_top1(ax)
+        bottom.set_xlabel("step" if by_step else "source (training order)")
         if not by_step and rows:
             every = -(-len(rows) // _MAX_TICK_LABELS)  # thin out the names of long histories
-            ax.set_xticks(xs[::every])
-            ax.set_xticklabels([r["source"] for r in rows][::every], rotation=30, ha="right", fontsize=7)
+            bottom.set_xticks(xs[::every])
+            bottom.set_xticklabels([r["source"] for r in rows][::every], rotation=30, ha="right", fontsize=7)
         ax.set_ylabel("best top-1 accuracy")
         _percent_axis(ax)
         ax.set_title(title or "top-1 over checkpoints")
@@ -475,24 +490,5 @@ def plot_history(
                 )
             ax.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.9)
         fig.tight_layout()
-        lo, hi = ax.get_xlim()
-        notes = []
-        for x, y, text, color in texts:
-            right_half = (x - lo) > 0.55 * (hi - lo)
-            # beside the ring, not above it: the error bar runs up through anything placed above
-            notes.append(
-                ax.annotate(
-                    text,
-                    (x, y),
-                    textcoords="offset points",
-                    xytext=(-10 if right_half else 10, 0),
-                    ha="right" if right_half else "left",
-                    va="center",
-                    fontsize=8,
-                    color=color,
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
-                    zorder=6,
-                )
-            )
-        keep_inside(fig, ax, notes)
+        keep_inside(fig, ax, label_best_points(ax, texts))
     return path

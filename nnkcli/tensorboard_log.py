@@ -4,7 +4,8 @@ Layout written under the log folder ``DIR``::
 
     DIR/                      best/<method>/top1, best/<method>/top5, best/<method>/k
                               (and selected/<method>/... when the history records a
-                              selected k), one point per step
+                              selected k), quality/<metric> (the quality metrics of
+                              ``nnk evaluate --quality``), one point per step
     DIR/sweep_step_<N>/       accuracy_vs_k/<method>/top1, .../top5, one point per k
 
 so the runs ``sweep_step_*`` overlay as accuracy-versus-k curves of each checkpoint and
@@ -192,7 +193,8 @@ def write_sweep(doc: dict, logdir: str | os.PathLike, step: int) -> dict:
 
 
 def write_history(entries: Sequence[dict], methods: Sequence[str], logdir: str | os.PathLike) -> dict:
-    """best (and selected) top-1/top-5/k per method against each entry's step.
+    """best (and selected) top-1/top-5/k per method, and ``quality/<metric>`` where recorded,
+    against each entry's step.
 
     ``entries`` are in training order (``order_entries``); an entry without a step (or with one
     TensorBoard cannot store: beyond an int64) is written at its position in that order (1, 2,
@@ -215,6 +217,10 @@ def write_history(entries: Sequence[dict], methods: Sequence[str], logdir: str |
                 if isinstance(values, dict):
                     for metric in ("top1", "top5", "k"):
                         files.scalar(out, f"{summary}/{method}/{metric}", values.get(metric), step)
+        quality = entry.get("quality")
+        if isinstance(quality, dict):  # None (a metric not measured) and NaN write nothing
+            for metric, value in quality.items():
+                files.scalar(out, f"quality/{metric}", value, step)
     files.commit()
     if unstepped:
         logger.warning(f"{unstepped} history entries have no step; written at their position in training order")

@@ -241,3 +241,23 @@ def comparison_caption(doc: dict) -> str:
         f"{t5['mcnemar']['p_value']:.4g}\n"
         f"{doc['verdict']}"
     )
+
+
+# -- quality metrics in a history (evaluate, history) -----------------------------------------
+#: header and table format of each quality metric recorded by ``nnk evaluate --quality``
+QUALITY_HEADERS = {
+    "rankme": ("RankMe", ".2f"),
+    "alpha_req": ("alpha-ReQ", ".3f"),
+    "nnk_interpolation_error": ("NNK interp. error", ".4f"),
+    "loo_nnk_top1": ("LOO nnk top-1 %", ".2f"),
+    "loo_knn_top1": ("LOO knn top-1 %", ".2f"),
+}
+
+
+def quality_columns(metrics) -> list[Column]:
+    """One column per quality metric (row keys: the metric names), kept together in one table."""
+    columns = []
+    for m in metrics:
+        header, spec = QUALITY_HEADERS.get(m, (m, ".4g"))
+        columns.append(Column(m, header, spec, group="quality"))
+    return columns

@@ -18,8 +18,10 @@ from nnkcli.commands._options import (
     points,
     scoring_options,
 )
+from nnkcli.commands._render import quality_columns
 from nnkcli.errors import GateFailed, NnkError
 from nnkcli.output import Column, render
+from nnkcli.tracking.quality_entries import quality_row
 from nnkcli.tracking.runner import RunStatus
 
 logger = logging.getLogger("nnkcli")
@@ -57,7 +59,47 @@ def _evaluate_model_options(f):
     return f
 
 
-def outcome_columns(methods) -> list[Column]:
+def _quality_options(f):
+    """``--quality``, ``--quality-k``, ``--quality-queries`` and ``--gate-metric``."""
+    from nnkcli.evaluation.quality import GATE_METRICS
+    from nnkcli.tracking.quality_entries import DEFAULT_QUALITY_K
+
+    opts = [
+        click.option(
+            "--quality",
+            is_flag=True,
+            help="Also record the query split's label-free quality metrics (RankMe, alpha-ReQ, NNK "
+            "interpolation error; see nnk quality); a query split without labels then gets an entry too.",
+        ),
+        click.option(
+            "--quality-k",
+            type=click.IntRange(min=1),
+            default=DEFAULT_QUALITY_K,
+            show_default=True,
+            help="Neighbors of the NNK interpolation error of --quality.",
+        ),
+        click.option(
+            "--quality-queries",
+            type=click.IntRange(min=1),
+            default=None,
+            metavar="N",
+            help="Rows of the query split used for the interpolation error (a seeded sample) [default: all].",
+        ),
+        click.option(
+            "--gate-metric",
+            type=click.Choice(list(GATE_METRICS)),
+            default=None,
+            help="What --fail-on-regression gates instead of the top-1: a metric of --quality, in its own "
+            "units (points for the LOO accuracies), worse in its direction (RankMe: lower; interpolation "
+            "error: higher) [default: the best top-1 of --gate-method].",
+        ),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def outcome_columns(methods, quality_metrics=()) -> list[Column]:
     cols = [
         Column("source", justify="left"),
         Column("step"),
@@ -69,11 +111,12 @@ def outcome_columns(methods) -> list[Column]:
             Column(f"{m}_top1", f"{m} top-1 %", ".2f", ci=f"{m}_top1_ci", group=m),
             Column(f"{m}_k", f"{m} k", group=m),
         ]
+    cols += quality_columns(quality_metrics)
     cols.append(Column("seconds", "seconds", ".1f"))
     return cols
 
 
-def outcome_row(outcome, methods) -> dict:
+def outcome_row(outcome, methods, quality_metrics=()) -> dict:
     entry = outcome.entry or {}
     status = outcome.status if not outcome.reason else f"{outcome.status}: {outcome.reason}"
     row = {
@@ -87,6 +130,7 @@ def outcome_row(outcome, methods) -> dict:
         best = (entry.get("best") or {}).get(m) or {}
         row[f"{m}_top1"], row[f"{m}_k"] = best.get("top1"), best.get("k")
         row[f"{m}_top1_ci"] = best.get("top1_ci")
+    row.update(quality_row(entry, quality_metrics))
     return row
 
 
@@ -108,6 +152,10 @@ Examples:
       --train-images data/train --val-images data/val --history history.jsonl \\
       --fail-on-regression 1.0 --min-top1 60 || rc=$?
   case $rc in 0) ;; 3) echo "top-1 regressed" >&2; exit 1 ;; *) exit $rc ;; esac
+\b
+  # no labels: record RankMe and the NNK interpolation error; exit 3 when RankMe drops by over 5
+  nnk evaluate --watch-dir runs/feats --history runs/history.jsonl --quality \\
+      --fail-on-regression 5 --gate-metric rankme
 \b
 Exit codes: 0 ok (also when nothing was new), 1 a source failed or bad input,
 2 usage error, 3 a gate failed (the results are still recorded), 130 interrupted.
@@ -153,6 +201,7 @@ Exit codes: 0 ok (also when nothing was new), 1 a source failed or bad input,
     is_flag=True,
     help="Re-evaluate sources already recorded with these parameters (a new line; the newer wins).",
 )
+@_quality_options
 @_evaluate_model_options
 @lock_timeout_option
 @command_options
@@ -168,6 +217,10 @@ def evaluate(
     max_drop,
     significant,
     force,
+    quality,
+    quality_k,
+    quality_queries,
+    gate_metric,
     gate_method,
     min_top1,
     min_top5,
@@ -191,12 +244,14 @@ def evaluate(
     The gates (--fail-on-regression, --min-top1, --min-top5) run after recording
     and check every source of this run, evaluated now or already recorded, each
     against the best of the other sources with the same parameters, for
-    --gate-method.
+    --gate-method; with --gate-metric, --fail-on-regression gates that quality metric
+    of --quality instead of the top-1.
     """
     from nnkcli.evaluation.sweeps import sweep
     from nnkcli.numerics.metrics import check_gate_method
     from nnkcli.tracking.checkpoints import ModelOptions
     from nnkcli.tracking.history import read_history
+    from nnkcli.tracking.quality_entries import QualityOptions, quality_metrics_of
     from nnkcli.tracking.runner import evaluate_sources, status_counts
     from nnkcli.tracking.source_gates import gate_run
     from nnkcli.tracking.sources import collect_sources
@@ -238,6 +293,14 @@ def evaluate(
         logger.info(f"no file in {watch_dir} matches {pattern}")
     if significant and max_drop is None:
         raise click.UsageError("--significant qualifies --fail-on-regression PTS; give both")
+    if gate_metric is not None:
+        if max_drop is None:
+            raise click.UsageError(f"--gate-metric {gate_metric} qualifies --fail-on-regression X; give both")
+        if not quality:
+            raise click.UsageError(f"--gate-metric {gate_metric} gates a metric of --quality; give --quality too")
+        if significant:
+            raise click.UsageError("--significant pairs per-query top-1 results; it cannot qualify --gate-metric")
+    quality_opts = QualityOptions(k=quality_k, queries=quality_queries) if quality else None
     outcomes = evaluate_sources(
         paths,
         history_path,
@@ -248,6 +311,7 @@ def evaluate(
         progress_factory=ui.progress,
         force=force,
         lock_timeout=lock_timeout,
+        quality=quality_opts,
     )
 
     history = read_history(history_path)
@@ -265,12 +329,14 @@ def evaluate(
             significant=significant,
             alpha=scoring.alpha,
             history=history,
+            metric=gate_metric,
         )
         if not gate.sources:
             logger.warning(f"no source of this run has a {gate_method} result in {history_path.name}: nothing to gate")
         for note in gate.notes:
             logger.warning(note)
 
+    quality_metrics = quality_metrics_of([o.entry for o in outcomes if o.entry is not None])
     counts = status_counts(outcomes)
     payload = {
         "history": str(history_path),
@@ -282,8 +348,8 @@ def evaluate(
     render(
         payload,
         fmt=ui.fmt,
-        columns=outcome_columns(methods),
-        rows=[outcome_row(o, methods) for o in outcomes],
+        columns=outcome_columns(methods, quality_metrics),
+        rows=[outcome_row(o, methods, quality_metrics) for o in outcomes],
         title="nnk evaluate",
         caption=caption,
     )

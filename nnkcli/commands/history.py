@@ -9,12 +9,13 @@ import click
 
 from nnkcli.cli import command_options, get_ui
 from nnkcli.commands._options import plot_option, title_option
+from nnkcli.commands._render import quality_columns
 from nnkcli.output import Column, render
 
 logger = logging.getLogger("nnkcli")
 
 
-def history_columns(methods) -> list[Column]:
+def history_columns(methods, quality_metrics=()) -> list[Column]:
     cols = [Column("step"), Column("source", justify="left"), Column("sha256", justify="left")]
     for m in methods:
         cols += [
@@ -23,6 +24,7 @@ def history_columns(methods) -> list[Column]:
             Column(f"{m}_delta_prev", "vs prev", "+.2f", group=m),
             Column(f"{m}_delta_best", "vs best", "+.2f", group=m),
         ]
+    cols += quality_columns(quality_metrics)
     cols.append(Column("best", justify="left"))
     return cols
 
@@ -42,6 +44,8 @@ source evaluated again with the same parameters (--force) shows its newest line.
 Rows are ordered by step (epoch, global step ... read from each checkpoint or its
 file name), sources without a step after them by time. 'vs prev' is the change
 from the row before, 'vs best' the distance to the best row, marked in 'best'.
+Quality metrics recorded by nnk evaluate --quality get a column each (and a panel
+each in --plot).
 Malformed lines are reported on stderr with their line number and skipped.
 """
 
@@ -60,8 +64,8 @@ Malformed lines are reported on stderr with their line number and skipped.
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     metavar="DIR",
-    help="Also write best top-1/top-5/k per method against the step as TensorBoard "
-    "scalars (needs the tensorboard extra).",
+    help="Also write best top-1/top-5/k per method (and quality/<metric> of --quality) against the step "
+    "as TensorBoard scalars (needs the tensorboard extra).",
 )
 @click.option("--params", "list_params", is_flag=True, help="List the history's parameter sets instead.")
 @click.option(
@@ -126,7 +130,14 @@ def history(ctx, history_path, plot_path, title, tensorboard_dir, list_params, p
         if not isinstance(confidence, float) or not 0 < confidence < 1:
             confidence = DEFAULT_CONFIDENCE  # lines written before the level was recorded
         default_title = f"{history_path.name}: best top-1 of each method per checkpoint"
-        plot_history(rows, plot_path, methods=methods, title=title or default_title, confidence=confidence)
+        plot_history(
+            rows,
+            plot_path,
+            methods=methods,
+            title=title or default_title,
+            confidence=confidence,
+            quality_metrics=view.quality_metrics,
+        )
         logger.info(f"plot written to {plot_path}")
     payload = view.to_dict()
     if tensorboard_dir is not None:
@@ -149,7 +160,7 @@ def history(ctx, history_path, plot_path, title, tensorboard_dir, list_params, p
     render(
         payload,
         fmt=ui.fmt,
-        columns=history_columns(methods),
+        columns=history_columns(methods, view.quality_metrics),
         rows=rows,
         title=f"nnk history {history_path}",
         caption=caption,

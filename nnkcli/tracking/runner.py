@@ -49,6 +49,7 @@ from nnkcli.tracking.checkpoints import ModelOptions, checkpoint_store_path, ext
 from nnkcli.tracking.claims import claim
 from nnkcli.tracking.history import HistoryError, append_entry, check_is_history, read_history
 from nnkcli.tracking.paramsets import parameter_key
+from nnkcli.tracking.quality_entries import QualityOptions, quality_options, sweep_and_measure
 from nnkcli.tracking.sources import file_stamp, is_store, read_step, sha256_file
 
 logger = logging.getLogger("nnkcli")
@@ -96,6 +97,7 @@ class SourceOutcome:
             "reason": self.reason,
             "step": (self.entry or {}).get("step"),
             "best": (self.entry or {}).get("best"),
+            **({"quality": self.entry["quality"]} if self.entry and "quality" in self.entry else {}),
         }
         if self.status is RunStatus.EVALUATED and self.entry is not None:
             doc["seconds"] = self.entry.get("timing", {}).get("total_s")
@@ -126,8 +128,14 @@ def _summarise_results(result: dict, methods: Sequence[str]) -> tuple[list[dict]
     return rows, best
 
 
-def source_parameters(options: ScoringOptions, data: DataOptions, model: ModelOptions | None, source: Path) -> dict:
-    """Everything that produced a source's results, as recorded in its line (and keyed)."""
+def source_parameters(
+    options: ScoringOptions,
+    data: DataOptions,
+    model: ModelOptions | None,
+    source: Path,
+    quality: QualityOptions | None = None,
+) -> dict:
+    """Everything that produced a source's results, as recorded in its line (and keyed); quality when measured."""
     checkpoint = not is_store(source)
     if checkpoint:
         data = data.replace(index_path=None)  # a checkpoint's store is made here, with no saved index
@@ -141,6 +149,8 @@ def source_parameters(options: ScoringOptions, data: DataOptions, model: ModelOp
                 "val_images": str(Path(model.val_images).resolve()),
                 **model.extract,
             }
+    if quality is not None:
+        parameters["quality"] = quality.parameters(data.query_split)
     return parameters
 
 
@@ -155,8 +165,12 @@ def evaluate_one(
     model: ModelOptions | None = None,
     progress_factory: Callable | None = None,
     hits_out: dict | None = None,
+    quality: QualityOptions | None = None,
 ) -> dict:
     """Evaluate one source and return its history line (not yet recorded).
+
+    With ``quality`` the query split's quality metrics are recorded too
+    (``nnkcli.tracking.quality_entries``), and a query split without labels is no error.
 
     ``hits_out``, when given, receives the sweep's per-query results at each method's
     best k (``"hits"``: a ``sidecar.Hits``) for the history's sidecar folder.
@@ -190,7 +204,7 @@ def evaluate_one(
     step, step_from = read_step(source, checkpoint)
     if checkpoint:
         data = data.replace(index_path=None)  # a checkpoint's store is made here, with no saved index
-    parameters = source_parameters(options, data, model, source)
+    parameters = source_parameters(options, data, model, source, quality)
     store_path = source
     extract_s = None
     if checkpoint and model is not None:  # a checkpoint without a model was refused above
@@ -206,8 +220,7 @@ def evaluate_one(
         )
         extract_s = time.perf_counter() - t_extract
     try:
-        # gate_requested: a query split without labels gives no accuracy to record
-        result = sweep(store_path, options, data=data, gate_requested=True, progress_factory=progress_factory)
+        result, measured = sweep_and_measure(sweep, store_path, options, data, quality, progress_factory)
     finally:
         if checkpoint and model is not None and not model.keep_store:
             with contextlib.suppress(OSError):
@@ -242,6 +255,7 @@ def evaluate_one(
         "methods": list(options.methods),
         "results": results,
         "best": best,
+        **measured,
         **({"warnings": result["warnings"]} if result.get("warnings") else {}),
         **(
             {
@@ -307,6 +321,7 @@ def evaluate_sources(
     progress_factory: Callable[[int, str], contextlib.AbstractContextManager] | None = None,
     force: bool = False,
     lock_timeout: float | None = None,
+    quality: bool | QualityOptions | None = None,
 ) -> list[SourceOutcome]:
     """Evaluate every source not yet in the history with these parameters and record each as one line.
 
@@ -334,6 +349,9 @@ def evaluate_sources(
     lock_timeout : float, optional
         Seconds to wait for the history's lock held by another run (``LockTimeout``
         after that); None waits. A wait over a second is logged.
+    quality : bool or QualityOptions, optional
+        Also record the query split's label-free quality metrics (True: ``QualityOptions()``);
+        a split without labels then gets an entry with quality only. Part of the parameter set.
 
     Returns
     -------
@@ -349,6 +367,7 @@ def evaluate_sources(
 
         sweep = default_sweep
     history_path = Path(history_path)
+    quality = quality_options(quality)
     if history_path.is_dir():
         raise HistoryError(f"--history is a directory: {history_path}", hint="give a file such as history.jsonl")
     if not history_path.parent.is_dir():
@@ -372,7 +391,7 @@ def evaluate_sources(
         except OSError as exc:
             outcomes[i] = SourceOutcome(source, RunStatus.FAILED, reason=f"cannot read: {exc.strerror or exc}")
             continue
-        key = parameter_key(source_parameters(options, data, model, source))
+        key = parameter_key(source_parameters(options, data, model, source, quality))
         existing = _recorded(history_path, sha, key, lock_timeout=lock_timeout)
         if existing is not None and not force:
             outcomes[i] = SourceOutcome(source, RunStatus.SKIPPED, sha, "already in history", existing)
@@ -394,6 +413,7 @@ def evaluate_sources(
             existing.get("_line", 0) if existing is not None else 0,
             force,
             lock_timeout,
+            quality,
         )
         outcome = job.run(blocking=False)
         if outcome is None:
@@ -426,6 +446,7 @@ class _Job:
     after_line: int = 0  # with force: only an entry newer than this line counts as done
     force: bool = False
     lock_timeout: float | None = None
+    quality: QualityOptions | None = None
 
     @overload
     def run(self, *, blocking: Literal[True]) -> SourceOutcome: ...
@@ -454,6 +475,7 @@ class _Job:
                     model=self.model,
                     progress_factory=self.progress_factory,
                     hits_out=hits,
+                    quality=self.quality,
                 )
                 if self.force:
                     entry["forced"] = True

@@ -12,6 +12,11 @@ names the source.
   correctness (``nnkcli.tracking.sidecar``), p < ``alpha``. Entries whose queries differ,
   or that have no per-query record, are not paired: that is said, and the plain gate
   applies.
+- ``metric`` (``--gate-metric``): ``max_drop`` gates a quality metric recorded by
+  ``--quality`` instead of the top-1 (``nnkcli.tracking.quality_entries``): a source fails
+  when its value is worse than the best other entry's by more than ``max_drop``, in the
+  metric's direction (``GATE_METRICS``) and units — points for the leave-one-out
+  accuracies, RankMe's own units (an effective rank), the interpolation error's (0..1).
 - ``min_top1``/``min_top5``: absolute thresholds on the source's own entry.
 
 ``gate_run`` is the whole step for the outcomes of ``evaluate_sources`` (what ``nnk
@@ -32,6 +37,7 @@ from nnkcli.numerics.stats import mcnemar_exact
 from nnkcli.tracking import sidecar
 from nnkcli.tracking.history import History, read_history
 from nnkcli.tracking.paramsets import entries_of, entry_key
+from nnkcli.tracking.quality_entries import quality_value
 from nnkcli.tracking.runner import RunStatus, SourceOutcome
 from nnkcli.tracking.views import best_accuracy, describe_entry
 
@@ -50,9 +56,16 @@ class SourceGate:
     p_value: float | None = None
     paired: str | None = None  # "paired", or why the entries could not be paired
     failures: list[str] = field(default_factory=list)
+    metric: str | None = None  # a quality metric gated instead of the top-1 (--gate-metric)
+    value: float | None = None  # ... its value in this source's entry
+    best_other_value: float | None = None  # ... and in the best other entry's
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        doc = dict(self.__dict__)
+        if self.metric is None:  # the accuracy gate: its document as it has always been
+            for name in ("metric", "value", "best_other_value"):
+                doc.pop(name)
+        return doc
 
 
 @dataclass
@@ -72,6 +85,7 @@ class SourceGateReport:
     min_top5: float | None = None
     significant: bool = False
     alpha: float = DEFAULT_ALPHA
+    metric: str | None = None
 
     @property
     def failures(self) -> list[str]:
@@ -91,6 +105,7 @@ class SourceGateReport:
             "alpha": self.alpha if self.significant else None,
             "min_top1": self.min_top1,
             "min_top5": self.min_top5,
+            **({"gate_metric": self.metric} if self.metric is not None else {}),
             "sources": [s.to_dict() for s in self.sources],
             "notes": list(self.notes),
             "failures": list(self.failures),
@@ -112,6 +127,7 @@ def gate_run(
     significant: bool = False,
     alpha: float = DEFAULT_ALPHA,
     history: History | None = None,
+    metric: str | None = None,
 ) -> SourceGateReport:
     """Gate every source of a run of ``evaluate_sources`` against the others in its history.
 
@@ -140,6 +156,10 @@ def gate_run(
     alpha : float, default=0.05
     history : History, optional
         ``read_history(history_path)`` when the caller has read it already.
+    metric : str, optional
+        A quality metric of ``GATE_METRICS`` (``"rankme"``, ``"nnk_interpolation_error"``,
+        ``"loo_nnk_top1"``, ``"loo_knn_top1"``) that ``max_drop`` gates instead of the top-1,
+        in its own units and direction; None: the top-1. Not with ``significant``.
 
     Returns
     -------
@@ -154,6 +174,7 @@ def gate_run(
     >>> report.passed, report.failures  # doctest: +SKIP
     """
     warn_fraction_gates(min_top1, min_top5)
+    check_gate_metric(metric, significant)
     history_path = Path(history_path)
     history = history if history is not None else read_history(history_path)
     by_key: dict[str, list[dict]] = {}
@@ -162,7 +183,14 @@ def gate_run(
             key = entry_key(outcome.entry)
             by_key.setdefault(key, []).append(history.find(outcome.sha256, key) or outcome.entry)
     report = SourceGateReport(
-        method, [], max_drop=max_drop, min_top1=min_top1, min_top5=min_top5, significant=significant, alpha=alpha
+        method,
+        [],
+        max_drop=max_drop,
+        min_top1=min_top1,
+        min_top5=min_top5,
+        significant=significant,
+        alpha=alpha,
+        metric=metric,
     )
     for key, run_entries in by_key.items():
         part = check_source_gates(
@@ -175,6 +203,7 @@ def gate_run(
             significant=significant,
             alpha=alpha,
             load_hits=lambda e: sidecar.read(history_path, e.get("hits")),
+            metric=metric,
         )
         report.sources += part.sources
         report.notes += part.notes
@@ -192,6 +221,7 @@ def check_source_gates(
     significant: bool = False,
     alpha: float = DEFAULT_ALPHA,
     load_hits: Callable[[dict], object] | None = None,
+    metric: str | None = None,
 ) -> SourceGateReport:
     """Gate every entry of ``run_entries`` against the others of ``set_entries``.
 
@@ -200,15 +230,30 @@ def check_source_gates(
     run_entries : the entries of this run's sources (one per source, this parameter set).
     set_entries : every source's newest entry of this parameter set (``paramsets.entries_of``).
     load_hits : ``entry -> sidecar.Hits | None`` (needed for ``significant``).
+    metric : a quality metric that ``max_drop`` gates instead of the top-1 (see ``gate_run``).
     """
+    check_gate_metric(metric, significant)
     report = SourceGateReport(
-        method, [], max_drop=max_drop, min_top1=min_top1, min_top5=min_top5, significant=significant, alpha=alpha
+        method,
+        [],
+        max_drop=max_drop,
+        min_top1=min_top1,
+        min_top5=min_top5,
+        significant=significant,
+        alpha=alpha,
+        metric=metric,
     )
     for entry in run_entries:
         name = describe_entry(entry)
         top1, top5 = best_accuracy(entry, method), best_accuracy(entry, method, "top5")
         gate = SourceGate(name, entry["sha256"], top1, top5)
         report.sources.append(gate)
+        if metric is not None:
+            _metric_regression(gate, entry, set_entries, metric, max_drop, report)
+        if top1 is None and metric is not None:
+            if min_top1 is not None or min_top5 is not None:
+                report.notes.append(f"{name} has no {method} result: --min-top1/--min-top5 not checked")
+            continue
         if top1 is None:
             report.notes.append(f"{name} has no {method} result: not gated")
             continue
@@ -217,7 +262,7 @@ def check_source_gates(
             for e in set_entries
             if e["sha256"] != entry["sha256"] and (value := best_accuracy(e, method)) is not None
         ]
-        if others:
+        if others and metric is None:
             best_top1, best = max(others, key=lambda pair: pair[0])  # max keeps the first on ties
             gate.best_other, gate.best_other_top1 = describe_entry(best), best_top1
             gate.drop = round(best_top1 - top1, 4)
@@ -270,3 +315,43 @@ def _not_paired(gate, report, reason: str) -> bool:
         f"{gate.source} and {gate.best_other} are not paired ({reason}): the plain regression gate applies"
     )
     return True
+
+
+def check_gate_metric(metric: str | None, significant: bool) -> None:
+    """Refuse a metric that is not in ``GATE_METRICS``, and ``significant`` with a metric (``ValueError``)."""
+    if metric is None:
+        return
+    from nnkcli.evaluation.quality import GATE_METRICS
+
+    if metric not in GATE_METRICS:
+        raise ValueError(f"gate metric must be one of {', '.join(GATE_METRICS)}; got {metric!r}")
+    if significant:
+        raise ValueError("significant pairs per-query top-1 results: it gates the top-1, not a quality metric")
+
+
+def _metric_regression(gate: SourceGate, entry: dict, set_entries, metric: str, max_drop, report) -> None:
+    """Gate ``metric`` of ``entry`` against the best other entry: worse by more than ``max_drop`` fails."""
+    from nnkcli.evaluation.quality import GATE_METRICS
+
+    lower = GATE_METRICS[metric] == "lower"
+    gate.metric, gate.value = metric, quality_value(entry, metric)
+    if gate.value is None:
+        report.notes.append(f"{gate.source} has no {metric} recorded: not gated on it")
+        return
+    others = [
+        (value, e)
+        for e in set_entries
+        if e["sha256"] != entry["sha256"] and (value := quality_value(e, metric)) is not None
+    ]
+    if not others:
+        return
+    # the best is the lowest or the highest; min/max keep the first on ties
+    best_value, best = (min if lower else max)(others, key=lambda pair: pair[0])
+    gate.best_other, gate.best_other_value = describe_entry(best), best_value
+    gate.drop = round((gate.value - best_value) if lower else (best_value - gate.value), 6)
+    if max_drop is not None and gate.drop > max_drop:
+        how = "above" if lower else "below"
+        gate.failures.append(
+            f"regression: {metric} of {gate.source} is {gate.value:.4g}, {gate.drop:.4g} {how} the best "
+            f"{best_value:.4g} of {gate.best_other} ({GATE_METRICS[metric]} is better; allowed: {max_drop:g})"
+        )

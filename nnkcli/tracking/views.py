@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnkcli.numerics.scores import METHODS
 from nnkcli.tracking.history import History
 from nnkcli.tracking.paramsets import ParamSet, describe_parameters, entries_of, parameter_sets, pick_parameter_set
+from nnkcli.tracking.quality_entries import quality_metrics_of, quality_row
 
 
 def best_accuracy(entry: dict, method: str, metric: str = "top1") -> float | None:
@@ -65,7 +66,9 @@ def entry_methods(entries: Sequence[dict]) -> list[str]:
     return preferred + sorted(m for m in seen if m not in preferred)
 
 
-def history_rows(entries: Sequence[dict], methods: Sequence[str] | None = None) -> list[dict]:
+def history_rows(
+    entries: Sequence[dict], methods: Sequence[str] | None = None, quality_metrics: Sequence[str] | None = None
+) -> list[dict]:
     """One row per entry, in training order, for ``nnk history``.
 
     Each row has ``step``, ``source`` (file name), ``sha256`` (12 digits),
@@ -73,10 +76,12 @@ def history_rows(entries: Sequence[dict], methods: Sequence[str] | None = None) 
     (change from the previous row that has ``m``) and ``m_delta_best`` (this row
     minus the best of the whole history, so 0 for the best and negative otherwise),
     and ``best``: the methods for which this row is the best (first one on ties),
-    space-separated.
+    space-separated. Where entries recorded quality metrics (``nnk evaluate --quality``),
+    each metric is a column named as the metric (``rankme`` ...), None where not recorded.
     """
     ordered = order_entries(entries)
     methods = list(methods) if methods is not None else entry_methods(ordered)
+    metrics = list(quality_metrics) if quality_metrics is not None else quality_metrics_of(ordered)
     best_index = _best_indices(ordered, methods)
     # each method's best entry has a value for it (that is how it was chosen)
     best_value = {m: v for m, i in best_index.items() if (v := best_accuracy(ordered[i], m)) is not None}
@@ -100,6 +105,7 @@ def history_rows(entries: Sequence[dict], methods: Sequence[str] | None = None) 
             if value is not None:
                 previous[m] = value
         row["best"] = " ".join(m for m in methods if best_index.get(m) == i)
+        row.update(quality_row(entry, metrics))
         rows.append(row)
     return rows
 
@@ -180,6 +186,7 @@ class HistoryView:
     entries: list[dict]
     methods: list[str]
     rows: list[dict]
+    quality_metrics: list[str] = field(default_factory=list)
 
     @property
     def ordered(self) -> list[dict]:
@@ -203,6 +210,7 @@ class HistoryView:
             ),
             "other_parameter_sets": [{"number": s.number, "key": s.key, "entries": s.n_entries} for s in self.others],
             "methods": list(self.methods),
+            **({"quality_metrics": list(self.quality_metrics)} if self.quality_metrics else {}),
             "best": best_summary(self.entries, self.methods),
             "rows": self.rows,
             "malformed": [{"line": b.line_number, "reason": b.reason} for b in self.history.malformed],
@@ -228,8 +236,9 @@ def history_view(history: History, param_set: str | None = None) -> HistoryView:
     sets = parameter_sets(history.entries)
     chosen = pick_parameter_set(sets, param_set)
     entries = entries_of(history.entries, chosen.key) if chosen is not None else []
-    methods = entry_methods(entries)
-    return HistoryView(history, sets, chosen, entries, methods, history_rows(entries, methods))
+    methods, metrics = entry_methods(entries), quality_metrics_of(entries)
+    # history_rows finds the same quality metrics in the same entries
+    return HistoryView(history, sets, chosen, entries, methods, history_rows(entries, methods), metrics)
 
 
 def parameter_set_rows(sets: Sequence[ParamSet]) -> list[dict]:

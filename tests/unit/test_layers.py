@@ -45,8 +45,8 @@ LAYERS = {
     "entry": 9,  # the console script: its start-up signal handlers, then the command line
     "__main__": 10,
 }
-# top-level modules that belong to a part named otherwise: the index and its two siblings
-PART_OF = {"index_file": "index", "index_flat": "index"}
+# top-level modules that belong to a part named otherwise: the index and its two siblings, the figures' panels
+PART_OF = {"index_file": "index", "index_flat": "index", "plots_panels": "plots"}
 # third-party packages and the one part of nnkcli that may import each
 OWNERS = {
     "h5py": {"storage"},
