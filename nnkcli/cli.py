@@ -46,6 +46,7 @@ COMMANDS = {
     "history": "nnkcli.commands.history:history",
     "compare": "nnkcli.commands.compare:compare",
     "plot": "nnkcli.commands.plot:plot",
+    "audit": "nnkcli.commands.audit:audit",
 }
 
 _VERBOSITY = "nnkcli.verbosity"
