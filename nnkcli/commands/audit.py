@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from nnkcli.cli import command_options, get_ui
@@ -9,6 +11,8 @@ from nnkcli.commands._options import check_with, settings_option
 from nnkcli.evaluation.audit import DEFAULT_THRESHOLD, check_rate, check_threshold
 from nnkcli.evaluation.options import DEFAULT_K, ScoringOptions
 from nnkcli.output import Column, render
+
+logger = logging.getLogger("nnkcli")
 
 WORST_COLUMNS = [
     Column("row"),
@@ -103,9 +107,13 @@ def audit(store, split, k, threshold, out, write_all, inject_noise, noise_seed, 
     columns = CLASS_COLUMNS + (INJECTED_COLUMNS if doc["self_test"] else [])
     if fmt != "table":
         render(doc, fmt=fmt, columns=columns, rows=doc["classes"])
+        _written(doc, out)
         return
     render(doc, fmt=fmt, columns=WORST_COLUMNS, rows=doc["worst"], title=f"Least reliable rows of '{split}'")
-    render(doc, fmt=fmt, columns=columns, rows=doc["classes"], title="Per class")
+    caption = f"{doc['flagged']} of {doc['audited']} labelled rows flagged (reliability < {threshold:g}, k={k})"
+    if doc["unlabelled"]:
+        caption += f"; {doc['unlabelled']} unlabelled rows not audited"
+    render(doc, fmt=fmt, columns=columns, rows=doc["classes"], title="Per class", caption=caption)
     test = doc["self_test"]
     if test:
         rows = [{"method": method, **test[method]} for method in ("nnk", "knn")]
@@ -114,8 +122,9 @@ def audit(store, split, k, threshold, out, write_all, inject_noise, noise_seed, 
             f"(rate {test['rate']:g}, seed {test['seed']})"
         )
         render(doc, fmt=fmt, columns=SELF_TEST_COLUMNS, rows=rows, title="Self-test", caption=caption)
-    click.echo(
-        f"{doc['flagged']} of {doc['audited']} labelled rows flagged (reliability < {threshold:g}, k={k}); "
-        f"{doc['out']['rows']} rows written to {out}"
-        + (f"; {doc['unlabelled']} unlabelled rows not audited" if doc["unlabelled"] else "")
-    )
+    _written(doc, out)
+
+
+def _written(doc: dict, out: str) -> None:
+    what = "every audited row" if doc["out"]["all"] else "the flagged rows"
+    logger.info(f"{what} ({doc['out']['rows']}) written to {out}")
