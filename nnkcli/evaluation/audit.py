@@ -209,15 +209,16 @@ class AuditResult:
     def to_dict(self) -> dict:
         return self.document
 
-    def table(self, all_rows: bool = True) -> list[dict]:
-        """One dict per row (the CSV's columns), least reliable first; ``all_rows=False``: flagged only."""
+    def table(self, all_rows: bool = True, limit: int | None = None) -> list[dict]:
+        """One dict per row (the CSV's columns), least reliable first; ``all_rows=False``: flagged only;
+        ``limit``: at most that many rows."""
         names = self.class_names
 
         def name(c) -> str:
             return names[c] if c >= 0 else ""
 
         out = []
-        for i in range(len(self.rows)):
+        for i in range(len(self.rows) if limit is None else min(limit, len(self.rows))):
             if not all_rows and not self.reliability[i] < self.threshold:
                 break  # sorted: every later row is at least as reliable
             row = {
@@ -404,7 +405,7 @@ def audit(
         "mean_reliability": round(float(result.reliability.mean()), 6),
         "out": None if csv_path is None else {"path": str(csv_path), "rows": written, "all": bool(write_all)},
         "classes": _per_class(result.labels, result.reliability, threshold, class_names, result.flipped),
-        "worst": result.table()[:WORST_ROWS],
+        "worst": result.table(limit=WORST_ROWS),
         "self_test": None,
         "parameters": {**opts.as_dict(), "inject_noise": inject_noise, "noise_seed": noise_seed},
         "timing": {**timing, "whole_run_s": round(time.perf_counter() - started, 4)},
