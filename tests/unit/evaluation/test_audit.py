@@ -224,3 +224,30 @@ def test_zero_weight_rows_and_unlabelled_neighbors_follow_the_definitions():
     assert collect.suggested_weight[1] == pytest.approx(0.2 + 0.5)
     assert collect.knn_share[1] == pytest.approx(1 / 3) and collect.knn_label[1] == 0
     assert collect.knn_share[4] == 0 and collect.knn_label[4] == -1
+
+
+def test_the_torch_backend_scores_the_flipped_labels_too(audit_store):
+    """The device keeps its own copy of the labels: ``relabel`` must replace it (torch on the CPU here)."""
+    pytest.importorskip("torch")
+    from nnkcli.evaluation.options import ScoringOptions
+
+    path, _, _ = audit_store
+    on_faiss = audit(path, k=K, inject_noise=0.2, noise_seed=1)
+    on_torch = audit(path, k=K, inject_noise=0.2, noise_seed=1, options=ScoringOptions(backend="torch", device="cpu"))
+    a, b = np.argsort(on_torch.rows), np.argsort(on_faiss.rows)  # rows of equal reliability may swap: by row
+    assert np.array_equal(on_torch.rows[a], on_faiss.rows[b])
+    assert np.array_equal(on_torch.labels[a], on_faiss.labels[b])
+    np.testing.assert_allclose(on_torch.reliability[a], on_faiss.reliability[b], atol=1e-6)
+    np.testing.assert_allclose(on_torch.knn_share[a], on_faiss.knn_share[b], rtol=1e-6)
+    assert on_torch.to_dict()["self_test"]["flipped"] == on_faiss.to_dict()["self_test"]["flipped"]
+
+
+def test_relabel_drops_the_device_copy_of_the_labels():
+    torch = pytest.importorskip("torch")
+    from nnkcli.evaluation.setup import Evaluation
+
+    with Evaluation.from_arrays(np.eye(4, dtype=np.float32), [0, 1, 0, 1], search=("torch", "cpu", False)) as ev:
+        assert ev.searcher.labels_on_device(ev.train_labels).tolist() == [0, 1, 0, 1]
+        ev.relabel(np.array([1, 1, 0, 0]))
+        assert ev.searcher.labels_on_device(ev.train_labels).tolist() == [1, 1, 0, 0]
+        assert isinstance(ev.searcher.labels_on_device(ev.train_labels), torch.Tensor)
