@@ -47,6 +47,7 @@ COMMANDS = {
     "compare": "nnkcli.commands.compare:compare",
     "plot": "nnkcli.commands.plot:plot",
     "quality": "nnkcli.commands.quality:quality",
+    "audit": "nnkcli.commands.audit:audit",
 }
 
 _VERBOSITY = "nnkcli.verbosity"

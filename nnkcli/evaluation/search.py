@@ -66,6 +66,9 @@ class Searcher:
         """``on_device``: the train labels (n,) int64 as a tensor on the searcher's device."""
         raise NotImplementedError(f"{type(self).__name__} does not search on a device")
 
+    def labels_changed(self) -> None:
+        """The train labels were replaced (``Evaluation.relabel``): drop any copy of them (``labels_on_device``)."""
+
     def close(self) -> None:
         """Release what the searcher holds (indexes, device memory)."""
 

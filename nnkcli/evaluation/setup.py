@@ -289,6 +289,37 @@ class Evaluation:
             )
         raise InputError(f"k={too_large[0]} is larger than the train split allows ({self.train.n} rows)", hint=hint)
 
+    def relabel(self, train_labels, query_labels=None) -> None:
+        """Score against these labels instead of the stored ones: in memory only, the store is never written.
+
+        What a self-test needs (``nnk audit --inject-noise``): flip some labels on purpose and see
+        whether the scoring finds them. Call it before scoring starts.
+
+        Parameters
+        ----------
+        train_labels : array-like of int, shape (n_train,)
+            Class ids in ``0 .. n_classes - 1``, -1 = unlabelled.
+        query_labels : array-like of int, shape (n_query,), optional
+            None: the queries keep theirs, unless the query split is the train split (leave-one-out),
+            whose queries then get ``train_labels`` too.
+        """
+        same_split = self.query.name == self.train.name and self.query.n == self.train.n
+        if query_labels is None and same_split:
+            query_labels = train_labels
+        checked = []
+        for what, labels, split in (("train", train_labels, self.train), ("query", query_labels, self.query)):
+            if labels is None:
+                checked.append(self.query_labels)
+                continue
+            y = np.asarray(labels)
+            if y.shape != (split.n,) or y.dtype.kind not in "iu":
+                raise InputError(f"{what} labels must be {split.n} class ids, got {y.dtype} of shape {y.shape}")
+            if y.size and (y.min() < -1 or y.max() >= self.n_classes):
+                raise InputError(f"{what} labels must lie in -1..{self.n_classes - 1}")
+            checked.append(y.astype(np.int64))
+        self.train_labels, self.query_labels = checked
+        self.searcher.labels_changed()
+
     def close(self) -> None:
         self.searcher.close()
         if self.store is not None:

@@ -227,6 +227,9 @@ class TorchSearcher(Searcher):
             self._labels = self.torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
         return self._labels
 
+    def labels_changed(self) -> None:
+        self._labels = None  # copied again, from the new labels, when next asked for
+
     def close(self) -> None:
         self.resident = None
         self.host = None
