@@ -25,6 +25,7 @@ import click
 from nnkcli.errors import OptionError, SettingName
 from nnkcli.evaluation.kspec import check_k_values, format_k_spec
 from nnkcli.evaluation.options import (
+    DEFAULT_K,
     DEFAULT_K_SPEC,
     PROTOCOL_FIELDS,
     DataOptions,
@@ -471,4 +472,23 @@ def title_option(f):
         default=None,
         metavar="TEXT",
         help="Title of the figure [default: what it shows: the store or history, split and size].",
+    )(f)
+
+
+def _leave_one_out_k(value, name):
+    from nnkcli.evaluation.quality import one_k
+
+    return one_k(value, name)
+
+
+def leave_one_out_k_option(f):
+    """``--k K`` of the commands that search each row of a split among its other rows (quality, audit):
+    one k, passed to the command as the int ``k_values``."""
+    return settings_option(
+        ScoringOptions,
+        "k_values",
+        default=str(DEFAULT_K),
+        check=_leave_one_out_k,
+        metavar="K",
+        help="Neighbors of each row among the split's other rows (one k, at most the split's rows - 1).",
     )(f)

@@ -7,10 +7,11 @@ import logging
 import click
 
 from nnkcli.cli import command_options, get_ui
-from nnkcli.commands._options import check_with, settings_option
+from nnkcli.commands._options import check_with, leave_one_out_k_option, settings_option
 from nnkcli.evaluation.audit import DEFAULT_THRESHOLD, check_rate, check_threshold
-from nnkcli.evaluation.options import DEFAULT_K, ScoringOptions
+from nnkcli.evaluation.options import ScoringOptions, split_name
 from nnkcli.output import Column, render
+from nnkcli.settings import seed
 
 logger = logging.getLogger("nnkcli")
 
@@ -44,8 +45,15 @@ SELF_TEST_COLUMNS = [
 
 @click.command("audit")
 @click.argument("store", type=click.Path(dir_okay=False))
-@click.option("--split", default="train", show_default=True, metavar="NAME", help="The split whose labels are audited.")
-@click.option("--k", "k", type=click.IntRange(min=1), default=DEFAULT_K, show_default=True, help="Neighbors per row.")
+@click.option(
+    "--split",
+    default="train",
+    show_default=True,
+    metavar="NAME",
+    callback=check_with(split_name),
+    help="The split whose labels are audited.",
+)
+@leave_one_out_k_option
 @click.option(
     "--threshold",
     type=float,
@@ -72,10 +80,18 @@ SELF_TEST_COLUMNS = [
     help="Self-test: flip this share of the labels in memory (the store is not changed) and report how well "
     "the audit finds them.",
 )
-@click.option("--noise-seed", type=int, default=0, show_default=True, help="Seed of --inject-noise.")
+@click.option(
+    "--noise-seed",
+    type=int,
+    default=0,
+    show_default=True,
+    metavar="S",
+    callback=check_with(seed),
+    help="Seed of --inject-noise.",
+)
 @settings_option(ScoringOptions, "threads")
 @command_options
-def audit(store, split, k, threshold, out, write_all, inject_noise, noise_seed, threads, fmt):
+def audit(store, split, k_values, threshold, out, write_all, inject_noise, noise_seed, threads, fmt):
     """Audit the labels of a split: each row's NNK weight on its own label, leave-one-out.
 
     Every labelled row is scored against the other rows of the split; its reliability is the
@@ -94,7 +110,7 @@ def audit(store, split, k, threshold, out, write_all, inject_noise, noise_seed, 
     result = run_audit(
         store,
         split=split,
-        k=k,
+        k=k_values,
         threshold=threshold,
         csv_path=out,
         write_all=write_all,
@@ -110,7 +126,7 @@ def audit(store, split, k, threshold, out, write_all, inject_noise, noise_seed, 
         _written(doc, out)
         return
     render(doc, fmt=fmt, columns=WORST_COLUMNS, rows=doc["worst"], title=f"Least reliable rows of '{split}'")
-    caption = f"{doc['flagged']} of {doc['audited']} labelled rows flagged (reliability < {threshold:g}, k={k})"
+    caption = f"{doc['flagged']} of {doc['audited']} labelled rows flagged (reliability < {threshold:g}, k={k_values})"
     if doc["unlabelled"]:
         caption += f"; {doc['unlabelled']} unlabelled rows not audited"
     render(doc, fmt=fmt, columns=columns, rows=doc["classes"], title="Per class", caption=caption)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from nnkcli.cli import command_options, get_ui
-from nnkcli.commands._options import check_with, settings_option
-from nnkcli.evaluation.options import DEFAULT_K, ScoringOptions, split_name
+from nnkcli.commands._options import check_with, leave_one_out_k_option, settings_option
+from nnkcli.evaluation.options import ScoringOptions, split_name
 from nnkcli.output import Column, render
 from nnkcli.settings import count, seed
 
@@ -15,12 +15,6 @@ COLUMNS = [
     Column("value", spec=".4g", ci="ci"),
     Column("better", justify="left"),
 ]
-
-
-def _one_k(value, name):
-    from nnkcli.evaluation.quality import one_k
-
-    return (one_k(value, name),)
 
 
 @click.command("quality")
@@ -33,14 +27,7 @@ def _one_k(value, name):
     callback=check_with(split_name),
     help="Split measured; each row is searched against the split's other rows.",
 )
-@settings_option(
-    ScoringOptions,
-    "k_values",
-    default=str(DEFAULT_K),
-    check=_one_k,
-    metavar="K",
-    help="Neighbors of each row (one k, at most the split's rows - 1).",
-)
+@leave_one_out_k_option
 @click.option(
     "--queries",
     type=int,
@@ -60,11 +47,7 @@ def _one_k(value, name):
     help="Seed of the --queries sample and of RankMe's sample (more than 25,600 rows).",
 )
 @settings_option(ScoringOptions, "threads")
-@settings_option(
-    ScoringOptions,
-    "confidence",
-    help="Level of the intervals: Student-t for the mean interpolation error, Wilson for the top-1.",
-)
+@settings_option(ScoringOptions, "confidence")
 @command_options
 def quality(store, split, k_values, queries, seed_, threads, confidence, fmt):
     """Judge a split's features without labels: RankMe, alpha-ReQ and the NNK interpolation error.
@@ -84,7 +67,7 @@ def quality(store, split, k_values, queries, seed_, threads, confidence, fmt):
     from nnkcli.evaluation.quality import quality as run_quality
 
     ui = get_ui()
-    (k,) = k_values
+    k = k_values
     result = run_quality(
         store,
         split=split,
