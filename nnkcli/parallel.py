@@ -17,6 +17,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from threadpoolctl import threadpool_limits
+
 from nnkcli.errors import InputError
 
 
@@ -46,8 +48,6 @@ def native_threads(threads: int) -> Iterator[None]:
     only sees libraries already loaded, so faiss is imported first. The previous
     limits are restored on exit.
     """
-    from threadpoolctl import threadpool_limits
-
     import nnkcli.index  # noqa: F401  (loads faiss, whose OpenBLAS and OpenMP runtime are capped too)
 
     with threadpool_limits(limits=int(threads)):
@@ -58,8 +58,7 @@ def worker_openmp_single() -> None:
     """Set every loaded OpenMP runtime to one thread for the calling thread (a worker's initializer).
 
     OpenMP's thread count is a per-thread setting, so the process-wide cap of
-    ``native_threads`` does not reach threads started later; each worker sets its own.
+    ``native_threads`` does not reach threads started later; each worker sets its own. It imports
+    nothing: a worker must not import (see ``nnkcli.evaluation.scoring``).
     """
-    from threadpoolctl import threadpool_limits
-
     threadpool_limits(limits=1, user_api="openmp")  # kept for the thread's life, not restored

@@ -35,7 +35,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from nnkcli.parallel import native_threads
+# imported by the main thread: the workers' initializer and stages must not import (a signal in the
+# main thread during an import can leave an import lock held, on which a worker would wait forever)
+from nnkcli import index as nnk_index
+from nnkcli.parallel import native_threads, worker_openmp_single
 
 #: queries per search: enough rows for the search's matrix products to run near peak
 SEARCH_BLOCK = 4096
@@ -70,9 +73,6 @@ def balanced_block(n: int, block: int, threads: int) -> int:
 
 
 def _worker_init() -> None:
-    from nnkcli import index as nnk_index
-    from nnkcli.parallel import worker_openmp_single
-
     # OpenMP limits are per thread: every runtime (faiss's, and any other loaded) at one thread here
     nnk_index.set_threads(1)
     worker_openmp_single()

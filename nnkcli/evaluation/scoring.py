@@ -17,7 +17,14 @@ import numpy as np
 
 from nnkcli.evaluation.options import ScoringOptions
 from nnkcli.evaluation.search import DeviceNeighbors
-from nnkcli.numerics.scores import TOP
+
+# imported here, by the main thread, never inside score_chunk: the pipeline's worker threads run it,
+# and a signal that strikes the main thread inside an import can leave that module's import lock held,
+# on which a worker importing the same module would wait forever (seen once in the signal-window test)
+from nnkcli.numerics import solver
+from nnkcli.numerics.cosine import nnk_solve_cosine
+from nnkcli.numerics.pruning import cosine_blocks_float32, pruning_solve
+from nnkcli.numerics.scores import TOP, knn_scores_path
 
 
 def solves_cosine_nnk(opts: ScoringOptions) -> bool:
@@ -71,10 +78,6 @@ def score_chunk(
 
     Results are keyed ``(method, k)``; the extra kNN temperatures of a grid ``("knn", k, T)``.
     """
-    from nnkcli.numerics import solver
-    from nnkcli.numerics.cosine import nnk_solve_cosine
-    from nnkcli.numerics.scores import knn_scores_path
-
     k_values = opts.k_values
     k_max = k_values[-1]
     t0 = time.perf_counter()
@@ -183,9 +186,6 @@ def _pruning_path(q, X, finite_sims, missing, k_values, opts):
     float32 kernel blocks; the exact float64 problem is solved too, to count the queries
     whose pruning weights fail its KKT certificate and the mean objective gap.
     """
-    from nnkcli.numerics import solver
-    from nnkcli.numerics.pruning import cosine_blocks_float32, pruning_solve
-
     G32, g32 = cosine_blocks_float32(q, X)
     G, g = solver.kernel_blocks(q, X, kernel="cosine", sims=finite_sims)
     _mask_missing(G, g, missing)

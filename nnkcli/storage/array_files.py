@@ -219,7 +219,7 @@ class ArrayFileReader:
     @property
     def attrs(self) -> dict:
         """Root attributes; strings holding JSON objects or lists are decoded."""
-        return {key: from_attr(value) for key, value in self._h5.attrs.items()}
+        return {key: from_attr(value) for key, value in list(self._h5.attrs.items())}
 
     def has(self, name: str) -> bool:
         return name in self._h5
@@ -354,7 +354,7 @@ def read_array_file(path: str | os.PathLike, *, kind: str) -> tuple[dict, dict[s
         raise StoreError(f"{kind} file not found: {path}")
     try:
         with h5py.File(path, "r", locking=False) as f:
-            attrs = {key: from_attr(value) for key, value in f.attrs.items()}
+            attrs = {key: from_attr(value) for key, value in list(f.attrs.items())}
             arrays: dict[str, np.ndarray] = {}
             f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
     except OSError:

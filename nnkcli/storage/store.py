@@ -151,7 +151,7 @@ def commit_split(
             reserve(tmp, need)
             if state.exists:
                 with open_h5(path, "r") as src:
-                    for key, value in src.attrs.items():
+                    for key, value in list(src.attrs.items()):
                         dst.attrs[key] = value
                     for name in state.dims:
                         if name != split:

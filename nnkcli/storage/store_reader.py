@@ -68,7 +68,10 @@ class Split:
         self._check_schema()
         self.n, self.dim = (int(s) for s in self.features.shape)
         self.dtype = np.dtype(self.features.dtype)
-        self.attrs = {key: _plain(value) for key, value in group.attrs.items()}
+        # list(): h5py's views are generators that hold its global lock between items; a signal raised
+        # in a Python loop over one leaves it suspended with the lock held, and every other thread's
+        # h5py call then waits forever. Drained in C, an interrupt strikes inside it and releases it.
+        self.attrs = {key: _plain(value) for key, value in list(group.attrs.items())}
 
     def _bad(self, what: str) -> StoreError:
         return StoreError(
@@ -248,9 +251,11 @@ class FeatureStore:
             ) from exc
         try:
             self._check_format(h5)
-            self.attrs = {key: _plain(value) for key, value in h5.attrs.items()}
+            self.attrs = {key: _plain(value) for key, value in list(h5.attrs.items())}
             self.classes = self._read_classes(h5)
-            self.splits = sorted(name for name, obj in h5.items() if isinstance(obj, h5py.Group) and "features" in obj)
+            self.splits = sorted(
+                name for name, obj in list(h5.items()) if isinstance(obj, h5py.Group) and "features" in obj
+            )
             self._split_cache: dict[str, Split] = {}
             for name in self.splits:  # every split's schema is checked now, from metadata only
                 self._check_split_name(name)
