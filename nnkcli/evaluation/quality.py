@@ -29,12 +29,12 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
 from nnkcli.errors import SettingName
+from nnkcli.evaluation.results import DocumentResult
 
 #: each metric and the direction in which it is better (docs, history and gates)
 QUALITY_METRICS: dict[str, str] = {
@@ -63,33 +63,17 @@ ERROR_BLOCK_BYTES = 64 * 2**20
 SCHEMA_VERSION = 1
 
 
-class QualityResult(Mapping[str, Any]):
+class QualityResult(DocumentResult):
     """What :func:`quality` returns: a read-only mapping over its JSON-able document.
 
     ``to_dict()`` is the document (``--format json``); ``summary`` its flat dict of the five
     metrics, what a history entry records.
     """
 
-    def __init__(self, document: dict):
-        self.document = document
-
-    def to_dict(self) -> dict:
-        """The JSON-able document (the object itself, not a copy)."""
-        return self.document
-
     @property
     def summary(self) -> dict:
         """``{"rankme", "alpha_req", "nnk_interpolation_error" (the mean), "loo_nnk_top1", "loo_knn_top1"}``."""
         return self.document["summary"]
-
-    def __getitem__(self, key: str) -> Any:
-        return self.document[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.document)
-
-    def __len__(self) -> int:
-        return len(self.document)
 
     def __repr__(self) -> str:
         return f"QualityResult(store={self.document.get('store')!r}, split={self.document.get('split')!r})"

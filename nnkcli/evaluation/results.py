@@ -28,7 +28,33 @@ from nnkcli.errors import MissingDependencyError
 ROW_KEYS = ("method", "k", "temperature")
 
 
-class EvaluationResult(Mapping[str, Any]):
+class DocumentResult(Mapping[str, Any]):
+    """A command's JSON-able document, and a read-only mapping over it (``result["key"]``, ``dict(result)``).
+
+    Parameters
+    ----------
+    document : dict
+        The document, as ``--format json`` prints it.
+    """
+
+    def __init__(self, document: dict):
+        self.document = document
+
+    def to_dict(self) -> dict:
+        """The JSON-able document (the object itself, not a copy), as ``--format json`` prints it."""
+        return self.document
+
+    def __getitem__(self, key: str) -> Any:
+        return self.document[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.document)
+
+    def __len__(self) -> int:
+        return len(self.document)
+
+
+class EvaluationResult(DocumentResult):
     """The result of one evaluation: its JSON-able document and views of it.
 
     Parameters
@@ -36,13 +62,6 @@ class EvaluationResult(Mapping[str, Any]):
     document : dict
         The result document (``"results"``: one row per method, k and temperature).
     """
-
-    def __init__(self, document: dict):
-        self.document = document
-
-    def to_dict(self) -> dict:
-        """The JSON-able result document (the object itself, not a copy), as ``--format json`` prints it."""
-        return self.document
 
     @property
     def results(self) -> list[dict]:
@@ -81,16 +100,6 @@ class EvaluationResult(Mapping[str, Any]):
         except ImportError:
             raise MissingDependencyError("to_pandas()", "pandas") from None
         return pandas.DataFrame(self.rows())
-
-    # a read-only mapping over the document: result["results"], result.get("best"), dict(result)
-    def __getitem__(self, key: str) -> Any:
-        return self.document[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.document)
-
-    def __len__(self) -> int:
-        return len(self.document)
 
     def __repr__(self) -> str:
         rows = self.document.get("results", [])
