@@ -57,9 +57,8 @@ RANKME_MAX_ROWS = 25_600
 RANKME_EPS = 1e-7
 #: α-ReQ's fit: eigenvalues i = 10..100 (1-based, inclusive)
 ALPHA_REQ_RANGE = (10, 100)
-#: rows per block of the spectrum pass, and the most memory the interpolation error's vectors take at once
+#: bytes of rows per block of the spectrum pass
 SPECTRUM_BLOCK_BYTES = 32 * 2**20
-ERROR_BLOCK_BYTES = 64 * 2**20
 SCHEMA_VERSION = 1
 
 
@@ -170,62 +169,27 @@ def spectrum(split, *, max_rows: int | None = None, seed: int = 0) -> dict:
 
 
 # -- the NNK interpolation error -------------------------------------------------------------------
-def interpolation_errors(theta: np.ndarray, ids: np.ndarray, sims: np.ndarray, unit_rows, dim: int) -> np.ndarray:
+def interpolation_errors(theta: np.ndarray, sims: np.ndarray) -> np.ndarray:
     """Per row, ``1 - 2 gᵀθ + θᵀGθ``: the squared distance, in the cosine kernel's feature space,
-    from a row to the NNK interpolation of its neighbors.
+    from a row to the NNK interpolation of its neighbors, for the *optimal* weights θ.
 
     Parameters
     ----------
-    theta : (B, k) float64 NNK weights (zero off the support)
-    ids : (B, k) int64 neighbor rows of the train split (-1 = missing, with weight 0)
+    theta : (B, k) float64 exact NNK weights (zero off the support, zero for missing neighbors)
     sims : (B, k) float64 cosine similarities of the row to its neighbors
-    unit_rows : callable (rows (m,) int64, repeats allowed) -> (m, dim) unit-normalised vectors
-    dim : int, the feature dimension d
 
-    With the kernel K(x, y) = (1 + cos)/2, g = (1 + sims)/2 and G = (1 + VVᵀ)/2 for the
-    unit-normalised neighbor vectors V, so θᵀGθ = ((Σθ)² + ‖Σ θⱼ vⱼ‖²)/2: only the vectors
-    on the support are read, ``ERROR_BLOCK_BYTES`` of them at most at once. The error is
-    in [0, 1] (θ = 0 gives 1); rounding below 0 is clipped.
+    With the kernel K(x, y) = (1 + cos)/2, g = (1 + sims)/2. At the optimum the KKT conditions
+    give (Gθ - g)ⱼ = 0 on the support (θⱼ > 0), so θᵀGθ = gᵀθ and the error is ``1 - gᵀθ``:
+    no neighbor vector is read again. The exact solver certifies |(Gθ - g)ⱼ| <= 1e-8 (relative)
+    on the support, so the identity holds to that order, far below the error's own spread (the
+    tests check it against scipy's NNLS and the full formula). Not valid for the pruning solver's
+    approximate weights, which :func:`quality` never uses. The error is in [0, 1] (θ = 0 gives 1);
+    rounding below 0 is clipped.
     """
     theta = np.asarray(theta, dtype=np.float64)
-    ids = np.asarray(ids)
-    B, k = theta.shape
-    out = np.empty(B)
     on = theta > 0
-    g = 0.5 * (1.0 + np.where(on, sims, 0.0))
-    linear = np.einsum("bk,bk->b", np.where(on, g, 0.0), theta)
-    weight = theta.sum(axis=1)
-    step = max(1, ERROR_BLOCK_BYTES // (8 * max(1, k * int(dim))))
-    for lo in range(0, B, step):
-        hi = min(lo + step, B)
-        rows, cols = np.nonzero(on[lo:hi])  # row-major: each row's support entries together
-        V = np.asarray(unit_rows(ids[lo:hi][rows, cols]), dtype=np.float64)  # (nnz, d)
-        V *= theta[lo:hi][rows, cols][:, None]
-        Y = np.zeros((hi - lo, int(dim)))  # Σⱼ θⱼ vⱼ of each row
-        if rows.size:
-            firsts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-            Y[rows[firsts]] = np.add.reduceat(V, firsts, axis=0)
-        quadratic = 0.5 * (weight[lo:hi] ** 2 + np.einsum("bd,bd->b", Y, Y))
-        out[lo:hi] = 1.0 - 2.0 * linear[lo:hi] + quadratic
-    return np.maximum(out, 0.0)
-
-
-def neighbor_vectors(ev) -> Callable[[np.ndarray], np.ndarray]:
-    """The unit vectors of train rows as the NNK solve saw them: a gather from the in-memory faiss
-    index where one holds every row (fast, and the very vectors re-ranked), else the store's rows
-    read and normalised (index shards, the torch backend)."""
-    from nnkcli.evaluation.search import IndexSearcher
-    from nnkcli.numerics.kernels import normalize_rows
-
-    searcher = ev.searcher
-    if isinstance(searcher, IndexSearcher) and searcher.offset == 0 and searcher.index is not None:
-        return searcher.index.vectors
-
-    def from_store(rows: np.ndarray) -> np.ndarray:
-        uniq, where = np.unique(rows, return_inverse=True)  # the store reads increasing rows, each once
-        return normalize_rows(ev.train.read_rows(uniq))[where.ravel()]
-
-    return from_store
+    g = 0.5 * (1.0 + np.where(on, np.asarray(sims, dtype=np.float64), 0.0))
+    return np.maximum(1.0 - np.einsum("bk,bk->b", g, theta), 0.0)
 
 
 def t_interval(values: np.ndarray, confidence: float) -> list:
@@ -349,13 +313,10 @@ def quality(
             target, run_opts = subset_evaluation(ev, rows), opts.replace(exclude_self=False)
         pieces: list[np.ndarray] = []
         error_s = [0.0]
-        vectors = neighbor_vectors(ev)
 
         def on_chunk(res) -> None:
             t = time.perf_counter()
-            pieces.append(
-                interpolation_errors(res.by_method_k[("nnk", k)].theta, res.ids, res.sims, vectors, ev.train.dim)
-            )
+            pieces.append(interpolation_errors(res.by_method_k[("nnk", k)].theta, res.sims))
             error_s[0] += time.perf_counter() - t
 
         n_queries = target.rows[1] - target.rows[0]
