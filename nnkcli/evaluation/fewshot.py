@@ -27,6 +27,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -101,7 +102,8 @@ def per_class_counts(value, name: str | SettingName = "per_class") -> tuple[int,
             if isinstance(n, bool) or int(n) != n:
                 raise ValueError
         except (TypeError, ValueError):
-            raise OptionError(name, value, "expected an integer or a comma list of integers", hint="e.g. 1,2,5,10")
+            reason = "expected an integer or a comma list of integers"
+            raise OptionError(name, value, reason, hint="e.g. 1,2,5,10") from None
         if n < 1:
             raise OptionError(name, value, "every count must be >= 1")
         out.add(int(n))
@@ -261,47 +263,12 @@ def _run(store, store_path, options, data, per_class, tries, seed, subset_file, 
                     raise InputError(f"train split '{train.name}' has no labelled rows to draw from")
                 subsets.append({"per_class": n, "try": t, "seed": draw_seed(seed, n, t), "rows": rows})
                 subsets[-1]["short_classes"] = short
-    scored = []
     timing: dict[str, Any] = dict.fromkeys(_TIMING_KEYS, 0.0)
     timing.update(nnk_fallbacks=0, subset_s=0.0)
     total = len(subsets) * int(query.n)
-    if progress_factory is not None:
-        with progress_factory(total, "few-shot") as advance:
-            for sub in subsets:
-                scored.append(
-                    _score_subset(
-                        sub,
-                        train,
-                        query,
-                        train_labels,
-                        query_labels,
-                        class_names,
-                        options,
-                        search,
-                        timing,
-                        store_path,
-                        warnings,
-                        advance,
-                    )
-                )
-    else:
-        for sub in subsets:
-            scored.append(
-                _score_subset(
-                    sub,
-                    train,
-                    query,
-                    train_labels,
-                    query_labels,
-                    class_names,
-                    options,
-                    search,
-                    timing,
-                    store_path,
-                    warnings,
-                    None,
-                )
-            )
+    context = (train, query, train_labels, query_labels, class_names, options, search, timing, store_path, warnings)
+    with progress_factory(total, "few-shot") if progress_factory else contextlib.nullcontext() as advance:
+        scored = [_score_subset(sub, *context, advance) for sub in subsets]
     from nnkcli.evaluation.fewshot_document import fewshot_document
 
     doc = fewshot_document(
