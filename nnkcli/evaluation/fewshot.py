@@ -20,9 +20,9 @@ Examples
 --------
 >>> result = fewshot(demo_store, per_class=[2], tries=2, k=[3, 50], methods="knn")   # demo_store: a store's path
 >>> [(r["per_class"], r["k"], r["k_used"]) for r in result.rows()]
-[(2, 3, 3), (2, 50, 8)]
->>> len(result["subsets"]), result["subsets"][0]["n_rows"]
-(2, 8)
+[(2, 3, 3), (2, 50, 6)]
+>>> len(result["subsets"]), result["subsets"][0]["n_rows"]   # its 3 classes, 2 rows each, in each of 2 tries
+(2, 6)
 """
 
 from __future__ import annotations
