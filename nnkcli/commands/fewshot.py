@@ -115,10 +115,11 @@ def title(doc: dict) -> str:
 
 def caption(doc: dict) -> str:
     ci = doc["interval"]
-    parts = [
-        f"{doc['n_queries'] - doc['n_unlabelled']} queries",
-        f"±: {ci['confidence']:.0%} interval, {ci['method']}",
-        "std across tries (ddof 1)",
-        f"{doc['timing']['total_s']:.2f} s",
-    ]
+    parts = [f"{doc['n_queries'] - doc['n_unlabelled']} queries", f"±: {ci['confidence']:.0%} interval, {ci['method']}"]
+    if doc["tries"] > 1:
+        parts.append("std across tries (ddof 1)")
+    for capped in doc["k_capped"]:
+        what = f"{capped['per_class']}/class" if capped["per_class"] is not None else "the subset"
+        parts.append(f"{what}: k {','.join(map(str, capped['k']))} capped at {capped['k_used']}")
+    parts.append(f"{doc['timing']['total_s']:.2f} s")
     return "; ".join(parts)
