@@ -56,7 +56,7 @@ def balanced_draw(labels: np.ndarray, per_class: int, seed: int, try_index: int)
 def short_classes(labels: np.ndarray, per_class: int, class_names: Sequence[str]) -> dict[str, int]:
     """The classes with fewer than ``per_class`` (but some) labelled train rows: name -> rows available."""
     counts = np.bincount(np.asarray(labels)[np.asarray(labels) >= 0], minlength=len(class_names))
-    return {class_names[c]: int(counts[c]) for c in np.flatnonzero((counts > 0) & (counts < per_class))}
+    return {class_names[int(c)]: int(counts[c]) for c in np.flatnonzero((counts > 0) & (counts < per_class))}
 
 
 def read_subset_file(path: str | os.PathLike) -> list[str]:
@@ -92,16 +92,16 @@ def match_entries(entries: Sequence[str], n_rows: int, ids: Sequence[str] | None
     by_base: dict[str, int] = {}
     ambiguous: set[str] = set()
     if ids is not None:
-        for row, name in enumerate(ids):
-            exact.setdefault(name, row)
+        for at, name in enumerate(ids):
+            exact.setdefault(name, at)
             base = _base_name(name)
-            if base in by_base and by_base[base] != row:
+            if base in by_base and by_base[base] != at:
                 ambiguous.add(base)
-            by_base.setdefault(base, row)
+            by_base.setdefault(base, at)
     rows = np.empty(len(entries), dtype=np.int64)
     unknown: list[str] = []
     for i, entry in enumerate(entries):
-        row = exact.get(entry)
+        row: int | None = exact.get(entry)
         if row is None:
             base = _base_name(entry)
             if base in ambiguous:

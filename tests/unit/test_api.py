@@ -20,7 +20,7 @@ def test_every_export_resolves_to_a_function_or_class():
 def test_functions_stay_functions_after_their_modules_are_imported():
     import nnkcli.evaluation.classification
     import nnkcli.evaluation.fewshot
-    import nnkcli.evaluation.sweeps  # noqa: F401
+    import nnkcli.evaluation.sweeps
     from nnkcli import FewshotResult, classify, fewshot, sweep
 
     assert inspect.isfunction(classify) and inspect.isfunction(sweep) and inspect.isfunction(fewshot)

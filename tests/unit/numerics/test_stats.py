@@ -187,7 +187,9 @@ def crossed_interval_oracle(H, confidence):
 
 
 @settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), T=st.integers(2, 6), Q=st.integers(2, 40), confidence=st.sampled_from([0.9, 0.95]))
+@given(
+    seed=st.integers(0, 2**32 - 1), T=st.integers(2, 6), Q=st.integers(2, 40), confidence=st.sampled_from([0.9, 0.95])
+)
 def test_the_draws_and_queries_interval_matches_a_loop(seed, T, Q, confidence):
     H = np.random.default_rng(seed).random((T, Q)) < 0.6
     if H.all() or not H.any():
