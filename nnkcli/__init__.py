@@ -31,6 +31,7 @@ _EXPORTS = {
     "topk_hits": "nnkcli.numerics.solver",
     "classify": "nnkcli.evaluation.classification",
     "sweep": "nnkcli.evaluation.sweeps",
+    "fewshot": "nnkcli.evaluation.fewshot",
     "parse_k_spec": "nnkcli.evaluation.kspec",
     "ScoringOptions": "nnkcli.evaluation.options",
     "DataOptions": "nnkcli.evaluation.options",
@@ -46,6 +47,7 @@ _EXPORTS = {
     "EvaluationResult": "nnkcli.evaluation.results",
     "ClassifyResult": "nnkcli.evaluation.results",
     "SweepResult": "nnkcli.evaluation.results",
+    "FewshotResult": "nnkcli.evaluation.fewshot",
 }
 
 __all__ = ["__version__", *_EXPORTS]

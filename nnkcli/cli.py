@@ -48,6 +48,7 @@ COMMANDS = {
     "plot": "nnkcli.commands.plot:plot",
     "quality": "nnkcli.commands.quality:quality",
     "audit": "nnkcli.commands.audit:audit",
+    "fewshot": "nnkcli.commands.fewshot:fewshot",
 }
 
 _VERBOSITY = "nnkcli.verbosity"

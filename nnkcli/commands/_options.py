@@ -96,7 +96,8 @@ def k_option(*, single: str | None = None, default: str | None = None, help: str
             check=lambda value, names: one_k(value, names, single),
             help=help or "Neighbors per query: one k (the SPEC grammar of sweep, one value).",
         )
-    return settings_option(S, "k_values", default=default or DEFAULT_K_SPEC, check=check_k_values)
+    extra = {"help": help} if help else {}
+    return settings_option(S, "k_values", default=default or DEFAULT_K_SPEC, check=check_k_values, **extra)
 
 
 def device_options() -> list:
@@ -144,6 +145,7 @@ def scoring_options(
     alpha: bool | None = None,
     k_help: str | None = None,
     device: bool = True,
+    omit: tuple[str, ...] = (),
 ):
     """How queries are scored; the command receives ``scoring: ScoringOptions``.
 
@@ -151,15 +153,17 @@ def scoring_options(
     ``methods=False`` leaves out ``--method`` (``compare`` names a classifier per side);
     ``alpha`` adds ``--alpha`` (default: when several k are chosen among); ``device=False``
     leaves out ``--device``/``--fp16`` (``evaluate``, whose model options already have them:
-    there the search uses the extraction's device).
+    there the search uses the extraction's device); ``omit`` leaves out fields of ``_SCORING`` that
+    mean nothing to the command (``fewshot``: ``exclude_self``).
     """
     S = ScoringOptions
     options = [k_option(single=single_k, default=k_default, help=k_help)]
-    params = ["k_values", *_SCORING]
+    fields = [field for field in _SCORING if field not in omit]
+    params = ["k_values", *fields]
     if methods:
         options.append(settings_option(S, "methods"))
         params.append("methods")
-    for field in _SCORING:
+    for field in fields:
         # --temperature T[,T...] fills two fields: temperature and temperature_grid (apply_protocol)
         options.append(settings_option(S, field, check=positive_floats if field == "temperature" else None))
     if device:

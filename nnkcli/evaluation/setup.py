@@ -124,7 +124,7 @@ class Evaluation:
         from nnkcli.storage.store import FeatureStore
 
         data = data if data is not None else DataOptions()
-        backend, device, fp16 = _resolve_search(search)
+        backend, device, fp16 = resolve_search(search)
         store_path = Path(store_path)
         store = FeatureStore(store_path)
         try:
@@ -143,12 +143,8 @@ class Evaluation:
             for text in warnings:
                 logger.warning(text)
             nnk_index.set_threads(threads)
-            train_labels = np.asarray(train.labels, dtype=np.int64)
-            query_labels = np.asarray(query.labels, dtype=np.int64)
-            names = store.classes
-            top_label = int(max(train_labels.max(initial=-1), query_labels.max(initial=-1)))
-            n_classes = max(len(names) if names else 0, top_label + 1, 1)
-            class_names = list(names) if names else [str(c) for c in range(n_classes)]
+            train_labels, query_labels, class_names = split_labels(store, train, query)
+            n_classes = len(class_names)
             if backend == "torch":
                 searcher, index, index_info = torch_search(train, device, fp16)
             else:
@@ -212,9 +208,9 @@ class Evaluation:
         The splits are named ``"train"`` and ``"val"``, the default splits of a store.
         """
         from nnkcli import index as nnk_index
-        from nnkcli.evaluation.arrays import ArraySplit, check_features, encode_labels, unit_rows
+        from nnkcli.evaluation.arrays import ArraySplit, check_features, encode_labels
 
-        backend, device, fp16 = _resolve_search(search)
+        backend, device, fp16 = resolve_search(search)
         if backend == "torch" and keep_zero_rows:
             raise InputError("all-zero rows are kept only by the faiss backend", hint="use backend='faiss'")
         xt = check_features(train_features, "train features")
@@ -240,12 +236,7 @@ class Evaluation:
                 )
         train, query = ArraySplit("train", xt, yt), ArraySplit("val", xq, yq)
         nnk_index.set_threads(threads)
-        if backend == "torch":  # the GPU path: exact search by matmul on the device
-            searcher, index, index_info = torch_search(train, device, fp16)
-        else:
-            index = nnk_index.flat_index_of_rows(unit_rows(xt, keep_zero_rows=keep_zero_rows), name="train")
-            index_info = {"path": None, "built_in_memory": True, "rebuilt": False, "type": "flat", "backend": "faiss"}
-            searcher = _faiss_searcher(index, sharded=False)
+        searcher, index, index_info = memory_search(train, backend, device, fp16, keep_zero_rows=keep_zero_rows)
         return cls(
             train=train,
             query=query,
@@ -356,7 +347,31 @@ def check_labelled(ev: Evaluation, gate_requested: bool) -> None:
         logger.warning(f"query split '{ev.query.name}' has no labels: predictions only, no accuracy")
 
 
-def _resolve_search(search: SearchSettings) -> tuple[str, str, bool]:
+def split_labels(store, train, query) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The class ids (n,) int64 of two store splits (-1 = unlabelled) and the class names: the store's
+    list, else ``"0" .. str(C - 1)`` for the largest id found (one name at least)."""
+    train_labels = np.asarray(train.labels, dtype=np.int64)
+    query_labels = np.asarray(query.labels, dtype=np.int64)
+    names = store.classes
+    top_label = int(max(train_labels.max(initial=-1), query_labels.max(initial=-1)))
+    n_classes = max(len(names) if names else 0, top_label + 1, 1)
+    return train_labels, query_labels, list(names) if names else [str(c) for c in range(n_classes)]
+
+
+def memory_search(train, backend: str, device: str, fp16: bool, *, keep_zero_rows: bool = False):
+    """(searcher, index, index_info) over the rows of an in-memory split (``ArraySplit``): exact search by
+    an in-memory flat faiss index of its L2-normalised rows, or by matmul on ``device`` (torch)."""
+    from nnkcli import index as nnk_index
+    from nnkcli.evaluation.arrays import unit_rows
+
+    if backend == "torch":  # the GPU path: exact search by matmul on the device
+        return torch_search(train, device, fp16)
+    index = nnk_index.flat_index_of_rows(unit_rows(train.features, keep_zero_rows=keep_zero_rows), name=train.name)
+    info = {"path": None, "built_in_memory": True, "rebuilt": False, "type": "flat", "backend": "faiss"}
+    return _faiss_searcher(index, sharded=False), index, info
+
+
+def resolve_search(search: SearchSettings) -> tuple[str, str, bool]:
     """(backend, device, fp16) -> the backend and device actually used (``torch_backend.resolve_backend``)."""
     from nnkcli.evaluation.torch_backend import resolve_backend
 

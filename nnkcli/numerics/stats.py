@@ -7,6 +7,8 @@
   classifiers evaluated on the same queries.
 - :func:`paired_bootstrap_difference` — the bootstrap interval of the accuracy difference
   B − A, resampling queries (both classifiers see the same resampled queries).
+- :func:`draws_and_queries_interval` — the mean accuracy over T random draws of the train rows
+  scored on the same Q queries (``nnk fewshot``): both the draws and the queries vary.
 
 Accuracies here are fractions unless a function says "percent".
 
@@ -27,7 +29,7 @@ import numpy as np
 
 # scipy.special, not scipy.stats: importing scipy.stats costs ~0.5 s and pulls in optional
 # array libraries; the two functions needed here are plain special functions
-from scipy.special import bdtr, ndtri
+from scipy.special import bdtr, ndtri, stdtrit
 
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_BOOTSTRAP = 10_000
@@ -193,3 +195,46 @@ def paired_bootstrap_difference(
     counts = rng.multinomial(n, p, size=int(n_boot))
     samples = (counts[:, 1] - counts[:, 0]) / n
     return percentile_interval(samples, confidence)
+
+
+def draws_and_queries_interval(
+    per_try: np.ndarray, per_query: np.ndarray, confidence: float = DEFAULT_CONFIDENCE
+) -> tuple[float, float, float]:
+    """Interval of the mean accuracy of T random train subsets, all scored on the same Q queries.
+
+    Parameters
+    ----------
+    per_try : (T,) float, T >= 2
+        Each try's accuracy (a fraction): the mean over the queries of its hits.
+    per_query : (Q,) float, Q >= 1
+        Each query's hit rate over the T tries (its hits / T).
+    confidence : float
+
+    Returns
+    -------
+    low, high, df : the interval (fractions, clipped to [0, 1]) and its degrees of freedom.
+
+    The hits h[q, t] of a crossed design (queries × draws, both random) are
+    μ + a_t + b_q + e_qt, so the grand mean m has variance σa²/T + σb²/Q + σe²/(QT). The
+    variance across tries s_T² (ddof=1) estimates σa² + σe²/Q and the variance across queries
+    of their hit rates s_Q² (ddof=1) estimates σb² + σe²/T, so V = s_T²/T + s_Q²/Q estimates
+    Var(m) plus σe²/(QT) (at most 1/(4QT): slightly conservative). The interval is
+    m ± t·√V with the Welch–Satterthwaite degrees of freedom of the two terms (T − 1 and
+    Q − 1 each); with s_T = 0 it is the queries' t interval, with Q large the tries'.
+    """
+    c = check_confidence(confidence)
+    a = np.asarray(per_try, dtype=np.float64)
+    b = np.asarray(per_query, dtype=np.float64)
+    T, Q = int(a.size), int(b.size)
+    if T < 2 or Q < 1:
+        raise ValueError(f"need at least 2 tries and 1 query, got {T} and {Q}")
+    m = float(a.mean())
+    v_draws = float(a.var(ddof=1)) / T
+    v_queries = float(b.var(ddof=1)) / Q if Q > 1 else 0.0
+    v = v_draws + v_queries
+    if not v > 0:
+        return m, m, math.inf
+    terms = v_draws**2 / (T - 1) + (v_queries**2 / (Q - 1) if Q > 1 else 0.0)
+    df = v * v / terms if terms > 0 else math.inf
+    half = float(stdtrit(df, 0.5 + c / 2.0)) * math.sqrt(v) if math.isfinite(df) else z_value(c) * math.sqrt(v)
+    return max(0.0, m - half), min(1.0, m + half), df

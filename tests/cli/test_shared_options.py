@@ -30,16 +30,17 @@ ARGS = {
     "plot": ["nope.json", "--out", "nope.png"],
     "quality": ["nope.h5"],
     "audit": ["nope.h5", "--out", "nope/audit.csv"],
+    "fewshot": ["nope.h5"],
 }
 
 #: options that share only their name: a different thing in each command
 SAME_NAME_ONLY = {
     "--out": "a different output file in each command",
-    "--per-class": "classify adds per-class rows, compare a per-class comparison",
+    "--per-class": "classify adds per-class rows, compare a per-class comparison, fewshot draws N rows per class",
     "--plot": "a different figure in each command",
     "--tensorboard": "a different set of scalars in each command",
     "--split": "extract writes that split, quality measures it (default val), audit audits its labels (default train)",
-    "--seed": "compare's bootstrap seed, quality's sample seed",
+    "--seed": "compare's bootstrap seed, quality's sample seed, fewshot's draw seed",
 }
 
 #: options declared in variants (the same check and grammar): command -> variant; one wording per variant
@@ -51,6 +52,7 @@ VARIANTS = {
         "evaluate": "SPEC",
         "quality": "one k among a split's other rows",
         "audit": "one k among a split's other rows",
+        "fewshot": "a SPEC capped at the subset's rows, DINOv2's default",
     },
     "--gate-method": {"classify": "one run", "sweep": "one run", "merge": "one run", "evaluate": "history"},
 }

@@ -19,10 +19,12 @@ def test_every_export_resolves_to_a_function_or_class():
 
 def test_functions_stay_functions_after_their_modules_are_imported():
     import nnkcli.evaluation.classification
-    import nnkcli.evaluation.sweeps  # noqa: F401
-    from nnkcli import classify, sweep
+    import nnkcli.evaluation.fewshot
+    import nnkcli.evaluation.sweeps
+    from nnkcli import FewshotResult, classify, fewshot, sweep
 
-    assert inspect.isfunction(classify) and inspect.isfunction(sweep)
+    assert inspect.isfunction(classify) and inspect.isfunction(sweep) and inspect.isfunction(fewshot)
+    assert issubclass(FewshotResult, nnkcli.EvaluationResult)
 
 
 def test_import_is_lazy():

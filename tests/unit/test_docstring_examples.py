@@ -21,6 +21,7 @@ MODULES = [
     "nnkcli.evaluation.sweeps",
     "nnkcli.evaluation.results",
     "nnkcli.evaluation.quality",
+    "nnkcli.evaluation.fewshot",
     "nnkcli.numerics.solver",
     "nnkcli.storage.store",
     "nnkcli.storage.store_reader",

@@ -167,3 +167,57 @@ def test_balanced_bootstrap_skips_empty_classes_and_is_deterministic():
     a = stats.balanced_bootstrap_interval([5, 0, 9], [10, 0, 10])
     assert a == stats.balanced_bootstrap_interval([5, 9], [10, 10])
     assert all(math.isnan(x) for x in stats.balanced_bootstrap_interval([0, 0], [0, 0]))
+
+
+# -- the mean over random draws and random queries (nnk fewshot) ------------------------------------
+def crossed_interval_oracle(H, confidence):
+    """From the hits H (T draws x Q queries) by loops: s_T^2/T + s_Q^2/Q, Welch-Satterthwaite df, scipy's t."""
+    from scipy.stats import t as student
+
+    T, Q = len(H), len(H[0])
+    per_try = [sum(row) / Q for row in H]
+    per_query = [sum(H[t][q] for t in range(T)) / T for q in range(Q)]
+    m = sum(per_try) / T
+    s2_t = sum((a - m) ** 2 for a in per_try) / (T - 1)
+    s2_q = sum((b - m) ** 2 for b in per_query) / (Q - 1)
+    a, b = s2_t / T, s2_q / Q
+    df = (a + b) ** 2 / (a * a / (T - 1) + b * b / (Q - 1))
+    half = student.ppf(0.5 + confidence / 2, df) * math.sqrt(a + b)
+    return max(0.0, m - half), min(1.0, m + half), df
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1), T=st.integers(2, 6), Q=st.integers(2, 40), confidence=st.sampled_from([0.9, 0.95])
+)
+def test_the_draws_and_queries_interval_matches_a_loop(seed, T, Q, confidence):
+    H = np.random.default_rng(seed).random((T, Q)) < 0.6
+    if H.all() or not H.any():
+        return  # no variance at all: a degenerate interval, tested below
+    low, high, df = stats.draws_and_queries_interval(H.mean(axis=1), H.mean(axis=0), confidence)
+    want = crossed_interval_oracle(H.astype(float).tolist(), confidence)
+    assert (low, high, df) == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+def test_the_draws_and_queries_interval_covers_and_the_queries_alone_do_not():
+    """Simulated crossed designs (mean 0.5 by construction): near 95 % coverage, where Wilson over the
+    queries of the mean (blind to the draws) covers far less."""
+    rng = np.random.default_rng(0)
+    reps, T, Q = 400, 5, 300
+    covered = wilson_covered = 0
+    for _ in range(reps):
+        p_query = rng.uniform(0.2, 0.8, Q)  # each query's difficulty
+        shift = rng.uniform(-0.1, 0.1, T)  # each draw's luck
+        H = rng.random((T, Q)) < p_query[None, :] + shift[:, None]
+        low, high, _ = stats.draws_and_queries_interval(H.mean(axis=1), H.mean(axis=0))
+        covered += low <= 0.5 <= high
+        w_low, w_high = stats.wilson_interval(int(H.sum()), H.size)
+        wilson_covered += w_low <= 0.5 <= w_high
+    assert 0.92 <= covered / reps <= 0.99
+    assert wilson_covered / reps < 0.8
+
+
+def test_the_draws_and_queries_interval_needs_two_tries_and_is_a_point_without_variance():
+    with pytest.raises(ValueError, match="2 tries"):
+        stats.draws_and_queries_interval(np.array([0.5]), np.array([0.5, 0.5]))
+    assert stats.draws_and_queries_interval(np.ones(3), np.ones(10)) == (1.0, 1.0, math.inf)
