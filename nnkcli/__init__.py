@@ -46,6 +46,9 @@ _EXPORTS = {
     "EvaluationResult": "nnkcli.evaluation.results",
     "ClassifyResult": "nnkcli.evaluation.results",
     "SweepResult": "nnkcli.evaluation.results",
+    "probe": "nnkcli.evaluation.probe",
+    "ProbeResult": "nnkcli.evaluation.probe",
+    "ProbeOptions": "nnkcli.evaluation.probe_options",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -48,6 +48,7 @@ COMMANDS = {
     "plot": "nnkcli.commands.plot:plot",
     "quality": "nnkcli.commands.quality:quality",
     "audit": "nnkcli.commands.audit:audit",
+    "probe": "nnkcli.commands.probe:probe",
 }
 
 _VERBOSITY = "nnkcli.verbosity"
