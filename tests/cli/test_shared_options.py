@@ -30,6 +30,7 @@ ARGS = {
     "plot": ["nope.json", "--out", "nope.png"],
     "quality": ["nope.h5"],
     "audit": ["nope.h5", "--out", "nope/audit.csv"],
+    "probe": ["nope.h5"],
 }
 
 #: options that share only their name: a different thing in each command
@@ -39,7 +40,7 @@ SAME_NAME_ONLY = {
     "--plot": "a different figure in each command",
     "--tensorboard": "a different set of scalars in each command",
     "--split": "extract writes that split, quality measures it (default val), audit audits its labels (default train)",
-    "--seed": "compare's bootstrap seed, quality's sample seed",
+    "--seed": "compare's bootstrap seed, quality's sample seed, probe's held-out draw",
 }
 
 #: options declared in variants (the same check and grammar): command -> variant; one wording per variant
