@@ -29,7 +29,8 @@ def probe_options(f):
         click.option(
             "--no-normalize",
             is_flag=True,
-            help="Fit the features as stored, not L2-normalised (the k-NN/NNK geometry is normalised).",
+            help="Fit the features as stored (default: each row scaled to unit length, as the kNN and NNK "
+            "evaluations see them).",
         )
     )
 

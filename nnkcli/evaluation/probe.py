@@ -42,7 +42,6 @@ TOP = 5
 #: multiply-adds of the logits' product per BLAS thread: a smaller product runs faster on fewer threads
 #: (OpenBLAS's threads cost more than they bring below ~16 M, and far more on a busy machine)
 GEMM_PER_THREAD = 2**24
-EXTRAPOLATE = True
 
 
 class ProbeResult(DocumentResult):
@@ -119,7 +118,7 @@ def select_c(
     for i, C in enumerate(opts.c_grid):
         t0 = time.perf_counter()
         start = theta
-        if EXTRAPOLATE and prev is not None and theta is not None:
+        if prev is not None and theta is not None:
             # the solution path is smooth in log C: a secant step from the last two solutions
             step = math.log(C / opts.c_grid[i - 1]) / math.log(opts.c_grid[i - 1] / opts.c_grid[i - 2])
             start = theta + step * (theta - prev)

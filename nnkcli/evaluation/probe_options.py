@@ -84,8 +84,8 @@ class ProbeOptions(Settings):
         c_grid,
         metavar="GRID",
         shown=DEFAULT_GRID_NAME,
-        help="Values of C (inverse L2 strength, scikit-learn's convention) tried on the held-out rows: "
-        "dinov2 (45 values, 1e-6 to 1e5), LO:HI:N (log-spaced) or a comma list.",
+        help="Values of C, the inverse L2 strength (as sklearn's C), tried on the held out rows: dinov2 "
+        "(DINOv2's 45 values), LO:HI:N (N log spaced values) or a comma list.",
     )
     val_fraction: float = setting(
         0.1,
@@ -100,7 +100,8 @@ class ProbeOptions(Settings):
         at_least(0),
         metavar="N",
         type=int,
-        help="Stop the C path after N values without a better held-out top-1 (0: the whole grid).",
+        help="Stop the C path after N values of C without a better accuracy on the held out rows "
+        "(0: try the whole grid).",
     )
     normalize: bool = setting(True, flag, option=None)
     tol: float = setting(1e-4, positive_float, metavar="TOL", type=float, help="L-BFGS gradient tolerance.")

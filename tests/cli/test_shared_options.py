@@ -31,6 +31,7 @@ ARGS = {
     "quality": ["nope.h5"],
     "audit": ["nope.h5", "--out", "nope/audit.csv"],
     "probe": ["nope.h5"],
+    "report": ["nope.h5"],
 }
 
 #: options that share only their name: a different thing in each command
@@ -52,7 +53,10 @@ VARIANTS = {
         "evaluate": "SPEC",
         "quality": "one k among a split's other rows",
         "audit": "one k among a split's other rows",
+        "report": "SPEC, the paper's k values by default",
     },
+    # report adds markdown and latex to the formats every command has
+    "--format": {**{name: "table|json|csv" for name in ARGS if name != "report"}, "report": "+ markdown|latex"},
     "--gate-method": {"classify": "one run", "sweep": "one run", "merge": "one run", "evaluate": "history"},
 }
 
