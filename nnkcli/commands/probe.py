@@ -89,7 +89,7 @@ def probe(store, probe_opts, train_split, query_split, threads, confidence, out,
 
 
 def title(doc: dict) -> str:
-    return f"{doc['store']}: linear probe, {doc['train_split']} -> {doc['query_split']}"
+    return f"linear probe: {doc['store']}"
 
 
 def caption(doc: dict) -> str:
