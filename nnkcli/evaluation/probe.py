@@ -55,7 +55,7 @@ class ProbeResult(DocumentResult):
 
     def __init__(self, document: dict, hits: np.ndarray | None = None, query_labels: np.ndarray | None = None):
         super().__init__(document)
-        self.hits = hits
+        self.hits: np.ndarray = np.zeros(0, dtype=bool) if hits is None else hits
         self.query_labels = query_labels
 
     @property
@@ -117,7 +117,7 @@ def select_c(
     first, moved, started = -1.0, False, 0
     for i, C in enumerate(opts.c_grid):
         t0 = time.perf_counter()
-        start = theta
+        start: np.ndarray | None = theta
         if prev is not None and theta is not None:
             # the solution path is smooth in log C: a secant step from the last two solutions
             step = math.log(C / opts.c_grid[i - 1]) / math.log(opts.c_grid[i - 1] / opts.c_grid[i - 2])

@@ -86,15 +86,17 @@ def _save(cache_dir: Path | None, key: str, entry: dict) -> None:
 
 
 # -- one store ----------------------------------------------------------------------------------------
-def _sweep_part(store, options, data, fps, cache_dir, progress_factory, stats: dict) -> tuple[dict, dict]:
+def _sweep_part(
+    store, options, data, fps: tuple[str, str], cache_dir, progress_factory, stats: dict
+) -> tuple[dict, dict]:
     from nnkcli.evaluation.sweeps import sweep
 
     parameters = {**options.as_dict(), **data.as_dict()}
-    key = cache_key("sweep", *fps, parameters)
+    key = cache_key("sweep", fps[0], fps[1], parameters)
     entry = _load(cache_dir, key)
     if entry is None:
         result = sweep(store, options, data=data, progress_factory=progress_factory)
-        hits = {m: {"k": k, "hits": _pack(h)} for m, (k, h) in result.best_hits.items()}
+        hits = {m: {"k": k, "hits": _pack(h)} for m, (k, h) in (result.best_hits or {}).items()}
         entry = {"document": result.to_dict(), "hits": hits}
         _save(cache_dir, key, entry)
         stats["computed"] += 1
@@ -115,7 +117,7 @@ def _probe_part(store, probe_opts, data, threads, confidence, fps, cache_dir, pr
         "blas_threads_cap": resolve_threads(threads),
         "gemm_per_thread": GEMM_PER_THREAD,
     }
-    key = cache_key("probe", *fps, parameters)
+    key = cache_key("probe", fps[0], fps[1], parameters)
     entry = _load(cache_dir, key)
     if entry is None:
         result = probe(

@@ -32,20 +32,21 @@ DOC = {
     ],
 }
 
-MARKDOWN = """\
-| store | linear | k-NN 10 | k-NN 20 | k-NN sel. | k-NN k | NNK 10 | NNK 20 | NNK sel. | NNK k | p NNK/k-NN | p NNK/linear |
-|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
-| runs/ckpt\\_10%.h5 | 71.25 ± 1.25 | 80.00 ± 1.00 | 80.50 ± 1.00 | 80.50 ± 1.00 | 20 | 82.00 ± 1.00 | 82.25 ± 1.25 | 82.00 ± 1.00 | 10 | 0.0073 | - |
-"""
-
-LATEX = r"""\begin{tabular}{lrrrrrrrrrrr}
-\toprule
-store & linear & k-NN 10 & k-NN 20 & k-NN sel. & k-NN k & NNK 10 & NNK 20 & NNK sel. & NNK k & p NNK/k-NN & p NNK/linear \\
-\midrule
-runs/ckpt\_10\%.h5 & 71.25 $\pm$ 1.25 & 80.00 $\pm$ 1.00 & 80.50 $\pm$ 1.00 & 80.50 $\pm$ 1.00 & 20 & 82.00 $\pm$ 1.00 & 82.25 $\pm$ 1.25 & 82.00 $\pm$ 1.00 & 10 & 0.0073 & - \\
-\bottomrule
-\end{tabular}
-"""
+HEADERS = "store | linear | k-NN 10 | k-NN 20 | k-NN sel. | k-NN k | NNK 10 | NNK 20 | NNK sel. | NNK k | "
+MARKDOWN = (
+    f"| {HEADERS}p NNK/k-NN | p NNK/linear |\n"
+    "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    "| runs/ckpt\\_10%.h5 | 71.25 ± 1.25 | 80.00 ± 1.00 | 80.50 ± 1.00 | 80.50 ± 1.00 | 20 | "
+    "82.00 ± 1.00 | 82.25 ± 1.25 | 82.00 ± 1.00 | 10 | 0.0073 | - |\n"
+)
+LATEX = (
+    "\\begin{tabular}{lrrrrrrrrrrr}\n\\toprule\n"
+    + HEADERS.replace(" | ", " & ")
+    + "p NNK/k-NN & p NNK/linear \\\\\n\\midrule\n"
+    "runs/ckpt\\_10\\%.h5 & 71.25 $\\pm$ 1.25 & 80.00 $\\pm$ 1.00 & 80.50 $\\pm$ 1.00 & 80.50 $\\pm$ 1.00 & 20 & "
+    "82.00 $\\pm$ 1.00 & 82.25 $\\pm$ 1.25 & 82.00 $\\pm$ 1.00 & 10 & 0.0073 & - \\\\\n"
+    "\\bottomrule\n\\end{tabular}\n"
+)
 
 
 def test_markdown_and_latex_snapshots():
