@@ -27,7 +27,7 @@ def test_json_is_the_core_document_and_the_options_reach_it(runner, store):
 def test_the_table_shows_the_row_and_the_choice(runner, store):
     result = invoke(runner, "probe", store, "--c-grid", GRID, "--threads", 1)
     assert result.exit_code == 0, result.output
-    row = next(line for line in result.stdout.splitlines() if line.strip().startswith("linear"))
+    row = next(line for line in result.stdout.splitlines() if line.split()[:1] == ["linear"] and "±" in line)
     assert "±" in row
     assert "held-out top-1" in result.stdout and "C values tried" in result.stdout
 
@@ -42,3 +42,8 @@ def test_bad_values_exit_2_naming_the_option(runner, store):
 def test_a_missing_split_exits_1(runner, store):
     result = runner.invoke(__import__("nnkcli.cli").cli.cli, ["probe", str(store), "--query-split", "test"])
     assert result.exit_code == 1 and "split 'test' not found" in result.stderr
+
+
+def test_compare_refuses_a_linear_side_on_a_store(runner, store):
+    result = invoke(runner, "compare", store, "--a", "linear", "--b", "nnk")
+    assert result.exit_code == 1 and "linear predictions come from 'nnk probe --out FILE'" in result.stderr

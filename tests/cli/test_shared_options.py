@@ -56,7 +56,10 @@ VARIANTS = {
         "report": "SPEC, the paper's k values by default",
     },
     # report adds markdown and latex to the formats every command has
-    "--format": {**{name: "table|json|csv" for name in ARGS if name != "report"}, "report": "+ markdown|latex"},
+    "--format": {
+        **{name: "table|json|csv" for name in ARGS if name not in ("report", "plot")},
+        "report": "+ markdown|latex",
+    },
     "--gate-method": {"classify": "one run", "sweep": "one run", "merge": "one run", "evaluate": "history"},
 }
 
@@ -64,6 +67,11 @@ VARIANTS = {
 BAD = {
     "--alpha": "1",
     "--backend": "tpu",
+    "--c-grid": "0,1",
+    "--max-iter": "0",
+    "--patience": "-1",
+    "--tol": "0",
+    "--val-fraction": "1",
     "--batch-size": "0",
     "--chunk-size": "0",
     "--confidence": "2",
