@@ -48,6 +48,9 @@ _EXPORTS = {
     "ClassifyResult": "nnkcli.evaluation.results",
     "SweepResult": "nnkcli.evaluation.results",
     "FewshotResult": "nnkcli.evaluation.fewshot",
+    "probe": "nnkcli.evaluation.probe",
+    "ProbeResult": "nnkcli.evaluation.probe",
+    "ProbeOptions": "nnkcli.evaluation.probe_options",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -49,6 +49,8 @@ COMMANDS = {
     "quality": "nnkcli.commands.quality:quality",
     "audit": "nnkcli.commands.audit:audit",
     "fewshot": "nnkcli.commands.fewshot:fewshot",
+    "probe": "nnkcli.commands.probe:probe",
+    "report": "nnkcli.commands.report:report",
 }
 
 _VERBOSITY = "nnkcli.verbosity"
@@ -109,12 +111,12 @@ def _store_format(ctx: click.Context, param: click.Parameter, value: str) -> str
     return value
 
 
-def format_option(f):
-    """``--format table|json|csv``; the chosen format is also what ``get_ui`` reports."""
+def format_option(f, formats: tuple[str, ...] = FORMATS):
+    """``--format table|json|csv`` (or ``formats``); the chosen format is also what ``get_ui`` reports."""
     return click.option(
         "--format",
         "fmt",
-        type=click.Choice(FORMATS),
+        type=click.Choice(formats),
         default="table",
         show_default=True,
         callback=_store_format,

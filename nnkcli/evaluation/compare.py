@@ -33,7 +33,7 @@ from nnkcli.evaluation.options import DataOptions, ScoringOptions, resolve_one_k
 from nnkcli.numerics import stats
 
 BLOCK_ROWS = 65_536  # queries read per block from each prediction file (~5 MB of top-5 ids)
-_SIDE = re.compile(r"^(nnk|knn)(?:@(\d+))?$")
+_SIDE = re.compile(r"^(nnk|knn|linear)(?:@(\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,9 @@ class SideSpec:
     def parse(cls, text: str) -> SideSpec:
         m = _SIDE.match(text.strip())
         if not m or (m.group(2) is not None and int(m.group(2)) < 1):
-            raise ValueError(f"expected METHOD[@K] with METHOD nnk or knn and K >= 1 (e.g. knn@20), got {text!r}")
+            raise ValueError(
+                f"expected METHOD[@K] with METHOD nnk, knn or linear and K >= 1 (e.g. knn@20), got {text!r}"
+            )
         return cls(m.group(1), int(m.group(2)) if m.group(2) else None)
 
     def label(self, k: int) -> str:
@@ -454,6 +456,11 @@ def compare(
             hint="classify the store with --out PRED.h5 first, or pass two stores",
         )
     else:
+        if "linear" in {side.method for side in (a, b) if side is not None}:
+            raise InputError(
+                "a store is classified by nnk or knn; linear predictions come from 'nnk probe --out FILE'",
+                hint="compare the probe's prediction file with a classify --out file",
+            )
         (k,) = options.k_values
         if b_path is None:
             if a is None or b is None:

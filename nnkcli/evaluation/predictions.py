@@ -11,6 +11,8 @@ Layout (datasets are row-aligned with the query split)::
     /ids            (n_q,)   bytes    the query split's sample ids, utf-8 (only when it has ids)
     attrs: every parameter, the class names, the store's and the index's fingerprints, the nnkcli version.
 
+``nnk probe --out`` writes the same layout for its one method, ``linear``: ``/labels``, ``/ids``,
+``/linear/scores`` (the class probabilities) and ``/linear/top5``, without neighbors and without ``k``.
 ``PredictionFile`` reads such a file back block by block (``nnk compare``).
 """
 
@@ -25,6 +27,8 @@ from nnkcli import __version__
 from nnkcli.evaluation.options import ScoringOptions
 from nnkcli.numerics.scores import TOP
 
+#: the methods a prediction file may hold: classify's two, and the linear probe's
+METHODS = ("nnk", "knn", "linear")
 #: classes of a prediction file without class names (counted from its largest label), at most
 MAX_UNNAMED_CLASSES = 2**24
 
@@ -108,6 +112,52 @@ class PredictionWriter:
         self.file.abort()
 
 
+def write_linear_predictions(
+    path: str | os.PathLike,
+    document: dict,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    top: np.ndarray,
+    ids: list[str] | None,
+    class_names: list[str],
+) -> None:
+    """``nnk probe --out``: one method, ``linear``, in ``classify --out``'s layout, committed atomically.
+
+    ``labels`` (n,) int64, ``probabilities`` (n, C) float32 over every class of the store,
+    ``top`` (n, 5) int64 classes best first (-1 = none), ``ids`` the query split's sample ids or None.
+    """
+    from nnkcli.storage.array_files import ArrayFileWriter
+
+    n, C = probabilities.shape
+    out = ArrayFileWriter(path, kind="predictions")
+    with out.aborted_on_failure():
+        out.create("labels", (n,), np.int64)
+        out.create("linear/scores", (n, C), np.float32)
+        out.create("linear/top5", (n, TOP), np.int64)
+        encoded = np.array([str(i).encode("utf-8") for i in ids]) if ids is not None and n else None
+        if encoded is not None:
+            out.create("ids", (n,), encoded.dtype)
+        out.check_space()
+        out.write("labels", 0, labels)
+        out.write("linear/scores", 0, probabilities)
+        out.write("linear/top5", 0, top)
+        if encoded is not None:
+            out.write("ids", 0, encoded)
+        out.set_attrs(
+            {
+                "nnk_format": "predictions",
+                "format_version": 1,
+                "nnkcli_version": __version__,
+                "methods": json.dumps(["linear"]),
+                "parameters": json.dumps({**document.get("parameters", {}), "c": document.get("chosen_c")}),
+                "fingerprints": json.dumps(document.get("fingerprints", {})),
+                "class_names": json.dumps(list(class_names)),
+                "store": str(document.get("store", "")),
+            }
+        )
+    out.commit()
+
+
 class PredictionFile:
     """A ``classify --out`` file opened for reading in blocks of queries.
 
@@ -134,14 +184,17 @@ class PredictionFile:
         declare 2**40 queries and hold none), so a comparison is bounded by the file's size.
         """
         attrs, damaged = self.attrs, self.file.damaged
-        k = attrs.get("k")
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise damaged(f"attribute 'k' is {_short(k)}, expected an integer >= 1")
-        self.k = k
         methods = attrs.get("methods")
-        if not isinstance(methods, list) or not methods or not set(methods) <= {"nnk", "knn"}:
-            raise damaged(f"attribute 'methods' is {_short(methods)}, expected a list of 'nnk' and 'knn'")
+        if not isinstance(methods, list) or not methods or not set(methods) <= set(METHODS):
+            raise damaged(f"attribute 'methods' is {_short(methods)}, expected a list of 'nnk' and 'knn' (or 'linear')")
         self.methods = tuple(dict.fromkeys(methods))
+        k = attrs.get("k")
+        if self.methods == ("linear",) and k is None:
+            self.k = None  # a linear probe has no neighbors
+        elif not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise damaged(f"attribute 'k' is {_short(k)}, expected an integer >= 1")
+        else:
+            self.k = k
         names = attrs.get("class_names")
         if names is not None and not (isinstance(names, list) and all(isinstance(c, str) for c in names)):
             raise damaged(f"attribute 'class_names' is {_short(names)}, expected a list of strings")

@@ -255,7 +255,8 @@ def test_usage_and_input_errors(runner, store, tmp_path):
     res = invoke(runner, "compare", store, "--a", "svm@3", "--b", "nnk")
     assert res.exit_code == 2
     assert (
-        "Invalid value for '--a': expected METHOD[@K] with METHOD nnk or knn and K >= 1 (e.g. knn@20), got 'svm@3'"
+        "Invalid value for '--a': expected METHOD[@K] with METHOD nnk, knn or linear and K >= 1 (e.g. knn@20), "
+        "got 'svm@3'"
     ) in res.stderr
     res = invoke(runner, "compare", store)
     assert res.exit_code == 1

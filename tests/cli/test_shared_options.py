@@ -31,6 +31,8 @@ ARGS = {
     "quality": ["nope.h5"],
     "audit": ["nope.h5", "--out", "nope/audit.csv"],
     "fewshot": ["nope.h5"],
+    "probe": ["nope.h5"],
+    "report": ["nope.h5"],
 }
 
 #: options that share only their name: a different thing in each command
@@ -40,7 +42,7 @@ SAME_NAME_ONLY = {
     "--plot": "a different figure in each command",
     "--tensorboard": "a different set of scalars in each command",
     "--split": "extract writes that split, quality measures it (default val), audit audits its labels (default train)",
-    "--seed": "compare's bootstrap seed, quality's sample seed, fewshot's draw seed",
+    "--seed": "compare's bootstrap seed, quality's sample seed, fewshot's draw seed, probe's held-out draw",
 }
 
 #: options declared in variants (the same check and grammar): command -> variant; one wording per variant
@@ -53,6 +55,12 @@ VARIANTS = {
         "quality": "one k among a split's other rows",
         "audit": "one k among a split's other rows",
         "fewshot": "a SPEC capped at the subset's rows, DINOv2's default",
+        "report": "SPEC, the paper's k values by default",
+    },
+    # report adds markdown and latex to the formats every command has
+    "--format": {
+        **{name: "table|json|csv" for name in ARGS if name not in ("report", "plot")},
+        "report": "+ markdown|latex",
     },
     "--gate-method": {"classify": "one run", "sweep": "one run", "merge": "one run", "evaluate": "history"},
 }
@@ -61,6 +69,11 @@ VARIANTS = {
 BAD = {
     "--alpha": "1",
     "--backend": "tpu",
+    "--c-grid": "0,1",
+    "--max-iter": "0",
+    "--patience": "-1",
+    "--tol": "0",
+    "--val-fraction": "1",
     "--batch-size": "0",
     "--chunk-size": "0",
     "--confidence": "2",
