@@ -10,9 +10,8 @@ Under ``torch.distributed`` each loader is split across the ranks so that every 
 embedded exactly once, in the dataset's order:
 
 - a loader whose sampler is a ``DistributedSampler``: the sampler pads its index list by
-  repeating samples until every rank has as many; rank ``r``'s ``j``-th sample is position
-  ``j * world + r`` of that list, and the padding is the positions past the dataset's length,
-  which are dropped (with ``shuffle=True`` too: the padding is the list's tail);
+  repeating samples until every rank draws as many; each rank sends the indices its sampler
+  yields with its rows, and rank 0 keeps each dataset index once, in index order (shuffled too);
 - a map-style loader with a sequential sampler: each rank embeds one contiguous slice of the
   dataset (``nnkcli.extract.distributed.rank_slice``, the split a ``torchrun`` extraction uses)
   through a loader of the same batch size, workers and collate function;
@@ -47,8 +46,9 @@ def scoring_settings(k=None, *, methods=None, protocol: str | None = None, **set
     """The keyword settings of :func:`nnkcli.evaluate_features`, with a protocol preset applied.
 
     A preset (``nnkcli.evaluation.protocols``) fills the k values, temperature, top-5 rule and
-    solver not given; with neither ``k`` nor a preset, ``nnk sweep``'s default k. Every value is
-    checked here (an ``OptionError`` naming it), so a callback refuses a bad one before training.
+    solver not given; with neither ``k`` nor a preset, ``nnk sweep``'s default k; a list of
+    temperatures is a grid. Every value is checked (an ``OptionError`` naming it) and returned in
+    its checked form, so that a callback refuses a bad one before training starts.
     """
     from nnkcli.evaluation.options import DEFAULT_K_SPEC, ScoringOptions, apply_protocol
 
@@ -61,8 +61,8 @@ def scoring_settings(k=None, *, methods=None, protocol: str | None = None, **set
         given["protocol"] = protocol
     out = apply_protocol(given)
     out.setdefault("k_values", DEFAULT_K_SPEC)
-    ScoringOptions().replace(**out)  # validates every field
-    return out
+    checked = ScoringOptions().replace(**out)  # validates every field
+    return {key: getattr(checked, key) for key in out}
 
 
 def default_batch_fn(batch) -> tuple[Any, Any]:
@@ -142,8 +142,12 @@ def embed(model, loader, *, feature_fn=None, batch_fn=None, fp16: bool = False) 
 
 
 def _plan(loader, rank: int, world: int):
-    """How this rank takes part in embedding ``loader``: ("sampler", loader, sampler rank, dataset length),
-    ("slice", loader of this rank's slice, rank, None) or ("rank0", loader or None, 0, None)."""
+    """How this rank takes part in embedding ``loader``: ``(kind, loader or None, key)``.
+
+    ``kind`` is "sampler" (``key``: the dataset indices the sampler yields, in order), "slice"
+    (``key``: this rank; the loader is a new one over this rank's slice) or "rank0" (``key``: 0;
+    the loader on rank 0, None elsewhere).
+    """
     from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, SequentialSampler, Subset
 
     from nnkcli.extract.distributed import rank_slice
@@ -151,7 +155,8 @@ def _plan(loader, rank: int, world: int):
     sampler = getattr(loader, "sampler", None)
     dataset = getattr(loader, "dataset", None)
     if isinstance(sampler, DistributedSampler):
-        return "sampler", loader, (sampler.rank, sampler.num_replicas), len(sampler.dataset)  # type: ignore[arg-type]
+        # the order the loader will draw (its epoch and seed fix it), padding included
+        return "sampler", loader, np.fromiter(iter(sampler), dtype=np.int64)
     if (
         world > 1
         and isinstance(loader, DataLoader)
@@ -168,29 +173,32 @@ def _plan(loader, rank: int, world: int):
             collate_fn=loader.collate_fn,
             pin_memory=loader.pin_memory,
         )
-        return "slice", part, (rank, world), None
+        return "slice", part, rank
     if world > 1 and rank == 0:
         logger.info(
             "a loader without a DistributedSampler or a sequential sampler is embedded whole by rank 0; "
             "give it a DistributedSampler to share the work"
         )
-    return "rank0", (loader if rank == 0 else None), (0, 1), None
+    return "rank0", (loader if rank == 0 else None), 0
 
 
-def _assemble(kind: str, parts: list, n_dataset: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """The ranks' ``(features, labels, (rank, world))`` parts as one set, each sample once, in dataset order."""
+def _assemble(kind: str, parts: list) -> tuple[np.ndarray, np.ndarray]:
+    """The ranks' ``(features, labels, key)`` parts as one set, each sample once, in dataset order."""
     parts = [p for p in parts if p is not None and len(p[1])]
     if not parts:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    features = np.concatenate([x for x, _, _ in parts])
+    labels = np.concatenate([y for _, y, _ in parts])
     if kind == "sampler":
-        # rank r's j-th sample is position j * world + r of the sampler's padded list; the padding is past n
-        positions = np.concatenate([r + w * np.arange(len(y)) for _, y, (r, w) in parts])
-        features, labels = np.concatenate([x for x, _, _ in parts]), np.concatenate([y for _, y, _ in parts])
-        keep = np.flatnonzero(positions < n_dataset)
-        order = keep[np.argsort(positions[keep], kind="stable")]
-        return features[order], labels[order]
-    parts.sort(key=lambda p: p[2][0])
-    return np.concatenate([x for x, _, _ in parts]), np.concatenate([y for _, y, _ in parts])
+        # a DistributedSampler pads by repeating indices so that every rank draws as many: keep
+        # each dataset index once (a loader dropping its last batch drew fewer than the sampler yields)
+        indices = np.concatenate([key[: len(y)] for _, y, key in parts])
+        _, first = np.unique(indices, return_index=True)  # sorted by dataset index
+        return features[first], labels[first]
+    order = np.argsort([key for _, _, key in parts], kind="stable")
+    starts = np.cumsum([0] + [len(y) for _, y, _ in parts])
+    rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in order])
+    return features[rows], labels[rows]
 
 
 def _failure(exc: BaseException, rank: int) -> tuple[str, str]:
@@ -261,19 +269,19 @@ def evaluate_model(
 
     modes = [(module, module.training) for module in model.modules()]
     mine: list = []
-    lengths: list = []
+    kinds: list[str] = []
     error = None
     try:
         model.eval()
         with torch.no_grad():
             for loader in (train_loader, val_loader):
-                kind, part, where, n_dataset = _plan(loader, rank, world)
-                lengths.append((kind, n_dataset))
+                kind, part, key = _plan(loader, rank, world)
+                kinds.append(kind)
                 if part is None:
                     mine.append(None)
                     continue
                 x, y = embed(model, part, feature_fn=feature_fn, batch_fn=batch_fn, fp16=fp16)
-                mine.append((x, y, where))
+                mine.append((x, y, key))
     except Exception as exc:
         if not distributed:
             raise
@@ -282,7 +290,7 @@ def evaluate_model(
         for module, training in modes:
             module.training = training
     if not distributed:
-        return _evaluate(mine, lengths, scoring, class_names)
+        return _score(*(_assemble(kind, [part]) for kind, part in zip(kinds, mine, strict=True)), scoring, class_names)
 
     gathered: list | None = [None] * world if rank == 0 else None
     dist.gather_object(_failure(error, rank) if error is not None else mine, gathered, dst=0)
@@ -295,7 +303,7 @@ def evaluate_model(
         else:
             try:
                 per_loader = [[g[i] for g in gathered] for i in range(2)]
-                train, val = (_assemble(kind, parts, n) for (kind, n), parts in zip(lengths, per_loader, strict=True))
+                train, val = (_assemble(kind, parts) for kind, parts in zip(kinds, per_loader, strict=True))
                 outcome = _score(train, val, scoring, class_names)
             except Exception as exc:
                 error, outcome = exc, _failure(exc, rank)
@@ -307,11 +315,6 @@ def evaluate_model(
         name, message = box[0]
         raise InputError(f"the evaluation failed on another rank ({name}): {message}")
     return box[0]
-
-
-def _evaluate(mine: list, lengths: list, scoring: dict, class_names) -> SweepResult:
-    train, val = (_assemble(kind, [part], n) for (kind, n), part in zip(lengths, mine, strict=True))
-    return _score(train, val, scoring, class_names)
 
 
 def _score(train, val, scoring: dict, class_names) -> SweepResult:
