@@ -201,6 +201,19 @@ def _assemble(kind: str, parts: list) -> tuple[np.ndarray, np.ndarray]:
     return features[rows], labels[rows]
 
 
+def search_settings(scoring: dict, device, fp16: bool) -> dict:
+    """``scoring`` with where the evaluator searches: on CUDA (the torch backend, fp16 if asked) for a
+    model on CUDA, unless ``device`` or ``backend`` were given; ``fp16`` with a model elsewhere is refused."""
+    if fp16 and device.type != "cuda":
+        raise InputError(f"fp16 needs a model on a CUDA device (it is on {device})", hint="drop fp16 on the CPU")
+    out = dict(scoring)
+    if device.type == "cuda" and "device" not in out and "backend" not in out:
+        out.update(backend="torch", device="cuda")
+    if fp16:
+        out["fp16"] = True
+    return out
+
+
 def _failure(exc: BaseException, rank: int) -> tuple[str, str]:
     return (type(exc).__name__, f"rank {rank}: {exc}")
 
@@ -257,13 +270,7 @@ def evaluate_model(
     import torch.distributed as dist
 
     scoring = scoring_settings(k, methods=methods, protocol=protocol, **settings)
-    device = model_device(model)
-    if fp16 and device.type != "cuda":
-        raise InputError("fp16 needs a model on a CUDA device", hint="drop fp16 on the CPU")
-    if device.type == "cuda" and "device" not in scoring and "backend" not in scoring:
-        scoring.update(backend="torch", device="cuda")
-    if fp16:
-        scoring["fp16"] = True
+    scoring = search_settings(scoring, model_device(model), fp16)
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
 

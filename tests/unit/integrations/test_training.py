@@ -19,6 +19,7 @@ from nnkcli.integrations.training import (  # noqa: E402
     evaluate_model,
     metrics,
     scoring_settings,
+    search_settings,
 )
 
 
@@ -199,3 +200,14 @@ def test_metrics_flatten_the_best_and_every_row(data):
     assert "nnk/top1_k6" in metrics(result, key_format="{method}/{metric}_k{k}")  # names MLflow accepts
     grid = metrics(evaluate_features(xt, yt, xv, yv, **scoring_settings(k=2, methods="knn", temperature=[0.05, 0.1])))
     assert {"knn/top1@2,T=0.05", "knn/top1@2,T=0.1"} <= set(grid)
+
+
+def test_a_cuda_model_is_scored_on_cuda_unless_told_otherwise():
+    cuda, cpu = torch.device("cuda", 1), torch.device("cpu")
+    assert search_settings({"k_values": (5,)}, cuda, False) == {"k_values": (5,), "backend": "torch", "device": "cuda"}
+    assert search_settings({}, cuda, True) == {"backend": "torch", "device": "cuda", "fp16": True}
+    assert search_settings({"backend": "faiss"}, cuda, False) == {"backend": "faiss"}
+    assert search_settings({"device": "cpu"}, cuda, False) == {"device": "cpu"}
+    assert search_settings({}, cpu, False) == {}
+    with pytest.raises(InputError, match="fp16 needs a model on a CUDA device"):
+        search_settings({}, cpu, True)
