@@ -14,18 +14,22 @@ where only the older ``pytorch_lightning`` package is installed it subclasses th
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from nnkcli.errors import MissingDependencyError, OptionError
 from nnkcli.evaluation.results import SweepResult
 from nnkcli.integrations.training import evaluate_model, metrics, model_device, scoring_settings
 
-try:
+if TYPE_CHECKING:
     from lightning.pytorch import Callback
-except ImportError:  # the package's name before Lightning 2.0, still published
+else:
     try:
-        from pytorch_lightning import Callback
-    except ImportError:
-        raise MissingDependencyError("nnkcli.integrations.lightning", "lightning") from None
+        from lightning.pytorch import Callback
+    except ImportError:  # the package's name before Lightning 2.0, still published
+        try:
+            from pytorch_lightning import Callback
+        except ImportError:
+            raise MissingDependencyError("nnkcli.integrations.lightning", "lightning") from None
 
 
 def _every(value, name: str) -> int | None:

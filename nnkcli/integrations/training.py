@@ -297,7 +297,8 @@ def evaluate_model(
         for module, training in modes:
             module.training = training
     if not distributed:
-        return _score(*(_assemble(kind, [part]) for kind, part in zip(kinds, mine, strict=True)), scoring, class_names)
+        train, val = (_assemble(kind, [part]) for kind, part in zip(kinds, mine, strict=True))
+        return _score(train, val, scoring, class_names)
 
     gathered: list | None = [None] * world if rank == 0 else None
     dist.gather_object(_failure(error, rank) if error is not None else mine, gathered, dst=0)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from nnk_data import mixture
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from nnk_data import mixture
 
 N_TRAIN, N_VAL, DIM, K = 61, 23, 8, [3, 7]  # odd sizes: a DistributedSampler over 2 ranks pads one sample
 

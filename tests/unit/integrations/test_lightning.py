@@ -133,7 +133,9 @@ def test_bad_options_are_refused_before_training(fit):
 
     assert issubclass(Module, LightningModule)
     with pytest.raises(OptionError, match="fp16"):
-        fit.trainer(callbacks=[NNKEvalCallback(*loaders, k=3, fp16=True)]).fit(Module(), DataLoader(train, batch_size=16))
+        fit.trainer(callbacks=[NNKEvalCallback(*loaders, k=3, fp16=True)]).fit(
+            Module(), DataLoader(train, batch_size=16)
+        )
     assert stepped == []
 
 

@@ -7,9 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from nnk_data import mixture  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset  # noqa: E402
 
+from nnk_data import mixture  # noqa: E402
 from nnkcli import evaluate_features  # noqa: E402
 from nnkcli.errors import InputError, OptionError  # noqa: E402
 from nnkcli.integrations.training import (  # noqa: E402
@@ -83,7 +83,13 @@ def test_dict_batches_a_batch_fn_and_a_feature_fn(data):
     assert _comparable(by_keys.to_dict()) == expected
     triples = [(xt[i : i + 10], "meta", yt[i : i + 10]) for i in range(0, len(yt), 10)]
     custom = evaluate_model(
-        model, triples, [(xv, "meta", yv)], k=5, methods="knn", feature_fn=lambda m, x: m[0](x), batch_fn=lambda b: (b[0], b[2])
+        model,
+        triples,
+        [(xv, "meta", yv)],
+        k=5,
+        methods="knn",
+        feature_fn=lambda m, x: m[0](x),
+        batch_fn=lambda b: (b[0], b[2]),
     )
     assert _comparable(custom.to_dict()) == expected
 
