@@ -73,6 +73,8 @@ class NNKEvalCallback(Callback):
     **settings
         Any other scoring setting of :func:`nnkcli.evaluate_features` (``temperature``, ``kernel`` ...).
 
+    Notes
+    -----
     Every rank logs the same values (rank 0's evaluation, broadcast), so ``ModelCheckpoint`` and
     ``EarlyStopping`` can monitor ``nnk/top1``. ``last_result`` holds the latest ``SweepResult``.
     """
