@@ -38,6 +38,7 @@ LAYERS = {
     "tensorboard_log": 5,
     "estimators": 5,
     "tracking": 5,
+    "integrations": 6,  # training frameworks and trackers: the evaluators in a training run
     "output": 6,
     "process": 6,
     "cli": 7,
@@ -59,7 +60,10 @@ OWNERS = {
     # the compiled NNK kernel (optional: the 'fast' extra)
     "numba": {"numerics.compiled_kernel"},
     # the GPU path: the search backend and its NNK solve (kept apart: each a module to read in one sitting)
-    "torch": {"extract", "evaluation.torch_backend", "evaluation.torch_solver"},
+    "torch": {"extract", "evaluation.torch_backend", "evaluation.torch_solver", "integrations.training"},
+    # the training-time callback (optional: the 'lightning' extra; the package's older name too)
+    "lightning": {"integrations.lightning"},
+    "pytorch_lightning": {"integrations.lightning"},
     # result rows as a DataFrame (optional: the 'pandas' extra)
     "pandas": {"evaluation.results"},
 }
