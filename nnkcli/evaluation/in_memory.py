@@ -58,10 +58,10 @@ def evaluate_features(
     SweepResult
         ``.to_dict()`` is the JSON-able document; ``.rows()``, ``.best`` and ``.results`` as ``sweep``'s.
     """
-    from nnkcli.evaluation.options import DEFAULT_K_SPEC, ScoringOptions
+    from nnkcli.evaluation.options import DEFAULT_K_SPEC, ScoringOptions, apply_protocol
     from nnkcli.evaluation.sweeps import sweep_evaluation
 
-    settings = with_k(settings, k)
+    settings = apply_protocol(with_k(settings, k))  # a preset fills what is not given, as sweep's
     if options is None and "k_values" not in settings:
         settings["k_values"] = DEFAULT_K_SPEC
     options = options if options is not None else ScoringOptions()

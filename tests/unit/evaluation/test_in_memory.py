@@ -97,3 +97,16 @@ def test_bad_input_is_one_clear_error(change, message):
     change(args)
     with pytest.raises(InputError, match=message):
         evaluate_features(**args)
+
+
+def test_a_protocol_preset_is_applied_as_sweep_applies_it(tmp_path):
+    """protocol="dino" sets DINO's k values and temperature (it was recorded but not applied)."""
+    Xt, yt, Xq, yq = _clusters(n_train=400)
+    store = tmp_path / "s.h5"
+    write_split(store, "train", Xt, yt, source="test")
+    write_split(store, "val", Xq, yq, source="test")
+    in_memory = evaluate_features(Xt, yt, Xq, yq, protocol="dino").to_dict()
+    assert sorted({row["k"] for row in in_memory["results"]}) == [10, 20, 100, 200]  # DINO's eval_knn.py nb_knn
+    assert _comparable(in_memory) == _comparable(sweep(store, protocol="dino").to_dict())
+    # an explicit k wins over the preset's
+    assert {row["k"] for row in evaluate_features(Xt, yt, Xq, yq, protocol="dino", k=7).to_dict()["results"]} == {7}
