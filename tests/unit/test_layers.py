@@ -39,6 +39,7 @@ LAYERS = {
     "estimators": 5,
     "tracking": 5,
     "output": 6,
+    "integrations": 6,  # experiment trackers and training frameworks, over the evaluation and tracking
     "process": 6,
     "cli": 7,
     "commands": 8,
@@ -62,6 +63,9 @@ OWNERS = {
     "torch": {"extract", "evaluation.torch_backend", "evaluation.torch_solver"},
     # result rows as a DataFrame (optional: the 'pandas' extra)
     "pandas": {"evaluation.results"},
+    # the experiment trackers (optional: the 'wandb' and 'mlflow' extras), one module each
+    "wandb": {"integrations.wandb_export"},
+    "mlflow": {"integrations.mlflow_export"},
 }
 
 
@@ -177,7 +181,7 @@ def test_the_arrow_check_can_fail(monkeypatch):
 
 BLOCKED_CORE = textwrap.dedent("""
     import importlib.abc, sys
-    BLOCKED = ("click", "rich", "torch", "matplotlib", "numba")
+    BLOCKED = ("click", "rich", "torch", "matplotlib", "numba", "wandb", "mlflow")
 
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
