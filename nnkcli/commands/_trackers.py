@@ -23,9 +23,9 @@ from collections.abc import Iterator
 
 import click
 
-from nnkcli.commands._options import option_bundle
+from nnkcli.commands._options import check_with, option_bundle
 from nnkcli.errors import NnkError
-from nnkcli.integrations.trackers import DEFAULT_EXPERIMENT, Trackers
+from nnkcli.integrations.trackers import DEFAULT_EXPERIMENT, Trackers, check_not_empty, check_project
 
 logger = logging.getLogger("nnkcli")
 
@@ -39,6 +39,7 @@ def tracker_options(f):
             "--wandb",
             default=None,
             metavar="PROJECT",
+            callback=check_with(check_project),
             help="Also log each evaluated source as a run of this Weights & Biases project (its id derived "
             "from the source, so a re-run updates it; WANDB_ENTITY, WANDB_DIR, WANDB_MODE=offline as usual; "
             "needs the wandb extra).",
@@ -47,6 +48,7 @@ def tracker_options(f):
             "--mlflow",
             default=None,
             metavar="URI",
+            callback=check_with(check_not_empty),
             help="Also log each evaluated source as a run of this MLflow tracking URI (file:./mlruns, "
             "http://HOST:5000; a re-run updates it; needs the mlflow extra).",
         ),
@@ -55,6 +57,7 @@ def tracker_options(f):
             default=DEFAULT_EXPERIMENT,
             show_default=True,
             metavar="NAME",
+            callback=check_with(check_not_empty),
             help="MLflow experiment of --mlflow (created when missing).",
         ),
     ]

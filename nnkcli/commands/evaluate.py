@@ -371,6 +371,4 @@ def evaluate(
                 hint="failed sources are not recorded; the next run retries them",
             )
         if gate is not None and not gate.passed:
-            raise GateFailed(
-                "; ".join(gate.failures), hint=f"see the whole history with: nnk history {history_path}"
-            )
+            raise GateFailed("; ".join(gate.failures), hint=f"see the whole history with: nnk history {history_path}")

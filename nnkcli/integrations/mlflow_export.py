@@ -68,10 +68,6 @@ def check(uri: str, experiment: str = DEFAULT_EXPERIMENT) -> None:
     """Fail before a long computation: mlflow installed, a file store's folder a folder."""
     if not available():
         raise MissingDependencyError("--mlflow", "mlflow")
-    if not uri.strip():
-        raise OutputError("--mlflow needs a tracking URI", hint="file:./mlruns, http://HOST:5000, databricks ...")
-    if not experiment.strip():
-        raise OutputError("--mlflow-experiment needs a name")
     folder = local_store(uri)
     if folder is not None and folder.exists() and not folder.is_dir():
         raise OutputError(f"cannot write MLflow runs to {uri}: {folder} is a file", hint="give a folder")

@@ -20,11 +20,33 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnkcli.errors import OptionError, SettingName
 from nnkcli.tracking.export import TrackedRun, tracked_runs
 
 logger = logging.getLogger("nnkcli")
 
 DEFAULT_EXPERIMENT = "nnk"  # mlflow_export.DEFAULT_EXPERIMENT, without importing it
+#: characters W&B refuses in a project name
+WANDB_PROJECT_FORBIDDEN = "/\\#?%:"
+
+
+def check_project(value: str, name: str | SettingName = "wandb") -> str:
+    """A W&B project name: not empty, at most 128 characters, none of ``/ \\ # ? % :``."""
+    if not value.strip() or len(value) > 128 or any(c in value for c in WANDB_PROJECT_FORBIDDEN):
+        raise OptionError(
+            name,
+            value,
+            "must be a W&B project name: 1 to 128 characters, none of / \\ # ? % :",
+            hint="the entity (team or user) comes from WANDB_ENTITY",
+        )
+    return value
+
+
+def check_not_empty(value: str, name: str | SettingName) -> str:
+    """An MLflow tracking URI or experiment name: not blank."""
+    if not value.strip():
+        raise OptionError(name, value, "must not be empty")
+    return value
 
 
 @dataclass(frozen=True)
@@ -54,10 +76,13 @@ class Trackers:
     def check(self) -> None:
         """Fail before a long computation: the extras installed, the names usable (no import of either)."""
         if self.wandb is not None:
+            check_project(self.wandb)
             from nnkcli.integrations import wandb_export
 
             wandb_export.check(self.wandb)
         if self.mlflow is not None:
+            check_not_empty(self.mlflow, "mlflow")
+            check_not_empty(self.mlflow_experiment, "mlflow_experiment")
             from nnkcli.integrations import mlflow_export
 
             mlflow_export.check(self.mlflow, self.mlflow_experiment)

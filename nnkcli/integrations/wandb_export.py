@@ -43,14 +43,9 @@ def _wandb():
 
 
 def check(project: str) -> None:
-    """Fail before a long computation: wandb installed, the project named, ``WANDB_DIR`` usable."""
+    """Fail before a long computation: wandb installed, ``WANDB_DIR`` usable (the name: ``trackers.check_project``)."""
     if not available():
         raise MissingDependencyError("--wandb", "wandb")
-    if not project or not project.strip() or any(c in project for c in "/\\#?%:"):
-        raise OutputError(
-            f"--wandb {project!r} is not a W&B project name",
-            hint="a name without / \\ # ? % : (the entity comes from WANDB_ENTITY)",
-        )
     folder = os.environ.get("WANDB_DIR")
     if folder and Path(folder).exists() and not Path(folder).is_dir():
         raise OutputError(f"cannot write W&B runs: WANDB_DIR {folder} is a file", hint="point WANDB_DIR to a folder")
