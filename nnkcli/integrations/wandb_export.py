@@ -79,6 +79,10 @@ def export_runs(
         try:
             run = wandb.init(
                 project=project,
+                # read at each call, not once per process as wandb's settings are: a loop may change them
+                entity=os.environ.get("WANDB_ENTITY") or None,
+                dir=os.environ.get("WANDB_DIR") or None,
+                mode=os.environ.get("WANDB_MODE") or None,
                 id=run_id,
                 name=tracked.name,
                 resume="allow",
