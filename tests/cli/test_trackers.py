@@ -147,14 +147,6 @@ def test_sweep_to_wandb_offline_and_an_mlflow_file_store(runner, offline):
     [folder] = client.list_artifacts(ml.info.run_id)
     assert [a.path for a in client.list_artifacts(ml.info.run_id, folder.path)] == ["nnk/sweep.png"]
 
-    # the same command again: the same runs, updated
-    res = runner.invoke(cli, [*args, "--wandb", "proj", "--mlflow", uri, "--mlflow-experiment", "exp"])
-    assert res.exit_code == 0, res.stderr
-    assert {r.id for r in wandb_offline.offline_runs(offline / "wb")} == {run.id}
-    [again] = mlflow_runs(uri, "exp")
-    assert again.info.run_id == ml.info.run_id
-    assert [p.step for p in client.get_metric_history(ml.info.run_id, "nnk/top1")] == [12, 12]
-
 
 @pytest.mark.slow
 def test_evaluate_rerun_updates_the_same_runs_and_history_backfills_them(runner, offline):

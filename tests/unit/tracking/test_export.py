@@ -135,7 +135,7 @@ _LEAF = st.one_of(st.integers(), st.text("xy", max_size=2), st.none(), st.lists(
 _KEYS = st.text("abc", min_size=1, max_size=2)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     st.dictionaries(_KEYS, st.recursive(_LEAF, lambda inner: st.dictionaries(_KEYS, inner, max_size=3), max_leaves=6))
 )
