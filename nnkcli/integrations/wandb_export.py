@@ -89,7 +89,6 @@ def export_runs(
                 group=tracked.group,
                 job_type=tracked.kind,
                 tags=["nnk", tracked.kind],
-                config=tracked.params,
                 reinit="create_new",  # beside a run the caller may have open (a training loop)
                 settings=settings,
             )
@@ -99,8 +98,8 @@ def export_runs(
                 hint="check `wandb login` (or WANDB_API_KEY) and WANDB_DIR, or set WANDB_MODE=offline",
             ) from None
         try:
-            run.config.update(tracked.params, allow_val_change=True)  # a resumed run's config too
-            run.config.update({"nnk_key": tracked.key}, allow_val_change=True)
+            # after init, not through it: a resumed run whose values changed is updated, not refused
+            run.config.update({**tracked.params, "nnk_key": tracked.key}, allow_val_change=True)
             data: dict = dict(tracked.metrics)
             figure = figure_for(tracked) if figure_for is not None else None
             if figure is not None:
