@@ -7,6 +7,7 @@ import click
 from nnkcli.cli import command_options, get_ui
 from nnkcli.commands._options import data_options, gate_options, scoring_options, shard_option
 from nnkcli.commands._render import render_classification
+from nnkcli.commands._trackers import exported, tracker_options
 
 
 @click.command("classify")
@@ -24,8 +25,9 @@ from nnkcli.commands._render import render_classification
     help="Write per-query neighbors, scores, top-5 and NNK weights to this HDF5 file "
     "(with --shard: the shard's partial result file for 'nnk merge').",
 )
+@tracker_options
 @command_options
-def classify(store, scoring, data, shard, per_class, out, min_top1, min_top5, gate_method, fmt):
+def classify(store, scoring, data, shard, per_class, out, trackers, min_top1, min_top5, gate_method, fmt):
     """Classify the query split by its k nearest training rows, with NNK and weighted kNN.
 
     Accuracies are in % (0-100). Queries labelled -1 are predicted but not scored.
@@ -41,6 +43,7 @@ def classify(store, scoring, data, shard, per_class, out, min_top1, min_top5, ga
       nnk classify feats.h5 --backend torch --device cuda --fp16
       nnk classify feats.h5 --protocol nnk-paper        # the NNK paper's solver and top-5
       nnk classify feats.h5 --method knn --temperature 0.02,0.05,0.07,0.1
+      nnk classify epoch_30.h5 --k 20 --wandb my-project   # a W&B run named "step 30"
     """
     from nnkcli.evaluation.classification import classify as run_classify
     from nnkcli.numerics.metrics import check_gate_method, check_gates
@@ -61,4 +64,5 @@ def classify(store, scoring, data, shard, per_class, out, min_top1, min_top5, ga
     ).to_dict()
     rows = doc["results"]
     render_classification(doc, fmt, per_class=per_class)
-    check_gates(rows, min_top1=min_top1, min_top5=min_top5, gate_method=gate_method)
+    with exported(doc, trackers):  # last: a tracker that cannot be written loses no result
+        check_gates(rows, min_top1=min_top1, min_top5=min_top5, gate_method=gate_method)

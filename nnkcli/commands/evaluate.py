@@ -19,6 +19,7 @@ from nnkcli.commands._options import (
     scoring_options,
 )
 from nnkcli.commands._render import quality_columns
+from nnkcli.commands._trackers import exported, tracker_options
 from nnkcli.errors import GateFailed, NnkError
 from nnkcli.output import Column, render
 from nnkcli.tracking.quality_entries import quality_row
@@ -157,8 +158,12 @@ Examples:
   nnk evaluate --watch-dir runs/feats --history runs/history.jsonl --quality \\
       --fail-on-regression 5 --gate-metric rankme
 \b
-Exit codes: 0 ok (also when nothing was new), 1 a source failed or bad input,
-2 usage error, 3 a gate failed (the results are still recorded), 130 interrupted.
+  # each source evaluated now also a W&B run and an MLflow run (a --force re-run updates them)
+  nnk evaluate --watch-dir runs/feats --history runs/history.jsonl --wandb my-project --mlflow file:./mlruns
+\b
+Exit codes: 0 ok (also when nothing was new), 1 a source failed, bad input or
+--wandb/--mlflow could not be written (the results are still recorded), 2 usage
+error, 3 a gate failed (the results are still recorded), 130 interrupted.
 """
 
 
@@ -204,10 +209,12 @@ Exit codes: 0 ok (also when nothing was new), 1 a source failed or bad input,
 @_quality_options
 @_evaluate_model_options
 @lock_timeout_option
+@tracker_options
 @command_options
 @click.pass_context
 def evaluate(
     ctx,
+    trackers,
     sources,
     history_path,
     watch_dir,
@@ -355,11 +362,13 @@ def evaluate(
     )
 
     failed = [o for o in outcomes if o.status is RunStatus.FAILED]
-    if failed:
-        first = failed[0]
-        raise NnkError(
-            f"{len(failed)} of {len(outcomes)} sources failed; {first.source.name}: {first.reason}",
-            hint="failed sources are not recorded; the next run retries them",
-        )
-    if gate is not None and not gate.passed:
-        raise GateFailed("; ".join(gate.failures), hint=f"see the whole history with: nnk history {history_path}")
+    evaluated = [o.entry for o in outcomes if o.status is RunStatus.EVALUATED and o.entry is not None]
+    with exported({"entries": evaluated}, trackers):  # last, and only what was evaluated now
+        if failed:
+            first = failed[0]
+            raise NnkError(
+                f"{len(failed)} of {len(outcomes)} sources failed; {first.source.name}: {first.reason}",
+                hint="failed sources are not recorded; the next run retries them",
+            )
+        if gate is not None and not gate.passed:
+            raise GateFailed("; ".join(gate.failures), hint=f"see the whole history with: nnk history {history_path}")

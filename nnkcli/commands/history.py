@@ -10,6 +10,7 @@ import click
 from nnkcli.cli import command_options, get_ui
 from nnkcli.commands._options import plot_option, title_option
 from nnkcli.commands._render import quality_columns
+from nnkcli.commands._trackers import export_last, tracker_options
 from nnkcli.output import Column, render
 
 logger = logging.getLogger("nnkcli")
@@ -36,6 +37,8 @@ Examples:
   nnk history runs/history.jsonl --plot history.pdf --title "ViT-S/16 on ImageNet-100"
   nnk history runs/history.jsonl --format json | jq '.best.nnk'
   nnk history runs/history.jsonl --tensorboard runs/tb    # then: tensorboard --logdir runs/tb
+  nnk history runs/history.jsonl --wandb my-project       # back-fill: a W&B run per source
+  nnk history runs/history.jsonl --mlflow file:./mlruns   # the same in MLflow
   nnk history runs/history.jsonl --params                 # the parameter sets recorded
   nnk history runs/history.jsonl --param-set 2            # or a key prefix: --param-set 3f9c
 \b
@@ -45,7 +48,8 @@ Rows are ordered by step (epoch, global step ... read from each checkpoint or it
 file name), sources without a step after them by time. 'vs prev' is the change
 from the row before, 'vs best' the distance to the best row, marked in 'best'.
 Quality metrics recorded by nnk evaluate --quality get a column each (and a panel
-each in --plot).
+each in --plot). --wandb and --mlflow write one run per source of the parameter
+set shown, the same runs nnk evaluate --wandb/--mlflow writes (a re-run updates them).
 Malformed lines are reported on stderr with their line number and skipped.
 """
 
@@ -67,6 +71,7 @@ Malformed lines are reported on stderr with their line number and skipped.
     help="Also write best top-1/top-5/k per method (and quality/<metric> of --quality) against the step "
     "as TensorBoard scalars (needs the tensorboard extra).",
 )
+@tracker_options
 @click.option("--params", "list_params", is_flag=True, help="List the history's parameter sets instead.")
 @click.option(
     "--param-set",
@@ -77,7 +82,7 @@ Malformed lines are reported on stderr with their line number and skipped.
 )
 @command_options
 @click.pass_context
-def history(ctx, history_path, plot_path, title, tensorboard_dir, list_params, param_set, fmt):
+def history(ctx, history_path, plot_path, title, tensorboard_dir, trackers, list_params, param_set, fmt):
     """Show the evaluations recorded in HISTORY by nnk evaluate, one row per source."""
     from nnkcli.errors import InputError
     from nnkcli.tracking.history import read_history
@@ -87,6 +92,8 @@ def history(ctx, history_path, plot_path, title, tensorboard_dir, list_params, p
     ui = get_ui(ctx)
     if title is not None and plot_path is None:
         raise click.UsageError("--title is the title of the --plot figure: give --plot too")
+    if list_params and trackers:
+        raise click.UsageError("--params lists the parameter sets; --wandb/--mlflow export one: drop --params")
     if tensorboard_dir is not None:
         from nnkcli.tensorboard_log import check_logdir
 
@@ -165,3 +172,4 @@ def history(ctx, history_path, plot_path, title, tensorboard_dir, list_params, p
         title=f"nnk history {history_path}",
         caption=caption,
     )
+    export_last({"entries": view.ordered}, trackers)  # after the table: a failed export loses nothing

@@ -14,6 +14,7 @@ from nnkcli.commands._options import (
     title_option,
 )
 from nnkcli.commands._render import render_sweep
+from nnkcli.commands._trackers import exported, tracker_options
 
 
 @click.command("sweep")
@@ -50,10 +51,14 @@ from nnkcli.commands._render import render_sweep
     type=click.IntRange(min=0, max=2**63 - 1),  # TensorBoard stores an int64
     default=None,
     metavar="N",
-    help="Training step (epoch) of these features, for --tensorboard.",
+    help="Training step (epoch) of these features, for --tensorboard, --wandb and --mlflow "
+    "[default for these two: read from the store's file name].",
 )
+@tracker_options
 @command_options
-def sweep(store, scoring, data, shard, out, plot, title, tensorboard_dir, step, min_top1, min_top5, gate_method, fmt):
+def sweep(
+    store, scoring, data, shard, out, plot, title, tensorboard_dir, step, trackers, min_top1, min_top5, gate_method, fmt
+):
     """Top-1/top-5 of NNK and weighted kNN for many k, from one neighbor search.
 
     Each query chunk is searched once at the largest k; smaller k use the leading
@@ -72,6 +77,8 @@ def sweep(store, scoring, data, shard, out, plot, title, tensorboard_dir, step, 
       nnk sweep feats.h5 --k 10..200 --format csv > sweep.csv
       nnk sweep feats.h5 --format json --min-top1 70 | jq .best
       nnk sweep feats.h5 --k 10..200 --tensorboard runs/tb --step 30
+      nnk sweep feats.h5 --k 10..200 --wandb my-project --step 30
+      nnk sweep feats.h5 --k 10..200 --mlflow file:./mlruns --step 30
       nnk sweep feats.h5 --k 10..200 --shard 3/8 --out part-3.h5   # then: nnk merge part-*.h5
       nnk sweep feats.h5 --select-on train --temperature 0.02,0.05,0.07,0.1
       nnk sweep feats.h5 --protocol dino
@@ -87,8 +94,10 @@ def sweep(store, scoring, data, shard, out, plot, title, tensorboard_dir, step, 
         check_plot_path(plot)  # fail before the long computation, not after
     if title is not None and plot is None:
         raise click.UsageError("--title is the title of the --plot figure: give --plot too")
-    if (tensorboard_dir is None) != (step is None):
-        raise click.UsageError("--tensorboard and --step go together: give both or neither")
+    if (tensorboard_dir is None) != (step is None) and not (trackers and tensorboard_dir is None):
+        raise click.UsageError(
+            "--tensorboard and --step go together: give both or neither (--step also serves --wandb and --mlflow)"
+        )
     if tensorboard_dir is not None:
         from nnkcli.tensorboard_log import check_logdir
 
@@ -109,6 +118,10 @@ def sweep(store, scoring, data, shard, out, plot, title, tensorboard_dir, step, 
         doc["tensorboard"] = write_sweep(doc, tensorboard_dir, step)
     render_sweep(doc, fmt)
     gated = doc["selected"] if "selected" in doc else doc["best"]  # --select-on: the choice made on train
-    check_gates(
-        [{"method": m, **b} for m, b in gated.items()], min_top1=min_top1, min_top5=min_top5, gate_method=gate_method
-    )
+    with exported(doc, trackers, step=step):  # last: a tracker that cannot be written loses no result
+        check_gates(
+            [{"method": m, **b} for m, b in gated.items()],
+            min_top1=min_top1,
+            min_top5=min_top5,
+            gate_method=gate_method,
+        )

@@ -1,1 +1,1 @@
-"""Integrations with training frameworks and experiment trackers."""
+"""Where training runs are tracked: experiment trackers and training frameworks (each an optional extra)."""

@@ -107,6 +107,9 @@ BAD = {
     "--train-split": "a/b",
     "--weighting": "x",
     "--workers": "-1",
+    "--wandb": "a/b",
+    "--mlflow": " ",
+    "--mlflow-experiment": "",
 }
 #: shared options any value of which is valid while parsing (a path, a key, a name)
 FREE = {"--index", "--model", "--checkpoint-key", "--strip-prefix", "--out", "--tensorboard", "--title"}

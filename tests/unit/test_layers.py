@@ -38,8 +38,8 @@ LAYERS = {
     "tensorboard_log": 5,
     "estimators": 5,
     "tracking": 5,
-    "integrations": 6,  # training frameworks and trackers: the evaluators in a training run
     "output": 6,
+    "integrations": 6,  # experiment trackers and training frameworks, over the evaluation and tracking
     "process": 6,
     "cli": 7,
     "commands": 8,
@@ -66,6 +66,9 @@ OWNERS = {
     "pytorch_lightning": {"integrations.lightning"},
     # result rows as a DataFrame (optional: the 'pandas' extra)
     "pandas": {"evaluation.results"},
+    # the experiment trackers (optional: the 'wandb' and 'mlflow' extras), one module each
+    "wandb": {"integrations.wandb_export"},
+    "mlflow": {"integrations.mlflow_export"},
 }
 
 
@@ -181,7 +184,7 @@ def test_the_arrow_check_can_fail(monkeypatch):
 
 BLOCKED_CORE = textwrap.dedent("""
     import importlib.abc, sys
-    BLOCKED = ("click", "rich", "torch", "matplotlib", "numba")
+    BLOCKED = ("click", "rich", "torch", "matplotlib", "numba", "wandb", "mlflow")
 
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
