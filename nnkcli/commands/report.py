@@ -6,6 +6,7 @@ import click
 
 from nnkcli.cli import format_option, get_ui, verbosity_options
 from nnkcli.commands._options import k_option, settings_option
+from nnkcli.commands._trackers import export_last, tracker_options
 from nnkcli.commands.probe import probe_options
 from nnkcli.evaluation.options import DataOptions, ScoringOptions
 from nnkcli.output import FORMATS, Column, render
@@ -33,6 +34,7 @@ REPORT_K = "10,20,50,100,200"
     help="Reuse the results saved in this folder and save new ones there (keyed by the splits' content "
     "and the parameters) [default: no cache].",
 )
+@tracker_options
 @verbosity_options
 @lambda f: format_option(f, REPORT_FORMATS)
 def report(
@@ -46,6 +48,7 @@ def report(
     confidence,
     no_probe,
     cache_dir,
+    trackers,
     fmt,
 ):
     """The paper's table: linear probe | k-NN | NNK top-1 (%), one row per store.
@@ -55,6 +58,7 @@ def report(
     rows). Each number has its Wilson interval (--confidence); the p values are McNemar's
     exact test of NNK at its selected k against k-NN at its selected k and against the
     probe. markdown and latex print the table for a README or a paper (\\input a tabular).
+    --wandb/--mlflow log one run per store (the sweep's and the probe's numbers).
 
     \b
     Examples:
@@ -83,10 +87,11 @@ def report(
         from nnkcli.commands._tables import latex_table, markdown_table
 
         click.echo(markdown_table(columns, rows) if fmt == "markdown" else latex_table(columns, rows), nl=False)
-        return
-    cache = doc["cache"]
-    caption = f"{cache['computed']} result(s) computed, {cache['reused']} reused from the cache"
-    render(doc, fmt=fmt, columns=columns, rows=rows, caption=caption)
+    else:
+        cache = doc["cache"]
+        caption = f"{cache['computed']} result(s) computed, {cache['reused']} reused from the cache"
+        render(doc, fmt=fmt, columns=columns, rows=rows, caption=caption)
+    export_last({"documents": result.tracked_documents}, trackers)
 
 
 def table(doc: dict) -> tuple[list[Column], list[dict]]:

@@ -16,6 +16,9 @@ Metrics, for each method ``m`` (``nnk``, ``knn``)::
     m/temperature                its temperature, where the method has one
     m/best_top1, m/best_k        with --select-on: the best on the query split (optimistic)
     quality/<metric>             ``nnk evaluate --quality``: rankme, alpha_req, ...
+    linear/top1, linear/top5     ``nnk report``: the linear probe (its interval as
+    linear/top1_low, _high       ``_low``/``_high``, its chosen C as ``linear/c``)
+    linear/c
 
 Accuracies are percentages (0-100), as in every nnkcli document. A run's identity
 (:attr:`TrackedRun.key`) is what a re-run must find again: a history entry's sha256 and
@@ -190,6 +193,11 @@ def document_run(doc: dict, *, step: int | None = None) -> TrackedRun:
     else:
         metrics = accuracy_metrics(results, _classify_chosen(results))
     metrics.update(quality_metrics((doc.get("quality") or {}).get("summary", doc.get("quality"))))
+    linear = doc.get("linear")
+    if isinstance(linear, dict):  # nnk report's probe beside the sweep
+        _point_metrics(metrics, "linear", {name: linear.get(name) for name in ("top1", "top5", "top1_ci")})
+        if _finite(linear.get("c")):
+            metrics["linear/c"] = float(linear["c"])
     params_key = parameter_key({**scoring, **data})
     key = hashlib.sha256(f"{kind}\0{source}\0{step}\0{params_key}".encode()).hexdigest()
     sizes = {n: doc.get(n) for n in ("n_train", "n_queries", "n_classes")}
@@ -272,12 +280,15 @@ def entry_run(entry: dict) -> TrackedRun:
 
 
 def tracked_runs(doc: dict, *, step: int | None = None) -> list[TrackedRun]:
-    """The runs of a result document: ``{"entries": [...]}``, one history entry, or a store's sweep/classify.
+    """The runs of a result document: ``{"entries": [...]}``, one history entry, or a store's sweep/classify;
+    ``{"documents": [...]}`` (``nnk report``: one store document each) gives the runs of each.
 
     ``step`` (a store document only): the training step of its features.
     """
     if not isinstance(doc, dict):
         raise TypeError(f"a result document is a dict, got {type(doc).__name__}")
+    if isinstance(doc.get("documents"), list):
+        return [run for d in doc["documents"] for run in tracked_runs(d, step=step)]
     if isinstance(doc.get("entries"), list):
         return [entry_run(e) for e in doc["entries"] if isinstance(e, dict)]
     if "sha256" in doc and "parameters" in doc:

@@ -38,7 +38,15 @@ CACHE_FORMAT = 1
 
 
 class ReportResult(DocumentResult):
-    """What :func:`report` returns: the document (``rows``: one per store)."""
+    """What :func:`report` returns: the document (``rows``: one per store).
+
+    ``tracked_documents``: each store's whole sweep document (``store`` set to the path given, the
+    probe's row as ``linear``), what ``--wandb``/``--mlflow`` export as one run per store.
+    """
+
+    def __init__(self, document: dict, tracked_documents: Sequence[dict] = ()):
+        super().__init__(document)
+        self.tracked_documents = list(tracked_documents)
 
     @property
     def rows(self) -> list[dict]:
@@ -236,6 +244,7 @@ def report(
             raise InputError(f"cache folder not found: {folder}", hint="create it first (mkdir)")
     stats = {"computed": 0, "reused": 0}
     rows = []
+    tracked = []
     for store in stores:
         fps = _fingerprints(store, data)
         sweep_doc, sweep_hits = _sweep_part(store, options, data, fps, folder, progress_factory, stats)
@@ -245,6 +254,8 @@ def report(
                 store, probe_opts, data, threads, options.confidence, fps, folder, progress_factory, stats
             )
         rows.append(store_row(store, sweep_doc, sweep_hits, probe_doc, probe_hits))
+        linear_row = None if probe_doc is None else {"c": probe_doc["chosen_c"], **probe_doc["results"][0]}
+        tracked.append({**sweep_doc, "store": str(store), "linear": linear_row})
     doc = {
         "schema_version": SCHEMA_VERSION,
         "k_values": list(k_values),
@@ -258,4 +269,4 @@ def report(
         },
         "cache": {"dir": str(folder) if folder is not None else None, **stats},
     }
-    return ReportResult(doc)
+    return ReportResult(doc, tracked)

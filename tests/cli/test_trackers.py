@@ -94,6 +94,27 @@ def test_a_failed_gate_keeps_exit_3_and_logs_the_export_error(runner, store, fai
     assert "cannot write MLflow runs" in res.stderr and "(the results are printed and saved)" in res.stderr
 
 
+def test_report_exports_one_run_per_store_with_the_probe(runner, tmp_path, failing_export):
+    """nnk report --mlflow: one run per store, each the store's sweep (at the k selected on train) and its probe."""
+    from nnkcli.tracking.export import tracked_runs
+
+    stores = [nnk_data.make_store(tmp_path / f"step_{s}.h5", train_seed=s) for s in (10, 20)]
+    args = ["report", *map(str, stores), "--k", "3,5", "--c-grid", "1e-1:1e2:4", "--format", "json"]
+    res = runner.invoke(cli, [*args, "--mlflow", "file:/x"])
+    assert res.exit_code == 1  # the export failed, after the table was printed
+    doc = json.loads(res.stdout)
+    runs = tracked_runs(failing_export[0])
+    assert [run.step for run in runs] == [10, 20] and len({run.key for run in runs}) == 2
+    for run, row in zip(runs, doc["rows"]):
+        assert run.metrics["linear/top1"] == row["linear"]["top1"]
+        assert [run.metrics["linear/top1_low"], run.metrics["linear/top1_high"]] == row["linear"]["top1_ci"]
+        assert run.metrics["linear/c"] == row["linear"]["c"]
+        for method in ("nnk", "knn"):
+            assert run.metrics[f"{method}/top1"] == row[method]["selected"]["top1"]
+            assert run.metrics[f"{method}/k"] == row[method]["selected"]["k"]
+            assert run.metrics[f"{method}/top1@3"] == row[method]["by_k"]["3"]["top1"]
+
+
 # -- slow: the real libraries ------------------------------------------------------------------------
 
 
