@@ -133,6 +133,7 @@ _SCORING = (
     "solver",
     "protocol",
     "backend",
+    "search_kernel",
 )
 
 

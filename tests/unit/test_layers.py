@@ -46,7 +46,7 @@ LAYERS = {
     "__main__": 10,
 }
 # top-level modules that belong to a part named otherwise: the index and its two siblings, the figures' panels
-PART_OF = {"index_file": "index", "index_flat": "index", "plots_panels": "plots"}
+PART_OF = {"index_file": "index", "index_flat": "index", "index_bf16": "index", "plots_panels": "plots"}
 # third-party packages and the one part of nnkcli that may import each
 OWNERS = {
     "h5py": {"storage"},
@@ -58,8 +58,9 @@ OWNERS = {
     "rich": {"output"},
     # the compiled NNK kernel (optional: the 'fast' extra)
     "numba": {"numerics.compiled_kernel"},
-    # the GPU path: the search backend and its NNK solve (kept apart: each a module to read in one sitting)
-    "torch": {"extract", "evaluation.torch_backend", "evaluation.torch_solver"},
+    # the GPU path: the search backend and its NNK solve (kept apart: each a module to read in one sitting);
+    # the bfloat16 product of the flat index's certified search (--search-kernel bf16)
+    "torch": {"extract", "evaluation.torch_backend", "evaluation.torch_solver", "index_bf16"},
     # result rows as a DataFrame (optional: the 'pandas' extra)
     "pandas": {"evaluation.results"},
 }
