@@ -87,6 +87,8 @@ def flat_view(index) -> np.ndarray | None:
     return None
 
 
+#: what ``auto`` runs (see :func:`resolve_kernel`)
+AUTO_KERNEL = "fp32"
 #: candidates the float32 kernel keeps beyond k: its rounding (~1e-5 at d = 784) leaves few rows that close
 FP32_EXTRA = 8
 #: the bfloat16 kernel keeps BF16_FACTOR * k + BF16_EXTRA candidates: its bound is ~2^-7 for unit vectors
@@ -98,9 +100,13 @@ PAIR_BLOCK = 8192
 
 
 def resolve_kernel(kernel: str) -> str:
-    """The kernel that runs for ``kernel``: ``auto`` -> ``bf16`` where :func:`bf16_unavailable` is None, else ``fp32``.
+    """The kernel that runs for ``kernel``: ``fp32`` or ``bf16``; ``auto`` is ``fp32`` (``AUTO_KERNEL``).
 
-    Call it from the main thread: it may import torch.
+    ``auto`` stays ``fp32`` until ``bf16`` is faster end to end: on the one bfloat16 CPU
+    measured (a 2-core Xeon with AMX), its product ran at 3-4x float32's rate, but the check of
+    its candidates cost about as much as it saved on Fashion-MNIST's dense neighbourhoods
+    (``benchmarks/bench_search_kernel.py``). ``auto`` never imports torch. Call this from the
+    main thread: ``bf16`` imports torch.
 
     Raises
     ------
@@ -113,6 +119,8 @@ def resolve_kernel(kernel: str) -> str:
 
     if kernel not in SEARCH_KERNELS:
         raise InputError(f"unknown search kernel {kernel!r}", hint=f"choose {', '.join(SEARCH_KERNELS)}")
+    if kernel == "auto":
+        kernel = AUTO_KERNEL
     if kernel == "fp32":
         return kernel
     why = bf16_unavailable()
