@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from _report import machine, write_json
 from bench_pipeline import FASHION, make_fashion_store, make_store, run_cli
 

@@ -68,7 +68,7 @@ def round_bf16(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rounded += np.uint32(0x7FFF)
     rounded += bits
     rounded &= np.uint32(0xFFFF0000)
-    high = rounded.view(np.uint16)[..., 1 :: 2] if np.little_endian else rounded.view(np.uint16)[..., ::2]
+    high = rounded.view(np.uint16)[..., 1::2] if np.little_endian else rounded.view(np.uint16)[..., ::2]
     return np.ascontiguousarray(high), rounded.view(np.float32)
 
 

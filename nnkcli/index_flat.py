@@ -104,7 +104,7 @@ def resolve_kernel(kernel: str) -> str:
 
     ``auto`` stays ``fp32`` until ``bf16`` is faster end to end: on the one bfloat16 CPU
     measured (a 2-core Xeon with AMX), its product ran at 3-4x float32's rate, but the check of
-    its candidates cost about as much as it saved on Fashion-MNIST's dense neighbourhoods
+    its candidates cost about as much as it saved on Fashion-MNIST's dense neighborhoods
     (``benchmarks/bench_search_kernel.py``). ``auto`` never imports torch. Call this from the
     main thread: ``bf16`` imports torch.
 
@@ -208,22 +208,26 @@ def kernel_search(
 def _pairs(vectors: np.ndarray, queries: np.ndarray, product: Callable[[np.ndarray, np.ndarray], np.ndarray]):
     """``f(query_index, row_ids)`` -> ``product(X, q)`` of those pairs, (p,); the pairs come grouped by query.
 
-    Each query's rows are gathered into one padded (B, c, d) block, PAIR_BLOCK pairs' worth of
-    queries at a time, and ``product(X (B, c, d), q (B, d)) -> (B, c)`` applied to it.
+    Each query's rows are gathered into one padded (B, c, d) block, about PAIR_BLOCK pairs (padding
+    included) at a time, and ``product(X (B, c, d), q (B, d)) -> (B, c)`` applied to it.
     """
 
     def f(qi: np.ndarray, ids: np.ndarray) -> np.ndarray:
         out = np.empty(len(ids))
         starts = np.flatnonzero(np.r_[True, qi[1:] != qi[:-1]])
         counts = np.diff(np.r_[starts, len(qi)])
-        width = int(counts.max())
-        col, step = np.arange(width), max(1, PAIR_BLOCK // width)
-        for g0 in range(0, len(starts), step):
-            s, c = starts[g0 : g0 + step], counts[g0 : g0 + step]
+        g0 = 0
+        while g0 < len(starts):
+            # queries while the padded block stays within PAIR_BLOCK pairs (at least one query)
+            widths = np.maximum.accumulate(counts[g0:])
+            g1 = g0 + max(1, int(np.searchsorted(widths * np.arange(1, len(widths) + 1), PAIR_BLOCK, "right")))
+            s, c = starts[g0:g1], counts[g0:g1]
+            col = np.arange(int(c.max()))
             pos = np.minimum(col[None, :], c[:, None] - 1) + s[:, None]  # padded with each query's last pair
             values = product(vectors[ids[pos]], queries[qi[s]])
             keep = col[None, :] < c[:, None]
             out[pos[keep]] = values[keep]
+            g0 = g1
         return out
 
     return f

@@ -17,9 +17,8 @@ candidate set is re-ranked in float64 and merged with :func:`merge_topk`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import threading
+from collections.abc import Callable
 
 import numpy as np
 

@@ -110,7 +110,8 @@ class Evaluation:
         """Open the store at ``store_path``: the splits and index of ``data`` (default ``DataOptions()``).
 
         ``search`` is ``(backend, device, fp16)``, resolved before any data is read, as is
-        ``search_kernel`` (:func:`nnkcli.index_flat.resolve_kernel`); ``progress_factory(total, description)`` shows an index being built.
+        ``search_kernel`` (:func:`nnkcli.index_flat.resolve_kernel`);
+        ``progress_factory(total, description)`` shows an index being built.
 
         Raises
         ------

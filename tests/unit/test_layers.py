@@ -152,7 +152,7 @@ def test_one_owner_per_dependency():
 def test_the_index_family_is_one_part_below_its_users():
     graph, third = import_graph()
     family = {m for m in graph if part(m) == "index"}
-    assert family == {"nnkcli.index", "nnkcli.index_file", "nnkcli.index_flat"}
+    assert family == {"nnkcli.index", "nnkcli.index_file", "nnkcli.index_flat", "nnkcli.index_bf16"}
     assert {m for m, names in third.items() if "faiss" in names} <= family
     # the siblings are the index's parts, not its users: neither imports nnkcli.index
     assert not {"nnkcli.index"} & (graph["nnkcli.index_file"] | graph["nnkcli.index_flat"])

@@ -38,7 +38,7 @@ def _inputs(d: int, kind: str, rng) -> tuple[np.ndarray, np.ndarray]:
         x = np.ones((64, d))
     elif kind == "signs":  # one magnitude, random signs: large cancellation
         q, x = np.sign(rng.normal(size=(8, d))), np.sign(rng.normal(size=(64, d)))
-    else:  # "off-grid": just below the midpoint between two bfloat16 neighbours, one sign: rounding adds up
+    else:  # "off-grid": just below the midpoint between two bfloat16 neighbors, one sign: rounding adds up
         scale = 2.0 ** -np.ceil(np.log2(np.sqrt(d)))  # a power of two: rows of norm ~1, not normalized
         off = scale * (1.0 + 2.0**-8 - 2.0**-19)
         return np.full((8, d), off, np.float32), np.full((64, d), off, np.float32)
