@@ -95,6 +95,8 @@ FP32_EXTRA = 8
 BF16_FACTOR, BF16_EXTRA = 4, 256
 #: rows of the bfloat16 product per step: oneDNN's rate grows with the block up to ~16k rows
 BF16_BLOCK_BYTES = 64 * 2**20
+#: queries whose bounds are certified at once (the bfloat16 kernel's (queries, 4k + 256) float64 arrays)
+CERTIFY_ROWS = 256
 #: query/row pairs whose float64 similarity is computed at once (bounds the gathered vectors)
 PAIR_BLOCK = 8192
 
@@ -270,22 +272,36 @@ def _fp32_round(vectors, queries, k: int, c: int, max_norm: float):
 
 def _bf16_round(vectors, queries, k: int, rows):
     from nnkcli.index_bf16 import Bf16Product, Bf16Queries
-    from nnkcli.numerics.certified import bf16_bound, certified_topk, interval
 
-    (m, d), n = queries.shape, len(vectors)
+    m, n = len(queries), len(vectors)
     c = min(n, BF16_FACTOR * k + BF16_EXTRA)
     q = Bf16Queries(queries, rows)
     block = _block_rows(m, n, max(FLAT_MIN_ROWS, BF16_BLOCK_BYTES // (6 * m)))
     b, ids = heap_topk(m, n, c, Bf16Product(rows, q, block), block_rows=block)
+    x_max = (rows.low_norm.max(), rows.res_norm.max(), rows.norm.max())
+    top, ok, computed = np.empty((m, k), dtype=np.int64), np.empty(m, dtype=bool), 0
+    # the bounds are (m, c) float64 arrays, c = 4k + 256: made CERTIFY_ROWS queries at a time
+    for i0 in range(0, m, CERTIFY_ROWS):
+        i = slice(i0, i0 + CERTIFY_ROWS)
+        top[i], ok[i], done = _bf16_certify(vectors, queries[i], q, i, b[i], ids[i], k, c < n, rows, x_max)
+        computed += done
+    return top, ok, computed
+
+
+def _bf16_certify(vectors, queries, q, i: slice, b, ids, k: int, others: bool, rows, x_max):
+    """:func:`certified_topk` of a slice ``i`` of the queries from their bfloat16 candidates."""
+    from nnkcli.numerics.certified import bf16_bound, certified_topk, interval
+
+    d = vectors.shape[1]
     b = b.astype(np.float64)
-    qn = (q.low_norm[:, None], q.res_norm[:, None])
+    qn = (q.low_norm[i, None], q.res_norm[i, None])
     safe = np.maximum(ids, 0)
-    err = bf16_bound(d, b, *qn, rows.low_norm[safe], rows.res_norm[safe], rows.norm[safe], q.norm[:, None])
+    err = bf16_bound(d, b, *qn, rows.low_norm[safe], rows.res_norm[safe], rows.norm[safe], q.norm[i, None])
     lo, hi = interval(b, err)
-    upper_out = np.full(m, -np.inf)
-    if c < n:
+    upper_out = np.full(len(b), -np.inf)
+    if others:
         last = b[:, -1:]
-        x_max = (rows.low_norm.max(), rows.res_norm.max(), rows.norm.max())
-        upper_out = interval(last, bf16_bound(d, last, *qn, *x_max, q.norm[:, None]))[1][:, 0]
-    bounds_of = _fp32_bounds_of(vectors, queries, float(rows.norm.max()))
+        x_low, x_res, x_norm = x_max
+        upper_out = interval(last, bf16_bound(d, last, *qn, x_low, x_res, x_norm, q.norm[i, None]))[1][:, 0]
+    bounds_of = _fp32_bounds_of(vectors, queries, float(x_max[2]))
     return certified_topk(ids, lo, hi, upper_out, k, _sims_of(vectors, queries), bounds_of)
