@@ -4,8 +4,9 @@ One of the index modules, and the only one that imports torch (lazily: importing
 imports nothing heavy). On a CPU with bfloat16 instructions (``avx512_bf16``, ``amx_bf16``)
 torch multiplies bfloat16 matrices through oneDNN, accumulating in float32 and rounding the
 result to bfloat16, at two to three times its float32 rate. numpy has no bfloat16 product
-(ml_dtypes' bfloat16 arrays multiply element by element in Python's loops) and no lighter
-package on PyPI exposes oneDNN's, so the kernel needs the torch extra.
+(ml_dtypes' bfloat16 arrays are a storage type: numpy's matmul has no bfloat16 kernel for them).
+torch's CPU matmul offers no float32 result for bfloat16 inputs (``mm(..., out_dtype=)`` is
+CUDA's), so the result's rounding to bfloat16 is in the bound, its largest term for unit rows.
 
 :func:`nnkcli.index_flat.kernel_search` keeps the best candidates of these products and
 proves the exact top k from them (:mod:`nnkcli.numerics.certified`).
