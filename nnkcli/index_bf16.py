@@ -4,7 +4,7 @@ One of the index modules, and the only one that imports torch (lazily: importing
 imports nothing heavy). On a CPU with bfloat16 instructions (``avx512_bf16``, ``amx_bf16``)
 torch multiplies bfloat16 matrices through oneDNN, accumulating in float32 and rounding the
 result to bfloat16, at two to three times its float32 rate. numpy has no bfloat16 product
-(ml_dtypes' bfloat16 arrays are a storage type: numpy's matmul has no bfloat16 kernel for them).
+(ml_dtypes' bfloat16 arrays multiply through a plain loop, not a BLAS kernel).
 torch's CPU matmul offers no float32 result for bfloat16 inputs (``mm(..., out_dtype=)`` is
 CUDA's), so the result's rounding to bfloat16 is in the bound, its largest term for unit rows.
 
