@@ -134,6 +134,7 @@ _SCORING = (
     "solver",
     "protocol",
     "backend",
+    "search_kernel",
 )
 
 

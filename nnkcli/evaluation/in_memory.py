@@ -78,5 +78,6 @@ def evaluate_features(
         class_names=class_names,
         threads=options.threads,
         search=search,
+        search_kernel=options.search_kernel,
     ) as ev:
         return sweep_evaluation(ev, options)

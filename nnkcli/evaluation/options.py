@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from nnkcli.errors import InputError, OptionConflict, OptionError, SettingName
 from nnkcli.evaluation.kspec import K_SPEC_HELP, KValues, check_k_values
 from nnkcli.evaluation.protocols import PROTOCOLS, SOLVERS
+from nnkcli.numerics.certified import SEARCH_KERNELS
 from nnkcli.numerics.kernels import KERNELS
 from nnkcli.numerics.scores import METHODS, TOP5_RULES, WEIGHTINGS
 from nnkcli.settings import (
@@ -159,6 +160,10 @@ class ScoringOptions(Settings):
         Where the torch backend searches; ``auto`` = CUDA when torch sees a GPU.
     fp16 : bool, default=False
         The torch backend multiplies in float16 (candidates re-ranked exactly in float64).
+    search_kernel : {"auto", "fp32", "bf16"}, default="auto"
+        The product of a flat index's search (``nnkcli.index_flat.kernel_search``): float32, or
+        bfloat16 candidates proved to hold the exact top k; both give the same neighbors.
+        ``auto`` = fp32 in this release (``nnkcli.index_flat.resolve_kernel`` says why).
     temperature_grid : tuple of float, default=()
         kNN temperatures evaluated from the same neighbors, one result row per (k, T);
         its first value is ``temperature``. Empty: just ``temperature``.
@@ -258,6 +263,13 @@ class ScoringOptions(Settings):
         flag,
         help="Multiply in float16: the torch backend's search (re-ranked exactly) "
         "and the model's forward pass (CUDA only).",
+    )
+    search_kernel: str = setting(
+        "auto",
+        choices=SEARCH_KERNELS,
+        what="search kernel",
+        help="Product of the flat index's exact search: fp32, or bf16 (bfloat16 candidates proved to hold "
+        "the exact top k; same results; needs torch and a CPU with bf16); auto = fp32 for now.",
     )
     temperature_grid: Accepts[float | str | list[float] | tuple[float, ...], tuple[float, ...]] = setting(
         (), positive_floats, option="--temperature"

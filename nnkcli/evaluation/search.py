@@ -17,11 +17,13 @@ candidate set is re-ranked in float64 and merged with :func:`merge_topk`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
 
 from nnkcli.evaluation.options import CHUNK_MEMORY_BUDGET
+from nnkcli.numerics.certified import exact_sims
 
 
 class Searcher:
@@ -37,6 +39,9 @@ class Searcher:
                     on a torch device, where the chunk is scored (``labels_on_device``).
     ``thread_safe`` concurrent calls from several threads are safe (else one at a time).
     ``chunk_budget`` the working memory of the query chunks in flight, in bytes.
+    ``search_kernel`` the product that found the candidates: ``fp32``/``bf16`` (a flat index's
+                    certified search, ``nnkcli.index_flat.kernel_search``) or ``native`` (the
+                    index's own search: IVF, HNSW; the torch backend).
     """
 
     n: int  # train rows
@@ -45,6 +50,9 @@ class Searcher:
     on_device: bool = False
     thread_safe: bool = False
     chunk_budget: int = CHUNK_MEMORY_BUDGET
+    search_kernel: str = "native"
+    #: queries the bf16 kernel could not certify, searched again in float32 (so far)
+    search_fallbacks: int = 0
 
     def neighbors(self, q: np.ndarray, start: int, k: int, exclude_self: bool):
         """(ids, sims, X, missing) for queries ``q`` (B, d) float32, rows ``start..start+B`` of the query split."""
@@ -119,8 +127,7 @@ def rerank(q: np.ndarray, ids: np.ndarray, vectors: Callable[[np.ndarray], np.nd
     missing = ids < 0
     safe_ids = np.where(missing, 0, ids)
     X = vectors(safe_ids)
-    # float64 accumulation without a float64 copy of X (which would double the chunk's memory)
-    sims = np.einsum("bkd,bd->bk", X, q, dtype=np.float64)
+    sims = exact_sims(X, q)  # the values a kernel's certificate compares against
     sims[missing] = -np.inf
     ids = np.where(missing, -1, ids)
     # faiss's order almost always agrees, so only the rows where it does not are permuted
@@ -158,26 +165,49 @@ def merge_topk(a, b, k: int):
 
 
 class IndexSearcher(Searcher):
-    """One faiss index (:class:`nnkcli.index.NnkIndex`) holding every train row."""
+    """One faiss index (:class:`nnkcli.index.NnkIndex`) holding every train row.
+
+    A flat index is searched by ``kernel`` (``fp32`` or ``bf16``, resolved by
+    :func:`nnkcli.index_flat.resolve_kernel`): :func:`nnkcli.index_flat.kernel_search` returns
+    the exact top k (float64 similarity, ties by row id) whichever kernel runs. IVF and HNSW
+    indexes are searched by faiss (``search_kernel`` "native").
+    """
 
     #: concurrent searches from several threads are safe (faiss's search is read-only)
     thread_safe = True
     two_stage = True
 
-    def __init__(self, nnk_index, offset: int = 0):
+    def __init__(self, nnk_index, offset: int = 0, kernel: str = "fp32"):
+        from nnkcli.index_flat import KernelRows
+
         self.index = nnk_index
         self.offset = int(offset)  # global row id of the index's row 0 (a shard's first row)
         self.n = nnk_index.n
         self.dim = nnk_index.dim
+        flat = nnk_index._flat() if nnk_index.params.index_type == "flat" else None
+        # made here, by the main thread (the bf16 copy imports torch), and read by the workers
+        self._rows = KernelRows(flat, kernel) if flat is not None else None
+        self.search_kernel = kernel if flat is not None else "native"
+        self._count = threading.Lock()
 
     def search_ids(self, q: np.ndarray, start: int, k: int, exclude_self: bool) -> np.ndarray:
         """The search stage alone: candidate ids (B, k), global, -1 padded; no vectors gathered.
 
         With ``refine`` this splits ``candidates`` in two, so that a large block of
-        queries can be searched at once and re-ranked in smaller sub-chunks.
+        queries can be searched at once and re-ranked in smaller sub-chunks. A flat index's
+        ids are the exact top k as a set, the exact k-th last (what ``drop_own_rows`` drops).
         """
         k_here = min(k + (1 if exclude_self else 0), self.n)
-        _, local = self.index.search(q, k_here)
+        if self._rows is not None and k_here >= 1:
+            from nnkcli.index_flat import kernel_search
+
+            found = kernel_search(self._rows.vectors, q, k_here, self.search_kernel, rows=self._rows)
+            if found.fallbacks:
+                with self._count:
+                    self.search_fallbacks += found.fallbacks
+            local = found.ids
+        else:
+            _, local = self.index.search(q, k_here)
         ids = np.where(local < 0, -1, local + self.offset)
         if exclude_self:
             ids = drop_own_rows(ids, start, k)

@@ -105,10 +105,12 @@ class Evaluation:
         threads: int | None = None,
         progress_factory: Callable | None = None,
         search: SearchSettings = (None, "cpu", False),
+        search_kernel: str = "auto",
     ) -> Evaluation:
         """Open the store at ``store_path``: the splits and index of ``data`` (default ``DataOptions()``).
 
-        ``search`` is ``(backend, device, fp16)``, resolved before any data is read;
+        ``search`` is ``(backend, device, fp16)``, resolved before any data is read, as is
+        ``search_kernel`` (:func:`nnkcli.index_flat.resolve_kernel`);
         ``progress_factory(total, description)`` shows an index being built.
 
         Raises
@@ -125,6 +127,7 @@ class Evaluation:
 
         data = data if data is not None else DataOptions()
         backend, device, fp16 = resolve_search(search)
+        kernel = _resolve_kernel(search_kernel, backend)
         store_path = Path(store_path)
         store = FeatureStore(store_path)
         try:
@@ -152,7 +155,7 @@ class Evaluation:
                     store_path, train, data.index_path, data.rebuild_index, progress_factory
                 )
                 index_info["backend"] = "faiss"
-                searcher = _faiss_searcher(index, sharded=bool(index_info.get("shards")))
+                searcher = _faiss_searcher(index, sharded=bool(index_info.get("shards")), kernel=kernel)
             # the query rows this run evaluates: all, or one shard's contiguous range
             rows = (0, int(query.n)) if data.shard is None else shard_rows(query.n, *data.shard)
             return cls(
@@ -190,6 +193,7 @@ class Evaluation:
         threads: int | None = None,
         keep_zero_rows: bool = False,
         search: SearchSettings = (None, "cpu", False),
+        search_kernel: str = "auto",
     ) -> Evaluation:
         """An evaluation of arrays held in memory: no store, an in-memory flat index (or the torch search).
 
@@ -204,6 +208,7 @@ class Evaluation:
         keep_zero_rows : bool, default=False
             Accept all-zero train rows (similar to nothing) instead of refusing them (faiss backend only).
         search : (backend, device, fp16)
+        search_kernel : {"auto", "fp32", "bf16"}, default="auto"
 
         The splits are named ``"train"`` and ``"val"``, the default splits of a store.
         """
@@ -211,6 +216,7 @@ class Evaluation:
         from nnkcli.evaluation.arrays import ArraySplit, check_features, encode_labels
 
         backend, device, fp16 = resolve_search(search)
+        kernel = _resolve_kernel(search_kernel, backend)
         if backend == "torch" and keep_zero_rows:
             raise InputError("all-zero rows are kept only by the faiss backend", hint="use backend='faiss'")
         xt = check_features(train_features, "train features")
@@ -236,7 +242,9 @@ class Evaluation:
                 )
         train, query = ArraySplit("train", xt, yt), ArraySplit("val", xq, yq)
         nnk_index.set_threads(threads)
-        searcher, index, index_info = memory_search(train, backend, device, fp16, keep_zero_rows=keep_zero_rows)
+        searcher, index, index_info = memory_search(
+            train, backend, device, fp16, keep_zero_rows=keep_zero_rows, kernel=kernel
+        )
         return cls(
             train=train,
             query=query,
@@ -333,6 +341,7 @@ def open_evaluation(store_path, options: ScoringOptions, data: DataOptions, prog
         threads=options.threads,
         progress_factory=progress_factory,
         search=(options.backend, options.device, options.fp16),
+        search_kernel=options.search_kernel,
     )
 
 
@@ -358,9 +367,12 @@ def split_labels(store, train, query) -> tuple[np.ndarray, np.ndarray, list[str]
     return train_labels, query_labels, list(names) if names else [str(c) for c in range(n_classes)]
 
 
-def memory_search(train, backend: str, device: str, fp16: bool, *, keep_zero_rows: bool = False):
+def memory_search(
+    train, backend: str, device: str, fp16: bool, *, keep_zero_rows: bool = False, kernel: str = "fp32"
+):
     """(searcher, index, index_info) over the rows of an in-memory split (``ArraySplit``): exact search by
-    an in-memory flat faiss index of its L2-normalised rows, or by matmul on ``device`` (torch)."""
+    an in-memory flat faiss index of its L2-normalised rows (``kernel``: the resolved search kernel),
+    or by matmul on ``device`` (torch)."""
     from nnkcli import index as nnk_index
     from nnkcli.evaluation.arrays import unit_rows
 
@@ -368,7 +380,7 @@ def memory_search(train, backend: str, device: str, fp16: bool, *, keep_zero_row
         return torch_search(train, device, fp16)
     index = nnk_index.flat_index_of_rows(unit_rows(train.features, keep_zero_rows=keep_zero_rows), name=train.name)
     info = {"path": None, "built_in_memory": True, "rebuilt": False, "type": "flat", "backend": "faiss"}
-    return _faiss_searcher(index, sharded=False), index, info
+    return _faiss_searcher(index, sharded=False, kernel=kernel), index, info
 
 
 def resolve_search(search: SearchSettings) -> tuple[str, str, bool]:
@@ -395,10 +407,27 @@ def torch_search(train, device: str, fp16: bool) -> tuple[Searcher, None, dict]:
     return TorchSearcher(train, device=device, fp16=fp16), None, info
 
 
-def _faiss_searcher(index, *, sharded: bool) -> Searcher:
+def _resolve_kernel(search_kernel: str, backend: str) -> str:
+    """The flat search's kernel (``fp32``/``bf16``, by the main thread: it may import torch); the torch backend's own.
+
+    ``bf16`` asked of the torch backend is refused: that backend multiplies as ``--fp16`` says.
+    """
+    from nnkcli.index_flat import resolve_kernel
+
+    if backend == "torch":
+        if search_kernel == "bf16":
+            raise InputError(
+                "--search-kernel bf16 is a kernel of the faiss backend's flat index",
+                hint="drop --backend torch, or use its --fp16",
+            )
+        return "fp32"
+    return resolve_kernel(search_kernel)
+
+
+def _faiss_searcher(index, *, sharded: bool, kernel: str = "fp32") -> Searcher:
     from nnkcli.evaluation.search import IndexSearcher, ShardedSearcher
 
-    return ShardedSearcher(index) if sharded else IndexSearcher(index)
+    return ShardedSearcher(index) if sharded else IndexSearcher(index, kernel=kernel)
 
 
 def _resolve_index(store_path: Path, train, index_path, rebuild_index, progress_factory):

@@ -115,6 +115,8 @@ def evaluate_chunks(
     timing["chunk_size"] = chunk
     timing["search_block"] = block
     timing["threads"] = threads
+    timing["search_kernel"] = searcher.search_kernel
+    timing["search_fallbacks"] = searcher.search_fallbacks
     if solves_cosine_nnk(opts):
         # which code solved the NNK problems on the CPU (the weights carry the same certificate)
         timing["nnk_engine"] = "torch" if searcher.on_device else "compiled" if compiled.available() else "numpy"

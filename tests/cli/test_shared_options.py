@@ -97,6 +97,7 @@ BAD = {
     "--select-on": "val",
     "--seed": "x",
     "--select-queries": "0",
+    "--search-kernel": "int8",
     "--shard": "3/3",
     "--split": "a/b",
     "--solver": "lbfgs",

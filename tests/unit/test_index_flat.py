@@ -75,3 +75,140 @@ def test_flat_view_of_an_empty_or_an_ivf_index_is_none():
     ivf = faiss.IndexIVFFlat(quantizer, 8, 2, faiss.METRIC_INNER_PRODUCT)
     ivf.train(x)
     assert flat_view(_filled(ivf, x)) is None
+
+
+# --- the certified kernels: kernel_search returns the exact top k, whichever product found it ---
+
+
+def _bf16_or_skip():
+    from nnkcli.index_bf16 import bf16_unavailable
+
+    pytest.importorskip("torch")
+    why = bf16_unavailable()
+    if why is not None:
+        pytest.skip(why)
+
+
+def _exact_topk(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    """The oracle: float64 similarities (a float64 matrix product), sorted by similarity then id."""
+    t = q.astype(np.float64) @ x.astype(np.float64).T
+    return np.array([np.lexsort((np.arange(len(row)), -row))[:k] for row in t])
+
+
+def _store(n, d, kind, rng):
+    """Unit rows of one kind: random; with exact duplicates; with rows 1 ulp apart (near-ties)."""
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    if kind == "duplicates":
+        x[rng.integers(0, n, n // 2)] = x[rng.integers(0, n, n // 2)]
+    elif kind == "near-ties":
+        twins = rng.integers(0, n, n // 2)
+        x[twins] = x[rng.integers(0, n, n // 2)]
+        x[twins, rng.integers(0, d, n // 2)] = np.nextafter(x[twins, rng.integers(0, d, n // 2)], np.float32(2))
+    return x
+
+
+def _check_exact(found, x, q, k):
+    expected = _exact_topk(x, q, k)
+    for row, exp in zip(found.ids, expected, strict=True):
+        assert set(row) == set(exp)
+        assert row[-1] == exp[-1]  # the exact k-th last: what leave-one-out drops
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    n=st.integers(1, 120),
+    m=st.integers(1, 12),
+    d=st.sampled_from([2, 5, 16, 40]),
+    kind=st.sampled_from(["random", "duplicates", "near-ties"]),
+    data=st.data(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_fp32_kernel_is_the_exact_top_k(n, m, d, kind, data, seed):
+    from nnkcli.index_flat import kernel_search
+
+    k = data.draw(st.integers(1, n))
+    rng = np.random.default_rng(seed)
+    x = _store(n, d, kind, rng)
+    q = np.concatenate([x[rng.integers(0, n, m // 2)], _store(m - m // 2, d, "random", rng)])
+    _check_exact(kernel_search(x, q, k, "fp32"), x, q, k)
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+@settings(max_examples=20, deadline=None)
+@given(
+    n=st.integers(1, 400),
+    m=st.integers(1, 12),
+    d=st.sampled_from([2, 7, 64, 200]),
+    kind=st.sampled_from(["random", "duplicates", "near-ties"]),
+    data=st.data(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_bf16_kernel_gives_the_fp32_kernels_ids(n, m, d, kind, data, seed):
+    """Bit-identical ids to the fp32 kernel's (and the exact top k), for any block of queries."""
+    _bf16_or_skip()
+    from nnkcli.index_flat import KernelRows, kernel_search
+
+    k = data.draw(st.integers(1, n))
+    rng = np.random.default_rng(seed)
+    x = _store(n, d, kind, rng)
+    q = np.concatenate([x[rng.integers(0, n, m // 2)], _store(m - m // 2, d, "random", rng)])
+    low = kernel_search(x, q, k, "bf16", rows=KernelRows(x, "bf16"))
+    np.testing.assert_array_equal(np.sort(low.ids, 1), np.sort(kernel_search(x, q, k, "fp32").ids, 1))
+    _check_exact(low, x, q, k)
+    split = data.draw(st.integers(0, m))  # another block of the same queries: the same ids
+    parts = [kernel_search(x, q[a:b], k, "bf16", rows=KernelRows(x, "bf16")).ids for a, b in ((0, split), (split, m))]
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts), 1), np.sort(low.ids, 1))
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_bf16_falls_back_where_its_bound_cannot_separate_and_not_elsewhere():
+    """A crowd of near-identical rows wider than the candidates kept: those queries are searched in float32."""
+    _bf16_or_skip()
+    from nnkcli.index_flat import BF16_EXTRA, BF16_FACTOR, KernelRows, kernel_search
+
+    rng = np.random.default_rng(0)
+    k, d = 5, 64
+    crowd = BF16_FACTOR * k + BF16_EXTRA + 50
+    base = rng.normal(size=d).astype(np.float32)
+    near = base + 1e-4 * rng.normal(size=(crowd, d)).astype(np.float32)  # sims within bf16's error of each other
+    far = rng.normal(size=(2000, d)).astype(np.float32)
+    x = np.concatenate([far, near])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = np.concatenate([x[-3:], x[:20]])  # three queries in the crowd, twenty well-separated ones
+    found = kernel_search(x, q, k, "bf16", rows=KernelRows(x, "bf16"))
+    assert found.fallbacks == 3
+    _check_exact(found, x, q, k)
+    separated = kernel_search(x, q[3:], k, "bf16", rows=KernelRows(x, "bf16"))
+    assert separated.fallbacks == 0
+
+
+def test_fp32_widens_where_more_ties_than_candidates():
+    """100 exact duplicates at the k-th place: more candidates are searched; the smallest ids win the ties."""
+    from nnkcli.index_flat import kernel_search
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    x[100:200] = x[7]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    found = kernel_search(x, x[7:8], 3, "fp32")
+    assert found.widened >= 1
+    assert set(found.ids[0]) == {7, 100, 101} and found.ids[0, -1] == 101
+
+
+def test_resolve_kernel_refuses_bf16_where_it_cannot_run(monkeypatch):
+    from nnkcli import index_bf16
+    from nnkcli.errors import InputError
+    from nnkcli.index_flat import resolve_kernel
+
+    monkeypatch.setattr(index_bf16, "cpu_flags", lambda: {"avx2"})
+    index_bf16.bf16_unavailable.cache_clear()
+    try:
+        assert resolve_kernel("fp32") == "fp32"
+        assert resolve_kernel("auto") == "fp32"
+        with pytest.raises(InputError, match="no bfloat16 instructions"):
+            resolve_kernel("bf16")
+    finally:
+        index_bf16.bf16_unavailable.cache_clear()

@@ -47,7 +47,7 @@ LAYERS = {
     "__main__": 10,
 }
 # top-level modules that belong to a part named otherwise: the index and its two siblings, the figures' panels
-PART_OF = {"index_file": "index", "index_flat": "index", "plots_panels": "plots"}
+PART_OF = {"index_file": "index", "index_flat": "index", "index_bf16": "index", "plots_panels": "plots"}
 # third-party packages and the one part of nnkcli that may import each
 OWNERS = {
     "h5py": {"storage"},
@@ -59,8 +59,9 @@ OWNERS = {
     "rich": {"output"},
     # the compiled NNK kernel (optional: the 'fast' extra)
     "numba": {"numerics.compiled_kernel"},
-    # the GPU path: the search backend and its NNK solve (kept apart: each a module to read in one sitting)
-    "torch": {"extract", "evaluation.torch_backend", "evaluation.torch_solver", "integrations.training"},
+    # the GPU path: the search backend and its NNK solve (kept apart: each a module to read in one sitting);
+    # the bfloat16 product of the flat index's certified search (--search-kernel bf16)
+    "torch": {"extract", "evaluation.torch_backend", "evaluation.torch_solver", "integrations.training", "index_bf16"},
     # the training-time callback (optional: the 'lightning' extra; the package's older name too)
     "lightning": {"integrations.lightning"},
     "pytorch_lightning": {"integrations.lightning"},
@@ -158,7 +159,7 @@ def test_one_owner_per_dependency():
 def test_the_index_family_is_one_part_below_its_users():
     graph, third = import_graph()
     family = {m for m in graph if part(m) == "index"}
-    assert family == {"nnkcli.index", "nnkcli.index_file", "nnkcli.index_flat"}
+    assert family == {"nnkcli.index", "nnkcli.index_file", "nnkcli.index_flat", "nnkcli.index_bf16"}
     assert {m for m, names in third.items() if "faiss" in names} <= family
     # the siblings are the index's parts, not its users: neither imports nnkcli.index
     assert not {"nnkcli.index"} & (graph["nnkcli.index_file"] | graph["nnkcli.index_flat"])
