@@ -233,7 +233,7 @@ def _subset_from_file(path, train, train_labels: np.ndarray) -> np.ndarray:
 def _run(store, store_path, options, data, per_class, tries, seed, subset_file, progress_factory, started):
     from nnkcli import index as nnk_index
     from nnkcli.evaluation.scoring import solves_cosine_nnk
-    from nnkcli.evaluation.setup import resolve_search
+    from nnkcli.evaluation.searchers import resolve_search
     from nnkcli.evaluation.subsets import balanced_draw, draw_seed, short_classes
     from nnkcli.numerics import compiled
 
@@ -300,7 +300,8 @@ def _score_subset(
 ) -> dict:
     """One subset scored: per result key ``(method, k_used, T)``, the labelled queries' top-1 and top-5 hits."""
     from nnkcli.evaluation.arrays import ArraySplit
-    from nnkcli.evaluation.setup import Evaluation, memory_search
+    from nnkcli.evaluation.searchers import memory_search
+    from nnkcli.evaluation.setup import Evaluation
     from nnkcli.evaluation.streaming import evaluate_chunks
 
     t0 = time.perf_counter()

@@ -16,7 +16,6 @@ With the torch backend (``--backend torch``) both search by matmul on the device
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -24,16 +23,22 @@ from pathlib import Path
 
 import numpy as np
 
-from nnkcli.errors import IndexFileError, InputError
+from nnkcli.errors import InputError
 from nnkcli.evaluation.options import DataOptions, ScoringOptions
 from nnkcli.evaluation.scoring import solves_cosine_nnk
 from nnkcli.evaluation.search import Searcher
+from nnkcli.evaluation.searchers import (
+    SearchSettings,
+    faiss_searcher,
+    memory_search,
+    resolve_index,
+    resolve_kernel,
+    resolve_search,
+    torch_search,
+)
 from nnkcli.numerics import compiled
 
 logger = logging.getLogger("nnkcli")
-
-#: ``(backend, device, fp16)`` as the options give them (``ScoringOptions.backend/.device/.fp16``)
-SearchSettings = tuple[str | None, str, bool]
 
 
 class Evaluation:
@@ -127,7 +132,7 @@ class Evaluation:
 
         data = data if data is not None else DataOptions()
         backend, device, fp16 = resolve_search(search)
-        kernel = _resolve_kernel(search_kernel, backend)
+        kernel = resolve_kernel(search_kernel, backend)
         store_path = Path(store_path)
         store = FeatureStore(store_path)
         try:
@@ -151,11 +156,11 @@ class Evaluation:
             if backend == "torch":
                 searcher, index, index_info = torch_search(train, device, fp16)
             else:
-                index, index_info = _resolve_index(
+                index, index_info = resolve_index(
                     store_path, train, data.index_path, data.rebuild_index, progress_factory
                 )
                 index_info["backend"] = "faiss"
-                searcher = _faiss_searcher(index, sharded=bool(index_info.get("shards")), kernel=kernel)
+                searcher = faiss_searcher(index, sharded=bool(index_info.get("shards")), kernel=kernel)
             # the query rows this run evaluates: all, or one shard's contiguous range
             rows = (0, int(query.n)) if data.shard is None else shard_rows(query.n, *data.shard)
             return cls(
@@ -216,7 +221,7 @@ class Evaluation:
         from nnkcli.evaluation.arrays import ArraySplit, check_features, encode_labels
 
         backend, device, fp16 = resolve_search(search)
-        kernel = _resolve_kernel(search_kernel, backend)
+        kernel = resolve_kernel(search_kernel, backend)
         if backend == "torch" and keep_zero_rows:
             raise InputError("all-zero rows are kept only by the faiss backend", hint="use backend='faiss'")
         xt = check_features(train_features, "train features")
@@ -365,145 +370,6 @@ def split_labels(store, train, query) -> tuple[np.ndarray, np.ndarray, list[str]
     top_label = int(max(train_labels.max(initial=-1), query_labels.max(initial=-1)))
     n_classes = max(len(names) if names else 0, top_label + 1, 1)
     return train_labels, query_labels, list(names) if names else [str(c) for c in range(n_classes)]
-
-
-def memory_search(
-    train, backend: str, device: str, fp16: bool, *, keep_zero_rows: bool = False, kernel: str = "fp32"
-):
-    """(searcher, index, index_info) over the rows of an in-memory split (``ArraySplit``): exact search by
-    an in-memory flat faiss index of its L2-normalised rows (``kernel``: the resolved search kernel),
-    or by matmul on ``device`` (torch)."""
-    from nnkcli import index as nnk_index
-    from nnkcli.evaluation.arrays import unit_rows
-
-    if backend == "torch":  # the GPU path: exact search by matmul on the device
-        return torch_search(train, device, fp16)
-    index = nnk_index.flat_index_of_rows(unit_rows(train.features, keep_zero_rows=keep_zero_rows), name=train.name)
-    info = {"path": None, "built_in_memory": True, "rebuilt": False, "type": "flat", "backend": "faiss"}
-    return _faiss_searcher(index, sharded=False, kernel=kernel), index, info
-
-
-def resolve_search(search: SearchSettings) -> tuple[str, str, bool]:
-    """(backend, device, fp16) -> the backend and device actually used (``torch_backend.resolve_backend``)."""
-    from nnkcli.evaluation.torch_backend import resolve_backend
-
-    backend, device = resolve_backend(*search)
-    return backend, device, bool(search[2])
-
-
-def torch_search(train, device: str, fp16: bool) -> tuple[Searcher, None, dict]:
-    """The torch backend's (searcher, index, index_info) over ``train``: exact search by matmul on ``device``."""
-    from nnkcli.evaluation.torch_backend import TorchSearcher
-
-    info = {
-        "path": None,
-        "built_in_memory": True,
-        "rebuilt": False,
-        "type": "flat",
-        "backend": "torch",
-        "device": device,
-        "fp16": fp16,
-    }
-    return TorchSearcher(train, device=device, fp16=fp16), None, info
-
-
-def _resolve_kernel(search_kernel: str, backend: str) -> str:
-    """The flat search's kernel (``fp32``/``bf16``, by the main thread: it may import torch); the torch backend's own.
-
-    ``bf16`` asked of the torch backend is refused: that backend multiplies as ``--fp16`` says.
-    """
-    from nnkcli.index_flat import resolve_kernel
-
-    if backend == "torch":
-        if search_kernel == "bf16":
-            raise InputError(
-                "--search-kernel bf16 is a kernel of the faiss backend's flat index",
-                hint="drop --backend torch, or use its --fp16",
-            )
-        return "fp32"
-    return resolve_kernel(search_kernel)
-
-
-def _faiss_searcher(index, *, sharded: bool, kernel: str = "fp32") -> Searcher:
-    from nnkcli.evaluation.search import IndexSearcher, ShardedSearcher
-
-    return ShardedSearcher(index) if sharded else IndexSearcher(index, kernel=kernel)
-
-
-def _resolve_index(store_path: Path, train, index_path, rebuild_index, progress_factory):
-    """The saved index (checked fresh, rebuilt with ``--rebuild-index``) or one built in memory."""
-    from nnkcli import index as nnk_index
-
-    explicit = index_path is not None
-    path = Path(index_path) if explicit else nnk_index.default_index_path(store_path, train.name)
-    info = {"path": str(path), "built_in_memory": False, "rebuilt": False}
-    from nnkcli import shards
-
-    if shards.is_manifest(path):
-        return _resolve_manifest(store_path, train, path, rebuild_index, progress_factory, info)
-    if path.exists():
-        loaded = None
-        try:
-            with progress_factory(None, "loading the index") if progress_factory else contextlib.nullcontext():
-                loaded = nnk_index.load_index(path)
-            nnk_index.check_fresh(loaded, train, store_path=store_path)
-        except IndexFileError as exc:
-            if not rebuild_index:
-                raise
-            logger.warning(f"{exc.message}; rebuilding it (--rebuild-index)")
-            # keep the user's index type and parameters when the old file was readable
-            params = loaded.params if loaded is not None else nnk_index.IndexParams()
-            built = _build(store_path, train, params, progress_factory)
-            nnk_index.save_index(built, path)
-            info["rebuilt"] = True
-            info["type"] = built.params.index_type
-            return built, info
-        info["type"] = loaded.params.index_type
-        return loaded, info
-    if explicit:
-        raise IndexFileError(
-            f"index file not found: {path}", hint="build it with 'nnk index STORE --out PATH', or omit --index"
-        )
-    logger.info(f"no saved index at {path}; building a flat index in memory (run 'nnk index' to keep one)")
-    built = _build(store_path, train, nnk_index.IndexParams(), progress_factory)
-    info.update(path=None, built_in_memory=True, type="flat")
-    return built, info
-
-
-def _resolve_manifest(store_path: Path, train, path, rebuild_index, progress_factory, info):
-    """A sharded index (``nnk index --shards M``): the manifest is checked now, each shard when loaded
-    (with ``--rebuild-index``, every shard now)."""
-    from nnkcli import shards
-
-    manifest = None
-    try:
-        manifest = shards.Manifest(path)
-        manifest.check_fresh(train, store_path=store_path)
-        if rebuild_index:  # an in-place edit shows only in the shards' rows: look at them all now
-            manifest.check_samples()
-    except IndexFileError as exc:
-        if not rebuild_index or manifest is None:
-            raise
-        logger.warning(f"{exc.message}; rebuilding it (--rebuild-index)")
-        if progress_factory is not None:
-            with progress_factory(train.n, "building the index") as advance:
-                manifest = shards.build_sharded(
-                    train, path, manifest.n_shards, manifest.params, store_path=store_path, progress=advance
-                )
-        else:
-            manifest = shards.build_sharded(train, path, manifest.n_shards, manifest.params, store_path=store_path)
-        info["rebuilt"] = True
-    info.update(type=manifest.params.index_type, shards=manifest.n_shards)
-    return manifest, info
-
-
-def _build(store_path: Path, train, params, progress_factory):
-    from nnkcli import index as nnk_index
-
-    if progress_factory is None:
-        return nnk_index.build_index(train, params, store_path=store_path)
-    with progress_factory(train.n, "building the index") as advance:
-        return nnk_index.build_index(train, params, store_path=store_path, progress=advance)
 
 
 def with_k(settings: dict, k) -> dict:
