@@ -62,6 +62,9 @@ OWNERS = {
     "torch": {"extract", "evaluation.torch_backend", "evaluation.torch_solver"},
     # result rows as a DataFrame (optional: the 'pandas' extra)
     "pandas": {"evaluation.results"},
+    # the model zoos of nnk extract --model timm:NAME / hf:DIR (optional: the 'timm' and 'hf' extras)
+    "timm": {"extract.timm_models"},
+    "transformers": {"extract.hf_models"},
 }
 
 

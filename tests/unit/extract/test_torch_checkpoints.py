@@ -15,13 +15,8 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from nnkcli.errors import InputError  # noqa: E402
-from nnkcli.extract.torch_checkpoints import (  # noqa: E402
-    detect_prefix,
-    find_state_dict,
-    load_checkpoint,
-    strip_prefixes,
-    summarize_keys,
-)
+from nnkcli.extract.checkpoint_keys import detect_prefix, strip_prefixes, summarize_keys  # noqa: E402
+from nnkcli.extract.torch_checkpoints import find_state_dict, load_checkpoint  # noqa: E402
 
 # -- prefixes and nesting -----------------------------------------------------------
 MODEL_KEYS = ["conv1.weight", "conv1.bias", "bn1.weight", "layer1.0.conv.weight"]
