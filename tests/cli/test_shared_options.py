@@ -40,6 +40,7 @@ SAME_NAME_ONLY = {
     "--tensorboard": "a different set of scalars in each command",
     "--split": "extract writes that split, quality measures it (default val), audit audits its labels (default train)",
     "--seed": "compare's bootstrap seed, quality's sample seed",
+    "--protocol": "the scoring preset of classify/sweep/evaluate; extract's transform and feature preset",
 }
 
 #: options declared in variants (the same check and grammar): command -> variant; one wording per variant
@@ -53,6 +54,7 @@ VARIANTS = {
         "audit": "one k among a split's other rows",
     },
     "--gate-method": {"classify": "one run", "sweep": "one run", "merge": "one run", "evaluate": "history"},
+    "--layer": {"extract": "a model's module, or a VISSL layer with --from", "evaluate": "a model's module"},
 }
 
 #: a bad value for every shared option that has one (flags and free text have none)
@@ -64,6 +66,7 @@ BAD = {
     "--confidence": "2",
     "--crop": "0",
     "--device": "tpu",
+    "--features": "pool",
     "--format": "yaml",
     "--gate-method": "svm",
     "--interpolation": "nearest",
@@ -94,7 +97,7 @@ BAD = {
     "--workers": "-1",
 }
 #: shared options any value of which is valid while parsing (a path, a key, a name)
-FREE = {"--index", "--model", "--checkpoint-key", "--strip-prefix", "--out", "--tensorboard", "--title"}
+FREE = {"--index", "--model", "--layer", "--checkpoint-key", "--strip-prefix", "--out", "--tensorboard", "--title"}
 
 
 def commands() -> list[str]:
