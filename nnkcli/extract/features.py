@@ -10,7 +10,7 @@ any sub-module by a forward hook (a ResNet's ``avgpool``, a projector).
 
 A Vision Transformer is recognised by its parts, wherever it comes from: a final norm and
 a list of blocks (``norm``/``blocks``: timm, DINO, DINOv2, iBOT, MoCo v3, MAE;
-``layernorm``/``encoder.layer``: transformers' ViT and DINOv2). The tokens before the
+``layernorm``/``encoder.layer`` or ``layers``: transformers' ViT and DINOv2). The tokens before the
 patches (class, registers) are ``num_prefix_tokens`` (timm), ``1 + num_register_tokens``
 (DINOv2) or 1.
 """
@@ -28,12 +28,12 @@ from nnkcli.extract.presets import FEATURES
 
 logger = logging.getLogger("nnkcli")
 
-#: (final norm, blocks) of the Vision Transformers this recognises, as paths from the module
-_TOKEN_PARTS = (
-    ("norm", "blocks"),
-    ("layernorm", "encoder.layer"),
-    ("model.norm", "model.blocks"),
-    ("model.layernorm", "model.encoder.layer"),
+#: (final norm, blocks) of the Vision Transformers this recognises, as paths from the module or from
+#: its ``model`` (``hf_models.HFBackbone``); transformers names the blocks ``encoder.layer`` or ``layers``
+_TOKEN_PARTS = tuple(
+    (owner + norm, owner + blocks)
+    for owner in ("", "model.")
+    for norm, blocks in (("norm", "blocks"), ("layernorm", "encoder.layer"), ("layernorm", "layers"))
 )
 
 

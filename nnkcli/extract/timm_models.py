@@ -53,9 +53,10 @@ def build_timm(
     text : str
         The ``--model`` value, for messages.
     input_size : int, optional
-        The crop the model will see. A Vision Transformer with a fixed input size other
-        than this one (``*_dinov2`` are built for 518) is built for this size, unless
-        ``img_size`` is among ``options``.
+        The crop the model will see. An architecture taking ``img_size`` (a Vision
+        Transformer: ``*_dinov2`` are made for 518) is built for this size, unless
+        ``img_size`` is among ``options``; its position embeddings are then resampled from
+        the checkpoint's by timm's ``checkpoint_filter_fn``.
 
     Returns
     -------
@@ -75,11 +76,20 @@ def build_timm(
             f"--model {text}: pretrained=True would download weights", hint="pass the weights with --checkpoint"
         )
     kwargs = {"num_classes": 0, **options, "pretrained": False}
-    model = _create(timm, name, kwargs, text)
-    size = _fixed_input_size(model)
-    if input_size is not None and "img_size" not in options and size not in (None, (input_size, input_size)):
-        logger.info("model: %s is built for %s images; building it for %d", name, "x".join(map(str, size)), input_size)
-        model = _create(timm, name, {**kwargs, "img_size": input_size}, text)
+    model = None
+    if input_size is not None and "img_size" not in options:
+        # a ViT is built for the crop at once (building it twice doubles the start-up of a large model);
+        # architectures without an image size refuse the keyword
+        try:
+            model = timm.create_model(name, **kwargs, img_size=input_size)
+        except Exception:  # TypeError: no img_size; any other error is raised again, worded, below
+            model = None
+        native = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+        if model is not None and native and tuple(native[-2:]) != (input_size, input_size):
+            made_for = "x".join(map(str, native[-2:]))
+            logger.info("model: %s is made for %s images; built for %d", name, made_for, input_size)
+    if model is None:
+        model = _create(timm, name, kwargs, text)
     return model, _converter(model)
 
 
@@ -92,15 +102,6 @@ def _create(timm, name: str, kwargs: dict, text: str):
             f"--model {text}: timm cannot build it ({type(exc).__name__}: {first})",
             hint="check the key=value arguments against the architecture's constructor",
         ) from None
-
-
-def _fixed_input_size(model) -> tuple[int, int] | None:
-    """The image size a ViT's patch embedding insists on, or None (any size, or no patch embedding)."""
-    embed = getattr(model, "patch_embed", None)
-    size = getattr(embed, "img_size", None)
-    if size is None or getattr(model, "dynamic_img_size", False) or not getattr(embed, "strict_img_size", True):
-        return None
-    return tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
 
 
 def _converter(model) -> tuple[str, Callable] | None:
