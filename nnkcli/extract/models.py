@@ -84,13 +84,25 @@ def parse_model_spec(text: str) -> ModelSpec:
     if prefix == "torchvision":
         return ModelSpec("torchvision", target, text)
     if prefix == "timm":
-        name, *pairs = target.split(",")
+        name, *pairs = _split_arguments(target)
         return ModelSpec("timm", name.strip(), text, tuple(_parse_option(text, pair) for pair in pairs))
     if prefix == "hf":
         return ModelSpec("hf", target, text)
     if prefix == "torchscript":
         return ModelSpec("torchscript", target, text)
     return ModelSpec("factory", text, text)
+
+
+def _split_arguments(target: str) -> list[str]:
+    """``NAME,a=1,b=(2,3)`` -> ["NAME", "a=1", "b=(2,3)"]: commas inside brackets belong to a value."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(target):
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if char == "," and depth == 0:
+            parts.append(target[start:i])
+            start = i + 1
+    return [*parts, target[start:]]
 
 
 def _parse_option(text: str, pair: str) -> tuple[str, object]:

@@ -30,6 +30,8 @@ TRANSFORM = EvalTransform(resize=36, crop=CROP)
 VIT = "vit_tiny_patch16_224"
 VIT_ARGS = dict(depth=4, embed_dim=48, num_heads=3, img_size=CROP)
 VIT_SPEC = f"timm:{VIT},depth=4,embed_dim=48,num_heads=3"
+RESNET_ARGS = dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64))
+RESNET_SPEC = "timm:resnet18,layers=(1,1,1,1),channels=(8,16,32,64)"
 
 
 @pytest.fixture(scope="module")
@@ -171,23 +173,23 @@ RESNET_LAYOUTS = {
 
 @pytest.mark.parametrize("layout", list(RESNET_LAYOUTS))
 def test_resnet_layouts_load_and_equal_timms_forward(tmp_path, samples, batch, layout):
-    model = _random("resnet18", 2)
+    model = _random("resnet18", 2, **RESNET_ARGS)
     torch.save(RESNET_LAYOUTS[layout](model.state_dict()), tmp_path / "ck.pth")
-    got, _ = _extract(tmp_path, samples, "timm:resnet18", tmp_path / "ck.pth")
+    got, _ = _extract(tmp_path, samples, RESNET_SPEC, tmp_path / "ck.pth")
     np.testing.assert_allclose(got, _forward(model, batch), rtol=1e-5, atol=1e-5)
 
 
 def test_lightly_sequential_backbone_loads_by_child_position(tmp_path, samples, batch):
-    model = _random("resnet18", 4)
+    model = _random("resnet18", 4, **RESNET_ARGS)
     # lightly's examples: backbone = nn.Sequential(*list(resnet.children())[:-1]) (examples/pytorch/simclr.py l. 30)
     backbone = torch.nn.Sequential(*list(model.children())[:-1])
     state = {
         **_prefixed(backbone.state_dict(), "backbone."),
-        "projection_head.layers.0.weight": torch.zeros(8, 512),
+        "projection_head.layers.0.weight": torch.zeros(8, 64),
     }
     assert "backbone.4.0.conv1.weight" in state  # the layout really is positional
     torch.save({"state_dict": state, "epoch": 3}, tmp_path / "ck.pth")
-    got, attrs = _extract(tmp_path, samples, "timm:resnet18", tmp_path / "ck.pth")
+    got, attrs = _extract(tmp_path, samples, RESNET_SPEC, tmp_path / "ck.pth")
     np.testing.assert_allclose(got, _forward(model, batch), rtol=1e-5, atol=1e-5)
     assert attrs["checkpoint_conversion"].startswith("child positions")
 
@@ -277,9 +279,9 @@ def test_vit_features_equal_the_tokens_computed_block_by_block(tmp_path, samples
 
 
 def test_layer_hook_on_a_resnet(tmp_path, samples, batch):
-    model = _random("resnet18", 8)
+    model = _random("resnet18", 8, **RESNET_ARGS)
     torch.save(model.state_dict(), tmp_path / "ck.pth")
-    got, attrs = _extract(tmp_path, samples, "timm:resnet18", tmp_path / "ck.pth", layer="layer3")
+    got, attrs = _extract(tmp_path, samples, RESNET_SPEC, tmp_path / "ck.pth", layer="layer3")
     with torch.no_grad():
         x = model.maxpool(model.act1(model.bn1(model.conv1(batch))))
         x = model.layer3(model.layer2(model.layer1(x)))
@@ -295,10 +297,10 @@ def test_protocol_dino_takes_the_class_token_of_a_vit_and_the_output_of_a_resnet
     assert attrs["protocol"] == "dino" and attrs["features"] == "cls"
     images = torch.from_numpy(np.stack([dino(load_image(p)) for p in samples.paths]))
     np.testing.assert_allclose(got, _tokens(vit, images)[-1][:, 0].numpy(), rtol=1e-5, atol=1e-5)
-    resnet = _random("resnet18", 9)
+    resnet = _random("resnet18", 9, **RESNET_ARGS)
     torch.save(resnet.state_dict(), tmp_path / "r.pth")
     (tmp_path / "s.h5").unlink()
-    got, attrs = _extract(tmp_path, samples, "timm:resnet18", tmp_path / "r.pth", protocol="dino", transform=dino)
+    got, attrs = _extract(tmp_path, samples, RESNET_SPEC, tmp_path / "r.pth", protocol="dino", transform=dino)
     assert attrs["protocol"] == "dino" and "features" not in attrs  # the model's own output
     np.testing.assert_allclose(got, _forward(resnet, images), rtol=1e-5, atol=1e-5)
 
@@ -344,10 +346,10 @@ def test_bad_timm_specs(tmp_path, samples, spec, message):
 
 
 def test_features_of_a_model_without_tokens_are_refused(tmp_path, samples):
-    model = _random("resnet18", 12)
+    model = _random("resnet18", 12, **RESNET_ARGS)
     torch.save(model.state_dict(), tmp_path / "ck.pth")
     with pytest.raises(InputError, match="--features cls needs a Vision Transformer"):
-        _extract(tmp_path, samples, "timm:resnet18", tmp_path / "ck.pth", features="cls")
+        _extract(tmp_path, samples, RESNET_SPEC, tmp_path / "ck.pth", features="cls")
 
 
 # -- Hugging Face ---------------------------------------------------------------------------------
