@@ -67,12 +67,22 @@ def fake_torchvision(monkeypatch, tinynets):
         ("torchvision:resnet50", "torchvision", "resnet50"),
         ("torchscript:/tmp/m.pt", "torchscript", "/tmp/m.pt"),
         ("mypkg.nets:make", "factory", "mypkg.nets:make"),
+        ("timm:vit_small_patch14_dinov2", "timm", "vit_small_patch14_dinov2"),
+        ("hf:models/dinov2-small", "hf", "models/dinov2-small"),
     ],
 )
 def test_parse_model_spec(text, kind, target):
     spec = parse_model_spec(text)
     assert (spec.kind, spec.target, spec.text) == (kind, target, text)
-    assert spec.needs_checkpoint == (kind == "torchvision")
+    assert spec.needs_checkpoint == (kind in ("torchvision", "timm"))
+
+
+def test_timm_spec_arguments_are_python_literals_with_bracketed_commas():
+    spec = parse_model_spec("timm:resnet18, layers=(1,1,1,1),drop_rate=0.1,act_layer=gelu,dims=[8, 16]")
+    assert spec.target == "resnet18"
+    assert dict(spec.options) == {"layers": (1, 1, 1, 1), "drop_rate": 0.1, "act_layer": "gelu", "dims": [8, 16]}
+    with pytest.raises(InputError, match="'2=x' is not a key=value argument"):
+        parse_model_spec("timm:resnet18,2=x")
 
 
 @pytest.mark.parametrize("text", ["resnet50", "torchvision:", ":make", ""])
