@@ -44,7 +44,7 @@ def _submodule(module, path: str):
         return None
 
 
-def token_parts(module) -> tuple[object, object, int] | None:
+def token_parts(module) -> tuple[Any, Any, int] | None:
     """(final norm, blocks, number of prefix tokens) of a Vision Transformer, or None."""
     for norm_path, blocks_path in _TOKEN_PARTS:
         norm, blocks = _submodule(module, norm_path), _submodule(module, blocks_path)

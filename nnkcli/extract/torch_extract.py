@@ -414,10 +414,10 @@ def extract_image_features(
                 if keep:
                     index = torch.tensor(keep)
                     batch = images.index_select(0, index).to(device, non_blocking=True)
-                    features = forward_features(module, batch, fp16=fp16)
+                    rows = forward_features(module, batch, fp16=fp16)
                     ids = [samples.ids[positions[i]] for i in keep]
-                    _check_rows(features, ids, fp16)
-                    writer.append(features, labels.index_select(0, index).numpy().astype(np.int64), ids=ids)
+                    _check_rows(rows, ids, fp16)
+                    writer.append(rows, labels.index_select(0, index).numpy().astype(np.int64), ids=ids)
                 advance(len(positions))
         except KeyboardInterrupt:
             logger.warning("interrupted after %d rows; rerun with --resume to continue", writer.n_written)
