@@ -231,7 +231,9 @@ def _load_torchscript(spec: ModelSpec):
     try:
         with warnings.catch_warnings():
             # TorchScript is deprecated upstream but remains the one self-contained export format
+            # (torch 2.13 says so with a DeprecationWarning, 2.14 with a FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError / ValueError / zip errors
         raise InputError(
