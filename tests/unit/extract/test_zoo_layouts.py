@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
 timm = pytest.importorskip("timm", exc_type=ImportError)
 
-from nnkcli.errors import InputError  # noqa: E402
+from nnkcli.errors import InputError, StoreError  # noqa: E402
 from nnkcli.extract.images import EvalTransform, load_image, scan_image_folder  # noqa: E402
 from nnkcli.extract.torch_extract import extract_image_features  # noqa: E402
 from nnkcli.storage.store import FeatureStore  # noqa: E402
@@ -303,6 +303,26 @@ def test_protocol_dino_takes_the_class_token_of_a_vit_and_the_output_of_a_resnet
     got, attrs = _extract(tmp_path, samples, RESNET_SPEC, tmp_path / "r.pth", protocol="dino", transform=dino)
     assert attrs["protocol"] == "dino" and "features" not in attrs  # the model's own output
     np.testing.assert_allclose(got, _forward(resnet, images), rtol=1e-5, atol=1e-5)
+
+
+def test_resume_continues_a_timm_extraction_and_refuses_other_features(tmp_path, samples, batch):
+    model = _random(VIT, 14, **VIT_ARGS)
+    torch.save(dino_training(model.state_dict()), tmp_path / "ck.pth")
+    store = tmp_path / "s.h5"
+    kwargs = dict(checkpoint=tmp_path / "ck.pth", transform=TRANSFORM, device="cpu", batch_size=2, features="avgpool")
+
+    def interrupt_after_one_batch(n):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_image_features(store, "train", samples, VIT_SPEC, progress=interrupt_after_one_batch, **kwargs)
+    with pytest.raises(StoreError, match="different attrs"):  # other features (of the same width)
+        extract_image_features(store, "train", samples, VIT_SPEC, resume=True, **{**kwargs, "features": "cls"})
+    summary = extract_image_features(store, "train", samples, VIT_SPEC, resume=True, **kwargs)
+    assert summary["resumed_rows"] == 2 and summary["n"] == len(samples)
+    with FeatureStore(store) as fs:
+        expected = _tokens(model, batch)[-1][:, 1:].mean(dim=1)
+        np.testing.assert_allclose(fs.split("train").features[:], expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
 # -- refusals -----------------------------------------------------------------------------------
