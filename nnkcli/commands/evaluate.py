@@ -8,13 +8,12 @@ from pathlib import Path
 import click
 
 from nnkcli.cli import command_options, get_ui, lock_timeout_option
+from nnkcli.commands._model_options import MODEL_PARAMS, model_options
 from nnkcli.commands._options import (
-    MODEL_PARAMS,
     check_with,
     data_options,
     gate_options,
     given_on_command_line,
-    model_options,
     points,
     scoring_options,
 )

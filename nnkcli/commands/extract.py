@@ -18,7 +18,7 @@ from nnkcli.output import Column, render
 logger = logging.getLogger("nnkcli")
 
 _META_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
-_ARRAY_OPTIONS = ("labels_path", "features_key", "labels_key", "layer", "class_names_path", "allow_gaps")
+_ARRAY_OPTIONS = ("labels_path", "features_key", "labels_key", "class_names_path", "allow_gaps")
 
 SUMMARY_COLUMNS = [
     Column("split", justify="left"),
@@ -77,6 +77,11 @@ Examples:
   nnk extract feats.h5 --split val --from val.parquet --features-key emb --labels-key label
   nnk extract feats.h5 --split train --from clip_out/         # img_emb/*.npy + metadata/*.parquet
   nnk extract feats.h5 --split val --images imagenet/val --model torchvision:resnet50 --checkpoint ck.pth
+  nnk extract feats.h5 --split val --images imagenet/val --model timm:vit_small_patch16_224 \\
+      --checkpoint dino_deitsmall16_pretrain.pth --protocol dino
+  nnk extract feats.h5 --split val --images imagenet/val --model timm:vit_small_patch14_dinov2 \\
+      --checkpoint dinov2_vits14_pretrain.pth --protocol dinov2 --features cls+avgpool
+  nnk extract feats.h5 --split val --images imagenet/val --model hf:dinov2-small/ --features cls
 """,
 )
 @click.argument("store", type=click.Path(dir_okay=False, path_type=str))
@@ -119,7 +124,6 @@ Examples:
     default=None,
     help="Text file of class names, one per line: integer label i is named by line i+1.",
 )
-@click.option("--layer", metavar="L", default=None, help="VISSL layer to import (when the folder holds several).")
 @click.option(
     "--allow-gaps", is_flag=True, help="VISSL: import even when dataset indices are missing (a rank's shards absent)."
 )
@@ -181,7 +185,14 @@ def extract(
         )
     else:
         summary = run_image_extraction(
-            ctx, store=store, split=split, overwrite=overwrite, meta=meta, lock_timeout=lock_timeout, **image_opts
+            ctx,
+            store=store,
+            split=split,
+            overwrite=overwrite,
+            meta=meta,
+            lock_timeout=lock_timeout,
+            layer=layer,
+            **image_opts,
         )
         if summary.pop("rank", 0) != 0:
             return  # under torchrun only rank 0 prints the assembled split's summary

@@ -10,10 +10,20 @@ from __future__ import annotations
 
 import click
 
-from nnkcli.commands._options import MODEL_PARAMS, model_options
+from nnkcli.commands._model_options import LAYER_HELP, MODEL_PARAMS, model_options
+from nnkcli.commands._options import given_on_command_line
 from nnkcli.extract import TRANSFORM_KEYS, require_torch
+from nnkcli.extract.presets import EXTRACTION_PROTOCOLS
 
-IMAGE_OPTION_NAMES = ("images", "image_list", "checkpoint", "resume", *MODEL_PARAMS)
+#: the options of the model path (``--layer`` serves both paths: a VISSL layer with --from)
+IMAGE_OPTION_NAMES = (
+    "images",
+    "image_list",
+    "checkpoint",
+    "resume",
+    "protocol",
+    *(n for n in MODEL_PARAMS if n != "layer"),
+)
 
 
 def image_options(f):
@@ -38,8 +48,15 @@ def image_options(f):
             help="State dict to load into the model (strict: every parameter must be present).",
         ),
         click.option("--resume", is_flag=True, help="Continue an interrupted extraction of this split."),
+        click.option(
+            "--protocol",
+            type=click.Choice(list(EXTRACTION_PROTOCOLS)),
+            default=None,
+            help="A peer's evaluation transform and feature choice (dino, dinov2: resize 256 bicubic, crop 224, "
+            "class token; clip: 224, CLIP's mean/std, the model's output; mae: as dino); options given override it.",
+        ),
     ]
-    f = model_options(f)
+    f = model_options(f, layer_help=LAYER_HELP[:-1] + "; with --from: the VISSL layer to import.")
     for opt in reversed(opts):
         f = opt(f)
     return f
@@ -67,7 +84,8 @@ def run_image_extraction(ctx: click.Context, *, store: str, split: str, overwrit
         raise click.UsageError("--model needs --images DIR or --image-list FILE.csv")
     if not options.get("model"):
         raise click.UsageError(
-            "--images/--image-list need --model SPEC (torchvision:NAME, torchscript:FILE or MODULE:CALLABLE)"
+            "--images/--image-list need --model SPEC (timm:NAME, hf:DIR, torchvision:NAME, torchscript:FILE "
+            "or MODULE:CALLABLE)"
         )
     for name in ("checkpoint_key", "trust_checkpoint"):
         if options.get(name) and not options.get("checkpoint"):
@@ -81,7 +99,12 @@ def run_image_extraction(ctx: click.Context, *, store: str, split: str, overwrit
     from nnkcli.extract.torch_extract import extract_image_features
 
     ui = get_ui(ctx)
-    transform = EvalTransform(**{key: options[key] for key in TRANSFORM_KEYS})
+    from nnkcli.extract.presets import apply_extraction_protocol
+
+    protocol = options.get("protocol")
+    given = set(given_on_command_line(ctx, [*TRANSFORM_KEYS, "features"]))
+    settings = apply_extraction_protocol(protocol, {key: options[key] for key in TRANSFORM_KEYS}, given)
+    transform = EvalTransform(**{key: settings[key] for key in TRANSFORM_KEYS})
     samples = scan_image_folder(image_source) if images else read_image_list(image_source)
     world = launched_world()  # (rank, world size, local rank) under torchrun, else None
     run = extract_image_features if world is None else extract_distributed
@@ -101,6 +124,9 @@ def run_image_extraction(ctx: click.Context, *, store: str, split: str, overwrit
             strip_prefix=list(options.get("strip_prefix") or ()) or None,
             trust_checkpoint=bool(options.get("trust_checkpoint")),
             transform=transform,
+            features=options.get("features"),
+            layer=options.get("layer"),
+            protocol=protocol,
             device=options["device"],
             batch_size=options["batch_size"],
             workers=options["workers"],

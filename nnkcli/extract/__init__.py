@@ -5,8 +5,10 @@
 :class:`ImportedFeatures` whose ``features`` reads rows lazily (by block, from the file,
 wherever the format allows), ready for :func:`nnkcli.storage.store.write_split`. What the
 importers share is in ``common.py``. The optional model extractor (torch) is
-``torch_extract.py`` (with ``images.py``, ``models.py``, ``torch_checkpoints.py`` and
-``distributed.py``) and is imported only when used; nothing here imports torch at module level.
+``torch_extract.py`` (with ``images.py``, ``models.py`` and its zoos ``timm_models.py`` and
+``hf_models.py``, ``features.py``, ``presets.py``, ``torch_checkpoints.py`` with
+``checkpoint_keys.py``, and ``distributed.py``) and is imported only when used; nothing here
+imports torch at module level.
 """
 
 from __future__ import annotations

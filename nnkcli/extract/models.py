@@ -5,9 +5,14 @@ A model spec is one of
 * ``torchvision:NAME`` -- a torchvision architecture (``torchvision:resnet50``) with
   its classification head replaced by the identity, so that the output is the
   pooled backbone feature;
+* ``timm:NAME[,key=value...]`` -- a timm architecture built offline without weights and
+  without its classifier (``timm.create_model(NAME, pretrained=False, num_classes=0,
+  key=value...)``; ``nnkcli.extract.timm_models``);
+* ``hf:DIR`` -- a Hugging Face ``transformers`` model saved in a local folder (never
+  downloaded; ``nnkcli.extract.hf_models``);
 * ``torchscript:FILE.pt`` -- any exported TorchScript model, used as it is;
 * ``MODULE:CALLABLE`` -- a Python factory returning an ``nn.Module``, imported from
-  the current directory or ``PYTHONPATH`` (how DINO ViTs, timm or custom code plug in).
+  the current directory or ``PYTHONPATH`` (how DINO's own ViTs or custom code plug in).
 
 Trained weights are loaded by ``nnkcli.extract.torch_checkpoints.load_checkpoint``.
 
@@ -21,6 +26,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,18 +42,20 @@ HEAD_ATTRIBUTES = ("fc", "head", "heads", "classifier")
 class ModelSpec:
     """A parsed ``--model`` value.
 
-    ``kind`` is ``"torchvision"``, ``"torchscript"`` or ``"factory"``; ``target`` the
-    architecture name, the file, or ``MODULE:CALLABLE``.
+    ``kind`` is ``"torchvision"``, ``"timm"``, ``"hf"``, ``"torchscript"`` or ``"factory"``;
+    ``target`` the architecture name, the folder, the file, or ``MODULE:CALLABLE``;
+    ``options`` the ``key=value`` arguments of a timm architecture, values as Python literals.
     """
 
     kind: str
     target: str
     text: str
+    options: tuple[tuple[str, object], ...] = ()
 
     @property
     def needs_checkpoint(self) -> bool:
-        """torchvision architectures are built with random weights, so they need one."""
-        return self.kind == "torchvision"
+        """torchvision and timm architectures are built with random weights, so they need one."""
+        return self.kind in ("torchvision", "timm")
 
 
 @dataclass
@@ -57,42 +65,94 @@ class LoadedModel:
     module: object  # torch.nn.Module
     spec: ModelSpec
     head_replaced: str | None = None
+    #: the architecture's own checkpoint key conversion, (name, callable(state, model) -> state)
+    converter: tuple[str, Callable] | None = None
 
 
 # -- model specs -------------------------------------------------------------------
+_SPEC_HINT = "use torchvision:NAME, timm:NAME, hf:DIR, torchscript:FILE.pt or MODULE:CALLABLE"
+
+
 def parse_model_spec(text: str) -> ModelSpec:
-    """Parse ``torchvision:NAME``, ``torchscript:FILE`` or ``MODULE:CALLABLE``."""
+    """Parse ``torchvision:NAME``, ``timm:NAME[,key=value...]``, ``hf:DIR``, ``torchscript:FILE`` or
+    ``MODULE:CALLABLE``."""
     if not isinstance(text, str) or ":" not in text:
-        raise InputError(
-            f"--model {text!r} is not a model spec",
-            hint="use torchvision:NAME, torchscript:FILE.pt or MODULE:CALLABLE",
-        )
+        raise InputError(f"--model {text!r} is not a model spec", hint=_SPEC_HINT)
     prefix, _, target = text.partition(":")
     if not prefix or not target:
-        raise InputError(
-            f"--model {text!r} is not a model spec",
-            hint="use torchvision:NAME, torchscript:FILE.pt or MODULE:CALLABLE",
-        )
+        raise InputError(f"--model {text!r} is not a model spec", hint=_SPEC_HINT)
     if prefix == "torchvision":
         return ModelSpec("torchvision", target, text)
+    if prefix == "timm":
+        name, *pairs = _split_arguments(target)
+        return ModelSpec("timm", name.strip(), text, tuple(_parse_option(text, pair) for pair in pairs))
+    if prefix == "hf":
+        return ModelSpec("hf", target, text)
     if prefix == "torchscript":
         return ModelSpec("torchscript", target, text)
     return ModelSpec("factory", text, text)
 
 
-def build_model(spec: ModelSpec | str) -> LoadedModel:
+def _split_arguments(target: str) -> list[str]:
+    """``NAME,a=1,b=(2,3)`` -> ["NAME", "a=1", "b=(2,3)"]: commas inside brackets belong to a value."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(target):
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if char == "," and depth == 0:
+            parts.append(target[start:i])
+            start = i + 1
+    return [*parts, target[start:]]
+
+
+def _parse_option(text: str, pair: str) -> tuple[str, object]:
+    """``depth=2`` -> ("depth", 2): the value a Python literal, else the string as written."""
+    import ast
+
+    key, sep, value = pair.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not key.isidentifier() or not value:
+        raise InputError(
+            f"--model {text}: {pair!r} is not a key=value argument",
+            hint="e.g. timm:vit_small_patch14_dinov2,img_size=224",
+        )
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def build_model(spec: ModelSpec | str, *, input_size: int | None = None) -> LoadedModel:
     """Build the model a spec names (on the CPU, weights as the spec provides them).
+
+    Parameters
+    ----------
+    spec : ModelSpec or str
+    input_size : int, optional
+        The side of the images it will see (the crop). A timm Vision Transformer built
+        for another size is built for this one (its position embeddings are then resampled
+        from the checkpoint's by timm's own conversion).
 
     Raises
     ------
     InputError
-        Unknown architecture, unreadable TorchScript file, a factory that cannot be
-        imported, fails, or returns something other than an ``nn.Module``.
+        Unknown architecture, unreadable TorchScript file or Hugging Face folder, a
+        factory that cannot be imported, fails, or returns something other than an
+        ``nn.Module``.
     """
     if isinstance(spec, str):
         spec = parse_model_spec(spec)
     if spec.kind == "torchvision":
         return _build_torchvision(spec)
+    if spec.kind == "timm":
+        from nnkcli.extract.timm_models import build_timm
+
+        module, converter = build_timm(spec.target, dict(spec.options), spec.text, input_size=input_size)
+        return LoadedModel(module, spec, converter=converter)
+    if spec.kind == "hf":
+        from nnkcli.extract.hf_models import build_hf
+
+        return LoadedModel(build_hf(spec.target, spec.text), spec)
     if spec.kind == "torchscript":
         return LoadedModel(_load_torchscript(spec), spec)
     return LoadedModel(_call_factory(spec), spec)
@@ -171,7 +231,9 @@ def _load_torchscript(spec: ModelSpec):
     try:
         with warnings.catch_warnings():
             # TorchScript is deprecated upstream but remains the one self-contained export format
+            # (torch 2.13 says so with a DeprecationWarning, 2.14 with a FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError / ValueError / zip errors
         raise InputError(

@@ -17,13 +17,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
 from nnkcli.errors import InputError
+from nnkcli.extract.checkpoint_keys import Converter, fit_state_dict, list_keys, summarize_keys
 from nnkcli.storage.checks import sha256_file
 
 logger = logging.getLogger("nnkcli")
@@ -43,14 +43,6 @@ CHECKPOINT_KEYS = (
     "base_model",
     "trunk",
 )
-
-#: Prefix words of momentum/key encoders: when several prefixes fit the model
-#: equally well, the query/online encoder is preferred over these.
-_DISFAVOURED_PREFIX_WORDS = ("encoder_k", "momentum", "key_encoder", "target", "ema")
-
-#: BatchNorm's batch counter does not affect evaluation, and checkpoints written
-#: before torch 0.4.1 lack it.
-_OPTIONAL_KEY_SUFFIXES = ("num_batches_tracked",)
 
 
 @dataclass
@@ -72,6 +64,8 @@ class CheckpointReport:
         Number of tensors loaded into the model.
     unexpected : list of str
         Checkpoint keys the model has no place for (heads, projectors ...), ignored.
+    conversion : str or None
+        The key conversion applied (timm's ``checkpoint_filter_fn``, child positions), if any.
     """
 
     path: str
@@ -80,6 +74,7 @@ class CheckpointReport:
     stripped: dict[str, int] = field(default_factory=dict)
     n_loaded: int = 0
     unexpected: list[str] = field(default_factory=list)
+    conversion: str | None = None
 
 
 def read_checkpoint(path: str | os.PathLike, *, trust: bool = False):
@@ -230,77 +225,6 @@ def _keys_hint(node) -> str:
     return "pick the nested dict with --checkpoint-key"
 
 
-def detect_prefix(checkpoint_keys: Sequence[str], model_keys: Sequence[str]) -> str:
-    """The key prefix whose removal makes the most checkpoint keys match the model.
-
-    Every split of a checkpoint key at a ``.`` whose remainder is a model key votes
-    for the part before it; ``""`` (nothing to strip) wins ties, then prefixes of the
-    online/query encoder over momentum/key encoders, then the shorter. Data-driven,
-    so ``module.``, ``backbone.``, ``module.encoder_q.``, ``trunk._feature_blocks.``
-    and combinations are all found.
-    """
-    wanted = set(model_keys)
-    votes: Counter[str] = Counter()
-    for key in checkpoint_keys:
-        if key in wanted:
-            votes[""] += 1
-        start = key.find(".")
-        while start != -1:
-            if key[start + 1 :] in wanted:
-                votes[key[: start + 1]] += 1
-            start = key.find(".", start + 1)
-    if not votes:
-        return ""
-    best = max(votes.values())
-    tied = [p for p, n in votes.items() if n == best]
-    if "" in tied:
-        return ""
-    tied.sort(key=lambda p: (any(w in p for w in _DISFAVOURED_PREFIX_WORDS), len(p), p))
-    if len(tied) > 1:
-        logger.info(
-            "checkpoint: keys fit the model equally well under prefixes %s; using %r (choose with --strip-prefix)",
-            ", ".join(repr(p) for p in tied),
-            tied[0],
-        )
-    return tied[0]
-
-
-def strip_prefixes(state_dict: Mapping, prefixes: Sequence[str]) -> tuple[dict, dict[str, int]]:
-    """Remove each prefix, in order, from the keys that start with it.
-
-    Returns the new dict and, per prefix, how many keys lost it. Keys that do not
-    start with a prefix are kept unchanged (they end up as unexpected keys).
-    """
-    out = dict(state_dict)
-    counts: dict[str, int] = {}
-    for prefix in prefixes:
-        if not prefix:
-            continue
-        renamed, n = {}, 0
-        for k, v in out.items():
-            if k.startswith(prefix):
-                renamed[k[len(prefix) :]] = v
-                n += 1
-            elif k not in renamed:
-                renamed[k] = v
-        out, counts[prefix] = renamed, n
-    return out, counts
-
-
-def summarize_keys(keys: Sequence[str], limit: int = 6) -> str:
-    """``head.* (6), fc.* (2)``: keys grouped by their first component, largest first."""
-    groups = Counter(k.split(".", 1)[0] + (".*" if "." in k else "") for k in keys)
-    parts = [f"{g} ({n})" if n > 1 else g for g, n in groups.most_common(limit)]
-    if len(groups) > limit:
-        parts.append(f"... {len(groups) - limit} more groups")
-    return ", ".join(parts)
-
-
-def _list_keys(keys: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def load_checkpoint(
     model,
     path: str | os.PathLike,
@@ -308,6 +232,7 @@ def load_checkpoint(
     key: str | None = None,
     strip_prefix: Sequence[str] | None = None,
     trust: bool = False,
+    converter: tuple[str, Converter] | None = None,
 ) -> CheckpointReport:
     """Load a checkpoint's weights into ``model``, strictly.
 
@@ -324,65 +249,57 @@ def load_checkpoint(
         (``detect_prefix``).
     trust : bool, default=False
         Allow arbitrary pickled objects (see ``read_checkpoint``).
+    converter : (name, callable), optional
+        The architecture's own key conversion, tried when the keys as saved do not fit
+        (see ``nnkcli.extract.checkpoint_keys.fit_state_dict``).
 
     Raises
     ------
     InputError
         Unreadable/corrupt file; no state dict found; any model parameter or buffer
-        missing from the checkpoint (named in the message); a shape mismatch.
+        missing from the checkpoint (named in the message, with the keys left over); a
+        shape mismatch.
     """
-    import torch
-
     path = Path(path)
     obj = read_checkpoint(path, trust=trust)
     state, used_key = find_state_dict(obj, key)
     model_state = model.state_dict()
-    if strip_prefix:
-        prefixes = list(strip_prefix)
-    else:
-        detected = detect_prefix(list(state), list(model_state))
-        prefixes = [detected] if detected else []
-    state, stripped = strip_prefixes(state, prefixes)
-    for prefix, n in stripped.items():
+    fit = fit_state_dict(state, model, strip_prefix=strip_prefix, converter=converter)
+    for prefix, n in fit.stripped.items():
         logger.info("checkpoint: stripped prefix %r from %d keys", prefix, n)
-
-    missing = [k for k in model_state if k not in state and not k.endswith(_OPTIONAL_KEY_SUFFIXES)]
-    if missing:
-        if any(k in state for k in model_state):
+    if fit.conversion:
+        logger.info("checkpoint: keys converted by %s", fit.conversion)
+    left_over = f"; left over in the checkpoint: {summarize_keys(fit.unexpected)}" if fit.unexpected else ""
+    if fit.missing:
+        if any(k in fit.state for k in model_state):
             # the layout matched: the weights themselves are absent (another variant, a partial save)
             hint = "is the checkpoint for this exact architecture? check --model (and --checkpoint-key)"
         else:
-            sample = next(iter(state), "")
+            sample = next(iter(fit.state), "")
             hint = (
-                f"the model expects keys like {missing[0]!r}, the checkpoint has keys like {sample!r}; "
+                f"the model expects keys like {fit.missing[0]!r}, the checkpoint has keys like {sample!r}; "
                 "pick the nested dict with --checkpoint-key or set --strip-prefix"
             )
         raise InputError(
-            f"checkpoint {path.name} lacks {len(missing)} of the model's {len(model_state)} "
-            f"parameters/buffers: {_list_keys(missing)}",
+            f"checkpoint {path.name} lacks {len(fit.missing)} of the model's {len(model_state)} "
+            f"parameters/buffers: {list_keys(fit.missing)}{left_over}",
             hint=hint,
         )
-    mismatched = [
-        k
-        for k, v in model_state.items()
-        if k in state and isinstance(state[k], torch.Tensor) and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if mismatched:
-        k = mismatched[0]
+    if fit.mismatched:
+        k = fit.mismatched[0]
         raise InputError(
-            f"checkpoint {path.name}: {len(mismatched)} tensors have the wrong shape, first {k!r}: "
-            f"checkpoint {tuple(state[k].shape)} vs model {tuple(model_state[k].shape)}",
+            f"checkpoint {path.name}: {len(fit.mismatched)} tensors have the wrong shape, first {k!r}: "
+            f"checkpoint {tuple(fit.state[k].shape)} vs model {tuple(model_state[k].shape)}",
             hint="the checkpoint is for another architecture or width; check --model",
         )
-    unexpected = [k for k in state if k not in model_state]
-    if unexpected:
+    if fit.unexpected:
         logger.info(
             "checkpoint: ignored %d %s the model does not have: %s",
-            len(unexpected),
-            "key" if len(unexpected) == 1 else "keys",
-            summarize_keys(unexpected),
+            len(fit.unexpected),
+            "key" if len(fit.unexpected) == 1 else "keys",
+            summarize_keys(fit.unexpected),
         )
-    to_load = {k: v for k, v in state.items() if k in model_state}
+    to_load = {k: v for k, v in fit.state.items() if k in model_state}
     try:
         model.load_state_dict(to_load, strict=False)
     except RuntimeError as exc:
@@ -394,9 +311,10 @@ def load_checkpoint(
         path=str(path),
         sha256=sha256_file(path),
         key=used_key,
-        stripped=stripped,
+        stripped=fit.stripped,
         n_loaded=len(to_load),
-        unexpected=unexpected,
+        unexpected=fit.unexpected,
+        conversion=fit.conversion,
     )
 
 

@@ -132,7 +132,7 @@ def _check_rows(features: np.ndarray, ids: Sequence[str], fp16: bool) -> None:
         )
 
 
-def _prepare_model(model, checkpoint, checkpoint_key, strip_prefix, trust_checkpoint):
+def _prepare_model(model, checkpoint, checkpoint_key, strip_prefix, trust_checkpoint, *, input_size=None):
     """Build the model and load its checkpoint; returns (spec, module, provenance attrs)."""
     if isinstance(model, str):
         spec = parse_model_spec(model)
@@ -141,7 +141,12 @@ def _prepare_model(model, checkpoint, checkpoint_key, strip_prefix, trust_checkp
                 f"--model {spec.text} without --checkpoint would extract features of random weights",
                 hint="pass --checkpoint PATH with the trained weights",
             )
-        loaded = build_model(spec)
+        if spec.kind == "hf" and checkpoint is not None:
+            raise InputError(
+                f"--model {spec.text} takes its weights from the folder; --checkpoint would overwrite them",
+                hint="drop --checkpoint, or save the trained model into the folder with save_pretrained",
+            )
+        loaded = build_model(spec, input_size=input_size)
     elif isinstance(model, torch.nn.Module):  # from Python: a module built by the caller
         loaded = LoadedModel(model, ModelSpec("module", type(model).__name__, f"python:{type(model).__qualname__}"))
     else:
@@ -153,7 +158,12 @@ def _prepare_model(model, checkpoint, checkpoint_key, strip_prefix, trust_checkp
         attrs["head_replaced"] = loaded.head_replaced
     if checkpoint is not None:
         report = load_checkpoint(
-            module, checkpoint, key=checkpoint_key, strip_prefix=strip_prefix, trust=trust_checkpoint
+            module,
+            checkpoint,
+            key=checkpoint_key,
+            strip_prefix=strip_prefix,
+            trust=trust_checkpoint,
+            converter=loaded.converter,
         )
         attrs.update(
             {
@@ -163,8 +173,31 @@ def _prepare_model(model, checkpoint, checkpoint_key, strip_prefix, trust_checkp
                 "checkpoint_stripped_prefix": ",".join(report.stripped),
             }
         )
+        if report.conversion:
+            attrs["checkpoint_conversion"] = report.conversion
         logger.info("checkpoint: loaded %d tensors, sha256 %s", report.n_loaded, report.sha256[:16])
     return spec, module, attrs
+
+
+def _choose_features(module, features, layer, protocol, attrs):
+    """Wrap ``module`` so that it returns the features asked for; records them in ``attrs``."""
+    from nnkcli.extract.features import FeatureModel
+    from nnkcli.extract.presets import EXTRACTION_PROTOCOLS
+
+    fallback = features is None and protocol is not None
+    if features is None:
+        features = EXTRACTION_PROTOCOLS[protocol].features if protocol is not None else "output"
+    if protocol is not None:
+        attrs["protocol"] = protocol
+    if features == "output" and layer is None:
+        return module
+    wrapped = FeatureModel(module, features, layer, fallback=fallback)
+    if wrapped.features != "output":  # the default is not recorded: older splits compare equal
+        attrs["features"] = wrapped.features
+    if layer is not None:
+        attrs["layer"] = layer
+    logger.info("features: %s%s", wrapped.features, f" of layer {layer}" if layer else "")
+    return wrapped
 
 
 def extract_image_features(
@@ -178,6 +211,9 @@ def extract_image_features(
     strip_prefix: Sequence[str] | None = None,
     trust_checkpoint: bool = False,
     transform: EvalTransform | None = None,
+    features: str | None = None,
+    layer: str | None = None,
+    protocol: str | None = None,
     device: str = "auto",
     batch_size: int = 64,
     workers: int = 0,
@@ -208,7 +244,16 @@ def extract_image_features(
     checkpoint_key, strip_prefix, trust_checkpoint
         Passed to ``load_checkpoint``.
     transform : EvalTransform, optional
-        Default: resize 256 (bicubic), centre-crop 224, ImageNet normalisation.
+        Default: the ``protocol``'s, else resize 256 (bicubic), centre-crop 224, ImageNet
+        normalisation.
+    features : str, optional
+        One of ``nnkcli.extract.presets.FEATURES`` (see ``nnkcli.extract.features``);
+        default: the ``protocol``'s, else ``"output"`` (the model's own output).
+    layer : str, optional
+        Sub-module whose output is taken by a forward hook (``avgpool``).
+    protocol : str, optional
+        A preset of ``nnkcli.extract.presets.EXTRACTION_PROTOCOLS``: fills ``transform``
+        and ``features`` when they are not given, and is recorded with the split.
     device : {"auto", "cpu", "cuda"}, default="auto"
     batch_size : int, default=64
     workers : int, default=0
@@ -251,6 +296,14 @@ def extract_image_features(
         raise InputError(f"--workers must be >= 0; got {workers}", hint="0 decodes images in the main process")
     if len(samples) == 0:
         raise InputError("there are no images to extract", hint="check --images / --image-list")
+    if protocol is not None:
+        from nnkcli.extract.presets import EXTRACTION_PROTOCOLS, apply_extraction_protocol
+
+        if transform is None:
+            preset = apply_extraction_protocol(protocol, {}, given=set())
+            transform = EvalTransform(**{k: preset[k] for k in ("resize", "crop", "interpolation", "mean", "std")})
+        elif protocol not in EXTRACTION_PROTOCOLS:
+            apply_extraction_protocol(protocol, {}, given=set())  # the error naming the choices
     transform = transform or EvalTransform()
     device = resolve_device(device)
     if fp16 and not device.startswith("cuda"):
@@ -263,7 +316,10 @@ def extract_image_features(
             existing_dim = store.dim
     check_writable(store_path, split, existing_dim or 1, overwrite)
 
-    spec, module, attrs = _prepare_model(model, checkpoint, checkpoint_key, strip_prefix, trust_checkpoint)
+    spec, module, attrs = _prepare_model(
+        model, checkpoint, checkpoint_key, strip_prefix, trust_checkpoint, input_size=transform.crop
+    )
+    module = _choose_features(module, features, layer, protocol, attrs)
     attrs.update(
         {
             "images": samples.root,
@@ -358,10 +414,10 @@ def extract_image_features(
                 if keep:
                     index = torch.tensor(keep)
                     batch = images.index_select(0, index).to(device, non_blocking=True)
-                    features = forward_features(module, batch, fp16=fp16)
+                    rows = forward_features(module, batch, fp16=fp16)
                     ids = [samples.ids[positions[i]] for i in keep]
-                    _check_rows(features, ids, fp16)
-                    writer.append(features, labels.index_select(0, index).numpy().astype(np.int64), ids=ids)
+                    _check_rows(rows, ids, fp16)
+                    writer.append(rows, labels.index_select(0, index).numpy().astype(np.int64), ids=ids)
                 advance(len(positions))
         except KeyboardInterrupt:
             logger.warning("interrupted after %d rows; rerun with --resume to continue", writer.n_written)

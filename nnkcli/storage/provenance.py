@@ -26,6 +26,10 @@ PROVENANCE_KEYS = (
     "mean",
     "std",
     "source_format",
+    # nnk extract --protocol / --features / --layer (recorded only when not the defaults)
+    "protocol",
+    "features",
+    "layer",
 )
 
 

@@ -258,7 +258,8 @@ def test_permission_denied(runner, tmp_path):
         (["--from", "x.npy", "--model", "torchvision:resnet50"], "--model applies to --images/--image-list only"),
         (["--from", "x.npy", "--batch-size", "8"], "--batch-size applies to --images/--image-list only"),
         (["--images", "imgs", "--labels", "l.npy"], "--labels applies to --from only"),
-        (["--images", "imgs", "--layer", "heads"], "--layer applies to --from only"),
+        (["--from", "x.npy", "--features", "cls"], "--features applies to --images/--image-list only"),
+        (["--from", "x.npy", "--protocol", "dino"], "--protocol applies to --images/--image-list only"),
         (
             ["--from", "x.npy", "--meta", "novalue"],
             "Invalid value for '--meta': expected KEY=VALUE with a plain-word key, got 'novalue'",

@@ -76,7 +76,7 @@ def test_features_equal_direct_forward_pass(runner, tmp_path, image_dir, tinynet
         spec = "nnk_tinynets:tiny_backbone"
     else:
         path = tmp_path / "tiny.pt"
-        with pytest.warns(DeprecationWarning):
+        with pytest.warns((DeprecationWarning, FutureWarning)):  # torch 2.13: Deprecation-, 2.14: FutureWarning
             torch.jit.script(tinynets.tiny_backbone().eval()).save(str(path))
         spec = f"torchscript:{path}"
     store = tmp_path / "feats.h5"

@@ -43,6 +43,7 @@ SAME_NAME_ONLY = {
     "--tensorboard": "a different set of scalars in each command",
     "--split": "extract writes that split, quality measures it (default val), audit audits its labels (default train)",
     "--seed": "compare's bootstrap seed, quality's sample seed, fewshot's draw seed, probe's held-out draw",
+    "--protocol": "the scoring preset of classify/sweep/evaluate/fewshot; extract's transform and feature preset",
 }
 
 #: options declared in variants (the same check and grammar): command -> variant; one wording per variant
@@ -63,6 +64,7 @@ VARIANTS = {
         "report": "+ markdown|latex",
     },
     "--gate-method": {"classify": "one run", "sweep": "one run", "merge": "one run", "evaluate": "history"},
+    "--layer": {"extract": "a model's module, or a VISSL layer with --from", "evaluate": "a model's module"},
 }
 
 #: a bad value for every shared option that has one (flags and free text have none)
@@ -79,6 +81,7 @@ BAD = {
     "--confidence": "2",
     "--crop": "0",
     "--device": "tpu",
+    "--features": "pool",
     "--format": "yaml",
     "--gate-method": "svm",
     "--interpolation": "nearest",
@@ -113,7 +116,7 @@ BAD = {
     "--mlflow-experiment": "",
 }
 #: shared options any value of which is valid while parsing (a path, a key, a name)
-FREE = {"--index", "--model", "--checkpoint-key", "--strip-prefix", "--out", "--tensorboard", "--title"}
+FREE = {"--index", "--model", "--layer", "--checkpoint-key", "--strip-prefix", "--out", "--tensorboard", "--title"}
 
 
 def commands() -> list[str]:

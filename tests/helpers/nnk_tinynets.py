@@ -96,3 +96,49 @@ def not_a_module():
 
 def broken_factory():
     raise RuntimeError("factory exploded")
+
+
+class ToyBlock(nn.Module):
+    """A residual block: like a transformer block, its output is the whole token state."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.Tanh())
+
+    def forward(self, x):
+        return x + self.mlp(x)
+
+
+class ToyViT(nn.Module):
+    """A Vision Transformer's outline, DINO's names: tokens from 4x4 patches, a class token and
+    ``num_register_tokens`` registers in front, residual ``blocks``, a final ``norm``; the forward
+    returns the class token after the norm (DINO's ``vision_transformer.py``)."""
+
+    def __init__(self, dim: int = 8, depth: int = 5, num_register_tokens: int = 2):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, kernel_size=4, stride=4)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.num_register_tokens = num_register_tokens
+        self.registers = nn.Parameter(torch.randn(1, num_register_tokens, dim))
+        self.blocks = nn.ModuleList(ToyBlock(dim) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def tokens(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        n = x.shape[0]
+        return torch.cat([self.cls_token.expand(n, -1, -1), self.registers.expand(n, -1, -1), x], dim=1)
+
+    def forward(self, x):
+        x = self.tokens(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)[:, 0]
+
+
+def toy_vit() -> nn.Module:
+    torch.manual_seed(1)
+    model = ToyViT()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)
+        model.norm.bias.uniform_(-0.5, 0.5)
+    return model

@@ -70,6 +70,9 @@ OWNERS = {
     # the experiment trackers (optional: the 'wandb' and 'mlflow' extras), one module each
     "wandb": {"integrations.wandb_export"},
     "mlflow": {"integrations.mlflow_export"},
+    # the model zoos of nnk extract --model timm:NAME / hf:DIR (optional: the 'timm' and 'hf' extras)
+    "timm": {"extract.timm_models"},
+    "transformers": {"extract.hf_models"},
 }
 
 

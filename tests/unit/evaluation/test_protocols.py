@@ -221,6 +221,18 @@ def test_provenance_difference_warns_and_strict_refuses(tmp_path, caplog):
     assert classify(same, k=5, strict_provenance=True)["warnings"] == []
 
 
+def test_provenance_compares_the_extraction_preset_and_features(tmp_path):
+    # nnk extract records --protocol, --features and --layer only when given (older splits compare equal)
+    path = make_store(
+        tmp_path / "s.h5",
+        train_attrs={"protocol": "dino", "features": "last4"},
+        query_attrs={"protocol": "dinov2", "layer": "avgpool"},
+    )
+    (warning,) = classify(path, k=5)["warnings"]
+    assert "protocol: dino vs dinov2" in warning
+    assert "features: last4 vs (not recorded)" in warning and "layer: (not recorded) vs avgpool" in warning
+
+
 @pytest.mark.parametrize("shards, threads, chunk_size", [(None, 1, 7), (None, 2, None), (3, 2, 5)])
 def test_selection_through_the_pipeline_equals_the_oracle(tmp_path, shards, threads, chunk_size):
     """Threads, sub-chunks and a sharded index (its own search path) select exactly as the oracle."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+import warnings
 
 import pytest
 
@@ -67,12 +68,22 @@ def fake_torchvision(monkeypatch, tinynets):
         ("torchvision:resnet50", "torchvision", "resnet50"),
         ("torchscript:/tmp/m.pt", "torchscript", "/tmp/m.pt"),
         ("mypkg.nets:make", "factory", "mypkg.nets:make"),
+        ("timm:vit_small_patch14_dinov2", "timm", "vit_small_patch14_dinov2"),
+        ("hf:models/dinov2-small", "hf", "models/dinov2-small"),
     ],
 )
 def test_parse_model_spec(text, kind, target):
     spec = parse_model_spec(text)
     assert (spec.kind, spec.target, spec.text) == (kind, target, text)
-    assert spec.needs_checkpoint == (kind == "torchvision")
+    assert spec.needs_checkpoint == (kind in ("torchvision", "timm"))
+
+
+def test_timm_spec_arguments_are_python_literals_with_bracketed_commas():
+    spec = parse_model_spec("timm:resnet18, layers=(1,1,1,1),drop_rate=0.1,act_layer=gelu,dims=[8, 16]")
+    assert spec.target == "resnet18"
+    assert dict(spec.options) == {"layers": (1, 1, 1, 1), "drop_rate": 0.1, "act_layer": "gelu", "dims": [8, 16]}
+    with pytest.raises(InputError, match="'2=x' is not a key=value argument"):
+        parse_model_spec("timm:resnet18,2=x")
 
 
 @pytest.mark.parametrize("text", ["resnet50", "torchvision:", ":make", ""])
@@ -175,10 +186,13 @@ def test_factory_errors(tinynets, spec, message):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_torchscript_spec_loads(tmp_path, tinynets):
     path = tmp_path / "tiny.pt"
     torch.jit.script(tinynets.tiny_backbone().eval()).save(str(path))
-    loaded = build_model(f"torchscript:{path}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # loading says nothing: TorchScript's deprecation is not the user's to act on
+        loaded = build_model(f"torchscript:{path}")
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(loaded.module(x), tinynets.tiny_backbone().eval()(x))

@@ -15,13 +15,13 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from nnkcli.errors import InputError  # noqa: E402
-from nnkcli.extract.torch_checkpoints import (  # noqa: E402
+from nnkcli.extract.checkpoint_keys import (  # noqa: E402
     detect_prefix,
-    find_state_dict,
-    load_checkpoint,
+    fit_state_dict,
     strip_prefixes,
     summarize_keys,
 )
+from nnkcli.extract.torch_checkpoints import find_state_dict, load_checkpoint  # noqa: E402
 
 # -- prefixes and nesting -----------------------------------------------------------
 MODEL_KEYS = ["conv1.weight", "conv1.bias", "bn1.weight", "layer1.0.conv.weight"]
@@ -219,3 +219,41 @@ def test_untrusted_pickled_objects_need_trust(tmp_path, tinynets):
         load_checkpoint(tinynets.tiny_backbone(), path, trust=True)
     finally:
         del sys.modules["nnk_test_opaque_mod"]
+
+
+# -- other readings: the architecture's converter, children by position -----------------------------
+def test_a_sequential_of_the_children_loads_by_position(tinynets):
+    model = tinynets.tiny_backbone()  # children: conv1, bn1, relu, avgpool, fc
+    state = {f"backbone.{k}": v for k, v in nn.Sequential(*list(model.children())[:-1]).state_dict().items()}
+    assert "backbone.1.running_var" in state
+    fit = fit_state_dict({**state, "projection_head.0.weight": torch.zeros(2, 2)}, tinynets.tiny_backbone())
+    assert fit.missing == [] and fit.mismatched == [] and fit.conversion.startswith("child positions")
+    assert fit.stripped == {"backbone.": len(state)} and fit.unexpected == ["projection_head.0.weight"]
+    assert torch.equal(fit.state["bn1.running_var"], model.bn1.running_var)
+
+
+def test_the_converter_is_used_only_when_it_fits_better(tinynets):
+    model = tinynets.tiny_backbone()
+    renamed = {k.replace("conv1", "stem"): v for k, v in model.state_dict().items()}
+
+    def convert(state, _model):
+        return {k.replace("stem", "conv1"): v for k, v in state.items()}
+
+    fit = fit_state_dict(renamed, model, converter=("stem renamer", convert))
+    assert fit.missing == [] and fit.conversion == "stem renamer"
+    exact = fit_state_dict(model.state_dict(), model, converter=("stem renamer", convert))
+    assert exact.conversion is None
+
+    def broken(state, _model):
+        raise KeyError("visual.class_embedding")
+
+    fit = fit_state_dict(renamed, model, converter=("broken", broken))
+    assert fit.conversion is None and fit.missing == ["conv1.weight", "conv1.bias"]
+
+
+def test_a_missing_key_error_names_what_is_left_over(tmp_path, tinynets):
+    state = {("stem.weight" if k == "conv1.weight" else k): v for k, v in tinynets.tiny_backbone().state_dict().items()}
+    torch.save({"state_dict": state}, tmp_path / "ck.pth")
+    with pytest.raises(InputError) as err:
+        load_checkpoint(tinynets.tiny_backbone(), tmp_path / "ck.pth")
+    assert err.value.message.endswith("conv1.weight; left over in the checkpoint: stem.*")
