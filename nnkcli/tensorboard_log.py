@@ -50,7 +50,18 @@ _EVENTS = "events.out.tfevents."
 
 
 def _tensorboardx():
-    """tensorboardX's record writer and protocol buffers (the optional ``tensorboard`` extra)."""
+    """tensorboardX's record writer and protocol buffers (the optional ``tensorboard`` extra).
+
+    tensorboardX's writer imports torch whenever it is installed, only to accept tensors; the
+    scalars written here are floats, and torch costs seconds to import (the CUDA build also maps
+    gigabytes of address space). So while tensorboardX is first imported, and torch is not
+    already loaded, ``import torch`` is made to fail for it; the blocking entry is removed after.
+    """
+    import sys
+
+    block = "torch" not in sys.modules
+    if block:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # an ImportError for tensorboardX's try
     try:
         import tensorboardX  # noqa: F401  (the package itself: its submodules may be cached without it)
         from tensorboardX.proto import event_pb2
@@ -58,6 +69,9 @@ def _tensorboardx():
         from tensorboardX.summary import scalar
     except ImportError:
         raise MissingDependencyError("--tensorboard", "tensorboard") from None
+    finally:
+        if block and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
     return RecordWriter, event_pb2, scalar
 
 

@@ -203,3 +203,18 @@ def test_a_killed_writers_temporary_event_file_is_removed(runner, tmp_path):
     assert not dead.exists()
     assert [p.name.startswith("events.out.tfevents.") for p in logdir.iterdir()] == [True]
     assert tfevents.scalars(logdir)["best/nnk/top1"] == [(1, 71.0), (2, 72.0), (3, 73.0)]
+
+
+def test_writing_scalars_does_not_import_torch(tmp_path):
+    """tensorboardX imports torch whenever it is installed (2 s, and the CUDA build maps GBs of address
+    space: a memory-capped sweep --tensorboard failed to load faiss after it); nnkcli writes scalars only."""
+    import subprocess
+
+    pytest.importorskip("torch")
+    code = (
+        "import sys; from nnkcli.tensorboard_log import _tensorboardx; _tensorboardx(); "
+        "print('torch' in sys.modules, sys.modules.get('torch', 0) is None)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]  # not imported, and no blocking entry left behind
