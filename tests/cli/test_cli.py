@@ -38,7 +38,7 @@ def test_unknown_command_is_usage_error(runner):
 def probe():
     """A throwaway command, registered on the group for one test, that raises what it is told."""
 
-    @click.command("probe")
+    @click.command("fake-command")
     @click.argument("what")
     @command_options
     def probe_cmd(what, fmt):
@@ -51,32 +51,35 @@ def probe():
             raise KeyboardInterrupt
         click.echo(f"ok {fmt}")
 
-    COMMANDS["probe"] = "tests_probe:probe"
+    # a name of its own: the fixture once registered "probe" and, deleting it after, took `nnk probe`
+    # away from every later test in the process
+    assert "fake-command" not in COMMANDS
+    COMMANDS["fake-command"] = "tests_probe:probe"
     sys.modules["tests_probe"] = type(sys)("tests_probe")
     sys.modules["tests_probe"].probe = probe_cmd
     yield
-    del COMMANDS["probe"]
+    del COMMANDS["fake-command"]
     del sys.modules["tests_probe"]
 
 
 def test_nnk_error_is_one_line_plus_hint(runner, probe):
-    res = runner.invoke(cli, ["probe", "input"])
+    res = runner.invoke(cli, ["fake-command", "input"])
     assert res.exit_code == 1
     assert res.stderr == "Error: the thing is wrong\nHint: do the other thing\n"
     assert res.stdout == ""
 
 
 def test_traceback_only_with_verbose(runner, probe):
-    res = runner.invoke(cli, ["probe", "input", "-v"])
+    res = runner.invoke(cli, ["fake-command", "input", "-v"])
     assert res.exit_code == 1
     assert "Traceback (most recent call last)" in res.stderr
     assert res.stderr.rstrip().endswith("Error: the thing is wrong\nHint: do the other thing")
-    res = runner.invoke(cli, ["-v", "probe", "bug"])
+    res = runner.invoke(cli, ["-v", "fake-command", "bug"])
     assert "ZeroDivisionError" in res.stderr and "Traceback" in res.stderr
 
 
 def test_unexpected_exception_is_short_without_verbose(runner, probe):
-    res = runner.invoke(cli, ["probe", "bug"])
+    res = runner.invoke(cli, ["fake-command", "bug"])
     assert res.exit_code == 1
     assert res.stderr == (
         "Error: unexpected ZeroDivisionError: division by zero\n"
@@ -85,14 +88,14 @@ def test_unexpected_exception_is_short_without_verbose(runner, probe):
 
 
 def test_interrupt_is_130(runner, probe):
-    res = runner.invoke(cli, ["probe", "interrupt"])
+    res = runner.invoke(cli, ["fake-command", "interrupt"])
     assert res.exit_code == ExitCode.INTERRUPTED == 130
     assert res.stderr == "Interrupted.\n"
 
 
 def test_format_choice_reaches_the_command(runner, probe):
-    assert runner.invoke(cli, ["probe", "x", "--format", "csv"]).stdout == "ok csv\n"
-    assert runner.invoke(cli, ["probe", "x", "--format", "yaml"]).exit_code == 2
+    assert runner.invoke(cli, ["fake-command", "x", "--format", "csv"]).stdout == "ok csv\n"
+    assert runner.invoke(cli, ["fake-command", "x", "--format", "yaml"]).exit_code == 2
 
 
 def test_python_dash_m_and_real_exit_code(tmp_path):
