@@ -381,7 +381,8 @@ def torch_search(train, device: str, fp16: bool) -> tuple[Searcher, None, dict]:
 
 
 def _faiss_searcher(index, *, sharded: bool) -> Searcher:
-    from nnkcli.evaluation.search import IndexSearcher, ShardedSearcher
+    from nnkcli.evaluation.search import IndexSearcher
+    from nnkcli.evaluation.sharded_search import ShardedSearcher
 
     return ShardedSearcher(index) if sharded else IndexSearcher(index)
 

@@ -1,4 +1,4 @@
-"""Sharded train indexes (nnkcli.shards, evaluation.search.ShardedSearcher) against brute force and one index."""
+"""Sharded train indexes (nnkcli.shards, evaluation.sharded_search.ShardedSearcher) against brute force and one index."""
 
 from __future__ import annotations
 
