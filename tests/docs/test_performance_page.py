@@ -162,7 +162,7 @@ def test_a_pipeline_run_of_two_stores_shows_both_with_the_limits_of_its_run():
         },
     }
     text = "\n".join(gen.render_pipeline(doc))
-    assert "bfloat16 GEMM (torch) 280 GFLOP/s on one thread, 442 on 2" in text
+    assert "float32 GEMM (numpy) 70 GFLOP/s on one thread, 135 on 2; bfloat16 GEMM (torch) 280 on one thread" in text
     assert "#### synthetic store" in text and "#### Fashion-MNIST raw pixels" in text
     assert "| `classify k=50 knn` | 10.00 | 300 | 6.00 | 60% | 0.00 | – | 85.00 |" in text
     assert "| nnk / knn at k=50 | **1.05x** | ≤ 1.1x |" in text
