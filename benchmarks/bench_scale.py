@@ -103,7 +103,13 @@ def measured(args: list[str]) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({code}):\n{err.decode()[-2000:]}")
-    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "peak_anon_mib": anon[0], "doc": json.loads(out)}
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "peak_anon_mib": anon[0],
+        "doc": json.loads(out),
+    }
 
 
 def supports(option: str) -> bool:
@@ -131,6 +137,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--torch-cpu", action="store_true", help="also run --backend torch --device cpu")
     ap.add_argument("--skip-sweep", action="store_true", help="leave out the sweep runs")
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="interleaved rounds of the evaluations; the minimum of each is kept"
+    )
     ap.add_argument(
         "--search-kernel",
         nargs="+",
@@ -191,16 +200,28 @@ def main() -> None:
         for device in devices:
             for name, args in evals.items():
                 runs[f"{name} (torch {device})"] = ("eval", [*args, "--backend", "torch", "--device", device])
-        results = {}
-        for name, (kind, args) in runs.items():
-            r = measured(args)
-            r["kind"] = kind
-            r["to_50k_s"] = extrapolate(r, n_query) if kind == "eval" else None
-            results[name] = r
-            print(
-                f"  {name:<48} {r['wall_s']:8.2f}s {r['peak_rss_mib']:8.0f} MiB RSS {r['peak_anon_mib']:8.0f} MiB anon",
-                file=sys.stderr,
-            )
+        results: dict = {}
+        for rnd in range(a.repeats):
+            for name, (kind, args) in runs.items():
+                if kind == "index" and rnd > 0:
+                    continue
+                r = measured(args)
+                r["kind"] = kind
+                r["to_50k_s"] = extrapolate(r, n_query) if kind == "eval" else None
+                print(
+                    f"  round {rnd + 1}: {name:<48} {r['wall_s']:8.2f}s wall {r['cpu_s']:8.2f}s CPU "
+                    f"{r['peak_rss_mib']:6.0f} MiB RSS {r['peak_anon_mib']:6.0f} MiB anon",
+                    file=sys.stderr,
+                )
+                best = results.get(name)
+                if best is None:
+                    results[name] = r
+                else:  # the least disturbed of the rounds: minimum wall and CPU seconds, the largest memory
+                    if r["wall_s"] < best["wall_s"]:
+                        best.update(wall_s=r["wall_s"], to_50k_s=r["to_50k_s"], doc=r["doc"])
+                    best["cpu_s"] = min(best["cpu_s"], r["cpu_s"])
+                    best["peak_rss_mib"] = max(best["peak_rss_mib"], r["peak_rss_mib"])
+                    best["peak_anon_mib"] = max(best["peak_anon_mib"], r["peak_anon_mib"])
 
     def top1(r):
         rows = r["doc"].get("results") or []
@@ -214,11 +235,14 @@ def main() -> None:
     from _report import cpu_line  # beside this script
 
     print(f"CPU: {cpu_line()}")
-    print(f"{'run':<50}{'wall s':>9}{'peak RSS MiB':>14}{'anon MiB':>10}{'s at 50k queries':>18}  top-1 %")
+    print(f"{'run':<50}{'wall s':>9}{'CPU s':>9}{'peak RSS MiB':>14}{'anon MiB':>10}{'s at 50k queries':>18}  top-1 %")
     for name, r in results.items():
         ext = f"{r['to_50k_s']:>18.1f}" if r["to_50k_s"] is not None else f"{'-':>18}"
         acc = ", ".join(f"{m} {v:.2f}" for m, v in top1(r).items()) if r["kind"] == "eval" else ""
-        print(f"{name:<50}{r['wall_s']:>9.2f}{r['peak_rss_mib']:>14.0f}{r['peak_anon_mib']:>10.0f}{ext}  {acc}")
+        print(
+            f"{name:<50}{r['wall_s']:>9.2f}{r['cpu_s']:>9.2f}{r['peak_rss_mib']:>14.0f}{r['peak_anon_mib']:>10.0f}"
+            f"{ext}  {acc}"
+        )
     print()
     ratio = results["index --shards 4"]["peak_rss_mib"] / results["index flat"]["peak_rss_mib"]
     verdict = "PASS" if ratio <= 0.40 else "FAIL"
@@ -230,8 +254,10 @@ def main() -> None:
             same = "same results" if sh["doc"]["results"] == fl["doc"]["results"] else "RESULTS DIFFER"
             anon = sh["peak_anon_mib"] / fl["peak_anon_mib"] if fl["peak_anon_mib"] else float("nan")
             wall = sh["wall_s"] / fl["wall_s"]
+            cpu = sh["cpu_s"] / fl["cpu_s"]
             print(
-                f"{n}{tag}: shards 4 / flat  wall {wall:5.2f}x (target <= 1.3x) {'PASS' if wall <= 1.3 else 'FAIL'};  "
+                f"{n}{tag}: shards 4 / flat  wall {wall:5.2f}x (target <= 1.3x) {'PASS' if wall <= 1.3 else 'FAIL'}, "
+                f"CPU {cpu:5.2f}x;  "
                 f"peak anonymous memory {100 * anon:5.1f} % (target <= 40 %) {'PASS' if anon <= 0.4 else 'FAIL'};  "
                 f"peak RSS {100 * sh['peak_rss_mib'] / fl['peak_rss_mib']:5.1f} %;  {same}"
             )
@@ -244,11 +270,13 @@ def main() -> None:
             {
                 "n_train": n_train,
                 "n_query": n_query,
+                "repeats": a.repeats,
                 "dim": a.dim,
                 "classes": a.classes,
                 "runs": {
                     k: {
                         "wall_s": v["wall_s"],
+                        "cpu_s": v["cpu_s"],
                         "peak_rss_mib": v["peak_rss_mib"],
                         "peak_anon_mib": v["peak_anon_mib"],
                         "to_50k_s": v["to_50k_s"],
