@@ -247,11 +247,17 @@ def main() -> None:
     ratio = results["index --shards 4"]["peak_rss_mib"] / results["index flat"]["peak_rss_mib"]
     verdict = "PASS" if ratio <= 0.40 else "FAIL"
     print(f"peak RSS index --shards 4 / flat: {100 * ratio:5.1f} %  (target <= 40 %)  {verdict}")
+    pairs = {}
     for kernel in kernels:
         tag = f", {kernel}" if kernel else ""
         for n in evals:
             sh, fl = results[f"{n} (shards 4{tag})"], results[f"{n} (flat{tag})"]
-            same = "same results" if sh["doc"]["results"] == fl["doc"]["results"] else "RESULTS DIFFER"
+            pairs[f"{n}{tag}"] = {
+                "same_results": sh["doc"]["results"] == fl["doc"]["results"],
+                "wall": sh["wall_s"] / fl["wall_s"],
+                "cpu": sh["cpu_s"] / fl["cpu_s"],
+            }
+            same = "same results" if pairs[f"{n}{tag}"]["same_results"] else "RESULTS DIFFER"
             anon = sh["peak_anon_mib"] / fl["peak_anon_mib"] if fl["peak_anon_mib"] else float("nan")
             wall = sh["wall_s"] / fl["wall_s"]
             cpu = sh["cpu_s"] / fl["cpu_s"]
@@ -271,6 +277,7 @@ def main() -> None:
                 "n_train": n_train,
                 "n_query": n_query,
                 "repeats": a.repeats,
+                "shards_over_flat": pairs,
                 "dim": a.dim,
                 "classes": a.classes,
                 "runs": {
@@ -281,7 +288,7 @@ def main() -> None:
                         "peak_anon_mib": v["peak_anon_mib"],
                         "to_50k_s": v["to_50k_s"],
                         "timing": v["doc"].get("timing"),
-                        "results": v["doc"].get("results") if v["kind"] == "eval" else None,
+                        "top1": top1(v) if v["kind"] == "eval" else None,
                     }
                     for k, v in results.items()
                 },

@@ -277,6 +277,62 @@ def render_evaluator(doc: dict) -> list[str]:
     ]
 
 
+def render_scale(doc: dict) -> list[str]:
+    """ImageNet-size runs, flat index against ``--shards 4``: time, CPU time, memory; the ratios."""
+    m = doc["measurements"]
+    runs = m["runs"]
+
+    def cell(r, key, fmt="{:.1f}"):
+        return fmt.format(r[key]) if r.get(key) is not None else "–"
+
+    rows = [
+        [
+            f"`{name}`",
+            cell(r, "wall_s", "{:.2f}"),
+            cell(r, "cpu_s", "{:.2f}"),
+            cell(r, "peak_rss_mib", "{:.0f}"),
+            cell(r, "peak_anon_mib", "{:.0f}"),
+            cell(r, "to_50k_s"),
+        ]
+        for name, r in runs.items()
+    ]
+    ratio_rows = []
+    for name, r in runs.items():
+        if "(shards 4" not in name:
+            continue
+        flat = runs.get(name.replace("(shards 4", "(flat"))
+        if not flat or name.startswith("index"):
+            continue
+        wall = r["wall_s"] / flat["wall_s"]
+        cpu = f"{r['cpu_s'] / flat['cpu_s']:.2f}x" if r.get("cpu_s") and flat.get("cpu_s") else "–"
+        anon = f"{r['peak_anon_mib'] / flat['peak_anon_mib']:.0%}" if flat.get("peak_anon_mib") else "–"
+        ratio_rows.append(
+            [
+                f"`{name.replace(' (shards 4', ' (')}`".replace(" ()", "").replace("(, ", "("),
+                f"**{_ratio(wall)}**" if wall <= 1.3 else _ratio(wall),
+                cpu,
+                anon,
+                f"{r['peak_rss_mib'] / flat['peak_rss_mib']:.0%}",
+            ]
+        )
+    out = [
+        "### ImageNet size, flat against `--shards 4` (`benchmarks/bench_scale.py`)",
+        "",
+        f"The real CLI in subprocesses on a synthetic store of {m['n_train']:,} x {m['dim']} float16 train rows and "
+        f"{m['n_query']:,} queries, {m['classes']} classes; the least disturbed of {m.get('repeats', 1)} interleaved "
+        "round(s) (minimum wall and CPU seconds). Peak RSS counts the mapped pages of a sharded index's files; "
+        "anonymous memory (sampled every 0.1 s) is what the process itself holds. The last column extrapolates the "
+        "query loop to 50,000 queries.",
+        "",
+        *_table(["run", "wall s", "CPU s", "peak RSS MiB", "anon MiB", "s at 50k queries"], rows, "lrrrrr"),
+        "",
+    ]
+    if ratio_rows:
+        header = ["shards 4 / flat", "wall (≤ 1.3x)", "CPU", "peak anonymous memory", "peak RSS"]
+        out += [*_table(header, ratio_rows, "lrrrr"), ""]
+    return [*out, _run_line(doc)]
+
+
 def render_other(doc: dict) -> list[str]:
     """A benchmark without its own table: its measurements as JSON."""
     return [
@@ -290,8 +346,13 @@ def render_other(doc: dict) -> list[str]:
     ]
 
 
-RENDERERS = {"bench_pipeline": render_pipeline, "bench_solver": render_solver, "bench_evaluator": render_evaluator}
-ORDER = ("bench_pipeline", "bench_solver", "bench_evaluator")
+RENDERERS = {
+    "bench_pipeline": render_pipeline,
+    "bench_solver": render_solver,
+    "bench_evaluator": render_evaluator,
+    "bench_scale": render_scale,
+}
+ORDER = ("bench_pipeline", "bench_scale", "bench_solver", "bench_evaluator")
 
 HEADER = """\
 # Performance

@@ -168,3 +168,40 @@ def test_a_pipeline_run_of_two_stores_shows_both_with_the_limits_of_its_run():
     assert "| nnk / knn at k=50 | **1.05x** | ≤ 1.1x |" in text
     assert "| search rate at k = 50 / one-thread float32 GEMM | 80% (20% of bfloat16's) | ≥ 70 % |" in text
     assert "| busy machine: beside 2 CPU-bound processes / idle | 3.00x | ≤ 2.5x |" in text
+
+
+def test_a_scale_run_shows_time_cpu_and_both_memories_sharded_over_flat():
+    run = {"to_50k_s": 100.0, "timing": {}, "top1": {"knn": 50.0}}
+    doc = {
+        "benchmark": "bench_scale",
+        "command": "python benchmarks/bench_scale.py --quick --json x.json",
+        "date": "2026-12-06T01:00:00+00:00",
+        "machine": {"cpu_model": "X", "cpu_flags": [], "cores": 2, "cores_available": 2},
+        "measurements": {
+            "n_train": 128_116,
+            "n_query": 1_000,
+            "dim": 384,
+            "classes": 1000,
+            "repeats": 2,
+            "runs": {
+                "index flat": {"wall_s": 10.0, "cpu_s": 9.0, "peak_rss_mib": 500.0, "peak_anon_mib": 450.0},
+                "sweep --k 10..200 --method both (flat)": {
+                    **run,
+                    "wall_s": 40.0,
+                    "cpu_s": 60.0,
+                    "peak_rss_mib": 600.0,
+                    "peak_anon_mib": 500.0,
+                },
+                "sweep --k 10..200 --method both (shards 4)": {
+                    **run,
+                    "wall_s": 44.0,
+                    "cpu_s": 63.0,
+                    "peak_rss_mib": 590.0,
+                    "peak_anon_mib": 150.0,
+                },
+            },
+        },
+    }
+    text = "\n".join(gen.render_scale(doc))
+    assert "| `sweep --k 10..200 --method both (shards 4)` | 44.00 | 63.00 | 590 | 150 | 100.0 |" in text
+    assert "| `sweep --k 10..200 --method both` | **1.10x** | 1.05x | 30% | 98% |" in text
