@@ -199,7 +199,7 @@ def map_index_file(path: Path, parse_header: Callable[[dict], T]) -> tuple[T, An
             )
         mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     payload = np.frombuffer(mapping, dtype=np.uint8, count=payload_size, offset=payload_start)
-    if crc is not None and zlib.crc32(payload) != crc:
+    if crc is not None and zlib.crc32(memoryview(mapping)[payload_start : payload_start + payload_size]) != crc:
         raise IndexFileError(
             f"index file {path} is damaged: its payload does not match the checksum in its header", hint=REBUILD_HINT
         )
