@@ -225,7 +225,12 @@ def _render_pipeline_store(m: dict, peak1, peak, bf16_1, doc: dict | None, run: 
         "",
     ]
     ratio_rows = [
-        [name, f"**{_ratio(r['value'])}**" if r["value"] <= r["target"] else _ratio(r["value"]), f"≤ {r['target']}x"]
+        [
+            name,
+            (f"**{_ratio(r['value'])}**" if r["value"] <= r["target"] else _ratio(r["value"]))
+            + (f" (CPU {_ratio(r['cpu'])})" if r.get("cpu") else ""),
+            f"≤ {r['target']}x",
+        ]
         for name, r in m.get("ratios", {}).items()
     ]
     for k, eff in m.get("search_efficiency", {}).items():
