@@ -136,6 +136,69 @@ def machine_kind(m: dict) -> str:
     return slug or "unknown"
 
 
+def cpu_line(m: dict | None = None) -> str:
+    """The CPU in one line: model, family/model numbers, the flags of interest, the cores available."""
+    m = machine() if m is None else m
+    ident = ""
+    if m.get("cpu_family") and m.get("cpu_model_number"):
+        ident = f"family {m['cpu_family']} model {m['cpu_model_number']}, "
+    flags = " ".join(m.get("cpu_flags") or []) or "none of interest"
+    return f"{m.get('cpu_model')} ({ident}flags: {flags}), {m.get('cores_available')} of {m.get('cores')} cores"
+
+
+def gemm_rate(n: int, threads: int, dtype: str = "float32", repeats: int = 3) -> float | None:
+    """GFLOP/s of an n x n x n matrix product on ``threads`` threads, best of ``repeats``; None if unavailable.
+
+    ``float32``: numpy's product (its BLAS, the one the flat search uses). ``bfloat16``: torch's
+    (oneDNN: AMX or AVX-512 BF16 where the CPU has them), None when torch is not installed.
+    The limit a search kernel of that precision compares against, measured in the same run.
+    """
+    import time
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    if dtype == "float32":
+        from threadpoolctl import threadpool_limits
+
+        limit = threadpool_limits(threads, user_api="blas")
+
+        def product():
+            return a @ b
+    elif dtype == "bfloat16":
+        try:
+            import torch
+        except ImportError:
+            return None
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        ta, tb = torch.from_numpy(a).to(torch.bfloat16), torch.from_numpy(b).to(torch.bfloat16)
+
+        class _Restore:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                torch.set_num_threads(before)
+
+        limit = _Restore()
+
+        def product():
+            return ta @ tb
+    else:
+        raise ValueError(f"unknown dtype {dtype!r}")
+    best = float("inf")
+    with limit:
+        product()  # warm up (oneDNN builds its kernel on the first call)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            product()
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
 def command_line() -> str:
     """How this benchmark was started, with the script's path as the repository names it."""
     script = Path(sys.argv[0])

@@ -27,7 +27,7 @@ import faiss
 import numpy as np
 
 from nnkcli.errors import IndexFileError, InputError, StaleIndexError
-from nnkcli.index_file import check_payload, damaged_header, read_index_file, write_index_file
+from nnkcli.index_file import check_payload, damaged_header, map_index_file, read_index_file, write_index_file
 from nnkcli.index_flat import flat_search, flat_view
 from nnkcli.numerics.kernels import normalize_rows
 from nnkcli.settings import Settings, at_least, count, optional_count, setting
@@ -107,6 +107,8 @@ class NnkIndex:
     params: IndexParams
     path: Path | None = None
     _vectors: np.ndarray | None = field(default=None, repr=False)
+    #: the file's memory mapping, when the vectors are read in place (``load_index(mapped=True)``)
+    _mapping: Any = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
@@ -235,8 +237,11 @@ def save_index(nnk_index: NnkIndex, path: str | os.PathLike) -> Path:
     return given
 
 
-def load_index(path: str | os.PathLike) -> NnkIndex:
+def load_index(path: str | os.PathLike, *, mapped: bool = False) -> NnkIndex:
     """Read an index written by :func:`save_index`.
+
+    ``mapped``: the vectors of a flat index stay in the file, memory-mapped (the page cache
+    holds them, not the process: :func:`nnkcli.index_file.map_index_file`), rather than read in.
 
     Raises IndexFileError for a missing, truncated, damaged (checksum) or crafted file
     (a payload that is not the declared type, a header that does not fit it).
@@ -253,12 +258,16 @@ def load_index(path: str | os.PathLike) -> NnkIndex:
             raise damaged_header(path) from None
         return fingerprint, params
 
-    (fingerprint, params), index = read_index_file(path, parse)
+    mapping = None
+    if mapped:
+        (fingerprint, params), index, mapping = map_index_file(path, parse)
+    else:
+        (fingerprint, params), index = read_index_file(path, parse)
     check_payload(index, params.index_type, fingerprint.dim, fingerprint.n, path)
     if params.index_type == "ivf":
         ivf = faiss.extract_index_ivf(index)
         ivf.nprobe = min(params.nprobe or 8, ivf.nlist)
-    return NnkIndex(index=index, fingerprint=fingerprint, params=params, path=path)
+    return NnkIndex(index=index, fingerprint=fingerprint, params=params, path=path, _mapping=mapping)
 
 
 def default_index_path(store_path: str | os.PathLike, split: str) -> Path:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import zlib
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import faiss
+import numpy as np
 
 from nnkcli.errors import IndexFileError
 from nnkcli.storage.atomic import atomic_output, real_path
@@ -168,6 +170,44 @@ def read_index_file(path: Path, parse_header: Callable[[dict], T]) -> tuple[T, A
         if failure is not None:
             raise IndexFileError(f"index file {path} is damaged: faiss cannot read it", hint=REBUILD_HINT) from None
     return parsed, index
+
+
+def map_index_file(path: Path, parse_header: Callable[[dict], T]) -> tuple[T, Any, Any]:
+    """``(parse_header(header), faiss index, mapping)``: :func:`read_index_file` without reading the vectors in.
+
+    The file is memory-mapped and the vectors of a flat index (the storage of an hnsw one)
+    are read by faiss in place (``IO_FLAG_MMAP_IFC``): they are the file's pages in the
+    page cache, not a copy in the process's memory. The index is valid while ``mapping``
+    (the ``mmap``) lives: keep both together. The payload's checksum is checked here, over
+    the mapping (one pass over the file's bytes, no copy).
+    """
+    try:
+        f = open(real_path(path), "rb")
+    except FileNotFoundError:
+        raise IndexFileError(f"index file not found: {path}", hint="build it with 'nnk index STORE'") from None
+    except OSError as exc:
+        raise IndexFileError(f"cannot read index file {path}: {exc.strerror}") from None
+    with f:
+        header, payload_size, crc = _read_header(f, path)
+        parsed = parse_header(header)
+        payload_start = f.tell()
+        actual = os.fstat(f.fileno()).st_size - payload_start
+        if actual != payload_size or payload_size == 0:
+            raise IndexFileError(
+                f"index file {path} is truncated or damaged ({actual} of {payload_size} payload bytes)",
+                hint=REBUILD_HINT,
+            )
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    payload = np.frombuffer(mapping, dtype=np.uint8, count=payload_size, offset=payload_start)
+    if crc is not None and zlib.crc32(memoryview(mapping)[payload_start : payload_start + payload_size]) != crc:
+        raise IndexFileError(
+            f"index file {path} is damaged: its payload does not match the checksum in its header", hint=REBUILD_HINT
+        )
+    try:
+        index = faiss.read_index(faiss.ZeroCopyIOReader(faiss.swig_ptr(payload), payload_size), faiss.IO_FLAG_MMAP_IFC)
+    except (RuntimeError, MemoryError, ValueError, OverflowError):
+        raise IndexFileError(f"index file {path} is damaged: faiss cannot read it", hint=REBUILD_HINT) from None
+    return parsed, index, mapping
 
 
 def check_payload(index, index_type: str, dim: int, n: int, path: Path) -> None:

@@ -11,7 +11,8 @@ where the single index would be (``<stem>.<split>.faiss``)::
 The manifest is written last and atomically, and the shard files of a build carry
 the build's token in their names, so a build that dies half-way leaves the previous
 manifest and its shards untouched (the dead build's files are removed by the next
-one). Readers load one shard at a time: peak memory is one shard plus a query chunk.
+one). Readers map flat shards (the page cache holds their vectors, as much as fits) and load
+other shards one at a time (:mod:`nnkcli.evaluation.sharded_search`).
 
 This module never imports faiss (``nnkcli.index`` does the building and loading).
 """
@@ -245,14 +246,14 @@ class Manifest:
         self._sample_of = split
         self._sampled: set[int] = set()
 
-    def load(self, i: int):
-        """Load shard ``i`` and check it holds exactly the rows the manifest says."""
+    def load(self, i: int, *, mapped: bool = False):
+        """Load shard ``i`` (``mapped``: its vectors memory-mapped, not read in); check it holds the manifest's rows."""
         from nnkcli.index import Fingerprint, load_index
 
         s = self.shards[i]
         if not self.file(i).is_file():
             raise IndexFileError(f"{self.label(i)} is missing", hint="rerun 'nnk index STORE --shards M'")
-        loaded = load_index(self.file(i))
+        loaded = load_index(self.file(i), mapped=mapped)
         fp = loaded.fingerprint
         want = Fingerprint(
             split=self.fingerprint.split,

@@ -2,8 +2,8 @@
 
 This is the seam between "where the train vectors live" and the scoring code. Every
 searcher returns the same thing, so the NNK and k-NN stages never know whether the
-neighbors came from one faiss index, from several index shards searched one after
-another, or from a torch matmul on a GPU:
+neighbors came from one faiss index, from several index shards
+(:mod:`nnkcli.evaluation.sharded_search`), or from a torch matmul on a GPU:
 
 ``ids``      (B, K) int64    row ids into the train split, most similar first (-1 = missing)
 ``sims``     (B, K) float64  cosine similarity recomputed exactly from the stored vectors
@@ -234,54 +234,3 @@ class IndexSearcher(Searcher):
 
     def close(self) -> None:
         self.index = None
-
-
-class ShardedSearcher(Searcher):
-    """Index shards (:class:`nnkcli.shards.Manifest`) searched one after another, top k merged exactly.
-
-    At most one shard is loaded at a time. Consecutive query chunks walk the shards
-    in alternating directions, so the shard loaded last is reused by the next chunk.
-    """
-
-    def __init__(self, manifest):
-        self.manifest = manifest
-        self.n = manifest.fingerprint.n
-        self.dim = manifest.fingerprint.dim
-        self._loaded: tuple[int, IndexSearcher] | None = None
-        self._forward = True
-        self.loads = 0  # shard files read so far (reported in the timing)
-        self.chunk_budget = self._chunk_budget()
-
-    def _chunk_budget(self) -> int:
-        """Working memory for a query chunk: a quarter of the largest shard (128 MiB to the usual 512 MiB).
-
-        Sharding is chosen to bound memory, so the chunk (whose neighbor vectors the shard
-        merge holds about three times) is kept small beside one shard.
-        """
-        from nnkcli.shards import bytes_per_row
-
-        rows = max(s["stop"] - s["start"] for s in self.manifest.shards)
-        largest = rows * bytes_per_row(self.dim, self.manifest.params)
-        return int(min(CHUNK_MEMORY_BUDGET, max(128 * 2**20, largest // 4)))
-
-    def _shard(self, i: int) -> IndexSearcher:
-        if self._loaded is None or self._loaded[0] != i:
-            self._loaded = None  # free the previous shard before reading the next
-            searcher = IndexSearcher(self.manifest.load(i), offset=self.manifest.shards[i]["start"])
-            self._loaded = (i, searcher)
-            self.loads += 1
-        return self._loaded[1]
-
-    def neighbors(self, q: np.ndarray, start: int, k: int, exclude_self: bool):
-        order = list(range(self.manifest.n_shards))
-        if not self._forward:
-            order.reverse()
-        self._forward = not self._forward
-        best = None
-        for i in order:
-            found = self._shard(i).candidates(q, start, k, exclude_self)
-            best = found if best is None else merge_topk(best, found, k)
-        return best
-
-    def close(self) -> None:
-        self._loaded = None

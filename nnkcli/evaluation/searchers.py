@@ -76,7 +76,8 @@ def resolve_kernel(search_kernel: str, backend: str) -> str:
 
 
 def faiss_searcher(index, *, sharded: bool, kernel: str = "fp32") -> Searcher:
-    from nnkcli.evaluation.search import IndexSearcher, ShardedSearcher
+    from nnkcli.evaluation.search import IndexSearcher
+    from nnkcli.evaluation.sharded_search import ShardedSearcher
 
     return ShardedSearcher(index) if sharded else IndexSearcher(index, kernel=kernel)
 

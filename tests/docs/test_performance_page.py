@@ -123,3 +123,85 @@ def test_write_json_records_the_machine_and_the_command(tmp_path, monkeypatch):
     assert m["cores_available"] >= 1 and m["numpy"] and m["python"]
     assert set(m["cpu_flags"]) <= set(report.FLAGS_OF_INTEREST)
     assert [p.name for p in out.parent.iterdir()] == ["run.json"]  # no temporary file left
+
+
+def test_a_pipeline_run_of_two_stores_shows_both_with_the_limits_of_its_run():
+    store = {
+        "n_train": 60_000,
+        "n_query": 10_000,
+        "dim": 784,
+        "flat_search_gflops": {"faiss": 50.0, "nnkcli": 70.0},
+        "runs": {
+            "classify k=50 knn": {
+                "wall_s": 10.0,
+                "peak_rss_mib": 300.0,
+                "timing": {"search_s": 6.0, "nnk_s": 0.0},
+                "search_share": 0.6,
+                "top1": {"knn": 85.0},
+            }
+        },
+        "ratios": {"nnk / knn at k=50": {"value": 1.05, "target": 1.1}},
+        "search_efficiency": {"50": 0.8},
+        "busy": {"idle_s": 10.0, "busy_s": 30.0, "competitors": 2, "target": 2.5},
+    }
+    doc = {
+        "benchmark": "bench_pipeline",
+        "command": "python benchmarks/bench_pipeline.py --dataset both --json x.json",
+        "date": "2026-12-06T01:00:00+00:00",
+        "machine": {"cpu_model": "X", "cpu_flags": ["amx_bf16"], "cores": 2, "cores_available": 2},
+        "measurements": {
+            "threads": 2,
+            "repeats": 2,
+            "search_kernel": None,
+            "gemm_gflops": {"float32_1": 70.0, "float32": 135.0, "bfloat16_1": 280.0, "bfloat16": 442.0},
+            "gemm_rounds": [{}, {}, {}],
+            "datasets": {
+                "synthetic": {**store, "dataset": "synthetic", "dim": 384},
+                "fashion-mnist": {**store, "dataset": "fashion-mnist"},
+            },
+        },
+    }
+    text = "\n".join(gen.render_pipeline(doc))
+    assert "float32 GEMM (numpy) 70 GFLOP/s on one thread, 135 on 2; bfloat16 GEMM (torch) 280 on one thread" in text
+    assert "#### synthetic store" in text and "#### Fashion-MNIST raw pixels" in text
+    assert "| `classify k=50 knn` | 10.00 | 300 | 6.00 | 60% | 0.00 | – | 85.00 |" in text
+    assert "| nnk / knn at k=50 | **1.05x** | ≤ 1.1x |" in text
+    assert "| search rate at k = 50 / one-thread float32 GEMM | 80% (20% of bfloat16's) | ≥ 70 % |" in text
+    assert "| busy machine: beside 2 CPU-bound processes / idle | 3.00x | ≤ 2.5x |" in text
+
+
+def test_a_scale_run_shows_time_cpu_and_both_memories_sharded_over_flat():
+    run = {"to_50k_s": 100.0, "timing": {}, "top1": {"knn": 50.0}}
+    doc = {
+        "benchmark": "bench_scale",
+        "command": "python benchmarks/bench_scale.py --quick --json x.json",
+        "date": "2026-12-06T01:00:00+00:00",
+        "machine": {"cpu_model": "X", "cpu_flags": [], "cores": 2, "cores_available": 2},
+        "measurements": {
+            "n_train": 128_116,
+            "n_query": 1_000,
+            "dim": 384,
+            "classes": 1000,
+            "repeats": 2,
+            "runs": {
+                "index flat": {"wall_s": 10.0, "cpu_s": 9.0, "peak_rss_mib": 500.0, "peak_anon_mib": 450.0},
+                "sweep --k 10..200 --method both (flat)": {
+                    **run,
+                    "wall_s": 40.0,
+                    "cpu_s": 60.0,
+                    "peak_rss_mib": 600.0,
+                    "peak_anon_mib": 500.0,
+                },
+                "sweep --k 10..200 --method both (shards 4)": {
+                    **run,
+                    "wall_s": 44.0,
+                    "cpu_s": 63.0,
+                    "peak_rss_mib": 590.0,
+                    "peak_anon_mib": 150.0,
+                },
+            },
+        },
+    }
+    text = "\n".join(gen.render_scale(doc))
+    assert "| `sweep --k 10..200 --method both (shards 4)` | 44.00 | 63.00 | 590 | 150 | 100.0 |" in text
+    assert "| `sweep --k 10..200 --method both` | **1.10x** | 1.05x | 30% | 98% |" in text

@@ -1,7 +1,8 @@
-"""Sharded train indexes (nnkcli.shards, evaluation.search.ShardedSearcher) against brute force and one index."""
+"""Sharded train indexes (nnkcli.shards, evaluation.sharded_search) against brute force and one index."""
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -239,3 +240,84 @@ def test_a_killed_builds_half_written_shard_is_removed_by_the_next_build(tmp_pat
     assert killed.name not in names
     assert live.name in names and other.name in names
     assert len([n for n in names if n.startswith("f.train.") and ".shard-" in n]) == 3
+
+
+@pytest.fixture(scope="module")
+def duplicated(tmp_path_factory):
+    """Train rows that occur 2-4 times each under different labels (ties at every k), and queries that
+    are train rows themselves; one flat index and sharded ones of 2, 7 and 65 shards (2 rows each)."""
+    root = tmp_path_factory.mktemp("dup")
+    path = root / "d.h5"
+    xt0, _, xq, yq = two_splits(70, 24, 6, seed=11)
+    rng = np.random.default_rng(5)
+    xt = xt0[rng.integers(0, 70, 130)]
+    yt = rng.integers(0, 4, 130)
+    xq = np.concatenate([xq, xt[:8]])
+    yq = np.concatenate([yq, yt[:8]])
+    write_split(path, "train", xt, yt, source="test")
+    write_split(path, "val", xq, yq, source="test")
+    index_store(path, out=root / "flat.faiss")
+    for m in (2, 7, 65):
+        shards.index_store_sharded(path, out=root / f"s{m}.faiss", n_shards=m)
+    return path, root, xt, xq
+
+
+@pytest.mark.parametrize("n_shards", [2, 7, 65])
+def test_sharded_search_is_the_flat_searchs_bit_for_bit(duplicated, n_shards):
+    """Candidate ids, exact similarities and vectors equal the flat index's for any block of queries, any k,
+    and leave-one-out, on data full of exact ties (which a merge of each shard's own top k breaks)."""
+    from nnkcli.index import set_threads
+
+    _, root, xt, xq = duplicated
+    before = faiss.omp_get_max_threads()
+    set_threads(1)  # faiss's heaps on one thread: hundreds of tiny searches, each short
+    try:
+        _compare_searchers(root, xt, xq, n_shards)
+    finally:
+        set_threads(before)
+
+
+def _compare_searchers(root, xt, xq, n_shards):
+    from nnkcli.evaluation.search import IndexSearcher
+    from nnkcli.evaluation.sharded_search import ShardedSearcher
+    from nnkcli.index import load_index
+    from nnkcli.numerics.kernels import normalize_rows
+
+    flat = IndexSearcher(load_index(root / "flat.faiss"))
+    sharded = ShardedSearcher(shards.Manifest(root / f"s{n_shards}.faiss"))
+    assert sharded.two_stage and sharded.thread_safe
+    for queries, exclude_self in ((normalize_rows(xq), False), (normalize_rows(xt), True)):
+        for block in (1, 13, len(queries)):
+            for k in (1, 9, 40) if block > 1 else (9,):
+                for start in range(0, len(queries) if block > 1 else 20, block):
+                    q = queries[start : start + block]
+                    want = flat.search_ids(q, start, k, exclude_self)
+                    got = sharded.search_ids(q, start, k, exclude_self)
+                    np.testing.assert_array_equal(got, want)
+                    for a, b in zip(sharded.refine(q, got), flat.refine(q, want), strict=True):
+                        np.testing.assert_array_equal(a, b)
+    assert sharded.loads == n_shards  # each shard mapped once, then searched from the mapping
+    sharded.close()
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "threads"),
+    [pytest.param(1, 1, marks=pytest.mark.slow), pytest.param(7, 2, marks=pytest.mark.slow), (64, 2)],
+)
+def test_sharded_predictions_files_are_the_flat_ones(duplicated, tmp_path, chunk_size, threads):
+    """Every dataset of the predictions files (neighbors, weights, predictions) equal, whatever the chunk
+    and threads. Merging each shard's re-ranked top k (before) broke the flat index's ties differently."""
+    path, root, _, _ = duplicated
+    kw = dict(k=12, methods=("knn", "nnk"), chunk_size=chunk_size, threads=threads)
+    classify(path, index_path=root / "flat.faiss", predictions_path=tmp_path / "a.h5", **kw)
+    classify(path, index_path=root / "s7.faiss", predictions_path=tmp_path / "b.h5", **kw)
+    for a, b in zip(_neighbors(tmp_path / "a.h5"), _neighbors(tmp_path / "b.h5"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    import h5py
+
+    with h5py.File(tmp_path / "a.h5", "r") as fa, h5py.File(tmp_path / "b.h5", "r") as fb:
+        names: list[str] = []
+        fa.visit(lambda n: names.append(n) if isinstance(fa[n], h5py.Dataset) else None)
+        assert names
+        for n in names:
+            np.testing.assert_array_equal(fa[n][()], fb[n][()], err_msg=n)

@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nnkcli.evaluation.options import CHUNK_MEMORY_BUDGET, ScoringOptions
-from nnkcli.evaluation.search import IndexSearcher, Searcher, ShardedSearcher, rerank
+from nnkcli.evaluation.search import IndexSearcher, Searcher, rerank
 from nnkcli.evaluation.selection import _LeaveOneOut
 from nnkcli.evaluation.setup import Evaluation
+from nnkcli.evaluation.sharded_search import ShardedSearcher
 from nnkcli.evaluation.streaming import evaluate_chunks
 
 

@@ -280,3 +280,20 @@ def test_kernel_rows_equal_a_float64_loop_on_every_range_and_flag_non_finite_val
     if hi > lo:  # a non-finite feature in any row of the range, blocked or in the tail, is reported
         Xb[data.draw(st.integers(lo, hi - 1)), data.draw(st.integers(0, d - 1))] = np.inf  # row j too
         assert not kernel_row(Xb, j, lo, hi, out, np.empty(d))
+
+
+@pytest.mark.slow
+def test_a_process_that_loaded_the_kernel_freezes_its_heap_at_exit():
+    """The interpreter's last collections would walk numba's whole heap (seconds): the exit handlers freeze it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, gc\n"
+        "from nnkcli.numerics import compiled\n"
+        "assert gc.get_freeze_count() == 0 and compiled.available()\n"
+        "atexit._run_exitfuncs()\n"
+        "print(gc.get_freeze_count() > 0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "True", out.stderr
