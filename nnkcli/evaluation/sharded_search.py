@@ -1,14 +1,18 @@
 """A sharded index (:class:`nnkcli.shards.Manifest`) searched as the one index it splits.
 
-**Flat shards** are searched like one flat index: each shard file is memory-mapped
+**Flat shards** give the flat index's results bit for bit. Each shard file is memory-mapped
 (:func:`nnkcli.index.load_index` with ``mapped=True``: the vectors stay in the file's pages,
 which the operating system keeps in memory when it can and reads again when it must), and a
-block of queries is searched against every shard in row order with one heap per query
-(:func:`nnkcli.index_parts.parts_search`). The candidates are then the flat index's, bit for
-bit -- its ties included -- and their vectors are gathered from the shards' mappings when
-each scoring sub-chunk is re-ranked. So a sharded search is a two-stage, thread-safe searcher
-like :class:`~nnkcli.evaluation.search.IndexSearcher`: large search blocks, each reading
-every shard once for all its queries, searched on every thread at once.
+block of queries is searched against every shard in turn, each read once for all the block's
+queries. Each shard's search is the flat index's own certified one
+(:func:`nnkcli.index_flat.kernel_search`): its *exact* top k, the k rows of largest float64
+similarity, ties by row id. The exact top k of the union is then the best k of the shards'
+exact top k by the same rule (float64 similarity, then global row id) -- which does not depend
+on the order or the number of shards, so it is the unsharded index's, ties included. The
+candidates' vectors are gathered from the mappings when each scoring sub-chunk is re-ranked,
+so a sharded search is a two-stage, thread-safe searcher like
+:class:`~nnkcli.evaluation.search.IndexSearcher`. Shards are searched in float32 (the bfloat16
+kernel would need a copy of every shard in memory, which sharding exists to avoid).
 
 **hnsw and ivf shards** (approximate: their results are not the unsharded index's anyway) are
 loaded one at a time and searched chunk by chunk, each shard's candidates re-ranked and merged
@@ -25,6 +29,9 @@ import numpy as np
 from nnkcli.evaluation.options import CHUNK_MEMORY_BUDGET
 from nnkcli.evaluation.search import IndexSearcher, Searcher, drop_own_rows, merge_topk, rerank
 
+#: bytes of gathered shard rows per step of the merge's float64 similarities
+EXACT_BLOCK_BYTES = 64 * 2**20
+
 
 class ShardedSearcher(Searcher):
     """Index shards searched as one index: flat ones mapped and searched together, others one after another."""
@@ -39,6 +46,8 @@ class ShardedSearcher(Searcher):
         self.starts = np.array([s["start"] for s in manifest.shards] + [self.n], dtype=np.int64)
         self._mapped: list | None = None  # flat: every shard's NnkIndex (they own the mappings)
         self._parts: list[np.ndarray] = []  # flat: every shard's (rows, d) vectors, in the mapping
+        self._rows: list = []  # flat: every shard's KernelRows (its largest norm, for the certificate)
+        self.search_kernel = "fp32" if self.flat else "native"
         self._mapping_lock = threading.Lock()
         self._loaded: tuple[int, IndexSearcher] | None = None  # hnsw, ivf: the one loaded shard
         self._forward = True
@@ -62,25 +71,53 @@ class ShardedSearcher(Searcher):
         """Every shard's vectors (rows, d) float32, views of the mapped shard files (mapped on first use)."""
         with self._mapping_lock:
             if self._mapped is None:
+                from nnkcli.index_flat import KernelRows
+
                 mapped = [self.manifest.load(i, mapped=True) for i in range(self.manifest.n_shards)]
                 self.loads += len(mapped)
                 self._parts = [m._flat() for m in mapped]
+                self._rows = [KernelRows(part, "fp32") for part in self._parts]
                 self._mapped = mapped
         return self._parts
 
     def search_ids(self, q: np.ndarray, start: int, k: int, exclude_self: bool) -> np.ndarray:
-        """Candidate ids (B, k) of queries ``q``, global, -1 padded: the flat index's, every shard read once."""
-        from nnkcli.index_parts import parts_search
-
+        """Candidate ids (B, k) of queries ``q``, global, -1 padded: the flat index's exact top k (as a set,
+        the exact k-th last, what ``drop_own_rows`` drops), every shard read once."""
         if not self.flat:
             raise NotImplementedError("hnsw and ivf shards are searched chunk by chunk (neighbors)")
         k_here = min(k + (1 if exclude_self else 0), self.n)
-        _, ids = parts_search(self.parts(), np.ascontiguousarray(q, dtype=np.float32), k_here)
+        ids = self._exact_topk(np.ascontiguousarray(q, dtype=np.float32), k_here)
         if exclude_self:
             return drop_own_rows(ids, start, k)
         if ids.shape[1] < k:
             ids = np.concatenate([ids, np.full((len(ids), k - ids.shape[1]), -1, dtype=np.int64)], axis=1)
         return ids
+
+    def _exact_topk(self, q: np.ndarray, k: int) -> np.ndarray:
+        """(m, k) global ids, best first by (float64 similarity, row id): each shard's exact top k, merged."""
+        from nnkcli.index_flat import kernel_search
+        from nnkcli.numerics.certified import exact_sims
+
+        parts = self.parts()
+        m = len(q)
+        ids_of, sims_of = [], []
+        for i, part in enumerate(parts):
+            kk = min(k, len(part))
+            if kk < 1 or m == 0:
+                continue
+            local = kernel_search(part, q, kk, "fp32", rows=self._rows[i]).ids
+            sims = np.empty(local.shape)
+            step = max(1, EXACT_BLOCK_BYTES // (4 * kk * self.dim))  # the gathered rows of a few queries at a time
+            for a in range(0, m, step):
+                sims[a : a + step] = exact_sims(part[local[a : a + step]], q[a : a + step])
+            ids_of.append(local + self.starts[i])
+            sims_of.append(sims)
+        if not ids_of:
+            return np.full((m, k), -1, dtype=np.int64)
+        ids = np.concatenate(ids_of, axis=1)
+        sims = np.concatenate(sims_of, axis=1)
+        order = np.lexsort((ids, -sims))[:, :k]  # along each row: similarity descending, then row id
+        return np.take_along_axis(ids, order, axis=1)
 
     def refine(self, q: np.ndarray, ids: np.ndarray):
         """``search_ids``'s candidates re-ranked exactly (ids, sims, X, missing), vectors from the mappings."""

@@ -47,13 +47,12 @@ LAYERS = {
     "__main__": 10,
 }
 # top-level modules that belong to a part named otherwise: the index and its two siblings, the figures' panels
-PART_OF = {"index_file": "index", "index_flat": "index", "index_bf16": "index", "index_parts": "index", "plots_panels": "plots"}
+PART_OF = {"index_file": "index", "index_flat": "index", "index_bf16": "index", "plots_panels": "plots"}
 # third-party packages and the one part of nnkcli that may import each
 OWNERS = {
     "h5py": {"storage"},
-    # the index family: index (build, load, search), index_file (the file format), index_flat (exact search),
-    # index_parts (exact search over a sharded flat index's rows)
-    "faiss": {"index", "index_file", "index_flat", "index_parts", "shards"},
+    # the index family: index (build, load, search), index_file (the file format), index_flat (exact search)
+    "faiss": {"index", "index_file", "index_flat", "shards"},
     "matplotlib": {"plots"},
     "fcntl": {"storage.atomic"},
     "click": {"cli", "commands"},
@@ -163,10 +162,10 @@ def test_one_owner_per_dependency():
 def test_the_index_family_is_one_part_below_its_users():
     graph, third = import_graph()
     family = {m for m in graph if part(m) == "index"}
-    assert family == {"nnkcli.index", "nnkcli.index_file", "nnkcli.index_flat", "nnkcli.index_bf16", "nnkcli.index_parts"}
+    assert family == {"nnkcli.index", "nnkcli.index_file", "nnkcli.index_flat", "nnkcli.index_bf16"}
     assert {m for m, names in third.items() if "faiss" in names} <= family
     # the siblings are the index's parts, not its users: neither imports nnkcli.index
-    siblings = ("nnkcli.index_file", "nnkcli.index_flat", "nnkcli.index_parts")
+    siblings = ("nnkcli.index_file", "nnkcli.index_flat", "nnkcli.index_bf16")
     assert not {"nnkcli.index"} & set().union(*(graph[m] for m in siblings))
 
 
