@@ -122,8 +122,7 @@ def main() -> None:
     methods = ["nnk", "knn"] + (["cleanlab"] if per_seed[0]["cleanlab"] is not None else [])
     means = {
         name: {
-            key: round(float(np.mean([s[name][key] for s in per_seed])), 4)
-            for key in ("auroc", "precision_at_flipped")
+            key: round(float(np.mean([s[name][key] for s in per_seed])), 4) for key in ("auroc", "precision_at_flipped")
         }
         for name in methods
     }
