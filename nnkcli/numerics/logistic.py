@@ -20,6 +20,7 @@ digits the line search needs), and the gradient is returned in float64.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,9 @@ import numpy as np
 DEFAULT_TOL = 1e-4
 DEFAULT_MAX_ITER = 1000
 MAX_LINE_SEARCH = 50
+#: rows sampled (evenly spaced) to measure the curvature the fit is preconditioned with
+CURVATURE_ROWS = 32768
+CLASS_CURVATURE_ROWS = 8192
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,110 @@ def softmax_objective(theta: np.ndarray, X: np.ndarray, y: np.ndarray, n_classes
     return value, np.concatenate([grad_W.ravel(), grad_b])
 
 
+@dataclass(frozen=True)
+class FeatureCurvature:
+    """The feature side of the objective's curvature: the mean and the covariance's eigenpairs.
+
+    The Hessian of the mean cross-entropy in W is ``(1/n) Σᵢ xᵢxᵢᵀ ⊗ Sᵢ`` (Sᵢ the softmax
+    covariance ``diag(pᵢ) - pᵢpᵢᵀ`` of row i); with the rows centred (the unpenalised bias
+    absorbs the mean) it is close to ``Σ ⊗ Ā``, Σ the features' covariance and Ā the mean of the
+    Sᵢ. Features with a steep spectrum (self-supervised ones: a few strong directions) make that
+    ill-conditioned, and L-BFGS then needs many iterations at a large C, where the penalty no
+    longer fills the weak directions. The fit changes variables so that this approximation of the
+    Hessian, plus the penalty, becomes the identity: L-BFGS then sees a well-conditioned problem.
+    The change of variables is exact (the same objective and minimiser, only the path differs).
+
+    Attributes
+    ----------
+    mean : ndarray (d,) float64
+    sigma : ndarray (d,) float64, the covariance's eigenvalues (>= 0)
+    vectors : ndarray (d, d) float64, its eigenvectors (columns)
+    """
+
+    mean: np.ndarray
+    sigma: np.ndarray
+    vectors: np.ndarray
+
+    @classmethod
+    def of(cls, X: np.ndarray, rows: np.ndarray | None = None, max_rows: int = CURVATURE_ROWS) -> FeatureCurvature:
+        """Measured on at most ``max_rows`` evenly spaced rows of X (n, d) (of its ``rows`` when given)."""
+        Xs = _rows(X, max_rows) if rows is None else np.asarray(X[_rows(rows, max_rows)], dtype=np.float32)
+        mean = Xs.mean(axis=0, dtype=np.float64)
+        Xc = Xs - mean.astype(np.float32)
+        cov = (Xc.T @ Xc).astype(np.float64) / max(1, Xs.shape[0])
+        sigma, vectors = np.linalg.eigh(0.5 * (cov + cov.T))
+        return cls(mean=mean, sigma=np.clip(sigma, 0.0, None), vectors=vectors)
+
+
+def _rows(X: np.ndarray, max_rows: int) -> np.ndarray:
+    step = max(1, -(-X.shape[0] // max_rows))
+    return X[::step]
+
+
+class _Space:
+    """The variables L-BFGS moves: here W, b themselves (theta)."""
+
+    def to_theta(self, u: np.ndarray) -> np.ndarray:
+        return u
+
+    def to_u(self, theta: np.ndarray) -> np.ndarray:
+        return theta
+
+    def to_u_grad(self, grad: np.ndarray) -> np.ndarray:
+        return grad
+
+
+class _Preconditioned(_Space):
+    """Variables (u, v) with ``W = P u``, ``b = Q v - Wᵀ mean``.
+
+    P is ``(Σ ⊗ Ā + λ)^(-1/2)`` (λ = 1 / (C n), the penalty's curvature) and Q is ``Ā^(-1/2)``,
+    both applied in the eigenbases of Σ (d x d) and Ā (K x K), so each costs O(d²K + dK²), nothing
+    next to the n d K of a gradient. Ā is measured at the start point, on a sample of rows.
+    """
+
+    def __init__(self, curvature: FeatureCurvature, X: np.ndarray, theta0: np.ndarray, K: int, lam: float):
+        d = X.shape[1]
+        W0 = theta0[: d * K].reshape(d, K).astype(np.float32)
+        Z = _rows(X, CLASS_CURVATURE_ROWS) @ W0
+        Z += theta0[d * K :].astype(np.float32)
+        Z -= Z.max(axis=1, keepdims=True)
+        Pr = np.exp(Z, dtype=np.float64)
+        Pr /= Pr.sum(axis=1, keepdims=True)
+        A = np.diag(Pr.mean(axis=0)) - (Pr.T @ Pr) / Pr.shape[0]
+        a, self.V = np.linalg.eigh(0.5 * (A + A.T))
+        a = np.clip(a, 0.0, None)
+        self.d, self.K = d, K
+        self.mean = curvature.mean
+        self.U = curvature.vectors
+        self.s = 1.0 / np.sqrt(np.outer(curvature.sigma, a) + lam)  # (d, K)
+        # the bias is not penalised: the direction of all-equal biases (a = 0) changes nothing, keep it finite
+        self.t = 1.0 / np.sqrt(a + 1e-6 * max(float(a.max()), 1e-12))
+
+    def _w(self, M: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        return self.U @ ((self.U.T @ M @ self.V) * scale) @ self.V.T
+
+    def _c(self, v: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        return self.V @ ((self.V.T @ v) * scale)
+
+    def to_theta(self, u: np.ndarray) -> np.ndarray:
+        dK = self.d * self.K
+        W = self._w(u[:dK].reshape(self.d, self.K), self.s)
+        b = self._c(u[dK:], self.t) - W.T @ self.mean
+        return np.concatenate([W.ravel(), b])
+
+    def to_u(self, theta: np.ndarray) -> np.ndarray:
+        dK = self.d * self.K
+        W = theta[:dK].reshape(self.d, self.K)
+        c = theta[dK:] + W.T @ self.mean
+        return np.concatenate([self._w(W, 1.0 / self.s).ravel(), self._c(c, 1.0 / self.t)])
+
+    def to_u_grad(self, grad: np.ndarray) -> np.ndarray:
+        dK = self.d * self.K
+        gb = grad[dK:]
+        gW = grad[:dK].reshape(self.d, self.K) - np.outer(self.mean, gb)
+        return np.concatenate([self._w(gW, self.s).ravel(), self._c(gb, self.t)])
+
+
 def fit_softmax(
     X: np.ndarray,
     y: np.ndarray,
@@ -117,6 +225,9 @@ def fit_softmax(
     theta0: np.ndarray | None = None,
     tol: float = DEFAULT_TOL,
     max_iter: int = DEFAULT_MAX_ITER,
+    curvature: FeatureCurvature | bool | None = None,
+    monitor: Callable[[np.ndarray, np.ndarray], bool] | None = None,
+    check_every: int = 1,
 ) -> SoftmaxModel:
     """Fit W, b at ``C`` by L-BFGS-B, from ``theta0`` (a warm start) or zeros (scikit-learn's start).
 
@@ -128,8 +239,15 @@ def fit_softmax(
         towards -inf, and the fit ends at ``max_iter``)
     C : float > 0
     theta0 : ndarray ((d + 1) * K,) float64, optional
-    tol : float, the projected-gradient tolerance (scikit-learn's ``tol``, same scale)
+    tol : float, the gradient tolerance (scikit-learn's ``tol``, same scale): the fit has converged
+        once every component of the gradient in W, b is at most ``tol`` in absolute value
     max_iter : int, the most L-BFGS iterations
+    curvature : FeatureCurvature, True, or None
+        Precondition L-BFGS with the features' covariance (see :class:`FeatureCurvature`; True:
+        measure it on X here). None or False: plain L-BFGS-B on W, b, as scikit-learn runs it.
+    monitor : callable, optional
+        ``monitor(W, b) -> bool``, called every ``check_every`` iterations with the current
+        weights (d, K) and bias (K,), float32: True stops the fit there (``converged`` stays False).
 
     Returns
     -------
@@ -145,26 +263,66 @@ def fit_softmax(
         raise ValueError(f"C must be a positive number, got {C!r}")
     if y.shape != (n,) or (n and (y.min() < 0 or y.max() >= K)):
         raise ValueError(f"y must be (n,) classes in 0..{K - 1}")
-    x0 = np.zeros((d + 1) * K) if theta0 is None else np.asarray(theta0, dtype=np.float64)
-    res = minimize(
-        softmax_objective,
-        x0,
-        args=(X, y, K, float(C)),
-        jac=True,
-        method="L-BFGS-B",
-        options={
-            "maxiter": int(max_iter),
-            "gtol": float(tol),
-            "ftol": 64 * np.finfo(float).eps,
-            "maxls": MAX_LINE_SEARCH,
-        },
-    )
-    theta = res.x
+    theta_start = np.zeros((d + 1) * K) if theta0 is None else np.asarray(theta0, dtype=np.float64)
+    if curvature is True:
+        curvature = FeatureCurvature.of(X)
+    if isinstance(curvature, FeatureCurvature):
+        space: _Space = _Preconditioned(curvature, X, theta_start, K, 1.0 / (C * n))
+    else:
+        space = _Space()
+
+    x0 = space.to_u(theta_start)
+    value0, g0 = softmax_objective(theta_start, X, y, K, C)
+    state: dict = {"iter": 0, "converged": False, "x": None, "grad": None}
+
+    def objective(u):
+        if state["x"] is None and np.array_equal(u, x0):
+            value, grad = value0, g0  # the start, evaluated below already
+        else:
+            value, grad = softmax_objective(space.to_theta(u), X, y, K, C)
+        state["x"], state["grad"] = u, grad
+        return value, space.to_u_grad(grad)
+
+    def callback(intermediate_result):
+        state["iter"] += 1
+        u = intermediate_result.x
+        grad = state["grad"]
+        if state["x"] is None or not np.array_equal(state["x"], u):
+            grad = softmax_objective(space.to_theta(u), X, y, K, C)[1]
+        if np.max(np.abs(grad)) <= tol:
+            state["converged"] = True
+            raise StopIteration
+        if monitor is not None and state["iter"] % check_every == 0:
+            theta = space.to_theta(u)
+            if monitor(theta[: d * K].reshape(d, K).astype(np.float32), theta[d * K :].astype(np.float32)):
+                raise StopIteration
+
+    if np.max(np.abs(g0)) <= tol:  # the start already meets the tolerance
+        theta, n_iter, converged, value = theta_start, 0, True, value0
+    else:
+        res = minimize(
+            objective,
+            x0,
+            jac=True,
+            method="L-BFGS-B",
+            callback=callback,
+            options={
+                "maxiter": int(max_iter),
+                # the gradient test runs in the callback, on W and b (not on the preconditioned variables)
+                "gtol": 0.0,
+                "ftol": 64 * np.finfo(float).eps,
+                "maxls": MAX_LINE_SEARCH,
+            },
+        )
+        theta = space.to_theta(res.x)
+        n_iter = int(res.nit)
+        converged = state["converged"] or (bool(res.success) and res.status == 0)
+        value = float(res.fun)
     return SoftmaxModel(
         weights=theta[: d * K].reshape(d, K).astype(np.float32),
         bias=theta[d * K :].astype(np.float32),
         C=float(C),
-        n_iter=int(res.nit),
-        converged=bool(res.success),
-        objective=float(res.fun),
+        n_iter=n_iter,
+        converged=converged,
+        objective=float(value),
     )
