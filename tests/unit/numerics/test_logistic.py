@@ -97,7 +97,7 @@ def _steep_features(seed, n=400, d=8, K=4):
     return X.astype(np.float32), y
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), C=st.floats(1e-2, 1e3))
 def test_the_preconditioned_variables_are_an_exact_change_of_variables(seed, C):
     from nnkcli.numerics.logistic import FeatureCurvature, _Preconditioned
@@ -114,7 +114,10 @@ def test_the_preconditioned_variables_are_an_exact_change_of_variables(seed, C):
     h = 1e-6 * max(1.0, np.abs(u).max())
     fd = np.array(
         [
-            (oracle_objective(space.to_theta(u + h * e), X, y, 3, C) - oracle_objective(space.to_theta(u - h * e), X, y, 3, C))
+            (
+                oracle_objective(space.to_theta(u + h * e), X, y, 3, C)
+                - oracle_objective(space.to_theta(u - h * e), X, y, 3, C)
+            )
             / (2 * h)
             for e in np.eye(u.size)
         ]
@@ -122,6 +125,7 @@ def test_the_preconditioned_variables_are_an_exact_change_of_variables(seed, C):
     np.testing.assert_allclose(space.to_u_grad(grad), fd, rtol=2e-3, atol=2e-4 * max(1.0, np.abs(fd).max()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("C", [0.1, 30.0])
 def test_a_preconditioned_fit_reaches_scikit_learns_minimiser(C):
     LogisticRegression = pytest.importorskip("sklearn.linear_model").LogisticRegression
