@@ -148,6 +148,7 @@ def select_c(
                 "c": C,
                 "held_out_top1": round(100.0 * acc, 4),
                 "iterations": model.n_iter,
+                "evaluations": model.n_eval,
                 "converged": model.converged,
                 "stopped_on_held_out": bool(monitor is not None and monitor.stopped),
                 "seconds": round(time.perf_counter() - t0, 4),
@@ -398,7 +399,8 @@ def _document(store, train, query, opts, classes, fit_rows, held_rows, curve, be
     warnings = []
     if not model.converged:
         warnings.append(f"the refit at C={model.C:g} stopped before L-BFGS converged ({model.n_iter} iterations)")
-    slow = [p["c"] for p in curve if not p["converged"]]
+    # a fit stopped on its settled held-out top-1 did what the selection needs; one cut by --max-iter did not
+    slow = [p["c"] for p in curve if not p["converged"] and not p["stopped_on_held_out"]]
     if slow:
         warnings.append(
             f"{len(slow)} selection fit(s) stopped before converging (C = {', '.join(f'{c:g}' for c in slow)})"
@@ -419,7 +421,12 @@ def _document(store, train, query, opts, classes, fit_rows, held_rows, curve, be
             "stopped_early": len(curve) < len(opts.c_grid),
             "curve": curve,
         },
-        "refit": {"iterations": model.n_iter, "converged": model.converged, "objective": model.objective},
+        "refit": {
+            "iterations": model.n_iter,
+            "evaluations": model.n_eval,
+            "converged": model.converged,
+            "objective": model.objective,
+        },
         "parameters": {**opts.as_dict(), "objective": "0.5*||W||^2 + C*sum(CE), bias not penalised"},
         "fingerprints": {"train": train.content_sha256, "query": query.content_sha256},
         "warnings": warnings,

@@ -32,6 +32,8 @@ MAX_LINE_SEARCH = 50
 #: rows sampled (evenly spaced) to measure the curvature the fit is preconditioned with
 CURVATURE_ROWS = 32768
 CLASS_CURVATURE_ROWS = 8192
+#: the L-BFGS memory (scipy's and scikit-learn's default ``maxcor``)
+LBFGS_MEMORY = 10
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class SoftmaxModel:
     n_iter : int, L-BFGS iterations
     converged : bool, whether L-BFGS met its tolerance (else it hit ``max_iter`` or a failed line search)
     objective : float, the final value of the scaled objective (mean CE + ||W||² / (2 C n))
+    n_eval : int, evaluations of the objective and its gradient (each two n x d x K products)
     """
 
     weights: np.ndarray
@@ -54,6 +57,7 @@ class SoftmaxModel:
     n_iter: int
     converged: bool
     objective: float
+    n_eval: int = 0
 
     @property
     def theta(self) -> np.ndarray:
@@ -253,8 +257,6 @@ def fit_softmax(
     -------
     SoftmaxModel
     """
-    from scipy.optimize import minimize
-
     X = np.ascontiguousarray(X, dtype=np.float32)
     y = np.asarray(y, dtype=np.int64)
     n, d = X.shape
@@ -271,53 +273,36 @@ def fit_softmax(
     else:
         space = _Space()
 
-    x0 = space.to_u(theta_start)
     value0, g0 = softmax_objective(theta_start, X, y, K, C)
-    state: dict = {"iter": 0, "converged": False, "x": None, "grad": None}
+    counter = {"evaluations": 1}
 
-    def objective(u):
-        if state["x"] is None and np.array_equal(u, x0):
-            value, grad = value0, g0  # the start, evaluated below already
-        else:
-            value, grad = softmax_objective(space.to_theta(u), X, y, K, C)
-        state["x"], state["grad"] = u, grad
-        return value, space.to_u_grad(grad)
+    def evaluate(u):
+        counter["evaluations"] += 1
+        return softmax_objective(space.to_theta(u), X, y, K, C)
 
-    def callback(intermediate_result):
-        state["iter"] += 1
-        u = intermediate_result.x
-        grad = state["grad"]
-        if state["x"] is None or not np.array_equal(state["x"], u):
-            grad = softmax_objective(space.to_theta(u), X, y, K, C)[1]
-        if np.max(np.abs(grad)) <= tol:
-            state["converged"] = True
-            raise StopIteration
-        if monitor is not None and state["iter"] % check_every == 0:
-            theta = space.to_theta(u)
-            if monitor(theta[: d * K].reshape(d, K).astype(np.float32), theta[d * K :].astype(np.float32)):
-                raise StopIteration
+    def watch(u) -> bool:
+        theta = space.to_theta(u)
+        return bool(monitor(theta[: d * K].reshape(d, K).astype(np.float32), theta[d * K :].astype(np.float32)))
 
     if np.max(np.abs(g0)) <= tol:  # the start already meets the tolerance
         theta, n_iter, converged, value = theta_start, 0, True, value0
-    else:
-        res = minimize(
-            objective,
-            x0,
-            jac=True,
-            method="L-BFGS-B",
-            callback=callback,
-            options={
-                "maxiter": int(max_iter),
-                # the gradient test runs in the callback, on W and b (not on the preconditioned variables)
-                "gtol": 0.0,
-                "ftol": 64 * np.finfo(float).eps,
-                "maxls": MAX_LINE_SEARCH,
-            },
+    elif isinstance(space, _Preconditioned):
+        u, value, n_iter, converged = _lbfgs(
+            evaluate,
+            space,
+            space.to_u(theta_start),
+            value0,
+            g0,
+            tol=tol,
+            max_iter=max_iter,
+            watch=watch if monitor is not None else None,
+            check_every=check_every,
         )
-        theta = space.to_theta(res.x)
-        n_iter = int(res.nit)
-        converged = state["converged"] or (bool(res.success) and res.status == 0)
-        value = float(res.fun)
+        theta = space.to_theta(u)
+    else:
+        theta, value, n_iter, converged = _scipy_lbfgs(
+            evaluate, theta_start, value0, g0, tol, max_iter, watch if monitor is not None else None, check_every
+        )
     return SoftmaxModel(
         weights=theta[: d * K].reshape(d, K).astype(np.float32),
         bias=theta[d * K :].astype(np.float32),
@@ -325,4 +310,100 @@ def fit_softmax(
         n_iter=n_iter,
         converged=converged,
         objective=float(value),
+        n_eval=counter["evaluations"],
     )
+
+
+def _scipy_lbfgs(evaluate, theta0, value0, g0, tol, max_iter, watch, check_every):
+    """scipy's L-BFGS-B on W, b, as scikit-learn runs it. Returns ``(theta, value, n_iter, converged)``."""
+    from scipy.optimize import minimize
+
+    state = {"iter": 0, "stopped": False}
+
+    def objective(theta):
+        if state["iter"] == 0 and np.array_equal(theta, theta0):
+            return value0, g0  # the start, evaluated already
+        return evaluate(theta)
+
+    def callback(intermediate_result):
+        state["iter"] += 1
+        if watch is not None and state["iter"] % check_every == 0 and watch(intermediate_result.x):
+            state["stopped"] = True
+            raise StopIteration
+
+    res = minimize(
+        objective,
+        theta0,
+        jac=True,
+        method="L-BFGS-B",
+        callback=callback,
+        options={
+            "maxiter": int(max_iter),
+            "gtol": float(tol),
+            "ftol": 64 * np.finfo(float).eps,
+            "maxls": MAX_LINE_SEARCH,
+        },
+    )
+    return res.x, float(res.fun), int(res.nit), bool(res.success) and not state["stopped"]
+
+
+def _lbfgs(evaluate, space, u, value, grad, *, tol, max_iter, watch, check_every, memory=LBFGS_MEMORY):
+    """L-BFGS on the preconditioned variables u; ``evaluate(u) -> (value, gradient in W, b)``.
+
+    The first step of a fit is the preconditioned gradient step itself (the inverse Hessian
+    starts as the identity: the preconditioner's scale is trusted, where L-BFGS-B would start
+    with a step of unit length and spend evaluations finding the scale); the step is 1 unless
+    it fails the Armijo test, then halved-or-interpolated. Stops when every gradient component
+    in W, b is at most ``tol`` (scikit-learn's test), when the decrease is below L-BFGS-B's
+    ``ftol``, after ``max_iter`` iterations, or when ``watch(u)`` says so.
+    Returns ``(u, value, n_iter, converged)``.
+    """
+    S: list[np.ndarray] = []
+    Yd: list[np.ndarray] = []
+    g = space.to_u_grad(grad)
+    gamma = 1.0
+    ftol = 64 * np.finfo(float).eps
+    for it in range(1, int(max_iter) + 1):
+        # the two-loop recursion: direction = -H g
+        q = g.copy()
+        alphas = []
+        for s_, y_ in zip(reversed(S), reversed(Yd), strict=True):
+            a = float(s_ @ q) / float(y_ @ s_)
+            alphas.append(a)
+            q -= a * y_
+        q *= gamma
+        for (s_, y_), a in zip(zip(S, Yd, strict=True), reversed(alphas), strict=True):
+            q += (a - float(y_ @ q) / float(y_ @ s_)) * s_
+        direction = -q
+        slope = float(g @ direction)
+        if not slope < 0:  # not a descent direction: restart from the preconditioned gradient
+            S.clear()
+            Yd.clear()
+            direction, slope, gamma = -g, -float(g @ g), 1.0
+        t = 1.0
+        for _ in range(MAX_LINE_SEARCH):
+            new_value, new_grad = evaluate(u + t * direction)
+            if new_value <= value + 1e-4 * t * slope:
+                break
+            # the minimiser of the quadratic through value, slope and new_value, kept within [0.1 t, 0.5 t]
+            t = min(0.5 * t, max(0.1 * t, -slope * t * t / (2.0 * (new_value - value - slope * t))))
+        else:
+            return u, value, it - 1, False  # no decrease along a descent direction: float32 noise floor
+        step = t * direction
+        new_g = space.to_u_grad(new_grad)
+        dy = new_g - g
+        sy = float(step @ dy)
+        if sy > 1e-12 * float(dy @ dy):
+            S.append(step)
+            Yd.append(dy)
+            if len(S) > memory:
+                S.pop(0)
+                Yd.pop(0)
+            gamma = sy / float(dy @ dy)
+        decrease = value - new_value
+        u, value, g = u + step, new_value, new_g
+        if np.max(np.abs(new_grad)) <= tol or decrease <= ftol * max(abs(value), abs(new_value), 1.0):
+            return u, value, it, True
+        if watch is not None and it % check_every == 0 and watch(u):
+            return u, value, it, False
+    return u, value, int(max_iter), False
