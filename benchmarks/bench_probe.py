@@ -127,6 +127,7 @@ def main() -> None:
                 "sklearn_cpu_s": sk_cpu,
                 "cpu_ratio": cpu_ratio,
                 "probe_evaluations": evals,
+                "refit_iterations": doc["refit"]["iterations"],
                 "probe_top1": top1,
                 "sklearn_top1": sk_top1,
                 "curve": sel["curve"],
