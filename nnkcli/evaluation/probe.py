@@ -118,6 +118,7 @@ def select_c(
     curve: list[dict] = []
     models = []
     theta, prev, best, best_acc = None, None, 0, -1.0
+    last_move: float | None = None
     # at a small C the weights are C times one direction (the gradient at zero), so the predictions, and the
     # held-out top-1, do not change with C: the patience is counted from where the top-1 first moves
     first, moved, started = -1.0, False, 0
@@ -125,8 +126,14 @@ def select_c(
         t0 = time.perf_counter()
         start: np.ndarray | None = theta
         if prev is not None and theta is not None:
-            # the solution path is smooth in log C: a secant step from the last two solutions
+            # the solution path is smooth in log C: a secant step from the last two solutions, scaled by how
+            # the last move grew on the one before (a geometric series): at a small C the weights grow as C
+            # (each move the C ratio times the last), at a large C they settle (moves shrink)
             step = math.log(C / opts.c_grid[i - 1]) / math.log(opts.c_grid[i - 1] / opts.c_grid[i - 2])
+            move = float(np.linalg.norm(theta - prev))
+            if last_move:
+                step *= min(move / last_move, C / opts.c_grid[i - 1])
+            last_move = move
             start = theta + step * (theta - prev)
         monitor = HeldOutMonitor(Xh, yh, opts.fit_patience) if opts.fit_patience else None
         model = fit_softmax(

@@ -97,7 +97,7 @@ def _steep_features(seed, n=400, d=8, K=4):
     return X.astype(np.float32), y
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), C=st.floats(1e-2, 1e3))
 def test_the_preconditioned_variables_are_an_exact_change_of_variables(seed, C):
     from nnkcli.numerics.logistic import FeatureCurvature, _Preconditioned
