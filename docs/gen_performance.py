@@ -265,6 +265,7 @@ def render_probe(doc: dict) -> list[str]:
     ok = m["ratio"] < 1 and abs(m["probe_top1"] - m["sklearn_top1"]) <= 0.1
     ratio = f"**{_ratio(m['ratio'])}**" if ok else _ratio(m["ratio"])
     ratio_rows = [["selection + refit / one scikit-learn fit, wall", ratio, "< 1x, top-1 within 0.1 point"]]
+    rounds = [f"{r['probe_select_refit_s']:.0f} s against {r['sklearn_fit_s']:.0f} s" for r in m.get("rounds", [])]
     if "cpu_ratio" in m:
         ratio_rows.append(["whole probe command / one scikit-learn fit, CPU seconds", _ratio(m["cpu_ratio"]), ""])
     return [
@@ -272,8 +273,10 @@ def render_probe(doc: dict) -> list[str]:
         "",
         f"`nnk probe`'s whole choice of C plus the refit, against one scikit-learn fit at the C it chose, from zero, "
         f"in the same process, on the seeded synthetic mixture of `bench_pipeline.py` ({m['rows']:,} x {m['dim']} "
-        f"train rows, {m['classes']} classes, {m['queries']:,} queries), {m['threads']} BLAS threads each. The "
-        "CPU seconds count every thread and move least with other processes' load.",
+        f"train rows, {m['classes']} classes, {m['queries']:,} queries), {m['threads']} BLAS threads each, the "
+        f"fastest of {m.get('repeats', 1)} interleaved round(s) of each (every round: "
+        + ", ".join(rounds)
+        + "). The CPU seconds count every thread and move least with other processes' load.",
         "",
         *_table(["run", "wall s", "CPU s", "L-BFGS iterations", "query top-1 %"], rows, "lrrrr"),
         "",
