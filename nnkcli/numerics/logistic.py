@@ -280,9 +280,13 @@ def fit_softmax(
         counter["evaluations"] += 1
         return softmax_objective(space.to_theta(u), X, y, K, C)
 
-    def watch(u) -> bool:
-        theta = space.to_theta(u)
-        return bool(monitor(theta[: d * K].reshape(d, K).astype(np.float32), theta[d * K :].astype(np.float32)))
+    watch: Callable[[np.ndarray], bool] | None = None
+    if monitor is not None:
+        check = monitor
+
+        def watch(u: np.ndarray) -> bool:
+            theta = space.to_theta(u)
+            return bool(check(theta[: d * K].reshape(d, K).astype(np.float32), theta[d * K :].astype(np.float32)))
 
     if np.max(np.abs(g0)) <= tol:  # the start already meets the tolerance
         theta, n_iter, converged, value = theta_start, 0, True, value0
@@ -295,13 +299,13 @@ def fit_softmax(
             g0,
             tol=tol,
             max_iter=max_iter,
-            watch=watch if monitor is not None else None,
+            watch=watch,
             check_every=check_every,
         )
         theta = space.to_theta(u)
     else:
         theta, value, n_iter, converged = _scipy_lbfgs(
-            evaluate, theta_start, value0, g0, tol, max_iter, watch if monitor is not None else None, check_every
+            evaluate, theta_start, value0, g0, tol, max_iter, watch, check_every
         )
     return SoftmaxModel(
         weights=theta[: d * K].reshape(d, K).astype(np.float32),
