@@ -338,6 +338,55 @@ def render_scale(doc: dict) -> list[str]:
     return [*out, _run_line(doc)]
 
 
+def render_probe(doc: dict) -> list[str]:
+    m = doc["measurements"]
+    curve = m["curve"]
+    iters = sum(c["iterations"] for c in curve)
+    held = sum(c.get("stopped_on_held_out", False) for c in curve)
+    evals = m.get("probe_evaluations")
+    if "refit_iterations" in m:
+        iters = f"{iters} + {m['refit_iterations']}"
+    cpu = m.get("probe_cpu_s")
+    rows = [
+        [
+            f"nnk probe: {len(curve)} of 45 C values ({held} stopped on the held-out top-1) + refit",
+            f"{m['probe_select_refit_s']:.1f}",
+            f"{cpu:.1f}" if cpu is not None else "–",
+            f"{iters} ({evals} evaluations)" if evals is not None else str(iters),
+            f"{m['probe_top1']:.2f}",
+        ],
+        [
+            f"scikit-learn `LogisticRegression(lbfgs)`, one fit at C = {m['chosen_c']:.4g}",
+            f"{m['sklearn_fit_s']:.1f}",
+            f"{m['sklearn_cpu_s']:.1f}" if "sklearn_cpu_s" in m else "–",
+            str(m["sklearn_iterations"]),
+            f"{m['sklearn_top1']:.2f}",
+        ],
+    ]
+    ok = m["ratio"] < 1 and abs(m["probe_top1"] - m["sklearn_top1"]) <= 0.1
+    ratio = f"**{_ratio(m['ratio'])}**" if ok else _ratio(m["ratio"])
+    ratio_rows = [["selection + refit / one scikit-learn fit, wall", ratio, "< 1x, top-1 within 0.1 point"]]
+    rounds = [f"{r['probe_select_refit_s']:.0f} s against {r['sklearn_fit_s']:.0f} s" for r in m.get("rounds", [])]
+    if "cpu_ratio" in m:
+        ratio_rows.append(["whole probe command / one scikit-learn fit, CPU seconds", _ratio(m["cpu_ratio"]), ""])
+    return [
+        "### The linear probe (`benchmarks/bench_probe.py`)",
+        "",
+        f"`nnk probe`'s whole choice of C plus the refit, against one scikit-learn fit at the C it chose, from zero, "
+        f"in the same process, on the seeded synthetic mixture of `bench_pipeline.py` ({m['rows']:,} x {m['dim']} "
+        f"train rows, {m['classes']} classes, {m['queries']:,} queries), {m['threads']} BLAS threads each, the "
+        f"fastest of {m.get('repeats', 1)} interleaved round(s) of each (every round: "
+        + ", ".join(rounds)
+        + "). The CPU seconds count every thread and move least with other processes' load.",
+        "",
+        *_table(["run", "wall s", "CPU s", "L-BFGS iterations", "query top-1 %"], rows, "lrrrr"),
+        "",
+        *_table(["ratio (baseline in the same run)", "value", "target"], ratio_rows, "lrr"),
+        "",
+        _run_line(doc),
+    ]
+
+
 def render_other(doc: dict) -> list[str]:
     """A benchmark without its own table: its measurements as JSON."""
     return [
@@ -356,8 +405,9 @@ RENDERERS = {
     "bench_solver": render_solver,
     "bench_evaluator": render_evaluator,
     "bench_scale": render_scale,
+    "bench_probe": render_probe,
 }
-ORDER = ("bench_pipeline", "bench_scale", "bench_solver", "bench_evaluator")
+ORDER = ("bench_pipeline", "bench_scale", "bench_solver", "bench_evaluator", "bench_probe")
 
 HEADER = """\
 # Performance

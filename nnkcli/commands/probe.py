@@ -11,7 +11,7 @@ from nnkcli.evaluation.probe_options import ProbeOptions
 from nnkcli.output import Column, render
 
 #: ProbeOptions' fields that have an option of their own (normalize is --no-normalize)
-_PROBE = ("c_grid", "val_fraction", "seed", "patience", "tol", "max_iter")
+_PROBE = ("c_grid", "val_fraction", "seed", "patience", "fit_patience", "tol", "max_iter")
 
 COLUMNS = [
     Column("method", justify="left"),
@@ -61,9 +61,10 @@ def probe(store, probe_opts, train_split, query_split, threads, confidence, out,
 
     C (inverse L2 strength, scikit-learn's convention; the bias is not penalised) is chosen
     by the top-1 on a seeded, stratified 10 % of the train split (--val-fraction, --seed),
-    along --c-grid with warm starts, stopping --patience values past the best; the model is
-    then refit on every train row at that C and evaluated once on the query split, whose
-    labels nothing before reads. Accuracies are in % (0-100).
+    along --c-grid with warm starts, stopping --patience values past the best (each of those
+    fits stops once its held-out top-1 settles, --fit-patience); the model is then refit on
+    every train row at that C and evaluated once on the query split, whose labels nothing
+    before reads. Accuracies are in % (0-100).
 
     \b
     Examples:

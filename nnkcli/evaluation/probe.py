@@ -42,6 +42,10 @@ TOP = 5
 #: multiply-adds of the logits' product per BLAS thread: a smaller product runs faster on fewer threads
 #: (OpenBLAS's threads cost more than they bring below ~16 M, and far more on a busy machine)
 GEMM_PER_THREAD = 2**24
+#: a selection fit checks its held-out top-1 every this many iterations
+FIT_CHECK_EVERY = 2
+#: the held-out top-1 has settled when it moves by at most this part of the held-out rows (0.1 point)
+HELD_OUT_SLACK = 0.001
 
 
 class ProbeResult(DocumentResult):
@@ -98,11 +102,13 @@ def select_c(
     held_rows: np.ndarray,
     opts: ProbeOptions,
     *,
+    curvature=None,
     progress: Callable[[int], None] | None = None,
 ):
     """Fit on ``fit_rows`` along ``opts.c_grid`` (warm starts), score each fit's top-1 on ``held_rows``.
 
-    ``X`` (n, d) float32, ``y`` (n,) classes 0..K-1 of the train rows only.
+    ``X`` (n, d) float32, ``y`` (n,) classes 0..K-1 of the train rows only; ``curvature`` a
+    ``FeatureCurvature`` to precondition the fits with (None: plain L-BFGS).
     Returns ``(best_index, curve, models)``: the curve one dict per C tried, ``models[i]`` its fit.
     """
     from nnkcli.numerics.logistic import fit_softmax
@@ -112,6 +118,7 @@ def select_c(
     curve: list[dict] = []
     models = []
     theta, prev, best, best_acc = None, None, 0, -1.0
+    last_move: float | None = None
     # at a small C the weights are C times one direction (the gradient at zero), so the predictions, and the
     # held-out top-1, do not change with C: the patience is counted from where the top-1 first moves
     first, moved, started = -1.0, False, 0
@@ -119,10 +126,28 @@ def select_c(
         t0 = time.perf_counter()
         start: np.ndarray | None = theta
         if prev is not None and theta is not None:
-            # the solution path is smooth in log C: a secant step from the last two solutions
+            # the solution path is smooth in log C: a secant step from the last two solutions, scaled by how
+            # the last move grew on the one before (a geometric series): at a small C the weights grow as C
+            # (each move the C ratio times the last), at a large C they settle (moves shrink)
             step = math.log(C / opts.c_grid[i - 1]) / math.log(opts.c_grid[i - 1] / opts.c_grid[i - 2])
+            move = float(np.linalg.norm(theta - prev))
+            if last_move:
+                step *= min(move / last_move, C / opts.c_grid[i - 1])
+            last_move = move
             start = theta + step * (theta - prev)
-        model = fit_softmax(Xf, yf, n_classes, C, theta0=start, tol=opts.tol, max_iter=opts.max_iter)
+        monitor = HeldOutMonitor(Xh, yh, opts.fit_patience) if opts.fit_patience else None
+        model = fit_softmax(
+            Xf,
+            yf,
+            n_classes,
+            C,
+            theta0=start,
+            tol=opts.tol,
+            max_iter=opts.max_iter,
+            curvature=curvature,
+            monitor=monitor,
+            check_every=FIT_CHECK_EVERY,
+        )
         prev, theta = theta, model.theta
         acc = float(np.mean(model.scores(Xh).argmax(axis=1) == yh))
         curve.append(
@@ -130,7 +155,9 @@ def select_c(
                 "c": C,
                 "held_out_top1": round(100.0 * acc, 4),
                 "iterations": model.n_iter,
+                "evaluations": model.n_eval,
                 "converged": model.converged,
+                "stopped_on_held_out": bool(monitor is not None and monitor.stopped),
                 "seconds": round(time.perf_counter() - t0, 4),
             }
         )
@@ -147,6 +174,31 @@ def select_c(
         if not moved:
             started = i
     return best, curve, models
+
+
+class HeldOutMonitor:
+    """Stops a selection fit once its held-out top-1 has settled.
+
+    Called with the fit's current weights (d, K) and bias (K,) every few iterations; True
+    (stop) once the held-out top-1 of the last ``checks + 1`` calls spans at most
+    ``HELD_OUT_SLACK`` of the held-out rows (at least one row). A fit on its way to the
+    tolerance keeps moving its weights in directions that no longer change which class wins
+    on the held-out rows, and the selection only reads that.
+    """
+
+    def __init__(self, Xh: np.ndarray, yh: np.ndarray, checks: int):
+        self.Xh, self.yh, self.checks = Xh, yh, int(checks)
+        self.slack = max(1, int(HELD_OUT_SLACK * yh.size))
+        self.history: list[int] = []
+        self.stopped = False
+
+    def __call__(self, W: np.ndarray, b: np.ndarray) -> bool:
+        Z = self.Xh @ W
+        Z += b
+        self.history.append(int(np.count_nonzero(Z.argmax(axis=1) == self.yh)))
+        last = self.history[-(self.checks + 1) :]
+        self.stopped = len(last) > self.checks and max(last) - min(last) <= self.slack
+        return self.stopped
 
 
 def ranked_classes(scores: np.ndarray, classes: np.ndarray, top: int = TOP) -> np.ndarray:
@@ -218,7 +270,7 @@ def probe(
         The train split has no labels or fewer than two classes, the held-out part is empty,
         the splits' dimensions differ, or a row is all-zero (with normalisation).
     """
-    from nnkcli.numerics.logistic import fit_softmax
+    from nnkcli.numerics.logistic import FeatureCurvature, fit_softmax
     from nnkcli.numerics.stats import check_confidence
     from nnkcli.parallel import native_threads, resolve_threads
     from nnkcli.storage.store_reader import FeatureStore
@@ -251,12 +303,25 @@ def probe(
                 hint="raise --val-fraction, or use a larger train split",
             )
         t0 = time.perf_counter()
+        # the features' curvature, measured once on the fitted rows, preconditions every fit, the refit too
+        curvature = FeatureCurvature.of(X, fit_rows) if opts.precondition else None
         with _progress(progress_factory, len(opts.c_grid), "choosing C") as advance:
-            best, curve, models = select_c(X, y, classes.size, fit_rows, held_rows, opts, progress=advance)
+            best, curve, models = select_c(
+                X, y, classes.size, fit_rows, held_rows, opts, curvature=curvature, progress=advance
+            )
         select_s = time.perf_counter() - t0
         chosen = opts.c_grid[best]
         t0 = time.perf_counter()
-        model = fit_softmax(X, y, classes.size, chosen, theta0=models[best].theta, tol=opts.tol, max_iter=opts.max_iter)
+        model = fit_softmax(
+            X,
+            y,
+            classes.size,
+            chosen,
+            theta0=models[best].theta,
+            tol=opts.tol,
+            max_iter=opts.max_iter,
+            curvature=curvature,
+        )
         refit_s = time.perf_counter() - t0
         del X, models
         # the query split is read only now: nothing above depends on it
@@ -341,7 +406,8 @@ def _document(store, train, query, opts, classes, fit_rows, held_rows, curve, be
     warnings = []
     if not model.converged:
         warnings.append(f"the refit at C={model.C:g} stopped before L-BFGS converged ({model.n_iter} iterations)")
-    slow = [p["c"] for p in curve if not p["converged"]]
+    # a fit stopped on its settled held-out top-1 did what the selection needs; one cut by --max-iter did not
+    slow = [p["c"] for p in curve if not p["converged"] and not p["stopped_on_held_out"]]
     if slow:
         warnings.append(
             f"{len(slow)} selection fit(s) stopped before converging (C = {', '.join(f'{c:g}' for c in slow)})"
@@ -362,7 +428,12 @@ def _document(store, train, query, opts, classes, fit_rows, held_rows, curve, be
             "stopped_early": len(curve) < len(opts.c_grid),
             "curve": curve,
         },
-        "refit": {"iterations": model.n_iter, "converged": model.converged, "objective": model.objective},
+        "refit": {
+            "iterations": model.n_iter,
+            "evaluations": model.n_eval,
+            "converged": model.converged,
+            "objective": model.objective,
+        },
         "parameters": {**opts.as_dict(), "objective": "0.5*||W||^2 + C*sum(CE), bias not penalised"},
         "fingerprints": {"train": train.content_sha256, "query": query.content_sha256},
         "warnings": warnings,

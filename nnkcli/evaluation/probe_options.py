@@ -71,6 +71,13 @@ class ProbeOptions(Settings):
     patience : int, default=5
         Stop the path once this many values of C in a row have not beaten the best held-out
         top-1 (0: try the whole grid).
+    fit_patience : int, default=3
+        During the selection, stop a fit once its held-out top-1 has stayed within 0.1 % of the
+        held-out rows for this many checks in a row (one check every 2 iterations); the fit's
+        held-out top-1 is what the selection reads. 0: fit every C to the tolerance. The refit
+        always runs to the tolerance.
+    precondition : bool, default=True
+        Precondition L-BFGS with the features' covariance (the same objective and minimiser).
     normalize : bool, default=True
         L2-normalise every row first (the geometry of the k-NN and NNK evaluation).
     tol : float, default=1e-4
@@ -103,6 +110,15 @@ class ProbeOptions(Settings):
         help="Stop the C path after N values of C without a better accuracy on the held out rows "
         "(0: try the whole grid).",
     )
+    fit_patience: int = setting(
+        3,
+        at_least(0),
+        metavar="N",
+        type=int,
+        help="Stop a selection fit once its top-1 on the held out rows has not moved for N checks, one every "
+        "2 iterations (0: fit each C to the tolerance; the refit always is).",
+    )
+    precondition: bool = setting(True, flag, option=None)
     normalize: bool = setting(True, flag, option=None)
     tol: float = setting(1e-4, positive_float, metavar="TOL", type=float, help="L-BFGS gradient tolerance.")
     max_iter: int = setting(1000, at_least(1), metavar="N", type=int, help="Most L-BFGS iterations per fit.")

@@ -20,6 +20,7 @@ digits the line search needs), and the gradient is returned in float64.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,11 @@ import numpy as np
 DEFAULT_TOL = 1e-4
 DEFAULT_MAX_ITER = 1000
 MAX_LINE_SEARCH = 50
+#: rows sampled (evenly spaced) to measure the curvature the fit is preconditioned with
+CURVATURE_ROWS = 32768
+CLASS_CURVATURE_ROWS = 8192
+#: the L-BFGS memory (scipy's and scikit-learn's default ``maxcor``)
+LBFGS_MEMORY = 10
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class SoftmaxModel:
     n_iter : int, L-BFGS iterations
     converged : bool, whether L-BFGS met its tolerance (else it hit ``max_iter`` or a failed line search)
     objective : float, the final value of the scaled objective (mean CE + ||W||² / (2 C n))
+    n_eval : int, evaluations of the objective and its gradient (each two n x d x K products)
     """
 
     weights: np.ndarray
@@ -50,6 +57,7 @@ class SoftmaxModel:
     n_iter: int
     converged: bool
     objective: float
+    n_eval: int = 0
 
     @property
     def theta(self) -> np.ndarray:
@@ -108,6 +116,110 @@ def softmax_objective(theta: np.ndarray, X: np.ndarray, y: np.ndarray, n_classes
     return value, np.concatenate([grad_W.ravel(), grad_b])
 
 
+@dataclass(frozen=True)
+class FeatureCurvature:
+    """The feature side of the objective's curvature: the mean and the covariance's eigenpairs.
+
+    The Hessian of the mean cross-entropy in W is ``(1/n) Σᵢ xᵢxᵢᵀ ⊗ Sᵢ`` (Sᵢ the softmax
+    covariance ``diag(pᵢ) - pᵢpᵢᵀ`` of row i); with the rows centred (the unpenalised bias
+    absorbs the mean) it is close to ``Σ ⊗ Ā``, Σ the features' covariance and Ā the mean of the
+    Sᵢ. Features with a steep spectrum (self-supervised ones: a few strong directions) make that
+    ill-conditioned, and L-BFGS then needs many iterations at a large C, where the penalty no
+    longer fills the weak directions. The fit changes variables so that this approximation of the
+    Hessian, plus the penalty, becomes the identity: L-BFGS then sees a well-conditioned problem.
+    The change of variables is exact (the same objective and minimiser, only the path differs).
+
+    Attributes
+    ----------
+    mean : ndarray (d,) float64
+    sigma : ndarray (d,) float64, the covariance's eigenvalues (>= 0)
+    vectors : ndarray (d, d) float64, its eigenvectors (columns)
+    """
+
+    mean: np.ndarray
+    sigma: np.ndarray
+    vectors: np.ndarray
+
+    @classmethod
+    def of(cls, X: np.ndarray, rows: np.ndarray | None = None, max_rows: int = CURVATURE_ROWS) -> FeatureCurvature:
+        """Measured on at most ``max_rows`` evenly spaced rows of X (n, d) (of its ``rows`` when given)."""
+        Xs = _rows(X, max_rows) if rows is None else np.asarray(X[_rows(rows, max_rows)], dtype=np.float32)
+        mean = Xs.mean(axis=0, dtype=np.float64)
+        Xc = Xs - mean.astype(np.float32)
+        cov = (Xc.T @ Xc).astype(np.float64) / max(1, Xs.shape[0])
+        sigma, vectors = np.linalg.eigh(0.5 * (cov + cov.T))
+        return cls(mean=mean, sigma=np.clip(sigma, 0.0, None), vectors=vectors)
+
+
+def _rows(X: np.ndarray, max_rows: int) -> np.ndarray:
+    step = max(1, -(-X.shape[0] // max_rows))
+    return X[::step]
+
+
+class _Space:
+    """The variables L-BFGS moves: here W, b themselves (theta)."""
+
+    def to_theta(self, u: np.ndarray) -> np.ndarray:
+        return u
+
+    def to_u(self, theta: np.ndarray) -> np.ndarray:
+        return theta
+
+    def to_u_grad(self, grad: np.ndarray) -> np.ndarray:
+        return grad
+
+
+class _Preconditioned(_Space):
+    """Variables (u, v) with ``W = P u``, ``b = Q v - Wᵀ mean``.
+
+    P is ``(Σ ⊗ Ā + λ)^(-1/2)`` (λ = 1 / (C n), the penalty's curvature) and Q is ``Ā^(-1/2)``,
+    both applied in the eigenbases of Σ (d x d) and Ā (K x K), so each costs O(d²K + dK²), nothing
+    next to the n d K of a gradient. Ā is measured at the start point, on a sample of rows.
+    """
+
+    def __init__(self, curvature: FeatureCurvature, X: np.ndarray, theta0: np.ndarray, K: int, lam: float):
+        d = X.shape[1]
+        W0 = theta0[: d * K].reshape(d, K).astype(np.float32)
+        Z = _rows(X, CLASS_CURVATURE_ROWS) @ W0
+        Z += theta0[d * K :].astype(np.float32)
+        Z -= Z.max(axis=1, keepdims=True)
+        Pr = np.exp(Z, dtype=np.float64)
+        Pr /= Pr.sum(axis=1, keepdims=True)
+        A = np.diag(Pr.mean(axis=0)) - (Pr.T @ Pr) / Pr.shape[0]
+        a, self.V = np.linalg.eigh(0.5 * (A + A.T))
+        a = np.clip(a, 0.0, None)
+        self.d, self.K = d, K
+        self.mean = curvature.mean
+        self.U = curvature.vectors
+        self.s = 1.0 / np.sqrt(np.outer(curvature.sigma, a) + lam)  # (d, K)
+        # the bias is not penalised: the direction of all-equal biases (a = 0) changes nothing, keep it finite
+        self.t = 1.0 / np.sqrt(a + 1e-6 * max(float(a.max()), 1e-12))
+
+    def _w(self, M: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        return self.U @ ((self.U.T @ M @ self.V) * scale) @ self.V.T
+
+    def _c(self, v: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        return self.V @ ((self.V.T @ v) * scale)
+
+    def to_theta(self, u: np.ndarray) -> np.ndarray:
+        dK = self.d * self.K
+        W = self._w(u[:dK].reshape(self.d, self.K), self.s)
+        b = self._c(u[dK:], self.t) - W.T @ self.mean
+        return np.concatenate([W.ravel(), b])
+
+    def to_u(self, theta: np.ndarray) -> np.ndarray:
+        dK = self.d * self.K
+        W = theta[:dK].reshape(self.d, self.K)
+        c = theta[dK:] + W.T @ self.mean
+        return np.concatenate([self._w(W, 1.0 / self.s).ravel(), self._c(c, 1.0 / self.t)])
+
+    def to_u_grad(self, grad: np.ndarray) -> np.ndarray:
+        dK = self.d * self.K
+        gb = grad[dK:]
+        gW = grad[:dK].reshape(self.d, self.K) - np.outer(self.mean, gb)
+        return np.concatenate([self._w(gW, self.s).ravel(), self._c(gb, self.t)])
+
+
 def fit_softmax(
     X: np.ndarray,
     y: np.ndarray,
@@ -117,6 +229,9 @@ def fit_softmax(
     theta0: np.ndarray | None = None,
     tol: float = DEFAULT_TOL,
     max_iter: int = DEFAULT_MAX_ITER,
+    curvature: FeatureCurvature | bool | None = None,
+    monitor: Callable[[np.ndarray, np.ndarray], bool] | None = None,
+    check_every: int = 1,
 ) -> SoftmaxModel:
     """Fit W, b at ``C`` by L-BFGS-B, from ``theta0`` (a warm start) or zeros (scikit-learn's start).
 
@@ -128,15 +243,20 @@ def fit_softmax(
         towards -inf, and the fit ends at ``max_iter``)
     C : float > 0
     theta0 : ndarray ((d + 1) * K,) float64, optional
-    tol : float, the projected-gradient tolerance (scikit-learn's ``tol``, same scale)
+    tol : float, the gradient tolerance (scikit-learn's ``tol``, same scale): the fit has converged
+        once every component of the gradient in W, b is at most ``tol`` in absolute value
     max_iter : int, the most L-BFGS iterations
+    curvature : FeatureCurvature, True, or None
+        Precondition L-BFGS with the features' covariance (see :class:`FeatureCurvature`; True:
+        measure it on X here). None or False: plain L-BFGS-B on W, b, as scikit-learn runs it.
+    monitor : callable, optional
+        ``monitor(W, b) -> bool``, called every ``check_every`` iterations with the current
+        weights (d, K) and bias (K,), float32: True stops the fit there (``converged`` stays False).
 
     Returns
     -------
     SoftmaxModel
     """
-    from scipy.optimize import minimize
-
     X = np.ascontiguousarray(X, dtype=np.float32)
     y = np.asarray(y, dtype=np.int64)
     n, d = X.shape
@@ -145,13 +265,82 @@ def fit_softmax(
         raise ValueError(f"C must be a positive number, got {C!r}")
     if y.shape != (n,) or (n and (y.min() < 0 or y.max() >= K)):
         raise ValueError(f"y must be (n,) classes in 0..{K - 1}")
-    x0 = np.zeros((d + 1) * K) if theta0 is None else np.asarray(theta0, dtype=np.float64)
+    theta_start = np.zeros((d + 1) * K) if theta0 is None else np.asarray(theta0, dtype=np.float64)
+    if curvature is True:
+        curvature = FeatureCurvature.of(X)
+    if isinstance(curvature, FeatureCurvature):
+        space: _Space = _Preconditioned(curvature, X, theta_start, K, 1.0 / (C * n))
+    else:
+        space = _Space()
+
+    value0, g0 = softmax_objective(theta_start, X, y, K, C)
+    counter = {"evaluations": 1}
+
+    def evaluate(u):
+        counter["evaluations"] += 1
+        return softmax_objective(space.to_theta(u), X, y, K, C)
+
+    watch: Callable[[np.ndarray], bool] | None = None
+    if monitor is not None:
+        check = monitor
+
+        def watch(u: np.ndarray) -> bool:
+            theta = space.to_theta(u)
+            return bool(check(theta[: d * K].reshape(d, K).astype(np.float32), theta[d * K :].astype(np.float32)))
+
+    if np.max(np.abs(g0)) <= tol:  # the start already meets the tolerance
+        theta, n_iter, converged, value = theta_start, 0, True, value0
+    elif isinstance(space, _Preconditioned):
+        u, value, n_iter, converged = _lbfgs(
+            evaluate,
+            space,
+            space.to_u(theta_start),
+            value0,
+            g0,
+            tol=tol,
+            max_iter=max_iter,
+            watch=watch,
+            check_every=check_every,
+        )
+        theta = space.to_theta(u)
+    else:
+        theta, value, n_iter, converged = _scipy_lbfgs(
+            evaluate, theta_start, value0, g0, tol, max_iter, watch, check_every
+        )
+    return SoftmaxModel(
+        weights=theta[: d * K].reshape(d, K).astype(np.float32),
+        bias=theta[d * K :].astype(np.float32),
+        C=float(C),
+        n_iter=n_iter,
+        converged=converged,
+        objective=float(value),
+        n_eval=counter["evaluations"],
+    )
+
+
+def _scipy_lbfgs(evaluate, theta0, value0, g0, tol, max_iter, watch, check_every):
+    """scipy's L-BFGS-B on W, b, as scikit-learn runs it. Returns ``(theta, value, n_iter, converged)``."""
+    from scipy.optimize import minimize
+
+    state = {"iter": 0, "stopped": False}
+
+    def objective(theta):
+        if state["iter"] == 0 and np.array_equal(theta, theta0):
+            return value0, g0  # the start, evaluated already
+        return evaluate(theta)
+
+    def callback(intermediate_result):
+        state["iter"] += 1
+        if watch is not None and state["iter"] % check_every == 0 and watch(intermediate_result.x):
+            state["stopped"] = True
+            raise StopIteration
+
     res = minimize(
-        softmax_objective,
-        x0,
-        args=(X, y, K, float(C)),
+        objective,
+        theta0,
         jac=True,
         method="L-BFGS-B",
+        callback=callback,
         options={
             "maxiter": int(max_iter),
             "gtol": float(tol),
@@ -159,12 +348,66 @@ def fit_softmax(
             "maxls": MAX_LINE_SEARCH,
         },
     )
-    theta = res.x
-    return SoftmaxModel(
-        weights=theta[: d * K].reshape(d, K).astype(np.float32),
-        bias=theta[d * K :].astype(np.float32),
-        C=float(C),
-        n_iter=int(res.nit),
-        converged=bool(res.success),
-        objective=float(res.fun),
-    )
+    return res.x, float(res.fun), int(res.nit), bool(res.success) and not state["stopped"]
+
+
+def _lbfgs(evaluate, space, u, value, grad, *, tol, max_iter, watch, check_every, memory=LBFGS_MEMORY):
+    """L-BFGS on the preconditioned variables u; ``evaluate(u) -> (value, gradient in W, b)``.
+
+    The first step of a fit is the preconditioned gradient step itself (the inverse Hessian
+    starts as the identity: the preconditioner's scale is trusted, where L-BFGS-B would start
+    with a step of unit length and spend evaluations finding the scale); the step is 1 unless
+    it fails the Armijo test, then halved-or-interpolated. Stops when every gradient component
+    in W, b is at most ``tol`` (scikit-learn's test), when the decrease is below L-BFGS-B's
+    ``ftol``, after ``max_iter`` iterations, or when ``watch(u)`` says so.
+    Returns ``(u, value, n_iter, converged)``.
+    """
+    S: list[np.ndarray] = []
+    Yd: list[np.ndarray] = []
+    g = space.to_u_grad(grad)
+    gamma = 1.0
+    ftol = 64 * np.finfo(float).eps
+    for it in range(1, int(max_iter) + 1):
+        # the two-loop recursion: direction = -H g
+        q = g.copy()
+        alphas = []
+        for s_, y_ in zip(reversed(S), reversed(Yd), strict=True):
+            a = float(s_ @ q) / float(y_ @ s_)
+            alphas.append(a)
+            q -= a * y_
+        q *= gamma
+        for (s_, y_), a in zip(zip(S, Yd, strict=True), reversed(alphas), strict=True):
+            q += (a - float(y_ @ q) / float(y_ @ s_)) * s_
+        direction = -q
+        slope = float(g @ direction)
+        if not slope < 0:  # not a descent direction: restart from the preconditioned gradient
+            S.clear()
+            Yd.clear()
+            direction, slope, gamma = -g, -float(g @ g), 1.0
+        t = 1.0
+        for _ in range(MAX_LINE_SEARCH):
+            new_value, new_grad = evaluate(u + t * direction)
+            if new_value <= value + 1e-4 * t * slope:
+                break
+            # the minimiser of the quadratic through value, slope and new_value, kept within [0.1 t, 0.5 t]
+            t = min(0.5 * t, max(0.1 * t, -slope * t * t / (2.0 * (new_value - value - slope * t))))
+        else:
+            return u, value, it - 1, False  # no decrease along a descent direction: float32 noise floor
+        step = t * direction
+        new_g = space.to_u_grad(new_grad)
+        dy = new_g - g
+        sy = float(step @ dy)
+        if sy > 1e-12 * float(dy @ dy):
+            S.append(step)
+            Yd.append(dy)
+            if len(S) > memory:
+                S.pop(0)
+                Yd.pop(0)
+            gamma = sy / float(dy @ dy)
+        decrease = value - new_value
+        u, value, g = u + step, new_value, new_g
+        if np.max(np.abs(new_grad)) <= tol or decrease <= ftol * max(abs(value), abs(new_value), 1.0):
+            return u, value, it, True
+        if watch is not None and it % check_every == 0 and watch(u):
+            return u, value, it, False
+    return u, value, int(max_iter), False

@@ -74,6 +74,7 @@ BAD = {
     "--c-grid": "0,1",
     "--max-iter": "0",
     "--patience": "-1",
+    "--fit-patience": "-1",
     "--tol": "0",
     "--val-fraction": "1",
     "--batch-size": "0",

@@ -80,3 +80,35 @@ def test_a_train_split_without_two_classes_is_refused(tmp_path):
     store = nnk_data.make_store(tmp_path / "s.h5", train=(xt, np.zeros(50, int)))
     with pytest.raises(InputError, match="needs two"):
         probe(store, c_grid=GRID)
+
+
+def _steep_store(path, seed):
+    """Six classes in 16 dimensions of steeply falling scale, off the origin: fits that need many iterations."""
+    rng = np.random.default_rng(seed)
+    scale = np.geomspace(1.0, 1e-2, 16)
+    means = rng.normal(size=(6, 16))
+    yt, yq = rng.integers(0, 6, 800), rng.integers(0, 6, 50)
+    xt = ((means[yt] + 1.5 * rng.normal(size=(800, 16))) * scale + 1).astype(np.float32)
+    xq = ((means[yq] + 1.5 * rng.normal(size=(50, 16))) * scale + 1).astype(np.float32)
+    return nnk_data.make_store(path, train=(xt, yt), query=(xq, yq), class_names=list("abcdef")), xt, yt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 3])
+def test_fits_stopped_on_the_held_out_top1_choose_the_C_of_converged_fits(tmp_path, seed):
+    LogisticRegression = pytest.importorskip("sklearn.linear_model").LogisticRegression
+    store, xt, yt = _steep_store(tmp_path / "s.h5", seed)
+    grid = "1e-2:1e4:13"
+    early = probe(store, c_grid=grid, patience=0, normalize=False, threads=1).to_dict()
+    full = probe(store, c_grid=grid, patience=0, normalize=False, threads=1, fit_patience=0).to_dict()
+    curve = early["selection"]["curve"]
+    assert any(p["stopped_on_held_out"] for p in curve)  # the early stop really ran
+    assert not any(p["stopped_on_held_out"] for p in full["selection"]["curve"])
+    assert early["chosen_c"] == full["chosen_c"]
+    # the oracle: scikit-learn's Newton solver, to a tight tolerance, on the same rows; each held-out top-1 within a row
+    fit, held = holdout_split(yt, 0.1, 0)
+    x64 = xt.astype(np.float64)
+    for p in curve:
+        ref = LogisticRegression(C=p["c"], solver="newton-cholesky", max_iter=500, tol=1e-8).fit(x64[fit], yt[fit])
+        expected = 100 * ref.score(x64[held], yt[held])
+        assert abs(p["held_out_top1"] - expected) <= 100 / held.size + 1e-3  # the curve is rounded to 4 decimals
