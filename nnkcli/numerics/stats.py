@@ -221,6 +221,10 @@ def draws_and_queries_interval(
     Var(m) plus σe²/(QT) (at most 1/(4QT): slightly conservative). The interval is
     m ± t·√V with the Welch–Satterthwaite degrees of freedom of the two terms (T − 1 and
     Q − 1 each); with s_T = 0 it is the queries' t interval, with Q large the tries'.
+    When both marginal variances vanish although the hits vary (every try and every query the
+    same rate, as in a Latin square), V says nothing; the interval is then Wilson's over the QT
+    hits taken as independent (df = inf), never a point. A point (m, m, inf) only where every hit
+    is the same (m = 0 or 1).
     """
     c = check_confidence(confidence)
     a = np.asarray(per_try, dtype=np.float64)
@@ -233,6 +237,9 @@ def draws_and_queries_interval(
     v_queries = float(b.var(ddof=1)) / Q if Q > 1 else 0.0
     v = v_draws + v_queries
     if not v > 0:
+        if 0.0 < m < 1.0:  # the hits vary, only not by try or by query: the pooled hits' interval
+            low, high = wilson_interval(round(m * Q * T), Q * T, c)
+            return float(low), float(high), math.inf
         return m, m, math.inf
     terms = v_draws**2 / (T - 1) + (v_queries**2 / (Q - 1) if Q > 1 else 0.0)
     df = v * v / terms if terms > 0 else math.inf

@@ -195,8 +195,23 @@ def test_the_draws_and_queries_interval_matches_a_loop(seed, T, Q, confidence):
     if H.all() or not H.any():
         return  # no variance at all: a degenerate interval, tested below
     low, high, df = stats.draws_and_queries_interval(H.mean(axis=1), H.mean(axis=0), confidence)
-    want = crossed_interval_oracle(H.astype(float).tolist(), confidence)
+    if np.ptp(H.mean(axis=1)) == 0 and np.ptp(H.mean(axis=0)) == 0:  # a Latin square: no marginal variance
+        n, p = H.size, H.mean()
+        z = norm.ppf(0.5 + confidence / 2)
+        centre, half = (p + z * z / (2 * n)), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        want = ((centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n), math.inf)
+    else:
+        want = crossed_interval_oracle(H.astype(float).tolist(), confidence)
     assert (low, high, df) == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+def test_a_latin_square_of_hits_is_not_a_point():
+    """Every try and every query at 2/3 (the hits vary, the marginals do not): once (m, m, inf), a zero-width
+    interval from varying hits; now Wilson's over the 9 hits, as if independent."""
+    H = np.array([[1, 1, 0], [1, 0, 1], [0, 1, 1]], dtype=float)
+    low, high, df = stats.draws_and_queries_interval(H.mean(axis=1), H.mean(axis=0), 0.95)
+    assert low < 2 / 3 < high and df == math.inf
+    assert (low, high) == pytest.approx(stats.wilson_interval(6, 9, 0.95))
 
 
 def test_the_draws_and_queries_interval_covers_and_the_queries_alone_do_not():
