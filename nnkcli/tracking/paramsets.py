@@ -4,9 +4,10 @@ Two evaluations of one source with other k values, methods, kernel, temperature,
 weighting, splits, exclude-self, model or transform are different results; they must
 neither hide nor replace each other. An entry's parameter set is its ``parameters``
 (recorded whole by the runner) minus the settings that provably do not change a
-result — ``threads`` and ``chunk_size`` (results are bit-identical for every value,
-tested) and the location of the index (its fingerprint is checked against the store) —
-hashed to ``params_key`` (16 hex digits).
+result — ``threads``, ``chunk_size`` and ``search_kernel`` (results are bit-identical for
+every value, tested) and the location of the index (its fingerprint is checked against the
+store) — hashed to ``params_key`` (16 hex digits). So a history written before a setting of
+this kind existed keeps its keys.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 #: parameters that do not change any recorded number
-NOT_KEYED = ("threads", "chunk_size", "index_path", "rebuild_index")
+NOT_KEYED = ("threads", "chunk_size", "search_kernel", "index_path", "rebuild_index")
 
 
 def parameter_key(parameters: dict | None) -> str:

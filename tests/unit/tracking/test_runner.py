@@ -91,6 +91,22 @@ def key_of(source, options=OPTS):
     return parameter_key(source_parameters(options, DataOptions(), None, source))
 
 
+def test_the_search_kernel_is_not_part_of_the_parameter_set(tmp_path):
+    """Every kernel gives bit-identical results, so a history written before --search-kernel existed keeps its
+    series (the option's arrival changed every parameter key, and the nightly tutorial's history split in two)."""
+    from nnkcli.tracking.paramsets import parameter_key
+
+    a = make_source(tmp_path / "epoch_1.h5")
+    assert (
+        key_of(a, OPTS.replace(search_kernel="fp32"))
+        == key_of(a, OPTS)
+        == key_of(a, OPTS.replace(search_kernel="bf16"))
+    )
+    recorded = {**OPTS.as_dict(), **DataOptions().as_dict()}
+    older = {name: value for name, value in recorded.items() if name != "search_kernel"}
+    assert parameter_key(older) == parameter_key(recorded)
+
+
 def test_evaluates_each_source_once_and_records_one_line(tmp_path, fake):
     a = make_source(tmp_path / "epoch_1.h5", nnk=70.0)
     b = make_source(tmp_path / "epoch_2.h5", nnk=72.0)
