@@ -116,6 +116,16 @@ def _read_header(f, path: Path) -> tuple[dict, int, int | None]:
     return header, payload_size, crc
 
 
+def _open(path: Path):
+    """The index file opened for reading (binary), or the ``IndexFileError`` that says why not."""
+    try:
+        return open(real_path(path), "rb")
+    except FileNotFoundError:
+        raise IndexFileError(f"index file not found: {path}", hint="build it with 'nnk index STORE'") from None
+    except OSError as exc:
+        raise IndexFileError(f"cannot read index file {path}: {exc.strerror}") from None
+
+
 def read_index_file(path: Path, parse_header: Callable[[dict], T]) -> tuple[T, Any]:
     """``(parse_header(header), faiss index)`` of a file written by :func:`write_index_file`.
 
@@ -127,12 +137,7 @@ def read_index_file(path: Path, parse_header: Callable[[dict], T]) -> tuple[T, A
     IndexFileError
         A missing, unreadable, truncated or damaged (checksum) file, or a payload faiss cannot read.
     """
-    try:
-        f = open(real_path(path), "rb")
-    except FileNotFoundError:
-        raise IndexFileError(f"index file not found: {path}", hint="build it with 'nnk index STORE'") from None
-    except OSError as exc:
-        raise IndexFileError(f"cannot read index file {path}: {exc.strerror}") from None
+    f = _open(path)
     with f:
         header, payload_size, crc = _read_header(f, path)
         parsed = parse_header(header)
@@ -181,12 +186,7 @@ def map_index_file(path: Path, parse_header: Callable[[dict], T]) -> tuple[T, An
     (the ``mmap``) lives: keep both together. The payload's checksum is checked here, over
     the mapping (one pass over the file's bytes, no copy).
     """
-    try:
-        f = open(real_path(path), "rb")
-    except FileNotFoundError:
-        raise IndexFileError(f"index file not found: {path}", hint="build it with 'nnk index STORE'") from None
-    except OSError as exc:
-        raise IndexFileError(f"cannot read index file {path}: {exc.strerror}") from None
+    f = _open(path)
     with f:
         header, payload_size, crc = _read_header(f, path)
         parsed = parse_header(header)

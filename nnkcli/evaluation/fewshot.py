@@ -38,7 +38,7 @@ import numpy as np
 
 from nnkcli.errors import InputError, OptionError, SettingName
 from nnkcli.evaluation.options import DataOptions, ScoringOptions, apply_protocol, resolve
-from nnkcli.evaluation.results import EvaluationResult
+from nnkcli.evaluation.results import EvaluationResult, flat_row
 from nnkcli.evaluation.setup import with_k
 
 logger = logging.getLogger("nnkcli")
@@ -61,18 +61,8 @@ class FewshotResult(EvaluationResult):
     """
 
     def rows(self) -> list[dict]:
-        out = []
-        for row in self.results:
-            flat: dict[str, Any] = {key: row.get(key) for key in ("per_class", "method", "k", "k_used", "temperature")}
-            for key, value in row.items():
-                if key in flat or key.endswith("_tries"):
-                    continue
-                if key.endswith("_ci") and isinstance(value, (list, tuple)) and len(value) == 2:
-                    flat[f"{key}_low"], flat[f"{key}_high"] = value
-                else:
-                    flat[key] = value
-            out.append(flat)
-        return out
+        first = ("per_class", "method", "k", "k_used", "temperature")
+        return [flat_row(row, first, lambda key, value: key.endswith("_tries")) for row in self.results]
 
     def try_rows(self) -> list[dict]:
         """One flat dict per (n, try, method, k[, T]): ``per_class``, ``try``, ``method``, ``k``, ``k_used``,

@@ -19,13 +19,28 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from nnkcli.errors import MissingDependencyError
 
 #: the leading columns of every row, in this order (the other keys follow as the document has them)
 ROW_KEYS = ("method", "k", "temperature")
+
+
+def flat_row(row: dict, first: Sequence[str], leave_out: Callable[[str, Any], bool]) -> dict[str, Any]:
+    """One result row flattened: the ``first`` keys (None where absent), then the others in order, an
+    interval ``X_ci = [low, high]`` as ``X_ci_low``/``X_ci_high``, the values ``leave_out(key, value)`` marks
+    left out."""
+    flat: dict[str, Any] = {key: row.get(key) for key in first}
+    for key, value in row.items():
+        if key in flat or leave_out(key, value):
+            continue
+        if key.endswith("_ci") and isinstance(value, (list, tuple)) and len(value) == 2:
+            flat[f"{key}_low"], flat[f"{key}_high"] = value
+        else:
+            flat[key] = value
+    return flat
 
 
 class DocumentResult(Mapping[str, Any]):
@@ -74,18 +89,7 @@ class EvaluationResult(DocumentResult):
         becomes ``X_ci_low`` and ``X_ci_high`` (the CSV output's columns), and the nested per-class
         accuracies (``per_class=True``) are left out.
         """
-        out = []
-        for row in self.results:
-            flat: dict[str, Any] = {key: row.get(key) for key in ROW_KEYS}
-            for key, value in row.items():
-                if key in ROW_KEYS or isinstance(value, dict):
-                    continue
-                if key.endswith("_ci") and isinstance(value, (list, tuple)) and len(value) == 2:
-                    flat[f"{key}_low"], flat[f"{key}_high"] = value
-                else:
-                    flat[key] = value
-            out.append(flat)
-        return out
+        return [flat_row(row, ROW_KEYS, lambda key, value: isinstance(value, dict)) for row in self.results]
 
     def to_pandas(self):
         """``rows()`` as a ``pandas.DataFrame`` (one row per method, k and temperature).
