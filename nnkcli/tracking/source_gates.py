@@ -30,6 +30,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nnkcli.evaluation.options import DEFAULT_ALPHA
 from nnkcli.numerics.metrics import warn_fraction_gates
@@ -182,28 +183,17 @@ def gate_run(
         if outcome.entry is not None and outcome.sha256 is not None and outcome.status in GATED_STATUSES:
             key = entry_key(outcome.entry)
             by_key.setdefault(key, []).append(history.find(outcome.sha256, key) or outcome.entry)
-    report = SourceGateReport(
-        method,
-        [],
-        max_drop=max_drop,
-        min_top1=min_top1,
-        min_top5=min_top5,
-        significant=significant,
-        alpha=alpha,
-        metric=metric,
+    gates: dict[str, Any] = dict(  # the same gates for the report and each parameter set's part
+        max_drop=max_drop, min_top1=min_top1, min_top5=min_top5, significant=significant, alpha=alpha, metric=metric
     )
+    report = SourceGateReport(method, [], **gates)
     for key, run_entries in by_key.items():
         part = check_source_gates(
             run_entries,
             entries_of(history.entries, key),
             method=method,
-            max_drop=max_drop,
-            min_top1=min_top1,
-            min_top5=min_top5,
-            significant=significant,
-            alpha=alpha,
             load_hits=lambda e: sidecar.read(history_path, e.get("hits")),
-            metric=metric,
+            **gates,
         )
         report.sources += part.sources
         report.notes += part.notes
