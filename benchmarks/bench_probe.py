@@ -123,7 +123,8 @@ def main() -> None:
         f"at C={C:.4g}"
     )
     print(f"  query top-1: nnk probe {top1:.2f} %, sklearn {sk_top1:.2f} %  (difference {top1 - sk_top1:+.2f} points)")
-    ok = ratio < 1 and abs(top1 - sk_top1) <= 0.1
+    # percentages of 10,000 queries: 88.95 - 88.85 is 0.10000000000000853 in binary floating point
+    ok = ratio < 1 and abs(round(top1 - sk_top1, 6)) <= 0.1
     print(
         f"\nnnk probe (selection + refit) / one sklearn fit: {ratio:.2f}x   (target < 1, top-1 within 0.1 point)  "
         f"{'PASS' if ok else 'FAIL'}"

@@ -87,28 +87,31 @@ def flat_view(index) -> np.ndarray | None:
     return None
 
 
-#: what ``auto`` runs (see :func:`resolve_kernel`)
-AUTO_KERNEL = "fp32"
+#: ``auto`` runs bf16 (where it can) for a search of at least this many multiply-adds per thread (queries x rows
+#: x d / threads): ~4 s of float32 product on each thread here, of which bf16 saves ~2 s, where importing
+#: torch costs ~1 s (on Fashion-MNIST, 2.4e11 a thread on 2 threads, the two were about even)
+AUTO_BF16_WORK = 3 * 10**11
 #: candidates the float32 kernel keeps beyond k: its rounding (~1e-5 at d = 784) leaves few rows that close
 FP32_EXTRA = 8
-#: the bfloat16 kernel keeps BF16_FACTOR * k + BF16_EXTRA candidates: its bound is ~2^-7 for unit vectors
+#: the bfloat16 kernel keeps at most BF16_FACTOR * k + BF16_EXTRA candidates per query: a query with more rows
+#: than that within its bound (~2^-8 for unit vectors) of its k-th falls back to float32
 BF16_FACTOR, BF16_EXTRA = 4, 256
-#: rows of the bfloat16 product per step: oneDNN's rate grows with the block up to ~16k rows
-BF16_BLOCK_BYTES = 64 * 2**20
+#: products of one bfloat16 block (queries x rows): 16 MiB of bfloat16 (oneDNN ran at its best rate from 2^22 to
+#: 2^24 products a call here; each block also updates the thresholds, which then keep fewer rows of the next)
+BF16_BLOCK_ELEMENTS = 2**23
 #: queries whose bounds are certified at once (the bfloat16 kernel's (queries, 4k + 256) float64 arrays)
 CERTIFY_ROWS = 256
-#: query/row pairs whose float64 similarity is computed at once (bounds the gathered vectors)
-PAIR_BLOCK = 8192
 
 
-def resolve_kernel(kernel: str) -> str:
-    """The kernel that runs for ``kernel``: ``fp32`` or ``bf16``; ``auto`` is ``fp32`` (``AUTO_KERNEL``).
+def resolve_kernel(kernel: str, work: int | None = None) -> str:
+    """The kernel that runs for ``kernel``: ``fp32`` or ``bf16``.
 
-    ``auto`` stays ``fp32`` until ``bf16`` is faster end to end: on the one bfloat16 CPU
-    measured (a 2-core Xeon with AMX), its product ran at 3-4x float32's rate, but the check of
-    its candidates cost about as much as it saved on Fashion-MNIST's dense neighborhoods
-    (``benchmarks/bench_search_kernel.py``). ``auto`` never imports torch. Call this from the
-    main thread: ``bf16`` imports torch.
+    ``auto`` is ``bf16`` where this machine likely can run it (a CPU with bfloat16 instructions,
+    torch installed) and the search is large: ``work``, its queries x rows x dimension per
+    thread, at least ``AUTO_BF16_WORK``; else ``fp32``. Below that, importing torch would cost more than the
+    faster product saves; ``work=None`` (not known yet) gives ``fp32``. ``auto`` imports
+    nothing here (torch's own check runs in :class:`KernelRows`, which falls back to fp32 where
+    it fails). An explicit ``bf16`` is checked in full: call this from the main thread.
 
     Raises
     ------
@@ -116,21 +119,28 @@ def resolve_kernel(kernel: str) -> str:
         ``bf16`` where this machine cannot run it (exit 1, as ``--device cuda`` without a GPU).
     """
     from nnkcli.errors import InputError
-    from nnkcli.index_bf16 import bf16_unavailable
+    from nnkcli.index_bf16 import bf16_unavailable, bf16_unlikely
     from nnkcli.numerics.certified import SEARCH_KERNELS
 
     if kernel not in SEARCH_KERNELS:
         raise InputError(f"unknown search kernel {kernel!r}", hint=f"choose {', '.join(SEARCH_KERNELS)}")
     if kernel == "auto":
-        kernel = AUTO_KERNEL
+        large = work is not None and work >= AUTO_BF16_WORK
+        return "bf16" if large and bf16_unlikely() is None else "fp32"
     if kernel == "fp32":
         return kernel
     why = bf16_unavailable()
-    if why is None:
-        return "bf16"
-    if kernel == "bf16":
+    if why is not None:
         raise InputError(f"--search-kernel bf16 cannot run here: {why}", hint="use --search-kernel auto or fp32")
-    return "fp32"
+    return "bf16"
+
+
+def prefetch_kernel(kernel: str, work: int | None) -> None:
+    """Start importing torch in the background where :func:`resolve_kernel` ``(kernel, work)`` may pick ``bf16``."""
+    if kernel == "bf16" or (kernel == "auto" and work is not None and work >= AUTO_BF16_WORK):
+        from nnkcli.index_bf16 import prefetch_torch
+
+        prefetch_torch()
 
 
 class KernelRows:
@@ -144,12 +154,16 @@ class KernelRows:
 
         self.vectors = vectors
         self.kernel = kernel
-        self.max_norm = float(row_norms(vectors).max()) if len(vectors) else 0.0
         self.bf16 = None
         if kernel == "bf16":
-            from nnkcli.index_bf16 import Bf16Rows
+            from nnkcli.index_bf16 import Bf16Rows, bf16_unavailable
 
-            self.bf16 = Bf16Rows(vectors)
+            if bf16_unavailable() is None:  # torch's own check (auto asked without it)
+                self.bf16 = Bf16Rows(vectors)
+            else:  # float32 then
+                self.kernel = "fp32"
+        norms = self.bf16.norm if self.bf16 is not None else (row_norms(vectors) if len(vectors) else None)
+        self.max_norm = float(norms.max()) if norms is not None and len(norms) else 0.0
 
 
 @dataclass
@@ -210,26 +224,19 @@ def kernel_search(
 def _pairs(vectors: np.ndarray, queries: np.ndarray, product: Callable[[np.ndarray, np.ndarray], np.ndarray]):
     """``f(query_index, row_ids)`` -> ``product(X, q)`` of those pairs, (p,); the pairs come grouped by query.
 
-    Each query's rows are gathered into one padded (B, c, d) block, about PAIR_BLOCK pairs (padding
-    included) at a time, and ``product(X (B, c, d), q (B, d)) -> (B, c)`` applied to it.
+    One query at a time: its rows gathered into a (1, c, d) block, ``product(X (1, c, d), q (1, d)) -> (1, c)``
+    applied to it. A gather of a few hundred rows stays in the cache; one gather of every pair
+    of a block of queries (a padded (B, c, d) array) ran 2.5x slower on Fashion-MNIST's 784-d rows.
     """
 
     def f(qi: np.ndarray, ids: np.ndarray) -> np.ndarray:
         out = np.empty(len(ids))
+        if not len(ids):
+            return out
         starts = np.flatnonzero(np.r_[True, qi[1:] != qi[:-1]])
-        counts = np.diff(np.r_[starts, len(qi)])
-        g0 = 0
-        while g0 < len(starts):
-            # queries while the padded block stays within PAIR_BLOCK pairs (at least one query)
-            widths = np.maximum.accumulate(counts[g0:])
-            g1 = g0 + max(1, int(np.searchsorted(widths * np.arange(1, len(widths) + 1), PAIR_BLOCK, "right")))
-            s, c = starts[g0:g1], counts[g0:g1]
-            col = np.arange(int(c.max()))
-            pos = np.minimum(col[None, :], c[:, None] - 1) + s[:, None]  # padded with each query's last pair
-            values = product(vectors[ids[pos]], queries[qi[s]])
-            keep = col[None, :] < c[:, None]
-            out[pos[keep]] = values[keep]
-            g0 = g1
+        ends = np.r_[starts[1:], len(qi)]
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+            out[s:e] = product(vectors[ids[s:e]][None], queries[qi[s] : qi[s] + 1])[0]
         return out
 
     return f
@@ -271,37 +278,194 @@ def _fp32_round(vectors, queries, k: int, c: int, max_norm: float):
 
 
 def _bf16_round(vectors, queries, k: int, rows):
-    from nnkcli.index_bf16 import Bf16Product, Bf16Queries
+    """The bfloat16 round of :func:`kernel_search`: (top (m, k), ok (m,), computed); see :class:`_Bf16Sieve`."""
+    from nnkcli.index_bf16 import Bf16Queries
 
-    m, n = len(queries), len(vectors)
-    c = min(n, BF16_FACTOR * k + BF16_EXTRA)
-    q = Bf16Queries(queries, rows)
-    block = _block_rows(m, n, max(FLAT_MIN_ROWS, BF16_BLOCK_BYTES // (6 * m)))
-    b, ids = heap_topk(m, n, c, Bf16Product(rows, q, block), block_rows=block)
+    m = len(queries)
+    q = Bf16Queries(queries, rows, k)
+    sieve = _Bf16Sieve(q, rows, k, vectors.shape[1])
+    sieve.run()
+    ids, b, upper_out = sieve.candidates()
+    top, ok, computed = np.full((m, k), -1, dtype=np.int64), np.zeros(m, dtype=bool), 0
     x_max = (rows.low_norm.max(), rows.res_norm.max(), rows.norm.max())
-    top, ok, computed = np.empty((m, k), dtype=np.int64), np.empty(m, dtype=bool), 0
-    # the bounds are (m, c) float64 arrays, c = 4k + 256: made CERTIFY_ROWS queries at a time
+    # the bounds are (m, c) float64 arrays: made CERTIFY_ROWS queries at a time
     for i0 in range(0, m, CERTIFY_ROWS):
-        i = slice(i0, i0 + CERTIFY_ROWS)
-        top[i], ok[i], done = _bf16_certify(vectors, queries[i], q, i, b[i], ids[i], k, c < n, rows, x_max)
+        i = np.arange(i0, min(m, i0 + CERTIFY_ROWS))
+        top[i], ok[i], done = _bf16_certify(vectors, queries[i], q, i, b[i], ids[i], k, upper_out[i], rows, x_max)
         computed += done
     return top, ok, computed
 
 
-def _bf16_certify(vectors, queries, q, i: slice, b, ids, k: int, others: bool, rows, x_max):
-    """:func:`certified_topk` of a slice ``i`` of the queries from their bfloat16 candidates."""
-    from nnkcli.numerics.certified import bf16_bound, certified_topk, interval
+class _Bf16Sieve:
+    """Each query's candidates: every row whose shifted bfloat16 product reaches a threshold that rises as rows pass.
+
+    The products come a block of rows at a time (bfloat16, ``qh . xh - shift``, see
+    :class:`nnkcli.index_bf16.Bf16Queries`); a row is kept when its product is at least the
+    query's threshold R, compared on the bfloat16 bits as int16 (R >= 0, and for non-negative
+    numbers the bits order as the values do): one vectorised comparison per product, where a
+    heap would take each in turn. R starts a little below an estimate of the k-th product (from
+    a sample of the rows) and, after each block, rises to the largest value that cannot matter:
+    the k-th kept product v minus twice its bound, less a margin -- a row below it has an upper
+    bound below the k-th lower bound. A query whose kept rows would outgrow the capacity
+    (``BF16_FACTOR k + BF16_EXTRA``) keeps its largest and raises R to the smallest of them.
+    Every row not kept has a product at most the final R, which is the bound
+    :func:`_bf16_certify` proves the rest with; a query it cannot prove (a crowd of near-ties
+    wider than the capacity within the bound) falls back to float32.
+    """
+
+    def __init__(self, q, rows, k: int, d: int):
+        from nnkcli.numerics.certified import U_BF16, U_FP64, bf16_bound
+
+        self.q, self.rows, self.k = q, rows, int(k)
+        self.n = int(rows.low.shape[0])
+        m = int(q.low.shape[0])
+        self.cap = min(self.n, BF16_FACTOR * self.k + BF16_EXTRA)
+        x_max = (rows.low_norm.max(), rows.res_norm.max(), rows.norm.max())
+        # the bound of a product b with the rows' largest norms: slope * |b| + const (as _bf16_certify adds it up)
+        self.slope = U_BF16 + U_FP64
+        self.const = (
+            bf16_bound(d, 0.0, q.low_norm, q.res_norm, *x_max, q.norm, q.shift) + U_FP64 * np.abs(q.shift)
+        ) * (1.0 + 1e-6)
+        self.values = np.full((m, self.cap), np.iinfo(np.int16).min, dtype=np.int16)  # kept products' bits
+        self.ids = np.full((m, self.cap), -1, dtype=np.int64)
+        self.fill = np.zeros(m, dtype=np.int64)
+        self.R = _bf16_floor_bits(q.start - q.shift)
+        self._mask = np.empty(0, dtype=bool)
+        self._seen = np.zeros(m, dtype=np.int64)  # the kept count at the last raise of R
+        self._every = max(8, self.k // 2)
+
+    def _threshold(self, v: np.ndarray, const: np.ndarray) -> np.ndarray:
+        """R (int16 bits) for k-th kept products v (float64 >= 0): v - 2 w(v), a margin lower, at least 0."""
+        return _bf16_floor_bits(v - 2.0 * (self.slope * v + const) * (1.0 + 1e-3) - 1e-12)
+
+    def run(self) -> None:
+        from nnkcli.index_bf16 import Bf16Product
+
+        m = self.values.shape[0]
+        block = _block_rows(m, self.n, max(FLAT_MIN_ROWS, BF16_BLOCK_ELEMENTS // max(m, 1)))
+        product = Bf16Product(self.rows, self.q, block)
+        self._mask = np.empty(m * block, dtype=bool)  # one buffer for every block's comparison
+        for j0 in range(0, self.n, block):
+            j1 = min(self.n, j0 + block)
+            bits = product.bits(j0, j1)  # (m, j1 - j0) int16, a view of the product's buffer
+            mask = self._mask[: bits.size].reshape(bits.shape)
+            np.greater_equal(bits, self.R[:, None], out=mask)
+            hits = np.flatnonzero(mask)
+            if hits.size:
+                self._keep(hits, bits, j0, j1 - j0)
+
+    def _keep(self, hits: np.ndarray, bits: np.ndarray, j0: int, width: int) -> None:
+        qi = hits // width
+        values = bits.ravel()[hits]
+        ids = j0 + hits % width
+        counts = np.bincount(qi, minlength=len(self.fill))
+        grew = counts > 0
+        over = np.flatnonzero(self.fill + counts > self.cap)
+        if over.size:
+            self._compact(over)
+            over = over[self.fill[over] + counts[over] > self.cap]
+        if over.size:
+            mine = np.isin(qi, over)
+            self._truncate(over, counts[over], qi[mine], values[mine], ids[mine])
+            qi, values, ids = qi[~mine], values[~mine], ids[~mine]
+            counts[over] = 0
+        if qi.size:
+            starts = np.cumsum(counts) - counts
+            pos = self.fill[qi] + np.arange(qi.size) - starts[qi]
+            self.values[qi, pos] = values
+            self.ids[qi, pos] = ids
+            self.fill += counts
+        # R is raised from the k-th kept product only for the queries that kept a good many rows since their last
+        # raise (a partition of their kept rows costs as much as a block's comparison): a lower R keeps a few more
+        # rows of the next blocks, which changes no result
+        grown = np.flatnonzero(grew & (self.fill >= self.k) & (self.fill - self._seen >= self._every))
+        if grown.size:
+            self._seen[grown] = self.fill[grown]
+            kth = np.partition(self.values[grown], self.cap - self.k, axis=1)[:, self.cap - self.k]
+            self.R[grown] = np.maximum(self.R[grown], self._threshold(_bf16_values(kth), self.const[grown]))
+
+    def _truncate(self, over: np.ndarray, counts: np.ndarray, qi, values, ids) -> None:
+        """Queries ``over`` would keep more than the capacity: keep their ``cap`` largest, raise R to the smallest kept.
+
+        Every row dropped then has a product at most R (ties included), as the certificate needs.
+        """
+        width = self.cap + int(counts.max())
+        vals = np.full((over.size, width), np.iinfo(np.int16).min, dtype=np.int16)
+        keys = np.full((over.size, width), -1, dtype=np.int64)
+        vals[:, : self.cap], keys[:, : self.cap] = self.values[over], self.ids[over]
+        row = np.searchsorted(over, qi)
+        starts = np.cumsum(counts) - counts
+        col = self.cap + np.arange(qi.size) - starts[row]
+        vals[row, col], keys[row, col] = values, ids
+        best = np.argpartition(-vals.astype(np.int32), self.cap - 1, axis=1)[:, : self.cap]
+        self.values[over] = np.take_along_axis(vals, best, 1)
+        self.ids[over] = np.take_along_axis(keys, best, 1)
+        self.fill[over] = self.cap
+        self.R[over] = np.maximum(self.R[over], self.values[over].min(axis=1))
+
+    def _compact(self, which: np.ndarray) -> None:
+        """Drop the kept products of queries ``which`` that are now below their threshold."""
+        vals, ids = self.values[which], self.ids[which]
+        stay = (vals >= self.R[which, None]) & (ids >= 0)
+        order = np.argsort(~stay, axis=1, kind="stable")
+        vals, ids = np.take_along_axis(vals, order, 1), np.take_along_axis(ids, order, 1)
+        count = stay.sum(axis=1)
+        gone = np.arange(self.cap)[None, :] >= count[:, None]
+        vals[gone], ids[gone] = np.iinfo(np.int16).min, -1
+        self.values[which], self.ids[which], self.fill[which] = vals, ids, count
+        self._seen[which] = np.minimum(self._seen[which], count)
+
+    def candidates(self):
+        """(ids (m, c) -1 padded, b (m, c) float64 shifted products, upper_out (m,)): best first."""
+        c = int(max(self.k, self.fill.max(initial=0)))
+        order = np.argsort(-self.values[:, :c].astype(np.int32), axis=1, kind="stable")
+        ids = np.take_along_axis(self.ids[:, :c], order, 1)
+        b = _bf16_values(np.take_along_axis(self.values[:, :c], order, 1))
+        b[ids < 0] = -np.inf
+        # a row never kept, or dropped, has a product below the final R; none where every row is kept
+        r = np.maximum(_bf16_values(self.R), 0.0)
+        upper_out = np.where(self.fill >= self.n, -np.inf, r)
+        return ids, b, upper_out
+
+
+def _bf16_floor_bits(v: np.ndarray) -> np.ndarray:
+    """int16 bits of the largest bfloat16 number <= v (float64), for v >= 0; 0 (the bits of +0.0) where v <= 0."""
+    v = np.maximum(np.asarray(v, dtype=np.float64), 0.0)
+    f = v.astype(np.float32)
+    f = np.where(f.astype(np.float64) > v, np.nextafter(f, np.float32(0)), f)  # float32 at or below v
+    bits = (f.view(np.uint32) >> np.uint32(16)).astype(np.int32)  # truncation: towards zero, here down
+    return np.minimum(bits, np.iinfo(np.int16).max).astype(np.int16)
+
+
+def _bf16_values(bits: np.ndarray) -> np.ndarray:
+    """float64 values of bfloat16 numbers given as int16 bits."""
+    return (bits.astype(np.int32).astype(np.uint32) << np.uint32(16)).view(np.float32).astype(np.float64)
+
+
+def _bf16_certify(vectors, queries, q, i: np.ndarray, b, ids, k: int, upper_b, rows, x_max):
+    """:func:`certified_topk` of queries ``i`` from their shifted bfloat16 candidates ``b``.
+
+    ``upper_b``: per query, a product every non-candidate row lies below (-inf: there is none).
+    """
+    from nnkcli.numerics.certified import U_FP64, bf16_bound, certified_topk, interval
 
     d = vectors.shape[1]
-    b = b.astype(np.float64)
+    shift = q.shift[i, None]
     qn = (q.low_norm[i, None], q.res_norm[i, None])
     safe = np.maximum(ids, 0)
-    err = bf16_bound(d, b, *qn, rows.low_norm[safe], rows.res_norm[safe], rows.norm[safe], q.norm[i, None])
-    lo, hi = interval(b, err)
+    finite = np.where(ids >= 0, b, 0.0)
+    err = bf16_bound(d, finite, *qn, rows.low_norm[safe], rows.res_norm[safe], rows.norm[safe], q.norm[i, None], shift)
+    # b + shift in float64 rounds when their exponents lie far apart: its error, at most 2^-53 |b + shift|, is added
+    lo, hi = interval(finite + shift, err + U_FP64 * (np.abs(finite) + np.abs(shift)))
+    lo[ids < 0], hi[ids < 0] = -np.inf, -np.inf
     upper_out = np.full(len(b), -np.inf)
-    if others:
-        last = b[:, -1:]
+    others = np.isfinite(upper_b)
+    if others.any():
+        # b + 2^-8 |b| grows with b: a non-candidate's upper bound is at most that of upper_b
+        last = np.where(others, upper_b, 0.0)[:, None]
         x_low, x_res, x_norm = x_max
-        upper_out = interval(last, bf16_bound(d, last, *qn, x_low, x_res, x_norm, q.norm[i, None]))[1][:, 0]
+        bound = bf16_bound(d, last, *qn, x_low, x_res, x_norm, q.norm[i, None], shift)
+        top = interval(last + shift, bound + U_FP64 * (np.abs(last) + np.abs(shift)))[1][:, 0]
+        upper_out = np.where(others, top, -np.inf)
     bounds_of = _fp32_bounds_of(vectors, queries, float(x_max[2]))
     return certified_topk(ids, lo, hi, upper_out, k, _sims_of(vectors, queries), bounds_of)

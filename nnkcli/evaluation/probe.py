@@ -5,7 +5,9 @@
 1. **select**: a seeded part of the *train* split (``val_fraction`` of each class's rows,
    at least one row of each class left to fit) is held out; the model is fitted on the rest
    at each C of the grid, in increasing order, each fit warm-started from the previous one,
-   and scored by its top-1 on the held-out rows. The path stops once ``patience`` values of
+   and scored by its top-1 on the held-out rows (each fit starts at the previous solution, whose
+   objective at the new C is known without a pass over the rows, and tries the extrapolated
+   path as its first step). The path stops once ``patience`` values of
    C in a row have not beaten the best held-out top-1 (the held-out accuracy rises, peaks
    and falls or plateaus as C grows; the fits past the peak are the slow ones); the count starts
    where the held-out top-1 first differs from its value at the smallest C (below some C the
@@ -147,6 +149,7 @@ def select_c(
             curvature=curvature,
             monitor=monitor,
             check_every=FIT_CHECK_EVERY,
+            anchor=models[-1] if models else None,
         )
         prev, theta = theta, model.theta
         acc = float(np.mean(model.scores(Xh).argmax(axis=1) == yh))
@@ -370,7 +373,7 @@ def _features(split, rows: np.ndarray | None, normalize: bool) -> np.ndarray:
     else:
         X = split.read_rows(rows)
     if normalize:
-        X = normalize_rows(X)
+        X = normalize_rows(X, copy=False)  # X was just read: normalised where it lies
     elif not np.isfinite(X).all():
         raise InputError(f"the split '{split.name}' holds features that are not finite")
     return X

@@ -187,7 +187,7 @@ class IndexSearcher(Searcher):
         flat = nnk_index._flat() if nnk_index.params.index_type == "flat" else None
         # made here, by the main thread (the bf16 copy imports torch), and read by the workers
         self._rows = KernelRows(flat, kernel) if flat is not None else None
-        self.search_kernel = kernel if flat is not None else "native"
+        self.search_kernel = self._rows.kernel if self._rows is not None else "native"
         self._count = threading.Lock()
 
     def search_ids(self, q: np.ndarray, start: int, k: int, exclude_self: bool) -> np.ndarray:

@@ -58,10 +58,11 @@ def torch_search(train, device: str, fp16: bool) -> tuple[Searcher, None, dict]:
     return TorchSearcher(train, device=device, fp16=fp16), None, info
 
 
-def resolve_kernel(search_kernel: str, backend: str) -> str:
+def resolve_kernel(search_kernel: str, backend: str, work: int | None = None) -> str:
     """The flat search's kernel (``fp32``/``bf16``, by the main thread: it may import torch); the torch backend's own.
 
     ``bf16`` asked of the torch backend is refused: that backend multiplies as ``--fp16`` says.
+    ``work``: the search's queries x rows x dimension per thread, which ``auto`` weighs (None: not known yet).
     """
     from nnkcli.index_flat import resolve_kernel
 
@@ -72,7 +73,7 @@ def resolve_kernel(search_kernel: str, backend: str) -> str:
                 hint="drop --backend torch, or use its --fp16",
             )
         return "fp32"
-    return resolve_kernel(search_kernel)
+    return resolve_kernel(search_kernel, work)
 
 
 def faiss_searcher(index, *, sharded: bool, kernel: str = "fp32") -> Searcher:

@@ -146,6 +146,10 @@ class Evaluation:
                 )
             if train.n < 1:
                 raise InputError(f"train split '{data.train_split}' is empty")
+            if backend != "torch":
+                from nnkcli.index_flat import prefetch_kernel
+
+                prefetch_kernel(search_kernel, search_work(int(query.n), train, threads))
             # before the index is built or loaded: a refused run costs nothing
             warnings = check_provenance(train, query, strict=data.strict_provenance)
             for text in warnings:
@@ -153,6 +157,8 @@ class Evaluation:
             nnk_index.set_threads(threads)
             train_labels, query_labels, class_names = split_labels(store, train, query)
             n_classes = len(class_names)
+            # the query rows this run evaluates: all, or one shard's contiguous range
+            rows = (0, int(query.n)) if data.shard is None else shard_rows(query.n, *data.shard)
             if backend == "torch":
                 searcher, index, index_info = torch_search(train, device, fp16)
             else:
@@ -160,9 +166,9 @@ class Evaluation:
                     store_path, train, data.index_path, data.rebuild_index, progress_factory
                 )
                 index_info["backend"] = "faiss"
+                # auto weighs the search's size, now known (the call above checked an explicit kernel early)
+                kernel = resolve_kernel(search_kernel, backend, search_work(rows[1] - rows[0], train, threads))
                 searcher = faiss_searcher(index, sharded=bool(index_info.get("shards")), kernel=kernel)
-            # the query rows this run evaluates: all, or one shard's contiguous range
-            rows = (0, int(query.n)) if data.shard is None else shard_rows(query.n, *data.shard)
             return cls(
                 train=train,
                 query=query,
@@ -247,6 +253,7 @@ class Evaluation:
                 )
         train, query = ArraySplit("train", xt, yt), ArraySplit("val", xq, yq)
         nnk_index.set_threads(threads)
+        kernel = resolve_kernel(search_kernel, backend, search_work(len(xq), train, threads))
         searcher, index, index_info = memory_search(
             train, backend, device, fp16, keep_zero_rows=keep_zero_rows, kernel=kernel
         )
@@ -381,3 +388,10 @@ def with_k(settings: dict, k) -> dict:
     from nnkcli.evaluation.options import keyword_fields
 
     return keyword_fields(settings if k is None else {**settings, "k": k})
+
+
+def search_work(queries: int, train, threads: int | None) -> int:
+    """Multiply-adds of the flat search per thread (queries x rows x d / threads): what ``--search-kernel auto`` weighs."""
+    from nnkcli.parallel import resolve_threads
+
+    return int(queries) * int(train.n) * int(train.dim) // resolve_threads(threads)

@@ -16,14 +16,18 @@ a dot product of length d summed in any order in precision u is within
 
 float32 product   |f - s| <= gamma_d(2^-24) ||q|| ||x||
 bfloat16 product  inputs rounded to bfloat16 (q = qh + rq, x = xh + rx, rq and rx exact in
-                  float32), products exact in float32 (8 x 8 significant bits), summed in
+                  float32), a per-query shift c (a bfloat16 number) subtracted as one more
+                  coordinate, products exact in float32 (8 x 8 significant bits), summed in
                   float32, the sum rounded to bfloat16 (b = acc / (1 + delta), |delta| <= 2^-8):
-                  |b - s| <= 2^-8 |b| + gamma_d(2^-24) ||qh|| ||xh|| + ||qh|| ||rx|| + ||rq|| ||x||
+                  |b + c - s| <= 2^-8 |b| + gamma_{d+1}(2^-24) (||qh|| ||xh|| + |c|)
+                                 + ||qh|| ||rx|| + ||rq|| ||x||
 float64 reference |t - s| <= gamma_d(2^-53) ||q|| ||x||  (float32 products are exact in float64)
 
 where s is the real dot product, plus a term for denormals flushed to zero (``TINY``). The
 residual norms ||rx||, ||rq|| are the inputs' actual rounding, typically 0.4 x 2^-8 of the
-norm where the worst case is 2^-8; the output rounding dominates for unit vectors. Norms are
+norm where the worst case is 2^-8. Without the shift the output rounding would dominate for
+unit vectors (2^-8 |s|, s ~ 0.9 near the top k of dense features); with c near the k-th
+similarity it is 2^-8 |s - c|, a small part of the bound there. Norms are
 computed in float64 and inflated by ``NORM_SLACK`` to cover their own rounding.
 """
 
@@ -84,16 +88,28 @@ def fp32_bound(d: int, q_norm: np.ndarray, x_norm) -> np.ndarray:
 
 
 def bf16_bound(
-    d: int, b: np.ndarray, q_low: np.ndarray, q_res: np.ndarray, x_low, x_res, x_norm, q_norm: np.ndarray
+    d: int,
+    b: np.ndarray,
+    q_low: np.ndarray,
+    q_res: np.ndarray,
+    x_low,
+    x_res,
+    x_norm,
+    q_norm: np.ndarray,
+    shift=0.0,
 ) -> np.ndarray:
-    """Bound on |b - t| of a bfloat16 product ``b`` rounded to bfloat16 (module docstring), broadcasting.
+    """Bound on |(b + shift) - t| of a bfloat16 product ``b`` rounded to bfloat16 (module docstring), broadcasting.
 
     ``q_low``/``x_low``: norms of the bfloat16-rounded rows; ``q_res``/``x_res``: norms of the
-    rounding residuals; ``q_norm``/``x_norm``: norms of the float32 rows.
+    rounding residuals; ``q_norm``/``x_norm``: norms of the float32 rows. ``shift``: a
+    bfloat16 number the product subtracted as one more coordinate (``-shift`` on the query's
+    side, 1 on the row's): ``b`` is then the rounding of ``qh . xh - shift``, and the output
+    rounding, ``2^-8 |b|``, is small for the similarities near the shift, where the top k's
+    boundary lies. The sum has d + 1 terms.
     """
     return (
         U_BF16 * np.abs(b)
-        + gamma(d, U_FP32) * q_low * x_low
+        + gamma(d + 1, U_FP32) * (q_low * x_low + np.abs(shift))
         + q_low * x_res
         + q_res * x_norm
         + reference_slack(d, q_norm, x_norm)

@@ -15,10 +15,23 @@ from nnkcli.errors import InputError
 KERNELS = ("cosine", "gaussian")
 
 
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """L2-normalize rows (float32, new array); all-zero rows are an error (cosine undefined)."""
-    x = np.array(x, dtype=np.float32, copy=True)
-    norms = np.linalg.norm(x, axis=1)
+#: rows normalised at a time: the squares of one block are the only temporary (np.linalg.norm of a whole
+#: (n, d) array first squares all of it, a second array as large as the features)
+NORMALIZE_BLOCK_ROWS = 16384
+
+
+def normalize_rows(x: np.ndarray, *, copy: bool = True) -> np.ndarray:
+    """L2-normalize rows (float32); all-zero or non-finite rows are an error (cosine undefined).
+
+    A new array, or with ``copy=False`` ``x`` itself where it is a writable float32 array the
+    caller owns (a split just read). The norms are ``np.linalg.norm``'s, a block of rows at a
+    time: the same values as over the whole array, without its (n, d) temporary.
+    """
+    if copy or not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.writeable):
+        x = np.array(x, dtype=np.float32, copy=True)
+    norms = np.empty(x.shape[0], dtype=np.float32)
+    for i in range(0, x.shape[0], NORMALIZE_BLOCK_ROWS):
+        norms[i : i + NORMALIZE_BLOCK_ROWS] = np.linalg.norm(x[i : i + NORMALIZE_BLOCK_ROWS], axis=1)
     bad = np.flatnonzero(~(norms > 0) | ~np.isfinite(norms))
     if bad.size:
         raise InputError(

@@ -49,6 +49,10 @@ class SoftmaxModel:
     converged : bool, whether L-BFGS met its tolerance (else it hit ``max_iter`` or a failed line search)
     objective : float, the final value of the scaled objective (mean CE + ||W||² / (2 C n))
     n_eval : int, evaluations of the objective and its gradient (each two n x d x K products)
+    cross_entropy : tuple (float, ndarray ((d + 1) * K,) float64) or None
+        The mean cross-entropy and its gradient in W, b at :attr:`theta`, on the rows fitted:
+        with them the objective at any other C is known there without a pass over the rows
+        (the penalty is analytic), which is what ``fit_softmax(anchor=)`` uses.
     """
 
     weights: np.ndarray
@@ -58,6 +62,7 @@ class SoftmaxModel:
     converged: bool
     objective: float
     n_eval: int = 0
+    cross_entropy: tuple[float, np.ndarray] | None = None
 
     @property
     def theta(self) -> np.ndarray:
@@ -89,14 +94,35 @@ def softmax_objective(theta: np.ndarray, X: np.ndarray, y: np.ndarray, n_classes
         ``mean_i CE_i + ||W||² / (2 C n)``.
     grad : ndarray ((d + 1) * K,) float64
     """
+    ce, ce_grad = cross_entropy(theta, X, y, n_classes)
+    return with_penalty(theta, ce, ce_grad, X.shape[1] * int(n_classes), C, X.shape[0])
+
+
+def with_penalty(theta: np.ndarray, ce: float, ce_grad: np.ndarray, dK: int, C: float, n: int):
+    """The scaled objective and gradient at ``theta`` from its mean cross-entropy part: adds ``||W||² / (2 C n)``."""
+    penalty = 1.0 / (C * n)
+    W64 = theta[:dK]
+    grad = ce_grad.copy()
+    grad[:dK] += penalty * W64
+    return ce + 0.5 * penalty * float(np.dot(W64, W64)), grad
+
+
+def cross_entropy(theta: np.ndarray, X: np.ndarray, y: np.ndarray, n_classes: int, work: np.ndarray | None = None):
+    """The mean cross-entropy ``mean_i CE_i`` at ``theta`` and its gradient in W, b (float64), no penalty.
+
+    The arguments as :func:`softmax_objective`'s; ``work``, a float32 (K, n) array to hold the
+    logits (a fit passes the same one to each evaluation: a fresh (K, n) array each time is
+    n K / 1024 new pages of memory to fault in, which some virtual machines make slow). This
+    is the pass over the rows; the penalty's part of the objective is analytic (:func:`with_penalty`).
+    """
     n, d = X.shape
     K = int(n_classes)
-    W64 = theta[: d * K].reshape(d, K)
-    W = W64.astype(np.float32)
+    W = theta[: d * K].reshape(d, K).astype(np.float32)
     b = theta[d * K :].astype(np.float32)
     # classes on the rows (K, n): the reductions over classes then run along whole rows of n values,
     # which numpy vectorises, where an (n, K) layout reduces K < 100 values per row, 5-10x slower
-    ZT = W.T @ X.T  # float32 GEMM: the cost
+    ZT = np.empty((K, n), dtype=np.float32) if work is None else work
+    np.matmul(W.T, X.T, out=ZT)  # float32 GEMM: the cost
     ZT += b[:, None]
     rows = np.arange(n)
     ZT -= ZT.max(axis=0)  # after the shift exp() cannot overflow, and log s >= 0
@@ -107,13 +133,10 @@ def softmax_objective(theta: np.ndarray, X: np.ndarray, y: np.ndarray, n_classes
     ZT *= (1.0 / s).astype(np.float32)  # P
     ZT[y, rows] -= 1.0  # P - Y
     scale = 1.0 / n
-    penalty = 1.0 / (C * n)
     grad_W = (ZT @ X).T.astype(np.float64)  # float32 GEMM
     grad_W *= scale
-    grad_W += penalty * W64
     grad_b = ZT.sum(axis=1, dtype=np.float64) * scale
-    value = loss * scale + 0.5 * penalty * float(np.dot(W64.ravel(), W64.ravel()))
-    return value, np.concatenate([grad_W.ravel(), grad_b])
+    return loss * scale, np.concatenate([grad_W.ravel(), grad_b])
 
 
 @dataclass(frozen=True)
@@ -232,6 +255,7 @@ def fit_softmax(
     curvature: FeatureCurvature | bool | None = None,
     monitor: Callable[[np.ndarray, np.ndarray], bool] | None = None,
     check_every: int = 1,
+    anchor: SoftmaxModel | None = None,
 ) -> SoftmaxModel:
     """Fit W, b at ``C`` by L-BFGS-B, from ``theta0`` (a warm start) or zeros (scikit-learn's start).
 
@@ -252,6 +276,12 @@ def fit_softmax(
     monitor : callable, optional
         ``monitor(W, b) -> bool``, called every ``check_every`` iterations with the current
         weights (d, K) and bias (K,), float32: True stops the fit there (``converged`` stays False).
+    anchor : SoftmaxModel, optional
+        A fit on the *same* X and y at another C (the previous point of a C path). With the
+        preconditioned L-BFGS, the fit starts at the anchor, whose objective at this C is known
+        without a pass over the rows (its cross-entropy part is kept, the penalty is analytic),
+        and takes ``theta0`` as its first trial step: a pass over the rows fewer than starting
+        at ``theta0``, and a step back towards the anchor where ``theta0`` overshoots.
 
     Returns
     -------
@@ -273,12 +303,32 @@ def fit_softmax(
     else:
         space = _Space()
 
-    value0, g0 = softmax_objective(theta_start, X, y, K, C)
-    counter = {"evaluations": 1}
+    last: dict = {}  # the cross-entropy part at the last point evaluated, for the model's anchor
+    work = np.empty((K, n), dtype=np.float32)  # the logits of every evaluation
+
+    def objective(theta: np.ndarray):
+        ce, ce_grad = cross_entropy(theta, X, y, K, work)
+        last.update(theta=theta, cross_entropy=(ce, ce_grad))
+        return with_penalty(theta, ce, ce_grad, d * K, C, n)
+
+    first = None
+    if anchor is not None and anchor.cross_entropy is not None and isinstance(space, _Preconditioned):
+        origin = anchor.theta
+        if origin.shape != theta_start.shape:
+            raise ValueError(f"anchor has {origin.size} parameters, this fit {theta_start.size}")
+        value0, g0 = with_penalty(origin, *anchor.cross_entropy, d * K, C, n)
+        last.update(theta=origin, cross_entropy=anchor.cross_entropy)
+        if theta0 is not None:
+            first = space.to_u(theta_start) - space.to_u(origin)
+        theta_start, evaluations = origin, 0
+    else:
+        value0, g0 = objective(theta_start)
+        evaluations = 1
+    counter = {"evaluations": evaluations}
 
     def evaluate(u):
         counter["evaluations"] += 1
-        return softmax_objective(space.to_theta(u), X, y, K, C)
+        return objective(space.to_theta(u))
 
     watch: Callable[[np.ndarray], bool] | None = None
     if monitor is not None:
@@ -288,7 +338,9 @@ def fit_softmax(
             theta = space.to_theta(u)
             return bool(check(theta[: d * K].reshape(d, K).astype(np.float32), theta[d * K :].astype(np.float32)))
 
-    if np.max(np.abs(g0)) <= tol:  # the start already meets the tolerance
+    # the start already meets the tolerance (an anchor is not the start: the fit is asked to move along the path;
+    # the tolerance is loose enough that the previous solution often meets it at the next C, weights unchanged)
+    if first is None and np.max(np.abs(g0)) <= tol:
         theta, n_iter, converged, value = theta_start, 0, True, value0
     elif isinstance(space, _Preconditioned):
         u, value, n_iter, converged = _lbfgs(
@@ -301,12 +353,15 @@ def fit_softmax(
             max_iter=max_iter,
             watch=watch,
             check_every=check_every,
+            first=first,
         )
         theta = space.to_theta(u)
     else:
         theta, value, n_iter, converged = _scipy_lbfgs(
             evaluate, theta_start, value0, g0, tol, max_iter, watch, check_every
         )
+    # the cross-entropy only reads the float32 weights, so it is the same at the float32 model's theta
+    known = np.array_equal(last.get("theta"), theta)
     return SoftmaxModel(
         weights=theta[: d * K].reshape(d, K).astype(np.float32),
         bias=theta[d * K :].astype(np.float32),
@@ -315,6 +370,7 @@ def fit_softmax(
         converged=converged,
         objective=float(value),
         n_eval=counter["evaluations"],
+        cross_entropy=last["cross_entropy"] if known else None,
     )
 
 
@@ -351,7 +407,7 @@ def _scipy_lbfgs(evaluate, theta0, value0, g0, tol, max_iter, watch, check_every
     return res.x, float(res.fun), int(res.nit), bool(res.success) and not state["stopped"]
 
 
-def _lbfgs(evaluate, space, u, value, grad, *, tol, max_iter, watch, check_every, memory=LBFGS_MEMORY):
+def _lbfgs(evaluate, space, u, value, grad, *, tol, max_iter, watch, check_every, first=None, memory=LBFGS_MEMORY):
     """L-BFGS on the preconditioned variables u; ``evaluate(u) -> (value, gradient in W, b)``.
 
     The first step of a fit is the preconditioned gradient step itself (the inverse Hessian
@@ -359,7 +415,8 @@ def _lbfgs(evaluate, space, u, value, grad, *, tol, max_iter, watch, check_every
     with a step of unit length and spend evaluations finding the scale); the step is 1 unless
     it fails the Armijo test, then halved-or-interpolated. Stops when every gradient component
     in W, b is at most ``tol`` (scikit-learn's test), when the decrease is below L-BFGS-B's
-    ``ftol``, after ``max_iter`` iterations, or when ``watch(u)`` says so.
+    ``ftol``, after ``max_iter`` iterations, or when ``watch(u)`` says so. ``first``: the first
+    step to try instead (where it is a descent direction).
     Returns ``(u, value, n_iter, converged)``.
     """
     S: list[np.ndarray] = []
@@ -379,6 +436,9 @@ def _lbfgs(evaluate, space, u, value, grad, *, tol, max_iter, watch, check_every
         for (s_, y_), a in zip(zip(S, Yd, strict=True), reversed(alphas), strict=True):
             q += (a - float(y_ @ q) / float(y_ @ s_)) * s_
         direction = -q
+        given = first is not None and it == 1 and float(g @ first) < 0
+        if given:
+            direction = first
         slope = float(g @ direction)
         if not slope < 0:  # not a descent direction: restart from the preconditioned gradient
             S.clear()
@@ -386,7 +446,8 @@ def _lbfgs(evaluate, space, u, value, grad, *, tol, max_iter, watch, check_every
             direction, slope, gamma = -g, -float(g @ g), 1.0
         t = 1.0
         for _ in range(MAX_LINE_SEARCH):
-            new_value, new_grad = evaluate(u + t * direction)
+            trial = u + t * direction
+            new_value, new_grad = evaluate(trial)
             if new_value <= value + 1e-4 * t * slope:
                 break
             # the minimiser of the quadratic through value, slope and new_value, kept within [0.1 t, 0.5 t]
@@ -397,7 +458,9 @@ def _lbfgs(evaluate, space, u, value, grad, *, tol, max_iter, watch, check_every
         new_g = space.to_u_grad(new_grad)
         dy = new_g - g
         sy = float(step @ dy)
-        if sy > 1e-12 * float(dy @ dy):
+        # a given first step is no curvature sample of this fit: along the path it can be far from typical, and
+        # its scale (gamma) would override the preconditioner's, which the first iterations trust
+        if not given and sy > 1e-12 * float(dy @ dy):
             S.append(step)
             Yd.append(dy)
             if len(S) > memory:
@@ -405,7 +468,7 @@ def _lbfgs(evaluate, space, u, value, grad, *, tol, max_iter, watch, check_every
                 Yd.pop(0)
             gamma = sy / float(dy @ dy)
         decrease = value - new_value
-        u, value, g = u + step, new_value, new_g
+        u, value, g = trial, new_value, new_g
         if np.max(np.abs(new_grad)) <= tol or decrease <= ftol * max(abs(value), abs(new_value), 1.0):
             return u, value, it, True
         if watch is not None and it % check_every == 0 and watch(u):

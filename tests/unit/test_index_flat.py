@@ -3,6 +3,8 @@ zero-copy view is the index's vectors."""
 
 from __future__ import annotations
 
+import math
+
 import faiss
 import numpy as np
 import pytest
@@ -90,8 +92,11 @@ def _bf16_or_skip():
 
 
 def _exact_topk(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
-    """The oracle: float64 similarities (a float64 matrix product), sorted by similarity then id."""
-    t = q.astype(np.float64) @ x.astype(np.float64).T
+    """The oracle: correctly rounded similarities (math.fsum of the exact float64 products), sorted by similarity
+    then id. Each pair's value is computed alone: a float64 matrix product rounds identical rows differently at
+    different places of the matrix (blocked sums), which made duplicate rows order by position, not by id."""
+    q64, x64 = q.astype(np.float64), x.astype(np.float64)
+    t = np.array([[math.fsum(qi * xj) for xj in x64] for qi in q64]).reshape(len(q), len(x))
     return np.array([np.lexsort((np.arange(len(row)), -row))[:k] for row in t])
 
 
@@ -212,3 +217,50 @@ def test_resolve_kernel_refuses_bf16_where_it_cannot_run(monkeypatch):
             resolve_kernel("bf16")
     finally:
         index_bf16.bf16_unavailable.cache_clear()
+
+
+@pytest.mark.torch
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(300, 3000),
+    k=st.integers(1, 30),
+    d=st.sampled_from([3, 24, 64]),
+    kind=st.sampled_from(["random", "duplicates", "near-ties", "crowd"]),
+    block=st.sampled_from([64, 1000, 2**23]),
+    extra=st.sampled_from([0, 8, 256]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_the_bf16_sieve_keeps_its_promise_through_blocks_truncation_and_compaction(n, k, d, kind, block, extra, seed):
+    """Small blocks (the threshold rises block by block), a small capacity (queries truncate and compact their
+    kept rows) and crowds of near-ties (the fallback): still the exact top k, as the fp32 kernel's."""
+    _bf16_or_skip()
+    import nnkcli.index_flat as flat
+
+    rng = np.random.default_rng(seed)
+    if kind == "crowd":
+        base = rng.normal(size=d)
+        x = np.concatenate([rng.normal(size=(n - n // 3, d)), base + 1e-4 * rng.normal(size=(n // 3, d))])
+        x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    else:
+        x = _store(n, d, kind, rng)
+    q = np.concatenate([x[rng.integers(0, n, 3)], x[-2:], _store(3, d, "random", rng)])
+    saved = flat.BF16_BLOCK_ELEMENTS, flat.BF16_EXTRA
+    flat.BF16_BLOCK_ELEMENTS, flat.BF16_EXTRA = block * len(q), extra
+    try:
+        found = flat.kernel_search(x, q, k, "bf16", rows=flat.KernelRows(x, "bf16"))
+    finally:
+        flat.BF16_BLOCK_ELEMENTS, flat.BF16_EXTRA = saved
+    _check_exact(found, x, q, k)
+    np.testing.assert_array_equal(np.sort(found.ids, 1), np.sort(flat.kernel_search(x, q, k, "fp32").ids, 1))
+
+
+def test_bf16_floor_bits_is_the_largest_bfloat16_at_or_below():
+    from nnkcli.index_flat import _bf16_floor_bits, _bf16_values
+
+    every = np.arange(0, 0x7F80, dtype=np.int32)  # the finite non-negative bfloat16 numbers, increasing
+    values = _bf16_values(every.astype(np.int16))
+    rng = np.random.default_rng(2)
+    v = np.concatenate([values[::97], np.nextafter(values[1::89], np.inf), rng.uniform(0, 2, 500), [0.0, -1.0]])
+    got = _bf16_values(_bf16_floor_bits(v))
+    oracle = values[np.searchsorted(values, np.maximum(v, 0.0), side="right") - 1]  # the largest <= v
+    np.testing.assert_array_equal(got, oracle)

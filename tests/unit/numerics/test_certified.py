@@ -94,6 +94,9 @@ def test_round_bf16_is_round_to_nearest_even():
     np.testing.assert_array_equal(values, _bf16(a))
     np.testing.assert_array_equal((bits.astype(np.uint32) << 16).view(np.float32), values)
     assert np.abs(values - a).max() <= U_BF16 * np.abs(a).max()
+    torch = pytest.importorskip("torch")  # the index's rows are rounded by torch: the same rounding
+    rounded = torch.from_numpy(a).to(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(rounded, _bf16(a))
 
 
 @pytest.mark.torch
@@ -181,3 +184,35 @@ def test_exact_sims_do_not_depend_on_the_block_shape():
     for i in range(5):
         for j in (0, 7, 39):
             assert exact_sims(X[i : i + 1, j : j + 1], q[i : i + 1])[0, 0] == whole[i, j]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind", ["unit", "equal", "signs", "off-grid"])
+@pytest.mark.parametrize("d", DIMS)
+def test_the_shifted_bf16_bound_holds_and_drops_the_output_rounding(d, kind):
+    """The product with a shift coordinate (-c on the query's side, 1 on the row's), c a bfloat16 number near the
+    similarities: |b + c - t| within the bound, whose output term 2^-8 |b| is now small."""
+    torch = pytest.importorskip("torch")
+    from nnkcli.index_bf16 import round_bf16
+
+    rng = np.random.default_rng(d + 7)
+    q, x = _inputs(d, kind, rng)
+    real = _real_dot(q, x)
+    (qb, qlow), (xb, xlow) = round_bf16(q), round_bf16(x)
+    c_bits, c = round_bf16(np.median(real, axis=1).astype(np.float32))  # a shift per query, near its values
+    qa = np.concatenate([qb, (c_bits ^ np.uint16(0x8000))[:, None]], axis=1)  # -c
+    xa = np.concatenate([xb, np.full((len(xb), 1), 0x3F80, np.uint16)], axis=1)  # 1.0
+    as_bf16 = lambda bits: torch.from_numpy(np.ascontiguousarray(bits)).view(torch.bfloat16)  # noqa: E731
+    b = torch.mm(as_bf16(qa), as_bf16(xa).T).float().numpy().astype(np.float64)
+    shift = c.astype(np.float64)[:, None]
+    args = (row_norms(qlow)[:, None], row_norms(q - qlow)[:, None], row_norms(xlow)[None, :])
+    rest = (row_norms(x - xlow)[None, :], row_norms(x)[None, :], row_norms(q)[:, None])
+    bound = bf16_bound(d, b, *args, *rest, shift)
+    err = np.abs(b + shift - real)
+    assert (err <= bound).all(), (err / bound).max()
+    unshifted = bf16_bound(d, b + shift, *args, *rest)
+    # where the shift takes at least half of a product away, its bound is the smaller (its output term, 2^-8 |b|)
+    near = (np.abs(b) <= 0.5 * np.abs(b + shift)) & (np.abs(shift) <= 4 * np.abs(b + shift))
+    assert (bound[near] <= unshifted[near] * (1 + 1e-12)).all()
+    if kind == "unit" and d >= 128:  # products of many coordinates: output rounding is a real part of the bound
+        assert near.any() and bound[near].sum() < unshifted[near].sum()

@@ -175,3 +175,20 @@ def test_max_iter_below_one_is_refused_on_either_engine(max_iter):
 def test_bad_shapes():
     with pytest.raises(InputError, match="X must be"):
         nnk_solve_cosine(np.zeros((2, 8)), np.ones((2, 8)), [2])
+
+
+def test_normalize_rows_by_blocks_equals_the_whole_array_norm_bit_for_bit():
+    from nnkcli.numerics.kernels import NORMALIZE_BLOCK_ROWS, normalize_rows
+
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(2 * NORMALIZE_BLOCK_ROWS + 37, 19)) * rng.lognormal(size=(1, 19))).astype(np.float32)
+    expected = x / np.linalg.norm(x, axis=1)[:, None]  # the oracle: one norm over the whole array
+    out = normalize_rows(x)
+    assert out is not x and np.array_equal(out, expected)
+    mine = x.copy()
+    assert normalize_rows(mine, copy=False) is mine and np.array_equal(mine, expected)
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    assert np.array_equal(normalize_rows(frozen, copy=False), expected)  # read-only: a copy, not an error
+    halves = x.astype(np.float64)
+    assert normalize_rows(halves, copy=False).dtype == np.float32 and halves.dtype == np.float64

@@ -153,3 +153,58 @@ def test_a_monitor_stops_the_fit_at_its_check():
     model = fit_softmax(X, y, 4, 1e3, monitor=monitor, check_every=3, curvature=True)
     assert model.n_iter == 6 and not model.converged
     assert seen == [((8, 4), (4,))] * 2
+
+
+def oracle_cross_entropy(theta, X, y, K):
+    """mean CE and its gradient, written from the formula in float64, one row at a time."""
+    X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape
+    W, b = theta[: d * K].reshape(d, K), theta[d * K :]
+    value, gW, gb = 0.0, np.zeros((d, K)), np.zeros(K)
+    for i in range(n):
+        z = X[i] @ W + b
+        p = np.exp(z - logsumexp(z))
+        value += logsumexp(z) - z[y[i]]
+        p[y[i]] -= 1.0
+        gW += np.outer(X[i], p)
+        gb += p
+    return value / n, np.concatenate([gW.ravel(), gb]) / n
+
+
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), C=st.floats(1e-1, 1e2))
+def test_a_model_keeps_the_cross_entropy_at_its_own_weights(seed, C):
+    X, y = _steep_features(seed % 1000, n=120, d=4, K=3)
+    model = fit_softmax(X, y, 3, C, curvature=True)
+    assert model.cross_entropy is not None
+    value, grad = model.cross_entropy
+    ref_value, ref_grad = oracle_cross_entropy(model.theta, X, y, 3)
+    assert value == pytest.approx(ref_value, rel=1e-5, abs=1e-6)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("step", [0.0, 1.0, 8.0])
+def test_an_anchored_fit_saves_the_start_evaluation_and_reaches_the_same_model(step):
+    """Anchored at the fit at C = 1, a fit at C = 3 skips its start's pass over the rows (step 0: the
+    anchor is the start; 1: a fair extrapolation; 8: an overshoot, which the line search pulls back)."""
+    X, y = _steep_features(7, n=500, d=6, K=4)
+    curvature = __import__("nnkcli.numerics.logistic", fromlist=["FeatureCurvature"]).FeatureCurvature.of(X)
+    before = fit_softmax(X, y, 4, 0.3, curvature=curvature, tol=1e-7)
+    at_one = fit_softmax(X, y, 4, 1.0, theta0=before.theta, curvature=curvature, tol=1e-7)
+    start = at_one.theta + step * (at_one.theta - before.theta)
+    plain = fit_softmax(X, y, 4, 3.0, theta0=start, curvature=curvature, tol=1e-7)
+    anchored = fit_softmax(X, y, 4, 3.0, theta0=start, curvature=curvature, tol=1e-7, anchor=at_one)
+    assert plain.converged and anchored.converged
+    # the same minimiser (compared by the oracle's objective and the predictions)
+    ref = oracle_objective(plain.theta, X, y, 4, 3.0)
+    assert oracle_objective(anchored.theta, X, y, 4, 3.0) == pytest.approx(ref, rel=1e-6)
+    assert np.mean(anchored.scores(X).argmax(axis=1) == plain.scores(X).argmax(axis=1)) >= 0.998
+    if step <= 1.0:
+        assert anchored.n_eval < plain.n_eval
+
+
+def test_an_anchor_of_another_shape_is_refused():
+    X, y = _steep_features(2, n=60, d=3, K=3)
+    other = fit_softmax(X[:, :2], y, 3, 1.0, curvature=True)
+    with pytest.raises(ValueError, match="anchor"):
+        fit_softmax(X, y, 3, 2.0, theta0=np.zeros(12), curvature=True, anchor=other)
