@@ -16,6 +16,7 @@ proves the exact top k from them (:mod:`nnkcli.numerics.certified`).
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def prefetch_torch() -> None:
 def _import_torch() -> None:
     try:
         import torch  # noqa: F401
-    except Exception:  # noqa: BLE001 - the main thread's own import reports what went wrong
+    except Exception:  # the main thread's own import reports what went wrong
         pass
 
 
@@ -123,8 +124,6 @@ ROUND_BLOCK_BYTES = 8 * 2**20
 #: rows of the sample that places each query's shift and starting threshold (evenly spaced rows of the index):
 #: a sixteenth of the rows, at least SHIFT_SAMPLE_MIN (all of a small index), at most SHIFT_SAMPLE_ROWS
 SHIFT_SAMPLE_ROWS, SHIFT_SAMPLE_MIN = 8192, 2048
-#: the sample's value taken is the one whose rank among all rows is expected to be this many times k
-SAMPLE_RANK_FACTOR = 3
 #: the product's inner dimension is padded (zeros) to a multiple of this: oneDNN's AMX kernels take 32 bfloat16
 #: values at a time, and ran at half their rate on an inner dimension of 385 or 785 (1,000+ GFLOP/s at 416 or 800)
 INNER_MULTIPLE = 32
@@ -175,8 +174,11 @@ class Bf16Queries:
     ``low`` (m, inner_dim(d)) bfloat16: the rounded query, ``-shift``, zeros. ``shift`` (m,)
     float64, bfloat16 numbers, and ``start`` (m,) float64, both placed by an estimate of a
     similarity a little below each query's k-th: the bfloat16 product with S evenly spaced rows
-    (``SHIFT_SAMPLE_ROWS``) of rank r = 3 k S / n in the sample (at least 1, at most k: with
-    every row in the sample, its k-th, the exact place). ``start`` is that value less three
+    (``SHIFT_SAMPLE_ROWS``) of rank r in the sample, r = lam + 3 sqrt(lam) + 2 for the lam = k S / n
+    of the top k the sample holds on average (at most k: with every row in the sample, its k-th,
+    the exact place). It exceeds the k-th of all rows only when r of the top k fell in the sample,
+    rare by the Poisson tail (where the estimate was the sample's 3 lam-th, 5-14 % of the queries of
+    a 1.28 M-row index fell back to float32 at k = 20 and 50, where lam is below 1). ``start`` is that value less three
     times the product's bound, where a search's threshold can begin; ``shift`` two bounds lower
     still, so that the products near the top k's boundary are small positive numbers and their
     rounding to bfloat16 small too. Both are estimates: any shift gives a valid bound
@@ -196,7 +198,10 @@ class Bf16Queries:
         n = int(rows.low.shape[0])
         sample = rows.low[:: max(1, n // max(SHIFT_SAMPLE_MIN, min(SHIFT_SAMPLE_ROWS, n // 16)))]
         size = int(sample.shape[0])
-        rank = int(min(k, size, max(1, round(SAMPLE_RANK_FACTOR * k * size / max(n, 1)))))
+        # the sample holds about lam = k S / n of the query's top k; its r-th largest lies above the k-th of all
+        # rows only if r of the top k fell in it: r = lam + 3 sqrt(lam) + 2 makes that rare (Poisson tail < 0.1 %)
+        lam = k * size / max(n, 1)
+        rank = int(min(k, size, math.ceil(lam + 3.0 * math.sqrt(lam) + 2.0)))
         sims = torch.mm(self.low, sample.T)  # the shift's coordinate is still 0 here
         kth = torch.topk(sims, rank, dim=1).values[:, rank - 1].float().numpy().astype(np.float64)
         x_max = (rows.low_norm.max(), rows.res_norm.max(), rows.norm.max())

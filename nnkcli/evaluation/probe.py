@@ -118,7 +118,7 @@ def select_c(
     Xf, yf = X[fit_rows], y[fit_rows]
     Xh, yh = X[held_rows], y[held_rows]
     curve: list[dict] = []
-    models = []
+    models: list = []
     theta, prev, best, best_acc = None, None, 0, -1.0
     last_move: float | None = None
     # at a small C the weights are C times one direction (the gradient at zero), so the predictions, and the

@@ -146,7 +146,7 @@ class Evaluation:
                 )
             if train.n < 1:
                 raise InputError(f"train split '{data.train_split}' is empty")
-            if backend != "torch":
+            if backend != "torch" and not sharded_index(store_path, train, data.index_path):
                 from nnkcli.index_flat import prefetch_kernel
 
                 prefetch_kernel(search_kernel, search_work(int(query.n), train, threads))
@@ -166,9 +166,12 @@ class Evaluation:
                     store_path, train, data.index_path, data.rebuild_index, progress_factory
                 )
                 index_info["backend"] = "faiss"
-                # auto weighs the search's size, now known (the call above checked an explicit kernel early)
-                kernel = resolve_kernel(search_kernel, backend, search_work(rows[1] - rows[0], train, threads))
-                searcher = faiss_searcher(index, sharded=bool(index_info.get("shards")), kernel=kernel)
+                # auto weighs the search's size, now known (the call above checked an explicit kernel early); a
+                # sharded index is searched in float32 (a bfloat16 copy of each shard would hold them in memory)
+                sharded = bool(index_info.get("shards"))
+                work = None if sharded else search_work(rows[1] - rows[0], train, threads)
+                kernel = resolve_kernel(search_kernel, backend, work)
+                searcher = faiss_searcher(index, sharded=sharded, kernel=kernel)
             return cls(
                 train=train,
                 query=query,
@@ -391,7 +394,16 @@ def with_k(settings: dict, k) -> dict:
 
 
 def search_work(queries: int, train, threads: int | None) -> int:
-    """Multiply-adds of the flat search per thread (queries x rows x d / threads): what ``--search-kernel auto`` weighs."""
+    """Multiply-adds of the flat search per thread (queries x rows x d / threads): what ``auto`` weighs."""
     from nnkcli.parallel import resolve_threads
 
     return int(queries) * int(train.n) * int(train.dim) // resolve_threads(threads)
+
+
+def sharded_index(store_path, train, index_path) -> bool:
+    """Whether the index this run loads is a sharded one (its manifest), read without loading it."""
+    from nnkcli import index as nnk_index
+    from nnkcli import shards
+
+    path = Path(index_path) if index_path is not None else nnk_index.default_index_path(Path(store_path), train.name)
+    return shards.is_manifest(path)

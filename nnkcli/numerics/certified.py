@@ -89,7 +89,7 @@ def fp32_bound(d: int, q_norm: np.ndarray, x_norm) -> np.ndarray:
 
 def bf16_bound(
     d: int,
-    b: np.ndarray,
+    b: np.ndarray | float,
     q_low: np.ndarray,
     q_res: np.ndarray,
     x_low,

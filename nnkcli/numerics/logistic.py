@@ -361,7 +361,7 @@ def fit_softmax(
             evaluate, theta_start, value0, g0, tol, max_iter, watch, check_every
         )
     # the cross-entropy only reads the float32 weights, so it is the same at the float32 model's theta
-    known = np.array_equal(last.get("theta"), theta)
+    known = "theta" in last and np.array_equal(last["theta"], theta)
     return SoftmaxModel(
         weights=theta[: d * K].reshape(d, K).astype(np.float32),
         bias=theta[d * K :].astype(np.float32),

@@ -84,3 +84,18 @@ def test_bf16_where_it_cannot_run_is_an_error(runner, store, monkeypatch):
     assert res.exit_code == 1
     assert "Error: --search-kernel bf16 cannot run here: this CPU has no bfloat16 instructions" in res.stderr
     assert auto["timing"]["search_kernel"] == "fp32"  # auto never needs bf16
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_auto_runs_bf16_on_a_large_search_with_the_same_results(runner, store, monkeypatch):
+    """auto picks bf16 once the search per thread reaches AUTO_BF16_WORK (lowered here to this store's size)."""
+    _bf16_or_skip()
+    import nnkcli.index_flat as flat
+
+    small = _run(runner, "classify", store, "--k", "7", "--search-kernel", "auto")
+    assert small["timing"]["search_kernel"] == "fp32"  # a small store: importing torch would cost more
+    monkeypatch.setattr(flat, "AUTO_BF16_WORK", 1)
+    large = _run(runner, "classify", store, "--k", "7", "--search-kernel", "auto", "--threads", "2")
+    assert large["timing"]["search_kernel"] == "bf16"
+    assert large["results"] == small["results"]

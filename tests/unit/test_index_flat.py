@@ -264,3 +264,31 @@ def test_bf16_floor_bits_is_the_largest_bfloat16_at_or_below():
     got = _bf16_values(_bf16_floor_bits(v))
     oracle = values[np.searchsorted(values, np.maximum(v, 0.0), side="right") - 1]  # the largest <= v
     np.testing.assert_array_equal(got, oracle)
+
+
+def test_auto_weighs_the_search_size_and_never_asks_torch(monkeypatch):
+    from nnkcli import index_bf16
+    from nnkcli.index_flat import AUTO_BF16_WORK, resolve_kernel
+
+    def no_torch():
+        raise AssertionError("auto must not run torch's own check")
+
+    monkeypatch.setattr(index_bf16, "bf16_unavailable", no_torch)
+    monkeypatch.setattr(index_bf16, "bf16_unlikely", lambda: None)
+    assert resolve_kernel("auto", None) == "fp32"  # the size not known yet
+    assert resolve_kernel("auto", AUTO_BF16_WORK - 1) == "fp32"
+    assert resolve_kernel("auto", AUTO_BF16_WORK) == "bf16"
+    monkeypatch.setattr(index_bf16, "bf16_unlikely", lambda: "this CPU has no bfloat16 instructions")
+    assert resolve_kernel("auto", 100 * AUTO_BF16_WORK) == "fp32"
+
+
+def test_kernel_rows_fall_back_to_fp32_where_torch_says_no(monkeypatch):
+    from nnkcli import index_bf16
+    from nnkcli.index_flat import KernelRows, kernel_search
+
+    monkeypatch.setattr(index_bf16, "bf16_unavailable", lambda: "torch's oneDNN has no bfloat16 support on this CPU")
+    rng = np.random.default_rng(4)
+    x = _store(200, 16, "random", rng)
+    rows = KernelRows(x, "bf16")
+    assert rows.kernel == "fp32" and rows.bf16 is None
+    _check_exact(kernel_search(x, x[:5], 7, rows.kernel, rows=rows), x, x[:5], 7)
