@@ -31,6 +31,11 @@ QUERY_BY_QUERY_MIN_CHUNK = 16
 #: the largest floor (a 20-k sweep at k = 200, d = 784 ran 17 % slower with 16-query chunks, and as
 #: fast with 64 as with 111)
 QUERY_BY_QUERY_MAX_FLOOR = 64
+#: ... and the most neighbor-vector bytes the floor may ask of a chunk: below glibc's largest mmap
+#: threshold (32 MiB), where a freed chunk's memory is reused by the next, not returned to the kernel
+#: and faulted in (and zeroed) afresh. The 20-k sweep at k = 200, d = 784 ran 15 % faster with
+#: 32-query chunks (20 MiB) than with 64 (40 MiB) on a 2-core Xeon whose fresh pages were slow.
+QUERY_BY_QUERY_MAX_BYTES = 20 * 2**20
 
 
 def query_bytes(k: int, dim: int, n_classes: int) -> int:
@@ -106,13 +111,15 @@ def query_by_query_chunk(k: int, dim: int, n_k: int = 1) -> int:
     costs: ``QUERY_BY_QUERY_CHUNK_BYTES`` of neighbor vectors, and at least
     ``QUERY_BY_QUERY_MIN_CHUNK`` queries per k value scored (each k's voting, weights and
     counts cost a fraction of a millisecond per chunk whatever its size), up to
-    ``QUERY_BY_QUERY_MAX_FLOOR``. Larger chunks only hold more memory (at k = 200, d = 784 a
+    ``QUERY_BY_QUERY_MAX_FLOOR`` and to ``QUERY_BY_QUERY_MAX_BYTES`` of neighbor vectors. Larger chunks only hold more memory (at k = 200, d = 784 a
     chunk of 111 queries held 70 MiB of neighbor vectors, in each of the chunks in flight);
     the batched numpy engine, whose per-step cost is paid once per chunk, keeps the budget's
     chunk.
     """
+    per_query = 4 * k * dim
     floor = min(QUERY_BY_QUERY_MIN_CHUNK * max(n_k, 1), QUERY_BY_QUERY_MAX_FLOOR)
-    return max(floor, QUERY_BY_QUERY_CHUNK_BYTES // (4 * k * dim))
+    floor = max(1, min(floor, QUERY_BY_QUERY_MAX_BYTES // per_query))
+    return max(floor, QUERY_BY_QUERY_CHUNK_BYTES // per_query)
 
 
 def largest_k_within(budget: int, dim: int, n_classes: int) -> int:

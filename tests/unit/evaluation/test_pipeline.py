@@ -300,7 +300,8 @@ def test_query_by_query_scoring_runs_in_small_chunks_and_the_batched_engine_keep
     assert memory.query_by_query_chunk(200, 784) == 16  # 8 MiB / 627 KB: 13, raised to the floor
     assert memory.query_by_query_chunk(50, 384) == 8 * 2**20 // (4 * 50 * 384) == 109
     assert memory.query_by_query_chunk(200, 784, n_k=2) == 32  # 16 queries per k value
-    assert memory.query_by_query_chunk(200, 784, n_k=20) == 64  # ... up to 64
+    assert memory.query_by_query_chunk(200, 784, n_k=20) == 20 * 2**20 // (4 * 200 * 784) == 33  # ... to 20 MiB
+    assert memory.query_by_query_chunk(200, 384, n_k=20) == 64  # ... up to 64 (19 MiB)
     assert memory.query_by_query_chunk(20, 128, n_k=20) == 8 * 2**20 // (4 * 20 * 128)
     monkeypatch.setattr(memory, "QUERY_BY_QUERY_CHUNK_BYTES", 4 * k * dim * 50)  # 50 queries here
     budget_chunk = memory.default_chunk_size(k, dim, n_classes, budget=CHUNK_MEMORY_BUDGET // 2)
