@@ -111,8 +111,9 @@ def query_by_query_chunk(k: int, dim: int, n_k: int = 1) -> int:
     costs: ``QUERY_BY_QUERY_CHUNK_BYTES`` of neighbor vectors, and at least
     ``QUERY_BY_QUERY_MIN_CHUNK`` queries per k value scored (each k's voting, weights and
     counts cost a fraction of a millisecond per chunk whatever its size), up to
-    ``QUERY_BY_QUERY_MAX_FLOOR`` and to ``QUERY_BY_QUERY_MAX_BYTES`` of neighbor vectors. Larger chunks only hold more memory (at k = 200, d = 784 a
-    chunk of 111 queries held 70 MiB of neighbor vectors, in each of the chunks in flight);
+    ``QUERY_BY_QUERY_MAX_FLOOR`` and to ``QUERY_BY_QUERY_MAX_BYTES`` of neighbor vectors.
+    Larger chunks only hold more memory (at k = 200, d = 784 a chunk of 111 queries held
+    70 MiB of neighbor vectors, in each of the chunks in flight);
     the batched numpy engine, whose per-step cost is paid once per chunk, keeps the budget's
     chunk.
     """
