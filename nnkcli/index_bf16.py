@@ -144,6 +144,12 @@ class Bf16Rows:
         query's shift, :class:`Bf16Queries`), then zeros. About half the float32 index's memory.
     norm, low_norm, res_norm : (n,) float64
         Norms of the float32 rows, of the bfloat16 rows and of the rounding residuals.
+    maxima : (float, float, float)
+        The largest of each, in the order (low_norm, res_norm, norm) of ``bf16_bound``'s row
+        arguments: the bound of a row not looked at.
+    sample : torch.Tensor (S, inner_dim(d)) bfloat16
+        Evenly spaced rows (a sixteenth of them, ``SHIFT_SAMPLE_MIN`` to ``SHIFT_SAMPLE_ROWS``),
+        from which each block of queries estimates its shifts (:class:`Bf16Queries`).
     """
 
     def __init__(self, vectors: np.ndarray, block_rows: int | None = None):
@@ -164,9 +170,16 @@ class Bf16Rows:
         block_rows = block_rows or max(256, ROUND_BLOCK_BYTES // (4 * max(d, 1)))
         for j0 in range(0, n, block_rows):
             j = slice(j0, min(n, j0 + block_rows))
-            x = vectors[j]
-            rounded = low[j, :d].float().numpy()
-            self.norm[j], self.low_norm[j], self.res_norm[j] = row_norms(x), row_norms(rounded), row_norms(x - rounded)
+            self.norm[j], self.low_norm[j], self.res_norm[j] = rounding_norms(vectors[j], low[j, :d].float().numpy())
+        self.maxima = (
+            (float(self.low_norm.max()), float(self.res_norm.max()), float(self.norm.max())) if n else (0.0, 0.0, 0.0)
+        )
+        self.sample = low[:: max(1, n // max(SHIFT_SAMPLE_MIN, min(SHIFT_SAMPLE_ROWS, n // 16)))].contiguous()
+
+
+def rounding_norms(x: np.ndarray, rounded: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Norms (upper bounds) of float32 rows ``x``, of their bfloat16 roundings (as float32) and of the residuals."""
+    return row_norms(x), row_norms(rounded), row_norms(x - rounded)
 
 
 class Bf16Queries:
@@ -195,18 +208,16 @@ class Bf16Queries:
         bits = np.zeros((m, inner_dim(d)), dtype=np.uint16)
         bits[:, :d], low = round_bf16(queries)
         self.low = torch.from_numpy(bits).view(torch.bfloat16)
-        self.norm, self.low_norm, self.res_norm = row_norms(queries), row_norms(low), row_norms(queries - low)
+        self.norm, self.low_norm, self.res_norm = rounding_norms(queries, low)
         n = int(rows.low.shape[0])
-        sample = rows.low[:: max(1, n // max(SHIFT_SAMPLE_MIN, min(SHIFT_SAMPLE_ROWS, n // 16)))]
-        size = int(sample.shape[0])
+        size = int(rows.sample.shape[0])
         # the sample holds about lam = k S / n of the query's top k; its r-th largest lies above the k-th of all
         # rows only if r of the top k fell in it: r = lam + 3 sqrt(lam) + 2 makes that rare (Poisson tail < 0.1 %)
         lam = k * size / max(n, 1)
         rank = int(min(k, size, math.ceil(lam + 3.0 * math.sqrt(lam) + 2.0)))
-        sims = torch.mm(self.low, sample.T)  # the shift's coordinate is still 0 here
+        sims = torch.mm(self.low, rows.sample.T)  # the shift's coordinate is still 0 here
         kth = torch.topk(sims, rank, dim=1).values[:, rank - 1].float().numpy().astype(np.float64)
-        x_max = (rows.low_norm.max(), rows.res_norm.max(), rows.norm.max())
-        width = bf16_bound(d, kth, self.low_norm, self.res_norm, *x_max, self.norm) + U_BF16 * np.abs(kth)
+        width = bf16_bound(d, kth, self.low_norm, self.res_norm, *rows.maxima, self.norm) + U_BF16 * np.abs(kth)
         width = np.where(np.isfinite(width), width, 0.0)
         self.start = kth - 3.0 * width
         shift_bits, shift = round_bf16(np.where(np.isfinite(kth), kth - 5.0 * width, 0.0).astype(np.float32))

@@ -125,8 +125,7 @@ def resolve_kernel(kernel: str, work: int | None = None) -> str:
     if kernel not in SEARCH_KERNELS:
         raise InputError(f"unknown search kernel {kernel!r}", hint=f"choose {', '.join(SEARCH_KERNELS)}")
     if kernel == "auto":
-        large = work is not None and work >= AUTO_BF16_WORK
-        return "bf16" if large and bf16_unlikely() is None else "fp32"
+        return "bf16" if _large(work) and bf16_unlikely() is None else "fp32"
     if kernel == "fp32":
         return kernel
     why = bf16_unavailable()
@@ -137,10 +136,15 @@ def resolve_kernel(kernel: str, work: int | None = None) -> str:
 
 def prefetch_kernel(kernel: str, work: int | None) -> None:
     """Start importing torch in the background where :func:`resolve_kernel` ``(kernel, work)`` may pick ``bf16``."""
-    if kernel == "bf16" or (kernel == "auto" and work is not None and work >= AUTO_BF16_WORK):
+    if kernel == "bf16" or (kernel == "auto" and _large(work)):
         from nnkcli.index_bf16 import prefetch_torch
 
         prefetch_torch()
+
+
+def _large(work: int | None) -> bool:
+    """Whether a search of ``work`` multiply-adds per thread is worth ``auto``'s bf16 (``AUTO_BF16_WORK``)."""
+    return work is not None and work >= AUTO_BF16_WORK
 
 
 class KernelRows:
@@ -162,8 +166,10 @@ class KernelRows:
                 self.bf16 = Bf16Rows(vectors)
             else:  # float32 then
                 self.kernel = "fp32"
-        norms = self.bf16.norm if self.bf16 is not None else (row_norms(vectors) if len(vectors) else None)
-        self.max_norm = float(norms.max()) if norms is not None and len(norms) else 0.0
+        if self.bf16 is not None:
+            self.max_norm = self.bf16.maxima[2]
+        else:
+            self.max_norm = float(row_norms(vectors).max()) if len(vectors) else 0.0
 
 
 @dataclass
@@ -287,11 +293,10 @@ def _bf16_round(vectors, queries, k: int, rows):
     sieve.run()
     ids, b, upper_out = sieve.candidates()
     top, ok, computed = np.full((m, k), -1, dtype=np.int64), np.zeros(m, dtype=bool), 0
-    x_max = (rows.low_norm.max(), rows.res_norm.max(), rows.norm.max())
     # the bounds are (m, c) float64 arrays: made CERTIFY_ROWS queries at a time
     for i0 in range(0, m, CERTIFY_ROWS):
         i = np.arange(i0, min(m, i0 + CERTIFY_ROWS))
-        top[i], ok[i], done = _bf16_certify(vectors, queries[i], q, i, b[i], ids[i], k, upper_out[i], rows, x_max)
+        top[i], ok[i], done = _bf16_certify(vectors, queries[i], q, i, b[i], ids[i], k, upper_out[i], rows)
         computed += done
     return top, ok, computed
 
@@ -314,23 +319,19 @@ class _Bf16Sieve:
     """
 
     def __init__(self, q, rows, k: int, d: int):
-        from nnkcli.numerics.certified import U_BF16, U_FP64, bf16_bound
+        from nnkcli.numerics.certified import U_BF16, U_FP64
 
         self.q, self.rows, self.k = q, rows, int(k)
         self.n = int(rows.low.shape[0])
         m = int(q.low.shape[0])
         self.cap = min(self.n, BF16_FACTOR * self.k + BF16_EXTRA)
-        x_max = (rows.low_norm.max(), rows.res_norm.max(), rows.norm.max())
-        # the bound of a product b with the rows' largest norms: slope * |b| + const (as _bf16_certify adds it up)
+        # the bound of a product b with the rows' largest norms: slope * |b| + const (_shifted_bound at b = 0)
         self.slope = U_BF16 + U_FP64
-        self.const = (
-            bf16_bound(d, 0.0, q.low_norm, q.res_norm, *x_max, q.norm, q.shift) + U_FP64 * np.abs(q.shift)
-        ) * (1.0 + 1e-6)
+        self.const = _shifted_bound(d, 0.0, q.low_norm, q.res_norm, rows.maxima, q.norm, q.shift) * (1.0 + 1e-6)
         self.values = np.full((m, self.cap), np.iinfo(np.int16).min, dtype=np.int16)  # kept products' bits
         self.ids = np.full((m, self.cap), -1, dtype=np.int64)
         self.fill = np.zeros(m, dtype=np.int64)
         self.R = _bf16_floor_bits(q.start - q.shift)
-        self._mask = np.empty(0, dtype=bool)
         self._seen = np.zeros(m, dtype=np.int64)  # the kept count at the last raise of R
         self._every = max(8, self.k // 2)
 
@@ -442,30 +443,40 @@ def _bf16_values(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.int32).astype(np.uint32) << np.uint32(16)).view(np.float32).astype(np.float64)
 
 
-def _bf16_certify(vectors, queries, q, i: np.ndarray, b, ids, k: int, upper_b, rows, x_max):
+def _shifted_bound(d: int, b, q_low, q_res, x: tuple, q_norm, shift):
+    """Bound on |fl64(b + shift) - t| of a shifted bfloat16 product b: ``bf16_bound`` of b + shift, plus the
+    rounding of that sum in float64 (at most 2^-53 (|b| + |shift|)) when their exponents lie far apart.
+
+    ``x``: the rows' (low_norm, res_norm, norm), as :attr:`nnkcli.index_bf16.Bf16Rows.maxima` orders them.
+    """
+    from nnkcli.numerics.certified import U_FP64, bf16_bound
+
+    x_low, x_res, x_norm = x
+    return bf16_bound(d, b, q_low, q_res, x_low, x_res, x_norm, q_norm, shift) + U_FP64 * (np.abs(b) + np.abs(shift))
+
+
+def _bf16_certify(vectors, queries, q, i: np.ndarray, b, ids, k: int, upper_b, rows):
     """:func:`certified_topk` of queries ``i`` from their shifted bfloat16 candidates ``b``.
 
     ``upper_b``: per query, a product every non-candidate row lies below (-inf: there is none).
     """
-    from nnkcli.numerics.certified import U_FP64, bf16_bound, certified_topk, interval
+    from nnkcli.numerics.certified import certified_topk, interval
 
     d = vectors.shape[1]
     shift = q.shift[i, None]
     qn = (q.low_norm[i, None], q.res_norm[i, None])
     safe = np.maximum(ids, 0)
     finite = np.where(ids >= 0, b, 0.0)
-    err = bf16_bound(d, finite, *qn, rows.low_norm[safe], rows.res_norm[safe], rows.norm[safe], q.norm[i, None], shift)
-    # b + shift in float64 rounds when their exponents lie far apart: its error, at most 2^-53 |b + shift|, is added
-    lo, hi = interval(finite + shift, err + U_FP64 * (np.abs(finite) + np.abs(shift)))
+    x = (rows.low_norm[safe], rows.res_norm[safe], rows.norm[safe])
+    err = _shifted_bound(d, finite, *qn, x, q.norm[i, None], shift)
+    lo, hi = interval(finite + shift, err)
     lo[ids < 0], hi[ids < 0] = -np.inf, -np.inf
     upper_out = np.full(len(b), -np.inf)
     others = np.isfinite(upper_b)
     if others.any():
         # b + 2^-8 |b| grows with b: a non-candidate's upper bound is at most that of upper_b
         last = np.where(others, upper_b, 0.0)[:, None]
-        x_low, x_res, x_norm = x_max
-        bound = bf16_bound(d, last, *qn, x_low, x_res, x_norm, q.norm[i, None], shift)
-        top = interval(last + shift, bound + U_FP64 * (np.abs(last) + np.abs(shift)))[1][:, 0]
-        upper_out = np.where(others, top, -np.inf)
-    bounds_of = _fp32_bounds_of(vectors, queries, float(x_max[2]))
+        bound = _shifted_bound(d, last, *qn, rows.maxima, q.norm[i, None], shift)
+        upper_out = np.where(others, interval(last + shift, bound)[1][:, 0], -np.inf)
+    bounds_of = _fp32_bounds_of(vectors, queries, rows.maxima[2])
     return certified_topk(ids, lo, hi, upper_out, k, _sims_of(vectors, queries), bounds_of)
