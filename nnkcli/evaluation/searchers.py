@@ -83,12 +83,19 @@ def faiss_searcher(index, *, sharded: bool, kernel: str = "fp32") -> Searcher:
     return ShardedSearcher(index) if sharded else IndexSearcher(index, kernel=kernel)
 
 
+def index_location(store_path, train, index_path) -> Path:
+    """Where this run's index lies: ``--index``, else the default path beside the store for the train split."""
+    from nnkcli import index as nnk_index
+
+    return Path(index_path) if index_path is not None else nnk_index.default_index_path(Path(store_path), train.name)
+
+
 def resolve_index(store_path: Path, train, index_path, rebuild_index, progress_factory):
     """The saved index (checked fresh, rebuilt with ``--rebuild-index``) or one built in memory."""
     from nnkcli import index as nnk_index
 
     explicit = index_path is not None
-    path = Path(index_path) if explicit else nnk_index.default_index_path(store_path, train.name)
+    path = index_location(store_path, train, index_path)
     info = {"path": str(path), "built_in_memory": False, "rebuilt": False}
     from nnkcli import shards
 

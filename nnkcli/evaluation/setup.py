@@ -30,6 +30,7 @@ from nnkcli.evaluation.search import Searcher
 from nnkcli.evaluation.searchers import (
     SearchSettings,
     faiss_searcher,
+    index_location,
     memory_search,
     resolve_index,
     resolve_kernel,
@@ -402,8 +403,6 @@ def search_work(queries: int, train, threads: int | None) -> int:
 
 def sharded_index(store_path, train, index_path) -> bool:
     """Whether the index this run loads is a sharded one (its manifest), read without loading it."""
-    from nnkcli import index as nnk_index
     from nnkcli import shards
 
-    path = Path(index_path) if index_path is not None else nnk_index.default_index_path(Path(store_path), train.name)
-    return shards.is_manifest(path)
+    return shards.is_manifest(index_location(store_path, train, index_path))
