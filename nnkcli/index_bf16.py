@@ -187,8 +187,8 @@ class Bf16Queries:
 
     ``low`` (m, inner_dim(d)) bfloat16: the rounded query, ``-shift``, zeros. ``shift`` (m,)
     float64, bfloat16 numbers, and ``start`` (m,) float64, both placed by an estimate of a
-    similarity a little below each query's k-th: the bfloat16 product with S evenly spaced rows
-    (``SHIFT_SAMPLE_ROWS``) of rank r in the sample, r = lam + 3 sqrt(lam) + 2 for the lam = k S / n
+    similarity a little below each query's k-th: the bfloat16 product with the S evenly spaced
+    rows of :attr:`Bf16Rows.sample` of rank r in the sample, r = lam + 3 sqrt(lam) + 2 for the lam = k S / n
     of the top k the sample holds on average (at most k: with every row in the sample, its k-th,
     the exact place). It exceeds the k-th of all rows only when r of the top k fell in the sample,
     rare by the Poisson tail (where the estimate was the sample's 3 lam-th, 5-14 % of the queries of
