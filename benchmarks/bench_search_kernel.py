@@ -40,7 +40,10 @@ KERNELS = ("fp32", "bf16", "auto")
 
 
 def gemm_rates(threads: int, d: int, m: int = 2048, n: int = 32768) -> dict[str, float | None]:
-    """GFLOP/s of an m x n x d product: numpy float32, and torch bfloat16 (None without torch), best of 3."""
+    """GFLOP/s of an m x n x d product: numpy float32; bfloat16 by oneMKL (each thread its own share of the
+    rows, as the search's workers call it) and by torch; None where a library is missing. Best of 3."""
+    import threading
+
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(0)
@@ -58,9 +61,28 @@ def gemm_rates(threads: int, d: int, m: int = 2048, n: int = 32768) -> dict[str,
             times.append(time.perf_counter() - t0)
         return flop / min(times) / 1e9
 
-    rates: dict[str, float | None] = {"fp32": None, "bf16": None}
+    rates: dict[str, float | None] = {"fp32": None, "bf16_mkl": None, "bf16_torch": None}
     with threadpool_limits(threads):
         rates["fp32"] = best(lambda: np.matmul(q, x.T, out=out))
+    from nnkcli.index_bf16 import round_bf16
+    from nnkcli.index_mkl import gemm_bf16, mkl_unavailable
+
+    if mkl_unavailable() is None:
+        qb, xb = round_bf16(q)[0], round_bf16(x)[0]
+        parts = np.array_split(np.arange(n), threads)
+        outs = [np.empty((m, len(p)), dtype=np.float32) for p in parts]
+
+        def mkl_all() -> None:
+            workers = [
+                threading.Thread(target=gemm_bf16, args=(qb, xb[p[0] : p[-1] + 1], o))
+                for p, o in zip(parts, outs, strict=True)
+            ]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+
+        rates["bf16_mkl"] = best(mkl_all)
     try:
         import torch
     except ImportError:
@@ -70,10 +92,17 @@ def gemm_rates(threads: int, d: int, m: int = 2048, n: int = 32768) -> dict[str,
     try:
         ql, xl = torch.from_numpy(q).bfloat16(), torch.from_numpy(x).bfloat16()
         low = torch.empty((m, n), dtype=torch.bfloat16)
-        rates["bf16"] = best(lambda: torch.mm(ql, xl.T, out=low))
+        rates["bf16_torch"] = best(lambda: torch.mm(ql, xl.T, out=low))
     finally:
         torch.set_num_threads(before)
     return rates
+
+
+def library() -> str | None:
+    """The library the bfloat16 kernel runs on here (None: it cannot run)."""
+    from nnkcli.index_bf16 import bf16_unavailable, product_library
+
+    return product_library().name if bf16_unavailable() is None else None
 
 
 def same_outputs(a: Path, b: Path) -> bool:
@@ -131,13 +160,14 @@ def bench_store(store: Path, dim: int, repeats: int, threads: int, k: int, work:
                 }
     identical = all(same_outputs(work / f"{store.stem}-fp32.h5", work / f"{store.stem}-{k}.h5") for k in KERNELS[1:])
     rates_t = gemm_rates(threads, dim)
-    one = {key: max((r[key] or 0.0) for r in rates1) or None for key in ("fp32", "bf16")}
+    one = {key: max((r[key] or 0.0) for r in rates1) or None for key in rates_t}
     return {
         "runs": best,
         "ratio_auto_over_fp32": round(best["auto"]["wall_s"] / best["fp32"]["wall_s"], 3),
         "ratio_bf16_over_fp32": round(best["bf16"]["wall_s"] / best["fp32"]["wall_s"], 3),
         "search_ratio_bf16": round(best["bf16"]["search_s"] / best["fp32"]["search_s"], 3),
         "identical_outputs": identical,
+        "bf16_library": library(),
         "gemm_gflops_1_thread": {key: round(v, 1) if v else None for key, v in one.items()},
         "gemm_gflops_threads": {key: round(v, 1) if v else None for key, v in rates_t.items()},
     }
@@ -180,8 +210,9 @@ def main() -> None:
                 f"{r['ratio_bf16_over_fp32']:.2f}x (target <= 0.6), search {r['search_ratio_bf16']:.2f}x;  "
                 f"auto ({runs['auto']['search_kernel']}) {r['ratio_auto_over_fp32']:.2f}x;  "
                 f"identical outputs: {r['identical_outputs']}\n"
-                f"  GEMM 2048x32768x{dim} GFLOP/s: 1 thread fp32 {g1['fp32']} bf16 {g1['bf16']}; "
-                f"{threads} threads fp32 {gt['fp32']} bf16 {gt['bf16']}"
+                f"  bf16 library: {r['bf16_library']}; GEMM 2048x32768x{dim} GFLOP/s: 1 thread fp32 {g1['fp32']} "
+                f"bf16 oneMKL {g1['bf16_mkl']} torch {g1['bf16_torch']}; {threads} threads fp32 {gt['fp32']} "
+                f"bf16 oneMKL {gt['bf16_mkl']} torch {gt['bf16_torch']}"
             )
     if a.json:
         write_json(a.json, "bench_search_kernel", {"k": a.k, "threads": threads, "repeats": repeats, **results})

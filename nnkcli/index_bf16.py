@@ -1,58 +1,108 @@
-"""The bfloat16 matrix product of the certified search (``--search-kernel bf16``): torch's oneDNN path on the CPU.
+"""The bfloat16 matrix product of the certified search (``--search-kernel bf16``), from oneMKL or torch.
 
-One of the index modules, and the only one that imports torch (lazily: importing this module
-imports nothing heavy). On a CPU with bfloat16 instructions (``avx512_bf16``, ``amx_bf16``)
-torch multiplies bfloat16 matrices through oneDNN, accumulating in float32 and rounding the
-result to bfloat16, at two to three times its float32 rate. numpy has no bfloat16 product
-(ml_dtypes' bfloat16 arrays multiply through a plain loop, not a BLAS kernel).
-torch's CPU matmul offers no float32 result for bfloat16 inputs (``mm(..., out_dtype=)`` is
-CUDA's), so the result's rounding to bfloat16 is in the bound. It would be its largest term for
-unit rows; each query subtracts a shift near its k-th similarity as one more coordinate, so the
-rounded products near the top k's boundary are small and so is their rounding.
+One of the index modules. On a CPU with bfloat16 instructions (``avx512_bf16``, ``amx_bf16``)
+two well-kept libraries multiply bfloat16 matrices at several times their float32 rate:
 
-:func:`nnkcli.index_flat.kernel_search` keeps the best candidates of these products and
-proves the exact top k from them (:mod:`nnkcli.numerics.certified`).
+mkl    oneMKL's ``cblas_gemm_bf16bf16f32`` (the ``mkl`` extra; :mod:`nnkcli.index_mkl` loads it
+       in about a millisecond). It returns the float32 sum, so the bound is the inputs' rounding.
+torch  torch's oneDNN path (the ``torch`` extra; this module is torch's only importer here,
+       lazily). Importing torch takes about a second, and torch's CPU product rounds its result
+       to bfloat16 (``mm(..., out_dtype=)`` is CUDA's): that rounding would be the bound's largest
+       term for unit rows, so each query subtracts a shift near its k-th similarity as one more
+       coordinate, and the products near the top k's boundary are small, their rounding too.
+
+numpy has no bfloat16 product (ml_dtypes' bfloat16 arrays multiply through a plain loop, not
+a BLAS kernel). The library that runs is oneMKL on Intel CPUs and torch on others (oneMKL's
+fast paths are Intel's), either where the other is missing; ``NNKCLI_BF16_LIBRARY=mkl|torch``
+picks one. :func:`nnkcli.index_flat.kernel_search` keeps the best candidates of these
+products and proves the exact top k from them (:mod:`nnkcli.numerics.certified`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from nnkcli.numerics.certified import row_norms
+from nnkcli.numerics.certified import U_BF16, U_FP32, row_norms
 
-#: CPU flags of the bfloat16 dot-product instructions oneDNN uses (AVX-512 BF16; AMX tiles)
+#: CPU flags of the bfloat16 dot-product instructions both libraries use (AVX-512 BF16; AMX tiles)
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: the libraries of the bfloat16 product, and the variable that picks one
+LIBRARIES = ("mkl", "torch")
+LIBRARY_VARIABLE = "NNKCLI_BF16_LIBRARY"
+
+
+def cpu_info() -> tuple[str, set[str]]:
+    """(vendor, flags) of the first processor in /proc/cpuinfo (empty where there is none: not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "", set()
+    vendor, flags = "", None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "vendor_id" and not vendor:
+            vendor = value.strip()
+        elif key.strip() == "flags" and flags is None:
+            flags = set(value.split())
+    return vendor, flags or set()
 
 
 def cpu_flags() -> set[str]:
     """The flags of the first processor in /proc/cpuinfo (empty where there is none: not Linux)."""
+    return cpu_info()[1]
+
+
+def library_order() -> tuple[str, ...]:
+    """The libraries to try, in order: ``NNKCLI_BF16_LIBRARY`` alone where set, else oneMKL first on Intel CPUs.
+
+    Raises ValueError for a value other than mkl or torch.
+    """
+    chosen = os.environ.get(LIBRARY_VARIABLE, "").strip().lower()
+    if chosen:
+        if chosen not in LIBRARIES:
+            raise ValueError(f"{LIBRARY_VARIABLE}={chosen!r}: choose {' or '.join(LIBRARIES)}")
+        return (chosen,)
+    return LIBRARIES if cpu_info()[0] == "GenuineIntel" else LIBRARIES[::-1]
+
+
+def _installed(library: str) -> bool:
+    """Whether ``library`` is installed, known without loading it."""
+    import importlib.util
+
+    if library == "mkl":
+        from nnkcli.index_mkl import library_path
+
+        return library_path() is not None
+    return importlib.util.find_spec("torch") is not None
+
+
+def likely_library() -> str | None:
+    """The library the bfloat16 product would likely use, from what is known without loading any; None: neither."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+        order = library_order()
+    except ValueError:
+        return None
+    return next((lib for lib in order if _installed(lib)), None)
 
 
 def prefetch_torch() -> None:
-    """Start importing torch on a background thread, where this CPU has bfloat16 instructions and torch is installed.
+    """Start importing torch on a background thread, where the bfloat16 product will likely come from torch.
 
     A caller that will likely run the bfloat16 kernel calls this as early as it knows, so that
     the import (about a second) overlaps with reading the store and loading the index; the
     later ``import torch`` waits for it (Python's import lock). Exit waits for it too: a process
-    must not end inside an extension module's import.
+    must not end inside an extension module's import. Nothing to do where oneMKL serves.
     """
     import atexit
     import sys
     import threading
 
-    if "torch" in sys.modules or bf16_unlikely() is not None:
+    if "torch" in sys.modules or bf16_unlikely() is not None or likely_library() != "torch":
         return
     thread = threading.Thread(target=_import_torch, name="nnk-import-torch", daemon=True)
     thread.start()
@@ -67,39 +117,177 @@ def _import_torch() -> None:
 
 
 def bf16_unlikely() -> str | None:
-    """Why the bfloat16 product cannot run here, from what is known without importing torch; None: it likely can.
+    """Why the bfloat16 product cannot run here, from what is known without loading a library; None: it likely can.
 
-    The CPU flags, then whether torch is installed at all. :func:`bf16_unavailable` also asks
-    torch itself.
+    The CPU flags, then whether oneMKL or torch is installed at all (and ``NNKCLI_BF16_LIBRARY``
+    valid). :func:`bf16_unavailable` also loads the library and asks it.
     """
-    import importlib.util
-
     flags = cpu_flags()
     if not any(f in flags for f in BF16_FLAGS):
         return f"this CPU has no bfloat16 instructions ({' or '.join(BF16_FLAGS)})"
-    if importlib.util.find_spec("torch") is None:
-        return "torch is not installed (the torch extra)"
+    try:
+        order = library_order()
+    except ValueError as exc:
+        return str(exc)
+    if not any(_installed(lib) for lib in order):
+        return " and ".join(_MISSING[lib] for lib in order)
     return None
+
+
+_MISSING = {"mkl": "oneMKL is not installed (the mkl extra)", "torch": "torch is not installed (the torch extra)"}
 
 
 @lru_cache(maxsize=1)
-def bf16_unavailable() -> str | None:
-    """Why the bfloat16 product cannot run here, or None when it can.
-
-    The CPU flags and torch's presence are checked first (:func:`bf16_unlikely`), so a CPU
-    without bfloat16 never pays for ``import torch``; then torch's own check (oneDNN's
-    bfloat16 support).
-    """
+def _product_library():
+    """The loaded library (a :class:`_MklProduct` or :class:`_TorchProduct`), or why none can run (a str)."""
     why = bf16_unlikely()
     if why is not None:
         return why
+    reasons = []
+    for lib in library_order():
+        if lib == "mkl":
+            from nnkcli.index_mkl import mkl_unavailable
+
+            reason = mkl_unavailable()
+            if reason is None:
+                return _MklProduct()
+        else:
+            reason = _torch_unavailable()
+            if reason is None:
+                return _TorchProduct()
+        reasons.append(reason)
+    return "; ".join(reasons)
+
+
+def _torch_unavailable() -> str | None:
     try:
         import torch
     except ImportError:
-        return "torch is not installed (the torch extra)"
+        return _MISSING["torch"]
     if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return "torch's oneDNN has no bfloat16 support on this CPU"
     return None
+
+
+def bf16_unavailable() -> str | None:
+    """Why the bfloat16 product cannot run here, or None when it can.
+
+    The CPU flags and the libraries' presence are checked first (:func:`bf16_unlikely`), so a
+    CPU without bfloat16 never loads one; then the library itself (oneMKL's bfloat16 product;
+    torch's oneDNN bfloat16 support). The answer is kept (``bf16_unavailable.cache_clear()``
+    forgets it).
+    """
+    lib = _product_library()
+    return lib if isinstance(lib, str) else None
+
+
+bf16_unavailable.cache_clear = _product_library.cache_clear  # type: ignore[attr-defined]
+
+
+def product_library():
+    """The library that multiplies (``.name`` "mkl" or "torch"); call only where :func:`bf16_unavailable` is None."""
+    lib = _product_library()
+    if isinstance(lib, str):
+        raise RuntimeError(lib)
+    return lib
+
+
+#: buffers at least this large are mapped with transparent huge pages advised (where Linux offers them)
+HUGE_PAGE_BYTES = 32 * 2**20
+
+
+def huge_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A zeroed array, mapped anonymously with transparent huge pages advised where it is large (Linux).
+
+    The bfloat16 copy of an index is large and written once: in 4 KiB pages that is one fault per
+    page, which on some virtual machines cost 0.3-3 s a GiB on first touch (a 154 MB copy once took
+    1.2 s to fill; advised, 0.07 s). Elsewhere, or where ``madvise`` is refused, plain pages.
+    """
+    import mmap
+
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if size < HUGE_PAGE_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return np.zeros(shape, dtype=dtype)
+    buffer = mmap.mmap(-1, size)  # anonymous, zero-filled; freed with the last array viewing it
+    try:
+        buffer.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:
+        pass
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+class _MklProduct:
+    """oneMKL's product: bfloat16 bits in numpy uint16 arrays, float32 results, no shift."""
+
+    name = "mkl"
+    out_unit = U_FP32  # the result is the float32 sum (its rounding is in the sum's term; this is a margin)
+    shifted = False
+
+    def inner(self, d: int) -> int:
+        return d
+
+    def empty_rows(self, n: int, inner: int):
+        return huge_empty((n, inner), np.uint16)
+
+    def round_rows(self, low, j: slice, x: np.ndarray) -> np.ndarray:
+        low[j], rounded = round_bf16(x)
+        return rounded
+
+    def from_bits(self, bits: np.ndarray):
+        return bits
+
+    def contiguous(self, a):
+        return np.ascontiguousarray(a)
+
+    def scratch(self, m: int, width: int):
+        return None
+
+    def mm(self, a, b, out: np.ndarray, scratch=None) -> None:
+        from nnkcli.index_mkl import gemm_bf16
+
+        gemm_bf16(a, b, out)
+
+
+class _TorchProduct:
+    """torch's product: bfloat16 tensors (the inner dimension padded, a shift column), bfloat16 results."""
+
+    name = "torch"
+    out_unit = U_BF16
+    shifted = True
+
+    def __init__(self):
+        import torch
+
+        self.torch = torch  # imported here, by the main thread: the searches run on worker threads
+
+    def inner(self, d: int) -> int:
+        """d, the shift's coordinate, zeros to a multiple of 32 (``INNER_MULTIPLE``)."""
+        return -(-(d + 1) // INNER_MULTIPLE) * INNER_MULTIPLE
+
+    def empty_rows(self, n: int, inner: int):
+        return self.torch.from_numpy(huge_empty((n, inner), np.int16)).view(self.torch.bfloat16)
+
+    def round_rows(self, low, j: slice, x: np.ndarray) -> np.ndarray:
+        # torch rounds float32 to bfloat16 to nearest even, as round_bf16 does (a test checks the two agree)
+        d = x.shape[1]
+        low[j, :d].copy_(self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        return low[j, :d].float().numpy()
+
+    def from_bits(self, bits: np.ndarray):
+        return self.torch.from_numpy(bits).view(self.torch.bfloat16)
+
+    def contiguous(self, a):
+        return a.contiguous()
+
+    def scratch(self, m: int, width: int):
+        return self.torch.empty((m, width), dtype=self.torch.bfloat16)
+
+    def mm(self, a, b, out: np.ndarray, scratch=None) -> None:
+        torch = self.torch
+        m, width = out.shape
+        low = scratch if scratch is not None and tuple(scratch.shape) == (m, width) else self.scratch(m, width)
+        torch.mm(a, b.T, out=low)
+        torch.from_numpy(out).copy_(low)  # bfloat16 to float32: exact
 
 
 def round_bf16(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,14 +312,12 @@ ROUND_BLOCK_BYTES = 8 * 2**20
 #: rows of the sample that places each query's shift and starting threshold (evenly spaced rows of the index):
 #: a sixteenth of the rows, at least SHIFT_SAMPLE_MIN (all of a small index), at most SHIFT_SAMPLE_ROWS
 SHIFT_SAMPLE_ROWS, SHIFT_SAMPLE_MIN = 8192, 2048
-#: the product's inner dimension is padded (zeros) to a multiple of this: oneDNN's AMX kernels take 32 bfloat16
-#: values at a time, and ran at half their rate on an inner dimension of 385 or 785 (1,000+ GFLOP/s at 416 or 800)
+#: torch's product's inner dimension is padded (zeros) to a multiple of this: oneDNN's AMX kernels take 32
+#: bfloat16 values at a time, and ran at half their rate on an inner dimension of 385 or 785 (1,000+ GFLOP/s at
+#: 416 or 800); oneMKL's ran as fast at 384 and 784 as at 800
 INNER_MULTIPLE = 32
-
-
-def inner_dim(d: int) -> int:
-    """The product's inner dimension for rows of dimension d: d, the shift's coordinate, zeros to a multiple of 32."""
-    return -(-(d + 1) // INNER_MULTIPLE) * INNER_MULTIPLE
+#: float32 products of the queries with the sample computed at a time
+SAMPLE_BLOCK_ELEMENTS = 2**22
 
 
 class Bf16Rows:
@@ -139,42 +325,54 @@ class Bf16Rows:
 
     Attributes
     ----------
-    low : torch.Tensor (n, inner_dim(d)) bfloat16
-        The rows rounded to nearest, then a column of ones (the coordinate that carries each
-        query's shift, :class:`Bf16Queries`), then zeros. About half the float32 index's memory.
+    lib : the library that multiplies (:func:`product_library`)
+    low : (n, inner) bfloat16 (numpy uint16 bits for oneMKL, a torch tensor for torch)
+        The rows rounded to nearest; for torch then a column of ones (the coordinate that
+        carries each query's shift, :class:`Bf16Queries`) and zeros. About half the float32
+        index's memory.
     norm, low_norm, res_norm : (n,) float64
         Norms of the float32 rows, of the bfloat16 rows and of the rounding residuals.
     maxima : (float, float, float)
         The largest of each, in the order (low_norm, res_norm, norm) of ``bf16_bound``'s row
         arguments: the bound of a row not looked at.
-    sample : torch.Tensor (S, inner_dim(d)) bfloat16
+    sample : (S, inner) bfloat16
         Evenly spaced rows (a sixteenth of them, ``SHIFT_SAMPLE_MIN`` to ``SHIFT_SAMPLE_ROWS``),
-        from which each block of queries estimates its shifts (:class:`Bf16Queries`).
+        from which each block of queries estimates its k-th similarity (:class:`Bf16Queries`).
     """
 
-    def __init__(self, vectors: np.ndarray, block_rows: int | None = None):
-        import torch
-
-        self.torch = torch  # imported here, by the main thread: the searches run on worker threads
+    def __init__(self, vectors: np.ndarray, block_rows: int | None = None, threads: int = 1):
+        self.lib = lib = product_library()
         n, d = (int(v) for v in vectors.shape)
-        # torch rounds float32 to bfloat16 to nearest even, as round_bf16 does (a test checks the two agree), in one
-        # pass on every thread: 0.07 s for 200,000 x 384 where numpy's bit arithmetic took 0.3 s
-        low = torch.empty((n, inner_dim(d)), dtype=torch.bfloat16)  # each page written once, below (not zeroed first)
-        low[:, :d].copy_(torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)))
-        low[:, d] = 1.0
-        low[:, d + 1 :] = 0.0
+        low = lib.empty_rows(n, lib.inner(d))
+        if lib.shifted:
+            low[:, d] = 1.0
+            low[:, d + 1 :] = 0.0
         self.low = low
         self.norm, self.low_norm, self.res_norm = (np.empty(n) for _ in range(3))
-        # the norms a block at a time (ROUND_BLOCK_BYTES of float32): the allocator then reuses one block's
-        # temporaries for the next, where larger ones are fresh pages each time (slow to fault in on some machines)
+        # a block at a time (ROUND_BLOCK_BYTES of float32): the allocator then reuses one block's temporaries for the
+        # next, where larger ones are fresh pages each time (slow to fault in on some machines)
+        # next, where larger ones are fresh pages each time (slow to fault in on some machines); on ``threads``
+        # threads (numpy and torch release the GIL; each block writes its own rows)
         block_rows = block_rows or max(256, ROUND_BLOCK_BYTES // (4 * max(d, 1)))
-        for j0 in range(0, n, block_rows):
+
+        def round_block(j0: int) -> None:
             j = slice(j0, min(n, j0 + block_rows))
-            self.norm[j], self.low_norm[j], self.res_norm[j] = rounding_norms(vectors[j], low[j, :d].float().numpy())
+            rounded = lib.round_rows(low, j, vectors[j])
+            self.norm[j], self.low_norm[j], self.res_norm[j] = rounding_norms(vectors[j], rounded)
+
+        starts = range(0, n, block_rows)
+        if threads > 1 and len(starts) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(threads, len(starts)), thread_name_prefix="nnk-round") as pool:
+                list(pool.map(round_block, starts))
+        else:
+            for j0 in starts:
+                round_block(j0)
         self.maxima = (
             (float(self.low_norm.max()), float(self.res_norm.max()), float(self.norm.max())) if n else (0.0, 0.0, 0.0)
         )
-        self.sample = low[:: max(1, n // max(SHIFT_SAMPLE_MIN, min(SHIFT_SAMPLE_ROWS, n // 16)))].contiguous()
+        self.sample = lib.contiguous(low[:: max(1, n // max(SHIFT_SAMPLE_MIN, min(SHIFT_SAMPLE_ROWS, n // 16)))])
 
 
 def rounding_norms(x: np.ndarray, rounded: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -185,29 +383,29 @@ def rounding_norms(x: np.ndarray, rounded: np.ndarray) -> tuple[np.ndarray, np.n
 class Bf16Queries:
     """A block of queries (m, d) float32 rounded to bfloat16, their shifts and their norms (as :class:`Bf16Rows`).
 
-    ``low`` (m, inner_dim(d)) bfloat16: the rounded query, ``-shift``, zeros. ``shift`` (m,)
-    float64, bfloat16 numbers, and ``start`` (m,) float64, both placed by an estimate of a
-    similarity a little below each query's k-th: the bfloat16 product with the S evenly spaced
-    rows of :attr:`Bf16Rows.sample` of rank r in the sample, r = lam + 3 sqrt(lam) + 2 for the lam = k S / n
+    ``low`` (m, inner) bfloat16: the rounded query (for torch then ``-shift`` and zeros).
+    ``start`` (m,) float64: an estimate of a similarity a little below each query's k-th, where
+    a search's threshold can begin: the product with the S evenly spaced rows of
+    :attr:`Bf16Rows.sample` of rank r in the sample, r = lam + 3 sqrt(lam) + 2 for the lam = k S / n
     of the top k the sample holds on average (at most k: with every row in the sample, its k-th,
-    the exact place). It exceeds the k-th of all rows only when r of the top k fell in the sample,
-    rare by the Poisson tail (where the estimate was the sample's 3 lam-th, 5-14 % of the queries of
-    a 1.28 M-row index fell back to float32 at k = 20 and 50, where lam is below 1). ``start`` is that value less three
-    times the product's bound, where a search's threshold can begin; ``shift`` two bounds lower
-    still, so that the products near the top k's boundary are small positive numbers and their
-    rounding to bfloat16 small too. Both are estimates: any shift gives a valid bound
-    (:func:`nnkcli.numerics.certified.bf16_bound`), and a start above the k-th only costs that
-    query its certificate (it is searched again in float32).
+    the exact place), less three times the product's bound. It exceeds the k-th of all rows only
+    when r of the top k fell in the sample, rare by the Poisson tail (where the estimate was the
+    sample's 3 lam-th, 5-14 % of the queries of a 1.28 M-row index fell back to float32 at k = 20
+    and 50, where lam is below 1). ``shift`` (m,) float64, bfloat16 numbers: for torch's product
+    two bounds below ``start``, so that the products near the top k's boundary are small positive
+    numbers and their rounding to bfloat16 small too; 0 for oneMKL's (no output rounding). Both
+    are estimates: any shift gives a valid bound (:func:`nnkcli.numerics.certified.bf16_bound`),
+    and a start above the k-th only costs that query its certificate (it is searched again in float32).
     """
 
     def __init__(self, queries: np.ndarray, rows: Bf16Rows, k: int):
-        from nnkcli.numerics.certified import U_BF16, bf16_bound
+        from nnkcli.numerics.certified import bf16_bound
 
-        torch = rows.torch
+        lib = rows.lib
         m, d = (int(v) for v in queries.shape)
-        bits = np.zeros((m, inner_dim(d)), dtype=np.uint16)
+        bits = np.zeros((m, lib.inner(d)), dtype=np.uint16)
         bits[:, :d], low = round_bf16(queries)
-        self.low = torch.from_numpy(bits).view(torch.bfloat16)
+        self.low = lib.from_bits(bits)
         self.norm, self.low_norm, self.res_norm = rounding_norms(queries, low)
         n = int(rows.low.shape[0])
         size = int(rows.sample.shape[0])
@@ -215,32 +413,40 @@ class Bf16Queries:
         # rows only if r of the top k fell in it: r = lam + 3 sqrt(lam) + 2 makes that rare (Poisson tail < 0.1 %)
         lam = k * size / max(n, 1)
         rank = int(min(k, size, math.ceil(lam + 3.0 * math.sqrt(lam) + 2.0)))
-        sims = torch.mm(self.low, rows.sample.T)  # the shift's coordinate is still 0 here
-        kth = torch.topk(sims, rank, dim=1).values[:, rank - 1].float().numpy().astype(np.float64)
-        width = bf16_bound(d, kth, self.low_norm, self.res_norm, *rows.maxima, self.norm) + U_BF16 * np.abs(kth)
+        kth = np.empty(m)
+        step = max(1, SAMPLE_BLOCK_ELEMENTS // max(size, 1))
+        sims = np.empty((min(m, step), size), dtype=np.float32)
+        for i0 in range(0, m, step):  # the shift's coordinate is still 0 here
+            i1 = min(m, i0 + step)
+            part = sims[: i1 - i0]
+            lib.mm(self.low[i0:i1], rows.sample, part)
+            kth[i0:i1] = np.partition(part, size - rank, axis=1)[:, size - rank]
+        width = bf16_bound(d, kth, self.low_norm, self.res_norm, *rows.maxima, self.norm, out_unit=lib.out_unit)
+        width = width + U_BF16 * np.abs(kth)  # a margin for the estimate itself
         width = np.where(np.isfinite(width), width, 0.0)
         self.start = kth - 3.0 * width
-        shift_bits, shift = round_bf16(np.where(np.isfinite(kth), kth - 5.0 * width, 0.0).astype(np.float32))
-        self.shift = shift.astype(np.float64)
-        bits[:, d] = shift_bits ^ np.uint16(0x8000)  # -shift: the sign bit flipped (the tensor views ``bits``)
+        self.shift = np.zeros(m)
+        if lib.shifted:
+            shift_bits, shift = round_bf16(np.where(np.isfinite(kth), kth - 5.0 * width, 0.0).astype(np.float32))
+            self.shift = shift.astype(np.float64)
+            bits[:, d] = shift_bits ^ np.uint16(0x8000)  # -shift: the sign bit flipped (``low`` views ``bits``)
 
 
 class Bf16Product:
-    """``bits(j0, j1)``: the shifted bfloat16 products ``qh . xh - shift`` of the queries with rows j0..j1.
+    """``values(j0, j1)``: the products ``qh . xh - shift`` of the queries with rows j0..j1, float32.
 
-    The bfloat16 block is kept between calls.
+    One float32 block (and torch's bfloat16 one) is kept between calls.
     """
 
     def __init__(self, rows: Bf16Rows, queries: Bf16Queries, block_rows: int):
-        torch = self._torch = rows.torch
         self.rows, self.q = rows, queries
         m = int(queries.low.shape[0])
-        self._low = torch.empty((m, block_rows), dtype=torch.bfloat16)
+        self._out = np.empty(m * block_rows, dtype=np.float32)
+        self._scratch = rows.lib.scratch(m, block_rows)
+        self._m = m
 
-    def bits(self, j0: int, j1: int) -> np.ndarray:
-        """The products with rows j0..j1 as their bfloat16 bits, int16 (m, j1 - j0): a view of a buffer
-        that the next call overwrites."""
-        width = j1 - j0
-        low = self._low if width == self._low.shape[1] else self._torch.empty_like(self._low[:, :width])
-        self._torch.mm(self.q.low, self.rows.low[j0:j1].T, out=low)
-        return low.view(self._torch.int16).numpy()
+    def values(self, j0: int, j1: int) -> np.ndarray:
+        """The products with rows j0..j1, (m, j1 - j0) float32: a view of a buffer that the next call overwrites."""
+        out = self._out[: self._m * (j1 - j0)].reshape(self._m, j1 - j0)
+        self.rows.lib.mm(self.q.low, self.rows.low[j0:j1], out, self._scratch)
+        return out

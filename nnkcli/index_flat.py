@@ -88,9 +88,12 @@ def flat_view(index) -> np.ndarray | None:
 
 
 #: ``auto`` runs bf16 (where it can) for a search of at least this many multiply-adds per thread (queries x rows
-#: x d / threads): ~4 s of float32 product on each thread here, of which bf16 saves ~2 s, where importing
-#: torch costs ~1 s (on Fashion-MNIST, 2.4e11 a thread on 2 threads, the two were about even)
-AUTO_BF16_WORK = 3 * 10**11
+#: x d / threads), by the library that would multiply (:func:`nnkcli.index_bf16.likely_library`). oneMKL loads in
+#: a millisecond; rounding the rows (~2.5 ns a value on one thread) is its fixed cost, about what bf16 saves on
+#: 200 queries per thread of Fashion-MNIST's size: 2e10 is ~0.3 s of float32 product a thread. torch's import
+#: costs ~1 s: 3e11 is ~4 s of float32 product a thread, of which bf16 saves ~2 s (on Fashion-MNIST, 2.4e11 a
+#: thread on 2 threads, the two were about even)
+AUTO_BF16_WORK = {"mkl": 2 * 10**10, "torch": 3 * 10**11}
 #: candidates the float32 kernel keeps beyond k: its rounding (~1e-5 at d = 784) leaves few rows that close
 FP32_EXTRA = 8
 #: the bfloat16 kernel keeps at most BF16_FACTOR * k + BF16_EXTRA candidates per query: a query with more rows
@@ -98,7 +101,7 @@ FP32_EXTRA = 8
 BF16_FACTOR, BF16_EXTRA = 4, 256
 #: products of one bfloat16 block (queries x rows): 16 MiB of bfloat16 (oneDNN ran at its best rate from 2^22 to
 #: 2^24 products a call here; each block also updates the thresholds, which then keep fewer rows of the next)
-BF16_BLOCK_ELEMENTS = 2**23
+BF16_BLOCK_ELEMENTS = 2**22
 #: queries whose bounds are certified at once (the bfloat16 kernel's (queries, 4k + 256) float64 arrays)
 CERTIFY_ROWS = 256
 
@@ -107,11 +110,12 @@ def resolve_kernel(kernel: str, work: int | None = None) -> str:
     """The kernel that runs for ``kernel``: ``fp32`` or ``bf16``.
 
     ``auto`` is ``bf16`` where this machine likely can run it (a CPU with bfloat16 instructions,
-    torch installed) and the search is large: ``work``, its queries x rows x dimension per
-    thread, at least ``AUTO_BF16_WORK``; else ``fp32``. Below that, importing torch would cost more than the
-    faster product saves; ``work=None`` (not known yet) gives ``fp32``. ``auto`` imports
-    nothing here (torch's own check runs in :class:`KernelRows`, which falls back to fp32 where
-    it fails). An explicit ``bf16`` is checked in full: call this from the main thread.
+    oneMKL or torch installed) and the search is large: ``work``, its queries x rows x dimension
+    per thread, at least ``AUTO_BF16_WORK`` of the library that would run; else ``fp32``. Below
+    that, loading the library and rounding the rows would cost more than the faster product
+    saves; ``work=None`` (not known yet) gives ``fp32``. ``auto`` loads nothing here (the
+    library's own check runs in :class:`KernelRows`, which falls back to fp32 where it fails).
+    An explicit ``bf16`` is checked in full: call this from the main thread.
 
     Raises
     ------
@@ -135,7 +139,8 @@ def resolve_kernel(kernel: str, work: int | None = None) -> str:
 
 
 def prefetch_kernel(kernel: str, work: int | None) -> None:
-    """Start importing torch in the background where :func:`resolve_kernel` ``(kernel, work)`` may pick ``bf16``."""
+    """Start importing torch in the background where :func:`resolve_kernel` ``(kernel, work)`` may pick ``bf16``
+    from torch (oneMKL needs no head start)."""
     if kernel == "bf16" or (kernel == "auto" and _large(work)):
         from nnkcli.index_bf16 import prefetch_torch
 
@@ -144,16 +149,21 @@ def prefetch_kernel(kernel: str, work: int | None) -> None:
 
 def _large(work: int | None) -> bool:
     """Whether a search of ``work`` multiply-adds per thread is worth ``auto``'s bf16 (``AUTO_BF16_WORK``)."""
-    return work is not None and work >= AUTO_BF16_WORK
+    from nnkcli.index_bf16 import likely_library
+
+    if work is None:
+        return False
+    library = likely_library()
+    return library is not None and work >= AUTO_BF16_WORK[library]
 
 
 class KernelRows:
     """What a kernel keeps of the rows of one flat index between searches: their largest norm, the bfloat16 copy.
 
-    Made by the main thread (the bfloat16 copy imports torch); read by any thread.
+    Made by the main thread (the bfloat16 copy may import torch), on ``threads`` threads; read by any thread.
     """
 
-    def __init__(self, vectors: np.ndarray, kernel: str):
+    def __init__(self, vectors: np.ndarray, kernel: str, threads: int = 1):
         from nnkcli.numerics.certified import row_norms
 
         self.vectors = vectors
@@ -163,7 +173,7 @@ class KernelRows:
             from nnkcli.index_bf16 import Bf16Rows, bf16_unavailable
 
             if bf16_unavailable() is None:  # torch's own check (auto asked without it)
-                self.bf16 = Bf16Rows(vectors)
+                self.bf16 = Bf16Rows(vectors, threads=threads)
             else:  # float32 then
                 self.kernel = "fp32"
         if self.bf16 is not None:
@@ -293,10 +303,12 @@ def _bf16_round(vectors, queries, k: int, rows):
     sieve.run()
     ids, b, upper_out = sieve.candidates()
     top, ok, computed = np.full((m, k), -1, dtype=np.int64), np.zeros(m, dtype=bool), 0
-    # the bounds are (m, c) float64 arrays: made CERTIFY_ROWS queries at a time
+    # the bounds are (m, c) float64 arrays: made CERTIFY_ROWS queries at a time, c the most any of them kept
     for i0 in range(0, m, CERTIFY_ROWS):
         i = np.arange(i0, min(m, i0 + CERTIFY_ROWS))
-        top[i], ok[i], done = _bf16_certify(vectors, queries[i], q, i, b[i], ids[i], k, upper_out[i], rows)
+        c = max(k, int((ids[i] >= 0).sum(axis=1).max()))  # the candidates come best first, -1 last
+        args = (b[i, :c], ids[i, :c], k, upper_out[i], rows)
+        top[i], ok[i], done = _bf16_certify(vectors, queries[i], q, i, *args)
         computed += done
     return top, ok, computed
 
@@ -304,11 +316,10 @@ def _bf16_round(vectors, queries, k: int, rows):
 class _Bf16Sieve:
     """Each query's candidates: every row whose shifted bfloat16 product reaches a threshold that rises as rows pass.
 
-    The products come a block of rows at a time (bfloat16, ``qh . xh - shift``, see
-    :class:`nnkcli.index_bf16.Bf16Queries`); a row is kept when its product is at least the
-    query's threshold R, compared on the bfloat16 bits as int16 (R >= 0, and for non-negative
-    numbers the bits order as the values do): one vectorised comparison per product, where a
-    heap would take each in turn. R starts a little below an estimate of the k-th product (from
+    The products come a block of rows at a time (``qh . xh - shift`` as float32, see
+    :class:`nnkcli.index_bf16.Bf16Product`); a row is kept when its product is at least the
+    query's threshold R (float32): one vectorised comparison per product, where a heap would
+    take each in turn. R starts a little below an estimate of the k-th product (from
     a sample of the rows) and, after each block, rises to the largest value that cannot matter:
     the k-th kept product v minus twice its bound, less a margin -- a row below it has an upper
     bound below the k-th lower bound. A query whose kept rows would outgrow the capacity
@@ -319,25 +330,26 @@ class _Bf16Sieve:
     """
 
     def __init__(self, q, rows, k: int, d: int):
-        from nnkcli.numerics.certified import U_BF16, U_FP64
+        from nnkcli.numerics.certified import U_FP64
 
         self.q, self.rows, self.k = q, rows, int(k)
         self.n = int(rows.low.shape[0])
         m = int(q.low.shape[0])
         self.cap = min(self.n, BF16_FACTOR * self.k + BF16_EXTRA)
         # the bound of a product b with the rows' largest norms: slope * |b| + const (_shifted_bound at b = 0)
-        self.slope = U_BF16 + U_FP64
-        self.const = _shifted_bound(d, 0.0, q.low_norm, q.res_norm, rows.maxima, q.norm, q.shift) * (1.0 + 1e-6)
-        self.values = np.full((m, self.cap), np.iinfo(np.int16).min, dtype=np.int16)  # kept products' bits
+        self.slope = rows.lib.out_unit + U_FP64
+        self.const = _shifted_bound(d, 0.0, q.low_norm, q.res_norm, rows.maxima, q.norm, q.shift, rows.lib.out_unit)
+        self.const *= 1.0 + 1e-6
+        self.values = np.full((m, self.cap), -np.inf, dtype=np.float32)  # kept products
         self.ids = np.full((m, self.cap), -1, dtype=np.int64)
         self.fill = np.zeros(m, dtype=np.int64)
-        self.R = _bf16_floor_bits(q.start - q.shift)
+        self.R = _floor32(q.start - q.shift)
         self._seen = np.zeros(m, dtype=np.int64)  # the kept count at the last raise of R
         self._every = max(8, self.k // 2)
 
     def _threshold(self, v: np.ndarray, const: np.ndarray) -> np.ndarray:
-        """R (int16 bits) for k-th kept products v (float64 >= 0): v - 2 w(v), a margin lower, at least 0."""
-        return _bf16_floor_bits(v - 2.0 * (self.slope * v + const) * (1.0 + 1e-3) - 1e-12)
+        """R (float32) for k-th kept products v (float64): v - 2 w(v), a margin lower."""
+        return _floor32(v - 2.0 * (self.slope * np.abs(v) + const) * (1.0 + 1e-3) - 1e-12)
 
     def run(self) -> None:
         from nnkcli.index_bf16 import Bf16Product
@@ -348,16 +360,23 @@ class _Bf16Sieve:
         self._mask = np.empty(m * block, dtype=bool)  # one buffer for every block's comparison
         for j0 in range(0, self.n, block):
             j1 = min(self.n, j0 + block)
-            bits = product.bits(j0, j1)  # (m, j1 - j0) int16, a view of the product's buffer
-            mask = self._mask[: bits.size].reshape(bits.shape)
-            np.greater_equal(bits, self.R[:, None], out=mask)
+            values = product.values(j0, j1)  # (m, j1 - j0) float32, a view of the product's buffer
+            mask = self._mask[: values.size].reshape(values.shape)
+            np.greater_equal(values, self.R[:, None], out=mask)
             hits = np.flatnonzero(mask)
             if hits.size:
-                self._keep(hits, bits, j0, j1 - j0)
+                self._keep(hits, values, j0, j1 - j0)
+        # R from each query's final k-th kept, and the rows below it dropped: the certificate then bounds fewer
+        # candidates (on Fashion-MNIST a median 126 of the 300 kept)
+        full = np.flatnonzero(self.fill >= self.k)
+        if full.size:
+            kth = np.partition(self.values[full], self.cap - self.k, axis=1)[:, self.cap - self.k]
+            self.R[full] = np.maximum(self.R[full], self._threshold(kth.astype(np.float64), self.const[full]))
+            self._compact(full)
 
-    def _keep(self, hits: np.ndarray, bits: np.ndarray, j0: int, width: int) -> None:
+    def _keep(self, hits: np.ndarray, products: np.ndarray, j0: int, width: int) -> None:
         qi = hits // width
-        values = bits.ravel()[hits]
+        values = products.ravel()[hits]
         ids = j0 + hits % width
         counts = np.bincount(qi, minlength=len(self.fill))
         grew = counts > 0
@@ -383,7 +402,7 @@ class _Bf16Sieve:
         if grown.size:
             self._seen[grown] = self.fill[grown]
             kth = np.partition(self.values[grown], self.cap - self.k, axis=1)[:, self.cap - self.k]
-            self.R[grown] = np.maximum(self.R[grown], self._threshold(_bf16_values(kth), self.const[grown]))
+            self.R[grown] = np.maximum(self.R[grown], self._threshold(kth.astype(np.float64), self.const[grown]))
 
     def _truncate(self, over: np.ndarray, counts: np.ndarray, qi, values, ids) -> None:
         """Queries ``over`` would keep more than the capacity: keep their ``cap`` largest, raise R to the smallest kept.
@@ -391,14 +410,14 @@ class _Bf16Sieve:
         Every row dropped then has a product at most R (ties included), as the certificate needs.
         """
         width = self.cap + int(counts.max())
-        vals = np.full((over.size, width), np.iinfo(np.int16).min, dtype=np.int16)
+        vals = np.full((over.size, width), -np.inf, dtype=np.float32)
         keys = np.full((over.size, width), -1, dtype=np.int64)
         vals[:, : self.cap], keys[:, : self.cap] = self.values[over], self.ids[over]
         row = np.searchsorted(over, qi)
         starts = np.cumsum(counts) - counts
         col = self.cap + np.arange(qi.size) - starts[row]
         vals[row, col], keys[row, col] = values, ids
-        best = np.argpartition(-vals.astype(np.int32), self.cap - 1, axis=1)[:, : self.cap]
+        best = np.argpartition(-vals, self.cap - 1, axis=1)[:, : self.cap]
         self.values[over] = np.take_along_axis(vals, best, 1)
         self.ids[over] = np.take_along_axis(keys, best, 1)
         self.fill[over] = self.cap
@@ -412,47 +431,41 @@ class _Bf16Sieve:
         vals, ids = np.take_along_axis(vals, order, 1), np.take_along_axis(ids, order, 1)
         count = stay.sum(axis=1)
         gone = np.arange(self.cap)[None, :] >= count[:, None]
-        vals[gone], ids[gone] = np.iinfo(np.int16).min, -1
+        vals[gone], ids[gone] = -np.inf, -1
         self.values[which], self.ids[which], self.fill[which] = vals, ids, count
         self._seen[which] = np.minimum(self._seen[which], count)
 
     def candidates(self):
         """(ids (m, c) -1 padded, b (m, c) float64 shifted products, upper_out (m,)): best first."""
         c = int(max(self.k, self.fill.max(initial=0)))
-        order = np.argsort(-self.values[:, :c].astype(np.int32), axis=1, kind="stable")
+        order = np.argsort(-self.values[:, :c], axis=1, kind="stable")
         ids = np.take_along_axis(self.ids[:, :c], order, 1)
-        b = _bf16_values(np.take_along_axis(self.values[:, :c], order, 1))
+        b = np.take_along_axis(self.values[:, :c], order, 1).astype(np.float64)
         b[ids < 0] = -np.inf
         # a row never kept, or dropped, has a product below the final R; none where every row is kept
-        r = np.maximum(_bf16_values(self.R), 0.0)
-        upper_out = np.where(self.fill >= self.n, -np.inf, r)
+        upper_out = np.where(self.fill >= self.n, -np.inf, self.R.astype(np.float64))
         return ids, b, upper_out
 
 
-def _bf16_floor_bits(v: np.ndarray) -> np.ndarray:
-    """int16 bits of the largest bfloat16 number <= v (float64), for v >= 0; 0 (the bits of +0.0) where v <= 0."""
-    v = np.maximum(np.asarray(v, dtype=np.float64), 0.0)
+def _floor32(v) -> np.ndarray:
+    """The largest float32 number at or below each v (float64); -inf stays -inf."""
+    v = np.asarray(v, dtype=np.float64)
     f = v.astype(np.float32)
-    f = np.where(f.astype(np.float64) > v, np.nextafter(f, np.float32(0)), f)  # float32 at or below v
-    bits = (f.view(np.uint32) >> np.uint32(16)).astype(np.int32)  # truncation: towards zero, here down
-    return np.minimum(bits, np.iinfo(np.int16).max).astype(np.int16)
+    return np.where(f.astype(np.float64) > v, np.nextafter(f, np.float32(-np.inf)), f)
 
 
-def _bf16_values(bits: np.ndarray) -> np.ndarray:
-    """float64 values of bfloat16 numbers given as int16 bits."""
-    return (bits.astype(np.int32).astype(np.uint32) << np.uint32(16)).view(np.float32).astype(np.float64)
-
-
-def _shifted_bound(d: int, b, q_low, q_res, x: tuple, q_norm, shift):
+def _shifted_bound(d: int, b, q_low, q_res, x: tuple, q_norm, shift, out_unit: float):
     """Bound on |fl64(b + shift) - t| of a shifted bfloat16 product b: ``bf16_bound`` of b + shift, plus the
     rounding of that sum in float64 (at most 2^-53 (|b| + |shift|)) when their exponents lie far apart.
 
-    ``x``: the rows' (low_norm, res_norm, norm), as :attr:`nnkcli.index_bf16.Bf16Rows.maxima` orders them.
+    ``x``: the rows' (low_norm, res_norm, norm), as :attr:`nnkcli.index_bf16.Bf16Rows.maxima` orders them;
+    ``out_unit``: the product's output rounding (the library's).
     """
     from nnkcli.numerics.certified import U_FP64, bf16_bound
 
     x_low, x_res, x_norm = x
-    return bf16_bound(d, b, q_low, q_res, x_low, x_res, x_norm, q_norm, shift) + U_FP64 * (np.abs(b) + np.abs(shift))
+    err = bf16_bound(d, b, q_low, q_res, x_low, x_res, x_norm, q_norm, shift, out_unit)
+    return err + U_FP64 * (np.abs(b) + np.abs(shift))
 
 
 def _bf16_certify(vectors, queries, q, i: np.ndarray, b, ids, k: int, upper_b, rows):
@@ -468,15 +481,15 @@ def _bf16_certify(vectors, queries, q, i: np.ndarray, b, ids, k: int, upper_b, r
     safe = np.maximum(ids, 0)
     finite = np.where(ids >= 0, b, 0.0)
     x = (rows.low_norm[safe], rows.res_norm[safe], rows.norm[safe])
-    err = _shifted_bound(d, finite, *qn, x, q.norm[i, None], shift)
+    err = _shifted_bound(d, finite, *qn, x, q.norm[i, None], shift, rows.lib.out_unit)
     lo, hi = interval(finite + shift, err)
     lo[ids < 0], hi[ids < 0] = -np.inf, -np.inf
     upper_out = np.full(len(b), -np.inf)
     others = np.isfinite(upper_b)
     if others.any():
-        # b + 2^-8 |b| grows with b: a non-candidate's upper bound is at most that of upper_b
+        # b + u |b| grows with b (u < 1): a non-candidate's upper bound is at most that of upper_b
         last = np.where(others, upper_b, 0.0)[:, None]
-        bound = _shifted_bound(d, last, *qn, rows.maxima, q.norm[i, None], shift)
+        bound = _shifted_bound(d, last, *qn, rows.maxima, q.norm[i, None], shift, rows.lib.out_unit)
         upper_out = np.where(others, interval(last + shift, bound)[1][:, 0], -np.inf)
     bounds_of = _fp32_bounds_of(vectors, queries, rows.maxima[2])
     return certified_topk(ids, lo, hi, upper_out, k, _sims_of(vectors, queries), bounds_of)

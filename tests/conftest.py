@@ -74,3 +74,17 @@ def tinynets():
     import nnk_tinynets  # tests/helpers is on pytest's pythonpath
 
     return nnk_tinynets
+
+
+@pytest.fixture(params=["mkl", "torch"])
+def bf16_library(request, monkeypatch):
+    """Each library of the bfloat16 product in turn (NNKCLI_BF16_LIBRARY), skipped where it cannot run."""
+    from nnkcli import index_bf16
+
+    monkeypatch.setenv("NNKCLI_BF16_LIBRARY", request.param)
+    index_bf16.bf16_unavailable.cache_clear()
+    why = index_bf16.bf16_unavailable()
+    if why is not None:
+        pytest.skip(why)
+    yield request.param
+    index_bf16.bf16_unavailable.cache_clear()

@@ -177,7 +177,7 @@ class IndexSearcher(Searcher):
     thread_safe = True
     two_stage = True
 
-    def __init__(self, nnk_index, offset: int = 0, kernel: str = "fp32"):
+    def __init__(self, nnk_index, offset: int = 0, kernel: str = "fp32", threads: int = 1):
         from nnkcli.index_flat import KernelRows
 
         self.index = nnk_index
@@ -186,7 +186,7 @@ class IndexSearcher(Searcher):
         self.dim = nnk_index.dim
         flat = nnk_index._flat() if nnk_index.params.index_type == "flat" else None
         # made here, by the main thread (the bf16 copy imports torch), and read by the workers
-        self._rows = KernelRows(flat, kernel) if flat is not None else None
+        self._rows = KernelRows(flat, kernel, threads) if flat is not None else None
         self.search_kernel = self._rows.kernel if self._rows is not None else "native"
         self._count = threading.Lock()
 

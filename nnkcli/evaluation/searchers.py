@@ -20,7 +20,16 @@ logger = logging.getLogger("nnkcli")
 SearchSettings = tuple[str | None, str, bool]
 
 
-def memory_search(train, backend: str, device: str, fp16: bool, *, keep_zero_rows: bool = False, kernel: str = "fp32"):
+def memory_search(
+    train,
+    backend: str,
+    device: str,
+    fp16: bool,
+    *,
+    keep_zero_rows: bool = False,
+    kernel: str = "fp32",
+    threads: int | None = None,
+):
     """(searcher, index, index_info) over the rows of an in-memory split (``ArraySplit``): exact search by
     an in-memory flat faiss index of its L2-normalised rows (``kernel``: the resolved search kernel),
     or by matmul on ``device`` (torch)."""
@@ -31,7 +40,7 @@ def memory_search(train, backend: str, device: str, fp16: bool, *, keep_zero_row
         return torch_search(train, device, fp16)
     index = nnk_index.flat_index_of_rows(unit_rows(train.features, keep_zero_rows=keep_zero_rows), name=train.name)
     info = {"path": None, "built_in_memory": True, "rebuilt": False, "type": "flat", "backend": "faiss"}
-    return faiss_searcher(index, sharded=False, kernel=kernel), index, info
+    return faiss_searcher(index, sharded=False, kernel=kernel, threads=threads), index, info
 
 
 def resolve_search(search: SearchSettings) -> tuple[str, str, bool]:
@@ -76,11 +85,15 @@ def resolve_kernel(search_kernel: str, backend: str, work: int | None = None) ->
     return resolve_kernel(search_kernel, work)
 
 
-def faiss_searcher(index, *, sharded: bool, kernel: str = "fp32") -> Searcher:
+def faiss_searcher(index, *, sharded: bool, kernel: str = "fp32", threads: int | None = None) -> Searcher:
+    """The searcher of a faiss index (``threads``: the run's ``--threads``, which prepare a bf16 kernel's rows)."""
     from nnkcli.evaluation.search import IndexSearcher
     from nnkcli.evaluation.sharded_search import ShardedSearcher
+    from nnkcli.parallel import resolve_threads
 
-    return ShardedSearcher(index) if sharded else IndexSearcher(index, kernel=kernel)
+    if sharded:
+        return ShardedSearcher(index)
+    return IndexSearcher(index, kernel=kernel, threads=resolve_threads(threads))
 
 
 def index_location(store_path, train, index_path) -> Path:

@@ -172,7 +172,7 @@ class Evaluation:
                 sharded = bool(index_info.get("shards"))
                 work = None if sharded else search_work(rows[1] - rows[0], train, threads)
                 kernel = resolve_kernel(search_kernel, backend, work)
-                searcher = faiss_searcher(index, sharded=sharded, kernel=kernel)
+                searcher = faiss_searcher(index, sharded=sharded, kernel=kernel, threads=threads)
             return cls(
                 train=train,
                 query=query,
@@ -259,7 +259,7 @@ class Evaluation:
         nnk_index.set_threads(threads)
         kernel = resolve_kernel(search_kernel, backend, search_work(len(xq), train, threads))
         searcher, index, index_info = memory_search(
-            train, backend, device, fp16, keep_zero_rows=keep_zero_rows, kernel=kernel
+            train, backend, device, fp16, keep_zero_rows=keep_zero_rows, kernel=kernel, threads=threads
         )
         return cls(
             train=train,

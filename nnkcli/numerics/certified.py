@@ -21,6 +21,8 @@ bfloat16 product  inputs rounded to bfloat16 (q = qh + rq, x = xh + rx, rq and r
                   float32, the sum rounded to bfloat16 (b = acc / (1 + delta), |delta| <= 2^-8):
                   |b + c - s| <= 2^-8 |b| + gamma_{d+1}(2^-24) (||qh|| ||xh|| + |c|)
                                  + ||qh|| ||rx|| + ||rq|| ||x||
+                  (oneMKL's product returns the float32 sum itself, c = 0: the first term is 0,
+                  kept as 2^-24 |b| for a margin)
 float64 reference |t - s| <= gamma_d(2^-53) ||q|| ||x||  (float32 products are exact in float64)
 
 where s is the real dot product, plus a term for denormals flushed to zero (``TINY``). The
@@ -97,18 +99,21 @@ def bf16_bound(
     x_norm,
     q_norm: np.ndarray,
     shift=0.0,
+    out_unit: float = U_BF16,
 ) -> np.ndarray:
-    """Bound on |(b + shift) - t| of a bfloat16 product ``b`` rounded to bfloat16 (module docstring), broadcasting.
+    """Bound on |(b + shift) - t| of a bfloat16 product ``b`` (module docstring), broadcasting.
 
     ``q_low``/``x_low``: norms of the bfloat16-rounded rows; ``q_res``/``x_res``: norms of the
     rounding residuals; ``q_norm``/``x_norm``: norms of the float32 rows. ``shift``: a
     bfloat16 number the product subtracted as one more coordinate (``-shift`` on the query's
     side, 1 on the row's): ``b`` is then the rounding of ``qh . xh - shift``, and the output
     rounding, ``2^-8 |b|``, is small for the similarities near the shift, where the top k's
-    boundary lies. The sum has d + 1 terms.
+    boundary lies. The sum has d + 1 terms. ``out_unit``: the unit roundoff of the result's
+    rounding, ``U_BF16`` for torch's product (it returns bfloat16); oneMKL's returns the float32
+    sum itself, whose rounding the sum's term already holds (``U_FP32`` is passed, a margin).
     """
     return (
-        U_BF16 * np.abs(b)
+        out_unit * np.abs(b)
         + gamma(d + 1, U_FP32) * (q_low * x_low + np.abs(shift))
         + q_low * x_res
         + q_res * x_norm

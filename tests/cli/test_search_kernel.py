@@ -13,15 +13,6 @@ import pytest
 from nnk_cli import invoke
 
 
-def _bf16_or_skip():
-    from nnkcli.index_bf16 import bf16_unavailable
-
-    pytest.importorskip("torch")
-    why = bf16_unavailable()
-    if why is not None:
-        pytest.skip(why)
-
-
 def _arrays(path) -> dict:
     found = {}
     with h5py.File(path, "r") as f:
@@ -41,11 +32,9 @@ def test_fp32_kernel_is_named_in_the_timing(runner, store):
     assert doc["timing"]["search_fallbacks"] == 0
 
 
-@pytest.mark.torch
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["classify", "sweep"])
-def test_bf16_results_and_files_equal_fp32s(runner, store, tmp_path, command):
-    _bf16_or_skip()
+def test_bf16_results_and_files_equal_fp32s(runner, store, tmp_path, command, bf16_library):
     k = ["--k", "7"] if command == "classify" else ["--k", "3,7,20"]
     docs, files = {}, {}
     for kernel in ("fp32", "bf16"):
@@ -59,12 +48,10 @@ def test_bf16_results_and_files_equal_fp32s(runner, store, tmp_path, command):
         np.testing.assert_array_equal(files["bf16"][key], value, err_msg=key)
 
 
-@pytest.mark.torch
 @pytest.mark.slow
 @pytest.mark.parametrize("threads", [1, 2])
-def test_bf16_leave_one_out_equals_fp32(runner, store, threads):
+def test_bf16_leave_one_out_equals_fp32(runner, store, threads, bf16_library):
     """exclude_self (the query split is the train split) and sweep's selection on train rows, any thread count."""
-    _bf16_or_skip()
     args = ["--k", "1,5,9", "--query-split", "train", "--exclude-self", "--threads", threads]
     fp32 = _run(runner, "sweep", store, *args, "--search-kernel", "fp32", "--select-on", "train")
     bf16 = _run(runner, "sweep", store, *args, "--search-kernel", "bf16", "--select-on", "train")
@@ -86,16 +73,14 @@ def test_bf16_where_it_cannot_run_is_an_error(runner, store, monkeypatch):
     assert auto["timing"]["search_kernel"] == "fp32"  # auto never needs bf16
 
 
-@pytest.mark.torch
 @pytest.mark.slow
-def test_auto_runs_bf16_on_a_large_search_with_the_same_results(runner, store, monkeypatch):
+def test_auto_runs_bf16_on_a_large_search_with_the_same_results(runner, store, monkeypatch, bf16_library):
     """auto picks bf16 once the search per thread reaches AUTO_BF16_WORK (lowered here to this store's size)."""
-    _bf16_or_skip()
     import nnkcli.index_flat as flat
 
     small = _run(runner, "classify", store, "--k", "7", "--search-kernel", "auto")
-    assert small["timing"]["search_kernel"] == "fp32"  # a small store: importing torch would cost more
-    monkeypatch.setattr(flat, "AUTO_BF16_WORK", 1)
+    assert small["timing"]["search_kernel"] == "fp32"  # a small store: loading the library would cost more
+    monkeypatch.setitem(flat.AUTO_BF16_WORK, bf16_library, 1)
     large = _run(runner, "classify", store, "--k", "7", "--search-kernel", "auto", "--threads", "2")
     assert large["timing"]["search_kernel"] == "bf16"
     assert large["results"] == small["results"]

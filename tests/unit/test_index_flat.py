@@ -8,7 +8,7 @@ import math
 import faiss
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nnkcli.index_flat import flat_search, flat_view
@@ -82,15 +82,6 @@ def test_flat_view_of_an_empty_or_an_ivf_index_is_none():
 # --- the certified kernels: kernel_search returns the exact top k, whichever product found it ---
 
 
-def _bf16_or_skip():
-    from nnkcli.index_bf16 import bf16_unavailable
-
-    pytest.importorskip("torch")
-    why = bf16_unavailable()
-    if why is not None:
-        pytest.skip(why)
-
-
 def _exact_topk(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
     """The oracle: correctly rounded similarities (math.fsum of the exact float64 products), sorted by similarity
     then id. Each pair's value is computed alone: a float64 matrix product rounds identical rows differently at
@@ -139,9 +130,8 @@ def test_fp32_kernel_is_the_exact_top_k(n, m, d, kind, data, seed):
     _check_exact(kernel_search(x, q, k, "fp32"), x, q, k)
 
 
-@pytest.mark.torch
 @pytest.mark.slow
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     n=st.integers(1, 400),
     m=st.integers(1, 12),
@@ -150,9 +140,8 @@ def test_fp32_kernel_is_the_exact_top_k(n, m, d, kind, data, seed):
     data=st.data(),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_bf16_kernel_gives_the_fp32_kernels_ids(n, m, d, kind, data, seed):
+def test_bf16_kernel_gives_the_fp32_kernels_ids(bf16_library, n, m, d, kind, data, seed):
     """Bit-identical ids to the fp32 kernel's (and the exact top k), for any block of queries."""
-    _bf16_or_skip()
     from nnkcli.index_flat import KernelRows, kernel_search
 
     k = data.draw(st.integers(1, n))
@@ -167,11 +156,9 @@ def test_bf16_kernel_gives_the_fp32_kernels_ids(n, m, d, kind, data, seed):
     np.testing.assert_array_equal(np.sort(np.concatenate(parts), 1), np.sort(low.ids, 1))
 
 
-@pytest.mark.torch
 @pytest.mark.slow
-def test_bf16_falls_back_where_its_bound_cannot_separate_and_not_elsewhere():
+def test_bf16_falls_back_where_its_bound_cannot_separate_and_not_elsewhere(bf16_library):
     """A crowd of near-identical rows wider than the candidates kept: those queries are searched in float32."""
-    _bf16_or_skip()
     from nnkcli.index_flat import BF16_EXTRA, BF16_FACTOR, KernelRows, kernel_search
 
     rng = np.random.default_rng(0)
@@ -219,8 +206,7 @@ def test_resolve_kernel_refuses_bf16_where_it_cannot_run(monkeypatch):
         index_bf16.bf16_unavailable.cache_clear()
 
 
-@pytest.mark.torch
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     n=st.integers(300, 3000),
     k=st.integers(1, 30),
@@ -230,10 +216,11 @@ def test_resolve_kernel_refuses_bf16_where_it_cannot_run(monkeypatch):
     extra=st.sampled_from([0, 8, 256]),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_the_bf16_sieve_keeps_its_promise_through_blocks_truncation_and_compaction(n, k, d, kind, block, extra, seed):
+def test_the_bf16_sieve_keeps_its_promise_through_blocks_truncation_and_compaction(
+    bf16_library, n, k, d, kind, block, extra, seed
+):
     """Small blocks (the threshold rises block by block), a small capacity (queries truncate and compact their
     kept rows) and crowds of near-ties (the fallback): still the exact top k, as the fp32 kernel's."""
-    _bf16_or_skip()
     import nnkcli.index_flat as flat
 
     rng = np.random.default_rng(seed)
@@ -254,35 +241,75 @@ def test_the_bf16_sieve_keeps_its_promise_through_blocks_truncation_and_compacti
     np.testing.assert_array_equal(np.sort(found.ids, 1), np.sort(flat.kernel_search(x, q, k, "fp32").ids, 1))
 
 
-def test_bf16_floor_bits_is_the_largest_bfloat16_at_or_below():
-    from nnkcli.index_flat import _bf16_floor_bits, _bf16_values
+def test_floor32_is_the_largest_float32_at_or_below():
+    from nnkcli.index_flat import _floor32
 
-    every = np.arange(0, 0x7F80, dtype=np.int32)  # the finite non-negative bfloat16 numbers, increasing
-    values = _bf16_values(every.astype(np.int16))
     rng = np.random.default_rng(2)
-    v = np.concatenate([values[::97], np.nextafter(values[1::89], np.inf), rng.uniform(0, 2, 500), [0.0, -1.0]])
-    got = _bf16_values(_bf16_floor_bits(v))
-    oracle = values[np.searchsorted(values, np.maximum(v, 0.0), side="right") - 1]  # the largest <= v
-    np.testing.assert_array_equal(got, oracle)
+    f32 = rng.normal(size=300).astype(np.float32).astype(np.float64)  # on the float32 grid: themselves
+    v = np.concatenate([f32, f32 + 1e-12, f32 - 1e-12, rng.uniform(-2, 2, 500), [0.0, -0.0, 1e-300, -1e-300, -np.inf]])
+    got = _floor32(v)
+    for value, floor in zip(v.tolist(), got.tolist(), strict=True):
+        near = np.float32(value)  # the oracle: of the nearest float32 and its two neighbours, the largest <= value
+        around = [np.nextafter(near, np.float32(-np.inf)), near, np.nextafter(near, np.float32(np.inf))]
+        assert floor == max(float(c) for c in around if float(c) <= value)
 
 
-def test_auto_weighs_the_search_size_and_never_asks_torch(monkeypatch):
+@pytest.mark.parametrize("library", ["mkl", "torch"])
+def test_auto_weighs_the_search_size_by_library_and_loads_none(monkeypatch, library):
     from nnkcli import index_bf16
     from nnkcli.index_flat import AUTO_BF16_WORK, resolve_kernel
 
-    def no_torch():
-        raise AssertionError("auto must not run torch's own check")
+    def no_loading():
+        raise AssertionError("auto must not load a library to decide")
 
-    monkeypatch.setattr(index_bf16, "bf16_unavailable", no_torch)
+    monkeypatch.setattr(index_bf16, "bf16_unavailable", no_loading)
     monkeypatch.setattr(index_bf16, "bf16_unlikely", lambda: None)
+    monkeypatch.setattr(index_bf16, "likely_library", lambda: library)
     assert resolve_kernel("auto", None) == "fp32"  # the size not known yet
-    assert resolve_kernel("auto", AUTO_BF16_WORK - 1) == "fp32"
-    assert resolve_kernel("auto", AUTO_BF16_WORK) == "bf16"
+    assert resolve_kernel("auto", AUTO_BF16_WORK[library] - 1) == "fp32"
+    assert resolve_kernel("auto", AUTO_BF16_WORK[library]) == "bf16"
     monkeypatch.setattr(index_bf16, "bf16_unlikely", lambda: "this CPU has no bfloat16 instructions")
-    assert resolve_kernel("auto", 100 * AUTO_BF16_WORK) == "fp32"
+    assert resolve_kernel("auto", 100 * AUTO_BF16_WORK[library]) == "fp32"
 
 
-def test_kernel_rows_fall_back_to_fp32_where_torch_says_no(monkeypatch):
+def test_the_library_follows_the_cpu_vendor_and_the_variable(monkeypatch):
+    from nnkcli import index_bf16
+
+    monkeypatch.delenv("NNKCLI_BF16_LIBRARY", raising=False)
+    monkeypatch.setattr(index_bf16, "cpu_info", lambda: ("GenuineIntel", {"amx_bf16"}))
+    assert index_bf16.library_order() == ("mkl", "torch")
+    monkeypatch.setattr(index_bf16, "cpu_info", lambda: ("AuthenticAMD", {"avx512_bf16"}))
+    assert index_bf16.library_order() == ("torch", "mkl")  # oneMKL's fast paths are Intel's
+    monkeypatch.setattr(index_bf16, "_installed", lambda lib: lib == "mkl")
+    assert index_bf16.likely_library() == "mkl"  # the other where the first is missing
+    monkeypatch.setenv("NNKCLI_BF16_LIBRARY", "Torch")
+    assert index_bf16.library_order() == ("torch",)
+    assert index_bf16.likely_library() is None and "torch is not installed" in index_bf16.bf16_unlikely()
+    monkeypatch.setenv("NNKCLI_BF16_LIBRARY", "cublas")
+    with pytest.raises(ValueError, match="choose mkl or torch"):
+        index_bf16.library_order()
+    assert "NNKCLI_BF16_LIBRARY='cublas'" in index_bf16.bf16_unlikely()
+
+
+def test_prefetch_imports_torch_only_where_torch_would_multiply(monkeypatch):
+    import threading
+
+    from nnkcli import index_bf16
+
+    started = []
+    monkeypatch.setattr(threading.Thread, "start", lambda self: started.append(self.name))
+    monkeypatch.setattr(index_bf16, "bf16_unlikely", lambda: None)
+    monkeypatch.delitem(__import__("sys").modules, "torch", raising=False)
+    monkeypatch.setattr(index_bf16, "likely_library", lambda: "mkl")
+    index_bf16.prefetch_torch()
+    assert started == []
+    monkeypatch.setattr(index_bf16, "likely_library", lambda: "torch")
+    monkeypatch.setattr("atexit.register", lambda f: None)
+    index_bf16.prefetch_torch()
+    assert started == ["nnk-import-torch"]
+
+
+def test_kernel_rows_fall_back_to_fp32_where_the_library_says_no(monkeypatch):
     from nnkcli import index_bf16
     from nnkcli.index_flat import KernelRows, kernel_search
 

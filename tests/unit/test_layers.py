@@ -47,7 +47,13 @@ LAYERS = {
     "__main__": 10,
 }
 # top-level modules that belong to a part named otherwise: the index and its two siblings, the figures' panels
-PART_OF = {"index_file": "index", "index_flat": "index", "index_bf16": "index", "plots_panels": "plots"}
+PART_OF = {
+    "index_file": "index",
+    "index_flat": "index",
+    "index_bf16": "index",
+    "index_mkl": "index",
+    "plots_panels": "plots",
+}
 # third-party packages and the one part of nnkcli that may import each
 OWNERS = {
     "h5py": {"storage"},
@@ -55,6 +61,8 @@ OWNERS = {
     "faiss": {"index", "index_file", "index_flat", "shards"},
     "matplotlib": {"plots"},
     "fcntl": {"storage.atomic"},
+    # oneMKL's bfloat16 product, loaded as a shared library (the 'mkl' extra)
+    "ctypes": {"index_mkl"},
     "click": {"cli", "commands"},
     "rich": {"output"},
     # the compiled NNK kernel (optional: the 'fast' extra)
@@ -162,10 +170,10 @@ def test_one_owner_per_dependency():
 def test_the_index_family_is_one_part_below_its_users():
     graph, third = import_graph()
     family = {m for m in graph if part(m) == "index"}
-    assert family == {"nnkcli.index", "nnkcli.index_file", "nnkcli.index_flat", "nnkcli.index_bf16"}
+    assert family == {"nnkcli.index", "nnkcli.index_file", "nnkcli.index_flat", "nnkcli.index_bf16", "nnkcli.index_mkl"}
     assert {m for m, names in third.items() if "faiss" in names} <= family
     # the siblings are the index's parts, not its users: neither imports nnkcli.index
-    siblings = ("nnkcli.index_file", "nnkcli.index_flat", "nnkcli.index_bf16")
+    siblings = ("nnkcli.index_file", "nnkcli.index_flat", "nnkcli.index_bf16", "nnkcli.index_mkl")
     assert not {"nnkcli.index"} & set().union(*(graph[m] for m in siblings))
 
 

@@ -186,6 +186,33 @@ def test_exact_sims_do_not_depend_on_the_block_shape():
             assert exact_sims(X[i : i + 1, j : j + 1], q[i : i + 1])[0, 0] == whole[i, j]
 
 
+@pytest.mark.parametrize("kind", ["unit", "equal", "signs", "off-grid"])
+@pytest.mark.parametrize("d", DIMS)
+def test_bf16_bound_holds_for_mkls_float32_product(d, kind):
+    """oneMKL's product returns the float32 sum: within the bound with out_unit 2^-24, a bound far below torch's
+    (no output rounding) for unit rows."""
+    from nnkcli.index_bf16 import round_bf16
+    from nnkcli.index_mkl import gemm_bf16, mkl_unavailable
+
+    if mkl_unavailable() is not None:
+        pytest.skip(mkl_unavailable())
+    rng = np.random.default_rng(d + 3)
+    q, x = _inputs(d, kind, rng)
+    (qb, qlow), (xb, xlow) = round_bf16(q), round_bf16(x)
+    out = np.empty((len(q), len(x)), dtype=np.float32)
+    gemm_bf16(qb, xb, out)
+    b = out.astype(np.float64)
+    args = (row_norms(qlow)[:, None], row_norms(q - qlow)[:, None], row_norms(xlow)[None, :])
+    rest = (row_norms(x - xlow)[None, :], row_norms(x)[None, :], row_norms(q)[:, None])
+    bound = bf16_bound(d, b, *args, *rest, 0.0, 2.0**-24)
+    err = np.abs(b - _real_dot(q, x))
+    assert (err <= bound).all(), (err / bound).max()
+    if kind == "unit" and d >= 128:
+        assert (bound < bf16_bound(d, b, *args, *rest)).all()  # torch's 2^-8 |b| output term is gone
+    if kind == "off-grid" and d >= 128:
+        assert (err / bound).max() > 0.25  # coherent rounding comes near the bound: no term is lost
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize("kind", ["unit", "equal", "signs", "off-grid"])
 @pytest.mark.parametrize("d", DIMS)
