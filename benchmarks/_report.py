@@ -221,3 +221,65 @@ def write_json(path: Path | str, benchmark: str, measurements) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     os.replace(tmp, path)  # a killed run never leaves half a file where the docs look
+
+
+def _status_mib(pid: int, field: str) -> float | None:
+    """A ``kB`` field of /proc/PID/status in MiB (None once the process is gone, or off Linux)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def run_measured(cmd: list[str], interval: float = 0.02) -> dict:
+    """Run ``cmd``; its wall and CPU seconds, its own peak RSS and peak anonymous memory (MiB), its output.
+
+    The peak RSS is the child's ``VmHWM``, sampled every ``interval`` seconds while it runs (the
+    high-water mark only rises, so the last sample is the peak but for the last interval), not
+    ``ru_maxrss``: Linux carries the parent's resident size into a child's ``ru_maxrss`` through
+    fork and exec, so a benchmark that held a large array reported it for every command it ran.
+    ``RssAnon`` (what the process itself must hold, without mapped file pages) is sampled too.
+    Returns wall_s, cpu_s, peak_rss_mib, peak_anon_mib, returncode, stdout, stderr (bytes).
+    """
+    import subprocess
+    import tempfile
+    import threading
+    import time
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
+        proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f)
+        peak = {"VmHWM": 0.0, "RssAnon": 0.0}
+        done = threading.Event()
+
+        def sample() -> None:
+            while True:
+                for field in peak:
+                    now = _status_mib(proc.pid, field)
+                    if now is not None:
+                        peak[field] = max(peak[field], now)
+                if done.wait(interval):
+                    return
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        done.set()
+        sampler.join()
+        wall = time.perf_counter() - t0
+        out_f.seek(0)
+        err_f.seek(0)
+        out, err = out_f.read(), err_f.read()
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mib": peak["VmHWM"],
+        "peak_anon_mib": peak["RssAnon"],
+        "returncode": os.waitstatus_to_exitcode(status),
+        "stdout": out,
+        "stderr": err,
+    }

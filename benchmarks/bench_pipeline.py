@@ -136,19 +136,15 @@ def make_fashion_store(path: Path, data: Path, n_query: int) -> None:
 
 
 def run_cli(args: list[str]) -> dict:
-    """Run ``python -m nnkcli ARGS --format json``; wall seconds, peak RSS (MiB), parsed output."""
+    """Run ``python -m nnkcli ARGS --format json``; wall seconds, CPU seconds, peak RSS (MiB), parsed output."""
+    from _report import run_measured  # beside this script
+
     cmd = [sys.executable, "-m", "nnkcli", *args, "--format", "json"]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.decode()}")
-    cpu = usage.ru_utime + usage.ru_stime
-    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": usage.ru_maxrss / 1024, "doc": json.loads(out)}
+    r = run_measured(cmd)
+    if r["returncode"] != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({r['returncode']}):\n{r['stderr'].decode()}")
+    doc = json.loads(r["stdout"])
+    return {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "peak_rss_mib": r["peak_rss_mib"], "doc": doc}
 
 
 def gemm_rates(threads: int, n: int) -> dict:

@@ -11,8 +11,9 @@ of each is reported):
 
 and checks that the runs' per-query files (``--out``: neighbors, scores, predictions) hold
 the same arrays. Also measured in this run, between the rounds (best of all): the float32
-GEMM rate (numpy) and the bfloat16 one (torch, when installed) of a 2,048 x 32,768 x d product,
-on one thread (each search task runs on one worker thread) and on --threads threads; and
+GEMM rate (numpy) and the bfloat16 ones (oneMKL and torch, where installed) of a 2,048 x 32,768 x d
+product taken in the search's blocks of rows, on one thread (each search task runs on one worker
+thread) and on --threads threads; and
 the CPU's model and flags. The JSON timing of each run says which kernel ran and how many
 queries fell back to float32.
 
@@ -40,16 +41,23 @@ KERNELS = ("fp32", "bf16", "auto")
 
 
 def gemm_rates(threads: int, d: int, m: int = 2048, n: int = 32768) -> dict[str, float | None]:
-    """GFLOP/s of an m x n x d product: numpy float32; bfloat16 by oneMKL (each thread its own share of the
-    rows, as the search's workers call it) and by torch; None where a library is missing. Best of 3."""
+    """GFLOP/s of an m x n x d product, taken as the search takes it: blocks of rows of 2^22 products (the
+    bfloat16 kernel's block; the float32 one's is 16 MiB) into one reused result. numpy float32; bfloat16 by
+    oneMKL (each thread its own share of the rows, as the search's workers call it) and by torch; None where
+    a library is missing. Best of 3."""
     import threading
 
     from threadpoolctl import threadpool_limits
 
+    from nnkcli.index_flat import BF16_BLOCK_ELEMENTS
+
+    step = max(1, BF16_BLOCK_ELEMENTS // m)
+
     rng = np.random.default_rng(0)
     q = rng.standard_normal((m, d), dtype=np.float32)
     x = rng.standard_normal((n, d), dtype=np.float32)
-    out = np.empty((m, n), dtype=np.float32)
+    out = np.empty((m, step), dtype=np.float32)
+    n = n // step * step
     flop = 2.0 * m * n * d
 
     def best(run) -> float:
@@ -63,20 +71,21 @@ def gemm_rates(threads: int, d: int, m: int = 2048, n: int = 32768) -> dict[str,
 
     rates: dict[str, float | None] = {"fp32": None, "bf16_mkl": None, "bf16_torch": None}
     with threadpool_limits(threads):
-        rates["fp32"] = best(lambda: np.matmul(q, x.T, out=out))
+        rates["fp32"] = best(lambda: [np.matmul(q, x[j : j + step].T, out=out) for j in range(0, n, step)])
     from nnkcli.index_bf16 import round_bf16
     from nnkcli.index_mkl import gemm_bf16, mkl_unavailable
 
     if mkl_unavailable() is None:
         qb, xb = round_bf16(q)[0], round_bf16(x)[0]
-        parts = np.array_split(np.arange(n), threads)
-        outs = [np.empty((m, len(p)), dtype=np.float32) for p in parts]
+        blocks = np.array_split(np.arange(0, n, step), threads)  # each thread its share of the row blocks
+        outs = [np.empty((m, step), dtype=np.float32) for _ in blocks]
+
+        def mkl_share(starts: np.ndarray, o: np.ndarray) -> None:
+            for j in starts.tolist():
+                gemm_bf16(qb, xb[j : j + step], o)
 
         def mkl_all() -> None:
-            workers = [
-                threading.Thread(target=gemm_bf16, args=(qb, xb[p[0] : p[-1] + 1], o))
-                for p, o in zip(parts, outs, strict=True)
-            ]
+            workers = [threading.Thread(target=mkl_share, args=(b, o)) for b, o in zip(blocks, outs, strict=True)]
             for w in workers:
                 w.start()
             for w in workers:
@@ -91,8 +100,8 @@ def gemm_rates(threads: int, d: int, m: int = 2048, n: int = 32768) -> dict[str,
     torch.set_num_threads(threads)
     try:
         ql, xl = torch.from_numpy(q).bfloat16(), torch.from_numpy(x).bfloat16()
-        low = torch.empty((m, n), dtype=torch.bfloat16)
-        rates["bf16_torch"] = best(lambda: torch.mm(ql, xl.T, out=low))
+        low = torch.empty((m, step), dtype=torch.bfloat16)
+        rates["bf16_torch"] = best(lambda: [torch.mm(ql, xl[j : j + step].T, out=low) for j in range(0, n, step)])
     finally:
         torch.set_num_threads(before)
     return rates

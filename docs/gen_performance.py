@@ -387,6 +387,62 @@ def render_probe(doc: dict) -> list[str]:
     ]
 
 
+def render_search_kernel(doc: dict) -> list[str]:
+    """``bench_search_kernel.py``: classify --k 50 --method knn per kernel, per store, and the same run's GEMM rates."""
+    m = doc["measurements"]
+    out = [
+        "### The certified bfloat16 search (`benchmarks/bench_search_kernel.py`)",
+        "",
+        f"`classify --k {m['k']} --method knn --threads {m['threads']}` per `--search-kernel`, the real CLI in "
+        f"subprocesses, the minimum of {m['repeats']} interleaved rounds; the GEMM rates were measured in the "
+        "same run, a 2,048 x 32,768 x d product taken in the search's blocks of rows.",
+    ]
+    for name in ("synthetic", "fashion-mnist"):
+        r = m.get(name)
+        if r is None:
+            continue
+        rows = [
+            [
+                f"`{kernel}`",
+                f"{run['wall_s']:.2f}",
+                f"{run['search_s']:.2f}",
+                str(run.get("search_kernel")),
+                str(run.get("search_fallbacks")),
+                f"{run['peak_rss_mib']:.0f}",
+            ]
+            for kernel, run in r["runs"].items()
+        ]
+        bf16 = r["ratio_bf16_over_fp32"]
+        g1, gt = r["gemm_gflops_1_thread"], r["gemm_gflops_threads"]
+
+        def rates(g: dict) -> str:
+            mkl, torch = g.get("bf16_mkl"), g.get("bf16_torch", g.get("bf16"))
+            return f"float32 {_rate(g.get('fp32'))}, bfloat16 oneMKL {_rate(mkl)}, torch {_rate(torch)}"
+
+        store = "Fashion-MNIST raw pixels (60,000 x 784)" if name == "fashion-mnist" else "synthetic (200,000 x 384)"
+        out += [
+            "",
+            f"#### {store}, 10,000 queries",
+            "",
+            *_table(["--search-kernel", "wall s", "search s", "ran", "fallbacks", "peak RSS MiB"], rows, "lrrlrr"),
+            "",
+            *_table(
+                ["ratio (baseline: fp32, same run)", "value", "target"],
+                [
+                    ["bf16 / fp32, wall", f"**{_ratio(bf16)}**" if bf16 <= 0.6 else _ratio(bf16), "≤ 0.6x"],
+                    ["auto / fp32, wall", _ratio(r["ratio_auto_over_fp32"]), "–"],
+                    ["bf16 / fp32, search thread-seconds", _ratio(r["search_ratio_bf16"]), "–"],
+                ],
+                "lrr",
+            ),
+            "",
+            f"Identical `--out` files (neighbors, scores, predictions): {'yes' if r['identical_outputs'] else 'NO'}. "
+            f"bfloat16 library: {r.get('bf16_library') or 'torch'}. GEMM GFLOP/s, one thread: {rates(g1)}; "
+            f"{m['threads']} threads: {rates(gt)}.",
+        ]
+    return [*out, "", _run_line(doc)]
+
+
 def render_other(doc: dict) -> list[str]:
     """A benchmark without its own table: its measurements as JSON."""
     return [
@@ -406,8 +462,9 @@ RENDERERS = {
     "bench_evaluator": render_evaluator,
     "bench_scale": render_scale,
     "bench_probe": render_probe,
+    "bench_search_kernel": render_search_kernel,
 }
-ORDER = ("bench_pipeline", "bench_scale", "bench_solver", "bench_evaluator", "bench_probe")
+ORDER = ("bench_pipeline", "bench_search_kernel", "bench_scale", "bench_solver", "bench_evaluator", "bench_probe")
 
 HEADER = """\
 # Performance
