@@ -15,6 +15,13 @@ script's: a library that imports nnkcli keeps its own signal handling.
 import os
 import signal
 
+# numpy advises transparent huge pages for every large array (NUMPY_MADVISE_HUGEPAGE, on by default on Linux); where
+# the kernel's THP defrag is "madvise" (a common default), a page fault in such an array may compact memory
+# synchronously: on the 2-core test VM a 400 MB np.empty took 0.08 s or 2.8-4.9 s at random, 0.14 s without the
+# advice, and the bf16 search ran 10-25 % slower and far less steadily. The command line turns it off before numpy
+# loads; a user's own setting wins. (A library caller's numpy is left alone.)
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+
 
 def _stop_at_once(signum, frame):  # pragma: no cover - exercised in subprocess tests
     os.write(2, _SAID.get(signum, b""))

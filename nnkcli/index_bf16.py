@@ -192,27 +192,25 @@ def product_library():
     return lib
 
 
-#: buffers at least this large are mapped with transparent huge pages advised (where Linux offers them)
-HUGE_PAGE_BYTES = 32 * 2**20
+#: buffers at least this large are mapped directly, without numpy's huge-page advice
+FRESH_MAP_BYTES = 32 * 2**20
 
 
-def huge_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """A zeroed array, mapped anonymously with transparent huge pages advised where it is large (Linux).
+def fresh_array(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A zeroed array; a large one is its own private anonymous mapping, freed with the last array viewing it.
 
-    The bfloat16 copy of an index is large and written once: in 4 KiB pages that is one fault per
-    page, which on some virtual machines cost 0.3-3 s a GiB on first touch (a 154 MB copy once took
-    1.2 s to fill; advised, 0.07 s). Elsewhere, or where ``madvise`` is refused, plain pages.
+    numpy advises transparent huge pages for large arrays (unless ``NUMPY_MADVISE_HUGEPAGE=0``);
+    where the kernel's THP defrag setting is ``madvise``, faulting such pages in may compact
+    memory synchronously. On the test VM a 154 MB bfloat16 copy of an index took 1.2-1.9 s to
+    fill in some runs, 0.1 s in its own plain mapping. The bfloat16 copy is large and written
+    once, so it is mapped here without the advice, whoever imported numpy.
     """
     import mmap
 
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if size < HUGE_PAGE_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+    if size < FRESH_MAP_BYTES or not hasattr(mmap, "MAP_PRIVATE"):
         return np.zeros(shape, dtype=dtype)
-    buffer = mmap.mmap(-1, size)  # anonymous, zero-filled; freed with the last array viewing it
-    try:
-        buffer.madvise(mmap.MADV_HUGEPAGE)
-    except OSError:
-        pass
+    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
@@ -227,7 +225,7 @@ class _MklProduct:
         return d
 
     def empty_rows(self, n: int, inner: int):
-        return huge_empty((n, inner), np.uint16)
+        return fresh_array((n, inner), np.uint16)
 
     def round_rows(self, low, j: slice, x: np.ndarray) -> np.ndarray:
         low[j], rounded = round_bf16(x)
@@ -265,7 +263,7 @@ class _TorchProduct:
         return -(-(d + 1) // INNER_MULTIPLE) * INNER_MULTIPLE
 
     def empty_rows(self, n: int, inner: int):
-        return self.torch.from_numpy(huge_empty((n, inner), np.int16)).view(self.torch.bfloat16)
+        return self.torch.from_numpy(fresh_array((n, inner), np.int16)).view(self.torch.bfloat16)
 
     def round_rows(self, low, j: slice, x: np.ndarray) -> np.ndarray:
         # torch rounds float32 to bfloat16 to nearest even, as round_bf16 does (a test checks the two agree)

@@ -99,8 +99,9 @@ FP32_EXTRA = 8
 #: the bfloat16 kernel keeps at most BF16_FACTOR * k + BF16_EXTRA candidates per query: a query with more rows
 #: than that within its bound (~2^-8 for unit vectors) of its k-th falls back to float32
 BF16_FACTOR, BF16_EXTRA = 4, 256
-#: products of one bfloat16 block (queries x rows): 16 MiB of bfloat16 (oneDNN ran at its best rate from 2^22 to
-#: 2^24 products a call here; each block also updates the thresholds, which then keep fewer rows of the next)
+#: products of one bfloat16 block (queries x rows): 16 MiB of float32 results (oneMKL ran at its best rate from 2^21
+#: to 2^22 products a call here, oneDNN from 2^22 to 2^24; each block also updates the thresholds, which then keep
+#: fewer rows of the next)
 BF16_BLOCK_ELEMENTS = 2**22
 #: queries whose bounds are certified at once (the bfloat16 kernel's (queries, 4k + 256) float64 arrays)
 CERTIFY_ROWS = 256

@@ -319,3 +319,31 @@ def test_kernel_rows_fall_back_to_fp32_where_the_library_says_no(monkeypatch):
     rows = KernelRows(x, "bf16")
     assert rows.kernel == "fp32" and rows.bf16 is None
     _check_exact(kernel_search(x, x[:5], 7, rows.kernel, rows=rows), x, x[:5], 7)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (4096, 4096)])  # below and above the direct-mapping size
+def test_fresh_array_is_zeroed_writable_and_its_mapping_freed_with_its_views(shape):
+    import gc
+    import mmap
+    import weakref
+
+    from nnkcli.index_bf16 import fresh_array
+
+    a = fresh_array(shape, np.uint16)
+    assert a.shape == shape and a.dtype == np.uint16 and a.flags.writeable and not a.any()
+    a[-1, -1] = 7
+    view = a[-1:]
+    assert view[0, -1] == 7
+    if a.size < 2**20:
+        return  # numpy's own memory
+    base = a.base
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "obj", None) if isinstance(base, memoryview) else base.base
+    assert isinstance(base, mmap.mmap)  # its own mapping
+    gone = weakref.ref(base)
+    del a, base
+    gc.collect()
+    assert gone() is not None  # the view keeps it
+    del view
+    gc.collect()
+    assert gone() is None
