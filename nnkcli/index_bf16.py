@@ -336,26 +336,30 @@ class Bf16Rows:
     sample : (S, inner) bfloat16
         Evenly spaced rows (a sixteenth of them, ``SHIFT_SAMPLE_MIN`` to ``SHIFT_SAMPLE_ROWS``),
         from which each block of queries estimates its k-th similarity (:class:`Bf16Queries`).
+
+    ``stream=True`` keeps no copy (``low`` is None): each search rounds every block of rows as
+    it multiplies it (:meth:`block`), so the memory is the norms (24 bytes a row) and one block
+    per search. A sharded index is searched so: its shards stay in their mapped files.
     """
 
-    def __init__(self, vectors: np.ndarray, block_rows: int | None = None, threads: int = 1):
+    def __init__(self, vectors: np.ndarray, block_rows: int | None = None, threads: int = 1, stream: bool = False):
         self.lib = lib = product_library()
+        self.vectors = vectors
         n, d = (int(v) for v in vectors.shape)
-        low = lib.empty_rows(n, lib.inner(d))
-        if lib.shifted:
-            low[:, d] = 1.0
-            low[:, d + 1 :] = 0.0
-        self.low = low
+        self.n, self.d = n, d
+        self.low = None if stream else self.empty(n)
         self.norm, self.low_norm, self.res_norm = (np.empty(n) for _ in range(3))
         # a block at a time (ROUND_BLOCK_BYTES of float32): the allocator then reuses one block's temporaries for the
-        # next, where larger ones are fresh pages each time (slow to fault in on some machines)
         # next, where larger ones are fresh pages each time (slow to fault in on some machines); on ``threads``
         # threads (numpy and torch release the GIL; each block writes its own rows)
         block_rows = block_rows or max(256, ROUND_BLOCK_BYTES // (4 * max(d, 1)))
 
         def round_block(j0: int) -> None:
             j = slice(j0, min(n, j0 + block_rows))
-            rounded = lib.round_rows(low, j, vectors[j])
+            if self.low is None:
+                rounded = round_bf16(vectors[j])[1]  # the library's rounding (a test checks torch's is the same)
+            else:
+                rounded = lib.round_rows(self.low, j, vectors[j])
             self.norm[j], self.low_norm[j], self.res_norm[j] = rounding_norms(vectors[j], rounded)
 
         starts = range(0, n, block_rows)
@@ -370,7 +374,27 @@ class Bf16Rows:
         self.maxima = (
             (float(self.low_norm.max()), float(self.res_norm.max()), float(self.norm.max())) if n else (0.0, 0.0, 0.0)
         )
-        self.sample = lib.contiguous(low[:: max(1, n // max(SHIFT_SAMPLE_MIN, min(SHIFT_SAMPLE_ROWS, n // 16)))])
+        step = max(1, n // max(SHIFT_SAMPLE_MIN, min(SHIFT_SAMPLE_ROWS, n // 16)))
+        if self.low is not None:
+            self.sample = lib.contiguous(self.low[::step])
+        else:
+            self.sample = self.empty(len(range(0, n, step)))
+            lib.round_rows(self.sample, slice(None), vectors[::step])
+
+    def empty(self, rows: int):
+        """``rows`` rows for bfloat16 copies (torch's with the shift's column of ones and the zero padding set)."""
+        low = self.lib.empty_rows(rows, self.lib.inner(self.d))
+        if self.lib.shifted:
+            low[:, self.d] = 1.0
+            low[:, self.d + 1 :] = 0.0
+        return low
+
+    def block(self, j0: int, j1: int, scratch):
+        """Rows j0..j1 rounded: a view of the copy, or (streamed) rounded now into ``scratch`` (from :meth:`empty`)."""
+        if self.low is not None:
+            return self.low[j0:j1]
+        self.lib.round_rows(scratch, slice(0, j1 - j0), self.vectors[j0:j1])
+        return scratch[: j1 - j0]
 
 
 def rounding_norms(x: np.ndarray, rounded: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -405,7 +429,7 @@ class Bf16Queries:
         bits[:, :d], low = round_bf16(queries)
         self.low = lib.from_bits(bits)
         self.norm, self.low_norm, self.res_norm = rounding_norms(queries, low)
-        n = int(rows.low.shape[0])
+        n = rows.n
         size = int(rows.sample.shape[0])
         # the sample holds about lam = k S / n of the query's top k; its r-th largest lies above the k-th of all
         # rows only if r of the top k fell in it: r = lam + 3 sqrt(lam) + 2 makes that rare (Poisson tail < 0.1 %)
@@ -441,10 +465,11 @@ class Bf16Product:
         m = int(queries.low.shape[0])
         self._out = np.empty(m * block_rows, dtype=np.float32)
         self._scratch = rows.lib.scratch(m, block_rows)
+        self._rows_scratch = rows.empty(block_rows) if rows.low is None else None  # streamed rows: one block
         self._m = m
 
     def values(self, j0: int, j1: int) -> np.ndarray:
         """The products with rows j0..j1, (m, j1 - j0) float32: a view of a buffer that the next call overwrites."""
         out = self._out[: self._m * (j1 - j0)].reshape(self._m, j1 - j0)
-        self.rows.lib.mm(self.q.low, self.rows.low[j0:j1], out, self._scratch)
+        self.rows.lib.mm(self.q.low, self.rows.block(j0, j1, self._rows_scratch), out, self._scratch)
         return out

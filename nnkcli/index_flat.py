@@ -162,9 +162,11 @@ class KernelRows:
     """What a kernel keeps of the rows of one flat index between searches: their largest norm, the bfloat16 copy.
 
     Made by the main thread (the bfloat16 copy may import torch), on ``threads`` threads; read by any thread.
+    ``stream``: no bfloat16 copy, the rows rounded block by block as each search multiplies them
+    (:class:`nnkcli.index_bf16.Bf16Rows`).
     """
 
-    def __init__(self, vectors: np.ndarray, kernel: str, threads: int = 1):
+    def __init__(self, vectors: np.ndarray, kernel: str, threads: int = 1, stream: bool = False):
         from nnkcli.numerics.certified import row_norms
 
         self.vectors = vectors
@@ -174,7 +176,7 @@ class KernelRows:
             from nnkcli.index_bf16 import Bf16Rows, bf16_unavailable
 
             if bf16_unavailable() is None:  # torch's own check (auto asked without it)
-                self.bf16 = Bf16Rows(vectors, threads=threads)
+                self.bf16 = Bf16Rows(vectors, threads=threads, stream=stream)
             else:  # float32 then
                 self.kernel = "fp32"
         if self.bf16 is not None:
@@ -334,7 +336,7 @@ class _Bf16Sieve:
         from nnkcli.numerics.certified import U_FP64
 
         self.q, self.rows, self.k = q, rows, int(k)
-        self.n = int(rows.low.shape[0])
+        self.n = rows.n
         m = int(q.low.shape[0])
         self.cap = min(self.n, BF16_FACTOR * self.k + BF16_EXTRA)
         # the bound of a product b with the rows' largest norms: slope * |b| + const (_shifted_bound at b = 0)

@@ -92,7 +92,7 @@ def faiss_searcher(index, *, sharded: bool, kernel: str = "fp32", threads: int |
     from nnkcli.parallel import resolve_threads
 
     if sharded:
-        return ShardedSearcher(index)
+        return ShardedSearcher(index, kernel=kernel, threads=resolve_threads(threads))
     return IndexSearcher(index, kernel=kernel, threads=resolve_threads(threads))
 
 

@@ -30,7 +30,6 @@ from nnkcli.evaluation.search import Searcher
 from nnkcli.evaluation.searchers import (
     SearchSettings,
     faiss_searcher,
-    index_location,
     memory_search,
     resolve_index,
     resolve_kernel,
@@ -147,7 +146,7 @@ class Evaluation:
                 )
             if train.n < 1:
                 raise InputError(f"train split '{data.train_split}' is empty")
-            if backend != "torch" and not sharded_index(store_path, train, data.index_path):
+            if backend != "torch":
                 from nnkcli.index_flat import prefetch_kernel
 
                 prefetch_kernel(search_kernel, search_work(int(query.n), train, threads))
@@ -168,10 +167,9 @@ class Evaluation:
                 )
                 index_info["backend"] = "faiss"
                 # auto weighs the search's size, now known (the call above checked an explicit kernel early); a
-                # sharded index is searched in float32 (a bfloat16 copy of each shard would hold them in memory)
+                # sharded index's bf16 search rounds its rows as it goes (no copy of a shard is held)
                 sharded = bool(index_info.get("shards"))
-                work = None if sharded else search_work(rows[1] - rows[0], train, threads)
-                kernel = resolve_kernel(search_kernel, backend, work)
+                kernel = resolve_kernel(search_kernel, backend, search_work(rows[1] - rows[0], train, threads))
                 searcher = faiss_searcher(index, sharded=sharded, kernel=kernel, threads=threads)
             return cls(
                 train=train,
@@ -399,10 +397,3 @@ def search_work(queries: int, train, threads: int | None) -> int:
     from nnkcli.parallel import resolve_threads
 
     return int(queries) * int(train.n) * int(train.dim) // resolve_threads(threads)
-
-
-def sharded_index(store_path, train, index_path) -> bool:
-    """Whether the index this run loads is a sharded one (its manifest), read without loading it."""
-    from nnkcli import shards
-
-    return shards.is_manifest(index_location(store_path, train, index_path))

@@ -11,8 +11,10 @@ exact top k by the same rule (float64 similarity, then global row id) -- which d
 on the order or the number of shards, so it is the unsharded index's, ties included. The
 candidates' vectors are gathered from the mappings when each scoring sub-chunk is re-ranked,
 so a sharded search is a two-stage, thread-safe searcher like
-:class:`~nnkcli.evaluation.search.IndexSearcher`. Shards are searched in float32 (the bfloat16
-kernel would need a copy of every shard in memory, which sharding exists to avoid).
+:class:`~nnkcli.evaluation.search.IndexSearcher`. With ``--search-kernel bf16`` (or ``auto``)
+no bfloat16 copy of a shard is made: each search rounds the shard's rows block by block as it
+multiplies them (:class:`nnkcli.index_bf16.Bf16Rows` with ``stream``), so the memory stays the
+shards' mappings plus the rows' norms (24 bytes a row) and one block per search.
 
 **hnsw and ivf shards** (approximate: their results are not the unsharded index's anyway) are
 loaded one at a time and searched chunk by chunk, each shard's candidates re-ranked and merged
@@ -36,8 +38,9 @@ EXACT_BLOCK_BYTES = 64 * 2**20
 class ShardedSearcher(Searcher):
     """Index shards searched as one index: flat ones mapped and searched together, others one after another."""
 
-    def __init__(self, manifest):
+    def __init__(self, manifest, kernel: str = "fp32", threads: int = 1):
         self.manifest = manifest
+        self.threads = int(threads)
         self.n = manifest.fingerprint.n
         self.dim = manifest.fingerprint.dim
         self.flat = manifest.params.index_type == "flat"
@@ -46,8 +49,9 @@ class ShardedSearcher(Searcher):
         self.starts = np.array([s["start"] for s in manifest.shards] + [self.n], dtype=np.int64)
         self._mapped: list | None = None  # flat: every shard's NnkIndex (they own the mappings)
         self._parts: list[np.ndarray] = []  # flat: every shard's (rows, d) vectors, in the mapping
-        self._rows: list = []  # flat: every shard's KernelRows (its largest norm, for the certificate)
-        self.search_kernel = "fp32" if self.flat else "native"
+        self._rows: list = []  # flat: every shard's KernelRows (its norms, for the certificate; no bf16 copy)
+        self.search_kernel = kernel if self.flat else "native"
+        self._count = threading.Lock()
         self._mapping_lock = threading.Lock()
         self._loaded: tuple[int, IndexSearcher] | None = None  # hnsw, ivf: the one loaded shard
         self._forward = True
@@ -76,7 +80,10 @@ class ShardedSearcher(Searcher):
                 mapped = [self.manifest.load(i, mapped=True) for i in range(self.manifest.n_shards)]
                 self.loads += len(mapped)
                 self._parts = [m._flat() for m in mapped]
-                self._rows = [KernelRows(part, "fp32") for part in self._parts]
+                # bf16: the rows are rounded block by block as each search multiplies them (stream), never copied
+                kernel, threads = self.search_kernel, self.threads
+                self._rows = [KernelRows(part, kernel, threads, stream=True) for part in self._parts]
+                self.search_kernel = self._rows[0].kernel if self._rows else kernel  # fp32 where bf16 cannot run
                 self._mapped = mapped
         return self._parts
 
@@ -105,7 +112,11 @@ class ShardedSearcher(Searcher):
             kk = min(k, len(part))
             if kk < 1 or m == 0:
                 continue
-            local = kernel_search(part, q, kk, "fp32", rows=self._rows[i]).ids
+            found = kernel_search(part, q, kk, self._rows[i].kernel, rows=self._rows[i])
+            if found.fallbacks:
+                with self._count:
+                    self.search_fallbacks += found.fallbacks
+            local = found.ids
             sims = np.empty(local.shape)
             step = max(1, EXACT_BLOCK_BYTES // (4 * kk * self.dim))  # the gathered rows of a few queries at a time
             for a in range(0, m, step):

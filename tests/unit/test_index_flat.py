@@ -214,13 +214,15 @@ def test_resolve_kernel_refuses_bf16_where_it_cannot_run(monkeypatch):
     kind=st.sampled_from(["random", "duplicates", "near-ties", "crowd"]),
     block=st.sampled_from([64, 1000, 2**23]),
     extra=st.sampled_from([0, 8, 256]),
+    stream=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_the_bf16_sieve_keeps_its_promise_through_blocks_truncation_and_compaction(
-    bf16_library, n, k, d, kind, block, extra, seed
+    bf16_library, n, k, d, kind, block, extra, stream, seed
 ):
     """Small blocks (the threshold rises block by block), a small capacity (queries truncate and compact their
-    kept rows) and crowds of near-ties (the fallback): still the exact top k, as the fp32 kernel's."""
+    kept rows) and crowds of near-ties (the fallback), rows copied or rounded as they are multiplied (stream):
+    still the exact top k, as the fp32 kernel's."""
     import nnkcli.index_flat as flat
 
     rng = np.random.default_rng(seed)
@@ -234,7 +236,7 @@ def test_the_bf16_sieve_keeps_its_promise_through_blocks_truncation_and_compacti
     saved = flat.BF16_BLOCK_ELEMENTS, flat.BF16_EXTRA
     flat.BF16_BLOCK_ELEMENTS, flat.BF16_EXTRA = block * len(q), extra
     try:
-        found = flat.kernel_search(x, q, k, "bf16", rows=flat.KernelRows(x, "bf16"))
+        found = flat.kernel_search(x, q, k, "bf16", rows=flat.KernelRows(x, "bf16", stream=stream))
     finally:
         flat.BF16_BLOCK_ELEMENTS, flat.BF16_EXTRA = saved
     _check_exact(found, x, q, k)

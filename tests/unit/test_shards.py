@@ -277,14 +277,31 @@ def test_sharded_search_is_the_flat_searchs_bit_for_bit(duplicated, n_shards):
         set_threads(before)
 
 
-def _compare_searchers(root, xt, xq, n_shards):
+@pytest.mark.parametrize("n_shards", [2, 7, 65])
+def test_sharded_bf16_search_is_the_flat_fp32_searchs_bit_for_bit(duplicated, n_shards, bf16_library):
+    """The bfloat16 kernel on shards (rows rounded block by block, no copy held) gives the flat float32 search's
+    ids, similarities and vectors, ties included."""
+    from nnkcli.index import set_threads
+
+    _, root, xt, xq = duplicated
+    before = faiss.omp_get_max_threads()
+    set_threads(1)
+    try:
+        sharded = _compare_searchers(root, xt, xq, n_shards, kernel="bf16")
+    finally:
+        set_threads(before)
+    assert sharded.search_kernel == "bf16"
+    assert all(rows.bf16 is not None and rows.bf16.low is None for rows in sharded._rows)  # streamed: no copy
+
+
+def _compare_searchers(root, xt, xq, n_shards, kernel="fp32"):
     from nnkcli.evaluation.search import IndexSearcher
     from nnkcli.evaluation.sharded_search import ShardedSearcher
     from nnkcli.index import load_index
     from nnkcli.numerics.kernels import normalize_rows
 
     flat = IndexSearcher(load_index(root / "flat.faiss"))
-    sharded = ShardedSearcher(shards.Manifest(root / f"s{n_shards}.faiss"))
+    sharded = ShardedSearcher(shards.Manifest(root / f"s{n_shards}.faiss"), kernel=kernel)
     assert sharded.two_stage and sharded.thread_safe
     for queries, exclude_self in ((normalize_rows(xq), False), (normalize_rows(xt), True)):
         for block in (1, 13, len(queries)):
@@ -300,6 +317,7 @@ def _compare_searchers(root, xt, xq, n_shards):
                         np.testing.assert_array_equal(a, b)
     assert sharded.loads == n_shards  # each shard mapped once, then searched from the mapping
     sharded.close()
+    return sharded
 
 
 @pytest.mark.parametrize(
@@ -309,10 +327,19 @@ def _compare_searchers(root, xt, xq, n_shards):
 def test_sharded_predictions_files_are_the_flat_ones(duplicated, tmp_path, chunk_size, threads):
     """Every dataset of the predictions files (neighbors, weights, predictions) equal, whatever the chunk
     and threads. Merging each shard's re-ranked top k (before) broke the flat index's ties differently."""
+    _same_predictions(duplicated, tmp_path, chunk_size, threads, "fp32")
+
+
+def test_sharded_bf16_predictions_files_are_the_flat_fp32_ones(duplicated, tmp_path, bf16_library):
+    _same_predictions(duplicated, tmp_path, 7, 2, "bf16")
+
+
+def _same_predictions(duplicated, tmp_path, chunk_size, threads, kernel):
     path, root, _, _ = duplicated
     kw = dict(k=12, methods=("knn", "nnk"), chunk_size=chunk_size, threads=threads)
-    classify(path, index_path=root / "flat.faiss", predictions_path=tmp_path / "a.h5", **kw)
-    classify(path, index_path=root / "s7.faiss", predictions_path=tmp_path / "b.h5", **kw)
+    classify(path, index_path=root / "flat.faiss", predictions_path=tmp_path / "a.h5", search_kernel="fp32", **kw)
+    got = classify(path, index_path=root / "s7.faiss", predictions_path=tmp_path / "b.h5", search_kernel=kernel, **kw)
+    assert got.to_dict()["timing"]["search_kernel"] == kernel
     for a, b in zip(_neighbors(tmp_path / "a.h5"), _neighbors(tmp_path / "b.h5"), strict=True):
         np.testing.assert_array_equal(a, b)
     import h5py
