@@ -22,9 +22,7 @@ What the process itself must hold is its anonymous memory, sampled here every 0.
 (``RssAnon`` of /proc/PID/status): a flat index is read into it whole, a sharded one is not.
 
 ``--search-kernel fp32 auto`` runs every evaluation once per kernel, where the CLI has the
-option (skipped with a note where it does not). A sharded index is searched in float32 whatever
-the kernel, so its fp32 run stands for every kernel's (the auto ratios compare it with the flat
-index's auto run).
+option (skipped with a note where it does not).
 
 Usage:
     python benchmarks/bench_scale.py                  # full size: ~1 GB store + 2 GB index, long on 2 cores
@@ -160,9 +158,7 @@ def main() -> None:
             tag = f", {kernel}" if kernel else ""
             for name, args in evals.items():
                 runs[f"{name} (flat{tag})"] = ("eval", [*args, "--index", str(flat), *extra])
-                # a sharded index is searched in float32 whatever the kernel: one run serves every kernel
-                if kernel in (None, "fp32") or "fp32" not in kernels:
-                    runs[f"{name} (shards 4{tag})"] = ("eval", [*args, "--index", str(sharded), *extra])
+                runs[f"{name} (shards 4{tag})"] = ("eval", [*args, "--index", str(sharded), *extra])
         devices = []
         if a.torch_cpu:
             devices.append("cpu")
@@ -222,8 +218,7 @@ def main() -> None:
     for kernel in kernels:
         tag = f", {kernel}" if kernel else ""
         for n in evals:
-            fl = results[f"{n} (flat{tag})"]
-            sh = results.get(f"{n} (shards 4{tag})") or results[f"{n} (shards 4, fp32)"]  # shards: float32
+            sh, fl = results[f"{n} (shards 4{tag})"], results[f"{n} (flat{tag})"]
             pairs[f"{n}{tag}"] = {
                 "same_results": sh["doc"]["results"] == fl["doc"]["results"],
                 "wall": sh["wall_s"] / fl["wall_s"],

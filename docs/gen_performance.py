@@ -302,10 +302,16 @@ def render_scale(doc: dict) -> list[str]:
         for name, r in runs.items()
     ]
     ratio_rows = []
-    for name, r in runs.items():
-        if "(shards 4" not in name:
-            continue
-        flat = runs.get(name.replace("(shards 4", "(flat"))
+    pairs = [(name, r, runs.get(name.replace("(shards 4", "(flat"))) for name, r in runs.items() if "(shards 4" in name]
+    # runs recorded while a sharded index was searched in float32 whatever the kernel: its fp32 run stands beside
+    # the flat index's other kernels
+    for name, flat in runs.items():
+        command, _, kernel = name.partition(" (flat, ")
+        kernel = kernel.rstrip(")")
+        sharded = runs.get(f"{command} (shards 4, fp32)")
+        if kernel and kernel != "fp32" and f"{command} (shards 4, {kernel})" not in runs and sharded is not None:
+            pairs.append((f"{command} (shards 4, flat {kernel}, shards fp32)", sharded, flat))
+    for name, r, flat in pairs:
         if not flat or name.startswith("index"):
             continue
         wall = r["wall_s"] / flat["wall_s"]

@@ -181,8 +181,10 @@ class KernelRows:
                 self.kernel = "fp32"
         if self.bf16 is not None:
             self.max_norm = self.bf16.maxima[2]
-        else:
-            self.max_norm = float(row_norms(vectors).max()) if len(vectors) else 0.0
+        else:  # a block of rows at a time: ``vectors`` may be several arrays taken as one (a sharded index)
+            step = max(1, FLAT_BLOCK_BYTES // (4 * max(1, vectors.shape[1])))
+            norms = [float(row_norms(vectors[j : j + step]).max()) for j in range(0, len(vectors), step)]
+            self.max_norm = max(norms, default=0.0)
 
 
 @dataclass
@@ -243,9 +245,10 @@ def kernel_search(
 def _pairs(vectors: np.ndarray, queries: np.ndarray, product: Callable[[np.ndarray, np.ndarray], np.ndarray]):
     """``f(query_index, row_ids)`` -> ``product(X, q)`` of those pairs, (p,); the pairs come grouped by query.
 
-    One query at a time: its rows gathered into a (1, c, d) block, ``product(X (1, c, d), q (1, d)) -> (1, c)``
-    applied to it. A gather of a few hundred rows stays in the cache; one gather of every pair
-    of a block of queries (a padded (B, c, d) array) ran 2.5x slower on Fashion-MNIST's 784-d rows.
+    One query at a time: ``product(X (1, c, d), q (1, d)) -> (1, c)`` applied to its rows. The
+    rows of consecutive queries are gathered together, 4 MiB at a time (one gather from several
+    mapped shards costs more than a plain one), and stay in the cache; one gather of every pair of
+    a block of queries (a padded (B, c, d) array) ran 2.5x slower on Fashion-MNIST's 784-d rows.
     """
 
     def f(qi: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -254,8 +257,11 @@ def _pairs(vectors: np.ndarray, queries: np.ndarray, product: Callable[[np.ndarr
             return out
         starts = np.flatnonzero(np.r_[True, qi[1:] != qi[:-1]])
         ends = np.r_[starts[1:], len(qi)]
+        step, X, base = max(1, 2**22 // (4 * max(1, vectors.shape[1]))), vectors[:0], 0
         for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-            out[s:e] = product(vectors[ids[s:e]][None], queries[qi[s] : qi[s] + 1])[0]
+            if e > base + len(X):  # the rows of the next pairs, 4 MiB of them (at least this query's), gathered at once
+                base, X = s, vectors[ids[s : max(e, s + step)]]
+            out[s:e] = product(X[s - base : e - base][None], queries[qi[s] : qi[s] + 1])[0]
         return out
 
     return f
@@ -333,7 +339,7 @@ class _Bf16Sieve:
     """
 
     def __init__(self, q, rows, k: int, d: int):
-        from nnkcli.numerics.certified import U_FP64
+        from nnkcli.numerics.certified import U_FP64, floor32
 
         self.q, self.rows, self.k = q, rows, int(k)
         self.n = rows.n
@@ -346,13 +352,15 @@ class _Bf16Sieve:
         self.values = np.full((m, self.cap), -np.inf, dtype=np.float32)  # kept products
         self.ids = np.full((m, self.cap), -1, dtype=np.int64)
         self.fill = np.zeros(m, dtype=np.int64)
-        self.R = _floor32(q.start - q.shift)
+        self.R = floor32(q.start - q.shift)
         self._seen = np.zeros(m, dtype=np.int64)  # the kept count at the last raise of R
         self._every = max(8, self.k // 2)
 
     def _threshold(self, v: np.ndarray, const: np.ndarray) -> np.ndarray:
         """R (float32) for k-th kept products v (float64): v - 2 w(v), a margin lower."""
-        return _floor32(v - 2.0 * (self.slope * np.abs(v) + const) * (1.0 + 1e-3) - 1e-12)
+        from nnkcli.numerics.certified import floor32
+
+        return floor32(v - 2.0 * (self.slope * np.abs(v) + const) * (1.0 + 1e-3) - 1e-12)
 
     def run(self) -> None:
         from nnkcli.index_bf16 import Bf16Product
@@ -448,13 +456,6 @@ class _Bf16Sieve:
         # a row never kept, or dropped, has a product below the final R; none where every row is kept
         upper_out = np.where(self.fill >= self.n, -np.inf, self.R.astype(np.float64))
         return ids, b, upper_out
-
-
-def _floor32(v) -> np.ndarray:
-    """The largest float32 number at or below each v (float64); -inf stays -inf."""
-    v = np.asarray(v, dtype=np.float64)
-    f = v.astype(np.float32)
-    return np.where(f.astype(np.float64) > v, np.nextafter(f, np.float32(-np.inf)), f)
 
 
 def _shifted_bound(d: int, b, q_low, q_res, x: tuple, q_norm, shift, out_unit: float):

@@ -1,20 +1,18 @@
 """A sharded index (:class:`nnkcli.shards.Manifest`) searched as the one index it splits.
 
-**Flat shards** give the flat index's results bit for bit. Each shard file is memory-mapped
-(:func:`nnkcli.index.load_index` with ``mapped=True``: the vectors stay in the file's pages,
-which the operating system keeps in memory when it can and reads again when it must), and a
-block of queries is searched against every shard in turn, each read once for all the block's
-queries. Each shard's search is the flat index's own certified one
-(:func:`nnkcli.index_flat.kernel_search`): its *exact* top k, the k rows of largest float64
-similarity, ties by row id. The exact top k of the union is then the best k of the shards'
-exact top k by the same rule (float64 similarity, then global row id) -- which does not depend
-on the order or the number of shards, so it is the unsharded index's, ties included. The
-candidates' vectors are gathered from the mappings when each scoring sub-chunk is re-ranked,
-so a sharded search is a two-stage, thread-safe searcher like
-:class:`~nnkcli.evaluation.search.IndexSearcher`. With ``--search-kernel bf16`` (or ``auto``)
-no bfloat16 copy of a shard is made: each search rounds the shard's rows block by block as it
-multiplies them (:class:`nnkcli.index_bf16.Bf16Rows` with ``stream``), so the memory stays the
-shards' mappings plus the rows' norms (24 bytes a row) and one block per search.
+**Flat shards** give the flat index's results bit for bit, at the flat index's speed. Each shard
+file is memory-mapped (:func:`nnkcli.index.load_index` with ``mapped=True``: the vectors stay in
+the file's pages, which the operating system keeps in memory when it can and reads again when it
+must), and the shards' rows are taken as one array (:class:`ConcatRows`: slices and gathers read
+the mappings; nothing is copied whole). A block of queries is then searched by the flat index's
+own certified search (:func:`nnkcli.index_flat.kernel_search`) over that array: its *exact* top
+k, the k rows of largest float64 similarity, ties by (global) row id -- the unsharded index's.
+With ``--search-kernel bf16`` (or ``auto``) no bfloat16 copy is made: the search rounds the rows
+block by block as it multiplies them (:class:`nnkcli.index_bf16.Bf16Rows` with ``stream``), so the
+memory is the mappings, the rows' norms (24 bytes a row) and one block per search. The
+candidates' vectors are gathered from the mappings when each scoring sub-chunk is re-ranked, so a
+sharded search is a two-stage, thread-safe searcher like
+:class:`~nnkcli.evaluation.search.IndexSearcher`.
 
 **hnsw and ivf shards** (approximate: their results are not the unsharded index's anyway) are
 loaded one at a time and searched chunk by chunk, each shard's candidates re-ranked and merged
@@ -25,14 +23,55 @@ alternating directions, so the shard loaded last is reused by the next chunk.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 
 from nnkcli.evaluation.options import CHUNK_MEMORY_BUDGET
 from nnkcli.evaluation.search import IndexSearcher, Searcher, drop_own_rows, merge_topk, rerank
 
-#: bytes of gathered shard rows per step of the merge's float64 similarities
-EXACT_BLOCK_BYTES = 64 * 2**20
+
+class ConcatRows:
+    """The rows of several (n_i, d) float32 arrays (the mapped shards) as one (sum n_i, d) array, never copied whole.
+
+    What the certified search (:func:`nnkcli.index_flat.kernel_search`) reads of its rows:
+    ``shape``, slices (a view inside one part; a copy of the rows of a slice that spans parts,
+    or of a strided one) and gathers by an integer array (``take``).
+    """
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.starts = np.cumsum([0, *(len(p) for p in parts)]).astype(np.int64)
+        self.shape = (int(self.starts[-1]), int(parts[0].shape[1]) if parts else 0)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, slice):
+            return self.take(np.asarray(key))
+        start, stop, step = key.indices(self.shape[0])
+        if step == 1 and start < stop:
+            i = int(np.searchsorted(self.starts, start, side="right")) - 1
+            if stop <= self.starts[i + 1]:
+                return self.parts[i][start - self.starts[i] : stop - self.starts[i]]
+        return self.take(np.arange(start, stop, step, dtype=np.int64))
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """The rows of global ``ids`` (any shape, all in range): ``ids.shape + (d,)`` float32."""
+        flat = np.asarray(ids, dtype=np.int64).reshape(-1)
+        out = np.empty((flat.size, self.shape[1]), dtype=np.float32)
+        if len(self.parts) == 1:
+            out[:] = self.parts[0][flat]
+        elif flat.size:
+            part = np.searchsorted(self.starts, flat, side="right") - 1
+            for i in np.unique(part).tolist():
+                at = np.flatnonzero(part == i)
+                out[at] = self.parts[i][flat[at] - self.starts[i]]
+        return out.reshape(*np.shape(ids), self.shape[1])
 
 
 class ShardedSearcher(Searcher):
@@ -49,7 +88,10 @@ class ShardedSearcher(Searcher):
         self.starts = np.array([s["start"] for s in manifest.shards] + [self.n], dtype=np.int64)
         self._mapped: list | None = None  # flat: every shard's NnkIndex (they own the mappings)
         self._parts: list[np.ndarray] = []  # flat: every shard's (rows, d) vectors, in the mapping
-        self._rows: list = []  # flat: every shard's KernelRows (its norms, for the certificate; no bf16 copy)
+        # flat: the shards' rows as one array (no copy; the search reads it as an ndarray), and its KernelRows (the
+        # norms for the certificate; no bf16 copy)
+        self._concat: Any = None
+        self._rows: Any = None
         self.search_kernel = kernel if self.flat else "native"
         self._count = threading.Lock()
         self._mapping_lock = threading.Lock()
@@ -73,6 +115,10 @@ class ShardedSearcher(Searcher):
 
     def parts(self) -> list[np.ndarray]:
         """Every shard's vectors (rows, d) float32, views of the mapped shard files (mapped on first use)."""
+        self._prepare()
+        return self._parts
+
+    def _prepare(self) -> None:
         with self._mapping_lock:
             if self._mapped is None:
                 from nnkcli.index_flat import KernelRows
@@ -80,55 +126,33 @@ class ShardedSearcher(Searcher):
                 mapped = [self.manifest.load(i, mapped=True) for i in range(self.manifest.n_shards)]
                 self.loads += len(mapped)
                 self._parts = [m._flat() for m in mapped]
-                # bf16: the rows are rounded block by block as each search multiplies them (stream), never copied
-                kernel, threads = self.search_kernel, self.threads
-                self._rows = [KernelRows(part, kernel, threads, stream=True) for part in self._parts]
-                self.search_kernel = self._rows[0].kernel if self._rows else kernel  # fp32 where bf16 cannot run
+                self._concat = ConcatRows(self._parts)
+                # bf16: no copy of a shard; the rows are rounded block by block as each search multiplies them
+                self._rows = KernelRows(self._concat, self.search_kernel, self.threads, stream=True)
+                self.search_kernel = self._rows.kernel  # fp32 where bf16 cannot run here
                 self._mapped = mapped
-        return self._parts
 
     def search_ids(self, q: np.ndarray, start: int, k: int, exclude_self: bool) -> np.ndarray:
         """Candidate ids (B, k) of queries ``q``, global, -1 padded: the flat index's exact top k (as a set,
         the exact k-th last, what ``drop_own_rows`` drops), every shard read once."""
         if not self.flat:
             raise NotImplementedError("hnsw and ivf shards are searched chunk by chunk (neighbors)")
+        from nnkcli.index_flat import kernel_search
+
+        self._prepare()
         k_here = min(k + (1 if exclude_self else 0), self.n)
-        ids = self._exact_topk(np.ascontiguousarray(q, dtype=np.float32), k_here)
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        # one certified search over the shards' rows taken as one array: the flat index's, ties and all
+        found = kernel_search(self._concat, q, k_here, self._rows.kernel, rows=self._rows)
+        if found.fallbacks:
+            with self._count:
+                self.search_fallbacks += found.fallbacks
+        ids = found.ids
         if exclude_self:
             return drop_own_rows(ids, start, k)
         if ids.shape[1] < k:
             ids = np.concatenate([ids, np.full((len(ids), k - ids.shape[1]), -1, dtype=np.int64)], axis=1)
         return ids
-
-    def _exact_topk(self, q: np.ndarray, k: int) -> np.ndarray:
-        """(m, k) global ids, best first by (float64 similarity, row id): each shard's exact top k, merged."""
-        from nnkcli.index_flat import kernel_search
-        from nnkcli.numerics.certified import exact_sims
-
-        parts = self.parts()
-        m = len(q)
-        ids_of, sims_of = [], []
-        for i, part in enumerate(parts):
-            kk = min(k, len(part))
-            if kk < 1 or m == 0:
-                continue
-            found = kernel_search(part, q, kk, self._rows[i].kernel, rows=self._rows[i])
-            if found.fallbacks:
-                with self._count:
-                    self.search_fallbacks += found.fallbacks
-            local = found.ids
-            sims = np.empty(local.shape)
-            step = max(1, EXACT_BLOCK_BYTES // (4 * kk * self.dim))  # the gathered rows of a few queries at a time
-            for a in range(0, m, step):
-                sims[a : a + step] = exact_sims(part[local[a : a + step]], q[a : a + step])
-            ids_of.append(local + self.starts[i])
-            sims_of.append(sims)
-        if not ids_of:
-            return np.full((m, k), -1, dtype=np.int64)
-        ids = np.concatenate(ids_of, axis=1)
-        sims = np.concatenate(sims_of, axis=1)
-        order = np.lexsort((ids, -sims))[:, :k]  # along each row: similarity descending, then row id
-        return np.take_along_axis(ids, order, axis=1)
 
     def refine(self, q: np.ndarray, ids: np.ndarray):
         """``search_ids``'s candidates re-ranked exactly (ids, sims, X, missing), vectors from the mappings."""
@@ -136,17 +160,8 @@ class ShardedSearcher(Searcher):
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """The stored vectors of global row ``ids`` (any shape, all >= 0): ``ids.shape + (d,)`` float32."""
-        parts = self.parts()
-        flat = ids.reshape(-1)
-        out = np.empty((flat.size, self.dim), dtype=np.float32)
-        shard = np.searchsorted(self.starts, flat, side="right") - 1
-        if len(parts) == 1:
-            out[:] = parts[0][flat]
-        else:
-            for i in np.unique(shard):
-                at = np.flatnonzero(shard == i)
-                out[at] = parts[i][flat[at] - self.starts[i]]
-        return out.reshape(*ids.shape, self.dim)
+        self._prepare()
+        return self._concat.take(ids)
 
     # every index type
 
@@ -173,4 +188,4 @@ class ShardedSearcher(Searcher):
 
     def close(self) -> None:
         self._loaded = None
-        self._parts, self._mapped = [], None
+        self._parts, self._mapped, self._concat, self._rows = [], None, None, None

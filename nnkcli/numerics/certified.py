@@ -121,6 +121,13 @@ def bf16_bound(
     )
 
 
+def floor32(v) -> np.ndarray:
+    """The largest float32 number at or below each v (float64); -inf stays -inf."""
+    v = np.asarray(v, dtype=np.float64)
+    f = v.astype(np.float32)
+    return np.where(f.astype(np.float64) > v, np.nextafter(f, np.float32(-np.inf)), f)
+
+
 def interval(v: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(lo, hi) = v -/+ err, float64, each moved one float outwards so that its own rounding cannot shrink it."""
     v = np.asarray(v, dtype=np.float64)

@@ -244,12 +244,12 @@ def test_the_bf16_sieve_keeps_its_promise_through_blocks_truncation_and_compacti
 
 
 def test_floor32_is_the_largest_float32_at_or_below():
-    from nnkcli.index_flat import _floor32
+    from nnkcli.numerics.certified import floor32
 
     rng = np.random.default_rng(2)
     f32 = rng.normal(size=300).astype(np.float32).astype(np.float64)  # on the float32 grid: themselves
     v = np.concatenate([f32, f32 + 1e-12, f32 - 1e-12, rng.uniform(-2, 2, 500), [0.0, -0.0, 1e-300, -1e-300, -np.inf]])
-    got = _floor32(v)
+    got = floor32(v)
     for value, floor in zip(v.tolist(), got.tolist(), strict=True):
         near = np.float32(value)  # the oracle: of the nearest float32 and its two neighbours, the largest <= value
         around = [np.nextafter(near, np.float32(-np.inf)), near, np.nextafter(near, np.float32(np.inf))]

@@ -272,7 +272,7 @@ def test_sharded_search_is_the_flat_searchs_bit_for_bit(duplicated, n_shards):
     before = faiss.omp_get_max_threads()
     set_threads(1)  # faiss's heaps on one thread: hundreds of tiny searches, each short
     try:
-        _compare_searchers(root, xt, xq, n_shards)
+        _compare_searchers(root, xt, xq, n_shards).close()
     finally:
         set_threads(before)
 
@@ -291,7 +291,8 @@ def test_sharded_bf16_search_is_the_flat_fp32_searchs_bit_for_bit(duplicated, n_
     finally:
         set_threads(before)
     assert sharded.search_kernel == "bf16"
-    assert all(rows.bf16 is not None and rows.bf16.low is None for rows in sharded._rows)  # streamed: no copy
+    assert sharded._rows.bf16 is not None and sharded._rows.bf16.low is None  # streamed: no bfloat16 copy
+    sharded.close()
 
 
 def _compare_searchers(root, xt, xq, n_shards, kernel="fp32"):
@@ -316,7 +317,6 @@ def _compare_searchers(root, xt, xq, n_shards, kernel="fp32"):
                     for a, b in zip(sharded.refine(q, got), flat.refine(q, want), strict=True):
                         np.testing.assert_array_equal(a, b)
     assert sharded.loads == n_shards  # each shard mapped once, then searched from the mapping
-    sharded.close()
     return sharded
 
 
@@ -350,3 +350,37 @@ def _same_predictions(duplicated, tmp_path, chunk_size, threads, kernel):
         assert names
         for n in names:
             np.testing.assert_array_equal(fa[n][()], fb[n][()], err_msg=n)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 9), min_size=1, max_size=5),
+    start=st.integers(-12, 40),
+    stop=st.integers(-12, 40),
+    step=st.sampled_from([None, 1, 2, 3]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_concat_rows_reads_as_the_concatenated_array(sizes, start, stop, step, seed):
+    """Slices (inside one part, across parts, strided, empty, negative bounds) and gathers of any shape read what
+    np.concatenate of the parts holds; a slice inside one part is a view of its memory."""
+    from nnkcli.evaluation.sharded_search import ConcatRows
+
+    rng = np.random.default_rng(seed)
+    parts = [rng.normal(size=(n, 3)).astype(np.float32) for n in sizes]
+    whole = np.concatenate(parts)
+    rows = ConcatRows(parts)
+    assert rows.shape == whole.shape and len(rows) == len(whole)
+    got = rows[start:stop:step]
+    np.testing.assert_array_equal(got, whole[start:stop:step])
+    lo, hi, st_ = slice(start, stop, step).indices(len(whole))
+    if (
+        st_ == 1
+        and hi > lo
+        and np.searchsorted(np.cumsum(sizes), lo, side="right")
+        == np.searchsorted(np.cumsum(sizes), hi - 1, side="right")
+    ):
+        assert any(np.shares_memory(got, p) for p in parts)  # one part's rows: no copy
+    ids = rng.integers(0, len(whole), size=(2, 4))
+    np.testing.assert_array_equal(rows.take(ids), whole[ids])
+    np.testing.assert_array_equal(rows[ids[0]], whole[ids[0]])
+    assert rows.take(np.zeros((0,), dtype=np.int64)).shape == (0, 3)
