@@ -34,14 +34,17 @@ def flat_search(
     search of Fashion-MNIST ran at 30 GFLOP/s on one thread, numpy's product at 100-140.
 
     The train rows are taken ``block_rows`` at a time, by default ``FLAT_BLOCK_BYTES`` of
-    similarities (at least ``FLAT_MIN_ROWS`` rows), so the extra memory is one block, as in
-    faiss; the result does not depend on the block size.
+    similarities and of rows (at least ``FLAT_MIN_ROWS``), so the extra memory is one block, as
+    in faiss; the result does not depend on the block size.
     """
 
     def product(j0: int, j1: int, out: np.ndarray) -> None:
         np.matmul(queries, vectors[j0:j1].T, out=out)
 
-    return heap_topk(int(queries.shape[0]), int(vectors.shape[0]), k, product, block_rows=block_rows)
+    # rows at most FLAT_BLOCK_BYTES too (a slice of a sharded index's rows spanning shards is a copy)
+    m, d = int(queries.shape[0]), int(vectors.shape[1])
+    block_rows = block_rows or max(FLAT_MIN_ROWS, FLAT_BLOCK_BYTES // (4 * max(m, d, 1)))
+    return heap_topk(m, int(vectors.shape[0]), k, product, block_rows=block_rows)
 
 
 def heap_topk(
@@ -88,11 +91,9 @@ def flat_view(index) -> np.ndarray | None:
 
 
 #: ``auto`` runs bf16 (where it can) for a search of at least this many multiply-adds per thread (queries x rows
-#: x d / threads), by the library that would multiply (:func:`nnkcli.index_bf16.likely_library`). oneMKL loads in
-#: a millisecond; rounding the rows (~2.5 ns a value on one thread) is its fixed cost, about what bf16 saves on
-#: 200 queries per thread of Fashion-MNIST's size: 2e10 is ~0.3 s of float32 product a thread. torch's import
-#: costs ~1 s: 3e11 is ~4 s of float32 product a thread, of which bf16 saves ~2 s (on Fashion-MNIST, 2.4e11 a
-#: thread on 2 threads, the two were about even)
+#: x d / threads), by the library that would run (:func:`nnkcli.index_bf16.likely_library`). oneMKL's fixed cost
+#: is rounding the rows (~2.5 ns a value a thread): 2e10 is ~0.3 s of float32 product a thread. torch's import
+#: costs ~1 s: 3e11 is ~4 s of float32 product a thread, of which bf16 saves ~2 s
 AUTO_BF16_WORK = {"mkl": 2 * 10**10, "torch": 3 * 10**11}
 #: candidates the float32 kernel keeps beyond k: its rounding (~1e-5 at d = 784) leaves few rows that close
 FP32_EXTRA = 8
@@ -366,7 +367,7 @@ class _Bf16Sieve:
         from nnkcli.index_bf16 import Bf16Product
 
         m = self.values.shape[0]
-        block = _block_rows(m, self.n, max(FLAT_MIN_ROWS, BF16_BLOCK_ELEMENTS // max(m, 1)))
+        block = _block_rows(m, self.n, max(FLAT_MIN_ROWS, BF16_BLOCK_ELEMENTS // max(m, self.rows.d, 1)))
         product = Bf16Product(self.rows, self.q, block)
         self._mask = np.empty(m * block, dtype=bool)  # one buffer for every block's comparison
         for j0 in range(0, self.n, block):
