@@ -163,8 +163,9 @@ class ScoringOptions(Settings):
     search_kernel : {"auto", "fp32", "bf16"}, default="auto"
         The product of a flat index's search (``nnkcli.index_flat.kernel_search``): float32, or
         bfloat16 candidates proved to hold the exact top k; both give the same neighbors.
-        ``auto`` = bf16 where the CPU has bfloat16 instructions, torch is installed and the
-        search is large (queries x rows x d per thread >= 3e11; ``nnkcli.index_flat.resolve_kernel``), else fp32.
+        ``auto`` = bf16 where the CPU has bfloat16 instructions, oneMKL or torch is installed and
+        the search is large (queries x rows x d per thread >= 2e10 with oneMKL, 3e11 with torch;
+        ``nnkcli.index_flat.resolve_kernel``), else fp32.
     temperature_grid : tuple of float, default=()
         kNN temperatures evaluated from the same neighbors, one result row per (k, T);
         its first value is ``temperature``. Empty: just ``temperature``.
@@ -270,8 +271,8 @@ class ScoringOptions(Settings):
         choices=SEARCH_KERNELS,
         what="search kernel",
         help="Product of the flat index's exact search: fp32, or bf16 (bfloat16 candidates proved to hold "
-        "the exact top k; same results; needs torch and a CPU with bf16); auto = bf16 where it can run and "
-        "the search is large (queries x rows x d per thread >= 3e11), else fp32.",
+        "the exact top k; same results; needs oneMKL or torch and a CPU with bf16); auto = bf16 where it can run "
+        "and the search is large (queries x rows x d per thread >= 2e10 with oneMKL, 3e11 with torch), else fp32.",
     )
     temperature_grid: Accepts[float | str | list[float] | tuple[float, ...], tuple[float, ...]] = setting(
         (), positive_floats, option="--temperature"

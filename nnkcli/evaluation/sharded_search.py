@@ -85,7 +85,6 @@ class ShardedSearcher(Searcher):
         self.flat = manifest.params.index_type == "flat"
         # flat shards: the search stage alone, on any thread (the mappings are read-only)
         self.two_stage = self.thread_safe = self.flat
-        self.starts = np.array([s["start"] for s in manifest.shards] + [self.n], dtype=np.int64)
         self._mapped: list | None = None  # flat: every shard's NnkIndex (they own the mappings)
         self._parts: list[np.ndarray] = []  # flat: every shard's (rows, d) vectors, in the mapping
         # flat: the shards' rows as one array (no copy; the search reads it as an ndarray), and its KernelRows (the
@@ -113,12 +112,8 @@ class ShardedSearcher(Searcher):
 
     # flat shards: mapped, searched as one index
 
-    def parts(self) -> list[np.ndarray]:
-        """Every shard's vectors (rows, d) float32, views of the mapped shard files (mapped on first use)."""
-        self._prepare()
-        return self._parts
-
     def _prepare(self) -> None:
+        """Map every shard file (on first use) and take their rows as one array, with its KernelRows."""
         with self._mapping_lock:
             if self._mapped is None:
                 from nnkcli.index_flat import KernelRows
