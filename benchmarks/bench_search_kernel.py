@@ -49,7 +49,7 @@ def gemm_rates(threads: int, d: int, m: int = 2048, n: int = 32768) -> dict[str,
 
     from threadpoolctl import threadpool_limits
 
-    from nnkcli.index_flat import BF16_BLOCK_ELEMENTS
+    from nnkcli.index_kernel import BF16_BLOCK_ELEMENTS
 
     step = max(1, BF16_BLOCK_ELEMENTS // m)
 

@@ -14,7 +14,7 @@ torch  torch's oneDNN path (the ``torch`` extra; this module is torch's only imp
 numpy has no bfloat16 product (ml_dtypes' bfloat16 arrays multiply through a plain loop, not
 a BLAS kernel). The library that runs is oneMKL on Intel CPUs and torch on others (oneMKL's
 fast paths are Intel's), either where the other is missing; ``NNKCLI_BF16_LIBRARY=mkl|torch``
-picks one. :func:`nnkcli.index_flat.kernel_search` keeps the best candidates of these
+picks one. :func:`nnkcli.index_kernel.kernel_search` keeps the best candidates of these
 products and proves the exact top k from them (:mod:`nnkcli.numerics.certified`).
 """
 

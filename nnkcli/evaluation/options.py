@@ -161,7 +161,7 @@ class ScoringOptions(Settings):
     fp16 : bool, default=False
         The torch backend multiplies in float16 (candidates re-ranked exactly in float64).
     search_kernel : {"auto", "fp32", "bf16"}, default="auto"
-        The product of a flat index's search (``nnkcli.index_flat.kernel_search``): float32, or
+        The product of a flat index's search (``nnkcli.index_kernel.kernel_search``): float32, or
         bfloat16 candidates proved to hold the exact top k; both give the same neighbors.
         ``auto`` = bf16 where the CPU has bfloat16 instructions, oneMKL or torch is installed and
         the search is large (queries x rows x d per thread >= 2e10 with oneMKL, 3e11 with torch;

@@ -40,7 +40,7 @@ class Searcher:
     ``thread_safe`` concurrent calls from several threads are safe (else one at a time).
     ``chunk_budget`` the working memory of the query chunks in flight, in bytes.
     ``search_kernel`` the product that found the candidates: ``fp32``/``bf16`` (a flat index's
-                    certified search, ``nnkcli.index_flat.kernel_search``) or ``native`` (the
+                    certified search, ``nnkcli.index_kernel.kernel_search``) or ``native`` (the
                     index's own search: IVF, HNSW; the torch backend).
     """
 
@@ -168,7 +168,7 @@ class IndexSearcher(Searcher):
     """One faiss index (:class:`nnkcli.index.NnkIndex`) holding every train row.
 
     A flat index is searched by ``kernel`` (``fp32`` or ``bf16``, resolved by
-    :func:`nnkcli.index_flat.resolve_kernel`): :func:`nnkcli.index_flat.kernel_search` returns
+    :func:`nnkcli.index_flat.resolve_kernel`): :func:`nnkcli.index_kernel.kernel_search` returns
     the exact top k (float64 similarity, ties by row id) whichever kernel runs. IVF and HNSW
     indexes are searched by faiss (``search_kernel`` "native").
     """
@@ -178,7 +178,7 @@ class IndexSearcher(Searcher):
     two_stage = True
 
     def __init__(self, nnk_index, offset: int = 0, kernel: str = "fp32", threads: int = 1):
-        from nnkcli.index_flat import KernelRows
+        from nnkcli.index_kernel import KernelRows
 
         self.index = nnk_index
         self.offset = int(offset)  # global row id of the index's row 0 (a shard's first row)
@@ -199,7 +199,7 @@ class IndexSearcher(Searcher):
         """
         k_here = min(k + (1 if exclude_self else 0), self.n)
         if self._rows is not None and k_here >= 1:
-            from nnkcli.index_flat import kernel_search
+            from nnkcli.index_kernel import kernel_search
 
             found = kernel_search(self._rows.vectors, q, k_here, self.search_kernel, rows=self._rows)
             if found.fallbacks:

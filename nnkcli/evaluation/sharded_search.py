@@ -5,7 +5,7 @@ file is memory-mapped (:func:`nnkcli.index.load_index` with ``mapped=True``: the
 the file's pages, which the operating system keeps in memory when it can and reads again when it
 must), and the shards' rows are taken as one array (:class:`ConcatRows`: slices and gathers read
 the mappings; nothing is copied whole). A block of queries is then searched by the flat index's
-own certified search (:func:`nnkcli.index_flat.kernel_search`) over that array: its *exact* top
+own certified search (:func:`nnkcli.index_kernel.kernel_search`) over that array: its *exact* top
 k, the k rows of largest float64 similarity, ties by (global) row id -- the unsharded index's.
 With ``--search-kernel bf16`` (or ``auto``) no bfloat16 copy is made: the search rounds the rows
 block by block as it multiplies them (:class:`nnkcli.index_bf16.Bf16Rows` with ``stream``), so the
@@ -34,7 +34,7 @@ from nnkcli.evaluation.search import IndexSearcher, Searcher, drop_own_rows, mer
 class ConcatRows:
     """The rows of several (n_i, d) float32 arrays (the mapped shards) as one (sum n_i, d) array, never copied whole.
 
-    What the certified search (:func:`nnkcli.index_flat.kernel_search`) reads of its rows:
+    What the certified search (:func:`nnkcli.index_kernel.kernel_search`) reads of its rows:
     ``shape``, slices (a view inside one part; a copy of the rows of a slice that spans parts,
     or of a strided one) and gathers by an integer array (``take``).
     """
@@ -116,7 +116,7 @@ class ShardedSearcher(Searcher):
         """Map every shard file (on first use) and take their rows as one array, with its KernelRows."""
         with self._mapping_lock:
             if self._mapped is None:
-                from nnkcli.index_flat import KernelRows
+                from nnkcli.index_kernel import KernelRows
 
                 mapped = [self.manifest.load(i, mapped=True) for i in range(self.manifest.n_shards)]
                 self.loads += len(mapped)
@@ -132,7 +132,7 @@ class ShardedSearcher(Searcher):
         the exact k-th last, what ``drop_own_rows`` drops), every shard read once."""
         if not self.flat:
             raise NotImplementedError("hnsw and ivf shards are searched chunk by chunk (neighbors)")
-        from nnkcli.index_flat import kernel_search
+        from nnkcli.index_kernel import kernel_search
 
         self._prepare()
         k_here = min(k + (1 if exclude_self else 0), self.n)

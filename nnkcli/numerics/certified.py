@@ -1,6 +1,6 @@
 """The exact top k from approximate similarities and a bound on their error: rounding bounds, certification.
 
-A search kernel (``nnkcli.index_flat.kernel_search``) computes every similarity of a query in
+A search kernel (``nnkcli.index_kernel.kernel_search``) computes every similarity of a query in
 some precision (float32, or bfloat16 inputs), keeps a few more candidates than asked, and
 hands their values here with a rigorous bound on each value's distance from the *reference*
 similarity: the float64 dot product of the stored float32 vectors (:func:`exact_sims`, the

@@ -121,7 +121,7 @@ def _check_exact(found, x, q, k):
     seed=st.integers(0, 2**31 - 1),
 )
 def test_fp32_kernel_is_the_exact_top_k(n, m, d, kind, data, seed):
-    from nnkcli.index_flat import kernel_search
+    from nnkcli.index_kernel import kernel_search
 
     k = data.draw(st.integers(1, n))
     rng = np.random.default_rng(seed)
@@ -142,7 +142,7 @@ def test_fp32_kernel_is_the_exact_top_k(n, m, d, kind, data, seed):
 )
 def test_bf16_kernel_gives_the_fp32_kernels_ids(bf16_library, n, m, d, kind, data, seed):
     """Bit-identical ids to the fp32 kernel's (and the exact top k), for any block of queries."""
-    from nnkcli.index_flat import KernelRows, kernel_search
+    from nnkcli.index_kernel import KernelRows, kernel_search
 
     k = data.draw(st.integers(1, n))
     rng = np.random.default_rng(seed)
@@ -159,7 +159,7 @@ def test_bf16_kernel_gives_the_fp32_kernels_ids(bf16_library, n, m, d, kind, dat
 @pytest.mark.slow
 def test_bf16_falls_back_where_its_bound_cannot_separate_and_not_elsewhere(bf16_library):
     """A crowd of near-identical rows wider than the candidates kept: those queries are searched in float32."""
-    from nnkcli.index_flat import BF16_EXTRA, BF16_FACTOR, KernelRows, kernel_search
+    from nnkcli.index_kernel import BF16_EXTRA, BF16_FACTOR, KernelRows, kernel_search
 
     rng = np.random.default_rng(0)
     k, d = 5, 64
@@ -179,7 +179,7 @@ def test_bf16_falls_back_where_its_bound_cannot_separate_and_not_elsewhere(bf16_
 
 def test_fp32_widens_where_more_ties_than_candidates():
     """100 exact duplicates at the k-th place: more candidates are searched; the smallest ids win the ties."""
-    from nnkcli.index_flat import kernel_search
+    from nnkcli.index_kernel import kernel_search
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(300, 8)).astype(np.float32)
@@ -223,7 +223,7 @@ def test_the_bf16_sieve_keeps_its_promise_through_blocks_truncation_and_compacti
     """Small blocks (the threshold rises block by block), a small capacity (queries truncate and compact their
     kept rows) and crowds of near-ties (the fallback), rows copied or rounded as they are multiplied (stream):
     still the exact top k, as the fp32 kernel's."""
-    import nnkcli.index_flat as flat
+    import nnkcli.index_kernel as kern
 
     rng = np.random.default_rng(seed)
     if kind == "crowd":
@@ -233,14 +233,14 @@ def test_the_bf16_sieve_keeps_its_promise_through_blocks_truncation_and_compacti
     else:
         x = _store(n, d, kind, rng)
     q = np.concatenate([x[rng.integers(0, n, 3)], x[-2:], _store(3, d, "random", rng)])
-    saved = flat.BF16_BLOCK_ELEMENTS, flat.BF16_EXTRA
-    flat.BF16_BLOCK_ELEMENTS, flat.BF16_EXTRA = block * len(q), extra
+    saved = kern.BF16_BLOCK_ELEMENTS, kern.BF16_EXTRA
+    kern.BF16_BLOCK_ELEMENTS, kern.BF16_EXTRA = block * len(q), extra
     try:
-        found = flat.kernel_search(x, q, k, "bf16", rows=flat.KernelRows(x, "bf16", stream=stream))
+        found = kern.kernel_search(x, q, k, "bf16", rows=kern.KernelRows(x, "bf16", stream=stream))
     finally:
-        flat.BF16_BLOCK_ELEMENTS, flat.BF16_EXTRA = saved
+        kern.BF16_BLOCK_ELEMENTS, kern.BF16_EXTRA = saved
     _check_exact(found, x, q, k)
-    np.testing.assert_array_equal(np.sort(found.ids, 1), np.sort(flat.kernel_search(x, q, k, "fp32").ids, 1))
+    np.testing.assert_array_equal(np.sort(found.ids, 1), np.sort(kern.kernel_search(x, q, k, "fp32").ids, 1))
 
 
 def test_floor32_is_the_largest_float32_at_or_below():
@@ -313,7 +313,7 @@ def test_prefetch_imports_torch_only_where_torch_would_multiply(monkeypatch):
 
 def test_kernel_rows_fall_back_to_fp32_where_the_library_says_no(monkeypatch):
     from nnkcli import index_bf16
-    from nnkcli.index_flat import KernelRows, kernel_search
+    from nnkcli.index_kernel import KernelRows, kernel_search
 
     monkeypatch.setattr(index_bf16, "bf16_unavailable", lambda: "torch's oneDNN has no bfloat16 support on this CPU")
     rng = np.random.default_rng(4)

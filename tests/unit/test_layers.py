@@ -50,6 +50,7 @@ LAYERS = {
 PART_OF = {
     "index_file": "index",
     "index_flat": "index",
+    "index_kernel": "index",
     "index_bf16": "index",
     "index_mkl": "index",
     "plots_panels": "plots",
@@ -170,10 +171,10 @@ def test_one_owner_per_dependency():
 def test_the_index_family_is_one_part_below_its_users():
     graph, third = import_graph()
     family = {m for m in graph if part(m) == "index"}
-    assert family == {"nnkcli.index", "nnkcli.index_file", "nnkcli.index_flat", "nnkcli.index_bf16", "nnkcli.index_mkl"}
+    siblings = tuple(f"nnkcli.index_{name}" for name in ("file", "flat", "kernel", "bf16", "mkl"))
+    assert family == {"nnkcli.index", *siblings}
     assert {m for m, names in third.items() if "faiss" in names} <= family
     # the siblings are the index's parts, not its users: neither imports nnkcli.index
-    siblings = ("nnkcli.index_file", "nnkcli.index_flat", "nnkcli.index_bf16", "nnkcli.index_mkl")
     assert not {"nnkcli.index"} & set().union(*(graph[m] for m in siblings))
 
 

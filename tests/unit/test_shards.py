@@ -410,6 +410,7 @@ def test_a_few_queries_never_read_the_whole_sharded_index_at_once(monkeypatch, k
     the whole index (a 50,000-query sweep's anonymous memory rose from 0.3 to 2.8 GB). Blocks now hold at most
     the block size in rows too, whatever the number of queries."""
     import nnkcli.index_flat as flat
+    import nnkcli.index_kernel as kern
 
     if kernel == "bf16":
         from nnkcli.index_bf16 import bf16_unavailable
@@ -419,7 +420,7 @@ def test_a_few_queries_never_read_the_whole_sharded_index_at_once(monkeypatch, k
     d = 8
     monkeypatch.setattr(flat, "FLAT_MIN_ROWS", 16)
     monkeypatch.setattr(flat, "FLAT_BLOCK_BYTES", 4 * d * 64)  # 64 rows of d float32
-    monkeypatch.setattr(flat, "BF16_BLOCK_ELEMENTS", 64 * d)
+    monkeypatch.setattr(kern, "BF16_BLOCK_ELEMENTS", 64 * d)
     rng = np.random.default_rng(3)
     parts = [rng.normal(size=(100, d)).astype(np.float32) for _ in range(5)]
     for p in parts:
@@ -429,7 +430,7 @@ def test_a_few_queries_never_read_the_whole_sharded_index_at_once(monkeypatch, k
     if kernel == "fp32":
         flat.flat_search(rows, q, 7)
     else:
-        prepared = flat.KernelRows(rows, "bf16", stream=True)  # its norms read 8 MiB blocks, once
+        prepared = kern.KernelRows(rows, "bf16", stream=True)  # its norms read 8 MiB blocks, once
         rows.largest = 0
-        flat.kernel_search(rows, q, 7, "bf16", rows=prepared)
+        kern.kernel_search(rows, q, 7, "bf16", rows=prepared)
     assert 0 < rows.largest <= 64

@@ -124,3 +124,22 @@ def test_no_module_probes_a_searcher():
         for m in re.finditer(r"(hasattr|getattr)\([^)]*searcher[^)]*\)", path.read_text())
     ]
     assert probes == []
+
+
+def test_rerank_reorders_vectors_that_arrive_in_a_non_contiguous_array():
+    """The reorder writes through a flat view of X: a strided X (a gather's view) is made contiguous first."""
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(30, 5)).astype(np.float32)
+    q = rng.normal(size=(4, 5)).astype(np.float32)
+    ids = rng.permutation(30)[:24].reshape(4, 6)
+
+    def strided(safe):
+        wide = np.zeros(safe.shape + (10,), dtype=np.float32)
+        wide[..., ::2] = vectors[safe]
+        return wide[..., ::2]  # not C-contiguous
+
+    got_ids, got_sims, got_X, _ = rerank(q, ids.copy(), strided)
+    for i in range(4):
+        want = sorted(ids[i], key=lambda j: (-float(vectors[j].astype(np.float64) @ q[i].astype(np.float64)), j))
+        assert got_ids[i].tolist() == [int(j) for j in want]
+        np.testing.assert_array_equal(got_X[i], vectors[got_ids[i]])

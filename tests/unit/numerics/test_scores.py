@@ -222,3 +222,20 @@ def test_knn_scores_path_refuses_bad_k_values(ks, match):
         knn_scores_path(np.zeros((2, 4)), np.zeros((2, 4), dtype=int), 3, ks)
     with pytest.raises(InputError, match="temperature"):
         knn_scores_path(np.zeros((2, 4)), np.zeros((2, 4), dtype=int), 3, [2], temperature=0)
+
+
+@FAST
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    B=st.integers(0, 5),
+    C=st.integers(60, 260),
+    k=st.integers(1, 8),
+    levels=st.sampled_from([3, 50, 0]),
+)
+def test_topk_classes_of_many_classes_match_naive_ranking(seed, B, C, k, levels):
+    """From 64 classes on the best are found by a partition: still the naive ranking, ties by class id, both rules
+    (coarse scores give ties across the k-th; levels 0: distinct values)."""
+    rng = np.random.default_rng(seed)
+    scores = rng.random((B, C)) if levels == 0 else rng.integers(-1, levels, (B, C)) / max(1, levels - 1)
+    np.testing.assert_array_equal(topk_classes(scores, k), naive_top(scores, k).reshape(B, k))
+    np.testing.assert_array_equal(topk_classes(scores, k, rule="inclusive"), naive_top_inclusive(scores, k))

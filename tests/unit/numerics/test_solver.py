@@ -164,6 +164,7 @@ def test_warm_start_from_smaller_k_equals_cold_start():
 @FAST
 @given(seed=st.integers(0, 2**32 - 1), d=st.integers(3, 40), kind=st.sampled_from(["random", "clustered"]))
 @example(seed=8546, d=3, kind="random")  # failed with the old atol=1e-10 on theta
+@example(seed=129785707, d=3, kind="clustered")  # failed with the old rtol=1e-12 on the objective
 def test_warm_start_equals_cold_start_property(seed, d, kind):
     q, X = problem(seed, 5, 60, d, kind)  # k > d + 1 for small d: rank-deficient G
     G_all, g_all = kernel_blocks(q, X)
@@ -173,7 +174,14 @@ def test_warm_start_equals_cold_start_property(seed, d, kind):
     hot = nnk_solve(G_all, g_all, warm_start=warm)
     cold = nnk_solve(G_all, g_all)
     assert (hot.kkt_residual <= TOL).all()
-    np.testing.assert_allclose(hot.objective, cold.objective, rtol=1e-12, atol=0)
+    # Both objectives lie above the optimum f* by at most what their certificates allow: for convex f and
+    # theta >= 0 with w = g - G theta, f(theta) - f* <= -w.(theta - theta*) <= r (|theta|_1 + |theta*|_1),
+    # r = kkt_residual * max|g|. So they agree to the larger gap (rtol 1e-12 failed at 1.5e-10, seed
+    # 129785707, d = 3, clustered: a rank-deficient cone whose certificate allows more)
+    gscale = np.abs(g_all).max(axis=1)
+    norm1 = np.maximum(hot.theta.sum(axis=1), cold.theta.sum(axis=1))
+    gap = np.maximum(hot.kkt_residual, cold.kkt_residual) * gscale * 2 * norm1 * 1.01
+    assert (np.abs(hot.objective - cold.objective) <= gap + 1e-14 * np.abs(cold.objective)).all()
     if kind == "random":
         # Both solutions are certified to kkt_residual <= TOL (relative to max|g|), not to
         # machine precision, so on a shared support they may differ by up to the certified

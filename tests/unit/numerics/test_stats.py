@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import optimize
-from scipy.stats import binomtest, norm
+from scipy.stats import binom, binomtest, chisquare, norm
 
 from nnkcli.numerics import stats
 
@@ -236,3 +236,34 @@ def test_the_draws_and_queries_interval_needs_two_tries_and_is_a_point_without_v
     with pytest.raises(ValueError, match="2 tries"):
         stats.draws_and_queries_interval(np.array([0.5]), np.array([0.5, 0.5]))
     assert stats.draws_and_queries_interval(np.ones(3), np.ones(10)) == (1.0, 1.0, math.inf)
+
+
+@pytest.mark.parametrize(("n", "p"), [(1, 0.3), (7, 0.5), (40, 0.93), (120, 0.02), (1000, 0.61)])
+def test_binomial_draws_follow_the_binomial_distribution(n, p):
+    """Inversion draws against scipy's binomial pmf: a chi-square goodness-of-fit test (an independent oracle)."""
+    draws = stats.binomial_draws(np.array([n]), np.array([p]), 40_000, np.random.default_rng(n))[0]
+    assert draws.min() >= 0 and draws.max() <= n
+    expected = binom.pmf(np.arange(n + 1), n, p) * draws.size
+    observed = np.bincount(draws, minlength=n + 1).astype(float)
+    keep = expected >= 20  # the rest pooled into one cell
+    obs = np.r_[observed[keep], observed[~keep].sum()]
+    exp = np.r_[expected[keep], draws.size - expected[keep].sum()]
+    assert chisquare(obs, exp).pvalue > 1e-4
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.lists(st.integers(0, 300), min_size=1, max_size=6),
+    p=st.lists(st.floats(0.0, 1.0), min_size=6, max_size=6),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_binomial_draws_stay_in_range_and_hit_the_certain_cases(n, p, seed):
+    n_arr = np.array(n)
+    p_arr = np.array(p[: len(n)])
+    draws = stats.binomial_draws(n_arr, p_arr, 50, np.random.default_rng(seed))
+    assert draws.shape == (len(n), 50)
+    assert (draws >= 0).all() and (draws <= n_arr[:, None]).all()
+    assert (draws[p_arr == 0.0] == 0).all()
+    assert (draws[p_arr == 1.0] == n_arr[p_arr == 1.0, None]).all()
+    again = stats.binomial_draws(n_arr, p_arr, 50, np.random.default_rng(seed))
+    assert (draws == again).all()
