@@ -119,6 +119,10 @@ def test_two_gloo_ranks_equal_one_process(runner, tmp_path, image_dir):
     assert not list(tmp_path.glob(".two.h5.*"))  # rank stores and partials are gone
 
 
+#: the ranks' partial files of store two.h5 (what --resume reads)
+PARTIALS = "*two.h5.train.rank-*-of-2*partial"
+
+
 @pytest.mark.slow
 def test_killed_rank_leaves_store_unchanged_and_resume_finishes(runner, tmp_path, image_dir):
     _single(runner, tmp_path / "one.h5", image_dir)
@@ -153,6 +157,10 @@ def test_killed_rank_leaves_store_unchanged_and_resume_finishes(runner, tmp_path
                 break
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+        # the ranks write their first batch's rows after its forward pass is logged: on a loaded machine
+        # that took longer than a fixed 0.3 s (CI saw no partial file), so wait for the rows themselves
+        while time.monotonic() < deadline and proc.poll() is None and not list(tmp_path.glob(PARTIALS)):
+            time.sleep(0.05)
         time.sleep(0.3)
         os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
         proc.wait(timeout=30)
@@ -161,7 +169,7 @@ def test_killed_rank_leaves_store_unchanged_and_resume_finishes(runner, tmp_path
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert not store.exists()
-    assert list(tmp_path.glob("*two.h5.train.rank-*-of-2*partial"))  # the ranks' rows are kept for --resume
+    assert list(tmp_path.glob(PARTIALS))  # the ranks' rows are kept for --resume
     before = len(log.read_text().splitlines())
     done = _torchrun(store, image_dir, "--resume", env=_env(NNK_TEST_FORWARD_LOG=str(log)))
     assert done.returncode == 0, done.stderr[-3000:]
