@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnkcli import index_mkl  # loads nothing until its product is asked for
 from nnkcli.numerics.certified import U_BF16, U_FP32, row_norms
 
 #: CPU flags of the bfloat16 dot-product instructions both libraries use (AVX-512 BF16; AMX tiles)
@@ -134,7 +135,7 @@ def bf16_unlikely() -> str | None:
     return None
 
 
-_MISSING = {"mkl": "oneMKL is not installed (the mkl extra)", "torch": "torch is not installed (the torch extra)"}
+_MISSING = {"mkl": index_mkl.NOT_INSTALLED, "torch": "torch is not installed (the torch extra)"}
 
 
 @lru_cache(maxsize=1)

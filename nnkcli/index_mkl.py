@@ -29,6 +29,8 @@ LIBRARY_NAMES = ("libmkl_rt.so.3", "libmkl_rt.so.2", "libmkl_rt.so")
 #: cblas enumerations (mkl_cblas.h) and oneMKL's threading layers (mkl_service.h)
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _SEQUENTIAL = 1
+#: why the product cannot run where no libmkl_rt is found
+NOT_INSTALLED = "oneMKL is not installed (the mkl extra)"
 
 
 def library_path() -> str | None:
@@ -49,7 +51,7 @@ def _gemm():
     """The loaded ``cblas_gemm_bf16bf16f32``, or the reason it cannot be loaded (a str)."""
     path = library_path()
     if path is None:
-        return "oneMKL is not installed (the mkl extra)"
+        return NOT_INSTALLED
     with _lock:
         try:
             lib = ctypes.CDLL(path)

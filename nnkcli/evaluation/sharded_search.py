@@ -3,8 +3,8 @@
 **Flat shards** give the flat index's results bit for bit, at the flat index's speed. Each shard
 file is memory-mapped (:func:`nnkcli.index.load_index` with ``mapped=True``: the vectors stay in
 the file's pages, which the operating system keeps in memory when it can and reads again when it
-must), and the shards' rows are taken as one array (:class:`ConcatRows`: slices and gathers read
-the mappings; nothing is copied whole). A block of queries is then searched by the flat index's
+must), and the shards' rows are taken as one array (:class:`nnkcli.storage.concat_rows.ConcatRows`:
+slices and gathers read the mappings; nothing is copied whole). A block of queries is then searched by the flat index's
 own certified search (:func:`nnkcli.index_kernel.kernel_search`) over that array: its *exact* top
 k, the k rows of largest float64 similarity, ties by (global) row id -- the unsharded index's.
 With ``--search-kernel bf16`` (or ``auto``) no bfloat16 copy is made: the search rounds the rows
@@ -29,49 +29,7 @@ import numpy as np
 
 from nnkcli.evaluation.options import CHUNK_MEMORY_BUDGET
 from nnkcli.evaluation.search import IndexSearcher, Searcher, drop_own_rows, merge_topk, rerank
-
-
-class ConcatRows:
-    """The rows of several (n_i, d) float32 arrays (the mapped shards) as one (sum n_i, d) array, never copied whole.
-
-    What the certified search (:func:`nnkcli.index_kernel.kernel_search`) reads of its rows:
-    ``shape``, slices (a view inside one part; a copy of the rows of a slice that spans parts,
-    or of a strided one) and gathers by an integer array (``take``).
-    """
-
-    ndim = 2
-    dtype = np.dtype(np.float32)
-
-    def __init__(self, parts: list[np.ndarray]):
-        self.parts = parts
-        self.starts = np.cumsum([0, *(len(p) for p in parts)]).astype(np.int64)
-        self.shape = (int(self.starts[-1]), int(parts[0].shape[1]) if parts else 0)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key) -> np.ndarray:
-        if not isinstance(key, slice):
-            return self.take(np.asarray(key))
-        start, stop, step = key.indices(self.shape[0])
-        if step == 1 and start < stop:
-            i = int(np.searchsorted(self.starts, start, side="right")) - 1
-            if stop <= self.starts[i + 1]:
-                return self.parts[i][start - self.starts[i] : stop - self.starts[i]]
-        return self.take(np.arange(start, stop, step, dtype=np.int64))
-
-    def take(self, ids: np.ndarray) -> np.ndarray:
-        """The rows of global ``ids`` (any shape, all in range): ``ids.shape + (d,)`` float32."""
-        flat = np.asarray(ids, dtype=np.int64).reshape(-1)
-        out = np.empty((flat.size, self.shape[1]), dtype=np.float32)
-        if len(self.parts) == 1:
-            out[:] = self.parts[0][flat]
-        elif flat.size:
-            part = np.searchsorted(self.starts, flat, side="right") - 1
-            for i in np.unique(part).tolist():
-                at = np.flatnonzero(part == i)
-                out[at] = self.parts[i][flat[at] - self.starts[i]]
-        return out.reshape(*np.shape(ids), self.shape[1])
+from nnkcli.storage.concat_rows import ConcatRows
 
 
 class ShardedSearcher(Searcher):
@@ -86,7 +44,6 @@ class ShardedSearcher(Searcher):
         # flat shards: the search stage alone, on any thread (the mappings are read-only)
         self.two_stage = self.thread_safe = self.flat
         self._mapped: list | None = None  # flat: every shard's NnkIndex (they own the mappings)
-        self._parts: list[np.ndarray] = []  # flat: every shard's (rows, d) vectors, in the mapping
         # flat: the shards' rows as one array (no copy; the search reads it as an ndarray), and its KernelRows (the
         # norms for the certificate; no bf16 copy)
         self._concat: Any = None
@@ -120,8 +77,7 @@ class ShardedSearcher(Searcher):
 
                 mapped = [self.manifest.load(i, mapped=True) for i in range(self.manifest.n_shards)]
                 self.loads += len(mapped)
-                self._parts = [m._flat() for m in mapped]
-                self._concat = ConcatRows(self._parts)
+                self._concat = ConcatRows([m._flat() for m in mapped])  # every shard's rows, in its mapping
                 # bf16: no copy of a shard; the rows are rounded block by block as each search multiplies them
                 self._rows = KernelRows(self._concat, self.search_kernel, self.threads, stream=True)
                 self.search_kernel = self._rows.kernel  # fp32 where bf16 cannot run here
@@ -183,4 +139,4 @@ class ShardedSearcher(Searcher):
 
     def close(self) -> None:
         self._loaded = None
-        self._parts, self._mapped, self._concat, self._rows = [], None, None, None
+        self._mapped, self._concat, self._rows = None, None, None

@@ -26,6 +26,7 @@ import numpy as np
 
 from nnkcli.errors import InputError, MissingDependencyError
 from nnkcli.extract.common import ImportedFeatures
+from nnkcli.storage.concat_rows import ConcatRows
 
 _CSV_STRIDE = 4096  # lines between remembered byte offsets
 #: the longest field of a lightly CSV (the csv module's own default limit): a file name or a number
@@ -37,40 +38,15 @@ _EMBEDDING_COLUMN = re.compile(r"^embedding_(\d+)$")
 _SHARD_NUMBER = re.compile(r"(\d+)$")
 
 
-class ConcatRows:
-    """Row sources (all (n_i, d), one dtype) seen as one (sum n_i, d) source."""
-
-    def __init__(self, parts: list, names: list[str]):
-        self.parts, self.names = parts, names
-        dims = {int(p.shape[1]) for p in parts}
-        if len(dims) != 1:
-            raise InputError(
-                f"shards have different dimensions: {sorted(dims)} ({', '.join(names)})",
-                hint="every shard must hold embeddings of the same model",
-            )
-        self.dtype = np.result_type(*[p.dtype for p in parts])
-        self.starts = np.cumsum([0] + [len(p) for p in parts])
-        self.shape = (int(self.starts[-1]), dims.pop())
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index) -> np.ndarray:
-        if not isinstance(index, slice) or index.step not in (None, 1):
-            raise TypeError("row sources support contiguous row slices only")
-        start, stop, _ = index.indices(len(self))
-        blocks = []
-        for i, part in enumerate(self.parts):
-            lo, hi = max(start, self.starts[i]), min(stop, self.starts[i + 1])
-            if lo < hi:
-                blocks.append(np.asarray(part[lo - self.starts[i] : hi - self.starts[i]], dtype=self.dtype))
-        if not blocks:
-            return np.empty((0, self.shape[1]), dtype=self.dtype)
-        return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-
-    def __array__(self, dtype=None, copy=None):
-        data = self[:]
-        return data if dtype is None else data.astype(dtype)
+def _concatenated(parts: list, names: list[str]) -> ConcatRows:
+    """The files' row sources as one (``names``: the files, for the error)."""
+    dims = {int(p.shape[1]) for p in parts}
+    if len(dims) != 1:
+        raise InputError(
+            f"shards have different dimensions: {sorted(dims)} ({', '.join(names)})",
+            hint="every shard must hold embeddings of the same model",
+        )
+    return ConcatRows(parts)
 
 
 # --- lightly embeddings.csv ------------------------------------------------------------
@@ -397,7 +373,7 @@ def _id_column(pf) -> str | None:
 
 
 def _imported(parts, files, labels, ids, labels_given, fmt, path) -> ImportedFeatures:
-    features = parts[0] if len(parts) == 1 else ConcatRows(parts, [f.name for f in files])
+    features = parts[0] if len(parts) == 1 else _concatenated(parts, [f.name for f in files])
     if labels and len(labels) != len(files):
         raise InputError("only some parquet files have a labels column", hint="give every file the labels column")
     if not labels and not labels_given:

@@ -363,7 +363,7 @@ def _same_predictions(duplicated, tmp_path, chunk_size, threads, kernel):
 def test_concat_rows_reads_as_the_concatenated_array(sizes, start, stop, step, seed):
     """Slices (inside one part, across parts, strided, empty, negative bounds) and gathers of any shape read what
     np.concatenate of the parts holds; a slice inside one part is a view of its memory."""
-    from nnkcli.evaluation.sharded_search import ConcatRows
+    from nnkcli.storage.concat_rows import ConcatRows
 
     rng = np.random.default_rng(seed)
     parts = [rng.normal(size=(n, 3)).astype(np.float32) for n in sizes]
@@ -390,7 +390,7 @@ class _SpyRows:
     """ConcatRows that records how many rows each slice or gather returned."""
 
     def __init__(self, parts):
-        from nnkcli.evaluation.sharded_search import ConcatRows
+        from nnkcli.storage.concat_rows import ConcatRows
 
         self.rows, self.largest = ConcatRows(parts), 0
         self.shape = self.rows.shape
