@@ -45,7 +45,7 @@ class KernelRows:
         if kernel == "bf16":
             from nnkcli.index_bf16 import Bf16Rows, bf16_unavailable
 
-            if bf16_unavailable() is None:  # torch's own check (auto asked without it)
+            if bf16_unavailable() is None:  # the library's own check (auto asked without it)
                 self.bf16 = Bf16Rows(vectors, threads=threads, stream=stream)
             else:  # float32 then
                 self.kernel = "fp32"
@@ -81,7 +81,7 @@ def kernel_search(
     ties by row id -- whichever kernel finds them, for any block of queries. ``fp32``: the
     float32 product with a few extra candidates, proved by its rounding bound; a query it cannot
     prove is searched again with four times as many. ``bf16`` (a resolved kernel,
-    :func:`resolve_kernel`): the bfloat16 product keeps ``BF16_FACTOR k + BF16_EXTRA``
+    :func:`nnkcli.index_flat.resolve_kernel`): the bfloat16 product keeps ``BF16_FACTOR k + BF16_EXTRA``
     candidates, proved by its bound; a query it cannot prove falls back to ``fp32``.
     ``rows``: the :class:`KernelRows` of ``vectors``, kept by the caller between searches.
     """
@@ -191,8 +191,7 @@ class Bf16Sieve:
         # candidates (on Fashion-MNIST a median 126 of the 300 kept)
         full = np.flatnonzero(self.fill >= self.k)
         if full.size:
-            kth = np.partition(self.values[full], self.cap - self.k, axis=1)[:, self.cap - self.k]
-            self.R[full] = np.maximum(self.R[full], self._threshold(kth.astype(np.float64), self.const[full]))
+            self._raise(full)
             self._compact(full)
 
     def _keep(self, hits: np.ndarray, products: np.ndarray, j0: int, width: int) -> None:
@@ -222,8 +221,12 @@ class Bf16Sieve:
         grown = np.flatnonzero(grew & (self.fill >= self.k) & (self.fill - self._seen >= self._every))
         if grown.size:
             self._seen[grown] = self.fill[grown]
-            kth = np.partition(self.values[grown], self.cap - self.k, axis=1)[:, self.cap - self.k]
-            self.R[grown] = np.maximum(self.R[grown], self._threshold(kth.astype(np.float64), self.const[grown]))
+            self._raise(grown)
+
+    def _raise(self, which: np.ndarray) -> None:
+        """Raise R of queries ``which`` (each holding at least k kept products) to the threshold of their k-th kept."""
+        kth = np.partition(self.values[which], self.cap - self.k, axis=1)[:, self.cap - self.k]
+        self.R[which] = np.maximum(self.R[which], self._threshold(kth.astype(np.float64), self.const[which]))
 
     def _truncate(self, over: np.ndarray, counts: np.ndarray, qi, values, ids) -> None:
         """Queries ``over`` would keep more than the capacity: keep their ``cap`` largest, raise R to the smallest kept.
