@@ -5,24 +5,26 @@ Python per step whatever the batch, so it needs the whole float32 kernel block o
 query (``k^2 d`` multiply-adds, the largest cost at d = 784) and a float64 polish to stay
 ahead. Compiled, one query at a time, the classic Lawson–Hanson method needs neither:
 
-- a kernel row ``G[j, :k] = 1/2 (1 + X x_j)`` is computed in float64 only when variable
-  ``j`` enters (the ~15-30 entries of a query at k = 200 read ``k d`` numbers each, from a
-  block that stays in cache because the query is finished before the next one starts),
-  and kept for the rest of the query; in a sweep a row reaches only the current k and the
-  support's rows are extended as k grows, so a variable that leaves early never pays for
-  the largest k;
+- the gradient ``w = g - G theta`` is ``g - 1/2 (sum(theta) + X v)`` with ``v = X_P^T theta_P``
+  (``(t + k) d`` multiply-adds, never ``t k d``); the entering variable is chosen from
+  float32 products ``X v`` (no widening, half the bytes of a float64 pass), each with a
+  rigorous bound on its error (``compiled_kernel``'s docstring): a variable enters where its
+  estimate less the bound still exceeds the entry threshold, and where no estimate is that
+  clear, every gradient that may be positive is computed again in float64 and decides;
+- only the support's rows are widened to float64 (once, as a variable enters), and the
+  float64 kernel ``G_PP`` among them is computed from those (``t d`` per entry);
 - the active set is held as the Cholesky factor of ``G_PP``, extended by one row per
-  entering variable (``O(t^2)``) and refactored from the kept rows when variables leave
-  (``t`` is the support size, ~10-30);
-- the gradient ``w = g - G theta`` comes from the kept rows of the support (``O(t k)``),
-  so across k (a sweep) a new neighbor costs ``O(t)`` to check, and the method simply
-  continues from the previous k's optimum.
+  entering variable (``O(t^2)``) and refactored from the first changed row when variables
+  leave (``t`` is the support size, ~10-30);
+- across k (a sweep) a new neighbor costs one float32 product (``d``) to check, and the
+  method simply continues from the previous k's optimum.
 
-Every quantity is float64 (the float32 features are widened as read, and a product of
-two float32 numbers is exact in float64), and every query stops on the engine's own rule:
-no variable outside the support has a gradient above ``_ENTER * tol * max|g|`` and the
-support's equations hold to ``_EXACT * tol * max|g|``; the reported ``kkt_residual`` is
-computed from the same float64 gradient. A query the method cannot finish (iteration
+Every certified quantity is float64 (the float32 features are widened as read, and a product
+of two float32 numbers is exact in float64), and every query stops on the engine's own rule:
+no variable outside the support has a gradient above ``_ENTER * tol * max|g|`` (a float64
+value, or a float32 estimate whose bound puts it at or below 0) and the support's equations
+hold to ``_EXACT * tol * max|g|``; the reported ``kkt_residual`` is computed from those
+float64 values. A query the method cannot finish (iteration
 limit, a dependent variable whose gradient still says it should enter, a non-finite
 value) is flagged; the caller solves it with the numpy path.
 
@@ -158,8 +160,8 @@ def solve_cosine_path(X, g, k_values, tol, enter, exact, dependent, max_iter, ro
     max_iter : int
         Steps allowed per query and k.
     row_cap : int
-        Kernel rows kept per query (when full, the rows of variables outside the support
-        are dropped); also the largest support (a larger one is flagged).
+        The largest support (the widened rows and their float64 kernel kept per query); a
+        query whose support would be larger is flagged.
 
     Returns
     -------

@@ -4,79 +4,150 @@ Imported only when the compiled path is first used (numba takes ~0.3 s to import
 functions live at module level so that numba can cache their machine code on disk
 (``cache=True``: next to this file, or numba's user cache where that is read-only), and a
 new process loads it in well under a second instead of compiling for ~10 s.
+
+The float32 gradient estimates and their error bound
+-----------------------------------------------------
+The engine picks an entering variable from ``w_j = g_j - 1/2 (sum(theta) + <x_j, v>)`` with
+``v = sum_a theta_a x_a`` (the support's rows, widened to float64). The products ``<x_j, v>``
+of all k neighbors are computed in float32 (``products32``: no widening, 16 bytes of rows per
+4 multiply-adds), against ``v32``, v rounded to float32. For a row x (norm ||x||) the estimate
+``s32`` of the float64 value ``s64 = fl64(<x, v>)`` satisfies, for any summation order, with
+fused multiply-adds or not, u = 2^-24:
+
+    |s32 - s64| <= (gamma_d(u) (1 + u) + u + gamma_d(2^-53)) ||x|| ||v||  <=  gamma_{d+2}(u) ||x|| ||v||
+
+(the accumulation, v's rounding, the float64 reference's own error; Cauchy-Schwarz turns the
+componentwise sums into norms), plus ``d 2^-149`` per term for gradual underflow. ``err[j]``
+is twice that bound, halved for w, plus 1e-14 of the magnitudes for the float64 steps around
+it (``gradient32``); ||x|| is bounded from the float32 sum of squares (``norm_bound``) and
+||v|| from its float64 one. A variable enters when ``w_j - err_j`` exceeds the entry
+threshold (so it surely does); when the largest estimate is not that clear, every estimate
+that may be positive (``w_j + err_j > 0``) is recomputed in float64 (``exact_product``) and
+the choice is made on those values; a k ends only when no float64 value or bound allows an
+entry. The certificate (the support's equations from float64 kernel entries, every other
+gradient either bounded at or below 0 or computed in float64) is therefore the float64 one.
 """
 
 import numba
 import numpy as np
 
+#: float32's unit roundoff
+U32 = 2.0**-24
+#: a bound on what gradual underflow adds to one product or sum (per coordinate, generously)
+UNDER = 2.0**-140
+
 # reassociated sums: the dot products run vectorised (the order is fixed by the code and
 # the CPU, never by the batch)
+_FM = {"reassoc", "contract"}
 
 
-@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def kernel_row(Xb, j, lo, hi, out, xj):
-    """out[i] = 1/2 (1 + <x_i, x_j>) for lo <= i < hi, float64; False if one is not finite.
-
-    ``xj`` is scratch of length d: x_j is widened into it once, so the inner loop widens
-    one operand, not two. Four rows i share each load of x_j: one dot product alone is
-    bound by its one chain of additions (about 9.5 GMAC/s measured at k = 200, d = 784),
-    four side by side reach about 11.5.
-    """
+@numba.njit(nogil=True, cache=True, fastmath=_FM)
+def products32(Xb, lo, hi, v32, out):
+    """out[i] = <x_i, v32> in float32 arithmetic (any order), widened, for lo <= i < hi."""
     d = Xb.shape[1]
-    for t in range(d):
-        xj[t] = Xb[j, t]
     i = lo
     while i + 3 < hi:
         x0 = Xb[i]
         x1 = Xb[i + 1]
         x2 = Xb[i + 2]
         x3 = Xb[i + 3]
-        s0 = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        s3 = 0.0
+        s0 = np.float32(0.0)
+        s1 = np.float32(0.0)
+        s2 = np.float32(0.0)
+        s3 = np.float32(0.0)
         for t in range(d):
-            v = xj[t]
-            s0 += np.float64(x0[t]) * v
-            s1 += np.float64(x1[t]) * v
-            s2 += np.float64(x2[t]) * v
-            s3 += np.float64(x3[t]) * v
-        out[i] = 0.5 * (1.0 + s0)
-        out[i + 1] = 0.5 * (1.0 + s1)
-        out[i + 2] = 0.5 * (1.0 + s2)
-        out[i + 3] = 0.5 * (1.0 + s3)
+            v = v32[t]
+            s0 += np.float32(x0[t]) * v
+            s1 += np.float32(x1[t]) * v
+            s2 += np.float32(x2[t]) * v
+            s3 += np.float32(x3[t]) * v
+        out[i] = s0
+        out[i + 1] = s1
+        out[i + 2] = s2
+        out[i + 3] = s3
         i += 4
     while i < hi:
         xi = Xb[i]
-        s = 0.0
+        s = np.float32(0.0)
         for t in range(d):
-            s += np.float64(xi[t]) * xj[t]
-        out[i] = 0.5 * (1.0 + s)
+            s += np.float32(xi[t]) * v32[t]
+        out[i] = s
         i += 1
-    finite = True
+
+
+@numba.njit(nogil=True, cache=True)
+def norm_bound(n32, grow, d):
+    """An upper bound on ||x||_2 from n32, the float32 sum of its squares (any order, underflow included)."""
+    return np.sqrt(np.float64(n32) * grow + d * 2.0**-148) * (1.0 + 1e-12)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FM)
+def products32n(Xb, lo, hi, v32, out, xn):
+    """``products32``, and in the same pass (a row's first) an upper bound on ||x_i||_2 into xn[i]."""
+    d = Xb.shape[1]
+    grow = 1.0 / (1.0 - (d + 2) * U32)
     for i in range(lo, hi):
-        if not np.isfinite(out[i]):
-            finite = False
-    return finite
+        xi = Xb[i]
+        s = np.float32(0.0)
+        n = np.float32(0.0)
+        for t in range(d):
+            a = np.float32(xi[t])
+            s += a * v32[t]
+            n += a * a
+        out[i] = s
+        xn[i] = norm_bound(n, grow, d)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FM)
+def dot64(a, b):
+    s = 0.0
+    for t in range(a.shape[0]):
+        s += a[t] * b[t]
+    return s
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FM)
+def exact_product(xi, v64):
+    """<x_i, v> with float64 accumulation (x_i widened as read)."""
+    s = 0.0
+    for t in range(v64.shape[0]):
+        s += np.float64(xi[t]) * v64[t]
+    return s
 
 
 @numba.njit(nogil=True, cache=True)
-def extend_row(Xb, j, s, k, R, ncol, xj):
-    """Row ``s`` (variable ``j``) computed up to column k (a sweep extends it as k grows); False if not finite."""
-    if ncol[s] >= k:
-        return True
-    ok = kernel_row(Xb, j, ncol[s], k, R[s], xj)
-    ncol[s] = k
-    return ok
+def make_exact(Xb, gb, k, tsum, v64, in_set, w, err, known):
+    """Recompute in float64 every gradient outside the support whose estimate may be positive."""
+    for j in range(k):
+        if not in_set[j] and not known[j] and w[j] + err[j] > 0.0:
+            w[j] = gb[j] - 0.5 * (tsum + exact_product(Xb[j], v64))
+            err[j] = 0.0
+            known[j] = True
 
 
 @numba.njit(nogil=True, cache=True)
-def refactor(R, slot, P, t, L):
-    """Cholesky factor of G_PP into L[:t, :t]; False where it is not positive definite."""
+def admit(xr, sj, xs, GP, slot, P, t):
+    """Widen row ``xr`` into slot ``sj`` and fill its float64 kernel with the support; returns G_jj."""
+    xj = xs[sj]
+    for c in range(xj.shape[0]):
+        xj[c] = xr[c]
     for a in range(t):
-        ra = R[slot[P[a]]]
+        sa = slot[P[a]]
+        val = 0.5 * (1.0 + dot64(xj, xs[sa]))
+        GP[sj, sa] = val
+        GP[sa, sj] = val
+    diag = 0.5 * (1.0 + dot64(xj, xj))
+    GP[sj, sj] = diag
+    return diag
+
+
+@numba.njit(nogil=True, cache=True)
+def refactor(GP, slot, P, t, L, first):
+    """Cholesky factor of G_PP into L[:t, :t] from row ``first`` on; False where it is not positive definite."""
+    for a in range(first, t):
+        sa = slot[P[a]]
         for c in range(a + 1):
-            s = ra[P[c]]
+            s = GP[sa, slot[P[c]]]
             for e in range(c):
                 s -= L[a, e] * L[c, e]
             if a == c:
@@ -104,14 +175,14 @@ def chol_solve(L, t, rhs, out):
 
 
 @numba.njit(nogil=True, cache=True)
-def support_residual(R, slot, P, t, gb, z, out):
+def support_residual(GP, slot, P, t, gb, z, out):
     """out = g_P - G_PP z over the first t entries; returns its largest magnitude (inf if NaN)."""
     worst = 0.0
     for a in range(t):
-        ra = R[slot[P[a]]]
+        sa = slot[P[a]]
         s = gb[P[a]]
         for c in range(t):
-            s -= ra[P[c]] * z[c]
+            s -= GP[sa, slot[P[c]]] * z[c]
         out[a] = s
         if abs(s) > worst or s != s:
             worst = abs(s) if s == s else np.inf
@@ -119,37 +190,91 @@ def support_residual(R, slot, P, t, gb, z, out):
 
 
 @numba.njit(nogil=True, cache=True)
-def support_solve(R, slot, P, t, L, gb, z, rhs, corr, good):
-    """z = G_PP^{-1} g_P; returns max |G_PP z - g_P|.
+def support_solve(GP, slot, P, t, L, gb, z, rhs, corr, good):
+    """z = G_PP^{-1} g_P; returns max |G_PP z - g_P| (rhs holds g_P - G_PP z).
 
     One step of iterative refinement follows where that residual exceeds ``good``: the
-    Cholesky solve is backward stable, so its residual is almost always near rounding (~1e-15
-    max|g|) and far below ``good`` (1e-12 max|g|); skipping the second solve and residual took
-    10 % off a 20-k sweep's NNK. Whatever z is, the certificate is computed from it.
+    Cholesky solve is backward stable, so its residual is almost always near rounding and far
+    below ``good``. Whatever z is, the certificate is computed from it.
     """
     for a in range(t):
         rhs[a] = gb[P[a]]
     chol_solve(L, t, rhs, z)
-    first = support_residual(R, slot, P, t, gb, z, rhs)
+    first = support_residual(GP, slot, P, t, gb, z, rhs)
     if first <= good:
         return first
     chol_solve(L, t, rhs, corr)
     for a in range(t):
         z[a] += corr[a]
-    return support_residual(R, slot, P, t, gb, z, rhs)
+    return support_residual(GP, slot, P, t, gb, z, rhs)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FM)
+def combine(xs, slot, P, t, theta, v64, v32):
+    """v = sum_a theta_a x_a (float64, from the widened support rows), its float32 copy; returns (sum theta, ||v||)."""
+    d = v64.shape[0]
+    for c in range(d):
+        v64[c] = 0.0
+    tsum = 0.0
+    a = 0
+    while a + 3 < t:
+        x0 = xs[slot[P[a]]]
+        x1 = xs[slot[P[a + 1]]]
+        x2 = xs[slot[P[a + 2]]]
+        x3 = xs[slot[P[a + 3]]]
+        t0 = theta[P[a]]
+        t1 = theta[P[a + 1]]
+        t2 = theta[P[a + 2]]
+        t3 = theta[P[a + 3]]
+        tsum += t0 + t1 + t2 + t3
+        for c in range(d):
+            v64[c] += t0 * x0[c] + t1 * x1[c] + t2 * x2[c] + t3 * x3[c]
+        a += 4
+    while a < t:
+        x0 = xs[slot[P[a]]]
+        t0 = theta[P[a]]
+        tsum += t0
+        for c in range(d):
+            v64[c] += t0 * x0[c]
+        a += 1
+    n2 = 0.0
+    for c in range(d):
+        n2 += v64[c] * v64[c]
+        v32[c] = np.float32(v64[c])
+    return tsum, np.sqrt(n2 * (1.0 + 1e-12) + d * 1e-300)
 
 
 @numba.njit(nogil=True, cache=True)
-def gradient(R, slot, P, t, theta, gb, lo, hi, w):
-    """w[j] = g_j - (G theta)_j for lo <= j < hi, from the support's rows."""
-    for j in range(lo, hi):
-        w[j] = gb[j]
-    for a in range(t):
-        p = P[a]
-        ra = R[slot[p]]
-        th = theta[p]
+def gradient32(Xb, gb, lo, hi, nn, t, v32, tsum, vnorm, cd, xn, s32, w, err, known):
+    d = Xb.shape[1]
+    """Float32 estimates of w_j = g_j - (G theta)_j for lo <= j < hi, with rigorous error bounds.
+
+    Rows from ``nn`` on get their norm bound in the same pass; returns (rows with norms, finite).
+    With an empty support the gradient is g itself, exactly.
+    """
+    if t == 0:
         for j in range(lo, hi):
-            w[j] -= th * ra[j]
+            w[j] = gb[j]
+            err[j] = 0.0
+            known[j] = True
+        return nn, True
+    if nn < hi:
+        a = max(lo, nn)
+        products32n(Xb, a, hi, v32, s32, xn)
+        if lo < a:
+            products32(Xb, lo, a, v32, s32)
+        nn = hi
+    else:
+        products32(Xb, lo, hi, v32, s32)
+    ok = True
+    for j in range(lo, hi):
+        s = np.float64(s32[j])
+        w[j] = gb[j] - 0.5 * (tsum + s)
+        err[j] = cd * xn[j] * vnorm + 1e-14 * (1.0 + abs(gb[j]) + abs(tsum) + abs(s)) + d * UNDER * (1.0 + xn[j])
+        known[j] = False
+        if not (w[j] == w[j]) or abs(w[j]) == np.inf:
+            ok = False
+    return nn, ok
 
 
 @numba.njit(nogil=True, cache=True)
@@ -173,33 +298,43 @@ def kernel(
     B, K, d = X.shape
     nk = ks.size
     cap = min(K, row_cap)
-    R = np.empty((cap, K))  # kept kernel rows, by slot
-    ncol = np.zeros(cap, dtype=np.int64)  # columns of R[slot] computed so far (a sweep extends them)
-    slot = np.full(K, -1, dtype=np.int64)  # variable -> slot of its kept row
-    owner = np.full(cap, -1, dtype=np.int64)  # slot -> variable
+    GP = np.empty((cap, cap))  # the kernel among the support, by slot
+    xs = np.empty((cap, d))  # the support's rows, widened, by slot
+    free = np.empty(cap, dtype=np.int64)
+    slot = np.full(K, -1, dtype=np.int64)  # variable -> slot while in the support
     L = np.zeros((cap, cap))
-    P = np.empty(cap, dtype=np.int64)  # the support, in entry order
+    P = np.empty(cap, dtype=np.int64)
     z = np.empty(cap)
     rhs = np.empty(cap)
     corr = np.empty(cap)
     theta = np.zeros(K)
     w = np.zeros(K)
-    xj = np.empty(d)  # the entering neighbor, widened
+    err = np.zeros(K)
+    known = np.zeros(K, dtype=np.bool_)
+    s32 = np.zeros(K, dtype=np.float32)
+    xn = np.zeros(K)
+    v64 = np.zeros(d)
+    v32 = np.zeros(d, dtype=np.float32)
     in_set = np.zeros(K, dtype=np.bool_)
     blocked = np.zeros(K, dtype=np.bool_)
+    cd = 2.0 * (d + 2) * U32 / (1.0 - (d + 2) * U32)  # twice gamma_{d+2}(u): the module docstring
     for b in range(B):
         Xb = X[b]
         gb = g[b]
         for s in range(cap):
-            if owner[s] >= 0:
-                slot[owner[s]] = -1
-                owner[s] = -1
-        used = 0
+            free[s] = cap - 1 - s
+        nfree = cap
+        slot[:] = -1
         t = 0
         theta[:] = 0.0
         in_set[:] = False
         bad = False
         kp = 0
+        nn = 0
+        tsum = 0.0
+        vnorm = 0.0
+        v32[:] = 0.0
+        v64[:] = 0.0
         for ki in range(nk):
             k = ks[ki]
             gs = 0.0
@@ -210,76 +345,73 @@ def kernel(
                 gs = 1.0
             enter = enter_rel * tol * gs
             exact = exact_rel * tol * gs
-            good = 1e-2 * exact  # a first solve this close needs no refinement
-            for j in range(k):
-                blocked[j] = False
-            # the support's rows reach only the previous k: extend them to this one
-            for a in range(t):
-                if not extend_row(Xb, P[a], slot[P[a]], k, R, ncol, xj):
-                    bad = True
-            gradient(R, slot, P, t, theta, gb, kp, k, w)
+            good = 1e-2 * exact
+            blocked[:k] = False
+            nn, ok = gradient32(Xb, gb, kp, k, nn, t, v32, tsum, vnorm, cd, xn, s32, w, err, known)
+            if not ok:
+                bad = True
+            worst = 0.0
+            if t > 0:
+                worst = support_solve(GP, slot, P, t, L, gb, z, rhs, corr, good)
             it = 0
             while not bad:
+                # the candidate: the largest estimate, if it surely exceeds the entry threshold
                 best = -np.inf
                 jb = -1
                 for j in range(k):
                     if not in_set[j] and not blocked[j] and w[j] > best:
                         best = w[j]
                         jb = j
-                if not (best > enter):
-                    if best != best:
-                        bad = True
+                if best != best:
+                    bad = True
+                    break
+                if jb >= 0 and not (best - err[jb] > enter):  # not surely: decide on float64 values
+                    make_exact(Xb, gb, k, tsum, v64, in_set, w, err, known)
+                    jb = -1
+                    best = enter
+                    for j in range(k):
+                        if not in_set[j] and not blocked[j] and w[j] > best:
+                            best = w[j]
+                            jb = j
+                if jb < 0:
                     break
                 if it >= max_iter or t == cap:
                     bad = True
                     break
                 it += 1
-                if slot[jb] < 0:
-                    if used == cap:  # keep only the support's rows
-                        for s in range(cap):
-                            if owner[s] >= 0 and not in_set[owner[s]]:
-                                slot[owner[s]] = -1
-                                owner[s] = -1
-                        used = 0
-                        for s in range(cap):
-                            if owner[s] >= 0:
-                                if s != used:
-                                    R[used, :] = R[s, :]
-                                    ncol[used] = ncol[s]
-                                    owner[used] = owner[s]
-                                    slot[owner[s]] = used
-                                    owner[s] = -1
-                                used += 1
-                    slot[jb] = used
-                    owner[used] = jb
-                    ncol[used] = 0
-                    used += 1
-                if not extend_row(Xb, jb, slot[jb], k, R, ncol, xj):
+                nfree -= 1
+                sj = free[nfree]
+                slot[jb] = sj
+                diag = admit(Xb[jb], sj, xs, GP, slot, P, t)
+                if not np.isfinite(diag):
                     bad = True
                     break
-                rj = R[slot[jb]]
-                # extend the factor: L l = G_Pj, pivot^2 = G_jj - l.l
-                piv = rj[jb]
+                piv = diag
                 for a in range(t):
-                    s = rj[P[a]]
+                    s = GP[sj, slot[P[a]]]
                     for e in range(a):
                         s -= L[a, e] * L[t, e]
                     L[t, a] = s / L[a, a]
                     piv -= L[t, a] * L[t, a]
-                if not piv > dependent * abs(rj[jb]):
-                    blocked[jb] = True  # numerically dependent on the support
+                if not piv > dependent * abs(diag):
+                    blocked[jb] = True
+                    slot[jb] = -1
+                    free[nfree] = sj
+                    nfree += 1
                     continue
                 L[t, t] = np.sqrt(piv)
                 P[t] = jb
                 t += 1
                 in_set[jb] = True
-                worst = support_solve(R, slot, P, t, L, gb, z, rhs, corr, good)
-                if not z[t - 1] > 0.0:  # exact arithmetic rules this out: refuse the variable
+                worst = support_solve(GP, slot, P, t, L, gb, z, rhs, corr, good)
+                if not z[t - 1] > 0.0:
                     t -= 1
                     in_set[jb] = False
                     blocked[jb] = True
-                    worst = support_solve(R, slot, P, t, L, gb, z, rhs, corr, good)
-                # step back towards z while some weight would be non-positive
+                    slot[jb] = -1
+                    free[nfree] = sj
+                    nfree += 1
+                    worst = support_solve(GP, slot, P, t, L, gb, z, rhs, corr, good)
                 while True:
                     neg = False
                     for a in range(t):
@@ -309,6 +441,7 @@ def kernel(
                         theta[P[a]] = th + alpha * (z[a] - th)
                     theta[P[q]] = 0.0
                     n = 0
+                    first = t
                     for a in range(t):
                         p = P[a]
                         if theta[p] > 0.0:
@@ -317,11 +450,16 @@ def kernel(
                         else:
                             theta[p] = 0.0
                             in_set[p] = False
+                            free[nfree] = slot[p]
+                            nfree += 1
+                            slot[p] = -1
+                            if first == t:
+                                first = a
                     t = n
-                    if not refactor(R, slot, P, t, L):
+                    if not refactor(GP, slot, P, t, L, min(first, t)):
                         bad = True
                         break
-                    worst = support_solve(R, slot, P, t, L, gb, z, rhs, corr, good)
+                    worst = support_solve(GP, slot, P, t, L, gb, z, rhs, corr, good)
                 if bad:
                     break
                 for a in range(t):
@@ -329,20 +467,32 @@ def kernel(
                 if not worst <= exact:
                     bad = True
                     break
-                gradient(R, slot, P, t, theta, gb, 0, k, w)
+                tsum, vnorm = combine(xs, slot, P, t, theta, v64, v32)
+                nn, ok = gradient32(Xb, gb, 0, k, nn, t, v32, tsum, vnorm, cd, xn, s32, w, err, known)
+                if not ok:
+                    bad = True
             if bad:
                 for kj in range(ki, nk):
                     failed[kj, b] = True
                 break
+            # the certificate: the support's equations (rhs holds g_P - G_PP theta_P) and every
+            # other gradient, in float64 where its estimate may be positive (else it is <= 0)
             viol = 0.0
             obj = 0.0
+            for a in range(t):
+                p = P[a]
+                r = abs(rhs[a])
+                if r > viol:
+                    viol = r
+                obj -= 0.5 * theta[p] * (gb[p] + rhs[a])
+            make_exact(Xb, gb, k, tsum, v64, in_set, w, err, known)
             for j in range(k):
-                v = abs(w[j]) if in_set[j] else max(w[j], 0.0)
-                if v > viol:
-                    viol = v
-                obj -= 0.5 * theta[j] * (gb[j] + w[j])
-                if blocked[j] and w[j] > enter:
-                    failed[ki, b] = True
+                if not in_set[j] and known[j]:
+                    if w[j] > viol:
+                        viol = w[j]
+                    if blocked[j] and w[j] > enter:
+                        failed[ki, b] = True
+            for j in range(k):
                 flat[b, offsets[ki] + j] = theta[j]
             residual[ki, b] = viol / gs
             iterations[ki, b] = it

@@ -122,9 +122,8 @@ def test_batch_composition_and_order_do_not_change_a_single_bit():
 
 
 def test_wrong_float32_supports_are_solved_again_in_float64(monkeypatch, engine):
-    if engine == "compiled":
-        pytest.skip("the compiled kernel has no float32 stage")
-    # neighbors 1e-5 apart: float32 kernel blocks cannot separate them, float64 can
+    # neighbors 1e-4 apart: float32 kernel blocks (numpy) and float32 gradient estimates
+    # (compiled) cannot separate them, float64 can; the weights must still be the oracle's
     q, X = problem(11, 6, 12, 8, "collinear")
     rng = np.random.default_rng(1)
     base = unit(rng.standard_normal((6, 1, 8)))
@@ -134,7 +133,7 @@ def test_wrong_float32_supports_are_solved_again_in_float64(monkeypatch, engine)
     real = cosine.kernel_blocks
     monkeypatch.setattr(cosine, "kernel_blocks", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     check(q, X, [12])
-    assert calls, "expected at least one query to need the float64 re-solve"
+    assert engine == "compiled" or calls, "expected at least one query to need the float64 re-solve"
 
 
 def test_absent_neighbors_get_no_weight():
