@@ -191,28 +191,30 @@ def topk_classes(scores, k: int = 5, *, rule: str = "strict") -> np.ndarray:
     return top
 
 
-#: from this many classes on, the best are found by a partition, not a sort of every class
-PARTITION_CLASSES = 64
+#: below this many classes a stable sort of every class is as quick as repeated maxima
+SORT_CLASSES = 32
 
 
 def _best_classes(scores: np.ndarray, k: int) -> np.ndarray:
     """The ``k`` (<= C) best classes of each row of ``scores`` (B, C): score descending, ties by class id.
 
-    With many classes (ImageNet's 1,000: 2.8 ms a chunk of 64 queries sorted, 1.0 partitioned),
-    the k-th largest score is found by a partition; every class above it is in, and of the
-    classes equal to it the lowest ids fill the rest; only those k are sorted.
+    k rounds of a row-wise argmax (numpy's returns the first maximum, so the lowest class id
+    among ties), each taking its class out of the next round: ~15 µs for a chunk of 64
+    queries and 100 classes, against ~80 for a partition and ~450 for a full sort -- it runs
+    for every (method, k) of a chunk, 40 times in a 20-k sweep. A score of -inf would be
+    indistinguishable from a class already taken, so such rows go by the stable sort.
     """
     B, C = scores.shape
-    if C < PARTITION_CLASSES or k >= C:
+    if C < SORT_CLASSES or k >= C or (scores.size and scores.min() == -np.inf):
         return np.argsort(-scores, axis=1, kind="stable")[:, :k]  # stable: ties keep class-id order
-    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]
-    above = scores > kth[:, None]
-    tied = scores == kth[:, None]
-    room = k - above.sum(axis=1)
-    chosen = above | (tied & (np.cumsum(tied, axis=1) <= room[:, None]))
-    classes = np.nonzero(chosen)[1].reshape(B, k)  # ascending class ids in each row
-    by_score = np.argsort(-np.take_along_axis(scores, classes, 1), axis=1, kind="stable")
-    return np.take_along_axis(classes, by_score, 1)
+    left = scores.copy()
+    rows = np.arange(B)
+    out = np.empty((B, k), dtype=np.int64)
+    for i in range(k):
+        best = left.argmax(axis=1)
+        out[:, i] = best
+        left[rows, best] = -np.inf
+    return out
 
 
 def topk_hits(top, labels) -> np.ndarray:

@@ -228,14 +228,17 @@ def test_knn_scores_path_refuses_bad_k_values(ks, match):
 @given(
     seed=st.integers(0, 2**32 - 1),
     B=st.integers(0, 5),
-    C=st.integers(60, 260),
+    C=st.integers(28, 260),
     k=st.integers(1, 8),
     levels=st.sampled_from([3, 50, 0]),
+    infinite=st.sampled_from([None, np.inf, -np.inf]),
 )
-def test_topk_classes_of_many_classes_match_naive_ranking(seed, B, C, k, levels):
-    """From 64 classes on the best are found by a partition: still the naive ranking, ties by class id, both rules
-    (coarse scores give ties across the k-th; levels 0: distinct values)."""
+def test_topk_classes_of_many_classes_match_naive_ranking(seed, B, C, k, levels, infinite):
+    """From 32 classes on the best are found by repeated maxima: still the naive ranking, ties by class id,
+    both rules (coarse scores give ties across the k-th; levels 0: distinct values; infinite scores in a row)."""
     rng = np.random.default_rng(seed)
     scores = rng.random((B, C)) if levels == 0 else rng.integers(-1, levels, (B, C)) / max(1, levels - 1)
+    if infinite is not None and B:  # a row of infinite scores but for 2 classes
+        scores[0, rng.permutation(C)[: C - 2]] = infinite
     np.testing.assert_array_equal(topk_classes(scores, k), naive_top(scores, k).reshape(B, k))
     np.testing.assert_array_equal(topk_classes(scores, k, rule="inclusive"), naive_top_inclusive(scores, k))
