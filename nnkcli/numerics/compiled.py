@@ -16,17 +16,35 @@ ahead. Compiled, one query at a time, the classic Lawson–Hanson method needs n
 - the active set is held as the Cholesky factor of ``G_PP``, extended by one row per
   entering variable (``O(t^2)``) and refactored from the first changed row when variables
   leave (``t`` is the support size, ~10-30);
+- after a step, the runners-up of the last pass (``RUNNERS_UP``) are tried first, each by
+  one float64 product: any variable whose gradient is positive may enter (Lawson–Hanson's
+  convergence needs no more), so a new pass over all k rows is made only when none is;
 - across k (a sweep) a new neighbor costs one float32 product (``d``) to check, and the
   method simply continues from the previous k's optimum.
+
+The error bound of the float32 estimates. For a row x the estimate ``s32`` of
+``s64 = fl64(<x, v>)`` (computed against ``v32``, v rounded to float32) satisfies, for any
+summation order, with fused multiply-adds or not, u = 2^-24::
+
+    |s32 - s64| <= (gamma_d(u) (1 + u) + u + gamma_d(2^-53)) ||x|| ||v|| <= gamma_{d+2}(u) ||x|| ||v||
+
+(the accumulation, v's rounding, the float64 reference's own error; Cauchy–Schwarz turns the
+componentwise sums into norms), plus ``d 2^-149`` per term for gradual underflow. The
+kernel's ``err[j]`` is twice that bound, halved for w, plus 1e-14 of the magnitudes for the
+float64 steps around it; ||x|| is bounded from the float32 sum of squares and ||v|| from its
+float64 one. A variable enters from a pass when its estimate less ``err`` exceeds the entry
+threshold; when the largest estimate is not that clear, every estimate that may be positive
+(estimate plus ``err`` above 0) is recomputed in float64 and the choice is made on those
+values; a k ends only when no float64 value or bound allows an entry.
 
 Every certified quantity is float64 (the float32 features are widened as read, and a product
 of two float32 numbers is exact in float64), and every query stops on the engine's own rule:
 no variable outside the support has a gradient above ``_ENTER * tol * max|g|`` (a float64
 value, or a float32 estimate whose bound puts it at or below 0) and the support's equations
 hold to ``_EXACT * tol * max|g|``; the reported ``kkt_residual`` is computed from those
-float64 values. A query the method cannot finish (iteration
-limit, a dependent variable whose gradient still says it should enter, a non-finite
-value) is flagged; the caller solves it with the numpy path.
+float64 values. A query the method cannot finish (iteration limit, a dependent variable
+whose gradient still says it should enter, a non-finite value) is flagged; the caller
+solves it with the numpy path.
 
 Each query's numbers depend only on its own neighbors and k values, so results are
 bit-identical whatever the chunking and the thread count (the kernel releases the GIL;

@@ -335,6 +335,26 @@ def test_make_exact_recomputes_only_the_gradients_that_may_be_positive():
     assert w[[0, 2, 4, 5]].tolist() == [5.0, -1e-3, -1.0, 0.3]  # the rest as they were
 
 
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 30), levels=st.sampled_from([3, 1000]))
+def test_runners_up_are_the_best_other_estimates_that_may_enter_ascending(seed, k, levels):
+    from nnkcli.numerics import compiled_kernel as ck
+
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-levels, levels, k) / levels  # coarse levels: ties
+    err = rng.choice([0.0, 0.3], k)
+    in_set, blocked = rng.random(k) < 0.2, rng.random(k) < 0.2
+    jb, enter = int(rng.integers(-1, k)), 0.1
+    cands = np.full(ck.RUNNERS_UP, -7, dtype=np.int64)
+    n = ck.runners_up(w, err, in_set, blocked, k, jb, enter, cands)
+    eligible = [j for j in range(k) if j != jb and not in_set[j] and not blocked[j] and w[j] + err[j] > enter]
+    best = sorted(eligible, key=lambda j: -w[j])[: ck.RUNNERS_UP]
+    assert n == len(best)
+    got = cands[:n].tolist()
+    assert set(got) <= set(eligible) and sorted(w[got].tolist()) == w[got].tolist()  # ascending
+    assert sorted(w[got].tolist()) == sorted(w[best].tolist())  # the best values (ties: any of them)
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),

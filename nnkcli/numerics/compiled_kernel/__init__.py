@@ -5,31 +5,14 @@ functions live at module level so that numba can cache their machine code on dis
 (``cache=True``: next to this file, or numba's user cache where that is read-only), and a
 new process loads it in well under a second instead of compiling for ~10 s.
 
-The float32 gradient estimates and their error bound
------------------------------------------------------
-The engine picks an entering variable from ``w_j = g_j - 1/2 (sum(theta) + <x_j, v>)`` with
-``v = sum_a theta_a x_a`` (the support's rows, widened to float64). The products ``<x_j, v>``
-of all k neighbors are computed in float32 (``products32``: no widening, 16 bytes of rows per
-4 multiply-adds), against ``v32``, v rounded to float32. For a row x (norm ||x||) the estimate
-``s32`` of the float64 value ``s64 = fl64(<x, v>)`` satisfies, for any summation order, with
-fused multiply-adds or not, u = 2^-24:
-
-    |s32 - s64| <= (gamma_d(u) (1 + u) + u + gamma_d(2^-53)) ||x|| ||v||  <=  gamma_{d+2}(u) ||x|| ||v||
-
-(the accumulation, v's rounding, the float64 reference's own error; Cauchy-Schwarz turns the
-componentwise sums into norms), plus ``d 2^-149`` per term for gradual underflow. ``err[j]``
-is twice that bound, halved for w, plus 1e-14 of the magnitudes for the float64 steps around
-it (``gradient32``); ||x|| is bounded from the float32 sum of squares (``norm_bound``) and
-||v|| from its float64 one. A variable enters when ``w_j - err_j`` exceeds the entry
-threshold (so it surely does); when the largest estimate is not that clear, every estimate
-that may be positive (``w_j + err_j > 0``) is recomputed in float64 (``exact_product``) and
-the choice is made on those values; a k ends only when no float64 value or bound allows an
-entry. The certificate (the support's equations from float64 kernel entries, every other
-gradient either bounded at or below 0 or computed in float64) is therefore the float64 one.
+The engine and the error bound of its float32 gradient estimates are described in
+``nnkcli.numerics.compiled``'s docstring.
 """
 
 import numba
 import numpy as np
+
+from nnkcli.numerics.compiled_kernel.support import admit, combine, refactor, support_solve
 
 #: float32's unit roundoff
 U32 = 2.0**-24
@@ -39,6 +22,9 @@ UNDER = 2.0**-140
 # reassociated sums: the dot products run vectorised (the order is fixed by the code and
 # the CPU, never by the batch)
 _FM = {"reassoc", "contract"}
+
+#: runners-up of a gradient pass kept: after a step they are tried (in float64) before another pass
+RUNNERS_UP = 4
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_FM)
@@ -99,14 +85,6 @@ def products32n(Xb, lo, hi, v32, out, xn):
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_FM)
-def dot64(a, b):
-    s = 0.0
-    for t in range(a.shape[0]):
-        s += a[t] * b[t]
-    return s
-
-
-@numba.njit(nogil=True, cache=True, fastmath=_FM)
 def exact_product(xi, v64):
     """<x_i, v> with float64 accumulation (x_i widened as read)."""
     s = 0.0
@@ -126,132 +104,13 @@ def make_exact(Xb, gb, k, tsum, v64, in_set, w, err, known):
 
 
 @numba.njit(nogil=True, cache=True)
-def admit(xr, sj, xs, GP, slot, P, t):
-    """Widen row ``xr`` into slot ``sj`` and fill its float64 kernel with the support; returns G_jj."""
-    xj = xs[sj]
-    for c in range(xj.shape[0]):
-        xj[c] = xr[c]
-    for a in range(t):
-        sa = slot[P[a]]
-        val = 0.5 * (1.0 + dot64(xj, xs[sa]))
-        GP[sj, sa] = val
-        GP[sa, sj] = val
-    diag = 0.5 * (1.0 + dot64(xj, xj))
-    GP[sj, sj] = diag
-    return diag
-
-
-@numba.njit(nogil=True, cache=True)
-def refactor(GP, slot, P, t, L, first):
-    """Cholesky factor of G_PP into L[:t, :t] from row ``first`` on; False where it is not positive definite."""
-    for a in range(first, t):
-        sa = slot[P[a]]
-        for c in range(a + 1):
-            s = GP[sa, slot[P[c]]]
-            for e in range(c):
-                s -= L[a, e] * L[c, e]
-            if a == c:
-                if not s > 0.0:
-                    return False
-                L[a, a] = np.sqrt(s)
-            else:
-                L[a, c] = s / L[c, c]
-    return True
-
-
-@numba.njit(nogil=True, cache=True)
-def chol_solve(L, t, rhs, out):
-    """out = (L L^T)^{-1} rhs over the first t entries."""
-    for a in range(t):
-        s = rhs[a]
-        for e in range(a):
-            s -= L[a, e] * out[e]
-        out[a] = s / L[a, a]
-    for a in range(t - 1, -1, -1):
-        s = out[a]
-        for e in range(a + 1, t):
-            s -= L[e, a] * out[e]
-        out[a] = s / L[a, a]
-
-
-@numba.njit(nogil=True, cache=True)
-def support_residual(GP, slot, P, t, gb, z, out):
-    """out = g_P - G_PP z over the first t entries; returns its largest magnitude (inf if NaN)."""
-    worst = 0.0
-    for a in range(t):
-        sa = slot[P[a]]
-        s = gb[P[a]]
-        for c in range(t):
-            s -= GP[sa, slot[P[c]]] * z[c]
-        out[a] = s
-        if abs(s) > worst or s != s:
-            worst = abs(s) if s == s else np.inf
-    return worst
-
-
-@numba.njit(nogil=True, cache=True)
-def support_solve(GP, slot, P, t, L, gb, z, rhs, corr, good):
-    """z = G_PP^{-1} g_P; returns max |G_PP z - g_P| (rhs holds g_P - G_PP z).
-
-    One step of iterative refinement follows where that residual exceeds ``good``: the
-    Cholesky solve is backward stable, so its residual is almost always near rounding and far
-    below ``good``. Whatever z is, the certificate is computed from it.
-    """
-    for a in range(t):
-        rhs[a] = gb[P[a]]
-    chol_solve(L, t, rhs, z)
-    first = support_residual(GP, slot, P, t, gb, z, rhs)
-    if first <= good:
-        return first
-    chol_solve(L, t, rhs, corr)
-    for a in range(t):
-        z[a] += corr[a]
-    return support_residual(GP, slot, P, t, gb, z, rhs)
-
-
-@numba.njit(nogil=True, cache=True, fastmath=_FM)
-def combine(xs, slot, P, t, theta, v64, v32):
-    """v = sum_a theta_a x_a (float64, from the widened support rows), its float32 copy; returns (sum theta, ||v||)."""
-    d = v64.shape[0]
-    for c in range(d):
-        v64[c] = 0.0
-    tsum = 0.0
-    a = 0
-    while a + 3 < t:
-        x0 = xs[slot[P[a]]]
-        x1 = xs[slot[P[a + 1]]]
-        x2 = xs[slot[P[a + 2]]]
-        x3 = xs[slot[P[a + 3]]]
-        t0 = theta[P[a]]
-        t1 = theta[P[a + 1]]
-        t2 = theta[P[a + 2]]
-        t3 = theta[P[a + 3]]
-        tsum += t0 + t1 + t2 + t3
-        for c in range(d):
-            v64[c] += t0 * x0[c] + t1 * x1[c] + t2 * x2[c] + t3 * x3[c]
-        a += 4
-    while a < t:
-        x0 = xs[slot[P[a]]]
-        t0 = theta[P[a]]
-        tsum += t0
-        for c in range(d):
-            v64[c] += t0 * x0[c]
-        a += 1
-    n2 = 0.0
-    for c in range(d):
-        n2 += v64[c] * v64[c]
-        v32[c] = np.float32(v64[c])
-    return tsum, np.sqrt(n2 * (1.0 + 1e-12) + d * 1e-300)
-
-
-@numba.njit(nogil=True, cache=True)
 def gradient32(Xb, gb, lo, hi, nn, t, v32, tsum, vnorm, cd, xn, s32, w, err, known):
-    d = Xb.shape[1]
     """Float32 estimates of w_j = g_j - (G theta)_j for lo <= j < hi, with rigorous error bounds.
 
     Rows from ``nn`` on get their norm bound in the same pass; returns (rows with norms, finite).
     With an empty support the gradient is g itself, exactly.
     """
+    d = Xb.shape[1]
     if t == 0:
         for j in range(lo, hi):
             w[j] = gb[j]
@@ -275,6 +134,30 @@ def gradient32(Xb, gb, lo, hi, nn, t, v32, tsum, vnorm, cd, xn, s32, w, err, kno
         if not (w[j] == w[j]) or abs(w[j]) == np.inf:
             ok = False
     return nn, ok
+
+
+@numba.njit(nogil=True, cache=True)
+def runners_up(w, err, in_set, blocked, k, jb, enter, cands):
+    """The (up to ``RUNNERS_UP``) best estimates but ``jb``'s that may exceed ``enter``, ascending; returns how many."""
+    nc = 0
+    for j in range(k):
+        if j == jb or in_set[j] or blocked[j] or not w[j] + err[j] > enter:
+            continue
+        if nc == RUNNERS_UP:  # full: j replaces the lowest, if above it
+            if not w[j] > w[cands[0]]:
+                continue
+            a = 0
+            while a + 1 < nc and w[cands[a + 1]] < w[j]:
+                cands[a] = cands[a + 1]
+                a += 1
+        else:
+            a = nc
+            nc += 1
+            while a > 0 and w[cands[a - 1]] > w[j]:
+                cands[a] = cands[a - 1]
+                a -= 1
+        cands[a] = j
+    return nc
 
 
 @numba.njit(nogil=True, cache=True)
@@ -317,6 +200,7 @@ def kernel(
     v32 = np.zeros(d, dtype=np.float32)
     in_set = np.zeros(K, dtype=np.bool_)
     blocked = np.zeros(K, dtype=np.bool_)
+    cands = np.empty(RUNNERS_UP, dtype=np.int64)
     cd = 2.0 * (d + 2) * U32 / (1.0 - (d + 2) * U32)  # twice gamma_{d+2}(u): the module docstring
     for b in range(B):
         Xb = X[b]
@@ -354,18 +238,34 @@ def kernel(
             if t > 0:
                 worst = support_solve(GP, slot, P, t, L, gb, z, rhs, corr, good)
             it = 0
+            fresh = True  # w holds the estimates at the current theta
+            nc = 0
             while not bad:
-                # the candidate: the largest estimate, if it surely exceeds the entry threshold
-                best = -np.inf
                 jb = -1
-                for j in range(k):
-                    if not in_set[j] and not blocked[j] and w[j] > best:
-                        best = w[j]
-                        jb = j
-                if best != best:
-                    bad = True
-                    break
-                if jb >= 0 and not (best - err[jb] > enter):  # not surely: decide on float64 values
+                best = -np.inf
+                if not fresh:  # the last pass's runners-up first, best first, each checked in float64 now
+                    while nc > 0 and jb < 0:
+                        nc -= 1
+                        c = cands[nc]
+                        if (
+                            not in_set[c]
+                            and not blocked[c]
+                            and gb[c] - 0.5 * (tsum + exact_product(Xb[c], v64)) > enter
+                        ):
+                            jb = c
+                    if jb < 0:
+                        nn, fresh = gradient32(Xb, gb, 0, k, nn, t, v32, tsum, vnorm, cd, xn, s32, w, err, known)
+                        if not fresh:
+                            bad = True
+                            break
+                if fresh:
+                    # the candidate: the largest estimate, if it surely exceeds the entry threshold
+                    for j in range(k):
+                        if not in_set[j] and not blocked[j] and w[j] > best:
+                            best = w[j]
+                            jb = j
+                    nc = runners_up(w, err, in_set, blocked, k, jb, enter, cands)
+                if fresh and jb >= 0 and not (best - err[jb] > enter):  # not surely: decide on float64 values
                     make_exact(Xb, gb, k, tsum, v64, in_set, w, err, known)
                     jb = -1
                     best = enter
@@ -468,9 +368,7 @@ def kernel(
                     bad = True
                     break
                 tsum, vnorm = combine(xs, slot, P, t, theta, v64, v32)
-                nn, ok = gradient32(Xb, gb, 0, k, nn, t, v32, tsum, vnorm, cd, xn, s32, w, err, known)
-                if not ok:
-                    bad = True
+                fresh = False
             if bad:
                 for kj in range(ki, nk):
                     failed[kj, b] = True
