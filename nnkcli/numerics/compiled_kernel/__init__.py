@@ -12,7 +12,13 @@ The engine and the error bound of its float32 gradient estimates are described i
 import numba
 import numpy as np
 
-from nnkcli.numerics.compiled_kernel.support import admit, combine, refactor, support_solve
+from nnkcli.numerics.compiled_kernel.support import (
+    admit,
+    combine,
+    refactor,
+    support_residual,
+    support_solve,
+)
 
 #: float32's unit roundoff
 U32 = 2.0**-24
@@ -185,11 +191,10 @@ def kernel(
     xs = np.empty((cap, d))  # the support's rows, widened, by slot
     free = np.empty(cap, dtype=np.int64)
     slot = np.full(K, -1, dtype=np.int64)  # variable -> slot while in the support
-    L = np.zeros((cap, cap))
+    L = np.empty((cap, cap))  # every entry read is written first
     P = np.empty(cap, dtype=np.int64)
     z = np.empty(cap)
     rhs = np.empty(cap)
-    corr = np.empty(cap)
     theta = np.zeros(K)
     w = np.zeros(K)
     err = np.zeros(K)
@@ -229,14 +234,11 @@ def kernel(
                 gs = 1.0
             enter = enter_rel * tol * gs
             exact = exact_rel * tol * gs
-            good = 1e-2 * exact
             blocked[:k] = False
             nn, ok = gradient32(Xb, gb, kp, k, nn, t, v32, tsum, vnorm, cd, xn, s32, w, err, known)
             if not ok:
                 bad = True
             worst = 0.0
-            if t > 0:
-                worst = support_solve(GP, slot, P, t, L, gb, z, rhs, corr, good)
             it = 0
             fresh = True  # w holds the estimates at the current theta
             nc = 0
@@ -273,7 +275,10 @@ def kernel(
                         if not in_set[j] and not blocked[j] and w[j] > best:
                             best = w[j]
                             jb = j
-                if jb < 0:
+                if jb < 0:  # no entry: the support's residual (rhs), which the certificate checks
+                    for a in range(t):
+                        z[a] = theta[P[a]]
+                    worst = support_residual(GP, slot, P, t, gb, z, rhs)
                     break
                 if it >= max_iter or t == cap:
                     bad = True
@@ -303,7 +308,7 @@ def kernel(
                 P[t] = jb
                 t += 1
                 in_set[jb] = True
-                worst = support_solve(GP, slot, P, t, L, gb, z, rhs, corr, good)
+                support_solve(L, P, t, gb, rhs, z)
                 if not z[t - 1] > 0.0:
                     t -= 1
                     in_set[jb] = False
@@ -311,7 +316,7 @@ def kernel(
                     slot[jb] = -1
                     free[nfree] = sj
                     nfree += 1
-                    worst = support_solve(GP, slot, P, t, L, gb, z, rhs, corr, good)
+                    support_solve(L, P, t, gb, rhs, z)
                 while True:
                     neg = False
                     for a in range(t):
@@ -359,17 +364,14 @@ def kernel(
                     if not refactor(GP, slot, P, t, L, min(first, t)):
                         bad = True
                         break
-                    worst = support_solve(GP, slot, P, t, L, gb, z, rhs, corr, good)
+                    support_solve(L, P, t, gb, rhs, z)
                 if bad:
                     break
                 for a in range(t):
                     theta[P[a]] = z[a]
-                if not worst <= exact:
-                    bad = True
-                    break
                 tsum, vnorm = combine(xs, slot, P, t, theta, v64, v32)
                 fresh = False
-            if bad:
+            if bad or not worst <= exact:
                 for kj in range(ki, nk):
                     failed[kj, b] = True
                 break
