@@ -8,7 +8,7 @@ ahead. Compiled, one query at a time, the classic Lawson–Hanson method needs n
 - the gradient ``w = g - G theta`` is ``g - 1/2 (sum(theta) + X v)`` with ``v = X_P^T theta_P``
   (``(t + k) d`` multiply-adds, never ``t k d``); the entering variable is chosen from
   float32 products ``X v`` (no widening, half the bytes of a float64 pass), each with a
-  rigorous bound on its error (``compiled_kernel``'s docstring): a variable enters where its
+  rigorous bound on its error (below): a variable enters where its
   estimate less the bound still exceeds the entry threshold, and where no estimate is that
   clear, every gradient that may be positive is computed again in float64 and decides;
 - only the support's rows are widened to float64 (once, as a variable enters), and the
