@@ -1,4 +1,4 @@
-"""The compiled kernels behind ``nnkcli.numerics.compiled`` (the one module that imports numba).
+"""The compiled kernels behind ``nnkcli.numerics.compiled`` (this package is numba's one owner).
 
 Imported only when the compiled path is first used (numba takes ~0.3 s to import); the
 functions live at module level so that numba can cache their machine code on disk
@@ -13,8 +13,10 @@ import numba
 import numpy as np
 
 from nnkcli.numerics.compiled_kernel.support import (
+    FASTMATH,
     admit,
     combine,
+    dot64,
     refactor,
     support_residual,
     support_solve,
@@ -25,15 +27,11 @@ U32 = 2.0**-24
 #: a bound on what gradual underflow adds to one product or sum (per coordinate, generously)
 UNDER = 2.0**-140
 
-# reassociated sums: the dot products run vectorised (the order is fixed by the code and
-# the CPU, never by the batch)
-_FM = {"reassoc", "contract"}
-
 #: runners-up of a gradient pass kept: after a step they are tried (in float64) before another pass
 RUNNERS_UP = 4
 
 
-@numba.njit(nogil=True, cache=True, fastmath=_FM)
+@numba.njit(nogil=True, cache=True, fastmath=FASTMATH)
 def products32(Xb, lo, hi, v32, out):
     """out[i] = <x_i, v32> in float32 arithmetic (any order), widened, for lo <= i < hi."""
     d = Xb.shape[1]
@@ -73,7 +71,7 @@ def norm_bound(n32, grow, d):
     return np.sqrt(np.float64(n32) * grow + d * 2.0**-148) * (1.0 + 1e-12)
 
 
-@numba.njit(nogil=True, cache=True, fastmath=_FM)
+@numba.njit(nogil=True, cache=True, fastmath=FASTMATH)
 def products32n(Xb, lo, hi, v32, out, xn):
     """``products32``, and in the same pass (a row's first) an upper bound on ||x_i||_2 into xn[i]."""
     d = Xb.shape[1]
@@ -90,13 +88,10 @@ def products32n(Xb, lo, hi, v32, out, xn):
         xn[i] = norm_bound(n, grow, d)
 
 
-@numba.njit(nogil=True, cache=True, fastmath=_FM)
-def exact_product(xi, v64):
-    """<x_i, v> with float64 accumulation (x_i widened as read)."""
-    s = 0.0
-    for t in range(v64.shape[0]):
-        s += np.float64(xi[t]) * v64[t]
-    return s
+@numba.njit(nogil=True, cache=True)
+def exact_gradient(Xb, gb, j, tsum, v64):
+    """w_j = g_j - 1/2 (sum(theta) + <x_j, v>) in float64."""
+    return gb[j] - 0.5 * (tsum + dot64(Xb[j], v64))
 
 
 @numba.njit(nogil=True, cache=True)
@@ -104,7 +99,7 @@ def make_exact(Xb, gb, k, tsum, v64, in_set, w, err, known):
     """Recompute in float64 every gradient outside the support whose estimate may be positive."""
     for j in range(k):
         if not in_set[j] and not known[j] and w[j] + err[j] > 0.0:
-            w[j] = gb[j] - 0.5 * (tsum + exact_product(Xb[j], v64))
+            w[j] = exact_gradient(Xb, gb, j, tsum, v64)
             err[j] = 0.0
             known[j] = True
 
@@ -249,11 +244,7 @@ def kernel(
                     while nc > 0 and jb < 0:
                         nc -= 1
                         c = cands[nc]
-                        if (
-                            not in_set[c]
-                            and not blocked[c]
-                            and gb[c] - 0.5 * (tsum + exact_product(Xb[c], v64)) > enter
-                        ):
+                        if not in_set[c] and not blocked[c] and exact_gradient(Xb, gb, c, tsum, v64) > enter:
                             jb = c
                     if jb < 0:
                         nn, fresh = gradient32(Xb, gb, 0, k, nn, t, v32, tsum, vnorm, cd, xn, s32, w, err, known)

@@ -8,16 +8,17 @@ active set is the Cholesky factor ``L`` of ``G_PP``, by position in ``P``.
 import numba
 import numpy as np
 
-# reassociated sums: the dot products run vectorised (the order is fixed by the code and
-# the CPU, never by the batch)
-_FM = {"reassoc", "contract"}
+#: reassociated sums: the dot products run vectorised (the order is fixed by the code and
+#: the CPU, never by the batch)
+FASTMATH = {"reassoc", "contract"}
 
 
-@numba.njit(nogil=True, cache=True, fastmath=_FM)
+@numba.njit(nogil=True, cache=True, fastmath=FASTMATH)
 def dot64(a, b):
+    """<a, b> with float64 accumulation (a float32 ``a`` widened as read: each product is exact)."""
     s = 0.0
-    for t in range(a.shape[0]):
-        s += a[t] * b[t]
+    for t in range(b.shape[0]):
+        s += np.float64(a[t]) * b[t]
     return s
 
 
@@ -98,7 +99,7 @@ def support_solve(L, P, t, gb, rhs, z):
     chol_solve(L, t, rhs, z)
 
 
-@numba.njit(nogil=True, cache=True, fastmath=_FM)
+@numba.njit(nogil=True, cache=True, fastmath=FASTMATH)
 def combine(xs, slot, P, t, theta, v64, v32):
     """v = sum_a theta_a x_a (float64, from the widened support rows), its float32 copy; returns (sum theta, ||v||)."""
     d = v64.shape[0]
